@@ -1,0 +1,102 @@
+//! Generating the registration of a `#[job_agent]` type.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Item, parse::Parser};
+
+use crate::attr::{Args, Kind};
+
+pub(crate) fn job_agent(args: TokenStream, item: TokenStream) -> TokenStream {
+    match expand(args, item.clone()) {
+        Ok(tokens) => tokens,
+        // Emit the item as written too, so the rest of the crate still sees the type.
+        Err(err) => {
+            let err = err.into_compile_error();
+            quote! { #item #err }
+        }
+    }
+}
+
+fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let mut parsed = Args::default();
+    syn::meta::parser(|meta| parsed.parse_meta(meta)).parse2(args)?;
+    let item: Item = syn::parse2(item)?;
+    let (ident, generics) = match &item {
+        Item::Struct(s) => (&s.ident, &s.generics),
+        Item::Enum(e) => (&e.ident, &e.generics),
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                "#[job_agent] goes on a struct (or enum) that implements JobAgent",
+            ));
+        }
+    };
+    if !generics.params.is_empty() {
+        return Err(syn::Error::new(
+            generics.span(),
+            "a #[job_agent] type cannot be generic: the agent must build it without type arguments",
+        ));
+    }
+    let kind = match parsed.kind.map(|(k, _)| k).unwrap_or(Kind::Singleton) {
+        Kind::Singleton => quote!(Singleton),
+        Kind::Transient => quote!(Transient),
+        Kind::Hang => quote!(Hang),
+    };
+    let type_path = quote!(::core::concat!(
+        ::core::module_path!(),
+        "::",
+        ::core::stringify!(#ident)
+    ));
+    let class = match &parsed.class {
+        Some(lit) => quote!(#lit),
+        None => type_path.clone(),
+    };
+    let build = match &parsed.constructor {
+        Some(path) => quote_spanned!(path.span()=> #path()),
+        None => quote_spanned!(ident.span()=> <#ident as ::core::default::Default>::default()),
+    };
+    let register = if parsed.register
+        || parsed.register_id.is_some()
+        || parsed.register_name.is_some()
+    {
+        let name_default = ident.to_string();
+        let id = parsed
+            .register_id
+            .as_ref()
+            .map(|l| quote!(#l))
+            .unwrap_or_else(|| quote!(#name_default));
+        let name = parsed
+            .register_name
+            .as_ref()
+            .map(|l| quote!(#l))
+            .unwrap_or_else(|| quote!(#name_default));
+        let cron = parsed
+            .register_cron
+            .as_ref()
+            .map(|l| quote!(#l))
+            .unwrap_or_else(|| quote!(""));
+        quote! {
+            .with_register(::agent_sdk::__private::AutoRegister { id: #id, name: #name, cron: #cron })
+        }
+    } else {
+        quote!()
+    };
+    Ok(quote! {
+        #item
+
+        const _: () = {
+            fn __agent_sdk_build() -> ::std::sync::Arc<dyn ::agent_sdk::__private::DynJob> {
+                ::agent_sdk::__private::into_dyn::<#ident>(#build)
+            }
+            ::agent_sdk::__private::inventory::submit! {
+                ::agent_sdk::__private::JobRegistration::new(
+                    #class,
+                    #type_path,
+                    ::agent_sdk::__private::JobKind::#kind,
+                    __agent_sdk_build,
+                ) #register
+            }
+        };
+    })
+}

@@ -1,0 +1,204 @@
+//! `Agent`: the handle a host service builds once, mounts, and shuts down.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::HeaderValue;
+
+use crate::console::LogSink;
+use crate::error::{ConfigError, DispatchError};
+use crate::options::AgentOptions;
+use crate::outcome::{LogResults, Outlet};
+use crate::registry::Registry;
+use crate::request::Dispatch;
+use crate::router::basic_token;
+use crate::runtime::Runtime;
+
+/// A job agent: the registry of this program's jobs, their runtime, and the router the
+/// center calls. Cheap to clone.
+///
+/// ```no_run
+/// # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+/// use axum::{Router, routing::get};
+///
+/// let agent = agent_sdk::Agent::new(agent_sdk::AgentOptions::from_env()?)?;
+/// let app = Router::new()
+///     .route("/health", get(|| async { "ok" }))
+///     .merge(agent.router());
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
+/// axum::serve(listener, app)
+///     .with_graceful_shutdown(agent.shutdown_on_signal())
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<AgentInner>,
+}
+
+pub(crate) struct Limits {
+    pub(crate) max_body_bytes: usize,
+}
+
+pub(crate) struct AgentInner {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) expected_auth: Option<String>,
+    pub(crate) limits: Limits,
+    pub(crate) server_id: String,
+    pub(crate) server_id_header: HeaderValue,
+    pub(crate) server_id_cookie: HeaderValue,
+}
+
+impl fmt::Debug for Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Agent")
+            .field("server_id", &self.inner.server_id)
+            .field("options", &self.inner.runtime.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Builds an agent from every `#[job_agent]` type linked into the program. Fails on an
+    /// invalid option or two types with one class name.
+    pub fn new(options: AgentOptions) -> Result<Self, ConfigError> {
+        options.validate()?;
+        let registry = Registry::from_inventory()?;
+        let server_id = new_server_id();
+        let expected_auth = options
+            .basic_auth
+            .as_ref()
+            .map(|a| basic_token(&a.user, a.password.expose()));
+        let header = HeaderValue::from_str(&server_id)
+            .map_err(|_| ConfigError::invalid("server id", "not a header value"))?;
+        let cookie = HeaderValue::from_str(&format!("agentServerId={server_id}; Path=/"))
+            .map_err(|_| ConfigError::invalid("server id", "not a header value"))?;
+        let limits = Limits {
+            max_body_bytes: 1024 * 1024,
+        };
+        for reg in registry.iter() {
+            tracing::debug!(class = reg.class(), kind = %reg.kind(), "job registered");
+        }
+        let runtime = Arc::new(Runtime::new(registry, options));
+        Ok(Self {
+            inner: Arc::new(AgentInner {
+                runtime,
+                expected_auth,
+                limits,
+                server_id,
+                server_id_header: header,
+                server_id_cookie: cookie,
+            }),
+        })
+    }
+
+    /// The router that answers the center at the configured path. Merge or nest it into the
+    /// host's router; it carries its own state.
+    pub fn router<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        crate::router::router(self.inner.clone())
+    }
+
+    /// This process's id, sent to the center as `agentServerId`.
+    pub fn server_id(&self) -> &str {
+        &self.inner.server_id
+    }
+
+    /// The jobs this agent runs.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.runtime.registry
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &AgentOptions {
+        &self.inner.runtime.options
+    }
+
+    /// How many runs are in flight.
+    pub fn running(&self) -> usize {
+        self.inner.runtime.running()
+    }
+
+    /// Stops taking runs, cancels running jobs and waits for them (at most the shutdown
+    /// timeout), reporting each as ended by shutdown.
+    pub async fn shutdown(&self) {
+        self.inner.runtime.shutdown().await;
+    }
+
+    /// Waits for ctrl-c or SIGTERM, then [`shutdown`](Self::shutdown)s; give it to
+    /// `axum::serve(...).with_graceful_shutdown(...)`.
+    pub fn shutdown_on_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let agent = self.clone();
+        async move {
+            wait_for_signal().await;
+            agent.shutdown().await;
+        }
+    }
+}
+
+impl AgentInner {
+    /// Where this dispatch's console lines and result go.
+    pub(crate) fn outlet(&self, d: &Dispatch) -> Result<Outlet, DispatchError> {
+        Ok(Outlet {
+            results: Arc::new(LogResults),
+            console: Arc::new(LogSink {
+                job_id: d.job_id.clone(),
+            }),
+        })
+    }
+
+    /// Starts or renews the heartbeat reporter for the dispatching center server.
+    pub(crate) fn heartbeat(&self, d: &Dispatch) -> Result<(), DispatchError> {
+        tracing::debug!(
+            server = d.server_id.as_deref().unwrap_or(""),
+            agent = d.agent_server.as_deref().unwrap_or(""),
+            "heartbeat without a store: nothing to write"
+        );
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for ctrl-c: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn new_server_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}

@@ -1,0 +1,169 @@
+//! `JobContext`: what a run knows about itself.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::console::Console;
+use crate::error::JobError;
+use crate::item::JobItem;
+
+/// The context of one run: its parameter, the center's job item, headers, ids, console and
+/// cancellation token. Cheap to clone.
+#[derive(Clone)]
+pub struct JobContext {
+    inner: Arc<ContextInner>,
+}
+
+pub(crate) struct ContextInner {
+    pub(crate) class: &'static str,
+    pub(crate) job_id: String,
+    pub(crate) server_id: Option<String>,
+    pub(crate) job_url: Option<String>,
+    pub(crate) param: String,
+    pub(crate) item: JobItem,
+    pub(crate) headers: BTreeMap<String, String>,
+    pub(crate) token: CancellationToken,
+    pub(crate) console: Console,
+    pub(crate) started_at: SystemTime,
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("class", &self.inner.class)
+            .field("job_id", &self.inner.job_id)
+            .field("server_id", &self.inner.server_id)
+            .field("item", &self.inner.item)
+            .field("headers", &self.inner.headers.keys().collect::<Vec<_>>())
+            .field("cancelled", &self.inner.token.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobContext {
+    pub(crate) fn new(inner: ContextInner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The parameter as sent (the request body; usually JSON).
+    pub fn param_text(&self) -> &str {
+        &self.inner.param
+    }
+
+    /// One key of a JSON-object parameter, as `T`. `Ok(None)` when the parameter is empty or
+    /// lacks the key; an error when the parameter is not a JSON object or the value is not a
+    /// `T`. A number or boolean sent as a string (`{"Hour":"48"}`) is read as one.
+    pub fn param<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, JobError> {
+        let text = self.inner.param.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let object: serde_json::Map<String, Value> = serde_json::from_str(text)
+            .map_err(|e| JobError::msg(format!("the parameter is not a JSON object: {e}")))?;
+        let Some(value) = object.get(key).filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        match T::deserialize(value) {
+            Ok(v) => Ok(Some(v)),
+            Err(first) => {
+                if let Value::String(s) = value
+                    && let Ok(inner) = serde_json::from_str::<Value>(s)
+                    && let Ok(v) = T::deserialize(&inner)
+                {
+                    return Ok(Some(v));
+                }
+                Err(JobError::msg(format!("parameter `{key}`: {first}")))
+            }
+        }
+    }
+
+    /// The whole parameter as `T` (an empty parameter reads as `{}`).
+    pub fn params<T: DeserializeOwned>(&self) -> Result<T, JobError> {
+        let text = self.inner.param.trim();
+        let text = if text.is_empty() { "{}" } else { text };
+        serde_json::from_str(text)
+            .map_err(|e| JobError::msg(format!("the parameter does not fit: {e}")))
+    }
+
+    /// The job class this run belongs to.
+    pub fn class(&self) -> &'static str {
+        self.inner.class
+    }
+
+    /// The center's background-job id of this run.
+    pub fn job_id(&self) -> &str {
+        &self.inner.job_id
+    }
+
+    /// The center server that dispatched the run.
+    pub fn server_id(&self) -> Option<&str> {
+        self.inner.server_id.as_deref()
+    }
+
+    /// The dashboard URL of this job.
+    pub fn job_url(&self) -> Option<&str> {
+        self.inner.job_url.as_deref()
+    }
+
+    /// The center's job item.
+    pub fn item(&self) -> &JobItem {
+        &self.inner.item
+    }
+
+    /// The pass-through headers (`x-job-agent-header`), decoded.
+    pub fn headers(&self) -> &BTreeMap<String, String> {
+        &self.inner.headers
+    }
+
+    /// One pass-through header, by exact name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.inner.headers.get(name).map(String::as_str)
+    }
+
+    /// The run's console.
+    pub fn console(&self) -> &Console {
+        &self.inner.console
+    }
+
+    /// The run's cancellation token (cancelled on stop, timeout or shutdown).
+    pub fn token(&self) -> &CancellationToken {
+        &self.inner.token
+    }
+
+    /// Resolves when the run is cancelled.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.inner.token.cancelled()
+    }
+
+    /// Whether the run has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.token.is_cancelled()
+    }
+
+    /// Cancels the run.
+    pub fn cancel(&self) {
+        self.inner.token.cancel()
+    }
+
+    /// Sleeps for `duration`, or returns [`JobError::cancelled`] as soon as the run is
+    /// cancelled.
+    pub async fn sleep(&self, duration: std::time::Duration) -> Result<(), JobError> {
+        tokio::select! {
+            _ = self.inner.token.cancelled() => Err(JobError::cancelled()),
+            _ = tokio::time::sleep(duration) => Ok(()),
+        }
+    }
+
+    /// When the run started.
+    pub fn started_at(&self) -> SystemTime {
+        self.inner.started_at
+    }
+}

@@ -1,0 +1,186 @@
+//! The center's job item (`x-job-body`): the job as configured at the center.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+/// The job item the center sends with every dispatch, PascalCase as the center writes it.
+///
+/// Every field is optional; values of an unexpected type are read leniently (a number
+/// sent as a string is still a number) or ignored, never a reason to refuse a run.
+/// `Debug` hides `BasicPassword` and header values.
+#[derive(Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+#[non_exhaustive]
+pub struct JobItem {
+    /// The agent URL the center calls.
+    #[serde(deserialize_with = "lenient_string")]
+    pub url: Option<String>,
+    /// The HTTP method.
+    #[serde(deserialize_with = "lenient_string")]
+    pub method: Option<String>,
+    /// The parameter as configured at the center (also the request body).
+    #[serde(deserialize_with = "lenient_string")]
+    pub data: Option<String>,
+    /// The content type of the parameter.
+    #[serde(deserialize_with = "lenient_string")]
+    pub content_type: Option<String>,
+    /// The center's HTTP timeout in ms.
+    #[serde(deserialize_with = "lenient_i64")]
+    pub timeout: Option<i64>,
+    /// Minutes the center delays a one-off job.
+    #[serde(deserialize_with = "lenient_i64")]
+    pub delay_from_minutes: Option<i64>,
+    /// The recurring job's cron expression.
+    #[serde(deserialize_with = "lenient_string")]
+    pub cron: Option<String>,
+    /// The job's display name.
+    #[serde(deserialize_with = "lenient_string")]
+    pub job_name: Option<String>,
+    /// The recurring job's identifier.
+    #[serde(deserialize_with = "lenient_string")]
+    pub recurring_job_identifier: Option<String>,
+    /// The center's queue.
+    #[serde(deserialize_with = "lenient_string")]
+    pub queue_name: Option<String>,
+    /// The agent class configured at the center.
+    #[serde(deserialize_with = "lenient_string")]
+    pub agent_class: Option<String>,
+    /// Milliseconds after which the run is cancelled and reported as timed out; 0 or absent
+    /// means no limit.
+    #[serde(deserialize_with = "lenient_i64")]
+    pub agent_timeout: Option<i64>,
+    /// The basic-auth user the center sends.
+    #[serde(deserialize_with = "lenient_string")]
+    pub basic_user_name: Option<String>,
+    /// The basic-auth password the center sends (hidden in `Debug`).
+    #[serde(deserialize_with = "lenient_string")]
+    pub basic_password: Option<String>,
+    /// Extra headers configured on the job (values hidden in `Debug`).
+    #[serde(deserialize_with = "lenient_map")]
+    pub headers: BTreeMap<String, String>,
+    /// The job's time zone at the center.
+    #[serde(deserialize_with = "lenient_string")]
+    pub time_zone: Option<String>,
+    /// Whether the center retries failed runs.
+    #[serde(deserialize_with = "lenient_bool")]
+    pub enable_retry: Option<bool>,
+    /// How often the center retries.
+    #[serde(deserialize_with = "lenient_i64")]
+    pub retry_times: Option<i64>,
+    /// Every field, as sent (secrets included: handle with care).
+    #[serde(skip)]
+    raw: Value,
+}
+
+impl JobItem {
+    /// Reads a job item from the JSON the center sends.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        let raw: Value = serde_json::from_str(text)?;
+        let mut item = if raw.is_null() {
+            JobItem::default()
+        } else {
+            JobItem::deserialize(&raw)?
+        };
+        item.raw = raw;
+        Ok(item)
+    }
+
+    /// A field the typed struct does not name (for instance `DingTalk` or `CallbackEL`).
+    pub fn field(&self, name: &str) -> Option<&Value> {
+        self.raw.get(name)
+    }
+}
+
+impl fmt::Debug for JobItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobItem")
+            .field("job_name", &self.job_name)
+            .field("agent_class", &self.agent_class)
+            .field("agent_timeout", &self.agent_timeout)
+            .field("url", &self.url)
+            .field("method", &self.method)
+            .field("cron", &self.cron)
+            .field("basic_user_name", &self.basic_user_name)
+            .field(
+                "basic_password",
+                &self.basic_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Some(s),
+        Value::Null => None,
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Bool(b) => Some(b),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Object(map) => map
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_center_item_leniently() {
+        let item = JobItem::from_json(
+            r#"{"JobName":"t","AgentTimeout":"1500","Timeout":20000,"Headers":{"a":"b","n":1},
+                "BasicPassword":"hunter2","Unknown":[1],"Cron":null,"EnableRetry":"true","DingTalk":{"Token":"x"}}"#,
+        )
+        .expect("valid json");
+        assert_eq!(item.job_name.as_deref(), Some("t"));
+        assert_eq!(item.agent_timeout, Some(1500));
+        assert_eq!(item.timeout, Some(20000));
+        assert_eq!(item.headers.get("n").map(String::as_str), Some("1"));
+        assert_eq!(item.enable_retry, Some(true));
+        assert!(item.cron.is_none());
+        assert!(item.field("DingTalk").is_some());
+        let dbg = format!("{item:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn wrong_types_do_not_fail() {
+        let item = JobItem::from_json(r#"{"AgentTimeout":[1],"Headers":"x","JobName":{"a":1}}"#)
+            .expect("lenient");
+        assert_eq!(item.agent_timeout, None);
+        assert!(item.headers.is_empty());
+        assert!(JobItem::from_json("[1,2]").is_err());
+        assert!(JobItem::from_json("null").is_ok());
+    }
+}

@@ -1,0 +1,71 @@
+//! Run Rust jobs for a Hangfire.HttpJob scheduling center.
+//!
+//! Annotate a job type with [`#[job_agent]`](job_agent), implement [`JobAgent`], and mount
+//! [`Agent::router`] beside your own routes. The center drives the jobs over HTTP (run, stop,
+//! detail, heartbeat); each run gets its own tokio task, a cancellation token and a console.
+//!
+//! ```
+//! use agent_sdk::{job_agent, Agent, AgentOptions, JobAgent, JobContext, JobError};
+//!
+//! #[job_agent(transient)]
+//! #[derive(Default)]
+//! struct SendSmsJob;
+//!
+//! impl JobAgent for SendSmsJob {
+//!     async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
+//!         let to: String = cx.param("To")?.ok_or_else(|| JobError::msg("`To` is required"))?;
+//!         cx.console().info(format!("sending to {to}"));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let agent = Agent::new(AgentOptions::new()).expect("valid options");
+//! let app: axum::Router = axum::Router::new().merge(agent.router());
+//! # let _ = app;
+//! ```
+
+mod agent;
+mod console;
+mod context;
+mod error;
+mod item;
+mod job;
+mod options;
+mod outcome;
+mod registry;
+mod request;
+mod router;
+mod runtime;
+mod timefmt;
+
+pub use agent::Agent;
+pub use console::{Console, ConsoleColor, ProgressBar};
+pub use context::JobContext;
+pub use error::{ConfigError, DispatchError, JobError, JobErrorKind};
+pub use item::JobItem;
+pub use job::{JobAgent, JobKind};
+pub use options::{AgentOptions, BasicAuth, DEFAULT_CONSOLE_PREFIX, DEFAULT_PATH, Secret};
+pub use registry::{AutoRegister, JobRegistration, Registry};
+pub use request::{Action, ConsoleTarget, StorageHeader};
+pub use runtime::Status;
+
+/// Marks a struct as a job the center can run. See the crate docs.
+pub use agent_macros::job_agent;
+
+/// Not public API: used by code `#[job_agent]` generates.
+#[doc(hidden)]
+pub mod __private {
+    /// Not public API, used by generated code.
+    pub use crate::job::DynJob;
+    /// Not public API, used by generated code.
+    pub use crate::job::JobKind;
+    /// Not public API, used by generated code.
+    pub use crate::registry::{AutoRegister, JobRegistration};
+    /// Not public API, used by generated code.
+    pub use inventory;
+
+    /// Not public API, used by generated code: boxes a job for the registry.
+    pub fn into_dyn<T: crate::JobAgent>(job: T) -> std::sync::Arc<dyn DynJob> {
+        std::sync::Arc::new(job)
+    }
+}

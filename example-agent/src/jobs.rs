@@ -1,0 +1,157 @@
+//! The service's jobs: its business jobs and the demo jobs the docs, tests and benchmarks use.
+
+use std::time::Duration;
+
+use agent_sdk::{JobAgent, JobContext, JobError, job_agent};
+use serde::Deserialize;
+
+use crate::outbox::{self, now_secs};
+
+/// Sends every message that is due. Transient: overlapping runs each take what is due.
+#[job_agent(
+    transient,
+    register_id = "outbox-send",
+    register_name = "Send due messages",
+    register_cron = "*/5 * * * *"
+)]
+#[derive(Default)]
+pub struct SendDueMessagesJob;
+
+impl JobAgent for SendDueMessagesJob {
+    async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
+        let due = outbox::global().due(now_secs());
+        cx.console().info(format!("{} message(s) due", due.len()));
+        for message in due {
+            if cx.is_cancelled() {
+                return Err(JobError::cancelled());
+            }
+            // A real service calls its SMS or mail gateway here.
+            cx.console()
+                .info(format!("sent message {} to {}", message.id, message.to));
+            outbox::global().mark_sent(message.id, now_secs());
+        }
+        Ok(())
+    }
+}
+
+/// Removes sent messages older than `Hour` hours (default 48).
+#[job_agent(
+    class = "MsgDevOps.Job.CleanupJob,MsgDevOps",
+    register_id = "outbox-cleanup",
+    register_name = "Clean up sent messages",
+    register_cron = "0 3 * * *"
+)]
+#[derive(Default)]
+pub struct CleanupSentJob;
+
+impl JobAgent for CleanupSentJob {
+    async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
+        let hours: u64 = cx.param("Hour")?.unwrap_or(48);
+        let before = now_secs().saturating_sub(hours * 3600);
+        let removed = outbox::global().remove_sent_before(before);
+        cx.console().info(format!(
+            "removed {removed} message(s) sent more than {hours} h ago"
+        ));
+        Ok(())
+    }
+}
+
+/// The demo jobs' parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct TestParams {
+    /// How many console lines to write.
+    pub lines: u64,
+    /// Pad each line to this many characters.
+    pub line_len: usize,
+    /// Total time to spend, spread evenly between the lines.
+    pub sleep_ms: u64,
+    /// Also drive a progress bar from 0 to 100.
+    pub progress: bool,
+    /// End with an error.
+    pub fail: bool,
+    /// Panic (to show that a panicking job does not take the agent down).
+    pub panic: bool,
+}
+
+/// Writes `line <n>` padded with `.` to `len` characters.
+pub fn demo_line(n: u64, len: usize) -> String {
+    let mut line = format!("line {n}");
+    while line.len() < len {
+        line.push('.');
+    }
+    line
+}
+
+async fn run_demo(cx: &JobContext) -> Result<(), JobError> {
+    let p: TestParams = cx.params()?;
+    let bar = if p.progress {
+        Some(cx.console().progress_bar("progress")?)
+    } else {
+        None
+    };
+    let start = tokio::time::Instant::now();
+    let total = Duration::from_millis(p.sleep_ms);
+    if p.lines == 0 && !total.is_zero() {
+        cx.sleep(total).await?;
+    }
+    for n in 1..=p.lines {
+        if !total.is_zero() {
+            let at = start + total.mul_f64(n as f64 / p.lines as f64);
+            tokio::select! {
+                _ = cx.cancelled() => return Err(JobError::cancelled()),
+                _ = tokio::time::sleep_until(at) => {}
+            }
+        } else if cx.is_cancelled() {
+            return Err(JobError::cancelled());
+        }
+        cx.console().info(demo_line(n, p.line_len));
+        if let Some(bar) = &bar {
+            bar.set_ratio(n, p.lines);
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.set(100.0);
+    }
+    if p.panic {
+        panic!("panic requested by the parameter");
+    }
+    if p.fail {
+        return Err(JobError::msg("failed on request (fail=true)"));
+    }
+    Ok(())
+}
+
+/// Demo singleton job. Parameters: see [`TestParams`].
+#[job_agent]
+#[derive(Default)]
+pub struct TestJob;
+
+impl JobAgent for TestJob {
+    async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
+        run_demo(&cx).await
+    }
+}
+
+/// Demo transient job: a new instance per run. Parameters: see [`TestParams`].
+#[job_agent(transient)]
+#[derive(Default)]
+pub struct TestTransientJob;
+
+impl JobAgent for TestTransientJob {
+    async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
+        run_demo(&cx).await
+    }
+}
+
+/// Demo hang job: writes a line, returns, and stays Running until stopped.
+#[job_agent(hang)]
+#[derive(Default)]
+pub struct TestHangJob;
+
+impl JobAgent for TestHangJob {
+    async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
+        cx.console().info("consumer started; running until stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,37 @@
+//! Runs the example message service with its job agent.
+
+use agent_sdk::{Agent, AgentOptions};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(message) = serve().await {
+        tracing::error!("{message}");
+        eprintln!("example-agent: {message}");
+        std::process::exit(2);
+    }
+}
+
+async fn serve() -> Result<(), String> {
+    let addr = example_agent::listen_addr()?;
+    let options = AgentOptions::from_env().map_err(|e| e.to_string())?;
+    let agent = Agent::new(options).map_err(|e| e.to_string())?;
+    let app = example_agent::app(&agent);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} (JOBAGENT_LISTEN): {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let classes: Vec<&str> = agent.registry().iter().map(|r| r.class()).collect();
+    tracing::info!(%local, path = agent.options().path_str(), jobs = ?classes, "example-agent listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(agent.shutdown_on_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("example-agent stopped");
+    Ok(())
+}
