@@ -79,10 +79,14 @@ impl JobItem {
     /// Reads a job item from the JSON the center sends.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         let raw: Value = serde_json::from_str(text)?;
-        let mut item = if raw.is_null() {
-            JobItem::default()
-        } else {
-            JobItem::deserialize(&raw)?
+        let mut item = match &raw {
+            Value::Null => JobItem::default(),
+            Value::Object(_) => JobItem::deserialize(&raw)?,
+            _ => {
+                return Err(<serde_json::Error as serde::de::Error>::custom(
+                    "the job item must be a JSON object",
+                ));
+            }
         };
         item.raw = raw;
         Ok(item)

@@ -25,6 +25,7 @@
 //! ```
 
 mod agent;
+mod center;
 mod console;
 mod context;
 mod error;
@@ -36,6 +37,7 @@ mod registry;
 mod request;
 mod router;
 mod runtime;
+mod store;
 mod timefmt;
 
 pub use agent::Agent;

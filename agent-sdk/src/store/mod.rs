@@ -1,0 +1,5 @@
+//! The center's store (Hangfire.PostgreSql): where console lines, results and heartbeats go.
+
+mod connstr;
+mod pool;
+mod procstat;
