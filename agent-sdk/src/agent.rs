@@ -7,14 +7,16 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::HeaderValue;
 
-use crate::console::LogSink;
+use tokio_util::sync::CancellationToken;
+
 use crate::error::{ConfigError, DispatchError};
 use crate::options::AgentOptions;
-use crate::outcome::{LogResults, Outlet};
+use crate::outcome::Outlet;
 use crate::registry::Registry;
-use crate::request::Dispatch;
+use crate::request::{Dispatch, H_AGENT_SERVER};
 use crate::router::basic_token;
 use crate::runtime::Runtime;
+use crate::store::{Heartbeats, Stores};
 
 /// A job agent: the registry of this program's jobs, their runtime, and the router the
 /// center calls. Cheap to clone.
@@ -49,6 +51,9 @@ pub(crate) struct AgentInner {
     pub(crate) server_id: String,
     pub(crate) server_id_header: HeaderValue,
     pub(crate) server_id_cookie: HeaderValue,
+    pub(crate) stores: Stores,
+    pub(crate) heartbeats: Arc<Heartbeats>,
+    heartbeat_stop: CancellationToken,
 }
 
 impl fmt::Debug for Agent {
@@ -81,6 +86,9 @@ impl Agent {
         for reg in registry.iter() {
             tracing::debug!(class = reg.class(), kind = %reg.kind(), "job registered");
         }
+        let stores = Stores::new(options.store.as_ref())?;
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeats = Arc::new(Heartbeats::new(heartbeat_stop.clone()));
         let runtime = Arc::new(Runtime::new(registry, options));
         Ok(Self {
             inner: Arc::new(AgentInner {
@@ -90,6 +98,9 @@ impl Agent {
                 server_id,
                 server_id_header: header,
                 server_id_cookie: cookie,
+                stores,
+                heartbeats,
+                heartbeat_stop,
             }),
         })
     }
@@ -127,6 +138,7 @@ impl Agent {
     /// timeout), reporting each as ended by shutdown.
     pub async fn shutdown(&self) {
         self.inner.runtime.shutdown().await;
+        self.inner.heartbeat_stop.cancel();
     }
 
     /// Waits for ctrl-c or SIGTERM, then [`shutdown`](Self::shutdown)s; give it to
@@ -141,23 +153,39 @@ impl Agent {
 }
 
 impl AgentInner {
-    /// Where this dispatch's console lines and result go.
+    /// Where this dispatch's console lines and result go; a bad store is refused here.
     pub(crate) fn outlet(&self, d: &Dispatch) -> Result<Outlet, DispatchError> {
-        Ok(Outlet {
-            results: Arc::new(LogResults),
-            console: Arc::new(LogSink {
-                job_id: d.job_id.clone(),
-            }),
-        })
+        let store = self
+            .stores
+            .select(d.storage.as_ref())
+            .map_err(DispatchError::Storage)?;
+        Ok(Outlet { store })
     }
 
     /// Starts or renews the heartbeat reporter for the dispatching center server.
     pub(crate) fn heartbeat(&self, d: &Dispatch) -> Result<(), DispatchError> {
-        tracing::debug!(
-            server = d.server_id.as_deref().unwrap_or(""),
-            agent = d.agent_server.as_deref().unwrap_or(""),
-            "heartbeat without a store: nothing to write"
-        );
+        let server_id = d.server_id.as_deref().unwrap_or_default();
+        let store = self
+            .stores
+            .select(d.storage.as_ref())
+            .map_err(DispatchError::Storage)?;
+        match store {
+            Some(store) => {
+                let field = d
+                    .agent_server
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .ok_or(DispatchError::MissingHeader(H_AGENT_SERVER))?;
+                self.heartbeats.beat(store, server_id, field);
+            }
+            None => {
+                tracing::debug!(
+                    center_server = server_id,
+                    "heartbeat without a store: nothing to write"
+                );
+            }
+        }
         Ok(())
     }
 }

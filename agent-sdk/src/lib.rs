@@ -41,12 +41,20 @@ mod store;
 mod timefmt;
 
 pub use agent::Agent;
+pub use center::{
+    AutoRegistrationOptions, CenterClient, CenterError, DEFAULT_REGISTER_RETRIES, DingTalk,
+    HttpJobRequest, JobRegistrationResult, RegistrationOutcome, RegistrationReport, auto_register,
+    spawn_auto_register,
+};
 pub use console::{Console, ConsoleColor, ProgressBar};
 pub use context::JobContext;
 pub use error::{ConfigError, DispatchError, JobError, JobErrorKind};
 pub use item::JobItem;
 pub use job::{JobAgent, JobKind};
-pub use options::{AgentOptions, BasicAuth, DEFAULT_CONSOLE_PREFIX, DEFAULT_PATH, Secret};
+pub use options::{
+    AgentOptions, BasicAuth, ConsoleBudget, DEFAULT_CONSOLE_PREFIX, DEFAULT_PATH, LocalStore,
+    Secret,
+};
 pub use registry::{AutoRegister, JobRegistration, Registry};
 pub use request::{Action, ConsoleTarget, StorageHeader};
 pub use runtime::Status;

@@ -66,6 +66,45 @@ pub struct AgentOptions {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) timeout_grace: Duration,
     pub(crate) console_prefix: String,
+    pub(crate) store: Option<LocalStore>,
+    pub(crate) console_budget: ConsoleBudget,
+}
+
+/// A store configured on the agent itself; it wins over the one the center sends.
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    /// An Npgsql connection string or a `postgres://` URL (a secret).
+    pub connection: Secret,
+    /// The Hangfire schema (default `hangfire`).
+    pub schema: String,
+    /// Days until written rows expire (default 7).
+    pub expire_days: f64,
+}
+
+/// Limits on what one run's console keeps and buffers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConsoleBudget {
+    /// Lines one run may write into the store; past it the head and the tail are kept and one
+    /// marker line says how many were dropped.
+    pub max_lines: u64,
+    /// Bytes of text one run may write into the store (same rule as `max_lines`).
+    pub max_bytes: u64,
+    /// Lines kept at the end when the budget is exceeded.
+    pub tail_lines: u64,
+    /// Lines one console may hold in memory while the store is slow or unreachable; more are
+    /// counted and dropped.
+    pub buffer_lines: usize,
+}
+
+impl Default for ConsoleBudget {
+    fn default() -> Self {
+        Self {
+            max_lines: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            tail_lines: 1_000,
+            buffer_lines: 200_000,
+        }
+    }
 }
 
 impl Default for AgentOptions {
@@ -76,6 +115,8 @@ impl Default for AgentOptions {
             shutdown_timeout: Duration::from_secs(10),
             timeout_grace: Duration::from_secs(5),
             console_prefix: DEFAULT_CONSOLE_PREFIX.to_owned(),
+            store: None,
+            console_budget: ConsoleBudget::default(),
         }
     }
 }
@@ -124,6 +165,41 @@ impl AgentOptions {
         if let Some(prefix) = lookup("JOBAGENT_CONSOLE_PREFIX") {
             options.console_prefix = prefix;
         }
+        if let Some(connection) = get("JOBAGENT_STORE") {
+            let schema = get("JOBAGENT_STORE_SCHEMA").unwrap_or_else(|| "hangfire".to_owned());
+            let expire_days = match get("JOBAGENT_STORE_EXPIRE_DAYS") {
+                None => 7.0,
+                Some(v) => v
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|d| d.is_finite() && *d > 0.0 && *d <= 3650.0)
+                    .ok_or_else(|| {
+                        ConfigError::invalid(
+                            "JOBAGENT_STORE_EXPIRE_DAYS",
+                            format!("`{}` is not a number of days between 0 and 3650", v.trim()),
+                        )
+                    })?,
+            };
+            options = options.store(connection, schema.trim(), expire_days);
+        } else if get("JOBAGENT_STORE_SCHEMA").is_some()
+            || get("JOBAGENT_STORE_EXPIRE_DAYS").is_some()
+        {
+            return Err(ConfigError::invalid(
+                "JOBAGENT_STORE",
+                "JOBAGENT_STORE_SCHEMA or JOBAGENT_STORE_EXPIRE_DAYS is set but JOBAGENT_STORE is not",
+            ));
+        }
+        if let Some(v) = get("JOBAGENT_CONSOLE_MAX_LINES") {
+            options.console_budget.max_lines = parse_count("JOBAGENT_CONSOLE_MAX_LINES", &v)?;
+        }
+        if let Some(v) = get("JOBAGENT_CONSOLE_MAX_BYTES") {
+            options.console_budget.max_bytes = parse_count("JOBAGENT_CONSOLE_MAX_BYTES", &v)?;
+        }
+        if let Some(v) = get("JOBAGENT_CONSOLE_BUFFER_LINES") {
+            options.console_budget.buffer_lines =
+                parse_count("JOBAGENT_CONSOLE_BUFFER_LINES", &v)? as usize;
+        }
         options.validate()?;
         Ok(options)
     }
@@ -159,6 +235,28 @@ impl AgentOptions {
     /// The text put before every console line (default `【JobAgent】`; empty for none).
     pub fn console_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.console_prefix = prefix.into();
+        self
+    }
+
+    /// Writes consoles, results and heartbeats into this store (an Npgsql connection string
+    /// or a `postgres://` URL) whatever store the center sends.
+    pub fn store(
+        mut self,
+        connection: impl Into<String>,
+        schema: impl Into<String>,
+        expire_days: f64,
+    ) -> Self {
+        self.store = Some(LocalStore {
+            connection: Secret::new(connection),
+            schema: schema.into(),
+            expire_days,
+        });
+        self
+    }
+
+    /// Limits on each run's console.
+    pub fn console_budget(mut self, budget: ConsoleBudget) -> Self {
+        self.console_budget = budget;
         self
     }
 
@@ -200,8 +298,33 @@ impl AgentOptions {
                 "the user must be non-empty and may not contain `:`",
             ));
         }
+        if let Some(store) = &self.store {
+            crate::store::check_schema(&store.schema)
+                .map_err(|reason| ConfigError::invalid("JOBAGENT_STORE_SCHEMA", reason))?;
+        }
+        let b = &self.console_budget;
+        if b.max_lines == 0 || b.tail_lines >= b.max_lines || b.buffer_lines == 0 {
+            return Err(ConfigError::invalid(
+                "JOBAGENT_CONSOLE_MAX_LINES",
+                "the console budget must allow at least one line, keep fewer tail lines than the budget, and buffer at least one line",
+            ));
+        }
         Ok(())
     }
+}
+
+fn parse_count(name: &'static str, value: &str) -> Result<u64, ConfigError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                name,
+                format!("`{}` is not a positive whole number", value.trim()),
+            )
+        })
 }
 
 /// Parses a millisecond count from an environment variable.

@@ -5,8 +5,13 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::console::{LineSink, LogSink};
 use crate::job::BoxFuture;
+use crate::options::ConsoleBudget;
 use crate::request::Action;
+use crate::request::ConsoleTarget;
+use crate::store::{Store, StoreConsole, StoreResults};
+use crate::timefmt::parse_utc;
 
 /// The result of one accepted dispatch, as the center reads it from `_agent_result_<id>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -69,9 +74,45 @@ impl ResultSink for LogResults {
     }
 }
 
-/// The sinks of one dispatch.
-#[derive(Clone)]
+/// Where one dispatch's console lines and result go: a store, or the agent's log.
+#[derive(Clone, Default)]
 pub(crate) struct Outlet {
-    pub(crate) results: Arc<dyn ResultSink>,
-    pub(crate) console: Arc<dyn crate::console::LineSink>,
+    pub(crate) store: Option<Arc<Store>>,
+}
+
+impl Outlet {
+    pub(crate) fn results(&self) -> Arc<dyn ResultSink> {
+        match &self.store {
+            Some(store) => Arc::new(StoreResults {
+                store: store.clone(),
+            }),
+            None => Arc::new(LogResults),
+        }
+    }
+
+    /// Opens the console of a run (after the run was accepted: a store console starts a
+    /// writer task).
+    pub(crate) fn console(
+        &self,
+        job_id: &str,
+        target: Option<&ConsoleTarget>,
+        budget: ConsoleBudget,
+        prefix: &str,
+    ) -> Arc<dyn LineSink> {
+        match (&self.store, target) {
+            (Some(store), Some(target)) => {
+                let start = parse_utc(&target.start_time).unwrap_or_else(SystemTime::now);
+                Arc::new(StoreConsole::start(
+                    store.clone(),
+                    target.clone(),
+                    start,
+                    budget,
+                    prefix.to_owned(),
+                ))
+            }
+            _ => Arc::new(LogSink {
+                job_id: job_id.to_owned(),
+            }),
+        }
+    }
 }

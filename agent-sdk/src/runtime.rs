@@ -17,7 +17,7 @@ use crate::context::{ContextInner, JobContext};
 use crate::error::{DispatchError, JobError, JobErrorKind};
 use crate::job::{DynJob, JobKind};
 use crate::options::AgentOptions;
-use crate::outcome::{DispatchResult, Outlet};
+use crate::outcome::{DispatchResult, Outlet, ResultSink};
 use crate::registry::{JobRegistration, Registry};
 use crate::request::{Action, Dispatch};
 use crate::timefmt::{fmt_duration, fmt_utc};
@@ -53,7 +53,7 @@ pub(crate) struct Run {
     instance: Arc<dyn DynJob>,
     status: Mutex<Status>,
     started: SystemTime,
-    outlet: Outlet,
+    results: Arc<dyn ResultSink>,
     reported: AtomicBool,
 }
 
@@ -80,7 +80,7 @@ impl Run {
         };
         let id = self.cx.job_id();
         let result = DispatchResult::new(id, Action::Run, id, error, self.started);
-        self.outlet.results.write(result).await;
+        self.results.write(result).await;
     }
 }
 
@@ -196,10 +196,16 @@ impl Runtime {
             } else {
                 reg.instantiate()
             };
+            let sink = outlet.console(
+                &d.job_id,
+                d.console.as_ref(),
+                self.options.console_budget,
+                &self.options.console_prefix,
+            );
             let console = Console::new(
                 self.options.console_prefix.clone(),
                 d.console.as_ref().map(|c| c.progress_bar_id).unwrap_or(0),
-                outlet.console.clone(),
+                sink,
             );
             let started = SystemTime::now();
             let cx = JobContext::new(ContextInner {
@@ -220,7 +226,7 @@ impl Runtime {
                 instance,
                 status: Mutex::new(Status::Running),
                 started,
-                outlet,
+                results: outlet.results(),
                 reported: AtomicBool::new(false),
             });
             slot.runs.push(run.clone());
@@ -411,7 +417,7 @@ impl Runtime {
             }
             let error = (!failures.is_empty()).then(|| failures.join("; "));
             let result = DispatchResult::new(&stop_id, Action::Stop, &run_id, error, started);
-            outlet.results.write(result).await;
+            outlet.results().write(result).await;
         });
         Ok(if reg.kind().is_singleton() {
             if count == 0 {

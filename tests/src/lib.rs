@@ -1,1 +1,14 @@
-//! placeholder
+//! Integration-test support for the job agent: a scheduling-center stand-in that builds
+//! requests exactly as Hangfire.HttpJob does ([`center`]), the example service started
+//! in-process ([`service`]), and a PostgreSQL harness with the Hangfire tables ([`pg`]).
+//!
+//! The integration tests live in `tests/tests/`; benchmarks and other test files reuse these
+//! modules.
+
+pub mod center;
+pub mod pg;
+pub mod service;
+
+pub use center::{Center, CenterRequest, ConsoleInfo, Reply, Storage};
+pub use pg::TestDb;
+pub use service::TestService;

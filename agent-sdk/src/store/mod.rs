@@ -1,5 +1,192 @@
 //! The center's store (Hangfire.PostgreSql): where console lines, results and heartbeats go.
+//!
+//! A dispatch's store is the agent's own (`JOBAGENT_STORE`) when configured, else the one the
+//! center sends in `x-job-storage`. One bounded pool is kept per distinct store.
 
 mod connstr;
+mod console_writer;
+mod heartbeat;
+mod line;
 mod pool;
 mod procstat;
+mod results;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+pub(crate) use console_writer::StoreConsole;
+pub(crate) use heartbeat::Heartbeats;
+pub(crate) use results::StoreResults;
+
+use crate::error::ConfigError;
+use crate::options::LocalStore;
+use crate::request::StorageHeader;
+
+/// One store: a pool, the schema, and how long rows live.
+pub(crate) struct Store {
+    pub(crate) pool: Pool,
+    /// `"schema"`, quoted for SQL.
+    pub(crate) schema: String,
+    pub(crate) expire: Duration,
+    /// Where it came from, for logs (host and database; never a secret).
+    pub(crate) label: String,
+}
+
+impl Store {
+    fn open(connection: &str, schema: &str, expire_days: f64) -> Result<Self, String> {
+        check_schema(schema)?;
+        let spec = connstr::parse(connection).map_err(|e| e.to_string())?;
+        let label = label(&spec.config);
+        let pool = pool::build_pool(&spec)?;
+        Ok(Self {
+            pool,
+            schema: format!("\"{schema}\""),
+            expire: Duration::from_secs_f64(expire_days * 86_400.0),
+            label,
+        })
+    }
+
+    pub(crate) fn expire_secs(&self) -> f64 {
+        self.expire.as_secs_f64()
+    }
+}
+
+fn label(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_default();
+    format!("{host}/{}", config.get_dbname().unwrap_or(""))
+}
+
+/// Checks a Hangfire schema name: letters, digits and `_`, not starting with a digit.
+pub(crate) fn check_schema(schema: &str) -> Result<(), String> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "schema `{}` must be 1 to 63 letters, digits or `_`, not starting with a digit",
+            schema.chars().take(64).collect::<String>()
+        ))
+    }
+}
+
+/// The stores an agent writes to: its own, and those centers send, one pool each.
+pub(crate) struct Stores {
+    local: Option<Arc<Store>>,
+    sent: Mutex<HashMap<String, Arc<Store>>>,
+}
+
+/// The most distinct header-sent stores kept open at once.
+const MAX_SENT_STORES: usize = 32;
+
+impl Stores {
+    pub(crate) fn new(local: Option<&LocalStore>) -> Result<Self, ConfigError> {
+        let local = match local {
+            None => None,
+            Some(l) => Some(Arc::new(
+                Store::open(l.connection.expose(), &l.schema, l.expire_days)
+                    .map_err(|reason| ConfigError::invalid("JOBAGENT_STORE", reason))?,
+            )),
+        };
+        if let Some(store) = &local {
+            tracing::info!(store = %store.label, "job agent writes to its configured store");
+        }
+        Ok(Self {
+            local,
+            sent: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store for a dispatch: the local one, else the one in `x-job-storage`, else none.
+    pub(crate) fn select(
+        &self,
+        header: Option<&StorageHeader>,
+    ) -> Result<Option<Arc<Store>>, String> {
+        if let Some(local) = &self.local {
+            return Ok(Some(local.clone()));
+        }
+        let Some(h) = header else { return Ok(None) };
+        if !h.kind.trim().eq_ignore_ascii_case("postgresql") {
+            return Err(format!(
+                "this agent writes to PostgreSQL but the center's store Type is `{}`; configure the center with Hangfire.PostgreSql or give the agent its own store (JOBAGENT_STORE)",
+                h.kind.chars().take(40).collect::<String>()
+            ));
+        }
+        if h.hangfire_db.trim().is_empty() {
+            return Err("the center's store has no HangfireDb connection string".to_owned());
+        }
+        let schema = h
+            .table_prefix
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("hangfire");
+        let days = h
+            .expire_at_days
+            .filter(|d| d.is_finite() && *d >= 1.0)
+            .unwrap_or(7.0)
+            .min(3650.0);
+        let spec = connstr::parse(&h.hangfire_db).map_err(|e| format!("HangfireDb: {e}"))?;
+        check_schema(schema).map_err(|e| format!("TablePrefix: {e}"))?;
+        let key = format!("{}|{schema}|{days}", spec.identity());
+        let mut sent = match self.sent.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(store) = sent.get(&key) {
+            return Ok(Some(store.clone()));
+        }
+        if sent.len() >= MAX_SENT_STORES {
+            return Err(format!(
+                "this agent already writes to {MAX_SENT_STORES} different stores; configure one store on the agent (JOBAGENT_STORE)"
+            ));
+        }
+        let store = Arc::new(
+            Store::open(&h.hangfire_db, schema, days).map_err(|e| format!("HangfireDb: {e}"))?,
+        );
+        tracing::info!(store = %store.label, "job agent opened a store sent by the center");
+        sent.insert(key, store.clone());
+        Ok(Some(store))
+    }
+}
+
+/// Upserts fields of one hash key, in one statement.
+pub(crate) async fn upsert_hash_fields(
+    client: &deadpool_postgres::Client,
+    schema: &str,
+    key: &str,
+    fields: &[&str],
+    values: &[&str],
+    expire_secs: f64,
+) -> Result<(), String> {
+    let sql = format!(
+        "INSERT INTO {schema}.hash (\"key\", field, \"value\", expireat) \
+         SELECT $1, h.field, h.value, now() + $4 * interval '1 second' \
+         FROM unnest($2::text[], $3::text[]) AS h(field, value) \
+         ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = EXCLUDED.value, expireat = EXCLUDED.expireat"
+    );
+    let stmt = client
+        .prepare_cached(&sql)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .execute(&stmt, &[&key, &fields, &values, &expire_secs])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The heartbeat reporter: every 3 s, this process's figures into hash
+//! `AgentHeart:<center server id>`, for as long as the center keeps sending heartbeats.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::Store;
+use super::procstat::ProcessSampler;
+use crate::timefmt::fmt_utc;
+
+/// Ticks a reporter lives after the last heartbeat request (15 minutes of 3 s).
+pub(crate) const LIFE_TICKS: u32 = 300;
+/// The reporter's period.
+pub(crate) const TICK: Duration = Duration::from_secs(3);
+/// How long heartbeat rows live.
+const ROW_LIFE_SECS: f64 = 600.0;
+
+/// The running reporters, one per store and center server.
+pub(crate) struct Heartbeats {
+    reporters: Mutex<HashMap<(usize, String), Arc<AtomicU32>>>,
+    stop: CancellationToken,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Beat<'a> {
+    id: u32,
+    idx: u32,
+    process_name: &'a str,
+    server: &'a str,
+    cpu_usage: f64,
+    working_set: u64,
+    disk_usage: u64,
+    timestamp: String,
+}
+
+impl Heartbeats {
+    pub(crate) fn new(stop: CancellationToken) -> Self {
+        Self {
+            reporters: Mutex::new(HashMap::new()),
+            stop,
+        }
+    }
+
+    /// Starts a reporter for `server_id`, or renews the running one.
+    pub(crate) fn beat(self: &Arc<Self>, store: Arc<Store>, server_id: &str, agent_server: &str) {
+        let key = (Arc::as_ptr(&store) as usize, server_id.to_owned());
+        let mut reporters = match self.reporters.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(ticks) = reporters.get(&key) {
+            ticks.store(LIFE_TICKS, Ordering::Release);
+            return;
+        }
+        let ticks = Arc::new(AtomicU32::new(LIFE_TICKS));
+        reporters.insert(key.clone(), ticks.clone());
+        drop(reporters);
+        tracing::info!(center_server = server_id, store = %store.label, "heartbeat reporter started");
+        let this = self.clone();
+        let hash_key = format!("AgentHeart:{server_id}");
+        let field = agent_server.to_owned();
+        tokio::spawn(async move {
+            let mut sampler = ProcessSampler::new();
+            let mut interval = tokio::time::interval(TICK);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = this.stop.cancelled() => break,
+                    _ = interval.tick() => {}
+                }
+                let left = ticks.load(Ordering::Acquire);
+                if left == 0 {
+                    // Remove ourselves, unless a heartbeat renewed us just now.
+                    let mut reporters = match this.reporters.lock() {
+                        Ok(g) => g,
+                        Err(p) => p.into_inner(),
+                    };
+                    if ticks.load(Ordering::Acquire) == 0 {
+                        reporters.remove(&key);
+                        break;
+                    }
+                    continue;
+                }
+                ticks.fetch_sub(1, Ordering::AcqRel);
+                let figures = sampler.sample();
+                let beat = Beat {
+                    id: figures.pid,
+                    idx: left - 1,
+                    process_name: &figures.name,
+                    server: &field,
+                    cpu_usage: figures.cpu_percent,
+                    working_set: figures.working_set,
+                    disk_usage: figures.free_disk,
+                    timestamp: fmt_utc(SystemTime::now()),
+                };
+                if let Err(e) = write(&store, &hash_key, &field, &beat).await {
+                    tracing::debug!(store = %store.label, error = %e, "heartbeat write failed; next tick retries");
+                }
+            }
+            tracing::info!(center_server = %key.1, "heartbeat reporter ended");
+        });
+    }
+}
+
+async fn write(store: &Store, key: &str, field: &str, beat: &Beat<'_>) -> Result<(), String> {
+    let value = serde_json::to_string(beat).map_err(|e| e.to_string())?;
+    let client = store.pool.get().await.map_err(|e| e.to_string())?;
+    super::upsert_hash_fields(
+        &client,
+        &store.schema,
+        key,
+        &[field],
+        &[&value],
+        ROW_LIFE_SECS,
+    )
+    .await
+}

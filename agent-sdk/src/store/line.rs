@@ -1,0 +1,236 @@
+//! Encoding console lines the way Hangfire.Console stores them.
+//!
+//! A line is a JSON object with keys in the order `t, r, s, c, p, n`; `t` is the offset in
+//! seconds from the console's start, rounded to milliseconds and strictly increasing per
+//! console (a line that would not be later than the previous one gets the previous `t` plus
+//! 0.0001). Long texts go into the console's hash and the line holds a reference.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use crate::console::ConsoleLine;
+
+/// Texts longer than this (in UTF-16 units) are stored by reference.
+const MAX_INLINE_UTF16: usize = 220;
+/// Lines whose JSON is longer than this (in UTF-16 units) store their text by reference.
+const MAX_LINE_UTF16: usize = 256;
+
+/// One encoded line: the set member and its score, and maybe a hash reference to write first.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct EncodedLine {
+    pub(crate) value: String,
+    pub(crate) score: f64,
+    pub(crate) reference: Option<(String, String)>,
+    /// For bar `1`: its value as the console hash's `progress` field.
+    pub(crate) progress_field: Option<String>,
+}
+
+/// The per-console state of the encoding: the start time and the previous offset.
+#[derive(Debug)]
+pub(crate) struct LineEncoder {
+    start: SystemTime,
+    /// The previous offset, in units of 0.0001 s.
+    last: Option<i64>,
+}
+
+impl LineEncoder {
+    pub(crate) fn new(start: SystemTime) -> Self {
+        Self { start, last: None }
+    }
+
+    /// The next offset for a line written at `at`, in units of 0.0001 s.
+    fn offset(&mut self, at: SystemTime) -> i64 {
+        let secs = match at.duration_since(self.start) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        let mut units = (secs * 1000.0).round() as i64 * 10;
+        if let Some(last) = self.last
+            && units <= last
+        {
+            units = last + 1;
+        }
+        self.last = Some(units);
+        units
+    }
+
+    pub(crate) fn encode(&mut self, line: &ConsoleLine) -> EncodedLine {
+        let units = self.offset(line.at);
+        let t = format_units(units);
+        let mut value = self.render(&t, false, &line.text, line);
+        let mut reference = None;
+        if line.progress.is_none()
+            && (utf16_len(&line.text) > MAX_INLINE_UTF16 || utf16_len(&value) > MAX_LINE_UTF16)
+        {
+            let field = new_reference();
+            value = self.render(&t, true, &field, line);
+            reference = Some((field, line.text.clone()));
+        }
+        let progress_field = match &line.progress {
+            Some((p, _)) if line.text == "1" => Some(format_progress(*p)),
+            _ => None,
+        };
+        EncodedLine {
+            value,
+            score: units as f64 / 10_000.0,
+            reference,
+            progress_field,
+        }
+    }
+
+    fn render(&self, t: &str, is_ref: bool, s: &str, line: &ConsoleLine) -> String {
+        let mut out = String::with_capacity(s.len() + 48);
+        out.push_str("{\"t\":");
+        out.push_str(t);
+        if is_ref {
+            out.push_str(",\"r\":true");
+        }
+        out.push_str(",\"s\":");
+        push_json_string(&mut out, s);
+        if let Some(c) = line.color {
+            out.push_str(",\"c\":");
+            push_json_string(&mut out, c.as_str());
+        }
+        if let Some((p, name)) = &line.progress {
+            out.push_str(",\"p\":");
+            out.push_str(&format_progress(*p));
+            if let Some(n) = name {
+                out.push_str(",\"n\":");
+                push_json_string(&mut out, n);
+            }
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// `12345` units → `1.2345`; `10000` → `1.0`; negative offsets keep their sign.
+fn format_units(units: i64) -> String {
+    let sign = if units < 0 { "-" } else { "" };
+    let abs = units.unsigned_abs();
+    let whole = abs / 10_000;
+    let frac = abs % 10_000;
+    let mut out = format!("{sign}{whole}.");
+    let _ = write!(out, "{frac:04}");
+    let trimmed = out.trim_end_matches('0');
+    if trimmed.ends_with('.') {
+        format!("{trimmed}0")
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Progress as the invariant-culture number with one decimal.
+fn format_progress(p: f64) -> String {
+    format!("{p:.1}")
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    match serde_json::to_string(s) {
+        Ok(json) => out.push_str(&json),
+        // Serializing a str cannot fail; write an empty string if it ever did.
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+fn utf16_len(s: &str) -> usize {
+    s.chars().map(char::len_utf16).sum()
+}
+
+/// A fresh 32-hex-digit field name for a hash reference.
+fn new_reference() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().fold(String::with_capacity(32), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::console::ConsoleColor;
+    use std::time::Duration;
+
+    fn line(start: SystemTime, ms: u64, text: &str) -> ConsoleLine {
+        ConsoleLine {
+            at: start + Duration::from_millis(ms),
+            text: text.to_owned(),
+            color: Some(ConsoleColor::INFO),
+            progress: None,
+        }
+    }
+
+    #[test]
+    fn key_order_offsets_and_monotonic_t() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut enc = LineEncoder::new(start);
+        let a = enc.encode(&line(start, 1234, "hello \"you\""));
+        assert_eq!(
+            a.value,
+            r##"{"t":1.234,"s":"hello \"you\"","c":"#ffffff"}"##
+        );
+        assert_eq!(a.score, 1.234);
+        let b = enc.encode(&line(start, 1234, "same ms"));
+        assert!(b.value.starts_with(r#"{"t":1.2341,"#), "{}", b.value);
+        let c = enc.encode(&line(start, 1000, "clock went back"));
+        assert!(c.value.starts_with(r#"{"t":1.2342,"#), "{}", c.value);
+        let d = enc.encode(&line(start, 3000, "later"));
+        assert!(d.value.starts_with(r#"{"t":3.0,"#), "{}", d.value);
+    }
+
+    #[test]
+    fn long_and_multibyte_texts_become_references() {
+        let start = SystemTime::UNIX_EPOCH;
+        let mut enc = LineEncoder::new(start);
+        let short = enc.encode(&line(start, 1, &"a".repeat(200)));
+        assert!(short.reference.is_none());
+        let long = enc.encode(&line(start, 2, &"a".repeat(221)));
+        let (field, text) = long.reference.clone().expect("reference");
+        assert_eq!(field.len(), 32);
+        assert_eq!(text.len(), 221);
+        assert_eq!(
+            long.value,
+            format!(r##"{{"t":0.002,"r":true,"s":"{field}","c":"#ffffff"}}"##)
+        );
+        // 120 CJK characters are 120 UTF-16 units, but with escapes-free JSON still short:
+        let cjk = enc.encode(&line(start, 3, &"字".repeat(120)));
+        assert!(cjk.reference.is_none());
+        // 111 surrogate pairs are 222 UTF-16 units: by reference.
+        let emoji = enc.encode(&line(start, 4, &"😀".repeat(111)));
+        assert!(emoji.reference.is_some());
+        // Quotes escape to two characters each: the JSON passes 256 before the text passes 220.
+        let quotes = enc.encode(&line(start, 5, &"\"".repeat(120)));
+        assert!(quotes.reference.is_some());
+    }
+
+    #[test]
+    fn progress_lines() {
+        let start = SystemTime::UNIX_EPOCH;
+        let mut enc = LineEncoder::new(start);
+        let p = enc.encode(&ConsoleLine {
+            at: start,
+            text: "1".into(),
+            color: None,
+            progress: Some((42.0, Some("import".into()))),
+        });
+        assert_eq!(p.value, r#"{"t":0.0,"s":"1","p":42.0,"n":"import"}"#);
+        assert_eq!(p.progress_field.as_deref(), Some("42.0"));
+        let p2 = enc.encode(&ConsoleLine {
+            at: start,
+            text: "2".into(),
+            color: Some(ConsoleColor::custom("#00ff00")),
+            progress: Some((7.5, None)),
+        });
+        assert_eq!(p2.value, r##"{"t":0.0001,"s":"2","c":"#00ff00","p":7.5}"##);
+        assert!(p2.progress_field.is_none());
+    }
+
+    #[test]
+    fn formats_units() {
+        assert_eq!(format_units(0), "0.0");
+        assert_eq!(format_units(12_340), "1.234");
+        assert_eq!(format_units(10_001), "1.0001");
+        assert_eq!(format_units(-5_000), "-0.5");
+    }
+}

@@ -1,0 +1,71 @@
+//! Writing dispatch results where the center reads them: hash `_agent_result_<id>`, then
+//! set `_agent_result_`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Store;
+use crate::job::BoxFuture;
+use crate::outcome::{DispatchResult, ResultSink};
+
+/// How long a result keeps being retried while the store is unreachable.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
+
+/// Results into a store.
+pub(crate) struct StoreResults {
+    pub(crate) store: Arc<Store>,
+}
+
+impl ResultSink for StoreResults {
+    fn write(&self, result: DispatchResult) -> BoxFuture<()> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let started = tokio::time::Instant::now();
+            let mut backoff = Duration::from_millis(50);
+            let mut failures = 0u32;
+            loop {
+                match write_once(&store, &result).await {
+                    Ok(()) => {
+                        tracing::debug!(target: "agent_sdk::result", job_id = %result.id, action = result.action, r = result.r, "result written");
+                        return;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(target: "agent_sdk::result", store = %store.label, job_id = %result.id, error = %e, "writing a result failed; retrying with backoff");
+                        }
+                    }
+                }
+                if started.elapsed() > GIVE_UP_AFTER {
+                    tracing::error!(target: "agent_sdk::result", store = %store.label, job_id = %result.id, action = result.action, r = result.r, error = %result.e, "the store stayed unreachable; the result was not written (the center will time the job out)");
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    }
+}
+
+async fn write_once(store: &Store, result: &DispatchResult) -> Result<(), String> {
+    let client = store.pool.get().await.map_err(|e| e.to_string())?;
+    let value = serde_json::to_string(result).map_err(|e| e.to_string())?;
+    let field = result.elapsed.as_millis().to_string();
+    let key = format!("_agent_result_{}", result.id);
+    let expire = store.expire_secs();
+    super::upsert_hash_fields(&client, &store.schema, &key, &[&field], &[&value], expire).await?;
+    let sql = format!(
+        "INSERT INTO {}.\"set\" (\"key\", score, \"value\", expireat) VALUES ('_agent_result_', 1, $1, now() + $2 * interval '1 second') \
+         ON CONFLICT (\"key\", \"value\") DO UPDATE SET score = EXCLUDED.score, expireat = EXCLUDED.expireat",
+        store.schema
+    );
+    let stmt = client
+        .prepare_cached(&sql)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .execute(&stmt, &[&result.id, &expire])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
