@@ -28,6 +28,7 @@ mod agent;
 mod center;
 mod console;
 mod context;
+pub mod docs;
 mod error;
 mod item;
 mod job;
