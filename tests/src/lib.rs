@@ -7,6 +7,7 @@
 
 pub mod center;
 pub mod pg;
+pub mod proxy;
 pub mod service;
 
 pub use center::{Center, CenterRequest, ConsoleInfo, Reply, Storage};

@@ -145,7 +145,7 @@ fn from_url(url: &str) -> Result<Server, String> {
         user,
         password,
         admin_db,
-        origin: format!("{DATABASE_URL_VAR}"),
+        origin: DATABASE_URL_VAR.to_owned(),
     })
 }
 
@@ -178,7 +178,7 @@ fn find_binaries() -> Option<(PathBuf, PathBuf)> {
             }
         }
     }
-    versioned.sort_by(|a, b| b.0.cmp(&a.0));
+    versioned.sort_by_key(|v| std::cmp::Reverse(v.0));
     dirs.extend(versioned.into_iter().map(|(_, p)| p));
     dirs.push(PathBuf::from("/usr/local/pgsql/bin"));
     dirs.into_iter().find_map(|dir| {

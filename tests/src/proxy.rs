@@ -1,0 +1,100 @@
+//! A TCP proxy in front of PostgreSQL that a test can cut and restore, to stage a store
+//! outage in the middle of a job.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A proxy on 127.0.0.1 forwarding to a PostgreSQL server (TCP host or Unix socket dir).
+pub struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts forwarding to `host:port` (`host` starting with `/` is a Unix socket directory).
+    pub async fn start(host: &str, port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap_or_else(|e| panic!("proxy cannot bind: {e}"));
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("proxy has no address: {e}"))
+            .port();
+        let up = Arc::new(AtomicBool::new(true));
+        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let target = host.to_owned();
+        let (up2, links2) = (up.clone(), links.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !up2.load(Ordering::Acquire) {
+                    drop(client);
+                    continue;
+                }
+                let target = target.clone();
+                let link = tokio::spawn(async move {
+                    if target.starts_with('/') {
+                        #[cfg(unix)]
+                        if let Ok(server) =
+                            tokio::net::UnixStream::connect(format!("{target}/.s.PGSQL.{port}"))
+                                .await
+                        {
+                            pipe(client, server).await;
+                        }
+                    } else if let Ok(server) = TcpStream::connect((target.as_str(), port)).await {
+                        pipe(client, server).await;
+                    }
+                });
+                if let Ok(mut l) = links2.lock() {
+                    l.push(link);
+                }
+            }
+        });
+        Self {
+            port: local,
+            up,
+            links,
+            accept,
+        }
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::Release);
+        if let Ok(mut links) = self.links.lock() {
+            for link in links.drain(..) {
+                link.abort();
+            }
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+async fn pipe<A, B>(mut a: A, mut b: B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = copy_bidirectional(&mut a, &mut b).await;
+}
