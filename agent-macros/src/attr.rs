@@ -1,8 +1,9 @@
 //! Parsing `#[job_agent(...)]` arguments.
 
 use proc_macro2::Span;
+use quote::quote;
 use syn::meta::ParseNestedMeta;
-use syn::{LitStr, Path};
+use syn::{LitStr, Path, Token};
 
 /// The job kind chosen by a flag.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -10,6 +11,16 @@ pub(crate) enum Kind {
     Singleton,
     Transient,
     Hang,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Singleton => "singleton",
+            Kind::Transient => "transient",
+            Kind::Hang => "hang",
+        }
+    }
 }
 
 /// Everything `#[job_agent(...)]` can say.
@@ -23,6 +34,19 @@ pub(crate) struct Args {
     pub(crate) register_cron: Option<LitStr>,
     pub(crate) constructor: Option<Path>,
 }
+
+/// The argument names, for "did you mean" hints.
+const NAMES: [&str; 9] = [
+    "singleton",
+    "transient",
+    "hang",
+    "class",
+    "register",
+    "register_id",
+    "register_name",
+    "register_cron",
+    "constructor",
+];
 
 const KNOWN: &str = "singleton, transient, hang, class = \"...\", register, register_id = \"...\", register_name = \"...\", register_cron = \"...\", constructor = \"path::to::fn\"";
 
@@ -38,11 +62,20 @@ impl Args {
             "transient" => self.set_kind(Kind::Transient, &meta),
             "hang" => self.set_kind(Kind::Hang, &meta),
             "register" => {
+                flag(&meta, "register")?;
+                if self.register {
+                    return Err(meta.error("`register` is given twice"));
+                }
                 self.register = true;
                 Ok(())
             }
             "class" => {
-                let lit = string(&meta, &self.class)?;
+                let lit = string(
+                    &meta,
+                    "class",
+                    &self.class,
+                    "class = \"MyCompany.Jobs.TestJob,MyCompany\"",
+                )?;
                 if lit.value().trim().is_empty() {
                     return Err(syn::Error::new(
                         lit.span(),
@@ -53,41 +86,69 @@ impl Args {
                 Ok(())
             }
             "register_id" => {
-                self.register_id = Some(string(&meta, &self.register_id)?);
+                let lit = string(
+                    &meta,
+                    "register_id",
+                    &self.register_id,
+                    "register_id = \"cleanup\"",
+                )?;
+                self.register_id = Some(lit);
                 Ok(())
             }
             "register_name" => {
-                self.register_name = Some(string(&meta, &self.register_name)?);
+                let lit = string(
+                    &meta,
+                    "register_name",
+                    &self.register_name,
+                    "register_name = \"Clean up old messages\"",
+                )?;
+                self.register_name = Some(lit);
                 Ok(())
             }
             "register_cron" => {
-                self.register_cron = Some(string(&meta, &self.register_cron)?);
+                let lit = string(
+                    &meta,
+                    "register_cron",
+                    &self.register_cron,
+                    "register_cron = \"0 3 * * *\"",
+                )?;
+                self.register_cron = Some(lit);
                 Ok(())
             }
             "constructor" => {
-                if self.constructor.is_some() {
-                    return Err(meta.error("`constructor` is given twice"));
-                }
-                let lit: LitStr = meta.value()?.parse()?;
-                self.constructor = Some(lit.parse().map_err(|_| {
+                let lit = string(
+                    &meta,
+                    "constructor",
+                    &self.constructor,
+                    "constructor = \"MyJob::new\"",
+                )?;
+                let path = lit.parse().map_err(|_| {
                     syn::Error::new(
                         lit.span(),
-                        "`constructor` must name a function, e.g. constructor = \"MyJob::new\"",
+                        "`constructor` must be the path of a function that takes no arguments \
+                         and returns the job, e.g. constructor = \"MyJob::new\"",
                     )
-                })?);
+                })?;
+                self.constructor = Some(path);
                 Ok(())
             }
-            _ => Err(meta.error(format!(
-                "unknown job_agent argument; expected one of: {KNOWN}"
-            ))),
+            _ => Err(unknown(&meta, &ident)),
         }
     }
 
     fn set_kind(&mut self, kind: Kind, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
-        if self.kind.is_some() {
-            return Err(
-                meta.error("choose one job kind: singleton (the default), transient or hang")
-            );
+        flag(meta, kind.name())?;
+        if let Some((first, _)) = self.kind {
+            return Err(meta.error(if first == kind {
+                format!("`{}` is given twice", kind.name())
+            } else {
+                format!(
+                    "`{}` conflicts with `{}`: a job has one kind, singleton (the default), \
+                     transient or hang",
+                    kind.name(),
+                    first.name()
+                )
+            }));
         }
         self.kind = Some((
             kind,
@@ -100,14 +161,106 @@ impl Args {
     }
 }
 
-fn string(meta: &ParseNestedMeta<'_>, seen: &Option<LitStr>) -> syn::Result<LitStr> {
-    if seen.is_some() {
-        return Err(meta.error("this argument is given twice"));
+/// Rejects a value after a flag such as `transient = true`.
+fn flag(meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<()> {
+    if meta.input.is_empty() || meta.input.peek(Token![,]) {
+        return Ok(());
     }
-    meta.value()?.parse::<LitStr>().map_err(|e| {
-        syn::Error::new(
-            e.span(),
-            "expected a string literal, e.g. class = \"MyCompany.Jobs.TestJob,MyCompany\"",
-        )
-    })
+    let path = &meta.path;
+    let rest: proc_macro2::TokenStream = meta.input.parse()?;
+    Err(syn::Error::new_spanned(
+        quote!(#path #rest),
+        format!("`{name}` takes no value; write #[job_agent({name})]"),
+    ))
+}
+
+/// Parses `name = "..."`, once.
+fn string<T>(
+    meta: &ParseNestedMeta<'_>,
+    name: &str,
+    seen: &Option<T>,
+    example: &str,
+) -> syn::Result<LitStr> {
+    if seen.is_some() {
+        return Err(meta.error(format!("`{name}` is given twice")));
+    }
+    let expected = || format!("`{name}` takes a string literal, e.g. {example}");
+    if !meta.input.peek(Token![=]) {
+        return Err(meta.error(expected()));
+    }
+    let value = meta.value()?;
+    if value.peek(LitStr) {
+        return value.parse();
+    }
+    // Take the whole value up to the next comma, so the error covers all of it.
+    let mut bad = proc_macro2::TokenStream::new();
+    while !value.is_empty() && !value.peek(Token![,]) {
+        let tt: proc_macro2::TokenTree = value.parse()?;
+        bad.extend([tt]);
+    }
+    if bad.is_empty() {
+        return Err(meta.error(expected()));
+    }
+    Err(syn::Error::new_spanned(bad, expected()))
+}
+
+fn unknown(meta: &ParseNestedMeta<'_>, ident: &str) -> syn::Error {
+    if ident.is_empty() {
+        return meta.error(format!(
+            "unknown #[job_agent] argument; expected one of: {KNOWN}"
+        ));
+    }
+    let near = NAMES
+        .iter()
+        .map(|name| (edit_distance(ident, name), *name))
+        .filter(|&(d, _)| d <= 2 && d * 3 <= ident.len())
+        .min();
+    match near {
+        Some((_, name)) => meta.error(format!(
+            "unknown #[job_agent] argument `{ident}`; did you mean `{name}`?"
+        )),
+        None => meta.error(format!(
+            "unknown #[job_agent] argument `{ident}`; expected one of: {KNOWN}"
+        )),
+    }
+}
+
+/// Levenshtein distance, counting a swap of two neighbours as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // d[i][j]: distance between a[..i] and b[..j].
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_distance;
+
+    #[test]
+    fn edit_distance_counts_swaps_once() {
+        assert_eq!(edit_distance("singelton", "singleton"), 1);
+        assert_eq!(edit_distance("hang", "hang"), 0);
+        assert_eq!(edit_distance("regster_id", "register_id"), 1);
+        assert_eq!(edit_distance("", "class"), 5);
+    }
 }

@@ -25,17 +25,13 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let (ident, generics) = match &item {
         Item::Struct(s) => (&s.ident, &s.generics),
         Item::Enum(e) => (&e.ident, &e.generics),
-        other => {
-            return Err(syn::Error::new(
-                other.span(),
-                "#[job_agent] goes on a struct (or enum) that implements JobAgent",
-            ));
-        }
+        other => return Err(not_a_type(other)),
     };
     if !generics.params.is_empty() {
-        return Err(syn::Error::new(
-            generics.span(),
-            "a #[job_agent] type cannot be generic: the agent must build it without type arguments",
+        return Err(syn::Error::new_spanned(
+            generics,
+            "a #[job_agent] type cannot be generic: the agent builds it from its class name \
+             alone, with no type or lifetime arguments; use a concrete type instead",
         ));
     }
     let kind = match parsed.kind.map(|(k, _)| k).unwrap_or(Kind::Singleton) {
@@ -59,6 +55,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let register = if parsed.register
         || parsed.register_id.is_some()
         || parsed.register_name.is_some()
+        || parsed.register_cron.is_some()
     {
         let name_default = ident.to_string();
         let id = parsed
@@ -87,7 +84,8 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
 
         const _: () = {
             fn __agent_sdk_build() -> ::std::sync::Arc<dyn ::agent_sdk::__private::DynJob> {
-                ::agent_sdk::__private::into_dyn::<#ident>(#build)
+                let job: #ident = #build;
+                ::agent_sdk::__private::into_dyn::<#ident>(job)
             }
             ::agent_sdk::__private::inventory::submit! {
                 ::agent_sdk::__private::JobRegistration::new(
@@ -99,4 +97,50 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
             }
         };
     })
+}
+
+/// The error for an item that is not a struct or enum, pointing at its keyword and name.
+fn not_a_type(item: &Item) -> syn::Error {
+    const WANT: &str = "#[job_agent] goes on a struct or enum that implements JobAgent";
+    let (tokens, message) = match item {
+        Item::Fn(f) => {
+            let (fn_token, ident) = (&f.sig.fn_token, &f.sig.ident);
+            (
+                quote!(#fn_token #ident),
+                format!("{WANT}, not on a function"),
+            )
+        }
+        Item::Trait(t) => {
+            let (trait_token, ident) = (&t.trait_token, &t.ident);
+            (
+                quote!(#trait_token #ident),
+                format!("{WANT}, not on a trait"),
+            )
+        }
+        Item::Impl(i) => {
+            let (impl_token, self_ty) = (&i.impl_token, &i.self_ty);
+            let head = match &i.trait_ {
+                Some((bang, path, for_token)) => {
+                    quote!(#impl_token #bang #path #for_token #self_ty)
+                }
+                None => quote!(#impl_token #self_ty),
+            };
+            (
+                head,
+                format!(
+                    "{WANT}: put it on the declaration of `{}`, not on an impl block",
+                    quote!(#self_ty)
+                ),
+            )
+        }
+        Item::Union(u) => {
+            let (union_token, ident) = (&u.union_token, &u.ident);
+            (
+                quote!(#union_token #ident),
+                format!("{WANT}, not on a union"),
+            )
+        }
+        other => (quote!(#other), WANT.to_owned()),
+    };
+    syn::Error::new_spanned(tokens, message)
 }

@@ -40,14 +40,9 @@ pub struct Agent {
     inner: Arc<AgentInner>,
 }
 
-pub(crate) struct Limits {
-    pub(crate) max_body_bytes: usize,
-}
-
 pub(crate) struct AgentInner {
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) expected_auth: Option<String>,
-    pub(crate) limits: Limits,
     pub(crate) server_id: String,
     pub(crate) server_id_header: HeaderValue,
     pub(crate) server_id_cookie: HeaderValue,
@@ -80,13 +75,15 @@ impl Agent {
             .map_err(|_| ConfigError::invalid("server id", "not a header value"))?;
         let cookie = HeaderValue::from_str(&format!("agentServerId={server_id}; Path=/"))
             .map_err(|_| ConfigError::invalid("server id", "not a header value"))?;
-        let limits = Limits {
-            max_body_bytes: 1024 * 1024,
-        };
+        if options.basic_auth.is_none() && options.store.is_none() {
+            tracing::warn!(
+                "job agent: basic auth is off and stores come from request headers; anyone who reaches this endpoint can run jobs and make the agent connect to a database of their choice (set JOBAGENT_BASIC_USER/JOBAGENT_BASIC_PASSWORD, and JOBAGENT_STORE or JOBAGENT_STORE_ALLOWED_HOSTS)"
+            );
+        }
         for reg in registry.iter() {
             tracing::debug!(class = reg.class(), kind = %reg.kind(), "job registered");
         }
-        let stores = Stores::new(options.store.as_ref())?;
+        let stores = Stores::new(options.store.as_ref(), options.allowed_store_hosts.clone())?;
         let heartbeat_stop = CancellationToken::new();
         let heartbeats = Arc::new(Heartbeats::new(heartbeat_stop.clone()));
         let runtime = Arc::new(Runtime::new(registry, options));
@@ -94,7 +91,6 @@ impl Agent {
             inner: Arc::new(AgentInner {
                 runtime,
                 expected_auth,
-                limits,
                 server_id,
                 server_id_header: header,
                 server_id_cookie: cookie,

@@ -68,6 +68,32 @@ pub struct AgentOptions {
     pub(crate) console_prefix: String,
     pub(crate) store: Option<LocalStore>,
     pub(crate) console_budget: ConsoleBudget,
+    pub(crate) limits: RequestLimits,
+    pub(crate) allowed_store_hosts: Option<Vec<String>>,
+}
+
+/// Bounds on what one request and the runtime may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Largest request body (the parameter), in bytes.
+    pub max_body_bytes: usize,
+    /// Largest total size of the request's headers, in bytes.
+    pub max_header_bytes: usize,
+    /// Most instances of one transient class running at once.
+    pub max_running_per_class: usize,
+    /// Most runs at once, all classes together.
+    pub max_running: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_running_per_class: 10_000,
+            max_running: 20_000,
+        }
+    }
 }
 
 /// A store configured on the agent itself; it wins over the one the center sends.
@@ -117,6 +143,8 @@ impl Default for AgentOptions {
             console_prefix: DEFAULT_CONSOLE_PREFIX.to_owned(),
             store: None,
             console_budget: ConsoleBudget::default(),
+            limits: RequestLimits::default(),
+            allowed_store_hosts: None,
         }
     }
 }
@@ -200,6 +228,24 @@ impl AgentOptions {
             options.console_budget.buffer_lines =
                 parse_count("JOBAGENT_CONSOLE_BUFFER_LINES", &v)? as usize;
         }
+        let limits = &mut options.limits;
+        for (name, slot) in [
+            ("JOBAGENT_MAX_BODY_BYTES", &mut limits.max_body_bytes),
+            ("JOBAGENT_MAX_HEADER_BYTES", &mut limits.max_header_bytes),
+            (
+                "JOBAGENT_MAX_RUNNING_PER_CLASS",
+                &mut limits.max_running_per_class,
+            ),
+            ("JOBAGENT_MAX_RUNNING", &mut limits.max_running),
+        ] {
+            if let Some(v) = get(name) {
+                *slot = parse_count(name, &v)? as usize;
+            }
+        }
+        if let Some(hosts) = get("JOBAGENT_STORE_ALLOWED_HOSTS") {
+            options = options
+                .allowed_store_hosts(hosts.split(',').map(str::trim).filter(|h| !h.is_empty()));
+        }
         options.validate()?;
         Ok(options)
     }
@@ -257,6 +303,28 @@ impl AgentOptions {
     /// Limits on each run's console.
     pub fn console_budget(mut self, budget: ConsoleBudget) -> Self {
         self.console_budget = budget;
+        self
+    }
+
+    /// Bounds on requests and running jobs.
+    pub fn limits(mut self, limits: RequestLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Restricts the hosts a store sent by the center (`x-job-storage`) may name: host names
+    /// or addresses, `*.example.com` for a domain. Without it any host is accepted.
+    pub fn allowed_store_hosts<I, H>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = H>,
+        H: Into<String>,
+    {
+        self.allowed_store_hosts = Some(
+            hosts
+                .into_iter()
+                .map(|h| h.into().to_ascii_lowercase())
+                .collect(),
+        );
         self
     }
 

@@ -65,10 +65,22 @@ async fn handle(State(agent): State<Arc<AgentInner>>, request: Request) -> Respo
 async fn answer(agent: &Arc<AgentInner>, request: Request) -> Result<Answer, DispatchError> {
     let (parts, body) = request.into_parts();
     check_auth(agent, &parts.headers)?;
-    let limit = agent.limits.max_body_bytes;
+    let limits = &agent.runtime.options.limits;
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(DispatchError::Limit(format!(
+            "the request headers ({header_bytes} bytes) are larger than {} bytes (JOBAGENT_MAX_HEADER_BYTES)",
+            limits.max_header_bytes
+        )));
+    }
+    let limit = limits.max_body_bytes;
     let body = to_bytes(body, limit).await.map_err(|_| {
         DispatchError::Limit(format!(
-            "the request body is larger than {limit} bytes (or was cut off)"
+            "the request body is larger than {limit} bytes (JOBAGENT_MAX_BODY_BYTES), or was cut off"
         ))
     })?;
     let d = Dispatch::decode(&parts.headers, &body)?;

@@ -4,7 +4,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -112,6 +112,7 @@ pub(crate) struct Runtime {
     tracker: TaskTracker,
     accepting: AtomicBool,
     seq: AtomicU64,
+    in_flight: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -143,6 +144,7 @@ impl Runtime {
             tracker: TaskTracker::new(),
             accepting: AtomicBool::new(true),
             seq: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -188,6 +190,21 @@ impl Runtime {
                     status: current.status().as_str(),
                     job_id: current.cx.job_id().to_owned(),
                 });
+            }
+            let limits = &self.options.limits;
+            if !reg.kind().is_singleton() && slot.runs.len() >= limits.max_running_per_class {
+                return Err(DispatchError::Limit(format!(
+                    "job {} already runs {} instances, the most allowed per class (JOBAGENT_MAX_RUNNING_PER_CLASS)",
+                    reg.class(),
+                    slot.runs.len()
+                )));
+            }
+            if self.in_flight.fetch_add(1, Ordering::AcqRel) >= limits.max_running {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(DispatchError::Limit(format!(
+                    "the agent already runs {} jobs, the most allowed (JOBAGENT_MAX_RUNNING)",
+                    limits.max_running
+                )));
             }
             let instance = if reg.kind().is_singleton() {
                 lock(&state.singleton)
@@ -345,7 +362,11 @@ impl Runtime {
     fn finish(&self, reg: &'static JobRegistration, run: &Arc<Run>) {
         run.set_status(Status::Stopped);
         let mut slot = lock(&self.state(reg).slot);
+        let before = slot.runs.len();
         slot.runs.retain(|r| r.seq != run.seq);
+        if slot.runs.len() < before {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
         if let Some(last) = slot.last.as_mut()
             && last.job_id == run.cx.job_id()
         {

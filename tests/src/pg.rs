@@ -300,7 +300,11 @@ fn free_port() -> Result<u16, String> {
 }
 
 fn start_local() -> Result<Server, String> {
-    let Some((initdb, pg_ctl)) = find_binaries() else {
+    start_local_with(find_binaries())
+}
+
+fn start_local_with(binaries: Option<(PathBuf, PathBuf)>) -> Result<Server, String> {
+    let Some((initdb, pg_ctl)) = binaries else {
         return Err(format!(
             "no PostgreSQL server to test against: {DATABASE_URL_VAR} is not set and initdb/pg_ctl \
              were not found; {}",
@@ -759,6 +763,13 @@ mod tests {
         assert_eq!(npgsql_value("a;b"), "\"a;b\"");
         assert_eq!(pct("p@ss/w:rd"), "p%40ss%2Fw%3Ard");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn without_url_or_binaries_says_how_to_get_a_server() {
+        let e = start_local_with(None).expect_err("no binaries");
+        assert!(e.contains(DATABASE_URL_VAR), "{e}");
+        assert!(e.contains("initdb") && e.contains("install"), "{e}");
     }
 
     #[test]

@@ -895,7 +895,10 @@ pub(crate) fn validate_http_url(raw: &str) -> Result<String, String> {
     let mut url =
         Url::parse(raw).map_err(|e| format!("{e}; expected e.g. http://host:5000/path"))?;
     if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(format!("scheme `{}` is not http or https", url.scheme()));
+        return Err(format!(
+            "scheme `{}` is not http or https; expected e.g. http://host:5000/path",
+            url.scheme()
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("no host".to_owned());

@@ -88,6 +88,7 @@ pub(crate) fn check_schema(schema: &str) -> Result<(), String> {
 /// The stores an agent writes to: its own, and those centers send, one pool each.
 pub(crate) struct Stores {
     local: Option<Arc<Store>>,
+    allowed_hosts: Option<Vec<String>>,
     sent: Mutex<HashMap<String, Arc<Store>>>,
 }
 
@@ -95,7 +96,10 @@ pub(crate) struct Stores {
 const MAX_SENT_STORES: usize = 32;
 
 impl Stores {
-    pub(crate) fn new(local: Option<&LocalStore>) -> Result<Self, ConfigError> {
+    pub(crate) fn new(
+        local: Option<&LocalStore>,
+        allowed_hosts: Option<Vec<String>>,
+    ) -> Result<Self, ConfigError> {
         let local = match local {
             None => None,
             Some(l) => Some(Arc::new(
@@ -108,6 +112,7 @@ impl Stores {
         }
         Ok(Self {
             local,
+            allowed_hosts,
             sent: Mutex::new(HashMap::new()),
         })
     }
@@ -143,6 +148,16 @@ impl Stores {
             .min(3650.0);
         let spec = connstr::parse(&h.hangfire_db).map_err(|e| format!("HangfireDb: {e}"))?;
         check_schema(schema).map_err(|e| format!("TablePrefix: {e}"))?;
+        if let Some(allowed) = &self.allowed_hosts {
+            for (host, _port) in spec.hosts() {
+                if !host_allowed(&host, allowed) {
+                    return Err(format!(
+                        "the center's store names host `{}`, which is not in JOBAGENT_STORE_ALLOWED_HOSTS",
+                        host.chars().take(100).collect::<String>()
+                    ));
+                }
+            }
+        }
         let key = format!("{}|{schema}|{days}", spec.identity());
         let mut sent = match self.sent.lock() {
             Ok(g) => g,
@@ -189,4 +204,36 @@ pub(crate) async fn upsert_hash_fields(
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Whether `host` matches an allow-list entry (`name`, or `*.domain` for its sub-domains).
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    allowed.iter().any(|entry| match entry.strip_prefix("*.") {
+        Some(domain) => host.ends_with(&format!(".{domain}")),
+        None => *entry == host || entry == "*",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_matches_names_and_domains() {
+        let allowed = vec![
+            "db1".to_owned(),
+            "10.0.0.5".to_owned(),
+            "*.corp.example".to_owned(),
+        ];
+        assert!(host_allowed("DB1", &allowed));
+        assert!(host_allowed("10.0.0.5", &allowed));
+        assert!(host_allowed("pg.corp.example", &allowed));
+        assert!(!host_allowed("corp.example", &allowed));
+        assert!(!host_allowed("evil.example", &allowed));
+        assert!(!host_allowed("db1.evil", &allowed));
+        assert!(check_schema("hangfire").is_ok());
+        assert!(check_schema("bad;schema").is_err());
+        assert!(check_schema("1abc").is_err());
+    }
 }

@@ -1,0 +1,23 @@
+//! `hang`: a singleton that keeps running until stopped.
+
+use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+
+#[job_agent(hang)]
+#[derive(Default)]
+pub struct ListenerJob;
+
+impl JobAgent for ListenerJob {
+    async fn on_start(&self, _cx: JobContext) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+fn main() {
+    let registry = Registry::from_inventory().expect("one job, no duplicate class");
+    assert_eq!(registry.iter().count(), 1);
+    let reg = registry.iter().next().expect("one job");
+    assert_eq!(reg.class(), format!("{}::ListenerJob", module_path!()));
+    assert_eq!(reg.kind(), JobKind::Hang);
+    assert!(reg.kind().is_singleton());
+    assert_eq!(reg.auto_register(), None);
+}

@@ -1,0 +1,29 @@
+//! `register` alone: the id and name default to the type's name, with no cron.
+
+use agent_sdk::{AutoRegister, JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+
+#[job_agent(register)]
+#[derive(Default)]
+pub struct NightlyJob;
+
+impl JobAgent for NightlyJob {
+    async fn on_start(&self, _cx: JobContext) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+fn main() {
+    let registry = Registry::from_inventory().expect("one job, no duplicate class");
+    assert_eq!(registry.iter().count(), 1);
+    let reg = registry.iter().next().expect("one job");
+    assert_eq!(reg.class(), format!("{}::NightlyJob", module_path!()));
+    assert_eq!(reg.kind(), JobKind::Singleton);
+    assert_eq!(
+        reg.auto_register(),
+        Some(AutoRegister {
+            id: "NightlyJob",
+            name: "NightlyJob",
+            cron: "",
+        })
+    );
+}

@@ -1,0 +1,10 @@
+//! The pieces of the `bench` binary: a raw HTTP/1.1 load client, child-process helpers
+//! (start, readiness, `/proc` figures), the bare baseline server, statistics and the table,
+//! and one module per scenario.
+
+pub(crate) mod baseline;
+pub(crate) mod http;
+pub(crate) mod proc;
+pub(crate) mod scenarios;
+pub(crate) mod stats;
+pub(crate) mod store;
