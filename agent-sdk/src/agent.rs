@@ -1,14 +1,16 @@
 //! `Agent`: the handle a host service builds once, mounts, and shuts down.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::http::HeaderValue;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Member;
 use crate::error::{ConfigError, DispatchError};
 use crate::options::AgentOptions;
 use crate::outcome::Outlet;
@@ -16,7 +18,7 @@ use crate::registry::Registry;
 use crate::request::{Dispatch, H_AGENT_SERVER};
 use crate::router::basic_token;
 use crate::runtime::Runtime;
-use crate::store::{Heartbeats, Stores};
+use crate::store::{Heartbeats, Store, Stores};
 
 /// A job agent: the registry of this program's jobs, their runtime, and the router the
 /// center calls. Cheap to clone.
@@ -49,6 +51,7 @@ pub(crate) struct AgentInner {
     pub(crate) stores: Stores,
     pub(crate) heartbeats: Arc<Heartbeats>,
     heartbeat_stop: CancellationToken,
+    coordinators: Mutex<HashSet<usize>>,
 }
 
 impl fmt::Debug for Agent {
@@ -86,8 +89,12 @@ impl Agent {
         let stores = Stores::new(options.store.as_ref(), options.allowed_store_hosts.clone())?;
         let heartbeat_stop = CancellationToken::new();
         let heartbeats = Arc::new(Heartbeats::new(heartbeat_stop.clone()));
-        let runtime = Arc::new(Runtime::new(registry, options));
-        Ok(Self {
+        let member = Member {
+            instance: options.instance_name(),
+            server_id: server_id.clone(),
+        };
+        let runtime = Arc::new(Runtime::new(registry, options, member));
+        let agent = Self {
             inner: Arc::new(AgentInner {
                 runtime,
                 expected_auth,
@@ -97,8 +104,18 @@ impl Agent {
                 stores,
                 heartbeats,
                 heartbeat_stop,
+                coordinators: Mutex::new(HashSet::new()),
             }),
-        })
+        };
+        // With a configured store, reconcile and coordinate from the start (when a runtime
+        // runs; otherwise at the first request).
+        if let (Some(store), Ok(_)) = (
+            agent.inner.stores.local(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            agent.inner.coordinate(&store);
+        }
+        Ok(agent)
     }
 
     /// The router that answers the center at the configured path. Merge or nest it into the
@@ -155,7 +172,27 @@ impl AgentInner {
             .stores
             .select(d.storage.as_ref())
             .map_err(DispatchError::Storage)?;
+        if let Some(store) = &store {
+            self.coordinate(store);
+        }
         Ok(Outlet { store })
+    }
+
+    /// Starts the store's coordinator once: reconciliation of runs a predecessor left, and
+    /// (in cluster mode) commands from other replicas and lost replicas' runs.
+    fn coordinate(&self, store: &Arc<Store>) {
+        let key = Arc::as_ptr(store) as usize;
+        let first = match self.coordinators.lock() {
+            Ok(mut set) => set.insert(key),
+            Err(p) => p.into_inner().insert(key),
+        };
+        if first {
+            crate::coordinator::spawn(
+                Arc::downgrade(&self.runtime),
+                store.clone(),
+                self.heartbeat_stop.clone(),
+            );
+        }
     }
 
     /// Starts or renews the heartbeat reporter for the dispatching center server.
@@ -167,6 +204,7 @@ impl AgentInner {
             .map_err(DispatchError::Storage)?;
         match store {
             Some(store) => {
+                self.coordinate(&store);
                 let field = d
                     .agent_server
                     .as_deref()

@@ -31,6 +31,7 @@ pub(crate) struct ContextInner {
     pub(crate) token: CancellationToken,
     pub(crate) console: Console,
     pub(crate) started_at: SystemTime,
+    pub(crate) fence: std::sync::OnceLock<u64>,
 }
 
 impl fmt::Debug for JobContext {
@@ -51,6 +52,10 @@ impl JobContext {
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    pub(crate) fn fence_cell(&self) -> &std::sync::OnceLock<u64> {
+        &self.inner.fence
     }
 
     /// The parameter as sent (the request body; usually JSON).
@@ -160,6 +165,13 @@ impl JobContext {
             _ = self.inner.token.cancelled() => Err(JobError::cancelled()),
             _ = tokio::time::sleep(duration) => Ok(()),
         }
+    }
+
+    /// The fencing token of this run's cluster-wide singleton claim: it grows with every
+    /// claim of the class, so business code can refuse writes from a run whose token is lower
+    /// than one it has seen. `None` for transient jobs and without a shared store.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.inner.fence.get().copied()
     }
 
     /// When the run started.

@@ -116,8 +116,8 @@ pub enum DispatchError {
     Busy {
         /// The class.
         class: String,
-        /// Running or Stopping.
-        status: &'static str,
+        /// Running or Stopping, and where.
+        status: String,
         /// The id of the run in progress.
         job_id: String,
     },

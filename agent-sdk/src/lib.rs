@@ -26,8 +26,10 @@
 
 mod agent;
 mod center;
+mod cluster;
 mod console;
 mod context;
+mod coordinator;
 pub mod docs;
 mod error;
 mod item;
@@ -56,7 +58,7 @@ pub use options::{
     AgentOptions, BasicAuth, ConsoleBudget, DEFAULT_CONSOLE_PREFIX, DEFAULT_PATH, LocalStore,
     Secret,
 };
-pub use registry::{AutoRegister, JobRegistration, Registry};
+pub use registry::{AutoRegister, BusyPolicy, JobRegistration, Registry};
 pub use request::{Action, ConsoleTarget, StorageHeader};
 pub use runtime::Status;
 
@@ -71,7 +73,7 @@ pub mod __private {
     /// Not public API, used by generated code.
     pub use crate::job::JobKind;
     /// Not public API, used by generated code.
-    pub use crate::registry::{AutoRegister, JobRegistration};
+    pub use crate::registry::{AutoRegister, BusyPolicy, JobRegistration};
     /// Not public API, used by generated code.
     pub use inventory;
 

@@ -70,6 +70,8 @@ pub struct AgentOptions {
     pub(crate) console_budget: ConsoleBudget,
     pub(crate) limits: RequestLimits,
     pub(crate) allowed_store_hosts: Option<Vec<String>>,
+    pub(crate) cluster: bool,
+    pub(crate) instance: Option<String>,
 }
 
 /// Bounds on what one request and the runtime may take.
@@ -145,6 +147,8 @@ impl Default for AgentOptions {
             console_budget: ConsoleBudget::default(),
             limits: RequestLimits::default(),
             allowed_store_hosts: None,
+            cluster: true,
+            instance: None,
         }
     }
 }
@@ -246,6 +250,18 @@ impl AgentOptions {
             options = options
                 .allowed_store_hosts(hosts.split(',').map(str::trim).filter(|h| !h.is_empty()));
         }
+        if let Some(v) = get("JOBAGENT_CLUSTER") {
+            options.cluster = parse_switch("JOBAGENT_CLUSTER", &v)?;
+        }
+        if let Some(v) = get("JOBAGENT_INSTANCE") {
+            options.instance = Some(v.trim().to_owned());
+        } else if let Some(url) = get("JOBAGENT_PUBLIC_URL") {
+            options.instance = Some(url_authority(&url));
+        } else if let Some(listen) = get("JOBAGENT_LISTEN")
+            && let Some((_, port)) = listen.trim().rsplit_once(':')
+        {
+            options.instance = Some(format!("{}:{port}", host_name()));
+        }
         options.validate()?;
         Ok(options)
     }
@@ -328,6 +344,26 @@ impl AgentOptions {
         self
     }
 
+    /// Whether replicas sharing a store coordinate (cluster-wide singletons, stop and detail
+    /// anywhere, lost runs reported). On by default; it only acts when a store is known.
+    pub fn cluster(mut self, on: bool) -> Self {
+        self.cluster = on;
+        self
+    }
+
+    /// The stable name of this agent instance (`JOBAGENT_INSTANCE`): replicas need distinct
+    /// names, and a restarted process must keep its predecessor's to reconcile its runs.
+    /// Default: the public URL's host and port, else the host name (and listen port).
+    pub fn instance(mut self, name: impl Into<String>) -> Self {
+        self.instance = Some(name.into());
+        self
+    }
+
+    /// The instance name in force.
+    pub fn instance_name(&self) -> String {
+        self.instance.clone().unwrap_or_else(host_name)
+    }
+
     /// The configured path.
     pub fn path_str(&self) -> &str {
         &self.path
@@ -366,6 +402,16 @@ impl AgentOptions {
                 "the user must be non-empty and may not contain `:`",
             ));
         }
+        if let Some(instance) = &self.instance
+            && (instance.trim().is_empty()
+                || instance.len() > 200
+                || instance.chars().any(char::is_control))
+        {
+            return Err(ConfigError::invalid(
+                "JOBAGENT_INSTANCE",
+                "the instance name must be 1 to 200 printable characters",
+            ));
+        }
         if let Some(store) = &self.store {
             crate::store::check_schema(&store.schema)
                 .map_err(|reason| ConfigError::invalid("JOBAGENT_STORE_SCHEMA", reason))?;
@@ -379,6 +425,40 @@ impl AgentOptions {
         }
         Ok(())
     }
+}
+
+fn parse_switch(name: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "on" | "yes" => Ok(true),
+        "0" | "false" | "off" | "no" => Ok(false),
+        other => Err(ConfigError::invalid(
+            name,
+            format!("`{other}` is not on/off (true/false, 1/0)"),
+        )),
+    }
+}
+
+/// `http://host:port/path` → `host:port`.
+fn url_authority(url: &str) -> String {
+    let rest = url
+        .trim()
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(url.trim());
+    rest.split(['/', '?', '#'])
+        .next()
+        .unwrap_or(rest)
+        .to_owned()
+}
+
+/// This machine's host name.
+pub(crate) fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 fn parse_count(name: &'static str, value: &str) -> Result<u64, ConfigError> {

@@ -14,6 +14,36 @@ pub struct JobRegistration {
     kind: JobKind,
     factory: fn() -> Arc<dyn DynJob>,
     register: Option<AutoRegister>,
+    on_busy: BusyPolicy,
+}
+
+/// What a run of a singleton does when the singleton already runs (here or on another
+/// replica sharing the store): `#[job_agent(on_busy = "...")]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BusyPolicy {
+    /// Refuse it with 501 (the center's "singleton busy"), as the .NET agent does.
+    #[default]
+    Reject,
+    /// Accept it (200) and report it as done at once, with a console line saying it was
+    /// skipped.
+    Discard,
+    /// Stop the running instance, then start this run.
+    Replace,
+    /// Start it after the running instance ends (at most 16 waiting per class).
+    Queue,
+}
+
+impl BusyPolicy {
+    /// The name used in `#[job_agent(on_busy = "...")]`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusyPolicy::Reject => "reject",
+            BusyPolicy::Discard => "discard",
+            BusyPolicy::Replace => "replace",
+            BusyPolicy::Queue => "queue",
+        }
+    }
 }
 
 /// What `#[job_agent(register, ...)]` asks the center to create at start-up.
@@ -47,7 +77,19 @@ impl JobRegistration {
             kind,
             factory,
             register: None,
+            on_busy: BusyPolicy::Reject,
         }
+    }
+
+    /// Sets what a run does when the singleton is busy.
+    pub const fn with_on_busy(mut self, on_busy: BusyPolicy) -> Self {
+        self.on_busy = on_busy;
+        self
+    }
+
+    /// What a run does when the singleton is busy.
+    pub fn on_busy(&self) -> BusyPolicy {
+        self.on_busy
     }
 
     /// Asks for auto-registration at the center.
@@ -87,6 +129,8 @@ inventory::collect!(JobRegistration);
 #[derive(Debug)]
 pub struct Registry {
     by_class: HashMap<&'static str, &'static JobRegistration>,
+    /// By the type-name part of a .NET-style `Name,Assembly` class (unambiguous ones only).
+    by_name: HashMap<&'static str, Option<&'static JobRegistration>>,
     ordered: Vec<&'static JobRegistration>,
 }
 
@@ -112,18 +156,35 @@ impl Registry {
             ordered.push(reg);
         }
         ordered.sort_by_key(|r| r.class);
-        Ok(Self { by_class, ordered })
+        let mut by_name: HashMap<&'static str, Option<&'static JobRegistration>> = HashMap::new();
+        for reg in &ordered {
+            if let Some((name, _assembly)) = reg.class.split_once(',') {
+                by_name
+                    .entry(name.trim())
+                    .and_modify(|slot| *slot = None)
+                    .or_insert(Some(reg));
+            }
+        }
+        Ok(Self {
+            by_class,
+            by_name,
+            ordered,
+        })
     }
 
     /// Finds a job by the class the center sent: the exact name, else for a .NET-style
-    /// `Name,Assembly` the part before the comma.
+    /// `Name, Assembly[, Version=..., ...]` by the type name before the first comma — matching
+    /// a job registered as `Name` or as `Name,AnyAssembly`.
     pub fn find(&self, class: &str) -> Option<&'static JobRegistration> {
         let class = class.trim();
         if let Some(reg) = self.by_class.get(class) {
             return Some(reg);
         }
-        let (name, _assembly) = class.split_once(',')?;
-        self.by_class.get(name.trim()).copied()
+        let name = class.split_once(',').map_or(class, |(name, _)| name).trim();
+        self.by_class
+            .get(name)
+            .copied()
+            .or_else(|| self.by_name.get(name).copied().flatten())
     }
 
     /// All registrations, sorted by class.
@@ -178,6 +239,16 @@ mod tests {
             reg.find("Msg.Job.A,Msg").map(|r| r.type_path()),
             Some("m::A")
         );
+        assert_eq!(
+            reg.find("Msg.Job.A, Msg").map(|r| r.type_path()),
+            Some("m::A")
+        );
+        assert_eq!(
+            reg.find("Msg.Job.A, Msg, Version=1.0.0.0, Culture=neutral, PublicKeyToken=null")
+                .map(|r| r.type_path()),
+            Some("m::A")
+        );
+        assert_eq!(reg.find("Msg.Job.A").map(|r| r.type_path()), Some("m::A"));
         assert!(reg.find("m::C").is_none());
         assert!(reg.find("").is_none());
     }

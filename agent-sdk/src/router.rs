@@ -95,13 +95,17 @@ async fn answer(agent: &Arc<AgentInner>, request: Request) -> Result<Answer, Dis
     match d.action {
         Action::Run => {
             let outlet = agent.outlet(&d)?;
-            rt.run(reg, d, outlet).map(Answer::ok)
+            rt.run(reg, d, outlet).await.map(Answer::ok)
         }
         Action::Stop => {
             let outlet = agent.outlet(&d)?;
-            rt.stop(reg, d, outlet).map(Answer::ok)
+            rt.stop(reg, d, outlet).await.map(Answer::ok)
         }
-        Action::Detail => rt.detail(reg).map(Answer::ok),
+        Action::Detail => {
+            // A store the agent cannot use only narrows detail to this replica.
+            let outlet = agent.outlet(&d).unwrap_or_default();
+            rt.detail(reg, &outlet).await.map(Answer::ok)
+        }
         Action::Heartbeat => Ok(Answer::ok("")),
     }
 }

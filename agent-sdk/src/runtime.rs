@@ -5,21 +5,26 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::cluster::{CLAIM_LEASE, Claimed, ClusterRun, Command, Member, RENEW_EVERY, RunRecord};
 use crate::console::Console;
 use crate::context::{ContextInner, JobContext};
 use crate::error::{DispatchError, JobError, JobErrorKind};
 use crate::job::{DynJob, JobKind};
 use crate::options::AgentOptions;
 use crate::outcome::{DispatchResult, Outlet, ResultSink};
-use crate::registry::{JobRegistration, Registry};
+use crate::registry::{BusyPolicy, JobRegistration, Registry};
 use crate::request::{Action, Dispatch};
+use crate::store::Store;
 use crate::timefmt::{fmt_duration, fmt_utc};
 
 /// The status of a job instance.
@@ -49,12 +54,18 @@ impl Status {
 /// One running instance.
 pub(crate) struct Run {
     seq: u64,
-    cx: JobContext,
+    pub(crate) cx: JobContext,
     instance: Arc<dyn DynJob>,
     status: Mutex<Status>,
     started: SystemTime,
     results: Arc<dyn ResultSink>,
     reported: AtomicBool,
+    /// The store shared with other replicas, when there is one.
+    store: Option<Arc<Store>>,
+    /// Whether this run holds the class's cluster-wide claim.
+    claimed: AtomicBool,
+    /// Writing the in-flight record (awaited before the record is removed).
+    record: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Run {
@@ -90,6 +101,7 @@ struct ClassSlot {
     last: Option<LastRun>,
 }
 
+#[derive(Clone)]
 struct LastRun {
     job_id: String,
     param: String,
@@ -101,7 +113,39 @@ struct ClassState {
     /// The singleton's instance, kept across runs like the .NET agent's.
     singleton: Mutex<Option<Arc<dyn DynJob>>>,
     slot: Mutex<ClassSlot>,
+    /// Signalled whenever a run of the class ends.
+    ended: Notify,
+    /// Queued runs (busy policy `queue`) start in arrival order.
+    queue: tokio::sync::Mutex<()>,
+    waiting: AtomicUsize,
 }
+
+/// Who holds a busy singleton.
+pub(crate) struct Busy {
+    job_id: String,
+    status: Status,
+    replica: Option<String>,
+}
+
+impl Busy {
+    fn describe(&self) -> String {
+        match &self.replica {
+            Some(replica) => format!("{} on replica {replica}", self.status.as_str()),
+            None => self.status.as_str().to_owned(),
+        }
+    }
+
+    fn into_error(self, reg: &'static JobRegistration) -> DispatchError {
+        DispatchError::Busy {
+            class: reg.class().to_owned(),
+            status: self.describe(),
+            job_id: self.job_id,
+        }
+    }
+}
+
+/// Most runs waiting behind a busy singleton (busy policy `queue`).
+const MAX_QUEUED: usize = 16;
 
 /// The runtime shared by the router and the shutdown future.
 pub(crate) struct Runtime {
@@ -113,6 +157,7 @@ pub(crate) struct Runtime {
     accepting: AtomicBool,
     seq: AtomicU64,
     in_flight: AtomicUsize,
+    pub(crate) member: Member,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,7 +168,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Runtime {
-    pub(crate) fn new(registry: Registry, options: AgentOptions) -> Self {
+    pub(crate) fn new(registry: Registry, options: AgentOptions, member: Member) -> Self {
         let classes = registry
             .iter()
             .map(|reg| {
@@ -132,6 +177,9 @@ impl Runtime {
                     ClassState {
                         singleton: Mutex::new(None),
                         slot: Mutex::new(ClassSlot::default()),
+                        ended: Notify::new(),
+                        queue: tokio::sync::Mutex::new(()),
+                        waiting: AtomicUsize::new(0),
                     },
                 )
             })
@@ -145,6 +193,7 @@ impl Runtime {
             accepting: AtomicBool::new(true),
             seq: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            member,
         }
     }
 
@@ -169,8 +218,13 @@ impl Runtime {
         self.accepting.load(Ordering::Acquire)
     }
 
-    /// Starts a run; answers at once.
-    pub(crate) fn run(
+    /// The store used for cluster coordination, when cluster mode is on.
+    fn shared<'a>(&self, outlet: &'a Outlet) -> Option<&'a Arc<Store>> {
+        outlet.store.as_ref().filter(|_| self.options.cluster)
+    }
+
+    /// Starts a run; answers at once. A busy singleton follows the class's busy policy.
+    pub(crate) async fn run(
         self: &Arc<Self>,
         reg: &'static JobRegistration,
         d: Dispatch,
@@ -179,17 +233,70 @@ impl Runtime {
         if !self.is_accepting() {
             return Err(DispatchError::ShuttingDown);
         }
+        let busy = match self.try_start(reg, &d, &outlet).await? {
+            Ok(()) => return Ok(format!("JobClass:{} run success!", reg.class())),
+            Err(busy) => busy,
+        };
+        match reg.on_busy() {
+            BusyPolicy::Reject => Err(busy.into_error(reg)),
+            BusyPolicy::Discard => {
+                let answer = format!(
+                    "JobClass:{} is busy ({}, JobId:{}); this run was discarded",
+                    reg.class(),
+                    busy.describe(),
+                    busy.job_id
+                );
+                self.discard(reg, d, outlet, busy);
+                Ok(answer)
+            }
+            BusyPolicy::Replace => {
+                let answer = format!(
+                    "JobClass:{} run accepted: replacing the running instance (JobId:{})",
+                    reg.class(),
+                    busy.job_id
+                );
+                self.replace(reg, d, outlet, busy).await;
+                Ok(answer)
+            }
+            BusyPolicy::Queue => {
+                let state = self.state(reg);
+                let position = state.waiting.fetch_add(1, Ordering::AcqRel) + 1;
+                if position > MAX_QUEUED {
+                    state.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(DispatchError::Limit(format!(
+                        "job {} is busy and {MAX_QUEUED} runs already wait behind it, the most allowed",
+                        reg.class()
+                    )));
+                }
+                let answer = format!(
+                    "JobClass:{} run accepted: queued behind JobId:{} (position {position})",
+                    reg.class(),
+                    busy.job_id
+                );
+                self.enqueue(reg, d, outlet);
+                Ok(answer)
+            }
+        }
+    }
+
+    /// Reserves the class locally, claims it cluster-wide for a singleton, and spawns the run.
+    async fn try_start(
+        self: &Arc<Self>,
+        reg: &'static JobRegistration,
+        d: &Dispatch,
+        outlet: &Outlet,
+    ) -> Result<Result<(), Busy>, DispatchError> {
         let state = self.state(reg);
-        let run = {
+        let (run, previous) = {
             let mut slot = lock(&state.slot);
             if reg.kind().is_singleton()
                 && let Some(current) = slot.runs.first()
             {
-                return Err(DispatchError::Busy {
-                    class: reg.class().to_owned(),
-                    status: current.status().as_str(),
+                return Ok(Err(Busy {
                     job_id: current.cx.job_id().to_owned(),
-                });
+                    status: current.status(),
+                    replica: None,
+                }));
             }
             let limits = &self.options.limits;
             if !reg.kind().is_singleton() && slot.runs.len() >= limits.max_running_per_class {
@@ -206,58 +313,108 @@ impl Runtime {
                     limits.max_running
                 )));
             }
-            let instance = if reg.kind().is_singleton() {
-                lock(&state.singleton)
-                    .get_or_insert_with(|| reg.instantiate())
-                    .clone()
-            } else {
-                reg.instantiate()
-            };
-            let sink = outlet.console(
-                &d.job_id,
-                d.console.as_ref(),
-                self.options.console_budget,
-                &self.options.console_prefix,
-            );
-            let console = Console::new(
-                self.options.console_prefix.clone(),
-                d.console.as_ref().map(|c| c.progress_bar_id).unwrap_or(0),
-                sink,
-            );
-            let started = SystemTime::now();
-            let cx = JobContext::new(ContextInner {
-                class: reg.class(),
-                job_id: d.job_id.clone(),
-                server_id: d.server_id.clone(),
-                job_url: d.job_url.clone(),
-                param: d.body,
-                item: d.item,
-                headers: d.headers,
-                token: self.root.child_token(),
-                console,
-                started_at: started,
-            });
-            let run = Arc::new(Run {
-                seq: self.seq.fetch_add(1, Ordering::Relaxed),
-                cx,
-                instance,
-                status: Mutex::new(Status::Running),
-                started,
-                results: outlet.results(),
-                reported: AtomicBool::new(false),
-            });
+            let run = self.new_run(reg, d, outlet);
             slot.runs.push(run.clone());
-            slot.last = Some(LastRun {
-                job_id: run.cx.job_id().to_owned(),
-                param: run.cx.param_text().to_owned(),
-                started,
+            let previous = slot.last.replace(LastRun {
+                job_id: d.job_id.clone(),
+                param: d.body.clone(),
+                started: run.started,
                 ended: None,
             });
-            run
+            (run, previous)
         };
+        if reg.kind().is_singleton()
+            && let Some(store) = self.shared(outlet)
+        {
+            match store.claim(&self.member, reg.class(), &d.job_id).await {
+                Ok(Claimed::Yes(fence)) => {
+                    let _ = run.cx.fence_cell().set(fence);
+                    run.claimed.store(true, Ordering::Release);
+                }
+                Ok(Claimed::Busy(holder)) => {
+                    self.unreserve(reg, &run, previous);
+                    return Ok(Err(Busy {
+                        job_id: holder.job_id,
+                        status: Status::Running,
+                        replica: Some(holder.instance),
+                    }));
+                }
+                Err(e) => {
+                    self.unreserve(reg, &run, previous);
+                    return Err(DispatchError::Storage(format!(
+                        "cannot claim the singleton in the shared store ({e}); retry, or turn cluster mode off (JOBAGENT_CLUSTER=off)"
+                    )));
+                }
+            }
+        }
         let rt = self.clone();
         self.tracker.spawn(async move { rt.drive(reg, run).await });
-        Ok(format!("JobClass:{} run success!", reg.class()))
+        Ok(Ok(()))
+    }
+
+    fn new_run(&self, reg: &'static JobRegistration, d: &Dispatch, outlet: &Outlet) -> Arc<Run> {
+        let state = self.state(reg);
+        let instance = if reg.kind().is_singleton() {
+            lock(&state.singleton)
+                .get_or_insert_with(|| reg.instantiate())
+                .clone()
+        } else {
+            reg.instantiate()
+        };
+        let console = self.console(d, outlet);
+        let started = SystemTime::now();
+        let cx = JobContext::new(ContextInner {
+            class: reg.class(),
+            job_id: d.job_id.clone(),
+            server_id: d.server_id.clone(),
+            job_url: d.job_url.clone(),
+            param: d.body.clone(),
+            item: d.item.clone(),
+            headers: d.headers.clone(),
+            token: self.root.child_token(),
+            console,
+            started_at: started,
+            fence: OnceLock::new(),
+        });
+        Arc::new(Run {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            cx,
+            instance,
+            status: Mutex::new(Status::Running),
+            started,
+            results: outlet.results(),
+            reported: AtomicBool::new(false),
+            store: outlet.store.clone(),
+            claimed: AtomicBool::new(false),
+            record: Mutex::new(None),
+        })
+    }
+
+    fn console(&self, d: &Dispatch, outlet: &Outlet) -> Console {
+        let sink = outlet.console(
+            &d.job_id,
+            d.console.as_ref(),
+            self.options.console_budget,
+            &self.options.console_prefix,
+        );
+        Console::new(
+            self.options.console_prefix.clone(),
+            d.console.as_ref().map(|c| c.progress_bar_id).unwrap_or(0),
+            sink,
+        )
+    }
+
+    /// Undoes a reservation whose cluster claim failed.
+    fn unreserve(&self, reg: &'static JobRegistration, run: &Arc<Run>, previous: Option<LastRun>) {
+        {
+            let mut slot = lock(&self.state(reg).slot);
+            slot.runs.retain(|r| r.seq != run.seq);
+            slot.last = previous;
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        run.reported.store(true, Ordering::Release);
+        let console = run.cx.console().clone();
+        tokio::spawn(async move { console.close().await });
     }
 
     /// The task of one run: start, wait, classify, report.
@@ -269,6 +426,54 @@ impl Runtime {
             cx.job_id(),
             reg.kind()
         ));
+        if let Some(store) = &run.store {
+            let (store, member) = (store.clone(), self.member.clone());
+            let job_id = cx.job_id().to_owned();
+            let record = RunRecord {
+                class: reg.class().to_owned(),
+                server_id: member.server_id.clone(),
+                started: crate::cluster::now_ms(),
+                action: "run".to_owned(),
+            };
+            *lock(&run.record) = Some(tokio::spawn(async move {
+                if let Err(e) = store.record_run(&member, &job_id, &record).await {
+                    tracing::debug!(job_id, error = %e, "could not record the run in flight");
+                }
+            }));
+        }
+        let renewal = CancellationToken::new();
+        if run.claimed.load(Ordering::Acquire)
+            && let Some(store) = run.store.clone()
+        {
+            let (member, class, job_id) =
+                (self.member.clone(), reg.class(), cx.job_id().to_owned());
+            let (stop, cx2) = (renewal.clone(), cx.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(RENEW_EVERY) => {}
+                    }
+                    match store.renew_claim(&member, class, &job_id).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(
+                                class,
+                                job_id,
+                                "the singleton claim was lost; cancelling the run"
+                            );
+                            cx2.console()
+                                .warning("this run lost its cluster-wide claim and was cancelled");
+                            cx2.cancel();
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::debug!(class, error = %e, "claim renewal failed; retrying")
+                        }
+                    }
+                }
+            });
+        }
         let timeout = cx
             .item()
             .agent_timeout
@@ -354,8 +559,30 @@ impl Runtime {
             (None, false) => format!("job finished after {}", fmt_duration(elapsed)),
             (Some(_), _) => format!("job ended with an error after {}", fmt_duration(elapsed)),
         });
+        renewal.cancel();
         self.finish(reg, &run);
+        if run.claimed.load(Ordering::Acquire)
+            && let Some(store) = &run.store
+            && let Err(e) = store
+                .release_claim(&self.member, reg.class(), cx.job_id())
+                .await
+        {
+            tracing::debug!(class = reg.class(), error = %e, "could not release the claim; it lapses by itself");
+        }
         run.report(error.map(|e| e.message().to_owned())).await;
+        self.forget(&run).await;
+    }
+
+    /// Removes a run's in-flight record once its result is written.
+    async fn forget(&self, run: &Run) {
+        let Some(store) = &run.store else { return };
+        let pending = lock(&run.record).take();
+        if let Some(handle) = pending {
+            let _ = handle.await;
+        }
+        if let Err(e) = store.forget_run(&self.member, run.cx.job_id()).await {
+            tracing::debug!(job_id = run.cx.job_id(), error = %e, "could not remove the in-flight record");
+        }
     }
 
     /// Takes an ended run out of its class.
@@ -372,74 +599,138 @@ impl Runtime {
         {
             last.ended = Some(SystemTime::now());
         }
+        drop(slot);
+        self.state(reg).ended.notify_waiters();
     }
 
-    /// Stops the running instance(s); answers at once, reports when `on_stop` is done.
-    pub(crate) fn stop(
+    /// Stops the running instance(s), here and on other replicas; answers at once, reports
+    /// when their `on_stop` is done.
+    pub(crate) async fn stop(
         self: &Arc<Self>,
         reg: &'static JobRegistration,
         d: Dispatch,
         outlet: Outlet,
     ) -> Result<String, DispatchError> {
         let state = self.state(reg);
-        let runs: Vec<Arc<Run>> = {
+        let (local, last) = {
             let slot = lock(&state.slot);
-            if slot.runs.is_empty() {
-                match (&slot.last, reg.kind().is_singleton()) {
-                    (Some(last), true) => {
-                        return Err(DispatchError::AlreadyStopped {
-                            class: reg.class().to_owned(),
-                            job_id: last.job_id.clone(),
-                        });
+            (slot.runs.clone(), slot.last.clone())
+        };
+        let mut remote: Vec<(String, String, u64)> = Vec::new();
+        let mut cluster_last = None;
+        if let Some(store) = self.shared(&outlet) {
+            if reg.kind().is_singleton() {
+                if local.is_empty() {
+                    match store.claim_of(reg.class()).await {
+                        Ok(Some((holder, true))) if holder.server_id != self.member.server_id => {
+                            remote.push((holder.instance, holder.job_id, 0));
+                        }
+                        Ok(Some((holder, _))) => cluster_last = Some(holder.job_id),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(class = reg.class(), error = %e, "cannot read the cluster-wide claim; stopping locally only")
+                        }
                     }
-                    (None, true) => {}
-                    (_, false) => {
-                        return Err(DispatchError::NothingRunning {
-                            class: reg.class().to_owned(),
-                        });
+                }
+            } else {
+                match store.remote_runs(&self.member, reg.class()).await {
+                    Ok(runs) => remote.extend(
+                        runs.into_iter()
+                            .map(|r| (r.instance, r.job_id, r.record.started)),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(class = reg.class(), error = %e, "cannot read other replicas' runs; stopping locally only")
                     }
                 }
             }
-            slot.runs.clone()
-        };
-        for run in &runs {
+        }
+        if local.is_empty() && remote.is_empty() {
+            if reg.kind().is_singleton() {
+                if let Some(job_id) = last.map(|l| l.job_id).or(cluster_last) {
+                    return Err(DispatchError::AlreadyStopped {
+                        class: reg.class().to_owned(),
+                        job_id,
+                    });
+                }
+            } else {
+                return Err(DispatchError::NothingRunning {
+                    class: reg.class().to_owned(),
+                });
+            }
+        }
+        for run in &local {
             run.set_status(Status::Stopping);
         }
-        let count = runs.len();
-        let stop_id = d.job_id;
-        let run_id = runs
+        let stop_id = d.job_id.clone();
+        let local_newest = local
             .iter()
-            .max_by_key(|r| r.seq)
-            .map(|r| r.cx.job_id().to_owned())
-            .unwrap_or_default();
+            .max_by_key(|r| r.started)
+            .map(|r| (r.started, r.cx.job_id().to_owned()));
+        let remote_newest = remote
+            .iter()
+            .max_by_key(|r| r.2)
+            .map(|r| (r.2, r.1.clone()));
+        let run_id = match (local_newest, remote_newest) {
+            (Some((at, id)), Some((ms, rid))) => {
+                let at_ms = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                if ms > at_ms { rid } else { id }
+            }
+            (Some((_, id)), None) | (None, Some((_, id))) => id,
+            (None, None) => String::new(),
+        };
+        let store = self.shared(&outlet).cloned();
+        if let Some(store) = &store {
+            for (instance, job_id, _) in &remote {
+                let command = Command {
+                    action: "stop".to_owned(),
+                    class: reg.class().to_owned(),
+                    job_id: job_id.clone(),
+                    stop_id: stop_id.clone(),
+                };
+                if let Err(e) = store.send_command(instance, &command).await {
+                    tracing::warn!(instance, job_id, error = %e, "could not send the stop to the replica");
+                }
+            }
+        }
+        let (count, replicas) = (
+            local.len() + remote.len(),
+            remote
+                .iter()
+                .map(|r| r.0.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+        );
+        let grace = self.options.timeout_grace;
         let started = SystemTime::now();
+        let remote_ids: Vec<String> = remote.iter().map(|r| r.1.clone()).collect();
         self.tracker.spawn(async move {
             let mut failures = Vec::new();
-            for run in &runs {
+            for run in &local {
                 run.cx
                     .console()
                     .lifecycle(format!("stop requested (stop job id {stop_id})"));
-                let stop =
-                    AssertUnwindSafe(run.instance.clone().stop(run.cx.clone())).catch_unwind();
-                match stop.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        failures.push(format!("job {}: on_stop failed: {e}", run.cx.job_id()))
-                    }
-                    Err(p) => {
-                        run.cx.cancel();
-                        failures.push(format!(
-                            "job {}: on_stop panicked: {}",
-                            run.cx.job_id(),
-                            panic_message(&*p)
-                        ))
-                    }
+                if let Some(e) = call_on_stop(run, grace).await {
+                    failures.push(e);
                 }
+            }
+            if let (Some(store), false) = (&store, remote_ids.is_empty()) {
+                failures.extend(
+                    wait_for_acks(store, &stop_id, &remote_ids, grace + Duration::from_secs(2))
+                        .await,
+                );
             }
             let error = (!failures.is_empty()).then(|| failures.join("; "));
             let result = DispatchResult::new(&stop_id, Action::Stop, &run_id, error, started);
             outlet.results().write(result).await;
         });
+        let elsewhere = if replicas > 0 {
+            format!(" ({} on {replicas} other replica(s))", remote.len())
+        } else {
+            String::new()
+        };
         Ok(if reg.kind().is_singleton() {
             if count == 0 {
                 format!(
@@ -447,59 +738,112 @@ impl Runtime {
                     reg.class()
                 )
             } else {
-                format!("JobClass:{} stop success!", reg.class())
+                format!("JobClass:{} stop success!{elsewhere}", reg.class())
             }
         } else {
             format!(
-                "JobClass:{} stop success! {count} running instance(s) stopped",
+                "JobClass:{} stop success! {count} running instance(s) stopped{elsewhere}",
                 reg.class()
             )
         })
     }
 
-    /// The human-readable status of a class.
-    pub(crate) fn detail(&self, reg: &'static JobRegistration) -> Result<String, DispatchError> {
+    /// Executes a stop sent by another replica, then acknowledges it.
+    pub(crate) async fn remote_stop(&self, store: &Store, command: Command) {
+        let run = self.registry.find(&command.class).and_then(|reg| {
+            lock(&self.state(reg).slot)
+                .runs
+                .iter()
+                .find(|r| r.cx.job_id() == command.job_id)
+                .cloned()
+        });
+        let mut error = String::new();
+        if let Some(run) = run {
+            run.set_status(Status::Stopping);
+            run.cx.console().lifecycle(format!(
+                "stop requested through another replica (stop job id {})",
+                command.stop_id
+            ));
+            if let Some(e) = call_on_stop(&run, self.options.timeout_grace).await {
+                error = e;
+            }
+        }
+        if let Err(e) = store.ack(&command.stop_id, &command.job_id, &error).await {
+            tracing::warn!(stop_id = %command.stop_id, error = %e, "could not acknowledge a remote stop");
+        }
+    }
+
+    /// The human-readable status of a class, across replicas when a store is shared.
+    pub(crate) async fn detail(
+        &self,
+        reg: &'static JobRegistration,
+        outlet: &Outlet,
+    ) -> Result<String, DispatchError> {
+        let mut remote: Vec<ClusterRun> = Vec::new();
+        let mut holder = None;
+        if let Some(store) = self.shared(outlet) {
+            if reg.kind().is_singleton() {
+                if let Ok(Some((claim, true))) = store.claim_of(reg.class()).await
+                    && claim.server_id != self.member.server_id
+                {
+                    holder = Some(claim);
+                }
+            } else if let Ok(runs) = store.remote_runs(&self.member, reg.class()).await {
+                remote = runs;
+            }
+        }
         let slot = lock(&self.state(reg).slot);
         let now = SystemTime::now();
         let mut out = String::new();
         let _ = writeln!(out, "JobClass: {}", reg.class());
         let _ = writeln!(out, "Kind: {}", reg.kind());
+        let _ = writeln!(out, "Replica: {}", self.member.instance);
         if reg.kind().is_singleton() {
+            let _ = writeln!(out, "BusyPolicy: {}", reg.on_busy().as_str());
+            if let (None, Some(claim)) = (slot.runs.first(), &holder) {
+                let _ = writeln!(out, "Status: Running");
+                let _ = writeln!(out, "RunningOn: {}", claim.instance);
+                let _ = writeln!(out, "JobId: {}", claim.job_id);
+                return Ok(out);
+            }
             let status = match (slot.runs.first(), &slot.last) {
                 (Some(run), _) => run.status(),
                 (None, Some(_)) => Status::Stopped,
                 (None, None) => Status::Default,
             };
             let _ = writeln!(out, "Status: {}", status.as_str());
+            if slot.runs.first().is_some() {
+                let _ = writeln!(out, "RunningOn: {}", self.member.instance);
+            }
             if let Some(last) = &slot.last {
                 let _ = writeln!(out, "JobId: {}", last.job_id);
                 let _ = writeln!(out, "Param: {}", last.param);
                 let _ = writeln!(out, "StartTime: {}", fmt_utc(last.started));
-                match last.ended {
-                    Some(end) => {
-                        let _ = writeln!(out, "LastEndTime: {}", fmt_utc(end));
-                        let ran = end.duration_since(last.started).unwrap_or_default();
-                        let _ = writeln!(out, "RunningTime: {}", fmt_duration(ran));
-                    }
-                    None => {
-                        let ran = now.duration_since(last.started).unwrap_or_default();
-                        let _ = writeln!(out, "RunningTime: {}", fmt_duration(ran));
-                    }
+                if let Some(end) = last.ended {
+                    let _ = writeln!(out, "LastEndTime: {}", fmt_utc(end));
                 }
+                let ran = last
+                    .ended
+                    .unwrap_or(now)
+                    .duration_since(last.started)
+                    .unwrap_or_default();
+                let _ = writeln!(out, "RunningTime: {}", fmt_duration(ran));
             }
         } else {
-            if slot.runs.is_empty() {
+            if slot.runs.is_empty() && remote.is_empty() {
                 return Err(DispatchError::NothingRunning {
                     class: reg.class().to_owned(),
                 });
             }
-            let _ = writeln!(out, "Running instances: {}", slot.runs.len());
-            for (i, run) in slot.runs.iter().enumerate() {
+            let _ = writeln!(out, "Running instances: {}", slot.runs.len() + remote.len());
+            let mut i = 0;
+            for run in slot.runs.iter() {
+                i += 1;
                 let ran = now.duration_since(run.started).unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "#{} JobId: {} Status: {} StartTime: {} RunningTime: {} Param: {}",
-                    i + 1,
+                    "#{i} Replica: {} JobId: {} Status: {} StartTime: {} RunningTime: {} Param: {}",
+                    self.member.instance,
                     run.cx.job_id(),
                     run.status().as_str(),
                     fmt_utc(run.started),
@@ -507,8 +851,133 @@ impl Runtime {
                     run.cx.param_text()
                 );
             }
+            for run in &remote {
+                i += 1;
+                let started = std::time::UNIX_EPOCH + Duration::from_millis(run.record.started);
+                let ran = now.duration_since(started).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "#{i} Replica: {} JobId: {} Status: Running StartTime: {} RunningTime: {}",
+                    run.instance,
+                    run.job_id,
+                    fmt_utc(started),
+                    fmt_duration(ran)
+                );
+            }
         }
         Ok(out)
+    }
+
+    /// Busy policy `discard`: report the run as done, with a console line saying why.
+    fn discard(
+        self: &Arc<Self>,
+        reg: &'static JobRegistration,
+        d: Dispatch,
+        outlet: Outlet,
+        busy: Busy,
+    ) {
+        let console = self.console(&d, &outlet);
+        let started = SystemTime::now();
+        self.tracker.spawn(async move {
+            console.lifecycle(format!(
+                "run discarded: job {} is busy ({}, job id {})",
+                reg.class(),
+                busy.describe(),
+                busy.job_id
+            ));
+            console.close().await;
+            let result = DispatchResult::new(&d.job_id, Action::Run, &d.job_id, None, started);
+            outlet.results().write(result).await;
+        });
+    }
+
+    /// Busy policy `replace`: stop the running instance, then start this run.
+    async fn replace(
+        self: &Arc<Self>,
+        reg: &'static JobRegistration,
+        d: Dispatch,
+        outlet: Outlet,
+        busy: Busy,
+    ) {
+        let local = lock(&self.state(reg).slot).runs.first().cloned();
+        match (local, &busy.replica, self.shared(&outlet)) {
+            (Some(run), _, _) => {
+                run.set_status(Status::Stopping);
+                run.cx
+                    .console()
+                    .lifecycle(format!("stopped to make way for run {}", d.job_id));
+                let grace = self.options.timeout_grace;
+                tokio::spawn(async move { call_on_stop(&run, grace).await });
+            }
+            (None, Some(instance), Some(store)) => {
+                let command = Command {
+                    action: "stop".to_owned(),
+                    class: reg.class().to_owned(),
+                    job_id: busy.job_id.clone(),
+                    stop_id: format!("replace-{}", d.job_id),
+                };
+                if let Err(e) = store.send_command(instance, &command).await {
+                    tracing::warn!(error = %e, "could not ask the replica to stop the running instance");
+                }
+            }
+            _ => {}
+        }
+        let deadline = tokio::time::Instant::now()
+            + self.options.timeout_grace
+            + CLAIM_LEASE
+            + Duration::from_secs(5);
+        self.start_when_free(reg, d, outlet, Some(deadline));
+    }
+
+    /// Busy policy `queue`: start this run when the running instance ends.
+    fn enqueue(self: &Arc<Self>, reg: &'static JobRegistration, d: Dispatch, outlet: Outlet) {
+        self.start_when_free(reg, d, outlet, None);
+    }
+
+    /// Starts a run as soon as the singleton is free (in arrival order), or reports why not.
+    fn start_when_free(
+        self: &Arc<Self>,
+        reg: &'static JobRegistration,
+        d: Dispatch,
+        outlet: Outlet,
+        deadline: Option<tokio::time::Instant>,
+    ) {
+        let rt = self.clone();
+        let queued = deadline.is_none();
+        self.tracker.spawn(async move {
+            let state = rt.state(reg);
+            let started = SystemTime::now();
+            let _turn = state.queue.lock().await;
+            let failure = loop {
+                if !rt.is_accepting() {
+                    break Some("the agent shut down before the run could start".to_owned());
+                }
+                match rt.try_start(reg, &d, &outlet).await {
+                    Ok(Ok(())) => break None,
+                    Ok(Err(_busy)) => {}
+                    Err(e) => break Some(e.to_string()),
+                }
+                if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                    break Some(
+                        "the running instance did not stop in time; this run did not start"
+                            .to_owned(),
+                    );
+                }
+                tokio::select! {
+                    _ = state.ended.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = rt.root.cancelled() => {}
+                }
+            };
+            if queued {
+                state.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+            if let Some(error) = failure {
+                let result =
+                    DispatchResult::new(&d.job_id, Action::Run, &d.job_id, Some(error), started);
+                outlet.results().write(result).await;
+            }
+        });
     }
 
     /// Stops taking runs, cancels every running job, waits up to the shutdown bound, and
@@ -552,6 +1021,66 @@ impl Runtime {
             .values()
             .map(|s| lock(&s.slot).runs.len())
             .sum()
+    }
+}
+
+/// Calls a run's `on_stop` within `grace`; the error text when it failed.
+async fn call_on_stop(run: &Run, grace: Duration) -> Option<String> {
+    let stop = AssertUnwindSafe(run.instance.clone().stop(run.cx.clone())).catch_unwind();
+    let id = run.cx.job_id();
+    match tokio::time::timeout(grace, stop).await {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(e))) => Some(format!("job {id}: on_stop failed: {e}")),
+        Ok(Err(p)) => {
+            run.cx.cancel();
+            Some(format!(
+                "job {id}: on_stop panicked: {}",
+                panic_message(&*p)
+            ))
+        }
+        Err(_) => {
+            run.cx.cancel();
+            Some(format!(
+                "job {id}: on_stop did not return within {} ms; the run was cancelled",
+                grace.as_millis()
+            ))
+        }
+    }
+}
+
+/// Waits until the replicas acknowledged a stop of `job_ids`; the errors they reported.
+async fn wait_for_acks(
+    store: &Store,
+    stop_id: &str,
+    job_ids: &[String],
+    within: Duration,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match store.acks(stop_id).await {
+            Ok(acks) => {
+                let done = job_ids.iter().all(|id| acks.iter().any(|(a, _)| a == id));
+                if done || tokio::time::Instant::now() >= deadline {
+                    let mut errors: Vec<String> = acks
+                        .into_iter()
+                        .map(|(_, e)| e)
+                        .filter(|e| !e.is_empty())
+                        .collect();
+                    if !done {
+                        errors.push(format!(
+                            "not every replica confirmed the stop within {} ms",
+                            within.as_millis()
+                        ));
+                    }
+                    return errors;
+                }
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return vec![format!("cannot read the replicas' confirmations: {e}")];
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

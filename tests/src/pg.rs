@@ -312,6 +312,7 @@ fn start_local_with(binaries: Option<(PathBuf, PathBuf)>) -> Result<Server, Stri
         ));
     };
     let run_as = RunAs::detect();
+    remove_stale_dirs();
     let dir = std::env::temp_dir().join(format!(
         "jobagent-pg-{}-{:08x}",
         std::process::id(),
@@ -329,6 +330,29 @@ fn start_local_with(binaries: Option<(PathBuf, PathBuf)>) -> Result<Server, Stri
         let _ = fs::remove_dir_all(&dir);
     }
     result
+}
+
+/// Removes directories of throwaway servers whose test process died before its watchdog
+/// started (no server runs in them: they hold no `postmaster.pid`).
+fn remove_stale_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("jobagent-pg-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        let running = entry.path().join("data/postmaster.pid").exists();
+        if !alive && !running && Path::new("/proc/self").exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn init_and_start(

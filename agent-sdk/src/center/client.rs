@@ -670,8 +670,8 @@ impl CenterClient {
     }
 
     /// Adds a fire-and-forget or delayed job (`op=backgroundjob`) and returns the center's job
-    /// id. An unset `DelayFromMinutes` is sent as 0 (run now); the center's own default
-    /// would be 15 minutes.
+    /// id (empty if the center sent none). An unset `DelayFromMinutes` is sent as 0 (run now);
+    /// the center's own default would be 15 minutes.
     pub async fn add_background_job(&self, job: &HttpJobRequest) -> Result<String, CenterError> {
         let op = Op::Background;
         job.check_job(op)?;
@@ -690,7 +690,8 @@ impl CenterClient {
                 message: clean_message(id, &[]),
             });
         }
-        Ok(clean_message(id, &[]))
+        // Job ids are short; anything longer is not one of the center's answers.
+        Ok(id.chars().take(200).collect())
     }
 
     /// Adds a recurring job, or replaces the one with the same id (`op=recurringjob`). A

@@ -117,6 +117,11 @@ impl Stores {
         })
     }
 
+    /// The agent's own store, if configured.
+    pub(crate) fn local(&self) -> Option<Arc<Store>> {
+        self.local.clone()
+    }
+
     /// The store for a dispatch: the local one, else the one in `x-job-storage`, else none.
     pub(crate) fn select(
         &self,

@@ -7,4 +7,5 @@ pub(crate) mod http;
 pub(crate) mod proc;
 pub(crate) mod scenarios;
 pub(crate) mod stats;
+pub(crate) mod stopjob;
 pub(crate) mod store;

@@ -1,7 +1,0 @@
-use agent_sdk::job_agent;
-
-#[job_agent]
-#[derive(Default)]
-struct Forgotten;
-
-fn main() {}

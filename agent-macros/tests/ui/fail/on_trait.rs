@@ -1,8 +1,0 @@
-use agent_sdk::job_agent;
-
-#[job_agent]
-trait Cleanup {
-    fn cleanup(&self);
-}
-
-fn main() {}

@@ -1,0 +1,72 @@
+//! The dispatch baseline: a bare axum handler on the same kind of listener as the example
+//! service, that reads the same headers and body and answers text with the same response
+//! headers — everything the agent does minus the agent.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+
+/// The request headers the center sends for a `run`.
+const READ: [&str; 10] = [
+    "x-job-agent-action",
+    "x-job-agent-class",
+    "x-job-id",
+    "x-job-body",
+    "x-job-url",
+    "x-job-server",
+    "x-job-storage",
+    "x-job-agent-console",
+    "x-job-agent-header",
+    "authorization",
+];
+
+async fn bare(headers: HeaderMap, body: Bytes) -> Response {
+    let mut seen = 0usize;
+    for name in READ {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            seen += v.len();
+        }
+    }
+    let class = headers
+        .get("x-job-agent-class")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let text = format!(
+        "JobClass:{class} run success!{}",
+        if std::hint::black_box(seen + body.len()) == usize::MAX {
+            "!"
+        } else {
+            ""
+        }
+    );
+    let mut response = (StatusCode::OK, text).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        "agentServerId",
+        HeaderValue::from_static("00000000-0000-0000-0000-000000000000"),
+    );
+    h.insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("agentServerId=00000000-0000-0000-0000-000000000000; Path=/"),
+    );
+    response
+}
+
+/// Serves the bare handler at `/jobagent` on `addr` until killed.
+pub(crate) async fn serve(addr: SocketAddr) -> Result<(), String> {
+    let app = Router::new().route("/jobagent", any(bare));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("baseline cannot listen on {addr}: {e}"))?;
+    axum::serve(listener, app)
+        .await
+        .map_err(|e| format!("baseline server error: {e}"))
+}

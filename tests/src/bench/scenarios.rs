@@ -1,0 +1,740 @@
+//! The scenarios. Each runs `runs` times and fills its rows (one value per run, with the
+//! same-run baseline where there is one) and adds notes on how it measured.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tests::center::{Center, ConsoleInfo};
+use tests::pg::TestDb;
+use tests::service::TestService;
+
+use crate::bench::http::{self, ID_PLACEHOLDER, Template};
+use crate::bench::proc::{self, CpuMark, Server};
+use crate::bench::stats::{Row, Target, Unit, median, percentile_sorted};
+use crate::bench::stopjob::{self, Seen};
+use crate::bench::store;
+
+/// The example service's transient demo job.
+pub(crate) const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
+
+/// The scenario names, in the order they run.
+pub(crate) const ALL: [&str; 7] = [
+    "dispatch", "stop", "console", "many", "memory", "idle", "startup",
+];
+
+/// How the bench runs.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) runs: usize,
+    pub(crate) quick: bool,
+    pub(crate) agent_bin: PathBuf,
+    pub(crate) self_exe: PathBuf,
+}
+
+/// Rows and notes gathered so far.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    pub(crate) rows: Vec<Row>,
+    pub(crate) notes: Vec<String>,
+}
+
+impl Report {
+    fn note(&mut self, text: impl Into<String>) {
+        self.notes.push(text.into());
+    }
+}
+
+/// Runs scenario `name`.
+pub(crate) async fn run(name: &str, s: &Settings, r: &mut Report) -> Result<(), String> {
+    eprintln!("== {name} ({} run(s))", s.runs);
+    match name {
+        "dispatch" => dispatch(s, r).await,
+        "stop" => stop_latency(s, r).await,
+        "console" => console_throughput(s, r).await,
+        "many" => many_writers(s, r).await,
+        "memory" => memory(s, r).await,
+        "idle" => idle_cost(s, r).await,
+        "startup" => startup(s, r).await,
+        other => Err(format!("unknown scenario `{other}`")),
+    }
+}
+
+/// The example service's environment: its default log level (`info`, to stdout, which the
+/// bench discards) and whatever the scenario adds.
+fn agent_env(extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut env = vec![("RUST_LOG", "info".to_owned())];
+    env.extend(extra.iter().cloned());
+    env
+}
+
+async fn start_agent(s: &Settings, extra: &[(&'static str, String)]) -> Result<Server, String> {
+    let bin = s.agent_bin.clone();
+    let env = agent_env(extra);
+    tokio::task::spawn_blocking(move || proc::start_agent(&bin, &env))
+        .await
+        .map_err(|e| format!("start task: {e}"))?
+}
+
+async fn start_baseline(s: &Settings) -> Result<Server, String> {
+    let exe = s.self_exe.clone();
+    tokio::task::spawn_blocking(move || proc::start_baseline(&exe))
+        .await
+        .map_err(|e| format!("start task: {e}"))?
+}
+
+fn progress(text: impl AsRef<str>) {
+    eprintln!("   {}", text.as_ref());
+}
+
+// ---------------------------------------------------------------------------------------------
+// dispatch
+
+async fn dispatch(s: &Settings, r: &mut Report) -> Result<(), String> {
+    const CONNS: usize = 64;
+    let (warmup, window) = if s.quick {
+        (Duration::from_millis(500), Duration::from_secs(2))
+    } else {
+        (Duration::from_secs(1), Duration::from_secs(5))
+    };
+    let agent = start_agent(s, &[]).await?;
+    let base = start_baseline(s).await?;
+    let template = |srv: &Server| -> Arc<Template> {
+        let req = Center::new(srv.url())
+            .run(TRANSIENT, ID_PLACEHOLDER)
+            .data("");
+        Arc::new(Template::new(&req, "", srv.addr))
+    };
+    let (agent_tpl, base_tpl) = (template(&agent), template(&base));
+
+    let mut rps = Row::new("dispatch", "run req/s (64 conns)", Unit::PerSec)
+        .baseline("bare axum")
+        .target(Target::RatioAtLeast(0.8));
+    let mut p50 = Row::new("dispatch", "run latency p50", Unit::Ms).baseline("bare axum");
+    let mut p99 = Row::new("dispatch", "run latency p99", Unit::Ms)
+        .baseline("bare axum")
+        .target(Target::RatioAtMost(2.0));
+    let mut client_cpu =
+        Row::new("dispatch", "client CPU, % of 1 core", Unit::PctCore).baseline("vs bare axum");
+    let mut server_cpu =
+        Row::new("dispatch", "server CPU, % of 1 core", Unit::PctCore).baseline("bare axum");
+    let mut cpu_per_req =
+        Row::new("dispatch", "server CPU per request", Unit::Us).baseline("bare axum");
+    let mut bad = 0u64;
+    let mut sample_error = None;
+    for run in 0..s.runs {
+        let mut agent_out = None;
+        let mut base_out = None;
+        // Alternate the order so drift (thermal, other load) does not favour one side.
+        let order = if run % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for is_agent in order {
+            let (srv, tpl) = if is_agent {
+                (&agent, &agent_tpl)
+            } else {
+                (&base, &base_tpl)
+            };
+            let out =
+                http::timed_load(srv.addr, srv.pid, tpl.clone(), CONNS, warmup, window).await?;
+            if is_agent {
+                agent_out = Some(out);
+            } else {
+                base_out = Some(out);
+            }
+        }
+        let (a, b) = match (agent_out, base_out) {
+            (Some(a), Some(b)) => (a, b),
+            _ => return Err("a dispatch measurement is missing".to_owned()),
+        };
+        bad += a.not_ok + b.not_ok;
+        if sample_error.is_none() {
+            sample_error = a.sample_error.clone().or(b.sample_error.clone());
+        }
+        let pct = |o: &http::LoadOutcome, p: f64| percentile_sorted(&o.latencies_us, p) / 1000.0;
+        rps.push(a.rps(), Some(b.rps()));
+        p50.push(pct(&a, 50.0), Some(pct(&b, 50.0)));
+        p99.push(pct(&a, 99.0), Some(pct(&b, 99.0)));
+        client_cpu.push(a.client_cpu, Some(b.client_cpu));
+        server_cpu.push(a.server_cpu, Some(b.server_cpu));
+        let per_req = |o: &http::LoadOutcome| o.server_cpu / 100.0 / o.rps() * 1e6;
+        cpu_per_req.push(per_req(&a), Some(per_req(&b)));
+        progress(format!(
+            "run {}: agent {:.0} req/s (p99 {:.2} ms), bare {:.0} req/s (p99 {:.2} ms)",
+            run + 1,
+            a.rps(),
+            pct(&a, 99.0),
+            b.rps(),
+            pct(&b, 99.0)
+        ));
+    }
+    if bad > 0 {
+        return Err(format!(
+            "dispatch: {bad} answers were not 200, e.g. {}",
+            sample_error.unwrap_or_default()
+        ));
+    }
+    r.note(format!(
+        "dispatch: example-agent and the bare axum baseline each run as their own release process \
+         (multi-thread tokio, 2 workers, loopback); the agent with its default log level (info, \
+         stdout discarded), no store. The same in-repo raw HTTP/1.1 keep-alive client (64 \
+         connections, requests pre-serialized by tests::center::Center, {} bytes each with the \
+         center's x-job-body/x-job-server/x-job-agent-console/x-job-url headers, x-job-id \
+         patched per request) drives both; {:?} warm-up then {:?} measured per side and run, \
+         order alternating. Client-not-the-bottleneck check: the same client drives the bare \
+         baseline faster than the agent, and its own CPU share is in the `client CPU` row \
+         (both processes share 2 cores).",
+        agent_tpl.len(),
+        warmup,
+        window
+    ));
+    r.rows
+        .extend([rps, p50, p99, server_cpu, cpu_per_req, client_cpu]);
+    agent.kill();
+    base.kill();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// stop latency
+
+async fn recv_seen(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    want_started: bool,
+    id: &str,
+) -> Result<Option<Instant>, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let seen = tokio::time::timeout(left, rx.recv())
+            .await
+            .map_err(|_| format!("the probe job {id} did not report within 10 s"))?
+            .ok_or("the probe job's channel closed")?;
+        match seen {
+            Seen::Started(j) if want_started && j == id => return Ok(None),
+            Seen::Cancelled(j, at) if !want_started && j == id => return Ok(Some(at)),
+            _ => {}
+        }
+    }
+}
+
+async fn stop_latency(s: &Settings, r: &mut Report) -> Result<(), String> {
+    let samples = if s.quick { 50 } else { 200 };
+    let svc = TestService::start().await;
+    let center = svc.center();
+    let mut rx = stopjob::listen();
+    let mut answer_row = Row::new(
+        "stop latency",
+        "stop answer → job sees cancel (median)",
+        Unit::Ms,
+    )
+    .target(Target::AtMost(1.0));
+    let mut answer_p99 = Row::new(
+        "stop latency",
+        "stop answer → job sees cancel (p99)",
+        Unit::Ms,
+    );
+    let mut sent_row = Row::new(
+        "stop latency",
+        "stop sent → job sees cancel (median)",
+        Unit::Ms,
+    );
+    let mut answer_rtt = Row::new("stop latency", "stop request round trip (median)", Unit::Ms);
+    for run in 0..s.runs {
+        let mut after_answer = Vec::with_capacity(samples);
+        let mut after_send = Vec::with_capacity(samples);
+        let mut rtt = Vec::with_capacity(samples);
+        for i in 0..samples {
+            let id = format!("stop-{run}-{i}");
+            let reply = center.run(stopjob::CLASS, &id).send().await;
+            if reply.status != 200 {
+                return Err(format!("run of the probe job answered {reply:?}"));
+            }
+            recv_seen(&mut rx, true, &id).await?;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let sent = Instant::now();
+            let reply = center
+                .stop(stopjob::CLASS, &format!("{id}-stop"))
+                .send()
+                .await;
+            let answered = Instant::now();
+            if reply.status != 200 {
+                return Err(format!("stop answered {reply:?}"));
+            }
+            let seen = recv_seen(&mut rx, false, &id)
+                .await?
+                .ok_or("no cancellation instant")?;
+            let signed_ms = |from: Instant, to: Instant| {
+                if to >= from {
+                    to.duration_since(from).as_secs_f64() * 1e3
+                } else {
+                    -(from.duration_since(to).as_secs_f64() * 1e3)
+                }
+            };
+            after_answer.push(signed_ms(answered, seen));
+            after_send.push(signed_ms(sent, seen));
+            rtt.push(signed_ms(sent, answered));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while svc.agent().running() > 0 {
+                if Instant::now() > deadline {
+                    return Err("the stopped probe job did not end within 10 s".to_owned());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let mut sorted = after_answer.clone();
+        sorted.sort_by(f64::total_cmp);
+        answer_row.push(median(&after_answer), None);
+        answer_p99.push(percentile_sorted(&sorted, 99.0), None);
+        sent_row.push(median(&after_send), None);
+        answer_rtt.push(median(&rtt), None);
+        progress(format!(
+            "run {}: answer → cancel seen median {:.3} ms over {samples} stops",
+            run + 1,
+            median(&after_answer)
+        ));
+    }
+    r.note(format!(
+        "stop latency: in-process agent (the example service's router plus a bench probe job, \
+         `{}`, that waits on cx.cancelled() and records Instant::now() when it wakes), driven \
+         by tests::center::Center (reqwest); {samples} run+stop pairs per run, one at a time. \
+         Negative values: the job saw the cancellation before the client had read the stop \
+         answer.",
+        stopjob::CLASS
+    ));
+    r.rows
+        .extend([answer_row, answer_p99, sent_row, answer_rtt]);
+    svc.shutdown(Duration::from_secs(15)).await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// console throughput
+
+/// `n` demo lines of `line_len` for console `key`, as the agent would store them.
+fn demo_rows(key: &str, n: u64, line_len: usize) -> Vec<(String, f64, String)> {
+    (1..=n)
+        .map(|i| {
+            (
+                key.to_owned(),
+                i as f64 / 10_000.0,
+                store::line_json(i, i, line_len),
+            )
+        })
+        .collect()
+}
+
+async fn warm_store(center: &Center, db: &TestDb, jobs: usize) -> Result<(), String> {
+    let mut tasks = Vec::new();
+    for i in 0..jobs {
+        let c = center.clone();
+        tasks.push(tokio::spawn(async move {
+            c.run(TRANSIENT, &format!("warm-{i}"))
+                .param(json!({"lines": 10, "line_len": 80}))
+                .send()
+                .await
+        }));
+    }
+    for t in tasks {
+        let reply = t.await.map_err(|e| format!("warm-up task: {e}"))?;
+        if reply.status != 200 {
+            return Err(format!("warm-up run answered {reply:?}"));
+        }
+    }
+    store::wait_results(
+        db,
+        jobs as i64,
+        Duration::from_millis(5),
+        Duration::from_secs(60),
+    )
+    .await?;
+    store::truncate(db).await
+}
+
+async fn console_throughput(s: &Settings, r: &mut Report) -> Result<(), String> {
+    const LINES: u64 = 100_000;
+    const LINE_LEN: usize = 80;
+    let sample: u64 = if s.quick { 1_000 } else { 3_000 };
+    let db = TestDb::new().await;
+    r.note(format!(
+        "PostgreSQL for the store scenarios: {} ({})",
+        db.origin(),
+        store::server_settings(&db).await
+    ));
+    // The budget is raised so that all 100,000 lines (and the two lifecycle lines) are
+    // written and can be checked; with the default budget (100,000 lines, 1,000 kept at the
+    // end) two lines would be replaced by a marker line.
+    let agent = start_agent(s, &[("JOBAGENT_CONSOLE_MAX_LINES", "1000000".to_owned())]).await?;
+    let center = Center::new(agent.url()).with_storage(&db.storage());
+    warm_store(&center, &db, 2).await?;
+
+    let mut vs_copy = Row::new(
+        "console throughput",
+        "100k lines → result row",
+        Unit::PerSec,
+    )
+    .baseline("COPY")
+    .target(Target::RatioAtLeast(0.5));
+    let mut vs_tx = Row::new(
+        "console throughput",
+        "100k lines → result row",
+        Unit::PerSec,
+    )
+    .baseline(format!("1 tx/line ({sample} lines)"))
+    .target(Target::RatioAtLeast(20.0));
+    let mut complete = Row::new(
+        "console throughput",
+        "console complete, in order",
+        Unit::Count,
+    )
+    .target(Target::Every(1.0));
+    for run in 0..s.runs {
+        store::truncate(&db).await?;
+        let id = format!("ct-{run}");
+        let console = ConsoleInfo::for_job(&id);
+        let t0 = Instant::now();
+        let reply = center
+            .run(TRANSIENT, &id)
+            .param(json!({"lines": LINES, "line_len": LINE_LEN}))
+            .console(console.clone())
+            .send()
+            .await;
+        if reply.status != 200 {
+            return Err(format!("the run answered {reply:?}"));
+        }
+        let t1 =
+            store::wait_results(&db, 1, Duration::from_millis(5), Duration::from_secs(600)).await?;
+        let agent_rate = LINES as f64 / t1.duration_since(t0).as_secs_f64();
+        store::check_results_ok(&db).await?;
+        let verdicts = store::consoles_in_order(&db, LINES).await?;
+        let ok = verdicts.get(&console.set_key).map(|v| v.is_ok()) == Some(true);
+        if !ok {
+            return Err(format!(
+                "console {} is not complete and in order: {:?}",
+                console.set_key,
+                verdicts.get(&console.set_key)
+            ));
+        }
+        complete.push(1.0, None);
+
+        store::truncate(&db).await?;
+        let rows = demo_rows(&format!("console:copy-{run}"), LINES, LINE_LEN);
+        let copy_client = db.connect().await;
+        let took = store::copy_rows(&copy_client, &rows).await?;
+        let copy_rate = LINES as f64 / took.as_secs_f64();
+        drop(copy_client);
+
+        store::truncate(&db).await?;
+        let rows = demo_rows(&format!("console:tx-{run}"), sample, LINE_LEN);
+        let mut tx_client = db.connect().await;
+        let took = store::one_tx_per_line(&mut tx_client, &rows).await?;
+        let tx_rate = sample as f64 / took.as_secs_f64();
+
+        vs_copy.push(agent_rate, Some(copy_rate));
+        vs_tx.push(agent_rate, Some(tx_rate));
+        progress(format!(
+            "run {}: agent {agent_rate:.0} lines/s, COPY {copy_rate:.0} lines/s, 1 tx/line {tx_rate:.0} lines/s",
+            run + 1
+        ));
+    }
+    store::truncate(&db).await?;
+    r.note(format!(
+        "console throughput: example-agent process, store sent in x-job-storage, pool warmed \
+         by one small job; timed from sending the run to its member in set `_agent_result_` \
+         (polled every 5 ms); tables truncated before each measurement. Baselines on the same \
+         table: one binary COPY of the same 100,000 rows (same JSON shape, keys and texts), and \
+         a one-transaction-per-line writer (BEGIN; INSERT ... ON CONFLICT; COMMIT, prepared, \
+         one connection) on {sample} lines, as lines/s."
+    ));
+    r.rows.extend([vs_copy, vs_tx, complete]);
+    agent.kill();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// many writers
+
+async fn many_writers(s: &Settings, r: &mut Report) -> Result<(), String> {
+    const JOBS: usize = 200;
+    const LINES: u64 = 500;
+    const LINE_LEN: usize = 80;
+    let total = JOBS as u64 * LINES;
+    let db = TestDb::new().await;
+    let agent = start_agent(s, &[]).await?;
+    let center = Center::new(agent.url()).with_storage(&db.storage());
+    warm_store(&center, &db, 32).await?;
+    let mut vs_copy = Row::new(
+        "many writers",
+        "200 jobs × 500 lines → results",
+        Unit::PerSec,
+    )
+    .baseline("COPY")
+    .target(Target::RatioAtLeast(0.4));
+    let mut complete = Row::new("many writers", "consoles complete, in order", Unit::Count)
+        .target(Target::Every(JOBS as f64));
+    for run in 0..s.runs {
+        store::truncate(&db).await?;
+        let t0 = Instant::now();
+        let mut tasks = Vec::with_capacity(JOBS);
+        for i in 0..JOBS {
+            let c = center.clone();
+            let id = format!("mw-{run}-{i}");
+            tasks.push(tokio::spawn(async move {
+                c.run(TRANSIENT, &id)
+                    .param(json!({"lines": LINES, "line_len": LINE_LEN}))
+                    .send()
+                    .await
+            }));
+        }
+        for t in tasks {
+            let reply = t.await.map_err(|e| format!("run task: {e}"))?;
+            if reply.status != 200 {
+                return Err(format!("a run answered {reply:?}"));
+            }
+        }
+        let t1 = store::wait_results(
+            &db,
+            JOBS as i64,
+            Duration::from_millis(5),
+            Duration::from_secs(600),
+        )
+        .await?;
+        let rate = total as f64 / t1.duration_since(t0).as_secs_f64();
+        let results = store::check_results_ok(&db).await?;
+        if results != JOBS {
+            return Err(format!("{results} results for {JOBS} jobs"));
+        }
+        let verdicts = store::consoles_in_order(&db, LINES).await?;
+        let good = verdicts.values().filter(|v| v.is_ok()).count();
+        if let Some((k, Err(e))) = verdicts.iter().find(|(_, v)| v.is_err()) {
+            progress(format!("console {k} is not complete and in order: {e}"));
+        }
+        complete.push(good as f64, None);
+
+        store::truncate(&db).await?;
+        let mut rows = Vec::with_capacity(total as usize);
+        for i in 0..JOBS {
+            rows.extend(demo_rows(
+                &format!("console:copy-{run}-{i}"),
+                LINES,
+                LINE_LEN,
+            ));
+        }
+        let copy_client = db.connect().await;
+        let took = store::copy_rows(&copy_client, &rows).await?;
+        let copy_rate = total as f64 / took.as_secs_f64();
+        drop(copy_client);
+        vs_copy.push(rate, Some(copy_rate));
+        progress(format!(
+            "run {}: agent {rate:.0} lines/s, COPY {copy_rate:.0} lines/s, {good}/{JOBS} consoles in order",
+            run + 1
+        ));
+    }
+    store::truncate(&db).await?;
+    r.note(
+        "many writers: example-agent process, 200 runs sent at once (200 concurrent requests), \
+         timed from the first send until all 200 members are in set `_agent_result_`; then every \
+         console is read back ORDER BY id and checked to hold line 1..=500 once each, in order. \
+         Baseline: one binary COPY of the same 100,000 rows (200 keys × 500 lines).",
+    );
+    r.rows.extend([vs_copy, complete]);
+    agent.kill();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// concurrency memory
+
+async fn memory(s: &Settings, r: &mut Report) -> Result<(), String> {
+    const JOBS: u64 = 10_000;
+    let mut idle_row =
+        Row::new("concurrency memory", "idle RSS", Unit::MiB).target(Target::AtMost(20.0));
+    let mut loaded_row =
+        Row::new("concurrency memory", "RSS, 10,000 jobs running", Unit::MiB).baseline("idle");
+    let mut per_job = Row::new("concurrency memory", "RSS per running job", Unit::KiB)
+        .target(Target::AtMost(8.0));
+    for run in 0..s.runs {
+        let agent = start_agent(s, &[]).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idle = proc::rss_kib(agent.pid)?;
+        let body = json!({"sleep_ms": 30_000}).to_string();
+        let req = Center::new(agent.url())
+            .run(TRANSIENT, ID_PLACEHOLDER)
+            .data(body.clone());
+        let tpl = Arc::new(Template::new(&req, &body, agent.addr));
+        let t0 = Instant::now();
+        http::send_all(agent.addr, tpl, 64, JOBS).await?;
+        let sent = t0.elapsed();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let loaded = proc::rss_kib(agent.pid)?;
+        let detail = Center::new(agent.url()).detail(TRANSIENT).send().await;
+        let running = format!("Running instances: {JOBS}");
+        if !detail.body.contains(&running) {
+            let head: String = detail.body.chars().take(200).collect();
+            return Err(format!(
+                "expected `{running}` in detail, got {}: {head}",
+                detail.status
+            ));
+        }
+        if t0.elapsed() > Duration::from_secs(25) {
+            return Err("sending the runs took too long: some may have ended".to_owned());
+        }
+        let per = (loaded as f64 - idle as f64) / JOBS as f64;
+        idle_row.push(idle as f64 / 1024.0, None);
+        loaded_row.push(loaded as f64 / 1024.0, Some(idle as f64 / 1024.0));
+        per_job.push(per, None);
+        progress(format!(
+            "run {}: idle {idle} KiB, {JOBS} running {loaded} KiB ({per:.2} KiB/job; sent in {:.2} s)",
+            run + 1,
+            sent.as_secs_f64()
+        ));
+        agent.kill();
+    }
+    r.note(
+        "concurrency memory: a fresh example-agent process per run (no store); VmRSS from \
+         /proc/<pid>/status 300 ms after its first answer (idle), then 10,000 runs of \
+         TestTransientJob {\"sleep_ms\":30000} over 64 keep-alive connections, VmRSS 500 ms \
+         after the last answer, `detail` confirming 10,000 running instances. Per job = \
+         (loaded − idle) / 10,000, so it also carries the 64 connections' buffers.",
+    );
+    r.rows.extend([idle_row, loaded_row, per_job]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// idle cost
+
+async fn idle_cost(s: &Settings, r: &mut Report) -> Result<(), String> {
+    let window = if s.quick {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(60)
+    };
+    let tck = proc::clk_tck();
+    let db = TestDb::new().await;
+    let mut row = Row::new("idle cost", "CPU, 3 heartbeat reporters", Unit::PctCore)
+        .target(Target::AtMost(1.0));
+    for run in 0..s.runs {
+        store::truncate(&db).await?;
+        let agent = start_agent(s, &[]).await?;
+        for i in 0..3 {
+            let reply = Center::new(agent.url())
+                .with_storage(&db.storage())
+                .with_server_id(format!("bench-center-{i}"))
+                .heartbeat()
+                .send()
+                .await;
+            if reply.status != 200 {
+                return Err(format!("heartbeat answered {reply:?}"));
+            }
+        }
+        let first = wait_heartbeats(&db, Duration::from_secs(10)).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let c0 = CpuMark::now(agent.pid)?;
+        tokio::time::sleep(window).await;
+        let c1 = CpuMark::now(agent.pid)?;
+        let pct = c0.pct_until(c1, tck);
+        let last = wait_heartbeats(&db, Duration::from_secs(1)).await?;
+        if last >= first {
+            return Err(format!(
+                "the heartbeat rows were not renewed during the window (Idx {first} → {last})"
+            ));
+        }
+        row.push(pct, None);
+        progress(format!(
+            "run {}: {pct:.3} % of one core over {window:?} (heartbeat Idx {first} → {last})",
+            run + 1
+        ));
+        agent.kill();
+    }
+    r.note(format!(
+        "idle cost: a fresh example-agent process per run; 3 heartbeats (3 center server ids, \
+         store in x-job-storage) start 3 reporters writing every 3 s; after their first rows, \
+         utime+stime from /proc/<pid>/stat over {window:?} (clock ticks of 1/{tck} s), checked \
+         that the rows kept being renewed."
+    ));
+    r.rows.push(row);
+    Ok(())
+}
+
+/// Waits until the three reporters' rows exist; returns the smallest `Idx` among them.
+async fn wait_heartbeats(db: &TestDb, within: Duration) -> Result<i64, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let rows = db
+            .client()
+            .query(
+                "SELECT key, value FROM hangfire.hash WHERE key LIKE 'AgentHeart:bench-center-%'",
+                &[],
+            )
+            .await
+            .map_err(|e| format!("read heartbeats: {e}"))?;
+        if rows.len() >= 3 {
+            let mut min_idx = i64::MAX;
+            for row in &rows {
+                let value: Option<String> = row.get(1);
+                let v: serde_json::Value = serde_json::from_str(value.as_deref().unwrap_or(""))
+                    .map_err(|e| format!("heartbeat row is not JSON: {e}"))?;
+                min_idx = min_idx.min(v.get("Idx").and_then(|i| i.as_i64()).unwrap_or(i64::MAX));
+            }
+            return Ok(min_idx);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} of 3 heartbeat rows after {within:?}",
+                rows.len()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// start-up
+
+fn one_startup(bin: &std::path::Path) -> Result<Duration, String> {
+    let addr: SocketAddr = proc::free_addr()?;
+    let env = agent_env(&[]);
+    let (server, t0) = proc::spawn(bin, &[], &env, addr)?;
+    let t1 = proc::wait_ready(addr, Duration::from_secs(20))?;
+    server.kill();
+    Ok(t1.duration_since(t0))
+}
+
+async fn startup(s: &Settings, r: &mut Report) -> Result<(), String> {
+    const PER_RUN: usize = 3;
+    let bin = s.agent_bin.clone();
+    let runs = s.runs;
+    let values = tokio::task::spawn_blocking(move || {
+        one_startup(&bin)?; // warm the page cache; not counted
+        let mut per_run = Vec::with_capacity(runs);
+        for run in 0..runs {
+            let mut ms = Vec::with_capacity(PER_RUN);
+            for _ in 0..PER_RUN {
+                ms.push(one_startup(&bin)?.as_secs_f64() * 1e3);
+            }
+            let m = median(&ms);
+            eprintln!("   run {}: {m:.2} ms (samples {ms:.2?})", run + 1);
+            per_run.push(m);
+        }
+        Ok::<_, String>(per_run)
+    })
+    .await
+    .map_err(|e| format!("start-up task: {e}"))??;
+    let mut row = Row::new("start-up", "spawn → first answered request", Unit::Ms)
+        .target(Target::AtMost(100.0));
+    for v in values {
+        row.push(v, None);
+    }
+    r.note(format!(
+        "start-up: spawn of the example-agent release binary (no store) until a `detail` \
+         request on a fresh connection is answered, probing every 100 µs; {PER_RUN} starts per \
+         run (median), after one unmeasured start to warm the page cache."
+    ));
+    r.rows.push(row);
+    Ok(())
+}
