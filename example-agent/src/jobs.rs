@@ -90,6 +90,9 @@ async fn run_demo(cx: &JobContext) -> Result<(), JobError> {
     } else {
         None
     };
+    if let Some(token) = cx.fencing_token() {
+        cx.console().info(format!("fencing token {token}"));
+    }
     let start = tokio::time::Instant::now();
     let total = Duration::from_millis(p.sleep_ms);
     if p.lines == 0 && !total.is_zero() {

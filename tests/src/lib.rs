@@ -8,6 +8,7 @@
 pub mod center;
 pub mod pg;
 pub mod proxy;
+pub mod replica;
 pub mod service;
 
 pub use center::{Center, CenterRequest, ConsoleInfo, Reply, Storage};

@@ -326,14 +326,15 @@ async fn send_stop_for(opts: &Options, center: &Center, class: &str, run_id: &st
         "^C: sending stop for run {run_id} (stop job {stop_id}); ctrl-c again to exit at once"
     ));
     let console = ConsoleInfo::for_job(&stop_id);
-    let request = center.dispatch(&Dispatch {
+    let dispatch = Dispatch {
         action: "stop",
         class,
         job_id: &stop_id,
         param: &opts.param,
         timeout_ms: 0,
         console: &console,
-    });
+    };
+    let request = center.dispatch(&dispatch);
     let mut again = armed_interrupt().await;
     tokio::select! {
         answer = request => match answer {

@@ -16,7 +16,9 @@ fn main() {
     let registry = Registry::from_inventory().expect("one job, no duplicate class");
     assert_eq!(registry.iter().count(), 1);
     let path = format!("{}::CleanupJob", module_path!());
-    let reg = registry.find(&path).expect("registered under its Rust path");
+    let reg = registry
+        .find(&path)
+        .expect("registered under its Rust path");
     assert_eq!(reg.class(), path);
     assert_eq!(reg.type_path(), path);
     assert_eq!(reg.kind(), JobKind::Singleton);

@@ -21,7 +21,9 @@ impl JobAgent for ModeJob {
 fn main() {
     let registry = Registry::from_inventory().expect("one job, no duplicate class");
     assert_eq!(registry.iter().count(), 1);
-    let reg = registry.find("Jobs.Mode").expect("registered under its class");
+    let reg = registry
+        .find("Jobs.Mode")
+        .expect("registered under its class");
     assert_eq!(reg.type_path(), format!("{}::ModeJob", module_path!()));
     assert_eq!(reg.kind(), JobKind::Hang);
     assert_eq!(reg.auto_register(), None);

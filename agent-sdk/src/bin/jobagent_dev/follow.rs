@@ -324,7 +324,7 @@ mod tests {
     #[test]
     fn renders_lines_like_the_dashboard() {
         assert_eq!(
-            render_line(r#"{"t":0.012,"s":"line 1","c":"#ffffff"}"#, None, false),
+            render_line(r##"{"t":0.012,"s":"line 1","c":"#ffffff"}"##, None, false),
             "+0.012s line 1"
         );
         assert_eq!(
@@ -345,7 +345,7 @@ mod tests {
         );
         assert!(render_line(r#"{"t":0.1,"r":true,"s":"abc"}"#, None, false).contains("missing"));
         assert_eq!(
-            render_line(r#"{"t":0.2,"s":"boom","c":"#ff0000"}"#, None, true),
+            render_line(r##"{"t":0.2,"s":"boom","c":"#ff0000"}"##, None, true),
             "+0.200s \x1b[38;2;255;0;0mboom\x1b[0m"
         );
         assert!(render_line("garbage", None, false).contains("garbage"));

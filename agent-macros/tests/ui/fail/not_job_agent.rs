@@ -1,0 +1,7 @@
+use agent_sdk::job_agent;
+
+#[job_agent]
+#[derive(Default)]
+struct Forgotten;
+
+fn main() {}

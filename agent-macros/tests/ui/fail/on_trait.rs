@@ -1,0 +1,8 @@
+use agent_sdk::job_agent;
+
+#[job_agent]
+trait Cleanup {
+    fn cleanup(&self);
+}
+
+fn main() {}

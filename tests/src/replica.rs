@@ -1,0 +1,144 @@
+//! Example-service processes sharing one store: replicas behind one URL, for cluster tests.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::center::Center;
+
+/// The example service as a separate process.
+pub struct Replica {
+    name: String,
+    port: u16,
+    child: Option<Child>,
+}
+
+/// The example service's binary, built once per test process (`cargo build -p example-agent`
+/// into this test's target directory).
+pub fn example_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no current exe: {e}"));
+        // <target>/<profile>/deps/<test binary>
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()))
+            .to_path_buf();
+        let target = profile_dir
+            .parent()
+            .unwrap_or_else(|| panic!("unexpected target layout {}", profile_dir.display()))
+            .to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "example-agent",
+            "--bin",
+            "example-agent",
+            "--target-dir",
+        ])
+        .arg(&target);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build example-agent: {e}"));
+        assert!(status.success(), "building example-agent failed");
+        profile_dir.join("example-agent")
+    })
+    .clone()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+impl Replica {
+    /// Starts a replica named `name` with extra environment; waits until it answers.
+    pub async fn start(name: &str, env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(example_binary());
+        cmd.env("JOBAGENT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("JOBAGENT_INSTANCE", name)
+            .env(
+                "RUST_LOG",
+                std::env::var("REPLICA_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start example-agent: {e}"));
+        let replica = Self {
+            name: name.to_owned(),
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let health = format!("http://127.0.0.1:{port}/health");
+        loop {
+            if let Ok(r) = reqwest::get(&health).await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica {name} did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        replica
+    }
+
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A center stand-in talking to this replica's agent.
+    pub fn center(&self) -> Center {
+        Center::new(format!("http://127.0.0.1:{}/jobagent", self.port))
+    }
+
+    /// Kills the process with SIGKILL (no shutdown at all).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the process with SIGTERM and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
