@@ -33,10 +33,32 @@ pub(crate) struct Args {
     pub(crate) register_name: Option<LitStr>,
     pub(crate) register_cron: Option<LitStr>,
     pub(crate) constructor: Option<Path>,
+    pub(crate) on_busy: Option<(BusyPolicy, Span)>,
+}
+
+/// `on_busy = "..."`: what a singleton run does when the singleton is busy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BusyPolicy {
+    Reject,
+    Discard,
+    Replace,
+    Queue,
+}
+
+impl BusyPolicy {
+    /// The `agent_sdk::BusyPolicy` variant name.
+    pub(crate) fn variant(self) -> &'static str {
+        match self {
+            BusyPolicy::Reject => "Reject",
+            BusyPolicy::Discard => "Discard",
+            BusyPolicy::Replace => "Replace",
+            BusyPolicy::Queue => "Queue",
+        }
+    }
 }
 
 /// The argument names, for "did you mean" hints.
-const NAMES: [&str; 9] = [
+const NAMES: [&str; 10] = [
     "singleton",
     "transient",
     "hang",
@@ -46,9 +68,10 @@ const NAMES: [&str; 9] = [
     "register_name",
     "register_cron",
     "constructor",
+    "on_busy",
 ];
 
-const KNOWN: &str = "singleton, transient, hang, class = \"...\", register, register_id = \"...\", register_name = \"...\", register_cron = \"...\", constructor = \"path::to::fn\"";
+const KNOWN: &str = "singleton, transient, hang, class = \"...\", register, register_id = \"...\", register_name = \"...\", register_cron = \"...\", constructor = \"path::to::fn\", on_busy = \"reject|discard|replace|queue\"";
 
 impl Args {
     pub(crate) fn parse_meta(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
@@ -130,6 +153,26 @@ impl Args {
                     )
                 })?;
                 self.constructor = Some(path);
+                Ok(())
+            }
+            "on_busy" => {
+                if self.on_busy.is_some() {
+                    return Err(meta.error("`on_busy` is given twice"));
+                }
+                let lit = string(&meta, "on_busy", &None::<LitStr>, "on_busy = \"queue\"")?;
+                let policy = match lit.value().as_str() {
+                    "reject" => BusyPolicy::Reject,
+                    "discard" => BusyPolicy::Discard,
+                    "replace" => BusyPolicy::Replace,
+                    "queue" => BusyPolicy::Queue,
+                    _ => {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "`on_busy` is one of \"reject\" (the default), \"discard\", \"replace\" or \"queue\"",
+                        ));
+                    }
+                };
+                self.on_busy = Some((policy, lit.span()));
                 Ok(())
             }
             _ => Err(unknown(&meta, &ident)),

@@ -79,6 +79,19 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     } else {
         quote!()
     };
+    let on_busy = match parsed.on_busy {
+        None => quote!(),
+        Some((_, span)) if parsed.kind.is_some_and(|(k, _)| k == Kind::Transient) => {
+            return Err(syn::Error::new(
+                span,
+                "`on_busy` applies to singleton and hang jobs; a transient job starts a new instance for every run",
+            ));
+        }
+        Some((policy, _)) => {
+            let variant = syn::Ident::new(policy.variant(), proc_macro2::Span::call_site());
+            quote!(.with_on_busy(::agent_sdk::__private::BusyPolicy::#variant))
+        }
+    };
     Ok(quote! {
         #item
 
@@ -93,7 +106,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                     #type_path,
                     ::agent_sdk::__private::JobKind::#kind,
                     __agent_sdk_build,
-                ) #register
+                ) #register #on_busy
             }
         };
     })

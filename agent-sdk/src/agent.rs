@@ -142,6 +142,20 @@ impl Agent {
         &self.inner.runtime.options
     }
 
+    /// Registers the jobs that opted in (`#[job_agent(register, ...)]`) as recurring jobs at
+    /// the center, in the background, when auto-registration is configured
+    /// (`JOBAGENT_AUTO_REGISTER` and friends); `None` when it is not.
+    pub fn start_auto_registration(
+        &self,
+    ) -> Option<tokio::task::JoinHandle<crate::center::RegistrationReport>> {
+        let options = self.inner.runtime.options.auto_register.clone()?;
+        Some(crate::center::spawn_auto_register(
+            self.registry(),
+            options,
+            self.options().path_str(),
+        ))
+    }
+
     /// How many runs are in flight.
     pub fn running(&self) -> usize {
         self.inner.runtime.running()

@@ -16,6 +16,10 @@ pub mod migrating {}
 pub mod operations {}
 #[doc = include_str!("../../docs/protocol.md")]
 pub mod protocol {}
+#[doc = include_str!("../../docs/security.md")]
+pub mod security {}
+#[doc = include_str!("../../docs/replicas.md")]
+pub mod replicas {}
 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]

@@ -72,6 +72,7 @@ pub struct AgentOptions {
     pub(crate) allowed_store_hosts: Option<Vec<String>>,
     pub(crate) cluster: bool,
     pub(crate) instance: Option<String>,
+    pub(crate) auto_register: Option<crate::center::AutoRegistrationOptions>,
 }
 
 /// Bounds on what one request and the runtime may take.
@@ -149,6 +150,7 @@ impl Default for AgentOptions {
             allowed_store_hosts: None,
             cluster: true,
             instance: None,
+            auto_register: None,
         }
     }
 }
@@ -250,6 +252,7 @@ impl AgentOptions {
             options = options
                 .allowed_store_hosts(hosts.split(',').map(str::trim).filter(|h| !h.is_empty()));
         }
+        options.auto_register = crate::center::AutoRegistrationOptions::from_lookup(&lookup)?;
         if let Some(v) = get("JOBAGENT_CLUSTER") {
             options.cluster = parse_switch("JOBAGENT_CLUSTER", &v)?;
         }
@@ -356,6 +359,13 @@ impl AgentOptions {
     /// Default: the public URL's host and port, else the host name (and listen port).
     pub fn instance(mut self, name: impl Into<String>) -> Self {
         self.instance = Some(name.into());
+        self
+    }
+
+    /// Registers the jobs that opt in (`#[job_agent(register)]`) at the center when
+    /// [`Agent::start_auto_registration`](crate::Agent::start_auto_registration) runs.
+    pub fn auto_register(mut self, options: crate::center::AutoRegistrationOptions) -> Self {
+        self.auto_register = Some(options);
         self
     }
 
