@@ -573,6 +573,37 @@ impl Runtime {
         self.forget(&run).await;
     }
 
+    /// Waits up to `grace` for a run to end.
+    async fn ends_within(&self, run: &Run, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        while run.status() != Status::Stopped {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Gives up on a run that does not end: frees its class, releases its claim and reports
+    /// it failed. Its task goes on unobserved; whatever it returns later is not reported.
+    async fn abandon(&self, reg: &'static JobRegistration, run: &Arc<Run>, why: String) {
+        tracing::warn!(class = reg.class(), job_id = run.cx.job_id(), "{why}");
+        run.cx
+            .console()
+            .error(format!("job reported as stuck: {why}"));
+        self.finish(reg, run);
+        if run.claimed.load(Ordering::Acquire)
+            && let Some(store) = &run.store
+        {
+            let _ = store
+                .release_claim(&self.member, reg.class(), run.cx.job_id())
+                .await;
+        }
+        run.report(Some(why)).await;
+        self.forget(run).await;
+    }
+
     /// Removes a run's in-flight record once its result is written.
     async fn forget(&self, run: &Run) {
         let Some(store) = &run.store else { return };
@@ -706,6 +737,7 @@ impl Runtime {
         let grace = self.options.timeout_grace;
         let started = SystemTime::now();
         let remote_ids: Vec<String> = remote.iter().map(|r| r.1.clone()).collect();
+        let rt = self.clone();
         self.tracker.spawn(async move {
             let mut failures = Vec::new();
             for run in &local {
@@ -714,6 +746,16 @@ impl Runtime {
                     .lifecycle(format!("stop requested (stop job id {stop_id})"));
                 if let Some(e) = call_on_stop(run, grace).await {
                     failures.push(e);
+                }
+            }
+            for run in &local {
+                if !rt.ends_within(run, grace).await {
+                    let why = format!(
+                        "the job ignored cancellation for {} ms after it was asked to stop; it is reported as stuck and no longer counted as running",
+                        grace.as_millis()
+                    );
+                    failures.push(format!("job {}: {why}", run.cx.job_id()));
+                    rt.abandon(reg, run, why).await;
                 }
             }
             if let (Some(store), false) = (&store, remote_ids.is_empty()) {
@@ -812,7 +854,7 @@ impl Runtime {
                 (None, None) => Status::Default,
             };
             let _ = writeln!(out, "Status: {}", status.as_str());
-            if slot.runs.first().is_some() {
+            if !slot.runs.is_empty() {
                 let _ = writeln!(out, "RunningOn: {}", self.member.instance);
             }
             if let Some(last) = &slot.last {

@@ -313,8 +313,12 @@ async fn failing_run_exits_1_and_shows_the_error() {
             .is_some_and(|l| l.contains("failed on request (fail=true)")),
         "{run:#?}"
     );
-    // The job's own error line is in the console too, before the result.
+    // The job's line and the runtime's error line are in the console, before the result.
     assert!(line_index(&run, "line 1") < result, "{run:#?}");
+    assert!(
+        line_index(&run, "job failed: failed on request") < result,
+        "{run:#?}"
+    );
 }
 
 #[tokio::test]

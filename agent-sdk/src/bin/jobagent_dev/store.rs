@@ -300,7 +300,7 @@ fn npgsql_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
                         }
                     }
                 }
-                while let Some(c) = chars.next() {
+                for c in chars.by_ref() {
                     if c == ';' {
                         break;
                     }
