@@ -185,6 +185,28 @@ impl Stores {
     }
 }
 
+/// Opens `connection` as the agent opens a store and runs `sql` (one row, one text column);
+/// also says whether the session is encrypted. For the integration tests of TLS modes.
+pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String), String> {
+    let spec = connstr::parse(connection).map_err(|e| e.to_string())?;
+    let pool = pool::build_pool(&spec)?;
+    let client = pool.get().await.map_err(|e| format!("{e} ({e:?})"))?;
+    let encrypted: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    let value: String = client
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    Ok((encrypted, value))
+}
+
 /// Upserts fields of one hash key, in one statement.
 pub(crate) async fn upsert_hash_fields(
     client: &deadpool_postgres::Client,
