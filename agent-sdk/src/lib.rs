@@ -65,6 +65,11 @@ pub use runtime::Status;
 /// Marks a struct as a job the center can run. See the crate docs.
 pub use agent_macros::job_agent;
 
+/// Not public API: used by the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+#[path = "fuzz_api.rs"]
+pub mod __fuzz;
+
 /// Not public API: used by code `#[job_agent]` generates.
 #[doc(hidden)]
 pub mod __private {

@@ -10,6 +10,7 @@ pub mod pg;
 pub mod proxy;
 pub mod replica;
 pub mod service;
+pub mod wait;
 
 pub use center::{Center, CenterRequest, ConsoleInfo, Reply, Storage};
 pub use pg::TestDb;

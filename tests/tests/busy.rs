@@ -1,13 +1,14 @@
 //! Busy policies (`#[job_agent(on_busy = "...")]`), on one agent and across two agents
 //! sharing a store.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent_sdk::{AgentOptions, JobAgent, JobContext, JobError, job_agent};
-use serde_json::{Value, json};
+use serde_json::json;
 use tests::center::ConsoleInfo;
 use tests::pg::TestDb;
 use tests::service::TestService;
+use tests::wait;
 
 /// Sleeps `ms` (parameter), honouring cancellation.
 async fn nap(cx: &JobContext) -> Result<(), JobError> {
@@ -47,20 +48,6 @@ const DISCARD: &str = "busy::DiscardJob";
 const REPLACE: &str = "busy::ReplaceJob";
 const QUEUE: &str = "busy::QueueJob";
 
-async fn wait_result(db: &TestDb, job_id: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(r) = db.result(job_id).await {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no result for job {job_id} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn two_agents(db: &TestDb) -> (TestService, TestService) {
     let options = |name: &str| {
         AgentOptions::new()
@@ -97,7 +84,7 @@ async fn discard_answers_200_and_reports_the_run_skipped() {
             "{}",
             reply.body
         );
-        let result = wait_result(&db, id, Duration::from_secs(5)).await;
+        let result = wait::result(&db, id, Duration::from_secs(5)).await;
         assert_eq!(result["R"], "ok", "{result}");
         let lines = db.console_lines(&console.set_key, &console.hash_key).await;
         assert!(
@@ -109,7 +96,7 @@ async fn discard_answers_200_and_reports_the_run_skipped() {
     }
     assert!(db.result("d1").await.is_none(), "the running one goes on");
     assert_eq!(
-        wait_result(&db, "d1", Duration::from_secs(5)).await["R"],
+        wait::result(&db, "d1", Duration::from_secs(5)).await["R"],
         "ok"
     );
 }
@@ -138,7 +125,7 @@ async fn replace_stops_the_running_instance_and_starts_the_new_run() {
         reply.body
     );
     assert_eq!(
-        wait_result(&db, "p1", Duration::from_secs(5)).await["R"],
+        wait::result(&db, "p1", Duration::from_secs(5)).await["R"],
         "ok",
         "stopped on request"
     );
@@ -155,11 +142,11 @@ async fn replace_stops_the_running_instance_and_starts_the_new_run() {
         .await
         .assert_status(200);
     assert_eq!(
-        wait_result(&db, "p2", Duration::from_secs(5)).await["R"],
+        wait::result(&db, "p2", Duration::from_secs(5)).await["R"],
         "ok"
     );
     assert_eq!(
-        wait_result(&db, "p3", Duration::from_secs(10)).await["R"],
+        wait::result(&db, "p3", Duration::from_secs(10)).await["R"],
         "ok"
     );
 }
@@ -200,7 +187,7 @@ async fn queue_runs_them_one_after_another_in_order() {
         .await
         .assert_status(200);
     for id in ["q1", "q2", "q3", "q4"] {
-        let r = wait_result(&db, id, Duration::from_secs(20)).await;
+        let r = wait::result(&db, id, Duration::from_secs(20)).await;
         assert_eq!(r["R"], "ok", "{id}: {r}");
     }
     // Results land in the order the runs ended: q1 first, and this replica's queue in order.

@@ -7,23 +7,10 @@ use serde_json::{Value, json};
 use tests::center::{ConsoleInfo, Storage};
 use tests::pg::TestDb;
 use tests::replica::Replica;
+use tests::wait;
 
 const SINGLETON: &str = "example_agent::jobs::TestJob";
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
-
-async fn wait_result(db: &TestDb, job_id: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(r) = db.result(job_id).await {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no result for job {job_id} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn store_env(db: &TestDb) -> Vec<(&'static str, String)> {
     vec![("JOBAGENT_STORE", db.connection_string())]
@@ -65,14 +52,14 @@ async fn a_singleton_runs_once_across_replicas_and_stops_from_anywhere() {
         .send()
         .await
         .assert_status(200);
-    let run = wait_result(&db, "one", Duration::from_secs(5)).await;
+    let run = wait::result(&db, "one", Duration::from_secs(5)).await;
     assert!(
         asked.elapsed() < Duration::from_secs(2),
         "stopped after {:?}",
         asked.elapsed()
     );
     assert_eq!(run["R"], "ok", "stopped on request: {run}");
-    let stop = wait_result(&db, "stop-one", Duration::from_secs(10)).await;
+    let stop = wait::result(&db, "stop-one", Duration::from_secs(10)).await;
     assert_eq!(
         (
             stop["Action"].as_str(),
@@ -92,7 +79,7 @@ async fn a_singleton_runs_once_across_replicas_and_stops_from_anywhere() {
         .await
         .assert_status(200);
     assert_eq!(
-        wait_result(&db, "three", Duration::from_secs(10)).await["R"],
+        wait::result(&db, "three", Duration::from_secs(10)).await["R"],
         "ok"
     );
     let token = |lines: Vec<Value>| -> u64 {
@@ -162,12 +149,12 @@ async fn a_transient_stop_counts_every_replica() {
     );
     for id in ["ta1", "ta2", "tb1"] {
         assert_eq!(
-            wait_result(&db, id, Duration::from_secs(5)).await["R"],
+            wait::result(&db, id, Duration::from_secs(5)).await["R"],
             "ok",
             "{id}"
         );
     }
-    let result = wait_result(&db, "tstop", Duration::from_secs(10)).await;
+    let result = wait::result(&db, "tstop", Duration::from_secs(10)).await;
     assert_eq!(result["R"], "ok", "{result}");
     assert!(
         ["ta1", "ta2", "tb1"].contains(&result["RunId"].as_str().unwrap_or("")),
@@ -226,7 +213,7 @@ async fn a_killed_replica_releases_its_claim_and_its_runs_are_reported_lost() {
     // The lost replica's runs are reported within 60 s.
     for id in ["k1", "k2"] {
         let left = Duration::from_secs(60).saturating_sub(killed.elapsed());
-        let r = wait_result(&db, id, left).await;
+        let r = wait::result(&db, id, left).await;
         assert_eq!(r["R"], "err", "{r}");
         assert!(
             r["E"].as_str().unwrap_or("").contains("agent replica lost"),
@@ -238,7 +225,7 @@ async fn a_killed_replica_releases_its_claim_and_its_runs_are_reported_lost() {
         killed.elapsed()
     );
     assert_eq!(
-        wait_result(&db, "k4", Duration::from_secs(10)).await["R"],
+        wait::result(&db, "k4", Duration::from_secs(10)).await["R"],
         "ok"
     );
 }
@@ -267,7 +254,7 @@ async fn a_restarted_agent_reports_what_its_predecessor_left_in_flight() {
     let restarted = Instant::now();
     let second = Replica::start("same-name", &store_env(&db)).await;
     for id in ["r1", "r2"] {
-        let r = wait_result(
+        let r = wait::result(
             &db,
             id,
             Duration::from_secs(10).saturating_sub(restarted.elapsed()),
@@ -291,7 +278,7 @@ async fn a_restarted_agent_reports_what_its_predecessor_left_in_flight() {
         .await
         .assert_status(200);
     assert_eq!(
-        wait_result(&db, "r3", Duration::from_secs(10)).await["R"],
+        wait::result(&db, "r3", Duration::from_secs(10)).await["R"],
         "ok"
     );
     // Reported once: a further restart reports nothing again.
@@ -331,7 +318,7 @@ async fn replicas_coordinate_through_the_store_the_center_sends() {
         .await
         .assert_status(200);
     assert_eq!(
-        wait_result(&db, "h1", Duration::from_secs(5)).await["R"],
+        wait::result(&db, "h1", Duration::from_secs(5)).await["R"],
         "ok"
     );
 }
@@ -356,11 +343,11 @@ async fn with_cluster_mode_off_each_replica_is_on_its_own() {
         .await
         .assert_status(200);
     assert_eq!(
-        wait_result(&db, "o1", Duration::from_secs(10)).await["R"],
+        wait::result(&db, "o1", Duration::from_secs(10)).await["R"],
         "ok"
     );
     assert_eq!(
-        wait_result(&db, "o2", Duration::from_secs(10)).await["R"],
+        wait::result(&db, "o2", Duration::from_secs(10)).await["R"],
         "ok"
     );
 }

@@ -10,6 +10,7 @@ use tests::center::{Center, ConsoleInfo, Storage};
 use tests::pg::TestDb;
 use tests::proxy::Proxy;
 use tests::service::TestService;
+use tests::wait;
 
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 const SINGLETON: &str = "example_agent::jobs::TestJob";
@@ -59,20 +60,6 @@ impl JobAgent for EchoJob {
 const MANY_THREADS: &str = "store::ManyThreadsJob";
 const ECHO: &str = "store::EchoJob";
 
-async fn wait_result(db: &TestDb, job_id: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(r) = db.result(job_id).await {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no result for job {job_id} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn texts(lines: &[Value]) -> Vec<String> {
     lines
         .iter()
@@ -107,7 +94,7 @@ async fn console_lines_land_in_order_before_the_result() {
         .send()
         .await
         .assert_status(200);
-    let result = wait_result(&db, "s1", Duration::from_secs(10)).await;
+    let result = wait::result(&db, "s1", Duration::from_secs(10)).await;
     // The result is written after the lines: all of them are there when it appears.
     let lines = db.console_lines(&console.set_key, &console.hash_key).await;
     assert_eq!(result["R"], "ok", "{result}");
@@ -169,7 +156,7 @@ async fn concurrent_jobs_and_threads_keep_each_console_in_order() {
         s.await.expect("send task").assert_status(200);
     }
     for (i, (id, console)) in consoles.iter().enumerate() {
-        let result = wait_result(&db, id, Duration::from_secs(20)).await;
+        let result = wait::result(&db, id, Duration::from_secs(20)).await;
         assert_eq!(result["R"], "ok", "{result}");
         let lines = db.console_lines(&console.set_key, &console.hash_key).await;
         assert_offsets_increase(&lines);
@@ -214,7 +201,7 @@ async fn long_and_multibyte_texts_are_stored_by_reference() {
         .send()
         .await
         .assert_status(200);
-    wait_result(&db, "r1", Duration::from_secs(10)).await;
+    wait::result(&db, "r1", Duration::from_secs(10)).await;
     let raw = db.set_rows(&console.set_key).await;
     let is_ref: Vec<bool> = raw.iter().map(|(v, _)| v.contains("\"r\":true")).collect();
     assert_eq!(
@@ -240,7 +227,7 @@ async fn progress_bars_and_the_job_list_progress() {
         .send()
         .await
         .assert_status(200);
-    wait_result(&db, "p1", Duration::from_secs(10)).await;
+    wait::result(&db, "p1", Duration::from_secs(10)).await;
     let lines = db.console_lines(&console.set_key, &console.hash_key).await;
     let bars: Vec<(String, f64, String)> = lines
         .iter()
@@ -281,7 +268,7 @@ async fn rows_expire_after_the_configured_days() {
         .send()
         .await
         .assert_status(200);
-    wait_result(&db, "e1", Duration::from_secs(10)).await;
+    wait::result(&db, "e1", Duration::from_secs(10)).await;
     let q = "SELECT min(extract(epoch FROM expireat - now()))::float8, max(extract(epoch FROM expireat - now()))::float8 FROM hangfire.\"set\" WHERE key = $1";
     let row = db
         .client()
@@ -359,7 +346,7 @@ async fn every_outcome_is_reported_exactly_once() {
         ("stopme", "ok", ""),
     ];
     for (id, r, e) in expect {
-        let result = wait_result(&db, id, Duration::from_secs(10)).await;
+        let result = wait::result(&db, id, Duration::from_secs(10)).await;
         assert_eq!(result["R"], r, "{id}: {result}");
         assert!(
             result["E"].as_str().unwrap_or_default().contains(e),
@@ -368,7 +355,7 @@ async fn every_outcome_is_reported_exactly_once() {
         assert_eq!(result["Action"], "run");
         assert_eq!(result["RunId"], id);
     }
-    let stop = wait_result(&db, "stop1", Duration::from_secs(10)).await;
+    let stop = wait::result(&db, "stop1", Duration::from_secs(10)).await;
     assert_eq!(stop["Action"], "stop", "{stop}");
     assert_eq!(stop["RunId"], "stopme");
     assert_eq!(stop["R"], "ok");
@@ -378,7 +365,7 @@ async fn every_outcome_is_reported_exactly_once() {
         .wait_detail(HANG, Duration::from_secs(5), |r| r.body.contains("Running"))
         .await;
     service.shutdown(Duration::from_secs(5)).await;
-    let hang = wait_result(&db, "hang1", Duration::from_secs(10)).await;
+    let hang = wait::result(&db, "hang1", Duration::from_secs(10)).await;
     assert_eq!(hang["R"], "err", "{hang}");
     assert!(
         hang["E"].as_str().unwrap_or_default().contains("shut down"),
@@ -472,7 +459,7 @@ async fn a_local_store_wins_over_the_header() {
             .send()
             .await
             .assert_status(200);
-        wait_result(&local, &id, Duration::from_secs(10)).await;
+        wait::result(&local, &id, Duration::from_secs(10)).await;
         assert!(sent.result(&id).await.is_none());
     }
     assert!(sent.result_ids().await.is_empty());
@@ -498,7 +485,7 @@ async fn npgsql_strings_with_synonyms_and_quotes() {
         .send()
         .await
         .assert_status(200);
-    let result = wait_result(&db, "syn1", Duration::from_secs(10)).await;
+    let result = wait::result(&db, "syn1", Duration::from_secs(10)).await;
     assert_eq!(result["R"], "ok");
 }
 
@@ -548,7 +535,7 @@ async fn unusable_stores_are_refused_at_dispatch() {
         .await
         .assert_status(200);
     assert_eq!(
-        wait_result(&db, "good", Duration::from_secs(10)).await["R"],
+        wait::result(&db, "good", Duration::from_secs(10)).await["R"],
         "ok"
     );
 }
@@ -577,7 +564,7 @@ async fn the_console_budget_keeps_head_and_tail() {
         .await
         .assert_status(200);
     assert_eq!(
-        wait_result(&db, "b1", Duration::from_secs(10)).await["R"],
+        wait::result(&db, "b1", Duration::from_secs(10)).await["R"],
         "ok"
     );
     let lines = db.console_lines(&console.set_key, &console.hash_key).await;
@@ -631,7 +618,7 @@ async fn an_outage_mid_job_loses_no_line() {
         "no result while the store is down"
     );
     proxy.restore();
-    let result = wait_result(&db, "o1", Duration::from_secs(20)).await;
+    let result = wait::result(&db, "o1", Duration::from_secs(20)).await;
     assert_eq!(result["R"], "ok", "{result}");
     let lines = db.console_lines(&console.set_key, &console.hash_key).await;
     assert_offsets_increase(&lines);

@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use agent_sdk::{AgentOptions, JobAgent, JobContext, JobError, job_agent};
-use serde_json::{Value, json};
+use serde_json::json;
 use tests::pg::TestDb;
 use tests::service::TestService;
+use tests::wait;
 
 /// Ignores its cancellation token for `ms` milliseconds.
 #[job_agent]
@@ -22,20 +23,6 @@ impl JobAgent for StubbornJob {
 }
 
 const STUBBORN: &str = "stuck::StubbornJob";
-
-async fn wait_result(db: &TestDb, job_id: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(r) = db.result(job_id).await {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no result for job {job_id} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn options(db: &TestDb) -> AgentOptions {
     AgentOptions::new()
@@ -55,10 +42,10 @@ async fn a_stop_the_job_ignores_is_reported_stuck_and_frees_the_singleton() {
         .send()
         .await
         .assert_status(200);
-    let run = wait_result(&db, "s1", Duration::from_secs(5)).await;
+    let run = wait::result(&db, "s1", Duration::from_secs(5)).await;
     assert_eq!(run["R"], "err", "{run}");
     assert!(run["E"].as_str().unwrap_or("").contains("stuck"), "{run}");
-    let stop = wait_result(&db, "s1-stop", Duration::from_secs(5)).await;
+    let stop = wait::result(&db, "s1-stop", Duration::from_secs(5)).await;
     assert_eq!(stop["R"], "err", "{stop}");
     // The singleton is free again.
     center
@@ -68,7 +55,7 @@ async fn a_stop_the_job_ignores_is_reported_stuck_and_frees_the_singleton() {
         .await
         .assert_status(200);
     assert_eq!(
-        wait_result(&db, "s2", Duration::from_secs(5)).await["R"],
+        wait::result(&db, "s2", Duration::from_secs(5)).await["R"],
         "ok"
     );
 }
@@ -85,7 +72,7 @@ async fn a_timeout_the_job_ignores_is_bounded() {
         .send()
         .await
         .assert_status(200);
-    let run = wait_result(&db, "t1", Duration::from_secs(5)).await;
+    let run = wait::result(&db, "t1", Duration::from_secs(5)).await;
     assert!(
         sent.elapsed() < Duration::from_secs(3),
         "reported after {:?}",
@@ -113,7 +100,7 @@ async fn shutdown_is_bounded_and_reports_the_stuck_run() {
         .assert_status(200);
     let took = service.shutdown(Duration::from_secs(5)).await;
     assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
-    let run = wait_result(&db, "u1", Duration::from_secs(5)).await;
+    let run = wait::result(&db, "u1", Duration::from_secs(5)).await;
     assert_eq!(run["R"], "err", "{run}");
     assert!(
         run["E"]

@@ -3,10 +3,10 @@
 //! A dispatch's store is the agent's own (`JOBAGENT_STORE`) when configured, else the one the
 //! center sends in `x-job-storage`. One bounded pool is kept per distinct store.
 
-mod connstr;
+pub(crate) mod connstr;
 mod console_writer;
 mod heartbeat;
-mod line;
+pub(crate) mod line;
 mod pool;
 mod procstat;
 mod results;

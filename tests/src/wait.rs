@@ -1,0 +1,23 @@
+//! Waiting for what the agent writes in the background.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::pg::TestDb;
+
+/// Waits until the result of `job_id` is in the store (as the center polls for it) and
+/// returns it; panics after `within`.
+pub async fn result(db: &TestDb, job_id: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(r) = db.result(job_id).await {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no result for job {job_id} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
