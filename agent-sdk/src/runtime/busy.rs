@@ -1,0 +1,130 @@
+//! Busy policies: what a singleton run does when the singleton already runs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use super::{Busy, Runtime, Status, call_on_stop, lock};
+use crate::cluster::{CLAIM_LEASE, Command};
+use crate::outcome::{DispatchResult, Outlet};
+use crate::registry::JobRegistration;
+use crate::request::{Action, Dispatch};
+
+impl Runtime {
+    /// Busy policy `discard`: report the run as done, with a console line saying why.
+    pub(super) fn discard(
+        self: &Arc<Self>,
+        reg: &'static JobRegistration,
+        d: Dispatch,
+        outlet: Outlet,
+        busy: Busy,
+    ) {
+        let console = self.console(&d, &outlet);
+        let started = SystemTime::now();
+        self.tracker.spawn(async move {
+            console.lifecycle(format!(
+                "run discarded: job {} is busy ({}, job id {})",
+                reg.class(),
+                busy.describe(),
+                busy.job_id
+            ));
+            console.close().await;
+            let result = DispatchResult::new(&d.job_id, Action::Run, &d.job_id, None, started);
+            outlet.results().write(result).await;
+        });
+    }
+
+    /// Busy policy `replace`: stop the running instance, then start this run.
+    pub(super) async fn replace(
+        self: &Arc<Self>,
+        reg: &'static JobRegistration,
+        d: Dispatch,
+        outlet: Outlet,
+        busy: Busy,
+    ) {
+        let local = lock(&self.state(reg).slot).runs.first().cloned();
+        match (local, &busy.replica, self.shared(&outlet)) {
+            (Some(run), _, _) => {
+                run.set_status(Status::Stopping);
+                run.cx
+                    .console()
+                    .lifecycle(format!("stopped to make way for run {}", d.job_id));
+                let grace = self.options.timeout_grace;
+                tokio::spawn(async move { call_on_stop(&run, grace).await });
+            }
+            (None, Some(instance), Some(store)) => {
+                let command = Command {
+                    action: "stop".to_owned(),
+                    class: reg.class().to_owned(),
+                    job_id: busy.job_id.clone(),
+                    stop_id: format!("replace-{}", d.job_id),
+                };
+                if let Err(e) = store.send_command(instance, &command).await {
+                    tracing::warn!(error = %e, "could not ask the replica to stop the running instance");
+                }
+            }
+            _ => {}
+        }
+        let deadline = tokio::time::Instant::now()
+            + self.options.timeout_grace
+            + CLAIM_LEASE
+            + Duration::from_secs(5);
+        self.start_when_free(reg, d, outlet, Some(deadline));
+    }
+
+    /// Busy policy `queue`: start this run when the running instance ends.
+    pub(super) fn enqueue(
+        self: &Arc<Self>,
+        reg: &'static JobRegistration,
+        d: Dispatch,
+        outlet: Outlet,
+    ) {
+        self.start_when_free(reg, d, outlet, None);
+    }
+
+    /// Starts a run as soon as the singleton is free (in arrival order), or reports why not.
+    fn start_when_free(
+        self: &Arc<Self>,
+        reg: &'static JobRegistration,
+        d: Dispatch,
+        outlet: Outlet,
+        deadline: Option<tokio::time::Instant>,
+    ) {
+        let rt = self.clone();
+        let queued = deadline.is_none();
+        self.tracker.spawn(async move {
+            let state = rt.state(reg);
+            let started = SystemTime::now();
+            let _turn = state.queue.lock().await;
+            let failure = loop {
+                if !rt.is_accepting() {
+                    break Some("the agent shut down before the run could start".to_owned());
+                }
+                match rt.try_start(reg, &d, &outlet).await {
+                    Ok(Ok(())) => break None,
+                    Ok(Err(_busy)) => {}
+                    Err(e) => break Some(e.to_string()),
+                }
+                if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                    break Some(
+                        "the running instance did not stop in time; this run did not start"
+                            .to_owned(),
+                    );
+                }
+                tokio::select! {
+                    _ = state.ended.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = rt.root.cancelled() => {}
+                }
+            };
+            if queued {
+                state.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+            if let Some(error) = failure {
+                let result =
+                    DispatchResult::new(&d.job_id, Action::Run, &d.job_id, Some(error), started);
+                outlet.results().write(result).await;
+            }
+        });
+    }
+}

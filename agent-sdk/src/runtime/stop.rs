@@ -1,0 +1,258 @@
+//! `stop`: here and on other replicas, with bounded waits.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt as _;
+use std::panic::AssertUnwindSafe;
+
+use super::{Run, Runtime, Status, lock, panic_message};
+use crate::cluster::Command;
+use crate::error::DispatchError;
+use crate::outcome::{DispatchResult, Outlet};
+use crate::registry::JobRegistration;
+use crate::request::{Action, Dispatch};
+use crate::store::Store;
+
+impl Runtime {
+    /// Stops the running instance(s), here and on other replicas; answers at once, reports
+    /// when their `on_stop` is done.
+    pub(crate) async fn stop(
+        self: &Arc<Self>,
+        reg: &'static JobRegistration,
+        d: Dispatch,
+        outlet: Outlet,
+    ) -> Result<String, DispatchError> {
+        let state = self.state(reg);
+        let (local, last) = {
+            let slot = lock(&state.slot);
+            (slot.runs.clone(), slot.last.clone())
+        };
+        let mut remote: Vec<(String, String, u64)> = Vec::new();
+        let mut cluster_last = None;
+        if let Some(store) = self.shared(&outlet) {
+            if reg.kind().is_singleton() {
+                if local.is_empty() {
+                    match store.claim_of(reg.class()).await {
+                        Ok(Some((holder, true))) if holder.server_id != self.member.server_id => {
+                            remote.push((holder.instance, holder.job_id, 0));
+                        }
+                        Ok(Some((holder, _))) => cluster_last = Some(holder.job_id),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(class = reg.class(), error = %e, "cannot read the cluster-wide claim; stopping locally only")
+                        }
+                    }
+                }
+            } else {
+                match store.remote_runs(&self.member, reg.class()).await {
+                    Ok(runs) => remote.extend(
+                        runs.into_iter()
+                            .map(|r| (r.instance, r.job_id, r.record.started)),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(class = reg.class(), error = %e, "cannot read other replicas' runs; stopping locally only")
+                    }
+                }
+            }
+        }
+        if local.is_empty() && remote.is_empty() {
+            if reg.kind().is_singleton() {
+                if let Some(job_id) = last.map(|l| l.job_id).or(cluster_last) {
+                    return Err(DispatchError::AlreadyStopped {
+                        class: reg.class().to_owned(),
+                        job_id,
+                    });
+                }
+            } else {
+                return Err(DispatchError::NothingRunning {
+                    class: reg.class().to_owned(),
+                });
+            }
+        }
+        for run in &local {
+            run.set_status(Status::Stopping);
+        }
+        let stop_id = d.job_id.clone();
+        let local_newest = local
+            .iter()
+            .max_by_key(|r| r.started)
+            .map(|r| (r.started, r.cx.job_id().to_owned()));
+        let remote_newest = remote
+            .iter()
+            .max_by_key(|r| r.2)
+            .map(|r| (r.2, r.1.clone()));
+        let run_id = match (local_newest, remote_newest) {
+            (Some((at, id)), Some((ms, rid))) => {
+                let at_ms = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                if ms > at_ms { rid } else { id }
+            }
+            (Some((_, id)), None) | (None, Some((_, id))) => id,
+            (None, None) => String::new(),
+        };
+        let store = self.shared(&outlet).cloned();
+        if let Some(store) = &store {
+            for (instance, job_id, _) in &remote {
+                let command = Command {
+                    action: "stop".to_owned(),
+                    class: reg.class().to_owned(),
+                    job_id: job_id.clone(),
+                    stop_id: stop_id.clone(),
+                };
+                if let Err(e) = store.send_command(instance, &command).await {
+                    tracing::warn!(instance, job_id, error = %e, "could not send the stop to the replica");
+                }
+            }
+        }
+        let (count, replicas) = (
+            local.len() + remote.len(),
+            remote
+                .iter()
+                .map(|r| r.0.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+        );
+        let grace = self.options.timeout_grace;
+        let started = SystemTime::now();
+        let remote_ids: Vec<String> = remote.iter().map(|r| r.1.clone()).collect();
+        let rt = self.clone();
+        self.tracker.spawn(async move {
+            let mut failures = Vec::new();
+            for run in &local {
+                run.cx
+                    .console()
+                    .lifecycle(format!("stop requested (stop job id {stop_id})"));
+                if let Some(e) = call_on_stop(run, grace).await {
+                    failures.push(e);
+                }
+            }
+            for run in &local {
+                if !rt.ends_within(run, grace).await {
+                    let why = format!(
+                        "the job ignored cancellation for {} ms after it was asked to stop; it is reported as stuck and no longer counted as running",
+                        grace.as_millis()
+                    );
+                    failures.push(format!("job {}: {why}", run.cx.job_id()));
+                    rt.abandon(reg, run, why).await;
+                }
+            }
+            if let (Some(store), false) = (&store, remote_ids.is_empty()) {
+                failures.extend(
+                    wait_for_acks(store, &stop_id, &remote_ids, grace + Duration::from_secs(2))
+                        .await,
+                );
+            }
+            let error = (!failures.is_empty()).then(|| failures.join("; "));
+            let result = DispatchResult::new(&stop_id, Action::Stop, &run_id, error, started);
+            outlet.results().write(result).await;
+        });
+        let elsewhere = if replicas > 0 {
+            format!(" ({} on {replicas} other replica(s))", remote.len())
+        } else {
+            String::new()
+        };
+        Ok(if reg.kind().is_singleton() {
+            if count == 0 {
+                format!(
+                    "JobClass:{} stop success! (it was not running)",
+                    reg.class()
+                )
+            } else {
+                format!("JobClass:{} stop success!{elsewhere}", reg.class())
+            }
+        } else {
+            format!(
+                "JobClass:{} stop success! {count} running instance(s) stopped{elsewhere}",
+                reg.class()
+            )
+        })
+    }
+
+    /// Executes a stop sent by another replica, then acknowledges it.
+    pub(crate) async fn remote_stop(&self, store: &Store, command: Command) {
+        let run = self.registry.find(&command.class).and_then(|reg| {
+            lock(&self.state(reg).slot)
+                .runs
+                .iter()
+                .find(|r| r.cx.job_id() == command.job_id)
+                .cloned()
+        });
+        let mut error = String::new();
+        if let Some(run) = run {
+            run.set_status(Status::Stopping);
+            run.cx.console().lifecycle(format!(
+                "stop requested through another replica (stop job id {})",
+                command.stop_id
+            ));
+            if let Some(e) = call_on_stop(&run, self.options.timeout_grace).await {
+                error = e;
+            }
+        }
+        if let Err(e) = store.ack(&command.stop_id, &command.job_id, &error).await {
+            tracing::warn!(stop_id = %command.stop_id, error = %e, "could not acknowledge a remote stop");
+        }
+    }
+}
+
+/// Calls a run's `on_stop` within `grace`; the error text when it failed.
+pub(super) async fn call_on_stop(run: &Run, grace: Duration) -> Option<String> {
+    let stop = AssertUnwindSafe(run.instance.clone().stop(run.cx.clone())).catch_unwind();
+    let id = run.cx.job_id();
+    match tokio::time::timeout(grace, stop).await {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(e))) => Some(format!("job {id}: on_stop failed: {e}")),
+        Ok(Err(p)) => {
+            run.cx.cancel();
+            Some(format!(
+                "job {id}: on_stop panicked: {}",
+                panic_message(&*p)
+            ))
+        }
+        Err(_) => {
+            run.cx.cancel();
+            Some(format!(
+                "job {id}: on_stop did not return within {} ms; the run was cancelled",
+                grace.as_millis()
+            ))
+        }
+    }
+}
+
+/// Waits until the replicas acknowledged a stop of `job_ids`; the errors they reported.
+async fn wait_for_acks(
+    store: &Store,
+    stop_id: &str,
+    job_ids: &[String],
+    within: Duration,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match store.acks(stop_id).await {
+            Ok(acks) => {
+                let done = job_ids.iter().all(|id| acks.iter().any(|(a, _)| a == id));
+                if done || tokio::time::Instant::now() >= deadline {
+                    let mut errors: Vec<String> = acks
+                        .into_iter()
+                        .map(|(_, e)| e)
+                        .filter(|e| !e.is_empty())
+                        .collect();
+                    if !done {
+                        errors.push(format!(
+                            "not every replica confirmed the stop within {} ms",
+                            within.as_millis()
+                        ));
+                    }
+                    return errors;
+                }
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return vec![format!("cannot read the replicas' confirmations: {e}")];
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
