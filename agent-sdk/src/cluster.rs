@@ -27,7 +27,7 @@ pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// How long a replica's lease lives without renewal.
 pub(crate) const REPLICA_LEASE: Duration = Duration::from_secs(15);
 /// Extra time before a silent replica's runs are reported lost.
-pub(crate) const LOST_GRACE: Duration = Duration::from_secs(20);
+pub(crate) const LOST_GRACE: Duration = Duration::from_secs(10);
 /// How often a replica looks for commands addressed to it.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(200);
 

@@ -75,6 +75,10 @@ impl LineSink for LogSink {
             (None, Some(ConsoleColor::WARNING)) => {
                 tracing::warn!(target: "agent_sdk::console", job_id, "{}", line.text)
             }
+            // The runtime's own lines (started, finished): the result line says the same.
+            (None, Some(ConsoleColor::LIFECYCLE)) => {
+                tracing::debug!(target: "agent_sdk::console", job_id, "{}", line.text)
+            }
             _ => tracing::info!(target: "agent_sdk::console", job_id, "{}", line.text),
         }
     }

@@ -116,8 +116,8 @@ fn intern_color(hex: &str) -> ConsoleColor {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
     };
-    if let Some(known) = colors.set.get(hex) {
-        return ConsoleColor::custom(*known);
+    if let Some(&known) = colors.set.get(hex) {
+        return ConsoleColor::custom(known);
     }
     if colors.set.len() >= MAX_COLORS || colors.bytes + hex.len() > MAX_BYTES {
         return ConsoleColor::INFO;

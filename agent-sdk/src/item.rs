@@ -70,31 +70,36 @@ pub struct JobItem {
     /// How often the center retries.
     #[serde(deserialize_with = "lenient_i64")]
     pub retry_times: Option<i64>,
-    /// Every field, as sent (secrets included: handle with care).
+    /// The item as sent (secrets included: handle with care), parsed only on demand.
     #[serde(skip)]
-    raw: Value,
+    raw: Option<std::sync::Arc<str>>,
 }
 
 impl JobItem {
-    /// Reads a job item from the JSON the center sends.
+    /// Reads a job item from the JSON the center sends: an object, or `null`.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        let raw: Value = serde_json::from_str(text)?;
-        let mut item = match &raw {
-            Value::Null => JobItem::default(),
-            Value::Object(_) => JobItem::deserialize(&raw)?,
-            _ => {
-                return Err(<serde_json::Error as serde::de::Error>::custom(
-                    "the job item must be a JSON object",
-                ));
-            }
-        };
-        item.raw = raw;
+        let trimmed = text.trim_start();
+        if trimmed.starts_with("null") {
+            // `null` (and only `null`): no item.
+            serde_json::from_str::<()>(text)?;
+            return Ok(JobItem::default());
+        }
+        if !trimmed.starts_with('{') {
+            return Err(<serde_json::Error as serde::de::Error>::custom(
+                "the job item must be a JSON object",
+            ));
+        }
+        let mut item: JobItem = serde_json::from_str(text)?;
+        item.raw = Some(text.into());
         Ok(item)
     }
 
-    /// A field the typed struct does not name (for instance `DingTalk` or `CallbackEL`).
-    pub fn field(&self, name: &str) -> Option<&Value> {
-        self.raw.get(name)
+    /// A field the typed struct does not name (for instance `DingTalk` or `CallbackEL`),
+    /// parsed from the item as sent.
+    pub fn field(&self, name: &str) -> Option<Value> {
+        let raw = self.raw.as_deref()?;
+        let mut object: serde_json::Map<String, Value> = serde_json::from_str(raw).ok()?;
+        object.remove(name)
     }
 }
 

@@ -105,6 +105,15 @@ impl Run {
 struct ClassSlot {
     runs: Vec<Arc<Run>>,
     last: Option<LastRun>,
+    /// A singleton run being claimed cluster-wide (its job id).
+    claiming: Option<String>,
+}
+
+/// Whether a run started.
+enum Start {
+    Started,
+    /// The singleton is busy; the dispatch comes back for the busy policy.
+    Busy(Busy, Dispatch),
 }
 
 #[derive(Clone)]
@@ -239,9 +248,9 @@ impl Runtime {
         if !self.is_accepting() {
             return Err(DispatchError::ShuttingDown);
         }
-        let busy = match self.try_start(reg, &d, &outlet).await? {
-            Ok(()) => return Ok(format!("JobClass:{} run success!", reg.class())),
-            Err(busy) => busy,
+        let (busy, d) = match self.try_start(reg, d, &outlet).await? {
+            Start::Started => return Ok(format!("JobClass:{} run success!", reg.class())),
+            Start::Busy(busy, d) => (busy, d),
         };
         match reg.on_busy() {
             BusyPolicy::Reject => Err(busy.into_error(reg)),
@@ -286,23 +295,38 @@ impl Runtime {
     }
 
     /// Reserves the class locally, claims it cluster-wide for a singleton, and spawns the run.
+    /// A busy singleton gives the dispatch back.
     async fn try_start(
         self: &Arc<Self>,
         reg: &'static JobRegistration,
-        d: &Dispatch,
+        d: Dispatch,
         outlet: &Outlet,
-    ) -> Result<Result<(), Busy>, DispatchError> {
+    ) -> Result<Start, DispatchError> {
         let state = self.state(reg);
-        let (run, previous) = {
+        let claim_in = if reg.kind().is_singleton() {
+            self.shared(outlet).cloned()
+        } else {
+            None
+        };
+        let store = {
             let mut slot = lock(&state.slot);
-            if reg.kind().is_singleton()
-                && let Some(current) = slot.runs.first()
-            {
-                return Ok(Err(Busy {
-                    job_id: current.cx.job_id().to_owned(),
-                    status: current.status(),
-                    replica: None,
-                }));
+            if reg.kind().is_singleton() {
+                if let Some(current) = slot.runs.first() {
+                    let busy = Busy {
+                        job_id: current.cx.job_id().to_owned(),
+                        status: current.status(),
+                        replica: None,
+                    };
+                    return Ok(Start::Busy(busy, d));
+                }
+                if let Some(claimer) = &slot.claiming {
+                    let busy = Busy {
+                        job_id: claimer.clone(),
+                        status: Status::Running,
+                        replica: None,
+                    };
+                    return Ok(Start::Busy(busy, d));
+                }
             }
             let limits = &self.options.limits;
             if !reg.kind().is_singleton() && slot.runs.len() >= limits.max_running_per_class {
@@ -319,46 +343,77 @@ impl Runtime {
                     limits.max_running
                 )));
             }
-            let run = self.new_run(reg, d, outlet);
-            slot.runs.push(run.clone());
-            let previous = slot.last.replace(LastRun {
-                job_id: d.job_id.clone(),
-                param: d.body.clone(),
-                started: run.started,
-                ended: None,
-            });
-            (run, previous)
-        };
-        if reg.kind().is_singleton()
-            && let Some(store) = self.shared(outlet)
-        {
-            match store.claim(&self.member, reg.class(), &d.job_id).await {
-                Ok(Claimed::Yes(fence)) => {
-                    let _ = run.cx.fence_cell().set(fence);
-                    run.claimed.store(true, Ordering::Release);
+            match claim_in {
+                None => {
+                    let run = self.admit(reg, &mut slot, d, outlet);
+                    drop(slot);
+                    self.spawn_drive(reg, run);
+                    return Ok(Start::Started);
                 }
-                Ok(Claimed::Busy(holder)) => {
-                    self.unreserve(reg, &run, previous);
-                    return Ok(Err(Busy {
-                        job_id: holder.job_id,
-                        status: Status::Running,
-                        replica: Some(holder.instance),
-                    }));
-                }
-                Err(e) => {
-                    self.unreserve(reg, &run, previous);
-                    return Err(DispatchError::Storage(format!(
-                        "cannot claim the singleton in the shared store ({e}); retry, or turn cluster mode off (JOBAGENT_CLUSTER=off)"
-                    )));
+                Some(store) => {
+                    slot.claiming = Some(d.job_id.clone());
+                    store
                 }
             }
+        };
+        // A singleton with a shared store: claim it cluster-wide first.
+        let claimed = store.claim(&self.member, reg.class(), &d.job_id).await;
+        let mut slot = lock(&state.slot);
+        slot.claiming = None;
+        match claimed {
+            Ok(Claimed::Yes(fence)) => {
+                let run = self.admit(reg, &mut slot, d, outlet);
+                drop(slot);
+                let _ = run.cx.fence_cell().set(fence);
+                run.claimed.store(true, Ordering::Release);
+                self.spawn_drive(reg, run);
+                Ok(Start::Started)
+            }
+            Ok(Claimed::Busy(holder)) => {
+                drop(slot);
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                let busy = Busy {
+                    job_id: holder.job_id,
+                    status: Status::Running,
+                    replica: Some(holder.instance),
+                };
+                Ok(Start::Busy(busy, d))
+            }
+            Err(e) => {
+                drop(slot);
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                Err(DispatchError::Storage(format!(
+                    "cannot claim the singleton in the shared store ({e}); retry, or turn cluster mode off (JOBAGENT_CLUSTER=off)"
+                )))
+            }
         }
-        let rt = self.clone();
-        self.tracker.spawn(async move { rt.drive(reg, run).await });
-        Ok(Ok(()))
     }
 
-    fn new_run(&self, reg: &'static JobRegistration, d: &Dispatch, outlet: &Outlet) -> Arc<Run> {
+    fn spawn_drive(self: &Arc<Self>, reg: &'static JobRegistration, run: Arc<Run>) {
+        let rt = self.clone();
+        self.tracker.spawn(async move { rt.drive(reg, run).await });
+    }
+
+    /// Builds a run from the dispatch and enters it into its class.
+    fn admit(
+        &self,
+        reg: &'static JobRegistration,
+        slot: &mut ClassSlot,
+        d: Dispatch,
+        outlet: &Outlet,
+    ) -> Arc<Run> {
+        slot.last = Some(LastRun {
+            job_id: d.job_id.clone(),
+            param: d.body.clone(),
+            started: SystemTime::now(),
+            ended: None,
+        });
+        let run = self.new_run(reg, d, outlet);
+        slot.runs.push(run.clone());
+        run
+    }
+
+    fn new_run(&self, reg: &'static JobRegistration, d: Dispatch, outlet: &Outlet) -> Arc<Run> {
         let state = self.state(reg);
         let instance = if reg.kind().is_singleton() {
             lock(&state.singleton)
@@ -367,16 +422,16 @@ impl Runtime {
         } else {
             reg.instantiate()
         };
-        let console = self.console(d, outlet);
+        let console = self.console(&d, outlet);
         let started = SystemTime::now();
         let cx = JobContext::new(ContextInner {
             class: reg.class(),
-            job_id: d.job_id.clone(),
-            server_id: d.server_id.clone(),
-            job_url: d.job_url.clone(),
-            param: d.body.clone(),
-            item: d.item.clone(),
-            headers: d.headers.clone(),
+            job_id: d.job_id,
+            server_id: d.server_id,
+            job_url: d.job_url,
+            param: d.body,
+            item: d.item,
+            headers: d.headers,
             token: self.root.child_token(),
             console,
             started_at: started,
@@ -408,19 +463,6 @@ impl Runtime {
             d.console.as_ref().map(|c| c.progress_bar_id).unwrap_or(0),
             sink,
         )
-    }
-
-    /// Undoes a reservation whose cluster claim failed.
-    fn unreserve(&self, reg: &'static JobRegistration, run: &Arc<Run>, previous: Option<LastRun>) {
-        {
-            let mut slot = lock(&self.state(reg).slot);
-            slot.runs.retain(|r| r.seq != run.seq);
-            slot.last = previous;
-        }
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        run.reported.store(true, Ordering::Release);
-        let console = run.cx.console().clone();
-        tokio::spawn(async move { console.close().await });
     }
 
     /// The task of one run: start, wait, classify, report.

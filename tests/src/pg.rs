@@ -104,6 +104,49 @@ impl Server {
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 /// The throwaway server's watchdog: it stops the server when this process exits.
 static WATCHDOG: OnceLock<Mutex<(Child, ChildStdin)>> = OnceLock::new();
+/// How to stop and start the throwaway server again (never set for the URL's server).
+static THROWAWAY: OnceLock<Throwaway> = OnceLock::new();
+
+/// The throwaway server's `pg_ctl`, data directory, log and start options.
+struct Throwaway {
+    run_as: RunAs,
+    pg_ctl: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    options: String,
+}
+
+impl Throwaway {
+    /// Runs `pg_ctl <action>` on the data directory and waits for it (at most 60 s).
+    fn pg_ctl(&self, action: &str) -> Result<(), String> {
+        let mut args: Vec<OsString> = vec!["-D".into(), self.data.clone().into()];
+        match action {
+            "stop" => args.extend(["-m".into(), "fast".into()]),
+            _ => args.extend([
+                "-l".into(),
+                self.log.clone().into(),
+                "-o".into(),
+                self.options.clone().into(),
+            ]),
+        }
+        args.extend(["-w".into(), "-t".into(), "60".into(), action.into()]);
+        let out = self
+            .run_as
+            .command(&self.pg_ctl, &args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.pg_ctl.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl {action} failed ({}): {}",
+                out.status,
+                output_text(&out)
+            ))
+        }
+    }
+}
 
 fn server() -> Result<Server, String> {
     SERVER
@@ -215,6 +258,7 @@ fn is_root() -> bool {
 
 /// Runs commands as the user that may own a PostgreSQL data directory: ourselves, or
 /// `postgres` when we are root (`initdb` and `pg_ctl` refuse to run as root).
+#[derive(Clone)]
 struct RunAs {
     root: bool,
     runuser: Option<PathBuf>,
@@ -406,7 +450,7 @@ fn init_and_start(
             "-l".into(),
             log.clone().into(),
             "-o".into(),
-            options.into(),
+            options.clone().into(),
             "-w".into(),
             "-t".into(),
             "60".into(),
@@ -419,6 +463,13 @@ fn init_and_start(
             .map_err(|e| format!("cannot run {}: {e}", pg_ctl.display()))?;
         if out.status.success() {
             spawn_watchdog(run_as, pg_ctl, &data, dir)?;
+            let _ = THROWAWAY.set(Throwaway {
+                run_as: run_as.clone(),
+                pg_ctl: pg_ctl.to_path_buf(),
+                data: data.clone(),
+                log: log.clone(),
+                options: options.clone(),
+            });
             return Ok(Server {
                 host: ServerHost::Tcp("127.0.0.1".to_owned()),
                 port,
@@ -560,6 +611,34 @@ impl TestDb {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// Restarts the throwaway server: a fast shutdown (every session is cut), `down_for`
+    /// with no server at all, then a start on the same port; reconnects [`client`](Self::client).
+    /// Returns how long the server was unreachable. Refuses (with `Err`) when the server comes
+    /// from `JOBAGENT_TEST_DATABASE_URL`: a server this process did not start is never
+    /// restarted.
+    pub async fn restart(&mut self, down_for: Duration) -> Result<Duration, String> {
+        if THROWAWAY.get().is_none() {
+            return Err(format!(
+                "restart() needs the throwaway server; this one comes from {}",
+                self.server.origin
+            ));
+        }
+        let down = tokio::task::spawn_blocking(move || {
+            let server = THROWAWAY
+                .get()
+                .ok_or_else(|| "no throwaway server".to_owned())?;
+            let started = std::time::Instant::now();
+            server.pg_ctl("stop")?;
+            std::thread::sleep(down_for);
+            server.pg_ctl("start")?;
+            Ok::<_, String>(started.elapsed())
+        })
+        .await
+        .map_err(|e| format!("restarting the server panicked: {e}"))??;
+        self.client = self.server.connect(&self.name).await?;
+        Ok(down)
     }
 
     /// The database's name.

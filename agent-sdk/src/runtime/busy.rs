@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use super::{Busy, Runtime, Status, call_on_stop, lock};
+use super::{Busy, Runtime, Start, Status, call_on_stop, lock};
 use crate::cluster::{CLAIM_LEASE, Command};
 use crate::outcome::{DispatchResult, Outlet};
 use crate::registry::JobRegistration;
@@ -96,13 +96,16 @@ impl Runtime {
             let state = rt.state(reg);
             let started = SystemTime::now();
             let _turn = state.queue.lock().await;
+            let job_id = d.job_id.clone();
+            let mut pending = Some(d);
             let failure = loop {
                 if !rt.is_accepting() {
                     break Some("the agent shut down before the run could start".to_owned());
                 }
-                match rt.try_start(reg, &d, &outlet).await {
-                    Ok(Ok(())) => break None,
-                    Ok(Err(_busy)) => {}
+                let Some(d) = pending.take() else { break None };
+                match rt.try_start(reg, d, &outlet).await {
+                    Ok(Start::Started) => break None,
+                    Ok(Start::Busy(_, d)) => pending = Some(d),
                     Err(e) => break Some(e.to_string()),
                 }
                 if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {
@@ -122,7 +125,7 @@ impl Runtime {
             }
             if let Some(error) = failure {
                 let result =
-                    DispatchResult::new(&d.job_id, Action::Run, &d.job_id, Some(error), started);
+                    DispatchResult::new(&job_id, Action::Run, &job_id, Some(error), started);
                 outlet.results().write(result).await;
             }
         });

@@ -6,6 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
 use super::Store;
 use super::line::{EncodedLine, LineEncoder};
@@ -276,6 +279,61 @@ impl Writer {
         }
     }
 
+    /// Appends the lines with one binary `COPY` (rows keep their order, so ids do too).
+    async fn copy_lines(
+        &self,
+        client: &deadpool_postgres::Client,
+        lines: &[EncodedLine],
+    ) -> Result<(), tokio_postgres::Error> {
+        let sql = format!(
+            "COPY {}.\"set\" (\"key\", score, \"value\", expireat) FROM STDIN (FORMAT binary)",
+            self.store.schema
+        );
+        let sink = client.copy_in(&sql).await?;
+        let writer = BinaryCopyInWriter::new(
+            sink,
+            &[Type::TEXT, Type::FLOAT8, Type::TEXT, Type::TIMESTAMPTZ],
+        );
+        let mut writer = std::pin::pin!(writer);
+        let expireat = SystemTime::now() + self.store.expire;
+        let key = self.target.set_key.as_str();
+        for line in lines {
+            writer
+                .as_mut()
+                .write(&[&key, &line.score, &line.value.as_str(), &expireat])
+                .await?;
+        }
+        writer.finish().await?;
+        Ok(())
+    }
+
+    /// Inserts the lines, keeping rows that already exist (a retry after an unknown outcome).
+    async fn upsert_lines(
+        &self,
+        client: &deadpool_postgres::Client,
+        lines: &[EncodedLine],
+    ) -> Result<(), String> {
+        let schema = &self.store.schema;
+        let expire = self.store.expire_secs();
+        let scores: Vec<f64> = lines.iter().map(|l| l.score).collect();
+        let values: Vec<&str> = lines.iter().map(|l| l.value.as_str()).collect();
+        let sql = format!(
+            "INSERT INTO {schema}.\"set\" (\"key\", score, \"value\", expireat) \
+             SELECT $1, l.score, l.value, now() + $4 * interval '1 second' \
+             FROM unnest($2::float8[], $3::text[]) WITH ORDINALITY AS l(score, value, ord) ORDER BY l.ord \
+             ON CONFLICT (\"key\", \"value\") DO UPDATE SET score = EXCLUDED.score, expireat = EXCLUDED.expireat"
+        );
+        let stmt = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(|e| e.to_string())?;
+        client
+            .execute(&stmt, &[&self.target.set_key, &scores, &values, &expire])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     async fn try_write(&self, lines: &[EncodedLine]) -> Result<(), String> {
         let client = self.store.pool.get().await.map_err(|e| e.to_string())?;
         let schema = &self.store.schema;
@@ -295,22 +353,14 @@ impl Writer {
             )
             .await?;
         }
-        let scores: Vec<f64> = lines.iter().map(|l| l.score).collect();
-        let values: Vec<&str> = lines.iter().map(|l| l.value.as_str()).collect();
-        let sql = format!(
-            "INSERT INTO {schema}.\"set\" (\"key\", score, \"value\", expireat) \
-             SELECT $1, l.score, l.value, now() + $4 * interval '1 second' \
-             FROM unnest($2::float8[], $3::text[]) WITH ORDINALITY AS l(score, value, ord) ORDER BY l.ord \
-             ON CONFLICT (\"key\", \"value\") DO UPDATE SET score = EXCLUDED.score, expireat = EXCLUDED.expireat"
-        );
-        let stmt = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(|e| e.to_string())?;
-        client
-            .execute(&stmt, &[&self.target.set_key, &scores, &values, &expire])
-            .await
-            .map_err(|e| e.to_string())?;
+        match self.copy_lines(&client, lines).await {
+            Ok(()) => {}
+            // A retried batch that had in fact committed: upsert it instead (same ids kept).
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                self.upsert_lines(&client, lines).await?;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
         if let Some(progress) = lines.iter().rev().find_map(|l| l.progress_field.as_deref()) {
             super::upsert_hash_fields(
                 &client,

@@ -278,37 +278,52 @@ pub(crate) async fn timed_load(
     Ok(out)
 }
 
-/// Sends `count` requests over `conns` keep-alive connections, as fast as they are answered;
-/// fails on the first non-200 answer.
-pub(crate) async fn send_all(
-    addr: SocketAddr,
-    tpl: Arc<Template>,
-    conns: usize,
-    count: u64,
-) -> Result<(), String> {
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(conns);
-    for _ in 0..conns.min(count as usize).max(1) {
-        let mut conn = Conn::open(addr, &tpl).await?;
-        let (tpl, next) = (tpl.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= count {
-                    return Ok::<_, String>(());
-                }
-                let (status, body) = conn.call(&tpl, n + 1).await?;
-                if status != 200 {
-                    return Err(format!(
-                        "request {n} answered {status}: {}",
-                        String::from_utf8_lossy(&body[..body.len().min(300)])
-                    ));
-                }
-            }
-        }));
+/// Keep-alive connections opened ahead of a burst, so that their buffers are already
+/// allocated on both sides before a measurement starts.
+pub(crate) struct Conns {
+    conns: Vec<Conn>,
+}
+
+impl Conns {
+    /// Opens `n` connections and sends `warm` once on each (any status is fine).
+    pub(crate) async fn open(addr: SocketAddr, n: usize, warm: &Template) -> Result<Self, String> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut c = Conn::open(addr, warm).await?;
+            c.call(warm, 0).await?;
+            conns.push(c);
+        }
+        Ok(Self { conns })
     }
-    for t in tasks {
-        t.await.map_err(|e| format!("send task: {e}"))??;
+
+    /// Sends `count` requests of `tpl` over these connections, as fast as they are answered;
+    /// fails on the first non-200 answer.
+    pub(crate) async fn send_all(self, tpl: Arc<Template>, count: u64) -> Result<Self, String> {
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::with_capacity(self.conns.len());
+        for mut conn in self.conns {
+            conn.req.clone_from(&tpl.bytes);
+            let (tpl, next) = (tpl.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count {
+                        return Ok::<_, String>(conn);
+                    }
+                    let (status, body) = conn.call(&tpl, n + 1).await?;
+                    if status != 200 {
+                        return Err(format!(
+                            "request {n} answered {status}: {}",
+                            String::from_utf8_lossy(&body[..body.len().min(300)])
+                        ));
+                    }
+                }
+            }));
+        }
+        let mut conns = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            conns.push(t.await.map_err(|e| format!("send task: {e}"))??);
+        }
+        Ok(Self { conns })
     }
-    Ok(())
 }

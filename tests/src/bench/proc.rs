@@ -271,3 +271,11 @@ pub(crate) fn machine_line() -> String {
         mem_kib as f64 / 1024.0 / 1024.0
     )
 }
+
+/// The 1/5/15-minute load averages (`/proc/loadavg`).
+pub(crate) fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".to_owned())
+}

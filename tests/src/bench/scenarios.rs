@@ -32,6 +32,8 @@ pub(crate) struct Settings {
     pub(crate) quick: bool,
     pub(crate) agent_bin: PathBuf,
     pub(crate) self_exe: PathBuf,
+    /// `RUST_LOG` of the example service (its default, `info`, unless `--agent-log`).
+    pub(crate) agent_log: String,
 }
 
 /// Rows and notes gathered so far.
@@ -62,17 +64,17 @@ pub(crate) async fn run(name: &str, s: &Settings, r: &mut Report) -> Result<(), 
     }
 }
 
-/// The example service's environment: its default log level (`info`, to stdout, which the
-/// bench discards) and whatever the scenario adds.
-fn agent_env(extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
-    let mut env = vec![("RUST_LOG", "info".to_owned())];
+/// The example service's environment: its log level (default `info`, its own default; to
+/// stdout, which the bench discards) and whatever the scenario adds.
+fn agent_env(s: &Settings, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut env = vec![("RUST_LOG", s.agent_log.clone())];
     env.extend(extra.iter().cloned());
     env
 }
 
 async fn start_agent(s: &Settings, extra: &[(&'static str, String)]) -> Result<Server, String> {
     let bin = s.agent_bin.clone();
-    let env = agent_env(extra);
+    let env = agent_env(s, extra);
     tokio::task::spawn_blocking(move || proc::start_agent(&bin, &env))
         .await
         .map_err(|e| format!("start task: {e}"))?
@@ -180,14 +182,15 @@ async fn dispatch(s: &Settings, r: &mut Report) -> Result<(), String> {
     }
     r.note(format!(
         "dispatch: example-agent and the bare axum baseline each run as their own release process \
-         (multi-thread tokio, 2 workers, loopback); the agent with its default log level (info, \
-         stdout discarded), no store. The same in-repo raw HTTP/1.1 keep-alive client (64 \
+         (multi-thread tokio, 2 workers, loopback); the agent with RUST_LOG={} (stdout \
+         discarded), no store. The same in-repo raw HTTP/1.1 keep-alive client (64 \
          connections, requests pre-serialized by tests::center::Center, {} bytes each with the \
          center's x-job-body/x-job-server/x-job-agent-console/x-job-url headers, x-job-id \
          patched per request) drives both; {:?} warm-up then {:?} measured per side and run, \
          order alternating. Client-not-the-bottleneck check: the same client drives the bare \
          baseline faster than the agent, and its own CPU share is in the `client CPU` row \
          (both processes share 2 cores).",
+        s.agent_log,
         agent_tpl.len(),
         warmup,
         window
@@ -561,13 +564,20 @@ async fn memory(s: &Settings, r: &mut Report) -> Result<(), String> {
         let agent = start_agent(s, &[]).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let idle = proc::rss_kib(agent.pid)?;
+        // Open the 64 connections and use each once (a `detail`), so their buffers are in
+        // the "before" figure and the difference is the jobs'.
+        let detail = Center::new(agent.url()).detail("example_agent::jobs::TestJob");
+        let warm = Template::new(&detail, "", agent.addr);
+        let conns = http::Conns::open(agent.addr, 64, &warm).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let connected = proc::rss_kib(agent.pid)?;
         let body = json!({"sleep_ms": 30_000}).to_string();
         let req = Center::new(agent.url())
             .run(TRANSIENT, ID_PLACEHOLDER)
             .data(body.clone());
         let tpl = Arc::new(Template::new(&req, &body, agent.addr));
         let t0 = Instant::now();
-        http::send_all(agent.addr, tpl, 64, JOBS).await?;
+        let conns = conns.send_all(tpl, JOBS).await?;
         let sent = t0.elapsed();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let loaded = proc::rss_kib(agent.pid)?;
@@ -583,12 +593,13 @@ async fn memory(s: &Settings, r: &mut Report) -> Result<(), String> {
         if t0.elapsed() > Duration::from_secs(25) {
             return Err("sending the runs took too long: some may have ended".to_owned());
         }
-        let per = (loaded as f64 - idle as f64) / JOBS as f64;
+        drop(conns);
+        let per = (loaded as f64 - connected as f64) / JOBS as f64;
         idle_row.push(idle as f64 / 1024.0, None);
-        loaded_row.push(loaded as f64 / 1024.0, Some(idle as f64 / 1024.0));
+        loaded_row.push(loaded as f64 / 1024.0, Some(connected as f64 / 1024.0));
         per_job.push(per, None);
         progress(format!(
-            "run {}: idle {idle} KiB, {JOBS} running {loaded} KiB ({per:.2} KiB/job; sent in {:.2} s)",
+            "run {}: idle {idle} KiB, 64 connections open {connected} KiB, {JOBS} running {loaded} KiB ({per:.2} KiB/job; sent in {:.2} s)",
             run + 1,
             sent.as_secs_f64()
         ));
@@ -596,10 +607,11 @@ async fn memory(s: &Settings, r: &mut Report) -> Result<(), String> {
     }
     r.note(
         "concurrency memory: a fresh example-agent process per run (no store); VmRSS from \
-         /proc/<pid>/status 300 ms after its first answer (idle), then 10,000 runs of \
-         TestTransientJob {\"sleep_ms\":30000} over 64 keep-alive connections, VmRSS 500 ms \
-         after the last answer, `detail` confirming 10,000 running instances. Per job = \
-         (loaded − idle) / 10,000, so it also carries the 64 connections' buffers.",
+         /proc/<pid>/status 300 ms after its first answer (idle RSS); then 64 keep-alive \
+         connections are opened and used once (`detail`) and VmRSS read again (idle + 64 \
+         conns); then 10,000 runs of TestTransientJob {\"sleep_ms\":30000} over those \
+         connections, VmRSS 500 ms after the last answer, `detail` confirming 10,000 running \
+         instances. Per job = (loaded − (idle + 64 conns)) / 10,000.",
     );
     r.rows.extend([idle_row, loaded_row, per_job]);
     Ok(())
@@ -696,10 +708,9 @@ async fn wait_heartbeats(db: &TestDb, within: Duration) -> Result<i64, String> {
 // ---------------------------------------------------------------------------------------------
 // start-up
 
-fn one_startup(bin: &std::path::Path) -> Result<Duration, String> {
+fn one_startup(bin: &std::path::Path, env: &[(&str, String)]) -> Result<Duration, String> {
     let addr: SocketAddr = proc::free_addr()?;
-    let env = agent_env(&[]);
-    let (server, t0) = proc::spawn(bin, &[], &env, addr)?;
+    let (server, t0) = proc::spawn(bin, &[], env, addr)?;
     let t1 = proc::wait_ready(addr, Duration::from_secs(20))?;
     server.kill();
     Ok(t1.duration_since(t0))
@@ -709,13 +720,14 @@ async fn startup(s: &Settings, r: &mut Report) -> Result<(), String> {
     const PER_RUN: usize = 3;
     let bin = s.agent_bin.clone();
     let runs = s.runs;
+    let env = agent_env(s, &[]);
     let values = tokio::task::spawn_blocking(move || {
-        one_startup(&bin)?; // warm the page cache; not counted
+        one_startup(&bin, &env)?; // warm the page cache; not counted
         let mut per_run = Vec::with_capacity(runs);
         for run in 0..runs {
             let mut ms = Vec::with_capacity(PER_RUN);
             for _ in 0..PER_RUN {
-                ms.push(one_startup(&bin)?.as_secs_f64() * 1e3);
+                ms.push(one_startup(&bin, &env)?.as_secs_f64() * 1e3);
             }
             let m = median(&ms);
             eprintln!("   run {}: {m:.2} ms (samples {ms:.2?})", run + 1);

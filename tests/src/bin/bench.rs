@@ -27,13 +27,15 @@ const USAGE: &str = "usage: bench [--quick] [--runs N] [--only NAME[,NAME...]] [
   --quick        fewer runs (2 unless --runs is given), shorter windows (idle cost 10 s)
   --runs N       run each scenario N times (default 5)
   --only NAMES   run only these scenarios: dispatch, stop, console, many, memory, idle, startup
-  --no-build     do not run `cargo build --release -p example-agent` first";
+  --no-build     do not run `cargo build --release -p example-agent` first
+  --agent-log F  RUST_LOG for the example service (default `info`, its own default)";
 
 struct Args {
     quick: bool,
     runs: Option<usize>,
     only: Vec<String>,
     build: bool,
+    agent_log: String,
     serve_baseline: Option<SocketAddr>,
 }
 
@@ -43,6 +45,7 @@ fn parse_args() -> Result<Args, String> {
         runs: None,
         only: Vec::new(),
         build: true,
+        agent_log: "info".to_owned(),
         serve_baseline: None,
     };
     let mut it = std::env::args().skip(1);
@@ -80,6 +83,9 @@ fn parse_args() -> Result<Args, String> {
                     args.only.push(name.to_owned());
                 }
             }
+            "--agent-log" => {
+                args.agent_log = it.next().ok_or("--agent-log needs a filter, e.g. warn")?;
+            }
             "--serve-baseline" => {
                 let v = it.next().ok_or("--serve-baseline needs an address")?;
                 args.serve_baseline = Some(v.parse().map_err(|_| format!("bad address `{v}`"))?);
@@ -116,6 +122,15 @@ async fn real_main() -> Result<(), String> {
             "bench: warning: this is a debug build; run `cargo run --release -p tests --bin bench`"
         );
     }
+    // The in-process agent (stop scenario) logs here, to stderr, so that stdout holds only
+    // the report.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let self_exe: PathBuf =
         std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let agent_bin = if args.build {
@@ -136,6 +151,7 @@ async fn real_main() -> Result<(), String> {
         quick: args.quick,
         agent_bin,
         self_exe,
+        agent_log: args.agent_log.clone(),
     };
     let names: Vec<&str> = if args.only.is_empty() {
         scenarios::ALL.to_vec()
@@ -146,16 +162,22 @@ async fn real_main() -> Result<(), String> {
             .filter(|n| args.only.iter().any(|o| o == n))
             .collect()
     };
+    let load_before = bench::proc::loadavg();
     let mut report = Report::default();
     for name in &names {
         scenarios::run(name, &settings, &mut report).await?;
     }
     println!();
     println!(
-        "job agent benchmark — {} run(s) per scenario{}; figures are medians over runs, ratios \
+        "job agent benchmark — {} run(s) per scenario{}{}; figures are medians over runs, ratios \
          are medians of per-run ratios against the baseline measured in the same run",
         runs,
-        if args.quick { ", --quick" } else { "" }
+        if args.quick { ", --quick" } else { "" },
+        if args.agent_log == "info" {
+            String::new()
+        } else {
+            format!(", agent RUST_LOG={}", args.agent_log)
+        }
     );
     println!();
     print!("{}", bench::stats::table(&report.rows));
@@ -177,5 +199,10 @@ async fn real_main() -> Result<(), String> {
     }
     println!();
     println!("{}", bench::proc::machine_line());
+    println!(
+        "load average (1/5/15 min) before: {load_before}; after: {} (other work on the machine \
+         competes for the same cores; ratios are against same-run baselines for that reason)",
+        bench::proc::loadavg()
+    );
     Ok(())
 }
