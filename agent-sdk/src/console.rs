@@ -55,6 +55,10 @@ pub(crate) trait LineSink: Send + Sync + 'static {
     fn dropped(&self) -> u64 {
         0
     }
+    /// Whether the runtime's own lifecycle lines are kept (worth building).
+    fn keeps_lifecycle(&self) -> bool {
+        true
+    }
 }
 
 /// The sink of an agent without a store: lines go to `tracing`, with the job id.
@@ -85,6 +89,10 @@ impl LineSink for LogSink {
 
     fn flush(&self) -> BoxFuture<()> {
         Box::pin(async {})
+    }
+
+    fn keeps_lifecycle(&self) -> bool {
+        tracing::enabled!(target: "agent_sdk::console", tracing::Level::DEBUG)
     }
 }
 
@@ -188,8 +196,11 @@ impl Console {
         self.inner.written.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn lifecycle(&self, text: impl AsRef<str>) {
-        self.write_line(text, ConsoleColor::LIFECYCLE);
+    /// Writes one of the runtime's own lines; `text` is only built when the sink keeps it.
+    pub(crate) fn lifecycle(&self, text: impl FnOnce() -> String) {
+        if self.inner.sink.keeps_lifecycle() {
+            self.write_line(text(), ConsoleColor::LIFECYCLE);
+        }
     }
 
     fn push(

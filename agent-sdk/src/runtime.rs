@@ -468,12 +468,14 @@ impl Runtime {
     /// The task of one run: start, wait, classify, report.
     async fn drive(self: Arc<Self>, reg: &'static JobRegistration, run: Arc<Run>) {
         let cx = run.cx.clone();
-        cx.console().lifecycle(format!(
-            "job {} started, job id {}, kind {}",
-            reg.class(),
-            cx.job_id(),
-            reg.kind()
-        ));
+        cx.console().lifecycle(|| {
+            format!(
+                "job {} started, job id {}, kind {}",
+                reg.class(),
+                cx.job_id(),
+                reg.kind()
+            )
+        });
         if let Some(store) = &run.store {
             let (store, member) = (store.clone(), self.member.clone());
             let job_id = cx.job_id().to_owned();
@@ -602,7 +604,7 @@ impl Runtime {
         let elapsed = SystemTime::now()
             .duration_since(run.started)
             .unwrap_or_default();
-        cx.console().lifecycle(match (&error, stopped) {
+        cx.console().lifecycle(|| match (&error, stopped) {
             (None, true) => format!("job stopped on request after {}", fmt_duration(elapsed)),
             (None, false) => format!("job finished after {}", fmt_duration(elapsed)),
             (Some(_), _) => format!("job ended with an error after {}", fmt_duration(elapsed)),

@@ -22,12 +22,14 @@ impl Runtime {
         let console = self.console(&d, &outlet);
         let started = SystemTime::now();
         self.tracker.spawn(async move {
-            console.lifecycle(format!(
-                "run discarded: job {} is busy ({}, job id {})",
-                reg.class(),
-                busy.describe(),
-                busy.job_id
-            ));
+            console.lifecycle(|| {
+                format!(
+                    "run discarded: job {} is busy ({}, job id {})",
+                    reg.class(),
+                    busy.describe(),
+                    busy.job_id
+                )
+            });
             console.close().await;
             let result = DispatchResult::new(&d.job_id, Action::Run, &d.job_id, None, started);
             outlet.results().write(result).await;
@@ -48,7 +50,7 @@ impl Runtime {
                 run.set_status(Status::Stopping);
                 run.cx
                     .console()
-                    .lifecycle(format!("stopped to make way for run {}", d.job_id));
+                    .lifecycle(|| format!("stopped to make way for run {}", d.job_id));
                 let grace = self.options.timeout_grace;
                 tokio::spawn(async move { call_on_stop(&run, grace).await });
             }

@@ -124,7 +124,7 @@ impl Runtime {
             for run in &local {
                 run.cx
                     .console()
-                    .lifecycle(format!("stop requested (stop job id {stop_id})"));
+                    .lifecycle(|| format!("stop requested (stop job id {stop_id})"));
                 if let Some(e) = call_on_stop(run, grace).await {
                     failures.push(e);
                 }
@@ -183,10 +183,12 @@ impl Runtime {
         let mut error = String::new();
         if let Some(run) = run {
             run.set_status(Status::Stopping);
-            run.cx.console().lifecycle(format!(
-                "stop requested through another replica (stop job id {})",
-                command.stop_id
-            ));
+            run.cx.console().lifecycle(|| {
+                format!(
+                    "stop requested through another replica (stop job id {})",
+                    command.stop_id
+                )
+            });
             if let Some(e) = call_on_stop(&run, self.options.timeout_grace).await {
                 error = e;
             }

@@ -786,6 +786,67 @@ fn verify(
     failures
 }
 
+/// Prints what the soak knows about every dispatch a failure names (ids are 6+ digits).
+fn explain(failures: &[String], all: &[Sent], store: &Store, start: SystemTime) {
+    let mut ids: Vec<&str> = Vec::new();
+    for f in failures.iter().take(40) {
+        for word in f.split(|c: char| !c.is_ascii_digit()) {
+            if word.len() >= 6 && !ids.contains(&word) {
+                ids.push(word);
+            }
+        }
+    }
+    let t0 = secs_since_epoch(start);
+    println!("---- the dispatches named above ----");
+    for id in ids {
+        let Some(s) = all.iter().find(|s| s.id == id) else {
+            continue;
+        };
+        let status = match &s.reply {
+            Ok(r) => r.status.to_string(),
+            Err(e) => format!("no answer ({e})"),
+        };
+        let result = store
+            .results
+            .get(id)
+            .and_then(|rows| rows.first())
+            .map(|r| format!("{} written at {:.3} s", r.value, r.written - t0))
+            .unwrap_or_else(|| "no result".to_owned());
+        println!(
+            "{id}: {:?} {} {:?}, sent at {:.3} s, answered {status} at {:.3} s; {result}",
+            s.kind,
+            s.class.rsplit("::").next().unwrap_or(s.class),
+            s.params,
+            secs_since_epoch(s.sent_at) - t0,
+            secs_since_epoch(s.replied_at) - t0,
+        );
+        if let Some(console) = &s.console {
+            let lines = store
+                .consoles
+                .get(&console.set_key)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let start = secs_since_epoch(s.console_start) - t0;
+            let show = |l: &Value| {
+                format!(
+                    "{:.3} s {}",
+                    start + l.get("t").and_then(Value::as_f64).unwrap_or_default(),
+                    l.get("s").and_then(Value::as_str).unwrap_or_default()
+                )
+            };
+            println!("    console: {} line(s)", lines.len());
+            let n = lines.len();
+            for (i, l) in lines.iter().enumerate() {
+                if i < 3 || i + 4 >= n {
+                    println!("      {}", show(l));
+                } else if i == 3 {
+                    println!("      ...");
+                }
+            }
+        }
+    }
+}
+
 /// Waits until every accepted dispatch has a result (or `within` passes); returns when the
 /// last one arrived.
 async fn wait_for_results(db: &TestDb, ids: &[String], within: Duration) -> Result<(), String> {
@@ -963,6 +1024,9 @@ async fn soak(args: &Args) -> Result<bool, String> {
     }
     if failures.len() > 40 {
         println!("  ... and {} more", failures.len() - 40);
+    }
+    if !failures.is_empty() {
+        explain(&failures, &all, &store, started_at);
     }
     let pass = failures.is_empty();
     println!("{}", if pass { "PASS" } else { "FAIL" });
