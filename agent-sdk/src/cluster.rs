@@ -109,7 +109,10 @@ impl Store {
         format!("{}.hash", self.schema)
     }
 
-    /// Claims a singleton class for `job_id`; the fencing token grows with every claim.
+    /// Claims a singleton class for `job_id`; the fencing token grows with every claim. A
+    /// claim held under this instance's own name is taken over: the caller's class is free
+    /// locally, so such a claim is stale (a crashed predecessor's, or one this process could
+    /// not release while the store was down).
     pub(crate) async fn claim(&self, me: &Member, class: &str, job_id: &str) -> Res<Claimed> {
         let mut client = self.pool.get().await.map_err(e)?;
         let h = self.hash_sql();
@@ -127,9 +130,9 @@ impl Store {
                     "INSERT INTO {h} (\"key\", field, \"value\", expireat) VALUES ($1, 'claim', $2, now() + $3 * interval '1 second') \
                      ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = EXCLUDED.value, expireat = EXCLUDED.expireat \
                      WHERE {h}.expireat IS NULL OR {h}.expireat < now() \
-                     OR ({h}.value::jsonb->>'Instance' = $4 AND {h}.value::jsonb->>'ServerId' <> $5) RETURNING id"
+                     OR {h}.value::jsonb->>'Instance' = $4 RETURNING id"
                 ),
-                &[&key, &value, &secs(CLAIM_LEASE), &me.instance, &me.server_id],
+                &[&key, &value, &secs(CLAIM_LEASE), &me.instance],
             )
             .await
             .map_err(e)?;

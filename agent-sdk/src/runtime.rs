@@ -83,6 +83,16 @@ impl Run {
         *lock(&self.status) = status;
     }
 
+    /// Moves a live run to Stopping; false when it has already ended.
+    fn mark_stopping(&self) -> bool {
+        let mut status = lock(&self.status);
+        if *status == Status::Stopped {
+            return false;
+        }
+        *status = Status::Stopping;
+        true
+    }
+
     /// Flushes the console and writes the run's result, once.
     async fn report(&self, error: Option<String>) {
         if self.reported.swap(true, Ordering::AcqRel) {
@@ -113,7 +123,7 @@ struct ClassSlot {
 enum Start {
     Started,
     /// The singleton is busy; the dispatch comes back for the busy policy.
-    Busy(Busy, Dispatch),
+    Busy(Busy, Box<Dispatch>),
 }
 
 #[derive(Clone)]
@@ -250,7 +260,7 @@ impl Runtime {
         }
         let (busy, d) = match self.try_start(reg, d, &outlet).await? {
             Start::Started => return Ok(format!("JobClass:{} run success!", reg.class())),
-            Start::Busy(busy, d) => (busy, d),
+            Start::Busy(busy, d) => (busy, *d),
         };
         match reg.on_busy() {
             BusyPolicy::Reject => Err(busy.into_error(reg)),
@@ -317,7 +327,7 @@ impl Runtime {
                         status: current.status(),
                         replica: None,
                     };
-                    return Ok(Start::Busy(busy, d));
+                    return Ok(Start::Busy(busy, Box::new(d)));
                 }
                 if let Some(claimer) = &slot.claiming {
                     let busy = Busy {
@@ -325,7 +335,7 @@ impl Runtime {
                         status: Status::Running,
                         replica: None,
                     };
-                    return Ok(Start::Busy(busy, d));
+                    return Ok(Start::Busy(busy, Box::new(d)));
                 }
             }
             let limits = &self.options.limits;
@@ -377,7 +387,7 @@ impl Runtime {
                     status: Status::Running,
                     replica: Some(holder.instance),
                 };
-                Ok(Start::Busy(busy, d))
+                Ok(Start::Busy(busy, Box::new(d)))
             }
             Err(e) => {
                 drop(slot);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use super::{Busy, Runtime, Start, Status, call_on_stop, lock};
+use super::{Busy, Runtime, Start, call_on_stop, lock};
 use crate::cluster::{CLAIM_LEASE, Command};
 use crate::outcome::{DispatchResult, Outlet};
 use crate::registry::JobRegistration;
@@ -46,8 +46,7 @@ impl Runtime {
     ) {
         let local = lock(&self.state(reg).slot).runs.first().cloned();
         match (local, &busy.replica, self.shared(&outlet)) {
-            (Some(run), _, _) => {
-                run.set_status(Status::Stopping);
+            (Some(run), _, _) if run.mark_stopping() => {
                 run.cx
                     .console()
                     .lifecycle(|| format!("stopped to make way for run {}", d.job_id));
@@ -107,7 +106,7 @@ impl Runtime {
                 let Some(d) = pending.take() else { break None };
                 match rt.try_start(reg, d, &outlet).await {
                     Ok(Start::Started) => break None,
-                    Ok(Start::Busy(_, d)) => pending = Some(d),
+                    Ok(Start::Busy(_, d)) => pending = Some(*d),
                     Err(e) => break Some(e.to_string()),
                 }
                 if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {

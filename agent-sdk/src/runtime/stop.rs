@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::FutureExt as _;
 use std::panic::AssertUnwindSafe;
 
-use super::{Run, Runtime, Status, lock, panic_message};
+use super::{Run, Runtime, lock, panic_message};
 use crate::cluster::Command;
 use crate::error::DispatchError;
 use crate::outcome::{DispatchResult, Outlet};
@@ -70,9 +70,11 @@ impl Runtime {
                 });
             }
         }
-        for run in &local {
-            run.set_status(Status::Stopping);
-        }
+        // A run that ended while the replicas were asked is no longer stopped here.
+        let local: Vec<_> = local
+            .into_iter()
+            .filter(|run| run.mark_stopping())
+            .collect();
         let stop_id = d.job_id.clone();
         let local_newest = local
             .iter()
@@ -181,8 +183,7 @@ impl Runtime {
                 .cloned()
         });
         let mut error = String::new();
-        if let Some(run) = run {
-            run.set_status(Status::Stopping);
+        if let Some(run) = run.filter(|run| run.mark_stopping()) {
             run.cx.console().lifecycle(|| {
                 format!(
                     "stop requested through another replica (stop job id {})",
