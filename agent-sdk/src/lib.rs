@@ -88,6 +88,11 @@ pub mod __private {
         crate::store::probe(connection, sql).await
     }
 
+    /// Not public API, used by `jobagent-dev`: the agent's rule for Hangfire schema names.
+    pub fn check_schema(schema: &str) -> Result<(), String> {
+        crate::store::check_schema(schema)
+    }
+
     /// Not public API, used by generated code: boxes a job for the registry.
     pub fn into_dyn<T: crate::JobAgent>(job: T) -> std::sync::Arc<dyn DynJob> {
         std::sync::Arc::new(job)

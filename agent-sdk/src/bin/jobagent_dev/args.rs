@@ -496,22 +496,9 @@ fn check_agent(text: &str) -> Result<reqwest::Url, String> {
     Ok(url)
 }
 
-/// A Hangfire schema: letters, digits and `_`, not starting with a digit (as the agent checks).
+/// A Hangfire schema, checked by the agent's own rule.
 pub(crate) fn check_schema(schema: &str) -> Result<(), String> {
-    let ok = !schema.is_empty()
-        && schema.len() <= 63
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !schema.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`--schema {}` must be 1 to 63 letters, digits or `_`, not starting with a digit",
-            shorten(schema)
-        ))
-    }
+    agent_sdk::__private::check_schema(schema).map_err(|reason| format!("`--schema`: {reason}"))
 }
 
 /// Names the center never passes through: its own headers and the ones HTTP owns.
