@@ -196,10 +196,7 @@ impl AgentInner {
     /// (in cluster mode) commands from other replicas and lost replicas' runs.
     fn coordinate(&self, store: &Arc<Store>) {
         let key = Arc::as_ptr(store) as usize;
-        let first = match self.coordinators.lock() {
-            Ok(mut set) => set.insert(key),
-            Err(p) => p.into_inner().insert(key),
-        };
+        let first = crate::sync::lock(&self.coordinators).insert(key);
         if first {
             crate::coordinator::spawn(
                 Arc::downgrade(&self.runtime),

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use crate::error::JobError;
 use crate::job::BoxFuture;
+use crate::sync::lock;
 
 /// A console line color, as the dashboard renders it (`#rrggbb`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -262,10 +263,7 @@ impl ProgressBar {
         };
         let value = (value * 10.0).round() / 10.0;
         {
-            let mut last = match self.last.lock() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut last = lock(&self.last);
             if *last == Some(value) {
                 return;
             }

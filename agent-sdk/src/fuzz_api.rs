@@ -112,10 +112,7 @@ fn intern_color(hex: &str) -> ConsoleColor {
             bytes: 0,
         })
     });
-    let mut colors = match colors.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let mut colors = crate::sync::lock(colors);
     if let Some(&known) = colors.set.get(hex) {
         return ConsoleColor::custom(known);
     }

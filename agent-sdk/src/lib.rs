@@ -41,6 +41,7 @@ mod request;
 mod router;
 mod runtime;
 mod store;
+mod sync;
 mod timefmt;
 
 pub use agent::Agent;

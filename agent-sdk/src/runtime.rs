@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt as _;
@@ -25,6 +25,7 @@ use crate::outcome::{DispatchResult, Outlet, ResultSink};
 use crate::registry::{BusyPolicy, JobRegistration, Registry};
 use crate::request::{Action, Dispatch};
 use crate::store::Store;
+use crate::sync::lock;
 use crate::timefmt::fmt_duration;
 
 mod busy;
@@ -183,13 +184,6 @@ pub(crate) struct Runtime {
     seq: AtomicU64,
     in_flight: AtomicUsize,
     pub(crate) member: Member,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
 }
 
 impl Runtime {
@@ -621,16 +615,22 @@ impl Runtime {
         });
         renewal.cancel();
         self.finish(reg, &run);
+        // Boxed: the tail's futures would otherwise enlarge every sleeping run's task.
+        Box::pin(self.conclude(reg, &run, error.map(|e| e.message().to_owned()))).await;
+    }
+
+    /// Releases the run's claim, writes its result after its console, forgets its record.
+    async fn conclude(&self, reg: &'static JobRegistration, run: &Arc<Run>, error: Option<String>) {
         if run.claimed.load(Ordering::Acquire)
             && let Some(store) = &run.store
             && let Err(e) = store
-                .release_claim(&self.member, reg.class(), cx.job_id())
+                .release_claim(&self.member, reg.class(), run.cx.job_id())
                 .await
         {
             tracing::debug!(class = reg.class(), error = %e, "could not release the claim; it lapses by itself");
         }
-        run.report(error.map(|e| e.message().to_owned())).await;
-        self.forget(&run).await;
+        run.report(error).await;
+        self.forget(run).await;
     }
 
     /// Waits up to `grace` for a run to end.
@@ -653,15 +653,7 @@ impl Runtime {
             .console()
             .error(format!("job reported as stuck: {why}"));
         self.finish(reg, run);
-        if run.claimed.load(Ordering::Acquire)
-            && let Some(store) = &run.store
-        {
-            let _ = store
-                .release_claim(&self.member, reg.class(), run.cx.job_id())
-                .await;
-        }
-        run.report(Some(why)).await;
-        self.forget(run).await;
+        self.conclude(reg, run, Some(why)).await;
     }
 
     /// Removes a run's in-flight record once its result is written.

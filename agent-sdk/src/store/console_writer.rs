@@ -2,7 +2,7 @@
 //! and in batches by one background writer task.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
@@ -16,6 +16,7 @@ use crate::console::{ConsoleColor, ConsoleLine, LineSink};
 use crate::job::BoxFuture;
 use crate::options::ConsoleBudget;
 use crate::request::ConsoleTarget;
+use crate::sync::lock;
 
 /// Lines written per statement at most.
 const BATCH_LINES: usize = 4_000;
@@ -86,13 +87,6 @@ impl StoreConsole {
             budget,
             done,
         }
-    }
-}
-
-fn lock(m: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Store;
 use super::procstat::ProcessSampler;
+use crate::sync::lock;
 use crate::timefmt::fmt_utc;
 
 /// Ticks a reporter lives after the last heartbeat request (15 minutes of 3 s).
@@ -50,10 +51,7 @@ impl Heartbeats {
     /// Starts a reporter for `server_id`, or renews the running one.
     pub(crate) fn beat(self: &Arc<Self>, store: Arc<Store>, server_id: &str, agent_server: &str) {
         let key = (Arc::as_ptr(&store) as usize, server_id.to_owned());
-        let mut reporters = match self.reporters.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut reporters = lock(&self.reporters);
         if let Some(ticks) = reporters.get(&key) {
             ticks.store(LIFE_TICKS, Ordering::Release);
             return;
@@ -77,10 +75,7 @@ impl Heartbeats {
                 let left = ticks.load(Ordering::Acquire);
                 if left == 0 {
                     // Remove ourselves, unless a heartbeat renewed us just now.
-                    let mut reporters = match this.reporters.lock() {
-                        Ok(g) => g,
-                        Err(p) => p.into_inner(),
-                    };
+                    let mut reporters = lock(&this.reporters);
                     if ticks.load(Ordering::Acquire) == 0 {
                         reporters.remove(&key);
                         break;

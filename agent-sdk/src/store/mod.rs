@@ -164,10 +164,7 @@ impl Stores {
             }
         }
         let key = format!("{}|{schema}|{days}", spec.identity());
-        let mut sent = match self.sent.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut sent = crate::sync::lock(&self.sent);
         if let Some(store) = sent.get(&key) {
             return Ok(Some(store.clone()));
         }
