@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Fuzzes the agent's input handling with cargo-fuzz (libFuzzer), each target for a bounded
-# time: the request decoder, the Npgsql connection-string parser and the console encoder.
+# time: the request decoder, the job-item scan (against serde_json), the Npgsql
+# connection-string parser and the console encoder.
 #
 #   scripts/fuzz.sh [seconds-per-target]        (default 60)
 #
 # Environment:
-#   FUZZ_TARGETS     the targets to run, space-separated (default: all three)
+#   FUZZ_TARGETS     the targets to run, space-separated (default: all four)
 #   FUZZ_SANITIZER   cargo-fuzz sanitizer (default: none; the crate forbids unsafe code, and
 #                    without ASan libFuzzer runs about twice as many inputs; `address` works)
 #   CARGO_TARGET_DIR where the fuzz build goes (default: fuzz/target)
@@ -23,7 +24,7 @@ secs=${1:-60}
 case "$secs" in
   '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [seconds-per-target]" >&2; exit 2 ;;
 esac
-targets=${FUZZ_TARGETS:-"request_decoder npgsql_parser console_encoder"}
+targets=${FUZZ_TARGETS:-"request_decoder item_scanner npgsql_parser console_encoder"}
 sanitizer=${FUZZ_SANITIZER:-none}
 target_dir=${CARGO_TARGET_DIR:-$root/fuzz/target}
 case "$target_dir" in /*) ;; *) target_dir=$root/$target_dir ;; esac

@@ -11,7 +11,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::console::Console;
 use crate::error::JobError;
-use crate::item::JobItem;
+use crate::item::{JobItem, LazyItem};
 
 /// The context of one run: its parameter, the center's job item, headers, ids, console and
 /// cancellation token. Cheap to clone.
@@ -26,7 +26,7 @@ pub(crate) struct ContextInner {
     pub(crate) server_id: Option<String>,
     pub(crate) job_url: Option<String>,
     pub(crate) param: String,
-    pub(crate) item: JobItem,
+    pub(crate) item: LazyItem,
     pub(crate) headers: BTreeMap<String, String>,
     pub(crate) token: CancellationToken,
     pub(crate) console: Console,
@@ -120,7 +120,12 @@ impl JobContext {
 
     /// The center's job item.
     pub fn item(&self) -> &JobItem {
-        &self.inner.item
+        self.inner.item.get()
+    }
+
+    /// The item's `AgentTimeout` (ms), read without building the typed item.
+    pub(crate) fn agent_timeout(&self) -> Option<i64> {
+        self.inner.item.agent_timeout()
     }
 
     /// The pass-through headers (`x-job-agent-header`), decoded.

@@ -1,8 +1,8 @@
 //! Not public API: thin entry points into crate-private code for the fuzz targets in `fuzz/`.
 //!
 //! Nothing here is covered by semver; it exists so that `cargo fuzz` can reach the request
-//! decoder, the Npgsql connection-string parser and the console-line encoder without making
-//! them public.
+//! decoder, the job-item scan, the Npgsql connection-string parser and the console-line
+//! encoder without making them public.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
@@ -39,6 +39,18 @@ pub fn decode_request(headers: &[(String, String)], body: &[u8]) -> Result<(), S
             Ok(())
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Not public API: used by the fuzz targets.
+///
+/// Checks the dispatch path's fast job-item scan against serde_json on `text`. `Err`
+/// describes a disagreement: the scan accepted what serde_json refuses, or read another
+/// `AgentTimeout`.
+pub fn check_item_scan(text: &str) -> Result<(), String> {
+    match crate::item::scan_disagreement(text) {
+        None => Ok(()),
+        Some(why) => Err(why),
     }
 }
 

@@ -2,9 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+
+mod scan;
 
 /// The job item the center sends with every dispatch, PascalCase as the center writes it.
 ///
@@ -72,22 +75,14 @@ pub struct JobItem {
     pub retry_times: Option<i64>,
     /// The item as sent (secrets included: handle with care), parsed only on demand.
     #[serde(skip)]
-    raw: Option<std::sync::Arc<str>>,
+    raw: Option<Arc<str>>,
 }
 
 impl JobItem {
     /// Reads a job item from the JSON the center sends: an object, or `null`.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        let trimmed = text.trim_start();
-        if trimmed.starts_with("null") {
-            // `null` (and only `null`): no item.
-            serde_json::from_str::<()>(text)?;
+        if is_null_item(text)? {
             return Ok(JobItem::default());
-        }
-        if !trimmed.starts_with('{') {
-            return Err(<serde_json::Error as serde::de::Error>::custom(
-                "the job item must be a JSON object",
-            ));
         }
         let mut item: JobItem = serde_json::from_str(text)?;
         item.raw = Some(text.into());
@@ -100,6 +95,103 @@ impl JobItem {
         let raw = self.raw.as_deref()?;
         let mut object: serde_json::Map<String, Value> = serde_json::from_str(raw).ok()?;
         object.remove(name)
+    }
+}
+
+/// `Ok(true)` for `null` (and only `null`): no item; an error for anything but an object.
+fn is_null_item(text: &str) -> Result<bool, serde_json::Error> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with("null") {
+        serde_json::from_str::<()>(text)?;
+        return Ok(true);
+    }
+    if !trimmed.starts_with('{') {
+        return Err(<serde_json::Error as serde::de::Error>::custom(
+            "the job item must be a JSON object",
+        ));
+    }
+    Ok(false)
+}
+
+/// The job item of a dispatch: checked when the request arrives, read there only for what
+/// the runtime needs (`AgentTimeout`), and turned into a [`JobItem`] when a job first asks.
+/// Most jobs never look at the item, so most runs never pay for its strings.
+#[derive(Default)]
+pub(crate) struct LazyItem {
+    raw: Option<String>,
+    agent_timeout: Option<i64>,
+    /// Boxed: a run carries a pointer until its job asks.
+    typed: OnceLock<Box<JobItem>>,
+}
+
+/// The one field the runtime reads from every item; the rest is skipped unparsed.
+#[derive(Deserialize)]
+struct RuntimeFields {
+    #[serde(rename = "AgentTimeout", default, deserialize_with = "lenient_i64")]
+    agent_timeout: Option<i64>,
+}
+
+impl LazyItem {
+    /// Checks the item's JSON (an object or `null`) and reads `AgentTimeout`.
+    pub(crate) fn from_json(text: String) -> Result<Self, serde_json::Error> {
+        if is_null_item(&text)? {
+            return Ok(Self::default());
+        }
+        let agent_timeout = match scan::runtime_fields(&text) {
+            Some(timeout) => timeout,
+            None => serde_json::from_str::<RuntimeFields>(&text)?.agent_timeout,
+        };
+        Ok(Self {
+            raw: Some(text),
+            agent_timeout,
+            typed: OnceLock::new(),
+        })
+    }
+
+    /// `AgentTimeout` in ms, as sent.
+    pub(crate) fn agent_timeout(&self) -> Option<i64> {
+        self.agent_timeout
+    }
+
+    /// The typed item, built on first use. The text was checked on arrival; should the full
+    /// read still fail (a field given twice, say), the item keeps only its text.
+    pub(crate) fn get(&self) -> &JobItem {
+        self.typed.get_or_init(|| {
+            Box::new(match &self.raw {
+                None => JobItem::default(),
+                Some(raw) => {
+                    let text = Some(Arc::from(raw.as_str()));
+                    match serde_json::from_str::<JobItem>(raw) {
+                        Ok(item) => JobItem { raw: text, ..item },
+                        Err(_) => JobItem {
+                            raw: text,
+                            ..JobItem::default()
+                        },
+                    }
+                }
+            })
+        })
+    }
+}
+
+/// Where the fast scan and serde_json disagree on `text`, a description; `None` when they
+/// agree (the scan may always defer; what it accepts, serde_json must accept, with the same
+/// `AgentTimeout`). For the tests and the `item_scanner` fuzz target.
+pub(crate) fn scan_disagreement(text: &str) -> Option<String> {
+    let ours = scan::runtime_fields(text)?;
+    match serde_json::from_str::<RuntimeFields>(text) {
+        Ok(fields) if fields.agent_timeout == ours => None,
+        Ok(fields) => Some(format!(
+            "the scan read AgentTimeout {ours:?}, serde_json {:?}",
+            fields.agent_timeout
+        )),
+        Err(e) => Some(format!("the scan accepted what serde_json refuses: {e}")),
+    }
+}
+
+impl fmt::Debug for LazyItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.get(), f)
     }
 }
 
@@ -133,11 +225,15 @@ fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
 }
 
 fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    Ok(match Value::deserialize(d)? {
+    Ok(lenient_i64_value(Value::deserialize(d)?))
+}
+
+fn lenient_i64_value(value: Value) -> Option<i64> {
+    match value {
         Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
-    })
+    }
 }
 
 fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
@@ -181,6 +277,26 @@ mod tests {
         assert!(item.field("DingTalk").is_some());
         let dbg = format!("{item:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn lazy_item_reads_the_timeout_and_builds_the_rest_on_demand() {
+        let lazy = LazyItem::from_json(
+            r#"{"JobName":"t","AgentTimeout":"250","Extra":{"a":[1]}}"#.to_owned(),
+        )
+        .expect("valid json");
+        assert_eq!(lazy.agent_timeout(), Some(250));
+        assert_eq!(lazy.get().job_name.as_deref(), Some("t"));
+        assert!(lazy.get().field("Extra").is_some());
+        assert!(LazyItem::from_json("[1]".to_owned()).is_err());
+        assert!(LazyItem::from_json("{\"JobName\":".to_owned()).is_err());
+        let none = LazyItem::from_json("null".to_owned()).expect("null is no item");
+        assert_eq!(none.agent_timeout(), None);
+        assert!(none.get().job_name.is_none());
+        // A field given twice is read leniently later, never a failure.
+        let twice =
+            LazyItem::from_json(r#"{"JobName":"a","JobName":"b"}"#.to_owned()).expect("syntax ok");
+        assert!(twice.get().field("JobName").is_some());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! How a dispatch ends, and where that is reported.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -60,13 +60,15 @@ pub(crate) trait ResultSink: Send + Sync + 'static {
     fn write(&self, result: DispatchResult) -> BoxFuture<()>;
 }
 
-/// Results of an agent without a store: one log line each.
+/// Results of an agent without a store: one log line each; a success at `debug` (runs that
+/// succeed are the norm, and a job dispatched every second would otherwise add 86,400 info
+/// lines a day), a failure at `warn`.
 pub(crate) struct LogResults;
 
 impl ResultSink for LogResults {
     fn write(&self, r: DispatchResult) -> BoxFuture<()> {
         if r.is_ok() {
-            tracing::info!(target: "agent_sdk::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, "dispatch succeeded");
+            tracing::debug!(target: "agent_sdk::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, "dispatch succeeded");
         } else {
             tracing::warn!(target: "agent_sdk::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, error = %r.e, "dispatch failed");
         }
@@ -86,7 +88,10 @@ impl Outlet {
             Some(store) => Arc::new(StoreResults {
                 store: store.clone(),
             }),
-            None => Arc::new(LogResults),
+            None => {
+                static LOG: LazyLock<Arc<dyn ResultSink>> = LazyLock::new(|| Arc::new(LogResults));
+                LOG.clone()
+            }
         }
     }
 

@@ -99,12 +99,13 @@ async fn answer(agent: &Arc<AgentInner>, request: Request) -> Result<Answer, Dis
         }
         Action::Stop => {
             let outlet = agent.outlet(&d)?;
-            rt.stop(reg, d, outlet).await.map(Answer::ok)
+            // Boxed, like detail: the rare actions keep the run path's future small.
+            Box::pin(rt.stop(reg, d, outlet)).await.map(Answer::ok)
         }
         Action::Detail => {
             // A store the agent cannot use only narrows detail to this replica.
             let outlet = agent.outlet(&d).unwrap_or_default();
-            rt.detail(reg, &outlet).await.map(Answer::ok)
+            Box::pin(rt.detail(reg, &outlet)).await.map(Answer::ok)
         }
         Action::Heartbeat => Ok(Answer::ok("")),
     }

@@ -1,7 +1,6 @@
 //! The runtime: job instances, their status machine, tasks, stop, detail and shutdown.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -170,13 +169,35 @@ impl Busy {
     }
 }
 
+/// The state of every registered class, found by its registration's address: a binary
+/// search over a few entries instead of hashing the class name on every dispatch.
+struct Classes(Vec<(usize, ClassState)>);
+
+impl Classes {
+    fn key(reg: &'static JobRegistration) -> usize {
+        std::ptr::from_ref(reg).addr()
+    }
+
+    fn get(&self, reg: &'static JobRegistration) -> Option<&ClassState> {
+        let key = Self::key(reg);
+        self.0
+            .binary_search_by_key(&key, |(k, _)| *k)
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &ClassState> {
+        self.0.iter().map(|(_, state)| state)
+    }
+}
+
 /// Most runs waiting behind a busy singleton (busy policy `queue`).
 const MAX_QUEUED: usize = 16;
 
 /// The runtime shared by the router and the shutdown future.
 pub(crate) struct Runtime {
     pub(crate) registry: Registry,
-    classes: HashMap<&'static str, ClassState>,
+    classes: Classes,
     pub(crate) options: AgentOptions,
     root: CancellationToken,
     tracker: TaskTracker,
@@ -188,11 +209,11 @@ pub(crate) struct Runtime {
 
 impl Runtime {
     pub(crate) fn new(registry: Registry, options: AgentOptions, member: Member) -> Self {
-        let classes = registry
+        let mut classes: Vec<(usize, ClassState)> = registry
             .iter()
             .map(|reg| {
                 (
-                    reg.class(),
+                    Classes::key(reg),
                     ClassState {
                         singleton: Mutex::new(None),
                         slot: Mutex::new(ClassSlot::default()),
@@ -203,6 +224,8 @@ impl Runtime {
                 )
             })
             .collect();
+        classes.sort_unstable_by_key(|(key, _)| *key);
+        let classes = Classes(classes);
         Self {
             registry,
             classes,
@@ -226,7 +249,7 @@ impl Runtime {
     }
 
     fn state(&self, reg: &'static JobRegistration) -> &ClassState {
-        match self.classes.get(reg.class()) {
+        match self.classes.get(reg) {
             Some(state) => state,
             // Every registration of the registry has a state; this cannot happen.
             None => unreachable!("class state missing for {}", reg.class()),
@@ -274,7 +297,7 @@ impl Runtime {
                     reg.class(),
                     busy.job_id
                 );
-                self.replace(reg, d, outlet, busy).await;
+                Box::pin(self.replace(reg, d, outlet, busy)).await;
                 Ok(answer)
             }
             BusyPolicy::Queue => {
@@ -361,7 +384,8 @@ impl Runtime {
             }
         };
         // A singleton with a shared store: claim it cluster-wide first.
-        let claimed = store.claim(&self.member, reg.class(), &d.job_id).await;
+        // Boxed: a store round trip is a large future, and the common path must not carry it.
+        let claimed = Box::pin(store.claim(&self.member, reg.class(), &d.job_id)).await;
         let mut slot = lock(&state.slot);
         slot.claiming = None;
         match claimed {
@@ -495,13 +519,15 @@ impl Runtime {
                 }
             }));
         }
-        let renewal = CancellationToken::new();
+        // Only a claimed singleton renews its claim.
+        let mut renewal = None;
         if run.claimed.load(Ordering::Acquire)
             && let Some(store) = run.store.clone()
         {
             let (member, class, job_id) =
                 (self.member.clone(), reg.class(), cx.job_id().to_owned());
-            let (stop, cx2) = (renewal.clone(), cx.clone());
+            let stop = renewal.insert(CancellationToken::new()).clone();
+            let cx2 = cx.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -529,8 +555,7 @@ impl Runtime {
             });
         }
         let timeout = cx
-            .item()
-            .agent_timeout
+            .agent_timeout()
             .filter(|ms| *ms > 0)
             .map(|ms| Duration::from_millis(ms as u64));
         let job = AssertUnwindSafe(run.instance.clone().start(cx.clone())).catch_unwind();
@@ -613,7 +638,9 @@ impl Runtime {
             (None, false) => format!("job finished after {}", fmt_duration(elapsed)),
             (Some(_), _) => format!("job ended with an error after {}", fmt_duration(elapsed)),
         });
-        renewal.cancel();
+        if let Some(renewal) = renewal {
+            renewal.cancel();
+        }
         self.finish(reg, &run);
         // Boxed: the tail's futures would otherwise enlarge every sleeping run's task.
         Box::pin(self.conclude(reg, &run, error.map(|e| e.message().to_owned()))).await;

@@ -1,0 +1,92 @@
+//! The dispatch path without a network, for profilers: the example service's router answers
+//! `--requests` center-shaped `run` dispatches of the transient demo job in-process, on one
+//! thread, each run's task finishing before the next request. It prints the time per
+//! dispatch; run it under `perf record` or `valgrind --tool=callgrind` to see where the agent
+//! spends its instructions, free of the kernel's TCP work that dominates the `dispatch`
+//! benchmark.
+//!
+//! ```text
+//! cargo build --release -p tests --bin dispatch_profile
+//! valgrind --tool=callgrind target/release/dispatch_profile --requests 20000
+//! ```
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use agent_sdk::{Agent, AgentOptions};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tests::center::Center;
+use tower::ServiceExt as _;
+
+const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
+
+fn main() -> ExitCode {
+    let mut requests = 100_000u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next().map(|v| v.parse::<u64>())) {
+            ("--requests", Some(Ok(n))) if n > 0 => requests = n,
+            _ => {
+                eprintln!("usage: dispatch_profile [--requests N]   (N > 0; default 100000)");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(drive(requests)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dispatch_profile: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn drive(requests: u64) -> Result<(), String> {
+    let agent = Agent::new(AgentOptions::default()).map_err(|e| e.to_string())?;
+    let app = example_agent::app(&agent);
+    let center = Center::new("http://127.0.0.1:5000/jobagent");
+    let template = center.run(TRANSIENT, "0").data("");
+    let headers = template.build_headers();
+    let started = Instant::now();
+    for i in 0..requests {
+        let mut req = Request::builder().method("POST").uri("/jobagent");
+        for (name, value) in &headers {
+            if name.eq_ignore_ascii_case("x-job-id") {
+                req = req.header(name.as_str(), i.to_string());
+            } else {
+                req = req.header(name.as_str(), value.as_str());
+            }
+        }
+        let req = req.body(Body::empty()).map_err(|e| e.to_string())?;
+        let res = app
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e| format!("router error: {e}"))?;
+        if res.status() != StatusCode::OK {
+            return Err(format!("request {i} answered {}", res.status()));
+        }
+        while agent.running() > 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{requests} dispatches in {:.3} s: {:.2} µs each (request building included)",
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e6 / requests as f64
+    );
+    agent.shutdown().await;
+    Ok(())
+}
