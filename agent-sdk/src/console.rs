@@ -89,7 +89,7 @@ impl LineSink for LogSink {
     }
 
     fn flush(&self) -> BoxFuture<()> {
-        Box::pin(async {})
+        crate::job::done()
     }
 
     fn keeps_lifecycle(&self) -> bool {
@@ -300,7 +300,7 @@ mod tests {
             self.0.lock().expect("lock").push(line);
         }
         fn flush(&self) -> BoxFuture<()> {
-            Box::pin(async {})
+            crate::job::done()
         }
     }
     impl LineSink for Arc<Capture> {
@@ -308,7 +308,7 @@ mod tests {
             (**self).push(line)
         }
         fn flush(&self) -> BoxFuture<()> {
-            Box::pin(async {})
+            crate::job::done()
         }
     }
 

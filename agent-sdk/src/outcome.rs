@@ -72,7 +72,7 @@ impl ResultSink for LogResults {
         } else {
             tracing::warn!(target: "agent_sdk::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, error = %r.e, "dispatch failed");
         }
-        Box::pin(async {})
+        crate::job::done()
     }
 }
 

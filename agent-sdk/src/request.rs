@@ -271,23 +271,26 @@ fn plain<'h>(
         .transpose()
 }
 
+/// A base64 header's text. The decoder checks every byte against the base64 alphabet, so
+/// the value is not checked for ASCII first (a non-ASCII byte is reported as not base64).
 fn base64_text(
     value: Option<&HeaderValue>,
     name: &'static str,
 ) -> Result<Option<String>, DispatchError> {
-    match plain(value, name)? {
-        None => Ok(None),
-        Some(raw) => decode_base64(raw)
-            .map(Some)
-            .map_err(|reason| bad(name, reason)),
-    }
+    value
+        .map(|v| decode_base64_bytes(v.as_bytes()).map_err(|reason| bad(name, reason)))
+        .transpose()
 }
 
 /// Decodes base64 of UTF-8 text, as the center encodes header values (standard alphabet,
 /// padded). SIMD-accelerated: the job item is the largest part of every request.
 pub(crate) fn decode_base64(raw: &str) -> Result<String, String> {
+    decode_base64_bytes(raw.as_bytes())
+}
+
+fn decode_base64_bytes(raw: &[u8]) -> Result<String, String> {
     let bytes = base64_simd::STANDARD
-        .decode_to_vec(raw.trim())
+        .decode_to_vec(raw.trim_ascii())
         .map_err(|_| "not base64 (invalid characters, length or padding)".to_owned())?;
     String::from_utf8(bytes).map_err(|_| "base64 of something that is not UTF-8".to_owned())
 }

@@ -1,10 +1,12 @@
 //! Integration-test support for the job agent: a scheduling-center stand-in that builds
 //! requests exactly as Hangfire.HttpJob does ([`center`]), the example service started
-//! in-process ([`service`]), and a PostgreSQL harness with the Hangfire tables ([`pg`]).
+//! in-process ([`service`]), a PostgreSQL harness with the Hangfire tables ([`pg`]), and the
+//! bare axum handler the dispatch benchmark compares against ([`baseline`]).
 //!
 //! The integration tests live in `tests/tests/`; benchmarks and other test files reuse these
 //! modules.
 
+pub mod baseline;
 pub mod center;
 pub mod pg;
 pub mod proxy;

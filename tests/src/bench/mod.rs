@@ -1,8 +1,7 @@
 //! The pieces of the `bench` binary: a raw HTTP/1.1 load client, child-process helpers
-//! (start, readiness, `/proc` figures), the bare baseline server, statistics and the table,
-//! and one module per scenario.
+//! (start, readiness, `/proc` figures), statistics and the table, and one module per scenario.
+//! The bare baseline server is `tests::baseline`.
 
-pub(crate) mod baseline;
 pub(crate) mod http;
 pub(crate) mod proc;
 pub(crate) mod scenarios;

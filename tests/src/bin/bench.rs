@@ -115,7 +115,7 @@ async fn main() {
 async fn real_main() -> Result<(), String> {
     let args = parse_args()?;
     if let Some(addr) = args.serve_baseline {
-        return bench::baseline::serve(addr).await;
+        return tests::baseline::serve(addr).await;
     }
     if cfg!(debug_assertions) {
         eprintln!(

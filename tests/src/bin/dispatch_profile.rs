@@ -1,13 +1,15 @@
 //! The dispatch path without a network, for profilers: the example service's router answers
 //! `--requests` center-shaped `run` dispatches of the transient demo job in-process, on one
-//! thread, each run's task finishing before the next request. It prints the time per
-//! dispatch; run it under `perf record` or `valgrind --tool=callgrind` to see where the agent
-//! spends its instructions, free of the kernel's TCP work that dominates the `dispatch`
-//! benchmark.
+//! thread, each run's task finishing before the next request. With `--baseline` the bare
+//! axum handler of the `dispatch` benchmark answers the same requests instead. It prints the
+//! time per request; run it under `valgrind --tool=callgrind` (instruction counts, repeatable
+//! on a noisy machine) or `perf record` to see where the agent spends its instructions, free
+//! of the kernel's TCP work that dominates the `dispatch` benchmark.
 //!
 //! ```text
 //! cargo build --release -p tests --bin dispatch_profile
 //! valgrind --tool=callgrind target/release/dispatch_profile --requests 20000
+//! valgrind --tool=callgrind target/release/dispatch_profile --requests 20000 --baseline
 //! ```
 
 use std::process::ExitCode;
@@ -23,14 +25,16 @@ const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 
 fn main() -> ExitCode {
     let mut requests = 100_000u64;
+    let mut baseline = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next().map(|v| v.parse::<u64>())) {
-            ("--requests", Some(Ok(n))) if n > 0 => requests = n,
-            _ => {
-                eprintln!("usage: dispatch_profile [--requests N]   (N > 0; default 100000)");
-                return ExitCode::from(2);
-            }
+        match arg.as_str() {
+            "--baseline" => baseline = true,
+            "--requests" => match args.next().map(|v| v.parse::<u64>()) {
+                Some(Ok(n)) if n > 0 => requests = n,
+                _ => return usage(),
+            },
+            _ => return usage(),
         }
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -43,7 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(drive(requests)) {
+    match rt.block_on(drive(requests, baseline)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dispatch_profile: {e}");
@@ -52,9 +56,18 @@ fn main() -> ExitCode {
     }
 }
 
-async fn drive(requests: u64) -> Result<(), String> {
+fn usage() -> ExitCode {
+    eprintln!("usage: dispatch_profile [--requests N] [--baseline]   (N > 0; default 100000)");
+    ExitCode::from(2)
+}
+
+async fn drive(requests: u64, baseline: bool) -> Result<(), String> {
     let agent = Agent::new(AgentOptions::default()).map_err(|e| e.to_string())?;
-    let app = example_agent::app(&agent);
+    let app = if baseline {
+        tests::baseline::router()
+    } else {
+        example_agent::app(&agent)
+    };
     let center = Center::new("http://127.0.0.1:5000/jobagent");
     let template = center.run(TRANSIENT, "0").data("");
     let headers = template.build_headers();
@@ -83,7 +96,8 @@ async fn drive(requests: u64) -> Result<(), String> {
     }
     let elapsed = started.elapsed();
     println!(
-        "{requests} dispatches in {:.3} s: {:.2} µs each (request building included)",
+        "{}: {requests} requests in {:.3} s, {:.2} µs each (request building included)",
+        if baseline { "bare axum" } else { "agent" },
         elapsed.as_secs_f64(),
         elapsed.as_secs_f64() * 1e6 / requests as f64
     );

@@ -1,6 +1,7 @@
-//! The dispatch baseline: a bare axum handler on the same kind of listener as the example
-//! service, that reads the same headers and body and answers text with the same response
-//! headers — everything the agent does minus the agent.
+//! The dispatch baseline: a bare axum handler that reads the same headers and body as the
+//! agent's endpoint and answers text with the same response headers — everything the agent
+//! does minus the agent. The `dispatch` benchmark serves it on the same kind of listener as
+//! the example service; `dispatch_profile --baseline` calls it in-process.
 
 use std::net::SocketAddr;
 
@@ -60,9 +61,14 @@ async fn bare(headers: HeaderMap, body: Bytes) -> Response {
     response
 }
 
+/// The bare handler at `/jobagent`.
+pub fn router() -> Router {
+    Router::new().route("/jobagent", any(bare))
+}
+
 /// Serves the bare handler at `/jobagent` on `addr` until killed.
-pub(crate) async fn serve(addr: SocketAddr) -> Result<(), String> {
-    let app = Router::new().route("/jobagent", any(bare));
+pub async fn serve(addr: SocketAddr) -> Result<(), String> {
+    let app = router();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("baseline cannot listen on {addr}: {e}"))?;
