@@ -144,7 +144,7 @@ impl Store {
                 )
                 .await
                 .map_err(e)?
-                .and_then(|r| r.get(0));
+                .and_then(|r| r.try_get(0).ok().flatten());
             tx.rollback().await.map_err(e)?;
             let holder = holder
                 .and_then(|v| serde_json::from_str::<ClaimValue>(&v).ok())
@@ -166,7 +166,9 @@ impl Store {
             )
             .await
             .map_err(e)?
-            .get(0);
+            .try_get(0)
+            .ok()
+            .flatten();
         tx.commit().await.map_err(e)?;
         Ok(Claimed::Yes(
             fence.and_then(|f| f.parse().ok()).unwrap_or(0),
@@ -221,8 +223,8 @@ impl Store {
             .await
             .map_err(e)?;
         Ok(row.and_then(|r| {
-            let value: Option<String> = r.get(0);
-            let live: Option<bool> = r.get(1);
+            let value: Option<String> = r.try_get(0).ok().flatten();
+            let live: Option<bool> = r.try_get(1).ok().flatten();
             value
                 .and_then(|v| serde_json::from_str::<ClaimValue>(&v).ok())
                 .map(|c| (c, live.unwrap_or(false)))
@@ -230,13 +232,22 @@ impl Store {
     }
 
     /// Records a run in flight.
+    ///
+    /// In cluster mode (`lease`) the replica's lease is renewed first, on the same
+    /// connection: a run on record always has a lease that will lapse if this process dies.
+    /// (Otherwise a replica killed before its coordinator's first lease write would leave
+    /// runs no survivor ever reports.)
     pub(crate) async fn record_run(
         &self,
         me: &Member,
         job_id: &str,
         record: &RunRecord,
+        lease: bool,
     ) -> Res<()> {
         let client = self.pool.get().await.map_err(e)?;
+        if lease {
+            self.write_lease(&client, me).await?;
+        }
         let value = serde_json::to_string(record).map_err(e)?;
         crate::store::upsert_hash_fields(
             &client,
@@ -284,9 +295,9 @@ impl Store {
         Ok(rows
             .iter()
             .filter_map(|row| {
-                let instance: String = row.get(0);
-                let job_id: String = row.get(1);
-                let value: Option<String> = row.get(2);
+                let instance: String = row.try_get(0).ok()?;
+                let job_id: String = row.try_get(1).ok()?;
+                let value: Option<String> = row.try_get(2).ok()?;
                 let record: RunRecord = serde_json::from_str(&value?).ok()?;
                 (record.class == class).then_some(ClusterRun {
                     instance,
@@ -300,10 +311,14 @@ impl Store {
     /// Renews this replica's lease.
     pub(crate) async fn renew_replica(&self, me: &Member) -> Res<()> {
         let client = self.pool.get().await.map_err(e)?;
+        self.write_lease(&client, me).await
+    }
+
+    async fn write_lease(&self, client: &deadpool_postgres::Client, me: &Member) -> Res<()> {
         let value =
             serde_json::json!({"ServerId": me.server_id, "Pid": std::process::id()}).to_string();
         crate::store::upsert_hash_fields(
-            &client,
+            client,
             &self.schema,
             "jobagent:replicas",
             &[&me.instance],
@@ -378,7 +393,11 @@ impl Store {
             .map_err(e)?;
         Ok(rows
             .iter()
-            .map(|r| (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default()))
+            .filter_map(|r| {
+                let field: String = r.try_get(0).ok()?;
+                let value: Option<String> = r.try_get(1).ok()?;
+                Some((field, value.unwrap_or_default()))
+            })
             .collect())
     }
 
@@ -416,7 +435,9 @@ impl Store {
             .map_err(e)?;
         let mut lost = Vec::new();
         for row in dead {
-            let instance: String = row.get(0);
+            let Ok(instance) = row.try_get::<_, String>(0) else {
+                continue;
+            };
             let runs = tx
                 .query(
                     &format!("DELETE FROM {h} WHERE \"key\" = $1 RETURNING field, \"value\""),
@@ -438,8 +459,8 @@ impl Store {
 fn parse_runs(rows: &[tokio_postgres::Row]) -> Vec<(String, RunRecord)> {
     rows.iter()
         .filter_map(|r| {
-            let id: String = r.get(0);
-            let v: Option<String> = r.get(1);
+            let id: String = r.try_get(0).ok()?;
+            let v: Option<String> = r.try_get(1).ok()?;
             serde_json::from_str::<RunRecord>(&v?)
                 .ok()
                 .map(|rec| (id, rec))

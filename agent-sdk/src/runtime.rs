@@ -506,6 +506,7 @@ impl Runtime {
         });
         if let Some(store) = &run.store {
             let (store, member) = (store.clone(), self.member.clone());
+            let cluster = self.options.cluster;
             let job_id = cx.job_id().to_owned();
             let record = RunRecord {
                 class: reg.class().to_owned(),
@@ -514,7 +515,7 @@ impl Runtime {
                 action: "run".to_owned(),
             };
             *lock(&run.record) = Some(tokio::spawn(async move {
-                if let Err(e) = store.record_run(&member, &job_id, &record).await {
+                if let Err(e) = store.record_run(&member, &job_id, &record, cluster).await {
                     tracing::debug!(job_id, error = %e, "could not record the run in flight");
                 }
             }));

@@ -195,12 +195,14 @@ pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String),
         )
         .await
         .map_err(|e| e.to_string())?
-        .get(0);
+        .try_get(0)
+        .map_err(|e| e.to_string())?;
     let value: String = client
         .query_one(sql, &[])
         .await
         .map_err(|e| e.to_string())?
-        .get(0);
+        .try_get(0)
+        .map_err(|e| e.to_string())?;
     Ok((encrypted, value))
 }
 

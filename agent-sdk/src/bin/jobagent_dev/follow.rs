@@ -163,7 +163,10 @@ impl<'a> Reader<'a> {
             )
             .await
             .map_err(|e| format!("cannot read the store {}: {e}", self.spec.label()))?;
-        let (has_set, has_hash): (bool, bool) = (row.get(0), row.get(1));
+        let read =
+            |e: tokio_postgres::Error| format!("cannot read the store {}: {e}", self.spec.label());
+        let (has_set, has_hash): (bool, bool) =
+            (row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?);
         if has_set && has_hash {
             Ok(())
         } else {
@@ -241,7 +244,10 @@ impl<'a> Reader<'a> {
         );
         self.attempt(async |c: &Client| {
             let rows = c.query(&lines, &[&set_key, &after]).await?;
-            let rows: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            let rows = rows
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<Vec<(i64, String)>, tokio_postgres::Error>>()?;
             let wanted: Vec<String> = rows
                 .iter()
                 .filter_map(|(_, raw)| reference_field(raw))
@@ -249,7 +255,7 @@ impl<'a> Reader<'a> {
             let mut texts: Vec<(String, Option<String>)> = Vec::new();
             if !wanted.is_empty() {
                 for r in c.query(&refs, &[&hash_key, &wanted]).await? {
-                    texts.push((r.get(0), r.get(1)));
+                    texts.push((r.try_get(0)?, r.try_get(1)?));
                 }
             }
             Ok(rows
@@ -278,11 +284,15 @@ impl<'a> Reader<'a> {
         let found = self
             .attempt(async |c: &Client| c.query_opt(&sql, &[&key]).await)
             .await?;
-        Ok(found.flatten().map(|row| {
-            let field: String = row.get(0);
-            let value: Option<String> = row.get(1);
-            JobResult::parse(&field, value.as_deref().unwrap_or(""))
-        }))
+        found
+            .flatten()
+            .map(|row| {
+                let read = |e: tokio_postgres::Error| format!("cannot read the result: {e}");
+                let field: String = row.try_get(0).map_err(read)?;
+                let value: Option<String> = row.try_get(1).map_err(read)?;
+                Ok(JobResult::parse(&field, value.as_deref().unwrap_or("")))
+            })
+            .transpose()
     }
 
     /// Whether a result for `job_id` is already in the store.
@@ -297,7 +307,8 @@ impl<'a> Reader<'a> {
             .query_one(&sql, &[&key])
             .await
             .map_err(|e| format!("cannot read the store {}: {e}", self.spec.label()))?;
-        Ok(row.get(0))
+        row.try_get(0)
+            .map_err(|e| format!("cannot read the store {}: {e}", self.spec.label()))
     }
 
     /// One field of a hash (heartbeat rows).
@@ -313,7 +324,9 @@ impl<'a> Reader<'a> {
         let found = self
             .attempt(async |c: &Client| c.query_opt(&sql, &[&key, &field]).await)
             .await?;
-        Ok(found.flatten().and_then(|row| row.get(0)))
+        Ok(found
+            .flatten()
+            .and_then(|row| row.try_get(0).ok().flatten()))
     }
 }
 
