@@ -159,16 +159,10 @@ impl LazyItem {
         self.typed.get_or_init(|| {
             Box::new(match &self.raw {
                 None => JobItem::default(),
-                Some(raw) => {
-                    let text = Some(Arc::from(raw.as_str()));
-                    match serde_json::from_str::<JobItem>(raw) {
-                        Ok(item) => JobItem { raw: text, ..item },
-                        Err(_) => JobItem {
-                            raw: text,
-                            ..JobItem::default()
-                        },
-                    }
-                }
+                Some(raw) => JobItem::from_json(raw).unwrap_or_else(|_| JobItem {
+                    raw: Some(Arc::from(raw.as_str())),
+                    ..JobItem::default()
+                }),
             })
         })
     }

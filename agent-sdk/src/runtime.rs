@@ -174,6 +174,24 @@ impl Busy {
 struct Classes(Vec<(usize, ClassState)>);
 
 impl Classes {
+    fn new(registry: &Registry) -> Self {
+        let mut classes: Vec<(usize, ClassState)> = registry
+            .iter()
+            .map(|reg| {
+                let state = ClassState {
+                    singleton: Mutex::new(None),
+                    slot: Mutex::new(ClassSlot::default()),
+                    ended: Notify::new(),
+                    queue: tokio::sync::Mutex::new(()),
+                    waiting: AtomicUsize::new(0),
+                };
+                (Self::key(reg), state)
+            })
+            .collect();
+        classes.sort_unstable_by_key(|(key, _)| *key);
+        Self(classes)
+    }
+
     fn key(reg: &'static JobRegistration) -> usize {
         std::ptr::from_ref(reg).addr()
     }
@@ -209,23 +227,7 @@ pub(crate) struct Runtime {
 
 impl Runtime {
     pub(crate) fn new(registry: Registry, options: AgentOptions, member: Member) -> Self {
-        let mut classes: Vec<(usize, ClassState)> = registry
-            .iter()
-            .map(|reg| {
-                (
-                    Classes::key(reg),
-                    ClassState {
-                        singleton: Mutex::new(None),
-                        slot: Mutex::new(ClassSlot::default()),
-                        ended: Notify::new(),
-                        queue: tokio::sync::Mutex::new(()),
-                        waiting: AtomicUsize::new(0),
-                    },
-                )
-            })
-            .collect();
-        classes.sort_unstable_by_key(|(key, _)| *key);
-        let classes = Classes(classes);
+        let classes = Classes::new(&registry);
         Self {
             registry,
             classes,

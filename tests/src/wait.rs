@@ -21,3 +21,15 @@ pub async fn result(db: &TestDb, job_id: &str, within: Duration) -> Value {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits for the result of `job_id` like [`result`], and asserts that the run failed with
+/// an error text (`E`) containing `reason`; returns the result.
+pub async fn failure(db: &TestDb, job_id: &str, within: Duration, reason: &str) -> Value {
+    let r = result(db, job_id, within).await;
+    assert_eq!(r["R"], "err", "{r}");
+    assert!(
+        r["E"].as_str().unwrap_or_default().contains(reason),
+        "expected an error containing {reason:?}: {r}"
+    );
+    r
+}

@@ -42,9 +42,7 @@ async fn a_stop_the_job_ignores_is_reported_stuck_and_frees_the_singleton() {
         .send()
         .await
         .assert_status(200);
-    let run = wait::result(&db, "s1", Duration::from_secs(5)).await;
-    assert_eq!(run["R"], "err", "{run}");
-    assert!(run["E"].as_str().unwrap_or("").contains("stuck"), "{run}");
+    wait::failure(&db, "s1", Duration::from_secs(5), "stuck").await;
     let stop = wait::result(&db, "s1-stop", Duration::from_secs(5)).await;
     assert_eq!(stop["R"], "err", "{stop}");
     // The singleton is free again.
@@ -72,19 +70,17 @@ async fn a_timeout_the_job_ignores_is_bounded() {
         .send()
         .await
         .assert_status(200);
-    let run = wait::result(&db, "t1", Duration::from_secs(5)).await;
+    wait::failure(
+        &db,
+        "t1",
+        Duration::from_secs(5),
+        "did not stop within 300 ms",
+    )
+    .await;
     assert!(
         sent.elapsed() < Duration::from_secs(3),
         "reported after {:?}",
         sent.elapsed()
-    );
-    assert_eq!(run["R"], "err", "{run}");
-    assert!(
-        run["E"]
-            .as_str()
-            .unwrap_or("")
-            .contains("did not stop within 300 ms"),
-        "{run}"
     );
 }
 
@@ -100,13 +96,11 @@ async fn shutdown_is_bounded_and_reports_the_stuck_run() {
         .assert_status(200);
     let took = service.shutdown(Duration::from_secs(5)).await;
     assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
-    let run = wait::result(&db, "u1", Duration::from_secs(5)).await;
-    assert_eq!(run["R"], "err", "{run}");
-    assert!(
-        run["E"]
-            .as_str()
-            .unwrap_or("")
-            .contains("did not stop within 500 ms"),
-        "{run}"
-    );
+    wait::failure(
+        &db,
+        "u1",
+        Duration::from_secs(5),
+        "did not stop within 500 ms",
+    )
+    .await;
 }
