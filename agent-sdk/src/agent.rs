@@ -15,7 +15,7 @@ use crate::error::{ConfigError, DispatchError};
 use crate::options::AgentOptions;
 use crate::outcome::Outlet;
 use crate::registry::Registry;
-use crate::request::{Dispatch, H_AGENT_SERVER};
+use crate::request::{Action, Dispatch, H_AGENT_SERVER};
 use crate::router::basic_token;
 use crate::runtime::Runtime;
 use crate::store::{Heartbeats, Store, Stores};
@@ -69,15 +69,10 @@ impl Agent {
     pub fn new(options: AgentOptions) -> Result<Self, ConfigError> {
         options.validate()?;
         let registry = Registry::from_inventory()?;
-        let server_id = new_server_id();
         let expected_auth = options
             .basic_auth
             .as_ref()
             .map(|a| basic_token(&a.user, a.password.expose()));
-        let header = HeaderValue::from_str(&server_id)
-            .map_err(|_| ConfigError::invalid("server id", "not a header value"))?;
-        let cookie = HeaderValue::from_str(&format!("agentServerId={server_id}; Path=/"))
-            .map_err(|_| ConfigError::invalid("server id", "not a header value"))?;
         if options.basic_auth.is_none() && options.store.is_none() {
             tracing::warn!(
                 "job agent: basic auth is off and stores come from request headers; anyone who reaches this endpoint can run jobs and make the agent connect to a database of their choice (set JOBAGENT_BASIC_USER/JOBAGENT_BASIC_PASSWORD, and JOBAGENT_STORE or JOBAGENT_STORE_ALLOWED_HOSTS)"
@@ -87,11 +82,18 @@ impl Agent {
             tracing::debug!(class = reg.class(), kind = %reg.kind(), "job registered");
         }
         let stores = Stores::new(options.store.as_ref(), options.allowed_store_hosts.clone())?;
+        let server_id = agent_server_id(&options, stores.local().as_deref());
+        let header = HeaderValue::from_str(&server_id)
+            .map_err(|_| ConfigError::invalid("JOBAGENT_AGENT_ID", "not a header value"))?;
+        let cookie = HeaderValue::from_str(&format!("agentServerId={server_id}; Path=/"))
+            .map_err(|_| ConfigError::invalid("JOBAGENT_AGENT_ID", "not a header value"))?;
+        log_start(&options, &registry, stores.local().as_deref(), &server_id);
         let heartbeat_stop = CancellationToken::new();
         let heartbeats = Arc::new(Heartbeats::new(heartbeat_stop.clone()));
         let member = Member {
             instance: options.instance_name(),
-            server_id: server_id.clone(),
+            // The cluster tells processes apart, even when they present one agentServerId.
+            server_id: uuid::Uuid::new_v4().to_string(),
         };
         let runtime = Arc::new(Runtime::new(registry, options, member));
         let agent = Self {
@@ -127,7 +129,8 @@ impl Agent {
         crate::router::router(self.inner.clone())
     }
 
-    /// This process's id, sent to the center as `agentServerId`.
+    /// The id this agent presents to the center as `agentServerId` (see
+    /// [`AgentOptions::agent_id`]).
     pub fn server_id(&self) -> &str {
         &self.inner.server_id
     }
@@ -180,12 +183,19 @@ impl Agent {
 }
 
 impl AgentInner {
-    /// Where this dispatch's console lines and result go; a bad store is refused here.
+    /// Where this dispatch's console lines and result go; a bad store is refused here, and
+    /// so is a run or stop with no store at all unless log-only runs are on.
     pub(crate) fn outlet(&self, d: &Dispatch) -> Result<Outlet, DispatchError> {
         let store = self
             .stores
             .select(d.storage.as_ref())
             .map_err(DispatchError::Storage)?;
+        if store.is_none()
+            && !self.runtime.options.log_only
+            && matches!(d.action, Action::Run | Action::Stop)
+        {
+            return Err(DispatchError::NoStore);
+        }
         if let Some(store) = &store {
             self.coordinate(store);
         }
@@ -263,15 +273,48 @@ async fn wait_for_signal() {
     tracing::info!("shutdown signal received");
 }
 
-fn new_server_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+/// The `agentServerId` to present: configured, else derived from what replicas behind one
+/// URL share (the path and the agent's own store), else (log-only without a store: nothing
+/// would report a restarted process's lost runs, so the center's restart check stays on)
+/// random per process.
+fn agent_server_id(options: &AgentOptions, local: Option<&Store>) -> String {
+    if let Some(id) = &options.agent_id {
+        return id.clone();
+    }
+    if options.log_only && local.is_none() {
+        return uuid::Uuid::new_v4().to_string();
+    }
+    let store = local
+        .map(|s| format!("{}|{}", s.label, s.schema))
+        .unwrap_or_else(|| "center-store".to_owned());
+    let name = format!("jobagent|{}|{store}", options.path.to_ascii_lowercase());
+    uuid::Uuid::new_v5(&AGENT_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// The namespace of derived agent ids (a fixed random UUID: the ids must not change between
+/// versions, or replicas of two versions would disagree during a rolling upgrade).
+const AGENT_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6c1f_2a9e_4b7d_4e0a_9f3c_5d8e_1a2b_7c4f);
+
+/// One line at start-up saying how this agent is set up (no secrets).
+fn log_start(options: &AgentOptions, registry: &Registry, local: Option<&Store>, id: &str) {
+    let classes: Vec<&str> = registry.iter().map(|r| r.class()).collect();
+    let store = match (local, options.log_only) {
+        (Some(s), _) => format!("its own store ({})", s.label),
+        (None, false) => "the store each request names (x-job-storage); runs without one are refused: set JOBAGENT_STORE with Hangfire.PostgreSql 1.20.3 and later, which sends none".to_owned(),
+        (None, true) => "the store each request names; runs without one only log (JOBAGENT_LOG_ONLY)".to_owned(),
+    };
+    tracing::info!(
+        path = %options.path,
+        auth = if options.basic_auth.is_some() { "basic" } else { "off" },
+        cluster = options.cluster,
+        agent_server_id = id,
+        jobs = ?classes,
+        "job agent ready; stores: {store}"
+    );
+    if classes.is_empty() {
+        tracing::warn!(
+            "job agent: no job is registered; every run will be refused. jobs in a library crate are linked only when the binary uses something from that crate"
+        );
+    }
 }

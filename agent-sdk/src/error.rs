@@ -141,6 +141,23 @@ pub enum DispatchError {
     /// Too many instances run already.
     #[error("{0}")]
     Limit(String),
+    /// Neither the agent nor the center names a store, and log-only runs are off: the run's
+    /// result would never reach the center.
+    #[error(
+        "no store: the center sent no x-job-storage (Hangfire.PostgreSql 1.20.3 and later never sends it) and this agent has none of its own, so the center would never see this run end; set JOBAGENT_STORE to the center's database (or JOBAGENT_LOG_ONLY=true to accept runs that only log, for development)"
+    )]
+    NoStore,
+    /// A singleton is already being stopped.
+    #[error("job {class} is already stopping, this stop is refused,JobId:{job_id}")]
+    AlreadyStopping {
+        /// The class.
+        class: String,
+        /// The id of the run being stopped.
+        job_id: String,
+    },
+    /// The store needed to answer did not answer within the center's HTTP timeout.
+    #[error("{0}")]
+    Undecided(String),
     /// The store the center sent cannot be used.
     #[error("storage: {0}")]
     Storage(String),

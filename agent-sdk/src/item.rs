@@ -124,6 +124,17 @@ pub(crate) struct LazyItem {
     typed: OnceLock<Box<JobItem>>,
 }
 
+impl Clone for LazyItem {
+    /// The text and `AgentTimeout`; the typed item is built again on first use.
+    fn clone(&self) -> Self {
+        Self {
+            raw: self.raw.clone(),
+            agent_timeout: self.agent_timeout,
+            typed: OnceLock::new(),
+        }
+    }
+}
+
 /// The one field the runtime reads from every item; the rest is skipped unparsed.
 #[derive(Deserialize)]
 struct RuntimeFields {

@@ -73,6 +73,8 @@ pub struct AgentOptions {
     pub(crate) cluster: bool,
     pub(crate) instance: Option<String>,
     pub(crate) auto_register: Option<crate::center::AutoRegistrationOptions>,
+    pub(crate) log_only: bool,
+    pub(crate) agent_id: Option<String>,
 }
 
 /// Bounds on what one request and the runtime may take.
@@ -151,6 +153,8 @@ impl Default for AgentOptions {
             cluster: true,
             instance: None,
             auto_register: None,
+            log_only: false,
+            agent_id: None,
         }
     }
 }
@@ -253,6 +257,12 @@ impl AgentOptions {
                 .allowed_store_hosts(hosts.split(',').map(str::trim).filter(|h| !h.is_empty()));
         }
         options.auto_register = crate::center::AutoRegistrationOptions::from_lookup(&lookup)?;
+        if let Some(v) = get("JOBAGENT_LOG_ONLY") {
+            options.log_only = parse_switch("JOBAGENT_LOG_ONLY", &v)?;
+        }
+        if let Some(v) = get("JOBAGENT_AGENT_ID") {
+            options.agent_id = Some(v.trim().to_owned());
+        }
         if let Some(v) = get("JOBAGENT_CLUSTER") {
             options.cluster = parse_switch("JOBAGENT_CLUSTER", &v)?;
         }
@@ -369,6 +379,26 @@ impl AgentOptions {
         self
     }
 
+    /// Accepts runs when no store is known (`JOBAGENT_LOG_ONLY`): neither the agent's own
+    /// ([`store`](Self::store)) nor one sent by the center in `x-job-storage`. Their console
+    /// lines and results go to this service's log only, so the center never learns that such
+    /// a run ended (its job stays Processing). Off by default: such runs are refused with a
+    /// 500 the center shows. Meant for development without a database.
+    pub fn log_only(mut self, on: bool) -> Self {
+        self.log_only = on;
+        self
+    }
+
+    /// The `agentServerId` this agent presents to the center (`JOBAGENT_AGENT_ID`). The
+    /// center fails long jobs whose run was answered with another id than its heartbeats, so
+    /// replicas behind one URL must present one id. Default: derived from the agent's path
+    /// and its own store when it has one (so replicas sharing a store agree), else random
+    /// per process.
+    pub fn agent_id(mut self, id: impl Into<String>) -> Self {
+        self.agent_id = Some(id.into());
+        self
+    }
+
     /// The instance name in force.
     pub fn instance_name(&self) -> String {
         self.instance.clone().unwrap_or_else(host_name)
@@ -420,6 +450,18 @@ impl AgentOptions {
             return Err(ConfigError::invalid(
                 "JOBAGENT_INSTANCE",
                 "the instance name must be 1 to 200 printable characters",
+            ));
+        }
+        if let Some(id) = &self.agent_id
+            && (id.is_empty()
+                || id.len() > 100
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return Err(ConfigError::invalid(
+                "JOBAGENT_AGENT_ID",
+                "the agent id must be 1 to 100 letters, digits, `-`, `_` or `.`",
             ));
         }
         if let Some(store) = &self.store {

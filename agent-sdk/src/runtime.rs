@@ -83,10 +83,11 @@ impl Run {
         *lock(&self.status) = status;
     }
 
-    /// Moves a live run to Stopping; false when it has already ended.
+    /// Moves a running run to Stopping; false when it is already stopping or has ended (its
+    /// `on_stop` must not be called again).
     fn mark_stopping(&self) -> bool {
         let mut status = lock(&self.status);
-        if *status == Status::Stopped {
+        if matches!(*status, Status::Stopped | Status::Stopping) {
             return false;
         }
         *status = Status::Stopping;
@@ -385,13 +386,40 @@ impl Runtime {
                 }
             }
         };
-        // A singleton with a shared store: claim it cluster-wide first.
+        // A singleton with a shared store: claim it cluster-wide first, within the center's
+        // HTTP timeout. Until the claim is decided the guard owns the reservation: whether the
+        // claim fails, times out or the request is dropped, the class is freed and a claim
+        // that may have been written is released.
+        let mut guard = Claiming {
+            rt: self,
+            state,
+            store: store.clone(),
+            class: reg.class(),
+            job_id: d.job_id.clone(),
+            armed: true,
+        };
+        let deadline = stop::answer_deadline(&d);
         // Boxed: a store round trip is a large future, and the common path must not carry it.
-        let claimed = Box::pin(store.claim(&self.member, reg.class(), &d.job_id)).await;
+        let claimed = stop::within(
+            deadline,
+            Box::pin(store.claim(&self.member, reg.class(), &d.job_id)),
+        )
+        .await;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                drop(guard);
+                return Err(DispatchError::Undecided(format!(
+                    "cannot decide whether singleton {} may start: the shared store did not settle its cluster-wide claim ({e}); the run is refused and the class left free: retry, or turn cluster mode off (JOBAGENT_CLUSTER=off)",
+                    reg.class()
+                )));
+            }
+        };
+        guard.armed = false;
         let mut slot = lock(&state.slot);
         slot.claiming = None;
         match claimed {
-            Ok(Claimed::Yes(fence)) => {
+            Claimed::Yes(fence) => {
                 let run = self.admit(reg, &mut slot, d, outlet);
                 drop(slot);
                 let _ = run.cx.fence_cell().set(fence);
@@ -399,7 +427,7 @@ impl Runtime {
                 self.spawn_drive(reg, run);
                 Ok(Start::Started)
             }
-            Ok(Claimed::Busy(holder)) => {
+            Claimed::Busy(holder) => {
                 drop(slot);
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 let busy = Busy {
@@ -408,13 +436,6 @@ impl Runtime {
                     replica: Some(holder.instance),
                 };
                 Ok(Start::Busy(busy, Box::new(d)))
-            }
-            Err(e) => {
-                drop(slot);
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                Err(DispatchError::Storage(format!(
-                    "cannot claim the singleton in the shared store ({e}); retry, or turn cluster mode off (JOBAGENT_CLUSTER=off)"
-                )))
             }
         }
     }
@@ -561,15 +582,14 @@ impl Runtime {
             .agent_timeout()
             .filter(|ms| *ms > 0)
             .map(|ms| Duration::from_millis(ms as u64));
+        // AgentTimeout bounds the whole run, a hang job's wait for its stop included.
+        let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit);
         let job = AssertUnwindSafe(run.instance.clone().start(cx.clone())).catch_unwind();
         let mut job = std::pin::pin!(job);
         let mut timed_out = false;
-        let mut outcome = match timeout {
-            None => Some(job.as_mut().await),
-            Some(limit) => tokio::select! {
-                res = job.as_mut() => Some(res),
-                _ = tokio::time::sleep(limit) => None,
-            },
+        let mut outcome = tokio::select! {
+            res = job.as_mut() => Some(res),
+            _ = sleep_until(deadline) => None,
         };
         if outcome.is_none() {
             timed_out = true;
@@ -580,10 +600,20 @@ impl Runtime {
         }
         // A hang job stays Running after on_start returns Ok, until it is cancelled.
         if reg.kind() == JobKind::Hang && matches!(outcome, Some(Ok(Ok(())))) && !timed_out {
-            cx.cancelled().await;
+            tokio::select! {
+                _ = cx.cancelled() => {}
+                _ = sleep_until(deadline) => {
+                    timed_out = true;
+                    cx.cancel();
+                }
+            }
         }
         let stopped = run.status() == Status::Stopping;
-        let error = if timed_out {
+        // A run stopped on request is reported stopped even when its AgentTimeout passed
+        // while it wound down (.NET reports it as a timeout).
+        let error = if stopped {
+            None
+        } else if timed_out {
             let limit = timeout.unwrap_or_default();
             let mut e = format!(
                 "timeout: the job ran longer than its AgentTimeout of {} ms",
@@ -597,8 +627,6 @@ impl Runtime {
                 );
             }
             Some(JobError::new(JobErrorKind::Timeout, e))
-        } else if stopped {
-            None
         } else {
             match outcome {
                 Some(Ok(Ok(()))) if self.root.is_cancelled() => Some(JobError::new(
@@ -757,6 +785,57 @@ impl Runtime {
             .values()
             .map(|s| lock(&s.slot).runs.len())
             .sum()
+    }
+}
+
+/// A singleton's reservation while its cluster-wide claim is being decided. Dropped armed
+/// (the claim failed, timed out, or the request was dropped), it frees the class and
+/// releases in the background a claim the store may have written.
+struct Claiming<'a> {
+    rt: &'a Runtime,
+    state: &'a ClassState,
+    store: Arc<Store>,
+    class: &'static str,
+    job_id: String,
+    armed: bool,
+}
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        {
+            let mut slot = lock(&self.state.slot);
+            if slot.claiming.as_deref() == Some(self.job_id.as_str()) {
+                slot.claiming = None;
+            }
+        }
+        self.rt.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.state.ended.notify_waiters();
+        let (store, member) = (self.store.clone(), self.rt.member.clone());
+        let (class, job_id) = (self.class, std::mem::take(&mut self.job_id));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let release = store.release_claim(&member, class, &job_id);
+                match tokio::time::timeout(RELEASE_WITHIN, release).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(class, error = %e, "could not release an undecided claim; it lapses by itself"),
+                    Err(_) => tracing::debug!(class, "releasing an undecided claim timed out; it lapses by itself"),
+                }
+            });
+        }
+    }
+}
+
+/// How long releasing an undecided claim may take before it is left to lapse.
+const RELEASE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -36,9 +36,10 @@ pub fn init_tracing() {
 }
 
 impl TestService {
-    /// Starts the service with default options.
+    /// Starts the service with default options and log-only runs allowed (most protocol
+    /// tests send no store; a run without one is otherwise refused).
     pub async fn start() -> Self {
-        Self::start_with(AgentOptions::new()).await
+        Self::start_with(AgentOptions::new().log_only(true)).await
     }
 
     /// Starts the service with `options`; panics when the agent cannot be built or the port

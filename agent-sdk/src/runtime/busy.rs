@@ -51,7 +51,10 @@ impl Runtime {
                     .console()
                     .lifecycle(|| format!("stopped to make way for run {}", d.job_id));
                 let grace = self.options.timeout_grace;
-                tokio::spawn(async move { call_on_stop(&run, grace).await });
+                tokio::spawn(async move {
+                    let cx = run.cx.clone();
+                    call_on_stop(&run, cx, grace).await
+                });
             }
             (None, Some(instance), Some(store)) => {
                 let command = Command {

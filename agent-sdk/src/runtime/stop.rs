@@ -6,8 +6,12 @@ use std::time::{Duration, SystemTime};
 use futures_util::FutureExt as _;
 use std::panic::AssertUnwindSafe;
 
-use super::{Run, Runtime, lock, panic_message};
+use std::sync::OnceLock;
+
+use super::{Run, Runtime, Status, lock, panic_message};
 use crate::cluster::Command;
+use crate::console::Console;
+use crate::context::{ContextInner, JobContext};
 use crate::error::DispatchError;
 use crate::outcome::{DispatchResult, Outlet};
 use crate::registry::JobRegistration;
@@ -28,12 +32,24 @@ impl Runtime {
             let slot = lock(&state.slot);
             (slot.runs.clone(), slot.last.clone())
         };
+        // A singleton already winding down is not stopped twice (the .NET agent refuses it
+        // too, with a text the center fails).
+        if reg.kind().is_singleton()
+            && let Some(run) = local.first()
+            && run.status() == Status::Stopping
+        {
+            return Err(DispatchError::AlreadyStopping {
+                class: reg.class().to_owned(),
+                job_id: run.cx.job_id().to_owned(),
+            });
+        }
+        let deadline = answer_deadline(&d);
         let mut remote: Vec<(String, String, u64)> = Vec::new();
         let mut cluster_last = None;
         if let Some(store) = self.shared(&outlet) {
             if reg.kind().is_singleton() {
                 if local.is_empty() {
-                    match store.claim_of(reg.class()).await {
+                    match within(deadline, store.claim_of(reg.class())).await {
                         Ok(Some((holder, true))) if holder.server_id != self.member.server_id => {
                             remote.push((holder.instance, holder.job_id, 0));
                         }
@@ -45,7 +61,7 @@ impl Runtime {
                     }
                 }
             } else {
-                match store.remote_runs(&self.member, reg.class()).await {
+                match within(deadline, store.remote_runs(&self.member, reg.class())).await {
                     Ok(runs) => remote.extend(
                         runs.into_iter()
                             .map(|r| (r.instance, r.job_id, r.record.started)),
@@ -104,7 +120,7 @@ impl Runtime {
                     job_id: job_id.clone(),
                     stop_id: stop_id.clone(),
                 };
-                if let Err(e) = store.send_command(instance, &command).await {
+                if let Err(e) = within(deadline, store.send_command(instance, &command)).await {
                     tracing::warn!(instance, job_id, error = %e, "could not send the stop to the replica");
                 }
             }
@@ -120,14 +136,23 @@ impl Runtime {
         let grace = self.options.timeout_grace;
         let started = SystemTime::now();
         let remote_ids: Vec<String> = remote.iter().map(|r| r.1.clone()).collect();
+        // The stop has its own console and context, as on .NET: `on_stop` sees the stop
+        // dispatch (its id, parameter and console) and the run's cancellation token.
+        let console = self.console(&d, &outlet);
+        let contexts: Vec<JobContext> = local
+            .iter()
+            .map(|run| stop_context(reg, run, &d, console.clone()))
+            .collect();
         let rt = self.clone();
         self.tracker.spawn(async move {
             let mut failures = Vec::new();
-            for run in &local {
+            for (run, cx) in local.iter().zip(contexts) {
                 run.cx
                     .console()
                     .lifecycle(|| format!("stop requested (stop job id {stop_id})"));
-                if let Some(e) = call_on_stop(run, grace).await {
+                cx.console()
+                    .lifecycle(|| format!("stopping job {} (job id {})", reg.class(), run.cx.job_id()));
+                if let Some(e) = call_on_stop(run, cx, grace).await {
                     failures.push(e);
                 }
             }
@@ -148,6 +173,11 @@ impl Runtime {
                 );
             }
             let error = (!failures.is_empty()).then(|| failures.join("; "));
+            match &error {
+                None => console.lifecycle(|| "stop done".to_owned()),
+                Some(e) => console.error(format!("stop ended with errors: {e}")),
+            }
+            console.close().await;
             let result = DispatchResult::new(&stop_id, Action::Stop, &run_id, error, started);
             outlet.results().write(result).await;
         });
@@ -190,7 +220,8 @@ impl Runtime {
                     command.stop_id
                 )
             });
-            if let Some(e) = call_on_stop(&run, self.options.timeout_grace).await {
+            let cx = run.cx.clone();
+            if let Some(e) = call_on_stop(&run, cx, self.options.timeout_grace).await {
                 error = e;
             }
         }
@@ -200,9 +231,55 @@ impl Runtime {
     }
 }
 
-/// Calls a run's `on_stop` within `grace`; the error text when it failed.
-pub(super) async fn call_on_stop(run: &Run, grace: Duration) -> Option<String> {
-    let stop = AssertUnwindSafe(run.instance.clone().stop(run.cx.clone())).catch_unwind();
+/// The context `on_stop` gets for a stop dispatch: the stop's own ids, parameter, headers and
+/// console, with the stopped run's cancellation token (and fencing token).
+fn stop_context(
+    reg: &'static JobRegistration,
+    run: &Run,
+    d: &Dispatch,
+    console: Console,
+) -> JobContext {
+    let fence = OnceLock::new();
+    if let Some(token) = run.cx.fencing_token() {
+        let _ = fence.set(token);
+    }
+    JobContext::new(ContextInner {
+        class: reg.class(),
+        job_id: d.job_id.clone(),
+        server_id: d.server_id.clone(),
+        job_url: d.job_url.clone(),
+        param: d.body.clone(),
+        item: d.item.clone(),
+        headers: d.headers.clone(),
+        token: run.cx.token().clone(),
+        console,
+        started_at: SystemTime::now(),
+        fence,
+    })
+}
+
+/// How long the answer to a dispatch may wait on the store: three quarters of the center's
+/// HTTP timeout for it (the job item's `Timeout`, 5 s when below 1, as the center uses).
+pub(super) fn answer_deadline(d: &Dispatch) -> tokio::time::Instant {
+    let ms = d.item.get().timeout.filter(|ms| *ms >= 1).unwrap_or(5_000);
+    let ms = u64::try_from(ms).unwrap_or(5_000).min(600_000);
+    tokio::time::Instant::now() + Duration::from_millis(ms * 3 / 4)
+}
+
+/// A store operation bounded by `deadline`.
+pub(super) async fn within<T>(
+    deadline: tokio::time::Instant,
+    op: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match tokio::time::timeout_at(deadline, op).await {
+        Ok(res) => res,
+        Err(_) => Err("the store did not answer within the center's HTTP timeout".to_owned()),
+    }
+}
+
+/// Calls a run's `on_stop` with `cx` within `grace`; the error text when it failed.
+pub(super) async fn call_on_stop(run: &Run, cx: JobContext, grace: Duration) -> Option<String> {
+    let stop = AssertUnwindSafe(run.instance.clone().stop(cx)).catch_unwind();
     let id = run.cx.job_id();
     match tokio::time::timeout(grace, stop).await {
         Ok(Ok(Ok(()))) => None,
