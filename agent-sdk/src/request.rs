@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use axum::http::{HeaderMap, HeaderValue};
-use serde::Deserialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
 
 use crate::error::DispatchError;
 use crate::item::LazyItem;
@@ -60,14 +62,17 @@ impl Action {
 }
 
 /// Where the center asks console lines to go (`x-job-agent-console`).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
+///
+/// Property names are read as Newtonsoft binds them: the exact name first, else any spelling
+/// that differs only in ASCII case (a center whose host sets camelCase JSON defaults sends
+/// `setKey`, `hashKey`, `startTime`). The real center sends no `ProgressBarId` (bars start
+/// at 1).
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ConsoleTarget {
     /// The set key, `console:<id>`.
     pub set_key: String,
     /// The first progress bar id minus one.
-    #[serde(default)]
     pub progress_bar_id: i64,
     /// The hash key for long lines, `console:refs:<id>`.
     pub hash_key: String,
@@ -75,23 +80,86 @@ pub struct ConsoleTarget {
     pub start_time: String,
 }
 
+impl<'de> Deserialize<'de> for ConsoleTarget {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let obj = Map::<String, Value>::deserialize(deserializer)?;
+        let required = |name: &'static str| {
+            text_field(&obj, name)
+                .map_err(D::Error::custom)?
+                .ok_or_else(|| D::Error::custom(format_args!("missing field `{name}`")))
+        };
+        Ok(Self {
+            set_key: required("SetKey")?,
+            progress_bar_id: number_field(&obj, "ProgressBarId")
+                .filter(|n| (0.0..=i64::MAX as f64).contains(n))
+                .map_or(0, |n| n as i64),
+            hash_key: required("HashKey")?,
+            start_time: required("StartTime")?,
+        })
+    }
+}
+
 /// The center's store description (`x-job-storage`). `Debug` hides the connection string.
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
+///
+/// Property names are read case-insensitively, as the .NET agent's Newtonsoft binding does:
+/// a center whose host sets camelCase JSON defaults sends `type`, `tablePrefix`,
+/// `expireAtDays`, `hangfireDb`. `TablePrefix` may be null (Hangfire.PostgreSql 1.6–1.8:
+/// schema `hangfire`); `ExpireAtDays` may be null, absent, a number or a numeric string.
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct StorageHeader {
     /// The store kind; this agent speaks `postgresql`.
-    #[serde(default, rename = "Type")]
     pub kind: String,
     /// The Hangfire schema.
-    #[serde(default)]
     pub table_prefix: Option<String>,
     /// Days until written rows expire.
-    #[serde(default)]
     pub expire_at_days: Option<f64>,
     /// The Npgsql connection string (a secret).
-    #[serde(default)]
     pub hangfire_db: String,
+}
+
+impl<'de> Deserialize<'de> for StorageHeader {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let obj = Map::<String, Value>::deserialize(deserializer)?;
+        let text = |name: &'static str| text_field(&obj, name).map_err(D::Error::custom);
+        Ok(Self {
+            kind: text("Type")?.unwrap_or_default(),
+            table_prefix: text("TablePrefix")?,
+            expire_at_days: number_field(&obj, "ExpireAtDays"),
+            hangfire_db: text("HangfireDb")?.unwrap_or_default(),
+        })
+    }
+}
+
+/// A property of a center JSON object as Newtonsoft binds it: the exact name, else the first
+/// name equal to it ignoring ASCII case.
+fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.get(name).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
+}
+
+/// A text property: strings as they are, numbers and booleans as their JSON text (Newtonsoft
+/// converts them), null or absent as `None`. The error names the property, never its value.
+fn text_field(obj: &Map<String, Value>, name: &'static str) -> Result<Option<String>, String> {
+    match field(obj, name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v.to_string())),
+        Some(Value::Array(_) | Value::Object(_)) => Err(format!("property `{name}` is not text")),
+    }
+}
+
+/// A numeric property: a number or a numeric string; anything else is `None`.
+fn number_field(obj: &Map<String, Value>, name: &str) -> Option<f64> {
+    match field(obj, name)? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|n| n.is_finite())
 }
 
 impl fmt::Debug for StorageHeader {
@@ -215,27 +283,7 @@ impl Dispatch {
             ),
             _ => None,
         };
-        let mut extra = BTreeMap::new();
-        if let Some(names) = plain(h.extra, H_EXTRA)? {
-            for name in names.split("_@_").map(str::trim).filter(|n| !n.is_empty()) {
-                let Some(raw) = headers.get(name) else {
-                    continue;
-                };
-                let raw = raw.to_str().map_err(|_| {
-                    bad(
-                        H_EXTRA,
-                        format!("header `{}` is not ASCII", truncate(name, 64)),
-                    )
-                })?;
-                let value = decode_base64(raw).map_err(|reason| {
-                    bad(
-                        H_EXTRA,
-                        format!("header `{}`: {reason}", truncate(name, 64)),
-                    )
-                })?;
-                extra.insert(name.to_owned(), value);
-            }
-        }
+        let headers_of_job = job_headers(headers, h.extra);
         let agent_server = plain(h.agent_server, H_AGENT_SERVER)?.map(str::to_owned);
         let body = String::from_utf8(body.to_vec()).map_err(|_| DispatchError::BadHeader {
             header: "body",
@@ -250,11 +298,46 @@ impl Dispatch {
             server_id,
             storage,
             console,
-            headers: extra,
+            headers: headers_of_job,
             agent_server,
             body,
         })
     }
+}
+
+/// The job's configured headers, named in `x-job-agent-header` (joined by `_@_`), each value
+/// base64 of UTF-8. The center lists *all* configured headers, including ones its HTTP stack
+/// owns (`Server/HttpJob.cs` `PrepareHttpRequestMessage`): `Content-Type` keeps the stack's
+/// `application/json; charset=utf-8` (or is absent without a body), `Accept` arrives as
+/// `<ContentType>, <base64>`, `Authorization` is the basic-auth value when basic auth is set.
+/// A header that is absent or whose value is not base64 of UTF-8 is skipped (logged at debug,
+/// without its value, which may be a secret) and the run goes ahead, as the .NET agent does.
+fn job_headers(headers: &HeaderMap, list: Option<&HeaderValue>) -> BTreeMap<String, String> {
+    let mut found = BTreeMap::new();
+    let Some(list) = list else { return found };
+    let Ok(names) = list.to_str() else {
+        tracing::debug!("{H_EXTRA} is not ASCII; the job gets no configured headers");
+        return found;
+    };
+    for name in names.split("_@_").map(str::trim).filter(|n| !n.is_empty()) {
+        if found.contains_key(name) {
+            continue;
+        }
+        let value = match headers.get(name) {
+            None => Err("it is not in the request".to_owned()),
+            Some(raw) => decode_base64_bytes(raw.as_bytes()),
+        };
+        match value {
+            Ok(value) => {
+                found.insert(name.to_owned(), value);
+            }
+            Err(reason) => tracing::debug!(
+                header = %truncate(name, 64),
+                "job header skipped: {reason} (the center sends Content-Type, Accept and Authorization in its own format)"
+            ),
+        }
+    }
+    found
 }
 
 fn bad(header: &'static str, reason: String) -> DispatchError {
@@ -284,10 +367,6 @@ fn base64_text(
 
 /// Decodes base64 of UTF-8 text, as the center encodes header values (standard alphabet,
 /// padded). SIMD-accelerated: the job item is the largest part of every request.
-pub(crate) fn decode_base64(raw: &str) -> Result<String, String> {
-    decode_base64_bytes(raw.as_bytes())
-}
-
 fn decode_base64_bytes(raw: &[u8]) -> Result<String, String> {
     let bytes = base64_simd::STANDARD
         .decode_to_vec(raw.trim_ascii())
@@ -364,7 +443,7 @@ mod tests {
         ];
         for case in cases {
             let reference = STANDARD.decode(case).ok().map(String::from_utf8);
-            let ours = decode_base64(case).ok();
+            let ours = decode_base64_bytes(case.as_bytes()).ok();
             match reference {
                 Some(Ok(text)) => assert_eq!(ours, Some(text), "{case:?}"),
                 _ => assert_eq!(ours, None, "{case:?}"),
@@ -389,6 +468,16 @@ mod tests {
         let e = Dispatch::decode(&h, b"").expect_err("bad json").to_string();
         assert!(e.contains(H_STORAGE) && !e.contains("hunter2"), "{e}");
 
+        for json in [
+            r#""Password=hunter2""#,
+            r#"{"Type":"postgresql","HangfireDb":["Password=hunter2"]}"#,
+        ] {
+            let mut h = base();
+            h.insert(H_STORAGE, b64(json));
+            let e = Dispatch::decode(&h, b"").expect_err(json).to_string();
+            assert!(e.contains(H_STORAGE) && !e.contains("hunter2"), "{e}");
+        }
+
         let mut h = base();
         h.remove(H_ACTION);
         assert!(matches!(
@@ -409,5 +498,99 @@ mod tests {
             Dispatch::decode(&h, b""),
             Err(DispatchError::MissingHeader(H_SERVER))
         ));
+    }
+
+    // Server/HttpJob.cs `PrepareHttpRequestMessage` lists every configured header, also the
+    // ones its HTTP stack owns; Agent/Hangfire.HttpJob.Agent/JobAgentMiddleware.cs
+    // `GetJobHeaders` ignores what it cannot decode and runs the job.
+    #[test]
+    fn job_headers_the_center_cannot_encode_are_skipped() {
+        let mut h = base();
+        h.insert(
+            H_EXTRA,
+            HeaderValue::from_static(
+                "tenant_@_Content-Type_@_Accept_@_Authorization_@_missing_@_raw_@_latin_@_bad name",
+            ),
+        );
+        h.insert("tenant", b64("acme"));
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        h.insert(
+            "accept",
+            HeaderValue::from_str(&format!("application/json, {}", STANDARD.encode("x")))
+                .expect("ascii"),
+        );
+        h.insert("authorization", HeaderValue::from_static("Basic dTpw"));
+        h.insert("raw", HeaderValue::from_static("plain value"));
+        h.insert(
+            "latin",
+            HeaderValue::from_bytes(b"caf\xe9").expect("obs-text is a valid value"),
+        );
+        let d = Dispatch::decode(&h, b"{}").expect("the run goes ahead");
+        assert_eq!(
+            d.headers.into_iter().collect::<Vec<_>>(),
+            vec![("tenant".to_owned(), "acme".to_owned())]
+        );
+
+        let mut h = base();
+        h.insert(
+            H_EXTRA,
+            HeaderValue::from_bytes(b"t\xe9nant").expect("obs-text is a valid value"),
+        );
+        let d = Dispatch::decode(&h, b"").expect("the run goes ahead");
+        assert!(d.headers.is_empty());
+    }
+
+    // Server/HttpJob.cs `GetCurrentJobStorage` serializes with the host's Newtonsoft defaults;
+    // the .NET agent (JobAgentMiddleware.cs) binds names case-insensitively.
+    #[test]
+    fn storage_and_console_names_are_case_insensitive() {
+        let mut h = base();
+        h.insert(
+            H_STORAGE,
+            b64(r#"{"type":"postgresql","tablePrefix":null,"expireAtDays":0,"hangfireDb":"Host=h"}"#),
+        );
+        h.insert(
+            H_CONSOLE,
+            HeaderValue::from_static(
+                r#"{"setKey":"console:a","hashKey":"console:refs:a","startTime":"2026-01-02T03:04:05.12Z"}"#,
+            ),
+        );
+        let d = Dispatch::decode(&h, b"").expect("camelCase is accepted");
+        let s = d.storage.expect("storage");
+        assert_eq!(s.kind, "postgresql");
+        assert_eq!(s.table_prefix, None);
+        assert_eq!(s.expire_at_days, Some(0.0));
+        assert_eq!(s.hangfire_db, "Host=h");
+        let c = d.console.expect("console");
+        assert_eq!(c.set_key, "console:a");
+        assert_eq!(c.hash_key, "console:refs:a");
+        assert_eq!(c.progress_bar_id, 0);
+        assert_eq!(c.start_time, "2026-01-02T03:04:05.12Z");
+
+        let mut h = base();
+        h.insert(
+            H_STORAGE,
+            b64(r#"{"Type":"postgresql","HANGFIREDB":"Host=h","ExpireAtDays":"3"}"#),
+        );
+        let s = Dispatch::decode(&h, b"")
+            .expect("valid")
+            .storage
+            .expect("storage");
+        assert_eq!(s.hangfire_db, "Host=h");
+        assert_eq!(s.expire_at_days, Some(3.0));
+        assert_eq!(s.table_prefix, None);
+
+        let mut h = base();
+        h.insert(
+            H_CONSOLE,
+            HeaderValue::from_static(r#"{"setKey":"console:a","startTime":"x"}"#),
+        );
+        let e = Dispatch::decode(&h, b"")
+            .expect_err("no hash key")
+            .to_string();
+        assert!(e.contains(H_CONSOLE) && e.contains("HashKey"), "{e}");
     }
 }
