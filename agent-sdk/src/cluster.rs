@@ -2,17 +2,26 @@
 //!
 //! Everything lives in the Hangfire `hash` table, under keys starting with `jobagent:`:
 //!
-//! | key | field | value | life |
+//! | key | field | value | row `expireat` |
 //! |---|---|---|---|
-//! | `jobagent:replicas` | instance | `{"ServerId","Pid"}` | lease, renewed every 3 s |
-//! | `jobagent:runs:<instance>` | job id | `{"Class","ServerId","Started"}` | while in flight |
-//! | `jobagent:claim:<class>` | `claim` | `{"Instance","ServerId","JobId","Fence"}` | lease, renewed by the holder |
-//! | `jobagent:fence` | class | the last fencing token | never expires |
-//! | `jobagent:cmd:<instance>` | command id | `{"Action":"stop","JobId","StopId"}` | until taken |
-//! | `jobagent:ack:<stop id>` | job id | `on_stop` outcome | short |
+//! | `jobagent:replicas` | instance | `{"ServerId","Pid","Until"}` | now + store days, renewed |
+//! | `jobagent:runs:<instance>` | job id | `{"Class","ServerId","Started"}` | now + store days, renewed |
+//! | `jobagent:claim:<class>` | `claim` | `{"Instance","ServerId","JobId","Until"}` | NULL (kept as the last run) |
+//! | `jobagent:fence` | class | the last fencing token | NULL |
+//! | `jobagent:cmd:<instance>` | command id | `{"Action":"stop","JobId","StopId"}` | 1 hour (taken in 200 ms) |
+//! | `jobagent:ack:<stop id>` | job id | `on_stop` outcome | 1 hour (read within the grace) |
+//!
+//! **Leases live in the values, never in `expireat`.** Hangfire.PostgreSql's
+//! `ExpirationManager` deletes every `hash` row whose `expireat` has passed, at a moment the
+//! agent does not choose; so a lease's deadline is the value's `Until` (milliseconds since the
+//! Unix epoch on the database's clock), and every bookkeeping row's `expireat` stays out of
+//! Hangfire's reach while the row matters: NULL, or the store's `ExpireAtDays` ahead, renewed.
+//! (Rows written by earlier agent versions have no `Until`; their `expireat` stands in.)
 //!
 //! A replica that dies stops renewing: its singleton claims lapse within [`CLAIM_LEASE`], and
 //! after [`REPLICA_LEASE`] plus [`LOST_GRACE`] a surviving replica reports its runs as lost.
+//! Runs whose instance has no lease row at all (it was deleted) get a lapsed lease first, so
+//! they are reported [`LOST_GRACE`] after a survivor notices them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +37,11 @@ pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(3);
 pub(crate) const REPLICA_LEASE: Duration = Duration::from_secs(15);
 /// Extra time before a silent replica's runs are reported lost.
 pub(crate) const LOST_GRACE: Duration = Duration::from_secs(10);
+/// How often a replica looks for runs whose instance has no lease row.
+pub(crate) const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(30);
+/// Bookkeeping rows are renewed when their `expireat` is less than this far from the store's
+/// full `ExpireAtDays`.
+const RENEW_ROWS_SLACK_SECS: f64 = 3600.0;
 /// How often a replica looks for commands addressed to it.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(200);
 
@@ -94,8 +108,21 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The database's clock, in milliseconds since the Unix epoch (the unit of `Until`).
+const DB_NOW_MS: &str = "(extract(epoch from now()) * 1000)::bigint";
+
+/// A lease row's deadline (`Until`, in ms); for rows of earlier agent versions, which kept the
+/// lease in `expireat`, that instead (naive UTC or `timestamptz`: `extract(epoch ..)` reads
+/// both as UTC); 0 (lapsed) when neither is there.
+fn until_of(alias: &str) -> String {
+    format!(
+        "COALESCE(({alias}.\"value\"::jsonb->>'Until')::bigint, \
+         (extract(epoch from {alias}.expireat) * 1000)::bigint, 0)"
+    )
 }
 
 type Res<T> = Result<T, String>;
@@ -117,22 +144,24 @@ impl Store {
         let mut client = self.pool.get().await.map_err(e)?;
         let h = self.hash_sql();
         let key = format!("jobagent:claim:{class}");
-        let value = serde_json::to_string(&ClaimValue {
-            instance: me.instance.clone(),
-            server_id: me.server_id.clone(),
-            job_id: job_id.to_owned(),
-        })
-        .map_err(e)?;
+        let until = until_of("t");
         let tx = client.transaction().await.map_err(e)?;
         let won = tx
             .query_opt(
                 &format!(
-                    "INSERT INTO {h} (\"key\", field, \"value\", expireat) VALUES ($1, 'claim', $2, now() + $3 * interval '1 second') \
-                     ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = EXCLUDED.value, expireat = EXCLUDED.expireat \
-                     WHERE {h}.expireat IS NULL OR {h}.expireat < now() \
-                     OR {h}.value::jsonb->>'Instance' = $4 RETURNING id"
+                    "INSERT INTO {h} AS t (\"key\", field, \"value\", expireat) VALUES ($1, 'claim', \
+                     jsonb_build_object('Instance', $2::text, 'ServerId', $3::text, 'JobId', $4::text, \
+                     'Until', {DB_NOW_MS} + $5::bigint)::text, NULL) \
+                     ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = EXCLUDED.value, expireat = NULL \
+                     WHERE {until} < {DB_NOW_MS} OR t.\"value\"::jsonb->>'Instance' = $2 RETURNING id"
                 ),
-                &[&key, &value, &secs(CLAIM_LEASE), &me.instance],
+                &[
+                    &key,
+                    &me.instance,
+                    &me.server_id,
+                    &job_id,
+                    &millis(CLAIM_LEASE),
+                ],
             )
             .await
             .map_err(e)?;
@@ -158,9 +187,9 @@ impl Store {
         let fence: Option<String> = tx
             .query_one(
                 &format!(
-                    "INSERT INTO {h} (\"key\", field, \"value\") VALUES ('jobagent:fence', $1, '1') \
-                     ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = ((COALESCE(NULLIF({h}.value, ''), '0'))::bigint + 1)::text \
-                     RETURNING \"value\""
+                    "INSERT INTO {h} AS t (\"key\", field, \"value\", expireat) VALUES ('jobagent:fence', $1, '1', NULL) \
+                     ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = ((COALESCE(NULLIF(t.value, ''), '0'))::bigint + 1)::text, \
+                     expireat = NULL RETURNING \"value\""
                 ),
                 &[&class],
             )
@@ -177,36 +206,34 @@ impl Store {
 
     /// Renews a claim we hold; false when it is no longer ours.
     pub(crate) async fn renew_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<bool> {
+        self.set_claim_until(me, class, job_id, millis(CLAIM_LEASE))
+            .await
+    }
+
+    /// Releases a claim we hold: its lease lapses now, and the row stays (with no
+    /// `expireat`, so Hangfire keeps it) as the class's last run.
+    pub(crate) async fn release_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<()> {
+        self.set_claim_until(me, class, job_id, -1)
+            .await
+            .map(|_| ())
+    }
+
+    /// Sets the deadline of a claim we hold to the database's now plus `ms`.
+    async fn set_claim_until(&self, me: &Member, class: &str, job_id: &str, ms: i64) -> Res<bool> {
         let client = self.pool.get().await.map_err(e)?;
         let n = client
             .execute(
                 &format!(
-                    "UPDATE {} SET expireat = now() + $4 * interval '1 second' WHERE \"key\" = $1 AND field = 'claim' \
+                    "UPDATE {} SET \"value\" = jsonb_set(\"value\"::jsonb, '{{Until}}', to_jsonb({DB_NOW_MS} + $4::bigint))::text, \
+                     expireat = NULL WHERE \"key\" = $1 AND field = 'claim' \
                      AND \"value\"::jsonb->>'ServerId' = $2 AND \"value\"::jsonb->>'JobId' = $3",
                     self.hash_sql()
                 ),
-                &[&format!("jobagent:claim:{class}"), &me.server_id, &job_id, &secs(CLAIM_LEASE)],
+                &[&format!("jobagent:claim:{class}"), &me.server_id, &job_id, &ms],
             )
             .await
             .map_err(e)?;
         Ok(n == 1)
-    }
-
-    /// Releases a claim we hold; the row stays (expired) as the class's last run.
-    pub(crate) async fn release_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<()> {
-        let client = self.pool.get().await.map_err(e)?;
-        client
-            .execute(
-                &format!(
-                    "UPDATE {} SET expireat = now() - interval '1 millisecond' WHERE \"key\" = $1 AND field = 'claim' \
-                     AND \"value\"::jsonb->>'ServerId' = $2 AND \"value\"::jsonb->>'JobId' = $3",
-                    self.hash_sql()
-                ),
-                &[&format!("jobagent:claim:{class}"), &me.server_id, &job_id],
-            )
-            .await
-            .map_err(e)?;
-        Ok(())
     }
 
     /// The class's claim: its holder and whether it is live.
@@ -215,7 +242,8 @@ impl Store {
         let row = client
             .query_opt(
                 &format!(
-                    "SELECT \"value\", expireat > now() FROM {} WHERE \"key\" = $1 AND field = 'claim'",
+                    "SELECT t.\"value\", {} > {DB_NOW_MS} FROM {} t WHERE t.\"key\" = $1 AND t.field = 'claim'",
+                    until_of("t"),
                     self.hash_sql()
                 ),
                 &[&format!("jobagent:claim:{class}")],
@@ -280,12 +308,13 @@ impl Store {
     pub(crate) async fn remote_runs(&self, me: &Member, class: &str) -> Res<Vec<ClusterRun>> {
         let client = self.pool.get().await.map_err(e)?;
         let h = self.hash_sql();
+        let until = until_of("r");
         let rows = client
             .query(
                 &format!(
                     "SELECT r.field, runs.field, runs.\"value\" FROM {h} r \
                      JOIN {h} runs ON runs.\"key\" = 'jobagent:runs:' || r.field \
-                     WHERE r.\"key\" = 'jobagent:replicas' AND r.expireat > now() AND r.field <> $1 \
+                     WHERE r.\"key\" = 'jobagent:replicas' AND {until} > {DB_NOW_MS} AND r.field <> $1 \
                      ORDER BY runs.id"
                 ),
                 &[&me.instance],
@@ -308,24 +337,54 @@ impl Store {
             .collect())
     }
 
-    /// Renews this replica's lease.
+    /// Renews this replica's lease, and keeps the `expireat` of its run records out of
+    /// Hangfire's reach (a run may last longer than `ExpireAtDays`).
     pub(crate) async fn renew_replica(&self, me: &Member) -> Res<()> {
         let client = self.pool.get().await.map_err(e)?;
-        self.write_lease(&client, me).await
+        self.write_lease(&client, me).await?;
+        client
+            .execute(
+                &format!(
+                    "UPDATE {} SET expireat = now() + $2 * interval '1 second' WHERE \"key\" = $1 \
+                     AND (expireat IS NULL OR expireat < now() + ($2 - $3) * interval '1 second')",
+                    self.hash_sql()
+                ),
+                &[
+                    &format!("jobagent:runs:{}", me.instance),
+                    &self.expire_secs(),
+                    &RENEW_ROWS_SLACK_SECS,
+                ],
+            )
+            .await
+            .map_err(e)?;
+        Ok(())
     }
 
+    /// Writes this replica's lease: `Until` = the database's now + [`REPLICA_LEASE`]; the
+    /// row's `expireat` is the store's `ExpireAtDays` ahead.
     async fn write_lease(&self, client: &deadpool_postgres::Client, me: &Member) -> Res<()> {
-        let value =
-            serde_json::json!({"ServerId": me.server_id, "Pid": std::process::id()}).to_string();
-        crate::store::upsert_hash_fields(
-            client,
-            &self.schema,
-            "jobagent:replicas",
-            &[&me.instance],
-            &[&value],
-            secs(REPLICA_LEASE),
-        )
-        .await
+        let sql = format!(
+            "INSERT INTO {} (\"key\", field, \"value\", expireat) VALUES ('jobagent:replicas', $1, \
+             jsonb_build_object('ServerId', $2::text, 'Pid', $3::bigint, 'Until', {DB_NOW_MS} + $4::bigint)::text, \
+             now() + $5 * interval '1 second') \
+             ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = EXCLUDED.value, expireat = EXCLUDED.expireat",
+            self.hash_sql()
+        );
+        let stmt = client.prepare_cached(&sql).await.map_err(e)?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &me.instance,
+                    &me.server_id,
+                    &i64::from(std::process::id()),
+                    &millis(REPLICA_LEASE),
+                    &self.expire_secs(),
+                ],
+            )
+            .await
+            .map_err(e)?;
+        Ok(())
     }
 
     /// Sends a command to a replica.
@@ -359,7 +418,7 @@ impl Store {
             .map_err(e)?;
         Ok(rows
             .iter()
-            .filter_map(|r| r.get::<_, Option<String>>(0))
+            .filter_map(|r| r.try_get::<_, Option<String>>(0).ok().flatten())
             .filter_map(|v| serde_json::from_str(&v).ok())
             .collect())
     }
@@ -417,19 +476,48 @@ impl Store {
         Ok(parse_runs(&rows))
     }
 
-    /// Takes the runs of replicas silent for longer than their lease and the grace, and
+    /// Takes the runs of replicas whose lease lapsed longer than [`LOST_GRACE`] ago, and
     /// forgets those replicas. Each run is taken by one replica only.
-    pub(crate) async fn take_lost(&self, me: &Member) -> Res<Vec<(String, String, RunRecord)>> {
+    ///
+    /// With `scan`, first gives every instance that has run records but no lease row a lease
+    /// that lapses now (its row was deleted: by hand, or by Hangfire's expiration of an
+    /// earlier agent version's lease), so its runs are taken [`LOST_GRACE`] later, unless
+    /// the instance renews its lease meanwhile. The scan reads the whole `hash` table (a key
+    /// prefix cannot use its index in every collation), hence only every
+    /// [`ORPHAN_SCAN_EVERY`].
+    pub(crate) async fn take_lost(
+        &self,
+        me: &Member,
+        scan: bool,
+    ) -> Res<Vec<(String, String, RunRecord)>> {
         let mut client = self.pool.get().await.map_err(e)?;
         let h = self.hash_sql();
         let tx = client.transaction().await.map_err(e)?;
+        if scan {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {h} (\"key\", field, \"value\", expireat) \
+                     SELECT DISTINCT 'jobagent:replicas', substr(r.\"key\", 15), \
+                     jsonb_build_object('ServerId', ''::text, 'Pid', 0, 'Until', {DB_NOW_MS})::text, \
+                     now() + $2 * interval '1 second' \
+                     FROM {h} r WHERE r.\"key\" LIKE 'jobagent:runs:%' AND substr(r.\"key\", 15) <> $1 \
+                     AND NOT EXISTS (SELECT 1 FROM {h} l WHERE l.\"key\" = 'jobagent:replicas' \
+                     AND l.field = substr(r.\"key\", 15)) \
+                     ON CONFLICT (\"key\", field) DO NOTHING"
+                ),
+                &[&me.instance, &self.expire_secs()],
+            )
+            .await
+            .map_err(e)?;
+        }
         let dead = tx
             .query(
                 &format!(
-                    "DELETE FROM {h} WHERE \"key\" = 'jobagent:replicas' AND field <> $1 \
-                     AND expireat < now() - $2 * interval '1 second' RETURNING field"
+                    "DELETE FROM {h} t WHERE t.\"key\" = 'jobagent:replicas' AND t.field <> $1 \
+                     AND {} < {DB_NOW_MS} - $2::bigint RETURNING t.field",
+                    until_of("t")
                 ),
-                &[&me.instance, &secs(LOST_GRACE)],
+                &[&me.instance, &millis(LOST_GRACE)],
             )
             .await
             .map_err(e)?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{POLL_EVERY, RENEW_EVERY, RunRecord};
+use crate::cluster::{ORPHAN_SCAN_EVERY, POLL_EVERY, RENEW_EVERY, RunRecord};
 use crate::outcome::{DispatchResult, ResultSink};
 use crate::request::Action;
 use crate::runtime::Runtime;
@@ -30,6 +30,8 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
         let mut reconciled = false;
         let mut last_renew = tokio::time::Instant::now();
         let mut last_reap = tokio::time::Instant::now();
+        // The first reap also looks for runs whose instance lost its lease row.
+        let mut last_scan: Option<tokio::time::Instant> = None;
         loop {
             if !reconciled {
                 match store.take_orphans(&me).await {
@@ -81,7 +83,12 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
             }
             if last_reap.elapsed() >= REAP_EVERY {
                 last_reap = tokio::time::Instant::now();
-                match store.take_lost(&me).await {
+                let scan = last_scan.is_none_or(|at| at.elapsed() >= ORPHAN_SCAN_EVERY);
+                let taken = store.take_lost(&me, scan).await;
+                if scan && taken.is_ok() {
+                    last_scan = Some(last_reap);
+                }
+                match taken {
                     Ok(lost) => {
                         for (instance, job_id, record) in lost {
                             tracing::warn!(instance, job_id, class = %record.class, "reporting a run of a lost replica");

@@ -43,7 +43,7 @@ impl Store {
         let pool = pool::build_pool(&spec)?;
         Ok(Self {
             pool,
-            schema: format!("\"{schema}\""),
+            schema: quote_ident(schema),
             expire: Duration::from_secs_f64(expire_days * 86_400.0),
             label,
         })
@@ -67,22 +67,28 @@ fn label(config: &tokio_postgres::Config) -> String {
     format!("{host}/{}", config.get_dbname().unwrap_or(""))
 }
 
-/// Checks a Hangfire schema name: letters, digits and `_`, not starting with a digit.
+/// Checks a Hangfire schema name as PostgreSQL takes a quoted identifier (and
+/// Hangfire.PostgreSql its `SchemaName`): 1 to 63 bytes, no NUL. Any other character,
+/// `-`, spaces or `"` included, is fine: the name is only ever used through
+/// [`quote_ident`].
 pub(crate) fn check_schema(schema: &str) -> Result<(), String> {
-    let ok = !schema.is_empty()
-        && schema.len() <= 63
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !schema.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
+    if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
         Err(format!(
-            "schema `{}` must be 1 to 63 letters, digits or `_`, not starting with a digit",
-            schema.chars().take(64).collect::<String>()
+            "schema `{}` must be 1 to 63 bytes long and hold no NUL character",
+            schema
+                .chars()
+                .filter(|c| *c != '\0')
+                .take(64)
+                .collect::<String>()
         ))
+    } else {
+        Ok(())
     }
+}
+
+/// Quotes a name as an SQL identifier: in double quotes, a `"` doubled.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The stores an agent writes to: its own, and those centers send, one pool each.
@@ -259,7 +265,15 @@ mod tests {
         assert!(!host_allowed("evil.example", &allowed));
         assert!(!host_allowed("db1.evil", &allowed));
         assert!(check_schema("hangfire").is_ok());
-        assert!(check_schema("bad;schema").is_err());
-        assert!(check_schema("1abc").is_err());
+        // Hangfire.PostgreSql quotes its schema name: anything but NUL, up to 63 bytes.
+        for name in ["hangfire-prod", "1abc", "a\"b", "bad;schema", "空间"] {
+            assert!(check_schema(name).is_ok(), "{name}");
+        }
+        assert!(check_schema("").is_err());
+        assert!(check_schema("a\0b").is_err());
+        assert!(check_schema(&"x".repeat(64)).is_err());
+        assert!(check_schema(&"x".repeat(63)).is_ok());
+        assert_eq!(quote_ident("hangfire-prod"), "\"hangfire-prod\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -35,6 +35,7 @@ const SETUP_ALLOWANCE: Duration = Duration::from_secs(10);
 pub(crate) fn build_pool(spec: &ConnSpec) -> Result<Pool, String> {
     let mut pg = spec.config.clone();
     pg.ssl_mode(spec.ssl.to_tokio());
+    pg.options(&session_options(spec.config.get_options()));
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
@@ -53,6 +54,19 @@ pub(crate) fn build_pool(spec: &ConnSpec) -> Result<Pool, String> {
     builder
         .build()
         .map_err(|e| format!("cannot build the connection pool: {e}"))
+}
+
+/// The session settings every connection starts with: the connection string's `Options`,
+/// then `TimeZone=UTC` (last, so it wins). Hangfire.PostgreSql before schema v19 (1.9.10)
+/// keeps `expireat` as `timestamp without time zone` holding naive UTC, and deletes rows
+/// whose `expireat < now() at time zone 'UTC'`; a `now() + interval` stored into such a
+/// column is converted in the session's time zone, so only a UTC session writes the time
+/// Hangfire means. (On `timestamptz` columns the session zone changes nothing.)
+fn session_options(given: Option<&str>) -> String {
+    match given.map(str::trim).filter(|o| !o.is_empty()) {
+        Some(o) => format!("{o} -c TimeZone=UTC"),
+        None => "-c TimeZone=UTC".to_owned(),
+    }
 }
 
 /// How long creating one connection may take: each host's connect timeout, plus time for the
@@ -264,6 +278,16 @@ impl ServerCertVerifier for ChainOnlyCheck {
 mod tests {
     use super::*;
     use crate::store::connstr;
+
+    #[test]
+    fn sessions_run_in_utc_after_the_given_options() {
+        assert_eq!(session_options(None), "-c TimeZone=UTC");
+        assert_eq!(session_options(Some("  ")), "-c TimeZone=UTC");
+        assert_eq!(
+            session_options(Some("-c statement_timeout=5000")),
+            "-c statement_timeout=5000 -c TimeZone=UTC"
+        );
+    }
 
     #[test]
     fn building_needs_no_server_and_respects_the_bound() {
