@@ -16,12 +16,96 @@ use crate::error::DispatchError;
 use crate::request::{Action, Dispatch};
 
 /// Builds the router answering at the configured path, with its state applied.
+///
+/// The .NET agent is mounted with ASP.NET's `app.Map(path)`
+/// (`Agent/Hangfire.HttpJob.Agent/JobAgentApplicationBuilderExtensions.cs`): it matches
+/// case-insensitively and by path prefix, so `/jobagent`, `/JobAgent`, `/jobagent/` and
+/// `/jobagent/x` all reach it, and centers are configured with any of these. Anything the
+/// center gets back that is not a 500 or 501 counts as a dispatch that succeeded, so a bare
+/// 404 would leave the job hanging in Processing.
+///
+/// The router therefore has explicit routes for the configured path as written, `path/` and
+/// `path/{*rest}` (a host's own routes, being explicit too, still win for their paths and
+/// cannot overlap these: axum panics on overlapping routes), plus a **fallback** that serves
+/// every other spelling `Map` accepts (other letter case, percent-encoded letters) and answers
+/// everything else with a plain, empty 404, as axum's default fallback does.
+///
+/// Merged into a host router, the agent's fallback becomes the host's fallback (the host's
+/// unknown paths get the same plain 404 as before). axum panics when two merged routers both
+/// have a fallback, so a host with a fallback of its own sets it *after* merging:
+/// `Router::new().merge(agent.router()).fallback(host_fallback)`. That replaces the agent's
+/// fallback: the configured path as written (and `path/`, `path/...`) still reaches the agent,
+/// other spellings reach the host's fallback. Nested with `Router::nest`, the fallback serves
+/// the paths under the nest prefix.
 pub(crate) fn router<S>(agent: Arc<AgentInner>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
     let path = agent.runtime.options.path.clone();
-    Router::new().route(&path, any(handle)).with_state(agent)
+    Router::new()
+        .route(&path, any(handle))
+        .route(&format!("{path}/"), any(handle))
+        .route(&format!("{path}/{{*rest}}"), any(handle))
+        .fallback(fallback)
+        .with_state(agent)
+}
+
+/// Serves the spellings of the path that ASP.NET's `Map` accepts and the explicit routes do
+/// not; answers anything else with a plain 404.
+async fn fallback(State(agent): State<Arc<AgentInner>>, request: Request) -> Response {
+    if is_mapped(&agent.runtime.options.path, request.uri().path()) {
+        handle(State(agent), request).await
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+/// Whether `request_path` lies under `base` as ASP.NET's `Map` decides it
+/// (`PathString.StartsWithSegments`, ordinal and ignoring case): the request path, with its
+/// percent-escapes decoded except `%2F`, starts with `base` ignoring ASCII case, and what
+/// follows is empty or starts with `/`.
+fn is_mapped(base: &str, request_path: &str) -> bool {
+    let path = percent_decoded(request_path.as_bytes());
+    let base = base.as_bytes();
+    path.len() >= base.len()
+        && path[..base.len()].eq_ignore_ascii_case(base)
+        && matches!(path.get(base.len()), None | Some(b'/'))
+}
+
+/// Decodes `%XX` escapes, except an escaped `/` (ASP.NET keeps `%2F` in the path, so it never
+/// separates segments); a malformed escape is kept as it is.
+fn percent_decoded(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let decoded = match (raw[i], raw.get(i + 1), raw.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) => hex(h)
+                .zip(hex(l))
+                .map(|(h, l)| (h << 4) | l)
+                .filter(|&b| b != b'/'),
+            _ => None,
+        };
+        match decoded {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(raw[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
 }
 
 /// What the agent answers: a status and a text body.
@@ -167,5 +251,41 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abcd"));
         assert!(!constant_time_eq(b"", b"a"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    // Agent/Hangfire.HttpJob.Agent/JobAgentApplicationBuilderExtensions.cs mounts the .NET
+    // agent with `app.Map(path)`: case-insensitive, by path segment prefix.
+    #[test]
+    fn maps_paths_as_asp_net_map_does() {
+        for path in [
+            "/jobagent",
+            "/JobAgent",
+            "/JOBAGENT/",
+            "/jobagent/",
+            "/jobagent/x",
+            "/JobAgent/x/y",
+            "/job%61gent",
+            "/job%41GENT/x",
+            "/jobagent//",
+        ] {
+            assert!(is_mapped("/jobagent", path), "{path}");
+        }
+        for path in [
+            "/jobagentx",
+            "/jobagen",
+            "/",
+            "",
+            "/x/jobagent",
+            "/jobagent%2Fx",
+            "/jobagent%2fx",
+            "/jobagent%",
+            "/jobagent%4",
+            "/jobagent%zz",
+            "/jobägent",
+        ] {
+            assert!(!is_mapped("/jobagent", path), "{path}");
+        }
+        assert!(is_mapped("/Jobs/Agent", "/jobs/agent/run"));
+        assert!(!is_mapped("/jobs/agent", "/jobs/agents"));
     }
 }

@@ -10,6 +10,33 @@ use crate::outcome::Outlet;
 use crate::registry::JobRegistration;
 use crate::timefmt::{fmt_duration, fmt_utc};
 
+/// Writes one line of the detail text, ended with `\r\n`: the center shows the body as HTML
+/// after replacing `\r\n` (and nothing else) with `<br/>` (`Server/HttpJob.cs`
+/// `GetAgentJobDetail`, `Server/HttpJobDispatcher.cs`).
+macro_rules! detail_line {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = write!($out, $($arg)*);
+        $out.push_str("\r\n");
+    }};
+}
+
+/// The job's parameter as the dashboard should show it: the center inserts the detail text
+/// into its page as HTML, so markup characters are escaped, and line breaks inside the
+/// parameter become spaces (they would otherwise break the `\r\n` line structure).
+fn shown(param: &str) -> String {
+    let mut out = String::with_capacity(param.len());
+    for c in param.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\r' | '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 impl Runtime {
     /// The human-readable status of a class, across replicas when a store is shared.
     pub(crate) async fn detail(
@@ -33,15 +60,15 @@ impl Runtime {
         let slot = lock(&self.state(reg).slot);
         let now = SystemTime::now();
         let mut out = String::new();
-        let _ = writeln!(out, "JobClass: {}", reg.class());
-        let _ = writeln!(out, "Kind: {}", reg.kind());
-        let _ = writeln!(out, "Replica: {}", self.member.instance);
+        detail_line!(out, "JobClass: {}", reg.class());
+        detail_line!(out, "Kind: {}", reg.kind());
+        detail_line!(out, "Replica: {}", self.member.instance);
         if reg.kind().is_singleton() {
-            let _ = writeln!(out, "BusyPolicy: {}", reg.on_busy().as_str());
+            detail_line!(out, "BusyPolicy: {}", reg.on_busy().as_str());
             if let (None, Some(claim)) = (slot.runs.first(), &holder) {
-                let _ = writeln!(out, "Status: Running");
-                let _ = writeln!(out, "RunningOn: {}", claim.instance);
-                let _ = writeln!(out, "JobId: {}", claim.job_id);
+                detail_line!(out, "Status: Running");
+                detail_line!(out, "RunningOn: {}", claim.instance);
+                detail_line!(out, "JobId: {}", shown(&claim.job_id));
                 return Ok(out);
             }
             let status = match (slot.runs.first(), &slot.last) {
@@ -49,23 +76,23 @@ impl Runtime {
                 (None, Some(_)) => Status::Stopped,
                 (None, None) => Status::Default,
             };
-            let _ = writeln!(out, "Status: {}", status.as_str());
+            detail_line!(out, "Status: {}", status.as_str());
             if !slot.runs.is_empty() {
-                let _ = writeln!(out, "RunningOn: {}", self.member.instance);
+                detail_line!(out, "RunningOn: {}", self.member.instance);
             }
             if let Some(last) = &slot.last {
-                let _ = writeln!(out, "JobId: {}", last.job_id);
-                let _ = writeln!(out, "Param: {}", last.param);
-                let _ = writeln!(out, "StartTime: {}", fmt_utc(last.started));
+                detail_line!(out, "JobId: {}", shown(&last.job_id));
+                detail_line!(out, "Param: {}", shown(&last.param));
+                detail_line!(out, "StartTime: {}", fmt_utc(last.started));
                 if let Some(end) = last.ended {
-                    let _ = writeln!(out, "LastEndTime: {}", fmt_utc(end));
+                    detail_line!(out, "LastEndTime: {}", fmt_utc(end));
                 }
                 let ran = last
                     .ended
                     .unwrap_or(now)
                     .duration_since(last.started)
                     .unwrap_or_default();
-                let _ = writeln!(out, "RunningTime: {}", fmt_duration(ran));
+                detail_line!(out, "RunningTime: {}", fmt_duration(ran));
             }
         } else {
             if slot.runs.is_empty() && remote.is_empty() {
@@ -73,36 +100,52 @@ impl Runtime {
                     class: reg.class().to_owned(),
                 });
             }
-            let _ = writeln!(out, "Running instances: {}", slot.runs.len() + remote.len());
+            detail_line!(out, "Running instances: {}", slot.runs.len() + remote.len());
             let mut i = 0;
             for run in slot.runs.iter() {
                 i += 1;
                 let ran = now.duration_since(run.started).unwrap_or_default();
-                let _ = writeln!(
+                detail_line!(
                     out,
                     "#{i} Replica: {} JobId: {} Status: {} StartTime: {} RunningTime: {} Param: {}",
                     self.member.instance,
-                    run.cx.job_id(),
+                    shown(run.cx.job_id()),
                     run.status().as_str(),
                     fmt_utc(run.started),
                     fmt_duration(ran),
-                    run.cx.param_text()
+                    shown(run.cx.param_text())
                 );
             }
             for run in &remote {
                 i += 1;
                 let started = std::time::UNIX_EPOCH + Duration::from_millis(run.record.started);
                 let ran = now.duration_since(started).unwrap_or_default();
-                let _ = writeln!(
+                detail_line!(
                     out,
                     "#{i} Replica: {} JobId: {} Status: Running StartTime: {} RunningTime: {}",
                     run.instance,
-                    run.job_id,
+                    shown(&run.job_id),
                     fmt_utc(started),
                     fmt_duration(ran)
                 );
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_end_with_crlf_and_values_cannot_break_them() {
+        let mut out = String::new();
+        detail_line!(out, "Param: {}", shown("{\"a\":\"<b>&\"}\r\n{}\n"));
+        detail_line!(out, "Status: {}", "Running");
+        assert_eq!(
+            out,
+            "Param: {\"a\":\"&lt;b&gt;&amp;\"}  {} \r\nStatus: Running\r\n"
+        );
     }
 }
