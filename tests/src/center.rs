@@ -110,17 +110,17 @@ impl Storage {
     }
 }
 
-/// The console description sent in `x-job-agent-console`.
+/// The console description sent in `x-job-agent-console`, as the center's `ConsoleInfo`
+/// (`Server/Hangfire.HttpJob/Support/Models.cs`): no `ProgressBarId`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ConsoleInfo {
     /// `console:<consoleId>`.
     pub set_key: String,
-    /// The first progress bar id minus one.
-    pub progress_bar_id: i64,
     /// `console:refs:<consoleId>`.
     pub hash_key: String,
-    /// When the console started, `2026-01-02T03:04:05.1234567Z`.
+    /// When the job's console started, as Newtonsoft writes a UTC `DateTime` of millisecond
+    /// precision: `2026-01-02T03:04:05.12Z` (trailing zeros dropped).
     pub start_time: String,
 }
 
@@ -131,35 +131,81 @@ impl ConsoleInfo {
         Self::for_job_at(job_id, SystemTime::now())
     }
 
-    /// A console for `job_id` starting at `start`.
+    /// A console for `job_id` starting at `start` (kept to the millisecond, as Hangfire.Console's
+    /// console id keeps it; `Server/Hangfire.HttpJob/Server/HttpJob.cs` `GetConsoleInfo`).
     pub fn for_job_at(job_id: &str, start: SystemTime) -> Self {
         let ms = start
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
         let console_id = format!("{ms:011x}{job_id}");
+        let start_ms = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX));
         Self {
             set_key: format!("console:{console_id}"),
-            progress_bar_id: 0,
             hash_key: format!("console:refs:{console_id}"),
-            start_time: dotnet_utc(start),
+            start_time: dotnet_utc(start_ms),
         }
     }
 }
 
-/// Formats a time as Json.NET writes a UTC `DateTime`: seven fractional digits and `Z`.
+/// Formats a time as Json.NET writes a UTC `DateTime` (ISO format
+/// `yyyy-MM-ddTHH:mm:ss.FFFFFFFZ`): up to seven fractional digits (100 ns ticks), trailing
+/// zeros dropped, no `.` when the fraction is zero.
 pub fn dotnet_utc(at: SystemTime) -> String {
     let t = time::OffsetDateTime::from(at);
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:7]Z"
-    );
-    t.format(&format).unwrap_or_default()
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+    let mut out = t.format(&format).unwrap_or_default();
+    let ticks = format!("{:07}", t.nanosecond() / 100);
+    let fraction = ticks.trim_end_matches('0');
+    if !fraction.is_empty() {
+        out.push('.');
+        out.push_str(fraction);
+    }
+    out.push('Z');
+    out
+}
+
+/// A property name as Newtonsoft's camel-case naming strategy writes it (`AgentClass` →
+/// `agentClass`, `URL` → `url`, `DingTalk` → `dingTalk`).
+pub fn camel_case(name: &str) -> String {
+    let mut chars: Vec<char> = name.chars().collect();
+    for i in 0..chars.len() {
+        if i == 1 && !chars[i].is_uppercase() {
+            break;
+        }
+        let next_is_upper = chars.get(i + 1).map(|c| c.is_uppercase());
+        if i > 0 && next_is_upper == Some(false) {
+            break;
+        }
+        chars[i] = chars[i].to_ascii_lowercase();
+    }
+    chars.into_iter().collect()
+}
+
+/// `value` with every object key camel-cased, as a center whose host sets
+/// `CamelCasePropertyNamesContractResolver` as the Newtonsoft default writes it (dictionary
+/// keys included).
+fn camel_cased(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (camel_case(&k), camel_cased(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(camel_cased).collect()),
+        other => other,
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect()
+}
+
+/// `Guid.NewGuid().ToString("N")`: 32 hex digits, as the heartbeat's query string.
+fn guid_n() -> String {
+    random_hex(16)
 }
 
 fn guid() -> String {
@@ -174,6 +220,23 @@ fn guid() -> String {
     )
 }
 
+/// Request headers .NET keeps on the content, not the request: `TryAddWithoutValidation`
+/// on the request's headers fails for them, so a job header of one of these names is listed
+/// in `x-job-agent-header` but not sent (`Content-Type` arrives as the body's own).
+const CONTENT_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "content-language",
+    "content-location",
+    "content-md5",
+    "content-range",
+    "content-disposition",
+    "expires",
+    "last-modified",
+    "allow",
+];
+
 /// A scheduling center stand-in pointed at one agent URL. Cheap to clone.
 #[derive(Clone)]
 pub struct Center {
@@ -184,6 +247,8 @@ pub struct Center {
     dashboard: String,
     basic: Option<(String, String)>,
     storage: Option<String>,
+    storage_readable: bool,
+    camel_case: bool,
     expect_server_id: Option<String>,
 }
 
@@ -214,6 +279,8 @@ impl Center {
             dashboard: "http://center.test/hangfire".to_owned(),
             basic: None,
             storage: None,
+            storage_readable: true,
+            camel_case: false,
             expect_server_id: None,
         }
     }
@@ -225,9 +292,35 @@ impl Center {
         self
     }
 
-    /// The center runs on this store and sends it in `x-job-storage`.
+    /// The center runs on this store and sends it in `x-job-storage` (unless
+    /// [`without_storage_header`](Self::without_storage_header)).
     pub fn with_storage(mut self, storage: &Storage) -> Self {
         self.storage = Some(storage.to_json());
+        self
+    }
+
+    /// A center that cannot read its own store's connection string: Hangfire.PostgreSql 1.20.3
+    /// and later has none of the private fields `Server/HttpJob.cs` `GetCurrentJobStorage`
+    /// reflects on, so the center sends **no `x-job-storage`** on any dispatch and **no
+    /// heartbeats** at all (`JobAgentHeartBeatServer.cs` `SendHeartbeat` returns when the
+    /// storage string is empty). [`heartbeat`](Self::heartbeat) panics on such a center.
+    pub fn without_storage_header(mut self) -> Self {
+        self.storage_readable = false;
+        self
+    }
+
+    /// Whether this center sends heartbeats (it does unless
+    /// [`without_storage_header`](Self::without_storage_header)).
+    pub fn sends_heartbeats(&self) -> bool {
+        self.storage_readable
+    }
+
+    /// A center whose host sets camel-case Newtonsoft defaults
+    /// (`JsonConvert.DefaultSettings` with `CamelCasePropertyNamesContractResolver`): the job
+    /// item, `x-job-storage` and `x-job-agent-console` carry `agentClass`, `hangfireDb`,
+    /// `setKey`, ... instead of PascalCase names.
+    pub fn with_camel_case_json(mut self) -> Self {
+        self.camel_case = true;
         self
     }
 
@@ -285,13 +378,18 @@ impl Center {
         self.dispatch("stop", class, job_id)
     }
 
-    /// A `detail` dispatch, with a fresh job id.
+    /// A `detail` request as the center's dashboard sends it (`Server/HttpJob.cs`
+    /// `GetAgentJobDetail`): a GET to the job's URL carrying only `x-job-agent-class`,
+    /// `x-job-agent-action: detail` and, with basic auth, `Authorization`; no job id, item,
+    /// storage, console or body.
     pub fn detail(&self, class: &str) -> CenterRequest {
-        let id = format!("detail-{}", random_hex(4));
-        self.dispatch("detail", class, &id)
+        CenterRequest::new(self.clone(), Kind::Detail)
+            .method(Method::GET)
+            .set_action("detail")
+            .set_class(class)
     }
 
-    /// A dispatch with any action text (sent as given).
+    /// A dispatch with any action text (sent as given), shaped as a run.
     pub fn dispatch(&self, action: &str, class: &str, job_id: &str) -> CenterRequest {
         CenterRequest::new(self.clone(), Kind::Job)
             .set_action(action)
@@ -299,13 +397,24 @@ impl Center {
             .set_job_id(job_id)
     }
 
-    /// A heartbeat as the center's heartbeat server sends it: POST with a `?<guid>` query,
-    /// `x-job-agent-server`, the server id in `x-job-server`, the storage, and basic auth;
-    /// no class, no job id, no job item.
+    /// A heartbeat as the center's `JobAgentHeartBeatServer.SendHeartbeat` sends it: POST to
+    /// the job URL with `?<guid, 32 hex digits>` appended, `Accept: application/json`, basic
+    /// auth when set, `x-job-storage`, `x-job-agent-action: heartbeat`,
+    /// `x-job-agent-server: <host>:<port>` and `x-job-server: base64(<server id>)`; no class,
+    /// job id, item or body.
+    ///
+    /// # Panics
+    ///
+    /// On a center made [`without_storage_header`](Self::without_storage_header): such a
+    /// center never sends heartbeats.
     pub fn heartbeat(&self) -> CenterRequest {
+        assert!(
+            self.sends_heartbeats(),
+            "a center that cannot read its store (without_storage_header) sends no heartbeats"
+        );
         CenterRequest::new(self.clone(), Kind::Heartbeat)
             .set_action("heartbeat")
-            .query(guid())
+            .query(guid_n())
     }
 
     /// Polls `detail` of `class` until `done` holds for a reply, or panics after `within`
@@ -335,6 +444,7 @@ impl Center {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Job,
+    Detail,
     Heartbeat,
 }
 
@@ -373,7 +483,11 @@ impl fmt::Debug for CenterRequest {
 impl CenterRequest {
     fn new(center: Center, kind: Kind) -> Self {
         let basic = center.basic.clone();
-        let storage = center.storage.clone();
+        let storage = if center.storage_readable {
+            center.storage.clone()
+        } else {
+            None
+        };
         Self {
             center,
             kind,
@@ -531,7 +645,7 @@ impl CenterRequest {
             item.insert(k.to_owned(), v);
         };
         put("Url", json!(self.center.url));
-        put("Method", json!("POST"));
+        put("Method", json!(self.method.as_str()));
         put("Data", json!(self.data));
         put("ContentType", json!(self.content_type));
         put("Timeout", json!(20000));
@@ -560,7 +674,36 @@ impl CenterRequest {
         for (k, v) in &self.item {
             item.insert(k.clone(), v.clone());
         }
-        Value::Object(item).to_string()
+        let item = Value::Object(item);
+        if self.center.camel_case {
+            camel_cased(item).to_string()
+        } else {
+            item.to_string()
+        }
+    }
+
+    /// Whether the center sends a body (and its `Content-Type`): only when the job's method
+    /// is not GET and its `Data` is not empty (`Server/HttpJob.cs` `PrepareHttpRequestMessage`);
+    /// never with `detail` or heartbeats.
+    pub fn has_body(&self) -> bool {
+        self.kind == Kind::Job && self.method != Method::GET && !self.data.is_empty()
+    }
+
+    /// The `Content-Type` the center's HTTP stack sends with a body:
+    /// `<ContentType>; charset=utf-8`.
+    pub fn body_content_type(&self) -> String {
+        format!("{}; charset=utf-8", self.content_type)
+    }
+
+    /// JSON text as this center writes it (camel-cased keys when the center is).
+    fn center_json(&self, json: &str) -> String {
+        if !self.center.camel_case {
+            return json.to_owned();
+        }
+        match serde_json::from_str::<Value>(json) {
+            Ok(value) => camel_cased(value).to_string(),
+            Err(_) => json.to_owned(),
+        }
     }
 
     /// The URL this request goes to.
@@ -571,15 +714,21 @@ impl CenterRequest {
         }
     }
 
-    /// The headers as the center sends them, after overrides.
+    /// The headers as the center sends them, after overrides. The body's own `Content-Type`
+    /// is not among them (see [`has_body`](Self::has_body)).
     pub fn build_headers(&self) -> Vec<(String, String)> {
         let mut h: Vec<(String, String)> = Vec::new();
         let mut put = |k: &str, v: String| h.push((k.to_owned(), v));
+        let basic = self
+            .basic
+            .as_ref()
+            .filter(|(user, password)| !user.is_empty() && !password.is_empty());
         match self.kind {
             Kind::Heartbeat => {
+                // JobAgentHeartBeatServer.cs `SendHeartbeat`.
                 put("accept", "application/json".to_owned());
                 if let Some(storage) = &self.storage {
-                    put(headers::STORAGE, b64(storage));
+                    put(headers::STORAGE, b64(&self.center_json(storage)));
                 }
                 if let Some(action) = &self.action {
                     put(headers::ACTION, action.clone());
@@ -587,10 +736,35 @@ impl CenterRequest {
                 put(headers::AGENT_SERVER, self.center.agent_host_port());
                 put(headers::SERVER, b64(&self.center.server_id));
             }
-            Kind::Job => {
-                for (name, value) in &self.extra {
-                    put(name, b64(value));
+            Kind::Detail => {
+                // HttpJob.cs `GetAgentJobDetail`: the class and the action, nothing else.
+                if let Some(class) = &self.class {
+                    put(headers::CLASS, class.clone());
                 }
+                if let Some(action) = &self.action {
+                    put(headers::ACTION, action.clone());
+                }
+            }
+            Kind::Job => {
+                // HttpJob.cs `PrepareHttpRequestMessage`. `Accept: <ContentType>` first; every
+                // configured header is then added base64-encoded with TryAddWithoutValidation,
+                // which appends to `Accept`, cannot set content headers (`Content-Type` is the
+                // body's own, or absent), and loses `Authorization` to basic auth.
+                let mut accept = self.content_type.clone();
+                for (name, value) in &self.extra {
+                    let lower = name.to_ascii_lowercase();
+                    if lower == "accept" {
+                        accept.push_str(", ");
+                        accept.push_str(&b64(value));
+                    } else if CONTENT_HEADERS.contains(&lower.as_str())
+                        || (lower == "authorization" && basic.is_some())
+                    {
+                        continue;
+                    } else {
+                        put(name, b64(value));
+                    }
+                }
+                put("accept", accept);
                 put(
                     headers::SERVER,
                     b64(&format!(
@@ -606,17 +780,15 @@ impl CenterRequest {
                     put(headers::EXTRA, names.join("_@_"));
                 }
                 if let Some(storage) = &self.storage {
-                    put(headers::STORAGE, b64(storage));
+                    put(headers::STORAGE, b64(&self.center_json(storage)));
                 }
                 let job_id = self.job_id.clone().unwrap_or_default();
                 let console = self
                     .console
                     .clone()
                     .unwrap_or_else(|| ConsoleInfo::for_job(&job_id));
-                put(
-                    headers::CONSOLE,
-                    serde_json::to_string(&console).unwrap_or_default(),
-                );
+                let console = serde_json::to_string(&console).unwrap_or_default();
+                put(headers::CONSOLE, self.center_json(&console));
                 put(
                     headers::URL,
                     b64(&format!("{}/jobs/details/{job_id}", self.center.dashboard)),
@@ -628,10 +800,7 @@ impl CenterRequest {
                 }
             }
         }
-        if let Some((user, password)) = &self.basic
-            && !user.is_empty()
-            && !password.is_empty()
-        {
+        if let Some((user, password)) = basic {
             put(
                 "authorization",
                 format!("Basic {}", STANDARD.encode(format!("{user}:{password}"))),
@@ -676,12 +845,9 @@ impl CenterRequest {
             .client
             .request(self.method.clone(), self.target_url())
             .headers(map);
-        if self.kind == Kind::Job {
+        if self.has_body() {
             request = request
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    format!("{}; charset=utf-8", self.content_type),
-                )
+                .header(reqwest::header::CONTENT_TYPE, self.body_content_type())
                 .body(self.data.clone());
         }
         let response = request.send().await?;
@@ -850,11 +1016,22 @@ mod tests {
                 .unwrap_or_default()
                 .ends_with("42")
         );
-        assert_eq!(console["StartTime"].as_str().map(str::len), Some(28));
+        assert!(console.get("ProgressBarId").is_none(), "{console}");
+        let start = console["StartTime"].as_str().unwrap_or_default();
+        assert!(start.ends_with('Z') && start.len() <= 24, "{start}");
+        assert_eq!(get("accept"), "application/json");
         assert_eq!(get("authorization"), format!("Basic {}", b64("u:p")));
         assert!(get(headers::STORAGE).len() > 10);
 
-        let hb = center.heartbeat().build_headers();
+        let hb_request = center.heartbeat();
+        let query = hb_request.target_url();
+        let guid = query.rsplit('?').next().unwrap_or_default();
+        assert!(
+            guid.len() == 32 && guid.chars().all(|c| c.is_ascii_hexdigit()),
+            "{query}"
+        );
+        assert!(!hb_request.has_body());
+        let hb = hb_request.build_headers();
         assert!(
             hb.iter()
                 .any(|(k, v)| k == headers::AGENT_SERVER && v == "127.0.0.1:5000")
@@ -877,5 +1054,141 @@ mod tests {
         assert_eq!(reply.busy_job_id(), Some("77"));
         assert!(!reply.has_word("Run"));
         assert!(reply.has_word("Running"));
+    }
+
+    fn find(h: &[(String, String)], name: &str) -> Option<String> {
+        h.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+
+    // Server/Hangfire.HttpJob/Server/HttpJob.cs `GetConsoleInfo`: the StartTime is a
+    // DateTime of millisecond precision, written by Newtonsoft.
+    #[test]
+    fn start_time_is_written_as_newtonsoft_writes_a_utc_datetime() {
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(dotnet_utc(at(1_767_323_045_000)), "2026-01-02T03:04:05Z");
+        assert_eq!(dotnet_utc(at(1_767_323_045_120)), "2026-01-02T03:04:05.12Z");
+        assert_eq!(
+            dotnet_utc(at(1_767_323_045_123)),
+            "2026-01-02T03:04:05.123Z"
+        );
+        assert_eq!(
+            dotnet_utc(at(1_767_323_045_000) + Duration::from_nanos(123_456_700)),
+            "2026-01-02T03:04:05.1234567Z"
+        );
+        let c = ConsoleInfo::for_job_at("7", at(1_767_323_045_100) + Duration::from_nanos(999));
+        assert_eq!(c.start_time, "2026-01-02T03:04:05.1Z");
+        assert_eq!(c.set_key, format!("console:{:011x}7", 1_767_323_045_100u64));
+    }
+
+    // Server/Hangfire.HttpJob/Server/HttpJob.cs `PrepareHttpRequestMessage`.
+    #[test]
+    fn job_headers_the_http_stack_owns_arrive_as_the_center_sends_them() {
+        let center = Center::new("http://127.0.0.1:5000/jobagent");
+        let req = center
+            .run("A.B", "1")
+            .data("{}")
+            .header("Content-Type", "text/xml")
+            .header("Accept", "text/plain")
+            .header("Authorization", "Bearer t")
+            .header("tenant", "acme")
+            .basic_auth("u", "p");
+        let h = req.build_headers();
+        assert_eq!(
+            find(&h, headers::EXTRA).as_deref(),
+            Some("Content-Type_@_Accept_@_Authorization_@_tenant")
+        );
+        assert_eq!(find(&h, "content-type"), None, "the body carries its own");
+        assert!(req.has_body());
+        assert_eq!(req.body_content_type(), "application/json; charset=utf-8");
+        assert_eq!(
+            find(&h, "accept"),
+            Some(format!("application/json, {}", b64("text/plain")))
+        );
+        assert_eq!(
+            find(&h, "authorization"),
+            Some(format!("Basic {}", b64("u:p")))
+        );
+        assert_eq!(find(&h, "tenant"), Some(b64("acme")));
+
+        // Without basic auth the configured Authorization is sent base64-encoded; a GET (or
+        // empty Data) has no body and so no Content-Type at all.
+        let req = center
+            .run("A.B", "2")
+            .method(Method::GET)
+            .data("{}")
+            .header("Authorization", "Bearer t");
+        assert!(!req.has_body());
+        let h = req.build_headers();
+        assert_eq!(find(&h, "authorization"), Some(b64("Bearer t")));
+        assert!(!center.run("A.B", "3").has_body(), "empty Data");
+        let item: Value = serde_json::from_str(&req.item_json()).unwrap_or_default();
+        assert_eq!(item["Method"], json!("GET"));
+    }
+
+    // Server/Hangfire.HttpJob/Server/HttpJob.cs `GetAgentJobDetail`.
+    #[test]
+    fn detail_is_a_get_with_class_action_and_auth_only() {
+        let center = Center::new("http://127.0.0.1:5000/jobagent")
+            .with_storage(&Storage::postgresql("Host=h;Password=p"))
+            .with_basic_auth("u", "p");
+        let req = center.detail("A.B");
+        assert_eq!(req.method, Method::GET);
+        assert!(!req.has_body());
+        assert_eq!(req.target_url(), "http://127.0.0.1:5000/jobagent");
+        let mut names: Vec<String> = req.build_headers().into_iter().map(|(k, _)| k).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                "authorization".to_owned(),
+                headers::ACTION.to_owned(),
+                headers::CLASS.to_owned()
+            ]
+        );
+    }
+
+    // Server/Hangfire.HttpJob/Server/JobAgent/JobAgentHeartBeatServer.cs `SendHeartbeat`
+    // returns when the center could not read its storage; HttpJob.cs sends no x-job-storage.
+    #[test]
+    fn a_center_that_cannot_read_its_store_sends_none_and_no_heartbeats() {
+        let center = Center::new("http://127.0.0.1:5000/jobagent")
+            .with_storage(&Storage::postgresql("Host=h"))
+            .without_storage_header();
+        assert!(!center.sends_heartbeats());
+        let h = center.run("A.B", "1").build_headers();
+        assert_eq!(find(&h, headers::STORAGE), None);
+        assert!(find(&h, headers::CONSOLE).is_some());
+        let hb = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| center.heartbeat()));
+        assert!(hb.is_err(), "such a center sends no heartbeats");
+    }
+
+    #[test]
+    fn camel_case_center_writes_camel_case_json() {
+        assert_eq!(camel_case("AgentClass"), "agentClass");
+        assert_eq!(camel_case("URL"), "url");
+        assert_eq!(camel_case("Type"), "type");
+        assert_eq!(camel_case("HangfireDb"), "hangfireDb");
+        assert_eq!(camel_case("already"), "already");
+        let center = Center::new("http://127.0.0.1:5000/jobagent")
+            .with_storage(&Storage::postgresql("Host=h"))
+            .with_camel_case_json();
+        let req = center.run("A.B", "1");
+        let h = req.build_headers();
+        let storage = String::from_utf8(
+            STANDARD
+                .decode(find(&h, headers::STORAGE).unwrap_or_default())
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default();
+        let storage: Value = serde_json::from_str(&storage).unwrap_or_default();
+        assert_eq!(storage["hangfireDb"], json!("Host=h"));
+        assert_eq!(storage["type"], json!("postgresql"));
+        let console: Value = serde_json::from_str(&find(&h, headers::CONSOLE).unwrap_or_default())
+            .unwrap_or_default();
+        assert!(console["setKey"].is_string(), "{console}");
+        let item: Value = serde_json::from_str(&req.item_json()).unwrap_or_default();
+        assert_eq!(item["agentClass"], json!("A.B"));
     }
 }

@@ -599,7 +599,12 @@ async fn a_postgresql_storage_without_a_connection_string_is_refused_with_500() 
 
 #[tokio::test]
 async fn basic_auth_is_required_when_configured_and_failures_are_500() {
-    let svc = TestService::start_with(AgentOptions::new().basic_auth("center", "s3cret")).await;
+    let svc = TestService::start_with(
+        AgentOptions::new()
+            .log_only(true)
+            .basic_auth("center", "s3cret"),
+    )
+    .await;
     let c = svc.center();
     let refused = vec![
         ("no auth", c.run(TEST_JOB, "1201").no_auth()),
@@ -796,7 +801,7 @@ async fn the_center_item_with_every_field_and_extra_headers_is_accepted() {
 
 #[tokio::test]
 async fn a_custom_path_is_served_instead_of_the_default() {
-    let svc = TestService::start_with(AgentOptions::new().path("/jobs/agent")).await;
+    let svc = TestService::start_with(AgentOptions::new().log_only(true).path("/jobs/agent")).await;
     assert!(svc.agent_url().ends_with("/jobs/agent"));
     let c = svc.center();
     c.detail(TEST_JOB).send().await.assert_status(200);
@@ -822,7 +827,8 @@ async fn a_custom_path_is_served_instead_of_the_default() {
 #[tokio::test]
 async fn shutdown_cancels_running_jobs_and_refuses_new_runs() {
     let bound = Duration::from_secs(3);
-    let svc = TestService::start_with(AgentOptions::new().shutdown_timeout(bound)).await;
+    let svc =
+        TestService::start_with(AgentOptions::new().log_only(true).shutdown_timeout(bound)).await;
     let c = svc.center();
     c.run(TEST_JOB, "1801")
         .param(long())
@@ -868,7 +874,8 @@ async fn shutdown_cancels_running_jobs_and_refuses_new_runs() {
 #[tokio::test]
 async fn stopping_the_service_shuts_the_agent_down_within_the_bound() {
     let bound = Duration::from_secs(3);
-    let svc = TestService::start_with(AgentOptions::new().shutdown_timeout(bound)).await;
+    let svc =
+        TestService::start_with(AgentOptions::new().log_only(true).shutdown_timeout(bound)).await;
     let c = svc.center();
     c.run(TEST_JOB, "1901")
         .param(long())
