@@ -8,6 +8,7 @@
 
 pub mod baseline;
 pub mod center;
+pub mod hangfire;
 pub mod pg;
 pub mod proxy;
 pub mod replica;

@@ -528,11 +528,94 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Which generation of Hangfire.PostgreSql's tables a [`TestDb`] gets. Deployed centers run
+/// every generation since `Install.v3.sql` (the scripts are in Hangfire.PostgreSql's
+/// `src/Hangfire.PostgreSql/Scripts/`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generation {
+    /// The current tables (Install.v23): `bigserial` ids, `text` keys, `updatecount`,
+    /// `expireat timestamp with time zone` (since Install.v19, Hangfire.PostgreSql 1.9.10).
+    Current,
+    /// The oldest tables (Install.v3): `serial` (int4) ids, `varchar(100)` keys and fields,
+    /// no `updatecount` (Install.v4 adds it), and `expireat timestamp` without time zone,
+    /// which Hangfire writes and compares as naive UTC (`NOW() AT TIME ZONE 'UTC'` in the
+    /// ExpirationManager.cs of 1.9.9). The database's default time zone is
+    /// `America/Los_Angeles`, west of UTC, so a session that converts in its own zone
+    /// writes times Hangfire reads as 7 or 8 hours early.
+    Oldest,
+}
+
+impl Generation {
+    /// The database time zone the harness gives this generation's databases.
+    pub fn database_time_zone(self) -> Option<&'static str> {
+        match self {
+            Generation::Current => None,
+            Generation::Oldest => Some("America/Los_Angeles"),
+        }
+    }
+
+    /// Hangfire's "now" for this generation's `expireat`, as SQL: `now()` against
+    /// `timestamptz`, naive UTC against `timestamp` (ExpirationManager.cs, before and after
+    /// 1.9.10).
+    pub fn hangfire_now_sql(self) -> &'static str {
+        match self {
+            Generation::Current => "now()",
+            Generation::Oldest => "(now() at time zone 'utc')",
+        }
+    }
+
+    /// The `CREATE TABLE`s of this generation's `hash` and `set` in `schema` (quoted here).
+    fn tables_sql(self, schema: &str) -> String {
+        let s = quote_ident(schema);
+        match self {
+            Generation::Current => format!(
+                "CREATE TABLE {s}.hash (
+                     id bigserial PRIMARY KEY,
+                     key text NOT NULL,
+                     field text NOT NULL,
+                     value text,
+                     expireat timestamptz,
+                     updatecount int NOT NULL DEFAULT 0,
+                     UNIQUE (key, field));
+                 CREATE TABLE {s}.\"set\" (
+                     id bigserial PRIMARY KEY,
+                     key text NOT NULL,
+                     score double precision NOT NULL,
+                     value text NOT NULL,
+                     expireat timestamptz,
+                     updatecount int NOT NULL DEFAULT 0,
+                     UNIQUE (key, value));"
+            ),
+            // Shapes as in Install.v3.sql.
+            Generation::Oldest => format!(
+                "CREATE TABLE {s}.hash (
+                     id serial NOT NULL,
+                     key varchar(100) NOT NULL,
+                     field varchar(100) NOT NULL,
+                     value text NULL,
+                     expireat timestamp NULL,
+                     PRIMARY KEY (id),
+                     UNIQUE (key, field));
+                 CREATE TABLE {s}.\"set\" (
+                     id serial NOT NULL,
+                     key varchar(100) NOT NULL,
+                     score float8 NOT NULL,
+                     value text NOT NULL,
+                     expireat timestamp NULL,
+                     PRIMARY KEY (id),
+                     UNIQUE (key, value));"
+            ),
+        }
+    }
+}
+
 /// One fresh database with the Hangfire tables, dropped when the value is dropped.
 pub struct TestDb {
     server: Server,
     name: String,
     client: Client,
+    schema: String,
+    generation: Generation,
 }
 
 impl fmt::Debug for TestDb {
@@ -556,6 +639,25 @@ impl TestDb {
 
     /// Like [`new`](Self::new), returning the reason on failure.
     pub async fn try_new() -> Result<Self, String> {
+        Self::try_with(Generation::Current, SCHEMA).await
+    }
+
+    /// A fresh database with the oldest generation of the tables ([`Generation::Oldest`]).
+    pub async fn oldest() -> Self {
+        Self::with(Generation::Oldest, SCHEMA).await
+    }
+
+    /// A fresh database with `generation`'s tables in schema `schema` (any name; it is
+    /// quoted); panics when no server is available.
+    pub async fn with(generation: Generation, schema: &str) -> Self {
+        match Self::try_with(generation, schema).await {
+            Ok(db) => db,
+            Err(e) => panic!("no test database: {e}"),
+        }
+    }
+
+    /// Like [`with`](Self::with), returning the reason on failure.
+    pub async fn try_with(generation: Generation, schema: &str) -> Result<Self, String> {
         let server = tokio::task::spawn_blocking(server)
             .await
             .map_err(|e| format!("starting the server panicked: {e}"))??;
@@ -567,33 +669,29 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
             .await
             .map_err(|e| format!("cannot create database {name}: {e}"))?;
+        if let Some(zone) = generation.database_time_zone() {
+            admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} SET timezone TO '{zone}'",
+                    quote_ident(&name)
+                ))
+                .await
+                .map_err(|e| format!("cannot set the time zone of database {name}: {e}"))?;
+        }
         drop(admin);
         let client = server.connect(&name).await?;
         let db = Self {
             server,
             name,
             client,
+            schema: schema.to_owned(),
+            generation,
         };
         db.client
             .batch_execute(&format!(
-                "CREATE SCHEMA {s};
-                 CREATE TABLE {s}.hash (
-                     id bigserial PRIMARY KEY,
-                     key text NOT NULL,
-                     field text NOT NULL,
-                     value text,
-                     expireat timestamptz,
-                     updatecount int NOT NULL DEFAULT 0,
-                     UNIQUE (key, field));
-                 CREATE TABLE {s}.\"set\" (
-                     id bigserial PRIMARY KEY,
-                     key text NOT NULL,
-                     score double precision NOT NULL,
-                     value text NOT NULL,
-                     expireat timestamptz,
-                     updatecount int NOT NULL DEFAULT 0,
-                     UNIQUE (key, value));",
-                s = SCHEMA
+                "CREATE SCHEMA {};\n{}",
+                quote_ident(schema),
+                generation.tables_sql(schema)
             ))
             .await
             .map_err(|e| format!("cannot create the Hangfire tables: {e}"))?;
@@ -646,9 +744,19 @@ impl TestDb {
         &self.name
     }
 
-    /// The Hangfire schema (`hangfire`).
+    /// The Hangfire schema (`hangfire` unless created [`with`](Self::with) another).
     pub fn schema(&self) -> &str {
-        SCHEMA
+        &self.schema
+    }
+
+    /// The generation of the tables.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// A Hangfire table (`hash`, `set`, ...) of this database, quoted for SQL.
+    pub fn table(&self, table: &str) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(table))
     }
 
     /// Where the server comes from (the variable, or the throwaway server's directory).
@@ -700,14 +808,34 @@ impl TestDb {
         }
     }
 
-    /// The center's storage description for this database (schema `hangfire`, 7 days).
+    /// The center's storage description for this database (its schema, 7 days).
     pub fn storage(&self) -> Storage {
-        Storage::postgresql(self.connection_string())
+        Storage::postgresql(self.connection_string()).table_prefix(self.schema.clone())
+    }
+
+    /// How many seconds ahead of Hangfire's "now" the `expireat` of each row of `table`
+    /// (`hash` or `set`) under `key` is, read as Hangfire.PostgreSql's ExpirationManager of
+    /// this generation compares it (`timestamptz` against `now()`, naive UTC against
+    /// `now() at time zone 'utc'`), whatever this session's time zone. NULL reads as
+    /// `None`.
+    pub async fn expiry_ahead(&self, table: &str, key: &str) -> Vec<Option<f64>> {
+        let sql = format!(
+            "SELECT extract(epoch FROM expireat - {})::float8 FROM {} WHERE key = $1 ORDER BY id",
+            self.generation.hangfire_now_sql(),
+            self.table(table)
+        );
+        match self.client.query(&sql, &[&key]).await {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(e) => panic!("cannot read the expiry of {table} {key}: {e}"),
+        }
     }
 
     /// The raw values of a set, in insertion order (`ORDER BY id`), with their scores.
     pub async fn set_rows(&self, key: &str) -> Vec<(String, f64)> {
-        let sql = format!("SELECT value, score FROM {SCHEMA}.\"set\" WHERE key = $1 ORDER BY id");
+        let sql = format!(
+            "SELECT value, score FROM {} WHERE key = $1 ORDER BY id",
+            self.table("set")
+        );
         match self.client.query(&sql, &[&key]).await {
             Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
             Err(e) => panic!("cannot read set {key}: {e}"),
@@ -716,7 +844,10 @@ impl TestDb {
 
     /// The fields and values of a hash, in insertion order.
     pub async fn hash_rows(&self, key: &str) -> Vec<(String, Option<String>)> {
-        let sql = format!("SELECT field, value FROM {SCHEMA}.hash WHERE key = $1 ORDER BY id");
+        let sql = format!(
+            "SELECT field, value FROM {} WHERE key = $1 ORDER BY id",
+            self.table("hash")
+        );
         match self.client.query(&sql, &[&key]).await {
             Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
             Err(e) => panic!("cannot read hash {key}: {e}"),
@@ -725,7 +856,10 @@ impl TestDb {
 
     /// One hash field's value.
     pub async fn hash_value(&self, key: &str, field: &str) -> Option<String> {
-        let sql = format!("SELECT value FROM {SCHEMA}.hash WHERE key = $1 AND field = $2");
+        let sql = format!(
+            "SELECT value FROM {} WHERE key = $1 AND field = $2",
+            self.table("hash")
+        );
         match self.client.query_opt(&sql, &[&key, &field]).await {
             Ok(row) => row.and_then(|r| r.get(0)),
             Err(e) => panic!("cannot read hash {key} field {field}: {e}"),

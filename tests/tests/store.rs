@@ -81,9 +81,18 @@ async fn center_for(db: &TestDb, service: &TestService) -> Center {
     service.center().with_storage(&db.storage())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_lines_land_in_order_before_the_result() {
-    let db = TestDb::new().await;
+    console_order(TestDb::new().await).await;
+}
+
+/// The same against Install.v3's tables (int4 ids, varchar(100) keys, naive-UTC `expireat`) in a database west of UTC; shapes from Hangfire.PostgreSql's `src/Hangfire.PostgreSql/Scripts/Install.v3.sql`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_lines_land_in_order_before_the_result_oldest_tables() {
+    console_order(TestDb::oldest().await).await;
+}
+
+async fn console_order(db: TestDb) {
     let service = TestService::start().await;
     let center = center_for(&db, &service).await;
     let console = ConsoleInfo::for_job("s1");
@@ -131,9 +140,18 @@ async fn console_lines_land_in_order_before_the_result() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_jobs_and_threads_keep_each_console_in_order() {
-    let db = TestDb::new().await;
+    concurrent_order(TestDb::new().await).await;
+}
+
+/// The same against Install.v3's tables (int4 ids, varchar(100) keys, naive-UTC `expireat`) in a database west of UTC; shapes from Hangfire.PostgreSql's `src/Hangfire.PostgreSql/Scripts/Install.v3.sql`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_jobs_and_threads_keep_each_console_in_order_oldest_tables() {
+    concurrent_order(TestDb::oldest().await).await;
+}
+
+async fn concurrent_order(db: TestDb) {
     let service = TestService::start().await;
     let center = center_for(&db, &service).await;
     let mut consoles = Vec::new();
@@ -184,9 +202,18 @@ async fn concurrent_jobs_and_threads_keep_each_console_in_order() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_and_multibyte_texts_are_stored_by_reference() {
-    let db = TestDb::new().await;
+    references(TestDb::new().await).await;
+}
+
+/// The same against Install.v3's tables (int4 ids, varchar(100) keys, naive-UTC `expireat`) in a database west of UTC; shapes from Hangfire.PostgreSql's `src/Hangfire.PostgreSql/Scripts/Install.v3.sql`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_and_multibyte_texts_are_stored_by_reference_oldest_tables() {
+    references(TestDb::oldest().await).await;
+}
+
+async fn references(db: TestDb) {
     let service = TestService::start_with(AgentOptions::new().console_prefix("")).await;
     let center = center_for(&db, &service).await;
     let console = ConsoleInfo::for_job("r1");
@@ -212,6 +239,16 @@ async fn long_and_multibyte_texts_are_stored_by_reference() {
     let lines = db.console_lines(&console.set_key, &console.hash_key).await;
     let t = texts(&lines);
     assert_eq!(&t[1..6], &[long, cjk, short_cjk, emoji, "plain".to_owned()]);
+    // The referenced texts expire with the console (7 days), as Hangfire reads `expireat`.
+    let seven_days = 7.0 * 86_400.0;
+    let refs = db.expiry_ahead("hash", &console.hash_key).await;
+    assert!(
+        refs.len() == 3
+            && refs
+                .iter()
+                .all(|e| e.is_some_and(|e| (e - seven_days).abs() < 120.0)),
+        "reference expiry {refs:?} s"
+    );
 }
 
 #[tokio::test]
@@ -253,9 +290,18 @@ async fn progress_bars_and_the_job_list_progress() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_expire_after_the_configured_days() {
-    let db = TestDb::new().await;
+    expiry(TestDb::new().await).await;
+}
+
+/// The same against Install.v3's tables (int4 ids, varchar(100) keys, naive-UTC `expireat`) in a database west of UTC; shapes from Hangfire.PostgreSql's `src/Hangfire.PostgreSql/Scripts/Install.v3.sql`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_expire_after_the_configured_days_oldest_tables() {
+    expiry(TestDb::oldest().await).await;
+}
+
+async fn expiry(db: TestDb) {
     let service = TestService::start().await;
     let center = service
         .center()
@@ -269,34 +315,41 @@ async fn rows_expire_after_the_configured_days() {
         .await
         .assert_status(200);
     wait::result(&db, "e1", Duration::from_secs(10)).await;
-    let q = "SELECT min(extract(epoch FROM expireat - now()))::float8, max(extract(epoch FROM expireat - now()))::float8 FROM hangfire.\"set\" WHERE key = $1";
-    let row = db
-        .client()
-        .query_one(q, &[&console.set_key])
-        .await
-        .expect("expiry query");
-    let (lo, hi): (f64, f64) = (row.get(0), row.get(1));
+    // Read as Hangfire.PostgreSql's ExpirationManager.cs compares `expireat`: against
+    // `now()` (timestamptz, since Install.v19) or naive UTC (`timestamp`, before).
     let three_days = 3.0 * 86_400.0;
+    let within =
+        |e: Option<f64>| e.is_some_and(|e| e > three_days - 120.0 && e <= three_days + 1.0);
+    let lines = db.expiry_ahead("set", &console.set_key).await;
     assert!(
-        lo > three_days - 120.0 && hi <= three_days + 1.0,
-        "expiry {lo}..{hi} s"
+        !lines.is_empty() && lines.iter().all(|e| within(*e)),
+        "console expiry {lines:?} s ({:?})",
+        db.generation()
     );
-    let q = "SELECT extract(epoch FROM expireat - now())::float8 FROM hangfire.hash WHERE key = $1";
-    let row = db
-        .client()
-        .query_one(q, &[&"_agent_result_e1"])
-        .await
-        .expect("result expiry");
-    let e: f64 = row.get(0);
+    let result = db.expiry_ahead("hash", "_agent_result_e1").await;
     assert!(
-        e > three_days - 120.0 && e <= three_days + 1.0,
-        "result expiry {e} s"
+        result.len() == 1 && within(result[0]),
+        "result expiry {result:?} s"
+    );
+    let member = db.expiry_ahead("set", "_agent_result_").await;
+    assert!(
+        member.len() == 1 && within(member[0]),
+        "result member expiry {member:?} s"
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_outcome_is_reported_exactly_once() {
-    let db = TestDb::new().await;
+    outcomes(TestDb::new().await).await;
+}
+
+/// The same against Install.v3's tables (int4 ids, varchar(100) keys, naive-UTC `expireat`) in a database west of UTC; shapes from Hangfire.PostgreSql's `src/Hangfire.PostgreSql/Scripts/Install.v3.sql`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_is_reported_exactly_once_oldest_tables() {
+    outcomes(TestDb::oldest().await).await;
+}
+
+async fn outcomes(db: TestDb) {
     let service =
         TestService::start_with(AgentOptions::new().shutdown_timeout(Duration::from_secs(3))).await;
     let center = center_for(&db, &service).await;
@@ -498,7 +551,13 @@ async fn unusable_stores_are_refused_at_dispatch() {
             "Port",
         ),
         (
-            Storage::postgresql(db.connection_string()).table_prefix("bad;schema"),
+            // Any name Hangfire.PostgreSql takes is quoted and used; only what PostgreSQL
+            // cannot name is refused (longer than 63 bytes, or with NUL).
+            Storage::postgresql(db.connection_string()).table_prefix("s".repeat(64)),
+            "schema",
+        ),
+        (
+            Storage::postgresql(db.connection_string()).table_prefix("bad\0schema"),
             "schema",
         ),
         (Storage::postgresql(""), "HangfireDb"),
