@@ -35,7 +35,7 @@ const SETUP_ALLOWANCE: Duration = Duration::from_secs(10);
 pub(crate) fn build_pool(spec: &ConnSpec) -> Result<Pool, String> {
     let mut pg = spec.config.clone();
     pg.ssl_mode(spec.ssl.to_tokio());
-    pg.options(&session_options(spec.config.get_options()));
+    pg.options(session_options(spec.config.get_options()));
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
