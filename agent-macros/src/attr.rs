@@ -28,7 +28,8 @@ impl Kind {
 pub(crate) struct Args {
     pub(crate) kind: Option<(Kind, Span)>,
     pub(crate) class: Option<LitStr>,
-    pub(crate) register: bool,
+    /// `register` / `register = true|false`; unset registers too (as .NET does).
+    pub(crate) register: Option<bool>,
     pub(crate) register_id: Option<LitStr>,
     pub(crate) register_name: Option<LitStr>,
     pub(crate) register_cron: Option<LitStr>,
@@ -71,7 +72,7 @@ const NAMES: [&str; 10] = [
     "on_busy",
 ];
 
-const KNOWN: &str = "singleton, transient, hang, class = \"...\", register, register_id = \"...\", register_name = \"...\", register_cron = \"...\", constructor = \"path::to::fn\", on_busy = \"reject|discard|replace|queue\"";
+const KNOWN: &str = "singleton, transient, hang, class = \"...\", register = false, register_id = \"...\", register_name = \"...\", register_cron = \"...\", constructor = \"path::to::fn\", on_busy = \"reject|discard|replace|queue\"";
 
 impl Args {
     pub(crate) fn parse_meta(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
@@ -85,11 +86,10 @@ impl Args {
             "transient" => self.set_kind(Kind::Transient, &meta),
             "hang" => self.set_kind(Kind::Hang, &meta),
             "register" => {
-                flag(&meta, "register")?;
-                if self.register {
+                if self.register.is_some() {
                     return Err(meta.error("`register` is given twice"));
                 }
-                self.register = true;
+                self.register = Some(switch(&meta, "register")?);
                 Ok(())
             }
             "class" => {
@@ -215,6 +215,28 @@ fn flag(meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<()> {
         quote!(#path #rest),
         format!("`{name}` takes no value; write #[job_agent({name})]"),
     ))
+}
+
+/// Parses a flag that may be switched off: `name`, `name = true` or `name = false`.
+fn switch(meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<bool> {
+    if meta.input.is_empty() || meta.input.peek(Token![,]) {
+        return Ok(true);
+    }
+    let expected = || format!("`{name}` takes `true` or `false`, e.g. {name} = false");
+    let value = meta.value()?;
+    if value.peek(syn::LitBool) {
+        let lit: syn::LitBool = value.parse()?;
+        return Ok(lit.value);
+    }
+    let mut bad = proc_macro2::TokenStream::new();
+    while !value.is_empty() && !value.peek(Token![,]) {
+        let tt: proc_macro2::TokenTree = value.parse()?;
+        bad.extend([tt]);
+    }
+    if bad.is_empty() {
+        return Err(meta.error(expected()));
+    }
+    Err(syn::Error::new_spanned(bad, expected()))
 }
 
 /// Parses `name = "..."`, once.

@@ -52,17 +52,31 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         Some(path) => quote_spanned!(path.span()=> #path()),
         None => quote_spanned!(ident.span()=> <#ident as ::core::default::Default>::default()),
     };
-    let register = if parsed.register
-        || parsed.register_id.is_some()
-        || parsed.register_name.is_some()
-        || parsed.register_cron.is_some()
-    {
+    // Every job is registered (when the agent's auto-registration is on) unless it opts out,
+    // as on .NET; the id defaults to the type path and the name to the type name.
+    let register = if parsed.register == Some(false) {
+        if let Some(lit) = [
+            &parsed.register_id,
+            &parsed.register_name,
+            &parsed.register_cron,
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        {
+            return Err(syn::Error::new(
+                lit.span(),
+                "`register = false` opts this job out of auto-registration; remove it or the register_* arguments",
+            ));
+        }
+        quote!()
+    } else {
         let name_default = ident.to_string();
         let id = parsed
             .register_id
             .as_ref()
             .map(|l| quote!(#l))
-            .unwrap_or_else(|| quote!(#name_default));
+            .unwrap_or_else(|| quote!(#type_path));
         let name = parsed
             .register_name
             .as_ref()
@@ -76,8 +90,6 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         quote! {
             .with_register(::agent_sdk::__private::AutoRegister { id: #id, name: #name, cron: #cron })
         }
-    } else {
-        quote!()
     };
     let on_busy = match parsed.on_busy {
         None => quote!(),

@@ -145,7 +145,7 @@ impl Agent {
         &self.inner.runtime.options
     }
 
-    /// Registers the jobs that opted in (`#[job_agent(register, ...)]`) as recurring jobs at
+    /// Registers every job that did not opt out (`#[job_agent(register = false)]`) as a recurring job at
     /// the center, in the background, when auto-registration is configured
     /// (`JOBAGENT_AUTO_REGISTER` and friends); `None` when it is not.
     pub fn start_auto_registration(

@@ -372,7 +372,7 @@ impl AgentOptions {
         self
     }
 
-    /// Registers the jobs that opt in (`#[job_agent(register)]`) at the center when
+    /// Registers every job that does not opt out (`#[job_agent(register = false)]`) at the center when
     /// [`Agent::start_auto_registration`](crate::Agent::start_auto_registration) runs.
     pub fn auto_register(mut self, options: crate::center::AutoRegistrationOptions) -> Self {
         self.auto_register = Some(options);

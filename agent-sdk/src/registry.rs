@@ -46,7 +46,8 @@ impl BusyPolicy {
     }
 }
 
-/// What `#[job_agent(register, ...)]` asks the center to create at start-up.
+/// What `#[job_agent]` asks the center to create at start-up when auto-registration is on
+/// (every job unless it says `register = false`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AutoRegister {
     /// The recurring job's identifier at the center (`RecurringJobIdentifier`).
@@ -113,7 +114,7 @@ impl JobRegistration {
         self.kind
     }
 
-    /// The auto-registration request, when the job opted in.
+    /// The auto-registration request; `None` when the job opted out (`register = false`).
     pub fn auto_register(&self) -> Option<AutoRegister> {
         self.register
     }

@@ -25,7 +25,7 @@ async fn serve() -> Result<(), String> {
     let agent = Agent::new(options).map_err(|e| e.to_string())?;
     let app = example_agent::app(&agent);
     if agent.start_auto_registration().is_some() {
-        tracing::info!("registering the jobs that opt in at the center, in the background");
+        tracing::info!("registering the jobs at the center, in the background");
     }
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -1,5 +1,7 @@
-//! A TCP proxy in front of PostgreSQL that a test can cut and restore, to stage a store
-//! outage in the middle of a job.
+//! A TCP proxy in front of PostgreSQL that a test can cut, black-hole and restore, to stage
+//! a store outage in the middle of a job: a cut closes connections (the client sees an
+//! error at once), a black hole keeps them open and silent (no RST, no FIN), as a NAT or
+//! firewall that dropped its state does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,7 @@ use tokio::task::JoinHandle;
 pub struct Proxy {
     port: u16,
     up: Arc<AtomicBool>,
+    hole: tokio::sync::watch::Sender<bool>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -30,6 +33,7 @@ impl Proxy {
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let target = host.to_owned();
         let (up2, links2) = (up.clone(), links.clone());
+        let (hole, hole_rx) = tokio::sync::watch::channel(false);
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if !up2.load(Ordering::Acquire) {
@@ -37,17 +41,23 @@ impl Proxy {
                     continue;
                 }
                 let target = target.clone();
+                let mut hole = hole_rx.clone();
                 let link = tokio::spawn(async move {
+                    if *hole.borrow_and_update() {
+                        // Accepted, never answered, never closed.
+                        let _held = client;
+                        std::future::pending::<()>().await;
+                    }
                     if target.starts_with('/') {
                         #[cfg(unix)]
                         if let Ok(server) =
                             tokio::net::UnixStream::connect(format!("{target}/.s.PGSQL.{port}"))
                                 .await
                         {
-                            pipe(client, server).await;
+                            pipe(client, server, hole).await;
                         }
                     } else if let Ok(server) = TcpStream::connect((target.as_str(), port)).await {
-                        pipe(client, server).await;
+                        pipe(client, server, hole).await;
                     }
                 });
                 if let Ok(mut l) = links2.lock() {
@@ -58,6 +68,7 @@ impl Proxy {
         Self {
             port: local,
             up,
+            hole,
             links,
             accept,
         }
@@ -78,8 +89,21 @@ impl Proxy {
         }
     }
 
-    /// Accepts connections again.
+    /// Stops forwarding without closing anything: open connections go silent, new ones are
+    /// accepted and never answered. Nothing reaches either side until [`restore`](Self::restore).
+    pub fn black_hole(&self) {
+        self.hole.send_replace(true);
+    }
+
+    /// Forwards again. Connections that were black-holed are closed (as the dropped state of
+    /// a real middlebox would surface: the next packet gets a reset), new ones are forwarded.
     pub fn restore(&self) {
+        let holed = self.hole.send_replace(false);
+        if holed && let Ok(mut links) = self.links.lock() {
+            for link in links.drain(..) {
+                link.abort();
+            }
+        }
         self.up.store(true, Ordering::Release);
     }
 }
@@ -91,10 +115,16 @@ impl Drop for Proxy {
     }
 }
 
-async fn pipe<A, B>(mut a: A, mut b: B)
+async fn pipe<A, B>(mut a: A, mut b: B, mut hole: tokio::sync::watch::Receiver<bool>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = copy_bidirectional(&mut a, &mut b).await;
+    tokio::select! {
+        _ = copy_bidirectional(&mut a, &mut b) => {}
+        _ = hole.wait_for(|holed| *holed) => {
+            // Silent from now on: both sockets stay open until the link is aborted.
+            std::future::pending::<()>().await;
+        }
+    }
 }

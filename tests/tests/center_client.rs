@@ -611,8 +611,9 @@ fn invalid_urls_and_settings_are_refused_without_showing_secrets() {
 // ---------------------------------------------------------------------------------------------
 // Auto-registration.
 
-/// The example service's jobs that opted in: (class, id, name, cron).
-fn opted_in(registry: &Registry) -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+/// The example service's jobs that auto-registration sends (all that did not opt out):
+/// (class, id, name, cron).
+fn registered(registry: &Registry) -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
     registry
         .iter()
         .filter_map(|r| {
@@ -625,7 +626,7 @@ fn opted_in(registry: &Registry) -> Vec<(&'static str, &'static str, &'static st
 fn registry() -> Registry {
     let registry = Registry::from_inventory().expect("registry");
     assert!(
-        opted_in(&registry).len() >= 2,
+        registered(&registry).len() >= 2,
         "the example service's jobs are linked in"
     );
     registry
@@ -673,12 +674,12 @@ impl Logs {
 }
 
 #[tokio::test]
-async fn each_opted_in_job_is_registered_once() {
+async fn every_job_is_registered_once_with_dotnet_defaults() {
     let logs = Logs::default();
     let _guard = logs.capture();
     let center = Center::start(reply(204, "")).await;
     let registry = registry();
-    let jobs = opted_in(&registry);
+    let jobs = registered(&registry);
 
     let report = spawn_auto_register(&registry, options(&center.base()), "/jobagent")
         .await
@@ -686,6 +687,14 @@ async fn each_opted_in_job_is_registered_once() {
 
     assert!(report.all_succeeded(), "{report:?}");
     assert_eq!(report.jobs.len(), jobs.len());
+    // Every job, not only those that name an id; defaults as .NET's: the type path and the
+    // type name (Agent/Hangfire.HttpJob.Agent/JobAgentRegisterService.cs).
+    let test_job = "example_agent::jobs::TestJob";
+    assert!(
+        jobs.iter()
+            .any(|(class, id, name, _)| *class == test_job && *id == test_job && *name == "TestJob"),
+        "{jobs:?}"
+    );
     let seen = center.seen();
     assert_eq!(seen.len(), jobs.len());
     for (class, id, name, cron) in &jobs {
@@ -748,7 +757,7 @@ async fn a_failing_center_is_retried_with_backoff_until_it_answers() {
     let _guard = logs.capture();
     let center = Center::start(reply(204, "")).await;
     let registry = registry();
-    let n = opted_in(&registry).len();
+    let n = registered(&registry).len();
     // Two rounds fail (500, then a 503 from a proxy), the third succeeds.
     center.then((0..n).map(|_| reply(500, "database unavailable")));
     center.then((0..n).map(|_| reply(503, "starting")));
@@ -792,7 +801,7 @@ async fn registration_gives_up_after_the_retries() {
     let _guard = logs.capture();
     let center = Center::start(reply(500, "database unavailable")).await;
     let registry = registry();
-    let n = opted_in(&registry).len();
+    let n = registered(&registry).len();
 
     let report = spawn_auto_register(&registry, options(&center.base()).retries(2), "/jobagent")
         .await

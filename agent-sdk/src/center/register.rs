@@ -1,4 +1,5 @@
-//! Auto-registration: at start-up, create each opted-in job as a recurring job at the center.
+//! Auto-registration: at start-up, create each job (unless it opted out) as a recurring job at
+//! the center, as the .NET agent does.
 
 use std::time::Duration;
 
@@ -220,7 +221,7 @@ impl AutoRegistrationOptions {
     /// The request that registers one job.
     fn request_for(&self, reg: &JobRegistration, agent_url: &str) -> Option<HttpJobRequest> {
         let register = reg.auto_register()?;
-        let id = non_empty(register.id).unwrap_or(reg.class());
+        let id = non_empty(register.id).unwrap_or(reg.type_path());
         let name = non_empty(register.name).unwrap_or(id);
         let mut job = HttpJobRequest::agent(agent_url, reg.class(), name)
             .recurring_job_identifier(id)
@@ -298,7 +299,7 @@ pub struct JobRegistrationResult {
     pub outcome: RegistrationOutcome,
 }
 
-/// What auto-registration did, one entry per opted-in job, sorted by class.
+/// What auto-registration did, one entry per job registered, sorted by class.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RegistrationReport {
@@ -323,8 +324,8 @@ impl RegistrationReport {
     }
 }
 
-/// Registers, in the background, each job of `registry` that opted in (`#[job_agent(register
-/// ...)]`) as a recurring job at the center (`op=addrecurringjob`); the agent's URL is the
+/// Registers, in the background, each job of `registry` that did not opt out
+/// (`#[job_agent(register = false)]`) as a recurring job at the center (`op=addrecurringjob`); the agent's URL is the
 /// public URL joined with `agent_path` (e.g. [`AgentOptions::path_str`](crate::AgentOptions::path_str)).
 /// A job the center already has counts as success and is left as it is. Failures are retried
 /// with backoff; each job's outcome is logged once. Await the handle for the report, or drop

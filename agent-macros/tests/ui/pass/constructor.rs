@@ -43,7 +43,8 @@ fn main() {
         .find(&format!("{}::MyJob", module_path!()))
         .expect("MyJob is registered");
     assert_eq!(reg.kind(), JobKind::Transient);
-    assert_eq!(reg.auto_register(), None);
+    // Registered by default, with the type path as id.
+    assert_eq!(reg.auto_register().map(|a| a.id), Some(reg.type_path()));
     let other = registry.find("Jobs.Other").expect("OtherJob is registered");
     assert_eq!(other.class(), "Jobs.Other");
     assert_eq!(other.type_path(), format!("{}::OtherJob", module_path!()));

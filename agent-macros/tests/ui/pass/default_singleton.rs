@@ -22,5 +22,6 @@ fn main() {
     assert_eq!(reg.class(), path);
     assert_eq!(reg.type_path(), path);
     assert_eq!(reg.kind(), JobKind::Singleton);
-    assert_eq!(reg.auto_register(), None);
+    // Registered by default, with the type path as id.
+    assert_eq!(reg.auto_register().map(|a| a.id), Some(reg.type_path()));
 }

@@ -26,5 +26,6 @@ fn main() {
         .expect("registered under its class");
     assert_eq!(reg.type_path(), format!("{}::ModeJob", module_path!()));
     assert_eq!(reg.kind(), JobKind::Hang);
-    assert_eq!(reg.auto_register(), None);
+    // Registered by default, with the type path as id.
+    assert_eq!(reg.auto_register().map(|a| a.id), Some(reg.type_path()));
 }

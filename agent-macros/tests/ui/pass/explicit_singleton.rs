@@ -18,5 +18,6 @@ fn main() {
     let reg = registry.iter().next().expect("one job");
     assert_eq!(reg.class(), format!("{}::ReportJob", module_path!()));
     assert_eq!(reg.kind(), JobKind::Singleton);
-    assert_eq!(reg.auto_register(), None);
+    // Registered by default, with the type path as id.
+    assert_eq!(reg.auto_register().map(|a| a.id), Some(reg.type_path()));
 }

@@ -19,5 +19,6 @@ fn main() {
     assert_eq!(reg.class(), format!("{}::ListenerJob", module_path!()));
     assert_eq!(reg.kind(), JobKind::Hang);
     assert!(reg.kind().is_singleton());
-    assert_eq!(reg.auto_register(), None);
+    // Registered by default, with the type path as id.
+    assert_eq!(reg.auto_register().map(|a| a.id), Some(reg.type_path()));
 }

@@ -21,7 +21,7 @@ fn main() {
     assert_eq!(
         reg.auto_register(),
         Some(AutoRegister {
-            id: "PurgeJob",
+            id: concat!(module_path!(), "::PurgeJob"),
             name: "PurgeJob",
             cron: "0 3 * * *",
         })

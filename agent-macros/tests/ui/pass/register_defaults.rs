@@ -1,8 +1,10 @@
-//! `register` alone: the id and name default to the type's name, with no cron.
+//! No `register` argument: the job is registered as on .NET, the id defaulting to the
+//! type path and the name to the type name (`JobAgentRegisterService.cs` in
+//! yuzd/Hangfire.HttpJob `Agent/`), with no cron.
 
 use agent_sdk::{AutoRegister, JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
-#[job_agent(register)]
+#[job_agent]
 #[derive(Default)]
 pub struct NightlyJob;
 
@@ -21,7 +23,7 @@ fn main() {
     assert_eq!(
         reg.auto_register(),
         Some(AutoRegister {
-            id: "NightlyJob",
+            id: concat!(module_path!(), "::NightlyJob"),
             name: "NightlyJob",
             cron: "",
         })
