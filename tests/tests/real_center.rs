@@ -465,6 +465,15 @@ async fn a_center_that_sends_no_storage_works_with_the_agents_own_store() {
         .await;
     refused.assert_err(500);
     assert!(refused.body.contains("store"), "{refused:?}");
+    // detail needs no store: the dashboard can still look at such an agent.
+    let d = bare
+        .center()
+        .without_storage_header()
+        .detail(TEST_JOB)
+        .send()
+        .await;
+    d.assert_status(200);
+    assert!(d.has_word("Default"), "{d:?}");
 }
 
 // ---------------------------------------------------------------------------------------
