@@ -338,7 +338,12 @@ impl Runtime {
         } else {
             None
         };
-        let store = {
+        /// What the reservation leads to: a started run, or a claim to make first.
+        enum Next {
+            Started(Option<tokio::sync::oneshot::Receiver<()>>),
+            Claim(Arc<Store>, Dispatch),
+        }
+        let next = {
             let mut slot = lock(&state.slot);
             if reg.kind().is_singleton() {
                 if let Some(current) = slot.runs.first() {
@@ -377,13 +382,19 @@ impl Runtime {
                 None => {
                     let run = self.admit(reg, &mut slot, d, outlet);
                     drop(slot);
-                    self.spawn_drive(reg, run);
-                    return Ok(Start::Started);
+                    Next::Started(self.spawn_drive(reg, run))
                 }
                 Some(store) => {
                     slot.claiming = Some(d.job_id.clone());
-                    store
+                    Next::Claim(store, d)
                 }
+            }
+        };
+        let (store, d) = match next {
+            Next::Claim(store, d) => (store, d),
+            Next::Started(recorded) => {
+                Self::until_recorded(recorded).await;
+                return Ok(Start::Started);
             }
         };
         // A singleton with a shared store: claim it cluster-wide first, within the center's
@@ -416,33 +427,76 @@ impl Runtime {
             }
         };
         guard.armed = false;
-        let mut slot = lock(&state.slot);
-        slot.claiming = None;
-        match claimed {
-            Claimed::Yes(fence) => {
-                let run = self.admit(reg, &mut slot, d, outlet);
-                drop(slot);
-                let _ = run.cx.fence_cell().set(fence);
-                run.claimed.store(true, Ordering::Release);
-                self.spawn_drive(reg, run);
-                Ok(Start::Started)
+        let recorded = {
+            let mut slot = lock(&state.slot);
+            slot.claiming = None;
+            match claimed {
+                Claimed::Yes(fence) => {
+                    let run = self.admit(reg, &mut slot, d, outlet);
+                    drop(slot);
+                    let _ = run.cx.fence_cell().set(fence);
+                    run.claimed.store(true, Ordering::Release);
+                    self.spawn_drive(reg, run)
+                }
+                Claimed::Busy(holder) => {
+                    drop(slot);
+                    self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    let busy = Busy {
+                        job_id: holder.job_id,
+                        status: Status::Running,
+                        replica: Some(holder.instance),
+                    };
+                    return Ok(Start::Busy(busy, Box::new(d)));
+                }
             }
-            Claimed::Busy(holder) => {
-                drop(slot);
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                let busy = Busy {
-                    job_id: holder.job_id,
-                    status: Status::Running,
-                    replica: Some(holder.instance),
-                };
-                Ok(Start::Busy(busy, Box::new(d)))
-            }
-        }
+        };
+        Self::until_recorded(recorded).await;
+        Ok(Start::Started)
     }
 
-    fn spawn_drive(self: &Arc<Self>, reg: &'static JobRegistration, run: Arc<Run>) {
+    /// Spawns the run's task and, with a store, the write of its in-flight record; the
+    /// receiver says when the record has landed.
+    fn spawn_drive(
+        self: &Arc<Self>,
+        reg: &'static JobRegistration,
+        run: Arc<Run>,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let recorded = run.store.clone().map(|store| {
+            let (done, recorded) = tokio::sync::oneshot::channel();
+            let member = self.member.clone();
+            let cluster = self.options.cluster;
+            let job_id = run.cx.job_id().to_owned();
+            let record = RunRecord {
+                class: reg.class().to_owned(),
+                server_id: member.server_id.clone(),
+                started: crate::cluster::now_ms(),
+                action: "run".to_owned(),
+            };
+            *lock(&run.record) = Some(tokio::spawn(async move {
+                let write = store.record_run(&member, &job_id, &record, cluster);
+                match tokio::time::timeout(RECORD_WITHIN, write).await {
+                    Ok(Ok(())) => {
+                        let _ = done.send(());
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(job_id, error = %e, "could not record the run in flight")
+                    }
+                    Err(_) => tracing::debug!(job_id, "recording the run in flight timed out"),
+                }
+            }));
+            recorded
+        });
         let rt = self.clone();
         self.tracker.spawn(async move { rt.drive(reg, run).await });
+        recorded
+    }
+
+    /// Waits (briefly) until a run's in-flight record has landed before the run is answered,
+    /// so a crash right after the answer still leaves the record that reports the run lost.
+    async fn until_recorded(recorded: Option<tokio::sync::oneshot::Receiver<()>>) {
+        if let Some(recorded) = recorded {
+            let _ = tokio::time::timeout(RECORD_BEFORE_ANSWER, recorded).await;
+        }
     }
 
     /// Builds a run from the dispatch and enters it into its class.
@@ -527,22 +581,6 @@ impl Runtime {
                 reg.kind()
             )
         });
-        if let Some(store) = &run.store {
-            let (store, member) = (store.clone(), self.member.clone());
-            let cluster = self.options.cluster;
-            let job_id = cx.job_id().to_owned();
-            let record = RunRecord {
-                class: reg.class().to_owned(),
-                server_id: member.server_id.clone(),
-                started: crate::cluster::now_ms(),
-                action: "run".to_owned(),
-            };
-            *lock(&run.record) = Some(tokio::spawn(async move {
-                if let Err(e) = store.record_run(&member, &job_id, &record, cluster).await {
-                    tracing::debug!(job_id, error = %e, "could not record the run in flight");
-                }
-            }));
-        }
         // Only a claimed singleton renews its claim.
         let mut renewal = None;
         if run.claimed.load(Ordering::Acquire)
@@ -827,6 +865,11 @@ impl Drop for Claiming<'_> {
         }
     }
 }
+
+/// How long a run's answer waits for its in-flight record.
+const RECORD_BEFORE_ANSWER: Duration = Duration::from_secs(1);
+/// How long writing the in-flight record may take before it is given up.
+const RECORD_WITHIN: Duration = Duration::from_secs(30);
 
 /// How long releasing an undecided claim may take before it is left to lapse.
 const RELEASE_WITHIN: Duration = Duration::from_secs(30);

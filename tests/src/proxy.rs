@@ -44,8 +44,8 @@ impl Proxy {
                 let mut hole = hole_rx.clone();
                 let link = tokio::spawn(async move {
                     if *hole.borrow_and_update() {
-                        // Accepted, never answered, never closed.
-                        let _held = client;
+                        // Accepted, never answered, never closed (the task owns `client`
+                        // until it is aborted).
                         std::future::pending::<()>().await;
                     }
                     if target.starts_with('/') {
@@ -120,11 +120,12 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::select! {
-        _ = copy_bidirectional(&mut a, &mut b) => {}
-        _ = hole.wait_for(|holed| *holed) => {
-            // Silent from now on: both sockets stay open until the link is aborted.
-            std::future::pending::<()>().await;
-        }
+    let holed = tokio::select! {
+        _ = copy_bidirectional(&mut a, &mut b) => false,
+        res = hole.wait_for(|holed| *holed) => res.is_ok(),
+    };
+    if holed {
+        // Silent from now on: both sockets stay open until the link is aborted.
+        std::future::pending::<()>().await;
     }
 }

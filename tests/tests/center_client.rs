@@ -613,7 +613,9 @@ fn invalid_urls_and_settings_are_refused_without_showing_secrets() {
 
 /// The example service's jobs that auto-registration sends (all that did not opt out):
 /// (class, id, name, cron).
-fn registered(registry: &Registry) -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+fn registered(
+    registry: &Registry,
+) -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
     registry
         .iter()
         .filter_map(|r| {
@@ -691,8 +693,9 @@ async fn every_job_is_registered_once_with_dotnet_defaults() {
     // type name (Agent/Hangfire.HttpJob.Agent/JobAgentRegisterService.cs).
     let test_job = "example_agent::jobs::TestJob";
     assert!(
-        jobs.iter()
-            .any(|(class, id, name, _)| *class == test_job && *id == test_job && *name == "TestJob"),
+        jobs.iter().any(|(class, id, name, _)| *class == test_job
+            && *id == test_job
+            && *name == "TestJob"),
         "{jobs:?}"
     );
     let seen = center.seen();

@@ -149,7 +149,8 @@ async fn the_example_service_refuses_storeless_runs_unless_told_otherwise() {
     let reply = refusing.center().run(SINGLETON, "e1").send().await;
     reply.assert_err(500);
     assert!(reply.body.contains("JOBAGENT_STORE"), "{}", reply.body);
-    let log_only = Replica::start("example-log-only", &[("JOBAGENT_LOG_ONLY", "true".into())]).await;
+    let log_only =
+        Replica::start("example-log-only", &[("JOBAGENT_LOG_ONLY", "true".into())]).await;
     log_only
         .center()
         .run(SINGLETON, "e2")
@@ -174,7 +175,10 @@ async fn replicas_sharing_a_store_present_one_agent_server_id_across_restarts() 
             .clone()
             .unwrap_or_else(|| panic!("no agentServerId: {}", reply.body))
     };
-    let run = a.center().run(SINGLETON, "r1").param(json!({"sleep_ms": 60000}));
+    let run = a
+        .center()
+        .run(SINGLETON, "r1")
+        .param(json!({"sleep_ms": 60000}));
     let run_id = id_of(run.send().await);
     let heartbeat_b = id_of(b.center().heartbeat().send().await);
     let heartbeat_a = id_of(a.center().heartbeat().send().await);
@@ -301,7 +305,11 @@ async fn agent_timeout_bounds_a_hang_jobs_wait_and_a_stop_stays_a_stop() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_on_a_black_holed_store_is_answered_in_time_and_frees_the_class() {
     let db = TestDb::new().await;
-    let proxy = Proxy::start(&part(&db, "Host"), part(&db, "Port").parse().unwrap_or(5432)).await;
+    let proxy = Proxy::start(
+        &part(&db, "Host"),
+        part(&db, "Port").parse().unwrap_or(5432),
+    )
+    .await;
     let via_proxy = with_port(&db, proxy.port());
     let service =
         TestService::start_with(AgentOptions::new().store(via_proxy, "hangfire", 7.0)).await;
@@ -320,7 +328,10 @@ async fn a_claim_on_a_black_holed_store_is_answered_in_time_and_frees_the_class(
         .await;
     let took = asked.elapsed();
     reply.assert_err(500);
-    assert!(took < Duration::from_millis(2000), "answered after {took:?}");
+    assert!(
+        took < Duration::from_millis(2000),
+        "answered after {took:?}"
+    );
     assert!(reply.body.contains("cannot decide"), "{}", reply.body);
     // A center Timeout below 1 means 5 s.
     let asked = Instant::now();
@@ -330,7 +341,11 @@ async fn a_claim_on_a_black_holed_store_is_answered_in_time_and_frees_the_class(
         .send()
         .await;
     reply.assert_err(500);
-    assert!(asked.elapsed() < Duration::from_secs(5), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
     proxy.restore();
     // The class is free again once the store answers: a run is accepted and succeeds.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -65,9 +65,13 @@ pub(crate) async fn run(name: &str, s: &Settings, r: &mut Report) -> Result<(), 
 }
 
 /// The example service's environment: its log level (default `info`, its own default; to
-/// stdout, which the bench discards) and whatever the scenario adds.
+/// stdout, which the bench discards), log-only runs for the scenarios whose center sends no
+/// store (dispatch, stop), and whatever the scenario adds.
 fn agent_env(s: &Settings, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
-    let mut env = vec![("RUST_LOG", s.agent_log.clone())];
+    let mut env = vec![
+        ("RUST_LOG", s.agent_log.clone()),
+        ("JOBAGENT_LOG_ONLY", "true".to_owned()),
+    ];
     env.extend(extra.iter().cloned());
     env
 }

@@ -62,7 +62,7 @@ fn usage() -> ExitCode {
 }
 
 async fn drive(requests: u64, baseline: bool) -> Result<(), String> {
-    let agent = Agent::new(AgentOptions::default()).map_err(|e| e.to_string())?;
+    let agent = Agent::new(AgentOptions::default().log_only(true)).map_err(|e| e.to_string())?;
     let app = if baseline {
         tests::baseline::router()
     } else {
