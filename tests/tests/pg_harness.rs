@@ -2,7 +2,8 @@
 //! the dashboard-style readers.
 
 use serde_json::json;
-use tests::pg::{DATABASE_URL_VAR, SCHEMA, TestDb};
+use tests::hangfire::ExpirationPass;
+use tests::pg::{DATABASE_URL_VAR, Generation, SCHEMA, TestDb};
 
 async fn tables(db: &TestDb) -> Vec<String> {
     let rows = db
@@ -144,4 +145,104 @@ async fn readers_read_the_dashboard_way() {
     );
     assert_eq!(db.result("43").await, None);
     assert_eq!(db.result_ids().await, ["42"]);
+}
+
+/// The column types of `table`, by name, in order.
+async fn columns(db: &TestDb, table: &str) -> Vec<(String, String)> {
+    let rows = db
+        .client()
+        .query(
+            "SELECT column_name::text, format_type(atttypid, atttypmod) FROM information_schema.columns c \
+             JOIN pg_attribute a ON a.attrelid = format('%I.%I', c.table_schema, c.table_name)::regclass \
+             AND a.attname = c.column_name \
+             WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+            &[&db.schema(), &table],
+        )
+        .await
+        .expect("list columns");
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+/// The oldest generation has Install.v3.sql's shapes (Hangfire.PostgreSql's
+/// `src/Hangfire.PostgreSql/Scripts/Install.v3.sql`) in a database west of UTC; the current
+/// one has `bigint` ids, `text` keys, `updatecount` and `timestamptz` (Install.v11, v12, v4,
+/// v19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generations_have_their_table_shapes() {
+    let old = TestDb::oldest().await;
+    let cols = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        columns(&old, "hash").await,
+        cols(&[
+            ("id", "integer"),
+            ("key", "character varying(100)"),
+            ("field", "character varying(100)"),
+            ("value", "text"),
+            ("expireat", "timestamp without time zone"),
+        ])
+    );
+    assert_eq!(
+        columns(&old, "set").await,
+        cols(&[
+            ("id", "integer"),
+            ("key", "character varying(100)"),
+            ("score", "double precision"),
+            ("value", "text"),
+            ("expireat", "timestamp without time zone"),
+        ])
+    );
+    let zone: String = old
+        .connect()
+        .await
+        .query_one("SELECT current_setting('TimeZone')", &[])
+        .await
+        .expect("zone")
+        .get(0);
+    assert_eq!(zone, "America/Los_Angeles");
+    let new = TestDb::with(Generation::Current, "hangfire-prod").await;
+    assert_eq!(new.schema(), "hangfire-prod");
+    assert_eq!(
+        columns(&new, "hash").await,
+        cols(&[
+            ("id", "bigint"),
+            ("key", "text"),
+            ("field", "text"),
+            ("value", "text"),
+            ("expireat", "timestamp with time zone"),
+            ("updatecount", "integer"),
+        ])
+    );
+}
+
+/// The expiration pass deletes what Hangfire deletes, per generation: naive UTC in the past
+/// goes, naive UTC an hour ahead stays, however far west the session is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expiration_pass_compares_as_hangfire_does() {
+    let old = TestDb::oldest().await;
+    old.client()
+        .batch_execute(&format!(
+            "INSERT INTO {h} (key, field, value, expireat) VALUES \
+             ('gone', 'f', 'v', (now() at time zone 'utc') - interval '1 minute'), \
+             ('kept', 'f', 'v', (now() at time zone 'utc') + interval '1 hour'), \
+             ('forever', 'f', 'v', NULL)",
+            h = old.table("hash")
+        ))
+        .await
+        .expect("insert");
+    let pass = ExpirationPass::start(&old, std::time::Duration::from_millis(100)).await;
+    pass.wait_passes(2, std::time::Duration::from_secs(10))
+        .await;
+    assert!(old.hash_rows("gone").await.is_empty());
+    assert_eq!(old.hash_rows("kept").await.len(), 1);
+    assert_eq!(old.hash_rows("forever").await.len(), 1);
+    assert_eq!((pass.deleted(), pass.errors()), (1, 0));
+    let ahead = old.expiry_ahead("hash", "kept").await;
+    assert!(
+        ahead.len() == 1 && ahead[0].is_some_and(|e| (e - 3600.0).abs() < 60.0),
+        "{ahead:?}"
+    );
 }
