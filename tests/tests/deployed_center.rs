@@ -126,6 +126,57 @@ async fn log_only_runs_are_an_explicit_choice() {
         .assert_status(200);
 }
 
+/// What `Agent::new(options)` logs (on this thread), as text.
+fn startup_log(options: AgentOptions) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let _ = Agent::new(options).expect("valid options");
+    });
+    let bytes = buf.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[test]
+fn the_start_up_line_says_which_store_mode_is_in_force() {
+    let refusing = startup_log(AgentOptions::new());
+    assert!(
+        refusing.contains("job agent ready") && refusing.contains("runs without one are refused"),
+        "{refusing}"
+    );
+    assert!(refusing.contains("JOBAGENT_STORE"), "{refusing}");
+    let log_only = startup_log(AgentOptions::new().log_only(true));
+    assert!(log_only.contains("JOBAGENT_LOG_ONLY"), "{log_only}");
+    let own = startup_log(AgentOptions::new().store(
+        "Host=db.internal;Database=hangfire;Username=u;Password=hunter2",
+        "hangfire",
+        7.0,
+    ));
+    assert!(
+        own.contains("its own store (db.internal/hangfire)"),
+        "{own}"
+    );
+    assert!(!own.contains("hunter2"), "{own}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agents_own_store_takes_runs_the_center_sent_no_store_for() {
     let db = TestDb::new().await;
