@@ -94,6 +94,12 @@ pub mod __private {
         crate::store::check_schema(schema)
     }
 
+    /// Not public API, used by `jobagent-dev`: a Hangfire schema name quoted for SQL as the
+    /// agent quotes it.
+    pub fn quote_schema(schema: &str) -> String {
+        crate::store::quote_ident(schema)
+    }
+
     /// Not public API, used by generated code: boxes a job for the registry.
     pub fn into_dyn<T: crate::JobAgent>(job: T) -> std::sync::Arc<dyn DynJob> {
         std::sync::Arc::new(job)

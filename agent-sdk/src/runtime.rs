@@ -341,7 +341,7 @@ impl Runtime {
         /// What the reservation leads to: a started run, or a claim to make first.
         enum Next {
             Started(Option<tokio::sync::oneshot::Receiver<()>>),
-            Claim(Arc<Store>, Dispatch),
+            Claim(Arc<Store>, Box<Dispatch>),
         }
         let next = {
             let mut slot = lock(&state.slot);
@@ -386,12 +386,12 @@ impl Runtime {
                 }
                 Some(store) => {
                     slot.claiming = Some(d.job_id.clone());
-                    Next::Claim(store, d)
+                    Next::Claim(store, Box::new(d))
                 }
             }
         };
         let (store, d) = match next {
-            Next::Claim(store, d) => (store, d),
+            Next::Claim(store, d) => (store, *d),
             Next::Started(recorded) => {
                 Self::until_recorded(recorded).await;
                 return Ok(Start::Started);

@@ -639,7 +639,7 @@ mod tests {
             (&["run", "a::B", "--agent", "http://u:p@x/"], "credentials"),
             (&["run", "a::B", "--agent", "not a url"], "not a URL"),
             (&["run", "a::B", "--user", "u"], "--password"),
-            (&["run", "a::B", "--schema", "1x"], "--schema"),
+            (&["run", "a::B", "--schema", &"s".repeat(64)], "--schema"),
             (&["run", "a::B", "--header", "novalue"], "name=value"),
             (&["run", "a::B", "--header", "x-job-id=1"], "center's own"),
             (&["run", "a::B", "--header", "bad name=1"], "header name"),

@@ -146,7 +146,7 @@ impl<'a> Reader<'a> {
         Self {
             spec,
             client: Some(client),
-            schema: format!("\"{schema}\""),
+            schema: agent_sdk::__private::quote_schema(schema),
             failing_since: None,
         }
     }
