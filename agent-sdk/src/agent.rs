@@ -120,8 +120,16 @@ impl Agent {
         Ok(agent)
     }
 
-    /// The router that answers the center at the configured path. Merge or nest it into the
-    /// host's router; it carries its own state.
+    /// The router that answers the center at the configured path. Merge it into the host's
+    /// router (it carries its own state); the host's own routes win for their paths.
+    ///
+    /// It matches as the .NET agent's ASP.NET `app.Map(path)` does, so job URLs written for
+    /// it keep working: case-insensitively and by prefix (`/JobAgent`, `/jobagent/`,
+    /// `/jobagent/x`), through routes for the path as configured plus a fallback for the
+    /// other spellings. axum panics when two merged routers both have a fallback, so a host
+    /// with its own fallback sets it after merging
+    /// (`Router::new().merge(agent.router()).fallback(f)`): that replaces the agent's, and then
+    /// only the path as configured (and `path/`, `path/...`) reaches the agent.
     pub fn router<S>(&self) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,

@@ -91,6 +91,12 @@ pub(crate) struct Command {
     pub(crate) class: String,
     pub(crate) job_id: String,
     pub(crate) stop_id: String,
+    /// The stop dispatch's console, where the replica's `on_stop` writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) console: Option<crate::request::ConsoleTarget>,
+    /// The stop dispatch's parameter.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) param: String,
 }
 
 /// The outcome of a claim attempt.

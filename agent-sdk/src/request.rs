@@ -5,7 +5,7 @@ use std::fmt;
 
 use axum::http::{HeaderMap, HeaderValue};
 use serde::de::Error as _;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::DispatchError;
@@ -67,7 +67,8 @@ impl Action {
 /// that differs only in ASCII case (a center whose host sets camelCase JSON defaults sends
 /// `setKey`, `hashKey`, `startTime`). The real center sends no `ProgressBarId` (bars start
 /// at 1).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
 #[non_exhaustive]
 pub struct ConsoleTarget {
     /// The set key, `console:<id>`.
@@ -229,6 +230,24 @@ impl<'h> CenterHeaders<'h> {
 }
 
 impl Dispatch {
+    /// A stop dispatch as another replica received it and passed it on (its id, parameter
+    /// and console), for the `on_stop` context of the replica that runs the job.
+    pub(crate) fn for_remote_stop(stop_id: &str, param: &str, console: &ConsoleTarget) -> Self {
+        Self {
+            action: Action::Stop,
+            class: None,
+            job_id: stop_id.to_owned(),
+            item: LazyItem::default(),
+            job_url: None,
+            server_id: None,
+            storage: None,
+            console: Some(console.clone()),
+            headers: BTreeMap::new(),
+            agent_server: None,
+            body: param.to_owned(),
+        }
+    }
+
     /// Decodes headers and body; every failure names the header and the problem.
     pub(crate) fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Self, DispatchError> {
         let h = CenterHeaders::find(headers);

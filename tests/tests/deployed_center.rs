@@ -2,7 +2,7 @@
 //! `agentServerId` behind one URL, the stop's own console, `AgentTimeout` over a hang job's
 //! wait, answers within the center's HTTP timeout, and auto-registration of every job.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use agent_sdk::{Agent, AgentOptions, JobAgent, JobContext, JobError, job_agent};
@@ -18,8 +18,17 @@ const SINGLETON: &str = "example_agent::jobs::TestJob";
 const HANG: &str = "example_agent::jobs::TestHangJob";
 const STOP_ECHO: &str = "deployed_center::StopEchoJob";
 
-/// How many times `StopEchoJob::on_stop` ran.
-static ON_STOP_CALLS: AtomicUsize = AtomicUsize::new(0);
+/// The stop ids `StopEchoJob::on_stop` ran for.
+static ON_STOP_CALLS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn on_stop_calls(prefix: &str) -> usize {
+    ON_STOP_CALLS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|id| id.starts_with(prefix))
+        .count()
+}
 
 /// Runs until stopped; its `on_stop` writes the id it was given to the console it was given,
 /// then takes 800 ms to wind down, so the run stays Stopping for a while.
@@ -34,7 +43,10 @@ impl JobAgent for StopEchoJob {
     }
 
     async fn on_stop(&self, cx: &JobContext) -> Result<(), JobError> {
-        ON_STOP_CALLS.fetch_add(1, Ordering::SeqCst);
+        ON_STOP_CALLS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cx.job_id().to_owned());
         let why: String = cx.param("why")?.unwrap_or_default();
         cx.console()
             .info(format!("on_stop for job {} because {why}", cx.job_id()));
@@ -287,7 +299,6 @@ async fn a_stop_writes_to_its_own_console_and_is_not_repeated_while_stopping() {
         .send()
         .await
         .assert_status(200);
-    let before = ON_STOP_CALLS.load(Ordering::SeqCst);
     let stop_console = ConsoleInfo::for_job("s1-stop");
     center
         .stop(STOP_ECHO, "s1-stop")
@@ -307,7 +318,7 @@ async fn a_stop_writes_to_its_own_console_and_is_not_repeated_while_stopping() {
     assert_eq!(stop["RunId"], "s1", "{stop}");
     let run = wait::result(&db, "s1", Duration::from_secs(10)).await;
     assert_eq!(run["R"], "ok", "{run}");
-    assert_eq!(ON_STOP_CALLS.load(Ordering::SeqCst), before + 1);
+    assert_eq!(on_stop_calls("s1-stop"), 1);
     let stop_lines = texts(&db, &stop_console).await;
     assert!(
         stop_lines
@@ -321,6 +332,44 @@ async fn a_stop_writes_to_its_own_console_and_is_not_repeated_while_stopping() {
         "{run_lines:?}"
     );
     assert!(db.result("s1-stop2").await.is_none());
+}
+
+// Item 9 across replicas: a stop received by one replica for a run on another gives that
+// replica's on_stop the stop's context and console.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_through_another_replica_writes_to_the_stops_console() {
+    let db = TestDb::new().await;
+    let a = TestService::start_with(with_store(&db).instance("replica-a")).await;
+    let b = TestService::start_with(with_store(&db).instance("replica-b")).await;
+    a.center()
+        .run(STOP_ECHO, "x1")
+        .send()
+        .await
+        .assert_status(200);
+    let stop_console = ConsoleInfo::for_job("x1-stop");
+    let reply = b
+        .center()
+        .stop(STOP_ECHO, "x1-stop")
+        .param(json!({"why": "deploy"}))
+        .console(stop_console.clone())
+        .send()
+        .await;
+    reply.assert_status(200);
+    assert!(reply.body.contains("other replica"), "{}", reply.body);
+    let stop = wait::result(&db, "x1-stop", Duration::from_secs(15)).await;
+    assert_eq!(stop["R"], "ok", "{stop}");
+    assert_eq!(stop["RunId"], "x1", "{stop}");
+    let lines = texts(&db, &stop_console).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("on_stop for job x1-stop because deploy")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        wait::result(&db, "x1", Duration::from_secs(10)).await["R"],
+        "ok"
+    );
 }
 
 // Item 10. On .NET AgentTimeout covers the whole run, a hang job's wait included

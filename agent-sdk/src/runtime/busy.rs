@@ -62,6 +62,8 @@ impl Runtime {
                     class: reg.class().to_owned(),
                     job_id: busy.job_id.clone(),
                     stop_id: format!("replace-{}", d.job_id),
+                    console: None,
+                    param: String::new(),
                 };
                 if let Err(e) = store.send_command(instance, &command).await {
                     tracing::warn!(error = %e, "could not ask the replica to stop the running instance");

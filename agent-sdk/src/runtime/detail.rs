@@ -46,15 +46,25 @@ impl Runtime {
     ) -> Result<String, DispatchError> {
         let mut remote: Vec<ClusterRun> = Vec::new();
         let mut holder = None;
+        // The center waits its default 5 s for detail: the store may take three quarters.
+        let deadline = super::stop::deadline_for(None);
+        let mut unseen = false;
         if let Some(store) = self.shared(outlet) {
             if reg.kind().is_singleton() {
-                if let Ok(Some((claim, true))) = store.claim_of(reg.class()).await
-                    && claim.server_id != self.member.server_id
-                {
-                    holder = Some(claim);
+                match super::stop::within(deadline, store.claim_of(reg.class())).await {
+                    Ok(Some((claim, true))) if claim.server_id != self.member.server_id => {
+                        holder = Some(claim);
+                    }
+                    Ok(_) => {}
+                    Err(_) => unseen = true,
                 }
-            } else if let Ok(runs) = store.remote_runs(&self.member, reg.class()).await {
-                remote = runs;
+            } else {
+                match super::stop::within(deadline, store.remote_runs(&self.member, reg.class()))
+                    .await
+                {
+                    Ok(runs) => remote = runs,
+                    Err(_) => unseen = true,
+                }
             }
         }
         let slot = lock(&self.state(reg).slot);
@@ -63,6 +73,12 @@ impl Runtime {
         detail_line!(out, "JobClass: {}", reg.class());
         detail_line!(out, "Kind: {}", reg.kind());
         detail_line!(out, "Replica: {}", self.member.instance);
+        if unseen {
+            detail_line!(
+                out,
+                "Cluster: the shared store did not answer in time; this shows this replica only"
+            );
+        }
         if reg.kind().is_singleton() {
             detail_line!(out, "BusyPolicy: {}", reg.on_busy().as_str());
             if let (None, Some(claim)) = (slot.runs.first(), &holder) {

@@ -119,6 +119,8 @@ impl Runtime {
                     class: reg.class().to_owned(),
                     job_id: job_id.clone(),
                     stop_id: stop_id.clone(),
+                    console: d.console.clone(),
+                    param: d.body.clone(),
                 };
                 if let Err(e) = within(deadline, store.send_command(instance, &command)).await {
                     tracing::warn!(instance, job_id, error = %e, "could not send the stop to the replica");
@@ -203,26 +205,41 @@ impl Runtime {
         })
     }
 
-    /// Executes a stop sent by another replica, then acknowledges it.
-    pub(crate) async fn remote_stop(&self, store: &Store, command: Command) {
-        let run = self.registry.find(&command.class).and_then(|reg| {
+    /// Executes a stop sent by another replica, then acknowledges it. `on_stop` gets the
+    /// stop dispatch's context (its id, parameter and console), as for a local stop.
+    pub(crate) async fn remote_stop(&self, store: &Arc<Store>, command: Command) {
+        let found = self.registry.find(&command.class).and_then(|reg| {
             lock(&self.state(reg).slot)
                 .runs
                 .iter()
                 .find(|r| r.cx.job_id() == command.job_id)
                 .cloned()
+                .map(|run| (reg, run))
         });
         let mut error = String::new();
-        if let Some(run) = run.filter(|run| run.mark_stopping()) {
+        if let Some((reg, run)) = found.filter(|(_, run)| run.mark_stopping()) {
             run.cx.console().lifecycle(|| {
                 format!(
                     "stop requested through another replica (stop job id {})",
                     command.stop_id
                 )
             });
-            let cx = run.cx.clone();
+            let cx = match &command.console {
+                Some(target) => {
+                    let outlet = Outlet {
+                        store: Some(store.clone()),
+                    };
+                    let d = Dispatch::for_remote_stop(&command.stop_id, &command.param, target);
+                    stop_context(reg, &run, &d, self.console(&d, &outlet))
+                }
+                None => run.cx.clone(),
+            };
+            let console = cx.console().clone();
             if let Some(e) = call_on_stop(&run, cx, self.options.timeout_grace).await {
                 error = e;
+            }
+            if command.console.is_some() {
+                console.close().await;
             }
         }
         if let Err(e) = store.ack(&command.stop_id, &command.job_id, &error).await {
@@ -261,8 +278,18 @@ fn stop_context(
 /// How long the answer to a dispatch may wait on the store: three quarters of the center's
 /// HTTP timeout for it (the job item's `Timeout`, 5 s when below 1, as the center uses).
 pub(super) fn answer_deadline(d: &Dispatch) -> tokio::time::Instant {
-    let ms = d.item.get().timeout.filter(|ms| *ms >= 1).unwrap_or(5_000);
-    let ms = u64::try_from(ms).unwrap_or(5_000).min(600_000);
+    deadline_for(d.item.get().timeout)
+}
+
+/// [`answer_deadline`] for a center HTTP timeout of `timeout_ms` (`None` for a dispatch that
+/// carries no job item, such as `detail`: the center's default then applies).
+pub(super) fn deadline_for(timeout_ms: Option<i64>) -> tokio::time::Instant {
+    const CENTER_DEFAULT_MS: u64 = 5_000;
+    let ms = timeout_ms
+        .filter(|ms| *ms >= 1)
+        .and_then(|ms| u64::try_from(ms).ok())
+        .unwrap_or(CENTER_DEFAULT_MS)
+        .min(600_000);
     tokio::time::Instant::now() + Duration::from_millis(ms * 3 / 4)
 }
 
