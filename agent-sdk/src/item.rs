@@ -84,18 +84,82 @@ impl JobItem {
         if is_null_item(text)? {
             return Ok(JobItem::default());
         }
-        let mut item: JobItem = serde_json::from_str(text)?;
+        let object: serde_json::Map<String, Value> = serde_json::from_str(text)?;
+        let mut item = JobItem::deserialize(Value::Object(pascal_keys(object)))?;
         item.raw = Some(text.into());
         Ok(item)
     }
 
     /// A field the typed struct does not name (for instance `DingTalk` or `CallbackEL`),
     /// parsed from the item as sent.
+    /// Like Newtonsoft, the exact name first, else one that differs only in ASCII case.
     pub fn field(&self, name: &str) -> Option<Value> {
         let raw = self.raw.as_deref()?;
         let mut object: serde_json::Map<String, Value> = serde_json::from_str(raw).ok()?;
-        object.remove(name)
+        if let Some(value) = object.remove(name) {
+            return Some(value);
+        }
+        let key = object
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(name))?
+            .clone();
+        object.remove(&key)
     }
+}
+
+/// The item's property names as the center's Newtonsoft writes them by default.
+const ITEM_NAMES: [&str; 18] = [
+    "Url",
+    "Method",
+    "Data",
+    "ContentType",
+    "Timeout",
+    "DelayFromMinutes",
+    "Cron",
+    "JobName",
+    "RecurringJobIdentifier",
+    "QueueName",
+    "AgentClass",
+    "AgentTimeout",
+    "BasicUserName",
+    "BasicPassword",
+    "Headers",
+    "TimeZone",
+    "EnableRetry",
+    "RetryTimes",
+];
+
+/// Renames properties that differ from a known name only in ASCII case (a center whose host
+/// sets camelCase JSON defaults writes `agentTimeout`) to that name, as Newtonsoft binds them:
+/// an exact name wins over such a spelling.
+fn pascal_keys(object: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    let misspelled = |key: &str| {
+        ITEM_NAMES
+            .iter()
+            .find(|name| **name != key && name.eq_ignore_ascii_case(key))
+            .copied()
+    };
+    if !object.keys().any(|k| misspelled(k).is_some()) {
+        return object;
+    }
+    let exact: Vec<&str> = ITEM_NAMES
+        .iter()
+        .copied()
+        .filter(|name| object.contains_key(*name))
+        .collect();
+    let mut out = serde_json::Map::with_capacity(object.len());
+    for (key, value) in object {
+        match misspelled(&key) {
+            Some(name) if !exact.contains(&name) && !out.contains_key(name) => {
+                out.insert(name.to_owned(), value);
+            }
+            Some(_) => {}
+            None => {
+                out.insert(key, value);
+            }
+        }
+    }
+    out
 }
 
 /// `Ok(true)` for `null` (and only `null`): no item; an error for anything but an object.
@@ -150,7 +214,15 @@ impl LazyItem {
         }
         let agent_timeout = match scan::runtime_fields(&text) {
             Some(timeout) => timeout,
-            None => serde_json::from_str::<RuntimeFields>(&text)?.agent_timeout,
+            None => match serde_json::from_str::<RuntimeFields>(&text)?.agent_timeout {
+                Some(timeout) => Some(timeout),
+                // `agentTimeout` and other spellings, as Newtonsoft binds them.
+                None if text.to_ascii_lowercase().contains("agenttimeout") => {
+                    let object: serde_json::Map<String, Value> = serde_json::from_str(&text)?;
+                    RuntimeFields::deserialize(Value::Object(pascal_keys(object)))?.agent_timeout
+                }
+                None => None,
+            },
         };
         Ok(Self {
             raw: Some(text),
@@ -265,6 +337,34 @@ fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A center whose host sets camelCase Newtonsoft defaults serializes the item with
+    // `JsonConvert.SerializeObject` (Server/Hangfire.HttpJob/Server/HttpJob.cs); the .NET
+    // agent binds it case-insensitively, exact names first.
+    #[test]
+    fn reads_a_camel_case_item_as_newtonsoft_binds_it() {
+        let text = r#"{"jobName":"t","agentTimeout":1500,"timeout":20000,"headers":{"a":"b"},"dingTalk":{"token":"x"}}"#;
+        let lazy = LazyItem::from_json(text.to_owned()).expect("valid");
+        assert_eq!(lazy.agent_timeout(), Some(1500));
+        let item = lazy.get();
+        assert_eq!(item.job_name.as_deref(), Some("t"));
+        assert_eq!(item.timeout, Some(20000));
+        assert_eq!(item.headers.get("a").map(String::as_str), Some("b"));
+        assert!(item.field("DingTalk").is_some());
+        // The exact name wins over another spelling, whatever the order.
+        let both = r#"{"agentTimeout":1,"AgentTimeout":2}"#;
+        assert_eq!(
+            LazyItem::from_json(both.to_owned())
+                .expect("valid")
+                .agent_timeout(),
+            Some(2)
+        );
+        assert_eq!(
+            JobItem::from_json(both).expect("valid").agent_timeout,
+            Some(2)
+        );
+        assert_eq!(scan::runtime_fields(r#"{"agentTimeout":5}"#), None);
+    }
 
     #[test]
     fn reads_center_item_leniently() {

@@ -399,6 +399,22 @@ async fn agent_timeout_bounds_a_hang_jobs_wait_and_a_stop_stays_a_stop() {
     assert_eq!(stopped["R"], "ok", "{stopped}");
 }
 
+// Item 7: a center whose host sets camelCase Newtonsoft defaults also writes the job item
+// camelCase; `agentTimeout` still bounds the run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_camel_case_centers_agent_timeout_is_read() {
+    let db = TestDb::new().await;
+    let service = TestService::start_with(with_store(&db)).await;
+    let center = service.center().with_camel_case_json();
+    center
+        .run(HANG, "k1")
+        .timeout_ms(500)
+        .send()
+        .await
+        .assert_status(200);
+    wait::failure(&db, "k1", Duration::from_secs(10), "AgentTimeout").await;
+}
+
 // Item 12. The center waits `Timeout` ms (5 s below 1) for the answer
 // (Server/Hangfire.HttpJob/Server/HttpJob.cs). A cluster claim on a black-holed store must
 // not outlast it, and must not leave the class claimed.

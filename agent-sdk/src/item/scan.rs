@@ -42,6 +42,10 @@ pub(super) fn runtime_fields(text: &str) -> Option<Option<i64>> {
             s.ws();
             let value_start = s.at;
             s.value(1)?;
+            if key != b"AgentTimeout" && key.eq_ignore_ascii_case(b"AgentTimeout") {
+                // Another spelling binds as AgentTimeout when the exact one is absent.
+                return None;
+            }
             if key == b"AgentTimeout" {
                 if timeout.is_some() {
                     // serde_json refuses a duplicate field; let it say so.
