@@ -228,15 +228,24 @@ fn switch(meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<bool> {
         let lit: syn::LitBool = value.parse()?;
         return Ok(lit.value);
     }
+    Err(bad_value(meta, value, expected())?)
+}
+
+/// The error for a value of the wrong kind, covering the whole value up to the next comma.
+fn bad_value(
+    meta: &ParseNestedMeta<'_>,
+    value: syn::parse::ParseStream<'_>,
+    expected: String,
+) -> syn::Result<syn::Error> {
     let mut bad = proc_macro2::TokenStream::new();
     while !value.is_empty() && !value.peek(Token![,]) {
         let tt: proc_macro2::TokenTree = value.parse()?;
         bad.extend([tt]);
     }
     if bad.is_empty() {
-        return Err(meta.error(expected()));
+        return Ok(meta.error(expected));
     }
-    Err(syn::Error::new_spanned(bad, expected()))
+    Ok(syn::Error::new_spanned(bad, expected))
 }
 
 /// Parses `name = "..."`, once.
@@ -257,16 +266,7 @@ fn string<T>(
     if value.peek(LitStr) {
         return value.parse();
     }
-    // Take the whole value up to the next comma, so the error covers all of it.
-    let mut bad = proc_macro2::TokenStream::new();
-    while !value.is_empty() && !value.peek(Token![,]) {
-        let tt: proc_macro2::TokenTree = value.parse()?;
-        bad.extend([tt]);
-    }
-    if bad.is_empty() {
-        return Err(meta.error(expected()));
-    }
-    Err(syn::Error::new_spanned(bad, expected()))
+    Err(bad_value(meta, value, expected())?)
 }
 
 fn unknown(meta: &ParseNestedMeta<'_>, ident: &str) -> syn::Error {

@@ -9,6 +9,7 @@
 pub mod baseline;
 pub mod center;
 pub mod hangfire;
+pub mod logs;
 pub mod pg;
 pub mod proxy;
 pub mod replica;

@@ -19,6 +19,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use example_agent as _;
+use tests::logs::Logs;
 
 const CENTER_PW: &str = "pw-center-Xq7";
 const AGENT_PW: &str = "pw-agent-Zr9";
@@ -640,39 +641,6 @@ fn options(center: &str) -> AutoRegistrationOptions {
         .center_credentials("admin", CENTER_PW)
         .agent_basic_auth("center", AGENT_PW)
         .backoff(Duration::from_millis(10), Duration::from_millis(40))
-}
-
-/// Captures the log output of the current thread (the tests run on one thread).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    }
 }
 
 #[tokio::test]

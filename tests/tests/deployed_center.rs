@@ -140,31 +140,10 @@ async fn log_only_runs_are_an_explicit_choice() {
 
 /// What `Agent::new(options)` logs (on this thread), as text.
 fn startup_log(options: AgentOptions) -> String {
-    #[derive(Clone, Default)]
-    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        let _ = Agent::new(options).expect("valid options");
-    });
-    let bytes = buf.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    String::from_utf8_lossy(&bytes).into_owned()
+    let logs = tests::logs::Logs::default();
+    let _guard = logs.capture();
+    let _ = Agent::new(options).expect("valid options");
+    logs.text()
 }
 
 #[test]
