@@ -33,6 +33,15 @@ const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 15;
 const MAX_CONNECT_TIMEOUT_SECS: i64 = 1024;
 /// Npgsql's default `Command Timeout`, seconds.
 const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 30;
+/// TCP keepalive, on by default (Npgsql leaves it off and the OS waits 2 h before the first
+/// probe): an idle connection whose peer vanished is noticed within
+/// `idle + interval × retries` = 25 s.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// How long sent data may stay unacknowledged before the kernel drops the connection
+/// (`TCP_USER_TIMEOUT`, Linux): a peer that vanished mid-request is noticed this fast.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How TLS is used, as Npgsql's `SSL Mode` (default `Prefer`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -136,6 +145,10 @@ pub(crate) struct ConnSpec {
     pub(crate) trust_server_certificate: bool,
     /// `Root Certificate`: a PEM file of CA certificates to trust instead of the system's.
     pub(crate) root_certificate: Option<PathBuf>,
+    /// The settings present that name a file on the agent's machine (`Root Certificate`,
+    /// `SSL Certificate`, `SSL Key`, `Passfile`), by canonical name. A store the center
+    /// sends may not name any: the agent does not read files a caller chooses.
+    pub(crate) file_settings: Vec<&'static str>,
     /// Pool bound: `Maximum Pool Size`, default 16, within 1..=64.
     pub(crate) max_pool: usize,
     /// `Search Path`, set on every new connection.
@@ -215,6 +228,7 @@ impl fmt::Debug for ConnSpec {
             .field("ssl", &self.ssl)
             .field("trust_server_certificate", &self.trust_server_certificate)
             .field("root_certificate", &self.root_certificate)
+            .field("file_settings", &self.file_settings)
             .field("max_pool", &self.max_pool)
             .field("search_path", &self.search_path)
             .field("command_timeout", &self.command_timeout)
@@ -347,6 +361,25 @@ impl Key {
 struct Settings {
     values: BTreeMap<Key, String>,
     ignored: Vec<String>,
+    /// Npgsql settings naming a file that this agent does not use (client certificates,
+    /// pass files), as set, by canonical name.
+    unused_files: BTreeMap<&'static str, bool>,
+}
+
+/// Npgsql's settings that name a file and that this agent does not read, by canonical
+/// name: looked up like [`Key::lookup`].
+fn unused_file_setting(written: &str) -> Option<&'static str> {
+    let k: String = written
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '_')
+        .flat_map(char::to_uppercase)
+        .collect();
+    match k.as_str() {
+        "SSLCERTIFICATE" | "SSLCERT" | "CLIENTCERTIFICATE" => Some("SSL Certificate"),
+        "SSLKEY" | "CLIENTKEY" => Some("SSL Key"),
+        "PASSFILE" => Some("Passfile"),
+        _ => None,
+    }
 }
 
 /// The most ignored key names kept for the debug log, and the most characters of each.
@@ -355,6 +388,9 @@ const MAX_IGNORED_CHARS: usize = 40;
 
 impl Settings {
     fn put(&mut self, written: &str, value: String) {
+        if let Some(name) = unused_file_setting(written) {
+            self.unused_files.insert(name, !value.is_empty());
+        }
         match Key::lookup(written) {
             Some(key) => self.put_key(key, value),
             None => {
@@ -436,6 +472,16 @@ impl Settings {
             ));
         }
         let root_certificate = self.get(Key::RootCertificate).map(PathBuf::from);
+        let mut file_settings = Vec::new();
+        if root_certificate.is_some() {
+            file_settings.push(Key::RootCertificate.name());
+        }
+        file_settings.extend(
+            self.unused_files
+                .iter()
+                .filter(|(_, set)| **set)
+                .map(|(name, _)| *name),
+        );
 
         let connect_timeout = match self.get(Key::Timeout) {
             None => DEFAULT_CONNECT_TIMEOUT_SECS,
@@ -466,6 +512,11 @@ impl Settings {
         }
         .clamp(1, MAX_POOL_LIMIT);
 
+        config.keepalives(true);
+        config.keepalives_idle(KEEPALIVE_IDLE);
+        config.keepalives_interval(KEEPALIVE_INTERVAL);
+        config.keepalives_retries(KEEPALIVE_RETRIES);
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
         if let Some(v) = self.get(Key::Keepalive) {
             let secs = parse_count(Key::Keepalive, v, i64::from(i32::MAX))?;
             if secs > 0 {
@@ -496,6 +547,7 @@ impl Settings {
             ssl,
             trust_server_certificate,
             root_certificate,
+            file_settings,
             max_pool,
             search_path,
             command_timeout,

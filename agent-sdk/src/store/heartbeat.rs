@@ -20,6 +20,8 @@ pub(crate) const LIFE_TICKS: u32 = 300;
 pub(crate) const TICK: Duration = Duration::from_secs(3);
 /// How long heartbeat rows live.
 const ROW_LIFE_SECS: f64 = 600.0;
+/// The most one heartbeat write may take (one tick): the reporter never falls behind.
+const WRITE_WITHIN: Duration = TICK;
 
 /// The running reporters, one per store and center server.
 pub(crate) struct Heartbeats {
@@ -103,16 +105,24 @@ impl Heartbeats {
     }
 }
 
+/// One heartbeat row, bounded: a tick on an unreachable store fails within the pool's
+/// checkout bound and `Command Timeout` (at most 3 s of it: a row older than the next tick
+/// is worth nothing), and the next tick tries again on another connection.
 async fn write(store: &Store, key: &str, field: &str, beat: &Beat<'_>) -> Result<(), String> {
     let value = serde_json::to_string(beat).map_err(|e| e.to_string())?;
-    let client = store.pool.get().await.map_err(|e| e.to_string())?;
-    super::upsert_hash_fields(
-        &client,
-        &store.schema,
-        key,
-        &[field],
-        &[&value],
-        ROW_LIFE_SECS,
-    )
-    .await
+    store
+        .bounded(Some(WRITE_WITHIN), async {
+            let client = store.conn().await?;
+            client
+                .bound(super::upsert_hash_fields(
+                    &client,
+                    &store.schema,
+                    key,
+                    &[field],
+                    &[&value],
+                    ROW_LIFE_SECS,
+                ))
+                .await
+        })
+        .await
 }

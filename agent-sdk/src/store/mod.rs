@@ -2,6 +2,17 @@
 //!
 //! A dispatch's store is the agent's own (`JOBAGENT_STORE`) when configured, else the one the
 //! center sends in `x-job-storage`. One bounded pool is kept per distinct store.
+//!
+//! **Every store operation has a deadline.** The pool bounds the wait for a connection
+//! (`Timeout`, 15 s by default, as Npgsql) and the opening of one; connections use TCP
+//! keepalive (10 s idle) and `TCP_USER_TIMEOUT`; the server ends statements that outlive
+//! `Command Timeout` (30 s by default); a pooled connection is checked (an empty query,
+//! 3 s) before reuse, so one still carrying an abandoned request is dropped. On top of that,
+//! code that talks to the store takes its connection with [`Store::conn`] and runs each
+//! statement through [`Conn::bound`]: a client-side `Command Timeout` that also holds when
+//! the link is black-holed (nothing answers, nothing is reset), and drops the connection
+//! whose statement timed out or whose caller went away mid-statement. [`Store::bounded`]
+//! puts one deadline over a whole operation.
 
 pub(crate) mod connstr;
 mod console_writer;
@@ -12,10 +23,16 @@ mod procstat;
 mod results;
 
 use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+
+pub(crate) use pool::Limits;
 
 pub(crate) use console_writer::StoreConsole;
 pub(crate) use heartbeat::Heartbeats;
@@ -33,24 +50,152 @@ pub(crate) struct Store {
     pub(crate) expire: Duration,
     /// Where it came from, for logs (host and database; never a secret).
     pub(crate) label: String,
+    /// The bounds of its operations.
+    pub(crate) limits: Limits,
+    /// The longest [`Store::conn`] waits for a connection.
+    checkout: Option<Duration>,
 }
 
 impl Store {
-    fn open(connection: &str, schema: &str, expire_days: f64) -> Result<Self, String> {
+    fn open(
+        spec: &connstr::ConnSpec,
+        schema: &str,
+        expire_days: f64,
+        load: pool::Load,
+    ) -> Result<Self, String> {
         check_schema(schema)?;
-        let spec = connstr::parse(connection).map_err(|e| e.to_string())?;
         let label = label(&spec.config);
-        let pool = pool::build_pool(&spec)?;
+        let pool = pool::build_pool(spec, load)?;
+        let limits = Limits::of(spec);
         Ok(Self {
             pool,
             schema: quote_ident(schema),
             expire: Duration::from_secs_f64(expire_days * 86_400.0),
             label,
+            limits,
+            checkout: limits.checkout(),
         })
     }
 
     pub(crate) fn expire_secs(&self) -> f64 {
         self.expire.as_secs_f64()
+    }
+
+    /// A pooled connection, within the pool's bounds (see [`Limits::checkout`]). Run its
+    /// statements through [`Conn::bound`].
+    pub(crate) async fn conn(&self) -> Result<Conn, String> {
+        let get = self.pool.get();
+        let client = match self.checkout {
+            Some(limit) => tokio::time::timeout(limit, get).await.map_err(|_| {
+                format!("no connection to the store within {} ms", limit.as_millis())
+            })?,
+            None => get.await,
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Conn {
+            client: Some(client),
+            command: self.limits.command,
+            busy: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs `op` (which takes its connections with [`Store::conn`], or uses the pool) with
+    /// one deadline over the whole of it: `within`, else the checkout bound plus `Command
+    /// Timeout`. For callers outside this module whose operation spans several statements
+    /// (a claim, a transaction): when the deadline passes, `op` is dropped, and a
+    /// [`Conn`] it held with a statement in flight is dropped with it, not pooled again.
+    pub(crate) async fn bounded<T>(
+        &self,
+        within: Option<Duration>,
+        op: impl Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        let limit = within.or_else(|| {
+            self.checkout
+                .and_then(|c| self.limits.command.map(|s| c.saturating_add(s)))
+        });
+        match limit {
+            Some(limit) => tokio::time::timeout(limit, op)
+                .await
+                .map_err(|_| format!("the store did not answer within {} ms", limit.as_millis()))?,
+            None => op.await,
+        }
+    }
+}
+
+/// A pooled connection whose statements carry a client-side deadline ([`Conn::bound`]).
+/// It derefs to the pool's client, so the helpers of this module take it as they are.
+///
+/// A connection whose statement timed out, or whose caller went away while a statement was
+/// in flight (a dropped request future), is taken out of the pool when dropped and closed:
+/// it is never handed out again with a request in flight.
+pub(crate) struct Conn {
+    client: Option<deadpool_postgres::Client>,
+    command: Option<Duration>,
+    /// Set while a bounded statement runs, and left set when it timed out.
+    busy: AtomicBool,
+}
+
+impl Conn {
+    /// Runs one statement (or a few that belong together) within `Command Timeout`.
+    pub(crate) async fn bound<T, E: Display>(
+        &self,
+        statement: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, String> {
+        self.busy.store(true, Ordering::Release);
+        let outcome = match self.command {
+            Some(limit) => match tokio::time::timeout(limit, statement).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // `busy` stays set: the connection is dropped, not pooled again.
+                    return Err(format!(
+                        "the store did not answer within Command Timeout ({} ms); the connection is dropped",
+                        limit.as_millis()
+                    ));
+                }
+            },
+            None => statement.await,
+        };
+        self.busy.store(false, Ordering::Release);
+        outcome.map_err(|e| e.to_string())
+    }
+
+    /// Whether this connection will be dropped rather than pooled again.
+    #[cfg(test)]
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
+impl Deref for Conn {
+    type Target = deadpool_postgres::Client;
+
+    fn deref(&self) -> &Self::Target {
+        match &self.client {
+            Some(client) => client,
+            // Only `Drop` takes the client out.
+            None => unreachable!("a Conn holds its client until dropped"),
+        }
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match &mut self.client {
+            Some(client) => client,
+            None => unreachable!("a Conn holds its client until dropped"),
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.busy.load(Ordering::Acquire)
+            && let Some(client) = self.client.take()
+        {
+            // Out of the pool; dropping the wrapper aborts its connection task, which closes
+            // the socket.
+            drop(deadpool_postgres::Object::take(client));
+        }
     }
 }
 
@@ -108,10 +253,16 @@ impl Stores {
     ) -> Result<Self, ConfigError> {
         let local = match local {
             None => None,
-            Some(l) => Some(Arc::new(
-                Store::open(l.connection.expose(), &l.schema, l.expire_days)
-                    .map_err(|reason| ConfigError::invalid("JOBAGENT_STORE", reason))?,
-            )),
+            Some(l) => {
+                let invalid = |reason: String| ConfigError::invalid("JOBAGENT_STORE", reason);
+                let spec =
+                    connstr::parse(l.connection.expose()).map_err(|e| invalid(e.to_string()))?;
+                // Configuration time: files it names (Root Certificate) are read now.
+                Some(Arc::new(
+                    Store::open(&spec, &l.schema, l.expire_days, pool::Load::Now)
+                        .map_err(invalid)?,
+                ))
+            }
         };
         if let Some(store) = &local {
             tracing::info!(store = %store.label, "job agent writes to its configured store");
@@ -158,6 +309,13 @@ impl Stores {
             .unwrap_or(7.0)
             .min(3650.0);
         let spec = connstr::parse(&h.hangfire_db).map_err(|e| format!("HangfireDb: {e}"))?;
+        if let Some(setting) = spec.file_settings.first() {
+            // Neither the path nor anything about the file is echoed: a caller must not
+            // learn which files exist on the agent's machine.
+            return Err(format!(
+                "HangfireDb: connection string key `{setting}` names a file on the agent's machine, which a store sent by the center may not do; remove it from the center's connection string, or configure the store on the agent (JOBAGENT_STORE), where Root Certificate is allowed"
+            ));
+        }
         check_schema(schema).map_err(|e| format!("TablePrefix: {e}"))?;
         if let Some(allowed) = &self.allowed_hosts {
             for (host, _port) in spec.hosts() {
@@ -179,8 +337,11 @@ impl Stores {
                 "this agent already writes to {MAX_SENT_STORES} different stores; configure one store on the agent (JOBAGENT_STORE)"
             ));
         }
+        // The request path, under a lock: nothing is read here (the system's CA
+        // certificates, when needed, are loaded off-thread at the first connection).
         let store = Arc::new(
-            Store::open(&h.hangfire_db, schema, days).map_err(|e| format!("HangfireDb: {e}"))?,
+            Store::open(&spec, schema, days, pool::Load::Deferred)
+                .map_err(|e| format!("HangfireDb: {e}"))?,
         );
         tracing::info!(store = %store.label, "job agent opened a store sent by the center");
         sent.insert(key, store.clone());
@@ -192,8 +353,8 @@ impl Stores {
 /// also says whether the session is encrypted. For the integration tests of TLS modes.
 pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String), String> {
     let spec = connstr::parse(connection).map_err(|e| e.to_string())?;
-    let pool = pool::build_pool(&spec)?;
-    let client = pool.get().await.map_err(|e| format!("{e} ({e:?})"))?;
+    let store = Store::open(&spec, "hangfire", 1.0, pool::Load::Now)?;
+    let client = store.pool.get().await.map_err(|e| format!("{e} ({e:?})"))?;
     let encrypted: bool = client
         .query_one(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -275,5 +436,120 @@ mod tests {
         assert!(check_schema(&"x".repeat(63)).is_ok());
         assert_eq!(quote_ident("hangfire-prod"), "\"hangfire-prod\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    fn header(connection: &str) -> StorageHeader {
+        serde_json::from_value(serde_json::json!({
+            "Type": "postgresql",
+            "HangfireDb": connection,
+        }))
+        .expect("a storage header")
+    }
+
+    #[test]
+    fn a_center_sent_store_may_not_name_files_and_opening_one_reads_nothing() {
+        let stores = Stores::new(None, None).expect("no local store");
+        let base = "Host=db;Username=u;Password=p;SSL Mode=VerifyFull";
+        let refusal = |setting: &str, path: &str| match stores
+            .select(Some(&header(&format!("{base};{setting}={path}"))))
+        {
+            Ok(_) => panic!("{setting} accepted"),
+            Err(e) => e,
+        };
+        let exists = refusal("Root Certificate", "/etc/passwd");
+        let missing = refusal("Root Certificate", "/nonexistent/ca.pem");
+        assert_eq!(exists, missing, "no hint whether the file exists");
+        assert!(exists.contains("`Root Certificate`"), "{exists}");
+        assert!(!exists.contains("/etc/passwd"), "{exists}");
+        for (setting, named) in [
+            ("sslrootcert", "Root Certificate"),
+            ("SSL Key", "SSL Key"),
+            ("SslCert", "SSL Certificate"),
+            ("Passfile", "Passfile"),
+        ] {
+            let e = refusal(setting, "/etc/hostname");
+            assert!(e.contains(&format!("`{named}`")), "{setting}: {e}");
+            assert!(!e.contains("/etc/hostname"), "{e}");
+        }
+        // An empty value sets nothing.
+        assert!(
+            stores
+                .select(Some(&header(&format!("{base};Passfile="))))
+                .is_ok()
+        );
+        // Verifying against the system's roots: nothing is read while selecting (the request
+        // path); the roots are loaded off-thread at the first connection.
+        assert!(stores.select(Some(&header(base))).is_ok());
+    }
+
+    /// A store on the test server (JOBAGENT_TEST_DATABASE_URL) with a 1 s `Command Timeout`
+    /// enforced by the client only, and one connection; `None` without a test server.
+    fn short_store() -> Option<Store> {
+        let url = std::env::var("JOBAGENT_TEST_DATABASE_URL").ok()?;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = format!(
+            "{url}{sep}command_timeout=1&max_pool_size=1&options=-c%20statement_timeout%3D0"
+        );
+        let spec = connstr::parse(&url).expect("a valid test URL");
+        Some(Store::open(&spec, "hangfire", 1.0, pool::Load::Now).expect("opens"))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_statement_past_its_command_timeout_fails_and_its_connection_is_not_reused() {
+        let Some(store) = short_store() else {
+            eprintln!("JOBAGENT_TEST_DATABASE_URL not set; skipped");
+            return;
+        };
+        let conn = store.conn().await.expect("a connection");
+        let pid: i32 = conn
+            .bound(conn.query_one("SELECT pg_backend_pid()", &[]))
+            .await
+            .expect("answers")
+            .get(0);
+        let started = std::time::Instant::now();
+        let e = conn
+            .bound(conn.execute("SELECT pg_sleep(10)", &[]))
+            .await
+            .expect_err("past Command Timeout");
+        let took = started.elapsed();
+        assert!(e.contains("Command Timeout"), "{e}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert!(conn.is_poisoned());
+        drop(conn);
+        assert_eq!(store.pool.status().size, 0, "taken out of the pool");
+        // The one slot is free again, on a new session that answers at once.
+        let conn = store.conn().await.expect("a new connection");
+        let started = std::time::Instant::now();
+        let other: i32 = conn
+            .bound(conn.query_one("SELECT pg_backend_pid()", &[]))
+            .await
+            .expect("answers")
+            .get(0);
+        assert_ne!(pid, other);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(!conn.is_poisoned());
+        drop(conn);
+        assert_eq!(
+            store.pool.status().size,
+            1,
+            "a healthy connection is pooled again"
+        );
+
+        // A caller that goes away mid-statement (its future dropped): the connection goes too.
+        let conn = store.conn().await.expect("the pooled connection");
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(200),
+            conn.bound(conn.execute("SELECT pg_sleep(10)", &[])),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        drop(conn);
+        assert_eq!(store.pool.status().size, 0);
+        let conn = store.conn().await.expect("a new connection");
+        let started = std::time::Instant::now();
+        conn.bound(conn.execute("SELECT 1", &[]))
+            .await
+            .expect("not queued behind the abandoned statement");
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }

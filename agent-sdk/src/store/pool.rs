@@ -8,10 +8,16 @@
 //! `Root Certificate` file when one is named. TLS is rustls with the ring provider, chosen
 //! explicitly so no process-wide default provider is needed.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts,
+};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -20,34 +26,103 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
-use tokio_postgres::NoTls;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::connstr::{ConnSpec, SslMode};
 
-/// Extra time, beyond the connect timeouts, that opening a connection (TLS handshake,
-/// authentication, search path) may take before the pool gives up on it.
-const SETUP_ALLOWANCE: Duration = Duration::from_secs(10);
+/// Extra time, beyond the connect timeouts, that opening a connection (the `Search Path`
+/// hook) may take before the pool gives up on it.
+const SETUP_ALLOWANCE: Duration = Duration::from_secs(5);
 
-/// Builds a pool for `spec`: at most `spec.max_pool` connections, TLS per `spec.ssl`, a cheap
-/// recycle check, `Search Path` set on each new connection. Connects lazily: building needs
-/// no runtime and no server; the first `get()` connects. The error is safe to show.
-pub(crate) fn build_pool(spec: &ConnSpec) -> Result<Pool, String> {
+/// How long the check of a pooled connection before reuse (an empty query) may take. A
+/// connection that does not answer it in time is dropped, not handed out: it may still carry
+/// a request whose caller gave up (a black-holed link answers nothing, ever).
+const RECYCLE_CHECK: Duration = Duration::from_secs(3);
+
+/// When the TLS material (trusted roots) is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Load {
+    /// Now, blocking: at configuration time (the agent's own store), or in a test.
+    Now,
+    /// At the first connection, off the async threads (a store the center sent: reached on
+    /// the request path, so no blocking I/O there).
+    Deferred,
+}
+
+/// The bounds of a store's operations, from its connection string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Waiting for a pooled connection: Npgsql's `Timeout` (default 15 s) also bounds the
+    /// wait for a free connection. `None` when the string sets `Timeout=0`.
+    pub(crate) wait: Option<Duration>,
+    /// Opening one connection: each host's `Timeout`, plus [`SETUP_ALLOWANCE`].
+    pub(crate) create: Option<Duration>,
+    /// One statement: `Command Timeout` (default 30 s). `None` when it is 0.
+    pub(crate) command: Option<Duration>,
+}
+
+impl Limits {
+    pub(crate) fn of(spec: &ConnSpec) -> Self {
+        Self {
+            wait: spec.config.get_connect_timeout().copied(),
+            create: create_timeout(spec),
+            command: spec.command_timeout,
+        }
+    }
+
+    /// The longest a checkout may take: the wait for a free slot, one reuse check, and
+    /// opening a new connection. (Should several idle connections fail their check in a row,
+    /// the checkout gives up at this bound; each failed one has been dropped, so the next
+    /// checkout finds fewer.) `None` when unbounded.
+    pub(crate) fn checkout(&self) -> Option<Duration> {
+        Some(
+            self.wait?
+                .saturating_add(RECYCLE_CHECK)
+                .saturating_add(self.create?),
+        )
+    }
+}
+
+/// Builds a pool for `spec`: at most `spec.max_pool` connections, TLS per `spec.ssl`, every
+/// wait bounded (see [`Limits`]), each pooled connection checked before reuse, `Search
+/// Path` set on each new connection, statements bounded server-side by `Command Timeout`
+/// too. Connects lazily: building needs no runtime and no server; the first `get()`
+/// connects. With [`Load::Deferred`] it reads no file either. The error is safe to show.
+pub(crate) fn build_pool(spec: &ConnSpec, load: Load) -> Result<Pool, String> {
     let mut pg = spec.config.clone();
     pg.ssl_mode(spec.ssl.to_tokio());
-    pg.options(session_options(spec.config.get_options()));
+    pg.options(session_options(
+        spec.config.get_options(),
+        spec.command_timeout,
+    ));
     let manager_config = ManagerConfig {
-        recycling_method: RecyclingMethod::Fast,
+        recycling_method: RecyclingMethod::Verified,
     };
-    let manager = match tls_config(spec)? {
-        None => Manager::from_config(pg, NoTls, manager_config),
-        Some(tls) => Manager::from_config(pg, MakeRustlsConnect::new(tls), manager_config),
+    let manager = match (tls_plan(spec), load) {
+        (Plan::Off, _) => Manager::from_config(pg, NoTls, manager_config),
+        (Plan::Roots(_), Load::Deferred) => {
+            Manager::from_config(pg, DeferredTls::new(spec), manager_config)
+        }
+        (plan, _) => Manager::from_config(
+            pg,
+            MakeRustlsConnect::new(tls_config(spec.ssl, plan, spec.root_certificate.as_ref())?),
+            manager_config,
+        ),
     };
+    let limits = Limits::of(spec);
+    let recycle = limits
+        .command
+        .map_or(RECYCLE_CHECK, |c| c.min(RECYCLE_CHECK));
     let mut builder = Pool::builder(manager)
         .max_size(spec.max_pool.max(1))
         .runtime(Runtime::Tokio1)
-        .create_timeout(create_timeout(spec))
-        .recycle_timeout(Some(SETUP_ALLOWANCE));
+        .timeouts(Timeouts {
+            wait: limits.wait,
+            create: limits.create,
+            recycle: Some(recycle),
+        });
     if let Some(search_path) = &spec.search_path {
         builder = builder.post_create(search_path_hook(search_path.clone()));
     }
@@ -56,21 +131,29 @@ pub(crate) fn build_pool(spec: &ConnSpec) -> Result<Pool, String> {
         .map_err(|e| format!("cannot build the connection pool: {e}"))
 }
 
-/// The session settings every connection starts with: the connection string's `Options`,
-/// then `TimeZone=UTC` (last, so it wins). Hangfire.PostgreSql before schema v19 (1.9.10)
-/// keeps `expireat` as `timestamp without time zone` holding naive UTC, and deletes rows
-/// whose `expireat < now() at time zone 'UTC'`; a `now() + interval` stored into such a
-/// column is converted in the session's time zone, so only a UTC session writes the time
-/// Hangfire means. (On `timestamptz` columns the session zone changes nothing.)
-fn session_options(given: Option<&str>) -> String {
-    match given.map(str::trim).filter(|o| !o.is_empty()) {
-        Some(o) => format!("{o} -c TimeZone=UTC"),
-        None => "-c TimeZone=UTC".to_owned(),
+/// The session settings every connection starts with: `statement_timeout` from `Command
+/// Timeout` (so the server, too, ends a statement that outlives it), the connection
+/// string's `Options` (which may set their own), then `TimeZone=UTC` (last, so it wins).
+/// Hangfire.PostgreSql before schema v19 (1.9.10) keeps `expireat` as `timestamp without
+/// time zone` holding naive UTC, and deletes rows whose `expireat < now() at time zone
+/// 'UTC'`; a `now() + interval` stored into such a column is converted in the session's
+/// time zone, so only a UTC session writes the time Hangfire means. (On `timestamptz`
+/// columns the session zone changes nothing.)
+fn session_options(given: Option<&str>, command_timeout: Option<Duration>) -> String {
+    let mut out = String::new();
+    if let Some(limit) = command_timeout {
+        out.push_str(&format!("-c statement_timeout={} ", limit.as_millis()));
     }
+    if let Some(o) = given.map(str::trim).filter(|o| !o.is_empty()) {
+        out.push_str(o);
+        out.push(' ');
+    }
+    out.push_str("-c TimeZone=UTC");
+    out
 }
 
 /// How long creating one connection may take: each host's connect timeout, plus time for the
-/// handshake; unbounded when the string sets `Timeout=0`.
+/// session set-up; unbounded when the string sets `Timeout=0`.
 fn create_timeout(spec: &ConnSpec) -> Option<Duration> {
     let per_host = *spec.config.get_connect_timeout()?;
     let hosts = u32::try_from(spec.config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
@@ -99,6 +182,114 @@ fn search_path_hook(search_path: String) -> Hook {
     })
 }
 
+/// What TLS needs: nothing, or no certificate check, or trusted roots (a file read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    Off,
+    NoCheck,
+    Roots(Check),
+}
+
+fn tls_plan(spec: &ConnSpec) -> Plan {
+    match spec.ssl {
+        SslMode::Disable => Plan::Off,
+        _ if spec.trust_server_certificate => Plan::NoCheck,
+        SslMode::Allow | SslMode::Prefer | SslMode::Require => Plan::NoCheck,
+        SslMode::VerifyCa => Plan::Roots(Check::Chain),
+        SslMode::VerifyFull => Plan::Roots(Check::ChainAndName),
+    }
+}
+
+type RustlsStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// TLS whose trusted roots are read at the first connection, off the async threads, then
+/// kept (a failed read is tried again at the next connection).
+#[derive(Clone)]
+struct DeferredTls {
+    shared: Arc<Deferred>,
+}
+
+struct Deferred {
+    ssl: SslMode,
+    check: Check,
+    root: Option<PathBuf>,
+    ready: tokio::sync::OnceCell<MakeRustlsConnect>,
+}
+
+impl DeferredTls {
+    fn new(spec: &ConnSpec) -> Self {
+        let check = match tls_plan(spec) {
+            Plan::Roots(check) => check,
+            Plan::Off | Plan::NoCheck => Check::Nothing,
+        };
+        Self {
+            shared: Arc::new(Deferred {
+                ssl: spec.ssl,
+                check,
+                root: spec.root_certificate.clone(),
+                ready: tokio::sync::OnceCell::new(),
+            }),
+        }
+    }
+}
+
+impl Deferred {
+    async fn connector(self: Arc<Self>) -> Result<MakeRustlsConnect, BoxError> {
+        let this = self.clone();
+        let made = self
+            .ready
+            .get_or_try_init(|| async move {
+                let loaded = tokio::task::spawn_blocking(move || {
+                    tls_config(this.ssl, Plan::Roots(this.check), this.root.as_ref())
+                })
+                .await
+                .map_err(|e| format!("loading the TLS roots failed: {e}"))?;
+                loaded.map(MakeRustlsConnect::new)
+            })
+            .await
+            .map_err(BoxError::from)?;
+        Ok(made.clone())
+    }
+}
+
+impl MakeTlsConnect<Socket> for DeferredTls {
+    type Stream = RustlsStream;
+    type TlsConnect = DeferredConnect;
+    type Error = Infallible;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<DeferredConnect, Infallible> {
+        Ok(DeferredConnect {
+            shared: self.shared.clone(),
+            domain: domain.to_owned(),
+        })
+    }
+}
+
+/// One TLS handshake of a [`DeferredTls`].
+struct DeferredConnect {
+    shared: Arc<Deferred>,
+    domain: String,
+}
+
+impl TlsConnect<Socket> for DeferredConnect {
+    type Stream = RustlsStream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<RustlsStream, BoxError>> + Send>>;
+
+    fn connect(self, stream: Socket) -> Self::Future {
+        Box::pin(async move {
+            let mut make = self.shared.connector().await?;
+            let connect = match MakeTlsConnect::<Socket>::make_tls_connect(&mut make, &self.domain)
+            {
+                Ok(c) => c,
+                Err(never) => match never {},
+            };
+            Ok(connect.connect(stream).await?)
+        })
+    }
+}
+
 /// How much of the server's certificate is checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Check {
@@ -107,14 +298,12 @@ enum Check {
     ChainAndName,
 }
 
-/// The rustls configuration `spec` calls for, or `None` for no TLS.
-fn tls_config(spec: &ConnSpec) -> Result<Option<ClientConfig>, String> {
-    let check = match spec.ssl {
-        SslMode::Disable => return Ok(None),
-        _ if spec.trust_server_certificate => Check::Nothing,
-        SslMode::Allow | SslMode::Prefer | SslMode::Require => Check::Nothing,
-        SslMode::VerifyCa => Check::Chain,
-        SslMode::VerifyFull => Check::ChainAndName,
+/// The rustls configuration for `plan` (not [`Plan::Off`]); reads the trusted roots (the
+/// `root` file, else the system's) when the plan checks certificates. Blocking.
+fn tls_config(ssl: SslMode, plan: Plan, root: Option<&PathBuf>) -> Result<ClientConfig, String> {
+    let check = match plan {
+        Plan::Off | Plan::NoCheck => Check::Nothing,
+        Plan::Roots(check) => check,
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -128,11 +317,11 @@ fn tls_config(spec: &ConnSpec) -> Result<Option<ClientConfig>, String> {
             }))
             .with_no_client_auth(),
         Check::ChainAndName => builder
-            .with_root_certificates(trusted_roots(spec)?)
+            .with_root_certificates(trusted_roots(ssl, root)?)
             .with_no_client_auth(),
         Check::Chain => {
             let inner = WebPkiServerVerifier::builder_with_provider(
-                Arc::new(trusted_roots(spec)?),
+                Arc::new(trusted_roots(ssl, root)?),
                 provider,
             )
             .build()
@@ -143,13 +332,14 @@ fn tls_config(spec: &ConnSpec) -> Result<Option<ClientConfig>, String> {
                 .with_no_client_auth()
         }
     };
-    Ok(Some(config))
+    Ok(config)
 }
 
 /// The roots certificates must lead to: the `Root Certificate` file's, else the system's.
-fn trusted_roots(spec: &ConnSpec) -> Result<RootCertStore, String> {
+/// Blocking (reads files).
+fn trusted_roots(ssl: SslMode, root: Option<&PathBuf>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    if let Some(path) = &spec.root_certificate {
+    if let Some(path) = root {
         let shown = path.display();
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| format!("Root Certificate `{shown}` cannot be read: {e}"))?
@@ -169,8 +359,7 @@ fn trusted_roots(spec: &ConnSpec) -> Result<RootCertStore, String> {
         roots.add_parsable_certificates(found.certs);
         if roots.is_empty() {
             return Err(format!(
-                "SSL Mode={:?} needs trusted CA certificates but the system has none; install them (e.g. the ca-certificates package) or set Root Certificate=<path to the server's CA in PEM>",
-                spec.ssl
+                "SSL Mode={ssl:?} needs trusted CA certificates but the system has none; install them (e.g. the ca-certificates package) or set Root Certificate=<path to the server's CA in PEM>"
             ));
         }
     }
@@ -279,40 +468,81 @@ mod tests {
     use super::*;
     use crate::store::connstr;
 
+    fn spec(s: &str) -> ConnSpec {
+        connstr::parse(s).expect("valid string")
+    }
+
     #[test]
-    fn sessions_run_in_utc_after_the_given_options() {
-        assert_eq!(session_options(None), "-c TimeZone=UTC");
-        assert_eq!(session_options(Some("  ")), "-c TimeZone=UTC");
+    fn sessions_bound_statements_and_run_in_utc_after_the_given_options() {
+        assert_eq!(session_options(None, None), "-c TimeZone=UTC");
+        assert_eq!(session_options(Some("  "), None), "-c TimeZone=UTC");
         assert_eq!(
-            session_options(Some("-c statement_timeout=5000")),
+            session_options(Some("-c statement_timeout=5000"), None),
             "-c statement_timeout=5000 -c TimeZone=UTC"
+        );
+        // Command Timeout first, so the string's own Options may override it.
+        assert_eq!(
+            session_options(Some("-c search_path=x"), Some(Duration::from_secs(30))),
+            "-c statement_timeout=30000 -c search_path=x -c TimeZone=UTC"
         );
     }
 
     #[test]
     fn building_needs_no_server_and_respects_the_bound() {
-        let spec = connstr::parse("Host=nowhere.invalid;Username=u;Maximum Pool Size=3")
-            .expect("valid string");
-        let pool = build_pool(&spec).expect("pool builds without connecting");
+        let pool = build_pool(
+            &spec("Host=nowhere.invalid;Username=u;Maximum Pool Size=3"),
+            Load::Now,
+        )
+        .expect("pool builds without connecting");
         assert_eq!(pool.status().max_size, 3);
         for mode in ["Disable", "Allow", "Prefer", "Require"] {
-            let spec = connstr::parse(&format!("Host=h;Username=u;SSL Mode={mode}"))
-                .expect("valid string");
-            assert!(build_pool(&spec).is_ok(), "{mode}");
+            let s = spec(&format!("Host=h;Username=u;SSL Mode={mode}"));
+            assert!(build_pool(&s, Load::Now).is_ok(), "{mode}");
+            assert!(build_pool(&s, Load::Deferred).is_ok(), "{mode}");
         }
-        let spec = connstr::parse(
-            "Host=h;Username=u;SSL Mode=VerifyFull;Root Certificate=/nonexistent/ca.pem",
-        )
-        .expect("valid string");
-        let e = build_pool(&spec).expect_err("missing root file");
+        let s = spec("Host=h;Username=u;SSL Mode=VerifyFull;Root Certificate=/nonexistent/ca.pem");
+        let e = build_pool(&s, Load::Now).expect_err("missing root file");
         assert!(e.contains("Root Certificate"), "{e}");
+        // Deferred: nothing is read while building (the request path), so it builds.
+        assert!(build_pool(&s, Load::Deferred).is_ok());
         assert_eq!(
-            create_timeout(&connstr::parse("Host=a,b;Username=u;Timeout=5").expect("valid string")),
-            Some(Duration::from_secs(20))
+            create_timeout(&spec("Host=a,b;Username=u;Timeout=5")),
+            Some(Duration::from_secs(15))
         );
-        assert_eq!(
-            create_timeout(&connstr::parse("Host=a;Username=u;Timeout=0").expect("valid string")),
-            None
+        assert_eq!(create_timeout(&spec("Host=a;Username=u;Timeout=0")), None);
+    }
+
+    #[test]
+    fn every_wait_has_a_bound_by_default() {
+        let pool = build_pool(&spec("Host=h;Username=u"), Load::Now).expect("builds");
+        let t = pool.timeouts();
+        assert_eq!(t.wait, Some(Duration::from_secs(15)));
+        assert_eq!(t.create, Some(Duration::from_secs(20)));
+        assert_eq!(t.recycle, Some(RECYCLE_CHECK));
+        let limits = Limits::of(&spec("Host=h;Username=u"));
+        assert_eq!(limits.command, Some(Duration::from_secs(30)));
+        assert_eq!(limits.checkout(), Some(Duration::from_secs(15 + 3 + 20)));
+        // A short Command Timeout also shortens the reuse check.
+        let pool =
+            build_pool(&spec("Host=h;Username=u;Command Timeout=1"), Load::Now).expect("builds");
+        assert_eq!(pool.timeouts().recycle, Some(Duration::from_secs(1)));
+        // Timeout=0 is Npgsql's "wait forever" for the connection; statements stay bounded.
+        let limits = Limits::of(&spec("Host=h;Username=u;Timeout=0"));
+        assert_eq!(limits.checkout(), None);
+        assert_eq!(limits.command, Some(Duration::from_secs(30)));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn deferred_roots_fail_at_connect_without_blocking_and_retry() {
+        let s = spec(
+            "Host=127.0.0.1;Port=1;Username=u;SSL Mode=VerifyFull;Root Certificate=/nonexistent/ca.pem",
         );
+        let tls = DeferredTls::new(&s);
+        let e = match tls.shared.clone().connector().await {
+            Ok(_) => panic!("a missing file cannot give roots"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("Root Certificate"), "{e}");
+        assert!(tls.shared.ready.get().is_none(), "a failure is not kept");
     }
 }
