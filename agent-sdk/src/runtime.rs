@@ -14,7 +14,9 @@ use tokio_util::task::TaskTracker;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::cluster::{Claimed, Member, RENEW_EVERY, RunRecord};
+use crate::cluster::{
+    CLAIM_LEASE, CLAIM_SAFETY, Claimed, Member, RENEW_EVERY, RENEW_WITHIN, RunRecord,
+};
 use crate::console::Console;
 use crate::context::{ContextInner, JobContext};
 use crate::error::{DispatchError, JobError, JobErrorKind};
@@ -31,7 +33,6 @@ mod busy;
 mod detail;
 mod stop;
 
-use stop::call_on_stop;
 
 /// The status of a job instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -472,7 +473,7 @@ impl Runtime {
                 started: crate::cluster::now_ms(),
                 action: "run".to_owned(),
             };
-            *lock(&run.record) = Some(tokio::spawn(async move {
+            *lock(&run.record) = Some(self.tracker.spawn(async move {
                 let write = store.record_run(&member, &job_id, &record, cluster);
                 match tokio::time::timeout(RECORD_WITHIN, write).await {
                     Ok(Ok(())) => {
@@ -586,35 +587,9 @@ impl Runtime {
         if run.claimed.load(Ordering::Acquire)
             && let Some(store) = run.store.clone()
         {
-            let (member, class, job_id) =
-                (self.member.clone(), reg.class(), cx.job_id().to_owned());
             let stop = renewal.insert(CancellationToken::new()).clone();
-            let cx2 = cx.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(RENEW_EVERY) => {}
-                    }
-                    match store.renew_claim(&member, class, &job_id).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!(
-                                class,
-                                job_id,
-                                "the singleton claim was lost; cancelling the run"
-                            );
-                            cx2.console()
-                                .warning("this run lost its cluster-wide claim and was cancelled");
-                            cx2.cancel();
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::debug!(class, error = %e, "claim renewal failed; retrying")
-                        }
-                    }
-                }
-            });
+            let keep = keep_claim(store, self.member.clone(), reg.class(), cx.clone(), stop);
+            self.tracker.spawn(keep);
         }
         let timeout = cx
             .agent_timeout()
@@ -802,17 +777,33 @@ impl Runtime {
                 .values()
                 .flat_map(|s| lock(&s.slot).runs.clone())
                 .collect();
-            for run in stuck {
+            let why = format!(
+                "the agent shut down and the job did not stop within {} ms",
+                self.options.shutdown_timeout.as_millis()
+            );
+            // All at once, within one bound: a slow or unreachable store must not stretch
+            // shutdown by a give-up per run.
+            let reports = stuck.iter().map(|run| {
                 tracing::warn!(
                     class = run.cx.class(),
                     job_id = run.cx.job_id(),
                     "job did not stop within the shutdown bound"
                 );
-                run.report(Some(format!(
-                    "the agent shut down and the job did not stop within {} ms",
-                    self.options.shutdown_timeout.as_millis()
-                )))
-                .await;
+                run.report(Some(why.clone()))
+            });
+            let reported =
+                tokio::time::timeout(SHUTDOWN_REPORT_WITHIN, futures_util::future::join_all(reports))
+                    .await
+                    .is_ok();
+            // Result and console writes of runs that did end are tracked tasks too.
+            let pending = self.tracker.len();
+            if !reported || pending > 0 {
+                tracing::error!(
+                    stuck_runs = stuck.len(),
+                    unfinished_writes = pending,
+                    instance = %self.member.instance,
+                    "shutdown bound reached before the store took every console line and result; runs without a result keep their in-flight record, and the next process of this instance reports them"
+                );
             }
         }
     }
@@ -853,8 +844,8 @@ impl Drop for Claiming<'_> {
         self.state.ended.notify_waiters();
         let (store, member) = (self.store.clone(), self.rt.member.clone());
         let (class, job_id) = (self.class, std::mem::take(&mut self.job_id));
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.rt.tracker.spawn(async move {
                 let release = store.release_claim(&member, class, &job_id);
                 match tokio::time::timeout(RELEASE_WITHIN, release).await {
                     Ok(Ok(())) => {}
@@ -866,6 +857,9 @@ impl Drop for Claiming<'_> {
     }
 }
 
+/// How long shutdown gives the results of runs that did not stop, after the shutdown bound.
+const SHUTDOWN_REPORT_WITHIN: Duration = Duration::from_secs(2);
+
 /// How long a run's answer waits for its in-flight record.
 const RECORD_BEFORE_ANSWER: Duration = Duration::from_secs(1);
 /// How long writing the in-flight record may take before it is given up.
@@ -873,6 +867,69 @@ const RECORD_WITHIN: Duration = Duration::from_secs(30);
 
 /// How long releasing an undecided claim may take before it is left to lapse.
 const RELEASE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Renews a running singleton's cluster-wide claim every [`RENEW_EVERY`] until `stop`, and
+/// cancels the run when the claim is lost: taken by another replica, or not renewed for
+/// `CLAIM_LEASE - CLAIM_SAFETY` (the store is unreachable or silent). Time is measured on
+/// this process's monotonic clock from the moment each successful renewal was *sent*: the
+/// database set the claim's `Until` to its own now, later than that, plus `CLAIM_LEASE`, so
+/// the run is cancelled (and its fencing token stops being current) before the claim can
+/// lapse and another replica take it.
+async fn keep_claim(
+    store: Arc<Store>,
+    member: Member,
+    class: &'static str,
+    cx: JobContext,
+    stop: CancellationToken,
+) {
+    let job_id = cx.job_id().to_owned();
+    // The claim was written just before the run started, and is renewed at once.
+    let mut renewed = tokio::time::Instant::now();
+    let mut next = renewed;
+    loop {
+        let cancel_at = renewed + (CLAIM_LEASE - CLAIM_SAFETY);
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(cancel_at) => {
+                let silent = renewed.elapsed();
+                tracing::warn!(
+                    class,
+                    job_id,
+                    silent_ms = silent.as_millis() as u64,
+                    claim_lease_ms = CLAIM_LEASE.as_millis() as u64,
+                    "the singleton claim could not be renewed; cancelling the run before the claim can lapse and another replica take it"
+                );
+                cx.console().warning(format!(
+                    "this run could not renew its cluster-wide claim for {} ms (store unreachable) and was cancelled before another replica could take it",
+                    silent.as_millis()
+                ));
+                cx.cancel();
+                return;
+            }
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let sent = tokio::time::Instant::now();
+        next = sent + RENEW_EVERY;
+        let attempt = store.renew_claim(&member, class, &job_id);
+        let bound = (sent + RENEW_WITHIN).min(cancel_at);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            res = tokio::time::timeout_at(bound, attempt) => match res {
+                Ok(Ok(true)) => renewed = sent,
+                Ok(Ok(false)) => {
+                    tracing::warn!(class, job_id, "the singleton claim was lost; cancelling the run");
+                    cx.console()
+                        .warning("this run lost its cluster-wide claim and was cancelled");
+                    cx.cancel();
+                    return;
+                }
+                Ok(Err(e)) => tracing::debug!(class, error = %e, "claim renewal failed; retrying"),
+                Err(_) => tracing::debug!(class, "claim renewal got no answer in time; retrying"),
+            }
+        }
+    }
+}
 
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use super::{Busy, Runtime, Start, call_on_stop, lock};
+use super::{Busy, Runtime, Start, lock};
 use crate::cluster::{CLAIM_LEASE, Command};
 use crate::outcome::{DispatchResult, Outlet};
 use crate::registry::JobRegistration;
@@ -51,9 +51,12 @@ impl Runtime {
                     .console()
                     .lifecycle(|| format!("stopped to make way for run {}", d.job_id));
                 let grace = self.options.timeout_grace;
-                tokio::spawn(async move {
+                let rt = self.clone();
+                self.tracker.spawn(async move {
+                    // A run that ignores its stop is given up as a local stop does, so the
+                    // replacing run can start.
                     let cx = run.cx.clone();
-                    call_on_stop(&run, cx, grace).await
+                    rt.stop_run(reg, &run, cx, grace).await;
                 });
             }
             (None, Some(instance), Some(store)) => {

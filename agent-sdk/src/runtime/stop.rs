@@ -147,33 +147,33 @@ impl Runtime {
             .collect();
         let rt = self.clone();
         self.tracker.spawn(async move {
-            let mut failures = Vec::new();
-            for (run, cx) in local.iter().zip(contexts) {
-                run.cx
-                    .console()
-                    .lifecycle(|| format!("stop requested (stop job id {stop_id})"));
-                cx.console()
-                    .lifecycle(|| format!("stopping job {} (job id {})", reg.class(), run.cx.job_id()));
-                if let Some(e) = call_on_stop(run, cx, grace).await {
-                    failures.push(e);
+            // Every instance at once (here and on the replicas): the whole stop takes at most
+            // two graces (on_stop, then the wait for the run to end) plus the replicas' answer.
+            let local_stops = local.iter().zip(contexts).map(|(run, cx)| {
+                let (rt, stop_id) = (&rt, &stop_id);
+                async move {
+                    run.cx
+                        .console()
+                        .lifecycle(|| format!("stop requested (stop job id {stop_id})"));
+                    cx.console().lifecycle(|| {
+                        format!("stopping job {} (job id {})", reg.class(), run.cx.job_id())
+                    });
+                    rt.stop_run(reg, run, cx, grace).await
                 }
-            }
-            for run in &local {
-                if !rt.ends_within(run, grace).await {
-                    let why = format!(
-                        "the job ignored cancellation for {} ms after it was asked to stop; it is reported as stuck and no longer counted as running",
-                        grace.as_millis()
-                    );
-                    failures.push(format!("job {}: {why}", run.cx.job_id()));
-                    rt.abandon(reg, run, why).await;
+            });
+            let remote_stops = async {
+                match (&store, remote_ids.is_empty()) {
+                    (Some(store), false) => {
+                        let within = grace * 2 + Duration::from_secs(2);
+                        wait_for_acks(store, &stop_id, &remote_ids, within).await
+                    }
+                    _ => Vec::new(),
                 }
-            }
-            if let (Some(store), false) = (&store, remote_ids.is_empty()) {
-                failures.extend(
-                    wait_for_acks(store, &stop_id, &remote_ids, grace + Duration::from_secs(2))
-                        .await,
-                );
-            }
+            };
+            let (local_failures, remote_failures) =
+                tokio::join!(futures_util::future::join_all(local_stops), remote_stops);
+            let mut failures: Vec<String> = local_failures.into_iter().flatten().collect();
+            failures.extend(remote_failures);
             let error = (!failures.is_empty()).then(|| failures.join("; "));
             match &error {
                 None => console.lifecycle(|| "stop done".to_owned()),
@@ -235,9 +235,10 @@ impl Runtime {
                 None => run.cx.clone(),
             };
             let console = cx.console().clone();
-            if let Some(e) = call_on_stop(&run, cx, self.options.timeout_grace).await {
-                error = e;
-            }
+            error = self
+                .stop_run(reg, &run, cx, self.options.timeout_grace)
+                .await
+                .join("; ");
             if command.console.is_some() {
                 console.close().await;
             }
@@ -246,6 +247,37 @@ impl Runtime {
             tracing::warn!(stop_id = %command.stop_id, error = %e, "could not acknowledge a remote stop");
         }
     }
+}
+
+impl Runtime {
+    /// Calls a run's `on_stop` with `cx`, then waits for the run to end; a run that ignores
+    /// its stop is abandoned (reported stuck, its class freed). The failures, if any.
+    pub(super) async fn stop_run(
+        &self,
+        reg: &'static JobRegistration,
+        run: &Arc<Run>,
+        cx: JobContext,
+        grace: Duration,
+    ) -> Vec<String> {
+        let mut failures = Vec::new();
+        if let Some(e) = call_on_stop(run, cx, grace).await {
+            failures.push(e);
+        }
+        if !self.ends_within(run, grace).await {
+            let why = ignored_stop(grace);
+            failures.push(format!("job {}: {why}", run.cx.job_id()));
+            self.abandon(reg, run, why).await;
+        }
+        failures
+    }
+}
+
+/// Why a run that ignored its stop for `grace` is given up.
+pub(super) fn ignored_stop(grace: Duration) -> String {
+    format!(
+        "the job ignored cancellation for {} ms after it was asked to stop; it is reported as stuck and no longer counted as running",
+        grace.as_millis()
+    )
 }
 
 /// The context `on_stop` gets for a stop dispatch: the stop's own ids, parameter, headers and
@@ -305,7 +337,7 @@ pub(super) async fn within<T>(
 }
 
 /// Calls a run's `on_stop` with `cx` within `grace`; the error text when it failed.
-pub(super) async fn call_on_stop(run: &Run, cx: JobContext, grace: Duration) -> Option<String> {
+async fn call_on_stop(run: &Run, cx: JobContext, grace: Duration) -> Option<String> {
     let stop = AssertUnwindSafe(run.instance.clone().stop(cx)).catch_unwind();
     let id = run.cx.job_id();
     match tokio::time::timeout(grace, stop).await {
