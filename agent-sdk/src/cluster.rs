@@ -19,9 +19,26 @@
 //! (Rows written by earlier agent versions have no `Until`; their `expireat` stands in.)
 //!
 //! A replica that dies stops renewing: its singleton claims lapse within [`CLAIM_LEASE`], and
-//! after [`REPLICA_LEASE`] plus [`LOST_GRACE`] a surviving replica reports its runs as lost.
-//! Runs whose instance has no lease row at all (it was deleted) get a lapsed lease first, so
-//! they are reported [`LOST_GRACE`] after a survivor notices them.
+//! after [`REPLICA_LEASE`] plus [`LOST_GRACE`] a surviving replica reports its runs as lost
+//! (within about 11 s of the crash). Runs whose instance has no lease row at all (it was
+//! deleted) get a lapsed lease first, so they are reported [`LOST_GRACE`] after a survivor
+//! notices them.
+//!
+//! **A replica cut off from the store stops its singletons first.** The holder of a claim
+//! measures, on its own monotonic clock, the time since it *sent* its last successful renewal;
+//! the database set the claim's `Until` to its own now (later than that send) plus
+//! [`CLAIM_LEASE`], so the claim cannot lapse anywhere before that send plus the lease. The
+//! holder cancels its run [`CLAIM_SAFETY`] before that moment (the margin covers timer
+//! delays and the job's own wind-down), so a run is over, and its fencing token no longer
+//! current, before another replica can claim the class and get a higher token.
+//!
+//! **One process per instance name.** The lease row `jobagent:replicas`/instance holds the id
+//! of the process that owns the name (`ServerId`, one per process). A process takes the row
+//! only when it is its own, lapsed, or a placeholder; while another process's lease of the
+//! same name is live, this process is a duplicate: it reconciles nothing, reaps nothing,
+//! takes no command, and refuses singleton claims, naming the duplicate. A restarted process
+//! takes its crashed predecessor's name over as soon as the predecessor's lease lapses
+//! (within [`REPLICA_LEASE`]), and then reports what it left in flight.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,13 +47,19 @@ use serde::{Deserialize, Serialize};
 use crate::store::Store;
 
 /// How long a singleton claim lives without renewal.
-pub(crate) const CLAIM_LEASE: Duration = Duration::from_secs(15);
+pub(crate) const CLAIM_LEASE: Duration = Duration::from_secs(10);
+/// How long before its claim could lapse a holder that could not renew it cancels its run:
+/// it cancels once its last successful renewal is `CLAIM_LEASE - CLAIM_SAFETY` old.
+pub(crate) const CLAIM_SAFETY: Duration = Duration::from_secs(3);
 /// How often the holder renews its claims, and a replica its lease.
-pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(3);
+pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// How long one renewal may take before it is given up (and retried at the next tick).
+pub(crate) const RENEW_WITHIN: Duration = Duration::from_secs(2);
 /// How long a replica's lease lives without renewal.
-pub(crate) const REPLICA_LEASE: Duration = Duration::from_secs(15);
-/// Extra time before a silent replica's runs are reported lost.
-pub(crate) const LOST_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const REPLICA_LEASE: Duration = Duration::from_secs(6);
+/// Extra time before a silent replica's runs are reported lost: a live replica is reported
+/// only after `REPLICA_LEASE + LOST_GRACE` (9 s) without one successful renewal.
+pub(crate) const LOST_GRACE: Duration = Duration::from_secs(3);
 /// How often a replica looks for runs whose instance has no lease row.
 pub(crate) const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(30);
 /// Bookkeeping rows are renewed when their `expireat` is less than this far from the store's
@@ -107,6 +130,36 @@ pub(crate) enum Claimed {
     Busy(ClaimValue),
 }
 
+/// Who holds this process's instance name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Lease {
+    /// This process: the lease is (now) ours.
+    Held,
+    /// Another live process: this one is a duplicate of the instance name, at least until
+    /// that lease lapses.
+    HeldBy(Holder),
+}
+
+/// Another process holding a live lease of this instance name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub(crate) server_id: String,
+    pub(crate) pid: i64,
+    /// Its lease's deadline (ms since the Unix epoch, database clock): it grows when the
+    /// holder renews, which tells a live duplicate from a predecessor that died.
+    pub(crate) until: i64,
+}
+
+impl Holder {
+    /// Why a duplicate process refuses what needs the instance name.
+    pub(crate) fn refusal(&self, instance: &str) -> String {
+        format!(
+            "instance name `{instance}` (JOBAGENT_INSTANCE; the default is the host name) is in use by another live process (pid {}, process id {}) sharing this store; this process refuses singleton runs and does not reconcile or coordinate under that name until the other one stops: give every process its own JOBAGENT_INSTANCE",
+            self.pid, self.server_id
+        )
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -133,8 +186,16 @@ fn until_of(alias: &str) -> String {
 
 type Res<T> = Result<T, String>;
 
-fn e(err: impl std::fmt::Display) -> String {
-    err.to_string()
+/// An error's text with its causes (a database error's own message is in its source).
+fn e(err: impl std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl Store {
@@ -143,15 +204,22 @@ impl Store {
     }
 
     /// Claims a singleton class for `job_id`; the fencing token grows with every claim. A
-    /// claim held under this instance's own name is taken over: the caller's class is free
-    /// locally, so such a claim is stale (a crashed predecessor's, or one this process could
-    /// not release while the store was down).
+    /// live claim is taken over only when it is this process's own (one it could not release
+    /// while the store was down: the class is free locally) or a predecessor's of this
+    /// instance name that no longer holds the name's lease (it crashed). A process that is a
+    /// duplicate of a live process's instance name gets an error naming it.
     pub(crate) async fn claim(&self, me: &Member, class: &str, job_id: &str) -> Res<Claimed> {
         let mut client = self.pool.get().await.map_err(e)?;
         let h = self.hash_sql();
         let key = format!("jobagent:claim:{class}");
         let until = until_of("t");
         let tx = client.transaction().await.map_err(e)?;
+        // A process that is a duplicate of a live process's instance name claims nothing.
+        if let Some(holder) = holder_of(&tx, &h, me).await? {
+            tx.rollback().await.map_err(e)?;
+            return Err(holder.refusal(&me.instance));
+        }
+        let lease_until = until_of("l");
         let won = tx
             .query_opt(
                 &format!(
@@ -159,7 +227,10 @@ impl Store {
                      jsonb_build_object('Instance', $2::text, 'ServerId', $3::text, 'JobId', $4::text, \
                      'Until', {DB_NOW_MS} + $5::bigint)::text, NULL) \
                      ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = EXCLUDED.value, expireat = NULL \
-                     WHERE {until} < {DB_NOW_MS} OR t.\"value\"::jsonb->>'Instance' = $2 RETURNING id"
+                     WHERE {until} < {DB_NOW_MS} OR t.\"value\"::jsonb->>'ServerId' = $3 \
+                     OR (t.\"value\"::jsonb->>'Instance' = $2 AND NOT EXISTS (SELECT 1 FROM {h} l \
+                     WHERE l.\"key\" = 'jobagent:replicas' AND l.field = $2 AND {lease_until} > {DB_NOW_MS} \
+                     AND l.\"value\"::jsonb->>'ServerId' = t.\"value\"::jsonb->>'ServerId')) RETURNING id"
                 ),
                 &[
                     &key,
@@ -267,20 +338,24 @@ impl Store {
 
     /// Records a run in flight.
     ///
-    /// In cluster mode (`lease`) the replica's lease is renewed first, on the same
-    /// connection: a run on record always has a lease that will lapse if this process dies.
-    /// (Otherwise a replica killed before its coordinator's first lease write would leave
-    /// runs no survivor ever reports.)
+    /// The process's lease of its instance name is taken or renewed first, on the same
+    /// connection: a run on record always has a lease that will lapse if this process dies
+    /// (otherwise a replica killed before its coordinator's first lease write would leave runs
+    /// no survivor ever reports). A duplicate of a live process's instance name records
+    /// nothing: that process, or its successor, would report the run as its own lost run.
+    ///
+    /// (`_cluster`: the lease is held with cluster mode on or off; instance names must be told
+    /// apart either way.)
     pub(crate) async fn record_run(
         &self,
         me: &Member,
         job_id: &str,
         record: &RunRecord,
-        lease: bool,
+        _cluster: bool,
     ) -> Res<()> {
         let client = self.pool.get().await.map_err(e)?;
-        if lease {
-            self.write_lease(&client, me).await?;
+        if let Lease::HeldBy(holder) = self.hold_lease_on(&client, me).await? {
+            return Err(holder.refusal(&me.instance));
         }
         let value = serde_json::to_string(record).map_err(e)?;
         crate::store::upsert_hash_fields(
@@ -343,16 +418,20 @@ impl Store {
             .collect())
     }
 
-    /// Renews this replica's lease, and keeps the `expireat` of its run records out of
-    /// Hangfire's reach (a run may last longer than `ExpireAtDays`).
-    pub(crate) async fn renew_replica(&self, me: &Member) -> Res<()> {
+    /// Takes or renews this process's lease of its instance name and, when it is ours, keeps
+    /// the `expireat` of its run records out of Hangfire's reach (a run may last longer than
+    /// `ExpireAtDays`).
+    pub(crate) async fn hold_lease(&self, me: &Member) -> Res<Lease> {
         let client = self.pool.get().await.map_err(e)?;
-        self.write_lease(&client, me).await?;
+        let lease = self.hold_lease_on(&client, me).await?;
+        if lease != Lease::Held {
+            return Ok(lease);
+        }
         client
             .execute(
                 &format!(
-                    "UPDATE {} SET expireat = now() + $2 * interval '1 second' WHERE \"key\" = $1 \
-                     AND (expireat IS NULL OR expireat < now() + ($2 - $3) * interval '1 second')",
+                    "UPDATE {} SET expireat = now() + $2::float8 * interval '1 second' WHERE \"key\" = $1 \
+                     AND (expireat IS NULL OR expireat < now() + ($2::float8 - $3::float8) * interval '1 second')",
                     self.hash_sql()
                 ),
                 &[
@@ -363,34 +442,62 @@ impl Store {
             )
             .await
             .map_err(e)?;
-        Ok(())
+        Ok(Lease::Held)
     }
 
-    /// Writes this replica's lease: `Until` = the database's now + [`REPLICA_LEASE`]; the
-    /// row's `expireat` is the store's `ExpireAtDays` ahead.
-    async fn write_lease(&self, client: &deadpool_postgres::Client, me: &Member) -> Res<()> {
-        let sql = format!(
-            "INSERT INTO {} (\"key\", field, \"value\", expireat) VALUES ('jobagent:replicas', $1, \
-             jsonb_build_object('ServerId', $2::text, 'Pid', $3::bigint, 'Until', {DB_NOW_MS} + $4::bigint)::text, \
-             now() + $5 * interval '1 second') \
-             ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = EXCLUDED.value, expireat = EXCLUDED.expireat",
-            self.hash_sql()
-        );
-        let stmt = client.prepare_cached(&sql).await.map_err(e)?;
+    /// Lets this process's lease lapse now (a graceful stop: a successor of the same name
+    /// need not wait for it).
+    pub(crate) async fn release_lease(&self, me: &Member) -> Res<()> {
+        let client = self.pool.get().await.map_err(e)?;
         client
             .execute(
-                &stmt,
-                &[
-                    &me.instance,
-                    &me.server_id,
-                    &i64::from(std::process::id()),
-                    &millis(REPLICA_LEASE),
-                    &self.expire_secs(),
-                ],
+                &format!(
+                    "UPDATE {} SET \"value\" = jsonb_set(\"value\"::jsonb, '{{Until}}', to_jsonb({DB_NOW_MS} - 1))::text \
+                     WHERE \"key\" = 'jobagent:replicas' AND field = $1 AND \"value\"::jsonb->>'ServerId' = $2",
+                    self.hash_sql()
+                ),
+                &[&me.instance, &me.server_id],
             )
             .await
             .map_err(e)?;
         Ok(())
+    }
+
+    /// Writes this process's lease, `Until` = the database's now + [`REPLICA_LEASE`] (the
+    /// row's `expireat` is the store's `ExpireAtDays` ahead), unless another process holds a
+    /// live lease of the same name: then says who.
+    async fn hold_lease_on(&self, client: &deadpool_postgres::Client, me: &Member) -> Res<Lease> {
+        let until = until_of("t");
+        let sql = format!(
+            "INSERT INTO {} AS t (\"key\", field, \"value\", expireat) VALUES ('jobagent:replicas', $1, \
+             jsonb_build_object('ServerId', $2::text, 'Pid', $3::bigint, 'Until', {DB_NOW_MS} + $4::bigint)::text, \
+             now() + $5 * interval '1 second') \
+             ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = EXCLUDED.value, expireat = EXCLUDED.expireat \
+             WHERE COALESCE(t.\"value\"::jsonb->>'ServerId', '') IN ('', $2) OR {until} < {DB_NOW_MS} \
+             RETURNING t.id",
+            self.hash_sql()
+        );
+        let stmt = client.prepare_cached(&sql).await.map_err(e)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+            &me.instance,
+            &me.server_id,
+            &i64::from(std::process::id()),
+            &millis(REPLICA_LEASE),
+            &self.expire_secs(),
+        ];
+        // Twice: the holder's lease may lapse between the write and the look-up.
+        for _ in 0..2 {
+            if client.query_opt(&stmt, &params).await.map_err(e)?.is_some() {
+                return Ok(Lease::Held);
+            }
+            if let Some(holder) = holder_of(client, &self.hash_sql(), me).await? {
+                return Ok(Lease::HeldBy(holder));
+            }
+        }
+        Err(format!(
+            "the lease of instance `{}` kept changing hands; retrying",
+            me.instance
+        ))
     }
 
     /// Sends a command to a replica.
@@ -548,6 +655,36 @@ impl Store {
         tx.commit().await.map_err(e)?;
         Ok(lost)
     }
+}
+
+/// The other live process holding `me`'s instance name, if any.
+async fn holder_of(
+    client: &impl deadpool_postgres::GenericClient,
+    h: &str,
+    me: &Member,
+) -> Res<Option<Holder>> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT t.\"value\"::jsonb->>'ServerId', (t.\"value\"::jsonb->>'Pid')::bigint, {} FROM {h} t \
+                 WHERE t.\"key\" = 'jobagent:replicas' AND t.field = $1 AND {} > {DB_NOW_MS}",
+                until_of("t"),
+                until_of("t")
+            ),
+            &[&me.instance],
+        )
+        .await
+        .map_err(e)?;
+    Ok(row.and_then(|r| {
+        let server_id: String = r.try_get::<_, Option<String>>(0).ok().flatten()?;
+        let pid: i64 = r.try_get::<_, Option<i64>>(1).ok().flatten().unwrap_or(0);
+        let until: i64 = r.try_get::<_, Option<i64>>(2).ok().flatten().unwrap_or(0);
+        (!server_id.is_empty() && server_id != me.server_id).then_some(Holder {
+            server_id,
+            pid,
+            until,
+        })
+    }))
 }
 
 fn parse_runs(rows: &[tokio_postgres::Row]) -> Vec<(String, RunRecord)> {

@@ -1,20 +1,116 @@
-//! The per-store coordinator: reconciles runs a predecessor left in flight and, in cluster
-//! mode, keeps this replica's lease, executes stops other replicas send, and reports the runs
-//! of replicas that died.
+//! The per-store coordinator: holds this process's lease of its instance name, reconciles the
+//! runs a predecessor left in flight and, in cluster mode, executes stops other replicas send
+//! and reports the runs of replicas that died.
+//!
+//! The lease is held whether or not cluster mode is on: it is how two live processes with one
+//! instance name (the default is the host name) notice each other instead of reporting each
+//! other's runs as crashed. A process that finds the name held by another live process is a
+//! duplicate: it says so (an error naming `JOBAGENT_INSTANCE`), does nothing under that name
+//! (no reconciliation, no reaping, no commands; claims are refused by the store) and keeps
+//! trying; when the other process's lease lapses (it died), this one takes the name over and
+//! reconciles. A predecessor that crashed is told from a live duplicate by its lease: a live
+//! process renews it every [`RENEW_EVERY`], a dead one does not.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{ORPHAN_SCAN_EVERY, POLL_EVERY, RENEW_EVERY, RunRecord};
+use crate::cluster::{
+    Holder, Lease, Member, ORPHAN_SCAN_EVERY, POLL_EVERY, RENEW_EVERY, RENEW_WITHIN, RunRecord,
+};
 use crate::outcome::{DispatchResult, ResultSink};
 use crate::request::Action;
 use crate::runtime::Runtime;
 use crate::store::{Store, StoreResults};
 
 /// How often a replica looks for dead replicas' runs.
-const REAP_EVERY: Duration = Duration::from_secs(5);
+const REAP_EVERY: Duration = Duration::from_secs(1);
+/// How long one coordinator store operation may take before it is given up (and retried at
+/// its next turn): a black-holed connection must not stall the lease.
+const STORE_OP_WITHIN: Duration = Duration::from_secs(5);
+/// How long releasing the lease at a graceful stop may take.
+const RELEASE_WITHIN: Duration = Duration::from_secs(1);
+
+/// A store operation bounded by `within`.
+async fn bounded<T>(
+    within: Duration,
+    op: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(within, op)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer from the store within {within:?}")))
+}
+
+/// What this process knows of its claim to its instance name.
+enum Identity {
+    /// Not known yet (the store has not answered).
+    Unknown,
+    /// The lease is ours.
+    Held,
+    /// Another process holds a live lease of the name, first seen with this deadline;
+    /// `live` once it was seen renewing (a duplicate, not a predecessor that died).
+    Other { holder: Holder, live: bool },
+}
+
+impl Identity {
+    fn held(&self) -> bool {
+        matches!(self, Identity::Held)
+    }
+
+    /// Takes in the answer of a lease write, logging what changed.
+    fn update(&mut self, lease: Lease, me: &Member, store: &Store) {
+        match (lease, &mut *self) {
+            (Lease::Held, Identity::Held) => {}
+            (Lease::Held, Identity::Other { holder, .. }) => {
+                tracing::warn!(
+                    instance = %me.instance,
+                    store = %store.label,
+                    other_pid = holder.pid,
+                    "the other process's lease of this instance name lapsed: this process now holds the name"
+                );
+                *self = Identity::Held;
+            }
+            (Lease::Held, Identity::Unknown) => *self = Identity::Held,
+            (Lease::HeldBy(holder), Identity::Other { holder: seen, live })
+                if holder.server_id == seen.server_id =>
+            {
+                if !*live && holder.until > seen.until {
+                    *live = true;
+                    tracing::error!(
+                        instance = %me.instance,
+                        store = %store.label,
+                        "{}",
+                        holder.refusal(&me.instance)
+                    );
+                }
+                *seen = holder;
+            }
+            (Lease::HeldBy(holder), previous) => {
+                let lost = previous.held();
+                if lost {
+                    tracing::error!(
+                        instance = %me.instance,
+                        store = %store.label,
+                        other_pid = holder.pid,
+                        "this process's lease of its instance name was taken by another process while it could not renew it (cut off from the store?); {}",
+                        holder.refusal(&me.instance)
+                    );
+                } else {
+                    tracing::warn!(
+                        instance = %me.instance,
+                        store = %store.label,
+                        other_pid = holder.pid,
+                        "instance name {} (JOBAGENT_INSTANCE) is held by another process; waiting for its lease to lapse (a predecessor that died) or to see it renewed (a live process with the same name: a configuration error)",
+                        me.instance
+                    );
+                }
+                *self = Identity::Other { holder, live: lost };
+            }
+        }
+    }
+}
 
 /// Starts the coordinator of `store`; it ends with the agent.
 pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: CancellationToken) {
@@ -23,29 +119,36 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
         let me = rt.member.clone();
         let cluster = rt.options.cluster;
         drop(rt);
-        if cluster && let Err(e) = store.renew_replica(&me).await {
-            tracing::debug!(store = %store.label, error = %e, "could not register the replica yet");
-        }
-        // Runs a crashed predecessor of this instance left in flight: report them once.
+        let mut identity = Identity::Unknown;
+        // Runs a crashed predecessor of this instance left in flight: reported once, by the
+        // process that holds the name.
         let mut reconciled = false;
-        let mut last_renew = tokio::time::Instant::now();
-        let mut last_reap = tokio::time::Instant::now();
+        let mut last_renew: Option<Instant> = None;
+        let mut last_reap = Instant::now();
         // The first reap also looks for runs whose instance lost its lease row.
-        let mut last_scan: Option<tokio::time::Instant> = None;
+        let mut last_scan: Option<Instant> = None;
         loop {
-            if !reconciled {
-                match store.take_orphans(&me).await {
+            if last_renew.is_none_or(|at| at.elapsed() >= RENEW_EVERY) {
+                last_renew = Some(Instant::now());
+                match bounded(RENEW_WITHIN, store.hold_lease(&me)).await {
+                    Ok(lease) => identity.update(lease, &me, &store),
+                    Err(e) => {
+                        tracing::debug!(store = %store.label, error = %e, "could not renew the instance lease")
+                    }
+                }
+            }
+            if identity.held() && !reconciled {
+                match bounded(STORE_OP_WITHIN, store.take_orphans(&me)).await {
                     Ok(orphans) => {
                         reconciled = true;
                         for (job_id, record) in orphans {
                             tracing::warn!(job_id, class = %record.class, "reporting a run the previous process of this instance left in flight");
                             report_lost(
                                 &store,
-                                &job_id,
+                                job_id,
                                 &record,
-                                "agent restarted before the job finished",
-                            )
-                            .await;
+                                "agent restarted before the job finished".to_owned(),
+                            );
                         }
                     }
                     Err(e) => {
@@ -53,18 +156,24 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                     }
                 }
             }
-            if !cluster && reconciled {
-                return;
-            }
+            let pause = if cluster { POLL_EVERY } else { RENEW_EVERY };
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(POLL_EVERY) => {}
-            }
-            if !cluster {
-                continue;
+                _ = stop.cancelled() => {
+                    if identity.held()
+                        && let Err(e) = bounded(RELEASE_WITHIN, store.release_lease(&me)).await
+                    {
+                        tracing::debug!(store = %store.label, error = %e, "could not release the instance lease; it lapses by itself");
+                    }
+                    return;
+                }
+                _ = tokio::time::sleep(pause) => {}
             }
             let Some(rt) = runtime.upgrade() else { return };
-            match store.take_commands(&me).await {
+            // Commands and lost runs under this name belong to the process that holds it.
+            if !cluster || !identity.held() {
+                continue;
+            }
+            match bounded(STORE_OP_WITHIN, store.take_commands(&me)).await {
                 Ok(commands) => {
                     for command in commands {
                         let (rt, store) = (rt.clone(), store.clone());
@@ -75,16 +184,11 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                     tracing::debug!(store = %store.label, error = %e, "could not read commands")
                 }
             }
-            if last_renew.elapsed() >= RENEW_EVERY {
-                last_renew = tokio::time::Instant::now();
-                if let Err(e) = store.renew_replica(&me).await {
-                    tracing::debug!(store = %store.label, error = %e, "could not renew the replica lease");
-                }
-            }
+            drop(rt);
             if last_reap.elapsed() >= REAP_EVERY {
-                last_reap = tokio::time::Instant::now();
+                last_reap = Instant::now();
                 let scan = last_scan.is_none_or(|at| at.elapsed() >= ORPHAN_SCAN_EVERY);
-                let taken = store.take_lost(&me, scan).await;
+                let taken = bounded(STORE_OP_WITHIN, store.take_lost(&me, scan)).await;
                 if scan && taken.is_ok() {
                     last_scan = Some(last_reap);
                 }
@@ -92,7 +196,14 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                     Ok(lost) => {
                         for (instance, job_id, record) in lost {
                             tracing::warn!(instance, job_id, class = %record.class, "reporting a run of a lost replica");
-                            report_lost(&store, &job_id, &record, &format!("agent replica lost: {instance} stopped answering before the job finished")).await;
+                            report_lost(
+                                &store,
+                                job_id,
+                                &record,
+                                format!(
+                                    "agent replica lost: {instance} stopped answering before the job finished"
+                                ),
+                            );
                         }
                     }
                     Err(e) => {
@@ -104,12 +215,13 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
     });
 }
 
-async fn report_lost(store: &Arc<Store>, job_id: &str, record: &RunRecord, why: &str) {
+/// Reports a run taken from the store as lost, in the background: the result writer retries
+/// while the store is unreachable, and the coordinator must go on renewing the lease.
+fn report_lost(store: &Arc<Store>, job_id: String, record: &RunRecord, why: String) {
     let started = std::time::UNIX_EPOCH + Duration::from_millis(record.started);
-    let result = DispatchResult::new(job_id, Action::Run, job_id, Some(why.to_owned()), started);
-    StoreResults {
+    let result = DispatchResult::new(&job_id, Action::Run, &job_id, Some(why), started);
+    let results = StoreResults {
         store: store.clone(),
-    }
-    .write(result)
-    .await;
+    };
+    tokio::spawn(async move { results.write(result).await });
 }

@@ -13,6 +13,8 @@ pub struct Replica {
     name: String,
     port: u16,
     child: Option<Child>,
+    /// Where its standard output (its log) goes, when kept.
+    log: Option<PathBuf>,
 }
 
 /// The example service's binary, built once per test process (`cargo build -p example-agent`
@@ -66,6 +68,26 @@ fn free_port() -> u16 {
 impl Replica {
     /// Starts a replica named `name` with extra environment; waits until it answers.
     pub async fn start(name: &str, env: &[(&str, String)]) -> Self {
+        Self::start_inner(name, env, false).await
+    }
+
+    /// Like [`start`](Self::start), keeping the process's log (its standard output) in a
+    /// temporary file, read with [`log_text`](Self::log_text).
+    pub async fn start_logged(name: &str, env: &[(&str, String)]) -> Self {
+        Self::start_inner(name, env, true).await
+    }
+
+    /// What the process logged so far (empty unless started with
+    /// [`start_logged`](Self::start_logged)).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|path| std::fs::read(path).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+
+    async fn start_inner(name: &str, env: &[(&str, String)], logged: bool) -> Self {
         let port = free_port();
         let mut cmd = Command::new(example_binary());
         cmd.env("JOBAGENT_LISTEN", format!("127.0.0.1:{port}"))
@@ -74,8 +96,20 @@ impl Replica {
                 "RUST_LOG",
                 std::env::var("REPLICA_LOG").unwrap_or_else(|_| "warn".to_owned()),
             )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .stdin(Stdio::null());
+        let log = logged.then(|| {
+            std::env::temp_dir().join(format!("replica-{name}-{port}-{}.log", std::process::id()))
+        });
+        match &log {
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+                cmd.stdout(file);
+            }
+            None => {
+                cmd.stdout(Stdio::null());
+            }
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -86,6 +120,7 @@ impl Replica {
             name: name.to_owned(),
             port,
             child: Some(child),
+            log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         let health = format!("http://127.0.0.1:{port}/health");
@@ -104,6 +139,11 @@ impl Replica {
     /// The instance name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The process id, while the process runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// A center stand-in talking to this replica's agent.
@@ -140,5 +180,8 @@ impl Replica {
 impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
+        if let Some(path) = self.log.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }

@@ -1,0 +1,344 @@
+//! Cluster faults: a replica partitioned from the store with its singleton running, a
+//! SIGKILLed replica, and two live processes with one instance name. Example-service
+//! processes sharing one PostgreSQL store; a replica's store behind a [`Proxy`] to cut it off.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tests::center::ConsoleInfo;
+use tests::pg::TestDb;
+use tests::proxy::Proxy;
+use tests::replica::Replica;
+use tests::wait;
+
+const SINGLETON: &str = "example_agent::jobs::TestJob";
+const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
+/// What a replica logs when it cancels a singleton whose claim it could not renew.
+const CANCELLED_UNRENEWED: &str = "cancelling the run before the claim can lapse";
+
+fn store_env(connection: String) -> Vec<(&'static str, String)> {
+    vec![("JOBAGENT_STORE", connection)]
+}
+
+/// One `key=value` of the test database's connection string.
+fn part(db: &TestDb, key: &str) -> String {
+    db.connection_string()
+        .split(';')
+        .find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            k.trim().eq_ignore_ascii_case(key).then(|| v.to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// The test database's connection string through a proxy on `port`, with short bounds.
+fn via_proxy(db: &TestDb, port: u16) -> String {
+    let rest: Vec<String> = db
+        .connection_string()
+        .split(';')
+        .filter(|kv| {
+            let key = kv.split('=').next().unwrap_or("").trim();
+            !key.eq_ignore_ascii_case("Host") && !key.eq_ignore_ascii_case("Port")
+        })
+        .map(str::to_owned)
+        .collect();
+    format!(
+        "Host=127.0.0.1;Port={port};{};Timeout=2;Command Timeout=3",
+        rest.join(";")
+    )
+}
+
+/// The fencing token a run printed on its console.
+async fn fencing_token(db: &TestDb, console: &ConsoleInfo) -> Option<u64> {
+    db.console_lines(&console.set_key, &console.hash_key)
+        .await
+        .iter()
+        .filter_map(|l| l["s"].as_str())
+        .find_map(|s| {
+            let at = s.find("fencing token ")?;
+            s[at + "fencing token ".len()..].trim().parse().ok()
+        })
+}
+
+/// Polls `check` every 100 ms until it holds; panics with `what` after `within`.
+async fn until(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} (waited {within:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// Issue 12, partition-safe singletons: the replica running the singleton is cut off from the
+// store (black hole: nothing answers, nothing is reset); it cancels its run before its claim
+// can lapse, the other replica takes over after the lease, and the run gets one result.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_replica_cancels_its_singleton_before_another_can_claim_it() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(
+        &part(&db, "Host"),
+        part(&db, "Port").parse().unwrap_or(5432),
+    )
+    .await;
+    let a = Replica::start_logged("pa", &store_env(via_proxy(&db, proxy.port()))).await;
+    let b = Replica::start("pb", &store_env(db.connection_string())).await;
+    let console1 = ConsoleInfo::for_job("p1");
+    a.center()
+        .run(SINGLETON, "p1")
+        .param(json!({"sleep_ms": 120000}))
+        .console(console1.clone())
+        .send()
+        .await
+        .assert_status(200);
+    b.center()
+        .wait_detail(SINGLETON, Duration::from_secs(5), |r| {
+            r.body.contains("RunningOn: pa")
+        })
+        .await;
+    until(
+        Duration::from_secs(5),
+        "p1's fencing token line",
+        async || fencing_token(&db, &console1).await.is_some(),
+    )
+    .await;
+    proxy.black_hole();
+    let cut = Instant::now();
+    // Until the other replica may take it: each attempt is sent only after looking at the
+    // partitioned replica's log, so a cancellation seen before the winning attempt happened
+    // before the claim was taken.
+    let console2 = ConsoleInfo::for_job("p2");
+    let mut cancelled_at = None;
+    let taken_at = loop {
+        if cancelled_at.is_none() && a.log_text().contains(CANCELLED_UNRENEWED) {
+            cancelled_at = Some(cut.elapsed());
+        }
+        let reply = b
+            .center()
+            .run(SINGLETON, "p2")
+            .param(json!({"lines": 1}))
+            .console(console2.clone())
+            .send()
+            .await;
+        if reply.status == 200 {
+            break cut.elapsed();
+        }
+        reply.assert_err(501);
+        assert!(
+            cut.elapsed() < Duration::from_secs(30),
+            "the other replica could not take the singleton within {:?}",
+            cut.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "partition: the cut-off replica cancelled its singleton {cancelled_at:?} after the cut; the other replica claimed it {taken_at:?} after the cut"
+    );
+    let cancelled_at = cancelled_at.unwrap_or_else(|| {
+        panic!(
+            "the claim was taken {taken_at:?} after the cut, before the cut-off replica cancelled its run:\n{}",
+            a.log_text()
+        )
+    });
+    assert!(cancelled_at < taken_at);
+    assert!(
+        taken_at < Duration::from_secs(15),
+        "the singleton was free again only after {taken_at:?}"
+    );
+    assert_eq!(
+        wait::result(&db, "p2", Duration::from_secs(10)).await["R"],
+        "ok"
+    );
+    let (t1, t2) = (
+        fencing_token(&db, &console1).await,
+        fencing_token(&db, &console2).await,
+    );
+    assert!(
+        matches!((t1, t2), (Some(t1), Some(t2)) if t2 > t1),
+        "fencing tokens {t1:?} then {t2:?}"
+    );
+    // The cut-off replica's runs are reported lost by the other one.
+    let left = Duration::from_secs(30).saturating_sub(cut.elapsed());
+    wait::failure(&db, "p1", left, "agent replica lost: pa").await;
+    eprintln!(
+        "partition: p1 reported lost {:?} after the cut",
+        cut.elapsed()
+    );
+    // The store comes back: the cut-off replica's own result of p1 is dropped, not added.
+    proxy.restore();
+    until(
+        Duration::from_secs(60),
+        "the cut-off replica's own result of p1 was never dropped",
+        async || a.log_text().contains("already reported"),
+    )
+    .await;
+    let fields = db.result_fields("p1").await;
+    assert_eq!(fields.len(), 1, "p1 has exactly one result: {fields:?}");
+    // And its console shows why it stopped.
+    until(
+        Duration::from_secs(20),
+        "the cancellation line never reached p1's console",
+        async || {
+            db.console_lines(&console1.set_key, &console1.hash_key)
+                .await
+                .iter()
+                .any(|l| {
+                    l["s"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("could not renew its cluster-wide claim"))
+                })
+        },
+    )
+    .await;
+}
+
+// Issue 12: a SIGKILLed replica's runs are reported within 15 s, while the live replica's
+// own run (same load, same store) is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_replicas_runs_are_reported_within_15_s_and_a_live_ones_are_not() {
+    let db = TestDb::new().await;
+    let mut a = Replica::start("ka", &store_env(db.connection_string())).await;
+    let b = Replica::start("kb", &store_env(db.connection_string())).await;
+    a.center()
+        .run(SINGLETON, "k1")
+        .param(json!({"sleep_ms": 120000}))
+        .send()
+        .await
+        .assert_status(200);
+    a.center()
+        .run(TRANSIENT, "k2")
+        .param(json!({"sleep_ms": 120000}))
+        .send()
+        .await
+        .assert_status(200);
+    b.center()
+        .run(TRANSIENT, "k3")
+        .param(json!({"sleep_ms": 25000, "lines": 50}))
+        .send()
+        .await
+        .assert_status(200);
+    b.center()
+        .wait_detail(TRANSIENT, Duration::from_secs(5), |r| {
+            r.body.contains("JobId: k2")
+        })
+        .await;
+    let killed = Instant::now();
+    a.kill();
+    let mut reported = Vec::new();
+    for id in ["k1", "k2"] {
+        let left = Duration::from_secs(15).saturating_sub(killed.elapsed());
+        let r: Value = wait::failure(&db, id, left, "agent replica lost: ka").await;
+        assert_eq!(r["RunId"], id);
+        reported.push(killed.elapsed());
+    }
+    eprintln!("killed replica: runs reported {reported:?} after the SIGKILL (bound 15 s)");
+    // The live replica's run is left alone: it ends as it would have.
+    let live = wait::result(&db, "k3", Duration::from_secs(40)).await;
+    assert_eq!(live["R"], "ok", "{live}");
+    for id in ["k1", "k2", "k3"] {
+        assert_eq!(db.result_fields(id).await.len(), 1, "{id}");
+    }
+}
+
+/// Two live processes with one instance name: the second says so, takes neither the
+/// first's claims nor its runs, and takes the name over only once the first died.
+async fn one_instance_name_twice(cluster: bool, prefix: &str) {
+    let db = TestDb::new().await;
+    let mut env = store_env(db.connection_string());
+    if !cluster {
+        env.push(("JOBAGENT_CLUSTER", "off".to_owned()));
+    }
+    let name = format!("{prefix}-same");
+    let (s1, t1) = (format!("{prefix}1"), format!("{prefix}2"));
+    let mut first = Replica::start_logged(&name, &env).await;
+    for (class, id) in [(SINGLETON, &s1), (TRANSIENT, &t1)] {
+        first
+            .center()
+            .run(class, id)
+            .param(json!({"sleep_ms": 120000}))
+            .send()
+            .await
+            .assert_status(200);
+    }
+    let second = Replica::start_logged(&name, &env).await;
+    until(
+        Duration::from_secs(10),
+        "the second process never said its instance name is in use",
+        async || {
+            let log = second.log_text();
+            log.lines().any(|l| {
+                l.contains("ERROR") && l.contains("JOBAGENT_INSTANCE") && l.contains(&name)
+            })
+        },
+    )
+    .await;
+    if cluster {
+        // It refuses the singleton, naming the duplicate instance, instead of taking the
+        // first one's claim.
+        let refused = second.center().run(SINGLETON, "dup-run").send().await;
+        refused.assert_err(500);
+        assert!(
+            refused.body.contains(&name) && refused.body.contains("JOBAGENT_INSTANCE"),
+            "{}",
+            refused.body
+        );
+    }
+    // For a few lease periods, nobody reports the first one's live runs.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(12) {
+        for id in [&s1, &t1] {
+            assert!(
+                db.result(id).await.is_none(),
+                "{id} was reported while it runs: {:?}\n{}",
+                db.result(id).await,
+                second.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    first
+        .center()
+        .wait_detail(TRANSIENT, Duration::from_secs(2), |r| {
+            r.body.contains(&format!("JobId: {t1}"))
+        })
+        .await;
+    assert!(
+        first.log_text().lines().all(|l| !l.contains("ERROR")),
+        "the first process has nothing to complain about:\n{}",
+        first.log_text()
+    );
+    // The first one dies: the second takes the name over and reports what it left.
+    let killed = Instant::now();
+    first.kill();
+    for id in [&s1, &t1] {
+        let left = Duration::from_secs(15).saturating_sub(killed.elapsed());
+        wait::failure(&db, id, left, "agent restarted before the job finished").await;
+    }
+    eprintln!(
+        "duplicate name: the survivor reported the dead process's runs {:?} after the SIGKILL",
+        killed.elapsed()
+    );
+    second
+        .center()
+        .run(SINGLETON, &format!("{prefix}3"))
+        .param(json!({"lines": 1}))
+        .send()
+        .await
+        .assert_status(200);
+    assert_eq!(
+        wait::result(&db, &format!("{prefix}3"), Duration::from_secs(10)).await["R"],
+        "ok"
+    );
+    for id in [&s1, &t1] {
+        assert_eq!(db.result_fields(id).await.len(), 1, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_live_processes_with_one_instance_name_leave_each_other_alone() {
+    one_instance_name_twice(true, "dn").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_live_processes_with_one_instance_name_leave_each_other_alone_cluster_off() {
+    one_instance_name_twice(false, "df").await;
+}
