@@ -66,7 +66,7 @@ impl Heartbeats {
         let hash_key = format!("AgentHeart:{server_id}");
         let field = agent_server.to_owned();
         tokio::spawn(async move {
-            let mut sampler = ProcessSampler::new();
+            let mut sampler = Some(ProcessSampler::new());
             let mut interval = tokio::time::interval(TICK);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -85,7 +85,29 @@ impl Heartbeats {
                     continue;
                 }
                 ticks.fetch_sub(1, Ordering::AcqRel);
-                let figures = sampler.sample();
+                // /proc and statvfs are blocking file system calls (a hung mount would hold
+                // a worker): they run off the runtime, bounded by a tick.
+                let mut taken = sampler.take().unwrap_or_else(ProcessSampler::new);
+                let sampled = tokio::time::timeout(
+                    TICK,
+                    tokio::task::spawn_blocking(move || {
+                        let figures = taken.sample();
+                        (taken, figures)
+                    }),
+                )
+                .await;
+                let figures = match sampled {
+                    Ok(Ok((taken, figures))) => {
+                        sampler = Some(taken);
+                        figures
+                    }
+                    _ => {
+                        tracing::debug!(
+                            "sampling the process figures took longer than a tick; skipped"
+                        );
+                        continue;
+                    }
+                };
                 let beat = Beat {
                     id: figures.pid,
                     idx: left - 1,
