@@ -125,6 +125,13 @@ pub struct ConsoleBudget {
     /// Lines one console may hold in memory while the store is slow or unreachable; more are
     /// counted and dropped.
     pub buffer_lines: usize,
+    /// Bytes one console may hold in memory (lines waiting for the store, lines being sent,
+    /// the kept tail), each line counted as its text plus a fixed overhead; more are counted
+    /// and dropped, and a longer line is cut to fit.
+    pub buffer_bytes: u64,
+    /// Bytes all consoles of the process may hold together (same count as `buffer_bytes`),
+    /// through one shared budget.
+    pub memory_bytes: u64,
 }
 
 impl Default for ConsoleBudget {
@@ -134,6 +141,8 @@ impl Default for ConsoleBudget {
             max_bytes: 64 * 1024 * 1024,
             tail_lines: 1_000,
             buffer_lines: 200_000,
+            buffer_bytes: 32 * 1024 * 1024,
+            memory_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -237,6 +246,14 @@ impl AgentOptions {
         if let Some(v) = get("JOBAGENT_CONSOLE_BUFFER_LINES") {
             options.console_budget.buffer_lines =
                 parse_count("JOBAGENT_CONSOLE_BUFFER_LINES", &v)? as usize;
+        }
+        if let Some(v) = get("JOBAGENT_CONSOLE_BUFFER_BYTES") {
+            options.console_budget.buffer_bytes =
+                parse_count("JOBAGENT_CONSOLE_BUFFER_BYTES", &v)?;
+        }
+        if let Some(v) = get("JOBAGENT_CONSOLE_MEMORY_BYTES") {
+            options.console_budget.memory_bytes =
+                parse_count("JOBAGENT_CONSOLE_MEMORY_BYTES", &v)?;
         }
         let limits = &mut options.limits;
         for (name, slot) in [

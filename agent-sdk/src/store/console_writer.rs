@@ -2,6 +2,7 @@
 //! and in batches by one background writer task.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -27,12 +28,95 @@ const BATCH_BYTES: usize = 4 * 1024 * 1024;
 pub(crate) struct StoreConsole {
     shared: Arc<Shared>,
     budget: ConsoleBudget,
+    memory: &'static ConsoleMemory,
     done: watch::Receiver<bool>,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     wake: Notify,
+}
+
+/// The bytes held by every store console of the process, against
+/// [`ConsoleBudget::memory_bytes`]: one atomic counter, taken when a line is buffered and
+/// given back when it is written (or given up on).
+#[derive(Debug)]
+pub(crate) struct ConsoleMemory {
+    used: AtomicU64,
+}
+
+/// The console memory of the process.
+static CONSOLE_MEMORY: ConsoleMemory = ConsoleMemory::new();
+
+impl ConsoleMemory {
+    pub(crate) const fn new() -> Self {
+        Self {
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `bytes` if the total stays within `limit`.
+    fn try_take(&self, bytes: u64, limit: u64) -> bool {
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > limit {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Takes `bytes` whatever the total (the few marker lines at a console's end).
+    fn take(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn give_back(&self, bytes: u64) {
+        if bytes > 0 {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes held now.
+    #[cfg(test)]
+    fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// What a buffered line is counted as beyond its texts: the line itself, its queue slot and
+/// the allocator's rounding (documented in `docs/console.md`).
+const LINE_OVERHEAD: u64 = 128;
+const _: () = assert!(std::mem::size_of::<ConsoleLine>() as u64 + 16 <= LINE_OVERHEAD);
+
+/// The bytes a buffered line is counted as.
+fn cost(line: &ConsoleLine) -> u64 {
+    let name = match &line.progress {
+        Some((_, Some(name))) => name.len(),
+        _ => 0,
+    };
+    (line.text.len() + name) as u64 + LINE_OVERHEAD
+}
+
+/// Ends a line that was cut to fit the buffer.
+const CUT_MARK: &str = "…";
+
+/// Cuts `line` (at a character boundary, ending with [`CUT_MARK`]) so that it costs at most
+/// `limit`; false when it already did.
+fn cut_to_fit(line: &mut ConsoleLine, limit: u64) -> bool {
+    if cost(line) <= limit {
+        return false;
+    }
+    let keep = limit.saturating_sub(cost(line) - line.text.len() as u64 + CUT_MARK.len() as u64);
+    let mut end = usize::try_from(keep)
+        .unwrap_or(usize::MAX)
+        .min(line.text.len());
+    while !line.text.is_char_boundary(end) {
+        end -= 1;
+    }
+    line.text.truncate(end);
+    line.text.push_str(CUT_MARK);
+    line.text.shrink_to_fit();
+    true
 }
 
 #[derive(Default)]
@@ -50,6 +134,11 @@ struct Queue {
     over_budget: u64,
     /// Lines dropped because the buffer was full (the store is slow or down).
     overflow: u64,
+    /// Lines cut because they were longer than the buffer.
+    cut: u64,
+    /// Bytes counted for the lines in `pending`, in `tail` and being written (all taken from
+    /// the process's [`ConsoleMemory`] too).
+    held: u64,
 }
 
 /// How long a closed console keeps retrying an unreachable store before giving up.
@@ -68,6 +157,7 @@ impl StoreConsole {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
         });
+        let memory = &CONSOLE_MEMORY;
         let (done_tx, done) = watch::channel(false);
         let writer = Writer {
             store,
@@ -75,6 +165,7 @@ impl StoreConsole {
             encoder: LineEncoder::new(start),
             shared: shared.clone(),
             budget,
+            memory,
             prefix,
             finalized: false,
         };
@@ -85,51 +176,131 @@ impl StoreConsole {
         Self {
             shared,
             budget,
+            memory,
             done,
         }
     }
 }
 
+impl Queue {
+    /// Takes one line into the buffer (or the tail, or counts it as dropped). True when the
+    /// buffer was empty before, so the writer must be woken.
+    fn admit(&mut self, mut line: ConsoleLine, b: &ConsoleBudget, memory: &ConsoleMemory) -> bool {
+        if self.closed {
+            return false;
+        }
+        if cut_to_fit(&mut line, b.buffer_bytes.min(b.memory_bytes)) {
+            self.cut += 1;
+            if self.cut == 1 {
+                tracing::warn!(target: "agent_sdk::console", buffer_bytes = b.buffer_bytes, "a console line longer than the console buffer was cut");
+            }
+        }
+        let bytes = cost(&line);
+        // Progress lines are few (one per distinct value) and always pass the budget.
+        if line.progress.is_none() {
+            let text = line.text.len() as u64;
+            if !self.tail_mode
+                && (self.taken_lines + 1 > b.max_lines.saturating_sub(b.tail_lines)
+                    || self.taken_bytes + text > b.max_bytes)
+            {
+                self.tail_mode = true;
+            }
+            if self.tail_mode {
+                self.keep_in_tail(line, bytes, b, memory);
+                return false;
+            }
+            self.taken_lines += 1;
+            self.taken_bytes += text;
+        }
+        let full = if self.pending.len() >= b.buffer_lines {
+            Some("lines")
+        } else if self.held + bytes > b.buffer_bytes {
+            Some("bytes of this console")
+        } else if !memory.try_take(bytes, b.memory_bytes) {
+            Some("bytes of all consoles")
+        } else {
+            None
+        };
+        if let Some(bound) = full {
+            self.overflow += 1;
+            if self.overflow == 1 {
+                tracing::warn!(target: "agent_sdk::console", bound, buffer_lines = b.buffer_lines, buffer_bytes = b.buffer_bytes, memory_bytes = b.memory_bytes, "console buffer full (the store is slow or unreachable); further lines of this console are counted and dropped until it drains");
+            }
+            return false;
+        }
+        self.held += bytes;
+        let was_empty = self.pending.is_empty();
+        self.pending.push_back(line);
+        was_empty
+    }
+
+    /// Keeps `line` as the newest of the tail, dropping the oldest tail lines while the tail
+    /// has too many lines or the buffer too many bytes.
+    fn keep_in_tail(
+        &mut self,
+        line: ConsoleLine,
+        bytes: u64,
+        b: &ConsoleBudget,
+        memory: &ConsoleMemory,
+    ) {
+        loop {
+            if (self.tail.len() as u64) < b.tail_lines
+                && self.held + bytes <= b.buffer_bytes
+                && memory.try_take(bytes, b.memory_bytes)
+            {
+                self.held += bytes;
+                self.tail.push_back(line);
+                return;
+            }
+            self.over_budget += 1;
+            match self.tail.pop_front() {
+                Some(old) => {
+                    let freed = cost(&old);
+                    self.held -= freed;
+                    memory.give_back(freed);
+                }
+                // Not even an empty tail takes it: the line is the one dropped.
+                None => return,
+            }
+        }
+    }
+
+    /// Gives back the bytes of lines written (or given up on).
+    fn release(&mut self, bytes: u64, memory: &ConsoleMemory) {
+        let bytes = bytes.min(self.held);
+        self.held -= bytes;
+        memory.give_back(bytes);
+    }
+
+    /// Appends a line the writer adds itself (a marker), counted whatever the bounds.
+    fn push_own(&mut self, line: ConsoleLine, memory: &ConsoleMemory) {
+        let bytes = cost(&line);
+        memory.take(bytes);
+        self.held += bytes;
+        self.pending.push_back(line);
+    }
+
+    /// Takes the next batch from the buffer, and the bytes it is counted as.
+    fn batch(&mut self) -> (Vec<ConsoleLine>, u64) {
+        let mut text = 0;
+        let mut bytes = 0;
+        let mut n = 0;
+        for line in &self.pending {
+            if n == BATCH_LINES || (n > 0 && text + line.text.len() > BATCH_BYTES) {
+                break;
+            }
+            text += line.text.len();
+            bytes += cost(line);
+            n += 1;
+        }
+        (self.pending.drain(..n).collect(), bytes)
+    }
+}
+
 impl LineSink for StoreConsole {
     fn push(&self, line: ConsoleLine) {
-        let b = &self.budget;
-        let was_empty;
-        {
-            let mut q = lock(&self.shared.queue);
-            if q.closed {
-                return;
-            }
-            // Progress lines are few (one per distinct value) and always pass the budget.
-            if line.progress.is_none() {
-                let bytes = line.text.len() as u64;
-                if !q.tail_mode
-                    && (q.taken_lines + 1 > b.max_lines - b.tail_lines
-                        || q.taken_bytes + bytes > b.max_bytes)
-                {
-                    q.tail_mode = true;
-                }
-                if q.tail_mode {
-                    q.tail.push_back(line);
-                    if q.tail.len() as u64 > b.tail_lines {
-                        q.tail.pop_front();
-                        q.over_budget += 1;
-                    }
-                    return;
-                }
-                q.taken_lines += 1;
-                q.taken_bytes += bytes;
-            }
-            if q.pending.len() >= b.buffer_lines {
-                q.overflow += 1;
-                if q.overflow == 1 {
-                    tracing::warn!(target: "agent_sdk::console", buffer = b.buffer_lines, "console buffer full (the store is slow or unreachable); further lines of this console are counted and dropped");
-                }
-                return;
-            }
-            was_empty = q.pending.is_empty();
-            q.pending.push_back(line);
-        }
-        if was_empty {
+        let wake = lock(&self.shared.queue).admit(line, &self.budget, self.memory);
+        if wake {
             self.shared.wake.notify_one();
         }
     }
@@ -155,12 +326,26 @@ struct Writer {
     encoder: LineEncoder,
     shared: Arc<Shared>,
     budget: ConsoleBudget,
+    memory: &'static ConsoleMemory,
     prefix: String,
     finalized: bool,
 }
 
+impl Drop for Writer {
+    /// However the writer ends (done, given up, its task dropped), the console takes no more
+    /// lines and its bytes go back to the process's budget.
+    fn drop(&mut self) {
+        let mut q = lock(&self.shared.queue);
+        q.closed = true;
+        q.pending.clear();
+        q.tail.clear();
+        let held = q.held;
+        q.release(held, self.memory);
+    }
+}
+
 enum Next {
-    Batch(Vec<ConsoleLine>),
+    Batch(Vec<ConsoleLine>, u64),
     Wait,
     Finished,
 }
@@ -172,11 +357,19 @@ impl Writer {
             match self.next() {
                 Next::Finished => return,
                 Next::Wait => self.shared.wake.notified().await,
-                Next::Batch(lines) => {
-                    let encoded: Vec<EncodedLine> =
-                        lines.iter().map(|l| self.encoder.encode(l)).collect();
-                    if !self.write(&encoded, &mut closed_since).await {
-                        let lost = encoded.len() + lock(&self.shared.queue).pending.len();
+                Next::Batch(lines, bytes) => {
+                    let count = lines.len();
+                    let encoded: Vec<EncodedLine> = lines
+                        .into_iter()
+                        .map(|l| self.encoder.encode_owned(l))
+                        .collect();
+                    let written = self.write(&encoded, &mut closed_since).await;
+                    drop(encoded);
+                    let mut q = lock(&self.shared.queue);
+                    q.release(bytes, self.memory);
+                    if !written {
+                        let lost = count + q.pending.len();
+                        drop(q);
                         tracing::error!(target: "agent_sdk::console", store = %self.store.label, console = %self.target.set_key, lost, "the store stayed unreachable after the run ended; giving up on this console's remaining lines");
                         return;
                     }
@@ -188,7 +381,8 @@ impl Writer {
     /// Takes the next batch; once closed and drained, appends the budget's tail and the
     /// marker lines, then finishes.
     fn next(&mut self) -> Next {
-        let mut q = lock(&self.shared.queue);
+        let mut guard = lock(&self.shared.queue);
+        let q = &mut *guard;
         if q.pending.is_empty() {
             if !q.closed {
                 return Next::Wait;
@@ -197,46 +391,44 @@ impl Writer {
                 return Next::Finished;
             }
             self.finalized = true;
-            let mut end = Vec::new();
+            let b = &self.budget;
+            let marker = |at: SystemTime, text: String| ConsoleLine {
+                at,
+                text,
+                color: Some(ConsoleColor::WARNING),
+                progress: None,
+            };
             if q.over_budget > 0 {
                 let at = q.tail.front().map(|l| l.at).unwrap_or_else(SystemTime::now);
-                end.push(ConsoleLine {
-                    at,
-                    text: format!(
-                        "{}… {} line(s) dropped: this run wrote more than its console budget ({} lines, {} bytes); the first and the last lines are kept …",
-                        self.prefix, q.over_budget, self.budget.max_lines, self.budget.max_bytes
-                    ),
-                    color: Some(ConsoleColor::WARNING),
-                    progress: None,
-                });
+                let text = format!(
+                    "{}… {} line(s) dropped: this run wrote more than its console budget ({} lines, {} bytes); the first and the last lines are kept …",
+                    self.prefix, q.over_budget, b.max_lines, b.max_bytes
+                );
+                q.push_own(marker(at, text), self.memory);
             }
-            end.extend(q.tail.drain(..));
+            q.pending.extend(q.tail.drain(..));
             if q.overflow > 0 {
-                end.push(ConsoleLine {
-                    at: SystemTime::now(),
-                    text: format!(
-                        "{}{} line(s) dropped: the store was unreachable and this console's buffer ({} lines) was full",
-                        self.prefix, q.overflow, self.budget.buffer_lines
-                    ),
-                    color: Some(ConsoleColor::WARNING),
-                    progress: None,
-                });
+                let text = format!(
+                    "{}{} line(s) dropped: the store was unreachable or slow and this console's buffer ({} lines, {} bytes; {} bytes for all consoles of the agent) was full",
+                    self.prefix, q.overflow, b.buffer_lines, b.buffer_bytes, b.memory_bytes
+                );
+                q.push_own(marker(SystemTime::now(), text), self.memory);
             }
-            if end.is_empty() {
+            if q.cut > 0 {
+                let text = format!(
+                    "{}{} line(s) longer than this console's buffer ({} bytes) were cut to fit (they end with {CUT_MARK})",
+                    self.prefix,
+                    q.cut,
+                    b.buffer_bytes.min(b.memory_bytes)
+                );
+                q.push_own(marker(SystemTime::now(), text), self.memory);
+            }
+            if q.pending.is_empty() {
                 return Next::Finished;
             }
-            q.pending.extend(end);
         }
-        let mut bytes = 0;
-        let mut n = 0;
-        for line in &q.pending {
-            if n == BATCH_LINES || (n > 0 && bytes + line.text.len() > BATCH_BYTES) {
-                break;
-            }
-            bytes += line.text.len();
-            n += 1;
-        }
-        Next::Batch(q.pending.drain(..n).collect())
+        let (lines, bytes) = q.batch();
+        Next::Batch(lines, bytes)
     }
 
     /// Writes one batch, retrying with backoff. False when it gave up.
@@ -367,5 +559,202 @@ impl Writer {
             .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> ConsoleLine {
+        ConsoleLine {
+            at: SystemTime::now(),
+            text: text.to_owned(),
+            color: Some(ConsoleColor::INFO),
+            progress: None,
+        }
+    }
+
+    fn numbered(n: usize, len: usize) -> ConsoleLine {
+        let mut text = format!("line {n} ");
+        while text.len() < len {
+            text.push('.');
+        }
+        line(&text)
+    }
+
+    fn texts(lines: impl IntoIterator<Item = ConsoleLine>) -> Vec<String> {
+        lines
+            .into_iter()
+            .map(|l| l.text.split(' ').take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    /// A budget whose byte bounds are `run` and `all` lines of `len` bytes.
+    fn budget(len: usize, run: u64, all: u64) -> ConsoleBudget {
+        let each = cost(&numbered(0, len));
+        ConsoleBudget {
+            buffer_bytes: run * each,
+            memory_bytes: all * each,
+            ..ConsoleBudget::default()
+        }
+    }
+
+    #[test]
+    fn one_console_holds_at_most_its_bytes_and_keeps_order() {
+        let memory = ConsoleMemory::new();
+        let b = budget(1000, 10, 1000);
+        let mut q = Queue::default();
+        for n in 1..=25 {
+            q.admit(numbered(n, 1000), &b, &memory);
+        }
+        assert_eq!(q.pending.len(), 10);
+        assert_eq!(q.overflow, 15);
+        assert!(q.held <= b.buffer_bytes);
+        assert_eq!(memory.used(), q.held);
+        // Written: the bytes come back, later lines are taken again, in order.
+        let (batch, bytes) = q.batch();
+        assert_eq!(bytes, b.buffer_bytes);
+        q.release(bytes, &memory);
+        assert_eq!((q.held, memory.used()), (0, 0));
+        for n in 26..=27 {
+            q.admit(numbered(n, 1000), &b, &memory);
+        }
+        let mut kept = texts(batch);
+        kept.extend(texts(q.pending.drain(..)));
+        let expected: Vec<String> = (1..=10)
+            .chain(26..=27)
+            .map(|n| format!("line {n}"))
+            .collect();
+        assert_eq!(kept, expected);
+        assert_eq!(q.overflow, 15);
+    }
+
+    #[test]
+    fn all_consoles_share_one_budget() {
+        let memory = ConsoleMemory::new();
+        // Each console may hold 10 lines, all of them together 15.
+        let b = budget(500, 10, 15);
+        let (mut a, mut c) = (Queue::default(), Queue::default());
+        for n in 1..=10 {
+            a.admit(numbered(n, 500), &b, &memory);
+        }
+        for n in 1..=10 {
+            c.admit(numbered(n, 500), &b, &memory);
+        }
+        assert_eq!((a.pending.len(), a.overflow), (10, 0));
+        assert_eq!((c.pending.len(), c.overflow), (5, 5));
+        assert_eq!(memory.used(), a.held + c.held);
+        assert!(memory.used() <= b.memory_bytes);
+        // What one console writes frees room for the other.
+        let (_, bytes) = a.batch();
+        a.release(bytes, &memory);
+        for n in 11..=15 {
+            c.admit(numbered(n, 500), &b, &memory);
+        }
+        assert_eq!((c.pending.len(), c.overflow), (10, 5));
+        assert_eq!(
+            texts(c.pending.drain(..)),
+            (1..=5)
+                .chain(11..=15)
+                .map(|n| format!("line {n}"))
+                .collect::<Vec<_>>()
+        );
+        let held = c.held;
+        c.release(held, &memory);
+        assert_eq!(memory.used(), 0);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_buffer_is_cut_never_kept_whole() {
+        let memory = ConsoleMemory::new();
+        let b = ConsoleBudget {
+            buffer_bytes: 64 * 1024,
+            ..ConsoleBudget::default()
+        };
+        let mut q = Queue::default();
+        // Multi-byte characters: the cut falls on a character boundary.
+        q.admit(line(&"é".repeat(1024 * 1024)), &b, &memory);
+        assert_eq!((q.cut, q.pending.len()), (1, 1));
+        let long = &q.pending[0].text;
+        assert!(long.ends_with(CUT_MARK), "{:?}", long.chars().rev().take(4));
+        assert!(cost(&q.pending[0]) <= b.buffer_bytes);
+        assert!(long.len() > 60 * 1024);
+        // It fills the buffer: the next line waits for it to be written.
+        q.admit(line("short"), &b, &memory);
+        assert_eq!((q.pending.len(), q.overflow), (1, 1));
+        let (_, bytes) = q.batch();
+        q.release(bytes, &memory);
+        q.admit(line("short"), &b, &memory);
+        assert_eq!(q.pending[0].text, "short");
+        // The shared budget cuts too when it is the smaller one.
+        let b = ConsoleBudget {
+            memory_bytes: 8 * 1024,
+            ..b
+        };
+        let memory = ConsoleMemory::new();
+        let mut q = Queue::default();
+        q.admit(line(&"x".repeat(100_000)), &b, &memory);
+        assert_eq!((q.cut, q.pending.len()), (1, 1));
+        assert!(cost(&q.pending[0]) <= 8 * 1024);
+        assert_eq!(memory.used(), q.held);
+    }
+
+    #[test]
+    fn the_tail_is_bounded_in_bytes_and_keeps_the_newest() {
+        let memory = ConsoleMemory::new();
+        let b = ConsoleBudget {
+            max_lines: 20,
+            tail_lines: 10,
+            ..budget(1000, 6, 1000)
+        };
+        let mut q = Queue::default();
+        for n in 1..=40 {
+            q.admit(numbered(n, 1000), &b, &memory);
+            // The head is written as it comes (the store is up).
+            let (_, bytes) = q.batch();
+            q.release(bytes, &memory);
+        }
+        // Head: lines 1..10; tail: at most 6 lines of bytes (of 10 allowed by lines).
+        assert_eq!(q.tail.len(), 6);
+        assert_eq!(
+            texts(q.tail.iter().cloned()),
+            (35..=40).map(|n| format!("line {n}")).collect::<Vec<_>>()
+        );
+        assert_eq!(q.over_budget, 30 - 6);
+        assert_eq!(memory.used(), q.held);
+        assert!(q.held <= b.buffer_bytes);
+    }
+
+    #[test]
+    fn progress_lines_are_counted_in_bytes_too() {
+        let memory = ConsoleMemory::new();
+        let b = budget(100, 3, 100);
+        let mut q = Queue::default();
+        for p in 0..5 {
+            q.admit(
+                ConsoleLine {
+                    at: SystemTime::now(),
+                    text: "1".into(),
+                    color: None,
+                    progress: Some((f64::from(p), Some("n".repeat(80)))),
+                },
+                &b,
+                &memory,
+            );
+        }
+        assert!(q.held <= b.buffer_bytes);
+        assert_eq!(q.pending.len() as u64 + q.overflow, 5);
+    }
+
+    #[test]
+    fn the_shared_counter_refuses_past_its_limit_and_gives_back() {
+        let memory = ConsoleMemory::new();
+        assert!(memory.try_take(60, 100));
+        assert!(!memory.try_take(41, 100));
+        assert!(memory.try_take(40, 100));
+        assert_eq!(memory.used(), 100);
+        memory.give_back(100);
+        assert_eq!(memory.used(), 0);
     }
 }

@@ -55,27 +55,49 @@ impl LineEncoder {
     }
 
     pub(crate) fn encode(&mut self, line: &ConsoleLine) -> EncodedLine {
+        let (mut encoded, field) = self.encode_parts(line);
+        encoded.reference = field.map(|f| (f, line.text.clone()));
+        encoded
+    }
+
+    /// Like [`encode`](Self::encode), moving a long text into its reference instead of
+    /// copying it (a buffered console holds each text once).
+    pub(crate) fn encode_owned(&mut self, line: ConsoleLine) -> EncodedLine {
+        let (mut encoded, field) = self.encode_parts(&line);
+        encoded.reference = field.map(|f| (f, line.text));
+        encoded
+    }
+
+    /// The encoded line without its reference text, and the reference's field if it has one.
+    fn encode_parts(&mut self, line: &ConsoleLine) -> (EncodedLine, Option<String>) {
         let units = self.offset(line.at);
         let t = format_units(units);
-        let mut value = self.render(&t, false, &line.text, line);
-        let mut reference = None;
-        if line.progress.is_none()
-            && (utf16_len(&line.text) > MAX_INLINE_UTF16 || utf16_len(&value) > MAX_LINE_UTF16)
-        {
-            let field = new_reference();
-            value = self.render(&t, true, &field, line);
-            reference = Some((field, line.text.clone()));
+        // A text of more than 3 bytes per allowed unit is long whatever its characters (a
+        // UTF-16 unit takes at most 3 bytes of UTF-8): it is not rendered inline first.
+        let long = line.progress.is_none()
+            && (line.text.len() > 3 * MAX_INLINE_UTF16 || utf16_len(&line.text) > MAX_INLINE_UTF16);
+        let mut value = if long {
+            String::new()
+        } else {
+            self.render(&t, false, &line.text, line)
+        };
+        let mut field = None;
+        if line.progress.is_none() && (long || utf16_len(&value) > MAX_LINE_UTF16) {
+            let f = new_reference();
+            value = self.render(&t, true, &f, line);
+            field = Some(f);
         }
         let progress_field = match &line.progress {
             Some((p, _)) if line.text == "1" => Some(format_progress(*p)),
             _ => None,
         };
-        EncodedLine {
+        let encoded = EncodedLine {
             value,
             score: units as f64 / 10_000.0,
-            reference,
+            reference: None,
             progress_field,
-        }
+        };
+        (encoded, field)
     }
 
     fn render(&self, t: &str, is_ref: bool, s: &str, line: &ConsoleLine) -> String {
@@ -202,6 +224,26 @@ mod tests {
         // Quotes escape to two characters each: the JSON passes 256 before the text passes 220.
         let quotes = enc.encode(&line(start, 5, &"\"".repeat(120)));
         assert!(quotes.reference.is_some());
+    }
+
+    #[test]
+    fn an_owned_line_moves_its_long_text_into_the_reference() {
+        let start = SystemTime::UNIX_EPOCH;
+        for text in ["a".repeat(221), "字".repeat(221), "b".repeat(1 << 20)] {
+            let l = line(start, 1, &text);
+            let borrowed = LineEncoder::new(start).encode(&l);
+            let owned = LineEncoder::new(start).encode_owned(l);
+            let (field, kept) = owned.reference.clone().expect("reference");
+            assert_eq!(kept, text);
+            assert_eq!(
+                owned.value,
+                format!(r##"{{"t":0.001,"r":true,"s":"{field}","c":"#ffffff"}}"##)
+            );
+            assert_eq!(borrowed.reference.map(|(_, t)| t), Some(text));
+        }
+        let short = LineEncoder::new(start).encode_owned(line(start, 1, "short"));
+        assert_eq!(short.reference, None);
+        assert_eq!(short.value, r##"{"t":0.001,"s":"short","c":"#ffffff"}"##);
     }
 
     #[test]
