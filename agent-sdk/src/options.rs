@@ -248,12 +248,10 @@ impl AgentOptions {
                 parse_count("JOBAGENT_CONSOLE_BUFFER_LINES", &v)? as usize;
         }
         if let Some(v) = get("JOBAGENT_CONSOLE_BUFFER_BYTES") {
-            options.console_budget.buffer_bytes =
-                parse_count("JOBAGENT_CONSOLE_BUFFER_BYTES", &v)?;
+            options.console_budget.buffer_bytes = parse_count("JOBAGENT_CONSOLE_BUFFER_BYTES", &v)?;
         }
         if let Some(v) = get("JOBAGENT_CONSOLE_MEMORY_BYTES") {
-            options.console_budget.memory_bytes =
-                parse_count("JOBAGENT_CONSOLE_MEMORY_BYTES", &v)?;
+            options.console_budget.memory_bytes = parse_count("JOBAGENT_CONSOLE_MEMORY_BYTES", &v)?;
         }
         let limits = &mut options.limits;
         for (name, slot) in [
