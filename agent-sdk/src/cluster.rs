@@ -154,7 +154,7 @@ impl Holder {
     /// Why a duplicate process refuses what needs the instance name.
     pub(crate) fn refusal(&self, instance: &str) -> String {
         format!(
-            "instance name `{instance}` (JOBAGENT_INSTANCE; the default is the host name) is in use by another live process (pid {}, process id {}) sharing this store; this process refuses singleton runs and does not reconcile or coordinate under that name until the other one stops: give every process its own JOBAGENT_INSTANCE",
+            "instance name `{instance}` (JOBAGENT_INSTANCE; the default is the host name) is in use by another live process (pid {}, process id {}) sharing this store; this process refuses runs and does not reconcile or coordinate under that name until the other one stops: give every process its own JOBAGENT_INSTANCE",
             self.pid, self.server_id
         )
     }

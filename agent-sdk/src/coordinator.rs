@@ -131,7 +131,16 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
             if last_renew.is_none_or(|at| at.elapsed() >= RENEW_EVERY) {
                 last_renew = Some(Instant::now());
                 match bounded(RENEW_WITHIN, store.hold_lease(&me)).await {
-                    Ok(lease) => identity.update(lease, &me, &store),
+                    Ok(lease) => {
+                        identity.update(lease, &me, &store);
+                        let Some(rt) = runtime.upgrade() else { return };
+                        rt.set_duplicate(match &identity {
+                            Identity::Other { holder, live: true } => {
+                                Some(holder.refusal(&me.instance))
+                            }
+                            _ => None,
+                        });
+                    }
                     Err(e) => {
                         tracing::debug!(store = %store.label, error = %e, "could not renew the instance lease")
                     }

@@ -155,6 +155,9 @@ pub enum DispatchError {
         /// The id of the run being stopped.
         job_id: String,
     },
+    /// Another live process uses this process's instance name.
+    #[error("{0}")]
+    DuplicateInstance(String),
     /// The store needed to answer did not answer within the center's HTTP timeout.
     #[error("{0}")]
     Undecided(String),

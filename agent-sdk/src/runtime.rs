@@ -33,7 +33,6 @@ mod busy;
 mod detail;
 mod stop;
 
-
 /// The status of a job instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -225,6 +224,8 @@ pub(crate) struct Runtime {
     seq: AtomicU64,
     in_flight: AtomicUsize,
     pub(crate) member: Member,
+    /// Set while another live process holds this instance name (why runs are refused).
+    duplicate: Mutex<Option<String>>,
 }
 
 impl Runtime {
@@ -240,7 +241,15 @@ impl Runtime {
             seq: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             member,
+            duplicate: Mutex::new(None),
         }
+    }
+
+    /// Records whether another live process holds this instance name (the coordinator
+    /// finds out); while one does, runs are refused: they could be neither recorded under the
+    /// name nor reported if this process died.
+    pub(crate) fn set_duplicate(&self, why: Option<String>) {
+        *lock(&self.duplicate) = why;
     }
 
     pub(crate) fn class(&self, name: &str) -> Result<&'static JobRegistration, DispatchError> {
@@ -278,6 +287,11 @@ impl Runtime {
     ) -> Result<String, DispatchError> {
         if !self.is_accepting() {
             return Err(DispatchError::ShuttingDown);
+        }
+        if outlet.store.is_some()
+            && let Some(why) = lock(&self.duplicate).clone()
+        {
+            return Err(DispatchError::DuplicateInstance(why));
         }
         let (busy, d) = match self.try_start(reg, d, &outlet).await? {
             Start::Started => return Ok(format!("JobClass:{} run success!", reg.class())),
@@ -791,10 +805,12 @@ impl Runtime {
                 );
                 run.report(Some(why.clone()))
             });
-            let reported =
-                tokio::time::timeout(SHUTDOWN_REPORT_WITHIN, futures_util::future::join_all(reports))
-                    .await
-                    .is_ok();
+            let reported = tokio::time::timeout(
+                SHUTDOWN_REPORT_WITHIN,
+                futures_util::future::join_all(reports),
+            )
+            .await
+            .is_ok();
             // Result and console writes of runs that did end are tracked tasks too.
             let pending = self.tracker.len();
             if !reported || pending > 0 {

@@ -271,10 +271,11 @@ async fn one_instance_name_twice(cluster: bool, prefix: &str) {
         },
     )
     .await;
-    if cluster {
-        // It refuses the singleton, naming the duplicate instance, instead of taking the
-        // first one's claim.
-        let refused = second.center().run(SINGLETON, "dup-run").send().await;
+    // It refuses runs, naming the duplicate instance, instead of taking the first one's
+    // claim (singleton) or running what it could neither record under the name nor have
+    // reported if it died (transient).
+    for (class, id) in [(SINGLETON, "dup-run"), (TRANSIENT, "dup-run-t")] {
+        let refused = second.center().run(class, id).send().await;
         refused.assert_err(500);
         assert!(
             refused.body.contains(&name) && refused.body.contains("JOBAGENT_INSTANCE"),

@@ -87,7 +87,7 @@ impl Heartbeats {
                 ticks.fetch_sub(1, Ordering::AcqRel);
                 // /proc and statvfs are blocking file system calls (a hung mount would hold
                 // a worker): they run off the runtime, bounded by a tick.
-                let mut taken = sampler.take().unwrap_or_else(ProcessSampler::new);
+                let mut taken = sampler.take().unwrap_or_default();
                 let sampled = tokio::time::timeout(
                     TICK,
                     tokio::task::spawn_blocking(move || {

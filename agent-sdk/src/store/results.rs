@@ -47,33 +47,44 @@ impl ResultSink for StoreResults {
     }
 }
 
+/// One attempt, every step bounded: the checkout by the pool's limits, each statement by
+/// `Command Timeout` (a connection whose statement timed out is dropped, and the next attempt
+/// takes another). Both statements are upserts, so a retry after an unknown outcome (the
+/// write committed, the answer was lost) leaves one field and one member.
 async fn write_once(store: &Store, result: &DispatchResult) -> Result<(), String> {
-    let client = store.pool.get().await.map_err(|e| e.to_string())?;
     let value = serde_json::to_string(result).map_err(|e| e.to_string())?;
     let field = result.elapsed.as_millis().to_string();
     let key = format!("_agent_result_{}", result.id);
     let expire = store.expire_secs();
-    if !first_report(&client, store, result, &field, &value)
-        .await
-        .map_err(|e| e.to_string())?
+    let client = store.conn().await?;
+    if !client
+        .bound(first_report(&client, store, result, &field, &value))
+        .await?
     {
         tracing::warn!(target: "agent_sdk::result", job_id = %result.id, action = result.action, r = result.r, error = %result.e, "this dispatch was already reported by another replica or process (it was cut off, or a duplicate); this result is dropped: a dispatch gets exactly one");
         return Ok(());
     }
-    super::upsert_hash_fields(&client, &store.schema, &key, &[&field], &[&value], expire).await?;
+    client
+        .bound(super::upsert_hash_fields(
+            &client,
+            &store.schema,
+            &key,
+            &[&field],
+            &[&value],
+            expire,
+        ))
+        .await?;
     let sql = format!(
         "INSERT INTO {}.\"set\" (\"key\", score, \"value\", expireat) VALUES ('_agent_result_', 1, $1, now() + $2 * interval '1 second') \
          ON CONFLICT (\"key\", \"value\") DO UPDATE SET score = EXCLUDED.score, expireat = EXCLUDED.expireat",
         store.schema
     );
-    let stmt = client
-        .prepare_cached(&sql)
-        .await
-        .map_err(|e| e.to_string())?;
     client
-        .execute(&stmt, &[&result.id, &expire])
-        .await
-        .map_err(|e| e.to_string())?;
+        .bound(async {
+            let stmt = client.prepare_cached(&sql).await?;
+            client.execute(&stmt, &[&result.id, &expire]).await
+        })
+        .await?;
     Ok(())
 }
 
