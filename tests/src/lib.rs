@@ -8,6 +8,7 @@
 
 pub mod baseline;
 pub mod center;
+pub mod fleet;
 pub mod hangfire;
 pub mod logs;
 pub mod pg;

@@ -26,8 +26,10 @@
 //! (default: errors only; warnings are counted either way).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_sdk::{AgentOptions, DEFAULT_CONSOLE_PREFIX};
@@ -36,6 +38,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
 use tests::center::{Center, ConsoleInfo, Reply};
+use tests::fleet::{Member, build_example_binary};
 use tests::pg::{DATABASE_URL_VAR, RESULT_KEY, SCHEMA, TestDb};
 use tests::service::TestService;
 use tokio::task::JoinHandle;
@@ -50,17 +53,37 @@ const EXPIRE_DAYS: i64 = 7;
 /// How long the server stays down in the middle of the run.
 const OUTAGE: Duration = Duration::from_secs(3);
 
-const USAGE: &str = "usage: soak [--secs N] [--rate R] [--seed N] [--store header|local]
-  --secs N     how long to dispatch, in seconds (default 120)
-  --rate R     dispatches per second (default 4)
-  --seed N     the random seed (default: a random one, printed)
-  --store S    header: the store goes in x-job-storage (default); local: configured on the agent";
+/// How long a replica's store stays black-holed.
+const BLACK_HOLE: Duration = Duration::from_secs(12);
+/// How long a SIGKILLed replica stays down before it is started again.
+const KILLED_FOR: Duration = Duration::from_secs(4);
+/// The `agentServerId` every replica presents (replicas behind one URL must agree).
+const FLEET_AGENT_ID: &str = "soak-agent";
+/// The result texts of runs reported by another process than their own.
+const LOST_REPLICA: &str = "agent replica lost";
+const LOST_RESTART: &str = "agent restarted before the job finished";
+/// The console warnings of a singleton cancelled because it could not keep its claim.
+const CLAIM_CUT: [&str; 2] = [
+    "this run could not renew its cluster-wide claim",
+    "this run lost its cluster-wide claim",
+];
+
+const USAGE: &str =
+    "usage: soak [--secs N] [--rate R] [--seed N] [--store header|local] [--replicas N]
+  --secs N       how long to dispatch, in seconds (default 120)
+  --rate R       dispatches per second (default 4)
+  --seed N       the random seed (default: a random one, printed)
+  --store S      header: the store goes in x-job-storage (default); local: configured on the
+                 agent (in-process only; replicas always have their own store)
+  --replicas N   run N example-agent processes (1 to 5) sharing the store, with black-holes,
+                 SIGKILLs and restarts; default 0: one service in-process";
 
 struct Args {
     secs: u64,
     rate: f64,
     seed: u64,
     local_store: bool,
+    replicas: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -69,6 +92,7 @@ fn parse_args() -> Result<Args, String> {
         rate: 4.0,
         seed: rand::random(),
         local_store: false,
+        replicas: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -99,6 +123,14 @@ fn parse_args() -> Result<Args, String> {
                 "local" => args.local_store = true,
                 other => return Err(format!("--store {other}: header or local")),
             },
+            "--replicas" => {
+                let v = value("--replicas")?;
+                args.replicas = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (0..=5).contains(n))
+                    .ok_or_else(|| format!("--replicas {v}: give 0 (in-process) to 5"))?;
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -171,9 +203,53 @@ enum Kind {
     Detail,
 }
 
+/// Where the center's dispatches go: the one in-process service, or the replicas behind one
+/// URL, spread round-robin over those that run (a load balancer's health check takes a
+/// killed replica out until it is back).
+#[derive(Clone)]
+enum Router {
+    One(Center),
+    Fleet {
+        /// Each replica's center stand-in, and whether it is in the rotation.
+        members: Arc<Mutex<Vec<(Center, bool)>>>,
+        next: Arc<AtomicUsize>,
+    },
+}
+
+impl Router {
+    fn pick(&self) -> (Option<usize>, Center) {
+        match self {
+            Router::One(c) => (None, c.clone()),
+            Router::Fleet { members, next } => {
+                let members = members.lock().unwrap_or_else(|e| e.into_inner());
+                let n = members.len();
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                let i = (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|i| members[*i].1)
+                    .unwrap_or(start % n);
+                (Some(i), members[i].0.clone())
+            }
+        }
+    }
+
+    /// Takes replica `i` out of the rotation, or puts it back with `center`.
+    fn set(&self, i: usize, center: Option<Center>) {
+        if let Router::Fleet { members, .. } = self {
+            let mut members = members.lock().unwrap_or_else(|e| e.into_inner());
+            match center {
+                Some(c) => members[i] = (c, true),
+                None => members[i].1 = false,
+            }
+        }
+    }
+}
+
 /// One dispatch as sent, and what the agent answered.
 struct Sent {
     id: String,
+    /// The replica it was sent to (`None`: the in-process service).
+    replica: Option<usize>,
     kind: Kind,
     class: &'static str,
     params: Option<Params>,
@@ -253,7 +329,7 @@ fn plan(rng: &mut StdRng, heavy: Option<(u64, u64)>) -> (Kind, &'static str, Opt
 }
 
 /// Dispatches for `secs` at `rate` a second; returns every dispatch's handle.
-async fn drive(center: Center, secs: u64, rate: f64, seed: u64) -> Vec<JoinHandle<Sent>> {
+async fn drive(router: Router, secs: u64, rate: f64, seed: u64) -> Vec<JoinHandle<Sent>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let period = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
@@ -280,6 +356,7 @@ async fn drive(center: Center, secs: u64, rate: f64, seed: u64) -> Vec<JoinHandl
         let id = next_id.to_string();
         let console_start = SystemTime::now();
         let console = (kind == Kind::Run).then(|| ConsoleInfo::for_job_at(&id, console_start));
+        let (replica, center) = router.pick();
         let request = match kind {
             Kind::Run => center
                 .run(class, &id)
@@ -293,6 +370,7 @@ async fn drive(center: Center, secs: u64, rate: f64, seed: u64) -> Vec<JoinHandl
             let reply = request.try_send().await.map_err(|e| e.to_string());
             Sent {
                 id,
+                replica,
                 kind,
                 class,
                 params,
@@ -424,12 +502,17 @@ struct ConsoleCheck {
     end: Option<End>,
     end_t: Option<f64>,
     late_stop_lines: u64,
+    /// The run was cancelled because it could not keep its singleton claim.
+    claim_cut: bool,
     problems: Vec<String>,
 }
 
-fn check_console(lines: &[Value], class: &str, p: &Params) -> ConsoleCheck {
+/// Checks one run's console. `cut_short`: the run's process was killed (or its run reported
+/// lost), so the console may stop anywhere, as long as what is there is in order.
+fn check_console(lines: &[Value], class: &str, p: &Params, cut_short: bool) -> ConsoleCheck {
     let prefix = DEFAULT_CONSOLE_PREFIX;
     let mut problems = Vec::new();
+    let mut claim_cut = 0usize;
     let mut previous_t = f64::NEG_INFINITY;
     let (mut starts, mut fencing, mut stops, mut failed) = (0, 0, 0, 0);
     let mut body = 0u64;
@@ -481,6 +564,9 @@ fn check_console(lines: &[Value], class: &str, p: &Params) -> ConsoleCheck {
         } else if text.starts_with("job failed: ") {
             failed += 1;
             "#ff0000"
+        } else if CLAIM_CUT.iter().any(|w| text.starts_with(w)) {
+            claim_cut += 1;
+            "#ffff00"
         } else {
             let this = if text.starts_with("job finished after") {
                 End::Finished
@@ -504,17 +590,30 @@ fn check_console(lines: &[Value], class: &str, p: &Params) -> ConsoleCheck {
         }
     }
     let want_fencing = usize::from(class == SINGLETON);
-    if starts != 1 {
+    if starts != 1 && !(cut_short && lines.is_empty()) {
         problems.push(format!("{starts} start lines"));
     }
-    if fencing != want_fencing {
+    if fencing > want_fencing || (fencing != want_fencing && !(cut_short && end.is_none())) {
         problems.push(format!(
             "{fencing} fencing-token lines, expected {want_fencing}"
         ));
     }
+    if claim_cut > 1 || (claim_cut == 1 && class != SINGLETON) {
+        problems.push(format!("{claim_cut} claim-cut warnings"));
+    }
     match end {
+        None if cut_short => {
+            if body > p.lines {
+                problems.push(format!("{body} body lines of {}", p.lines));
+            }
+        }
         None => problems.push("no end line".to_owned()),
         Some(End::Stopped) => {
+            if body > p.lines {
+                problems.push(format!("{body} body lines of {}", p.lines));
+            }
+        }
+        Some(End::Failed) if claim_cut == 1 => {
             if body > p.lines {
                 problems.push(format!("{body} body lines of {}", p.lines));
             }
@@ -525,13 +624,15 @@ fn check_console(lines: &[Value], class: &str, p: &Params) -> ConsoleCheck {
             }
         }
     }
-    if failed != usize::from(end == Some(End::Failed)) {
+    let cut = cut_short && end.is_none();
+    if failed != usize::from(end == Some(End::Failed)) && !(cut && failed == 1) {
         problems.push(format!("{failed} `job failed` lines for an end {end:?}"));
     }
-    let expected = 1 + want_fencing + body as usize + stops + failed + 1;
+    let expected =
+        starts + fencing + body as usize + stops + failed + claim_cut + usize::from(end.is_some());
     if lines.len() != expected {
         problems.push(format!(
-            "{} lines, expected {expected} (1 start, {want_fencing} fencing, {body} body, {stops} stop, {failed} failed, 1 end)",
+            "{} lines, expected {expected} (1 start, {fencing} fencing, {body} body, {stops} stop, {claim_cut} claim-cut, {failed} failed, 1 end)",
             lines.len()
         ));
     }
@@ -539,7 +640,40 @@ fn check_console(lines: &[Value], class: &str, p: &Params) -> ConsoleCheck {
         end,
         end_t,
         late_stop_lines,
+        claim_cut: claim_cut > 0,
         problems,
+    }
+}
+
+/// What was done to the replicas, for the checks and the figures.
+#[derive(Default)]
+struct FaultLog {
+    /// (replica, SIGKILL sent, started again)
+    kills: Vec<(usize, SystemTime, SystemTime)>,
+    /// (replica, black-holed, restored)
+    holes: Vec<(usize, SystemTime, SystemTime)>,
+}
+
+impl FaultLog {
+    /// The SIGKILL of `replica` that cut off a dispatch sent at `from`, answered (or not)
+    /// by `to`.
+    fn kill_within(&self, replica: Option<usize>, from: f64, to: f64) -> Option<f64> {
+        let r = replica?;
+        self.kills
+            .iter()
+            .map(|(i, at, _)| (*i, secs_since_epoch(*at)))
+            .find(|(i, at)| *i == r && *at + 0.05 >= from && *at <= to + 0.05)
+            .map(|(_, at)| at)
+    }
+
+    /// The black hole of `replica` that overlapped `from..to`.
+    fn hole_within(&self, replica: Option<usize>, from: f64, to: f64) -> Option<f64> {
+        let r = replica?;
+        self.holes
+            .iter()
+            .map(|(i, a, b)| (*i, secs_since_epoch(*a), secs_since_epoch(*b)))
+            .find(|(i, a, b)| *i == r && *a <= to + 0.05 && *b + 0.05 >= from)
+            .map(|(_, a, _)| a)
     }
 }
 
@@ -561,6 +695,20 @@ struct Figures {
     heavy_runs: u64,
     lines_expected_min: u64,
     end_to_result_ms: Vec<f64>,
+    /// Console lines of accepted runs checked, and those of consoles cut short.
+    lines_checked: u64,
+    lines_checked_cut: u64,
+    /// Dispatches without an answer because their replica was SIGKILLed meanwhile, and how
+    /// many of those got a result all the same.
+    cut_by_kill: u64,
+    cut_by_kill_results: u64,
+    /// Runs reported by another process after a SIGKILL: (job id, SIGKILL → result, by
+    /// the restarted process?).
+    lost_to_kill: Vec<(String, f64, bool)>,
+    /// Runs reported lost after a black hole: (job id, black hole → result).
+    lost_to_hole: Vec<(String, f64)>,
+    /// Singleton runs cancelled because their claim could not be renewed.
+    claim_cut_runs: u64,
 }
 
 /// A refusal's kind, class and answer without its ids, for grouping.
@@ -593,6 +741,7 @@ fn verify(
     store: &Store,
     server_id: &str,
     start: SystemTime,
+    faults: &FaultLog,
     fig: &mut Figures,
 ) -> Vec<String> {
     let mut failures = Vec::new();
@@ -626,6 +775,21 @@ fn verify(
         let reply = match &s.reply {
             Ok(r) => r,
             Err(e) => {
+                let (from, to) = (secs_since_epoch(s.sent_at), secs_since_epoch(s.replied_at));
+                if faults.kill_within(s.replica, from, to).is_some() {
+                    // The center fails a dispatch it got no answer for; the agent may have
+                    // recorded the run before it died, and then reports it once.
+                    fig.cut_by_kill += 1;
+                    let rows = store.results.get(&s.id).map_or(0, Vec::len);
+                    fig.cut_by_kill_results += u64::from(rows > 0);
+                    if rows > 1 {
+                        failures.push(format!(
+                            "{:?} {} (no answer: its replica was killed) has {rows} result fields",
+                            s.kind, s.id
+                        ));
+                    }
+                    continue;
+                }
                 fig.transport_errors += 1;
                 failures.push(format!("{:?} {} got no answer: {e}", s.kind, s.id));
                 continue;
@@ -733,13 +897,58 @@ fn verify(
             .get(&console.set_key)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let check = check_console(lines, s.class, p);
+        let r = get("R");
+        let e = get("E");
+        let lost = e.starts_with(LOST_REPLICA) || e.starts_with(LOST_RESTART);
+        let (from, to) = (secs_since_epoch(s.sent_at), row.written);
+        let killed = faults.kill_within(s.replica, from, to);
+        let holed = faults.hole_within(s.replica, from, to);
+        let check = check_console(lines, s.class, p, lost || killed.is_some());
         fig.late_stop_lines += check.late_stop_lines;
+        fig.lines_checked += lines.len() as u64;
+        if lost || check.end.is_none() {
+            fig.lines_checked_cut += lines.len() as u64;
+        }
+        fig.claim_cut_runs += u64::from(check.claim_cut);
         for problem in check.problems.iter().take(5) {
             failures.push(format!("console of run {} ({:?}): {problem}", s.id, p));
         }
-        let r = get("R");
-        let e = get("E");
+        if lost {
+            // Reported by another process: its replica must have been killed or cut off
+            // while it ran.
+            if r != "err" {
+                failures.push(format!("run {} reported lost with {}", s.id, row.value));
+            }
+            if let Some(at) = killed {
+                fig.lost_to_kill.push((
+                    s.id.clone(),
+                    row.written - at,
+                    e.starts_with(LOST_RESTART),
+                ));
+            } else if let Some(at) = holed {
+                fig.lost_to_hole.push((s.id.clone(), row.written - at));
+            } else {
+                failures.push(format!(
+                    "run {} was reported lost, but its replica ({}) was neither killed nor cut off while it ran: {}",
+                    s.id,
+                    s.replica.map_or("in-process".to_owned(), |r| r.to_string()),
+                    row.value
+                ));
+            }
+            continue;
+        }
+        if check.claim_cut && check.end == Some(End::Failed) {
+            // Cancelled by its own replica before its claim could lapse.
+            if r != "err" || holed.is_none() {
+                failures.push(format!(
+                    "run {} was cancelled for its claim (cut off: {}): {}",
+                    s.id,
+                    holed.is_some(),
+                    row.value
+                ));
+            }
+            continue;
+        }
         match check.end {
             Some(End::Finished) => {
                 fig.lines_expected_min += p.lines;
@@ -787,7 +996,14 @@ fn verify(
 }
 
 /// Prints what the soak knows about every dispatch a failure names (ids are 6+ digits).
-fn explain(failures: &[String], all: &[Sent], store: &Store, start: SystemTime) {
+fn explain(
+    failures: &[String],
+    all: &[Sent],
+    store: &Store,
+    start: SystemTime,
+    names: &[String],
+    logs: &[(String, String)],
+) {
     let mut ids: Vec<&str> = Vec::new();
     for f in failures.iter().take(40) {
         for word in f.split(|c: char| !c.is_ascii_digit()) {
@@ -812,8 +1028,13 @@ fn explain(failures: &[String], all: &[Sent], store: &Store, start: SystemTime) 
             .and_then(|rows| rows.first())
             .map(|r| format!("{} written at {:.3} s", r.value, r.written - t0))
             .unwrap_or_else(|| "no result".to_owned());
+        let to = s
+            .replica
+            .and_then(|r| names.get(r))
+            .map(|n| format!(" to {n}"))
+            .unwrap_or_default();
         println!(
-            "{id}: {:?} {} {:?}, sent at {:.3} s, answered {status} at {:.3} s; {result}",
+            "{id}: {:?}{to} {} {:?}, sent at {:.3} s, answered {status} at {:.3} s; {result}",
             s.kind,
             s.class.rsplit("::").next().unwrap_or(s.class),
             s.params,
@@ -842,6 +1063,12 @@ fn explain(failures: &[String], all: &[Sent], store: &Store, start: SystemTime) 
                 } else if i == 3 {
                     println!("      ...");
                 }
+            }
+        }
+        // What the replicas logged about it (their logs are kept, see above).
+        for (name, text) in logs {
+            for line in text.lines().filter(|l| l.contains(id)).take(8) {
+                println!("    {name}: {line}");
             }
         }
     }
@@ -876,43 +1103,252 @@ async fn wait_for_results(db: &TestDb, ids: &[String], within: Duration) -> Resu
     }
 }
 
+/// A fault of the schedule.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// The replica's store black-holed for [`BLACK_HOLE`].
+    BlackHole(usize),
+    /// The replica SIGKILLed, and started again [`KILLED_FOR`] later.
+    Kill(usize),
+    /// PostgreSQL stopped for [`OUTAGE`] and started again.
+    ServerRestart,
+}
+
+/// When each fault happens. In-process: the server restart halfway. With replicas: one
+/// fault every 40 s or so (at least three), the server restart in the middle, black holes
+/// and kills alternating over the replicas around it.
+fn schedule(secs: u64, replicas: usize) -> Vec<(Duration, Fault)> {
+    let total = Duration::from_secs(secs);
+    if replicas == 0 {
+        return vec![(total / 2, Fault::ServerRestart)];
+    }
+    let k = (secs / 40).max(3) as u32;
+    let gap = total / (k + 1);
+    let mut n = 0usize;
+    (0..k)
+        .map(|j| {
+            let fault = if j == k / 2 {
+                Fault::ServerRestart
+            } else {
+                let r = n % replicas;
+                n += 1;
+                if n % 2 == 1 {
+                    Fault::BlackHole(r)
+                } else {
+                    Fault::Kill(r)
+                }
+            };
+            (gap * (j + 1), fault)
+        })
+        .collect()
+}
+
+fn describe(fault: Fault, names: &[String]) -> String {
+    match fault {
+        Fault::BlackHole(r) => format!(
+            "black-hole {}'s store for {} s",
+            names[r],
+            BLACK_HOLE.as_secs()
+        ),
+        Fault::Kill(r) => format!(
+            "SIGKILL {}, start it again (same name) {} s later",
+            names[r],
+            KILLED_FOR.as_secs()
+        ),
+        Fault::ServerRestart => format!(
+            "restart PostgreSQL (fast shutdown, {} s down)",
+            OUTAGE.as_secs()
+        ),
+    }
+}
+
+/// The replicas behind one URL.
+struct Fleet {
+    members: Vec<Member>,
+    log_dir: PathBuf,
+}
+
+/// What the soak drives.
+enum Target {
+    InProcess(TestService),
+    Fleet(Fleet),
+}
+
+/// Starts `n` replicas of the example service on `db`'s store.
+async fn start_fleet(db: &TestDb, n: usize) -> Result<Fleet, String> {
+    let bin = tokio::task::spawn_blocking(build_example_binary)
+        .await
+        .map_err(|e| format!("building example-agent panicked: {e}"))??;
+    let log_dir = std::env::temp_dir().join(format!("soak-{}", std::process::id()));
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| format!("cannot create {}: {e}", log_dir.display()))?;
+    let env = [
+        ("JOBAGENT_STORE_SCHEMA", SCHEMA.to_owned()),
+        ("JOBAGENT_STORE_EXPIRE_DAYS", EXPIRE_DAYS.to_string()),
+        ("JOBAGENT_AGENT_ID", FLEET_AGENT_ID.to_owned()),
+    ];
+    let mut members = Vec::new();
+    for i in 0..n {
+        members.push(Member::start(&bin, &format!("soak-r{i}"), db, &env, &log_dir).await?);
+    }
+    Ok(Fleet { members, log_dir })
+}
+
+/// `(WARN lines, ERROR lines)` of a log.
+fn count_levels(text: &str) -> (u64, u64) {
+    text.lines().fold((0, 0), |(w, e), l| {
+        (
+            w + u64::from(l.contains(" WARN ")),
+            e + u64::from(l.contains(" ERROR ")),
+        )
+    })
+}
+
+fn worst_and_median(v: &[f64]) -> (f64, f64) {
+    let mut v = v.to_vec();
+    let med = median(&mut v);
+    (v.last().copied().unwrap_or_default(), med)
+}
+
 async fn soak(args: &Args) -> Result<bool, String> {
     let mut db = TestDb::try_new().await?;
+    let store_mode = if args.replicas > 0 {
+        "the agents' own (JOBAGENT_STORE, each replica through its own proxy)"
+    } else if args.local_store {
+        "local"
+    } else {
+        "x-job-storage"
+    };
     println!(
-        "soak: {} s at {} dispatch(es)/s, seed {}, store {}, PostgreSQL: {}",
+        "soak: {} s at {} dispatch(es)/s, seed {}, {}, store {store_mode}, PostgreSQL: {}",
         args.secs,
         args.rate,
         args.seed,
-        if args.local_store {
-            "local"
+        if args.replicas > 0 {
+            format!("{} replica process(es)", args.replicas)
         } else {
-            "x-job-storage"
+            "in-process service".to_owned()
         },
         db.origin()
     );
-    let mut options = AgentOptions::new();
-    if args.local_store {
-        options = options.store(db.connection_string(), SCHEMA, EXPIRE_DAYS as f64);
-    }
-    let service = TestService::start_with(options).await;
-    let server_id = service.agent().server_id().to_owned();
-    let mut center = service.center();
-    if !args.local_store {
-        center = center.with_storage(&db.storage().expire_at_days(EXPIRE_DAYS));
+    // The center's Hangfire server id (one center, whichever replica a dispatch goes to).
+    let center_sid = Center::new("http://127.0.0.1/jobagent")
+        .server_id()
+        .to_owned();
+    let (target, router, server_id, names) = if args.replicas > 0 {
+        let fleet = start_fleet(&db, args.replicas).await?;
+        let members: Vec<(Center, bool)> = fleet
+            .members
+            .iter()
+            .map(|m| {
+                let c = Center::new(m.url()).with_server_id(center_sid.clone());
+                (c, true)
+            })
+            .collect();
+        let names: Vec<String> = fleet.members.iter().map(|m| m.name().to_owned()).collect();
+        for m in &fleet.members {
+            println!(
+                "replica {}: pid {}, {}, store through proxy port {}",
+                m.name(),
+                m.pid().unwrap_or_default(),
+                m.url(),
+                m.proxy().port()
+            );
+        }
+        println!("replica logs: {}", fleet.log_dir.display());
+        let router = Router::Fleet {
+            members: Arc::new(Mutex::new(members)),
+            next: Arc::default(),
+        };
+        (
+            Target::Fleet(fleet),
+            router,
+            FLEET_AGENT_ID.to_owned(),
+            names,
+        )
+    } else {
+        let mut options = AgentOptions::new();
+        if args.local_store {
+            options = options.store(db.connection_string(), SCHEMA, EXPIRE_DAYS as f64);
+        }
+        let service = TestService::start_with(options).await;
+        let server_id = service.agent().server_id().to_owned();
+        let mut center = service.center();
+        if !args.local_store {
+            center = center.with_storage(&db.storage().expire_at_days(EXPIRE_DAYS));
+        }
+        (
+            Target::InProcess(service),
+            Router::One(center),
+            server_id,
+            Vec::new(),
+        )
+    };
+    let plan = schedule(args.secs, args.replicas);
+    println!("fault schedule ({} fault(s)):", plan.len());
+    for (at, fault) in &plan {
+        println!(
+            "  {:>6.1} s  {}",
+            at.as_secs_f64(),
+            describe(*fault, &names)
+        );
     }
 
     let started = Instant::now();
     let started_at = SystemTime::now();
-    let driver = tokio::spawn(drive(center, args.secs, args.rate, args.seed));
-    tokio::time::sleep(Duration::from_secs(args.secs) / 2).await;
-    let restart_at = started.elapsed();
-    let down = db.restart(OUTAGE).await?;
-    println!(
-        "PostgreSQL restarted at {:.1} s: down {:.1} s (fast shutdown, {} s pause, start)",
-        restart_at.as_secs_f64(),
-        down.as_secs_f64(),
-        OUTAGE.as_secs()
-    );
+    let mut target = target;
+    let driver = tokio::spawn(drive(router.clone(), args.secs, args.rate, args.seed));
+    let mut faults = FaultLog::default();
+    let mut restarts: Vec<(f64, f64)> = Vec::new();
+    for (at, fault) in &plan {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(started + *at)).await;
+        let now = started.elapsed().as_secs_f64();
+        match (*fault, &mut target) {
+            (Fault::ServerRestart, _) => {
+                let down = db.restart(OUTAGE).await?;
+                println!(
+                    "{now:>6.1} s  PostgreSQL restarted: down {:.1} s (fast shutdown, {} s pause, start)",
+                    down.as_secs_f64(),
+                    OUTAGE.as_secs()
+                );
+                restarts.push((now, down.as_secs_f64()));
+            }
+            (Fault::BlackHole(r), Target::Fleet(fleet)) => {
+                let from = SystemTime::now();
+                fleet.members[r].proxy().black_hole();
+                tokio::time::sleep(BLACK_HOLE).await;
+                fleet.members[r].proxy().restore();
+                let to = SystemTime::now();
+                println!(
+                    "{now:>6.1} s  {}'s store black-holed for {:.1} s",
+                    names[r],
+                    to.duration_since(from).unwrap_or_default().as_secs_f64()
+                );
+                faults.holes.push((r, from, to));
+            }
+            (Fault::Kill(r), Target::Fleet(fleet)) => {
+                let member = &mut fleet.members[r];
+                let pid = member.pid().unwrap_or_default();
+                router.set(r, None);
+                let killed = member.kill();
+                tokio::time::sleep(KILLED_FOR).await;
+                member.restart().await?;
+                let back = SystemTime::now();
+                let center = Center::new(member.url()).with_server_id(center_sid.clone());
+                router.set(r, Some(center));
+                println!(
+                    "{now:>6.1} s  {} (pid {pid}) SIGKILLed; started again after {:.1} s as pid {}",
+                    names[r],
+                    back.duration_since(killed)
+                        .unwrap_or_default()
+                        .as_secs_f64(),
+                    member.pid().unwrap_or_default()
+                );
+                faults.kills.push((r, killed, back));
+            }
+            (_, Target::InProcess(_)) => {}
+        }
+    }
     let handles = driver
         .await
         .map_err(|e| format!("the driver failed: {e}"))?;
@@ -936,15 +1372,31 @@ async fn soak(args: &Args) -> Result<bool, String> {
     );
     let waited = wait_for_results(&db, &accepted, Duration::from_secs(180)).await;
     let all_in = started.elapsed();
-    // Give a duplicate result, had there been one, the time to show up.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Give a duplicate result, had there been one, the time to show up: with replicas, the
+    // longest way is a cut-off replica's own late write, or a survivor's report (about 11 s).
+    let settle = if args.replicas > 0 { 15 } else { 3 };
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let store = read_store(&db).await?;
     let mut fig = Figures::default();
-    let mut failures = verify(&all, &store, &server_id, started_at, &mut fig);
+    let mut failures = verify(&all, &store, &server_id, started_at, &faults, &mut fig);
     if let Err(e) = waited {
         failures.insert(0, e);
     }
-    let shutdown = service.shutdown(Duration::from_secs(30)).await;
+    let (shutdown, fleet_logs) = match target {
+        Target::InProcess(service) => (service.shutdown(Duration::from_secs(30)).await, Vec::new()),
+        Target::Fleet(mut fleet) => {
+            let mut longest = Duration::ZERO;
+            for m in &mut fleet.members {
+                longest = longest.max(m.terminate(Duration::from_secs(30)));
+            }
+            let logs: Vec<(String, String)> = fleet
+                .members
+                .iter()
+                .map(|m| (m.name().to_owned(), m.log_text()))
+                .collect();
+            (longest, logs)
+        }
+    };
 
     let lines = store.console_rows;
     let refused: Vec<String> = fig
@@ -979,6 +1431,12 @@ async fn soak(args: &Args) -> Result<bool, String> {
     for (reason, (n, first, last)) in &fig.refusal_reasons {
         println!("  {n:>4}× at {first:>5.1}..{last:>5.1} s  {reason}");
     }
+    if fig.cut_by_kill > 0 {
+        println!(
+            "  {:>4}× no answer: the replica was SIGKILLed while answering ({} of them reported all the same, once)",
+            fig.cut_by_kill, fig.cut_by_kill_results
+        );
+    }
     println!(
         "stops:             {} sent, {} accepted; {} runs ended stopped ({} stop line(s) after the run's end line)",
         fig.stops, fig.stops_accepted, fig.stopped_runs, fig.late_stop_lines
@@ -987,13 +1445,21 @@ async fn soak(args: &Args) -> Result<bool, String> {
         "runs:              {} accepted, {} failed on request (fail/panic; {} panics caught), {} heavy (5,000+ lines)",
         fig.runs_accepted,
         fig.failed_runs,
-        REQUESTED_PANICS.load(Ordering::Relaxed),
+        if args.replicas > 0 {
+            "in the replicas, not".to_owned()
+        } else {
+            REQUESTED_PANICS.load(Ordering::Relaxed).to_string()
+        },
         fig.heavy_runs
     );
     println!(
         "lines written:     {lines} console rows ({:.0} lines/s over {:.1} s)",
         lines as f64 / all_in.as_secs_f64().max(0.001),
         all_in.as_secs_f64()
+    );
+    println!(
+        "lines checked:     {} console lines of {} accepted runs, in order ({} of them in consoles cut short by a kill or a lost run)",
+        fig.lines_checked, fig.runs_accepted, fig.lines_checked_cut
     );
     println!(
         "results:           {} (expected {}: one per accepted run and stop)",
@@ -1004,17 +1470,52 @@ async fn soak(args: &Args) -> Result<bool, String> {
         "job end → result:  median {med:.0} ms, max {max:.0} ms (over {} runs)",
         lat.len()
     );
-    println!(
-        "PostgreSQL:        restarted once at {:.1} s, down {:.1} s",
-        restart_at.as_secs_f64(),
-        down.as_secs_f64()
-    );
-    println!(
-        "agent log:         {} warning(s), {} error(s); graceful shutdown {:.2} s",
-        WARNINGS.load(Ordering::Relaxed),
-        LOG_ERRORS.load(Ordering::Relaxed),
-        shutdown.as_secs_f64()
-    );
+    if args.replicas > 0 {
+        let kill_lat: Vec<f64> = fig.lost_to_kill.iter().map(|l| l.1).collect();
+        let (kill_worst, kill_med) = worst_and_median(&kill_lat);
+        let by_restart = fig.lost_to_kill.iter().filter(|l| l.2).count();
+        let worst_id = fig
+            .lost_to_kill
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|l| l.0.as_str())
+            .unwrap_or("-");
+        println!(
+            "lost to SIGKILL:   {} run(s) over {} kill(s); SIGKILL → result worst {kill_worst:.1} s (job {worst_id}), median {kill_med:.1} s; {by_restart} reported by the restarted process, {} by a survivor",
+            kill_lat.len(),
+            faults.kills.len(),
+            kill_lat.len() - by_restart
+        );
+        let hole_lat: Vec<f64> = fig.lost_to_hole.iter().map(|l| l.1).collect();
+        let (hole_worst, hole_med) = worst_and_median(&hole_lat);
+        println!(
+            "lost to black hole: {} run(s) over {} black hole(s) of {} s; black hole → result worst {hole_worst:.1} s, median {hole_med:.1} s; {} singleton run(s) cancelled for their claim",
+            hole_lat.len(),
+            faults.holes.len(),
+            BLACK_HOLE.as_secs(),
+            fig.claim_cut_runs
+        );
+    }
+    for (at, down) in &restarts {
+        println!("PostgreSQL:        restarted at {at:.1} s, down {down:.1} s");
+    }
+    if args.replicas > 0 {
+        let (w, e) = fleet_logs
+            .iter()
+            .map(|(_, text)| count_levels(text))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        println!(
+            "replica logs:      {w} warning(s), {e} error(s); SIGTERM shutdown of all {:.2} s (longest)",
+            shutdown.as_secs_f64()
+        );
+    } else {
+        println!(
+            "agent log:         {} warning(s), {} error(s); graceful shutdown {:.2} s",
+            WARNINGS.load(Ordering::Relaxed),
+            LOG_ERRORS.load(Ordering::Relaxed),
+            shutdown.as_secs_f64()
+        );
+    }
     println!(
         "errors:            {errors} ({} without an answer)",
         fig.transport_errors
@@ -1026,9 +1527,31 @@ async fn soak(args: &Args) -> Result<bool, String> {
         println!("  ... and {} more", failures.len() - 40);
     }
     if !failures.is_empty() {
-        explain(&failures, &all, &store, started_at);
+        explain(&failures, &all, &store, started_at, &names, &fleet_logs);
     }
     let pass = failures.is_empty();
+    let worst_kill = fig
+        .lost_to_kill
+        .iter()
+        .map(|l| l.1)
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    println!(
+        "summary: {} accepted dispatches, {} results (exactly once each: {}), {} lines checked (complete and in order: {}), worst SIGKILL → result of a lost run: {}",
+        accepted.len(),
+        fig.results,
+        if failures.iter().any(|f| f.contains("result")) {
+            "NO"
+        } else {
+            "yes"
+        },
+        fig.lines_checked,
+        if failures.iter().any(|f| f.starts_with("console")) {
+            "NO"
+        } else {
+            "yes"
+        },
+        worst_kill.map_or("none lost".to_owned(), |w| format!("{w:.1} s"))
+    );
     println!("{}", if pass { "PASS" } else { "FAIL" });
     Ok(pass)
 }
