@@ -1,29 +1,56 @@
-//! The soak run: the example service under steady load for a bounded time, with one
-//! PostgreSQL restart in the middle, then a check of everything it wrote. Not part of CI.
+//! The soak run: the example service under steady load for a bounded time, with faults in
+//! the middle, then a check of everything it wrote. Not part of CI.
 //!
 //! ```text
-//! cargo run --release -p tests --bin soak -- [--secs 120] [--rate 4] [--seed N] [--store header|local]
+//! cargo run --release -p tests --bin soak -- [--secs 120] [--rate 4] [--seed N] [--store header|local] [--replicas N]
+//! cargo run --release -p tests --bin soak -- --secs 600 --replicas 3    # the 10-minute run
 //! ```
 //!
 //! It starts its own throwaway PostgreSQL server (through `tests::pg`, always: when
 //! `JOBAGENT_TEST_DATABASE_URL` is set the soak runs itself again without it, since it
-//! restarts the server), and the example service in-process. For `--secs` it dispatches
-//! `--rate` requests a second, as the center builds them: runs of the transient and the
-//! singleton demo jobs (`lines`, `sleep_ms`, sometimes `fail` or `panic`; some heavy runs of
-//! 5,000 to 20,000 lines), stops of either class, and details. Halfway through it stops the
-//! server for 3 s and starts it again. Then it waits for every result and checks:
+//! restarts the server). For `--secs` it dispatches `--rate` requests a second, as the center
+//! builds them: runs of the transient and the singleton demo jobs (`lines`, `sleep_ms`,
+//! sometimes `fail` or `panic`; some heavy runs of 5,000 to 20,000 lines), stops of either
+//! class, and details.
+//!
+//! **In-process** (the default, `--replicas 0`): one example service in this process; halfway
+//! through it stops the server for 3 s and starts it again. `--store header` (the default)
+//! sends the store in `x-job-storage` as a center does; `--store local` configures it on the
+//! agent instead. `RUST_LOG` filters the agent's log (default: errors only; warnings are
+//! counted either way).
+//!
+//! **Replicas** (`--replicas N`, 1 to 5): N example-agent processes (built with `cargo build
+//! -p example-agent` into this target directory) named `soak-r0`, `soak-r1`, ..., sharing the
+//! soak's database as their own store (`JOBAGENT_STORE`, one `JOBAGENT_AGENT_ID`), each through
+//! its own [`tests::proxy::Proxy`]. The center spreads dispatches round-robin over the replicas
+//! in rotation (a SIGKILLed one is out of it until it is back, as behind a load balancer's
+//! health check). Faults, on a schedule printed at start (one about every 40 s, at least
+//! three): a replica's store black-holed for 12 s (connections stay open, nothing is
+//! forwarded), a replica SIGKILLed and started again 4 s later under the same instance name
+//! and port, alternating over the replicas, and the server restart in the middle. Each
+//! process's log goes to `/tmp/soak-<pid>/<instance>.<n>.log` (`REPLICA_LOG` sets its filter,
+//! default `info`); warnings and errors are counted and grouped by message.
+//!
+//! Then it waits for every result (at most 180 s, then 15 s more with replicas for a late
+//! duplicate to show) and checks:
 //!
 //! - every accepted dispatch (200) has exactly one result (hash `_agent_result_<id>` holds one
 //!   field, and set `_agent_result_` the id) with the right `Action`, `RunId` and `R`;
 //! - every run's console is complete and ordered: strictly increasing `t`, the lifecycle
 //!   lines, `line 1` .. `line n` in order (all of them unless the run was stopped);
 //! - a run ends stopped only if a stop of its class was accepted while it ran;
-//! - no refused dispatch (500, 501) has a result.
+//! - no refused dispatch (500, 501) has a result;
+//! - with replicas: a run reported by another process (`agent replica lost`, `agent restarted
+//!   before the job finished`) was on a replica that was SIGKILLed or black-holed while it
+//!   ran; its console is in order up to where it stops (a killed run's end is lost with its
+//!   buffer); a singleton cancelled because it could not renew its claim was on a black-holed
+//!   replica; a dispatch left without an answer by a SIGKILL has at most one result; every
+//!   answer carries the one `agentServerId`.
 //!
-//! It prints the figures and `PASS` or `FAIL`; the exit status is non-zero on `FAIL`.
-//! `--store header` (the default) sends the store in `x-job-storage` as a center does;
-//! `--store local` configures it on the agent instead. `RUST_LOG` filters the agent's log
-//! (default: errors only; warnings are counted either way).
+//! It prints the figures (accepted dispatches, results, lines checked, the time from each
+//! SIGKILL and black hole to the result of each run it lost, the worst of them), a summary
+//! line, and `PASS` or `FAIL`, naming and explaining (store contents, console, the replicas'
+//! log lines) every dispatch that failed; the exit status is non-zero on `FAIL`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -709,6 +736,12 @@ struct Figures {
     lost_to_hole: Vec<(String, f64)>,
     /// Singleton runs cancelled because their claim could not be renewed.
     claim_cut_runs: u64,
+    /// Accepted dispatches without a result, with more than one; refused ones with one.
+    missing_results: u64,
+    duplicate_results: u64,
+    refused_with_result: u64,
+    /// Runs whose console is incomplete or out of order.
+    bad_consoles: u64,
 }
 
 /// A refusal's kind, class and answer without its ids, for grouping.
@@ -828,6 +861,7 @@ fn verify(
                 ));
             }
             if !rows.is_empty() || in_set {
+                fig.refused_with_result += 1;
                 failures.push(format!(
                     "refused {:?} {} ({}) has a result: {} field(s), in set: {in_set}",
                     s.kind,
@@ -843,6 +877,11 @@ fn verify(
             _ => fig.stops_accepted += 1,
         }
         if rows.len() != 1 || !in_set {
+            if rows.is_empty() {
+                fig.missing_results += 1;
+            } else if rows.len() > 1 {
+                fig.duplicate_results += 1;
+            }
             failures.push(format!(
                 "{:?} {} has {} result field(s), in set: {in_set}",
                 s.kind,
@@ -910,6 +949,7 @@ fn verify(
             fig.lines_checked_cut += lines.len() as u64;
         }
         fig.claim_cut_runs += u64::from(check.claim_cut);
+        fig.bad_consoles += u64::from(!check.problems.is_empty());
         for problem in check.problems.iter().take(5) {
             failures.push(format!("console of run {} ({:?}): {problem}", s.id, p));
         }
@@ -1204,6 +1244,36 @@ fn count_levels(text: &str) -> (u64, u64) {
     })
 }
 
+/// The replicas' warnings and errors grouped by message (the text after the target, before
+/// the fields), most frequent first.
+fn log_messages(logs: &[(String, String)]) -> Vec<(u64, String)> {
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for (_, text) in logs {
+        for line in text.lines() {
+            let Some(level) = [" WARN ", " ERROR "].iter().find(|l| line.contains(**l)) else {
+                continue;
+            };
+            let rest = line.split_once(level).map(|(_, r)| r).unwrap_or(line);
+            // `target: message key=value ...`
+            let rest = rest.split_once(": ").map(|(_, r)| r).unwrap_or(rest);
+            let cut = [
+                ",JobId:", " job_id=", " class=", " store=", " error=", " status=",
+            ]
+            .iter()
+            .filter_map(|f| rest.find(f))
+            .min()
+            .unwrap_or(rest.len());
+            let message: String = rest[..cut].chars().take(150).collect();
+            *counts
+                .entry(format!("{}{message}", level.trim_start()))
+                .or_default() += 1;
+        }
+    }
+    let mut v: Vec<(u64, String)> = counts.into_iter().map(|(m, n)| (n, m)).collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    v
+}
+
 fn worst_and_median(v: &[f64]) -> (f64, f64) {
     let mut v = v.to_vec();
     let med = median(&mut v);
@@ -1446,7 +1516,7 @@ async fn soak(args: &Args) -> Result<bool, String> {
         fig.runs_accepted,
         fig.failed_runs,
         if args.replicas > 0 {
-            "in the replicas, not".to_owned()
+            "in the replicas, so not counted here".to_owned()
         } else {
             REQUESTED_PANICS.load(Ordering::Relaxed).to_string()
         },
@@ -1508,6 +1578,9 @@ async fn soak(args: &Args) -> Result<bool, String> {
             "replica logs:      {w} warning(s), {e} error(s); SIGTERM shutdown of all {:.2} s (longest)",
             shutdown.as_secs_f64()
         );
+        for (n, message) in log_messages(&fleet_logs).iter().take(12) {
+            println!("  {n:>4}× {message}");
+        }
     } else {
         println!(
             "agent log:         {} warning(s), {} error(s); graceful shutdown {:.2} s",
@@ -1539,16 +1612,19 @@ async fn soak(args: &Args) -> Result<bool, String> {
         "summary: {} accepted dispatches, {} results (exactly once each: {}), {} lines checked (complete and in order: {}), worst SIGKILL → result of a lost run: {}",
         accepted.len(),
         fig.results,
-        if failures.iter().any(|f| f.contains("result")) {
-            "NO"
+        if fig.missing_results + fig.duplicate_results + fig.refused_with_result == 0 {
+            "yes".to_owned()
         } else {
-            "yes"
+            format!(
+                "NO: {} without, {} with several, {} refused with one",
+                fig.missing_results, fig.duplicate_results, fig.refused_with_result
+            )
         },
         fig.lines_checked,
-        if failures.iter().any(|f| f.starts_with("console")) {
-            "NO"
+        if fig.bad_consoles == 0 {
+            "yes".to_owned()
         } else {
-            "yes"
+            format!("NO: {} console(s) wrong", fig.bad_consoles)
         },
         worst_kill.map_or("none lost".to_owned(), |w| format!("{w:.1} s"))
     );
