@@ -20,6 +20,30 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy in front of `db`'s server, and `db`'s connection string through it.
+    pub async fn in_front_of(db: &crate::pg::TestDb) -> (Self, String) {
+        let conn = db.connection_string();
+        let value = |key: &str| {
+            conn.split(';')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim().trim_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let proxy = Self::start(&value("Host"), value("Port").parse().unwrap_or(5432)).await;
+        let mut pairs: Vec<&str> = conn
+            .split(';')
+            .filter(|pair| {
+                let key = pair.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
+                key != "Host" && key != "Port"
+            })
+            .collect();
+        let endpoint = format!("Host=127.0.0.1;Port={}", proxy.port());
+        pairs.push(&endpoint);
+        let via = pairs.join(";");
+        (proxy, via)
+    }
+
     /// Starts forwarding to `host:port` (`host` starting with `/` is a Unix socket directory).
     pub async fn start(host: &str, port: u16) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", 0))

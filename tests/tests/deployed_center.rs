@@ -60,31 +60,6 @@ fn with_store(db: &TestDb) -> AgentOptions {
     AgentOptions::new().store(db.connection_string(), "hangfire", 7.0)
 }
 
-/// One value of the test database's Npgsql connection string.
-fn part(db: &TestDb, key: &str) -> String {
-    db.connection_string()
-        .split(';')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim().trim_matches('"').to_owned())
-        .unwrap_or_default()
-}
-
-/// The test database's connection string through a proxy on 127.0.0.1:`port`.
-fn with_port(db: &TestDb, port: u16) -> String {
-    let mut pairs: Vec<String> = db
-        .connection_string()
-        .split(';')
-        .filter(|pair| {
-            let key = pair.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
-            key != "Host" && key != "Port"
-        })
-        .map(str::to_owned)
-        .collect();
-    pairs.push(format!("Host=127.0.0.1;Port={port}"));
-    pairs.join(";")
-}
-
 /// The texts of a console, as the dashboard shows them.
 async fn texts(db: &TestDb, console: &ConsoleInfo) -> Vec<String> {
     db.console_lines(&console.set_key, &console.hash_key)
@@ -400,12 +375,7 @@ async fn a_camel_case_centers_agent_timeout_is_read() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_on_a_black_holed_store_is_answered_in_time_and_frees_the_class() {
     let db = TestDb::new().await;
-    let proxy = Proxy::start(
-        &part(&db, "Host"),
-        part(&db, "Port").parse().unwrap_or(5432),
-    )
-    .await;
-    let via_proxy = with_port(&db, proxy.port());
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
     let service =
         TestService::start_with(AgentOptions::new().store(via_proxy, "hangfire", 7.0)).await;
     let center = service.center();

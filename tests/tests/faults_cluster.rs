@@ -20,34 +20,6 @@ fn store_env(connection: String) -> Vec<(&'static str, String)> {
     vec![("JOBAGENT_STORE", connection)]
 }
 
-/// One `key=value` of the test database's connection string.
-fn part(db: &TestDb, key: &str) -> String {
-    db.connection_string()
-        .split(';')
-        .find_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            k.trim().eq_ignore_ascii_case(key).then(|| v.to_owned())
-        })
-        .unwrap_or_default()
-}
-
-/// The test database's connection string through a proxy on `port`, with short bounds.
-fn via_proxy(db: &TestDb, port: u16) -> String {
-    let rest: Vec<String> = db
-        .connection_string()
-        .split(';')
-        .filter(|kv| {
-            let key = kv.split('=').next().unwrap_or("").trim();
-            !key.eq_ignore_ascii_case("Host") && !key.eq_ignore_ascii_case("Port")
-        })
-        .map(str::to_owned)
-        .collect();
-    format!(
-        "Host=127.0.0.1;Port={port};{};Timeout=2;Command Timeout=3",
-        rest.join(";")
-    )
-}
-
 /// The fencing token a run printed on its console.
 async fn fencing_token(db: &TestDb, console: &ConsoleInfo) -> Option<u64> {
     db.console_lines(&console.set_key, &console.hash_key)
@@ -75,12 +47,10 @@ async fn until(within: Duration, what: &str, mut check: impl AsyncFnMut() -> boo
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partitioned_replica_cancels_its_singleton_before_another_can_claim_it() {
     let db = TestDb::new().await;
-    let proxy = Proxy::start(
-        &part(&db, "Host"),
-        part(&db, "Port").parse().unwrap_or(5432),
-    )
-    .await;
-    let a = Replica::start_logged("pa", &store_env(via_proxy(&db, proxy.port()))).await;
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
+    // Short bounds, so the cut-off replica notices soon.
+    let via_proxy = format!("{via_proxy};Timeout=2;Command Timeout=3");
+    let a = Replica::start_logged("pa", &store_env(via_proxy)).await;
     let b = Replica::start("pb", &store_env(db.connection_string())).await;
     let console1 = ConsoleInfo::for_job("p1");
     a.center()

@@ -27,31 +27,6 @@ const MEMORY_BOUND: u64 = 64 * MIB;
 /// run's own line being built (two MiB per run) and the allocator's slack.
 const MARGIN: u64 = 96 * MIB;
 
-/// One value of the test database's Npgsql connection string.
-fn part(db: &TestDb, key: &str) -> String {
-    db.connection_string()
-        .split(';')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim().trim_matches('"').to_owned())
-        .unwrap_or_default()
-}
-
-/// The test database's connection string through a proxy on 127.0.0.1:`port`.
-fn with_port(db: &TestDb, port: u16) -> String {
-    let mut pairs: Vec<String> = db
-        .connection_string()
-        .split(';')
-        .filter(|pair| {
-            let key = pair.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
-            key != "Host" && key != "Port"
-        })
-        .map(str::to_owned)
-        .collect();
-    pairs.push(format!("Host=127.0.0.1;Port={port}"));
-    pairs.join(";")
-}
-
 /// A `kB` figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
 fn status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -105,16 +80,8 @@ fn count_before(text: &str, what: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn megabyte_lines_during_a_black_holed_store_stay_within_the_memory_bound() {
     let db = TestDb::new().await;
-    let proxy = Proxy::start(
-        &part(&db, "Host"),
-        part(&db, "Port").parse().unwrap_or(5432),
-    )
-    .await;
-    let replica = Replica::start(
-        "console-memory",
-        &[("JOBAGENT_STORE", with_port(&db, proxy.port()))],
-    )
-    .await;
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
+    let replica = Replica::start("console-memory", &[("JOBAGENT_STORE", via_proxy)]).await;
     let pid = replica.pid().expect("the replica runs");
     let center = replica.center();
     // A warm-up run with the store up, so that the idle figure includes a used pool.

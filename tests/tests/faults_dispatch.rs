@@ -53,43 +53,13 @@ impl JobAgent for StubbornReplaceJob {
     }
 }
 
-/// The test database's connection string with the host and port of a proxy.
-fn via(db: &TestDb, proxy: &Proxy) -> String {
-    let mut pairs: Vec<String> = db
-        .connection_string()
-        .split(';')
-        .filter(|pair| {
-            let key = pair.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
-            key != "Host" && key != "Port"
-        })
-        .map(str::to_owned)
-        .collect();
-    pairs.push(format!("Host=127.0.0.1;Port={}", proxy.port()));
-    pairs.join(";")
-}
-
-/// One value of the test database's connection string.
-fn part(db: &TestDb, key: &str) -> String {
-    db.connection_string()
-        .split(';')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim().trim_matches('"').to_owned())
-        .unwrap_or_default()
-}
-
-async fn proxy_for(db: &TestDb) -> Proxy {
-    Proxy::start(&part(db, "Host"), part(db, "Port").parse().unwrap_or(5432)).await
-}
-
 /// A request the client gives up on while the agent waits for the store is dropped by the
 /// server; whichever `.await` it was at, it leaves no claim, no count and no run behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn fifteen_requests_dropped_mid_claim_leave_nothing_behind() {
     let db = TestDb::new().await;
-    let proxy = proxy_for(&db).await;
+    let (proxy, conn) = Proxy::in_front_of(&db).await;
     // One run at a time in the whole agent: a leaked count would refuse every later run.
-    let conn = via(&db, &proxy);
     let options = AgentOptions::from_lookup(|k| match k {
         "JOBAGENT_STORE" => Some(conn.clone()),
         "JOBAGENT_MAX_RUNNING" => Some("1".to_owned()),
@@ -274,11 +244,11 @@ async fn replace_gives_up_on_an_instance_that_ignores_its_stop() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_with_a_black_holed_store_is_bounded() {
     let db = TestDb::new().await;
-    let proxy = proxy_for(&db).await;
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
     let bound = Duration::from_millis(1000);
     let service = TestService::start_with(
         AgentOptions::new()
-            .store(via(&db, &proxy), "hangfire", 7.0)
+            .store(via_proxy, "hangfire", 7.0)
             .shutdown_timeout(bound)
             .timeout_grace(Duration::from_millis(200)),
     )

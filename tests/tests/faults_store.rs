@@ -25,37 +25,6 @@ const HANG: &str = "example_agent::jobs::TestHangJob";
 const CENTER_TIMEOUT: Duration = Duration::from_secs(5);
 const ANSWER_WITHIN: Duration = Duration::from_secs(4);
 
-/// A value of the test database's connection string.
-fn part(db: &TestDb, key: &str) -> String {
-    db.connection_string()
-        .split(';')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim().trim_matches('"').to_owned())
-        .unwrap_or_default()
-}
-
-/// The test database's connection string through a proxy on 127.0.0.1:`port`.
-fn with_port(db: &TestDb, port: u16) -> String {
-    let mut pairs: Vec<String> = db
-        .connection_string()
-        .split(';')
-        .filter(|pair| {
-            let key = pair.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
-            key != "Host" && key != "Port"
-        })
-        .map(str::to_owned)
-        .collect();
-    pairs.push(format!("Host=127.0.0.1;Port={port}"));
-    pairs.join(";")
-}
-
-async fn proxied(db: &TestDb) -> (Proxy, String) {
-    let proxy = Proxy::start(&part(db, "Host"), part(db, "Port").parse().unwrap_or(5432)).await;
-    let via = with_port(db, proxy.port());
-    (proxy, via)
-}
-
 /// Sends a request and says how long the answer took.
 async fn timed(request: tests::center::CenterRequest) -> (Reply, Duration) {
     let asked = Instant::now();
@@ -95,7 +64,7 @@ async fn result_count(db: &TestDb, job_id: &str, within: Duration) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_black_holed_mid_job_delays_lines_and_results_but_no_answer() {
     let db = TestDb::new().await;
-    let (proxy, via_proxy) = proxied(&db).await;
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
     let service =
         TestService::start_with(AgentOptions::new().store(via_proxy, "hangfire", 7.0)).await;
     let center = service.center();
@@ -215,7 +184,7 @@ async fn shutdown_with_a_black_holed_store_ends_within_its_timeout() {
     const SHUTDOWN: Duration = Duration::from_secs(3);
     const MARGIN: Duration = Duration::from_secs(2);
     let db = TestDb::new().await;
-    let (proxy, via_proxy) = proxied(&db).await;
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
     let service = TestService::start_with(
         AgentOptions::new()
             .store(via_proxy, "hangfire", 7.0)
