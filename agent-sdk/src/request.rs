@@ -81,6 +81,35 @@ pub struct ConsoleTarget {
     pub start_time: String,
 }
 
+/// The console description as the center writes it by default (PascalCase, string values):
+/// read straight into its fields, without the map that other spellings need. Every dispatch
+/// carries one, so this is the common path.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PascalConsole {
+    set_key: String,
+    hash_key: String,
+    start_time: String,
+    #[serde(default)]
+    progress_bar_id: Option<i64>,
+}
+
+impl ConsoleTarget {
+    /// Reads `x-job-agent-console`: the center's own shape directly, anything else (other
+    /// spellings, lenient values) through [`Deserialize`], with the same result.
+    fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        match serde_json::from_str::<PascalConsole>(json) {
+            Ok(c) => Ok(Self {
+                set_key: c.set_key,
+                progress_bar_id: c.progress_bar_id.filter(|n| *n >= 0).unwrap_or(0),
+                hash_key: c.hash_key,
+                start_time: c.start_time,
+            }),
+            Err(_) => serde_json::from_str::<ConsoleTarget>(json),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for ConsoleTarget {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let obj = Map::<String, Value>::deserialize(deserializer)?;
@@ -297,7 +326,7 @@ impl Dispatch {
         };
         let console = match plain(h.console, H_CONSOLE)? {
             Some(json) if !json.trim().is_empty() => Some(
-                serde_json::from_str::<ConsoleTarget>(json)
+                ConsoleTarget::from_json(json)
                     .map_err(|e| bad(H_CONSOLE, format!("not a console description: {e}")))?,
             ),
             _ => None,
@@ -413,6 +442,23 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_fast_path_reads_as_the_lenient_one() {
+        let cases = [
+            r#"{"SetKey":"console:a","HashKey":"console:refs:a","StartTime":"2026-01-02T03:04:05.12Z"}"#,
+            r#"{"SetKey":"console:a","ProgressBarId":3,"HashKey":"h","StartTime":"t"}"#,
+            r#"{"SetKey":"console:a","ProgressBarId":-3,"HashKey":"h","StartTime":"t"}"#,
+            r#"{"SetKey":"console:a","ProgressBarId":null,"HashKey":"h","StartTime":"t","X":[1]}"#,
+            r#"{"setKey":"console:a","hashKey":"h","startTime":"t"}"#,
+            r#"{"SetKey":"console:a","ProgressBarId":"2","HashKey":"h","StartTime":"t"}"#,
+            r#"{"SetKey":"a","SetKey":"b","HashKey":"h","StartTime":"t"}"#,
+        ];
+        for case in cases {
+            let lenient = serde_json::from_str::<ConsoleTarget>(case).ok();
+            assert_eq!(ConsoleTarget::from_json(case).ok(), lenient, "{case}");
+        }
+    }
     use axum::http::HeaderValue;
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
