@@ -22,9 +22,10 @@
 //! **Replicas** (`--replicas N`, 1 to 5): N example-agent processes (built with `cargo build
 //! -p example-agent` into this target directory) named `soak-r0`, `soak-r1`, ..., sharing the
 //! soak's database as their own store (`JOBAGENT_STORE`, one `JOBAGENT_AGENT_ID`), each through
-//! its own [`tests::proxy::Proxy`]. The center spreads dispatches round-robin over the replicas
-//! in rotation (a SIGKILLed one is out of it until it is back, as behind a load balancer's
-//! health check). Faults, on a schedule printed at start (one about every 40 s, at least
+//! its own [`tests::proxy::Proxy`]. Some runs last longer (8% of transient runs 10 to 30 s, a
+//! quarter of singleton runs 8 to 20 s) so that faults find runs in flight. The center spreads
+//! dispatches round-robin over the replicas in rotation (a SIGKILLed one is out of it until
+//! it is back, as behind a load balancer's health check). Faults, on a schedule printed at start (one about every 40 s, at least
 //! three): a replica's store black-holed for 12 s (connections stay open, nothing is
 //! forwarded), a replica SIGKILLed and started again 4 s later under the same instance name
 //! and port, alternating over the replicas, and the server restart in the middle. Each
@@ -299,8 +300,14 @@ fn secs_since_epoch(t: SystemTime) -> f64 {
         .unwrap_or_default()
 }
 
-/// Chooses the next dispatch. `heavy` forces a long run.
-fn plan(rng: &mut StdRng, heavy: Option<(u64, u64)>) -> (Kind, &'static str, Option<Params>) {
+/// Chooses the next dispatch. `heavy` forces a long run. `long` (with replicas) makes some
+/// runs last 8 to 30 s, so that faults find runs in flight: 8% of transient runs, 25% of
+/// singleton runs.
+fn plan(
+    rng: &mut StdRng,
+    heavy: Option<(u64, u64)>,
+    long: bool,
+) -> (Kind, &'static str, Option<Params>) {
     if let Some((lines, sleep_ms)) = heavy {
         let p = Params {
             lines,
@@ -322,6 +329,8 @@ fn plan(rng: &mut StdRng, heavy: Option<(u64, u64)>) -> (Kind, &'static str, Opt
                 rng.random_range(5_000..=20_000),
                 rng.random_range(0..=5_000),
             )
+        } else if long && r >= 0.92 {
+            (rng.random_range(50..500), rng.random_range(10_000..=30_000))
         } else if r < 0.25 {
             (rng.random_range(200..2_000), rng.random_range(0..=4_000))
         } else {
@@ -337,9 +346,14 @@ fn plan(rng: &mut StdRng, heavy: Option<(u64, u64)>) -> (Kind, &'static str, Opt
         (Kind::Run, TRANSIENT, Some(p))
     } else if roll < 0.78 {
         let (fail, panic) = ending(rng);
+        let sleep_ms = if long && rng.random::<f64>() < 0.25 {
+            rng.random_range(8_000..=20_000)
+        } else {
+            rng.random_range(300..=5_000)
+        };
         let p = Params {
             lines: rng.random_range(0..500),
-            sleep_ms: rng.random_range(300..=5_000),
+            sleep_ms,
             fail,
             panic,
         };
@@ -357,6 +371,7 @@ fn plan(rng: &mut StdRng, heavy: Option<(u64, u64)>) -> (Kind, &'static str, Opt
 
 /// Dispatches for `secs` at `rate` a second; returns every dispatch's handle.
 async fn drive(router: Router, secs: u64, rate: f64, seed: u64) -> Vec<JoinHandle<Sent>> {
+    let long = matches!(router, Router::Fleet { .. });
     let mut rng = StdRng::seed_from_u64(seed);
     let period = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
@@ -378,7 +393,7 @@ async fn drive(router: Router, secs: u64, rate: f64, seed: u64) -> Vec<JoinHandl
             }
             _ => None,
         };
-        let (kind, class, params) = plan(&mut rng, heavy);
+        let (kind, class, params) = plan(&mut rng, heavy, long);
         next_id += 1;
         let id = next_id.to_string();
         let console_start = SystemTime::now();
@@ -1512,13 +1527,16 @@ async fn soak(args: &Args) -> Result<bool, String> {
         fig.stops, fig.stops_accepted, fig.stopped_runs, fig.late_stop_lines
     );
     println!(
-        "runs:              {} accepted, {} failed on request (fail/panic; {} panics caught), {} heavy (5,000+ lines)",
+        "runs:              {} accepted, {} failed on request (fail/panic{}), {} heavy (5,000+ lines)",
         fig.runs_accepted,
         fig.failed_runs,
         if args.replicas > 0 {
-            "in the replicas, so not counted here".to_owned()
+            String::new()
         } else {
-            REQUESTED_PANICS.load(Ordering::Relaxed).to_string()
+            format!(
+                "; {} panics caught",
+                REQUESTED_PANICS.load(Ordering::Relaxed)
+            )
         },
         fig.heavy_runs
     );
