@@ -295,6 +295,31 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Lapses the claim a process that is gone held for a run just reported lost, so the class
+    /// is free at once (not when the claim would have lapsed) and a stop of it says it has
+    /// already stopped instead of stopping a run that no longer exists.
+    pub(crate) async fn release_lost_claim(
+        &self,
+        class: &str,
+        job_id: &str,
+        server_id: &str,
+    ) -> Res<()> {
+        let client = self.pool.get().await.map_err(e)?;
+        client
+            .execute(
+                &format!(
+                    "UPDATE {} SET \"value\" = jsonb_set(\"value\"::jsonb, '{{Until}}', to_jsonb({DB_NOW_MS} - 1))::text, \
+                     expireat = NULL WHERE \"key\" = $1 AND field = 'claim' \
+                     AND \"value\"::jsonb->>'ServerId' = $2 AND \"value\"::jsonb->>'JobId' = $3",
+                    self.hash_sql()
+                ),
+                &[&format!("jobagent:claim:{class}"), &server_id, &job_id],
+            )
+            .await
+            .map_err(e)?;
+        Ok(())
+    }
+
     /// Sets the deadline of a claim we hold to the database's now plus `ms`.
     async fn set_claim_until(&self, me: &Member, class: &str, job_id: &str, ms: i64) -> Res<bool> {
         let client = self.pool.get().await.map_err(e)?;

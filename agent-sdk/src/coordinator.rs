@@ -232,5 +232,16 @@ fn report_lost(store: &Arc<Store>, job_id: String, record: &RunRecord, why: Stri
     let results = StoreResults {
         store: store.clone(),
     };
-    tokio::spawn(async move { results.write(result).await });
+    let (store, class, server_id) = (
+        store.clone(),
+        record.class.clone(),
+        record.server_id.clone(),
+    );
+    tokio::spawn(async move {
+        results.write(result).await;
+        let release = store.release_lost_claim(&class, &job_id, &server_id);
+        if let Err(e) = bounded(STORE_OP_WITHIN, release).await {
+            tracing::debug!(job_id, error = %e, "could not release the lost run's claim; it lapses by itself");
+        }
+    });
 }

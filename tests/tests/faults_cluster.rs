@@ -313,3 +313,35 @@ async fn two_live_processes_with_one_instance_name_leave_each_other_alone() {
 async fn two_live_processes_with_one_instance_name_leave_each_other_alone_cluster_off() {
     one_instance_name_twice(false, "df").await;
 }
+
+// A singleton run reported lost frees its class at once: a stop then says it has already
+// stopped (501 naming the run, as a center tolerant of busy singletons reads it) instead of
+// "stopping" a run that no longer exists, and a new run is accepted (found by the soak).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_singleton_frees_its_class_when_it_is_reported() {
+    let db = TestDb::new().await;
+    let mut a = Replica::start("lost-a", &store_env(db.connection_string())).await;
+    let b = Replica::start("lost-b", &store_env(db.connection_string())).await;
+    a.center()
+        .run(SINGLETON, "ls1")
+        .param(json!({"sleep_ms": 120000}))
+        .send()
+        .await
+        .assert_status(200);
+    a.kill();
+    wait::failure(&db, "ls1", Duration::from_secs(20), "").await;
+    let stop = b.center().stop(SINGLETON, "ls1-stop").send().await;
+    stop.assert_err(501);
+    assert_eq!(stop.busy_job_id(), Some("ls1"), "{}", stop.body);
+    b.center()
+        .run(SINGLETON, "ls2")
+        .param(json!({"lines": 1}))
+        .send()
+        .await
+        .assert_status(200);
+    assert_eq!(
+        wait::result(&db, "ls2", Duration::from_secs(10)).await["R"],
+        "ok"
+    );
+    assert_eq!(db.result("ls1-stop").await, None);
+}
