@@ -46,6 +46,8 @@ impl Runtime {
         let deadline = answer_deadline(&d);
         let mut remote: Vec<(String, String, u64)> = Vec::new();
         let mut cluster_last = None;
+        // Why other replicas' runs could not be looked up, when they could not.
+        let mut unseen = None;
         if let Some(store) = self.shared(&outlet) {
             if reg.kind().is_singleton() {
                 if local.is_empty() {
@@ -56,7 +58,8 @@ impl Runtime {
                         Ok(Some((holder, _))) => cluster_last = Some(holder.job_id),
                         Ok(None) => {}
                         Err(e) => {
-                            tracing::warn!(class = reg.class(), error = %e, "cannot read the cluster-wide claim; stopping locally only")
+                            tracing::warn!(class = reg.class(), error = %e, "cannot read the cluster-wide claim; stopping locally only");
+                            unseen = Some(e);
                         }
                     }
                 }
@@ -67,14 +70,25 @@ impl Runtime {
                             .map(|r| (r.instance, r.job_id, r.record.started)),
                     ),
                     Err(e) => {
-                        tracing::warn!(class = reg.class(), error = %e, "cannot read other replicas' runs; stopping locally only")
+                        tracing::warn!(class = reg.class(), error = %e, "cannot read other replicas' runs; stopping locally only");
+                        unseen = Some(e);
                     }
                 }
             }
         }
+        if local.is_empty()
+            && remote.is_empty()
+            && let Some(e) = unseen
+        {
+            // Nothing runs here, and where it runs is unknown: not a stop to report done.
+            return Err(DispatchError::Undecided(format!(
+                "cannot stop job {}: it does not run on this replica, and the shared store did not say where it runs ({e}); retry",
+                reg.class()
+            )));
+        }
         if local.is_empty() && remote.is_empty() {
             if reg.kind().is_singleton() {
-                if let Some(job_id) = last.map(|l| l.job_id).or(cluster_last) {
+                if let Some(job_id) = last.as_ref().map(|l| l.job_id.clone()).or(cluster_last) {
                     return Err(DispatchError::AlreadyStopped {
                         class: reg.class().to_owned(),
                         job_id,
@@ -86,11 +100,24 @@ impl Runtime {
                 });
             }
         }
-        // A run that ended while the replicas were asked is no longer stopped here.
+        // A run that ended while the replicas were asked is no longer stopped here, nor is
+        // one already stopping (its `on_stop` is not called twice).
+        let had_local = !local.is_empty();
         let local: Vec<_> = local
             .into_iter()
             .filter(|run| run.mark_stopping())
             .collect();
+        if had_local && local.is_empty() && remote.is_empty() {
+            return Err(match last {
+                Some(last) if reg.kind().is_singleton() => DispatchError::AlreadyStopped {
+                    class: reg.class().to_owned(),
+                    job_id: last.job_id,
+                },
+                _ => DispatchError::NothingRunning {
+                    class: reg.class().to_owned(),
+                },
+            });
+        }
         let stop_id = d.job_id.clone();
         let local_newest = local
             .iter()
