@@ -238,10 +238,12 @@ fn report_lost(store: &Arc<Store>, job_id: String, record: &RunRecord, why: Stri
         record.server_id.clone(),
     );
     tokio::spawn(async move {
-        results.write(result).await;
+        // The claim goes first: once the result is visible, the class must already be free
+        // (a stop read right after the result says "already stopped", not "stopping").
         let release = store.release_lost_claim(&class, &job_id, &server_id);
         if let Err(e) = bounded(STORE_OP_WITHIN, release).await {
             tracing::debug!(job_id, error = %e, "could not release the lost run's claim; it lapses by itself");
         }
+        results.write(result).await;
     });
 }
