@@ -48,9 +48,17 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         Some(lit) => quote!(#lit),
         None => type_path.clone(),
     };
-    let build = match &parsed.constructor {
-        Some(path) => quote_spanned!(path.span()=> #path()),
-        None => quote_spanned!(ident.span()=> <#ident as ::core::default::Default>::default()),
+    // The constructor is a function of state values (`fn() -> Self`, `fn(Pool) -> Self`,
+    // ...); without one, `Default` builds the job.
+    let (build, needs) = match &parsed.constructor {
+        Some(path) => (
+            quote_spanned!(path.span()=> ::agent_sdk::__private::Constructor::<_, #ident>::construct(&#path, states)?),
+            quote_spanned!(path.span()=> ::agent_sdk::__private::needs_of::<#ident, _, _>(&#path)),
+        ),
+        None => (
+            quote_spanned!(ident.span()=> <#ident as ::core::default::Default>::default()),
+            quote!(::std::vec::Vec::new()),
+        ),
     };
     // Every job is registered (when the agent's auto-registration is on) unless it opts out,
     // as on .NET; the id defaults to the type path and the name to the type name.
@@ -108,9 +116,18 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         #item
 
         const _: () = {
-            fn __agent_sdk_build() -> ::std::sync::Arc<dyn ::agent_sdk::__private::DynJob> {
+            #[allow(unused_variables)]
+            fn __agent_sdk_build(
+                states: &::agent_sdk::__private::States,
+            ) -> ::core::result::Result<
+                ::std::sync::Arc<dyn ::agent_sdk::__private::DynJob>,
+                ::agent_sdk::__private::MissingState,
+            > {
                 let job: #ident = #build;
-                ::agent_sdk::__private::into_dyn::<#ident>(job)
+                ::core::result::Result::Ok(::agent_sdk::__private::into_dyn::<#ident>(job))
+            }
+            fn __agent_sdk_needs() -> ::std::vec::Vec<::agent_sdk::__private::Need> {
+                #needs
             }
             ::agent_sdk::__private::inventory::submit! {
                 ::agent_sdk::__private::JobRegistration::new(
@@ -118,6 +135,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                     #type_path,
                     ::agent_sdk::__private::JobKind::#kind,
                     __agent_sdk_build,
+                    __agent_sdk_needs,
                 ) #register #on_busy
             }
         };

@@ -69,6 +69,7 @@ impl Agent {
     pub fn new(options: AgentOptions) -> Result<Self, ConfigError> {
         options.validate()?;
         let registry = Registry::from_inventory()?;
+        registry.check_states(&options.states)?;
         let expected_auth = options
             .basic_auth
             .as_ref()
@@ -120,8 +121,15 @@ impl Agent {
         Ok(agent)
     }
 
-    /// The router that answers the center at the configured path. Merge it into the host's
-    /// router (it carries its own state); the host's own routes win for their paths.
+    /// The router that answers the center at the configured path. **Merge** it into the
+    /// host's router (`Router::new().merge(agent.router())`; it carries its own state); the
+    /// host's own routes win for their paths. The path is part of the router already, so
+    /// nesting is not needed; `nest("/jobagent", agent.router())` at the agent's own path
+    /// also serves `/jobagent` (not `/jobagent/jobagent`; but axum's `nest` matches its
+    /// prefix case-sensitively and routes no `/jobagent/` to it, so only merging serves
+    /// `/JobAgent` and `/jobagent/`), and a router nested under any
+    /// other prefix answers at the path under it (`/svc/jobagent`), with a warning logged
+    /// the first time a request under that prefix finds nothing.
     ///
     /// It matches as the .NET agent's ASP.NET `app.Map(path)` does, so job URLs written for
     /// it keep working: case-insensitively and by prefix (`/JobAgent`, `/jobagent/`,

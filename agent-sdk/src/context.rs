@@ -32,6 +32,7 @@ pub(crate) struct ContextInner {
     pub(crate) console: Console,
     pub(crate) started_at: SystemTime,
     pub(crate) fence: std::sync::OnceLock<u64>,
+    pub(crate) states: crate::state::States,
 }
 
 impl fmt::Debug for JobContext {
@@ -56,6 +57,36 @@ impl JobContext {
 
     pub(crate) fn fence_cell(&self) -> &std::sync::OnceLock<u64> {
         &self.inner.fence
+    }
+
+    /// A value of application state given to the agent with
+    /// [`AgentOptions::state`](crate::AgentOptions::state), by its type (exactly the type given:
+    /// `Arc<Db>` and `Db` are two types). An error naming the type and the fix when none was
+    /// given, so `?` reports it as the run's failure.
+    ///
+    /// A job that always needs a value takes it in its constructor instead
+    /// (`#[job_agent(constructor = "...")]`): the agent then refuses to start without it.
+    ///
+    /// ```
+    /// # use agent_sdk::{JobContext, JobError};
+    /// #[derive(Clone)]
+    /// struct Mailer { from: String }
+    ///
+    /// async fn send(cx: &JobContext) -> Result<(), JobError> {
+    ///     let mailer = cx.state::<Mailer>()?;
+    ///     cx.console().info(format!("sending as {}", mailer.from));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(&self) -> Result<&T, JobError> {
+        self.inner
+            .states
+            .get::<T>()
+            .ok_or_else(|| JobError::msg(crate::state::MissingState::of::<T>()))
+    }
+
+    pub(crate) fn states(&self) -> &crate::state::States {
+        &self.inner.states
     }
 
     /// The parameter as sent (the request body; usually JSON).

@@ -4,10 +4,43 @@ use std::fmt;
 
 use axum::http::StatusCode;
 
-/// Why a job run failed. Any `std::error::Error` converts into it, so `?` works in jobs.
+/// A boxed error, as [`JobError`] keeps its source.
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a job run failed.
+///
+/// `?` converts what jobs meet into it: any `std::error::Error + Send + Sync + 'static`,
+/// `anyhow::Error` (and other report types that convert into a boxed error),
+/// `Box<dyn Error + Send + Sync>`, `String` and `&str`. The message reported to the center is
+/// the error's chain of causes, joined with `: `; the error itself stays reachable through
+/// [`JobError::source`] (for `on_exception` or your own logging).
+///
+/// ```
+/// use agent_sdk::JobError;
+///
+/// fn read_config() -> Result<u32, JobError> {
+///     let text = std::fs::read_to_string("/no/such/config").map_err(|e| {
+///         // Add context while keeping the cause: the message becomes "config: <cause>".
+///         JobError::with_source("config", e)
+///     })?;
+///     Ok(text.len() as u32)
+/// }
+///
+/// fn parse(text: &str) -> Result<u32, JobError> {
+///     if text.is_empty() {
+///         return Err("an empty parameter".into());
+///     }
+///     Ok(text.trim().parse::<u32>()?)
+/// }
+///
+/// assert!(read_config().unwrap_err().message().starts_with("config: "));
+/// assert_eq!(parse("").unwrap_err().message(), "an empty parameter");
+/// assert_eq!(parse("x").unwrap_err().message(), "invalid digit found in string");
+/// ```
 pub struct JobError {
     kind: JobErrorKind,
     message: String,
+    source: Option<BoxError>,
 }
 
 /// The class of a [`JobError`].
@@ -32,13 +65,28 @@ impl JobError {
         Self::new(JobErrorKind::Failed, message.to_string())
     }
 
+    /// A failure with context before its cause: the message is `context: cause: ...`, and
+    /// [`source`](JobError::source) is the cause.
+    pub fn with_source(context: impl fmt::Display, source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        Self {
+            kind: JobErrorKind::Failed,
+            message: format!("{context}: {}", chain(&*source)),
+            source: Some(source),
+        }
+    }
+
     /// The job noticed cancellation and stopped early.
     pub fn cancelled() -> Self {
         Self::new(JobErrorKind::Cancelled, "cancelled".to_owned())
     }
 
     pub(crate) fn new(kind: JobErrorKind, message: String) -> Self {
-        Self { kind, message }
+        Self {
+            kind,
+            message,
+            source: None,
+        }
     }
 
     /// The class of this error.
@@ -46,10 +94,32 @@ impl JobError {
         self.kind
     }
 
-    /// The message reported to the center.
+    /// The message reported to the center: the error and its causes, joined with `: `.
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// The error this one was made from, when it was made from one (by `?` or
+    /// [`with_source`](JobError::with_source)); its own `source()` chain continues from there.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+/// An error and its causes, joined with `: ` (skipping a cause whose text its error already
+/// ends with, as report types that print their chain do).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 impl fmt::Display for JobError {
@@ -63,20 +133,18 @@ impl fmt::Debug for JobError {
         f.debug_struct("JobError")
             .field("kind", &self.kind)
             .field("message", &self.message)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
+impl<E: Into<BoxError>> From<E> for JobError {
     fn from(err: E) -> Self {
-        let mut message = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
+        let source: BoxError = err.into();
+        Self {
+            kind: JobErrorKind::Failed,
+            message: chain(&*source),
+            source: Some(source),
         }
-        Self::msg(message)
     }
 }
 
@@ -194,6 +262,17 @@ pub enum ConfigError {
         /// The second type's path.
         second: &'static str,
     },
+    /// A job's constructor takes a state type the agent was not given.
+    #[error(
+        "job `{job}` takes state of type `{state}` in its constructor, but the agent was not given one: add `.state(value)` with a `{state}` to the AgentOptions{}",
+        if state.starts_with('&') { " (a constructor taking a reference needs a `&'static` value: take an `Arc<T>` by value instead)" } else { "" }
+    )]
+    MissingState {
+        /// The job type's path.
+        job: &'static str,
+        /// The state type's name.
+        state: &'static str,
+    },
     /// An environment variable or option holds an unusable value.
     #[error("invalid {name}: {reason}")]
     Invalid {
@@ -210,5 +289,79 @@ impl ConfigError {
             name,
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("pool exhausted")]
+    struct Pool(#[source] std::io::Error);
+
+    fn io() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+    }
+
+    fn via_question_mark<E>(err: E) -> Result<(), JobError>
+    where
+        JobError: From<E>,
+    {
+        Err(err)?
+    }
+
+    #[test]
+    fn question_mark_takes_the_error_types_jobs_meet_and_keeps_the_chain() {
+        let typed = via_question_mark(Pool(io())).expect_err("an error");
+        assert_eq!(typed.message(), "pool exhausted: connect timed out");
+        assert_eq!(
+            typed
+                .source()
+                .and_then(|s| s.source())
+                .map(|s| s.to_string()),
+            Some("connect timed out".to_owned())
+        );
+
+        let any = anyhow::Error::new(io()).context("loading orders");
+        let any = via_question_mark(any).expect_err("an error");
+        assert_eq!(any.message(), "loading orders: connect timed out");
+        assert!(any.source().is_some());
+
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(Pool(io()));
+        assert_eq!(
+            via_question_mark(boxed).expect_err("an error").message(),
+            "pool exhausted: connect timed out"
+        );
+        assert_eq!(
+            via_question_mark(String::from("no rows"))
+                .expect_err("an error")
+                .message(),
+            "no rows"
+        );
+        assert_eq!(
+            via_question_mark("no rows")
+                .expect_err("an error")
+                .message(),
+            "no rows"
+        );
+        assert_eq!(
+            via_question_mark("no rows").expect_err("an error").kind(),
+            JobErrorKind::Failed
+        );
+    }
+
+    #[test]
+    fn context_goes_before_the_cause() {
+        let err = JobError::with_source("fetching page 3", Pool(io()));
+        assert_eq!(
+            err.message(),
+            "fetching page 3: pool exhausted: connect timed out"
+        );
+        assert_eq!(
+            err.source().map(|s| s.to_string()),
+            Some("pool exhausted".to_owned())
+        );
+        assert!(JobError::msg("plain").source().is_none());
     }
 }

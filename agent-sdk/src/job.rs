@@ -28,6 +28,11 @@ use crate::error::JobError;
 ///     }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is a #[job_agent] type but does not implement `JobAgent`",
+    label = "this job has no `impl JobAgent`",
+    note = "add `impl agent_sdk::JobAgent for {Self} {{ async fn on_start(&self, cx: agent_sdk::JobContext) -> Result<(), agent_sdk::JobError> {{ Ok(()) }} }}`"
+)]
 pub trait JobAgent: Send + Sync + 'static {
     /// Runs the job. The future runs on its own tokio task; it should return soon after
     /// [`JobContext::cancelled`] resolves.

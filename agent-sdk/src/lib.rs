@@ -40,6 +40,7 @@ mod registry;
 mod request;
 mod router;
 mod runtime;
+mod state;
 mod store;
 mod sync;
 mod timefmt;
@@ -80,6 +81,8 @@ pub mod __private {
     pub use crate::job::JobKind;
     /// Not public API, used by generated code.
     pub use crate::registry::{AutoRegister, BusyPolicy, JobRegistration};
+    /// Not public API, used by generated code.
+    pub use crate::state::{Constructor, MissingState, Need, States, needs_of};
     /// Not public API, used by generated code.
     pub use inventory;
 

@@ -75,6 +75,7 @@ pub struct AgentOptions {
     pub(crate) auto_register: Option<crate::center::AutoRegistrationOptions>,
     pub(crate) log_only: bool,
     pub(crate) agent_id: Option<String>,
+    pub(crate) states: crate::state::States,
 }
 
 /// Bounds on what one request and the runtime may take.
@@ -164,6 +165,7 @@ impl Default for AgentOptions {
             auto_register: None,
             log_only: false,
             agent_id: None,
+            states: Default::default(),
         }
     }
 }
@@ -411,6 +413,44 @@ impl AgentOptions {
     /// per process.
     pub fn agent_id(mut self, id: impl Into<String>) -> Self {
         self.agent_id = Some(id.into());
+        self
+    }
+
+    /// Gives the agent a value of application state (a database pool, an HTTP client, the
+    /// service's configuration): jobs take it as a parameter of their constructor
+    /// (`#[job_agent(constructor = "MyJob::new")]` with `fn new(pool: Pool) -> Self`) or read
+    /// it with [`JobContext::state`](crate::JobContext::state). One value per type: a second
+    /// value of one type replaces the first (wrap two pools of one type in newtypes). The
+    /// value is cloned for each job built, so give cheap-to-clone handles (`Arc<T>`, pools).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use agent_sdk::{job_agent, AgentOptions, JobAgent, JobContext, JobError};
+    ///
+    /// struct Outbox { /* a pool, a client, ... */ }
+    ///
+    /// #[job_agent(transient, constructor = "FlushOutbox::new")]
+    /// struct FlushOutbox { outbox: Arc<Outbox> }
+    ///
+    /// impl FlushOutbox {
+    ///     fn new(outbox: Arc<Outbox>) -> Self {
+    ///         Self { outbox }
+    ///     }
+    /// }
+    ///
+    /// impl JobAgent for FlushOutbox {
+    ///     async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
+    ///         let _outbox = &self.outbox;
+    ///         cx.console().info("flushed");
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let options = AgentOptions::new().state(Arc::new(Outbox {}));
+    /// # let _ = options;
+    /// ```
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
         self
     }
 

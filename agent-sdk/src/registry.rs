@@ -5,6 +5,10 @@ use std::sync::Arc;
 
 use crate::error::ConfigError;
 use crate::job::{DynJob, JobKind};
+use crate::state::{MissingState, Need, States};
+
+/// How generated code builds a job from the agent's state.
+type Factory = fn(&States) -> Result<Arc<dyn DynJob>, MissingState>;
 
 /// One job type, as `#[job_agent]` registers it. Generated code builds it; users read it.
 #[derive(Debug)]
@@ -12,7 +16,8 @@ pub struct JobRegistration {
     class: &'static str,
     type_path: &'static str,
     kind: JobKind,
-    factory: fn() -> Arc<dyn DynJob>,
+    factory: Factory,
+    needs: fn() -> Vec<Need>,
     register: Option<AutoRegister>,
     on_busy: BusyPolicy,
 }
@@ -65,24 +70,29 @@ impl std::fmt::Debug for dyn DynJob {
 }
 
 impl JobRegistration {
-    /// A registration; `class` is the name the center sends, `type_path` the Rust path.
+    /// A registration; `class` is the name the center sends, `type_path` the Rust path,
+    /// `needs` the state types `factory` takes.
+    #[doc(hidden)]
     pub const fn new(
         class: &'static str,
         type_path: &'static str,
         kind: JobKind,
-        factory: fn() -> Arc<dyn DynJob>,
+        factory: Factory,
+        needs: fn() -> Vec<Need>,
     ) -> Self {
         Self {
             class,
             type_path,
             kind,
             factory,
+            needs,
             register: None,
             on_busy: BusyPolicy::Reject,
         }
     }
 
     /// Sets what a run does when the singleton is busy.
+    #[doc(hidden)]
     pub const fn with_on_busy(mut self, on_busy: BusyPolicy) -> Self {
         self.on_busy = on_busy;
         self
@@ -94,6 +104,7 @@ impl JobRegistration {
     }
 
     /// Asks for auto-registration at the center.
+    #[doc(hidden)]
     pub const fn with_register(mut self, register: AutoRegister) -> Self {
         self.register = Some(register);
         self
@@ -119,12 +130,26 @@ impl JobRegistration {
         self.register
     }
 
-    pub(crate) fn instantiate(&self) -> Arc<dyn DynJob> {
-        (self.factory)()
+    /// Builds an instance. The agent checked at start-up that the state it takes was given
+    /// ([`Registry::check_states`]); were it missing, the instance fails every run saying so.
+    pub(crate) fn instantiate(&self, states: &States) -> Arc<dyn DynJob> {
+        match (self.factory)(states) {
+            Ok(job) => job,
+            Err(missing) => Arc::new(Unbuildable(missing.to_string())),
+        }
     }
 }
 
 inventory::collect!(JobRegistration);
+
+/// A job whose constructor could not get its state: every run fails with why.
+struct Unbuildable(String);
+
+impl crate::job::JobAgent for Unbuildable {
+    async fn on_start(&self, _: crate::JobContext) -> Result<(), crate::JobError> {
+        Err(crate::JobError::msg(&self.0))
+    }
+}
 
 /// Every job type linked into this program, by class name.
 #[derive(Debug)]
@@ -188,6 +213,19 @@ impl Registry {
             .or_else(|| self.by_name.get(name).copied().flatten())
     }
 
+    /// Fails when a job's constructor takes a state type the agent was not given.
+    pub(crate) fn check_states(&self, states: &States) -> Result<(), ConfigError> {
+        for reg in &self.ordered {
+            if let Some(need) = states.missing(&(reg.needs)()) {
+                return Err(ConfigError::MissingState {
+                    job: reg.type_path,
+                    state: need.name(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// All registrations, sorted by class.
     pub fn iter(&self) -> impl Iterator<Item = &'static JobRegistration> + '_ {
         self.ordered.iter().copied()
@@ -218,15 +256,19 @@ mod tests {
             Ok(())
         }
     }
-    fn make() -> Arc<dyn DynJob> {
-        Arc::new(Noop)
+    fn make(_: &States) -> Result<Arc<dyn DynJob>, MissingState> {
+        Ok(Arc::new(Noop))
+    }
+    fn none() -> Vec<Need> {
+        Vec::new()
     }
 
     static A: JobRegistration =
-        JobRegistration::new("Msg.Job.A,Msg", "m::A", JobKind::Singleton, make);
-    static B: JobRegistration = JobRegistration::new("m::B", "m::B", JobKind::Transient, make);
+        JobRegistration::new("Msg.Job.A,Msg", "m::A", JobKind::Singleton, make, none);
+    static B: JobRegistration =
+        JobRegistration::new("m::B", "m::B", JobKind::Transient, make, none);
     static A2: JobRegistration =
-        JobRegistration::new("Msg.Job.A,Msg", "m::A2", JobKind::Hang, make);
+        JobRegistration::new("Msg.Job.A,Msg", "m::A2", JobKind::Hang, make, none);
 
     #[test]
     fn finds_exact_and_by_name_before_comma() {

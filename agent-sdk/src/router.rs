@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::{Request, State};
+use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -35,8 +35,8 @@ use crate::request::{Action, Dispatch};
 /// have a fallback, so a host with a fallback of its own sets it *after* merging:
 /// `Router::new().merge(agent.router()).fallback(host_fallback)`. That replaces the agent's
 /// fallback: the configured path as written (and `path/`, `path/...`) still reaches the agent,
-/// other spellings reach the host's fallback. Nested with `Router::nest`, the fallback serves
-/// the paths under the nest prefix.
+/// other spellings reach the host's fallback. Nested with `Router::nest` at the agent's own
+/// path, the fallback serves that path (see [`fallback`]).
 pub(crate) fn router<S>(agent: Arc<AgentInner>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -52,13 +52,34 @@ where
 
 /// Serves the spellings of the path that ASP.NET's `Map` accepts and the explicit routes do
 /// not; answers anything else with a plain 404.
+///
+/// The path is matched against the request's path as the host received it too (axum's
+/// `OriginalUri`), so `Router::new().nest("/jobagent", agent.router())` serves `/jobagent`
+/// rather than `/jobagent/jobagent` (nesting at the agent's own path is the natural mistake).
 async fn fallback(State(agent): State<Arc<AgentInner>>, request: Request) -> Response {
-    if is_mapped(&agent.runtime.options.path, request.uri().path()) {
-        handle(State(agent), request).await
-    } else {
-        StatusCode::NOT_FOUND.into_response()
+    let path = &agent.runtime.options.path;
+    let original = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map(|o| o.path().to_owned());
+    let nested = original
+        .as_deref()
+        .is_some_and(|o| o != request.uri().path());
+    if is_mapped(path, request.uri().path()) || original.is_some_and(|o| is_mapped(path, &o)) {
+        return handle(State(agent), request).await;
     }
+    if nested && !NESTED_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            path = %path,
+            request = %request.uri().path(),
+            "job agent: its router is nested under a prefix, so it answers at {path} under that prefix; merge it (`Router::merge(agent.router())`) or nest it at {path} itself, or the center's requests get 404, which the center counts as success"
+        );
+    }
+    StatusCode::NOT_FOUND.into_response()
 }
+
+/// Whether the warning about a router nested under a foreign prefix was logged.
+static NESTED_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whether `request_path` lies under `base` as ASP.NET's `Map` decides it
 /// (`PathString.StartsWithSegments`, ordinal and ignoring case): the request path, with its

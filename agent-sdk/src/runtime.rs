@@ -537,10 +537,10 @@ impl Runtime {
         let state = self.state(reg);
         let instance = if reg.kind().is_singleton() {
             lock(&state.singleton)
-                .get_or_insert_with(|| reg.instantiate())
+                .get_or_insert_with(|| reg.instantiate(&self.options.states))
                 .clone()
         } else {
-            reg.instantiate()
+            reg.instantiate(&self.options.states)
         };
         let console = self.console(&d, outlet);
         let started = SystemTime::now();
@@ -556,6 +556,7 @@ impl Runtime {
             console,
             started_at: started,
             fence: OnceLock::new(),
+            states: self.options.states.clone(),
         });
         Arc::new(Run {
             seq: self.seq.fetch_add(1, Ordering::Relaxed),

@@ -1,25 +1,36 @@
 //! The service's jobs: its business jobs and the demo jobs the docs, tests and benchmarks use.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_sdk::{JobAgent, JobContext, JobError, job_agent};
 use serde::Deserialize;
 
-use crate::outbox::{self, now_secs};
+use crate::outbox::{Outbox, now_secs};
 
 /// Sends every message that is due. Transient: overlapping runs each take what is due.
+/// Built with the service's outbox, given to the agent as state (`AgentOptions::state`).
 #[job_agent(
     transient,
+    constructor = "SendDueMessagesJob::new",
     register_id = "outbox-send",
     register_name = "Send due messages",
     register_cron = "*/5 * * * *"
 )]
-#[derive(Default)]
-pub struct SendDueMessagesJob;
+pub struct SendDueMessagesJob {
+    outbox: Arc<Outbox>,
+}
+
+impl SendDueMessagesJob {
+    /// The job on the service's outbox.
+    pub fn new(outbox: Arc<Outbox>) -> Self {
+        Self { outbox }
+    }
+}
 
 impl JobAgent for SendDueMessagesJob {
     async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
-        let due = outbox::global().due(now_secs());
+        let due = self.outbox.due(now_secs());
         cx.console().info(format!("{} message(s) due", due.len()));
         for message in due {
             if cx.is_cancelled() {
@@ -28,13 +39,14 @@ impl JobAgent for SendDueMessagesJob {
             // A real service calls its SMS or mail gateway here.
             cx.console()
                 .info(format!("sent message {} to {}", message.id, message.to));
-            outbox::global().mark_sent(message.id, now_secs());
+            self.outbox.mark_sent(message.id, now_secs());
         }
         Ok(())
     }
 }
 
-/// Removes sent messages older than `Hour` hours (default 48).
+/// Removes sent messages older than `Hour` hours (default 48). It reads the outbox from its
+/// context (`JobContext::state`), the other way to reach state.
 #[job_agent(
     class = "MsgDevOps.Job.CleanupJob,MsgDevOps",
     register_id = "outbox-cleanup",
@@ -48,7 +60,7 @@ impl JobAgent for CleanupSentJob {
     async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
         let hours: u64 = cx.param("Hour")?.unwrap_or(48);
         let before = now_secs().saturating_sub(hours * 3600);
-        let removed = outbox::global().remove_sent_before(before);
+        let removed = cx.state::<Arc<Outbox>>()?.remove_sent_before(before);
         cx.console().info(format!(
             "removed {removed} message(s) sent more than {hours} h ago"
         ));

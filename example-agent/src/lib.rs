@@ -5,12 +5,31 @@
 pub mod jobs;
 pub mod outbox;
 
-use agent_sdk::Agent;
+use std::sync::Arc;
+
+use agent_sdk::{Agent, AgentOptions, ConfigError};
 use axum::Router;
 
-/// The service's own routes beside the job agent's.
-pub fn app(agent: &Agent) -> Router {
-    Router::new().merge(outbox::routes()).merge(agent.router())
+use crate::outbox::Outbox;
+
+/// The service: its job agent, and its own routes beside the agent's.
+pub struct Service {
+    /// The job agent, built with the service's outbox as state.
+    pub agent: Agent,
+    /// The outbox's routes and the agent's, on one router.
+    pub app: Router,
+}
+
+impl Service {
+    /// Builds the service on a new outbox, which the routes use and the jobs are given.
+    pub fn new(options: AgentOptions) -> Result<Self, ConfigError> {
+        let outbox = Arc::new(Outbox::default());
+        let agent = Agent::new(options.state(outbox.clone()))?;
+        let app = Router::new()
+            .merge(outbox::routes(outbox))
+            .merge(agent.router());
+        Ok(Self { agent, app })
+    }
 }
 
 /// The address the example listens on: `JOBAGENT_LISTEN`, default `127.0.0.1:5000`.

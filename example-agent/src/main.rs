@@ -1,6 +1,7 @@
 //! Runs the example message service with its job agent.
 
-use agent_sdk::{Agent, AgentOptions};
+use agent_sdk::AgentOptions;
+use example_agent::Service;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -22,8 +23,7 @@ async fn main() {
 async fn serve() -> Result<(), String> {
     let addr = example_agent::listen_addr()?;
     let options = AgentOptions::from_env().map_err(|e| e.to_string())?;
-    let agent = Agent::new(options).map_err(|e| e.to_string())?;
-    let app = example_agent::app(&agent);
+    let Service { agent, app } = Service::new(options).map_err(|e| e.to_string())?;
     if agent.start_auto_registration().is_some() {
         tracing::info!("registering the jobs at the center, in the background");
     }

@@ -1,9 +1,9 @@
 //! The outbox: messages queued to be sent now or at a later time, with its HTTP routes.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -46,12 +46,6 @@ pub struct Outbox {
 struct OutboxInner {
     next_id: u64,
     messages: Vec<Message>,
-}
-
-/// The outbox of this process (the jobs and the routes share it).
-pub fn global() -> &'static Arc<Outbox> {
-    static OUTBOX: OnceLock<Arc<Outbox>> = OnceLock::new();
-    OUTBOX.get_or_init(Arc::default)
 }
 
 /// Seconds since the Unix epoch.
@@ -118,15 +112,18 @@ impl Outbox {
     }
 }
 
-/// `POST /api/messages`, `GET /api/messages`, `GET /api/messages/{id}`.
-pub fn routes() -> Router {
+/// `POST /api/messages`, `GET /api/messages`, `GET /api/messages/{id}` on `outbox` (the
+/// one the jobs were given).
+pub fn routes(outbox: Arc<Outbox>) -> Router {
     Router::new()
         .route("/api/messages", post(create).get(list))
         .route("/api/messages/{id}", get(one))
         .route("/health", get(|| async { "ok" }))
+        .with_state(outbox)
 }
 
 async fn create(
+    State(outbox): State<Arc<Outbox>>,
     Json(new): Json<NewMessage>,
 ) -> Result<(StatusCode, Json<Message>), (StatusCode, String)> {
     if new.to.trim().is_empty() {
@@ -135,15 +132,18 @@ async fn create(
             "`to` may not be empty".into(),
         ));
     }
-    Ok((StatusCode::CREATED, Json(global().queue(new))))
+    Ok((StatusCode::CREATED, Json(outbox.queue(new))))
 }
 
-async fn list() -> Json<Vec<Message>> {
-    Json(global().list())
+async fn list(State(outbox): State<Arc<Outbox>>) -> Json<Vec<Message>> {
+    Json(outbox.list())
 }
 
-async fn one(Path(id): Path<u64>) -> Result<Json<Message>, StatusCode> {
-    global()
+async fn one(
+    State(outbox): State<Arc<Outbox>>,
+    Path(id): Path<u64>,
+) -> Result<Json<Message>, StatusCode> {
+    outbox
         .list()
         .into_iter()
         .find(|m| m.id == id)

@@ -46,8 +46,8 @@ impl TestService {
     /// cannot be bound.
     pub async fn start_with(options: AgentOptions) -> Self {
         init_tracing();
-        let agent = Agent::new(options).unwrap_or_else(|e| panic!("invalid agent options: {e}"));
-        let app = example_agent::app(&agent);
+        let example_agent::Service { agent, app } = example_agent::Service::new(options)
+            .unwrap_or_else(|e| panic!("invalid agent options: {e}"));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"));

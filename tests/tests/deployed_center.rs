@@ -117,7 +117,7 @@ async fn log_only_runs_are_an_explicit_choice() {
 fn startup_log(options: AgentOptions) -> String {
     let logs = tests::logs::Logs::default();
     let _guard = logs.capture();
-    let _ = Agent::new(options).expect("valid options");
+    let _ = agent(options).expect("valid options");
     logs.text()
 }
 
@@ -219,19 +219,19 @@ async fn replicas_sharing_a_store_present_one_agent_server_id_across_restarts() 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_id_is_derived_from_what_replicas_share_or_configured() {
     let db = TestDb::new().await;
-    let one = Agent::new(with_store(&db)).expect("valid");
-    let two = Agent::new(with_store(&db)).expect("valid");
+    let one = agent(with_store(&db)).expect("valid");
+    let two = agent(with_store(&db)).expect("valid");
     assert_eq!(one.server_id(), two.server_id());
-    let other_path = Agent::new(with_store(&db).path("/other")).expect("valid");
+    let other_path = agent(with_store(&db).path("/other")).expect("valid");
     assert_ne!(one.server_id(), other_path.server_id());
-    let set = Agent::new(AgentOptions::new().agent_id("orders-agent")).expect("valid");
+    let set = agent(AgentOptions::new().agent_id("orders-agent")).expect("valid");
     assert_eq!(set.server_id(), "orders-agent");
     // Log-only without a store: nothing reports a restarted process's runs, so the
     // center's own restart check stays on (one id per process).
-    let a = Agent::new(AgentOptions::new().log_only(true)).expect("valid");
-    let b = Agent::new(AgentOptions::new().log_only(true)).expect("valid");
+    let a = agent(AgentOptions::new().log_only(true)).expect("valid");
+    let b = agent(AgentOptions::new().log_only(true)).expect("valid");
     assert_ne!(a.server_id(), b.server_id());
-    let bad = Agent::new(AgentOptions::new().agent_id("two words"));
+    let bad = agent(AgentOptions::new().agent_id("two words"));
     assert!(
         bad.expect_err("invalid id")
             .to_string()
@@ -438,7 +438,7 @@ async fn a_claim_on_a_black_holed_store_is_answered_in_time_and_frees_the_class(
 // name `Type` by default (Agent/Hangfire.HttpJob.Agent/JobAgentRegisterService.cs).
 #[tokio::test(flavor = "multi_thread")]
 async fn every_example_job_registers_with_dotnet_like_defaults() {
-    let agent = Agent::new(AgentOptions::new().log_only(true)).expect("valid");
+    let agent = agent(AgentOptions::new().log_only(true)).expect("valid");
     let find = |class: &str| {
         agent
             .registry()
@@ -460,4 +460,9 @@ async fn every_example_job_registers_with_dotnet_like_defaults() {
         .map(|r| json!(r.auto_register().map(|a| a.id)))
         .collect();
     assert!(registered.iter().all(|id| !id.is_null()), "{registered:?}");
+}
+
+/// The example service's agent (its jobs take the service's outbox as state).
+fn agent(options: AgentOptions) -> Result<Agent, agent_sdk::ConfigError> {
+    example_agent::Service::new(options).map(|s| s.agent)
 }

@@ -180,7 +180,8 @@ impl Drop for AbortOnDrop {
 }
 
 fn agent() -> Agent {
-    Agent::new(AgentOptions::new().log_only(true))
+    example_agent::Service::new(AgentOptions::new().log_only(true))
+        .map(|s| s.agent)
         .unwrap_or_else(|e| panic!("invalid agent options: {e}"))
 }
 
@@ -238,7 +239,8 @@ async fn the_agent_answers_every_path_asp_net_map_would() {
 }
 
 /// Merged beside a host's routes, the host's routes win for their paths (even one the agent
-/// would serve case-insensitively); nested, the agent serves its spellings under the prefix;
+/// would serve case-insensitively); nested, the agent serves its spellings under the prefix,
+/// and nested at its own path it serves that path;
 /// a host fallback set after merging replaces the agent's (documented on `Agent::router`):
 /// the configured path as written still reaches the agent, other spellings the host.
 #[tokio::test(flavor = "multi_thread")]
@@ -285,11 +287,31 @@ async fn the_agent_router_merges_and_nests_beside_host_routes() {
     let (status, _, marked) = get_text(&format!("{base}/svc/other")).await;
     assert_eq!((status, marked), (404, false));
 
+    // Nested at its own path (the natural mistake, issue 13), it answers at that path, not at
+    // `/jobagent/jobagent` only: an empty 404 there would read as success at the center.
+    let own = Router::new()
+        .route("/health", get(|| async { "host ok" }))
+        .nest("/jobagent", agent.router());
+    let (base, _own_server) = serve(own).await;
+    // (axum's `nest` matches its prefix case-sensitively and routes no `/jobagent/` to a
+    // nested router, so a center spelling the path otherwise needs the router merged.)
+    for path in ["/jobagent", "/jobagent/x"] {
+        Center::new(format!("{base}{path}"))
+            .expect_agent(&id)
+            .detail(TEST_JOB)
+            .send()
+            .await
+            .assert_status(200);
+    }
+    let (status, body, marked) = get_text(&format!("{base}/health")).await;
+    assert_eq!((status, body.as_str(), marked), (200, "host ok", false));
+
     let with_fallback = Router::new()
         .merge(agent.router())
         .fallback(|| async { (axum::http::StatusCode::IM_A_TEAPOT, "host fallback") });
     let (base, _fallback_server) = serve(with_fallback).await;
     for path in ["/jobagent", "/jobagent/", "/jobagent/x"] {
+        eprintln!("nested at its own path: {path}");
         Center::new(format!("{base}{path}"))
             .expect_agent(&id)
             .detail(TEST_JOB)

@@ -331,6 +331,7 @@ fn stop_context(
         console,
         started_at: SystemTime::now(),
         fence,
+        states: run.cx.states().clone(),
     })
 }
 

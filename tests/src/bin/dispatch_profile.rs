@@ -15,7 +15,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use agent_sdk::{Agent, AgentOptions};
+use agent_sdk::AgentOptions;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use tests::center::Center;
@@ -62,11 +62,13 @@ fn usage() -> ExitCode {
 }
 
 async fn drive(requests: u64, baseline: bool) -> Result<(), String> {
-    let agent = Agent::new(AgentOptions::default().log_only(true)).map_err(|e| e.to_string())?;
+    let service = example_agent::Service::new(AgentOptions::default().log_only(true))
+        .map_err(|e| e.to_string())?;
+    let agent = service.agent;
     let app = if baseline {
         tests::baseline::router()
     } else {
-        example_agent::app(&agent)
+        service.app
     };
     let center = Center::new("http://127.0.0.1:5000/jobagent");
     let template = center.run(TRANSIENT, "0").data("");
