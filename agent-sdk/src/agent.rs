@@ -326,11 +326,12 @@ fn log_start(options: &AgentOptions, registry: &Registry, local: Option<&Store>,
         cluster = options.cluster,
         agent_server_id = id,
         jobs = ?classes,
+        state = ?options.states,
         "job agent ready; stores: {store}"
     );
     if classes.is_empty() {
         tracing::warn!(
-            "job agent: no job is registered; every run will be refused. jobs in a library crate are linked only when the binary uses something from that crate"
+            "job agent: no job is registered, so every run will be refused. Annotate job types with #[job_agent]; jobs in a library crate are linked only when the binary uses something of that crate: call a function of it from main (for example a `pub fn link() {{}}` in the jobs crate, called as `my_jobs::link();`)"
         );
     }
 }

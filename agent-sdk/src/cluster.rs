@@ -187,15 +187,8 @@ fn until_of(alias: &str) -> String {
 type Res<T> = Result<T, String>;
 
 /// An error's text with its causes (a database error's own message is in its source).
-fn e(err: impl std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+fn e(err: impl std::error::Error + 'static) -> String {
+    crate::error::chain(&err)
 }
 
 impl Store {

@@ -121,12 +121,10 @@ impl JobContext {
         }
     }
 
-    /// The whole parameter as `T` (an empty parameter reads as `{}`).
+    /// The whole parameter as `T` (an empty parameter reads as `{}`). The error names the
+    /// field that does not fit (`parameter `items[2].qty` does not fit: ...`).
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, JobError> {
-        let text = self.inner.param.trim();
-        let text = if text.is_empty() { "{}" } else { text };
-        serde_json::from_str(text)
-            .map_err(|e| JobError::msg(format!("the parameter does not fit: {e}")))
+        params_from(&self.inner.param)
     }
 
     /// The job class this run belongs to.
@@ -213,5 +211,57 @@ impl JobContext {
     /// When the run started.
     pub fn started_at(&self) -> SystemTime {
         self.inner.started_at
+    }
+}
+
+/// Reads a whole parameter as `T`; the error names the field that does not fit.
+fn params_from<T: DeserializeOwned>(text: &str) -> Result<T, JobError> {
+    let text = text.trim();
+    let text = if text.is_empty() { "{}" } else { text };
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            JobError::msg(format!("the parameter does not fit: {}", e.inner()))
+        } else {
+            JobError::msg(format!("parameter `{path}` does not fit: {}", e.inner()))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Order {
+        id: u64,
+        items: Vec<Item>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Item {
+        qty: u32,
+    }
+
+    #[test]
+    fn a_parameter_that_does_not_fit_names_the_field() {
+        let err = params_from::<Order>(r#"{"id": 1, "items": [{"qty": 1}, {"qty": "many"}]}"#)
+            .expect_err("qty is not a number");
+        assert!(
+            err.message()
+                .starts_with("parameter `items[1].qty` does not fit: invalid type"),
+            "{err}"
+        );
+        let err = params_from::<Order>(r#"{"id": 1}"#).expect_err("items missing");
+        assert!(err.message().contains("missing field `items`"), "{err}");
+        let err = params_from::<Order>("[1]").expect_err("not an object");
+        assert!(
+            err.message().starts_with("the parameter does not fit"),
+            "{err}"
+        );
+        assert!(params_from::<Order>(r#"{"id": 1, "items": []}"#).is_ok());
     }
 }

@@ -107,8 +107,9 @@ impl JobError {
 }
 
 /// An error and its causes, joined with `: ` (skipping a cause whose text its error already
-/// ends with, as report types that print their chain do).
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+/// ends with, as report types that print their chain do). A database error's own message is
+/// in its source: `tokio_postgres::Error` alone says only "db error".
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut message = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -178,7 +178,19 @@ impl AgentOptions {
 
     /// Reads the `JOBAGENT_*` environment variables over the defaults. An invalid value is an
     /// error naming the variable.
+    ///
+    /// A `JOBAGENT_*` variable that nothing reads (a misspelling, usually) is logged as a
+    /// warning, with the known name it is closest to.
     pub fn from_env() -> Result<Self, ConfigError> {
+        let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+        for (name, closest) in unknown_variables(names) {
+            match closest {
+                Some(known) => tracing::warn!(
+                    "job agent: {name} is set but nothing reads it; did you mean {known}?"
+                ),
+                None => tracing::warn!("job agent: {name} is set but nothing reads it"),
+            }
+        }
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
@@ -559,6 +571,65 @@ fn url_authority(url: &str) -> String {
 }
 
 /// This machine's host name.
+/// Every `JOBAGENT_*` variable read in this workspace: the agent's, auto-registration's, and
+/// those of the example service, the dev CLI and the tests (so none of them is warned about).
+const KNOWN_VARIABLES: &[&str] = &[
+    "JOBAGENT_AGENT_ID",
+    "JOBAGENT_AUTO_REGISTER",
+    "JOBAGENT_BASIC_PASSWORD",
+    "JOBAGENT_BASIC_USER",
+    "JOBAGENT_CENTER_PASSWORD",
+    "JOBAGENT_CENTER_URL",
+    "JOBAGENT_CENTER_USER",
+    "JOBAGENT_CLUSTER",
+    "JOBAGENT_CONSOLE_BUFFER_BYTES",
+    "JOBAGENT_CONSOLE_BUFFER_LINES",
+    "JOBAGENT_CONSOLE_MAX_BYTES",
+    "JOBAGENT_CONSOLE_MAX_LINES",
+    "JOBAGENT_CONSOLE_MEMORY_BYTES",
+    "JOBAGENT_CONSOLE_PREFIX",
+    "JOBAGENT_DEV_AGENT",
+    "JOBAGENT_DEV_STORE",
+    "JOBAGENT_INSTANCE",
+    "JOBAGENT_LISTEN",
+    "JOBAGENT_LOG_ONLY",
+    "JOBAGENT_MAX_BODY_BYTES",
+    "JOBAGENT_MAX_HEADER_BYTES",
+    "JOBAGENT_MAX_RUNNING",
+    "JOBAGENT_MAX_RUNNING_PER_CLASS",
+    "JOBAGENT_PATH",
+    "JOBAGENT_PUBLIC_URL",
+    "JOBAGENT_SHUTDOWN_TIMEOUT_MS",
+    "JOBAGENT_STORE",
+    "JOBAGENT_STORE_ALLOWED_HOSTS",
+    "JOBAGENT_STORE_EXPIRE_DAYS",
+    "JOBAGENT_STORE_SCHEMA",
+    "JOBAGENT_TEST_DATABASE_URL",
+    "JOBAGENT_TIMEOUT_GRACE_MS",
+];
+
+/// The `JOBAGENT_*` names among `names` that nothing reads, sorted, each with the known name
+/// closest to it (when one is close enough to be a likely misspelling).
+fn unknown_variables(
+    names: impl IntoIterator<Item = String>,
+) -> Vec<(String, Option<&'static str>)> {
+    let mut unknown: Vec<(String, Option<&'static str>)> = names
+        .into_iter()
+        .filter(|n| n.starts_with("JOBAGENT_") && !KNOWN_VARIABLES.contains(&n.as_str()))
+        .map(|name| {
+            let closest = KNOWN_VARIABLES
+                .iter()
+                .map(|known| (strsim::jaro_winkler(&name, known), *known))
+                .filter(|(score, _)| *score > 0.9)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, known)| known);
+            (name, closest)
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 pub(crate) fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -600,6 +671,46 @@ pub(crate) fn parse_ms(name: &'static str, value: &str) -> Result<Duration, Conf
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn unknown_jobagent_variables_are_named_with_the_closest_known_one() {
+        let names = [
+            "PATH",
+            "JOBAGENT_STORE",
+            "JOBAGENT_STOER",
+            "JOBAGENT_BASIC_PASWORD",
+            "JOBAGENT_SOMETHING_ELSE_ENTIRELY",
+            "JOBAGENT_LISTEN",
+        ]
+        .map(str::to_owned);
+        assert_eq!(
+            unknown_variables(names),
+            vec![
+                (
+                    "JOBAGENT_BASIC_PASWORD".to_owned(),
+                    Some("JOBAGENT_BASIC_PASSWORD")
+                ),
+                ("JOBAGENT_SOMETHING_ELSE_ENTIRELY".to_owned(), None),
+                ("JOBAGENT_STOER".to_owned(), Some("JOBAGENT_STORE")),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_variable_the_agent_reads_is_known() {
+        // The names `from_lookup` asks for are all in the list (else they would be warned
+        // about as unknown while being read).
+        let asked = std::sync::Mutex::new(Vec::new());
+        let _ = AgentOptions::from_lookup(|name| {
+            asked.lock().map(|mut a| a.push(name.to_owned())).ok();
+            None
+        });
+        let asked = asked.into_inner().unwrap_or_default();
+        assert!(asked.len() > 10, "{asked:?}");
+        for name in asked {
+            assert!(KNOWN_VARIABLES.contains(&name.as_str()), "{name}");
+        }
+    }
 
     fn from(vars: &[(&str, &str)]) -> Result<AgentOptions, ConfigError> {
         let map: HashMap<String, String> = vars

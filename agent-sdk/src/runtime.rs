@@ -679,6 +679,20 @@ impl Runtime {
             }
         };
         if let Some(err) = &error {
+            // The panic hook's own message names no job: this line does.
+            match err.kind() {
+                JobErrorKind::Panic => {
+                    tracing::error!(class = reg.class(), job_id = cx.job_id(), "{err}")
+                }
+                JobErrorKind::Failed | JobErrorKind::Timeout => {
+                    tracing::warn!(
+                        class = reg.class(),
+                        job_id = cx.job_id(),
+                        "job failed: {err}"
+                    )
+                }
+                _ => {}
+            }
             let hook = AssertUnwindSafe(|| run.instance.exception(&cx, err));
             if std::panic::catch_unwind(hook).is_err() {
                 tracing::warn!(
@@ -776,9 +790,15 @@ impl Runtime {
     /// reports whatever is still running as ended by shutdown.
     pub(crate) async fn shutdown(&self) {
         if self.accepting.swap(false, Ordering::AcqRel) {
+            // Say what shutdown waits for: with an unreachable store, the writes are what
+            // keeps it waiting up to its bound.
+            let running = self.running();
+            let tasks = self.tracker.len();
             tracing::info!(
                 timeout_ms = self.options.shutdown_timeout.as_millis() as u64,
-                "job agent shutting down: cancelling running jobs"
+                running,
+                pending_tasks = tasks,
+                "job agent shutting down: cancelling {running} running job(s), then waiting up to the shutdown bound for them and for {tasks} task(s) writing console lines and results to the store"
             );
         }
         self.root.cancel();

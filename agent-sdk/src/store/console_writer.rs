@@ -512,16 +512,21 @@ impl Writer {
         let stmt = client
             .prepare_cached(&sql)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::error::chain(&e))?;
         client
             .execute(&stmt, &[&self.target.set_key, &scores, &values, &expire])
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::error::chain(&e))?;
         Ok(())
     }
 
     async fn try_write(&self, lines: &[EncodedLine]) -> Result<(), String> {
-        let client = self.store.pool.get().await.map_err(|e| e.to_string())?;
+        let client = self
+            .store
+            .pool
+            .get()
+            .await
+            .map_err(|e| crate::error::chain(&e))?;
         let schema = &self.store.schema;
         let expire = self.store.expire_secs();
         let (ref_fields, ref_values): (Vec<&str>, Vec<&str>) = lines
@@ -545,7 +550,7 @@ impl Writer {
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 self.upsert_lines(&client, lines).await?;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(crate::error::chain(&e)),
         }
         if let Some(progress) = lines.iter().rev().find_map(|l| l.progress_field.as_deref()) {
             super::upsert_hash_fields(

@@ -23,7 +23,6 @@ mod procstat;
 mod results;
 
 use std::collections::HashMap;
-use std::fmt::Display;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,7 +90,7 @@ impl Store {
             })?,
             None => get.await,
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::error::chain(&e))?;
         Ok(Conn {
             client: Some(client),
             command: self.limits.command,
@@ -137,7 +136,7 @@ pub(crate) struct Conn {
 
 impl Conn {
     /// Runs one statement (or a few that belong together) within `Command Timeout`.
-    pub(crate) async fn bound<T, E: Display>(
+    pub(crate) async fn bound<T, E: Describe>(
         &self,
         statement: impl Future<Output = Result<T, E>>,
     ) -> Result<T, String> {
@@ -156,7 +155,7 @@ impl Conn {
             None => statement.await,
         };
         self.busy.store(false, Ordering::Release);
-        outcome.map_err(|e| e.to_string())
+        outcome.map_err(|e| e.describe())
     }
 
     /// Whether this connection will be dropped rather than pooled again.
@@ -199,6 +198,24 @@ impl Drop for Conn {
     }
 }
 
+/// An error as the store reports it: with its causes (a database error's own message is in
+/// its source; `tokio_postgres::Error` alone says only "db error").
+pub(crate) trait Describe {
+    fn describe(&self) -> String;
+}
+
+impl Describe for String {
+    fn describe(&self) -> String {
+        self.clone()
+    }
+}
+
+impl Describe for tokio_postgres::Error {
+    fn describe(&self) -> String {
+        crate::error::chain(self)
+    }
+}
+
 fn label(config: &tokio_postgres::Config) -> String {
     let host = config
         .get_hosts()
@@ -209,7 +226,8 @@ fn label(config: &tokio_postgres::Config) -> String {
             tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
         })
         .unwrap_or_default();
-    format!("{host}/{}", config.get_dbname().unwrap_or(""))
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", config.get_dbname().unwrap_or(""))
 }
 
 /// Checks a Hangfire schema name as PostgreSQL takes a quoted identifier (and
@@ -352,7 +370,7 @@ impl Stores {
 /// Opens `connection` as the agent opens a store and runs `sql` (one row, one text column);
 /// also says whether the session is encrypted. For the integration tests of TLS modes.
 pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String), String> {
-    let spec = connstr::parse(connection).map_err(|e| e.to_string())?;
+    let spec = connstr::parse(connection).map_err(|e| crate::error::chain(&e))?;
     let store = Store::open(&spec, "hangfire", 1.0, pool::Load::Now)?;
     let client = store.pool.get().await.map_err(|e| format!("{e} ({e:?})"))?;
     let encrypted: bool = client
@@ -361,15 +379,15 @@ pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String),
             &[],
         )
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| crate::error::chain(&e))?
         .try_get(0)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::error::chain(&e))?;
     let value: String = client
         .query_one(sql, &[])
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| crate::error::chain(&e))?
         .try_get(0)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::error::chain(&e))?;
     Ok((encrypted, value))
 }
 
@@ -391,11 +409,11 @@ pub(crate) async fn upsert_hash_fields(
     let stmt = client
         .prepare_cached(&sql)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::error::chain(&e))?;
     client
         .execute(&stmt, &[&key, &fields, &values, &expire_secs])
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::error::chain(&e))?;
     Ok(())
 }
 

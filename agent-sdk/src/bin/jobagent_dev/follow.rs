@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use crate::store::StoreSpec;
+use crate::store::{StoreSpec, describe};
 
 /// How long the store may stay unreachable while following before the CLI gives up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
@@ -162,9 +162,20 @@ impl<'a> Reader<'a> {
                 &[&set, &hash],
             )
             .await
-            .map_err(|e| format!("cannot read the store {}: {e}", self.spec.label()))?;
-        let read =
-            |e: tokio_postgres::Error| format!("cannot read the store {}: {e}", self.spec.label());
+            .map_err(|e| {
+                format!(
+                    "cannot read the store {}: {}",
+                    self.spec.label(),
+                    describe(&e)
+                )
+            })?;
+        let read = |e: tokio_postgres::Error| {
+            format!(
+                "cannot read the store {}: {}",
+                self.spec.label(),
+                describe(&e)
+            )
+        };
         let (has_set, has_hash): (bool, bool) =
             (row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?);
         if has_set && has_hash {
@@ -194,7 +205,7 @@ impl<'a> Reader<'a> {
         op: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<Option<T>, String> {
         let outcome = match self.client().await {
-            Ok(client) => op(client).await.map_err(|e| e.to_string()),
+            Ok(client) => op(client).await.map_err(|e| describe(&e)),
             Err(e) => Err(e),
         };
         match outcome {
@@ -287,7 +298,8 @@ impl<'a> Reader<'a> {
         found
             .flatten()
             .map(|row| {
-                let read = |e: tokio_postgres::Error| format!("cannot read the result: {e}");
+                let read =
+                    |e: tokio_postgres::Error| format!("cannot read the result: {}", describe(&e));
                 let field: String = row.try_get(0).map_err(read)?;
                 let value: Option<String> = row.try_get(1).map_err(read)?;
                 Ok(JobResult::parse(&field, value.as_deref().unwrap_or("")))
@@ -303,12 +315,20 @@ impl<'a> Reader<'a> {
         );
         let key = format!("_agent_result_{job_id}");
         let client = self.client().await?;
-        let row = client
-            .query_one(&sql, &[&key])
-            .await
-            .map_err(|e| format!("cannot read the store {}: {e}", self.spec.label()))?;
-        row.try_get(0)
-            .map_err(|e| format!("cannot read the store {}: {e}", self.spec.label()))
+        let row = client.query_one(&sql, &[&key]).await.map_err(|e| {
+            format!(
+                "cannot read the store {}: {}",
+                self.spec.label(),
+                describe(&e)
+            )
+        })?;
+        row.try_get(0).map_err(|e| {
+            format!(
+                "cannot read the store {}: {}",
+                self.spec.label(),
+                describe(&e)
+            )
+        })
     }
 
     /// One field of a hash (heartbeat rows).

@@ -119,15 +119,14 @@ impl StoreSpec {
         let attempt = async {
             if config.get_ssl_mode() == SslMode::Require {
                 let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config()?);
-                let (client, connection) = config.connect(tls).await.map_err(|e| e.to_string())?;
+                let (client, connection) = config.connect(tls).await.map_err(|e| describe(&e))?;
                 tokio::spawn(async move {
                     // A broken connection shows as failing queries; the caller reconnects.
                     let _ = connection.await;
                 });
                 Ok::<Client, String>(client)
             } else {
-                let (client, connection) =
-                    config.connect(NoTls).await.map_err(|e| e.to_string())?;
+                let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
                 tokio::spawn(async move {
                     let _ = connection.await;
                 });
@@ -433,6 +432,19 @@ fn from_npgsql(text: &str) -> Result<Config, String> {
     }
     config.application_name(app.as_deref().unwrap_or("jobagent-dev"));
     Ok(config)
+}
+
+/// A database error with its causes: `tokio_postgres::Error` alone says only "db error", and
+/// the server's message ("database \"x\" does not exist") is in its source.
+pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
