@@ -486,6 +486,19 @@ async fn bad_usage_and_unreachable_places_exit_2_without_secrets() {
     );
     assert!(!run.stderr.contains("hunter2") && !run.stdout.contains("hunter2"));
 
+    // A store whose database does not exist: the server's own message, not "db error"
+    // (issue 13).
+    let db = TestDb::new().await;
+    let missing = db
+        .connection_string()
+        .replace(";Database=", ";Database=no_such_db_");
+    let run = cli(&["run", TEST_JOB, "--agent", &agent, "--store", &missing]).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(
+        run.stderr.contains("cannot connect to the store") && run.stderr.contains("does not exist"),
+        "{run:#?}"
+    );
+
     let run = cli(&["--help"]).await;
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert!(run.stdout.contains("jobagent-dev run <class>"), "{run:#?}");

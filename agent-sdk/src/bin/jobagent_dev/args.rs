@@ -15,6 +15,12 @@ pub(crate) const DEFAULT_SCHEMA: &str = "hangfire";
 pub(crate) const ENV_AGENT: &str = "JOBAGENT_DEV_AGENT";
 /// Environment fallback for `--store`.
 pub(crate) const ENV_STORE: &str = "JOBAGENT_DEV_STORE";
+/// The service's own variables, read when the CLI's are not set: the CLI then drives the
+/// agent a shell's environment configures, with no flag.
+pub(crate) const ENV_LISTEN: &str = "JOBAGENT_LISTEN";
+pub(crate) const ENV_PATH: &str = "JOBAGENT_PATH";
+pub(crate) const ENV_SERVICE_STORE: &str = "JOBAGENT_STORE";
+pub(crate) const ENV_SCHEMA: &str = "JOBAGENT_STORE_SCHEMA";
 /// Environment fallback for `--user` (the same variable the agent reads).
 pub(crate) const ENV_USER: &str = "JOBAGENT_BASIC_USER";
 /// Environment fallback for `--password` (the same variable the agent reads).
@@ -197,6 +203,24 @@ const FLAGS: &[Flag] = &[
 ];
 
 /// The help text.
+/// The agent URL of a service configured by `JOBAGENT_LISTEN` (default `127.0.0.1:5000`) and
+/// `JOBAGENT_PATH` (default `/jobagent`), when either is set. An unspecified listen address
+/// (`0.0.0.0`, `[::]`) is called on the loopback.
+fn service_agent(listen: Option<String>, path: Option<String>) -> Option<String> {
+    if listen.is_none() && path.is_none() {
+        return None;
+    }
+    let listen = listen.unwrap_or_else(|| "127.0.0.1:5000".to_owned());
+    let listen = listen.trim();
+    let listen = match listen.rsplit_once(':') {
+        Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+        Some(("[::]", port)) => format!("[::1]:{port}"),
+        _ => listen.to_owned(),
+    };
+    let path = path.unwrap_or_else(|| "/jobagent".to_owned());
+    Some(format!("http://{listen}{}", path.trim()))
+}
+
 pub(crate) fn help() -> String {
     format!(
         "\
@@ -211,12 +235,14 @@ USAGE:
     jobagent-dev --help | --version
 
 OPTIONS:
-    --agent <url>          the agent URL [env {ENV_AGENT}; default {DEFAULT_AGENT}]
+    --agent <url>          the agent URL [env {ENV_AGENT}; else http://{ENV_LISTEN}{ENV_PATH}
+                           from the service's own variables when either is set (0.0.0.0 is
+                           called as 127.0.0.1); default {DEFAULT_AGENT}]
     --store <conn>         the center's PostgreSQL: a postgres:// URL, a libpq `key=value` string,
                            or an Npgsql `Host=..;Port=..;Database=..;Username=..;Password=..`
-                           string [env {ENV_STORE}]. Sent to the agent in x-job-storage and
-                           read back for console lines and results. Never printed.
-    --schema <name>        the Hangfire schema [default {DEFAULT_SCHEMA}]
+                           string [env {ENV_STORE}, else {ENV_SERVICE_STORE}]. Sent to the agent in
+                           x-job-storage and read back for console lines and results. Never printed.
+    --schema <name>        the Hangfire schema [env {ENV_SCHEMA}; default {DEFAULT_SCHEMA}]
     --user <u>             basic auth user configured on the job [env {ENV_USER}]
     --password <p>         basic auth password [env {ENV_PASSWORD}]
     --job-id <id>          the dispatch's job id (x-job-id) [default: a fresh number]
@@ -349,16 +375,19 @@ pub(crate) fn parse(
 
     let agent_text = one("agent")
         .or_else(|| env(ENV_AGENT))
+        .or_else(|| service_agent(env(ENV_LISTEN), env(ENV_PATH)))
         .unwrap_or_else(|| DEFAULT_AGENT.to_owned());
     let agent = check_agent(agent_text.trim())?;
 
     let store = match one("store") {
         Some(s) if s.trim().is_empty() => return Err("`--store` is empty".to_owned()),
         Some(s) => Some(Secret(s)),
-        None => env(ENV_STORE).map(Secret),
+        None => env(ENV_STORE).or_else(|| env(ENV_SERVICE_STORE)).map(Secret),
     };
 
-    let schema = one("schema").unwrap_or_else(|| DEFAULT_SCHEMA.to_owned());
+    let schema = one("schema")
+        .or_else(|| env(ENV_SCHEMA))
+        .unwrap_or_else(|| DEFAULT_SCHEMA.to_owned());
     check_schema(&schema)?;
 
     let auth = match (one("user"), one("password")) {
@@ -588,6 +617,29 @@ mod tests {
         );
         assert!(!o.follow);
         assert_eq!(o.schema, "hangfire");
+    }
+
+    #[test]
+    fn finds_the_agent_and_store_from_the_services_own_variables() {
+        let env = [
+            (ENV_LISTEN, "0.0.0.0:8081"),
+            (ENV_PATH, "/jobs/agent"),
+            (ENV_SERVICE_STORE, "postgres://u:pw@h/db"),
+            (ENV_SCHEMA, "center"),
+        ];
+        let o = go(&["detail", "a::B"], &env).expect("valid");
+        assert_eq!(o.agent.as_str(), "http://127.0.0.1:8081/jobs/agent");
+        assert!(o.store.is_some());
+        assert_eq!(o.schema, "center");
+        let o = go(&["detail", "a::B"], &[(ENV_PATH, "/j")]).expect("valid");
+        assert_eq!(o.agent.as_str(), "http://127.0.0.1:5000/j");
+        // The CLI's own variable wins over the service's.
+        let o = go(
+            &["detail", "a::B"],
+            &[(ENV_LISTEN, "127.0.0.1:9"), (ENV_AGENT, "http://x:1/a")],
+        )
+        .expect("valid");
+        assert_eq!(o.agent.as_str(), "http://x:1/a");
     }
 
     #[test]
