@@ -7,6 +7,7 @@
 //! modules.
 
 pub mod baseline;
+pub mod cargo;
 pub mod center;
 pub mod fleet;
 pub mod hangfire;

@@ -22,20 +22,8 @@ pub struct Replica {
 pub fn example_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no current exe: {e}"));
-        // <target>/<profile>/deps/<test binary>
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()))
-            .to_path_buf();
-        let target = profile_dir
-            .parent()
-            .unwrap_or_else(|| panic!("unexpected target layout {}", profile_dir.display()))
-            .to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut cmd = Command::new(cargo);
+        let target = crate::cargo::target();
+        let mut cmd = Command::new(crate::cargo::cargo());
         cmd.args([
             "build",
             "-q",
@@ -45,15 +33,15 @@ pub fn example_binary() -> PathBuf {
             "example-agent",
             "--target-dir",
         ])
-        .arg(&target);
-        if release {
+        .arg(&target.dir);
+        if target.release {
             cmd.arg("--release");
         }
         let status = cmd
             .status()
             .unwrap_or_else(|e| panic!("cannot run cargo to build example-agent: {e}"));
         assert!(status.success(), "building example-agent failed");
-        profile_dir.join("example-agent")
+        target.profile_dir.join("example-agent")
     })
     .clone()
 }

@@ -382,7 +382,9 @@ pub(crate) fn parse(
     let store = match one("store") {
         Some(s) if s.trim().is_empty() => return Err("`--store` is empty".to_owned()),
         Some(s) => Some(Secret(s)),
-        None => env(ENV_STORE).or_else(|| env(ENV_SERVICE_STORE)).map(Secret),
+        None => env(ENV_STORE)
+            .or_else(|| env(ENV_SERVICE_STORE))
+            .map(Secret),
     };
 
     let schema = one("schema")
