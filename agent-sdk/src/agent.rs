@@ -329,9 +329,30 @@ fn log_start(options: &AgentOptions, registry: &Registry, local: Option<&Store>,
         state = ?options.states,
         "job agent ready; stores: {store}"
     );
-    if classes.is_empty() {
-        tracing::warn!(
-            "job agent: no job is registered, so every run will be refused. Annotate job types with #[job_agent]; jobs in a library crate are linked only when the binary uses something of that crate: call a function of it from main (for example a `pub fn link() {{}}` in the jobs crate, called as `my_jobs::link();`)"
-        );
+    if let Some(warning) = no_jobs_warning(registry) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// The warning for an agent with no job: every run would be refused with "unknown class".
+fn no_jobs_warning(registry: &Registry) -> Option<&'static str> {
+    registry.iter().next().is_none().then_some(
+        "job agent: no job is registered, so every run will be refused. Annotate job types with #[job_agent]; jobs in a library crate are linked only when the binary uses something of that crate: call a function of it from main (for example a `pub fn link() {}` in the jobs crate, called as `my_jobs::link();`)",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_with_no_job_warns_and_says_how_to_link_a_jobs_crate() {
+        let none = Registry::from_registrations([]).expect("empty");
+        let warning = no_jobs_warning(&none).expect("a warning");
+        assert!(warning.contains("no job is registered"), "{warning}");
+        assert!(warning.contains("link()"), "{warning}");
+        // This test binary links no #[job_agent] type, and Agent::new says so the same way.
+        let registry = Registry::from_inventory().expect("no duplicates");
+        assert_eq!(no_jobs_warning(&registry), Some(warning));
     }
 }

@@ -152,7 +152,7 @@ impl<E: Into<BoxError>> From<E> for JobError {
 /// Why the agent refused a request. Each variant maps to one status code and an `err:` body.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum DispatchError {
+pub(crate) enum DispatchError {
     /// The request lacks valid basic-auth credentials.
     #[error(
         "unauthorized: this agent requires basic auth; set BasicUserName and BasicPassword on the job at the center"
@@ -237,7 +237,7 @@ pub enum DispatchError {
 
 impl DispatchError {
     /// The HTTP status the center expects for this refusal.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             DispatchError::Busy { .. } | DispatchError::AlreadyStopped { .. } => {
                 StatusCode::NOT_IMPLEMENTED

@@ -254,6 +254,7 @@ impl LazyItem {
 /// Where the fast scan and serde_json disagree on `text`, a description; `None` when they
 /// agree (the scan may always defer; what it accepts, serde_json must accept, with the same
 /// `AgentTimeout`). For the tests and the `item_scanner` fuzz target.
+#[cfg(any(test, feature = "fuzz"))]
 pub(crate) fn scan_disagreement(text: &str) -> Option<String> {
     let ours = scan::runtime_fields(text)?;
     match serde_json::from_str::<RuntimeFields>(text) {

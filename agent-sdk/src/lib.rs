@@ -30,6 +30,7 @@ mod cluster;
 mod console;
 mod context;
 mod coordinator;
+#[cfg(any(doc, doctest))]
 pub mod docs;
 mod error;
 mod item;
@@ -53,21 +54,19 @@ pub use center::{
 };
 pub use console::{Console, ConsoleColor, ProgressBar};
 pub use context::JobContext;
-pub use error::{ConfigError, DispatchError, JobError, JobErrorKind};
+pub use error::{ConfigError, JobError, JobErrorKind};
 pub use item::JobItem;
 pub use job::{JobAgent, JobKind};
 pub use options::{
-    AgentOptions, BasicAuth, ConsoleBudget, DEFAULT_CONSOLE_PREFIX, DEFAULT_PATH, LocalStore,
-    Secret,
+    AgentOptions, ConsoleBudget, DEFAULT_CONSOLE_PREFIX, DEFAULT_PATH, RequestLimits, Secret,
 };
 pub use registry::{AutoRegister, BusyPolicy, JobRegistration, Registry};
-pub use request::{Action, ConsoleTarget, StorageHeader};
-pub use runtime::Status;
 
 /// Marks a struct as a job the center can run. See the crate docs.
 pub use agent_macros::job_agent;
 
-/// Not public API: used by the fuzz targets in `fuzz/`.
+/// Not public API: used by the fuzz targets in `fuzz/` (feature `fuzz`).
+#[cfg(feature = "fuzz")]
 #[doc(hidden)]
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;

@@ -40,7 +40,7 @@ impl fmt::Display for Secret {
 
 /// Basic-auth credentials the center must send.
 #[derive(Clone, Debug)]
-pub struct BasicAuth {
+pub(crate) struct BasicAuth {
     /// The user name.
     pub user: String,
     /// The password.
@@ -104,7 +104,7 @@ impl Default for RequestLimits {
 
 /// A store configured on the agent itself; it wins over the one the center sends.
 #[derive(Clone, Debug)]
-pub struct LocalStore {
+pub(crate) struct LocalStore {
     /// An Npgsql connection string or a `postgres://` URL (a secret).
     pub connection: Secret,
     /// The Hangfire schema (default `hangfire`).
@@ -501,6 +501,19 @@ impl AgentOptions {
                 format!("`{p}` may not hold spaces, `//`, `?`, `#`, `:`, `*` or braces"),
             ));
         }
+        if let Some(store) = &self.store
+            && !(store.expire_days.is_finite()
+                && store.expire_days > 0.0
+                && store.expire_days <= 3650.0)
+        {
+            return Err(ConfigError::invalid(
+                "JOBAGENT_STORE_EXPIRE_DAYS",
+                format!(
+                    "`{}` must be a number of days above 0 and at most 3650",
+                    store.expire_days
+                ),
+            ));
+        }
         if let Some(auth) = &self.basic_auth
             && (auth.user.is_empty() || auth.user.contains(':'))
         {
@@ -671,6 +684,20 @@ pub(crate) fn parse_ms(name: &'static str, value: &str) -> Result<Duration, Conf
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn a_store_expiry_that_is_not_a_positive_number_of_days_is_refused_not_a_panic() {
+        for days in [f64::NAN, -1.0, 0.0, f64::INFINITY, 4000.0] {
+            let options = AgentOptions::new().store("Host=h;Database=d", "hangfire", days);
+            let err = options.validate().expect_err("refused");
+            assert!(
+                err.to_string().contains("JOBAGENT_STORE_EXPIRE_DAYS"),
+                "{err}"
+            );
+        }
+        let options = AgentOptions::new().store("Host=h;Database=d", "hangfire", 0.5);
+        assert!(options.validate().is_ok());
+    }
 
     #[test]
     fn unknown_jobagent_variables_are_named_with_the_closest_known_one() {

@@ -24,7 +24,7 @@ pub(crate) const H_AGENT_SERVER: &str = "x-job-agent-server";
 
 /// The action a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Start a run.
     Run,
     /// Stop the running instance(s).
@@ -51,7 +51,7 @@ impl Action {
     }
 
     /// The lower-case name, as written into results.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Action::Run => "run",
             Action::Stop => "stop",
@@ -70,7 +70,7 @@ impl Action {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 #[non_exhaustive]
-pub struct ConsoleTarget {
+pub(crate) struct ConsoleTarget {
     /// The set key, `console:<id>`.
     pub set_key: String,
     /// The first progress bar id minus one.
@@ -137,7 +137,7 @@ impl<'de> Deserialize<'de> for ConsoleTarget {
 /// schema `hangfire`); `ExpireAtDays` may be null, absent, a number or a numeric string.
 #[derive(Clone, PartialEq)]
 #[non_exhaustive]
-pub struct StorageHeader {
+pub(crate) struct StorageHeader {
     /// The store kind; this agent speaks `postgresql`.
     pub kind: String,
     /// The Hangfire schema.

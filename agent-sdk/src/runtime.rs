@@ -35,7 +35,7 @@ mod stop;
 
 /// The status of a job instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     /// Never ran.
     Default,
     /// Running.

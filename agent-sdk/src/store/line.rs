@@ -54,6 +54,8 @@ impl LineEncoder {
         units
     }
 
+    /// One line encoded whole (the tests and the `console_encoder` fuzz target).
+    #[cfg(any(test, feature = "fuzz"))]
     pub(crate) fn encode(&mut self, line: &ConsoleLine) -> EncodedLine {
         let (mut encoded, field) = self.encode_parts(line);
         encoded.reference = field.map(|f| (f, line.text.clone()));
