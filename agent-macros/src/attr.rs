@@ -35,6 +35,8 @@ pub(crate) struct Args {
     pub(crate) register_cron: Option<LitStr>,
     pub(crate) constructor: Option<Path>,
     pub(crate) on_busy: Option<(BusyPolicy, Span)>,
+    /// `crate = "..."`: the path of agent-sdk where the dependency is renamed or re-exported.
+    pub(crate) krate: Option<Path>,
 }
 
 /// `on_busy = "..."`: what a singleton run does when the singleton is busy.
@@ -59,7 +61,7 @@ impl BusyPolicy {
 }
 
 /// The argument names, for "did you mean" hints.
-const NAMES: [&str; 10] = [
+const NAMES: [&str; 11] = [
     "singleton",
     "transient",
     "hang",
@@ -70,9 +72,10 @@ const NAMES: [&str; 10] = [
     "register_cron",
     "constructor",
     "on_busy",
+    "crate",
 ];
 
-const KNOWN: &str = "singleton, transient, hang, class = \"...\", register = false, register_id = \"...\", register_name = \"...\", register_cron = \"...\", constructor = \"path::to::fn\", on_busy = \"reject|discard|replace|queue\"";
+const KNOWN: &str = "singleton, transient, hang, class = \"...\", register = false, register_id = \"...\", register_name = \"...\", register_cron = \"...\", constructor = \"path::to::fn\", on_busy = \"reject|discard|replace|queue\", crate = \"path::to::agent_sdk\"";
 
 impl Args {
     pub(crate) fn parse_meta(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
@@ -173,6 +176,17 @@ impl Args {
                     }
                 };
                 self.on_busy = Some((policy, lit.span()));
+                Ok(())
+            }
+            "crate" => {
+                let lit = string(&meta, "crate", &self.krate, "crate = \"my_sdk\"")?;
+                let path = lit.parse_with(Path::parse_mod_style).map_err(|_| {
+                    syn::Error::new(
+                        lit.span(),
+                        "`crate` must be the path agent-sdk is reachable at, e.g. crate = \"my_sdk\" or crate = \"::platform::agent_sdk\"",
+                    )
+                })?;
+                self.krate = Some(path);
                 Ok(())
             }
             _ => Err(unknown(&meta, &ident)),
@@ -277,7 +291,7 @@ fn unknown(meta: &ParseNestedMeta<'_>, ident: &str) -> syn::Error {
     }
     let near = NAMES
         .iter()
-        .map(|name| (edit_distance(ident, name), *name))
+        .map(|name| (strsim::damerau_levenshtein(ident, name), *name))
         .filter(|&(d, _)| d <= 2 && d * 3 <= ident.len())
         .min();
     match near {
@@ -290,42 +304,11 @@ fn unknown(meta: &ParseNestedMeta<'_>, ident: &str) -> syn::Error {
     }
 }
 
-/// Levenshtein distance, counting a swap of two neighbours as one edit.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    // d[i][j]: distance between a[..i] and b[..j].
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
-}
-
 #[cfg(test)]
 mod tests {
-    use super::edit_distance;
-
     #[test]
-    fn edit_distance_counts_swaps_once() {
-        assert_eq!(edit_distance("singelton", "singleton"), 1);
-        assert_eq!(edit_distance("hang", "hang"), 0);
-        assert_eq!(edit_distance("regster_id", "register_id"), 1);
-        assert_eq!(edit_distance("", "class"), 5);
+    fn the_hint_distance_counts_a_swap_once() {
+        assert_eq!(strsim::damerau_levenshtein("singelton", "singleton"), 1);
+        assert_eq!(strsim::damerau_levenshtein("regster_id", "register_id"), 1);
     }
 }

@@ -34,6 +34,10 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
              alone, with no type or lifetime arguments; use a concrete type instead",
         ));
     }
+    let krate = match &parsed.krate {
+        Some(path) => quote!(#path),
+        None => quote!(::agent_sdk),
+    };
     let kind = match parsed.kind.map(|(k, _)| k).unwrap_or(Kind::Singleton) {
         Kind::Singleton => quote!(Singleton),
         Kind::Transient => quote!(Transient),
@@ -52,8 +56,8 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     // ...); without one, `Default` builds the job.
     let (build, needs) = match &parsed.constructor {
         Some(path) => (
-            quote_spanned!(path.span()=> ::agent_sdk::__private::Constructor::<_, #ident>::construct(&#path, states)?),
-            quote_spanned!(path.span()=> ::agent_sdk::__private::needs_of::<#ident, _, _>(&#path)),
+            quote_spanned!(path.span()=> #krate::__private::Constructor::<_, #ident>::construct(&#path, states)?),
+            quote_spanned!(path.span()=> #krate::__private::needs_of::<#ident, _, _>(&#path)),
         ),
         None => (
             quote_spanned!(ident.span()=> <#ident as ::core::default::Default>::default()),
@@ -96,7 +100,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
             .map(|l| quote!(#l))
             .unwrap_or_else(|| quote!(""));
         quote! {
-            .with_register(::agent_sdk::__private::AutoRegister { id: #id, name: #name, cron: #cron })
+            .with_register(#krate::__private::AutoRegister { id: #id, name: #name, cron: #cron })
         }
     };
     let on_busy = match parsed.on_busy {
@@ -109,7 +113,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         }
         Some((policy, _)) => {
             let variant = syn::Ident::new(policy.variant(), proc_macro2::Span::call_site());
-            quote!(.with_on_busy(::agent_sdk::__private::BusyPolicy::#variant))
+            quote!(.with_on_busy(#krate::__private::BusyPolicy::#variant))
         }
     };
     Ok(quote! {
@@ -118,22 +122,22 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         const _: () = {
             #[allow(unused_variables)]
             fn __agent_sdk_build(
-                states: &::agent_sdk::__private::States,
+                states: &#krate::__private::States,
             ) -> ::core::result::Result<
-                ::std::sync::Arc<dyn ::agent_sdk::__private::DynJob>,
-                ::agent_sdk::__private::MissingState,
+                ::std::sync::Arc<dyn #krate::__private::DynJob>,
+                #krate::__private::MissingState,
             > {
                 let job: #ident = #build;
-                ::core::result::Result::Ok(::agent_sdk::__private::into_dyn::<#ident>(job))
+                ::core::result::Result::Ok(#krate::__private::into_dyn::<#ident>(job))
             }
-            fn __agent_sdk_needs() -> ::std::vec::Vec<::agent_sdk::__private::Need> {
+            fn __agent_sdk_needs() -> ::std::vec::Vec<#krate::__private::Need> {
                 #needs
             }
-            ::agent_sdk::__private::inventory::submit! {
-                ::agent_sdk::__private::JobRegistration::new(
+            #krate::__private::inventory::submit! {
+                #krate::__private::JobRegistration::new(
                     #class,
                     #type_path,
-                    ::agent_sdk::__private::JobKind::#kind,
+                    #krate::__private::JobKind::#kind,
                     __agent_sdk_build,
                     __agent_sdk_needs,
                 ) #register #on_busy

@@ -62,7 +62,18 @@ pub use options::{
 };
 pub use registry::{AutoRegister, BusyPolicy, JobRegistration, Registry};
 
-/// Marks a struct as a job the center can run. See the crate docs.
+/// Marks a struct or enum as a job the center can run; it must also implement [`JobAgent`].
+///
+/// Arguments, all optional:
+///
+/// | argument | meaning |
+/// |---|---|
+/// | `singleton` (default), `transient`, `hang` | the job's [`JobKind`] |
+/// | `class = "..."` | the class name the center sends (default: the type's path) |
+/// | `constructor = "path::to::fn"` | builds the job instead of `Default`; its parameters are state values given with [`AgentOptions::state`] |
+/// | `on_busy = "reject" \| "discard" \| "replace" \| "queue"` | what a run of a busy singleton does ([`BusyPolicy`]) |
+/// | `register = false`, `register_id`, `register_name`, `register_cron` | auto-registration at the center |
+/// | `crate = "path"` | where `agent_sdk` is reachable when the dependency is renamed or re-exported (`crate = "platform::agent_sdk"`) |
 pub use agent_macros::job_agent;
 
 /// Not public API: used by the fuzz targets in `fuzz/` (feature `fuzz`).
