@@ -151,8 +151,9 @@ impl Args {
                 let path = lit.parse().map_err(|_| {
                     syn::Error::new(
                         lit.span(),
-                        "`constructor` must be the path of a function that takes no arguments \
-                         and returns the job, e.g. constructor = \"MyJob::new\"",
+                        "`constructor` must be the path of a function that returns the job, \
+                         taking no arguments or state values given to the agent, e.g. \
+                         constructor = \"MyJob::new\"",
                     )
                 })?;
                 self.constructor = Some(path);

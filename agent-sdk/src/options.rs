@@ -435,7 +435,7 @@ impl AgentOptions {
     /// value of one type replaces the first (wrap two pools of one type in newtypes). The
     /// value is cloned for each job built, so give cheap-to-clone handles (`Arc<T>`, pools).
     ///
-    /// ```
+    /// ```rust,standalone_crate
     /// use std::sync::Arc;
     /// use agent_sdk::{job_agent, AgentOptions, JobAgent, JobContext, JobError};
     ///

@@ -308,7 +308,7 @@ impl Stores {
         let Some(h) = header else { return Ok(None) };
         if !h.kind.trim().eq_ignore_ascii_case("postgresql") {
             return Err(format!(
-                "this agent writes to PostgreSQL but the center's store Type is `{}`; configure the center with Hangfire.PostgreSql or give the agent its own store (JOBAGENT_STORE)",
+                "the center's store Type is `{}`, but this agent writes only to a PostgreSQL store, which the center sends as Type `postgresql` (a center on Hangfire.PostgreSql does); for a center on another storage, give the agent its own store (JOBAGENT_STORE)",
                 h.kind.chars().take(40).collect::<String>()
             ));
         }
