@@ -200,6 +200,9 @@ async fn answer(agent: &Arc<AgentInner>, request: Request) -> Result<Answer, Dis
     match d.action {
         Action::Run => {
             let outlet = agent.outlet(&d)?;
+            if let Some(store) = &outlet.store {
+                store.check_tables().await.map_err(DispatchError::Storage)?;
+            }
             rt.run(reg, d, outlet).await.map(Answer::ok)
         }
         Action::Stop => {

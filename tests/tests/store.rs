@@ -706,3 +706,45 @@ fn parts(conn: &str) -> (String, u16, String, String, String) {
     }
     (host, port, user, password, database)
 }
+
+/// A store whose schema lacks Hangfire's tables (a wrong `TablePrefix` or database) is
+/// refused at the run, naming the table, instead of accepting a run whose console and result
+/// could never be written (the writes failed forever and the job stayed Processing). Once
+/// the tables exist, runs into the same store are accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_without_hangfire_tables_is_refused_at_the_run() {
+    let db = TestDb::new().await;
+    let service = TestService::start().await;
+    let elsewhere = Storage {
+        table_prefix: Some("not_hangfire".to_owned()),
+        ..db.storage()
+    };
+    let center = service.center().with_storage(&elsewhere);
+    for kind in [TRANSIENT, SINGLETON] {
+        let reply = center
+            .run(kind, "nt-1")
+            .param(json!({"lines": 1}))
+            .send()
+            .await;
+        reply.assert_err(500);
+        assert!(
+            reply
+                .body
+                .contains("no Hangfire table \"not_hangfire\".hash")
+                && reply.body.contains("TablePrefix"),
+            "{reply:?}"
+        );
+    }
+    // The right schema in the same database is fine.
+    let center = service.center().with_storage(&db.storage());
+    center
+        .run(TRANSIENT, "nt-2")
+        .param(json!({"lines": 1}))
+        .send()
+        .await
+        .assert_status(200);
+    assert_eq!(
+        wait::result(&db, "nt-2", Duration::from_secs(10)).await["R"],
+        "ok"
+    );
+}

@@ -53,7 +53,17 @@ pub(crate) struct Store {
     pub(crate) limits: Limits,
     /// The longest [`Store::conn`] waits for a connection.
     checkout: Option<Duration>,
+    /// Whether Hangfire's tables were seen in the schema (then never checked again).
+    tables_seen: AtomicBool,
+    /// When the last table check could not tell (the store did not answer in time).
+    tables_unknown_at: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a run's answer waits to learn whether the store has Hangfire's tables.
+const TABLE_CHECK_WITHIN: Duration = Duration::from_millis(500);
+/// After a check that could not tell, how long runs go ahead without checking again (so an
+/// unreachable store delays one answer per period, not every one).
+const TABLE_CHECK_RETRY: Duration = Duration::from_secs(30);
 
 impl Store {
     fn open(
@@ -73,7 +83,61 @@ impl Store {
             label,
             limits,
             checkout: limits.checkout(),
+            tables_seen: AtomicBool::new(false),
+            tables_unknown_at: Mutex::new(None),
         })
+    }
+
+    /// Refuses a store whose schema lacks Hangfire's `hash` or `set` table: a run written
+    /// there could never show at the center, and its writes would fail forever. Only a
+    /// database that answers "absent" refuses; one that does not answer within
+    /// [`TABLE_CHECK_WITHIN`] lets the run go (its writes retry, as in any outage).
+    pub(crate) async fn check_tables(&self) -> Result<(), String> {
+        if self.tables_seen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if crate::sync::lock(&self.tables_unknown_at)
+            .is_some_and(|at| at.elapsed() < TABLE_CHECK_RETRY)
+        {
+            return Ok(());
+        }
+        let check = async {
+            let client = self.pool.get().await.map_err(|e| crate::error::chain(&e))?;
+            let row = client
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+                    &[
+                        &format!("{}.hash", self.schema),
+                        &format!("{}.set", self.schema),
+                    ],
+                )
+                .await
+                .map_err(|e| crate::error::chain(&e))?;
+            let hash: bool = row.try_get(0).map_err(|e| crate::error::chain(&e))?;
+            let set: bool = row.try_get(1).map_err(|e| crate::error::chain(&e))?;
+            Ok::<_, String>((hash, set))
+        };
+        match tokio::time::timeout(TABLE_CHECK_WITHIN, check).await {
+            Ok(Ok((true, true))) => {
+                self.tables_seen.store(true, Ordering::Release);
+                Ok(())
+            }
+            Ok(Ok((hash, _))) => Err(format!(
+                "the store {} has no Hangfire table {}.{}: point the store at the center's database and schema (the center's HangfireDb and TablePrefix, or JOBAGENT_STORE and JOBAGENT_STORE_SCHEMA); the agent does not create Hangfire's tables",
+                self.label,
+                self.schema,
+                if hash { "set" } else { "hash" }
+            )),
+            Ok(Err(e)) => {
+                tracing::debug!(store = %self.label, error = %e, "could not check the store's tables");
+                *crate::sync::lock(&self.tables_unknown_at) = Some(std::time::Instant::now());
+                Ok(())
+            }
+            Err(_) => {
+                *crate::sync::lock(&self.tables_unknown_at) = Some(std::time::Instant::now());
+                Ok(())
+            }
+        }
     }
 
     pub(crate) fn expire_secs(&self) -> f64 {
