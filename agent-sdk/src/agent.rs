@@ -163,7 +163,8 @@ impl Agent {
 
     /// Registers every job that did not opt out (`#[job_agent(register = false)]`) as a recurring job at
     /// the center, in the background, when auto-registration is configured
-    /// (`JOBAGENT_AUTO_REGISTER` and friends); `None` when it is not.
+    /// (`JOBAGENT_AUTO_REGISTER` and friends); `None` when it is not. (Feature `center`.)
+    #[cfg(feature = "center")]
     pub fn start_auto_registration(
         &self,
     ) -> Option<tokio::task::JoinHandle<crate::center::RegistrationReport>> {

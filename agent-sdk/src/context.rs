@@ -122,7 +122,7 @@ impl JobContext {
     }
 
     /// The whole parameter as `T` (an empty parameter reads as `{}`). The error names the
-    /// field that does not fit (`parameter `items[2].qty` does not fit: ...`).
+    /// field that does not fit (``parameter `items[2].qty` does not fit: ...``).
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, JobError> {
         params_from(&self.inner.param)
     }

@@ -25,7 +25,8 @@
 //! ```
 
 mod agent;
-mod center;
+#[cfg(feature = "center")]
+pub mod center;
 mod cluster;
 mod console;
 mod context;
@@ -47,11 +48,6 @@ mod sync;
 mod timefmt;
 
 pub use agent::Agent;
-pub use center::{
-    AutoRegistrationOptions, CenterClient, CenterError, DEFAULT_REGISTER_RETRIES, DingTalk,
-    HttpJobRequest, JobRegistrationResult, RegistrationOutcome, RegistrationReport, auto_register,
-    spawn_auto_register,
-};
 pub use console::{Console, ConsoleColor, ProgressBar};
 pub use context::JobContext;
 pub use error::{ConfigError, JobError, JobErrorKind};

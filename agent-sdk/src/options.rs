@@ -72,6 +72,7 @@ pub struct AgentOptions {
     pub(crate) allowed_store_hosts: Option<Vec<String>>,
     pub(crate) cluster: bool,
     pub(crate) instance: Option<String>,
+    #[cfg(feature = "center")]
     pub(crate) auto_register: Option<crate::center::AutoRegistrationOptions>,
     pub(crate) log_only: bool,
     pub(crate) agent_id: Option<String>,
@@ -162,6 +163,7 @@ impl Default for AgentOptions {
             allowed_store_hosts: None,
             cluster: true,
             instance: None,
+            #[cfg(feature = "center")]
             auto_register: None,
             log_only: false,
             agent_id: None,
@@ -285,7 +287,19 @@ impl AgentOptions {
             options = options
                 .allowed_store_hosts(hosts.split(',').map(str::trim).filter(|h| !h.is_empty()));
         }
-        options.auto_register = crate::center::AutoRegistrationOptions::from_lookup(&lookup)?;
+        #[cfg(feature = "center")]
+        {
+            options.auto_register = crate::center::AutoRegistrationOptions::from_lookup(&lookup)?;
+        }
+        #[cfg(not(feature = "center"))]
+        if get("JOBAGENT_AUTO_REGISTER")
+            .is_some_and(|v| parse_switch("JOBAGENT_AUTO_REGISTER", &v).unwrap_or(true))
+        {
+            return Err(ConfigError::invalid(
+                "JOBAGENT_AUTO_REGISTER",
+                "auto-registration needs agent-sdk's `center` feature, which this build leaves out",
+            ));
+        }
         if let Some(v) = get("JOBAGENT_LOG_ONLY") {
             options.log_only = parse_switch("JOBAGENT_LOG_ONLY", &v)?;
         }
@@ -403,6 +417,8 @@ impl AgentOptions {
 
     /// Registers every job that does not opt out (`#[job_agent(register = false)]`) at the center when
     /// [`Agent::start_auto_registration`](crate::Agent::start_auto_registration) runs.
+    /// (Feature `center`.)
+    #[cfg(feature = "center")]
     pub fn auto_register(mut self, options: crate::center::AutoRegistrationOptions) -> Self {
         self.auto_register = Some(options);
         self

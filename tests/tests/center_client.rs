@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_sdk::{
-    AutoRegistrationOptions, CenterClient, CenterError, ConfigError, DingTalk, HttpJobRequest,
-    RegistrationOutcome, Registry, spawn_auto_register,
+use agent_sdk::center::{
+    AutoRegistrationOptions, CenterClient, CenterError, DingTalk, HttpJobRequest,
+    RegistrationOutcome, spawn_auto_register,
 };
+use agent_sdk::{ConfigError, Registry};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;

@@ -3,7 +3,7 @@
 //! shows the job's console lines and result.
 //!
 //! The two binaries belong to other packages, so `env!("CARGO_BIN_EXE_...")` cannot name
-//! them; the test builds them once (`cargo build -p example-agent -p agent-sdk --bins`, a
+//! them; the test builds them once (`cargo build -p example-agent -p jobagent-dev --bins`, a
 //! no-op when they are fresh) into the target directory this test runs from.
 
 use std::net::TcpStream;
@@ -64,7 +64,14 @@ fn bins() -> &'static Result<Bins, String> {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = std::process::Command::new(cargo)
             .current_dir(workspace)
-            .args(["build", "-p", "example-agent", "-p", "agent-sdk", "--bins"])
+            .args([
+                "build",
+                "-p",
+                "example-agent",
+                "-p",
+                "jobagent-dev",
+                "--bins",
+            ])
             .args(["--profile", &profile])
             .arg("--target-dir")
             .arg(target_dir)

@@ -4,7 +4,7 @@
 //! installed `jobagent-dev` configured by the same variables as the service.
 //!
 //! The crate builds into this test's target directory (so unchanged dependencies are not
-//! built twice) and the CLI is installed with `cargo install --debug --path agent-sdk`, as
+//! built twice) and the CLI is installed with `cargo install --debug --path jobagent-dev`, as
 //! the docs say, into `<target>/outside-crate/cli`.
 
 use std::path::{Path, PathBuf};
@@ -95,9 +95,9 @@ async fn a_crate_written_from_the_docs_runs_a_job_with_state_driven_by_the_insta
     run_ok(
         "cargo install of jobagent-dev",
         Command::new(cargo::cargo())
-            .args(["install", "--debug", "--locked", "--bin", "jobagent-dev"])
+            .args(["install", "--debug", "--locked", "--force"])
             .arg("--path")
-            .arg(cargo::workspace().join("agent-sdk"))
+            .arg(cargo::workspace().join("jobagent-dev"))
             .arg("--root")
             .arg(&cli_root)
             .arg("--target-dir")

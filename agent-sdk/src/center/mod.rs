@@ -1,4 +1,8 @@
-//! Talking to the center's dashboard API: creating jobs, and registering this agent's jobs.
+//! Talking to the center's dashboard API: creating jobs ([`CenterClient`]), and registering
+//! this agent's jobs as recurring jobs at start-up ([`AutoRegistrationOptions`],
+//! [`Agent::start_auto_registration`](crate::Agent::start_auto_registration)).
+//!
+//! Behind the default feature `center`; without it the library has no HTTP client.
 
 mod client;
 mod register;

@@ -6,19 +6,15 @@
 //! no .NET center.
 //!
 //! ```sh
-//! cargo run -p agent-sdk --bin jobagent-dev -- run example_agent::jobs::TestJob \
+//! cargo run -p jobagent-dev -- run example_agent::jobs::TestJob \
 //!     --param '{"lines":5,"progress":true}' --store postgres://postgres@127.0.0.1/hangfire
 //! ```
 //!
 //! Run `jobagent-dev --help` for every command and option.
 
-#[path = "jobagent_dev/args.rs"]
 mod args;
-#[path = "jobagent_dev/center.rs"]
 mod center;
-#[path = "jobagent_dev/follow.rs"]
 mod follow;
-#[path = "jobagent_dev/store.rs"]
 mod store;
 
 use std::io::{IsTerminal as _, Write as _};
