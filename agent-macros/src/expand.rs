@@ -100,7 +100,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
             .map(|l| quote!(#l))
             .unwrap_or_else(|| quote!(""));
         quote! {
-            .with_register(#krate::__private::AutoRegister { id: #id, name: #name, cron: #cron })
+            .with_register(#krate::__private::AutoRegister::new(#id, #name, #cron))
         }
     };
     let on_busy = match parsed.on_busy {

@@ -79,8 +79,10 @@ pub struct AgentOptions {
     pub(crate) states: crate::state::States,
 }
 
-/// Bounds on what one request and the runtime may take.
+/// Bounds on what one request and the runtime may take. Start from the defaults and set what
+/// differs: `RequestLimits::default().max_running(64)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RequestLimits {
     /// Largest request body (the parameter), in bytes.
     pub max_body_bytes: usize,
@@ -90,6 +92,32 @@ pub struct RequestLimits {
     pub max_running_per_class: usize,
     /// Most runs at once, all classes together.
     pub max_running: usize,
+}
+
+impl RequestLimits {
+    /// Sets [`max_body_bytes`](Self::max_body_bytes).
+    pub fn max_body_bytes(mut self, value: usize) -> Self {
+        self.max_body_bytes = value;
+        self
+    }
+
+    /// Sets [`max_header_bytes`](Self::max_header_bytes).
+    pub fn max_header_bytes(mut self, value: usize) -> Self {
+        self.max_header_bytes = value;
+        self
+    }
+
+    /// Sets [`max_running_per_class`](Self::max_running_per_class).
+    pub fn max_running_per_class(mut self, value: usize) -> Self {
+        self.max_running_per_class = value;
+        self
+    }
+
+    /// Sets [`max_running`](Self::max_running).
+    pub fn max_running(mut self, value: usize) -> Self {
+        self.max_running = value;
+        self
+    }
 }
 
 impl Default for RequestLimits {
@@ -114,8 +142,10 @@ pub(crate) struct LocalStore {
     pub expire_days: f64,
 }
 
-/// Limits on what one run's console keeps and buffers.
+/// Limits on what one run's console keeps and buffers. Start from the defaults and set what
+/// differs: `ConsoleBudget::default().max_lines(20_000)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ConsoleBudget {
     /// Lines one run may write into the store; past it the head and the tail are kept and one
     /// marker line says how many were dropped.
@@ -134,6 +164,44 @@ pub struct ConsoleBudget {
     /// Bytes all consoles of the process may hold together (same count as `buffer_bytes`),
     /// through one shared budget.
     pub memory_bytes: u64,
+}
+
+impl ConsoleBudget {
+    /// Sets [`max_lines`](Self::max_lines).
+    pub fn max_lines(mut self, value: u64) -> Self {
+        self.max_lines = value;
+        self
+    }
+
+    /// Sets [`max_bytes`](Self::max_bytes).
+    pub fn max_bytes(mut self, value: u64) -> Self {
+        self.max_bytes = value;
+        self
+    }
+
+    /// Sets [`tail_lines`](Self::tail_lines).
+    pub fn tail_lines(mut self, value: u64) -> Self {
+        self.tail_lines = value;
+        self
+    }
+
+    /// Sets [`buffer_lines`](Self::buffer_lines).
+    pub fn buffer_lines(mut self, value: usize) -> Self {
+        self.buffer_lines = value;
+        self
+    }
+
+    /// Sets [`buffer_bytes`](Self::buffer_bytes).
+    pub fn buffer_bytes(mut self, value: u64) -> Self {
+        self.buffer_bytes = value;
+        self
+    }
+
+    /// Sets [`memory_bytes`](Self::memory_bytes).
+    pub fn memory_bytes(mut self, value: u64) -> Self {
+        self.memory_bytes = value;
+        self
+    }
 }
 
 impl Default for ConsoleBudget {

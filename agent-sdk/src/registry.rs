@@ -54,6 +54,7 @@ impl BusyPolicy {
 /// What `#[job_agent]` asks the center to create at start-up when auto-registration is on
 /// (every job unless it says `register = false`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AutoRegister {
     /// The recurring job's identifier at the center (`RecurringJobIdentifier`).
     pub id: &'static str,
@@ -61,6 +62,14 @@ pub struct AutoRegister {
     pub name: &'static str,
     /// The cron expression; empty registers a job that runs only when triggered.
     pub cron: &'static str,
+}
+
+impl AutoRegister {
+    /// Used by generated code.
+    #[doc(hidden)]
+    pub const fn new(id: &'static str, name: &'static str, cron: &'static str) -> Self {
+        Self { id, name, cron }
+    }
 }
 
 impl std::fmt::Debug for dyn DynJob {

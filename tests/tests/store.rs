@@ -597,11 +597,7 @@ async fn unusable_stores_are_refused_at_dispatch() {
 #[tokio::test]
 async fn the_console_budget_keeps_head_and_tail() {
     let db = TestDb::new().await;
-    let budget = ConsoleBudget {
-        max_lines: 50,
-        tail_lines: 10,
-        ..ConsoleBudget::default()
-    };
+    let budget = ConsoleBudget::default().max_lines(50).tail_lines(10);
     let service = TestService::start_with(
         AgentOptions::new()
             .console_budget(budget)

@@ -1,6 +1,6 @@
 //! A .NET-style class name with auto-registration at the center.
 
-use agent_sdk::{AutoRegister, JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
 #[job_agent(
     transient,
@@ -28,11 +28,7 @@ fn main() {
     assert_eq!(reg.type_path(), format!("{}::TestJob", module_path!()));
     assert_eq!(reg.kind(), JobKind::Transient);
     assert_eq!(
-        reg.auto_register(),
-        Some(AutoRegister {
-            id: "test-job",
-            name: "Test job",
-            cron: "*/5 * * * *",
-        })
+        reg.auto_register().map(|a| (a.id, a.name, a.cron)),
+        Some(("test-job", "Test job", "*/5 * * * *"))
     );
 }

@@ -1,6 +1,6 @@
 //! `register_cron` alone asks for auto-registration, like `register_id` or `register_name`.
 
-use agent_sdk::{AutoRegister, JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
 #[job_agent(register_cron = "0 3 * * *")]
 #[derive(Default)]
@@ -19,11 +19,7 @@ fn main() {
     assert_eq!(reg.class(), format!("{}::PurgeJob", module_path!()));
     assert_eq!(reg.kind(), JobKind::Singleton);
     assert_eq!(
-        reg.auto_register(),
-        Some(AutoRegister {
-            id: concat!(module_path!(), "::PurgeJob"),
-            name: "PurgeJob",
-            cron: "0 3 * * *",
-        })
+        reg.auto_register().map(|a| (a.id, a.name, a.cron)),
+        Some((concat!(module_path!(), "::PurgeJob"), "PurgeJob", "0 3 * * *"))
     );
 }

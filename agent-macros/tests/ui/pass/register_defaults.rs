@@ -2,7 +2,7 @@
 //! type path and the name to the type name (`JobAgentRegisterService.cs` in
 //! yuzd/Hangfire.HttpJob `Agent/`), with no cron.
 
-use agent_sdk::{AutoRegister, JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
 #[job_agent]
 #[derive(Default)]
@@ -21,11 +21,7 @@ fn main() {
     assert_eq!(reg.class(), format!("{}::NightlyJob", module_path!()));
     assert_eq!(reg.kind(), JobKind::Singleton);
     assert_eq!(
-        reg.auto_register(),
-        Some(AutoRegister {
-            id: concat!(module_path!(), "::NightlyJob"),
-            name: "NightlyJob",
-            cron: "",
-        })
+        reg.auto_register().map(|a| (a.id, a.name, a.cron)),
+        Some((concat!(module_path!(), "::NightlyJob"), "NightlyJob", ""))
     );
 }
