@@ -11,11 +11,10 @@ use axum::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Member;
-use crate::error::{ConfigError, DispatchError};
+use crate::endpoint::AgentInner;
+use crate::error::ConfigError;
 use crate::options::AgentOptions;
-use crate::outcome::Outlet;
 use crate::registry::Registry;
-use crate::request::{Action, Dispatch, H_AGENT_SERVER};
 use crate::router::basic_token;
 use crate::runtime::Runtime;
 use crate::store::{Heartbeats, Store, Stores};
@@ -40,18 +39,6 @@ use crate::store::{Heartbeats, Store, Stores};
 #[derive(Clone)]
 pub struct Agent {
     inner: Arc<AgentInner>,
-}
-
-pub(crate) struct AgentInner {
-    pub(crate) runtime: Arc<Runtime>,
-    pub(crate) expected_auth: Option<String>,
-    pub(crate) server_id: String,
-    pub(crate) server_id_header: HeaderValue,
-    pub(crate) server_id_cookie: HeaderValue,
-    pub(crate) stores: Stores,
-    pub(crate) heartbeats: Arc<Heartbeats>,
-    heartbeat_stop: CancellationToken,
-    coordinators: Mutex<HashSet<usize>>,
 }
 
 impl fmt::Debug for Agent {
@@ -196,69 +183,6 @@ impl Agent {
             wait_for_signal().await;
             agent.shutdown().await;
         }
-    }
-}
-
-impl AgentInner {
-    /// Where this dispatch's console lines and result go; a bad store is refused here, and
-    /// so is a run or stop with no store at all unless log-only runs are on.
-    pub(crate) fn outlet(&self, d: &Dispatch) -> Result<Outlet, DispatchError> {
-        let store = self
-            .stores
-            .select(d.storage.as_ref())
-            .map_err(DispatchError::Storage)?;
-        if store.is_none()
-            && !self.runtime.options.log_only
-            && matches!(d.action, Action::Run | Action::Stop)
-        {
-            return Err(DispatchError::NoStore);
-        }
-        if let Some(store) = &store {
-            self.coordinate(store);
-        }
-        Ok(Outlet { store })
-    }
-
-    /// Starts the store's coordinator once: reconciliation of runs a predecessor left, and
-    /// (in cluster mode) commands from other replicas and lost replicas' runs.
-    fn coordinate(&self, store: &Arc<Store>) {
-        let key = Arc::as_ptr(store) as usize;
-        let first = crate::sync::lock(&self.coordinators).insert(key);
-        if first {
-            crate::coordinator::spawn(
-                Arc::downgrade(&self.runtime),
-                store.clone(),
-                self.heartbeat_stop.clone(),
-            );
-        }
-    }
-
-    /// Starts or renews the heartbeat reporter for the dispatching center server.
-    pub(crate) fn heartbeat(&self, d: &Dispatch) -> Result<(), DispatchError> {
-        let server_id = d.server_id.as_deref().unwrap_or_default();
-        let store = self
-            .stores
-            .select(d.storage.as_ref())
-            .map_err(DispatchError::Storage)?;
-        match store {
-            Some(store) => {
-                self.coordinate(&store);
-                let field = d
-                    .agent_server
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .ok_or(DispatchError::MissingHeader(H_AGENT_SERVER))?;
-                self.heartbeats.beat(store, server_id, field);
-            }
-            None => {
-                tracing::debug!(
-                    center_server = server_id,
-                    "heartbeat without a store: nothing to write"
-                );
-            }
-        }
-        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::error::JobError;
-use crate::job::BoxFuture;
+use crate::future::BoxFuture;
 use crate::sync::lock;
 
 /// A console line color, as the dashboard renders it (`#rrggbb`).
@@ -89,7 +89,7 @@ impl LineSink for LogSink {
     }
 
     fn flush(&self) -> BoxFuture<()> {
-        crate::job::done()
+        crate::future::done()
     }
 
     fn keeps_lifecycle(&self) -> bool {
@@ -300,7 +300,7 @@ mod tests {
             self.0.lock().expect("lock").push(line);
         }
         fn flush(&self) -> BoxFuture<()> {
-            crate::job::done()
+            crate::future::done()
         }
     }
     impl LineSink for Arc<Capture> {
@@ -308,7 +308,7 @@ mod tests {
             (**self).push(line)
         }
         fn flush(&self) -> BoxFuture<()> {
-            crate::job::done()
+            crate::future::done()
         }
     }
 

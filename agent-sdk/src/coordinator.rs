@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{
     Holder, Lease, Member, ORPHAN_SCAN_EVERY, POLL_EVERY, RENEW_EVERY, RENEW_WITHIN, RunRecord,
 };
-use crate::outcome::{DispatchResult, ResultSink};
 use crate::request::Action;
+use crate::result::{DispatchResult, ResultSink};
 use crate::runtime::Runtime;
 use crate::store::{Store, StoreResults};
 

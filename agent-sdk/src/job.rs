@@ -2,11 +2,11 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::context::JobContext;
 use crate::error::JobError;
+use crate::future::BoxFuture;
 
 /// A job the scheduling center can run, stop and inspect.
 ///
@@ -83,26 +83,6 @@ impl fmt::Display for JobKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// A boxed future, as the runtime stores job futures.
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// A future that is already done. It has no state, so boxing it allocates nothing (an
-/// `async {}` block has a state byte, and every box of one is an allocation).
-struct Done;
-
-impl Future for Done {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        std::task::Poll::Ready(())
-    }
-}
-
-/// [`Done`], boxed for free: what sinks that finish at once return.
-pub(crate) fn done() -> BoxFuture<()> {
-    Box::pin(Done)
 }
 
 /// The object-safe face of [`JobAgent`] the runtime holds.

@@ -33,15 +33,20 @@ mod context;
 mod coordinator;
 #[cfg(any(doc, doctest))]
 pub mod docs;
+mod endpoint;
 mod error;
+mod future;
 mod item;
 mod job;
 mod options;
 mod outcome;
 mod registry;
 mod request;
+mod result;
 mod router;
 mod runtime;
+mod schema;
+mod secret;
 mod state;
 mod store;
 mod sync;
@@ -54,9 +59,10 @@ pub use error::{ConfigError, JobError, JobErrorKind};
 pub use item::JobItem;
 pub use job::{JobAgent, JobKind};
 pub use options::{
-    AgentOptions, ConsoleBudget, DEFAULT_CONSOLE_PREFIX, DEFAULT_PATH, RequestLimits, Secret,
+    AgentOptions, ConsoleBudget, DEFAULT_CONSOLE_PREFIX, DEFAULT_PATH, RequestLimits,
 };
 pub use registry::{AutoRegister, BusyPolicy, JobRegistration, Registry};
+pub use secret::Secret;
 
 /// Marks a struct or enum as a job the center can run; it must also implement [`JobAgent`].
 ///
@@ -100,13 +106,13 @@ pub mod __private {
 
     /// Not public API, used by `jobagent-dev`: the agent's rule for Hangfire schema names.
     pub fn check_schema(schema: &str) -> Result<(), String> {
-        crate::store::check_schema(schema)
+        crate::schema::check_schema(schema)
     }
 
     /// Not public API, used by `jobagent-dev`: a Hangfire schema name quoted for SQL as the
     /// agent quotes it.
     pub fn quote_schema(schema: &str) -> String {
-        crate::store::quote_ident(schema)
+        crate::schema::quote_ident(schema)
     }
 
     /// Not public API, used by generated code: boxes a job for the registry.

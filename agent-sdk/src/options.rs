@@ -1,42 +1,14 @@
 //! `AgentOptions`: how an agent is configured, in code or from `JOBAGENT_*` variables.
 
-use std::fmt;
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::secret::Secret;
 
 /// The default path the center calls.
 pub const DEFAULT_PATH: &str = "/jobagent";
 /// The prefix the .NET agent puts before every console line.
 pub const DEFAULT_CONSOLE_PREFIX: &str = "【JobAgent】";
-
-/// A string that never shows in `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; use it only where it must go.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 /// Basic-auth credentials the center must send.
 #[derive(Clone, Debug)]
@@ -629,7 +601,7 @@ impl AgentOptions {
             ));
         }
         if let Some(store) = &self.store {
-            crate::store::check_schema(&store.schema)
+            crate::schema::check_schema(&store.schema)
                 .map_err(|reason| ConfigError::invalid("JOBAGENT_STORE_SCHEMA", reason))?;
         }
         let b = &self.console_budget;

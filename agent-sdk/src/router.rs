@@ -11,7 +11,7 @@ use axum::routing::any;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::agent::AgentInner;
+use crate::endpoint::AgentInner;
 use crate::error::DispatchError;
 use crate::request::{Action, Dispatch};
 

@@ -24,7 +24,7 @@ use reqwest::Url;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
-use crate::options::Secret;
+use crate::secret::Secret;
 
 /// At most this many bytes of an answer are read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;

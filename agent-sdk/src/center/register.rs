@@ -10,8 +10,8 @@ use crate::center::client::{
     validate_http_url,
 };
 use crate::error::ConfigError;
-use crate::options::Secret;
 use crate::registry::{JobRegistration, Registry};
+use crate::secret::Secret;
 
 /// The default number of retries after the first try.
 pub const DEFAULT_REGISTER_RETRIES: u32 = 5;

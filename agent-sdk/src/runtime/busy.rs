@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use super::{Busy, Runtime, Start, lock};
 use crate::cluster::{CLAIM_LEASE, Command};
-use crate::outcome::{DispatchResult, Outlet};
+use crate::outcome::Outlet;
 use crate::registry::JobRegistration;
 use crate::request::{Action, Dispatch};
+use crate::result::DispatchResult;
 
 impl Runtime {
     /// Busy policy `discard`: report the run as done, with a console line saying why.

@@ -13,9 +13,10 @@ use crate::cluster::Command;
 use crate::console::Console;
 use crate::context::{ContextInner, JobContext};
 use crate::error::DispatchError;
-use crate::outcome::{DispatchResult, Outlet};
+use crate::outcome::Outlet;
 use crate::registry::JobRegistration;
 use crate::request::{Action, Dispatch};
+use crate::result::DispatchResult;
 use crate::store::Store;
 
 impl Runtime {

@@ -14,7 +14,7 @@ use tokio_postgres::types::Type;
 use super::Store;
 use super::line::{EncodedLine, LineEncoder};
 use crate::console::{ConsoleColor, ConsoleLine, LineSink};
-use crate::job::BoxFuture;
+use crate::future::BoxFuture;
 use crate::options::ConsoleBudget;
 use crate::request::ConsoleTarget;
 use crate::sync::lock;

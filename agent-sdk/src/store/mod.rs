@@ -40,6 +40,7 @@ pub(crate) use results::StoreResults;
 use crate::error::ConfigError;
 use crate::options::LocalStore;
 use crate::request::StorageHeader;
+pub(crate) use crate::schema::{check_schema, quote_ident};
 
 /// One store: a pool, the schema, and how long rows live.
 pub(crate) struct Store {
@@ -292,30 +293,6 @@ fn label(config: &tokio_postgres::Config) -> String {
         .unwrap_or_default();
     let port = config.get_ports().first().copied().unwrap_or(5432);
     format!("{host}:{port}/{}", config.get_dbname().unwrap_or(""))
-}
-
-/// Checks a Hangfire schema name as PostgreSQL takes a quoted identifier (and
-/// Hangfire.PostgreSql its `SchemaName`): 1 to 63 bytes, no NUL. Any other character,
-/// `-`, spaces or `"` included, is fine: the name is only ever used through
-/// [`quote_ident`].
-pub(crate) fn check_schema(schema: &str) -> Result<(), String> {
-    if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
-        Err(format!(
-            "schema `{}` must be 1 to 63 bytes long and hold no NUL character",
-            schema
-                .chars()
-                .filter(|c| *c != '\0')
-                .take(64)
-                .collect::<String>()
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-/// Quotes a name as an SQL identifier: in double quotes, a `"` doubled.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The stores an agent writes to: its own, and those centers send, one pool each.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Store;
-use crate::job::BoxFuture;
-use crate::outcome::{DispatchResult, ResultSink};
+use crate::future::BoxFuture;
+use crate::result::{DispatchResult, ResultSink};
 
 /// How long a result keeps being retried while the store is unreachable.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(600);

@@ -1,0 +1,24 @@
+//! Boxed futures as the runtime and the sinks hold them, and a free one that is already done.
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future, as the runtime stores job futures.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A future that is already done. It has no state, so boxing it allocates nothing (an
+/// `async {}` block has a state byte, and every box of one is an allocation).
+struct Done;
+
+impl Future for Done {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Ready(())
+    }
+}
+
+/// [`Done`], boxed for free: what sinks that finish at once return.
+pub(crate) fn done() -> BoxFuture<()> {
+    Box::pin(Done)
+}

@@ -1,0 +1,71 @@
+//! The result of a dispatch as the center reads it (`_agent_result_<id>`), and where results go.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::future::BoxFuture;
+use crate::request::Action;
+
+/// The result of one accepted dispatch, as the center reads it from `_agent_result_<id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct DispatchResult {
+    #[serde(rename = "Id")]
+    pub(crate) id: String,
+    #[serde(rename = "Action")]
+    pub(crate) action: &'static str,
+    #[serde(rename = "RunId")]
+    pub(crate) run_id: String,
+    #[serde(rename = "R")]
+    pub(crate) r: &'static str,
+    #[serde(rename = "E")]
+    pub(crate) e: String,
+    #[serde(skip)]
+    pub(crate) elapsed: Duration,
+}
+
+impl DispatchResult {
+    pub(crate) fn new(
+        id: &str,
+        action: Action,
+        run_id: &str,
+        error: Option<String>,
+        started: SystemTime,
+    ) -> Self {
+        Self {
+            id: id.to_owned(),
+            action: action.as_str(),
+            run_id: run_id.to_owned(),
+            r: if error.is_some() { "err" } else { "ok" },
+            e: error.unwrap_or_default(),
+            elapsed: SystemTime::now()
+                .duration_since(started)
+                .unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn is_ok(&self) -> bool {
+        self.r == "ok"
+    }
+}
+
+/// Where results go: the center's store, or the agent's log.
+pub(crate) trait ResultSink: Send + Sync + 'static {
+    fn write(&self, result: DispatchResult) -> BoxFuture<()>;
+}
+
+/// Results of an agent without a store: one log line each; a success at `debug` (runs that
+/// succeed are the norm, and a job dispatched every second would otherwise add 86,400 info
+/// lines a day), a failure at `warn`.
+pub(crate) struct LogResults;
+
+impl ResultSink for LogResults {
+    fn write(&self, r: DispatchResult) -> BoxFuture<()> {
+        if r.is_ok() {
+            tracing::debug!(target: "agent_sdk::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, "dispatch succeeded");
+        } else {
+            tracing::warn!(target: "agent_sdk::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, error = %r.e, "dispatch failed");
+        }
+        crate::future::done()
+    }
+}
