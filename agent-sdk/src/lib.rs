@@ -78,6 +78,12 @@ pub use secret::Secret;
 /// | `crate = "path"` | where `agent_sdk` is reachable when the dependency is renamed or re-exported (`crate = "platform::agent_sdk"`) |
 pub use agent_macros::job_agent;
 
+/// Not public API: what `jobagent-dev` shares with the agent (feature `dev`).
+#[cfg(feature = "dev")]
+#[doc(hidden)]
+#[path = "dev.rs"]
+pub mod __dev;
+
 /// Not public API: used by the fuzz targets in `fuzz/` (feature `fuzz`).
 #[cfg(feature = "fuzz")]
 #[doc(hidden)]
@@ -102,17 +108,6 @@ pub mod __private {
     /// runs `sql` (one text value); returns whether the session is encrypted, and the value.
     pub async fn probe_store(connection: &str, sql: &str) -> Result<(bool, String), String> {
         crate::store::probe(connection, sql).await
-    }
-
-    /// Not public API, used by `jobagent-dev`: the agent's rule for Hangfire schema names.
-    pub fn check_schema(schema: &str) -> Result<(), String> {
-        crate::schema::check_schema(schema)
-    }
-
-    /// Not public API, used by `jobagent-dev`: a Hangfire schema name quoted for SQL as the
-    /// agent quotes it.
-    pub fn quote_schema(schema: &str) -> String {
-        crate::schema::quote_ident(schema)
     }
 
     /// Not public API, used by generated code: boxes a job for the registry.

@@ -238,10 +238,11 @@ OPTIONS:
     --agent <url>          the agent URL [env {ENV_AGENT}; else http://{ENV_LISTEN}{ENV_PATH}
                            from the service's own variables when either is set (0.0.0.0 is
                            called as 127.0.0.1); default {DEFAULT_AGENT}]
-    --store <conn>         the center's PostgreSQL: a postgres:// URL, a libpq `key=value` string,
-                           or an Npgsql `Host=..;Port=..;Database=..;Username=..;Password=..`
-                           string [env {ENV_STORE}, else {ENV_SERVICE_STORE}]. Sent to the agent in
-                           x-job-storage and read back for console lines and results. Never printed.
+    --store <conn>         the center's PostgreSQL: an Npgsql `Host=..;Database=..;Username=..;..`
+                           string or a postgres:// URL, read as the agent reads JOBAGENT_STORE
+                           (same TLS rules) [env {ENV_STORE}, else {ENV_SERVICE_STORE}]. Sent to
+                           the agent in x-job-storage and read back for console lines and
+                           results. Never printed.
     --schema <name>        the Hangfire schema [env {ENV_SCHEMA}; default {DEFAULT_SCHEMA}]
     --user <u>             basic auth user configured on the job [env {ENV_USER}]
     --password <p>         basic auth password [env {ENV_PASSWORD}]
@@ -529,7 +530,7 @@ fn check_agent(text: &str) -> Result<reqwest::Url, String> {
 
 /// A Hangfire schema, checked by the agent's own rule.
 pub(crate) fn check_schema(schema: &str) -> Result<(), String> {
-    agent_sdk::__private::check_schema(schema).map_err(|reason| format!("`--schema`: {reason}"))
+    agent_sdk::__dev::check_schema(schema).map_err(|reason| format!("`--schema`: {reason}"))
 }
 
 /// Names the center never passes through: its own headers and the ones HTTP owns.

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use agent_sdk::__dev::DevClient;
 use serde_json::Value;
 use tokio_postgres::Client;
 
@@ -135,18 +136,18 @@ fn reference_field(raw: &str) -> Option<String> {
 /// A reader of one store that reconnects when the connection breaks.
 pub(crate) struct Reader<'a> {
     spec: &'a StoreSpec,
-    client: Option<Client>,
+    client: Option<DevClient>,
     schema: String,
     failing_since: Option<Instant>,
 }
 
 impl<'a> Reader<'a> {
     /// A reader over an open client; `schema` is checked by the caller.
-    pub(crate) fn new(spec: &'a StoreSpec, client: Client, schema: &str) -> Self {
+    pub(crate) fn new(spec: &'a StoreSpec, client: DevClient, schema: &str) -> Self {
         Self {
             spec,
             client: Some(client),
-            schema: agent_sdk::__private::quote_schema(schema),
+            schema: agent_sdk::__dev::quote_schema(schema),
             failing_since: None,
         }
     }
@@ -194,7 +195,7 @@ impl<'a> Reader<'a> {
             self.client = Some(self.spec.connect().await?);
         }
         self.client
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| "no store connection".to_owned())
     }
 

@@ -18,7 +18,7 @@ pub(crate) mod connstr;
 mod console_writer;
 mod heartbeat;
 pub(crate) mod line;
-mod pool;
+pub(crate) mod pool;
 mod procstat;
 mod results;
 
@@ -67,7 +67,7 @@ const TABLE_CHECK_WITHIN: Duration = Duration::from_millis(500);
 const TABLE_CHECK_RETRY: Duration = Duration::from_secs(30);
 
 impl Store {
-    fn open(
+    pub(crate) fn open(
         spec: &connstr::ConnSpec,
         schema: &str,
         expire_days: f64,
@@ -143,6 +143,20 @@ impl Store {
 
     pub(crate) fn expire_secs(&self) -> f64 {
         self.expire.as_secs_f64()
+    }
+
+    /// A pooled connection as it comes from the pool, within the checkout bound: for callers
+    /// that hold it across many statements (the dev CLI's reader).
+    #[cfg(feature = "dev")]
+    pub(crate) async fn checkout(&self) -> Result<deadpool_postgres::Object, String> {
+        let get = self.pool.get();
+        match self.checkout {
+            Some(limit) => tokio::time::timeout(limit, get)
+                .await
+                .map_err(|_| format!("no connection within {} ms", limit.as_millis()))?,
+            None => get.await,
+        }
+        .map_err(|e| crate::error::chain(&e))
     }
 
     /// A pooled connection, within the pool's bounds (see [`Limits::checkout`]). Run its
