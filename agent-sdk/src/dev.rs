@@ -152,6 +152,13 @@ fn to_npgsql(config: &tokio_postgres::Config, ssl: SslMode) -> String {
     parts.join(";")
 }
 
+/// Opens `connection` as the agent opens a store and runs `sql` (one row, one text column);
+/// also says whether the session is encrypted. For the integration tests of TLS modes and
+/// session settings.
+pub async fn probe_store(connection: &str, sql: &str) -> Result<(bool, String), String> {
+    crate::store::probe(connection, sql).await
+}
+
 /// The agent's rule for Hangfire schema names.
 pub fn check_schema(schema: &str) -> Result<(), String> {
     crate::schema::check_schema(schema)

@@ -104,12 +104,6 @@ pub mod __private {
     /// Not public API, used by generated code.
     pub use inventory;
 
-    /// Not public API, used by the integration tests: opens a store as the agent does and
-    /// runs `sql` (one text value); returns whether the session is encrypted, and the value.
-    pub async fn probe_store(connection: &str, sql: &str) -> Result<(bool, String), String> {
-        crate::store::probe(connection, sql).await
-    }
-
     /// Not public API, used by generated code: boxes a job for the registry.
     pub fn into_dyn<T: crate::JobAgent>(job: T) -> std::sync::Arc<dyn DynJob> {
         std::sync::Arc::new(job)

@@ -111,13 +111,13 @@ async fn agent_sessions_run_in_utc() {
         format!("{};Options=-c TimeZone=Asia/Tokyo", db.connection_string()),
     ] {
         let (_, zone) =
-            agent_sdk::__private::probe_store(&conn, "SELECT current_setting('TimeZone')")
+            agent_sdk::__dev::probe_store(&conn, "SELECT current_setting('TimeZone')")
                 .await
                 .expect("probe");
         assert_eq!(zone, "UTC", "{conn}");
     }
     // Other options of the string still apply.
-    let (_, timeout) = agent_sdk::__private::probe_store(
+    let (_, timeout) = agent_sdk::__dev::probe_store(
         &format!(
             "{};Options=-c statement_timeout=4321",
             db.connection_string()

@@ -422,6 +422,7 @@ impl Stores {
     }
 }
 
+#[cfg(feature = "dev")]
 /// Opens `connection` as the agent opens a store and runs `sql` (one row, one text column);
 /// also says whether the session is encrypted. For the integration tests of TLS modes.
 pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String), String> {
