@@ -91,8 +91,8 @@ impl Deref for DevClient {
     }
 }
 
-/// Quotes an Npgsql value when it needs it.
-fn npgsql_value(v: &str) -> String {
+/// Quotes an Npgsql connection-string value when it needs it.
+pub fn npgsql_value(v: &str) -> String {
     if v.contains([';', '"', '\'', '='])
         || v.starts_with(char::is_whitespace)
         || v.ends_with(char::is_whitespace)
@@ -157,6 +157,12 @@ fn to_npgsql(config: &tokio_postgres::Config, ssl: SslMode) -> String {
 /// session settings.
 pub async fn probe_store(connection: &str, sql: &str) -> Result<(bool, String), String> {
     crate::store::probe(connection, sql).await
+}
+
+/// An error and its causes, joined with `: ` (a database error's own message is in its
+/// source: `tokio_postgres::Error` alone says only "db error").
+pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    crate::error::chain(err)
 }
 
 /// The agent's rule for Hangfire schema names.

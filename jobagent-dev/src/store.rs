@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+/// A database error with its causes, as the agent reports one.
+pub(crate) use agent_sdk::__dev::describe;
 use agent_sdk::__dev::{DevClient, DevStore};
 
 /// A parsed store.
@@ -47,19 +49,6 @@ impl StoreSpec {
     pub(crate) async fn connect(&self) -> Result<DevClient, String> {
         self.store.client().await
     }
-}
-
-/// A database error with its causes: `tokio_postgres::Error` alone says only "db error", and
-/// the server's message ("database \"x\" does not exist") is in its source.
-pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use agent_sdk::__dev::npgsql_value;
 use serde_json::Value;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
@@ -962,18 +963,6 @@ impl Drop for TestDb {
             });
         });
         let _ = dropper.join();
-    }
-}
-
-/// Quotes an Npgsql connection-string value when it needs it.
-fn npgsql_value(v: &str) -> String {
-    if v.contains([';', '"', '\'', '='])
-        || v.starts_with(char::is_whitespace)
-        || v.ends_with(char::is_whitespace)
-    {
-        format!("\"{}\"", v.replace('"', "\"\""))
-    } else {
-        v.to_owned()
     }
 }
 

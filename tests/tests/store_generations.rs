@@ -110,10 +110,9 @@ async fn agent_sessions_run_in_utc() {
         db.connection_string(),
         format!("{};Options=-c TimeZone=Asia/Tokyo", db.connection_string()),
     ] {
-        let (_, zone) =
-            agent_sdk::__dev::probe_store(&conn, "SELECT current_setting('TimeZone')")
-                .await
-                .expect("probe");
+        let (_, zone) = agent_sdk::__dev::probe_store(&conn, "SELECT current_setting('TimeZone')")
+            .await
+            .expect("probe");
         assert_eq!(zone, "UTC", "{conn}");
     }
     // Other options of the string still apply.
