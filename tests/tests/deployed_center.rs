@@ -137,7 +137,7 @@ fn the_start_up_line_says_which_store_mode_is_in_force() {
         7.0,
     ));
     assert!(
-        own.contains("its own store (db.internal/hangfire)"),
+        own.contains("its own store (db.internal:5432/hangfire)"),
         "{own}"
     );
     assert!(!own.contains("hunter2"), "{own}");
