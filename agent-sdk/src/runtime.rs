@@ -115,7 +115,9 @@ impl Run {
 
 #[derive(Default)]
 struct ClassSlot {
-    runs: Vec<Arc<Run>>,
+    /// The class's runs in flight by start order (`Run::seq`): taking one out when it ends
+    /// costs a lookup, not a pass over all of them.
+    runs: std::collections::BTreeMap<u64, Arc<Run>>,
     last: Option<LastRun>,
     /// A singleton run being claimed cluster-wide (its job id).
     claiming: Option<String>,
@@ -362,7 +364,7 @@ impl Runtime {
         let next = {
             let mut slot = lock(&state.slot);
             if reg.kind().is_singleton() {
-                if let Some(current) = slot.runs.first() {
+                if let Some(current) = slot.runs.values().next() {
                     let busy = Busy {
                         job_id: current.cx.job_id().to_owned(),
                         status: current.status(),
@@ -530,7 +532,7 @@ impl Runtime {
             ended: None,
         });
         let run = self.new_run(reg, d, outlet);
-        slot.runs.push(run.clone());
+        slot.runs.insert(run.seq, run.clone());
         run
     }
 
@@ -734,16 +736,23 @@ impl Runtime {
         self.forget(run).await;
     }
 
-    /// Waits up to `grace` for a run to end.
-    async fn ends_within(&self, run: &Run, grace: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + grace;
-        while run.status() != Status::Stopped {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
+    /// Waits up to `grace` for a run to end: woken by the class's `ended` signal, which
+    /// [`finish`](Self::finish) sends after marking the run stopped.
+    async fn ends_within(&self, reg: &'static JobRegistration, run: &Run, grace: Duration) -> bool {
+        let ended = &self.state(reg).ended;
+        let wait = async {
+            loop {
+                // Registered before the check, so a finish between the two is not missed.
+                let signal = ended.notified();
+                tokio::pin!(signal);
+                signal.as_mut().enable();
+                if run.status() == Status::Stopped {
+                    return;
+                }
+                signal.await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        true
+        };
+        tokio::time::timeout(grace, wait).await.is_ok()
     }
 
     /// Gives up on a run that does not end: frees its class, releases its claim and reports
@@ -773,9 +782,7 @@ impl Runtime {
     fn finish(&self, reg: &'static JobRegistration, run: &Arc<Run>) {
         run.set_status(Status::Stopped);
         let mut slot = lock(&self.state(reg).slot);
-        let before = slot.runs.len();
-        slot.runs.retain(|r| r.seq != run.seq);
-        if slot.runs.len() < before {
+        if slot.runs.remove(&run.seq).is_some() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
         if let Some(last) = slot.last.as_mut()
@@ -811,7 +818,7 @@ impl Runtime {
             let stuck: Vec<Arc<Run>> = self
                 .classes
                 .values()
-                .flat_map(|s| lock(&s.slot).runs.clone())
+                .flat_map(|s| lock(&s.slot).runs.values().cloned().collect::<Vec<_>>())
                 .collect();
             let why = format!(
                 "the agent shut down and the job did not stop within {} ms",

@@ -45,7 +45,7 @@ impl Runtime {
         outlet: Outlet,
         busy: Busy,
     ) {
-        let local = lock(&self.state(reg).slot).runs.first().cloned();
+        let local = lock(&self.state(reg).slot).runs.values().next().cloned();
         match (local, &busy.replica, self.shared(&outlet)) {
             (Some(run), _, _) if run.mark_stopping() => {
                 run.cx

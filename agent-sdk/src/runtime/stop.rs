@@ -31,7 +31,10 @@ impl Runtime {
         let state = self.state(reg);
         let (local, last) = {
             let slot = lock(&state.slot);
-            (slot.runs.clone(), slot.last.clone())
+            (
+                slot.runs.values().cloned().collect::<Vec<_>>(),
+                slot.last.clone(),
+            )
         };
         // A singleton already winding down is not stopped twice (the .NET agent refuses it
         // too, with a text the center fails).
@@ -239,7 +242,7 @@ impl Runtime {
         let found = self.registry.find(&command.class).and_then(|reg| {
             lock(&self.state(reg).slot)
                 .runs
-                .iter()
+                .values()
                 .find(|r| r.cx.job_id() == command.job_id)
                 .cloned()
                 .map(|run| (reg, run))
@@ -291,7 +294,7 @@ impl Runtime {
         if let Some(e) = call_on_stop(run, cx, grace).await {
             failures.push(e);
         }
-        if !self.ends_within(run, grace).await {
+        if !self.ends_within(reg, run, grace).await {
             let why = ignored_stop(grace);
             failures.push(format!("job {}: {why}", run.cx.job_id()));
             self.abandon(reg, run, why).await;
