@@ -248,7 +248,11 @@ impl DispatchError {
 }
 
 /// Why an agent could not be built or configured.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` is its message, as for report types: a `main` returning
+/// `Result<(), Box<dyn Error>>` prints `Error: invalid JOBAGENT_PATH: ...`, not the variant's
+/// fields.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// Two job types claim the same class name.
@@ -282,6 +286,12 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 impl ConfigError {
@@ -349,6 +359,20 @@ mod tests {
         assert_eq!(
             via_question_mark("no rows").expect_err("an error").kind(),
             JobErrorKind::Failed
+        );
+    }
+
+    #[test]
+    fn a_config_error_debugs_as_its_message_as_main_prints_it() {
+        let err = ConfigError::invalid("JOBAGENT_PATH", "`x` must start with `/`");
+        assert_eq!(
+            format!("{err:?}"),
+            "invalid JOBAGENT_PATH: `x` must start with `/`"
+        );
+        let boxed: Box<dyn std::error::Error> = Box::new(err);
+        assert_eq!(
+            format!("{boxed:?}"),
+            "invalid JOBAGENT_PATH: `x` must start with `/`"
         );
     }
 
