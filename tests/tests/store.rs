@@ -744,3 +744,57 @@ async fn a_store_without_hangfire_tables_is_refused_at_the_run() {
         "ok"
     );
 }
+
+/// A store whose user may read Hangfire's tables but not write them is refused at the run,
+/// naming the user and the table, instead of accepting a run whose writes are refused
+/// forever (a read-only role copied from a reporting set-up, say).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_whose_user_may_not_write_is_refused_at_the_run() {
+    let db = TestDb::new().await;
+    let role = format!("ro_{}", db.name());
+    let admin = db.client();
+    let setup = format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD 'ro-pw'; \
+         GRANT USAGE ON SCHEMA {schema} TO \"{role}\"; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO \"{role}\";",
+        schema = tests::pg::SCHEMA
+    );
+    admin
+        .batch_execute(&setup)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create a read-only role: {e}"));
+    let connection: Vec<String> = db
+        .connection_string()
+        .split(';')
+        .map(|pair| match pair.split_once('=') {
+            Some(("Username", _)) => format!("Username={role}"),
+            Some(("Password", _)) => "Password=ro-pw".to_owned(),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let read_only = Storage {
+        hangfire_db: connection.join(";"),
+        ..db.storage()
+    };
+    let service = TestService::start().await;
+    let reply = service
+        .center()
+        .with_storage(&read_only)
+        .run(TRANSIENT, "ro-1")
+        .param(json!({"lines": 1}))
+        .send()
+        .await;
+    let cleanup = format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";");
+    let dropped = admin.batch_execute(&cleanup).await;
+    reply.assert_err(500);
+    assert!(
+        reply.body.contains(&format!("user `{role}` may not write"))
+            && reply.body.contains(".hash"),
+        "{reply:?}"
+    );
+    assert!(
+        !reply.body.contains("ro-pw"),
+        "leaks the password: {reply:?}"
+    );
+    dropped.unwrap_or_else(|e| panic!("cannot drop the role: {e}"));
+}

@@ -104,9 +104,15 @@ impl Store {
         }
         let check = async {
             let client = self.pool.get().await.map_err(|e| crate::error::chain(&e))?;
+            // Whether each table exists, and whether this session's user may read and write it
+            // (asked one privilege at a time: a list is true when any one is held; and only of
+            // a table that exists: the function fails on one that does not).
             let row = client
                 .query_one(
-                    "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+                    "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL, \
+                     CASE WHEN to_regclass($1) IS NULL THEN true ELSE has_table_privilege(to_regclass($1), 'SELECT') AND has_table_privilege(to_regclass($1), 'INSERT') AND has_table_privilege(to_regclass($1), 'UPDATE') END, \
+                     CASE WHEN to_regclass($2) IS NULL THEN true ELSE has_table_privilege(to_regclass($2), 'SELECT') AND has_table_privilege(to_regclass($2), 'INSERT') AND has_table_privilege(to_regclass($2), 'UPDATE') END, \
+                     current_user::text",
                     &[
                         &format!("{}.hash", self.schema),
                         &format!("{}.set", self.schema),
@@ -114,16 +120,25 @@ impl Store {
                 )
                 .await
                 .map_err(|e| crate::error::chain(&e))?;
-            let hash: bool = row.try_get(0).map_err(|e| crate::error::chain(&e))?;
-            let set: bool = row.try_get(1).map_err(|e| crate::error::chain(&e))?;
-            Ok::<_, String>((hash, set))
+            let get = |i: usize| {
+                row.try_get::<_, bool>(i)
+                    .map_err(|e| crate::error::chain(&e))
+            };
+            let user: String = row.try_get(4).map_err(|e| crate::error::chain(&e))?;
+            Ok::<_, String>(((get(0)?, get(1)?), (get(2)?, get(3)?), user))
         };
         match tokio::time::timeout(TABLE_CHECK_WITHIN, check).await {
-            Ok(Ok((true, true))) => {
+            Ok(Ok(((true, true), (true, true), _))) => {
                 self.tables_seen.store(true, Ordering::Release);
                 Ok(())
             }
-            Ok(Ok((hash, _))) => Err(format!(
+            Ok(Ok(((true, true), (hash, _), user))) => Err(format!(
+                "the store {}'s user `{user}` may not write Hangfire's table {}.{} (it needs SELECT, INSERT and UPDATE, as the center's own user has)",
+                self.label,
+                self.schema,
+                if hash { "set" } else { "hash" }
+            )),
+            Ok(Ok(((hash, _), _, _))) => Err(format!(
                 "the store {} has no Hangfire table {}.{}: point the store at the center's database and schema (the center's HangfireDb and TablePrefix, or JOBAGENT_STORE and JOBAGENT_STORE_SCHEMA); the agent does not create Hangfire's tables",
                 self.label,
                 self.schema,
