@@ -18,14 +18,15 @@ use axum::http::Extensions;
 #[derive(Clone, Default)]
 pub struct States {
     map: Arc<Extensions>,
-    /// What was given, for the start-up check of constructors and for `Debug`.
-    given: Vec<Need>,
+    /// What was given, for the start-up check of constructors and for `Debug` (shared too:
+    /// every run's context holds a clone, which must not allocate).
+    given: Arc<Vec<Need>>,
 }
 
 impl States {
     pub(crate) fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) {
         if Arc::make_mut(&mut self.map).insert(value).is_none() {
-            self.given.push(Need::of::<T>());
+            Arc::make_mut(&mut self.given).push(Need::of::<T>());
         }
     }
 
