@@ -49,6 +49,7 @@ mod schema;
 mod secret;
 mod state;
 mod store;
+mod switch;
 mod sync;
 mod timefmt;
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::secret::Secret;
+use crate::switch::parse_switch;
 
 /// The default path the center calls.
 pub const DEFAULT_PATH: &str = "/jobagent";
@@ -612,17 +613,6 @@ impl AgentOptions {
             ));
         }
         Ok(())
-    }
-}
-
-fn parse_switch(name: &'static str, value: &str) -> Result<bool, ConfigError> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "on" | "yes" => Ok(true),
-        "0" | "false" | "off" | "no" => Ok(false),
-        other => Err(ConfigError::invalid(
-            name,
-            format!("`{other}` is not on/off (true/false, 1/0)"),
-        )),
     }
 }
 

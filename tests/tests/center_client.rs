@@ -927,7 +927,8 @@ fn each_bad_variable_is_named() {
     let center = ("JOBAGENT_CENTER_URL", "http://center/hangfire");
     let public = ("JOBAGENT_PUBLIC_URL", "http://svc:8080");
     assert_eq!(
-        invalid_name(from(&[("JOBAGENT_AUTO_REGISTER", "yes")])),
+        // One vocabulary for every switch (issue 14): `yes` is on, as for JOBAGENT_CLUSTER.
+        invalid_name(from(&[("JOBAGENT_AUTO_REGISTER", "maybe")])),
         "JOBAGENT_AUTO_REGISTER"
     );
     assert_eq!(invalid_name(from(&[on, public])), "JOBAGENT_CENTER_URL");

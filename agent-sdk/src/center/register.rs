@@ -86,7 +86,7 @@ impl AutoRegistrationOptions {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads the options from variables: `JOBAGENT_AUTO_REGISTER` (`true`/`false`/`1`/`0`;
+    /// Reads the options from variables: `JOBAGENT_AUTO_REGISTER` (on/off, as every switch: `true`/`false`, `1`/`0`, `on`/`off`, `yes`/`no`;
     /// unset or false gives `None`), `JOBAGENT_CENTER_URL` and `JOBAGENT_PUBLIC_URL` (both
     /// required when enabled), `JOBAGENT_CENTER_USER` and `JOBAGENT_CENTER_PASSWORD` (the
     /// dashboard's credentials, both or neither), and the agent's own `JOBAGENT_BASIC_USER`
@@ -102,16 +102,7 @@ impl AutoRegistrationOptions {
         };
         let enabled = match get("JOBAGENT_AUTO_REGISTER") {
             None => false,
-            Some(v) => match v.to_ascii_lowercase().as_str() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => {
-                    return Err(ConfigError::invalid(
-                        "JOBAGENT_AUTO_REGISTER",
-                        format!("`{v}` is not true, false, 1 or 0"),
-                    ));
-                }
-            },
+            Some(v) => crate::switch::parse_switch("JOBAGENT_AUTO_REGISTER", &v)?,
         };
         if !enabled {
             return Ok(None);
