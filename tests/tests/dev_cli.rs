@@ -7,7 +7,7 @@
 //! no-op when they are fresh) into the target directory this test runs from.
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -44,26 +44,16 @@ struct Bins {
 fn bins() -> &'static Result<Bins, String> {
     static BINS: OnceLock<Result<Bins, String>> = OnceLock::new();
     BINS.get_or_init(|| {
-        let exe = std::env::current_exe().map_err(|e| format!("no current exe: {e}"))?;
-        // target/<profile>/deps/dev_cli-<hash>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .ok_or_else(|| format!("unexpected test executable path {}", exe.display()))?
-            .to_path_buf();
-        let target_dir = profile_dir
-            .parent()
-            .ok_or_else(|| format!("no target directory above {}", profile_dir.display()))?;
+        let target = tests::cargo::target();
+        let profile_dir = target.profile_dir;
         let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") | None => "dev".to_owned(),
             Some(other) => other.to_owned(),
         };
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .ok_or("no workspace directory")?;
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let workspace = tests::cargo::workspace();
+        let cargo = tests::cargo::cargo();
         let out = std::process::Command::new(cargo)
-            .current_dir(workspace)
+            .current_dir(&workspace)
             .args([
                 "build",
                 "-p",
@@ -74,7 +64,7 @@ fn bins() -> &'static Result<Bins, String> {
             ])
             .args(["--profile", &profile])
             .arg("--target-dir")
-            .arg(target_dir)
+            .arg(&target.dir)
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("cannot run cargo build: {e}"))?;

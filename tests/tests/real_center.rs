@@ -185,6 +185,18 @@ fn agent() -> Agent {
         .unwrap_or_else(|e| panic!("invalid agent options: {e}"))
 }
 
+/// Asserts that the agent `id` answers a center's `detail` at each of `paths` under `base`.
+async fn assert_agent_answers(base: &str, id: &str, paths: &[&str]) {
+    for path in paths {
+        Center::new(format!("{base}{path}"))
+            .expect_agent(id)
+            .detail(TEST_JOB)
+            .send()
+            .await
+            .assert_status(200);
+    }
+}
+
 async fn get_text(url: &str) -> (u16, String, bool) {
     let response = reqwest::get(url)
         .await
@@ -276,14 +288,12 @@ async fn the_agent_router_merges_and_nests_beside_host_routes() {
         .route("/health", get(|| async { "host ok" }))
         .nest("/svc", agent.router());
     let (base, _nested_server) = serve(nested).await;
-    for path in ["/svc/jobagent", "/svc/JobAgent", "/svc/jobagent/x"] {
-        Center::new(format!("{base}{path}"))
-            .expect_agent(&id)
-            .detail(TEST_JOB)
-            .send()
-            .await
-            .assert_status(200);
-    }
+    assert_agent_answers(
+        &base,
+        &id,
+        &["/svc/jobagent", "/svc/JobAgent", "/svc/jobagent/x"],
+    )
+    .await;
     let (status, _, marked) = get_text(&format!("{base}/svc/other")).await;
     assert_eq!((status, marked), (404, false));
 
@@ -295,14 +305,7 @@ async fn the_agent_router_merges_and_nests_beside_host_routes() {
     let (base, _own_server) = serve(own).await;
     // (axum's `nest` matches its prefix case-sensitively and routes no `/jobagent/` to a
     // nested router, so a center spelling the path otherwise needs the router merged.)
-    for path in ["/jobagent", "/jobagent/x"] {
-        Center::new(format!("{base}{path}"))
-            .expect_agent(&id)
-            .detail(TEST_JOB)
-            .send()
-            .await
-            .assert_status(200);
-    }
+    assert_agent_answers(&base, &id, &["/jobagent", "/jobagent/x"]).await;
     let (status, body, marked) = get_text(&format!("{base}/health")).await;
     assert_eq!((status, body.as_str(), marked), (200, "host ok", false));
 
@@ -310,15 +313,7 @@ async fn the_agent_router_merges_and_nests_beside_host_routes() {
         .merge(agent.router())
         .fallback(|| async { (axum::http::StatusCode::IM_A_TEAPOT, "host fallback") });
     let (base, _fallback_server) = serve(with_fallback).await;
-    for path in ["/jobagent", "/jobagent/", "/jobagent/x"] {
-        eprintln!("nested at its own path: {path}");
-        Center::new(format!("{base}{path}"))
-            .expect_agent(&id)
-            .detail(TEST_JOB)
-            .send()
-            .await
-            .assert_status(200);
-    }
+    assert_agent_answers(&base, &id, &["/jobagent", "/jobagent/", "/jobagent/x"]).await;
     let (status, body, _) = get_text(&format!("{base}/JobAgent")).await;
     assert_eq!((status, body.as_str()), (418, "host fallback"));
 }

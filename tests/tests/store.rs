@@ -706,7 +706,9 @@ fn parts(conn: &str) -> (String, u16, String, String, String) {
 /// A store whose schema lacks Hangfire's tables (a wrong `TablePrefix` or database) is
 /// refused at the run, naming the table, instead of accepting a run whose console and result
 /// could never be written (the writes failed forever and the job stayed Processing). Once
-/// the tables exist, runs into the same store are accepted.
+/// the tables exist, runs into the same store are accepted. The center fails a job on an
+/// agent's 500 and shows its body (`Server/Hangfire.HttpJob/Server/HttpJob.cs`: with
+/// `EnableJobAgentErrorThrow`, on by default, a 500 throws `AgentJobException(result)`).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_without_hangfire_tables_is_refused_at_the_run() {
     let db = TestDb::new().await;

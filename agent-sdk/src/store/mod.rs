@@ -103,46 +103,55 @@ impl Store {
             return Ok(());
         }
         let check = async {
-            let client = self.pool.get().await.map_err(|e| crate::error::chain(&e))?;
-            // Whether each table exists, and whether this session's user may read and write it
-            // (asked one privilege at a time: a list is true when any one is held; and only of
-            // a table that exists: the function fails on one that does not).
-            let row = client
-                .query_one(
-                    "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL, \
-                     CASE WHEN to_regclass($1) IS NULL THEN true ELSE has_table_privilege(to_regclass($1), 'SELECT') AND has_table_privilege(to_regclass($1), 'INSERT') AND has_table_privilege(to_regclass($1), 'UPDATE') END, \
-                     CASE WHEN to_regclass($2) IS NULL THEN true ELSE has_table_privilege(to_regclass($2), 'SELECT') AND has_table_privilege(to_regclass($2), 'INSERT') AND has_table_privilege(to_regclass($2), 'UPDATE') END, \
-                     current_user::text",
+            let client = self.checkout().await?;
+            // Per table: whether it exists, and whether this session's user may read and write
+            // it (asked one privilege at a time: a list is true when any one is held; the
+            // functions give NULL for a table that does not exist).
+            let rows = client
+                .query(
+                    "SELECT t.name, to_regclass(t.path) IS NOT NULL, \
+                     COALESCE(has_table_privilege(to_regclass(t.path), 'SELECT') \
+                     AND has_table_privilege(to_regclass(t.path), 'INSERT') \
+                     AND has_table_privilege(to_regclass(t.path), 'UPDATE'), false), \
+                     current_user::text \
+                     FROM unnest($1::text[], $2::text[]) AS t(name, path)",
                     &[
-                        &format!("{}.hash", self.schema),
-                        &format!("{}.set", self.schema),
+                        &vec!["hash", "set"],
+                        &vec![
+                            format!("{}.hash", self.schema),
+                            format!("{}.set", self.schema),
+                        ],
                     ],
                 )
                 .await
                 .map_err(|e| crate::error::chain(&e))?;
-            let get = |i: usize| {
-                row.try_get::<_, bool>(i)
-                    .map_err(|e| crate::error::chain(&e))
-            };
-            let user: String = row.try_get(4).map_err(|e| crate::error::chain(&e))?;
-            Ok::<_, String>(((get(0)?, get(1)?), (get(2)?, get(3)?), user))
+            let mut problem = None;
+            for row in rows {
+                let get = |i: usize| {
+                    row.try_get::<_, bool>(i)
+                        .map_err(|e| crate::error::chain(&e))
+                };
+                let name: String = row.try_get(0).map_err(|e| crate::error::chain(&e))?;
+                let user: String = row.try_get(3).map_err(|e| crate::error::chain(&e))?;
+                let (exists, writable) = (get(1)?, get(2)?);
+                if problem.is_none() && !(exists && writable) {
+                    problem = Some((name, exists, user));
+                }
+            }
+            Ok::<_, String>(problem)
         };
         match tokio::time::timeout(TABLE_CHECK_WITHIN, check).await {
-            Ok(Ok(((true, true), (true, true), _))) => {
+            Ok(Ok(None)) => {
                 self.tables_seen.store(true, Ordering::Release);
                 Ok(())
             }
-            Ok(Ok(((true, true), (hash, _), user))) => Err(format!(
-                "the store {}'s user `{user}` may not write Hangfire's table {}.{} (it needs SELECT, INSERT and UPDATE, as the center's own user has)",
-                self.label,
-                self.schema,
-                if hash { "set" } else { "hash" }
+            Ok(Ok(Some((table, true, user)))) => Err(format!(
+                "the store {}'s user `{user}` may not write Hangfire's table {}.{table} (it needs SELECT, INSERT and UPDATE, as the center's own user has)",
+                self.label, self.schema,
             )),
-            Ok(Ok(((hash, _), _, _))) => Err(format!(
-                "the store {} has no Hangfire table {}.{}: point the store at the center's database and schema (the center's HangfireDb and TablePrefix, or JOBAGENT_STORE and JOBAGENT_STORE_SCHEMA); the agent does not create Hangfire's tables",
-                self.label,
-                self.schema,
-                if hash { "set" } else { "hash" }
+            Ok(Ok(Some((table, false, _)))) => Err(format!(
+                "the store {} has no Hangfire table {}.{table}: point the store at the center's database and schema (the center's HangfireDb and TablePrefix, or JOBAGENT_STORE and JOBAGENT_STORE_SCHEMA); the agent does not create Hangfire's tables",
+                self.label, self.schema,
             )),
             Ok(Err(e)) => {
                 tracing::debug!(store = %self.label, error = %e, "could not check the store's tables");
@@ -160,15 +169,15 @@ impl Store {
         self.expire.as_secs_f64()
     }
 
-    /// A pooled connection as it comes from the pool, within the checkout bound: for callers
-    /// that hold it across many statements (the dev CLI's reader).
-    #[cfg(feature = "dev")]
+    /// A pooled connection as it comes from the pool, within the checkout bound (see
+    /// [`Limits::checkout`]): for a few statements of the agent's own, or a caller that holds
+    /// it across many (the dev CLI's reader).
     pub(crate) async fn checkout(&self) -> Result<deadpool_postgres::Object, String> {
         let get = self.pool.get();
         match self.checkout {
-            Some(limit) => tokio::time::timeout(limit, get)
-                .await
-                .map_err(|_| format!("no connection within {} ms", limit.as_millis()))?,
+            Some(limit) => tokio::time::timeout(limit, get).await.map_err(|_| {
+                format!("no connection to the store within {} ms", limit.as_millis())
+            })?,
             None => get.await,
         }
         .map_err(|e| crate::error::chain(&e))
@@ -177,16 +186,8 @@ impl Store {
     /// A pooled connection, within the pool's bounds (see [`Limits::checkout`]). Run its
     /// statements through [`Conn::bound`].
     pub(crate) async fn conn(&self) -> Result<Conn, String> {
-        let get = self.pool.get();
-        let client = match self.checkout {
-            Some(limit) => tokio::time::timeout(limit, get).await.map_err(|_| {
-                format!("no connection to the store within {} ms", limit.as_millis())
-            })?,
-            None => get.await,
-        }
-        .map_err(|e| crate::error::chain(&e))?;
         Ok(Conn {
-            client: Some(client),
+            client: Some(self.checkout().await?),
             command: self.limits.command,
             busy: AtomicBool::new(false),
         })
