@@ -177,6 +177,39 @@ async fn a_store_black_holed_mid_job_delays_lines_and_results_but_no_answer() {
     assert_eq!(service.agent().running(), 0);
 }
 
+// A store black-holed before the first run: the check that the store has Hangfire's tables
+// (made once, at the first run) gives up within its bound and lets the run go, so the answer
+// stays within the center's timeout; once the store is back the run has exactly one result.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_black_holed_before_the_first_run_still_answers_it() {
+    let db = TestDb::new().await;
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
+    proxy.black_hole();
+    let service =
+        TestService::start_with(AgentOptions::new().store(via_proxy, "hangfire", 7.0)).await;
+    let (reply, took) = timed(
+        service
+            .center()
+            .run(TRANSIENT, "bh-first")
+            .param(json!({"lines": 2}))
+            .console(ConsoleInfo::for_job("bh-first")),
+    )
+    .await;
+    println!(
+        "first run into a black-holed store: {} in {took:?}",
+        reply.status
+    );
+    assert!(took < ANSWER_WITHIN, "run answered after {took:?}");
+    reply.assert_status(200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+    assert_eq!(
+        result_count(&db, "bh-first", Duration::from_secs(60)).await,
+        1,
+        "reported exactly once"
+    );
+}
+
 // Shutdown with the store black-holed ends within `shutdown_timeout` plus a small margin:
 // no result or console flush may hold it (Agent::shutdown, as SIGTERM runs it).
 #[tokio::test(flavor = "multi_thread")]
