@@ -35,6 +35,10 @@ pub(crate) struct Args {
     pub(crate) register_cron: Option<LitStr>,
     pub(crate) constructor: Option<Path>,
     pub(crate) on_busy: Option<(BusyPolicy, Span)>,
+    /// `stall_after = "30s"`, in milliseconds.
+    pub(crate) stall_after: Option<(u64, Span)>,
+    /// `on_stall = "warn" | "cancel"`: true to cancel.
+    pub(crate) on_stall: Option<(bool, Span)>,
     /// `crate = "..."`: the path of agent-sdk where the dependency is renamed or re-exported.
     pub(crate) krate: Option<Path>,
 }
@@ -61,7 +65,7 @@ impl BusyPolicy {
 }
 
 /// The argument names, for "did you mean" hints.
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 13] = [
     "singleton",
     "transient",
     "hang",
@@ -72,10 +76,12 @@ const NAMES: [&str; 11] = [
     "register_cron",
     "constructor",
     "on_busy",
+    "stall_after",
+    "on_stall",
     "crate",
 ];
 
-const KNOWN: &str = "singleton, transient, hang, class = \"...\", register = false, register_id = \"...\", register_name = \"...\", register_cron = \"...\", constructor = \"path::to::fn\", on_busy = \"reject|discard|replace|queue\", crate = \"path::to::agent_sdk\"";
+const KNOWN: &str = "singleton, transient, hang, class = \"...\", register = false, register_id = \"...\", register_name = \"...\", register_cron = \"...\", constructor = \"path::to::fn\", on_busy = \"reject|discard|replace|queue\", stall_after = \"30s\", on_stall = \"warn|cancel\", crate = \"path::to::agent_sdk\"";
 
 impl Args {
     pub(crate) fn parse_meta(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
@@ -179,6 +185,43 @@ impl Args {
                 self.on_busy = Some((policy, lit.span()));
                 Ok(())
             }
+            "stall_after" => {
+                if self.stall_after.is_some() {
+                    return Err(meta.error("`stall_after` is given twice"));
+                }
+                let lit = string(
+                    &meta,
+                    "stall_after",
+                    &None::<LitStr>,
+                    "stall_after = \"30s\"",
+                )?;
+                let ms = parse_duration(&lit.value()).ok_or_else(|| {
+                    syn::Error::new(
+                        lit.span(),
+                        "`stall_after` is a duration above zero: a number and a unit, ms, s, m or h (\"500ms\", \"30s\", \"5m\", \"1h\")",
+                    )
+                })?;
+                self.stall_after = Some((ms, lit.span()));
+                Ok(())
+            }
+            "on_stall" => {
+                if self.on_stall.is_some() {
+                    return Err(meta.error("`on_stall` is given twice"));
+                }
+                let lit = string(&meta, "on_stall", &None::<LitStr>, "on_stall = \"cancel\"")?;
+                let cancel = match lit.value().as_str() {
+                    "warn" => false,
+                    "cancel" => true,
+                    _ => {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "`on_stall` is \"warn\" (the default: a console warning) or \"cancel\" (also cancel the run)",
+                        ));
+                    }
+                };
+                self.on_stall = Some((cancel, lit.span()));
+                Ok(())
+            }
             "crate" => {
                 let lit = string(&meta, "crate", &self.krate, "crate = \"my_sdk\"")?;
                 let path = lit.parse_with(Path::parse_mod_style).map_err(|_| {
@@ -220,6 +263,24 @@ impl Args {
 }
 
 /// Rejects a value after a flag such as `transient = true`.
+/// Milliseconds of `"500ms"`, `"30s"`, `"5m"` or `"1h"` (above zero, at most a year).
+pub(crate) fn parse_duration(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let scale = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    number
+        .checked_mul(scale)
+        .filter(|ms| (1..=365 * 24 * 3_600_000).contains(ms))
+}
+
 fn flag(meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<()> {
     if meta.input.is_empty() || meta.input.peek(Token![,]) {
         return Ok(());
@@ -307,6 +368,28 @@ fn unknown(meta: &ParseNestedMeta<'_>, ident: &str) -> syn::Error {
 
 #[cfg(test)]
 mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_take_a_number_and_a_unit() {
+        assert_eq!(parse_duration("500ms"), Some(500));
+        assert_eq!(parse_duration("30s"), Some(30_000));
+        assert_eq!(parse_duration(" 5m "), Some(300_000));
+        assert_eq!(parse_duration("1h"), Some(3_600_000));
+        for bad in [
+            "",
+            "30",
+            "s",
+            "0s",
+            "1.5s",
+            "-1s",
+            "10 days",
+            "99999999999999999999h",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
     #[test]
     fn the_hint_distance_counts_a_swap_once() {
         assert_eq!(strsim::damerau_levenshtein("singelton", "singleton"), 1);

@@ -116,6 +116,19 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
             quote!(.with_on_busy(#krate::__private::BusyPolicy::#variant))
         }
     };
+    let stall = match (parsed.stall_after, parsed.on_stall) {
+        (None, None) => quote!(),
+        (None, Some((_, span))) => {
+            return Err(syn::Error::new(
+                span,
+                "`on_stall` needs `stall_after = \"...\"`: how long the job may go without a console line or a progress change",
+            ));
+        }
+        (Some((ms, _)), on_stall) => {
+            let cancel = on_stall.is_some_and(|(c, _)| c);
+            quote!(.with_stall(#ms, #cancel))
+        }
+    };
     Ok(quote! {
         #item
 
@@ -140,7 +153,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                     #krate::__private::JobKind::#kind,
                     __agent_sdk_build,
                     __agent_sdk_needs,
-                ) #register #on_busy
+                ) #register #on_busy #stall
             }
         };
     })

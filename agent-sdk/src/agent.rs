@@ -55,6 +55,7 @@ impl Agent {
     /// invalid option or two types with one class name.
     pub fn new(options: AgentOptions) -> Result<Self, ConfigError> {
         options.validate()?;
+        crate::metrics::describe();
         let registry = Registry::from_inventory()?;
         registry.check_states(&options.states)?;
         let expected_auth = options
@@ -95,6 +96,7 @@ impl Agent {
                 heartbeats,
                 heartbeat_stop,
                 coordinators: Mutex::new(HashSet::new()),
+                readiness: Mutex::new(None),
             }),
         };
         // With a configured store, reconcile and coordinate from the start (when a runtime
@@ -163,6 +165,29 @@ impl Agent {
         ))
     }
 
+    /// The probes at the root: `GET /healthz` (200 while the process serves) and `GET
+    /// /readyz` (200 `ready`; 503 with why while the agent drains or shuts down, or while its
+    /// own store does not answer). Merge it, or serve it on a listener of its own. The
+    /// agent's [`router`](Self::router) answers the same under its path
+    /// (`/jobagent/healthz`, `/jobagent/readyz`), so they never clash with a host's routes.
+    pub fn probes<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        crate::probes::router(self.inner.clone())
+    }
+
+    /// Drains before a shutdown: from now on runs are refused (500 `err:` saying the agent
+    /// drains, so the center fails the job and retries it elsewhere instead of waiting),
+    /// `readyz` answers 503, runs queued behind a busy singleton are released with an error
+    /// result, and running jobs may finish for up to the drain bound
+    /// ([`AgentOptions::drain_timeout`]). Stops, details and heartbeats are still served.
+    /// True when every job finished within the bound. [`shutdown`](Self::shutdown) follows.
+    pub async fn drain(&self) -> bool {
+        let within = self.inner.runtime.options.drain_timeout;
+        self.inner.runtime.drain(within).await
+    }
+
     /// How many runs are in flight.
     pub fn running(&self) -> usize {
         self.inner.runtime.running()
@@ -175,12 +200,20 @@ impl Agent {
         self.inner.heartbeat_stop.cancel();
     }
 
-    /// Waits for ctrl-c or SIGTERM, then [`shutdown`](Self::shutdown)s; give it to
-    /// `axum::serve(...).with_graceful_shutdown(...)`.
+    /// Waits for ctrl-c or SIGTERM, then [`drain`](Self::drain)s (the server goes on serving
+    /// stops, details and probes meanwhile) and [`shutdown`](Self::shutdown)s; give it to
+    /// `axum::serve(...).with_graceful_shutdown(...)`, which stops taking connections when it
+    /// resolves. A second signal during the drain cuts it short.
     pub fn shutdown_on_signal(&self) -> impl Future<Output = ()> + Send + 'static {
         let agent = self.clone();
         async move {
             wait_for_signal().await;
+            tokio::select! {
+                _ = agent.drain() => {}
+                _ = wait_for_signal() => {
+                    tracing::warn!("second shutdown signal: the drain is cut short");
+                }
+            }
             agent.shutdown().await;
         }
     }

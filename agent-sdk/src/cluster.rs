@@ -283,9 +283,27 @@ impl Store {
     /// Releases a claim we hold: its lease lapses now, and the row stays (with no
     /// `expireat`, so Hangfire keeps it) as the class's last run.
     pub(crate) async fn release_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<()> {
-        self.set_claim_until(me, class, job_id, -1)
-            .await
-            .map(|_| ())
+        self.set_claim_until(me, class, job_id, -1).await?;
+        self.notify_claim(class).await;
+        Ok(())
+    }
+
+    /// Tells replicas waiting for `class` (runs queued behind it, a `replace`) that its claim
+    /// is free; they look every 100 ms anyway.
+    async fn notify_claim(&self, class: &str) {
+        let sent = async {
+            let client = self.pool.get().await.map_err(e)?;
+            client
+                .execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&crate::store::listen::CLAIMS, &class],
+                )
+                .await
+                .map_err(e)
+        };
+        if let Err(err) = sent.await {
+            tracing::debug!(class, error = %err, "could not notify the claim's release");
+        }
     }
 
     /// Lapses the claim a process that is gone held for a run just reported lost, so the class
@@ -310,6 +328,7 @@ impl Store {
             )
             .await
             .map_err(e)?;
+        self.notify_claim(class).await;
         Ok(())
     }
 
@@ -531,7 +550,18 @@ impl Store {
             &[&value],
             3600.0,
         )
-        .await
+        .await?;
+        // The replica polls for it anyway; the notification only makes it act at once.
+        if let Err(err) = client
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&crate::store::listen::COMMANDS, &instance],
+            )
+            .await
+        {
+            tracing::debug!(instance, error = %e(err), "could not notify the replica; it finds the command by polling");
+        }
+        Ok(())
     }
 
     /// Takes the commands addressed to this replica (each is taken once).

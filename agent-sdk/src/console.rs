@@ -60,6 +60,10 @@ pub(crate) trait LineSink: Send + Sync + 'static {
     fn keeps_lifecycle(&self) -> bool {
         true
     }
+    /// Whether the lines go to the service's log already (no mirror needed).
+    fn is_log(&self) -> bool {
+        false
+    }
 }
 
 /// The sink of an agent without a store: lines go to `tracing`, with the job id.
@@ -95,6 +99,43 @@ impl LineSink for LogSink {
     fn keeps_lifecycle(&self) -> bool {
         tracing::enabled!(target: "agent_sdk::console", tracing::Level::DEBUG)
     }
+
+    fn is_log(&self) -> bool {
+        true
+    }
+}
+
+/// Whom a console's lines are mirrored to the service's log as (`JOBAGENT_CONSOLE_LOG`).
+pub(crate) struct LogMirror {
+    pub(crate) class: &'static str,
+    pub(crate) job_id: String,
+}
+
+impl LogMirror {
+    fn write(&self, line: &str, color: Option<ConsoleColor>, progress: Option<f64>) {
+        let (class, job_id) = (self.class, self.job_id.as_str());
+        match (progress, color) {
+            (Some(value), _) => {
+                tracing::info!(target: "agent_sdk::console", class, job_id, bar = line, progress = value, "progress")
+            }
+            (None, Some(ConsoleColor::ERROR)) => {
+                tracing::error!(target: "agent_sdk::console", class, job_id, "{line}")
+            }
+            (None, Some(ConsoleColor::WARNING)) => {
+                tracing::warn!(target: "agent_sdk::console", class, job_id, "{line}")
+            }
+            _ => tracing::info!(target: "agent_sdk::console", class, job_id, "{line}"),
+        }
+    }
+}
+
+/// Milliseconds since the first console of the process was made: a clock for activity.
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 /// The console of one run. Cheap to clone; every clone writes to the same console.
@@ -109,6 +150,9 @@ struct ConsoleInner {
     next_bar: AtomicI64,
     closed: AtomicBool,
     written: AtomicU64,
+    /// When the job last wrote a line or moved a bar ([`now_ms`]).
+    active_at: AtomicU64,
+    mirror: Option<LogMirror>,
 }
 
 impl fmt::Debug for Console {
@@ -123,7 +167,20 @@ impl fmt::Debug for Console {
 const MAX_BARS: i64 = 1000;
 
 impl Console {
+    #[cfg(test)]
     pub(crate) fn new(prefix: String, first_bar_id: i64, sink: Arc<dyn LineSink>) -> Self {
+        Self::mirrored(prefix, first_bar_id, sink, None)
+    }
+
+    /// A console whose lines also go to the service's log as `mirror` (unless its sink is
+    /// that log already).
+    pub(crate) fn mirrored(
+        prefix: String,
+        first_bar_id: i64,
+        sink: Arc<dyn LineSink>,
+        mirror: Option<LogMirror>,
+    ) -> Self {
+        let mirror = mirror.filter(|_| !sink.is_log());
         Self {
             inner: Arc::new(ConsoleInner {
                 prefix,
@@ -131,8 +188,23 @@ impl Console {
                 next_bar: AtomicI64::new(first_bar_id.saturating_add(1)),
                 closed: AtomicBool::new(false),
                 written: AtomicU64::new(0),
+                active_at: AtomicU64::new(now_ms()),
+                mirror,
             }),
         }
+    }
+
+    /// How long since the job last wrote a line or moved a progress bar (or since the
+    /// console was made).
+    pub(crate) fn silent_for(&self) -> std::time::Duration {
+        let at = self.inner.active_at.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(now_ms().saturating_sub(at))
+    }
+
+    /// Writes a line of the runtime's that does not count as the job's activity.
+    pub(crate) fn runtime_warning(&self, text: impl AsRef<str>) {
+        let text = format!("{}{}", self.inner.prefix, text.as_ref());
+        self.push_line(text, Some(ConsoleColor::WARNING), None, false);
     }
 
     /// Writes a line in `color` (or the dashboard's default).
@@ -210,9 +282,26 @@ impl Console {
         color: Option<ConsoleColor>,
         progress: Option<(f64, Option<String>)>,
     ) {
+        let active = color != Some(ConsoleColor::LIFECYCLE);
+        self.push_line(text, color, progress, active);
+    }
+
+    fn push_line(
+        &self,
+        text: String,
+        color: Option<ConsoleColor>,
+        progress: Option<(f64, Option<String>)>,
+        active: bool,
+    ) {
         if self.inner.closed.load(Ordering::Acquire) {
             tracing::debug!(target: "agent_sdk::console", "a line written after the run ended was dropped");
             return;
+        }
+        if active {
+            self.inner.active_at.store(now_ms(), Ordering::Relaxed);
+        }
+        if let Some(mirror) = &self.inner.mirror {
+            mirror.write(&text, color, progress.as_ref().map(|p| p.0));
         }
         self.inner.written.fetch_add(1, Ordering::Relaxed);
         self.inner.sink.push(ConsoleLine {

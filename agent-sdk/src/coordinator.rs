@@ -118,6 +118,9 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
         let Some(rt) = runtime.upgrade() else { return };
         let me = rt.member.clone();
         let cluster = rt.options.cluster;
+        if cluster && rt.options.cluster_notify {
+            crate::store::listen::spawn(store.clone(), me.instance.clone(), stop.clone());
+        }
         drop(rt);
         let mut identity = Identity::Unknown;
         // Runs a crashed predecessor of this instance left in flight: reported once, by the
@@ -130,7 +133,12 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
         loop {
             if last_renew.is_none_or(|at| at.elapsed() >= RENEW_EVERY) {
                 last_renew = Some(Instant::now());
-                match bounded(RENEW_WITHIN, store.hold_lease(&me)).await {
+                match bounded(
+                    RENEW_WITHIN,
+                    crate::metrics::store_op("lease", store.hold_lease(&me)),
+                )
+                .await
+                {
                     Ok(lease) => {
                         identity.update(lease, &me, &store);
                         let Some(rt) = runtime.upgrade() else { return };
@@ -176,13 +184,20 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                     return;
                 }
                 _ = tokio::time::sleep(pause) => {}
+                // A NOTIFY for this instance: a command waits.
+                _ = store.wakeups.commands.notified(), if cluster => {}
             }
             let Some(rt) = runtime.upgrade() else { return };
             // Commands and lost runs under this name belong to the process that holds it.
             if !cluster || !identity.held() {
                 continue;
             }
-            match bounded(STORE_OP_WITHIN, store.take_commands(&me)).await {
+            match bounded(
+                STORE_OP_WITHIN,
+                crate::metrics::store_op("commands", store.take_commands(&me)),
+            )
+            .await
+            {
                 Ok(commands) => {
                     for command in commands {
                         let (rt, store) = (rt.clone(), store.clone());
@@ -197,7 +212,11 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
             if last_reap.elapsed() >= REAP_EVERY {
                 last_reap = Instant::now();
                 let scan = last_scan.is_none_or(|at| at.elapsed() >= ORPHAN_SCAN_EVERY);
-                let taken = bounded(STORE_OP_WITHIN, store.take_lost(&me, scan)).await;
+                let taken = bounded(
+                    STORE_OP_WITHIN,
+                    crate::metrics::store_op("lost", store.take_lost(&me, scan)),
+                )
+                .await;
                 if scan && taken.is_ok() {
                     last_scan = Some(last_reap);
                 }
@@ -228,6 +247,12 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
 /// while the store is unreachable, and the coordinator must go on renewing the lease.
 fn report_lost(store: &Arc<Store>, job_id: String, record: &RunRecord, why: String) {
     let started = std::time::UNIX_EPOCH + Duration::from_millis(record.started);
+    crate::metrics::lost_run_reported(
+        &record.class,
+        std::time::SystemTime::now()
+            .duration_since(started)
+            .unwrap_or_default(),
+    );
     let result = DispatchResult::new(&job_id, Action::Run, &job_id, Some(why), started);
     let results = StoreResults {
         store: store.clone(),

@@ -25,6 +25,8 @@ pub(crate) struct AgentInner {
     pub(crate) heartbeats: Arc<Heartbeats>,
     pub(crate) heartbeat_stop: CancellationToken,
     pub(crate) coordinators: Mutex<HashSet<usize>>,
+    /// The last readiness check of the own store: when, and what it found.
+    pub(crate) readiness: Mutex<Option<(std::time::Instant, Result<(), String>)>>,
 }
 
 impl AgentInner {

@@ -57,6 +57,9 @@ pub enum JobErrorKind {
     Panic,
     /// The agent shut down before the job finished.
     Shutdown,
+    /// The run went longer than its `stall_after` without a console line or a progress
+    /// change, and its job asked to be cancelled then (`on_stall = "cancel"`).
+    Stalled,
 }
 
 impl JobError {
@@ -207,6 +210,12 @@ pub(crate) enum DispatchError {
     /// The agent is shutting down and takes no new runs.
     #[error("the agent is shutting down and takes no new runs")]
     ShuttingDown,
+    /// The agent is draining (it received SIGTERM): running jobs may finish, new runs go
+    /// elsewhere.
+    #[error(
+        "the agent is draining before it shuts down and takes no new runs; retry the job (another replica, or this service once restarted, takes it)"
+    )]
+    Draining,
     /// Too many instances run already.
     #[error("{0}")]
     Limit(String),
@@ -236,6 +245,28 @@ pub(crate) enum DispatchError {
 }
 
 impl DispatchError {
+    /// A short, fixed label of the refusal, for metrics.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            DispatchError::Unauthorized => "unauthorized",
+            DispatchError::MissingHeader(_)
+            | DispatchError::BadHeader { .. }
+            | DispatchError::UnknownAction(_) => "bad_request",
+            DispatchError::UnknownClass { .. } => "unknown_class",
+            DispatchError::Busy { .. } => "busy",
+            DispatchError::AlreadyStopped { .. }
+            | DispatchError::AlreadyStopping { .. }
+            | DispatchError::NothingRunning { .. } => "not_running",
+            DispatchError::ShuttingDown => "shutting_down",
+            DispatchError::Draining => "draining",
+            DispatchError::Limit(_) => "limit",
+            DispatchError::NoStore => "no_store",
+            DispatchError::DuplicateInstance(_) => "duplicate_instance",
+            DispatchError::Undecided(_) => "undecided",
+            DispatchError::Storage(_) => "storage",
+        }
+    }
+
     /// The HTTP status the center expects for this refusal.
     pub(crate) fn status(&self) -> StatusCode {
         match self {

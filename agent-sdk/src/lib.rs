@@ -38,8 +38,10 @@ mod error;
 mod future;
 mod item;
 mod job;
+mod metrics;
 mod options;
 mod outcome;
+mod probes;
 mod registry;
 mod request;
 mod result;
@@ -52,6 +54,7 @@ mod store;
 mod switch;
 mod sync;
 mod timefmt;
+mod trace;
 
 pub use agent::Agent;
 pub use console::{Console, ConsoleColor, ProgressBar};
@@ -75,6 +78,8 @@ pub use secret::Secret;
 /// | `class = "..."` | the class name the center sends (default: the type's path) |
 /// | `constructor = "path::to::fn"` | builds the job instead of `Default`; its parameters are state values given with [`AgentOptions::state`] |
 /// | `on_busy = "reject" \| "discard" \| "replace" \| "queue"` | what a run of a busy singleton does ([`BusyPolicy`]) |
+/// | `stall_after = "30s"` | the stall watchdog: how long a run may go without a console line or a progress change (`ms`, `s`, `m`, `h`) before the agent writes a warning and counts it |
+/// | `on_stall = "warn" \| "cancel"` | with `stall_after`: only warn (the default), or also cancel the run (its result says it stalled) |
 /// | `register = false`, `register_id`, `register_name`, `register_cron` | auto-registration at the center |
 /// | `crate = "path"` | where `agent_sdk` is reachable when the dependency is renamed or re-exported (`crate = "platform::agent_sdk"`) |
 pub use agent_macros::job_agent;

@@ -50,6 +50,9 @@ pub struct AgentOptions {
     pub(crate) log_only: bool,
     pub(crate) agent_id: Option<String>,
     pub(crate) states: crate::state::States,
+    pub(crate) console_log: bool,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) cluster_notify: bool,
 }
 
 /// Bounds on what one request and the runtime may take. Start from the defaults and set what
@@ -209,6 +212,9 @@ impl Default for AgentOptions {
             log_only: false,
             agent_id: None,
             states: Default::default(),
+            console_log: false,
+            drain_timeout: Duration::from_secs(20),
+            cluster_notify: true,
         }
     }
 }
@@ -347,6 +353,15 @@ impl AgentOptions {
         if let Some(v) = get("JOBAGENT_AGENT_ID") {
             options.agent_id = Some(v.trim().to_owned());
         }
+        if let Some(v) = get("JOBAGENT_CONSOLE_LOG") {
+            options.console_log = parse_switch("JOBAGENT_CONSOLE_LOG", &v)?;
+        }
+        if let Some(ms) = get("JOBAGENT_DRAIN_TIMEOUT_MS") {
+            options.drain_timeout = parse_ms("JOBAGENT_DRAIN_TIMEOUT_MS", &ms)?;
+        }
+        if let Some(v) = get("JOBAGENT_CLUSTER_NOTIFY") {
+            options.cluster_notify = parse_switch("JOBAGENT_CLUSTER_NOTIFY", &v)?;
+        }
         if let Some(v) = get("JOBAGENT_CLUSTER") {
             options.cluster = parse_switch("JOBAGENT_CLUSTER", &v)?;
         }
@@ -445,6 +460,30 @@ impl AgentOptions {
     /// anywhere, lost runs reported). On by default; it only acts when a store is known.
     pub fn cluster(mut self, on: bool) -> Self {
         self.cluster = on;
+        self
+    }
+
+    /// Whether stops, `replace` and released singleton claims reach other replicas at once
+    /// through PostgreSQL `LISTEN`/`NOTIFY` (`JOBAGENT_CLUSTER_NOTIFY`, default on). Off, or
+    /// where the store cannot deliver notifications (a pooler in transaction mode), replicas
+    /// find them by polling every 200 ms, as they always also do.
+    pub fn cluster_notify(mut self, on: bool) -> Self {
+        self.cluster_notify = on;
+        self
+    }
+
+    /// Also writes every console line to the service's log, with the run's class and job id
+    /// (`JOBAGENT_CONSOLE_LOG`, default off): log collectors get the whole output, even the
+    /// lines past the console budget the dashboard does not show.
+    pub fn console_log(mut self, on: bool) -> Self {
+        self.console_log = on;
+        self
+    }
+
+    /// How long a drain lets running jobs finish before shutdown cancels them
+    /// (`JOBAGENT_DRAIN_TIMEOUT_MS`, default 20 s); see [`Agent::drain`](crate::Agent::drain).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
         self
     }
 
@@ -641,6 +680,8 @@ const KNOWN_VARIABLES: &[&str] = &[
     "JOBAGENT_CENTER_URL",
     "JOBAGENT_CENTER_USER",
     "JOBAGENT_CLUSTER",
+    "JOBAGENT_CLUSTER_NOTIFY",
+    "JOBAGENT_CONSOLE_LOG",
     "JOBAGENT_CONSOLE_BUFFER_BYTES",
     "JOBAGENT_CONSOLE_BUFFER_LINES",
     "JOBAGENT_CONSOLE_MAX_BYTES",
@@ -649,6 +690,7 @@ const KNOWN_VARIABLES: &[&str] = &[
     "JOBAGENT_CONSOLE_PREFIX",
     "JOBAGENT_DEV_AGENT",
     "JOBAGENT_DEV_STORE",
+    "JOBAGENT_DRAIN_TIMEOUT_MS",
     "JOBAGENT_INSTANCE",
     "JOBAGENT_LISTEN",
     "JOBAGENT_LOG_ONLY",
@@ -656,6 +698,7 @@ const KNOWN_VARIABLES: &[&str] = &[
     "JOBAGENT_MAX_HEADER_BYTES",
     "JOBAGENT_MAX_RUNNING",
     "JOBAGENT_MAX_RUNNING_PER_CLASS",
+    "JOBAGENT_METRICS_LISTEN",
     "JOBAGENT_PATH",
     "JOBAGENT_PUBLIC_URL",
     "JOBAGENT_SHUTDOWN_TIMEOUT_MS",

@@ -20,6 +20,9 @@ pub struct JobRegistration {
     needs: fn() -> Vec<Need>,
     register: Option<AutoRegister>,
     on_busy: BusyPolicy,
+    /// `stall_after` in milliseconds (0: no watchdog), and whether a stall cancels.
+    stall_ms: u64,
+    stall_cancels: bool,
 }
 
 /// What a run of a singleton does when the singleton already runs (here or on another
@@ -97,7 +100,29 @@ impl JobRegistration {
             needs,
             register: None,
             on_busy: BusyPolicy::Reject,
+            stall_ms: 0,
+            stall_cancels: false,
         }
+    }
+
+    /// Sets the stall watchdog: `ms` without a console line or progress change, and whether
+    /// a stall cancels the run.
+    #[doc(hidden)]
+    pub const fn with_stall(mut self, ms: u64, cancel: bool) -> Self {
+        self.stall_ms = ms;
+        self.stall_cancels = cancel;
+        self
+    }
+
+    /// How long a run may go without a console line or a progress change before the agent
+    /// warns (`#[job_agent(stall_after = "30s")]`); `None` without a watchdog.
+    pub fn stall_after(&self) -> Option<std::time::Duration> {
+        (self.stall_ms > 0).then(|| std::time::Duration::from_millis(self.stall_ms))
+    }
+
+    /// Whether a stalled run is also cancelled (`on_stall = "cancel"`).
+    pub fn cancels_on_stall(&self) -> bool {
+        self.stall_cancels
     }
 
     /// Sets what a run does when the singleton is busy.

@@ -7,7 +7,7 @@ use axum::body::{Body, to_bytes};
 use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
@@ -43,6 +43,16 @@ where
 {
     let path = agent.runtime.options.path.clone();
     Router::new()
+        // The probes answer GET; any other method at these paths is the center's, as `Map`
+        // would have it.
+        .route(
+            &format!("{path}/healthz"),
+            get(crate::probes::healthz).fallback(handle),
+        )
+        .route(
+            &format!("{path}/readyz"),
+            get(crate::probes::readyz).fallback(handle),
+        )
         .route(&path, any(handle))
         .route(&format!("{path}/"), any(handle))
         .route(&format!("{path}/{{*rest}}"), any(handle))
@@ -154,9 +164,11 @@ impl From<DispatchError> for Answer {
 }
 
 async fn handle(State(agent): State<Arc<AgentInner>>, request: Request) -> Response {
+    let action = action_label(request.headers());
     let answer = match answer(&agent, request).await {
         Ok(answer) => answer,
         Err(err) => {
+            crate::metrics::refused(action, err.reason());
             tracing::warn!(
                 status = err.status().as_u16(),
                 "job agent refused a request: {err}"
@@ -217,6 +229,18 @@ async fn answer(agent: &Arc<AgentInner>, request: Request) -> Result<Answer, Dis
         }
         Action::Heartbeat => Ok(Answer::ok("")),
     }
+}
+
+/// The request's action as a fixed metrics label (`unknown` for anything else).
+fn action_label(headers: &HeaderMap) -> &'static str {
+    let Some(value) = headers.get(crate::request::H_ACTION) else {
+        return "none";
+    };
+    let value = value.as_bytes().trim_ascii();
+    ["run", "stop", "detail", "heartbeat"]
+        .into_iter()
+        .find(|a| value.eq_ignore_ascii_case(a.as_bytes()))
+        .unwrap_or("unknown")
 }
 
 /// Checks basic auth before anything is decoded, comparing in constant time.

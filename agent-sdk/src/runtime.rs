@@ -17,10 +17,11 @@ use tokio::task::JoinHandle;
 use crate::cluster::{
     CLAIM_LEASE, CLAIM_SAFETY, Claimed, Member, RENEW_EVERY, RENEW_WITHIN, RunRecord,
 };
-use crate::console::Console;
+use crate::console::{Console, LogMirror};
 use crate::context::{ContextInner, JobContext};
 use crate::error::{DispatchError, JobError, JobErrorKind};
 use crate::job::{DynJob, JobKind};
+use crate::metrics::{ClassMetrics, Outcome};
 use crate::options::AgentOptions;
 use crate::outcome::Outlet;
 use crate::registry::{BusyPolicy, JobRegistration, Registry};
@@ -73,6 +74,8 @@ pub(crate) struct Run {
     claimed: AtomicBool,
     /// Writing the in-flight record (awaited before the record is removed).
     record: Mutex<Option<JoinHandle<()>>>,
+    /// Set when the stall watchdog cancelled the run.
+    stalled: AtomicBool,
 }
 
 impl Run {
@@ -147,6 +150,8 @@ struct ClassState {
     /// Queued runs (busy policy `queue`) start in arrival order.
     queue: tokio::sync::Mutex<()>,
     waiting: AtomicUsize,
+    /// The class's metric handles, taken at its first run.
+    metrics: OnceLock<ClassMetrics>,
 }
 
 /// Who holds a busy singleton.
@@ -188,6 +193,7 @@ impl Classes {
                     ended: Notify::new(),
                     queue: tokio::sync::Mutex::new(()),
                     waiting: AtomicUsize::new(0),
+                    metrics: OnceLock::new(),
                 };
                 (Self::key(reg), state)
             })
@@ -224,6 +230,10 @@ pub(crate) struct Runtime {
     root: CancellationToken,
     tracker: TaskTracker,
     accepting: AtomicBool,
+    /// Set by a drain: new runs are refused, running ones may finish.
+    draining: AtomicBool,
+    /// Signalled whenever a run ends (a drain waits on it).
+    idle: Notify,
     seq: AtomicU64,
     in_flight: AtomicUsize,
     pub(crate) member: Member,
@@ -241,6 +251,8 @@ impl Runtime {
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
             accepting: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            idle: Notify::new(),
             seq: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             member,
@@ -276,6 +288,25 @@ impl Runtime {
         self.accepting.load(Ordering::Acquire)
     }
 
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Why new runs are refused, if they are.
+    pub(crate) fn not_accepting(&self) -> Option<&'static str> {
+        if !self.is_accepting() {
+            Some("the agent is shutting down")
+        } else if self.is_draining() {
+            Some("the agent is draining")
+        } else {
+            None
+        }
+    }
+
+    fn class_metrics(&self, reg: &'static JobRegistration) -> &ClassMetrics {
+        ClassMetrics::of(&self.state(reg).metrics, reg.class())
+    }
+
     /// The store used for cluster coordination, when cluster mode is on.
     fn shared<'a>(&self, outlet: &'a Outlet) -> Option<&'a Arc<Store>> {
         outlet.store.as_ref().filter(|_| self.options.cluster)
@@ -290,6 +321,9 @@ impl Runtime {
     ) -> Result<String, DispatchError> {
         if !self.is_accepting() {
             return Err(DispatchError::ShuttingDown);
+        }
+        if self.is_draining() {
+            return Err(DispatchError::Draining);
         }
         if outlet.store.is_some()
             && let Some(why) = lock(&self.duplicate).clone()
@@ -431,7 +465,10 @@ impl Runtime {
         // Boxed: a store round trip is a large future, and the common path must not carry it.
         let claimed = stop::within(
             deadline,
-            Box::pin(store.claim(&self.member, reg.class(), &d.job_id)),
+            Box::pin(crate::metrics::store_op(
+                "claim",
+                store.claim(&self.member, reg.class(), &d.job_id),
+            )),
         )
         .await;
         let claimed = match claimed {
@@ -454,6 +491,7 @@ impl Runtime {
                     drop(slot);
                     let _ = run.cx.fence_cell().set(fence);
                     run.claimed.store(true, Ordering::Release);
+                    crate::metrics::claims_held(1.0);
                     self.spawn_drive(reg, run)
                 }
                 Claimed::Busy(holder) => {
@@ -491,7 +529,10 @@ impl Runtime {
                 action: "run".to_owned(),
             };
             *lock(&run.record) = Some(self.tracker.spawn(async move {
-                let write = store.record_run(&member, &job_id, &record, cluster);
+                let write = crate::metrics::store_op(
+                    "record",
+                    store.record_run(&member, &job_id, &record, cluster),
+                );
                 match tokio::time::timeout(RECORD_WITHIN, write).await {
                     Ok(Ok(())) => {
                         let _ = done.send(());
@@ -504,8 +545,32 @@ impl Runtime {
             }));
             recorded
         });
-        let rt = self.clone();
-        self.tracker.spawn(async move { rt.drive(reg, run).await });
+        let span = crate::trace::run_span(
+            reg.class(),
+            run.cx.job_id(),
+            run.cx.server_id(),
+            &self.member.instance,
+            run.cx.headers(),
+        );
+        self.class_metrics(reg).started();
+        if let Some(after) = reg.stall_after() {
+            let stop = CancellationToken::new();
+            let watch = stall_watch(reg, run.clone(), after, stop.clone());
+            self.tracker
+                .spawn(tracing::Instrument::instrument(watch, span.clone()));
+            let rt = self.clone();
+            let drive = async move {
+                rt.drive(reg, run).await;
+                stop.cancel();
+            };
+            self.tracker
+                .spawn(tracing::Instrument::instrument(drive, span));
+        } else {
+            let rt = self.clone();
+            let drive = async move { rt.drive(reg, run).await };
+            self.tracker
+                .spawn(tracing::Instrument::instrument(drive, span));
+        }
         recorded
     }
 
@@ -545,7 +610,7 @@ impl Runtime {
         } else {
             reg.instantiate(&self.options.states)
         };
-        let console = self.console(&d, outlet);
+        let console = self.console(reg, &d, outlet);
         let started = SystemTime::now();
         let cx = JobContext::new(ContextInner {
             class: reg.class(),
@@ -572,20 +637,26 @@ impl Runtime {
             store: outlet.store.clone(),
             claimed: AtomicBool::new(false),
             record: Mutex::new(None),
+            stalled: AtomicBool::new(false),
         })
     }
 
-    fn console(&self, d: &Dispatch, outlet: &Outlet) -> Console {
+    fn console(&self, reg: &'static JobRegistration, d: &Dispatch, outlet: &Outlet) -> Console {
         let sink = outlet.console(
             &d.job_id,
             d.console.as_ref(),
             self.options.console_budget,
             &self.options.console_prefix,
         );
-        Console::new(
+        let mirror = self.options.console_log.then(|| LogMirror {
+            class: reg.class(),
+            job_id: d.job_id.clone(),
+        });
+        Console::mirrored(
             self.options.console_prefix.clone(),
             d.console.as_ref().map(|c| c.progress_bar_id).unwrap_or(0),
             sink,
+            mirror,
         )
     }
 
@@ -644,6 +715,15 @@ impl Runtime {
         // while it wound down (.NET reports it as a timeout).
         let error = if stopped {
             None
+        } else if run.stalled.load(Ordering::Acquire) {
+            let after = reg.stall_after().unwrap_or_default();
+            Some(JobError::new(
+                JobErrorKind::Stalled,
+                format!(
+                    "stalled: no console line or progress change for {}; cancelled (on_stall = \"cancel\")",
+                    fmt_duration(after)
+                ),
+            ))
         } else if timed_out {
             let limit = timeout.unwrap_or_default();
             let mut e = format!(
@@ -687,7 +767,7 @@ impl Runtime {
                 JobErrorKind::Panic => {
                     tracing::error!(class = reg.class(), job_id = cx.job_id(), "{err}")
                 }
-                JobErrorKind::Failed | JobErrorKind::Timeout => {
+                JobErrorKind::Failed | JobErrorKind::Timeout | JobErrorKind::Stalled => {
                     tracing::warn!(
                         class = reg.class(),
                         job_id = cx.job_id(),
@@ -717,20 +797,31 @@ impl Runtime {
         if let Some(renewal) = renewal {
             renewal.cancel();
         }
-        self.finish(reg, &run);
+        let outcome = match error.as_ref().map(JobError::kind) {
+            None if stopped => Outcome::Stopped,
+            None => Outcome::Ok,
+            Some(JobErrorKind::Timeout) => Outcome::Timeout,
+            Some(_) => Outcome::Err,
+        };
+        self.finish(reg, &run, outcome);
         // Boxed: the tail's futures would otherwise enlarge every sleeping run's task.
         Box::pin(self.conclude(reg, &run, error.map(|e| e.message().to_owned()))).await;
     }
 
     /// Releases the run's claim, writes its result after its console, forgets its record.
     async fn conclude(&self, reg: &'static JobRegistration, run: &Arc<Run>, error: Option<String>) {
-        if run.claimed.load(Ordering::Acquire)
-            && let Some(store) = &run.store
-            && let Err(e) = store
-                .release_claim(&self.member, reg.class(), run.cx.job_id())
+        // Released once, whether the run ends or is given up first.
+        if run.claimed.swap(false, Ordering::AcqRel) {
+            crate::metrics::claims_held(-1.0);
+            if let Some(store) = &run.store
+                && let Err(e) = crate::metrics::store_op(
+                    "release",
+                    store.release_claim(&self.member, reg.class(), run.cx.job_id()),
+                )
                 .await
-        {
-            tracing::debug!(class = reg.class(), error = %e, "could not release the claim; it lapses by itself");
+            {
+                tracing::debug!(class = reg.class(), error = %e, "could not release the claim; it lapses by itself");
+            }
         }
         run.report(error).await;
         self.forget(run).await;
@@ -762,7 +853,7 @@ impl Runtime {
         run.cx
             .console()
             .error(format!("job reported as stuck: {why}"));
-        self.finish(reg, run);
+        self.finish(reg, run, Outcome::Err);
         self.conclude(reg, run, Some(why)).await;
     }
 
@@ -773,17 +864,24 @@ impl Runtime {
         if let Some(handle) = pending {
             let _ = handle.await;
         }
-        if let Err(e) = store.forget_run(&self.member, run.cx.job_id()).await {
+        if let Err(e) =
+            crate::metrics::store_op("forget", store.forget_run(&self.member, run.cx.job_id()))
+                .await
+        {
             tracing::debug!(job_id = run.cx.job_id(), error = %e, "could not remove the in-flight record");
         }
     }
 
-    /// Takes an ended run out of its class.
-    fn finish(&self, reg: &'static JobRegistration, run: &Arc<Run>) {
+    /// Takes an ended run out of its class (counting it once, as `outcome`).
+    fn finish(&self, reg: &'static JobRegistration, run: &Arc<Run>, outcome: Outcome) {
         run.set_status(Status::Stopped);
         let mut slot = lock(&self.state(reg).slot);
         if slot.runs.remove(&run.seq).is_some() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let took = SystemTime::now()
+                .duration_since(run.started)
+                .unwrap_or_default();
+            self.class_metrics(reg).ended(outcome, took);
         }
         if let Some(last) = slot.last.as_mut()
             && last.job_id == run.cx.job_id()
@@ -792,6 +890,46 @@ impl Runtime {
         }
         drop(slot);
         self.state(reg).ended.notify_waiters();
+        self.idle.notify_waiters();
+    }
+
+    /// Drains: refuses new runs from now on, releases runs queued behind a busy singleton
+    /// (each is reported failed, saying why), and waits up to `within` for running jobs to
+    /// finish on their own. True when none is left running.
+    pub(crate) async fn drain(&self, within: Duration) -> bool {
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            let running = self.running();
+            tracing::info!(
+                drain_timeout_ms = within.as_millis() as u64,
+                running,
+                "job agent draining: new runs are refused (500), queued runs are released with an error, and {running} running job(s) may finish within the drain bound"
+            );
+        }
+        // Queued runs notice within their 100 ms poll; wake them at once.
+        for state in self.classes.values() {
+            state.ended.notify_waiters();
+        }
+        let wait = async {
+            loop {
+                let signal = self.idle.notified();
+                tokio::pin!(signal);
+                signal.as_mut().enable();
+                if self.running() == 0 {
+                    return;
+                }
+                signal.await;
+            }
+        };
+        let drained = tokio::time::timeout(within, wait).await.is_ok();
+        if drained {
+            tracing::info!("job agent drained: no job is running");
+        } else {
+            tracing::warn!(
+                running = self.running(),
+                "job agent: the drain bound passed with jobs still running; shutdown cancels them"
+            );
+        }
+        drained
     }
 
     /// Stops taking runs, cancels every running job, waits up to the shutdown bound, and
@@ -949,6 +1087,7 @@ async fn keep_claim(
                     "this run could not renew its cluster-wide claim for {} ms (store unreachable) and was cancelled before another replica could take it",
                     silent.as_millis()
                 ));
+                crate::metrics::claim_lost(class);
                 cx.cancel();
                 return;
             }
@@ -956,7 +1095,7 @@ async fn keep_claim(
         }
         let sent = tokio::time::Instant::now();
         next = sent + RENEW_EVERY;
-        let attempt = store.renew_claim(&member, class, &job_id);
+        let attempt = crate::metrics::store_op("renew", store.renew_claim(&member, class, &job_id));
         let bound = (sent + RENEW_WITHIN).min(cancel_at);
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -966,6 +1105,7 @@ async fn keep_claim(
                     tracing::warn!(class, job_id, "the singleton claim was lost; cancelling the run");
                     cx.console()
                         .warning("this run lost its cluster-wide claim and was cancelled");
+                    crate::metrics::claim_lost(class);
                     cx.cancel();
                     return;
                 }
@@ -977,6 +1117,61 @@ async fn keep_claim(
 }
 
 /// Sleeps until `deadline`, or forever without one.
+/// The stall watchdog of one run: when the job has written no console line and moved no
+/// progress bar for `after`, writes a warning line (once per silence), counts it and, when
+/// the job asks for it (`on_stall = "cancel"`), cancels the run. Ends with `stop`.
+async fn stall_watch(
+    reg: &'static JobRegistration,
+    run: Arc<Run>,
+    after: Duration,
+    stop: CancellationToken,
+) {
+    let console = run.cx.console().clone();
+    let mut warned = false;
+    loop {
+        let silent = console.silent_for();
+        let wait = if silent >= after {
+            if !warned {
+                warned = true;
+                let cancel = reg.cancels_on_stall();
+                let action = if cancel { "cancelled" } else { "warned" };
+                crate::metrics::stalled(reg.class(), action);
+                tracing::warn!(
+                    class = reg.class(),
+                    job_id = run.cx.job_id(),
+                    silent_ms = silent.as_millis() as u64,
+                    "job stalled: no console line or progress change for {}",
+                    fmt_duration(silent)
+                );
+                console.runtime_warning(format!(
+                    "no console line or progress change for {}{}",
+                    fmt_duration(silent),
+                    if cancel {
+                        "; cancelling the job (on_stall = \"cancel\")"
+                    } else {
+                        ""
+                    }
+                ));
+                if cancel {
+                    run.stalled.store(true, Ordering::Release);
+                    run.cx.cancel();
+                    return;
+                }
+            }
+            // Silent still: look again a stall period later.
+            after
+        } else {
+            // The job spoke: a later silence is a new stall.
+            warned = false;
+            after - silent
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+        }
+    }
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,

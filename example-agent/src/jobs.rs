@@ -97,6 +97,8 @@ pub fn demo_line(n: u64, len: usize) -> String {
 
 async fn run_demo(cx: &JobContext) -> Result<(), JobError> {
     let p: TestParams = cx.params()?;
+    // The job's own log line: it belongs to the run's span (class, job id, trace id).
+    tracing::info!(lines = p.lines, sleep_ms = p.sleep_ms, "demo job starting");
     let bar = if p.progress {
         Some(cx.console().progress_bar("progress")?)
     } else {
@@ -168,5 +170,42 @@ impl JobAgent for TestHangJob {
     async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
         cx.console().info("consumer started; running until stopped");
         Ok(())
+    }
+}
+
+/// Demo job under the stall watchdog: a run silent for 1 s (no console line, no progress
+/// change) is warned about and cancelled. Parameters: see [`TestParams`] (`lines: 2,
+/// sleep_ms: 5000` goes silent 2.5 s).
+#[job_agent(transient, stall_after = "1s", on_stall = "cancel")]
+#[derive(Default)]
+pub struct TestWatchedJob;
+
+impl JobAgent for TestWatchedJob {
+    async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
+        run_demo(&cx).await
+    }
+}
+
+/// Demo job under a warn-only stall watchdog (1 s): a silent run is warned about, then goes
+/// on. Parameters: see [`TestParams`].
+#[job_agent(transient, stall_after = "1s")]
+#[derive(Default)]
+pub struct TestWarnedJob;
+
+impl JobAgent for TestWarnedJob {
+    async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
+        run_demo(&cx).await
+    }
+}
+
+/// Demo singleton whose runs queue behind a running one (busy policy `queue`). Parameters:
+/// see [`TestParams`].
+#[job_agent(on_busy = "queue")]
+#[derive(Default)]
+pub struct TestQueuedJob;
+
+impl JobAgent for TestQueuedJob {
+    async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
+        run_demo(&cx).await
     }
 }

@@ -16,7 +16,7 @@ use crate::outbox::Outbox;
 pub struct Service {
     /// The job agent, built with the service's outbox as state.
     pub agent: Agent,
-    /// The outbox's routes and the agent's, on one router.
+    /// The outbox's routes, the agent's, and its probes at `/healthz` and `/readyz`.
     pub app: Router,
 }
 
@@ -27,6 +27,7 @@ impl Service {
         let agent = Agent::new(options.state(outbox.clone()))?;
         let app = Router::new()
             .merge(outbox::routes(outbox))
+            .merge(agent.probes())
             .merge(agent.router());
         Ok(Self { agent, app })
     }

@@ -1,19 +1,30 @@
 //! Runs the example message service with its job agent.
+//!
+//! Environment variables of the example, besides the agent's own `JOBAGENT_*` options
+//! (docs/configuration.md):
+//!
+//! - `JOBAGENT_LISTEN`: the service's address, default `127.0.0.1:5000`.
+//! - `JOBAGENT_METRICS_LISTEN`: an address like `127.0.0.1:9464` to serve Prometheus metrics
+//!   at `GET /metrics` on, a listener of its own; empty or unset, no metrics are recorded.
+//! - `OTEL_EXPORTER_OTLP_ENDPOINT`: an OTLP/HTTP collector like `http://127.0.0.1:4318` to
+//!   export the traces to (JSON, at `<endpoint>/v1/traces`); runs continue the trace of their
+//!   job's `traceparent`. The other standard `OTEL_*` variables apply (`OTEL_SERVICE_NAME`,
+//!   default `example-agent`; `OTEL_EXPORTER_OTLP_HEADERS`, ...). Unset, no traces.
+//! - `RUST_LOG`: the log filter, default `info`.
+
+mod telemetry;
 
 use agent_sdk::AgentOptions;
 use example_agent::Service;
-use tracing_subscriber::EnvFilter;
+
+use crate::telemetry::Telemetry;
 
 #[tokio::main]
 async fn main() {
-    // Colors only on a terminal: logs collected from a pipe or a file stay plain text.
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    if let Err(message) = serve().await {
+    let telemetry = Telemetry::init();
+    let result = serve().await;
+    telemetry.shutdown().await;
+    if let Err(message) = result {
         tracing::error!("{message}");
         eprintln!("example-agent: {message}");
         std::process::exit(2);
@@ -22,7 +33,13 @@ async fn main() {
 
 async fn serve() -> Result<(), String> {
     let addr = example_agent::listen_addr()?;
+    let metrics_addr = telemetry::metrics_addr()?;
     let options = AgentOptions::from_env().map_err(|e| e.to_string())?;
+    // Before the agent is built: it records through the recorder installed then.
+    if let Some(metrics_addr) = metrics_addr {
+        let local = telemetry::serve_metrics(metrics_addr).await?;
+        tracing::info!(%local, "metrics at http://{local}/metrics");
+    }
     let Service { agent, app } = Service::new(options).map_err(|e| e.to_string())?;
     if agent.start_auto_registration().is_some() {
         tracing::info!("registering the jobs at the center, in the background");

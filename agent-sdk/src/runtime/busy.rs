@@ -20,7 +20,7 @@ impl Runtime {
         outlet: Outlet,
         busy: Busy,
     ) {
-        let console = self.console(&d, &outlet);
+        let console = self.console(reg, &d, &outlet);
         let started = SystemTime::now();
         self.tracker.spawn(async move {
             console.lifecycle(|| {
@@ -112,6 +112,12 @@ impl Runtime {
                 if !rt.is_accepting() {
                     break Some("the agent shut down before the run could start".to_owned());
                 }
+                if rt.is_draining() {
+                    break Some(
+                        "the agent began draining (it is shutting down) before the run could start; retry it: another replica, or this service once restarted, takes it"
+                            .to_owned(),
+                    );
+                }
                 let Some(d) = pending.take() else { break None };
                 match rt.try_start(reg, d, &outlet).await {
                     Ok(Start::Started) => break None,
@@ -124,8 +130,16 @@ impl Runtime {
                             .to_owned(),
                     );
                 }
+                let claim_freed = async {
+                    match &outlet.store {
+                        Some(store) => store.wakeups.claims.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = state.ended.notified() => {}
+                    // Another replica released a claim (NOTIFY): look now, not at the poll.
+                    _ = claim_freed => {}
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     _ = rt.root.cancelled() => {}
                 }

@@ -171,7 +171,7 @@ impl Runtime {
         let remote_ids: Vec<String> = remote.iter().map(|r| r.1.clone()).collect();
         // The stop has its own console and context, as on .NET: `on_stop` sees the stop
         // dispatch (its id, parameter and console) and the run's cancellation token.
-        let console = self.console(&d, &outlet);
+        let console = self.console(reg, &d, &outlet);
         let contexts: Vec<JobContext> = local
             .iter()
             .map(|run| stop_context(reg, run, &d, console.clone()))
@@ -261,7 +261,7 @@ impl Runtime {
                         store: Some(store.clone()),
                     };
                     let d = Dispatch::for_remote_stop(&command.stop_id, &command.param, target);
-                    stop_context(reg, &run, &d, self.console(&d, &outlet))
+                    stop_context(reg, &run, &d, self.console(reg, &d, &outlet))
                 }
                 None => run.cx.clone(),
             };

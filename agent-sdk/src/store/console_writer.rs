@@ -77,7 +77,6 @@ impl ConsoleMemory {
     }
 
     /// Bytes held now.
-    #[cfg(test)]
     fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
@@ -223,6 +222,7 @@ impl Queue {
         };
         if let Some(bound) = full {
             self.overflow += 1;
+            crate::metrics::console_dropped("buffer");
             if self.overflow == 1 {
                 tracing::warn!(target: "agent_sdk::console", bound, buffer_lines = b.buffer_lines, buffer_bytes = b.buffer_bytes, memory_bytes = b.memory_bytes, "console buffer full (the store is slow or unreachable); further lines of this console are counted and dropped until it drains");
             }
@@ -231,6 +231,7 @@ impl Queue {
         self.held += bytes;
         let was_empty = self.pending.is_empty();
         self.pending.push_back(line);
+        crate::metrics::console_queued(1);
         was_empty
     }
 
@@ -250,11 +251,14 @@ impl Queue {
             {
                 self.held += bytes;
                 self.tail.push_back(line);
+                crate::metrics::console_queued(1);
                 return;
             }
             self.over_budget += 1;
+            crate::metrics::console_dropped("budget");
             match self.tail.pop_front() {
                 Some(old) => {
+                    crate::metrics::console_queued(-1);
                     let freed = cost(&old);
                     self.held -= freed;
                     memory.give_back(freed);
@@ -278,6 +282,7 @@ impl Queue {
         memory.take(bytes);
         self.held += bytes;
         self.pending.push_back(line);
+        crate::metrics::console_queued(1);
     }
 
     /// Takes the next batch from the buffer, and the bytes it is counted as.
@@ -293,6 +298,7 @@ impl Queue {
             bytes += cost(line);
             n += 1;
         }
+        crate::metrics::console_queued(-(n as i64));
         (self.pending.drain(..n).collect(), bytes)
     }
 }
@@ -337,6 +343,7 @@ impl Drop for Writer {
     fn drop(&mut self) {
         let mut q = lock(&self.shared.queue);
         q.closed = true;
+        crate::metrics::console_queued(-((q.pending.len() + q.tail.len()) as i64));
         q.pending.clear();
         q.tail.clear();
         let held = q.held;
@@ -367,6 +374,10 @@ impl Writer {
                     drop(encoded);
                     let mut q = lock(&self.shared.queue);
                     q.release(bytes, self.memory);
+                    if written {
+                        crate::metrics::console_written(count);
+                    }
+                    crate::metrics::console_gauges(self.memory.used());
                     if !written {
                         let lost = count + q.pending.len();
                         drop(q);
@@ -440,7 +451,7 @@ impl Writer {
         let mut backoff = Duration::from_millis(50);
         let mut failures = 0u32;
         loop {
-            match self.try_write(lines).await {
+            match crate::metrics::store_op("console", self.try_write(lines)).await {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!(target: "agent_sdk::console", store = %self.store.label, failures, "console writes resumed");

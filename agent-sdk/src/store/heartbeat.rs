@@ -118,7 +118,10 @@ impl Heartbeats {
                     disk_usage: figures.free_disk,
                     timestamp: fmt_utc(SystemTime::now()),
                 };
-                if let Err(e) = write(&store, &hash_key, &field, &beat).await {
+                if let Err(e) =
+                    crate::metrics::store_op("heartbeat", write(&store, &hash_key, &field, &beat))
+                        .await
+                {
                     tracing::debug!(store = %store.label, error = %e, "heartbeat write failed; next tick retries");
                 }
             }

@@ -18,6 +18,7 @@ pub(crate) mod connstr;
 mod console_writer;
 mod heartbeat;
 pub(crate) mod line;
+pub(crate) mod listen;
 pub(crate) mod pool;
 mod procstat;
 mod results;
@@ -58,6 +59,10 @@ pub(crate) struct Store {
     tables_seen: AtomicBool,
     /// When the last table check could not tell (the store did not answer in time).
     tables_unknown_at: Mutex<Option<std::time::Instant>>,
+    /// Opens the `LISTEN` connection.
+    pub(crate) connector: pool::Connector,
+    /// What `NOTIFY` wakes (see [`listen`]).
+    pub(crate) wakeups: Arc<listen::Wakeups>,
 }
 
 /// How long a run's answer waits to learn whether the store has Hangfire's tables.
@@ -75,7 +80,8 @@ impl Store {
     ) -> Result<Self, String> {
         check_schema(schema)?;
         let label = label(&spec.config);
-        let pool = pool::build_pool(spec, load)?;
+        let connector = pool::Connector::new(spec, load)?;
+        let pool = pool::pool_of(spec, &connector)?;
         let limits = Limits::of(spec);
         Ok(Self {
             pool,
@@ -86,6 +92,8 @@ impl Store {
             checkout: limits.checkout(),
             tables_seen: AtomicBool::new(false),
             tables_unknown_at: Mutex::new(None),
+            connector,
+            wakeups: Arc::new(listen::Wakeups::default()),
         })
     }
 
@@ -167,6 +175,15 @@ impl Store {
 
     pub(crate) fn expire_secs(&self) -> f64 {
         self.expire.as_secs_f64()
+    }
+
+    /// Whether the store answers a trivial statement within `within`.
+    pub(crate) async fn ping(&self, within: Duration) -> Result<(), String> {
+        self.bounded(Some(within), async {
+            let conn = self.conn().await?;
+            conn.bound(conn.simple_query("SELECT 1")).await.map(|_| ())
+        })
+        .await
     }
 
     /// A pooled connection as it comes from the pool, within the checkout bound (see

@@ -91,25 +91,19 @@ impl Limits {
 /// too. Connects lazily: building needs no runtime and no server; the first `get()`
 /// connects. With [`Load::Deferred`] it reads no file either. The error is safe to show.
 pub(crate) fn build_pool(spec: &ConnSpec, load: Load) -> Result<Pool, String> {
-    let mut pg = spec.config.clone();
-    pg.ssl_mode(spec.ssl.to_tokio());
-    pg.options(session_options(
-        spec.config.get_options(),
-        spec.command_timeout,
-    ));
+    pool_of(spec, &Connector::new(spec, load)?)
+}
+
+/// The pool of `spec`, connecting as `connector` does (see [`build_pool`]).
+pub(crate) fn pool_of(spec: &ConnSpec, connector: &Connector) -> Result<Pool, String> {
+    let pg = connector.pg.clone();
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Verified,
     };
-    let manager = match (tls_plan(spec), load) {
-        (Plan::Off, _) => Manager::from_config(pg, NoTls, manager_config),
-        (Plan::Roots(_), Load::Deferred) => {
-            Manager::from_config(pg, DeferredTls::new(spec), manager_config)
-        }
-        (plan, _) => Manager::from_config(
-            pg,
-            MakeRustlsConnect::new(tls_config(spec.ssl, plan, spec.root_certificate.as_ref())?),
-            manager_config,
-        ),
+    let manager = match connector.tls.clone() {
+        Tls::Off => Manager::from_config(pg, NoTls, manager_config),
+        Tls::Deferred(tls) => Manager::from_config(pg, tls, manager_config),
+        Tls::Rustls(tls) => Manager::from_config(pg, tls, manager_config),
     };
     let limits = Limits::of(spec);
     let recycle = limits
@@ -129,6 +123,83 @@ pub(crate) fn build_pool(spec: &ConnSpec, load: Load) -> Result<Pool, String> {
     builder
         .build()
         .map_err(|e| format!("cannot build the connection pool: {e}"))
+}
+
+/// The TLS a store's connections use.
+#[derive(Clone)]
+enum Tls {
+    Off,
+    Rustls(MakeRustlsConnect),
+    Deferred(DeferredTls),
+}
+
+/// Opens connections of a store outside its pool, with the pool's settings and TLS: for
+/// `LISTEN`, whose notifications a pooled connection's task discards.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    pg: tokio_postgres::Config,
+    tls: Tls,
+}
+
+impl Connector {
+    pub(crate) fn new(spec: &ConnSpec, load: Load) -> Result<Self, String> {
+        let mut pg = spec.config.clone();
+        pg.ssl_mode(spec.ssl.to_tokio());
+        pg.options(session_options(
+            spec.config.get_options(),
+            spec.command_timeout,
+        ));
+        let tls = match (tls_plan(spec), load) {
+            (Plan::Off, _) => Tls::Off,
+            (Plan::Roots(_), Load::Deferred) => Tls::Deferred(DeferredTls::new(spec)),
+            (plan, _) => Tls::Rustls(MakeRustlsConnect::new(tls_config(
+                spec.ssl,
+                plan,
+                spec.root_certificate.as_ref(),
+            )?)),
+        };
+        Ok(Self { pg, tls })
+    }
+
+    /// Opens a connection whose notifications go to `notifications`; it closes when the
+    /// client is dropped or the receiver is. Not bounded here: callers put a deadline on it.
+    pub(crate) async fn connect(
+        &self,
+        notifications: tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>,
+    ) -> Result<tokio_postgres::Client, String> {
+        match self.tls.clone() {
+            Tls::Off => connect_with(&self.pg, NoTls, notifications).await,
+            Tls::Rustls(tls) => connect_with(&self.pg, tls, notifications).await,
+            Tls::Deferred(tls) => connect_with(&self.pg, tls, notifications).await,
+        }
+    }
+}
+
+async fn connect_with<T>(
+    pg: &tokio_postgres::Config,
+    tls: T,
+    notifications: tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>,
+) -> Result<tokio_postgres::Client, String>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut connection) = pg.connect(tls).await.map_err(|e| crate::error::chain(&e))?;
+    tokio::spawn(async move {
+        loop {
+            let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
+            match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if notifications.send(n).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    Ok(client)
 }
 
 /// The session settings every connection starts with: `statement_timeout` from `Command

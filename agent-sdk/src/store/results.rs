@@ -24,7 +24,7 @@ impl ResultSink for StoreResults {
             let mut backoff = Duration::from_millis(50);
             let mut failures = 0u32;
             loop {
-                match write_once(&store, &result).await {
+                match crate::metrics::store_op("result", write_once(&store, &result)).await {
                     Ok(()) => {
                         tracing::debug!(target: "agent_sdk::result", job_id = %result.id, action = result.action, r = result.r, "result written");
                         return;
