@@ -181,8 +181,9 @@ impl Agent {
     /// drains, so the center fails the job and retries it elsewhere instead of waiting),
     /// `readyz` answers 503, runs queued behind a busy singleton are released with an error
     /// result, and running jobs may finish for up to the drain bound
-    /// ([`AgentOptions::drain_timeout`]). Stops, details and heartbeats are still served.
-    /// True when every job finished within the bound. [`shutdown`](Self::shutdown) follows.
+    /// ([`AgentOptions::drain_timeout`]); hang jobs, which run until stopped, are not waited
+    /// for. Stops, details and heartbeats are still served. True when every job that ends by
+    /// itself finished within the bound. [`shutdown`](Self::shutdown) follows.
     pub async fn drain(&self) -> bool {
         let within = self.inner.runtime.options.drain_timeout;
         self.inner.runtime.drain(within).await

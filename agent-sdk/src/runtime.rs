@@ -895,7 +895,8 @@ impl Runtime {
 
     /// Drains: refuses new runs from now on, releases runs queued behind a busy singleton
     /// (each is reported failed, saying why), and waits up to `within` for running jobs to
-    /// finish on their own. True when none is left running.
+    /// finish on their own (hang jobs excepted: they run until stopped, and shutdown stops
+    /// them). True when none is left to wait for.
     pub(crate) async fn drain(&self, within: Duration) -> bool {
         if !self.draining.swap(true, Ordering::AcqRel) {
             let running = self.running();
@@ -914,7 +915,7 @@ impl Runtime {
                 let signal = self.idle.notified();
                 tokio::pin!(signal);
                 signal.as_mut().enable();
-                if self.running() == 0 {
+                if self.finishing() == 0 {
                     return;
                 }
                 signal.await;
@@ -922,7 +923,7 @@ impl Runtime {
         };
         let drained = tokio::time::timeout(within, wait).await.is_ok();
         if drained {
-            tracing::info!("job agent drained: no job is running");
+            tracing::info!("job agent drained: no job is left to finish");
         } else {
             tracing::warn!(
                 running = self.running(),
@@ -989,6 +990,16 @@ impl Runtime {
                 );
             }
         }
+    }
+
+    /// Runs in flight that end by themselves: all but hang jobs, which run until stopped (a
+    /// drain does not wait for them).
+    fn finishing(&self) -> usize {
+        self.registry
+            .iter()
+            .filter(|reg| reg.kind() != JobKind::Hang)
+            .map(|reg| lock(&self.state(reg).slot).runs.len())
+            .sum()
     }
 
     /// Number of runs in flight, across classes.

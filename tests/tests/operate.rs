@@ -333,7 +333,7 @@ async fn a_run_is_a_span_that_continues_the_trace_its_traceparent_names() {
         "trace-a",
         &[
             ("JOBAGENT_LOG_ONLY", "true".to_owned()),
-            ("RUST_LOG", "info".to_owned()),
+            ("RUST_LOG", "info,example_agent=debug".to_owned()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
         ],

@@ -22,6 +22,17 @@ pub(crate) const ID_DIGITS: usize = 12;
 /// The job id the template is built with (patched per request).
 pub(crate) const ID_PLACEHOLDER: &str = "000000000000";
 
+/// The `content-type` of every request the bench sends (the center's for a JSON body).
+pub(crate) const CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
+/// The path (and query) of a center request's URL.
+pub(crate) fn request_path(req: &CenterRequest) -> String {
+    let url = req.target_url();
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()))
+        .unwrap_or_else(|| "/jobagent".to_owned())
+}
+
 /// One serialized request and where its job id digits are.
 #[derive(Clone, Debug)]
 pub(crate) struct Template {
@@ -33,11 +44,7 @@ impl Template {
     /// Serializes a center request (built with job id [`ID_PLACEHOLDER`]) with `body` to the
     /// bytes the center would send to `addr`.
     pub(crate) fn new(req: &CenterRequest, body: &str, addr: SocketAddr) -> Self {
-        let url = req.target_url();
-        let path = url
-            .split_once("://")
-            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()))
-            .unwrap_or_else(|| "/jobagent".to_owned());
+        let path = request_path(req);
         let mut text = format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\n");
         let mut id_at = None;
         for (name, value) in req.build_headers() {
@@ -49,13 +56,19 @@ impl Template {
             text.push_str(&value);
             text.push_str("\r\n");
         }
-        text.push_str("content-type: application/json; charset=utf-8\r\n");
+        text.push_str(&format!("content-type: {CONTENT_TYPE}\r\n"));
         text.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
         text.push_str(body);
         Self {
             bytes: text.into_bytes(),
             id_at,
         }
+    }
+
+    /// The serialized request.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// The request size in bytes.

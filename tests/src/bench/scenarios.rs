@@ -15,14 +15,23 @@ use crate::bench::http::{self, ID_PLACEHOLDER, Template};
 use crate::bench::proc::{self, CpuMark, Server};
 use crate::bench::stats::{Row, Target, Unit, median, percentile_sorted};
 use crate::bench::stopjob::{self, Seen};
-use crate::bench::store;
+use crate::bench::{cluster, store, wrk};
 
 /// The example service's transient demo job.
 pub(crate) const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 
 /// The scenario names, in the order they run.
-pub(crate) const ALL: [&str; 7] = [
-    "dispatch", "stop", "console", "many", "memory", "idle", "startup",
+pub(crate) const ALL: [&str; 10] = [
+    "dispatch",
+    "dispatch-wrk",
+    "metrics",
+    "stop",
+    "cluster-stop",
+    "console",
+    "many",
+    "memory",
+    "idle",
+    "startup",
 ];
 
 /// How the bench runs.
@@ -44,7 +53,7 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    fn note(&mut self, text: impl Into<String>) {
+    pub(crate) fn note(&mut self, text: impl Into<String>) {
         self.notes.push(text.into());
     }
 }
@@ -54,7 +63,10 @@ pub(crate) async fn run(name: &str, s: &Settings, r: &mut Report) -> Result<(), 
     eprintln!("== {name} ({} run(s))", s.runs);
     match name {
         "dispatch" => dispatch(s, r).await,
+        "dispatch-wrk" => dispatch_wrk(s, r).await,
+        "metrics" => metrics_overhead(s, r).await,
         "stop" => stop_latency(s, r).await,
+        "cluster-stop" => cluster::cross_replica_stop(s, r).await,
         "console" => console_throughput(s, r).await,
         "many" => many_writers(s, r).await,
         "memory" => memory(s, r).await,
@@ -91,27 +103,37 @@ async fn start_baseline(s: &Settings) -> Result<Server, String> {
         .map_err(|e| format!("start task: {e}"))?
 }
 
-fn progress(text: impl AsRef<str>) {
+pub(crate) fn progress(text: impl AsRef<str>) {
     eprintln!("   {}", text.as_ref());
 }
 
 // ---------------------------------------------------------------------------------------------
 // dispatch
 
-async fn dispatch(s: &Settings, r: &mut Report) -> Result<(), String> {
-    const CONNS: usize = 64;
-    let (warmup, window) = if s.quick {
+/// The dispatch scenarios' warm-up and measured window per side and run.
+fn dispatch_windows(s: &Settings) -> (Duration, Duration) {
+    if s.quick {
         (Duration::from_millis(500), Duration::from_secs(2))
     } else {
         (Duration::from_secs(1), Duration::from_secs(5))
-    };
+    }
+}
+
+/// The `run` request the dispatch scenarios send to `srv`: the demo transient job, no store,
+/// an empty body, job id [`ID_PLACEHOLDER`] (patched per request by each client).
+fn dispatch_request(srv: &Server) -> tests::center::CenterRequest {
+    Center::new(srv.url())
+        .run(TRANSIENT, ID_PLACEHOLDER)
+        .data("")
+}
+
+async fn dispatch(s: &Settings, r: &mut Report) -> Result<(), String> {
+    const CONNS: usize = 64;
+    let (warmup, window) = dispatch_windows(s);
     let agent = start_agent(s, &[]).await?;
     let base = start_baseline(s).await?;
     let template = |srv: &Server| -> Arc<Template> {
-        let req = Center::new(srv.url())
-            .run(TRANSIENT, ID_PLACEHOLDER)
-            .data("");
-        Arc::new(Template::new(&req, "", srv.addr))
+        Arc::new(Template::new(&dispatch_request(srv), "", srv.addr))
     };
     let (agent_tpl, base_tpl) = (template(&agent), template(&base));
 
@@ -203,6 +225,334 @@ async fn dispatch(s: &Settings, r: &mut Report) -> Result<(), String> {
         .extend([rps, p50, p99, server_cpu, cpu_per_req, client_cpu]);
     agent.kill();
     base.kill();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// dispatch, driven by wrk
+
+/// `wrk` threads and connections of the wrk measures.
+const WRK_THREADS: usize = 2;
+const WRK_CONNS: usize = 64;
+/// The unmeasured wrk run before each measured one (wrk's shortest duration).
+const WRK_WARMUP_SECS: u64 = 1;
+
+/// One wrk measurement of `srv`: an unmeasured run, then the measured one.
+async fn wrk_measure(
+    wrk_bin: &std::path::Path,
+    script: &str,
+    srv: &Server,
+    secs: u64,
+) -> Result<wrk::WrkOutcome, String> {
+    wrk::run(
+        wrk_bin,
+        script,
+        srv.addr,
+        srv.pid,
+        WRK_THREADS,
+        WRK_CONNS,
+        WRK_WARMUP_SECS,
+    )
+    .await?;
+    wrk::run(
+        wrk_bin,
+        script,
+        srv.addr,
+        srv.pid,
+        WRK_THREADS,
+        WRK_CONNS,
+        secs,
+    )
+    .await
+}
+
+/// Server CPU per request in µs, from a CPU share (% of one core) and a request rate.
+fn cpu_per_request_us(cpu_pct: f64, rps: f64) -> f64 {
+    if rps > 0.0 {
+        cpu_pct / 100.0 / rps * 1e6
+    } else {
+        f64::NAN
+    }
+}
+
+async fn dispatch_wrk(s: &Settings, r: &mut Report) -> Result<(), String> {
+    let wrk_bin = wrk::find()?;
+    let secs = dispatch_windows(s).1.as_secs().max(1);
+    let agent = start_agent(s, &[]).await?;
+    let base = start_baseline(s).await?;
+    let (agent_script, base_script) = (
+        wrk::script(&dispatch_request(&agent), ""),
+        wrk::script(&dispatch_request(&base), ""),
+    );
+    const SCENARIO: &str = "dispatch (wrk)";
+    let mut rps = Row::new(
+        SCENARIO,
+        "run req/s (wrk, 2 threads, 64 conns)",
+        Unit::PerSec,
+    )
+    .baseline("bare axum")
+    .target(Target::RatioAtLeast(0.8));
+    let mut p50 = Row::new(SCENARIO, "run latency p50 (wrk)", Unit::Ms).baseline("bare axum");
+    let mut p99 = Row::new(SCENARIO, "run latency p99 (wrk)", Unit::Ms).baseline("bare axum");
+    let mut server_cpu =
+        Row::new(SCENARIO, "server CPU, % of 1 core", Unit::PctCore).baseline("bare axum");
+    let mut cpu_per_req =
+        Row::new(SCENARIO, "server CPU per request", Unit::Us).baseline("bare axum");
+    let mut client_cpu =
+        Row::new(SCENARIO, "wrk CPU, % of 1 core", Unit::PctCore).baseline("vs bare axum");
+    for run in 0..s.runs {
+        let (mut agent_out, mut base_out) = (None, None);
+        let order = if run % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for is_agent in order {
+            if is_agent {
+                agent_out = Some(wrk_measure(&wrk_bin, &agent_script, &agent, secs).await?);
+            } else {
+                base_out = Some(wrk_measure(&wrk_bin, &base_script, &base, secs).await?);
+            }
+        }
+        let (Some(a), Some(b)) = (agent_out, base_out) else {
+            return Err("a dispatch-wrk measurement is missing".to_owned());
+        };
+        rps.push(a.rps, Some(b.rps));
+        p50.push(a.p50_ms, Some(b.p50_ms));
+        p99.push(a.p99_ms, Some(b.p99_ms));
+        server_cpu.push(a.server_cpu, Some(b.server_cpu));
+        cpu_per_req.push(
+            cpu_per_request_us(a.server_cpu, a.rps),
+            Some(cpu_per_request_us(b.server_cpu, b.rps)),
+        );
+        client_cpu.push(a.client_cpu, Some(b.client_cpu));
+        progress(format!(
+            "run {}: agent {:.0} req/s (p99 {:.2} ms, {} requests), bare {:.0} req/s (p99 {:.2} ms, {} requests)",
+            run + 1,
+            a.rps,
+            a.p99_ms,
+            a.requests,
+            b.rps,
+            b.p99_ms,
+            b.requests
+        ));
+    }
+    r.note(format!(
+        "dispatch (wrk): the dispatch scenario's two processes (example-agent with RUST_LOG={}, \
+         no store; the bare axum baseline) driven by wrk ({}): -t{WRK_THREADS} -c{WRK_CONNS} \
+         --latency, a {WRK_WARMUP_SECS} s unmeasured run then {secs} s measured per side and \
+         run, order alternating. The request is the dispatch scenario's (method, path, the \
+         center's headers, content-type, empty body), set in a generated Lua script \
+         (wrk.method/path/body/headers); its request() gives every request its own 12-digit \
+         x-job-id, as the in-repo client does. Figures are wrk's own (Requests/sec, the 50%/99% \
+         of its latency distribution); any non-2xx answer or socket error fails the scenario. \
+         CPU rows: /proc of wrk and of the server from 0.3 s after wrk starts to 0.2 s before \
+         its end (both share the 2 cores).",
+        s.agent_log,
+        wrk_bin.display()
+    ));
+    r.rows
+        .extend([rps, p50, p99, server_cpu, cpu_per_req, client_cpu]);
+    agent.kill();
+    base.kill();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// metrics overhead
+
+/// The counter the example service's Prometheus recorder must expose once runs were sent.
+const RUNS_STARTED: &str = "jobagent_runs_started_total";
+
+/// Reads `GET http://<addr>/metrics` (retrying for up to 5 s while it does not answer 200),
+/// checks that it exposes [`RUNS_STARTED`] and returns the sum of its samples.
+async fn read_runs_started(addr: SocketAddr) -> Result<f64, String> {
+    let url = format!("http://{addr}/metrics");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let last = match client.get(&url).send().await {
+            Ok(resp) if resp.status().is_success() => match resp.text().await {
+                Ok(text) => break text,
+                Err(e) => format!("reading the body: {e}"),
+            },
+            Ok(resp) => format!("status {}", resp.status()),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "GET {url} (JOBAGENT_METRICS_LISTEN) did not answer 200 within 5 s ({last}): \
+                 the example service serves no metrics, so the `metrics` scenario would \
+                 measure nothing"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if !text.contains(RUNS_STARTED) {
+        let head: String = text.chars().take(300).collect();
+        return Err(format!(
+            "GET {url} answered without `{RUNS_STARTED}` after runs were sent, so the \
+             `metrics` scenario would measure nothing; it began: {head:?}"
+        ));
+    }
+    // `name{labels} value` or `name value`; comments (`# HELP`, `# TYPE`) are skipped.
+    let total = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(RUNS_STARTED)?;
+            let value = if rest.starts_with('{') {
+                rest.rsplit_once('}')?.1
+            } else if rest.starts_with(' ') {
+                rest
+            } else {
+                return None; // another metric whose name starts the same
+            };
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum();
+    Ok(total)
+}
+
+async fn metrics_overhead(s: &Settings, r: &mut Report) -> Result<(), String> {
+    const CONNS: usize = 64;
+    const SCENARIO: &str = "metrics overhead";
+    let (warmup, window) = dispatch_windows(s);
+    let secs = window.as_secs().max(1);
+    let metrics_addr = proc::free_addr()?;
+    let off = start_agent(s, &[]).await?;
+    let on = start_agent(s, &[("JOBAGENT_METRICS_LISTEN", metrics_addr.to_string())]).await?;
+    let wrk_bin = wrk::find();
+    let (off_tpl, on_tpl) = (
+        Arc::new(Template::new(&dispatch_request(&off), "", off.addr)),
+        Arc::new(Template::new(&dispatch_request(&on), "", on.addr)),
+    );
+    let (off_script, on_script) = (
+        wrk::script(&dispatch_request(&off), ""),
+        wrk::script(&dispatch_request(&on), ""),
+    );
+    let mut rps = Row::new(
+        SCENARIO,
+        "run req/s (in-repo client, 64 conns)",
+        Unit::PerSec,
+    )
+    .baseline("metrics off")
+    .target(Target::RatioAtLeast(0.95));
+    let mut p99 =
+        Row::new(SCENARIO, "run latency p99 (in-repo client)", Unit::Ms).baseline("metrics off");
+    let mut cpu_per_req = Row::new(
+        SCENARIO,
+        "server CPU per request (in-repo client)",
+        Unit::Us,
+    )
+    .baseline("metrics off");
+    let mut wrk_rps = Row::new(
+        SCENARIO,
+        "run req/s (wrk, 2 threads, 64 conns)",
+        Unit::PerSec,
+    )
+    .baseline("metrics off")
+    .target(Target::RatioAtLeast(0.95));
+    let mut counted = Row::new(
+        SCENARIO,
+        "jobagent_runs_started_total at run end",
+        Unit::Count,
+    );
+    let mut bad = 0u64;
+    let mut sample_error = None;
+    for run in 0..s.runs {
+        let (mut on_out, mut off_out) = (None, None);
+        let (mut on_wrk, mut off_wrk) = (None, None);
+        let order = if run % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for metrics_on in order {
+            let (srv, tpl, script) = if metrics_on {
+                (&on, &on_tpl, &on_script)
+            } else {
+                (&off, &off_tpl, &off_script)
+            };
+            let out =
+                http::timed_load(srv.addr, srv.pid, tpl.clone(), CONNS, warmup, window).await?;
+            bad += out.not_ok;
+            if sample_error.is_none() {
+                sample_error.clone_from(&out.sample_error);
+            }
+            let w = match &wrk_bin {
+                Ok(bin) => Some(
+                    wrk::run(bin, script, srv.addr, srv.pid, WRK_THREADS, WRK_CONNS, secs).await?,
+                ),
+                Err(_) => None,
+            };
+            if metrics_on {
+                (on_out, on_wrk) = (Some(out), w);
+                let total = read_runs_started(metrics_addr).await?;
+                counted.push(total, None);
+            } else {
+                (off_out, off_wrk) = (Some(out), w);
+            }
+        }
+        let (Some(a), Some(b)) = (on_out, off_out) else {
+            return Err("a metrics measurement is missing".to_owned());
+        };
+        rps.push(a.rps(), Some(b.rps()));
+        let pct99 = |o: &http::LoadOutcome| percentile_sorted(&o.latencies_us, 99.0) / 1000.0;
+        p99.push(pct99(&a), Some(pct99(&b)));
+        cpu_per_req.push(
+            cpu_per_request_us(a.server_cpu, a.rps()),
+            Some(cpu_per_request_us(b.server_cpu, b.rps())),
+        );
+        let wrk_text = match (&on_wrk, &off_wrk) {
+            (Some(wa), Some(wb)) => {
+                wrk_rps.push(wa.rps, Some(wb.rps));
+                format!("; wrk on {:.0} req/s, off {:.0} req/s", wa.rps, wb.rps)
+            }
+            _ => String::new(),
+        };
+        progress(format!(
+            "run {}: metrics on {:.0} req/s, off {:.0} req/s ({:.3}×){wrk_text}; {RUNS_STARTED} = {}",
+            run + 1,
+            a.rps(),
+            b.rps(),
+            a.rps() / b.rps(),
+            counted.values.last().copied().unwrap_or(f64::NAN)
+        ));
+    }
+    if bad > 0 {
+        return Err(format!(
+            "metrics: {bad} answers were not 200, e.g. {}",
+            sample_error.unwrap_or_default()
+        ));
+    }
+    let wrk_note = match &wrk_bin {
+        Ok(bin) => format!(
+            "then wrk ({}, -t{WRK_THREADS} -c{WRK_CONNS}, {secs} s, the dispatch-wrk script) on \
+             the same side",
+            bin.display()
+        ),
+        Err(e) => format!("the wrk row is empty: {e}"),
+    };
+    r.note(format!(
+        "metrics overhead: two example-agent processes of the same binary (RUST_LOG={}, no \
+         store), one with JOBAGENT_METRICS_LISTEN={metrics_addr} (Prometheus recorder on), one \
+         without; each run drives each with the dispatch scenario's in-repo client and request \
+         ({CONNS} connections, {warmup:?} warm-up, {window:?} measured), {wrk_note}; sides in \
+         alternating order. After each run of the metrics-on side, GET /metrics must contain \
+         `{RUNS_STARTED}` (else the scenario fails); its value, summed over labels, is the \
+         count row (cumulative since start).",
+        s.agent_log
+    ));
+    if wrk_bin.is_err() {
+        wrk_rps = wrk_rps.target(Target::None);
+    }
+    r.rows.extend([rps, p99, cpu_per_req, wrk_rps, counted]);
+    on.kill();
+    off.kill();
     Ok(())
 }
 

@@ -9,11 +9,15 @@
 //! cargo run --release -p tests --bin bench -- [--quick] [--runs N] [--only NAME[,NAME]]
 //! ```
 //!
-//! Scenarios: `dispatch`, `stop`, `console`, `many`, `memory`, `idle`, `startup`. The store
-//! scenarios use `JOBAGENT_TEST_DATABASE_URL` when set, else a throwaway PostgreSQL server
-//! (see `tests::pg`), with a fresh database per scenario. The exit status is 0 when every
-//! scenario ran, whether or not targets were met (missed ones print `MISSED`); non-zero on
-//! errors.
+//! Scenarios: `dispatch`, `dispatch-wrk` (the same requests driven by `wrk`, which must be
+//! on PATH: `apt-get install wrk`), `metrics` (dispatch with the Prometheus recorder on,
+//! `JOBAGENT_METRICS_LISTEN`, against the same binary without it), `stop`, `cluster-stop` (a
+//! stop at replica A reaching a run on replica B, with `JOBAGENT_CLUSTER_NOTIFY` on and off),
+//! `console`, `many`, `memory`, `idle`, `startup`. The store scenarios use
+//! `JOBAGENT_TEST_DATABASE_URL` when set, else a throwaway PostgreSQL server (see
+//! `tests::pg`), with a fresh database per scenario (two for `cluster-stop`). The exit status
+//! is 0 when every scenario ran, whether or not targets were met (missed ones print
+//! `MISSED`); non-zero on errors.
 
 #[path = "../bench/mod.rs"]
 mod bench;
@@ -26,7 +30,9 @@ use bench::scenarios::{self, Report, Settings};
 const USAGE: &str = "usage: bench [--quick] [--runs N] [--only NAME[,NAME...]] [--no-build]
   --quick        fewer runs (2 unless --runs is given), shorter windows (idle cost 10 s)
   --runs N       run each scenario N times (default 5)
-  --only NAMES   run only these scenarios: dispatch, stop, console, many, memory, idle, startup
+  --only NAMES   run only these scenarios: dispatch, dispatch-wrk, metrics, stop, cluster-stop,
+                 console, many, memory, idle, startup (dispatch-wrk needs `wrk` on PATH:
+                 apt-get install wrk; metrics also uses it when present)
   --no-build     do not run `cargo build --release -p example-agent` first
   --agent-log F  RUST_LOG for the example service (default `info`, its own default)";
 
@@ -66,6 +72,11 @@ fn parse_args() -> Result<Args, String> {
                 let v = it.next().ok_or("--only needs a scenario name")?;
                 for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
                     let name = match name {
+                        "dispatch_wrk" | "wrk" => "dispatch-wrk",
+                        "metrics-overhead" | "metrics_overhead" => "metrics",
+                        "cluster_stop" | "cross-replica-stop" | "cross_replica_stop" => {
+                            "cluster-stop"
+                        }
                         "stop-latency" | "stop_latency" => "stop",
                         "console-throughput" | "console_throughput" => "console",
                         "many-writers" | "many_writers" => "many",

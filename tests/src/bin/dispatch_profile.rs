@@ -11,6 +11,9 @@
 //! valgrind --tool=callgrind target/release/dispatch_profile --requests 20000
 //! valgrind --tool=callgrind target/release/dispatch_profile --requests 20000 --baseline
 //! ```
+//!
+//! `--log` installs a `tracing` subscriber as a service does (`fmt` at `info`, writing to
+//! nowhere), so the run's span and the log lines it leads to are counted too.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -26,16 +29,24 @@ const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 fn main() -> ExitCode {
     let mut requests = 100_000u64;
     let mut baseline = false;
+    let mut log = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--baseline" => baseline = true,
+            "--log" => log = true,
             "--requests" => match args.next().map(|v| v.parse::<u64>()) {
                 Some(Ok(n)) if n > 0 => requests = n,
                 _ => return usage(),
             },
             _ => return usage(),
         }
+    }
+    if log {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(std::io::sink)
+            .init();
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -57,7 +68,9 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: dispatch_profile [--requests N] [--baseline]   (N > 0; default 100000)");
+    eprintln!(
+        "usage: dispatch_profile [--requests N] [--baseline] [--log]   (N > 0; default 100000)"
+    );
     ExitCode::from(2)
 }
 
