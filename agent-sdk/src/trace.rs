@@ -67,7 +67,14 @@ pub(crate) struct TraceId(pub(crate) u128);
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        // By hand: `{:032x}` of a u128 goes through the padding machinery on every run.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, byte) in self.0.to_be_bytes().iter().enumerate() {
+            out[2 * i] = HEX[usize::from(byte >> 4)];
+            out[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        }
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -81,41 +88,49 @@ pub(crate) fn run_span(
     replica: &str,
     headers: &BTreeMap<String, String>,
 ) -> Span {
+    // Fields are recorded as `Display`: a log formatter then writes them as they are, where
+    // `&str` values would be escaped character by character (most of a span's cost).
     let parent = TraceParent::of(headers);
-    let span = tracing::info_span!(
-        parent: None,
-        "job_run",
-        class,
-        job_id,
-        center = center.unwrap_or(""),
-        replica,
-        trace_id = tracing::field::Empty,
-    );
-    if span.is_disabled() {
-        return span;
-    }
-    let trace_id = match parent {
-        Some(p) => {
-            #[cfg(feature = "opentelemetry")]
-            otel::set_parent(&span, p);
-            p.trace_id
+    #[cfg(not(feature = "opentelemetry"))]
+    {
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return Span::none();
         }
-        None => own_trace_id(&span),
-    };
-    span.record("trace_id", tracing::field::display(TraceId(trace_id)));
-    span
-}
-
-/// The id of the trace a run without `traceparent` starts: OpenTelemetry's, when a layer gave
-/// the span one, else a fresh random id.
-#[cfg(feature = "opentelemetry")]
-fn own_trace_id(span: &Span) -> u128 {
-    otel::trace_id(span).unwrap_or_else(|| rand::random::<u128>().max(1))
-}
-
-#[cfg(not(feature = "opentelemetry"))]
-fn own_trace_id(_: &Span) -> u128 {
-    rand::random::<u128>().max(1)
+        let trace_id = parent.map_or_else(|| rand::random::<u128>().max(1), |p| p.trace_id);
+        tracing::info_span!(
+            parent: None,
+            "job_run",
+            class = %class,
+            job_id = %job_id,
+            center = %center.unwrap_or(""),
+            replica = %replica,
+            trace_id = %TraceId(trace_id),
+        )
+    }
+    #[cfg(feature = "opentelemetry")]
+    {
+        let span = tracing::info_span!(
+            parent: None,
+            "job_run",
+            class = %class,
+            job_id = %job_id,
+            center = %center.unwrap_or(""),
+            replica = %replica,
+            trace_id = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return span;
+        }
+        let trace_id = match parent {
+            Some(p) => {
+                otel::set_parent(&span, p);
+                p.trace_id
+            }
+            None => otel::trace_id(&span).unwrap_or_else(|| rand::random::<u128>().max(1)),
+        };
+        span.record("trace_id", tracing::field::display(TraceId(trace_id)));
+        span
+    }
 }
 
 #[cfg(feature = "opentelemetry")]

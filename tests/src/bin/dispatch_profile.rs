@@ -45,6 +45,7 @@ fn main() -> ExitCode {
     if log {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_ansi(false)
             .with_writer(std::io::sink)
             .init();
     }
