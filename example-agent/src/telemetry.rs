@@ -25,6 +25,10 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+/// The log filter without `RUST_LOG`: `info`, and the agent's run spans (a `DEBUG` span of
+/// target `agent_sdk::run`), so every log line of a run carries its class, job id and trace id.
+pub(crate) const DEFAULT_FILTER: &str = "info,agent_sdk::run=debug";
+
 /// Histogram buckets (seconds) of `jobagent_run_duration_seconds`: a run lasts from a few
 /// milliseconds to hours.
 const RUN_BUCKETS: &[f64] = &[
@@ -138,7 +142,10 @@ impl Telemetry {
         let fmt_layer = tracing_subscriber::fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
         tracing_subscriber::registry()
-            .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+            .with(
+                EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER)),
+            )
             .with(fmt_layer)
             .with(otel_layer)
             .init();

@@ -333,7 +333,10 @@ async fn a_run_is_a_span_that_continues_the_trace_its_traceparent_names() {
         "trace-a",
         &[
             ("JOBAGENT_LOG_ONLY", "true".to_owned()),
-            ("RUST_LOG", "info,example_agent=debug".to_owned()),
+            (
+                "RUST_LOG",
+                "info,agent_sdk::run=debug,example_agent=debug".to_owned(),
+            ),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
         ],
@@ -360,15 +363,15 @@ async fn a_run_is_a_span_that_continues_the_trace_its_traceparent_names() {
         || async {
             a.log_text()
                 .lines()
-                .find(|l| l.contains("demo job starting") && l.contains("job_id=\"traced-1\""))
+                .find(|l| l.contains("demo job starting") && l.contains("job_id=traced-1 "))
                 .map(str::to_owned)
         },
     )
     .await;
     assert!(line.contains("job_run{"), "{line}");
-    assert!(line.contains(&format!("class=\"{TRANSIENT}\"")), "{line}");
+    assert!(line.contains(&format!("class={TRANSIENT} ")), "{line}");
     assert!(line.contains(&format!("trace_id={TRACE}")), "{line}");
-    assert!(line.contains("replica=\"trace-a\""), "{line}");
+    assert!(line.contains("replica=trace-a "), "{line}");
     // The exported span is a child of the caller's span, in the caller's trace.
     let traced = eventually(Duration::from_secs(10), "the traced span exported", || {
         let found = spans(&bodies)
@@ -386,7 +389,7 @@ async fn a_run_is_a_span_that_continues_the_trace_its_traceparent_names() {
         || async {
             a.log_text()
                 .lines()
-                .find(|l| l.contains("demo job starting") && l.contains("job_id=\"untraced-1\""))
+                .find(|l| l.contains("demo job starting") && l.contains("job_id=untraced-1 "))
                 .map(str::to_owned)
         },
     )
