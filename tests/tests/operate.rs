@@ -4,12 +4,12 @@
 //! with the example service as a process (its log, its `/metrics`, its OTLP export) or
 //! in-process.
 //!
-//! Upstream facts these rely on: the center passes the headers configured on a job through
-//! `x-job-agent-header` (Hangfire.HttpJob `Server/Hangfire.HttpJob/Support/HttpJob.cs`, the
-//! agent request's headers), so a W3C `traceparent` configured there reaches the run; the
-//! center treats an agent's 500 as a failed dispatch it may retry
-//! (`HttpJob.cs`: a non-success status throws `AgentJobException` when
-//! `EnableJobAgentErrorThrow`, its default), which is what a draining agent answers.
+//! Upstream facts these rely on (yuzd/Hangfire.HttpJob
+//! `Server/Hangfire.HttpJob/Server/HttpJob.cs`): the center sends a job's configured headers
+//! to the agent, their names joined with `_@_` in `x-job-agent-header` (around line 690), so
+//! a W3C `traceparent` configured there reaches the run; and an agent's answer of 500 throws
+//! `AgentJobException` when `EnableJobAgentErrorThrow` is on, its default (around line 211),
+//! so the center fails the dispatch and may retry it: what a draining agent answers.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
