@@ -177,6 +177,21 @@ impl Agent {
         crate::probes::router(self.inner.clone())
     }
 
+    /// Takes the center's distributed lock on `resource` in the agent's own store
+    /// (`JOBAGENT_STORE`), for service code outside a run; see [`JobContext::lock`](crate::JobContext::lock).
+    pub async fn lock(
+        &self,
+        resource: &str,
+        timeout: std::time::Duration,
+    ) -> Result<crate::StoreLock, crate::LockError> {
+        match self.inner.stores.local() {
+            Some(store) => crate::store::lock::StoreLock::acquire(store, resource, timeout).await,
+            None => Err(crate::LockError::NoStore(
+                "the agent has no store of its own (JOBAGENT_STORE)",
+            )),
+        }
+    }
+
     /// Drains before a shutdown: from now on runs are refused (500 `err:` saying the agent
     /// drains, so the center fails the job and retries it elsewhere instead of waiting),
     /// `readyz` answers 503, runs queued behind a busy singleton are released with an error
@@ -260,7 +275,11 @@ fn agent_server_id(options: &AgentOptions, local: Option<&Store>) -> String {
         return uuid::Uuid::new_v4().to_string();
     }
     let store = local
-        .map(|s| format!("{}|{}", s.label, s.schema))
+        .map(|s| match s.kind() {
+            // As before other stores existed: ids must not change between versions.
+            crate::store::StoreType::PostgreSql => format!("{}|{}", s.label, s.prefix),
+            kind => format!("{kind}|{}|{}", s.label, s.prefix),
+        })
         .unwrap_or_else(|| "center-store".to_owned());
     let name = format!("jobagent|{}|{store}", options.path.to_ascii_lowercase());
     uuid::Uuid::new_v5(&AGENT_ID_NAMESPACE, name.as_bytes()).to_string()

@@ -192,8 +192,8 @@ fn e(err: impl std::error::Error + 'static) -> String {
 }
 
 impl Store {
-    fn hash_sql(&self) -> String {
-        format!("{}.hash", self.schema)
+    fn hash_sql(&self) -> Res<String> {
+        Ok(format!("{}.hash", self.pg()?.schema))
     }
 
     /// Claims a singleton class for `job_id`; the fencing token grows with every claim. A
@@ -202,8 +202,8 @@ impl Store {
     /// instance name that no longer holds the name's lease (it crashed). A process that is a
     /// duplicate of a live process's instance name gets an error naming it.
     pub(crate) async fn claim(&self, me: &Member, class: &str, job_id: &str) -> Res<Claimed> {
-        let mut client = self.pool.get().await.map_err(e)?;
-        let h = self.hash_sql();
+        let mut client = self.pg()?.pool.get().await.map_err(e)?;
+        let h = self.hash_sql()?;
         let key = format!("jobagent:claim:{class}");
         let until = until_of("t");
         let tx = client.transaction().await.map_err(e)?;
@@ -292,7 +292,7 @@ impl Store {
     /// is free; they look every 100 ms anyway.
     async fn notify_claim(&self, class: &str) {
         let sent = async {
-            let client = self.pool.get().await.map_err(e)?;
+            let client = self.pg()?.pool.get().await.map_err(e)?;
             client
                 .execute(
                     "SELECT pg_notify($1, $2)",
@@ -315,14 +315,14 @@ impl Store {
         job_id: &str,
         server_id: &str,
     ) -> Res<()> {
-        let client = self.pool.get().await.map_err(e)?;
+        let client = self.pg()?.pool.get().await.map_err(e)?;
         client
             .execute(
                 &format!(
                     "UPDATE {} SET \"value\" = jsonb_set(\"value\"::jsonb, '{{Until}}', to_jsonb({DB_NOW_MS} - 1))::text, \
                      expireat = NULL WHERE \"key\" = $1 AND field = 'claim' \
                      AND \"value\"::jsonb->>'ServerId' = $2 AND \"value\"::jsonb->>'JobId' = $3",
-                    self.hash_sql()
+                    self.hash_sql()?
                 ),
                 &[&format!("jobagent:claim:{class}"), &server_id, &job_id],
             )
@@ -334,14 +334,14 @@ impl Store {
 
     /// Sets the deadline of a claim we hold to the database's now plus `ms`.
     async fn set_claim_until(&self, me: &Member, class: &str, job_id: &str, ms: i64) -> Res<bool> {
-        let client = self.pool.get().await.map_err(e)?;
+        let client = self.pg()?.pool.get().await.map_err(e)?;
         let n = client
             .execute(
                 &format!(
                     "UPDATE {} SET \"value\" = jsonb_set(\"value\"::jsonb, '{{Until}}', to_jsonb({DB_NOW_MS} + $4::bigint))::text, \
                      expireat = NULL WHERE \"key\" = $1 AND field = 'claim' \
                      AND \"value\"::jsonb->>'ServerId' = $2 AND \"value\"::jsonb->>'JobId' = $3",
-                    self.hash_sql()
+                    self.hash_sql()?
                 ),
                 &[&format!("jobagent:claim:{class}"), &me.server_id, &job_id, &ms],
             )
@@ -352,13 +352,13 @@ impl Store {
 
     /// The class's claim: its holder and whether it is live.
     pub(crate) async fn claim_of(&self, class: &str) -> Res<Option<(ClaimValue, bool)>> {
-        let client = self.pool.get().await.map_err(e)?;
+        let client = self.pg()?.pool.get().await.map_err(e)?;
         let row = client
             .query_opt(
                 &format!(
                     "SELECT t.\"value\", {} > {DB_NOW_MS} FROM {} t WHERE t.\"key\" = $1 AND t.field = 'claim'",
                     until_of("t"),
-                    self.hash_sql()
+                    self.hash_sql()?
                 ),
                 &[&format!("jobagent:claim:{class}")],
             )
@@ -390,14 +390,14 @@ impl Store {
         record: &RunRecord,
         _cluster: bool,
     ) -> Res<()> {
-        let client = self.pool.get().await.map_err(e)?;
+        let client = self.pg()?.pool.get().await.map_err(e)?;
         if let Lease::HeldBy(holder) = self.hold_lease_on(&client, me).await? {
             return Err(holder.refusal(&me.instance));
         }
         let value = serde_json::to_string(record).map_err(e)?;
-        crate::store::upsert_hash_fields(
+        crate::store::postgres::upsert_hash_fields(
             &client,
-            &self.schema,
+            &self.pg()?.schema,
             &format!("jobagent:runs:{}", me.instance),
             &[job_id],
             &[&value],
@@ -408,12 +408,12 @@ impl Store {
 
     /// Forgets a run once its result is written.
     pub(crate) async fn forget_run(&self, me: &Member, job_id: &str) -> Res<()> {
-        let client = self.pool.get().await.map_err(e)?;
+        let client = self.pg()?.pool.get().await.map_err(e)?;
         client
             .execute(
                 &format!(
                     "DELETE FROM {} WHERE \"key\" = $1 AND field = $2",
-                    self.hash_sql()
+                    self.hash_sql()?
                 ),
                 &[&format!("jobagent:runs:{}", me.instance), &job_id],
             )
@@ -424,8 +424,8 @@ impl Store {
 
     /// Runs of `class` on live replicas other than `me`.
     pub(crate) async fn remote_runs(&self, me: &Member, class: &str) -> Res<Vec<ClusterRun>> {
-        let client = self.pool.get().await.map_err(e)?;
-        let h = self.hash_sql();
+        let client = self.pg()?.pool.get().await.map_err(e)?;
+        let h = self.hash_sql()?;
         let until = until_of("r");
         let rows = client
             .query(
@@ -459,7 +459,7 @@ impl Store {
     /// the `expireat` of its run records out of Hangfire's reach (a run may last longer than
     /// `ExpireAtDays`).
     pub(crate) async fn hold_lease(&self, me: &Member) -> Res<Lease> {
-        let client = self.pool.get().await.map_err(e)?;
+        let client = self.pg()?.pool.get().await.map_err(e)?;
         let lease = self.hold_lease_on(&client, me).await?;
         if lease != Lease::Held {
             return Ok(lease);
@@ -469,7 +469,7 @@ impl Store {
                 &format!(
                     "UPDATE {} SET expireat = now() + $2::float8 * interval '1 second' WHERE \"key\" = $1 \
                      AND (expireat IS NULL OR expireat < now() + ($2::float8 - $3::float8) * interval '1 second')",
-                    self.hash_sql()
+                    self.hash_sql()?
                 ),
                 &[
                     &format!("jobagent:runs:{}", me.instance),
@@ -485,13 +485,13 @@ impl Store {
     /// Lets this process's lease lapse now (a graceful stop: a successor of the same name
     /// need not wait for it).
     pub(crate) async fn release_lease(&self, me: &Member) -> Res<()> {
-        let client = self.pool.get().await.map_err(e)?;
+        let client = self.pg()?.pool.get().await.map_err(e)?;
         client
             .execute(
                 &format!(
                     "UPDATE {} SET \"value\" = jsonb_set(\"value\"::jsonb, '{{Until}}', to_jsonb({DB_NOW_MS} - 1))::text \
                      WHERE \"key\" = 'jobagent:replicas' AND field = $1 AND \"value\"::jsonb->>'ServerId' = $2",
-                    self.hash_sql()
+                    self.hash_sql()?
                 ),
                 &[&me.instance, &me.server_id],
             )
@@ -512,7 +512,7 @@ impl Store {
              ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = EXCLUDED.value, expireat = EXCLUDED.expireat \
              WHERE COALESCE(t.\"value\"::jsonb->>'ServerId', '') IN ('', $2) OR {until} < {DB_NOW_MS} \
              RETURNING t.id",
-            self.hash_sql()
+            self.hash_sql()?
         );
         let stmt = client.prepare_cached(&sql).await.map_err(e)?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
@@ -527,7 +527,7 @@ impl Store {
             if client.query_opt(&stmt, &params).await.map_err(e)?.is_some() {
                 return Ok(Lease::Held);
             }
-            if let Some(holder) = holder_of(client, &self.hash_sql(), me).await? {
+            if let Some(holder) = holder_of(client, &self.hash_sql()?, me).await? {
                 return Ok(Lease::HeldBy(holder));
             }
         }
@@ -539,12 +539,12 @@ impl Store {
 
     /// Sends a command to a replica.
     pub(crate) async fn send_command(&self, instance: &str, command: &Command) -> Res<()> {
-        let client = self.pool.get().await.map_err(e)?;
+        let client = self.pg()?.pool.get().await.map_err(e)?;
         let value = serde_json::to_string(command).map_err(e)?;
         let id = format!("{}:{}", command.stop_id, command.job_id);
-        crate::store::upsert_hash_fields(
+        crate::store::postgres::upsert_hash_fields(
             &client,
-            &self.schema,
+            &self.pg()?.schema,
             &format!("jobagent:cmd:{instance}"),
             &[&id],
             &[&value],
@@ -566,12 +566,12 @@ impl Store {
 
     /// Takes the commands addressed to this replica (each is taken once).
     pub(crate) async fn take_commands(&self, me: &Member) -> Res<Vec<Command>> {
-        let client = self.pool.get().await.map_err(e)?;
+        let client = self.pg()?.pool.get().await.map_err(e)?;
         let rows = client
             .query(
                 &format!(
                     "DELETE FROM {} WHERE \"key\" = $1 RETURNING \"value\"",
-                    self.hash_sql()
+                    self.hash_sql()?
                 ),
                 &[&format!("jobagent:cmd:{}", me.instance)],
             )
@@ -586,10 +586,10 @@ impl Store {
 
     /// Acknowledges that `on_stop` finished for a remote stop.
     pub(crate) async fn ack(&self, stop_id: &str, job_id: &str, error: &str) -> Res<()> {
-        let client = self.pool.get().await.map_err(e)?;
-        crate::store::upsert_hash_fields(
+        let client = self.pg()?.pool.get().await.map_err(e)?;
+        crate::store::postgres::upsert_hash_fields(
             &client,
-            &self.schema,
+            &self.pg()?.schema,
             &format!("jobagent:ack:{stop_id}"),
             &[job_id],
             &[error],
@@ -600,12 +600,12 @@ impl Store {
 
     /// The acknowledgements of a stop: job id and error text (empty when fine).
     pub(crate) async fn acks(&self, stop_id: &str) -> Res<Vec<(String, String)>> {
-        let client = self.pool.get().await.map_err(e)?;
+        let client = self.pg()?.pool.get().await.map_err(e)?;
         let rows = client
             .query(
                 &format!(
                     "SELECT field, \"value\" FROM {} WHERE \"key\" = $1",
-                    self.hash_sql()
+                    self.hash_sql()?
                 ),
                 &[&format!("jobagent:ack:{stop_id}")],
             )
@@ -623,12 +623,12 @@ impl Store {
 
     /// Takes the runs an earlier process of this instance left in flight.
     pub(crate) async fn take_orphans(&self, me: &Member) -> Res<Vec<(String, RunRecord)>> {
-        let client = self.pool.get().await.map_err(e)?;
+        let client = self.pg()?.pool.get().await.map_err(e)?;
         let rows = client
             .query(
                 &format!(
                     "DELETE FROM {} WHERE \"key\" = $1 AND (\"value\"::jsonb->>'ServerId') IS DISTINCT FROM $2 RETURNING field, \"value\"",
-                    self.hash_sql()
+                    self.hash_sql()?
                 ),
                 &[&format!("jobagent:runs:{}", me.instance), &me.server_id],
             )
@@ -651,8 +651,8 @@ impl Store {
         me: &Member,
         scan: bool,
     ) -> Res<Vec<(String, String, RunRecord)>> {
-        let mut client = self.pool.get().await.map_err(e)?;
-        let h = self.hash_sql();
+        let mut client = self.pg()?.pool.get().await.map_err(e)?;
+        let h = self.hash_sql()?;
         let tx = client.transaction().await.map_err(e)?;
         if scan {
             tx.execute(

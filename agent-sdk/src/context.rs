@@ -12,6 +12,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use crate::console::Console;
 use crate::error::JobError;
 use crate::item::{JobItem, LazyItem};
+use crate::store::lock::{LockError, StoreLock};
 
 /// The context of one run: its parameter, the center's job item, headers, ids, console and
 /// cancellation token. Cheap to clone.
@@ -33,6 +34,8 @@ pub(crate) struct ContextInner {
     pub(crate) started_at: SystemTime,
     pub(crate) fence: std::sync::OnceLock<u64>,
     pub(crate) states: crate::state::States,
+    /// The store this run writes to (none for a log-only run).
+    pub(crate) store: Option<Arc<crate::store::Store>>,
 }
 
 impl fmt::Debug for JobContext {
@@ -211,6 +214,26 @@ impl JobContext {
     /// When the run started.
     pub fn started_at(&self) -> SystemTime {
         self.inner.started_at
+    }
+
+    /// Takes the center's distributed lock on `resource` in the store this run writes to,
+    /// waiting up to `timeout` while someone else holds it: the lock .NET code takes with
+    /// `JobStorage.Current.GetConnection().AcquireDistributedLock(resource, timeout)`, written
+    /// as that store's Hangfire package writes it, so Rust and .NET holders exclude each
+    /// other. Released when the returned guard is dropped. See [`StoreLock`].
+    pub async fn lock(
+        &self,
+        resource: &str,
+        timeout: std::time::Duration,
+    ) -> Result<StoreLock, LockError> {
+        match &self.inner.store {
+            Some(store) => StoreLock::acquire(store.clone(), resource, timeout).await,
+            None => Err(LockError::NoStore("this run writes to no store (log-only)")),
+        }
+    }
+
+    pub(crate) fn store(&self) -> Option<&Arc<crate::store::Store>> {
+        self.inner.store.as_ref()
     }
 }
 

@@ -4,13 +4,13 @@
 
 use std::ops::Deref;
 
-use crate::store::Store;
 use crate::store::connstr::SslMode;
+use crate::store::postgres::PgStore;
 
 /// A store opened as the agent opens its own (`JOBAGENT_STORE`): the agent's parser (Npgsql
 /// strings and `postgres://` URLs), its TLS rules and its bounds.
 pub struct DevStore {
-    store: Store,
+    store: PgStore,
     config: tokio_postgres::Config,
     ssl: SslMode,
     /// The string as the center would hold it (Npgsql): the user's own, or rendered from a URL.
@@ -30,7 +30,7 @@ impl DevStore {
     /// holds the password.
     pub fn open(connection: &str) -> Result<Self, String> {
         let spec = crate::store::connstr::parse(connection).map_err(|e| e.to_string())?;
-        let store = Store::open(&spec, "hangfire", 1.0, crate::store::pool::Load::Deferred)?;
+        let store = PgStore::open(&spec, "hangfire", crate::store::pool::Load::Deferred)?;
         let text = connection.trim();
         let is_url = ["postgres://", "postgresql://"].iter().any(|s| {
             text.get(..s.len())
@@ -156,7 +156,7 @@ fn to_npgsql(config: &tokio_postgres::Config, ssl: SslMode) -> String {
 /// also says whether the session is encrypted. For the integration tests of TLS modes and
 /// session settings.
 pub async fn probe_store(connection: &str, sql: &str) -> Result<(bool, String), String> {
-    crate::store::probe(connection, sql).await
+    crate::store::postgres::probe(connection, sql).await
 }
 
 /// An error and its causes, joined with `: ` (a database error's own message is in its

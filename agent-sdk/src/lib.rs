@@ -67,6 +67,8 @@ pub use options::{
 };
 pub use registry::{AutoRegister, BusyPolicy, JobRegistration, Registry};
 pub use secret::Secret;
+pub use store::StoreType;
+pub use store::lock::{LockError, StoreLock};
 
 /// Marks a struct or enum as a job the center can run; it must also implement [`JobAgent`].
 ///

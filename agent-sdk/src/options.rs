@@ -110,12 +110,32 @@ impl Default for RequestLimits {
 /// A store configured on the agent itself; it wins over the one the center sends.
 #[derive(Clone, Debug)]
 pub(crate) struct LocalStore {
-    /// An Npgsql connection string or a `postgres://` URL (a secret).
+    /// The store's connection string or URL (a secret).
     pub connection: Secret,
-    /// The Hangfire schema (default `hangfire`).
+    /// Its type: given, else the URL's scheme, else PostgreSQL.
+    pub kind: Option<crate::store::StoreType>,
+    /// The Hangfire schema (PostgreSQL), table prefix (MySQL) or key prefix (Redis); empty:
+    /// the type's default.
     pub schema: String,
     /// Days until written rows expire (default 7).
     pub expire_days: f64,
+}
+
+impl LocalStore {
+    /// The store's type: given, else the URL's scheme, else PostgreSQL.
+    pub(crate) fn resolved_kind(&self) -> crate::store::StoreType {
+        self.kind
+            .or_else(|| crate::store::StoreType::of_url(self.connection.expose()))
+            .unwrap_or(crate::store::StoreType::PostgreSql)
+    }
+
+    /// Its schema or prefix, the type's default when none was given.
+    pub(crate) fn prefix(&self) -> &str {
+        match self.schema.trim() {
+            "" => self.resolved_kind().default_prefix(),
+            given => given,
+        }
+    }
 }
 
 /// Limits on what one run's console keeps and buffers. Start from the defaults and set what
@@ -276,7 +296,14 @@ impl AgentOptions {
             options.console_prefix = prefix;
         }
         if let Some(connection) = get("JOBAGENT_STORE") {
-            let schema = get("JOBAGENT_STORE_SCHEMA").unwrap_or_else(|| "hangfire".to_owned());
+            let schema = get("JOBAGENT_STORE_SCHEMA").unwrap_or_default();
+            let kind = match get("JOBAGENT_STORE_TYPE") {
+                None => None,
+                Some(t) => Some(
+                    t.parse::<crate::store::StoreType>()
+                        .map_err(|e| ConfigError::invalid("JOBAGENT_STORE_TYPE", e))?,
+                ),
+            };
             let expire_days = match get("JOBAGENT_STORE_EXPIRE_DAYS") {
                 None => 7.0,
                 Some(v) => v
@@ -292,12 +319,16 @@ impl AgentOptions {
                     })?,
             };
             options = options.store(connection, schema.trim(), expire_days);
+            if let (Some(kind), Some(store)) = (kind, options.store.as_mut()) {
+                store.kind = Some(kind);
+            }
         } else if get("JOBAGENT_STORE_SCHEMA").is_some()
             || get("JOBAGENT_STORE_EXPIRE_DAYS").is_some()
+            || get("JOBAGENT_STORE_TYPE").is_some()
         {
             return Err(ConfigError::invalid(
                 "JOBAGENT_STORE",
-                "JOBAGENT_STORE_SCHEMA or JOBAGENT_STORE_EXPIRE_DAYS is set but JOBAGENT_STORE is not",
+                "JOBAGENT_STORE_SCHEMA, JOBAGENT_STORE_TYPE or JOBAGENT_STORE_EXPIRE_DAYS is set but JOBAGENT_STORE is not",
             ));
         }
         if let Some(v) = get("JOBAGENT_CONSOLE_MAX_LINES") {
@@ -412,19 +443,35 @@ impl AgentOptions {
         self
     }
 
-    /// Writes consoles, results and heartbeats into this store (an Npgsql connection string
-    /// or a `postgres://` URL) whatever store the center sends.
+    /// Writes consoles, results and heartbeats into this store whatever store the center
+    /// sends. `connection` is a URL (`postgres://`, `mysql://`, `redis://`, `rediss://`: the
+    /// scheme names the type) or the connection string the center's own storage takes (an
+    /// Npgsql one unless [`store_type`](Self::store_type) says otherwise). `schema` is the
+    /// Hangfire schema (PostgreSQL), table prefix (MySQL) or key prefix (Redis); empty for
+    /// the type's default (`hangfire`, `Hangfire`, `{hangfire}:`).
     pub fn store(
         mut self,
         connection: impl Into<String>,
         schema: impl Into<String>,
         expire_days: f64,
     ) -> Self {
+        let kind = self.store.as_ref().and_then(|s| s.kind);
         self.store = Some(LocalStore {
             connection: Secret::new(connection),
+            kind,
             schema: schema.into(),
             expire_days,
         });
+        self
+    }
+
+    /// The type of the store given to [`store`](Self::store) when its connection string is
+    /// not a URL (`JOBAGENT_STORE_TYPE`: `postgresql`, `mysql` or `redis`). Call it after
+    /// `store`.
+    pub fn store_type(mut self, kind: crate::store::StoreType) -> Self {
+        if let Some(store) = self.store.as_mut() {
+            store.kind = Some(kind);
+        }
         self
     }
 
@@ -640,7 +687,22 @@ impl AgentOptions {
                 "the agent id must be 1 to 100 letters, digits, `-`, `_` or `.`",
             ));
         }
-        if let Some(store) = &self.store {
+        if self.cluster
+            && let Some(store) = &self.store
+            && store.resolved_kind() != crate::store::StoreType::PostgreSql
+        {
+            return Err(ConfigError::invalid(
+                "JOBAGENT_CLUSTER",
+                format!(
+                    "cluster mode needs a PostgreSQL store for now; JOBAGENT_STORE is {}",
+                    store.resolved_kind()
+                ),
+            ));
+        }
+        if let Some(store) = &self.store
+            && store.resolved_kind() == crate::store::StoreType::PostgreSql
+            && !store.schema.is_empty()
+        {
             crate::schema::check_schema(&store.schema)
                 .map_err(|reason| ConfigError::invalid("JOBAGENT_STORE_SCHEMA", reason))?;
         }
@@ -706,6 +768,7 @@ const KNOWN_VARIABLES: &[&str] = &[
     "JOBAGENT_STORE_ALLOWED_HOSTS",
     "JOBAGENT_STORE_EXPIRE_DAYS",
     "JOBAGENT_STORE_SCHEMA",
+    "JOBAGENT_STORE_TYPE",
     "JOBAGENT_TEST_DATABASE_URL",
     "JOBAGENT_TIMEOUT_GRACE_MS",
 ];

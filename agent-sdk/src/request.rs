@@ -138,14 +138,17 @@ impl<'de> Deserialize<'de> for ConsoleTarget {
 #[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub(crate) struct StorageHeader {
-    /// The store kind; this agent speaks `postgresql`.
+    /// The store kind: `postgresql`, `mysql`, `redis` (or one this agent does not speak).
     pub kind: String,
     /// The Hangfire schema.
     pub table_prefix: Option<String>,
     /// Days until written rows expire.
     pub expire_at_days: Option<f64>,
-    /// The Npgsql connection string (a secret).
+    /// The store's connection string (a secret): Npgsql's, MySqlConnector's, or
+    /// StackExchange.Redis's configuration string.
     pub hangfire_db: String,
+    /// Redis only: the database number (`Db`, sent as text).
+    pub db: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for StorageHeader {
@@ -157,6 +160,7 @@ impl<'de> Deserialize<'de> for StorageHeader {
             table_prefix: text("TablePrefix")?,
             expire_at_days: number_field(&obj, "ExpireAtDays"),
             hangfire_db: text("HangfireDb")?.unwrap_or_default(),
+            db: text("Db")?,
         })
     }
 }
@@ -198,6 +202,7 @@ impl fmt::Debug for StorageHeader {
             .field("kind", &self.kind)
             .field("table_prefix", &self.table_prefix)
             .field("expire_at_days", &self.expire_at_days)
+            .field("db", &self.db)
             .field("hangfire_db", &"<redacted>")
             .finish()
     }

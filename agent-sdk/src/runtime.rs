@@ -309,7 +309,10 @@ impl Runtime {
 
     /// The store used for cluster coordination, when cluster mode is on.
     fn shared<'a>(&self, outlet: &'a Outlet) -> Option<&'a Arc<Store>> {
-        outlet.store.as_ref().filter(|_| self.options.cluster)
+        outlet
+            .store
+            .as_ref()
+            .filter(|s| self.options.cluster && s.supports_cluster())
     }
 
     /// Starts a run; answers at once. A busy singleton follows the class's busy policy.
@@ -625,6 +628,7 @@ impl Runtime {
             started_at: started,
             fence: OnceLock::new(),
             states: self.options.states.clone(),
+            store: outlet.store.clone(),
         });
         Arc::new(Run {
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
@@ -634,7 +638,9 @@ impl Runtime {
             started,
             results: outlet.results(),
             reported: AtomicBool::new(false),
-            store: outlet.store.clone(),
+            // In-flight records (what a restarted process or a survivor reports lost) are kept
+            // on PostgreSQL only, for now.
+            store: outlet.store.clone().filter(|s| s.supports_cluster()),
             claimed: AtomicBool::new(false),
             record: Mutex::new(None),
             stalled: AtomicBool::new(false),

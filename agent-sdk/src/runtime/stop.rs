@@ -336,6 +336,7 @@ fn stop_context(
         started_at: SystemTime::now(),
         fence,
         states: run.cx.states().clone(),
+        store: run.cx.store().cloned(),
     })
 }
 

@@ -7,9 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Type;
 
 use super::Store;
 use super::line::{EncodedLine, LineEncoder};
@@ -476,105 +473,10 @@ impl Writer {
         }
     }
 
-    /// Appends the lines with one binary `COPY` (rows keep their order, so ids do too).
-    async fn copy_lines(
-        &self,
-        client: &deadpool_postgres::Client,
-        lines: &[EncodedLine],
-    ) -> Result<(), tokio_postgres::Error> {
-        let sql = format!(
-            "COPY {}.\"set\" (\"key\", score, \"value\", expireat) FROM STDIN (FORMAT binary)",
-            self.store.schema
-        );
-        let sink = client.copy_in(&sql).await?;
-        let writer = BinaryCopyInWriter::new(
-            sink,
-            &[Type::TEXT, Type::FLOAT8, Type::TEXT, Type::TIMESTAMPTZ],
-        );
-        let mut writer = std::pin::pin!(writer);
-        let expireat = SystemTime::now() + self.store.expire;
-        let key = self.target.set_key.as_str();
-        for line in lines {
-            writer
-                .as_mut()
-                .write(&[&key, &line.score, &line.value.as_str(), &expireat])
-                .await?;
-        }
-        writer.finish().await?;
-        Ok(())
-    }
-
-    /// Inserts the lines, keeping rows that already exist (a retry after an unknown outcome).
-    async fn upsert_lines(
-        &self,
-        client: &deadpool_postgres::Client,
-        lines: &[EncodedLine],
-    ) -> Result<(), String> {
-        let schema = &self.store.schema;
-        let expire = self.store.expire_secs();
-        let scores: Vec<f64> = lines.iter().map(|l| l.score).collect();
-        let values: Vec<&str> = lines.iter().map(|l| l.value.as_str()).collect();
-        let sql = format!(
-            "INSERT INTO {schema}.\"set\" (\"key\", score, \"value\", expireat) \
-             SELECT $1, l.score, l.value, now() + $4 * interval '1 second' \
-             FROM unnest($2::float8[], $3::text[]) WITH ORDINALITY AS l(score, value, ord) ORDER BY l.ord \
-             ON CONFLICT (\"key\", \"value\") DO UPDATE SET score = EXCLUDED.score, expireat = EXCLUDED.expireat"
-        );
-        let stmt = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(|e| crate::error::chain(&e))?;
-        client
-            .execute(&stmt, &[&self.target.set_key, &scores, &values, &expire])
-            .await
-            .map_err(|e| crate::error::chain(&e))?;
-        Ok(())
-    }
-
     async fn try_write(&self, lines: &[EncodedLine]) -> Result<(), String> {
-        let client = self
-            .store
-            .pool
-            .get()
+        self.store
+            .write_console(&self.target.set_key, &self.target.hash_key, lines)
             .await
-            .map_err(|e| crate::error::chain(&e))?;
-        let schema = &self.store.schema;
-        let expire = self.store.expire_secs();
-        let (ref_fields, ref_values): (Vec<&str>, Vec<&str>) = lines
-            .iter()
-            .filter_map(|l| l.reference.as_ref().map(|(f, v)| (f.as_str(), v.as_str())))
-            .unzip();
-        if !ref_fields.is_empty() {
-            super::upsert_hash_fields(
-                &client,
-                schema,
-                &self.target.hash_key,
-                &ref_fields,
-                &ref_values,
-                expire,
-            )
-            .await?;
-        }
-        match self.copy_lines(&client, lines).await {
-            Ok(()) => {}
-            // A retried batch that had in fact committed: upsert it instead (same ids kept).
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                self.upsert_lines(&client, lines).await?;
-            }
-            Err(e) => return Err(crate::error::chain(&e)),
-        }
-        if let Some(progress) = lines.iter().rev().find_map(|l| l.progress_field.as_deref()) {
-            super::upsert_hash_fields(
-                &client,
-                schema,
-                &self.target.hash_key,
-                &["progress"],
-                &[progress],
-                expire,
-            )
-            .await?;
-        }
-        Ok(())
     }
 }
 

@@ -19,7 +19,7 @@ pub(crate) const LIFE_TICKS: u32 = 300;
 /// The reporter's period.
 pub(crate) const TICK: Duration = Duration::from_secs(3);
 /// How long heartbeat rows live.
-const ROW_LIFE_SECS: f64 = 600.0;
+const ROW_LIFE: Duration = Duration::from_secs(600);
 /// The most one heartbeat write may take (one tick): the reporter never falls behind.
 const WRITE_WITHIN: Duration = TICK;
 
@@ -135,19 +135,15 @@ impl Heartbeats {
 /// is worth nothing), and the next tick tries again on another connection.
 async fn write(store: &Store, key: &str, field: &str, beat: &Beat<'_>) -> Result<(), String> {
     let value = serde_json::to_string(beat).map_err(|e| e.to_string())?;
-    store
-        .bounded(Some(WRITE_WITHIN), async {
-            let client = store.conn().await?;
-            client
-                .bound(super::upsert_hash_fields(
-                    &client,
-                    &store.schema,
-                    key,
-                    &[field],
-                    &[&value],
-                    ROW_LIFE_SECS,
-                ))
-                .await
-        })
-        .await
+    tokio::time::timeout(
+        WRITE_WITHIN,
+        store.set_hash(key, &[(field, &value)], Some(ROW_LIFE)),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "the store did not answer within {} ms",
+            WRITE_WITHIN.as_millis()
+        )
+    })?
 }

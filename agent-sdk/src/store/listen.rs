@@ -70,8 +70,9 @@ pub(crate) fn spawn(store: Arc<Store>, instance: String, stop: CancellationToken
 /// One listening connection, from connect to failure.
 async fn listen_once(store: &Store, instance: &str, failures: &mut u32) -> Result<(), String> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let within = store.limits.create.unwrap_or(Duration::from_secs(20));
-    let client = tokio::time::timeout(within, store.connector.connect(tx))
+    let pg = store.pg()?;
+    let within = pg.limits.create.unwrap_or(Duration::from_secs(20));
+    let client = tokio::time::timeout(within, pg.connector.connect(tx))
         .await
         .map_err(|_| format!("no connection within {} ms", within.as_millis()))??;
     let listen = format!("LISTEN {COMMANDS}; LISTEN {CLAIMS}");

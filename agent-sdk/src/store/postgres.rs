@@ -1,0 +1,744 @@
+//! PostgreSQL (Hangfire.PostgreSql): pooled connections with a deadline on every statement,
+//! and the statements the agent writes with.
+//!
+//! **Every store operation has a deadline.** The pool bounds the wait for a connection
+//! (`Timeout`, 15 s by default, as Npgsql) and the opening of one; connections use TCP
+//! keepalive (10 s idle) and `TCP_USER_TIMEOUT`; the server ends statements that outlive
+//! `Command Timeout` (30 s by default); a pooled connection is checked (an empty query,
+//! 3 s) before reuse, so one still carrying an abandoned request is dropped. On top of that,
+//! code that talks to the store takes its connection with [`PgStore::conn`] and runs each
+//! statement through [`Conn::bound`]: a client-side `Command Timeout` that also holds when
+//! the link is black-holed (nothing answers, nothing is reset), and drops the connection
+//! whose statement timed out or whose caller went away mid-statement.
+
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use std::time::SystemTime;
+
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+
+use super::connstr::ConnSpec;
+use super::line::EncodedLine;
+use super::pool::{self, Limits};
+use crate::schema::{check_schema, quote_ident};
+
+/// A PostgreSQL store: a pool and the Hangfire schema.
+pub(crate) struct PgStore {
+    pub(crate) pool: Pool,
+    /// `"schema"`, quoted for SQL.
+    pub(crate) schema: String,
+    /// Where it came from, for logs (host and database; never a secret).
+    pub(crate) label: String,
+    /// The bounds of its operations.
+    pub(crate) limits: Limits,
+    /// The longest [`PgStore::conn`] waits for a connection.
+    checkout: Option<Duration>,
+    /// Whether Hangfire's tables were seen in the schema (then never checked again).
+    tables_seen: AtomicBool,
+    /// When the last table check could not tell (the store did not answer in time).
+    tables_unknown_at: Mutex<Option<std::time::Instant>>,
+    /// Opens the `LISTEN` connection.
+    pub(crate) connector: pool::Connector,
+    /// The host names it connects to.
+    hosts: Vec<String>,
+}
+
+/// How long a run's answer waits to learn whether the store has Hangfire's tables.
+const TABLE_CHECK_WITHIN: Duration = Duration::from_millis(500);
+/// After a check that could not tell, how long runs go ahead without checking again (so an
+/// unreachable store delays one answer per period, not every one).
+const TABLE_CHECK_RETRY: Duration = Duration::from_secs(30);
+
+impl PgStore {
+    pub(crate) fn open(spec: &ConnSpec, schema: &str, load: pool::Load) -> Result<Self, String> {
+        check_schema(schema)?;
+        let label = label(&spec.config);
+        let connector = pool::Connector::new(spec, load)?;
+        let pool = pool::pool_of(spec, &connector)?;
+        let limits = Limits::of(spec);
+        Ok(Self {
+            pool,
+            schema: quote_ident(schema),
+            label,
+            limits,
+            checkout: limits.checkout(),
+            tables_seen: AtomicBool::new(false),
+            tables_unknown_at: Mutex::new(None),
+            connector,
+            hosts: spec.hosts().into_iter().map(|(host, _)| host).collect(),
+        })
+    }
+
+    /// Refuses a store whose schema lacks Hangfire's `hash` or `set` table: a run written
+    /// there could never show at the center, and its writes would fail forever. Only a
+    /// database that answers "absent" refuses; one that does not answer within
+    /// [`TABLE_CHECK_WITHIN`] lets the run go (its writes retry, as in any outage).
+    pub(crate) async fn check_tables(&self) -> Result<(), String> {
+        if self.tables_seen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if crate::sync::lock(&self.tables_unknown_at)
+            .is_some_and(|at| at.elapsed() < TABLE_CHECK_RETRY)
+        {
+            return Ok(());
+        }
+        let check = async {
+            let client = self.checkout().await?;
+            // Per table: whether it exists, and whether this session's user may read and write
+            // it (asked one privilege at a time: a list is true when any one is held; the
+            // functions give NULL for a table that does not exist).
+            let rows = client
+                .query(
+                    "SELECT t.name, to_regclass(t.path) IS NOT NULL, \
+                     COALESCE(has_table_privilege(to_regclass(t.path), 'SELECT') \
+                     AND has_table_privilege(to_regclass(t.path), 'INSERT') \
+                     AND has_table_privilege(to_regclass(t.path), 'UPDATE'), false), \
+                     current_user::text \
+                     FROM unnest($1::text[], $2::text[]) AS t(name, path)",
+                    &[
+                        &vec!["hash", "set"],
+                        &vec![
+                            format!("{}.hash", self.schema),
+                            format!("{}.set", self.schema),
+                        ],
+                    ],
+                )
+                .await
+                .map_err(|e| crate::error::chain(&e))?;
+            let mut problem = None;
+            for row in rows {
+                let get = |i: usize| {
+                    row.try_get::<_, bool>(i)
+                        .map_err(|e| crate::error::chain(&e))
+                };
+                let name: String = row.try_get(0).map_err(|e| crate::error::chain(&e))?;
+                let user: String = row.try_get(3).map_err(|e| crate::error::chain(&e))?;
+                let (exists, writable) = (get(1)?, get(2)?);
+                if problem.is_none() && !(exists && writable) {
+                    problem = Some((name, exists, user));
+                }
+            }
+            Ok::<_, String>(problem)
+        };
+        match tokio::time::timeout(TABLE_CHECK_WITHIN, check).await {
+            Ok(Ok(None)) => {
+                self.tables_seen.store(true, Ordering::Release);
+                Ok(())
+            }
+            Ok(Ok(Some((table, true, user)))) => Err(format!(
+                "the store {}'s user `{user}` may not write Hangfire's table {}.{table} (it needs SELECT, INSERT and UPDATE, as the center's own user has)",
+                self.label, self.schema,
+            )),
+            Ok(Ok(Some((table, false, _)))) => Err(format!(
+                "the store {} has no Hangfire table {}.{table}: point the store at the center's database and schema (the center's HangfireDb and TablePrefix, or JOBAGENT_STORE and JOBAGENT_STORE_SCHEMA); the agent does not create Hangfire's tables",
+                self.label, self.schema,
+            )),
+            Ok(Err(e)) => {
+                tracing::debug!(store = %self.label, error = %e, "could not check the store's tables");
+                *crate::sync::lock(&self.tables_unknown_at) = Some(std::time::Instant::now());
+                Ok(())
+            }
+            Err(_) => {
+                *crate::sync::lock(&self.tables_unknown_at) = Some(std::time::Instant::now());
+                Ok(())
+            }
+        }
+    }
+
+    /// The host names it connects to.
+    pub(crate) fn hosts(&self) -> Vec<String> {
+        self.hosts.clone()
+    }
+
+    /// Whether the store answers a trivial statement (the caller bounds it).
+    pub(crate) async fn ping(&self) -> Result<(), String> {
+        let conn = self.conn().await?;
+        conn.bound(conn.simple_query("SELECT 1")).await.map(|_| ())
+    }
+
+    /// A pooled connection as it comes from the pool, within the checkout bound (see
+    /// [`Limits::checkout`]): for a few statements of the agent's own, or a caller that holds
+    /// it across many (the dev CLI's reader).
+    pub(crate) async fn checkout(&self) -> Result<deadpool_postgres::Object, String> {
+        let get = self.pool.get();
+        match self.checkout {
+            Some(limit) => tokio::time::timeout(limit, get).await.map_err(|_| {
+                format!("no connection to the store within {} ms", limit.as_millis())
+            })?,
+            None => get.await,
+        }
+        .map_err(|e| crate::error::chain(&e))
+    }
+
+    /// A pooled connection, within the pool's bounds (see [`Limits::checkout`]). Run its
+    /// statements through [`Conn::bound`].
+    pub(crate) async fn conn(&self) -> Result<Conn, String> {
+        Ok(Conn {
+            client: Some(self.checkout().await?),
+            command: self.limits.command,
+            busy: AtomicBool::new(false),
+        })
+    }
+}
+
+/// A pooled connection whose statements carry a client-side deadline ([`Conn::bound`]).
+/// It derefs to the pool's client, so the helpers of this module take it as they are.
+///
+/// A connection whose statement timed out, or whose caller went away while a statement was
+/// in flight (a dropped request future), is taken out of the pool when dropped and closed:
+/// it is never handed out again with a request in flight.
+pub(crate) struct Conn {
+    client: Option<deadpool_postgres::Client>,
+    command: Option<Duration>,
+    /// Set while a bounded statement runs, and left set when it timed out.
+    busy: AtomicBool,
+}
+
+impl Conn {
+    /// Runs one statement (or a few that belong together) within `Command Timeout`.
+    pub(crate) async fn bound<T, E: Describe>(
+        &self,
+        statement: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, String> {
+        self.busy.store(true, Ordering::Release);
+        let outcome = match self.command {
+            Some(limit) => match tokio::time::timeout(limit, statement).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // `busy` stays set: the connection is dropped, not pooled again.
+                    return Err(format!(
+                        "the store did not answer within Command Timeout ({} ms); the connection is dropped",
+                        limit.as_millis()
+                    ));
+                }
+            },
+            None => statement.await,
+        };
+        self.busy.store(false, Ordering::Release);
+        outcome.map_err(|e| e.describe())
+    }
+
+    /// Whether this connection will be dropped rather than pooled again.
+    #[cfg(test)]
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
+impl Deref for Conn {
+    type Target = deadpool_postgres::Client;
+
+    fn deref(&self) -> &Self::Target {
+        match &self.client {
+            Some(client) => client,
+            // Only `Drop` takes the client out.
+            None => unreachable!("a Conn holds its client until dropped"),
+        }
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match &mut self.client {
+            Some(client) => client,
+            None => unreachable!("a Conn holds its client until dropped"),
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.busy.load(Ordering::Acquire)
+            && let Some(client) = self.client.take()
+        {
+            // Out of the pool; dropping the wrapper aborts its connection task, which closes
+            // the socket.
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+/// An error as the store reports it: with its causes (a database error's own message is in
+/// its source; `tokio_postgres::Error` alone says only "db error").
+pub(crate) trait Describe {
+    fn describe(&self) -> String;
+}
+
+impl Describe for String {
+    fn describe(&self) -> String {
+        self.clone()
+    }
+}
+
+impl Describe for tokio_postgres::Error {
+    fn describe(&self) -> String {
+        crate::error::chain(self)
+    }
+}
+
+fn label(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_default();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", config.get_dbname().unwrap_or(""))
+}
+
+#[cfg(feature = "dev")]
+/// Opens `connection` as the agent opens a store and runs `sql` (one row, one text column);
+/// also says whether the session is encrypted. For the integration tests of TLS modes.
+pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String), String> {
+    let spec = super::connstr::parse(connection).map_err(|e| crate::error::chain(&e))?;
+    let store = PgStore::open(&spec, "hangfire", pool::Load::Now)?;
+    let client = store.pool.get().await.map_err(|e| format!("{e} ({e:?})"))?;
+    let encrypted: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| crate::error::chain(&e))?
+        .try_get(0)
+        .map_err(|e| crate::error::chain(&e))?;
+    let value: String = client
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| crate::error::chain(&e))?
+        .try_get(0)
+        .map_err(|e| crate::error::chain(&e))?;
+    Ok((encrypted, value))
+}
+
+/// Upserts fields of one hash key, in one statement.
+pub(crate) async fn upsert_hash_fields(
+    client: &deadpool_postgres::Client,
+    schema: &str,
+    key: &str,
+    fields: &[&str],
+    values: &[&str],
+    expire_secs: f64,
+) -> Result<(), String> {
+    let sql = format!(
+        "INSERT INTO {schema}.hash (\"key\", field, \"value\", expireat) \
+         SELECT $1, h.field, h.value, now() + $4 * interval '1 second' \
+         FROM unnest($2::text[], $3::text[]) AS h(field, value) \
+         ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = EXCLUDED.value, expireat = EXCLUDED.expireat"
+    );
+    let stmt = client
+        .prepare_cached(&sql)
+        .await
+        .map_err(|e| crate::error::chain(&e))?;
+    client
+        .execute(&stmt, &[&key, &fields, &values, &expire_secs])
+        .await
+        .map_err(|e| crate::error::chain(&e))?;
+    Ok(())
+}
+
+impl PgStore {
+    /// One console batch: references, then the lines with one binary `COPY` (rows keep their
+    /// order, so ids do too), then bar 1's value. A retried batch that had in fact committed
+    /// is upserted instead (same ids kept).
+    pub(crate) async fn write_console(
+        &self,
+        set_key: &str,
+        hash_key: &str,
+        lines: &[EncodedLine],
+        expire: Duration,
+    ) -> Result<(), String> {
+        let client = self.pool.get().await.map_err(|e| crate::error::chain(&e))?;
+        let schema = &self.schema;
+        let expire_secs = expire.as_secs_f64();
+        let (ref_fields, ref_values): (Vec<&str>, Vec<&str>) = lines
+            .iter()
+            .filter_map(|l| l.reference.as_ref().map(|(f, v)| (f.as_str(), v.as_str())))
+            .unzip();
+        if !ref_fields.is_empty() {
+            upsert_hash_fields(
+                &client,
+                schema,
+                hash_key,
+                &ref_fields,
+                &ref_values,
+                expire_secs,
+            )
+            .await?;
+        }
+        match self.copy_lines(&client, set_key, lines, expire).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                self.upsert_lines(&client, set_key, lines, expire_secs)
+                    .await?;
+            }
+            Err(e) => return Err(crate::error::chain(&e)),
+        }
+        if let Some(progress) = lines.iter().rev().find_map(|l| l.progress_field.as_deref()) {
+            upsert_hash_fields(
+                &client,
+                schema,
+                hash_key,
+                &["progress"],
+                &[progress],
+                expire_secs,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn copy_lines(
+        &self,
+        client: &deadpool_postgres::Client,
+        set_key: &str,
+        lines: &[EncodedLine],
+        expire: Duration,
+    ) -> Result<(), tokio_postgres::Error> {
+        let sql = format!(
+            "COPY {}.\"set\" (\"key\", score, \"value\", expireat) FROM STDIN (FORMAT binary)",
+            self.schema
+        );
+        let sink = client.copy_in(&sql).await?;
+        let writer = BinaryCopyInWriter::new(
+            sink,
+            &[Type::TEXT, Type::FLOAT8, Type::TEXT, Type::TIMESTAMPTZ],
+        );
+        let mut writer = std::pin::pin!(writer);
+        let expireat = SystemTime::now() + expire;
+        for line in lines {
+            writer
+                .as_mut()
+                .write(&[&set_key, &line.score, &line.value.as_str(), &expireat])
+                .await?;
+        }
+        writer.finish().await?;
+        Ok(())
+    }
+
+    /// Inserts the lines, keeping rows that already exist (a retry after an unknown outcome).
+    async fn upsert_lines(
+        &self,
+        client: &deadpool_postgres::Client,
+        set_key: &str,
+        lines: &[EncodedLine],
+        expire_secs: f64,
+    ) -> Result<(), String> {
+        let schema = &self.schema;
+        let scores: Vec<f64> = lines.iter().map(|l| l.score).collect();
+        let values: Vec<&str> = lines.iter().map(|l| l.value.as_str()).collect();
+        let sql = format!(
+            "INSERT INTO {schema}.\"set\" (\"key\", score, \"value\", expireat) \
+             SELECT $1, l.score, l.value, now() + $4 * interval '1 second' \
+             FROM unnest($2::float8[], $3::text[]) WITH ORDINALITY AS l(score, value, ord) ORDER BY l.ord \
+             ON CONFLICT (\"key\", \"value\") DO UPDATE SET score = EXCLUDED.score, expireat = EXCLUDED.expireat"
+        );
+        let stmt = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(|e| crate::error::chain(&e))?;
+        client
+            .execute(&stmt, &[&set_key, &scores, &values, &expire_secs])
+            .await
+            .map_err(|e| crate::error::chain(&e))?;
+        Ok(())
+    }
+
+    /// Fields of one hash key, bounded: the checkout and the statement (see [`Conn::bound`]).
+    /// `life` None: the rows never expire.
+    pub(crate) async fn set_hash(
+        &self,
+        key: &str,
+        pairs: &[(&str, &str)],
+        life: Option<Duration>,
+    ) -> Result<(), String> {
+        let (fields, values): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
+        let conn = self.conn().await?;
+        // No expiry: a century (Hangfire's columns have no "never" but NULL, which its cleanup keeps).
+        let secs = life.map_or(3_155_760_000.0, |l| l.as_secs_f64());
+        conn.bound(upsert_hash_fields(
+            &conn,
+            &self.schema,
+            key,
+            &fields,
+            &values,
+            secs,
+        ))
+        .await
+    }
+
+    /// Upserts one set member (a retry updates its score and expiry).
+    pub(crate) async fn add_to_set(
+        &self,
+        key: &str,
+        value: &str,
+        score: f64,
+        expire: Duration,
+    ) -> Result<(), String> {
+        let sql = format!(
+            "INSERT INTO {}.\"set\" (\"key\", score, \"value\", expireat) VALUES ($1, $2, $3, now() + $4 * interval '1 second') \
+             ON CONFLICT (\"key\", \"value\") DO UPDATE SET score = EXCLUDED.score, expireat = EXCLUDED.expireat",
+            self.schema
+        );
+        let conn = self.conn().await?;
+        conn.bound(async {
+            let stmt = conn.prepare_cached(&sql).await?;
+            conn.execute(&stmt, &[&key, &score, &value, &expire.as_secs_f64()])
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether this write is a dispatch's first report or a retry of it (see
+    /// [`super::results`]): hash `jobagent:results`, field = the id, value = the writer's
+    /// token, taken only when absent or already this token.
+    pub(crate) async fn first_report(
+        &self,
+        id: &str,
+        token: &str,
+        expire: Duration,
+    ) -> Result<bool, String> {
+        let sql = format!(
+            "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
+             VALUES ('jobagent:results', $1, $2, now() + $3 * interval '1 second') \
+             ON CONFLICT (\"key\", field) DO UPDATE SET expireat = EXCLUDED.expireat \
+             WHERE t.\"value\" = EXCLUDED.\"value\" RETURNING t.id",
+            self.schema
+        );
+        let conn = self.conn().await?;
+        let row = conn
+            .bound(async {
+                let stmt = conn.prepare_cached(&sql).await?;
+                conn.query_opt(&stmt, &[&id, &token, &expire.as_secs_f64()])
+                    .await
+            })
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// One try at Hangfire.PostgreSql's distributed lock (`PostgreSqlDistributedLock.cs`):
+    /// a lock row older than `stale_after` (the center's `DistributedLockTimeout`) is removed
+    /// first, as Hangfire does, then the row for `resource` is inserted unless one exists.
+    /// The owner is the row's `acquired` time as text (the table has no owner column).
+    pub(crate) async fn lock_try(
+        &self,
+        resource: &str,
+        stale_after: Duration,
+    ) -> Result<Option<String>, String> {
+        let conn = self.conn().await?;
+        let schema = &self.schema;
+        conn.bound(async {
+            conn.execute(
+                &format!(
+                    "DELETE FROM {schema}.\"lock\" WHERE resource = $1 \
+                     AND acquired < now() - $2 * interval '1 second'"
+                ),
+                &[&resource, &stale_after.as_secs_f64()],
+            )
+            .await?;
+            conn.query_opt(
+                &format!(
+                    "INSERT INTO {schema}.\"lock\" (resource, acquired) \
+                     SELECT $1, now() WHERE NOT EXISTS (SELECT 1 FROM {schema}.\"lock\" WHERE resource = $1) \
+                     ON CONFLICT DO NOTHING RETURNING acquired::text"
+                ),
+                &[&resource],
+            )
+            .await
+        })
+        .await?
+        .map(|row| row.try_get::<_, String>(0).map_err(|e| crate::error::chain(&e)))
+        .transpose()
+    }
+
+    /// Moves a held lock's `acquired` to now, so no process takes it as stale; the new owner,
+    /// or None when the row is not ours any more.
+    pub(crate) async fn lock_keep(
+        &self,
+        resource: &str,
+        owner: &str,
+    ) -> Result<Option<String>, String> {
+        let conn = self.conn().await?;
+        conn.bound(conn.query_opt(
+            &format!(
+                "UPDATE {}.\"lock\" SET acquired = now() WHERE resource = $1 AND acquired::text = $2 \
+                 RETURNING acquired::text",
+                self.schema
+            ),
+            &[&resource, &owner],
+        ))
+        .await?
+        .map(|row| row.try_get::<_, String>(0).map_err(|e| crate::error::chain(&e)))
+        .transpose()
+    }
+
+    /// Deletes the lock row if it is still ours (Hangfire deletes by resource alone).
+    pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), String> {
+        let conn = self.conn().await?;
+        conn.bound(conn.execute(
+            &format!(
+                "DELETE FROM {}.\"lock\" WHERE resource = $1 AND acquired::text = $2",
+                self.schema
+            ),
+            &[&resource, &owner],
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    /// The next fencing token of `resource`: a counter in hash `jobagent:lock-fence` that
+    /// never expires.
+    pub(crate) async fn fence(&self, resource: &str) -> Result<u64, String> {
+        let field = super::fence_field(resource);
+        let conn = self.conn().await?;
+        let value: String = conn
+            .bound(conn.query_one(
+                &format!(
+                    "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
+                     VALUES ('jobagent:lock-fence', $1, '1', NULL) \
+                     ON CONFLICT (\"key\", field) DO UPDATE \
+                     SET \"value\" = (COALESCE(NULLIF(t.\"value\", '')::bigint, 0) + 1)::text \
+                     RETURNING \"value\"",
+                    self.schema
+                ),
+                &[&field],
+            ))
+            .await?
+            .try_get(0)
+            .map_err(|e| crate::error::chain(&e))?;
+        value
+            .parse()
+            .map_err(|_| format!("the fencing counter of `{resource}` holds `{value}`"))
+    }
+
+    /// The dashboard's read of a set: values by id, from `from`, at most `count`.
+    pub(crate) async fn read_set(
+        &self,
+        key: &str,
+        from: usize,
+        count: usize,
+    ) -> Result<Vec<String>, String> {
+        let conn = self.conn().await?;
+        let (from, count) = (
+            i64::try_from(from).unwrap_or(i64::MAX),
+            i64::try_from(count).unwrap_or(i64::MAX),
+        );
+        let rows = conn
+            .bound(conn.query(
+                &format!(
+                    "SELECT \"value\" FROM {}.\"set\" WHERE \"key\" = $1 ORDER BY id OFFSET $2 LIMIT $3",
+                    self.schema
+                ),
+                &[&key, &from, &count],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(|e| crate::error::chain(&e)))
+            .collect()
+    }
+
+    /// One field of a hash.
+    pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
+        let conn = self.conn().await?;
+        let row = conn
+            .bound(conn.query_opt(
+                &format!(
+                    "SELECT \"value\" FROM {}.hash WHERE \"key\" = $1 AND field = $2",
+                    self.schema
+                ),
+                &[&key, &field],
+            ))
+            .await?;
+        row.map(|r| r.try_get(0).map_err(|e| crate::error::chain(&e)))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store on the test server (JOBAGENT_TEST_DATABASE_URL) with a 1 s `Command Timeout`
+    /// enforced by the client only, and one connection; `None` without a test server.
+    fn short_store() -> Option<PgStore> {
+        let url = std::env::var("JOBAGENT_TEST_DATABASE_URL").ok()?;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = format!(
+            "{url}{sep}command_timeout=1&max_pool_size=1&options=-c%20statement_timeout%3D0"
+        );
+        let spec = crate::store::connstr::parse(&url).expect("a valid test URL");
+        Some(PgStore::open(&spec, "hangfire", pool::Load::Now).expect("opens"))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_statement_past_its_command_timeout_fails_and_its_connection_is_not_reused() {
+        let Some(store) = short_store() else {
+            eprintln!("JOBAGENT_TEST_DATABASE_URL not set; skipped");
+            return;
+        };
+        let conn = store.conn().await.expect("a connection");
+        let pid: i32 = conn
+            .bound(conn.query_one("SELECT pg_backend_pid()", &[]))
+            .await
+            .expect("answers")
+            .get(0);
+        let started = std::time::Instant::now();
+        let e = conn
+            .bound(conn.execute("SELECT pg_sleep(10)", &[]))
+            .await
+            .expect_err("past Command Timeout");
+        let took = started.elapsed();
+        assert!(e.contains("Command Timeout"), "{e}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert!(conn.is_poisoned());
+        drop(conn);
+        assert_eq!(store.pool.status().size, 0, "taken out of the pool");
+        // The one slot is free again, on a new session that answers at once.
+        let conn = store.conn().await.expect("a new connection");
+        let started = std::time::Instant::now();
+        let other: i32 = conn
+            .bound(conn.query_one("SELECT pg_backend_pid()", &[]))
+            .await
+            .expect("answers")
+            .get(0);
+        assert_ne!(pid, other);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(!conn.is_poisoned());
+        drop(conn);
+        assert_eq!(
+            store.pool.status().size,
+            1,
+            "a healthy connection is pooled again"
+        );
+
+        // A caller that goes away mid-statement (its future dropped): the connection goes too.
+        let conn = store.conn().await.expect("the pooled connection");
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(200),
+            conn.bound(conn.execute("SELECT pg_sleep(10)", &[])),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        drop(conn);
+        assert_eq!(store.pool.status().size, 0);
+        let conn = store.conn().await.expect("a new connection");
+        let started = std::time::Instant::now();
+        conn.bound(conn.execute("SELECT 1", &[]))
+            .await
+            .expect("not queued behind the abandoned statement");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
