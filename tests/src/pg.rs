@@ -565,7 +565,8 @@ impl Generation {
         }
     }
 
-    /// The `CREATE TABLE`s of this generation's `hash` and `set` in `schema` (quoted here).
+    /// The `CREATE TABLE`s of this generation's `hash` and `set` (and, current, `lock`:
+    /// Install.v3, v4, v9 and v19) in `schema` (quoted here).
     fn tables_sql(self, schema: &str) -> String {
         let s = quote_ident(schema);
         match self {
@@ -585,7 +586,12 @@ impl Generation {
                      value text NOT NULL,
                      expireat timestamptz,
                      updatecount int NOT NULL DEFAULT 0,
-                     UNIQUE (key, value));"
+                     UNIQUE (key, value));
+                 CREATE TABLE {s}.\"lock\" (
+                     resource text NOT NULL,
+                     updatecount int NOT NULL DEFAULT 0,
+                     acquired timestamptz,
+                     UNIQUE (resource));"
             ),
             // Shapes as in Install.v3.sql.
             Generation::Oldest => format!(
@@ -855,6 +861,51 @@ impl TestDb {
         }
     }
 
+    /// Takes the distributed lock on `resource` as Hangfire.PostgreSql does
+    /// (`PostgreSqlDistributedLock.cs`, the native-transaction handler): on its own
+    /// connection, remove a row older than `DistributedLockTimeout` (10 minutes), insert the
+    /// row unless one exists, and try again every second (at most) until `timeout`.
+    pub async fn dotnet_lock(
+        &self,
+        resource: &str,
+        timeout: Duration,
+    ) -> Result<DotnetPgLock, String> {
+        let client = self.connect().await;
+        let table = self.table("lock");
+        let started = std::time::Instant::now();
+        loop {
+            client
+                .execute(
+                    &format!("DELETE FROM {table} WHERE resource = $1 AND acquired < now() - interval '10 minutes'"),
+                    &[&resource],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let inserted = client
+                .execute(
+                    &format!(
+                        "INSERT INTO {table} (resource, acquired) SELECT $1, now() \
+                         WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE resource = $1) ON CONFLICT DO NOTHING"
+                    ),
+                    &[&resource],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if inserted > 0 {
+                return Ok(DotnetPgLock {
+                    client,
+                    table,
+                    resource: resource.to_owned(),
+                });
+            }
+            let left = timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(format!("could not acquire lock on resource {resource}"));
+            }
+            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+        }
+    }
+
     /// One hash field's value.
     pub async fn hash_value(&self, key: &str, field: &str) -> Option<String> {
         let sql = format!(
@@ -1009,5 +1060,25 @@ mod tests {
         let s = from_url("host=127.0.0.1 port=5433 user=postgres dbname=test").expect("kv");
         assert_eq!((s.port, s.admin_db.as_str()), (5433, "test"));
         assert!(from_url("postgres://[bad").is_err());
+    }
+}
+
+/// A lock held the way a .NET service holds it on Hangfire.PostgreSql.
+pub struct DotnetPgLock {
+    client: Client,
+    table: String,
+    resource: String,
+}
+
+impl DotnetPgLock {
+    /// Releases it as Hangfire does: deletes the resource's row, whoever wrote it.
+    pub async fn release(self) {
+        self.client
+            .execute(
+                &format!("DELETE FROM {} WHERE resource = $1", self.table),
+                &[&self.resource],
+            )
+            .await
+            .expect("release the lock");
     }
 }
