@@ -135,9 +135,6 @@ pub(crate) enum Backend {
     Redis(RedisStore),
 }
 
-/// How long a run's answer waits to learn whether the store has Hangfire's tables.
-const TABLE_CHECK_WITHIN: Duration = Duration::from_millis(500);
-
 /// Dispatches one call to the backend.
 macro_rules! backend {
     ($self:ident, $b:ident => $call:expr) => {
@@ -242,21 +239,11 @@ impl Store {
     }
 
     /// Refuses a store without Hangfire's tables (see each backend); a store that does not
-    /// answer within [`TABLE_CHECK_WITHIN`] lets the run go (its writes retry, as in any
-    /// outage).
+    /// answer within half a second lets the run go (its writes retry, as in any outage).
     pub(crate) async fn check_tables(&self) -> Result<(), String> {
         match &self.backend {
             Backend::Postgres(pg) => pg.check_tables().await,
-            Backend::Mysql(my) => {
-                match tokio::time::timeout(TABLE_CHECK_WITHIN, my.check_tables()).await {
-                    Ok(Err(e)) if mysql::is_absent(&e) => Err(e),
-                    Ok(Err(e)) => {
-                        tracing::debug!(store = %self.label, error = %e, "could not check the store's tables");
-                        Ok(())
-                    }
-                    Ok(Ok(())) | Err(_) => Ok(()),
-                }
-            }
+            Backend::Mysql(my) => my.check_tables().await,
             Backend::Redis(_) => Ok(()),
         }
     }

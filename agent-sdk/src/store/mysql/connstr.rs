@@ -1,0 +1,1143 @@
+//! A MySQL connection string as MySqlConnector / MySql.Data users write it
+//! (`server=h;port=3306;database=d;uid=u;pwd=p;`), or a `mysql://user:pass@host:port/db?...`
+//! URL, read into a [`MyConnSpec`].
+//!
+//! The rules follow ADO.NET's `DbConnectionStringBuilder` as the PostgreSQL parser
+//! (`store::connstr`) does: pairs split by `;`, values optionally quoted with `'` or `"` (a
+//! doubled quote inside is literal, `;` inside quotes is literal), `==` in a key is a literal
+//! `=`, a later pair overrides an earlier one and an empty value restores the default. Keys are
+//! case-insensitive and spaces, `_` and `-` in them are ignored (`Ssl-Ca`, `SslCa`, `SSL CA`).
+//!
+//! Unlike the PostgreSQL parser, an unknown key is an error (MySqlConnector refuses it too),
+//! naming the key and the closest known one. One exception keeps the password safe: a key
+//! that comes after the password pair may be the tail of an unquoted password holding `;`,
+//! so it is named by its position only.
+//!
+//! No error or `Debug` output ever holds the password.
+
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// MySQL's port.
+pub(crate) const DEFAULT_PORT: u16 = 3306;
+/// `Connection Timeout` when the string names none (MySqlConnector's), seconds.
+const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 15;
+/// `Default Command Timeout` when the string names none (MySqlConnector's), seconds.
+const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 30;
+/// Pool bound when the string names no `Maximum Pool Size`.
+pub(crate) const DEFAULT_MAX_POOL: usize = 16;
+/// The largest pool this agent opens per store, whatever the string asks.
+pub(crate) const MAX_POOL_LIMIT: usize = 64;
+/// TCP keepalive idle time when the string sets no `Keepalive` (MySqlConnector leaves it to
+/// the OS, which waits 2 h): a peer that vanished is noticed within a minute or so.
+pub(crate) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// How TLS is used, as MySqlConnector's `SslMode` (default `Preferred`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum SslMode {
+    /// Never TLS (`None`, `Disabled`).
+    Disabled,
+    /// TLS when the server offers it, plain otherwise; the certificate is not verified.
+    Preferred,
+    /// TLS always; the certificate is not verified.
+    Required,
+    /// TLS always; the chain must lead to a trusted root, any host name.
+    VerifyCa,
+    /// TLS always; a trusted chain and a certificate valid for the host name.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Option<Self> {
+        Some(match normalize(value).as_str() {
+            "NONE" | "DISABLED" | "DISABLE" | "FALSE" => SslMode::Disabled,
+            "PREFERRED" | "PREFER" => SslMode::Preferred,
+            "REQUIRED" | "REQUIRE" | "TRUE" => SslMode::Required,
+            "VERIFYCA" => SslMode::VerifyCa,
+            "VERIFYFULL" | "VERIFYIDENTITY" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+/// A parsed connection string.
+#[derive(Clone)]
+pub(crate) struct MyConnSpec {
+    /// The hosts named (`Server` may list several, separated by `,`); the agent connects to
+    /// the first.
+    pub(crate) hosts: Vec<String>,
+    pub(crate) port: u16,
+    /// `Database`; `None` when the string names none.
+    pub(crate) database: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) ssl: SslMode,
+    /// `SslCa`: a PEM file of CA certificates trusted instead of the built-in roots.
+    pub(crate) ssl_ca: Option<PathBuf>,
+    /// `SslCert` and `SslKey`: a client certificate and its key.
+    pub(crate) ssl_cert: Option<PathBuf>,
+    pub(crate) ssl_key: Option<PathBuf>,
+    /// The settings present that name a file on the agent's machine, by canonical name (a
+    /// store the center sends may not name any).
+    pub(crate) file_settings: Vec<&'static str>,
+    /// `Connection Timeout`: default 15 s; `None` when the string sets 0 (no limit).
+    pub(crate) connect_timeout: Option<Duration>,
+    /// `Default Command Timeout`: default 30 s; `None` when the string sets 0 (no limit).
+    pub(crate) command_timeout: Option<Duration>,
+    /// `Maximum Pool Size`, default 16, within 1..=64.
+    pub(crate) max_pool: usize,
+    /// `Minimum Pool Size`, at most `max_pool`.
+    pub(crate) min_pool: usize,
+    /// `Connection Lifetime`: a pooled connection older than this is closed.
+    pub(crate) lifetime: Option<Duration>,
+    /// TCP keepalive idle time (`Keepalive`, else [`DEFAULT_KEEPALIVE`]).
+    pub(crate) keepalive: Duration,
+    /// Keys that were present and are accepted but not used (names only, for a debug log).
+    pub(crate) ignored_keys: Vec<&'static str>,
+}
+
+impl MyConnSpec {
+    /// The first host, which the agent connects to.
+    pub(crate) fn host(&self) -> &str {
+        self.hosts.first().map_or("", String::as_str)
+    }
+
+    /// `host:port/database`: for logs, never a secret.
+    pub(crate) fn label(&self) -> String {
+        format!(
+            "{}:{}/{}",
+            self.host(),
+            self.port,
+            self.database.as_deref().unwrap_or("")
+        )
+    }
+
+    /// A key equal for two strings that reach the same server, database, user, password and
+    /// TLS settings, however spelled. The password appears only as a keyed hash whose key is
+    /// random per process.
+    pub(crate) fn identity(&self) -> String {
+        let password = match &self.password {
+            None => "none".to_owned(),
+            Some(pw) => password_tag(pw.as_bytes()),
+        };
+        format!(
+            "mysql:{:?}:{}/{:?}?user={:?}&password={password}&ssl={:?}&ca={:?}&cert={:?}&key={:?}",
+            self.host().to_lowercase(),
+            self.port,
+            self.database.as_deref().unwrap_or(""),
+            self.user.as_deref().unwrap_or(""),
+            self.ssl,
+            self.ssl_ca,
+            self.ssl_cert,
+            self.ssl_key,
+        )
+    }
+}
+
+impl fmt::Debug for MyConnSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MyConnSpec")
+            .field("hosts", &self.hosts)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ssl", &self.ssl)
+            .field("ssl_ca", &self.ssl_ca)
+            .field("ssl_cert", &self.ssl_cert)
+            .field("ssl_key", &self.ssl_key)
+            .field("file_settings", &self.file_settings)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("max_pool", &self.max_pool)
+            .field("min_pool", &self.min_pool)
+            .field("lifetime", &self.lifetime)
+            .field("keepalive", &self.keepalive)
+            .field("ignored_keys", &self.ignored_keys)
+            .finish()
+    }
+}
+
+/// A keyed 128-bit hash of a password, as hex; the key is random and lives in this process.
+fn password_tag(password: &[u8]) -> String {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    let state = KEY.get_or_init(RandomState::new);
+    format!(
+        "{:016x}{:016x}",
+        state.hash_one((0u8, password)),
+        state.hash_one((1u8, password))
+    )
+}
+
+/// The settings this agent reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    Server,
+    Port,
+    Database,
+    User,
+    Password,
+    SslMode,
+    SslCaFile,
+    SslCertFile,
+    SslKeyFile,
+    ConnectTimeout,
+    CommandTimeout,
+    MaxPool,
+    MinPool,
+    Lifetime,
+    Keepalive,
+    /// Accepted and not used; its value checked as the kind says.
+    Ignored(&'static str, Kind),
+}
+
+/// What an accepted-and-ignored setting's value must look like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Bool,
+    Count,
+    Any,
+}
+
+/// Every key known: canonical name, normalized spellings, meaning.
+const KEYS: &[(&str, &[&str], Key)] = &[
+    (
+        "Server",
+        &[
+            "SERVER",
+            "HOST",
+            "DATASOURCE",
+            "ADDRESS",
+            "ADDR",
+            "NETWORKADDRESS",
+            "HOSTNAME",
+        ],
+        Key::Server,
+    ),
+    ("Port", &["PORT"], Key::Port),
+    (
+        "Database",
+        &["DATABASE", "INITIALCATALOG", "DB"],
+        Key::Database,
+    ),
+    ("User ID", &["USERID", "UID", "USERNAME", "USER"], Key::User),
+    ("Password", &["PASSWORD", "PWD", "PASS"], Key::Password),
+    ("SSL Mode", &["SSLMODE"], Key::SslMode),
+    (
+        "SSL CA",
+        &["SSLCA", "CACERTIFICATEFILE", "SSLROOTCERT"],
+        Key::SslCaFile,
+    ),
+    (
+        "SSL Cert",
+        &["SSLCERT", "CERTIFICATEFILE", "SSLCERTIFICATE"],
+        Key::SslCertFile,
+    ),
+    ("SSL Key", &["SSLKEY"], Key::SslKeyFile),
+    (
+        "Connection Timeout",
+        &["CONNECTIONTIMEOUT", "CONNECTTIMEOUT", "TIMEOUT"],
+        Key::ConnectTimeout,
+    ),
+    (
+        "Default Command Timeout",
+        &["DEFAULTCOMMANDTIMEOUT", "COMMANDTIMEOUT"],
+        Key::CommandTimeout,
+    ),
+    (
+        "Maximum Pool Size",
+        &["MAXIMUMPOOLSIZE", "MAXPOOLSIZE", "MAXIMUMPOOLSIZE"],
+        Key::MaxPool,
+    ),
+    (
+        "Minimum Pool Size",
+        &["MINIMUMPOOLSIZE", "MINPOOLSIZE"],
+        Key::MinPool,
+    ),
+    (
+        "Connection Lifetime",
+        &["CONNECTIONLIFETIME", "LOADBALANCETIMEOUT"],
+        Key::Lifetime,
+    ),
+    ("Keepalive", &["KEEPALIVE"], Key::Keepalive),
+    (
+        "Character Set",
+        &["CHARACTERSET", "CHARSET"],
+        Key::Ignored("Character Set", Kind::Any),
+    ),
+    (
+        "Allow User Variables",
+        &["ALLOWUSERVARIABLES"],
+        Key::Ignored("Allow User Variables", Kind::Bool),
+    ),
+    ("Pooling", &["POOLING"], Key::Ignored("Pooling", Kind::Bool)),
+    (
+        "Allow Public Key Retrieval",
+        &["ALLOWPUBLICKEYRETRIEVAL"],
+        Key::Ignored("Allow Public Key Retrieval", Kind::Bool),
+    ),
+    (
+        "Convert Zero DateTime",
+        &["CONVERTZERODATETIME"],
+        Key::Ignored("Convert Zero DateTime", Kind::Bool),
+    ),
+    (
+        "Allow Zero DateTime",
+        &["ALLOWZERODATETIME"],
+        Key::Ignored("Allow Zero DateTime", Kind::Bool),
+    ),
+    (
+        "Treat Tiny As Boolean",
+        &["TREATTINYASBOOLEAN"],
+        Key::Ignored("Treat Tiny As Boolean", Kind::Bool),
+    ),
+    (
+        "Connection Reset",
+        &["CONNECTIONRESET"],
+        Key::Ignored("Connection Reset", Kind::Bool),
+    ),
+    (
+        "Connection Idle Timeout",
+        &["CONNECTIONIDLETIMEOUT"],
+        Key::Ignored("Connection Idle Timeout", Kind::Count),
+    ),
+    (
+        "Persist Security Info",
+        &["PERSISTSECURITYINFO"],
+        Key::Ignored("Persist Security Info", Kind::Bool),
+    ),
+    (
+        "Use Compression",
+        &["USECOMPRESSION", "COMPRESS"],
+        Key::Ignored("Use Compression", Kind::Bool),
+    ),
+    (
+        "Use Affected Rows",
+        &["USEAFFECTEDROWS"],
+        Key::Ignored("Use Affected Rows", Kind::Bool),
+    ),
+    (
+        "Old Guids",
+        &["OLDGUIDS"],
+        Key::Ignored("Old Guids", Kind::Bool),
+    ),
+    (
+        "Guid Format",
+        &["GUIDFORMAT"],
+        Key::Ignored("Guid Format", Kind::Any),
+    ),
+    (
+        "Application Name",
+        &["APPLICATIONNAME"],
+        Key::Ignored("Application Name", Kind::Any),
+    ),
+    (
+        "Auto Enlist",
+        &["AUTOENLIST"],
+        Key::Ignored("Auto Enlist", Kind::Bool),
+    ),
+    (
+        "Interactive Session",
+        &["INTERACTIVESESSION", "INTERACTIVE"],
+        Key::Ignored("Interactive Session", Kind::Bool),
+    ),
+    (
+        "No Backslash Escapes",
+        &["NOBACKSLASHESCAPES"],
+        Key::Ignored("No Backslash Escapes", Kind::Bool),
+    ),
+    (
+        "Ignore Command Transaction",
+        &["IGNORECOMMANDTRANSACTION"],
+        Key::Ignored("Ignore Command Transaction", Kind::Bool),
+    ),
+    (
+        "Ignore Prepare",
+        &["IGNOREPREPARE"],
+        Key::Ignored("Ignore Prepare", Kind::Bool),
+    ),
+    (
+        "Defer Connection Reset",
+        &["DEFERCONNECTIONRESET"],
+        Key::Ignored("Defer Connection Reset", Kind::Bool),
+    ),
+    (
+        "Cancellation Timeout",
+        &["CANCELLATIONTIMEOUT"],
+        Key::Ignored("Cancellation Timeout", Kind::Any),
+    ),
+    (
+        "DateTime Kind",
+        &["DATETIMEKIND"],
+        Key::Ignored("DateTime Kind", Kind::Any),
+    ),
+    (
+        "Allow Load Local Infile",
+        &["ALLOWLOADLOCALINFILE"],
+        Key::Ignored("Allow Load Local Infile", Kind::Bool),
+    ),
+    (
+        "Allow Batch",
+        &["ALLOWBATCH"],
+        Key::Ignored("Allow Batch", Kind::Bool),
+    ),
+    (
+        "Load Balance",
+        &["LOADBALANCE"],
+        Key::Ignored("Load Balance", Kind::Any),
+    ),
+    (
+        "DNS Check Interval",
+        &["DNSCHECKINTERVAL"],
+        Key::Ignored("DNS Check Interval", Kind::Count),
+    ),
+    (
+        "TLS Version",
+        &["TLSVERSION", "TLSVERSIONS"],
+        Key::Ignored("TLS Version", Kind::Any),
+    ),
+    (
+        "Tls Cipher Suites",
+        &["TLSCIPHERSUITES"],
+        Key::Ignored("Tls Cipher Suites", Kind::Any),
+    ),
+    (
+        "Check Parameters",
+        &["CHECKPARAMETERS"],
+        Key::Ignored("Check Parameters", Kind::Bool),
+    ),
+    (
+        "Use XA Transactions",
+        &["USEXATRANSACTIONS"],
+        Key::Ignored("Use XA Transactions", Kind::Bool),
+    ),
+    (
+        "Server Redirection Mode",
+        &["SERVERREDIRECTIONMODE"],
+        Key::Ignored("Server Redirection Mode", Kind::Any),
+    ),
+    (
+        "Connection Protocol",
+        &["CONNECTIONPROTOCOL", "PROTOCOL", "TRANSPORT"],
+        Key::Ignored("Connection Protocol", Kind::Any),
+    ),
+];
+
+/// `written` upper-cased, without whitespace, `_` and `-`.
+fn normalize(written: &str) -> String {
+    written
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '_' && *c != '-')
+        .flat_map(char::to_uppercase)
+        .collect()
+}
+
+fn lookup(written: &str) -> Option<(&'static str, Key)> {
+    let k = normalize(written);
+    KEYS.iter()
+        .find(|(_, spellings, _)| spellings.contains(&k.as_str()))
+        .map(|(name, _, key)| (*name, *key))
+}
+
+/// The known key closest to an unknown one, if any is close.
+fn closest(written: &str) -> Option<&'static str> {
+    let k = normalize(written);
+    KEYS.iter()
+        .flat_map(|(name, spellings, _)| spellings.iter().map(move |s| (name, s)))
+        .map(|(name, s)| (strsim::jaro_winkler(&k, s), *name))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, name)| name)
+}
+
+/// A value as shown in an error: at most 40 characters. Never used for the password.
+fn shown(value: &str) -> String {
+    let mut out: String = value.chars().take(40).collect();
+    if value.chars().nth(40).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+fn at(name: &str, reason: impl fmt::Display) -> String {
+    format!("connection string key `{name}`: {reason}")
+}
+
+/// Values by key, as read.
+#[derive(Default)]
+struct Settings {
+    values: Vec<(&'static str, Key, String)>,
+}
+
+impl Settings {
+    fn put(&mut self, name: &'static str, key: Key, value: String) {
+        self.values.retain(|(n, _, _)| *n != name);
+        if !value.is_empty() {
+            self.values.push((name, key, value));
+        }
+    }
+
+    fn get(&self, key: Key) -> Option<(&'static str, &str)> {
+        self.values
+            .iter()
+            .find(|(_, k, _)| *k == key)
+            .map(|(n, _, v)| (*n, v.as_str()))
+    }
+}
+
+/// Reads a MySqlConnector connection string or a `mysql://` URL.
+pub(crate) fn parse(s: &str) -> Result<MyConnSpec, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("connection string: it is empty".to_owned());
+    }
+    let mut settings = Settings::default();
+    match url_rest(s) {
+        Some(rest) => parse_url(rest, &mut settings)?,
+        None => parse_pairs(s, &mut settings)?,
+    }
+    build(settings)
+}
+
+/// The part after `mysql://` or `mariadb://` (scheme case-insensitive), if `s` is a URL.
+fn url_rest(s: &str) -> Option<&str> {
+    ["mysql://", "mariadb://"].iter().find_map(|scheme| {
+        let head = s.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme)
+            .then(|| s.get(scheme.len()..))
+            .flatten()
+    })
+}
+
+fn unknown_key(written: &str) -> String {
+    let written = shown(written.trim());
+    match closest(&written) {
+        Some(known) => {
+            format!("connection string: unknown key `{written}` (did you mean `{known}`?)")
+        }
+        None => format!("connection string: unknown key `{written}`"),
+    }
+}
+
+/// Reads `key=value` pairs as ADO.NET's `DbConnectionStringBuilder` does.
+fn parse_pairs(s: &str, settings: &mut Settings) -> Result<(), String> {
+    let mut chars = s.chars().peekable();
+    let mut pair = 0usize;
+    let mut after_password = false;
+    loop {
+        while chars.next_if(|c| c.is_whitespace() || *c == ';').is_some() {}
+        if chars.peek().is_none() {
+            return Ok(());
+        }
+        pair += 1;
+        let mut written = String::new();
+        loop {
+            match chars.next() {
+                None | Some(';') => {
+                    return Err(format!(
+                        "connection string: pair {pair} has no `=`; write `key=value` pairs separated by `;` and quote values that hold `;`"
+                    ));
+                }
+                Some('=') => {
+                    if chars.next_if_eq(&'=').is_some() {
+                        written.push('=');
+                    } else {
+                        break;
+                    }
+                }
+                Some(c) => written.push(c),
+            }
+        }
+        let written = written.trim().to_owned();
+        if written.is_empty() {
+            return Err(format!("connection string: pair {pair} has an empty key"));
+        }
+        let known = lookup(&written);
+        let blame = |reason: &str| match known {
+            Some((name, _)) => at(name, reason),
+            None => format!("connection string: pair {pair}: {reason}"),
+        };
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let value = match chars.next_if(|c| *c == '"' || *c == '\'') {
+            Some(quote) => {
+                let mut value = String::new();
+                loop {
+                    match chars.next() {
+                        None => return Err(blame("the quoted value has no closing quote")),
+                        Some(c) if c == quote => {
+                            if chars.next_if_eq(&quote).is_some() {
+                                value.push(quote);
+                            } else {
+                                break;
+                            }
+                        }
+                        Some(c) => value.push(c),
+                    }
+                }
+                while chars.next_if(|c| c.is_whitespace()).is_some() {}
+                match chars.next() {
+                    None | Some(';') => {}
+                    Some(_) => {
+                        return Err(blame(
+                            "text follows the closing quote; double a quote to put it inside the value",
+                        ));
+                    }
+                }
+                value
+            }
+            None => {
+                let mut value = String::new();
+                while let Some(c) = chars.next_if(|c| *c != ';') {
+                    value.push(c);
+                }
+                chars.next_if_eq(&';');
+                value.trim_end().to_owned()
+            }
+        };
+        match known {
+            Some((name, key)) => {
+                if key == Key::Password {
+                    after_password = true;
+                }
+                settings.put(name, key, value);
+            }
+            // Possibly the tail of an unquoted password that holds `;`: not shown.
+            None if after_password => {
+                return Err(format!(
+                    "connection string: pair {pair} has an unknown key (not shown: it follows the password; if the password holds `;`, quote it: `Password='...'`)"
+                ));
+            }
+            None => return Err(unknown_key(&written)),
+        }
+    }
+}
+
+/// Reads `[user[:password]@]host[:port][/database][?key=value&...]`, percent-decoded;
+/// parameters take the connection string's keys (`ssl-mode`, `sslmode`, `SslCa`, ...).
+fn parse_url(rest: &str, settings: &mut Settings) -> Result<(), String> {
+    let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match before_query.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (before_query, None),
+    };
+    let (userinfo, hostspec) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if let Some(userinfo) = userinfo {
+        let (user, password) = match userinfo.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (userinfo, None),
+        };
+        settings.put("User ID", Key::User, percent_decode(user, "User ID")?);
+        if let Some(password) = password {
+            settings.put(
+                "Password",
+                Key::Password,
+                percent_decode(password, "Password")?,
+            );
+        }
+    }
+    if !hostspec.is_empty() {
+        let (host, port) = split_host_port(hostspec)?;
+        settings.put("Server", Key::Server, percent_decode(&host, "Server")?);
+        if let Some(port) = port {
+            settings.put("Port", Key::Port, port);
+        }
+    }
+    if let Some(path) = path.filter(|p| !p.is_empty()) {
+        settings.put("Database", Key::Database, percent_decode(path, "Database")?);
+    }
+    if let Some(query) = query {
+        for (i, param) in query.split('&').filter(|p| !p.is_empty()).enumerate() {
+            let Some((k, v)) = param.split_once('=') else {
+                return Err(format!(
+                    "connection string: URL parameter {} has no `=`",
+                    i + 1
+                ));
+            };
+            let key = percent_decode(k, "URL parameter")?;
+            match lookup(&key) {
+                Some((name, known)) => settings.put(name, known, percent_decode(v, name)?),
+                None => return Err(unknown_key(&key)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` (the port as text).
+fn split_host_port(spec: &str) -> Result<(String, Option<String>), String> {
+    if let Some(bracketed) = spec.strip_prefix('[') {
+        let Some((addr, after)) = bracketed.split_once(']') else {
+            return Err(at("Server", "`[` is not closed by `]`"));
+        };
+        return match after {
+            "" => Ok((addr.to_owned(), None)),
+            _ => match after.strip_prefix(':') {
+                Some(p) => Ok((addr.to_owned(), Some(p.to_owned()))),
+                None => Err(at(
+                    "Server",
+                    format!("unexpected `{}` after `]`", shown(after)),
+                )),
+            },
+        };
+    }
+    match spec.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Ok((h.to_owned(), Some(p.to_owned()))),
+        _ => Ok((spec.to_owned(), None)),
+    }
+}
+
+/// Decodes `%XX` escapes; the result must be UTF-8. Errors name `key`, never the text.
+fn percent_decode(s: &str, key: &str) -> Result<String, String> {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            match (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi * 16 + lo);
+                    i += 3;
+                }
+                _ => {
+                    return Err(at(
+                        key,
+                        "malformed %-escape in the URL (use %XX with two hex digits)",
+                    ));
+                }
+            }
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| at(key, "the URL's %-escapes do not decode to UTF-8"))
+}
+
+fn parse_port(name: &str, value: &str) -> Result<u16, String> {
+    match value.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(at(
+            name,
+            format!("`{}` is not a port number (1-65535)", shown(value.trim())),
+        )),
+    }
+}
+
+/// A whole number within `0..=max`.
+fn parse_count(name: &str, value: &str, max: u64) -> Result<u64, String> {
+    let v = value.trim();
+    let n: i64 = v
+        .parse()
+        .map_err(|_| at(name, format!("`{}` is not a whole number", shown(v))))?;
+    match u64::try_from(n) {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(at(name, format!("{n} is out of range (0 to {max})"))),
+    }
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(at(
+            name,
+            format!("`{}` is not true or false", shown(value.trim())),
+        )),
+    }
+}
+
+fn secs(n: u64) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(n))
+}
+
+fn build(settings: Settings) -> Result<MyConnSpec, String> {
+    let Some((_, server)) = settings.get(Key::Server) else {
+        return Err(
+            "connection string: no `Server` given (e.g. `Server=db.example.com;Port=3306;Database=hangfire;...`)"
+                .to_owned(),
+        );
+    };
+    let mut hosts = Vec::new();
+    for host in server.split(',') {
+        let host = host.trim();
+        if host.is_empty() {
+            return Err(at("Server", "a host name in the list is empty"));
+        }
+        if host.starts_with('/') || host.starts_with('.') {
+            return Err(at(
+                "Server",
+                "Unix sockets and named pipes are not supported; name a TCP host",
+            ));
+        }
+        hosts.push(host.to_owned());
+    }
+    let port = match settings.get(Key::Port) {
+        Some((name, v)) => parse_port(name, v)?,
+        None => DEFAULT_PORT,
+    };
+    let ssl = match settings.get(Key::SslMode) {
+        None => SslMode::Preferred,
+        Some((name, v)) => SslMode::parse(v).ok_or_else(|| {
+            at(
+                name,
+                format!(
+                    "`{}` is not one of None, Disabled, Preferred, Required, VerifyCA, VerifyFull",
+                    shown(v)
+                ),
+            )
+        })?,
+    };
+    let path = |key: Key| settings.get(key).map(|(_, v)| PathBuf::from(v));
+    let (ssl_ca, ssl_cert, ssl_key) = (
+        path(Key::SslCaFile),
+        path(Key::SslCertFile),
+        path(Key::SslKeyFile),
+    );
+    let mut file_settings = Vec::new();
+    for (set, name) in [
+        (ssl_ca.is_some(), "SSL CA"),
+        (ssl_cert.is_some(), "SSL Cert"),
+        (ssl_key.is_some(), "SSL Key"),
+    ] {
+        if set {
+            file_settings.push(name);
+        }
+    }
+    if ssl_cert.is_some() != ssl_key.is_some() {
+        return Err(at(
+            if ssl_cert.is_some() {
+                "SSL Cert"
+            } else {
+                "SSL Key"
+            },
+            "a client certificate needs both `SSL Cert` (PEM) and `SSL Key`",
+        ));
+    }
+    let count = |key: Key, default: u64, max: u64| match settings.get(key) {
+        Some((name, v)) => parse_count(name, v, max),
+        None => Ok(default),
+    };
+    let connect_timeout = secs(count(
+        Key::ConnectTimeout,
+        DEFAULT_CONNECT_TIMEOUT_SECS,
+        u64::from(u32::MAX),
+    )?);
+    let command_timeout = secs(count(
+        Key::CommandTimeout,
+        DEFAULT_COMMAND_TIMEOUT_SECS,
+        u64::from(u32::MAX),
+    )?);
+    let max_pool = usize::try_from(count(
+        Key::MaxPool,
+        DEFAULT_MAX_POOL as u64,
+        u64::from(u32::MAX),
+    )?)
+    .unwrap_or(MAX_POOL_LIMIT)
+    .clamp(1, MAX_POOL_LIMIT);
+    let min_pool = usize::try_from(count(Key::MinPool, 0, u64::from(u32::MAX))?)
+        .unwrap_or(max_pool)
+        .min(max_pool);
+    let lifetime = secs(count(Key::Lifetime, 0, u64::from(u32::MAX))?);
+    let keepalive =
+        secs(count(Key::Keepalive, 0, u64::from(u32::MAX))?).unwrap_or(DEFAULT_KEEPALIVE);
+    let mut ignored_keys = Vec::new();
+    for (name, key, value) in &settings.values {
+        if let Key::Ignored(_, kind) = key {
+            match kind {
+                Kind::Bool => {
+                    parse_bool(name, value)?;
+                }
+                Kind::Count => {
+                    parse_count(name, value, u64::from(u32::MAX))?;
+                }
+                Kind::Any => {}
+            }
+            ignored_keys.push(*name);
+        }
+    }
+    Ok(MyConnSpec {
+        hosts,
+        port,
+        database: settings.get(Key::Database).map(|(_, v)| v.to_owned()),
+        user: settings.get(Key::User).map(|(_, v)| v.to_owned()),
+        password: settings.get(Key::Password).map(|(_, v)| v.to_owned()),
+        ssl,
+        ssl_ca,
+        ssl_cert,
+        ssl_key,
+        file_settings,
+        connect_timeout,
+        command_timeout,
+        max_pool,
+        min_pool,
+        lifetime,
+        keepalive,
+        ignored_keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> MyConnSpec {
+        match parse(s) {
+            Ok(spec) => spec,
+            Err(e) => panic!("`{s}` should parse: {e}"),
+        }
+    }
+
+    fn err(s: &str) -> String {
+        match parse(s) {
+            Ok(spec) => panic!("`{s}` should fail, got {spec:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn reads_a_hangfire_string_with_defaults() {
+        let spec = ok("server=db.local;port=3307;database=hangfire;uid=hf;pwd=s3cret;");
+        assert_eq!(spec.hosts, vec!["db.local".to_owned()]);
+        assert_eq!(spec.port, 3307);
+        assert_eq!(spec.database.as_deref(), Some("hangfire"));
+        assert_eq!(spec.user.as_deref(), Some("hf"));
+        assert_eq!(spec.password.as_deref(), Some("s3cret"));
+        assert_eq!(spec.ssl, SslMode::Preferred);
+        assert_eq!(spec.connect_timeout, Some(Duration::from_secs(15)));
+        assert_eq!(spec.command_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(spec.max_pool, DEFAULT_MAX_POOL);
+        assert_eq!(spec.keepalive, DEFAULT_KEEPALIVE);
+        assert_eq!(spec.label(), "db.local:3307/hangfire");
+        assert!(spec.file_settings.is_empty());
+    }
+
+    #[test]
+    fn synonyms_case_and_spacing() {
+        for host in [
+            "Server",
+            "Host",
+            "Data Source",
+            "DataSource",
+            "Address",
+            "Addr",
+            "Network Address",
+            "SERVER",
+        ] {
+            for db in ["Database", "Initial Catalog", "initialcatalog"] {
+                for user in ["User Id", "UserID", "Uid", "Username", "User name", "User"] {
+                    for pw in ["Password", "Pwd", "PWD"] {
+                        let spec = ok(&format!("{host}=h;{db}=d;{user}=u;{pw}=p"));
+                        assert_eq!(spec.host(), "h");
+                        assert_eq!(spec.database.as_deref(), Some("d"));
+                        assert_eq!(spec.user.as_deref(), Some("u"));
+                        assert_eq!(spec.password.as_deref(), Some("p"));
+                    }
+                }
+            }
+        }
+        for (written, mode) in [
+            ("SslMode=None", SslMode::Disabled),
+            ("Ssl Mode=Disabled", SslMode::Disabled),
+            ("sslmode=preferred", SslMode::Preferred),
+            ("SSL Mode=Required", SslMode::Required),
+            ("SslMode=VerifyCA", SslMode::VerifyCa),
+            ("SslMode=VerifyFull", SslMode::VerifyFull),
+        ] {
+            assert_eq!(ok(&format!("Server=h;{written}")).ssl, mode, "{written}");
+        }
+        for key in ["Connection Timeout", "Connect Timeout", "ConnectionTimeout"] {
+            assert_eq!(
+                ok(&format!("Server=h;{key}=5")).connect_timeout,
+                Some(Duration::from_secs(5))
+            );
+        }
+        for key in [
+            "Default Command Timeout",
+            "Command Timeout",
+            "DefaultCommandTimeout",
+        ] {
+            assert_eq!(
+                ok(&format!("Server=h;{key}=7")).command_timeout,
+                Some(Duration::from_secs(7))
+            );
+        }
+        assert_eq!(
+            ok("Server=h;Default Command Timeout=0").command_timeout,
+            None
+        );
+        for key in ["Maximum Pool Size", "Max Pool Size", "MaxPoolSize"] {
+            assert_eq!(ok(&format!("Server=h;{key}=5")).max_pool, 5);
+        }
+        assert_eq!(ok("Server=h;MaxPoolSize=1000").max_pool, MAX_POOL_LIMIT);
+        assert_eq!(ok("Server=h;MaxPoolSize=0").max_pool, 1);
+        let spec = ok(
+            "Server=h;Minimum Pool Size=2;CharSet=utf8mb4;Character Set=utf8;Allow User Variables=True;\
+             Pooling=true;Connection Lifetime=300;Keepalive=20;AllowPublicKeyRetrieval=true;\
+             ConvertZeroDateTime=True;Treat Tiny As Boolean=false",
+        );
+        assert_eq!(spec.min_pool, 2);
+        assert_eq!(spec.lifetime, Some(Duration::from_secs(300)));
+        assert_eq!(spec.keepalive, Duration::from_secs(20));
+        assert!(spec.ignored_keys.contains(&"Allow User Variables"));
+        for (key, name) in [
+            ("SslCa", "SSL CA"),
+            ("Ssl-Ca", "SSL CA"),
+            ("CACertificateFile", "SSL CA"),
+        ] {
+            let spec = ok(&format!("Server=h;{key}=/etc/ca.pem"));
+            assert_eq!(spec.file_settings, vec![name]);
+            assert_eq!(spec.ssl_ca, Some(PathBuf::from("/etc/ca.pem")));
+        }
+        let spec = ok("Server=h;SslCert=/c.pem;Ssl-Key=/k.pem");
+        assert_eq!(spec.file_settings, vec!["SSL Cert", "SSL Key"]);
+        assert!(err("Server=h;CertificateFile=/c.pem").contains("SSL Key"));
+    }
+
+    #[test]
+    fn quoting_and_overrides() {
+        let spec = ok(r#"Server='h';Pwd="a;b""c";Uid='o''neil';Database = d ;"#);
+        assert_eq!(spec.password.as_deref(), Some(r#"a;b"c"#));
+        assert_eq!(spec.user.as_deref(), Some("o'neil"));
+        assert_eq!(spec.database.as_deref(), Some("d"));
+        // A later pair wins; an empty value restores the default.
+        let spec = ok("Server=h;Port=1;Port=2;Database=x;Database=");
+        assert_eq!(spec.port, 2);
+        assert_eq!(spec.database, None);
+    }
+
+    #[test]
+    fn url_form() {
+        let spec = ok("mysql://hf:p%40ss@db.local:3307/hangfire?ssl-mode=Required&MaxPoolSize=4");
+        assert_eq!(spec.host(), "db.local");
+        assert_eq!(spec.port, 3307);
+        assert_eq!(spec.user.as_deref(), Some("hf"));
+        assert_eq!(spec.password.as_deref(), Some("p@ss"));
+        assert_eq!(spec.database.as_deref(), Some("hangfire"));
+        assert_eq!(spec.ssl, SslMode::Required);
+        assert_eq!(spec.max_pool, 4);
+        let spec = ok("MySQL://root@127.0.0.1");
+        assert_eq!(spec.port, DEFAULT_PORT);
+        assert_eq!(spec.password, None);
+        assert_eq!(spec.database, None);
+        let spec = ok("mysql://u@[::1]:3310/d");
+        assert_eq!(spec.host(), "::1");
+        assert_eq!(spec.port, 3310);
+        let e = err("mysql://u:pw@h/d?sslmod=none");
+        assert!(e.contains("`sslmod`") && e.contains("`SSL Mode`"), "{e}");
+        assert!(err("mysql://u:pw@h:notaport/d").contains("`Port`"));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_suggest() {
+        let e = err("Server=h;Databse=d");
+        assert!(e.contains("`Databse`"), "{e}");
+        assert!(e.contains("did you mean `Database`"), "{e}");
+        let e = err("Server=h;Frobnicate=1");
+        assert!(
+            e.contains("`Frobnicate`") && !e.contains("did you mean"),
+            "{e}"
+        );
+        let e = err("Server=h;Port=abc");
+        assert!(
+            e.contains("`Port`") && e.contains("not a port number"),
+            "{e}"
+        );
+        let e = err("Server=h;Port=70000");
+        assert!(e.contains("`Port`"), "{e}");
+        let e = err("Server=h;SslMode=sometimes");
+        assert!(e.contains("`SSL Mode`") && e.contains("VerifyFull"), "{e}");
+        let e = err("Server=h;Connection Timeout=-1");
+        assert!(e.contains("`Connection Timeout`"), "{e}");
+        let e = err("Server=h;Pooling=maybe");
+        assert!(e.contains("`Pooling`"), "{e}");
+        assert!(err("Port=3306").contains("no `Server`"));
+        assert!(err("").contains("empty"));
+        assert!(err("Server=h;novalue").contains("pair 2"));
+        assert!(err("Server=/var/run/mysqld.sock").contains("Unix sockets"));
+    }
+
+    #[test]
+    fn the_password_never_shows() {
+        let secret = "Sup3rS3cret";
+        for s in [
+            format!("Server=h;Pwd={secret};x{secret}=1"),
+            format!("Server=h;Password={secret};{secret}"),
+            format!("Server=h;Password='{secret}"),
+            format!("Server=h;Password='{secret}'x"),
+            format!("mysql://u:{secret}%zz@h/d"),
+        ] {
+            let e = err(&s);
+            assert!(!e.contains(secret), "{s}: {e}");
+        }
+        // An unquoted password holding `;`: its tail is not shown as a key.
+        let e = err("Server=h;Password=abc;Tail=xyz");
+        assert!(!e.contains("Tail") && e.contains("quote it"), "{e}");
+        let spec = ok(&format!("Server=h;Database=d;Uid=u;Password={secret}"));
+        assert!(!format!("{spec:?}").contains(secret));
+        assert!(!spec.label().contains(secret));
+        assert!(!spec.identity().contains(secret));
+    }
+
+    #[test]
+    fn identity_follows_meaning_not_spelling() {
+        let a = ok("Server=H;Database=d;Uid=u;Pwd=p");
+        let b = ok("host=h;initial catalog=d;user id=u;password=p;port=3306");
+        let c = ok("mysql://u:p@h/d");
+        assert_eq!(a.identity(), b.identity());
+        assert_eq!(a.identity(), c.identity());
+        assert_ne!(
+            a.identity(),
+            ok("Server=h;Database=d;Uid=u;Pwd=q").identity()
+        );
+        assert_ne!(
+            a.identity(),
+            ok("Server=h;Database=d;Uid=u;Pwd=p;SslMode=Required").identity()
+        );
+    }
+
+    #[test]
+    fn never_panics_on_odd_input() {
+        for s in [
+            "=",
+            ";;;",
+            "a",
+            "'",
+            "Server='",
+            "Server=\"x",
+            "mysql://",
+            "mysql://@",
+            "mysql://[",
+            "mysql://h/%",
+            "mysql://h?=",
+            "mysql://h?a",
+            "Server=h;=x",
+            "Server==x",
+            "é=ü",
+            "Server=h;Port= ",
+            "mysql://h:/d",
+        ] {
+            let _ = parse(s);
+        }
+    }
+}
