@@ -244,7 +244,7 @@ impl Store {
         match &self.backend {
             Backend::Postgres(pg) => pg.check_tables().await,
             Backend::Mysql(my) => my.check_tables().await,
-            Backend::Redis(_) => Ok(()),
+            Backend::Redis(r) => r.check_tables().await,
         }
     }
 

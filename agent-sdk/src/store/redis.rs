@@ -1,33 +1,787 @@
-//! placeholder
-#![allow(dead_code, unused_variables)]
+//! The center's store on Redis, laid out as Hangfire.Redis.StackExchange lays it out.
+//!
+//! Every key is `<Prefix><key>` (the center's `Prefix`, `{hangfire}:` by default) in the
+//! database `Db`. A Hangfire "set" is a sorted set (`ZADD score member`, read by rank: by
+//! score, ties in byte order); a Hangfire "hash" is a Redis hash; expiry is a TTL on the whole
+//! key. The distributed lock is StackExchange.Redis's `LockTake` / `LockExtend` /
+//! `LockRelease` as Hangfire.Redis.StackExchange's `RedisLock` uses them: `SET key owner NX
+//! PX 30000`, extended to 30 s again only while the value is still the owner's, deleted only
+//! by its owner.
+//!
+//! The connection is described by a StackExchange.Redis configuration string (what the
+//! center's `HangfireDb` holds for a Redis storage) or a `redis://` / `rediss://` URL; see
+//! [`RedisStore::open`].
+//!
+//! **Every operation has a deadline.** The connection manager (one multiplexed connection,
+//! reconnected when it breaks) bounds each connection attempt by `connectTimeout`, each
+//! reply by `syncTimeout`/`asyncTimeout`, and its reconnects by [`RECONNECT_RETRIES`]; on top
+//! of that each operation runs under one `tokio::time::timeout` of `connectTimeout +
+//! syncTimeout`, which also holds when the link is black-holed. Nothing connects before the
+//! first operation ([`RedisStore::open`] does no I/O), and a first connection that fails is
+//! tried again by the next operation.
+//!
+//! No error, label or `Debug` output holds the password.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{
+    Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, RedisError,
+    Script, Value,
+};
+
 use crate::store::line::EncodedLine;
-use std::time::Duration;
-const TODO: &str = "not yet";
-pub(crate) struct RedisStore {
-    label: String,
+
+/// StackExchange.Redis's default port, and its default port for `ssl=true` (Azure's TLS port).
+const DEFAULT_PORT: u16 = 6379;
+const DEFAULT_TLS_PORT: u16 = 6380;
+/// StackExchange.Redis's defaults for `connectTimeout` and `syncTimeout` / `asyncTimeout`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5000);
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(5000);
+/// The largest timeout taken from a configuration string (larger values are lowered to it):
+/// a store that does not answer for ten minutes is down, whatever the string says.
+const MAX_TIMEOUT_MS: u64 = 600_000;
+/// How many times the connection manager retries a broken connection before failing the
+/// waiting commands (the next command starts a new round).
+const RECONNECT_RETRIES: usize = 3;
+/// The longest pause between two reconnect attempts.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+/// Hangfire.Redis.StackExchange's lock hold (`RedisLock.DefaultHoldDuration`); the holder
+/// extends it at half this period.
+const LOCK_HOLD: Duration = Duration::from_secs(30);
+/// The longest key prefix accepted.
+const MAX_PREFIX_BYTES: usize = 100;
+/// The longest TTL given to a key (ten years); longer ones are lowered to it.
+const MAX_EXPIRE_SECS: u64 = 10 * 365 * 86_400;
+/// How long [`RedisStore::check_tables`] waits for an answer.
+const CHECK_WITHIN: Duration = Duration::from_millis(500);
+/// After a check that could not tell, how long checks are skipped (as the PostgreSQL store).
+const CHECK_RETRY: Duration = Duration::from_secs(30);
+/// The hash holding which token reported each dispatch first.
+const RESULTS_KEY: &str = "jobagent:results";
+/// The hash of fencing counters, one field per lock resource.
+const FENCE_KEY: &str = "jobagent:lock-fence";
+/// The most characters of a key or endpoint echoed in an error.
+const MAX_ECHO_CHARS: usize = 60;
+
+/// Sets `ARGV[1]` to `ARGV[2]` in hash `KEYS[1]` when the field is absent; 1 when it was set
+/// now or already held `ARGV[2]`, else 0. The key's TTL becomes `ARGV[3]` seconds.
+const FIRST_REPORT_LUA: &str = r"
+local won = 0
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  won = 1
+elseif redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  won = 1
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return won
+";
+
+/// `PEXPIRE KEYS[1] ARGV[2]` if the key's value is `ARGV[1]`; 1 when extended, else 0.
+const LOCK_KEEP_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// `DEL KEYS[1]` if the key's value is `ARGV[1]`; the number of keys deleted.
+const LOCK_RELEASE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// One endpoint as written: host (IPv6 without brackets) and port, if given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Endpoint {
+    host: String,
+    port: Option<u16>,
 }
-pub(crate) fn is_absent(e: &str) -> bool {
-    e.contains("does not create")
+
+/// A parsed configuration string or URL. `Debug` redacts the password.
+#[derive(Clone, PartialEq, Eq)]
+struct RedisSpec {
+    endpoints: Vec<Endpoint>,
+    user: Option<String>,
+    password: Option<String>,
+    tls: bool,
+    ssl_host: Option<String>,
+    db: Option<i64>,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    client_name: Option<String>,
+    /// Whether it came from a URL (whose default port is 6379 even with TLS).
+    url: bool,
 }
-impl RedisStore {
-    pub(crate) fn open(connection: &str, prefix: &str, db: Option<i64>) -> Result<Self, String> {
-        Err(TODO.into())
+
+impl Default for RedisSpec {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            user: None,
+            password: None,
+            tls: false,
+            ssl_host: None,
+            db: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            client_name: None,
+            url: false,
+        }
     }
+}
+
+impl fmt::Debug for RedisSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSpec")
+            .field("endpoints", &self.endpoints)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("ssl_host", &self.ssl_host)
+            .field("db", &self.db)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("client_name", &self.client_name)
+            .finish()
+    }
+}
+
+impl RedisSpec {
+    /// The endpoint connected to (the first), with its port.
+    fn first(&self) -> Result<(String, u16), String> {
+        let ep = self
+            .endpoints
+            .first()
+            .ok_or_else(|| "the Redis configuration names no endpoint (host[:port])".to_owned())?;
+        let default = if self.tls && !self.url {
+            DEFAULT_TLS_PORT
+        } else {
+            DEFAULT_PORT
+        };
+        Ok((ep.host.clone(), ep.port.unwrap_or(default)))
+    }
+}
+
+/// The options of a StackExchange.Redis configuration string this agent knows, by canonical
+/// name (matched case-insensitively). Those not read below are accepted and ignored.
+const KNOWN_OPTIONS: &[&str] = &[
+    "abortConnect",
+    "allowAdmin",
+    "asyncTimeout",
+    "channelPrefix",
+    "checkCertificateRevocation",
+    "configChannel",
+    "configCheckSeconds",
+    "connectRetry",
+    "connectTimeout",
+    "defaultDatabase",
+    "heartbeatConsistencyChecks",
+    "heartbeatInterval",
+    "highIntegrity",
+    "highPriorityThreads",
+    "keepAlive",
+    "name",
+    "password",
+    "preserveAsyncOrder",
+    "protocol",
+    "proxy",
+    "resolveDns",
+    "responseTimeout",
+    "serviceName",
+    "setlib",
+    "ssl",
+    "sslHost",
+    "sslProtocols",
+    "syncTimeout",
+    "tiebreaker",
+    "tunnel",
+    "user",
+    "version",
+    "writeBuffer",
+];
+
+/// Up to [`MAX_ECHO_CHARS`] characters of `s`, for an error message.
+fn echo(s: &str) -> String {
+    let mut out: String = s.chars().take(MAX_ECHO_CHARS).collect();
+    if s.chars().count() > MAX_ECHO_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+/// The known option closest to `written` (Jaro-Winkler on lower case).
+fn closest_option(written: &str) -> &'static str {
+    let w = written.to_ascii_lowercase();
+    let mut best = ("", -1.0f64);
+    for known in KNOWN_OPTIONS {
+        let score = strsim::jaro_winkler(&w, &known.to_ascii_lowercase());
+        if score > best.1 {
+            best = (known, score);
+        }
+    }
+    best.0
+}
+
+/// Reads a StackExchange.Redis configuration string or a `redis://` / `rediss://` URL.
+fn parse(connection: &str) -> Result<RedisSpec, String> {
+    let s = connection.trim();
+    if s.is_empty() {
+        return Err("the Redis configuration is empty".to_owned());
+    }
+    for (scheme, tls) in [("rediss://", true), ("redis://", false)] {
+        if let Some(head) = s.get(..scheme.len())
+            && head.eq_ignore_ascii_case(scheme)
+        {
+            return parse_url(s.get(scheme.len()..).unwrap_or(""), tls);
+        }
+    }
+    if let Some((scheme, _)) = s.split_once("://") {
+        return Err(format!(
+            "the Redis configuration is a URL with scheme `{}`; only redis:// and rediss:// are understood",
+            echo(scheme)
+        ));
+    }
+    parse_options(s)
+}
+
+/// Reads a StackExchange.Redis configuration string: comma-separated endpoints and
+/// `key=value` options. A later option replaces an earlier one.
+fn parse_options(s: &str) -> Result<RedisSpec, String> {
+    let mut spec = RedisSpec::default();
+    let mut sync_timeout = None;
+    let mut async_timeout = None;
+    for token in s.split(',') {
+        let token = token.trim();
+        if token.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = token.split_once('=') else {
+            spec.endpoints.push(parse_endpoint(token)?);
+            continue;
+        };
+        let key = key.trim();
+        let value = value.trim();
+        if key.is_empty() {
+            return Err(
+                "the Redis configuration has an option without a name (`=value`)".to_owned(),
+            );
+        }
+        // `$COMMAND=newname`: StackExchange.Redis's command renames; nothing here renames.
+        if key.starts_with('$') {
+            continue;
+        }
+        let Some(canonical) = KNOWN_OPTIONS
+            .iter()
+            .copied()
+            .find(|k| k.eq_ignore_ascii_case(key))
+        else {
+            return Err(format!(
+                "the Redis configuration has an unknown option `{}` (the closest known one is `{}`)",
+                echo(key),
+                closest_option(key)
+            ));
+        };
+        let non_empty = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        match canonical {
+            "password" => spec.password = non_empty(value),
+            "user" => spec.user = non_empty(value),
+            "ssl" => spec.tls = parse_bool(canonical, value)?,
+            "sslHost" => spec.ssl_host = non_empty(value),
+            "defaultDatabase" => {
+                spec.db = if value.is_empty() {
+                    None
+                } else {
+                    Some(parse_db(value).map_err(|e| format!("defaultDatabase: {e}"))?)
+                }
+            }
+            "connectTimeout" => {
+                if let Some(t) = parse_ms(canonical, value)? {
+                    spec.connect_timeout = t;
+                }
+            }
+            "syncTimeout" => sync_timeout = parse_ms(canonical, value)?,
+            "asyncTimeout" => async_timeout = parse_ms(canonical, value)?,
+            "name" => spec.client_name = non_empty(value),
+            "serviceName" => {
+                return Err(
+                    "the Redis configuration names a Sentinel service (serviceName), which this agent does not support: name the Redis primary's endpoint instead"
+                        .to_owned(),
+                );
+            }
+            // Checked for form, then ignored: booleans ...
+            "abortConnect"
+            | "allowAdmin"
+            | "checkCertificateRevocation"
+            | "resolveDns"
+            | "highIntegrity"
+            | "setlib"
+            | "preserveAsyncOrder"
+            | "heartbeatConsistencyChecks"
+                if !value.is_empty() =>
+            {
+                parse_bool(canonical, value)?;
+            }
+            // ... and the rest, whatever their value.
+            _ => {}
+        }
+    }
+    // StackExchange.Redis: asyncTimeout defaults to syncTimeout. Operations here are async.
+    if let Some(t) = async_timeout.or(sync_timeout) {
+        spec.command_timeout = t;
+    }
+    if spec.endpoints.is_empty() {
+        return Err("the Redis configuration names no endpoint (host[:port])".to_owned());
+    }
+    Ok(spec)
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
+    if value.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if value.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err(format!(
+            "the Redis option {key} must be true or false, not `{}`",
+            echo(value)
+        ))
+    }
+}
+
+/// A timeout in milliseconds; `None` for an empty value (the default). Zero or negative is
+/// refused; more than [`MAX_TIMEOUT_MS`] is lowered to it.
+fn parse_ms(key: &str, value: &str) -> Result<Option<Duration>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    match value.parse::<i64>() {
+        Ok(ms) if ms > 0 => Ok(Some(Duration::from_millis(
+            u64::try_from(ms)
+                .unwrap_or(MAX_TIMEOUT_MS)
+                .min(MAX_TIMEOUT_MS),
+        ))),
+        _ => Err(format!(
+            "the Redis option {key} must be a positive number of milliseconds, not `{}`",
+            echo(value)
+        )),
+    }
+}
+
+/// A database number: 0 or more.
+fn parse_db(value: &str) -> Result<i64, String> {
+    match value.trim().parse::<i64>() {
+        Ok(db) if (0..=i64::from(i32::MAX)).contains(&db) => Ok(db),
+        _ => Err(format!(
+            "a Redis database is a number from 0, not `{}`",
+            echo(value)
+        )),
+    }
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port`, or a bare IPv6 address (no port).
+fn parse_endpoint(token: &str) -> Result<Endpoint, String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "the Redis endpoint `{}` is not valid: {why}",
+            echo(token)
+        ))
+    };
+    let (host, port) = if let Some(rest) = token.strip_prefix('[') {
+        let Some((host, after)) = rest.split_once(']') else {
+            return bad("an IPv6 address opened with [ is not closed with ]");
+        };
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return bad("expected :port after ]"),
+            },
+        }
+    } else if token.matches(':').count() > 1 {
+        // A bare IPv6 address: no port can be told apart.
+        (token, None)
+    } else {
+        match token.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (token, None),
+        }
+    };
+    let host = host.trim();
+    if host.is_empty() {
+        return bad("no host");
+    }
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '@' | '[' | ']'))
+    {
+        return bad("the host has characters a host name cannot have");
+    }
+    let port = match port {
+        None => None,
+        Some(p) => match p.trim().parse::<u16>() {
+            Ok(p) if p > 0 => Some(p),
+            _ => return bad("the port is not a number from 1 to 65535"),
+        },
+    };
+    Ok(Endpoint {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// `%XX` decoding for the user and password of a URL.
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                // Nothing of the text is echoed: it may be the password.
+                None => {
+                    return Err(
+                        "the Redis URL's user information has an invalid %-escape".to_owned()
+                    );
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out)
+        .map_err(|_| "the Redis URL's user information is not UTF-8 once decoded".to_owned())
+}
+
+/// Reads what follows `redis://` / `rediss://`: `[user[:password]@]host[:port][/db]`.
+fn parse_url(rest: &str, tls: bool) -> Result<RedisSpec, String> {
+    let mut spec = RedisSpec {
+        tls,
+        url: true,
+        ..RedisSpec::default()
+    };
+    let rest = rest.split('#').next().unwrap_or("");
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, p),
+        None => (rest, ""),
+    };
+    let hostport = match authority.rsplit_once('@') {
+        Some((userinfo, hostport)) => {
+            let (user, password) = match userinfo.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (userinfo, None),
+            };
+            let user = percent_decode(user)?;
+            spec.user = (!user.is_empty()).then_some(user);
+            if let Some(p) = password {
+                let p = percent_decode(p)?;
+                spec.password = (!p.is_empty()).then_some(p);
+            }
+            hostport
+        }
+        None => authority,
+    };
+    if hostport.is_empty() {
+        return Err("the Redis URL names no host".to_owned());
+    }
+    spec.endpoints.push(parse_endpoint(hostport)?);
+    let path = path.trim_end_matches('/');
+    if !path.is_empty() {
+        spec.db = Some(parse_db(path).map_err(|e| format!("the Redis URL's path: {e}"))?);
+    }
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key.eq_ignore_ascii_case("db") {
+            spec.db = Some(parse_db(value).map_err(|e| format!("the Redis URL's db: {e}"))?);
+        } else if key.eq_ignore_ascii_case("protocol") {
+            // RESP2 is spoken whatever is asked: nothing here needs RESP3.
+        } else {
+            return Err(format!(
+                "the Redis URL has an unknown parameter `{}` (known: db, protocol)",
+                echo(key)
+            ));
+        }
+    }
+    Ok(spec)
+}
+
+/// A keyed 128-bit hash of a password, as hex. The key is random and lives only in this
+/// process, so equal passwords give equal tags here and the tag reveals nothing elsewhere.
+fn password_tag(password: &str) -> String {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    let state = KEY.get_or_init(RandomState::new);
+    format!(
+        "{:016x}{:016x}",
+        state.hash_one((0u8, password)),
+        state.hash_one((1u8, password))
+    )
+}
+
+/// `host:port`, with IPv6 addresses in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The scripts, hashed once per store (`EVALSHA`, loaded again after `NOSCRIPT`).
+struct Scripts {
+    first_report: Script,
+    lock_keep: Script,
+    lock_release: Script,
+}
+
+/// One Redis store: a lazily opened connection manager, the key prefix, the bounds.
+pub(crate) struct RedisStore {
+    client: Client,
+    /// Opened at the first operation; left empty (and tried again) when opening fails.
+    manager: tokio::sync::OnceCell<ConnectionManager>,
+    prefix: String,
+    label: String,
+    #[cfg_attr(not(test), allow(dead_code))]
+    identity: String,
+    hosts: Vec<String>,
+    /// The password, only to scrub it from error texts should a server echo it.
+    password: Option<String>,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    /// How long a lock is held without being extended ([`LOCK_HOLD`]; shorter in tests).
+    hold: Duration,
+    scripts: Scripts,
+    /// Whether a PING succeeded once (then [`RedisStore::check_tables`] is not asked again).
+    seen: AtomicBool,
+    /// When the last check could not tell (the store did not answer).
+    unknown_at: Mutex<Option<Instant>>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("label", &self.label)
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Opens (without connecting) the store that `connection` describes.
+    ///
+    /// `connection` is StackExchange.Redis's configuration string: comma-separated endpoints
+    /// `host[:port]` (IPv6 as `[::1]:6379`; the default port is 6379, or 6380 with
+    /// `ssl=true`, as StackExchange.Redis) and options `key=value`, keys case-insensitive:
+    /// `password`, `user`, `ssl`, `sslHost`, `defaultDatabase`, `connectTimeout` (ms, default
+    /// 5000), `syncTimeout` / `asyncTimeout` (ms, default 5000; the bound of each command;
+    /// `asyncTimeout` wins when both are given), `name`; StackExchange.Redis's other options
+    /// are accepted and ignored; `serviceName` (Sentinel) is refused, and so is an unknown
+    /// key (the error names the key and the closest known one). A `redis://[user:pass@]host
+    /// [:port][/db]` or `rediss://` URL is also understood (default port 6379).
+    ///
+    /// **Several endpoints: only the first is used** (a primary/replica list names the
+    /// primary first; this agent does not discover topology).
+    ///
+    /// TLS (`ssl=true`, `rediss://`) verifies the server against the system's roots. `sslHost`
+    /// may only repeat the endpoint's own host name: the client verifies the name it connects
+    /// to and cannot be told another one (connect by that name instead).
+    ///
+    /// `db` is the center's `Db`; when `None`, `defaultDatabase` or the URL's, else 0.
+    /// `prefix` is the center's `Prefix` (`{hangfire}:` by default): not empty, at most 100
+    /// bytes.
+    pub(crate) fn open(connection: &str, prefix: &str, db: Option<i64>) -> Result<Self, String> {
+        if prefix.is_empty() {
+            return Err(
+                "the Redis key prefix is empty (Hangfire's default is {hangfire}:)".to_owned(),
+            );
+        }
+        if prefix.len() > MAX_PREFIX_BYTES {
+            return Err(format!(
+                "the Redis key prefix is longer than {MAX_PREFIX_BYTES} bytes"
+            ));
+        }
+        let spec = parse(connection)?;
+        let (host, port) = spec.first()?;
+        let db = match db {
+            Some(db) if db < 0 || db > i64::from(i32::MAX) => {
+                return Err(format!("the Redis database {db} is not a number from 0"));
+            }
+            Some(db) => db,
+            None => spec.db.unwrap_or(0),
+        };
+        if let Some(name) = &spec.ssl_host
+            && !name.eq_ignore_ascii_case(&host)
+        {
+            return Err(format!(
+                "the Redis option sslHost (`{}`) differs from the endpoint's host `{}`, which this agent cannot verify against another name: name the endpoint by the certificate's host name",
+                echo(name),
+                echo(&host)
+            ));
+        }
+        let addr = if spec.tls {
+            ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.clone(), port)
+        };
+        let mut redis = RedisConnectionInfo::default()
+            .set_db(db)
+            .set_skip_set_lib_name();
+        if let Some(user) = &spec.user {
+            redis = redis.set_username(user);
+        }
+        if let Some(password) = &spec.password {
+            redis = redis.set_password(password);
+        }
+        let tcp = ::redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        // A peer that vanished with data unacknowledged is noticed by the kernel too.
+        #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+        let tcp = tcp.set_user_timeout(spec.connect_timeout + spec.command_timeout);
+        let info: ConnectionInfo = addr
+            .into_connection_info()
+            .map_err(|e| format!("the Redis configuration: {e}"))?
+            .set_redis_settings(redis)
+            .set_tcp_settings(tcp);
+        let client = Client::open(info).map_err(|e| {
+            format!(
+                "the Redis configuration: {}",
+                scrub(&e.to_string(), spec.password.as_deref())
+            )
+        })?;
+        let label = format!("{}/{db}", host_port(&host, port));
+        let identity = format!(
+            "redis:{}/{db}?user={:?}&password={}&tls={}&prefix={:?}",
+            host_port(&host.to_ascii_lowercase(), port),
+            spec.user.as_deref().unwrap_or(""),
+            spec.password
+                .as_deref()
+                .map_or_else(|| "none".to_owned(), password_tag),
+            spec.tls,
+            prefix,
+        );
+        Ok(Self {
+            client,
+            manager: tokio::sync::OnceCell::new(),
+            prefix: prefix.to_owned(),
+            label,
+            identity,
+            hosts: spec.endpoints.iter().map(|e| e.host.clone()).collect(),
+            password: spec.password.clone(),
+            connect_timeout: spec.connect_timeout,
+            command_timeout: spec.command_timeout,
+            hold: LOCK_HOLD,
+            scripts: Scripts {
+                first_report: Script::new(FIRST_REPORT_LUA),
+                lock_keep: Script::new(LOCK_KEEP_LUA),
+                lock_release: Script::new(LOCK_RELEASE_LUA),
+            },
+            seen: AtomicBool::new(false),
+            unknown_at: Mutex::new(None),
+        })
+    }
+
+    /// `host:port/db`, for logs.
     pub(crate) fn label(&self) -> &str {
         &self.label
     }
+
+    /// A key telling two stores apart (endpoint, db, user, a keyed hash of the password, TLS,
+    /// prefix). Not meant for logs.
+    // Stores are told apart by what the center sent (store::Stores); kept for the tests.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn identity(&self) -> &str {
-        &self.label
+        &self.identity
     }
+
+    /// The hosts the configuration names (all endpoints, though only the first is used), for
+    /// an allow-list check.
     pub(crate) fn hosts(&self) -> Vec<String> {
-        Vec::new()
+        self.hosts.clone()
     }
+
+    /// Whether the store answers a PING within the store's bound.
     pub(crate) async fn ping(&self) -> Result<(), String> {
-        Err(TODO.into())
+        self.run("PING", |mut c| async move {
+            ::redis::cmd("PING").query_async::<()>(&mut c).await
+        })
+        .await
     }
+
+    /// Redis has no tables to check: Ok once a PING succeeded (then never asked again).
+    /// Refused only when the server answers with an error (authentication, a database out of
+    /// range, a missing permission): a run written there could never be seen. A store that
+    /// does not answer within 500 ms lets the run go, as on PostgreSQL (its writes retry, as
+    /// in any outage), and is not asked again for 30 s.
     pub(crate) async fn check_tables(&self) -> Result<(), String> {
-        Err(TODO.into())
+        if self.seen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if crate::sync::lock(&self.unknown_at).is_some_and(|at| at.elapsed() < CHECK_RETRY) {
+            return Ok(());
+        }
+        // On a connection of its own, tried once: the manager retries a failed first
+        // connection (a refused password too) with backoff, which would outlast the check.
+        let ping = async {
+            let config = ::redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CHECK_WITHIN))
+                .set_response_timeout(Some(CHECK_WITHIN));
+            let mut c = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            ::redis::cmd("PING").query_async::<()>(&mut c).await
+        };
+        match tokio::time::timeout(CHECK_WITHIN, ping).await {
+            Ok(Ok(())) => {
+                self.seen.store(true, Ordering::Release);
+                Ok(())
+            }
+            Ok(Err(e)) if answered(&e) => Err(format!(
+                "the Redis store {} refuses this agent: {}",
+                self.label,
+                self.describe(&e)
+            )),
+            Ok(Err(e)) => {
+                tracing::debug!(store = %self.label, error = %self.describe(&e), "could not check the Redis store");
+                *crate::sync::lock(&self.unknown_at) = Some(Instant::now());
+                Ok(())
+            }
+            Err(_) => {
+                *crate::sync::lock(&self.unknown_at) = Some(Instant::now());
+                Ok(())
+            }
+        }
     }
+
+    /// One console batch, atomic (one `MULTI`/`EXEC`) and idempotent on retry: the
+    /// references into hash `<P>hash_key`, every line into sorted set `<P>set_key` (a member
+    /// written again keeps one copy), the last `progress_field` as the hash's `progress`, and
+    /// both keys' TTL set to `expire` (at least 1 s).
     pub(crate) async fn write_console(
         &self,
         set_key: &str,
@@ -35,16 +789,57 @@ impl RedisStore {
         lines: &[EncodedLine],
         expire: Duration,
     ) -> Result<(), String> {
-        Err(TODO.into())
+        if lines.is_empty() {
+            return Ok(());
+        }
+        if let Some(bad) = lines.iter().find(|l| !l.score.is_finite()) {
+            return Err(format!(
+                "a console line's score is not a finite number ({})",
+                bad.score
+            ));
+        }
+        let p = console_pipeline(
+            &self.key(set_key),
+            &self.key(hash_key),
+            lines,
+            expire_secs(expire),
+        );
+        self.run("a console batch", |mut c| async move {
+            p.query_async::<()>(&mut c).await
+        })
+        .await
     }
+
+    /// Sets fields of hash `<P>key`, and its TTL to `life` (`None`: no TTL, `PERSIST`), in one
+    /// `MULTI`/`EXEC`.
     pub(crate) async fn set_hash(
         &self,
         key: &str,
         pairs: &[(&str, &str)],
         life: Option<Duration>,
     ) -> Result<(), String> {
-        Err(TODO.into())
+        let key = self.key(key);
+        let mut p = ::redis::pipe();
+        p.atomic();
+        if !pairs.is_empty() {
+            let cmd = p.cmd("HSET").arg(&key);
+            for (field, value) in pairs {
+                cmd.arg(*field).arg(*value);
+            }
+            p.ignore();
+        }
+        match life {
+            Some(life) => p.cmd("EXPIRE").arg(&key).arg(expire_secs(life)).ignore(),
+            None => p.cmd("PERSIST").arg(&key).ignore(),
+        };
+        self.run("a hash", |mut c| async move {
+            p.query_async::<()>(&mut c).await
+        })
+        .await
     }
+
+    /// Adds one member to sorted set `<P>key` (its score updated if present) and sets the
+    /// key's TTL, in one `MULTI`/`EXEC`.
     pub(crate) async fn add_to_set(
         &self,
         key: &str,
@@ -52,45 +847,964 @@ impl RedisStore {
         score: f64,
         expire: Duration,
     ) -> Result<(), String> {
-        Err(TODO.into())
+        if !score.is_finite() {
+            return Err(format!("a set score is not a finite number ({score})"));
+        }
+        let key = self.key(key);
+        let mut p = ::redis::pipe();
+        p.atomic()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg(score)
+            .arg(value)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(expire_secs(expire))
+            .ignore();
+        self.run("a set member", |mut c| async move {
+            p.query_async::<()>(&mut c).await
+        })
+        .await
     }
+
+    /// Claims the report of dispatch `id` for `token` in hash `<P>jobagent:results` (one Lua
+    /// script, atomic): true when the field was absent and is set now, or already held
+    /// `token` (a retry); false when it holds another token. The hash's TTL becomes `expire`.
     pub(crate) async fn first_report(
         &self,
         id: &str,
         token: &str,
         expire: Duration,
     ) -> Result<bool, String> {
-        Err(TODO.into())
+        let key = self.key(RESULTS_KEY);
+        let secs = expire_secs(expire);
+        let won: i64 = self
+            .run("the first report", |mut c| async move {
+                self.scripts
+                    .first_report
+                    .key(&key)
+                    .arg(id)
+                    .arg(token)
+                    .arg(secs)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(won == 1)
     }
+
+    /// One attempt at the lock on `<P>resource`, as Hangfire.Redis.StackExchange takes it:
+    /// `SET key owner NX PX 30000` with a fresh owner. `Some(owner)` when taken, `None` when
+    /// another holds it. `_stale_after` is not used: the key's own expiry is the staleness
+    /// rule on Redis (a holder that stops extending loses the lock after 30 s).
     pub(crate) async fn lock_try(
         &self,
         resource: &str,
-        stale_after: Duration,
+        _stale_after: Duration,
     ) -> Result<Option<String>, String> {
-        Err(TODO.into())
+        let key = self.key(resource);
+        let owner = uuid::Uuid::new_v4().to_string();
+        let hold = hold_ms(self.hold);
+        let reply: Value = self
+            .run("taking a lock", |mut c| {
+                let owner = owner.clone();
+                async move {
+                    ::redis::cmd("SET")
+                        .arg(&key)
+                        .arg(owner)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(hold)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        match reply {
+            Value::Nil => Ok(None),
+            Value::Okay => Ok(Some(owner)),
+            Value::SimpleString(s) if s.eq_ignore_ascii_case("OK") => Ok(Some(owner)),
+            other => Err(format!(
+                "the Redis store {} answered SET NX with {}",
+                self.label,
+                kind_of(&other)
+            )),
+        }
     }
+
+    /// Extends the lock on `<P>resource` to 30 s from now if its value is still `owner`
+    /// (compare and `PEXPIRE`, one script): `Some(owner)`, or `None` when it was lost.
     pub(crate) async fn lock_keep(
         &self,
         resource: &str,
         owner: &str,
     ) -> Result<Option<String>, String> {
-        Err(TODO.into())
+        let key = self.key(resource);
+        let hold = hold_ms(self.hold);
+        let kept: i64 = self
+            .run("extending a lock", |mut c| async move {
+                self.scripts
+                    .lock_keep
+                    .key(&key)
+                    .arg(owner)
+                    .arg(hold)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok((kept == 1).then(|| owner.to_owned()))
     }
+
+    /// Deletes the lock on `<P>resource` if its value is `owner` (compare and `DEL`, one
+    /// script); a lock already lost is left as it is.
     pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), String> {
-        Err(TODO.into())
+        let key = self.key(resource);
+        let _deleted: i64 = self
+            .run("releasing a lock", |mut c| async move {
+                self.scripts
+                    .lock_release
+                    .key(&key)
+                    .arg(owner)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
     }
+
+    /// A fencing token for `resource`: `HINCRBY <P>jobagent:lock-fence <resource> 1` (the hash
+    /// has no TTL), the new value.
     pub(crate) async fn fence(&self, resource: &str) -> Result<u64, String> {
-        Err(TODO.into())
+        let key = self.key(FENCE_KEY);
+        let n: i64 = self
+            .run("a fencing token", |mut c| async move {
+                ::redis::cmd("HINCRBY")
+                    .arg(&key)
+                    .arg(resource)
+                    .arg(1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        u64::try_from(n).map_err(|_| {
+            format!(
+                "the Redis store {} holds a negative fencing counter for `{}`",
+                self.label,
+                echo(resource)
+            )
+        })
     }
+
+    /// The dashboard's read of a set: members of `<P>key` by rank, `count` from `from`.
     pub(crate) async fn read_set(
         &self,
         key: &str,
         from: usize,
         count: usize,
     ) -> Result<Vec<String>, String> {
-        Err(TODO.into())
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.key(key);
+        let start = i64::try_from(from).unwrap_or(i64::MAX);
+        let stop = i64::try_from(from.saturating_add(count - 1)).unwrap_or(i64::MAX);
+        self.run("a set", |mut c| async move {
+            ::redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(start)
+                .arg(stop)
+                .query_async(&mut c)
+                .await
+        })
+        .await
     }
+
+    /// One field of hash `<P>key`.
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
-        Err(TODO.into())
+        let key = self.key(key);
+        self.run("a hash field", |mut c| async move {
+            ::redis::cmd("HGET")
+                .arg(&key)
+                .arg(field)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// `<P>key`.
+    fn key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + key.len());
+        k.push_str(&self.prefix);
+        k.push_str(key);
+        k
+    }
+
+    /// The connection manager, opened (and its first connection made) at first use. A failed
+    /// opening leaves nothing behind: the next operation tries again.
+    async fn manager(&self) -> Result<ConnectionManager, RedisError> {
+        self.manager
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.command_timeout))
+                    .set_number_of_retries(RECONNECT_RETRIES)
+                    .set_max_delay(RECONNECT_MAX_DELAY);
+                ConnectionManager::new_with_config(self.client.clone(), config).await
+            })
+            .await
+            .cloned()
+    }
+
+    /// Runs `op` on the connection under one deadline: `connectTimeout + syncTimeout` (a first
+    /// connection, then the command). `what` names the operation in errors.
+    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, String>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let limit = self.connect_timeout.saturating_add(self.command_timeout);
+        let attempt = async {
+            let c = self.manager().await?;
+            op(c).await
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!(
+                "the Redis store {} ({what}): {}",
+                self.label,
+                self.describe(&e)
+            )),
+            Err(_) => Err(format!(
+                "the Redis store {} did not answer ({what}) within {} ms",
+                self.label,
+                limit.as_millis()
+            )),
+        }
+    }
+
+    /// An error's text, with the password taken out should it ever appear.
+    fn describe(&self, e: &RedisError) -> String {
+        scrub(&e.to_string(), self.password.as_deref())
+    }
+}
+
+/// The `MULTI`/`EXEC` of one console batch (see [`RedisStore::write_console`]).
+fn console_pipeline(set: &str, hash: &str, lines: &[EncodedLine], secs: u64) -> ::redis::Pipeline {
+    let mut p = ::redis::pipe();
+    p.atomic();
+    let mut refs = lines.iter().filter_map(|l| l.reference.as_ref()).peekable();
+    if refs.peek().is_some() {
+        let cmd = p.cmd("HSET").arg(hash);
+        for (field, text) in refs {
+            cmd.arg(field).arg(text);
+        }
+        p.ignore();
+    }
+    let cmd = p.cmd("ZADD").arg(set);
+    for line in lines {
+        cmd.arg(line.score).arg(&line.value);
+    }
+    p.ignore();
+    if let Some(progress) = lines.iter().rev().find_map(|l| l.progress_field.as_deref()) {
+        p.cmd("HSET")
+            .arg(hash)
+            .arg("progress")
+            .arg(progress)
+            .ignore();
+    }
+    p.cmd("EXPIRE").arg(set).arg(secs).ignore();
+    p.cmd("EXPIRE").arg(hash).arg(secs).ignore();
+    p
+}
+
+/// `text` without `password` (replaced by `<redacted>`).
+fn scrub(text: &str, password: Option<&str>) -> String {
+    match password {
+        Some(p) if !p.is_empty() && text.contains(p) => text.replace(p, "<redacted>"),
+        _ => text.to_owned(),
+    }
+}
+
+/// Whether the server itself answered with this error (rather than the link failing).
+fn answered(e: &RedisError) -> bool {
+    // (Not `is_unrecoverable_error`: it counts a refused password, which the server said.)
+    !(e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped())
+}
+
+/// A TTL in whole seconds: at least 1, at most [`MAX_EXPIRE_SECS`].
+fn expire_secs(d: Duration) -> u64 {
+    let mut secs = d.as_secs();
+    if d.subsec_nanos() > 0 {
+        secs = secs.saturating_add(1);
+    }
+    secs.clamp(1, MAX_EXPIRE_SECS)
+}
+
+/// A lock hold in milliseconds, at least 1.
+fn hold_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The kind of an unexpected reply, for an error (never its content).
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Nil => "nil",
+        Value::Int(_) => "an integer",
+        Value::BulkString(_) => "a bulk string",
+        Value::Array(_) => "an array",
+        Value::SimpleString(_) => "a simple string",
+        Value::Okay => "OK",
+        _ => "an unexpected reply",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> RedisSpec {
+        match parse(s) {
+            Ok(spec) => spec,
+            Err(e) => panic!("{s}: {e}"),
+        }
+    }
+
+    fn refusal(s: &str) -> String {
+        match parse(s) {
+            Ok(spec) => panic!("{s} accepted: {spec:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn endpoints_and_default_ports() {
+        let s = spec("localhost");
+        assert_eq!(s.first().ok(), Some(("localhost".to_owned(), 6379)));
+        let s = spec("redis1:6380, redis2:6381");
+        assert_eq!(s.endpoints.len(), 2);
+        assert_eq!(s.first().ok(), Some(("redis1".to_owned(), 6380)));
+        let s = spec("[::1]:7000,abortConnect=false");
+        assert_eq!(s.first().ok(), Some(("::1".to_owned(), 7000)));
+        let s = spec("[fe80::1]");
+        assert_eq!(s.first().ok(), Some(("fe80::1".to_owned(), 6379)));
+        let s = spec("::1");
+        assert_eq!(s.first().ok(), Some(("::1".to_owned(), 6379)));
+        // StackExchange.Redis's default port with ssl=true is 6380.
+        let s = spec("cache.example,ssl=True");
+        assert!(s.tls);
+        assert_eq!(s.first().ok(), Some(("cache.example".to_owned(), 6380)));
+        for bad in ["host:0", "host:99999", "host:x", "[::1", "[::1]x", ":6379"] {
+            let e = refusal(bad);
+            assert!(e.contains("endpoint"), "{bad}: {e}");
+        }
+        assert!(refusal("password=x").contains("no endpoint"));
+        assert!(refusal("  ").contains("empty"));
+    }
+
+    #[test]
+    fn options() {
+        let s = spec(
+            "h:1,Password=p@ss=word,USER=app,ssl=false,defaultDatabase=3,connectTimeout=1500,\
+             syncTimeout=2500,name=agent,allowAdmin=true,keepAlive=60,connectRetry=3,\
+             resolveDns=false,tiebreaker=,version=7.2,configChannel=x,\
+             checkCertificateRevocation=false,sslProtocols=Tls12,responseTimeout=100,\
+             proxy=None,$INFO=,channelPrefix=c",
+        );
+        assert_eq!(s.password.as_deref(), Some("p@ss=word"));
+        assert_eq!(s.user.as_deref(), Some("app"));
+        assert!(!s.tls);
+        assert_eq!(s.db, Some(3));
+        assert_eq!(s.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(s.command_timeout, Duration::from_millis(2500));
+        assert_eq!(s.client_name.as_deref(), Some("agent"));
+        // asyncTimeout wins over syncTimeout, whatever the order.
+        let s = spec("h,asyncTimeout=700,syncTimeout=900");
+        assert_eq!(s.command_timeout, Duration::from_millis(700));
+        let s = spec("h");
+        assert_eq!(s.command_timeout, DEFAULT_COMMAND_TIMEOUT);
+        assert_eq!(s.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        // Huge timeouts are lowered; zero, negative and words refused.
+        let s = spec("h,connectTimeout=2147483647");
+        assert_eq!(s.connect_timeout, Duration::from_millis(MAX_TIMEOUT_MS));
+        for bad in [
+            "h,syncTimeout=0",
+            "h,connectTimeout=-5",
+            "h,asyncTimeout=soon",
+        ] {
+            assert!(refusal(bad).contains("milliseconds"), "{bad}");
+        }
+        assert!(refusal("h,ssl=yes").contains("true or false"));
+        assert!(refusal("h,defaultDatabase=-1").contains("defaultDatabase"));
+        assert!(refusal("h,=x").contains("without a name"));
+    }
+
+    #[test]
+    fn unknown_keys_and_sentinel_are_refused_without_values() {
+        let e = refusal("h,pasword=hunter2");
+        assert!(e.contains("`pasword`"), "{e}");
+        assert!(e.contains("`password`"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = refusal("h,connectTimout=10");
+        assert!(e.contains("`connectTimeout`"), "{e}");
+        let e = refusal("h,servicename=mymaster,password=hunter2");
+        assert!(e.contains("Sentinel") && e.contains("not support"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = refusal("http://h:1");
+        assert!(e.contains("redis://"), "{e}");
+    }
+
+    #[test]
+    fn urls() {
+        let s = spec("redis://127.0.0.1:6390/4");
+        assert_eq!(s.first().ok(), Some(("127.0.0.1".to_owned(), 6390)));
+        assert_eq!(s.db, Some(4));
+        assert!(!s.tls);
+        let s = spec("REDISS://us%40r:p%3Ass@cache.example");
+        assert!(s.tls);
+        assert_eq!(s.user.as_deref(), Some("us@r"));
+        assert_eq!(s.password.as_deref(), Some("p:ss"));
+        assert_eq!(s.first().ok(), Some(("cache.example".to_owned(), 6379)));
+        assert_eq!(s.db, None);
+        let s = spec("redis://:secret@[::1]:6400/");
+        assert_eq!(s.user, None);
+        assert_eq!(s.password.as_deref(), Some("secret"));
+        assert_eq!(s.first().ok(), Some(("::1".to_owned(), 6400)));
+        let s = spec("redis://h?db=2&protocol=resp3");
+        assert_eq!(s.db, Some(2));
+        assert!(refusal("redis://h/x").contains("path"));
+        assert!(refusal("redis://h?foo=1").contains("`foo`"));
+        let e = refusal("redis://u:se%ZZcret@h");
+        assert!(!e.contains("se%ZZcret") && !e.contains("cret"), "{e}");
+        assert!(refusal("redis://").contains("no host"));
+    }
+
+    #[test]
+    fn db_precedence_label_identity_and_prefix() {
+        let store = |c: &str, db| match RedisStore::open(c, "{hangfire}:", db) {
+            Ok(s) => s,
+            Err(e) => panic!("{c}: {e}"),
+        };
+        assert_eq!(store("h,defaultDatabase=3", Some(5)).label(), "h:6379/5");
+        assert_eq!(store("h,defaultDatabase=3", None).label(), "h:6379/3");
+        assert_eq!(store("redis://h:1/7", None).label(), "h:1/7");
+        assert_eq!(store("redis://h:1/7", Some(0)).label(), "h:1/0");
+        assert_eq!(store("h", None).label(), "h:6379/0");
+        assert_eq!(store("[::1]:6380", None).label(), "[::1]:6380/0");
+        assert_eq!(store("a:1,b:2", None).hosts(), vec!["a", "b"]);
+        assert!(RedisStore::open("h", "{hangfire}:", Some(-1)).is_err());
+        assert!(
+            RedisStore::open("h", "", None)
+                .expect_err("refused")
+                .contains("empty")
+        );
+        assert!(RedisStore::open("h", &"p".repeat(101), None).is_err());
+        assert!(RedisStore::open("h", &"p".repeat(100), None).is_ok());
+
+        // Identity: same meaning, same identity; any difference that matters, another.
+        let a = store("H:6379,password=pw1,user=u", None);
+        let b = store("h,user=u,password=pw1", Some(0));
+        assert_eq!(a.identity(), b.identity());
+        for other in [
+            "h,password=pw2,user=u",
+            "h,password=pw1,user=v",
+            "h,password=pw1,user=u,ssl=true",
+            "h,password=pw1,user=u,defaultDatabase=1",
+            "h:6380,password=pw1,user=u",
+            "h,user=u",
+        ] {
+            assert_ne!(a.identity(), store(other, None).identity(), "{other}");
+        }
+        let other_prefix = RedisStore::open("h,password=pw1,user=u", "{other}:", None);
+        assert_ne!(
+            a.identity(),
+            other_prefix.map(|s| s.identity).unwrap_or_default()
+        );
+
+        // sslHost: only the endpoint's own name.
+        assert!(RedisStore::open("h,ssl=true,sslHost=H", "p:", None).is_ok());
+        let e = RedisStore::open("10.0.0.1,ssl=true,sslHost=cache.example", "p:", None)
+            .expect_err("refused");
+        assert!(e.contains("sslHost"), "{e}");
+    }
+
+    #[test]
+    fn the_password_is_never_shown() {
+        let secret = "Sup3rS3cret";
+        let s = store_or_panic(&format!("h,password={secret}"));
+        let shown = format!(
+            "{s:?} {} {:?}",
+            s.label(),
+            spec(&format!("h,password={secret}"))
+        );
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(!s.identity().contains(secret));
+        let s = store_or_panic(&format!("redis://u:{secret}@h:1/2"));
+        let shown = format!("{s:?} {}", s.label());
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(!s.identity().contains(secret));
+        for bad in [
+            format!("h,password={secret},bogus=1"),
+            format!("h,password={secret},ssl=maybe"),
+            format!("redis://u:{secret}@h:1/x"),
+            format!("redis://u:{secret}@h:99999"),
+        ] {
+            let e = refusal(&bad);
+            assert!(!e.contains(secret), "{e}");
+        }
+        assert_eq!(
+            scrub(&format!("WRONGPASS {secret}"), Some(secret)),
+            "WRONGPASS <redacted>"
+        );
+    }
+
+    fn store_or_panic(c: &str) -> RedisStore {
+        match RedisStore::open(c, "{hangfire}:", None) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn ttls_are_whole_seconds_from_one() {
+        assert_eq!(expire_secs(Duration::ZERO), 1);
+        assert_eq!(expire_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(expire_secs(Duration::from_secs(7 * 86_400)), 7 * 86_400);
+        assert_eq!(expire_secs(Duration::MAX), MAX_EXPIRE_SECS);
+        assert_eq!(hold_ms(Duration::ZERO), 1);
+    }
+
+    // ---- Against a real server ----
+
+    /// The test server: `JOBAGENT_TEST_REDIS_URL`, else the local default.
+    fn test_url() -> String {
+        std::env::var("JOBAGENT_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    }
+
+    /// The test server's store, with a fresh prefix; fails (never skips) when no server
+    /// answers.
+    async fn live_store() -> RedisStore {
+        let url = test_url();
+        let prefix = format!("{{t{:016x}}}:", rand::random::<u64>());
+        let store = match RedisStore::open(&url, &prefix, None) {
+            Ok(s) => s,
+            Err(e) => panic!("JOBAGENT_TEST_REDIS_URL: {e}"),
+        };
+        if let Err(e) = store.ping().await {
+            panic!(
+                "no Redis answers at {} ({e}): start one (`redis-server`, or `docker run --rm -p 6379:6379 redis:7`), or point JOBAGENT_TEST_REDIS_URL at one (redis://host:port/db)",
+                store.label()
+            );
+        }
+        store
+    }
+
+    /// Deletes every key under the store's prefix.
+    async fn cleanup(store: &RedisStore) {
+        let pattern: String = store
+            .prefix
+            .chars()
+            .flat_map(|c| {
+                let escape = matches!(c, '*' | '?' | '[' | ']' | '\\');
+                escape.then_some('\\').into_iter().chain(std::iter::once(c))
+            })
+            .chain(std::iter::once('*'))
+            .collect();
+        let Ok(mut c) = store.manager().await else {
+            return;
+        };
+        let mut cursor = 0u64;
+        loop {
+            let reply: Result<(u64, Vec<String>), _> = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut c)
+                .await;
+            let Ok((next, keys)) = reply else { return };
+            if !keys.is_empty() {
+                let _: Result<i64, _> = ::redis::cmd("DEL").arg(&keys).query_async(&mut c).await;
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+
+    /// Runs `body` against a fresh store, then deletes its keys, whether `body` passed or not.
+    async fn with_live_store<F, Fut>(body: F)
+    where
+        F: FnOnce(std::sync::Arc<RedisStore>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let store = std::sync::Arc::new(live_store().await);
+        let outcome = tokio::spawn(body(store.clone())).await;
+        cleanup(&store).await;
+        if let Err(e) = outcome {
+            match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    async fn ttl(store: &RedisStore, key: &str) -> i64 {
+        let key = store.key(key);
+        store
+            .run("TTL", |mut c| async move {
+                ::redis::cmd("TTL").arg(&key).query_async(&mut c).await
+            })
+            .await
+            .unwrap_or(-3)
+    }
+
+    fn encoded(value: &str, score: f64) -> EncodedLine {
+        EncodedLine {
+            value: value.to_owned(),
+            score,
+            reference: None,
+            progress_field: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn console_batches_are_idempotent_ordered_and_expire() {
+        with_live_store(|store| async move {
+            assert!(store.check_tables().await.is_ok());
+            let mut long = encoded(r#"{"t":0.002,"r":true,"s":"ref1"}"#, 0.002);
+            long.reference = Some(("ref1".to_owned(), "a long text".to_owned()));
+            let mut bar = encoded(r#"{"t":0.003,"s":"1","p":42.0}"#, 0.003);
+            bar.progress_field = Some("42.0".to_owned());
+            let mut bar2 = encoded(r#"{"t":0.004,"s":"1","p":50.0}"#, 0.004);
+            bar2.progress_field = Some("50.0".to_owned());
+            // Written out of score order, and twice (a retry).
+            let lines = vec![
+                encoded(r#"{"t":1.5,"s":"late"}"#, 1.5),
+                encoded(r#"{"t":0.001,"s":"first"}"#, 0.001),
+                long,
+                bar,
+                bar2,
+            ];
+            let expire = Duration::from_secs(3600);
+            for _ in 0..2 {
+                store
+                    .write_console("console:j1", "console:refs:j1", &lines, expire)
+                    .await
+                    .expect("a console batch");
+            }
+            let members = store.read_set("console:j1", 0, 100).await.expect("read");
+            assert_eq!(
+                members,
+                vec![
+                    r#"{"t":0.001,"s":"first"}"#,
+                    r#"{"t":0.002,"r":true,"s":"ref1"}"#,
+                    r#"{"t":0.003,"s":"1","p":42.0}"#,
+                    r#"{"t":0.004,"s":"1","p":50.0}"#,
+                    r#"{"t":1.5,"s":"late"}"#,
+                ]
+            );
+            assert_eq!(
+                store.read_set("console:j1", 1, 2).await.expect("read"),
+                vec![
+                    r#"{"t":0.002,"r":true,"s":"ref1"}"#,
+                    r#"{"t":0.003,"s":"1","p":42.0}"#
+                ]
+            );
+            assert!(
+                store
+                    .read_set("console:j1", 9, 2)
+                    .await
+                    .expect("read")
+                    .is_empty()
+            );
+            assert!(
+                store
+                    .read_set("console:j1", 0, 0)
+                    .await
+                    .expect("read")
+                    .is_empty()
+            );
+            assert_eq!(
+                store
+                    .read_hash("console:refs:j1", "ref1")
+                    .await
+                    .expect("read")
+                    .as_deref(),
+                Some("a long text")
+            );
+            assert_eq!(
+                store
+                    .read_hash("console:refs:j1", "progress")
+                    .await
+                    .expect("read")
+                    .as_deref(),
+                Some("50.0"),
+                "the last progress wins"
+            );
+            assert_eq!(
+                store
+                    .read_hash("console:refs:j1", "none")
+                    .await
+                    .expect("read"),
+                None
+            );
+            for key in ["console:j1", "console:refs:j1"] {
+                let t = ttl(&store, key).await;
+                assert!((3500..=3600).contains(&t), "{key}: {t}");
+            }
+            // Only the set is touched when there are no references or progress.
+            store
+                .write_console(
+                    "console:j2",
+                    "console:refs:j2",
+                    &[encoded("x", 1.0)],
+                    expire,
+                )
+                .await
+                .expect("a batch");
+            assert_eq!(ttl(&store, "console:refs:j2").await, -2, "no such key");
+            assert!(
+                store
+                    .write_console("console:j3", "h", &[encoded("x", f64::NAN)], expire)
+                    .await
+                    .is_err()
+            );
+
+            // Hashes and sets of their own.
+            store
+                .set_hash(
+                    "job:1",
+                    &[("State", "Processing"), ("x", "1")],
+                    Some(expire),
+                )
+                .await
+                .expect("hash");
+            assert_eq!(
+                store
+                    .read_hash("job:1", "State")
+                    .await
+                    .expect("read")
+                    .as_deref(),
+                Some("Processing")
+            );
+            assert!((3500..=3600).contains(&ttl(&store, "job:1").await));
+            store
+                .set_hash("job:1", &[("x", "2")], None)
+                .await
+                .expect("persist");
+            assert_eq!(ttl(&store, "job:1").await, -1, "no TTL");
+            store
+                .add_to_set("_agent_result_", "m", 1.0, Duration::from_secs(60))
+                .await
+                .expect("set");
+            store
+                .add_to_set("_agent_result_", "m", 1.0, Duration::from_secs(60))
+                .await
+                .expect("set");
+            assert_eq!(
+                store.read_set("_agent_result_", 0, 10).await.expect("read"),
+                vec!["m"]
+            );
+            assert!((50..=60).contains(&ttl(&store, "_agent_result_").await));
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn first_report_is_claimed_once() {
+        with_live_store(|store| async move {
+            let expire = Duration::from_secs(600);
+            assert!(
+                store
+                    .first_report("42", "tok-a", expire)
+                    .await
+                    .expect("claim")
+            );
+            assert!(
+                store
+                    .first_report("42", "tok-a", expire)
+                    .await
+                    .expect("retry")
+            );
+            assert!(
+                !store
+                    .first_report("42", "tok-b", expire)
+                    .await
+                    .expect("other")
+            );
+            assert!(
+                store
+                    .first_report("43", "tok-b", expire)
+                    .await
+                    .expect("claim")
+            );
+            assert_eq!(
+                store
+                    .read_hash(RESULTS_KEY, "42")
+                    .await
+                    .expect("read")
+                    .as_deref(),
+                Some("tok-a")
+            );
+            assert!((590..=600).contains(&ttl(&store, RESULTS_KEY).await));
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn locks_are_exclusive_extended_released_and_expire() {
+        with_live_store(|store| async move {
+            let stale = Duration::from_secs(1);
+            let a = store
+                .lock_try("lock:recurring", stale)
+                .await
+                .expect("try")
+                .expect("taken");
+            assert_eq!(a.len(), 36, "a uuid");
+            assert_eq!(
+                store.lock_try("lock:recurring", stale).await.expect("try"),
+                None
+            );
+            let t = ttl(&store, "lock:recurring").await;
+            assert!((25..=30).contains(&t), "PX 30000: {t}");
+            assert_eq!(
+                store
+                    .lock_keep("lock:recurring", &a)
+                    .await
+                    .expect("keep")
+                    .as_deref(),
+                Some(a.as_str())
+            );
+            assert_eq!(
+                store
+                    .lock_keep("lock:recurring", "someone-else")
+                    .await
+                    .expect("keep"),
+                None
+            );
+            // Another owner's release leaves it.
+            store
+                .lock_release("lock:recurring", "someone-else")
+                .await
+                .expect("release");
+            assert_eq!(
+                store.lock_try("lock:recurring", stale).await.expect("try"),
+                None
+            );
+            store
+                .lock_release("lock:recurring", &a)
+                .await
+                .expect("release");
+            let b = store
+                .lock_try("lock:recurring", stale)
+                .await
+                .expect("try")
+                .expect("free again");
+            assert_ne!(a, b);
+            assert_eq!(
+                store.lock_keep("lock:recurring", &a).await.expect("keep"),
+                None
+            );
+            store
+                .lock_release("lock:recurring", &b)
+                .await
+                .expect("release");
+
+            assert_eq!(store.fence("lock:recurring").await.expect("fence"), 1);
+            assert_eq!(store.fence("lock:recurring").await.expect("fence"), 2);
+            assert_eq!(store.fence("lock:other").await.expect("fence"), 1);
+            assert_eq!(ttl(&store, FENCE_KEY).await, -1, "no TTL");
+        })
+        .await;
+
+        // A holder that stops extending loses the lock when its hold runs out.
+        with_live_store(|store| async move {
+            let mut short = match RedisStore::open(&test_url(), &store.prefix, None) {
+                Ok(s) => s,
+                Err(e) => panic!("{e}"),
+            };
+            short.hold = Duration::from_millis(300);
+            let a = short
+                .lock_try("lock:x", Duration::ZERO)
+                .await
+                .expect("try")
+                .expect("taken");
+            assert_eq!(
+                short.lock_try("lock:x", Duration::ZERO).await.expect("try"),
+                None
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let b = short
+                .lock_try("lock:x", Duration::ZERO)
+                .await
+                .expect("try")
+                .expect("taken after the hold ran out");
+            assert_ne!(a, b);
+            assert_eq!(short.lock_keep("lock:x", &a).await.expect("keep"), None);
+            short.lock_release("lock:x", &a).await.expect("release");
+            assert_eq!(
+                short.lock_try("lock:x", Duration::ZERO).await.expect("try"),
+                None,
+                "b still holds it"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_unreachable_store_fails_within_its_bounds() {
+        // A port nothing listens on (connection refused), and a black hole (TEST-NET-1).
+        for conn in [
+            "127.0.0.1:1,connectTimeout=300,syncTimeout=300",
+            "192.0.2.1:6379,connectTimeout=300,syncTimeout=300",
+            // TLS against a server that speaks plain RESP (or nothing): the handshake fails,
+            // within the bounds (and builds the rustls configuration on the system's roots).
+            "127.0.0.1:6379,ssl=true,connectTimeout=300,syncTimeout=300",
+            "127.0.0.1:1,ssl=true,connectTimeout=300,syncTimeout=300",
+        ] {
+            let store = store_or_panic(conn);
+            let started = Instant::now();
+            let e = store.ping().await.expect_err("unreachable");
+            assert!(started.elapsed() < Duration::from_secs(2), "{conn}: {e}");
+            assert!(e.contains(store.label()), "{e}");
+            // Unknown, not refused: the run goes ahead.
+            assert!(store.check_tables().await.is_ok());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_store_that_refuses_the_agent_is_refused_without_its_password() {
+        let live = live_store().await;
+        let url = test_url();
+        let secret = "N0tTheP4ssw0rd";
+        // The server answers, but refuses: a wrong password (or one it does not expect), and
+        // a database it does not have.
+        let host = live
+            .label()
+            .rsplit_once('/')
+            .map_or("", |(h, _)| h)
+            .to_owned();
+        for (conn, db) in [
+            (
+                format!("{host},password={secret},user=nobody-{secret}"),
+                None,
+            ),
+            (url.clone(), Some(1_000_000)),
+        ] {
+            let store = match RedisStore::open(&conn, &live.prefix, db) {
+                Ok(s) => s,
+                Err(e) => panic!("{e}"),
+            };
+            let e = store.check_tables().await.expect_err("refused");
+            assert!(e.contains(store.label()), "{e}");
+            assert!(!e.contains(secret), "{e}");
+            let e = store.ping().await.expect_err("refused");
+            assert!(!e.contains(secret), "{e}");
+        }
     }
 }
