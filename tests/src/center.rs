@@ -71,6 +71,9 @@ pub struct Storage {
     pub expire_at_days: Option<i64>,
     /// The connection string (Npgsql form for PostgreSQL).
     pub hangfire_db: String,
+    /// Redis: the database number, as text (Hangfire.Redis.StackExchange's `Db`).
+    #[serde(rename = "Db", skip_serializing_if = "Option::is_none")]
+    pub db: Option<String>,
 }
 
 impl Storage {
@@ -81,6 +84,7 @@ impl Storage {
             table_prefix: Some("hangfire".to_owned()),
             expire_at_days: Some(7),
             hangfire_db: connection_string.into(),
+            db: None,
         }
     }
 

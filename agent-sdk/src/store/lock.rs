@@ -246,7 +246,7 @@ fn refresh_every(kind: StoreType) -> Duration {
     match kind {
         StoreType::PostgreSql => Duration::from_secs(60),
         // Other processes judge staleness by their own acquire timeout (seconds, usually).
-        StoreType::MySql => Duration::from_secs(1),
+        StoreType::MySql => Duration::from_millis(500),
         StoreType::Redis => REDIS_HOLD / 3,
     }
 }

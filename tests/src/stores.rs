@@ -1,0 +1,227 @@
+//! One interface over the three store harnesses, so one test runs against PostgreSQL, MySQL
+//! and Redis: what the center is sent (`storage`), and what the dashboard reads (a console in
+//! its order with references resolved, results, hashes), each read the way that store's
+//! Hangfire package reads it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::center::Storage;
+use crate::mysql::{DotnetMysqlLock, TestMysql};
+use crate::pg::{DotnetPgLock, TestDb};
+use crate::redis::{DotnetRedisLock, TestRedis};
+
+/// A fresh store of one kind.
+pub enum AnyStore {
+    /// Hangfire.PostgreSql.
+    Pg(TestDb),
+    /// Hangfire.MySqlStorage.
+    Mysql(TestMysql),
+    /// Hangfire.Redis.StackExchange.
+    Redis(TestRedis),
+}
+
+/// A lock held the .NET way on one of the stores.
+pub enum DotnetLock {
+    /// On PostgreSQL.
+    Pg(DotnetPgLock),
+    /// On MySQL.
+    Mysql(DotnetMysqlLock),
+    /// On Redis.
+    Redis(DotnetRedisLock),
+}
+
+impl DotnetLock {
+    /// Releases it as the store's Hangfire package does.
+    pub async fn release(self) {
+        match self {
+            DotnetLock::Pg(l) => l.release().await,
+            DotnetLock::Mysql(l) => l.release().await,
+            DotnetLock::Redis(l) => l.release().await,
+        }
+    }
+}
+
+impl AnyStore {
+    /// A fresh PostgreSQL database (current tables).
+    pub async fn postgresql() -> Self {
+        AnyStore::Pg(TestDb::new().await)
+    }
+
+    /// A fresh MySQL database (Install.sql's tables, prefix `Hangfire`).
+    pub async fn mysql() -> Self {
+        AnyStore::Mysql(TestMysql::new().await)
+    }
+
+    /// A fresh Redis key prefix.
+    pub async fn redis() -> Self {
+        AnyStore::Redis(TestRedis::new().await)
+    }
+
+    /// The storage `Type` the center sends.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AnyStore::Pg(_) => "postgresql",
+            AnyStore::Mysql(_) => "mysql",
+            AnyStore::Redis(_) => "redis",
+        }
+    }
+
+    /// The store as the center sends it in `x-job-storage`.
+    pub fn storage(&self) -> Storage {
+        match self {
+            AnyStore::Pg(db) => db.storage(),
+            AnyStore::Mysql(db) => db.storage(),
+            AnyStore::Redis(db) => db.storage(),
+        }
+    }
+
+    /// The store as the agent's own configuration takes it (`JOBAGENT_STORE`, with
+    /// `JOBAGENT_STORE_TYPE` and `JOBAGENT_STORE_SCHEMA`): (connection, type, prefix).
+    pub fn local(&self) -> (String, agent_sdk::StoreType, String) {
+        match self {
+            AnyStore::Pg(db) => (
+                db.connection_string(),
+                agent_sdk::StoreType::PostgreSql,
+                db.schema().to_owned(),
+            ),
+            AnyStore::Mysql(db) => (
+                db.connection_string(),
+                agent_sdk::StoreType::MySql,
+                db.prefix().to_owned(),
+            ),
+            AnyStore::Redis(db) => (
+                db.connection_string(),
+                agent_sdk::StoreType::Redis,
+                db.prefix().to_owned(),
+            ),
+        }
+    }
+
+    /// A set's members with their scores, in the dashboard's order.
+    pub async fn set_rows(&self, key: &str) -> Vec<(String, f64)> {
+        match self {
+            AnyStore::Pg(db) => db.set_rows(key).await,
+            AnyStore::Mysql(db) => db.set_rows(key).await,
+            AnyStore::Redis(db) => db.set_rows(key).await,
+        }
+    }
+
+    /// A hash's fields and values.
+    pub async fn hash_rows(&self, key: &str) -> Vec<(String, Option<String>)> {
+        match self {
+            AnyStore::Pg(db) => db.hash_rows(key).await,
+            AnyStore::Mysql(db) => db.hash_rows(key).await,
+            AnyStore::Redis(db) => db.hash_rows(key).await,
+        }
+    }
+
+    /// One hash field's value.
+    pub async fn hash_value(&self, key: &str, field: &str) -> Option<String> {
+        self.hash_rows(key)
+            .await
+            .into_iter()
+            .find(|(f, _)| f == field)
+            .and_then(|(_, v)| v)
+    }
+
+    /// The console as the dashboard shows it: each line parsed, references resolved (`s`
+    /// holds the text, `r` removed). Panics on a line that is not JSON or a missing reference.
+    pub async fn console_lines(&self, set_key: &str, hash_key: &str) -> Vec<Value> {
+        let refs = self.hash_rows(hash_key).await;
+        self.set_rows(set_key)
+            .await
+            .into_iter()
+            .map(|(raw, _)| {
+                let mut line: Value = serde_json::from_str(&raw)
+                    .unwrap_or_else(|e| panic!("console line is not JSON ({e}): {raw}"));
+                if line.get("r") == Some(&Value::Bool(true)) {
+                    let field = line["s"].as_str().unwrap_or_default().to_owned();
+                    let text = refs
+                        .iter()
+                        .find(|(f, _)| *f == field)
+                        .and_then(|(_, v)| v.clone())
+                        .unwrap_or_else(|| panic!("reference {field} missing from {hash_key}"));
+                    if let Some(obj) = line.as_object_mut() {
+                        obj.remove("r");
+                        obj.insert("s".to_owned(), Value::String(text));
+                    }
+                }
+                line
+            })
+            .collect()
+    }
+
+    /// Every field of `_agent_result_<job_id>`: (elapsed ms, parsed value).
+    pub async fn result_fields(&self, job_id: &str) -> Vec<(String, Value)> {
+        self.hash_rows(&format!("_agent_result_{job_id}"))
+            .await
+            .into_iter()
+            .map(|(field, value)| {
+                let value = value.unwrap_or_default();
+                let parsed = serde_json::from_str(&value)
+                    .unwrap_or_else(|e| panic!("result of {job_id} is not JSON ({e}): {value}"));
+                (field, parsed)
+            })
+            .collect()
+    }
+
+    /// The result of `job_id` if the center would see one: the hash field, and the id in set
+    /// `_agent_result_`. Panics when the hash holds more than one field.
+    pub async fn result(&self, job_id: &str) -> Option<Value> {
+        if !self.result_ids().await.iter().any(|id| id == job_id) {
+            return None;
+        }
+        let mut fields = self.result_fields(job_id).await;
+        assert!(
+            fields.len() <= 1,
+            "more than one result for {job_id}: {fields:?}"
+        );
+        fields.pop().map(|(_, v)| v)
+    }
+
+    /// The ids in set `_agent_result_`.
+    pub async fn result_ids(&self) -> Vec<String> {
+        self.set_rows("_agent_result_")
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Waits until the result of `job_id` is there (as the center polls) and returns it.
+    pub async fn wait_result(&self, job_id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(r) = self.result(job_id).await {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no result for job {job_id} within {within:?} ({})",
+                self.kind()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Takes the distributed lock as a .NET service on this store does.
+    pub async fn dotnet_lock(
+        &self,
+        resource: &str,
+        timeout: Duration,
+    ) -> Result<DotnetLock, String> {
+        match self {
+            AnyStore::Pg(db) => db.dotnet_lock(resource, timeout).await.map(DotnetLock::Pg),
+            AnyStore::Mysql(db) => db
+                .dotnet_lock(resource, timeout)
+                .await
+                .map(DotnetLock::Mysql),
+            AnyStore::Redis(db) => db
+                .dotnet_lock(resource, timeout)
+                .await
+                .map(DotnetLock::Redis),
+        }
+    }
+}
