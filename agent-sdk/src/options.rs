@@ -687,18 +687,6 @@ impl AgentOptions {
                 "the agent id must be 1 to 100 letters, digits, `-`, `_` or `.`",
             ));
         }
-        if self.cluster
-            && let Some(store) = &self.store
-            && store.resolved_kind() != crate::store::StoreType::PostgreSql
-        {
-            return Err(ConfigError::invalid(
-                "JOBAGENT_CLUSTER",
-                format!(
-                    "cluster mode needs a PostgreSQL store for now; JOBAGENT_STORE is {}",
-                    store.resolved_kind()
-                ),
-            ));
-        }
         if let Some(store) = &self.store
             && store.resolved_kind() == crate::store::StoreType::PostgreSql
             && !store.schema.is_empty()

@@ -134,12 +134,24 @@ impl TestMysql {
         format!("`{}{table}`", self.prefix)
     }
 
+    /// The server's host and port.
+    pub fn endpoint(&self) -> (String, u16) {
+        (
+            self.server.ip_or_hostname().to_owned(),
+            self.server.tcp_port(),
+        )
+    }
+
     /// The connection string as a center on Hangfire.MySqlStorage holds it (MySqlConnector).
     pub fn connection_string(&self) -> String {
+        let (host, port) = self.endpoint();
+        self.connection_string_at(&host, port)
+    }
+
+    /// The same string naming another endpoint (a proxy in front of the server).
+    pub fn connection_string_at(&self, host: &str, port: u16) -> String {
         let mut s = format!(
-            "server={};port={};database={};uid={};",
-            self.server.ip_or_hostname(),
-            self.server.tcp_port(),
+            "server={host};port={port};database={};uid={};",
             self.name,
             self.server.user().unwrap_or("root"),
         );

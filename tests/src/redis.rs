@@ -67,13 +67,23 @@ impl TestRedis {
         format!("{}{key}", self.prefix)
     }
 
-    /// The configuration string as a center on Hangfire.Redis.StackExchange holds it.
-    pub fn connection_string(&self) -> String {
-        let info = self.client.get_connection_info();
-        let (host, port) = match info.addr() {
+    /// The server's host and port.
+    pub fn endpoint(&self) -> (String, u16) {
+        match self.client.get_connection_info().addr() {
             redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
             _ => ("127.0.0.1".to_owned(), 6379),
-        };
+        }
+    }
+
+    /// The configuration string as a center on Hangfire.Redis.StackExchange holds it.
+    pub fn connection_string(&self) -> String {
+        let (host, port) = self.endpoint();
+        self.connection_string_at(&host, port)
+    }
+
+    /// The same string naming another endpoint (a proxy in front of the server).
+    pub fn connection_string_at(&self, host: &str, port: u16) -> String {
+        let info = self.client.get_connection_info();
         let mut s = format!("{host}:{port},defaultDatabase=0");
         if let Some(pw) = info.redis_settings().password() {
             s.push_str(&format!(",password={pw}"));

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::center::Storage;
 use crate::mysql::{DotnetMysqlLock, TestMysql};
 use crate::pg::{DotnetPgLock, TestDb};
+use crate::proxy::Proxy;
 use crate::redis::{DotnetRedisLock, TestRedis};
 
 /// A fresh store of one kind.
@@ -222,6 +223,91 @@ impl AnyStore {
                 .dotnet_lock(resource, timeout)
                 .await
                 .map(DotnetLock::Redis),
+        }
+    }
+
+    /// Waits for the result of `job_id` and asserts that the run failed with an error text
+    /// containing `reason`.
+    pub async fn wait_failure(&self, job_id: &str, within: Duration, reason: &str) -> Value {
+        let r = self.wait_result(job_id, within).await;
+        assert_eq!(r["R"], "err", "{r}");
+        assert!(
+            r["E"].as_str().unwrap_or_default().contains(reason),
+            "expected an error containing {reason:?}: {r}"
+        );
+        r
+    }
+
+    /// Seconds until each row of `key` expires, as the store's Hangfire package reads
+    /// expiry (`expireat`/`ExpireAt` per row; on Redis the key's TTL, once per member).
+    pub async fn expiry_ahead(&self, table: Table, key: &str) -> Vec<Option<f64>> {
+        match self {
+            AnyStore::Pg(db) => db.expiry_ahead(table.pg(), key).await,
+            AnyStore::Mysql(db) => db.expiry_ahead(table.mysql(), key).await,
+            AnyStore::Redis(db) => {
+                let rows = match table {
+                    Table::Set => db.set_rows(key).await.len(),
+                    Table::Hash => db.hash_rows(key).await.len(),
+                };
+                let ttl = db.ttl(key).await;
+                vec![ttl; rows]
+            }
+        }
+    }
+
+    /// A proxy in front of the store's server, and the store as the center would send it
+    /// through that proxy (connect timeouts of 2 s).
+    pub async fn behind_proxy(&self) -> (Proxy, Storage) {
+        match self {
+            AnyStore::Pg(db) => {
+                let (proxy, conn) = Proxy::in_front_of(db).await;
+                (proxy, Storage::postgresql(format!("{conn};Timeout=2")))
+            }
+            AnyStore::Mysql(db) => {
+                let (host, port) = db.endpoint();
+                let proxy = Proxy::start(&host, port).await;
+                let conn = db.connection_string_at("127.0.0.1", proxy.port());
+                let storage = Storage {
+                    hangfire_db: format!("{conn}Connection Timeout=2;"),
+                    ..db.storage()
+                };
+                (proxy, storage)
+            }
+            AnyStore::Redis(db) => {
+                let (host, port) = db.endpoint();
+                let proxy = Proxy::start(&host, port).await;
+                let conn = db.connection_string_at("127.0.0.1", proxy.port());
+                let storage = Storage {
+                    hangfire_db: format!("{conn},connectTimeout=2000"),
+                    ..db.storage()
+                };
+                (proxy, storage)
+            }
+        }
+    }
+}
+
+/// Hangfire's two tables (a Redis key of that kind).
+#[derive(Clone, Copy, Debug)]
+pub enum Table {
+    /// `set` / `<P>Set` / a sorted set.
+    Set,
+    /// `hash` / `<P>Hash` / a hash.
+    Hash,
+}
+
+impl Table {
+    fn pg(self) -> &'static str {
+        match self {
+            Table::Set => "set",
+            Table::Hash => "hash",
+        }
+    }
+
+    fn mysql(self) -> &'static str {
+        match self {
+            Table::Set => "Set",
+            Table::Hash => "Hash",
         }
     }
 }
