@@ -6,10 +6,10 @@
 
 use std::fmt;
 
+use agent_sdk::StoreType;
+
 /// The default agent URL (the example service's, and the SDK's default path).
 pub(crate) const DEFAULT_AGENT: &str = "http://127.0.0.1:5000/jobagent";
-/// The default Hangfire schema.
-pub(crate) const DEFAULT_SCHEMA: &str = "hangfire";
 
 /// Environment fallback for `--agent`.
 pub(crate) const ENV_AGENT: &str = "JOBAGENT_DEV_AGENT";
@@ -21,6 +21,7 @@ pub(crate) const ENV_LISTEN: &str = "JOBAGENT_LISTEN";
 pub(crate) const ENV_PATH: &str = "JOBAGENT_PATH";
 pub(crate) const ENV_SERVICE_STORE: &str = "JOBAGENT_STORE";
 pub(crate) const ENV_SCHEMA: &str = "JOBAGENT_STORE_SCHEMA";
+pub(crate) const ENV_STORE_TYPE: &str = "JOBAGENT_STORE_TYPE";
 /// Environment fallback for `--user` (the same variable the agent reads).
 pub(crate) const ENV_USER: &str = "JOBAGENT_BASIC_USER";
 /// Environment fallback for `--password` (the same variable the agent reads).
@@ -97,8 +98,13 @@ pub(crate) struct Options {
     pub(crate) timeout_ms: Option<i64>,
     /// The center's store, as given (a secret: it may hold a password).
     pub(crate) store: Option<Secret>,
-    /// The Hangfire schema (`TablePrefix`).
+    /// The store's type: given, else the store URL's scheme, else PostgreSQL.
+    pub(crate) store_type: StoreType,
+    /// The schema (PostgreSQL), table prefix (MySQL) or key prefix (Redis): `TablePrefix`,
+    /// given or the type's default.
     pub(crate) schema: String,
+    /// Redis: the database (`Db`); `None` takes the store string's own, else 0.
+    pub(crate) db: Option<i64>,
     /// Basic auth configured on the job.
     pub(crate) auth: Option<(String, Secret)>,
     /// The dispatch's job id (`x-job-id`); generated when absent.
@@ -151,7 +157,17 @@ const FLAGS: &[Flag] = &[
         commands: ALL,
     },
     Flag {
+        name: "store-type",
+        value: true,
+        commands: ALL,
+    },
+    Flag {
         name: "schema",
+        value: true,
+        commands: ALL,
+    },
+    Flag {
+        name: "db",
         value: true,
         commands: ALL,
     },
@@ -238,12 +254,25 @@ OPTIONS:
     --agent <url>          the agent URL [env {ENV_AGENT}; else http://{ENV_LISTEN}{ENV_PATH}
                            from the service's own variables when either is set (0.0.0.0 is
                            called as 127.0.0.1); default {DEFAULT_AGENT}]
-    --store <conn>         the center's PostgreSQL: an Npgsql `Host=..;Database=..;Username=..;..`
-                           string or a postgres:// URL, read as the agent reads JOBAGENT_STORE
-                           (same TLS rules) [env {ENV_STORE}, else {ENV_SERVICE_STORE}]. Sent to
-                           the agent in x-job-storage and read back for console lines and
-                           results. Never printed.
-    --schema <name>        the Hangfire schema [env {ENV_SCHEMA}; default {DEFAULT_SCHEMA}]
+    --store <conn>         the center's store, read as the agent reads JOBAGENT_STORE (same
+                           parsers, same TLS rules)
+                           [env {ENV_STORE}, else {ENV_SERVICE_STORE}]:
+                             postgresql: an Npgsql `Host=..;Database=..;Username=..;..` string
+                                         or a postgres:// URL
+                             mysql:      a MySqlConnector `Server=..;Database=..;Uid=..;..`
+                                         string or a mysql:// URL
+                             redis:      a StackExchange.Redis `host:port,password=..` string
+                                         or a redis:// / rediss:// URL
+                           Sent to the agent in x-job-storage as the center sends HangfireDb (a
+                           URL rendered in the driver's own form) and read back for console
+                           lines, results and heartbeat rows. Never printed.
+    --store-type <type>    postgresql, mysql or redis (the center's storage Type) [env
+                           {ENV_STORE_TYPE}; default: the store URL's scheme, else postgresql]
+    --schema <name>        where the center's rows are (TablePrefix): the PostgreSQL schema,
+                           the MySQL table prefix or the Redis key prefix
+                           [env {ENV_SCHEMA}; default per type: {pg}, {my}, {redis}]
+    --db <n>               redis: the database (Db) [default: the store's defaultDatabase or
+                           URL path, else 0]
     --user <u>             basic auth user configured on the job [env {ENV_USER}]
     --password <p>         basic auth password [env {ENV_PASSWORD}]
     --job-id <id>          the dispatch's job id (x-job-id) [default: a fresh number]
@@ -265,7 +294,13 @@ EXIT STATUS:
 EXAMPLE:
     jobagent-dev run example_agent::jobs::TestJob --param '{{\"lines\":5,\"progress\":true}}' \\
         --store postgres://postgres@127.0.0.1:5432/hangfire
-"
+    jobagent-dev run example_agent::jobs::TestJob --store redis://127.0.0.1:6379 --db 1
+    jobagent-dev run example_agent::jobs::TestJob --store-type mysql \\
+        --store 'Server=127.0.0.1;Database=hangfire;Uid=root;Pwd=..' --schema Hangfire
+",
+        pg = StoreType::PostgreSql.default_prefix(),
+        my = StoreType::MySql.default_prefix(),
+        redis = StoreType::Redis.default_prefix(),
     )
 }
 
@@ -388,10 +423,34 @@ pub(crate) fn parse(
             .map(Secret),
     };
 
-    let schema = one("schema")
-        .or_else(|| env(ENV_SCHEMA))
-        .unwrap_or_else(|| DEFAULT_SCHEMA.to_owned());
-    check_schema(&schema)?;
+    let store_type = store_type(one("store-type"), env(ENV_STORE_TYPE), store.as_ref())?;
+
+    let schema = match one("schema") {
+        Some(s) => s,
+        None => env(ENV_SCHEMA).unwrap_or_else(|| store_type.default_prefix().to_owned()),
+    };
+    check_prefix(store_type, &schema)?;
+
+    let db = match one("db") {
+        None => None,
+        Some(_) if store_type != StoreType::Redis => {
+            return Err(format!(
+                "`--db` is the Redis database; this store is {store_type} (give --store-type redis or a redis:// store)"
+            ));
+        }
+        Some(v) => Some(
+            v.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|d| (0..=65_535).contains(d))
+                .ok_or_else(|| {
+                    format!(
+                        "`--db` must be a Redis database number (0 to 65535), not `{}`",
+                        shorten(&v)
+                    )
+                })?,
+        ),
+    };
 
     let auth = match (one("user"), one("password")) {
         (Some(u), Some(p)) => Some((u, p)),
@@ -460,7 +519,9 @@ pub(crate) fn parse(
         param: one("param").unwrap_or_default(),
         timeout_ms,
         store,
+        store_type,
         schema,
+        db,
         auth,
         job_id,
         run_id,
@@ -528,9 +589,53 @@ fn check_agent(text: &str) -> Result<reqwest::Url, String> {
     Ok(url)
 }
 
-/// A Hangfire schema, checked by the agent's own rule.
-pub(crate) fn check_schema(schema: &str) -> Result<(), String> {
-    agent_sdk::__dev::check_schema(schema).map_err(|reason| format!("`--schema`: {reason}"))
+/// The store's type: `--store-type`, else `JOBAGENT_STORE_TYPE` (as the agent reads it),
+/// else the store URL's scheme, else PostgreSQL. A type that contradicts the URL's scheme is
+/// refused here, before anything is sent.
+fn store_type(
+    flag: Option<String>,
+    env: Option<String>,
+    store: Option<&Secret>,
+) -> Result<StoreType, String> {
+    let of_url = store.and_then(|s| StoreType::of_url(s.expose()));
+    let (given, source) = match (flag, env) {
+        (Some(t), _) => (t, "`--store-type`"),
+        (None, Some(t)) => (t, ENV_STORE_TYPE),
+        (None, None) => return Ok(of_url.unwrap_or(StoreType::PostgreSql)),
+    };
+    let kind: StoreType = given.parse().map_err(|_| {
+        format!(
+            "{source}: `{}` is not postgresql, mysql or redis",
+            shorten(&given)
+        )
+    })?;
+    if let Some(url) = of_url
+        && url != kind
+    {
+        return Err(format!(
+            "{source} is {kind} but the store is a {url} URL; give a {kind} store or drop {source}"
+        ));
+    }
+    Ok(kind)
+}
+
+/// The schema or prefix, checked by the agent's own rule for PostgreSQL schemas; MySQL table
+/// prefixes and Redis key prefixes must be non-empty text of at most 64 characters without
+/// control characters (their stores check the rest).
+pub(crate) fn check_prefix(kind: StoreType, prefix: &str) -> Result<(), String> {
+    if kind == StoreType::PostgreSql {
+        return agent_sdk::__dev::check_schema(prefix)
+            .map_err(|reason| format!("`--schema`: {reason}"));
+    }
+    if prefix.trim().is_empty() {
+        return Err("`--schema` is empty".to_owned());
+    }
+    if prefix.chars().count() > 64 || prefix.chars().any(char::is_control) {
+        return Err(format!(
+            "`--schema`: a {kind} prefix must be at most 64 characters, with no control characters"
+        ));
+    }
+    Ok(())
 }
 
 /// Names the center never passes through: its own headers and the ones HTTP owns.
@@ -723,6 +828,188 @@ mod tests {
     }
 
     #[test]
+    fn store_type_comes_from_the_flag_the_environment_or_the_url() {
+        // Default: PostgreSQL, its schema, no Db.
+        let o = go(&["detail", "a::B"], &[]).expect("valid");
+        assert_eq!(o.store_type, StoreType::PostgreSql);
+        assert_eq!(o.schema, "hangfire");
+        assert_eq!(o.db, None);
+        // From the URL's scheme, with that type's default prefix.
+        let o = go(&["run", "a::B", "--store", "mysql://u:pw@h/hf"], &[]).expect("valid");
+        assert_eq!(o.store_type, StoreType::MySql);
+        assert_eq!(o.schema, "Hangfire");
+        let o = go(&["run", "a::B", "--store", "rediss://:pw@h:6380/2"], &[]).expect("valid");
+        assert_eq!(o.store_type, StoreType::Redis);
+        assert_eq!(o.schema, "{hangfire}:");
+        let o = go(&["heartbeat"], &[(ENV_SERVICE_STORE, "redis://h")]).expect("valid");
+        assert_eq!(o.store_type, StoreType::Redis);
+        // Given, for a connection string that is not a URL; case-insensitive, as the agent.
+        let o = go(
+            &[
+                "run",
+                "a::B",
+                "--store-type",
+                "MySQL",
+                "--store",
+                "Server=h;Database=hf;Uid=u;Pwd=pw",
+                "--schema",
+                "hf_",
+            ],
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(o.store_type, StoreType::MySql);
+        assert_eq!(o.schema, "hf_");
+        let o = go(
+            &[
+                "run",
+                "a::B",
+                "--store-type=redis",
+                "--store",
+                "h:6379,password=pw",
+                "--db",
+                "3",
+            ],
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(o.store_type, StoreType::Redis);
+        assert_eq!(o.db, Some(3));
+        // The agent's own variables; the flag wins over them.
+        let env = [
+            (ENV_STORE_TYPE, "redis"),
+            (ENV_SERVICE_STORE, "h:6379"),
+            (ENV_SCHEMA, "{app}:"),
+        ];
+        let o = go(&["detail", "a::B"], &env).expect("valid");
+        assert_eq!(o.store_type, StoreType::Redis);
+        assert_eq!(o.schema, "{app}:");
+        let o = go(
+            &[
+                "detail",
+                "a::B",
+                "--store-type",
+                "postgresql",
+                "--store",
+                "Host=h;Username=u",
+                "--schema",
+                "center",
+            ],
+            &env,
+        )
+        .expect("valid");
+        assert_eq!(o.store_type, StoreType::PostgreSql);
+        assert_eq!(o.schema, "center");
+        // A PostgreSQL prefix is checked as a schema; the others' prefixes are not.
+        let long = "p".repeat(64);
+        assert!(go(&["run", "a::B", "--schema", &long], &[]).is_err());
+        let o = go(
+            &["run", "a::B", "--store-type", "redis", "--schema", &long],
+            &[],
+        )
+        .expect("a 64-character key prefix");
+        assert_eq!(o.schema, long);
+    }
+
+    #[test]
+    fn refuses_bad_store_types_and_databases() {
+        /// Arguments, environment, and what the error must say.
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
+            (
+                &["run", "a::B", "--store-type", "mssql"],
+                &[],
+                "--store-type",
+            ),
+            (
+                &["run", "a::B"],
+                &[(ENV_STORE_TYPE, "oracle")],
+                ENV_STORE_TYPE,
+            ),
+            (
+                &[
+                    "run",
+                    "a::B",
+                    "--store-type",
+                    "mysql",
+                    "--store",
+                    "redis://h",
+                ],
+                &[],
+                "redis URL",
+            ),
+            (
+                &["run", "a::B", "--store", "postgres://u@h/d"],
+                &[(ENV_STORE_TYPE, "mysql")],
+                ENV_STORE_TYPE,
+            ),
+            (&["run", "a::B", "--db", "1"], &[], "Redis database"),
+            (
+                &["run", "a::B", "--store", "mysql://u@h/d", "--db", "1"],
+                &[],
+                "Redis database",
+            ),
+            (
+                &["run", "a::B", "--store-type", "redis", "--db", "x"],
+                &[],
+                "--db",
+            ),
+            (
+                &["run", "a::B", "--store-type", "redis", "--db", "-1"],
+                &[],
+                "--db",
+            ),
+            (
+                &["run", "a::B", "--store-type", "redis", "--db", "65536"],
+                &[],
+                "--db",
+            ),
+            (
+                &[
+                    "run",
+                    "a::B",
+                    "--store-type",
+                    "redis",
+                    "--db",
+                    "1",
+                    "--db",
+                    "2",
+                ],
+                &[],
+                "more than once",
+            ),
+            (
+                &["run", "a::B", "--store-type", "mysql", "--schema", " "],
+                &[],
+                "empty",
+            ),
+            (
+                &["run", "a::B", "--store-type", "redis", "--schema", "a\nb"],
+                &[],
+                "control",
+            ),
+        ];
+        for (args, env, expected) in cases {
+            let e = go(args, env).expect_err("must fail");
+            assert!(e.contains(expected), "{args:?}: {e}");
+        }
+        // The store's text is not echoed when its type is at fault.
+        let e = go(
+            &[
+                "run",
+                "a::B",
+                "--store-type",
+                "redis",
+                "--store",
+                "mysql://u:hunter2@h/d",
+            ],
+            &[],
+        )
+        .expect_err("conflict");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
     fn help_and_version() {
         let p = |a: &[&str]| parse(a.iter().map(|s| (*s).to_owned()).collect(), |_| None);
         assert!(matches!(p(&["--help"]), Ok(Parsed::Help)));
@@ -730,5 +1017,14 @@ mod tests {
         assert!(matches!(p(&["help"]), Ok(Parsed::Help)));
         assert!(matches!(p(&["-V"]), Ok(Parsed::Version)));
         assert!(help().contains("jobagent-dev run <class>"));
+        for word in [
+            "--store-type",
+            "--db",
+            "mysql://",
+            "redis://",
+            "{hangfire}:",
+        ] {
+            assert!(help().contains(word), "{word}");
+        }
     }
 }

@@ -159,15 +159,7 @@ impl Center {
             .no_proxy()
             .build()
             .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
-        let storage = store.map(|s| {
-            json!({
-                "Type": "postgresql",
-                "TablePrefix": opts.schema,
-                "ExpireAtDays": 7,
-                "HangfireDb": s.hangfire_db(),
-            })
-            .to_string()
-        });
+        let storage = store.map(|s| s.storage_header().to_string());
         Ok(Self {
             client,
             agent: opts.agent.clone(),

@@ -1,17 +1,20 @@
-//! Reading the store as the center's dashboard does: a console's lines in insertion order
-//! (`ORDER BY id`), long texts resolved from the console hash, and a dispatch's result from
-//! hash `_agent_result_<job id>`.
+//! Reading the store as the center's dashboard does, on PostgreSQL, MySQL or Redis alike
+//! (through `agent_sdk::__dev::DevReader`, the agent's store seam): a console's lines in the
+//! dashboard's order (by id in the SQL stores, by rank in Redis), read from the last index
+//! seen; long texts resolved from the console's refs hash; a dispatch's result from hash
+//! `_agent_result_<job id>`, whose one field is the elapsed milliseconds; heartbeat rows from
+//! hash `AgentHeart:<server id>`.
 
 use std::time::{Duration, Instant};
 
-use agent_sdk::__dev::DevClient;
 use serde_json::Value;
-use tokio_postgres::Client;
 
-use crate::store::{StoreSpec, describe};
+use crate::store::StoreSpec;
 
 /// How long the store may stay unreachable while following before the CLI gives up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// How long the first connection may take (the store's own `Timeout` usually ends it first).
+const CONNECT_WITHIN: Duration = Duration::from_secs(30);
 
 /// One dispatch's result, as the center reads it.
 #[derive(Clone, Debug, PartialEq)]
@@ -133,83 +136,47 @@ fn reference_field(raw: &str) -> Option<String> {
     v.get("s").and_then(Value::as_str).map(str::to_owned)
 }
 
-/// A reader of one store that reconnects when the connection breaks.
+/// How many console lines one read asks for; a longer backlog is read page by page.
+const PAGE: usize = 500;
+
+/// One console line as read: the stored text, and the referenced text of a reference line.
+pub(crate) type Line = (String, Option<String>);
+
+/// A reader of one store, of any kind, that rides out a store outage: a failed read is
+/// reported once, retried by the caller's next poll, and gives up only after
+/// [`GIVE_UP_AFTER`] of failures (the pool reconnects underneath).
 pub(crate) struct Reader<'a> {
     spec: &'a StoreSpec,
-    client: Option<DevClient>,
-    schema: String,
     failing_since: Option<Instant>,
 }
 
 impl<'a> Reader<'a> {
-    /// A reader over an open client; `schema` is checked by the caller.
-    pub(crate) fn new(spec: &'a StoreSpec, client: DevClient, schema: &str) -> Self {
+    /// A reader of `spec`; [`Reader::check`] before following.
+    pub(crate) fn new(spec: &'a StoreSpec) -> Self {
         Self {
             spec,
-            client: Some(client),
-            schema: agent_sdk::__dev::quote_schema(schema),
             failing_since: None,
         }
     }
 
-    /// Checks that the Hangfire tables exist; the error says what to fix.
-    pub(crate) async fn check_tables(&mut self) -> Result<(), String> {
-        let set = format!("{}.\"set\"", self.schema);
-        let hash = format!("{}.\"hash\"", self.schema);
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
-                &[&set, &hash],
-            )
+    /// Connects, and checks the store has Hangfire's tables (the agent's own check); the error
+    /// says what to fix.
+    pub(crate) async fn check(&self) -> Result<(), String> {
+        let store = self.spec.reader();
+        store.ping(CONNECT_WITHIN).await?;
+        store
+            .check_tables()
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot read the store {}: {}",
-                    self.spec.label(),
-                    describe(&e)
-                )
-            })?;
-        let read = |e: tokio_postgres::Error| {
-            format!(
-                "cannot read the store {}: {}",
-                self.spec.label(),
-                describe(&e)
-            )
-        };
-        let (has_set, has_hash): (bool, bool) =
-            (row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?);
-        if has_set && has_hash {
-            Ok(())
-        } else {
-            Err(format!(
-                "the store {} has no Hangfire tables {set} and {hash}; is --schema right, and \
-                 has the center (Hangfire.PostgreSql) created its schema there?",
-                self.spec.label()
-            ))
-        }
+            .map_err(|e| format!("{e} (see --store, --store-type and --schema)"))
     }
 
-    async fn client(&mut self) -> Result<&Client, String> {
-        if self.client.is_none() {
-            self.client = Some(self.spec.connect().await?);
-        }
-        self.client
-            .as_deref()
-            .ok_or_else(|| "no store connection".to_owned())
-    }
-
-    /// Runs `op`; on failure drops the connection (the next call reconnects) and returns
-    /// `Ok(None)` until the store has been failing for too long.
+    /// Awaits one read; on failure returns `Ok(None)` (the caller's next poll retries from
+    /// where it was) until the store has been failing for too long.
     async fn attempt<T>(
         &mut self,
-        op: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+        read: impl Future<Output = Result<T, String>>,
     ) -> Result<Option<T>, String> {
-        let outcome = match self.client().await {
-            Ok(client) => op(client).await.map_err(|e| describe(&e)),
-            Err(e) => Err(e),
-        };
-        match outcome {
+        match read.await {
             Ok(v) => {
                 if self.failing_since.take().is_some() {
                     eprintln!("jobagent-dev: the store {} is back", self.spec.label());
@@ -217,7 +184,6 @@ impl<'a> Reader<'a> {
                 Ok(Some(v))
             }
             Err(e) => {
-                self.client = None;
                 let since = *self.failing_since.get_or_insert_with(|| {
                     eprintln!(
                         "jobagent-dev: reading the store {} failed ({e}); retrying",
@@ -238,98 +204,58 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The lines of set `set_key` with an id above `after`, in `ORDER BY id` order, each with
-    /// its referenced text (from hash `hash_key`) when it is a reference.
-    pub(crate) async fn lines_after(
+    /// The lines of set `set_key` from index `from` on, in the dashboard's order, each with
+    /// its referenced text (from hash `hash_key`) when it is a reference. All or nothing: a
+    /// failed read returns `Ok(None)` and the caller reads from `from` again.
+    pub(crate) async fn lines_from(
         &mut self,
         set_key: &str,
         hash_key: &str,
-        after: i64,
-    ) -> Result<Option<Vec<(i64, String, Option<String>)>>, String> {
-        let lines = format!(
-            "SELECT id, value FROM {}.\"set\" WHERE key = $1 AND id > $2 ORDER BY id",
-            self.schema
-        );
-        let refs = format!(
-            "SELECT field, value FROM {}.hash WHERE key = $1 AND field = ANY($2)",
-            self.schema
-        );
-        self.attempt(async |c: &Client| {
-            let rows = c.query(&lines, &[&set_key, &after]).await?;
-            let rows = rows
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect::<Result<Vec<(i64, String)>, tokio_postgres::Error>>()?;
-            let wanted: Vec<String> = rows
-                .iter()
-                .filter_map(|(_, raw)| reference_field(raw))
-                .collect();
-            let mut texts: Vec<(String, Option<String>)> = Vec::new();
-            if !wanted.is_empty() {
-                for r in c.query(&refs, &[&hash_key, &wanted]).await? {
-                    texts.push((r.try_get(0)?, r.try_get(1)?));
+        from: usize,
+    ) -> Result<Option<Vec<Line>>, String> {
+        let store = self.spec.reader();
+        self.attempt(async move {
+            let mut raws: Vec<String> = Vec::new();
+            loop {
+                let page = store.set_range(set_key, from + raws.len(), PAGE).await?;
+                let full = page.len() >= PAGE;
+                raws.extend(page);
+                if !full {
+                    break;
                 }
             }
-            Ok(rows
-                .into_iter()
-                .map(|(id, raw)| {
-                    let text = reference_field(&raw).and_then(|field| {
-                        texts
-                            .iter()
-                            .find(|(f, _)| *f == field)
-                            .and_then(|(_, v)| v.clone())
-                    });
-                    (id, raw, text)
-                })
-                .collect())
+            let mut lines = Vec::with_capacity(raws.len());
+            for raw in raws {
+                let text = match reference_field(&raw) {
+                    Some(field) => store.hash_field(hash_key, &field).await?,
+                    None => None,
+                };
+                lines.push((raw, text));
+            }
+            Ok(lines)
         })
         .await
     }
 
-    /// The result of `job_id`, once written.
+    /// The result of `job_id`, once written: the first field of hash `_agent_result_<id>`.
     pub(crate) async fn result(&mut self, job_id: &str) -> Result<Option<JobResult>, String> {
-        let sql = format!(
-            "SELECT field, value FROM {}.hash WHERE key = $1 ORDER BY id LIMIT 1",
-            self.schema
-        );
-        let key = format!("_agent_result_{job_id}");
-        let found = self
-            .attempt(async |c: &Client| c.query_opt(&sql, &[&key]).await)
-            .await?;
-        found
-            .flatten()
-            .map(|row| {
-                let read =
-                    |e: tokio_postgres::Error| format!("cannot read the result: {}", describe(&e));
-                let field: String = row.try_get(0).map_err(read)?;
-                let value: Option<String> = row.try_get(1).map_err(read)?;
-                Ok(JobResult::parse(&field, value.as_deref().unwrap_or("")))
-            })
-            .transpose()
+        let store = self.spec.reader();
+        let key = result_key(job_id);
+        let found = self.attempt(store.hash_all(&key)).await?;
+        Ok(found
+            .unwrap_or_default()
+            .first()
+            .map(|(field, value)| JobResult::parse(field, value)))
     }
 
-    /// Whether a result for `job_id` is already in the store.
-    pub(crate) async fn has_result(&mut self, job_id: &str) -> Result<bool, String> {
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {}.hash WHERE key = $1)",
-            self.schema
-        );
-        let key = format!("_agent_result_{job_id}");
-        let client = self.client().await?;
-        let row = client.query_one(&sql, &[&key]).await.map_err(|e| {
-            format!(
-                "cannot read the store {}: {}",
-                self.spec.label(),
-                describe(&e)
-            )
-        })?;
-        row.try_get(0).map_err(|e| {
-            format!(
-                "cannot read the store {}: {}",
-                self.spec.label(),
-                describe(&e)
-            )
-        })
+    /// Whether a result for `job_id` is already in the store (read once, before a run).
+    pub(crate) async fn has_result(&self, job_id: &str) -> Result<bool, String> {
+        self.spec
+            .reader()
+            .hash_all(&result_key(job_id))
+            .await
+            .map(|fields| !fields.is_empty())
+            .map_err(|e| format!("cannot read the store {}: {e}", self.spec.label()))
     }
 
     /// One field of a hash (heartbeat rows).
@@ -338,17 +264,14 @@ impl<'a> Reader<'a> {
         key: &str,
         field: &str,
     ) -> Result<Option<String>, String> {
-        let sql = format!(
-            "SELECT value FROM {}.hash WHERE key = $1 AND field = $2",
-            self.schema
-        );
-        let found = self
-            .attempt(async |c: &Client| c.query_opt(&sql, &[&key, &field]).await)
-            .await?;
-        Ok(found
-            .flatten()
-            .and_then(|row| row.try_get(0).ok().flatten()))
+        let store = self.spec.reader();
+        Ok(self.attempt(store.hash_field(key, field)).await?.flatten())
     }
+}
+
+/// The hash a dispatch's result is written to.
+pub(crate) fn result_key(job_id: &str) -> String {
+    format!("_agent_result_{job_id}")
 }
 
 #[cfg(test)]

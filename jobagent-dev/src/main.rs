@@ -1,13 +1,15 @@
 //! `jobagent-dev`: a scheduling center in a box.
 //!
 //! Sends `run`, `stop`, `detail` and `heartbeat` to a job agent exactly as a Hangfire.HttpJob
-//! center does, and, given the center's store, tails the job's console lines from it in the
-//! dashboard's order and prints the dispatch's result: a job runs end to end on a laptop with
-//! no .NET center.
+//! center does, and, given the center's store (PostgreSQL, MySQL or Redis, `--store-type`),
+//! tails the job's console lines from it in the dashboard's order and prints the dispatch's
+//! result: a job runs end to end on a laptop with no .NET center. The store is read with the
+//! agent's own store code (`agent_sdk::__dev::DevReader`), so both agree on every backend.
 //!
 //! ```sh
 //! cargo run -p jobagent-dev -- run example_agent::jobs::TestJob \
 //!     --param '{"lines":5,"progress":true}' --store postgres://postgres@127.0.0.1/hangfire
+//! cargo run -p jobagent-dev -- run example_agent::jobs::TestJob --store redis://127.0.0.1/1
 //! ```
 //!
 //! Run `jobagent-dev --help` for every command and option.
@@ -121,7 +123,10 @@ fn main() -> ExitCode {
 async fn dispatch(opts: &Options) -> Result<u8, Fail> {
     let store = match &opts.store {
         None => None,
-        Some(text) => Some(StoreSpec::parse(text.expose()).map_err(Fail::usage)?),
+        Some(text) => Some(
+            StoreSpec::parse(text.expose(), opts.store_type, &opts.schema, opts.db)
+                .map_err(Fail::usage)?,
+        ),
     };
     let center = Center::new(opts, store.as_ref()).map_err(Fail::usage)?;
     let class = opts.class.as_deref().unwrap_or_default();
@@ -134,14 +139,9 @@ async fn dispatch(opts: &Options) -> Result<u8, Fail> {
 }
 
 /// Connects to the store and checks its tables and that `job_id` has no result yet.
-async fn open_store<'a>(
-    spec: &'a StoreSpec,
-    opts: &Options,
-    job_id: Option<&str>,
-) -> Result<Reader<'a>, Fail> {
-    let client = spec.connect().await.map_err(Fail::usage)?;
-    let mut reader = Reader::new(spec, client, &opts.schema);
-    reader.check_tables().await.map_err(Fail::usage)?;
+async fn open_store<'a>(spec: &'a StoreSpec, job_id: Option<&str>) -> Result<Reader<'a>, Fail> {
+    let reader = Reader::new(spec);
+    reader.check().await.map_err(Fail::usage)?;
     if let Some(id) = job_id
         && reader.has_result(id).await.map_err(Fail::usage)?
     {
@@ -204,16 +204,16 @@ async fn run(
 ) -> Result<u8, Fail> {
     let job_id = opts.job_id.clone().unwrap_or_else(fresh_job_id);
     let mut reader = match store {
-        Some(spec) => Some(open_store(spec, opts, Some(&job_id)).await?),
+        Some(spec) => Some(open_store(spec, Some(&job_id)).await?),
         None => None,
     };
     let console = ConsoleInfo::for_job(&job_id);
     say(format!("run {class} as job {job_id} at {}", center.agent()));
     if let Some(spec) = store {
         say(format!(
-            "store {} (schema {}), console {}",
+            "store {} ({}), console {}",
             spec.label(),
-            opts.schema,
+            spec.describe_place(),
             console.set_key
         ));
     }
@@ -256,7 +256,9 @@ async fn follow_run(
 ) -> Result<u8, Fail> {
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let started = Instant::now();
-    let mut last_id = 0i64;
+    // The index of the next line in the dashboard's order: reads resume there, so a failed
+    // read neither skips nor repeats a line.
+    let mut next_line = 0usize;
     let mut seen_anything = false;
     let mut stopped_at: Option<Instant> = None;
     let mut interrupt = armed_interrupt().await;
@@ -265,13 +267,13 @@ async fn follow_run(
         // read after the result are complete.
         let result = reader.result(job_id).await.map_err(Fail::usage)?;
         if let Some(lines) = reader
-            .lines_after(&console.set_key, &console.hash_key, last_id)
+            .lines_from(&console.set_key, &console.hash_key, next_line)
             .await
             .map_err(Fail::usage)?
         {
-            for (id, raw, text) in lines {
+            for (raw, text) in lines {
                 say(render_line(&raw, text.as_deref(), color));
-                last_id = id;
+                next_line += 1;
                 seen_anything = true;
             }
         }
@@ -349,7 +351,7 @@ async fn stop(
 ) -> Result<u8, Fail> {
     let stop_id = opts.job_id.clone().unwrap_or_else(fresh_job_id);
     let mut reader = match store {
-        Some(spec) => Some(open_store(spec, opts, Some(&stop_id)).await?),
+        Some(spec) => Some(open_store(spec, Some(&stop_id)).await?),
         None => None,
     };
     say(format!(
@@ -431,7 +433,7 @@ async fn detail(opts: &Options, center: &Center, class: &str) -> Result<u8, Fail
 
 async fn heartbeat(opts: &Options, center: &Center, store: Option<&StoreSpec>) -> Result<u8, Fail> {
     let mut reader = match store {
-        Some(spec) => Some(open_store(spec, opts, None).await?),
+        Some(spec) => Some(open_store(spec, None).await?),
         None => None,
     };
     let agent_server = center.agent_host_port();

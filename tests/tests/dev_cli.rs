@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tests::pg::TestDb;
+use tests::stores::AnyStore;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
@@ -226,11 +227,26 @@ fn line_index(run: &Run, needle: &str) -> usize {
         .unwrap_or_else(|| panic!("no line with `{needle}` in the output: {run:#?}"))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn run_tails_lines_progress_and_result_in_order() {
-    let db = TestDb::new().await;
+    tails(AnyStore::postgresql().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_tails_a_mysql_console_in_dashboard_order() {
+    tails(AnyStore::mysql().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_tails_a_redis_console_in_dashboard_order() {
+    tails(AnyStore::redis().await).await;
+}
+
+/// `jobagent-dev run` against a store of each type (named as a center holds it, with
+/// `--store-type` and `--schema`), read back in the dashboard's order.
+async fn tails(db: AnyStore) {
     let service = Service::start().await;
-    let store = db.connection_string();
+    let (store, _, prefix) = db.local();
     let run = cli(&[
         "run",
         TEST_JOB,
@@ -238,6 +254,10 @@ async fn run_tails_lines_progress_and_result_in_order() {
         r#"{"lines":3,"progress":true,"sleep_ms":300}"#,
         "--store",
         &store,
+        "--store-type",
+        db.kind(),
+        "--schema",
+        &prefix,
         "--agent",
         &service.agent_url(),
     ])
@@ -268,7 +288,7 @@ async fn run_tails_lines_progress_and_result_in_order() {
     assert!(result > l3 && result > full, "{run:#?}");
     assert_eq!(result, lines.len() - 1, "{run:#?}");
 
-    // Every stored line was printed, in the store's `ORDER BY id` order.
+    // Every stored line was printed, in the store's order (`ORDER BY id`, by rank on Redis).
     let set_key = run
         .stdout
         .split_whitespace()
@@ -282,6 +302,16 @@ async fn run_tails_lines_progress_and_result_in_order() {
         .filter(|l| l.starts_with('+'))
         .collect();
     assert_eq!(printed.len(), stored.len(), "{run:#?}\n{stored:?}");
+    let lines = db
+        .console_lines(&set_key, &set_key.replacen("console:", "console:refs:", 1))
+        .await;
+    for (shown, line) in printed.iter().zip(&lines) {
+        let text = line["s"].as_str().unwrap_or_default();
+        assert!(
+            shown.contains(text) || line.get("p").is_some(),
+            "printed {shown:?} where the dashboard shows {line}"
+        );
+    }
     // The connection string is a secret: never printed.
     assert!(!run.stdout.contains(&store) && !run.stderr.contains(&store));
 }

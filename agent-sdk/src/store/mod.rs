@@ -129,6 +129,9 @@ pub(crate) struct Store {
 }
 
 /// The backends, one per storage type.
+// A `Store` is created once per distinct store and lives as long as the agent: the size of
+// the enum does not matter, and boxing a variant would only add a hop to every write.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Backend {
     Postgres(PgStore),
     Mysql(MysqlStore),
@@ -332,6 +335,12 @@ impl Store {
     /// One field of a hash.
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
         backend!(self, b => b.read_hash(key, field).await)
+    }
+
+    /// All fields of a hash with their values, in the order they were written (a result's
+    /// field is its elapsed milliseconds, unknown to the reader).
+    pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+        backend!(self, b => b.read_hash_all(key).await)
     }
 }
 

@@ -665,6 +665,28 @@ impl PgStore {
         row.map(|r| r.try_get(0).map_err(|e| crate::error::chain(&e)))
             .transpose()
     }
+
+    /// All fields of a hash, by id (the order they were written in); a NULL value reads as
+    /// empty.
+    pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .bound(conn.query(
+                &format!(
+                    "SELECT field, \"value\" FROM {}.hash WHERE \"key\" = $1 ORDER BY id",
+                    self.schema
+                ),
+                &[&key],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let field: String = r.try_get(0).map_err(|e| crate::error::chain(&e))?;
+                let value: Option<String> = r.try_get(1).map_err(|e| crate::error::chain(&e))?;
+                Ok((field, value.unwrap_or_default()))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

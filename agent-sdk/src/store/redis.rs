@@ -1033,6 +1033,15 @@ impl RedisStore {
         .await
     }
 
+    /// Every field of a hash (Redis keeps no write order: fields as `HGETALL` gives them).
+    pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+        let key = self.key(key);
+        self.run("a hash", |mut c| async move {
+            ::redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
+        })
+        .await
+    }
+
     /// `<P>key`.
     fn key(&self, key: &str) -> String {
         let mut k = String::with_capacity(self.prefix.len() + key.len());

@@ -798,6 +798,22 @@ impl MysqlStore {
             .await?;
         Ok(value.flatten())
     }
+
+    /// Every field of a hash, in write order (`ORDER BY Id`); a NULL value reads as empty.
+    pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+        let sql = format!(
+            "SELECT `Field`, `Value` FROM {} WHERE `Key` = ? ORDER BY `Id`",
+            self.hash
+        );
+        let mut c = self.conn().await?;
+        let rows: Vec<(String, Option<String>)> = c
+            .bound(|c| c.exec(sql.as_str(), vec![Value::from(key)]))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(f, v)| (f, v.unwrap_or_default()))
+            .collect())
+    }
 }
 
 /// Why learning the tables failed: they are absent, or the store did not tell.
