@@ -1030,6 +1030,26 @@ fn pct(s: &str) -> String {
     out
 }
 
+/// A lock held the way a .NET service holds it on Hangfire.PostgreSql.
+pub struct DotnetPgLock {
+    client: Client,
+    table: String,
+    resource: String,
+}
+
+impl DotnetPgLock {
+    /// Releases it as Hangfire does: deletes the resource's row, whoever wrote it.
+    pub async fn release(self) {
+        self.client
+            .execute(
+                &format!("DELETE FROM {} WHERE resource = $1", self.table),
+                &[&self.resource],
+            )
+            .await
+            .expect("release the lock");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1060,25 +1080,5 @@ mod tests {
         let s = from_url("host=127.0.0.1 port=5433 user=postgres dbname=test").expect("kv");
         assert_eq!((s.port, s.admin_db.as_str()), (5433, "test"));
         assert!(from_url("postgres://[bad").is_err());
-    }
-}
-
-/// A lock held the way a .NET service holds it on Hangfire.PostgreSql.
-pub struct DotnetPgLock {
-    client: Client,
-    table: String,
-    resource: String,
-}
-
-impl DotnetPgLock {
-    /// Releases it as Hangfire does: deletes the resource's row, whoever wrote it.
-    pub async fn release(self) {
-        self.client
-            .execute(
-                &format!("DELETE FROM {} WHERE resource = $1", self.table),
-                &[&self.resource],
-            )
-            .await
-            .expect("release the lock");
     }
 }

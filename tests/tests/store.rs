@@ -560,6 +560,12 @@ async fn unusable_stores_are_refused_at_dispatch() {
         reply.assert_err(500);
         assert!(reply.body.contains(word), "{word}: {}", reply.body);
         assert!(!reply.body.contains("hunter2"), "{}", reply.body);
+        if storage.kind == "sqlserver" {
+            // It names the types this agent writes to.
+            for kind in ["`postgresql`", "`mysql`", "`redis`"] {
+                assert!(reply.body.contains(kind), "{kind}: {}", reply.body);
+            }
+        }
     }
     let reply = service
         .center()

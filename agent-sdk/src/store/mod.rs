@@ -323,6 +323,7 @@ impl Store {
     }
 
     /// A set's members in the order the dashboard shows them.
+    #[cfg(feature = "dev")]
     pub(crate) async fn read_set(
         &self,
         key: &str,
@@ -333,12 +334,14 @@ impl Store {
     }
 
     /// One field of a hash.
+    #[cfg(feature = "dev")]
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
         backend!(self, b => b.read_hash(key, field).await)
     }
 
     /// All fields of a hash with their values, in the order they were written (a result's
     /// field is its elapsed milliseconds, unknown to the reader).
+    #[cfg(feature = "dev")]
     pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
         backend!(self, b => b.read_hash_all(key).await)
     }

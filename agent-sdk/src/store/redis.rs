@@ -997,6 +997,8 @@ impl RedisStore {
     }
 
     /// The dashboard's read of a set: members of `<P>key` by rank, `count` from `from`.
+    // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
+    #[cfg_attr(not(any(feature = "dev", test)), allow(dead_code))]
     pub(crate) async fn read_set(
         &self,
         key: &str,
@@ -1021,6 +1023,8 @@ impl RedisStore {
     }
 
     /// One field of hash `<P>key`.
+    // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
+    #[cfg_attr(not(any(feature = "dev", test)), allow(dead_code))]
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
         let key = self.key(key);
         self.run("a hash field", |mut c| async move {
@@ -1034,6 +1038,8 @@ impl RedisStore {
     }
 
     /// Every field of a hash (Redis keeps no write order: fields as `HGETALL` gives them).
+    // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
+    #[cfg_attr(not(any(feature = "dev", test)), allow(dead_code))]
     pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
         let key = self.key(key);
         self.run("a hash", |mut c| async move {
