@@ -566,7 +566,7 @@ impl Generation {
     }
 
     /// The `CREATE TABLE`s of this generation's `hash` and `set` (and, current, `lock`:
-    /// Install.v3, v4, v9 and v19) in `schema` (quoted here).
+    /// Install.v3, v4, v7, v9 and v19) in `schema` (quoted here).
     fn tables_sql(self, schema: &str) -> String {
         let s = quote_ident(schema);
         match self {

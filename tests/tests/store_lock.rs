@@ -3,7 +3,7 @@
 //! every store. The .NET side is played by the harness with the statements of each store's
 //! Hangfire package:
 //! - PostgreSQL: Hangfire.PostgreSql `src/Hangfire.PostgreSql/PostgreSqlDistributedLock.cs`
-//!   (the `lock` table, `Scripts/Install.v3.sql`, `v4`, `v9`, `v19`);
+//!   (the `lock` table, `Scripts/Install.v3.sql`, `v4`, `v7`, `v9`, `v19`);
 //! - MySQL: Hangfire.MySqlStorage `Hangfire.MySql/MySqlDistributedLock.cs` (the
 //!   `DistributedLock` table, `Hangfire.MySql/Install.sql`);
 //! - Redis: Hangfire.Redis.StackExchange `Hangfire.Redis.StackExchange/RedisLock.cs`
