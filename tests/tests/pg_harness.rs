@@ -32,7 +32,7 @@ async fn two_databases_have_the_tables_and_are_distinct() {
     );
     assert_ne!(a.name(), b.name());
     for db in [&a, &b] {
-        assert_eq!(tables(db).await, ["hash", "set"], "{}", db.name());
+        assert_eq!(tables(db).await, ["hash", "lock", "set"], "{}", db.name());
         let current: String = db
             .client()
             .query_one("SELECT current_database()::text", &[])
