@@ -108,6 +108,45 @@ async fn no_secret_reaches_logs_or_answers() {
             .await;
         bodies.push(reply.body.clone());
     }
+    // MySQL and Redis stores: malformed, unreachable, and reachable with a wrong password.
+    for storage in [
+        Storage::of_kind(
+            "mysql",
+            format!("server=127.0.0.1;port=x;uid=u;pwd={DB_PW};database=d"),
+        ),
+        Storage::of_kind(
+            "mysql",
+            format!("server=127.0.0.1;port=1;uid=u;pwd={DB_PW};database=d;Connect Timeout=1"),
+        ),
+        Storage::of_kind(
+            "mysql",
+            format!("server=127.0.0.1;port=3306;uid=root;pwd={DB_PW};database=d;Connect Timeout=2"),
+        ),
+        Storage::of_kind("mysql", format!("mysql://u:{DB_PW}@127.0.0.1:1/d?bogus=1")),
+        Storage::of_kind(
+            "redis",
+            format!("127.0.0.1:1,password={DB_PW},connectTimeout=1000"),
+        ),
+        Storage::of_kind(
+            "redis",
+            format!("127.0.0.1:6379,password={DB_PW},connectTimeout=1000"),
+        ),
+        Storage::of_kind(
+            "redis",
+            format!("127.0.0.1:1,password={DB_PW},unknownOption=1"),
+        ),
+        Storage::of_kind("redis", format!("redis://:{DB_PW}@127.0.0.1:1/99999")),
+    ] {
+        let reply = center
+            .run("example_agent::jobs::TestTransientJob", "h2")
+            .param(json!({"lines": 2}))
+            .storage(&storage)
+            .send()
+            .await;
+        bodies.push(reply.body.clone());
+        let reply = center.heartbeat().storage(&storage).send().await;
+        bodies.push(reply.body.clone());
+    }
     let reply = center
         .heartbeat()
         .storage(&Storage::postgresql(format!(
