@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::store::connstr::SslMode;
+use crate::store::url::{self, PercentError};
 use crate::store::{Opening, Store, StoreType, pool};
 
 /// A center's store opened for reading as the agent opens its own (`JOBAGENT_STORE`): the
@@ -230,26 +231,13 @@ fn url_parts(text: &str) -> Result<UrlParts, String> {
         .split_once("://")
         .ok_or_else(|| "not a URL".to_owned())?;
     let scheme = scheme.to_ascii_lowercase();
-    let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
-    let (before_query, query) = match rest.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (rest, None),
-    };
-    let (authority, path) = before_query.split_once('/').unwrap_or((before_query, ""));
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
-    let (user, password) = match userinfo {
-        None => (None, None),
-        Some(u) => match u.split_once(':') {
-            Some((user, pw)) => (
-                Some(percent_decode(user, "user")?),
-                Some(percent_decode(pw, "password")?),
-            ),
-            None => (Some(percent_decode(u, "user")?), None),
-        },
-    };
+    let parts = url::split(rest);
+    let user = parts.user.map(|u| percent_decode(u, "user")).transpose()?;
+    let password = parts
+        .password
+        .map(|p| percent_decode(p, "password"))
+        .transpose()?;
+    let hostport = parts.hostspec;
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
         let (addr, after) = v6
             .split_once(']')
@@ -280,7 +268,8 @@ fn url_parts(text: &str) -> Result<UrlParts, String> {
         ),
     };
     let mut params = Vec::new();
-    for (i, param) in query
+    for (i, param) in parts
+        .query
         .unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty())
@@ -301,7 +290,7 @@ fn url_parts(text: &str) -> Result<UrlParts, String> {
         password,
         host,
         port,
-        path: percent_decode(path, "path")?,
+        path: percent_decode(parts.path.unwrap_or(""), "path")?,
         query: params,
         scheme,
     })
@@ -309,32 +298,10 @@ fn url_parts(text: &str) -> Result<UrlParts, String> {
 
 /// Decodes `%XX` escapes; the result must be UTF-8. Errors name `what`, never the text.
 fn percent_decode(s: &str, what: &str) -> Result<String, String> {
-    fn hex(b: u8) -> Option<u8> {
-        char::from(b)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            match (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            ) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi * 16 + lo);
-                    i += 3;
-                }
-                _ => return Err(format!("the URL's {what} has a bad %-escape")),
-            }
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("the URL's {what} is not UTF-8 once decoded"))
+    url::percent_decode(s).map_err(|e| match e {
+        PercentError::BadEscape => format!("the URL's {what} has a bad %-escape"),
+        PercentError::NotUtf8 => format!("the URL's {what} is not UTF-8 once decoded"),
+    })
 }
 
 /// Renders a `mysql://user:password@host:port/database?ssl-mode=...` URL as the

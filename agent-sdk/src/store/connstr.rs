@@ -13,12 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio_postgres::config::Host;
+
+use crate::store::url::{self, PercentError, password_tag};
 
 /// The `application_name` sent when the string names none.
 pub(crate) const DEFAULT_APPLICATION_NAME: &str = "rust-job-agent";
@@ -237,18 +237,6 @@ impl fmt::Debug for ConnSpec {
     }
 }
 
-/// A keyed 128-bit hash of a password, as hex. The key is random and lives only in this
-/// process, so equal passwords give equal tags here and the tag reveals nothing elsewhere.
-fn password_tag(password: &[u8]) -> String {
-    static KEY: OnceLock<RandomState> = OnceLock::new();
-    let state = KEY.get_or_init(RandomState::new);
-    format!(
-        "{:016x}{:016x}",
-        state.hash_one((0u8, password)),
-        state.hash_one((1u8, password))
-    )
-}
-
 /// Reads an Npgsql connection string or a `postgres://` / `postgresql://` URL.
 pub(crate) fn parse(s: &str) -> Result<ConnSpec, ConnStrError> {
     let s = s.trim();
@@ -265,12 +253,9 @@ pub(crate) fn parse(s: &str) -> Result<ConnSpec, ConnStrError> {
 
 /// The part after `postgres://` or `postgresql://` (scheme case-insensitive), if `s` is a URL.
 fn url_rest(s: &str) -> Option<&str> {
-    ["postgresql://", "postgres://"].iter().find_map(|scheme| {
-        let head = s.get(..scheme.len())?;
-        head.eq_ignore_ascii_case(scheme)
-            .then(|| s.get(scheme.len()..))
-            .flatten()
-    })
+    ["postgresql://", "postgres://"]
+        .iter()
+        .find_map(|scheme| url::after_scheme(s, scheme))
 }
 
 /// The settings this agent reads, by canonical key.
@@ -755,36 +740,20 @@ fn join_reason(prefix: &str, reason: &str) -> String {
 /// percent-decoded; parameters take libpq names (`sslmode`, `connect_timeout`,
 /// `application_name`, ...) or Npgsql ones.
 fn parse_url(rest: &str, settings: &mut Settings) -> Result<(), ConnStrError> {
-    let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
-    let (before_query, query) = match rest.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (rest, None),
-    };
-    let (authority, path) = match before_query.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (before_query, None),
-    };
-    let (userinfo, hostspec) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
-    if let Some(userinfo) = userinfo {
-        let (user, password) = match userinfo.split_once(':') {
-            Some((u, p)) => (u, Some(p)),
-            None => (userinfo, None),
-        };
+    let parts = url::split(rest);
+    if let Some(user) = parts.user {
         settings.put_key(Key::Username, percent_decode(user, Key::Username)?);
-        if let Some(password) = password {
-            settings.put_key(Key::Password, percent_decode(password, Key::Password)?);
-        }
     }
-    if !hostspec.is_empty() {
-        settings.put_key(Key::Host, percent_decode(hostspec, Key::Host)?);
+    if let Some(password) = parts.password {
+        settings.put_key(Key::Password, percent_decode(password, Key::Password)?);
     }
-    if let Some(path) = path.filter(|p| !p.is_empty()) {
+    if !parts.hostspec.is_empty() {
+        settings.put_key(Key::Host, percent_decode(parts.hostspec, Key::Host)?);
+    }
+    if let Some(path) = parts.path.filter(|p| !p.is_empty()) {
         settings.put_key(Key::Database, percent_decode(path, Key::Database)?);
     }
-    if let Some(query) = query {
+    if let Some(query) = parts.query {
         for (i, param) in query.split('&').filter(|p| !p.is_empty()).enumerate() {
             let Some((k, v)) = param.split_once('=') else {
                 return Err(ConnStrError::general(format!(
@@ -807,40 +776,15 @@ fn parse_url(rest: &str, settings: &mut Settings) -> Result<(), ConnStrError> {
 
 /// Decodes `%XX` escapes; the result must be UTF-8. Errors name `key`, never the text.
 fn percent_decode(s: &str, key: Key) -> Result<String, ConnStrError> {
-    fn hex(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
+    url::percent_decode(s).map_err(|e| match e {
+        PercentError::BadEscape => ConnStrError::at(
+            key,
+            "malformed %-escape in the URL (use %XX with two hex digits)",
+        ),
+        PercentError::NotUtf8 => {
+            ConnStrError::at(key, "the URL's %-escapes do not decode to UTF-8")
         }
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex);
-            let lo = bytes.get(i + 2).copied().and_then(hex);
-            match (hi, lo) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi * 16 + lo);
-                    i += 3;
-                }
-                _ => {
-                    return Err(ConnStrError::at(
-                        key,
-                        "malformed %-escape in the URL (use %XX with two hex digits)",
-                    ));
-                }
-            }
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out)
-        .map_err(|_| ConnStrError::at(key, "the URL's %-escapes do not decode to UTF-8"))
+    })
 }
 
 #[cfg(test)]

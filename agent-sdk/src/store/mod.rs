@@ -22,6 +22,7 @@ pub(crate) mod postgres;
 mod procstat;
 pub(crate) mod redis;
 mod results;
+pub(crate) mod url;
 
 use std::collections::HashMap;
 use std::fmt;

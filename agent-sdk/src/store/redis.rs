@@ -24,9 +24,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -36,6 +35,7 @@ use ::redis::{
 };
 
 use crate::store::line::EncodedLine;
+use crate::store::url::{self, PercentError, password_tag};
 
 /// StackExchange.Redis's default port, and its default port for `ssl=true` (Azure's TLS port).
 const DEFAULT_PORT: u16 = 6379;
@@ -237,10 +237,8 @@ fn parse(connection: &str) -> Result<RedisSpec, String> {
         return Err("the Redis configuration is empty".to_owned());
     }
     for (scheme, tls) in [("rediss://", true), ("redis://", false)] {
-        if let Some(head) = s.get(..scheme.len())
-            && head.eq_ignore_ascii_case(scheme)
-        {
-            return parse_url(s.get(scheme.len()..).unwrap_or(""), tls);
+        if let Some(rest) = url::after_scheme(s, scheme) {
+            return parse_url(rest, tls);
         }
     }
     if let Some((scheme, _)) = s.split_once("://") {
@@ -439,34 +437,15 @@ fn parse_endpoint(token: &str) -> Result<Endpoint, String> {
 
 /// `%XX` decoding for the user and password of a URL.
 fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            match hex {
-                Some(b) => {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-                // Nothing of the text is echoed: it may be the password.
-                None => {
-                    return Err(
-                        "the Redis URL's user information has an invalid %-escape".to_owned()
-                    );
-                }
-            }
+    // Nothing of the text is echoed: it may be the password.
+    url::percent_decode(s).map_err(|e| match e {
+        PercentError::BadEscape => {
+            "the Redis URL's user information has an invalid %-escape".to_owned()
         }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out)
-        .map_err(|_| "the Redis URL's user information is not UTF-8 once decoded".to_owned())
+        PercentError::NotUtf8 => {
+            "the Redis URL's user information is not UTF-8 once decoded".to_owned()
+        }
+    })
 }
 
 /// Reads what follows `redis://` / `rediss://`: `[user[:password]@]host[:port][/db]`.
@@ -476,40 +455,30 @@ fn parse_url(rest: &str, tls: bool) -> Result<RedisSpec, String> {
         url: true,
         ..RedisSpec::default()
     };
-    let rest = rest.split('#').next().unwrap_or("");
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
-        None => (rest, None),
-    };
-    let (authority, path) = match rest.split_once('/') {
-        Some((a, p)) => (a, p),
-        None => (rest, ""),
-    };
-    let hostport = match authority.rsplit_once('@') {
-        Some((userinfo, hostport)) => {
-            let (user, password) = match userinfo.split_once(':') {
-                Some((u, p)) => (u, Some(p)),
-                None => (userinfo, None),
-            };
-            let user = percent_decode(user)?;
-            spec.user = (!user.is_empty()).then_some(user);
-            if let Some(p) = password {
-                let p = percent_decode(p)?;
-                spec.password = (!p.is_empty()).then_some(p);
-            }
-            hostport
-        }
-        None => authority,
-    };
+    let parts = url::split(rest);
+    if let Some(user) = parts.user {
+        let user = percent_decode(user)?;
+        spec.user = (!user.is_empty()).then_some(user);
+    }
+    if let Some(p) = parts.password {
+        let p = percent_decode(p)?;
+        spec.password = (!p.is_empty()).then_some(p);
+    }
+    let hostport = parts.hostspec;
     if hostport.is_empty() {
         return Err("the Redis URL names no host".to_owned());
     }
     spec.endpoints.push(parse_endpoint(hostport)?);
-    let path = path.trim_end_matches('/');
+    let path = parts.path.unwrap_or("").trim_end_matches('/');
     if !path.is_empty() {
         spec.db = Some(parse_db(path).map_err(|e| format!("the Redis URL's path: {e}"))?);
     }
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in parts
+        .query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         if key.eq_ignore_ascii_case("db") {
             spec.db = Some(parse_db(value).map_err(|e| format!("the Redis URL's db: {e}"))?);
@@ -523,18 +492,6 @@ fn parse_url(rest: &str, tls: bool) -> Result<RedisSpec, String> {
         }
     }
     Ok(spec)
-}
-
-/// A keyed 128-bit hash of a password, as hex. The key is random and lives only in this
-/// process, so equal passwords give equal tags here and the tag reveals nothing elsewhere.
-fn password_tag(password: &str) -> String {
-    static KEY: OnceLock<RandomState> = OnceLock::new();
-    let state = KEY.get_or_init(RandomState::new);
-    format!(
-        "{:016x}{:016x}",
-        state.hash_one((0u8, password)),
-        state.hash_one((1u8, password))
-    )
 }
 
 /// `host:port`, with IPv6 addresses in brackets.
@@ -680,7 +637,7 @@ impl RedisStore {
             spec.user.as_deref().unwrap_or(""),
             spec.password
                 .as_deref()
-                .map_or_else(|| "none".to_owned(), password_tag),
+                .map_or_else(|| "none".to_owned(), |p| password_tag(p.as_bytes())),
             spec.tls,
             prefix,
         );

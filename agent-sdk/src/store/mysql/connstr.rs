@@ -16,10 +16,10 @@
 //! No error or `Debug` output ever holds the password.
 
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
+
+use crate::store::url::{self, PercentError, password_tag};
 
 /// MySQL's port.
 pub(crate) const DEFAULT_PORT: u16 = 3306;
@@ -159,17 +159,6 @@ impl fmt::Debug for MyConnSpec {
             .field("ignored_keys", &self.ignored_keys)
             .finish()
     }
-}
-
-/// A keyed 128-bit hash of a password, as hex; the key is random and lives in this process.
-fn password_tag(password: &[u8]) -> String {
-    static KEY: OnceLock<RandomState> = OnceLock::new();
-    let state = KEY.get_or_init(RandomState::new);
-    format!(
-        "{:016x}{:016x}",
-        state.hash_one((0u8, password)),
-        state.hash_one((1u8, password))
-    )
 }
 
 /// The settings this agent reads.
@@ -504,12 +493,9 @@ pub(crate) fn parse(s: &str) -> Result<MyConnSpec, String> {
 
 /// The part after `mysql://` or `mariadb://` (scheme case-insensitive), if `s` is a URL.
 fn url_rest(s: &str) -> Option<&str> {
-    ["mysql://", "mariadb://"].iter().find_map(|scheme| {
-        let head = s.get(..scheme.len())?;
-        head.eq_ignore_ascii_case(scheme)
-            .then(|| s.get(scheme.len()..))
-            .flatten()
-    })
+    ["mysql://", "mariadb://"]
+        .iter()
+        .find_map(|scheme| url::after_scheme(s, scheme))
 }
 
 fn unknown_key(written: &str) -> String {
@@ -618,44 +604,28 @@ fn parse_pairs(s: &str, settings: &mut Settings) -> Result<(), String> {
 /// Reads `[user[:password]@]host[:port][/database][?key=value&...]`, percent-decoded;
 /// parameters take the connection string's keys (`ssl-mode`, `sslmode`, `SslCa`, ...).
 fn parse_url(rest: &str, settings: &mut Settings) -> Result<(), String> {
-    let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
-    let (before_query, query) = match rest.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (rest, None),
-    };
-    let (authority, path) = match before_query.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (before_query, None),
-    };
-    let (userinfo, hostspec) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
-    if let Some(userinfo) = userinfo {
-        let (user, password) = match userinfo.split_once(':') {
-            Some((u, p)) => (u, Some(p)),
-            None => (userinfo, None),
-        };
+    let parts = url::split(rest);
+    if let Some(user) = parts.user {
         settings.put("User ID", Key::User, percent_decode(user, "User ID")?);
-        if let Some(password) = password {
-            settings.put(
-                "Password",
-                Key::Password,
-                percent_decode(password, "Password")?,
-            );
-        }
     }
-    if !hostspec.is_empty() {
-        let (host, port) = split_host_port(hostspec)?;
+    if let Some(password) = parts.password {
+        settings.put(
+            "Password",
+            Key::Password,
+            percent_decode(password, "Password")?,
+        );
+    }
+    if !parts.hostspec.is_empty() {
+        let (host, port) = split_host_port(parts.hostspec)?;
         settings.put("Server", Key::Server, percent_decode(&host, "Server")?);
         if let Some(port) = port {
             settings.put("Port", Key::Port, port);
         }
     }
-    if let Some(path) = path.filter(|p| !p.is_empty()) {
+    if let Some(path) = parts.path.filter(|p| !p.is_empty()) {
         settings.put("Database", Key::Database, percent_decode(path, "Database")?);
     }
-    if let Some(query) = query {
+    if let Some(query) = parts.query {
         for (i, param) in query.split('&').filter(|p| !p.is_empty()).enumerate() {
             let Some((k, v)) = param.split_once('=') else {
                 return Err(format!(
@@ -698,40 +668,13 @@ fn split_host_port(spec: &str) -> Result<(String, Option<String>), String> {
 
 /// Decodes `%XX` escapes; the result must be UTF-8. Errors name `key`, never the text.
 fn percent_decode(s: &str, key: &str) -> Result<String, String> {
-    fn hex(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            match (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            ) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi * 16 + lo);
-                    i += 3;
-                }
-                _ => {
-                    return Err(at(
-                        key,
-                        "malformed %-escape in the URL (use %XX with two hex digits)",
-                    ));
-                }
-            }
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| at(key, "the URL's %-escapes do not decode to UTF-8"))
+    url::percent_decode(s).map_err(|e| match e {
+        PercentError::BadEscape => at(
+            key,
+            "malformed %-escape in the URL (use %XX with two hex digits)",
+        ),
+        PercentError::NotUtf8 => at(key, "the URL's %-escapes do not decode to UTF-8"),
+    })
 }
 
 fn parse_port(name: &str, value: &str) -> Result<u16, String> {
