@@ -15,6 +15,7 @@ use tests::center::{ConsoleInfo, Reply, Storage};
 use tests::pg::TestDb;
 use tests::proxy::Proxy;
 use tests::service::TestService;
+use tests::stores::AnyStore;
 use tests::wait;
 
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
@@ -43,7 +44,7 @@ fn demo_numbers(lines: &[Value]) -> Vec<u64> {
 }
 
 /// Polls until `job_id` has a result field, then says how many it has.
-async fn result_count(db: &TestDb, job_id: &str, within: Duration) -> usize {
+async fn result_count(db: &AnyStore, job_id: &str, within: Duration) -> usize {
     let deadline = Instant::now() + within;
     loop {
         let fields = db.result_fields(job_id).await;
@@ -63,10 +64,29 @@ async fn result_count(db: &TestDb, job_id: &str, within: Duration) -> usize {
 // lands, in order, and every accepted dispatch has exactly one result.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_black_holed_mid_job_delays_lines_and_results_but_no_answer() {
-    let db = TestDb::new().await;
-    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
-    let service =
-        TestService::start_with(AgentOptions::new().store(via_proxy, "hangfire", 7.0)).await;
+    black_holed_mid_job(AnyStore::postgresql().await).await;
+}
+
+/// The same on MySQL (Hangfire.MySqlStorage) and Redis (Hangfire.Redis.StackExchange).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mysql_store_black_holed_mid_job_delays_lines_and_results_but_no_answer() {
+    black_holed_mid_job(AnyStore::mysql().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_store_black_holed_mid_job_delays_lines_and_results_but_no_answer() {
+    black_holed_mid_job(AnyStore::redis().await).await;
+}
+
+async fn black_holed_mid_job(db: AnyStore) {
+    let (proxy, via) = db.behind_proxy().await;
+    let (_, kind, prefix) = db.local();
+    let service = TestService::start_with(
+        AgentOptions::new()
+            .store(via.hangfire_db, prefix, 7.0)
+            .store_type(kind),
+    )
+    .await;
     let center = service.center();
 
     let long = ConsoleInfo::for_job("bh-long");
@@ -154,7 +174,7 @@ async fn a_store_black_holed_mid_job_delays_lines_and_results_but_no_answer() {
     proxy.restore();
     let restored_at = Instant::now();
 
-    let r = wait::result(&db, "bh-long", Duration::from_secs(90)).await;
+    let r = db.wait_result("bh-long", Duration::from_secs(90)).await;
     assert_eq!(r["R"], "ok", "{r}");
     let lines = db.console_lines(&long.set_key, &long.hash_key).await;
     let numbers = demo_numbers(&lines);
@@ -171,7 +191,8 @@ async fn a_store_black_holed_mid_job_delays_lines_and_results_but_no_answer() {
         );
     }
     println!(
-        "worst answer during the outage {worst:?}; results complete {:?} after restore",
+        "{}: worst answer during the outage {worst:?}; results complete {:?} after restore",
+        db.kind(),
         restored_at.elapsed()
     );
     assert_eq!(service.agent().running(), 0);
@@ -182,11 +203,29 @@ async fn a_store_black_holed_mid_job_delays_lines_and_results_but_no_answer() {
 // stays within the center's timeout; once the store is back the run has exactly one result.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_black_holed_before_the_first_run_still_answers_it() {
-    let db = TestDb::new().await;
-    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
+    black_holed_first_run(AnyStore::postgresql().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mysql_store_black_holed_before_the_first_run_still_answers_it() {
+    black_holed_first_run(AnyStore::mysql().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_store_black_holed_before_the_first_run_still_answers_it() {
+    black_holed_first_run(AnyStore::redis().await).await;
+}
+
+async fn black_holed_first_run(db: AnyStore) {
+    let (proxy, via) = db.behind_proxy().await;
     proxy.black_hole();
-    let service =
-        TestService::start_with(AgentOptions::new().store(via_proxy, "hangfire", 7.0)).await;
+    let (_, kind, prefix) = db.local();
+    let service = TestService::start_with(
+        AgentOptions::new()
+            .store(via.hangfire_db, prefix, 7.0)
+            .store_type(kind),
+    )
+    .await;
     let (reply, took) = timed(
         service
             .center()
