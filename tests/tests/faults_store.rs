@@ -16,7 +16,6 @@ use tests::pg::TestDb;
 use tests::proxy::Proxy;
 use tests::service::TestService;
 use tests::stores::AnyStore;
-use tests::wait;
 
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 const HANG: &str = "example_agent::jobs::TestHangJob";
