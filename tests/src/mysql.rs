@@ -119,6 +119,17 @@ impl TestMysql {
         }
     }
 
+    /// Empties the Hangfire tables (between benchmark measurements).
+    pub async fn clear(&self) -> Result<(), String> {
+        let mut conn = self.conn().await;
+        for table in ["Set", "Hash", "DistributedLock"] {
+            conn.query_drop(format!("TRUNCATE TABLE {}", self.table(table)))
+                .await
+                .map_err(|e| format!("cannot empty {table}: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// The database's name.
     pub fn name(&self) -> &str {
         &self.name

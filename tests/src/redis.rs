@@ -58,6 +58,29 @@ impl TestRedis {
         }
     }
 
+    /// A connection to the test server (multiplexed; clones share it).
+    pub fn connection(&self) -> MultiplexedConnection {
+        self.conn.clone()
+    }
+
+    /// Deletes the prefix's keys (between benchmark measurements).
+    pub async fn clear(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        for chunk in keys.chunks(1_000) {
+            let _: i64 = redis::cmd("DEL")
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix

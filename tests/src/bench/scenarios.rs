@@ -21,13 +21,14 @@ use crate::bench::{cluster, store, wrk};
 pub(crate) const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 
 /// The scenario names, in the order they run.
-pub(crate) const ALL: [&str; 10] = [
+pub(crate) const ALL: [&str; 11] = [
     "dispatch",
     "dispatch-wrk",
     "metrics",
     "stop",
     "cluster-stop",
     "console",
+    "console-stores",
     "many",
     "memory",
     "idle",
@@ -68,6 +69,7 @@ pub(crate) async fn run(name: &str, s: &Settings, r: &mut Report) -> Result<(), 
         "stop" => stop_latency(s, r).await,
         "cluster-stop" => cluster::cross_replica_stop(s, r).await,
         "console" => console_throughput(s, r).await,
+        "console-stores" => crate::bench::stores::console_per_store(s, r).await,
         "many" => many_writers(s, r).await,
         "memory" => memory(s, r).await,
         "idle" => idle_cost(s, r).await,
@@ -88,7 +90,10 @@ fn agent_env(s: &Settings, extra: &[(&'static str, String)]) -> Vec<(&'static st
     env
 }
 
-async fn start_agent(s: &Settings, extra: &[(&'static str, String)]) -> Result<Server, String> {
+pub(crate) async fn start_agent(
+    s: &Settings,
+    extra: &[(&'static str, String)],
+) -> Result<Server, String> {
     let bin = s.agent_bin.clone();
     let env = agent_env(s, extra);
     tokio::task::spawn_blocking(move || proc::start_agent(&bin, &env))
