@@ -20,6 +20,12 @@ pub mod protocol {}
 pub mod security {}
 #[doc = include_str!("../../docs/replicas.md")]
 pub mod replicas {}
+#[doc = include_str!("../../docs/store-postgresql.md")]
+pub mod store_postgresql {}
+#[doc = include_str!("../../docs/store-mysql.md")]
+pub mod store_mysql {}
+#[doc = include_str!("../../docs/store-redis.md")]
+pub mod store_redis {}
 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]

@@ -626,7 +626,7 @@ impl PgStore {
 
     /// The dashboard's read of a set: values by id, from `from`, at most `count`.
     // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(any(feature = "dev", test)), allow(dead_code))]
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_set(
         &self,
         key: &str,
@@ -654,7 +654,7 @@ impl PgStore {
 
     /// One field of a hash.
     // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(any(feature = "dev", test)), allow(dead_code))]
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
         let conn = self.conn().await?;
         let row = conn
@@ -673,7 +673,7 @@ impl PgStore {
     /// All fields of a hash, by id (the order they were written in); a NULL value reads as
     /// empty.
     // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(any(feature = "dev", test)), allow(dead_code))]
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
         let conn = self.conn().await?;
         let rows = conn

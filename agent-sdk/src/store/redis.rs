@@ -955,7 +955,7 @@ impl RedisStore {
 
     /// The dashboard's read of a set: members of `<P>key` by rank, `count` from `from`.
     // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(any(feature = "dev", test)), allow(dead_code))]
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_set(
         &self,
         key: &str,
@@ -981,7 +981,7 @@ impl RedisStore {
 
     /// One field of hash `<P>key`.
     // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(any(feature = "dev", test)), allow(dead_code))]
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
         let key = self.key(key);
         self.run("a hash field", |mut c| async move {
@@ -996,7 +996,7 @@ impl RedisStore {
 
     /// Every field of a hash (Redis keeps no write order: fields as `HGETALL` gives them).
     // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(any(feature = "dev", test)), allow(dead_code))]
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
         let key = self.key(key);
         self.run("a hash", |mut c| async move {

@@ -768,7 +768,7 @@ impl MysqlStore {
 
     /// The dashboard's read of a set: values in `Id` order, skipping `from`, at most `count`.
     // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(any(feature = "dev", test)), allow(dead_code))]
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_set(
         &self,
         key: &str,
@@ -790,7 +790,7 @@ impl MysqlStore {
 
     /// One field of a hash (`None` when absent or NULL).
     // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(any(feature = "dev", test)), allow(dead_code))]
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
         let sql = format!(
             "SELECT `Value` FROM {} WHERE `Key` = ? AND `Field` = ?",
@@ -805,7 +805,7 @@ impl MysqlStore {
 
     /// Every field of a hash, in write order (`ORDER BY Id`); a NULL value reads as empty.
     // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(any(feature = "dev", test)), allow(dead_code))]
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
         let sql = format!(
             "SELECT `Field`, `Value` FROM {} WHERE `Key` = ? ORDER BY `Id`",
