@@ -298,15 +298,6 @@ fn log_start(options: &AgentOptions, registry: &Registry, local: Option<&Store>,
         (None, false) => "the store each request names (x-job-storage); runs without one are refused: set JOBAGENT_STORE with Hangfire.PostgreSql 1.20.3 and later, which sends none".to_owned(),
         (None, true) => "the store each request names; runs without one only log (JOBAGENT_LOG_ONLY)".to_owned(),
     };
-    if options.cluster
-        && let Some(store) = local.filter(|s| !s.supports_cluster())
-    {
-        tracing::warn!(
-            store = %store.label,
-            kind = %store.kind(),
-            "cluster mode needs a PostgreSQL store for now: on this store, singletons are per process and stops reach only the replica that got them; run one replica, or use PostgreSQL"
-        );
-    }
     tracing::info!(
         path = %options.path,
         auth = if options.basic_auth.is_some() { "basic" } else { "off" },

@@ -118,7 +118,7 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
         let Some(rt) = runtime.upgrade() else { return };
         let me = rt.member.clone();
         let cluster = rt.options.cluster;
-        if cluster && rt.options.cluster_notify {
+        if cluster && rt.options.cluster_notify && store.pg().is_ok() {
             crate::store::listen::spawn(store.clone(), me.instance.clone(), stop.clone());
         }
         drop(rt);

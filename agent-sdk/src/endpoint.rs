@@ -52,9 +52,6 @@ impl AgentInner {
     /// Starts the store's coordinator once: reconciliation of runs a predecessor left, and
     /// (in cluster mode) commands from other replicas and lost replicas' runs.
     pub(crate) fn coordinate(&self, store: &Arc<Store>) {
-        if !store.supports_cluster() {
-            return;
-        }
         let key = Arc::as_ptr(store) as usize;
         let first = crate::sync::lock(&self.coordinators).insert(key);
         if first {

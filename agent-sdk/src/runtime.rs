@@ -309,10 +309,7 @@ impl Runtime {
 
     /// The store used for cluster coordination, when cluster mode is on.
     fn shared<'a>(&self, outlet: &'a Outlet) -> Option<&'a Arc<Store>> {
-        outlet
-            .store
-            .as_ref()
-            .filter(|s| self.options.cluster && s.supports_cluster())
+        outlet.store.as_ref().filter(|_| self.options.cluster)
     }
 
     /// Starts a run; answers at once. A busy singleton follows the class's busy policy.
@@ -523,7 +520,6 @@ impl Runtime {
         let recorded = run.store.clone().map(|store| {
             let (done, recorded) = tokio::sync::oneshot::channel();
             let member = self.member.clone();
-            let cluster = self.options.cluster;
             let job_id = run.cx.job_id().to_owned();
             let record = RunRecord {
                 class: reg.class().to_owned(),
@@ -532,10 +528,8 @@ impl Runtime {
                 action: "run".to_owned(),
             };
             *lock(&run.record) = Some(self.tracker.spawn(async move {
-                let write = crate::metrics::store_op(
-                    "record",
-                    store.record_run(&member, &job_id, &record, cluster),
-                );
+                let write =
+                    crate::metrics::store_op("record", store.record_run(&member, &job_id, &record));
                 match tokio::time::timeout(RECORD_WITHIN, write).await {
                     Ok(Ok(())) => {
                         let _ = done.send(());
@@ -638,9 +632,8 @@ impl Runtime {
             started,
             results: outlet.results(),
             reported: AtomicBool::new(false),
-            // In-flight records (what a restarted process or a survivor reports lost) are kept
-            // on PostgreSQL only, for now.
-            store: outlet.store.clone().filter(|s| s.supports_cluster()),
+            // In-flight records: what a restarted process or a survivor reports lost.
+            store: outlet.store.clone(),
             claimed: AtomicBool::new(false),
             record: Mutex::new(None),
             stalled: AtomicBool::new(false),

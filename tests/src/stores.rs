@@ -100,6 +100,17 @@ impl AnyStore {
         }
     }
 
+    /// The agent's environment naming this store (`JOBAGENT_STORE`, `JOBAGENT_STORE_TYPE`,
+    /// `JOBAGENT_STORE_SCHEMA`), for an example-service process.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let (connection, kind, prefix) = self.local();
+        vec![
+            ("JOBAGENT_STORE", connection),
+            ("JOBAGENT_STORE_TYPE", kind.name().to_owned()),
+            ("JOBAGENT_STORE_SCHEMA", prefix),
+        ]
+    }
+
     /// A set's members with their scores, in the dashboard's order.
     pub async fn set_rows(&self, key: &str) -> Vec<(String, f64)> {
         match self {
@@ -310,4 +321,30 @@ impl Table {
             Table::Hash => "Hash",
         }
     }
+}
+
+/// One test per store: `name => body;` makes module `name` with tests `postgresql`, `mysql`
+/// and `redis`, each calling `body(AnyStore)` on a fresh store of that kind.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($name:ident => $body:ident;)*) => {$(
+        mod $name {
+            use $crate::stores::AnyStore;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgresql() {
+                super::$body(AnyStore::postgresql().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                super::$body(AnyStore::mysql().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$body(AnyStore::redis().await).await;
+            }
+        }
+    )*};
 }

@@ -1,24 +1,21 @@
-//! Replicas behind one URL act as one agent: example-service processes sharing one
-//! PostgreSQL store.
+//! Replicas behind one URL act as one agent: example-service processes sharing one store,
+//! each test on PostgreSQL, MySQL and Redis.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tests::center::{ConsoleInfo, Storage};
-use tests::pg::TestDb;
+use tests::center::ConsoleInfo;
 use tests::replica::Replica;
-use tests::wait;
+use tests::stores::AnyStore;
 
 const SINGLETON: &str = "example_agent::jobs::TestJob";
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 
-fn store_env(db: &TestDb) -> Vec<(&'static str, String)> {
-    vec![("JOBAGENT_STORE", db.connection_string())]
+fn store_env(db: &AnyStore) -> Vec<(&'static str, String)> {
+    db.env()
 }
 
-#[tokio::test]
-async fn a_singleton_runs_once_across_replicas_and_stops_from_anywhere() {
-    let db = TestDb::new().await;
+async fn a_singleton_runs_once_across_replicas_and_stops_from_anywhere(db: AnyStore) {
     let a = Replica::start("replica-a", &store_env(&db)).await;
     let b = Replica::start("replica-b", &store_env(&db)).await;
     let console1 = ConsoleInfo::for_job("one");
@@ -52,14 +49,14 @@ async fn a_singleton_runs_once_across_replicas_and_stops_from_anywhere() {
         .send()
         .await
         .assert_status(200);
-    let run = wait::result(&db, "one", Duration::from_secs(5)).await;
+    let run = db.wait_result("one", Duration::from_secs(5)).await;
     assert!(
         asked.elapsed() < Duration::from_secs(2),
         "stopped after {:?}",
         asked.elapsed()
     );
     assert_eq!(run["R"], "ok", "stopped on request: {run}");
-    let stop = wait::result(&db, "stop-one", Duration::from_secs(10)).await;
+    let stop = db.wait_result("stop-one", Duration::from_secs(10)).await;
     assert_eq!(
         (
             stop["Action"].as_str(),
@@ -79,7 +76,7 @@ async fn a_singleton_runs_once_across_replicas_and_stops_from_anywhere() {
         .await
         .assert_status(200);
     assert_eq!(
-        wait::result(&db, "three", Duration::from_secs(10)).await["R"],
+        db.wait_result("three", Duration::from_secs(10)).await["R"],
         "ok"
     );
     let token = |lines: Vec<Value>| -> u64 {
@@ -110,9 +107,7 @@ async fn a_singleton_runs_once_across_replicas_and_stops_from_anywhere() {
     assert!(again.busy_job_id().is_some(), "{}", again.body);
 }
 
-#[tokio::test]
-async fn a_transient_stop_counts_every_replica() {
-    let db = TestDb::new().await;
+async fn a_transient_stop_counts_every_replica(db: AnyStore) {
     let a = Replica::start("t-a", &store_env(&db)).await;
     let b = Replica::start("t-b", &store_env(&db)).await;
     let c = Replica::start("t-c", &store_env(&db)).await;
@@ -149,12 +144,12 @@ async fn a_transient_stop_counts_every_replica() {
     );
     for id in ["ta1", "ta2", "tb1"] {
         assert_eq!(
-            wait::result(&db, id, Duration::from_secs(5)).await["R"],
+            db.wait_result(id, Duration::from_secs(5)).await["R"],
             "ok",
             "{id}"
         );
     }
-    let result = wait::result(&db, "tstop", Duration::from_secs(10)).await;
+    let result = db.wait_result("tstop", Duration::from_secs(10)).await;
     assert_eq!(result["R"], "ok", "{result}");
     assert!(
         ["ta1", "ta2", "tb1"].contains(&result["RunId"].as_str().unwrap_or("")),
@@ -166,9 +161,7 @@ async fn a_transient_stop_counts_every_replica() {
         .await;
 }
 
-#[tokio::test]
-async fn a_killed_replica_releases_its_claim_and_its_runs_are_reported_lost() {
-    let db = TestDb::new().await;
+async fn a_killed_replica_releases_its_claim_and_its_runs_are_reported_lost(db: AnyStore) {
     let mut a = Replica::start("k-a", &store_env(&db)).await;
     let b = Replica::start("k-b", &store_env(&db)).await;
     a.center()
@@ -213,21 +206,19 @@ async fn a_killed_replica_releases_its_claim_and_its_runs_are_reported_lost() {
     // The lost replica's runs are reported within 60 s.
     for id in ["k1", "k2"] {
         let left = Duration::from_secs(60).saturating_sub(killed.elapsed());
-        wait::failure(&db, id, left, "agent replica lost").await;
+        db.wait_failure(id, left, "agent replica lost").await;
     }
     eprintln!(
         "claim freed after {freed:?}, runs reported after {:?}",
         killed.elapsed()
     );
     assert_eq!(
-        wait::result(&db, "k4", Duration::from_secs(10)).await["R"],
+        db.wait_result("k4", Duration::from_secs(10)).await["R"],
         "ok"
     );
 }
 
-#[tokio::test]
-async fn a_restarted_agent_reports_what_its_predecessor_left_in_flight() {
-    let db = TestDb::new().await;
+async fn a_restarted_agent_reports_what_its_predecessor_left_in_flight(db: AnyStore) {
     let mut first = Replica::start("same-name", &store_env(&db)).await;
     first
         .center()
@@ -250,7 +241,8 @@ async fn a_restarted_agent_reports_what_its_predecessor_left_in_flight() {
     let second = Replica::start("same-name", &store_env(&db)).await;
     for id in ["r1", "r2"] {
         let left = Duration::from_secs(10).saturating_sub(restarted.elapsed());
-        wait::failure(&db, id, left, "agent restarted before the job finished").await;
+        db.wait_failure(id, left, "agent restarted before the job finished")
+            .await;
     }
     // Its predecessor's singleton claim does not block it.
     second
@@ -261,7 +253,7 @@ async fn a_restarted_agent_reports_what_its_predecessor_left_in_flight() {
         .await
         .assert_status(200);
     assert_eq!(
-        wait::result(&db, "r3", Duration::from_secs(10)).await["R"],
+        db.wait_result("r3", Duration::from_secs(10)).await["R"],
         "ok"
     );
     // Reported once: a further restart reports nothing again.
@@ -273,12 +265,10 @@ async fn a_restarted_agent_reports_what_its_predecessor_left_in_flight() {
     }
 }
 
-#[tokio::test]
-async fn replicas_coordinate_through_the_store_the_center_sends() {
-    let db = TestDb::new().await;
+async fn replicas_coordinate_through_the_store_the_center_sends(db: AnyStore) {
     let a = Replica::start("h-a", &[]).await;
     let b = Replica::start("h-b", &[]).await;
-    let storage = Storage::postgresql(db.connection_string());
+    let storage = db.storage();
     a.center()
         .with_storage(&storage)
         .run(SINGLETON, "h1")
@@ -301,14 +291,12 @@ async fn replicas_coordinate_through_the_store_the_center_sends() {
         .await
         .assert_status(200);
     assert_eq!(
-        wait::result(&db, "h1", Duration::from_secs(5)).await["R"],
+        db.wait_result("h1", Duration::from_secs(5)).await["R"],
         "ok"
     );
 }
 
-#[tokio::test]
-async fn with_cluster_mode_off_each_replica_is_on_its_own() {
-    let db = TestDb::new().await;
+async fn with_cluster_mode_off_each_replica_is_on_its_own(db: AnyStore) {
     let mut env = store_env(&db);
     env.push(("JOBAGENT_CLUSTER", "off".to_owned()));
     let a = Replica::start("o-a", &env).await;
@@ -326,11 +314,20 @@ async fn with_cluster_mode_off_each_replica_is_on_its_own() {
         .await
         .assert_status(200);
     assert_eq!(
-        wait::result(&db, "o1", Duration::from_secs(10)).await["R"],
+        db.wait_result("o1", Duration::from_secs(10)).await["R"],
         "ok"
     );
     assert_eq!(
-        wait::result(&db, "o2", Duration::from_secs(10)).await["R"],
+        db.wait_result("o2", Duration::from_secs(10)).await["R"],
         "ok"
     );
+}
+
+tests::on_every_store! {
+    a_singleton_runs_once_across_replicas_and_stops_from_anywhere => a_singleton_runs_once_across_replicas_and_stops_from_anywhere;
+    a_transient_stop_counts_every_replica => a_transient_stop_counts_every_replica;
+    a_killed_replica_releases_its_claim_and_its_runs_are_reported_lost => a_killed_replica_releases_its_claim_and_its_runs_are_reported_lost;
+    a_restarted_agent_reports_what_its_predecessor_left_in_flight => a_restarted_agent_reports_what_its_predecessor_left_in_flight;
+    replicas_coordinate_through_the_store_the_center_sends => replicas_coordinate_through_the_store_the_center_sends;
+    with_cluster_mode_off_each_replica_is_on_its_own => with_cluster_mode_off_each_replica_is_on_its_own;
 }

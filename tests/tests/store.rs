@@ -786,31 +786,8 @@ async fn a_store_whose_user_may_not_write_is_refused_at_the_run() {
     dropped.unwrap_or_else(|e| panic!("cannot drop the role: {e}"));
 }
 
-/// One test per store for each behaviour above.
-macro_rules! on_every_store {
-    ($($name:ident => $body:ident;)*) => {$(
-        mod $name {
-            use tests::stores::AnyStore;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgresql() {
-                super::$body(AnyStore::postgresql().await).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                super::$body(AnyStore::mysql().await).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$body(AnyStore::redis().await).await;
-            }
-        }
-    )*};
-}
-
-on_every_store! {
+// One test per store for each behaviour above.
+tests::on_every_store! {
     progress_bars_and_the_job_list_progress => progress;
     heartbeat_writes_real_process_figures => heartbeat;
     the_console_budget_keeps_head_and_tail => budget;

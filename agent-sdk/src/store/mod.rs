@@ -212,18 +212,17 @@ impl Store {
         }
     }
 
-    /// Whether cluster mode, in-flight records and `LISTEN` work on this store (PostgreSQL
-    /// only, for now).
-    pub(crate) fn supports_cluster(&self) -> bool {
-        matches!(self.backend, Backend::Postgres(_))
+    /// The backend, for what is built on its own primitives (cluster mode).
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
     }
 
-    /// The PostgreSQL backend, for what only it has (cluster mode, `LISTEN`).
+    /// The PostgreSQL backend, for what only it has (its cluster SQL, `LISTEN`).
     pub(crate) fn pg(&self) -> Result<&PgStore, String> {
         match &self.backend {
             Backend::Postgres(pg) => Ok(pg),
             _ => Err(format!(
-                "cluster mode needs a PostgreSQL store; this one is {}",
+                "this needs a PostgreSQL store; this one is {}",
                 self.kind()
             )),
         }

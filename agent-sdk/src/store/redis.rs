@@ -980,8 +980,6 @@ impl RedisStore {
     }
 
     /// One field of hash `<P>key`.
-    // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
         let key = self.key(key);
         self.run("a hash field", |mut c| async move {
@@ -995,14 +993,103 @@ impl RedisStore {
     }
 
     /// Every field of a hash (Redis keeps no write order: fields as `HGETALL` gives them).
-    // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
         let key = self.key(key);
         self.run("a hash", |mut c| async move {
             ::redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
         })
         .await
+    }
+
+    /// The server's clock (`TIME`), in milliseconds since the Unix epoch.
+    pub(crate) async fn now_ms(&self) -> Result<i64, String> {
+        let (secs, micros): (i64, i64) = self
+            .run("the time", |mut c| async move {
+                ::redis::cmd("TIME").query_async(&mut c).await
+            })
+            .await?;
+        Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
+    }
+
+    /// Deletes one field of hash `<P>key`; true when it was there.
+    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, String> {
+        let key = self.key(key);
+        let n: i64 = self
+            .run("deleting a hash field", |mut c| async move {
+                ::redis::cmd("HDEL")
+                    .arg(&key)
+                    .arg(field)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(n >= 1)
+    }
+
+    /// Takes every field of hash `<P>key`: `HGETALL` and `DEL` in one `MULTI`/`EXEC`, so
+    /// concurrent takers never take one field twice.
+    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+        let key = self.key(key);
+        let mut p = ::redis::pipe();
+        p.atomic()
+            .cmd("HGETALL")
+            .arg(&key)
+            .cmd("DEL")
+            .arg(&key)
+            .ignore();
+        let (fields,): (Vec<(String, String)>,) = self
+            .run("taking a hash", |mut c| async move {
+                p.query_async(&mut c).await
+            })
+            .await?;
+        Ok(fields)
+    }
+
+    /// Sets the TTL of hash `<P>key` to `life`.
+    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), String> {
+        let key = self.key(key);
+        let secs = expire_secs(life);
+        self.run("a hash's TTL", |mut c| async move {
+            ::redis::cmd("EXPIRE")
+                .arg(&key)
+                .arg(secs)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// One attempt at the cluster section: `SET <P>key owner NX PX hold`. `Some(owner)` when
+    /// entered (leave with [`lock_release`](Self::lock_release)); it lapses by itself after
+    /// `hold` should its holder vanish.
+    pub(crate) async fn section_try(
+        &self,
+        key: &str,
+        hold: Duration,
+    ) -> Result<Option<String>, String> {
+        let key = self.key(key);
+        let owner = uuid::Uuid::new_v4().to_string();
+        let hold = hold_ms(hold);
+        let reply: Value = self
+            .run("entering the cluster section", |mut c| {
+                let owner = owner.clone();
+                async move {
+                    ::redis::cmd("SET")
+                        .arg(&key)
+                        .arg(owner)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(hold)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(match reply {
+            Value::Okay => Some(owner),
+            Value::SimpleString(s) if s.eq_ignore_ascii_case("OK") => Some(owner),
+            _ => None,
+        })
     }
 
     /// `<P>key`.

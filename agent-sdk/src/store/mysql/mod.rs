@@ -789,8 +789,6 @@ impl MysqlStore {
     }
 
     /// One field of a hash (`None` when absent or NULL).
-    // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
         let sql = format!(
             "SELECT `Value` FROM {} WHERE `Key` = ? AND `Field` = ?",
@@ -804,8 +802,6 @@ impl MysqlStore {
     }
 
     /// Every field of a hash, in write order (`ORDER BY Id`); a NULL value reads as empty.
-    // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
         let sql = format!(
             "SELECT `Field`, `Value` FROM {} WHERE `Key` = ? ORDER BY `Id`",
@@ -819,6 +815,123 @@ impl MysqlStore {
             .into_iter()
             .map(|(f, v)| (f, v.unwrap_or_default()))
             .collect())
+    }
+}
+
+/// The primitives cluster mode builds on (`crate::cluster::kv`).
+impl MysqlStore {
+    /// The server's clock, in milliseconds since the Unix epoch (`NOW(3)` read back through
+    /// `UNIX_TIMESTAMP` in the same session time zone, so the zone cancels out).
+    pub(crate) async fn now_ms(&self) -> Result<i64, String> {
+        let mut c = self.conn().await?;
+        let now: Option<i64> = c
+            .bound(|c| c.query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"))
+            .await?;
+        now.ok_or_else(|| "the store did not tell its time".to_owned())
+    }
+
+    /// Deletes one hash field; true when it was there.
+    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, String> {
+        let sql = format!("DELETE FROM {} WHERE `Key` = ? AND `Field` = ?", self.hash);
+        let mut c = self.conn().await?;
+        c.bound(|c| c.exec_drop(sql.as_str(), vec![Value::from(key), Value::from(field)]))
+            .await?;
+        Ok(c.affected_rows() >= 1)
+    }
+
+    /// Takes every field of a hash: each row is deleted by its `Id` and returned only when
+    /// this call deleted it, so concurrent takers never take one row twice.
+    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+        let select = format!(
+            "SELECT `Id`, `Field`, `Value` FROM {} WHERE `Key` = ? ORDER BY `Id`",
+            self.hash
+        );
+        let delete = format!("DELETE FROM {} WHERE `Id` = ?", self.hash);
+        let mut c = self.conn().await?;
+        let rows: Vec<(i64, String, Option<String>)> = c
+            .bound(|c| c.exec(select.as_str(), vec![Value::from(key)]))
+            .await?;
+        let mut taken = Vec::with_capacity(rows.len());
+        for (id, field, value) in rows {
+            c.bound(|c| c.exec_drop(delete.as_str(), vec![Value::from(id)]))
+                .await?;
+            if c.affected_rows() == 1 {
+                taken.push((field, value.unwrap_or_default()));
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Sets the `ExpireAt` of every field of a hash to now + `life`.
+    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), String> {
+        let sql = format!(
+            "UPDATE {} SET `ExpireAt` = UTC_TIMESTAMP(6) + INTERVAL ? SECOND WHERE `Key` = ?",
+            self.hash
+        );
+        let mut c = self.conn().await?;
+        c.bound(|c| {
+            c.exec_drop(
+                sql.as_str(),
+                vec![Value::from(secs_of(life)), Value::from(key)],
+            )
+        })
+        .await
+    }
+
+    /// Enters the store's cluster section: `GET_LOCK` on a name made of this store's tables
+    /// (server-wide, so other databases and prefixes do not contend), waiting at most
+    /// `within` (whole seconds, at least 1). `None` when another session held it that long.
+    /// The lock belongs to the section's connection: the server frees it if the connection
+    /// dies, and a section dropped without [`MysqlSection::end`] disconnects.
+    pub(crate) async fn section(&self, within: Duration) -> Result<Option<MysqlSection>, String> {
+        let name = format!(
+            "jobagent-cluster-{}",
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, self.hash.as_bytes()).simple()
+        );
+        let mut conn = self.conn().await?;
+        let wait = within.as_secs().max(1);
+        let got: Option<Option<i64>> = conn
+            .bound(|c| {
+                c.exec_first(
+                    "SELECT GET_LOCK(?, ?)",
+                    vec![Value::from(name.as_str()), Value::from(wait)],
+                )
+            })
+            .await?;
+        Ok((got.flatten() == Some(1)).then_some(MysqlSection {
+            conn,
+            name,
+            ended: false,
+        }))
+    }
+}
+
+/// A held cluster section (see [`MysqlStore::section`]).
+pub(crate) struct MysqlSection {
+    conn: Conn,
+    name: String,
+    ended: bool,
+}
+
+impl MysqlSection {
+    /// Leaves the section (`RELEASE_LOCK`); on failure the connection is dropped, which
+    /// frees the lock on the server.
+    pub(crate) async fn end(mut self) {
+        let name = std::mem::take(&mut self.name);
+        let released = self
+            .conn
+            .bound(|c| c.exec_drop("DO RELEASE_LOCK(?)", vec![Value::from(name)]))
+            .await;
+        self.ended = released.is_ok();
+    }
+}
+
+impl Drop for MysqlSection {
+    fn drop(&mut self) {
+        if !self.ended {
+            // Never pool a connection that may still hold the lock.
+            self.conn.busy = true;
+        }
     }
 }
 

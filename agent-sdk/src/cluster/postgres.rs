@@ -1,175 +1,12 @@
-//! Replicas behind one URL acting as one agent, coordinated through the store they share.
-//!
-//! Everything lives in the Hangfire `hash` table, under keys starting with `jobagent:`:
-//!
-//! | key | field | value | row `expireat` |
-//! |---|---|---|---|
-//! | `jobagent:replicas` | instance | `{"ServerId","Pid","Until"}` | now + store days, renewed |
-//! | `jobagent:runs:<instance>` | job id | `{"Class","ServerId","Started"}` | now + store days, renewed |
-//! | `jobagent:claim:<class>` | `claim` | `{"Instance","ServerId","JobId","Until"}` | NULL (kept as the last run) |
-//! | `jobagent:fence` | class | the last fencing token | NULL |
-//! | `jobagent:cmd:<instance>` | command id | `{"Action":"stop","JobId","StopId"}` | 1 hour (taken in 200 ms) |
-//! | `jobagent:ack:<stop id>` | job id | `on_stop` outcome | 1 hour (read within the grace) |
-//!
-//! **Leases live in the values, never in `expireat`.** Hangfire.PostgreSql's
-//! `ExpirationManager` deletes every `hash` row whose `expireat` has passed, at a moment the
-//! agent does not choose; so a lease's deadline is the value's `Until` (milliseconds since the
-//! Unix epoch on the database's clock), and every bookkeeping row's `expireat` stays out of
-//! Hangfire's reach while the row matters: NULL, or the store's `ExpireAtDays` ahead, renewed.
-//! (Rows written by earlier agent versions have no `Until`; their `expireat` stands in.)
-//!
-//! A replica that dies stops renewing: its singleton claims lapse within [`CLAIM_LEASE`], and
-//! after [`REPLICA_LEASE`] plus [`LOST_GRACE`] a surviving replica reports its runs as lost
-//! (within about 11 s of the crash). Runs whose instance has no lease row at all (it was
-//! deleted) get a lapsed lease first, so they are reported [`LOST_GRACE`] after a survivor
-//! notices them.
-//!
-//! **A replica cut off from the store stops its singletons first.** The holder of a claim
-//! measures, on its own monotonic clock, the time since it *sent* its last successful renewal;
-//! the database set the claim's `Until` to its own now (later than that send) plus
-//! [`CLAIM_LEASE`], so the claim cannot lapse anywhere before that send plus the lease. The
-//! holder cancels its run [`CLAIM_SAFETY`] before that moment (the margin covers timer
-//! delays and the job's own wind-down), so a run is over, and its fencing token no longer
-//! current, before another replica can claim the class and get a higher token.
-//!
-//! **One process per instance name.** The lease row `jobagent:replicas`/instance holds the id
-//! of the process that owns the name (`ServerId`, one per process). A process takes the row
-//! only when it is its own, lapsed, or a placeholder; while another process's lease of the
-//! same name is live, this process is a duplicate: it reconciles nothing, reaps nothing,
-//! takes no command, and refuses singleton claims, naming the duplicate. A restarted process
-//! takes its crashed predecessor's name over as soon as the predecessor's lease lapses
-//! (within [`REPLICA_LEASE`]), and then reports what it left in flight.
+//! Cluster mode on PostgreSQL: each operation is one SQL statement (or one transaction) on
+//! Hangfire's `hash` table; leases are compared on the database's clock; `pg_notify` wakes
+//! the other replicas at once.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use serde::{Deserialize, Serialize};
-
+use super::{
+    CLAIM_LEASE, ClaimValue, Claimed, ClusterRun, Command, Holder, LOST_GRACE, Lease, Member,
+    RENEW_ROWS_SLACK_SECS, REPLICA_LEASE, Res, RunRecord, e, millis,
+};
 use crate::store::Store;
-
-/// How long a singleton claim lives without renewal.
-pub(crate) const CLAIM_LEASE: Duration = Duration::from_secs(10);
-/// How long before its claim could lapse a holder that could not renew it cancels its run:
-/// it cancels once its last successful renewal is `CLAIM_LEASE - CLAIM_SAFETY` old.
-pub(crate) const CLAIM_SAFETY: Duration = Duration::from_secs(3);
-/// How often the holder renews its claims, and a replica its lease.
-pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(1);
-/// How long one renewal may take before it is given up (and retried at the next tick).
-pub(crate) const RENEW_WITHIN: Duration = Duration::from_secs(2);
-/// How long a replica's lease lives without renewal.
-pub(crate) const REPLICA_LEASE: Duration = Duration::from_secs(6);
-/// Extra time before a silent replica's runs are reported lost: a live replica is reported
-/// only after `REPLICA_LEASE + LOST_GRACE` (9 s) without one successful renewal.
-pub(crate) const LOST_GRACE: Duration = Duration::from_secs(3);
-/// How often a replica looks for runs whose instance has no lease row.
-pub(crate) const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(30);
-/// Bookkeeping rows are renewed when their `expireat` is less than this far from the store's
-/// full `ExpireAtDays`.
-const RENEW_ROWS_SLACK_SECS: f64 = 3600.0;
-/// How often a replica looks for commands addressed to it.
-pub(crate) const POLL_EVERY: Duration = Duration::from_millis(200);
-
-/// This process as the cluster knows it.
-#[derive(Clone, Debug)]
-pub(crate) struct Member {
-    /// The stable instance name (survives restarts).
-    pub(crate) instance: String,
-    /// This process's id (the `agentServerId`).
-    pub(crate) server_id: String,
-}
-
-/// A singleton claim's holder.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub(crate) struct ClaimValue {
-    pub(crate) instance: String,
-    pub(crate) server_id: String,
-    pub(crate) job_id: String,
-}
-
-/// An in-flight run as recorded in the store.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub(crate) struct RunRecord {
-    pub(crate) class: String,
-    pub(crate) server_id: String,
-    /// Milliseconds since the Unix epoch.
-    pub(crate) started: u64,
-    #[serde(default)]
-    pub(crate) action: String,
-}
-
-/// A run somewhere in the cluster.
-#[derive(Clone, Debug)]
-pub(crate) struct ClusterRun {
-    pub(crate) instance: String,
-    pub(crate) job_id: String,
-    pub(crate) record: RunRecord,
-}
-
-/// A command for a replica.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub(crate) struct Command {
-    pub(crate) action: String,
-    pub(crate) class: String,
-    pub(crate) job_id: String,
-    pub(crate) stop_id: String,
-    /// The stop dispatch's console, where the replica's `on_stop` writes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) console: Option<crate::request::ConsoleTarget>,
-    /// The stop dispatch's parameter.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub(crate) param: String,
-}
-
-/// The outcome of a claim attempt.
-pub(crate) enum Claimed {
-    /// The claim is ours, with its fencing token.
-    Yes(u64),
-    /// Someone holds it.
-    Busy(ClaimValue),
-}
-
-/// Who holds this process's instance name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Lease {
-    /// This process: the lease is (now) ours.
-    Held,
-    /// Another live process: this one is a duplicate of the instance name, at least until
-    /// that lease lapses.
-    HeldBy(Holder),
-}
-
-/// Another process holding a live lease of this instance name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Holder {
-    pub(crate) server_id: String,
-    pub(crate) pid: i64,
-    /// Its lease's deadline (ms since the Unix epoch, database clock): it grows when the
-    /// holder renews, which tells a live duplicate from a predecessor that died.
-    pub(crate) until: i64,
-}
-
-impl Holder {
-    /// Why a duplicate process refuses what needs the instance name.
-    pub(crate) fn refusal(&self, instance: &str) -> String {
-        format!(
-            "instance name `{instance}` (JOBAGENT_INSTANCE; the default is the host name) is in use by another live process (pid {}, process id {}) sharing this store; this process refuses runs and does not reconcile or coordinate under that name until the other one stops: give every process its own JOBAGENT_INSTANCE",
-            self.pid, self.server_id
-        )
-    }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 /// The database's clock, in milliseconds since the Unix epoch (the unit of `Until`).
 const DB_NOW_MS: &str = "(extract(epoch from now()) * 1000)::bigint";
@@ -184,13 +21,6 @@ fn until_of(alias: &str) -> String {
     )
 }
 
-type Res<T> = Result<T, String>;
-
-/// An error's text with its causes (a database error's own message is in its source).
-fn e(err: impl std::error::Error + 'static) -> String {
-    crate::error::chain(&err)
-}
-
 impl Store {
     fn hash_sql(&self) -> Res<String> {
         Ok(format!("{}.hash", self.pg()?.schema))
@@ -201,7 +31,7 @@ impl Store {
     /// while the store was down: the class is free locally) or a predecessor's of this
     /// instance name that no longer holds the name's lease (it crashed). A process that is a
     /// duplicate of a live process's instance name gets an error naming it.
-    pub(crate) async fn claim(&self, me: &Member, class: &str, job_id: &str) -> Res<Claimed> {
+    pub(super) async fn pg_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<Claimed> {
         let mut client = self.pg()?.pool.get().await.map_err(e)?;
         let h = self.hash_sql()?;
         let key = format!("jobagent:claim:{class}");
@@ -275,14 +105,14 @@ impl Store {
     }
 
     /// Renews a claim we hold; false when it is no longer ours.
-    pub(crate) async fn renew_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<bool> {
+    pub(super) async fn pg_renew_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<bool> {
         self.set_claim_until(me, class, job_id, millis(CLAIM_LEASE))
             .await
     }
 
     /// Releases a claim we hold: its lease lapses now, and the row stays (with no
     /// `expireat`, so Hangfire keeps it) as the class's last run.
-    pub(crate) async fn release_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<()> {
+    pub(super) async fn pg_release_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<()> {
         self.set_claim_until(me, class, job_id, -1).await?;
         self.notify_claim(class).await;
         Ok(())
@@ -309,7 +139,7 @@ impl Store {
     /// Lapses the claim a process that is gone held for a run just reported lost, so the class
     /// is free at once (not when the claim would have lapsed) and a stop of it says it has
     /// already stopped instead of stopping a run that no longer exists.
-    pub(crate) async fn release_lost_claim(
+    pub(super) async fn pg_release_lost_claim(
         &self,
         class: &str,
         job_id: &str,
@@ -351,7 +181,7 @@ impl Store {
     }
 
     /// The class's claim: its holder and whether it is live.
-    pub(crate) async fn claim_of(&self, class: &str) -> Res<Option<(ClaimValue, bool)>> {
+    pub(super) async fn pg_claim_of(&self, class: &str) -> Res<Option<(ClaimValue, bool)>> {
         let client = self.pg()?.pool.get().await.map_err(e)?;
         let row = client
             .query_opt(
@@ -380,15 +210,11 @@ impl Store {
     /// (otherwise a replica killed before its coordinator's first lease write would leave runs
     /// no survivor ever reports). A duplicate of a live process's instance name records
     /// nothing: that process, or its successor, would report the run as its own lost run.
-    ///
-    /// (`_cluster`: the lease is held with cluster mode on or off; instance names must be told
-    /// apart either way.)
-    pub(crate) async fn record_run(
+    pub(super) async fn pg_record_run(
         &self,
         me: &Member,
         job_id: &str,
         record: &RunRecord,
-        _cluster: bool,
     ) -> Res<()> {
         let client = self.pg()?.pool.get().await.map_err(e)?;
         if let Lease::HeldBy(holder) = self.hold_lease_on(&client, me).await? {
@@ -407,7 +233,7 @@ impl Store {
     }
 
     /// Forgets a run once its result is written.
-    pub(crate) async fn forget_run(&self, me: &Member, job_id: &str) -> Res<()> {
+    pub(super) async fn pg_forget_run(&self, me: &Member, job_id: &str) -> Res<()> {
         let client = self.pg()?.pool.get().await.map_err(e)?;
         client
             .execute(
@@ -423,7 +249,7 @@ impl Store {
     }
 
     /// Runs of `class` on live replicas other than `me`.
-    pub(crate) async fn remote_runs(&self, me: &Member, class: &str) -> Res<Vec<ClusterRun>> {
+    pub(super) async fn pg_remote_runs(&self, me: &Member, class: &str) -> Res<Vec<ClusterRun>> {
         let client = self.pg()?.pool.get().await.map_err(e)?;
         let h = self.hash_sql()?;
         let until = until_of("r");
@@ -458,7 +284,7 @@ impl Store {
     /// Takes or renews this process's lease of its instance name and, when it is ours, keeps
     /// the `expireat` of its run records out of Hangfire's reach (a run may last longer than
     /// `ExpireAtDays`).
-    pub(crate) async fn hold_lease(&self, me: &Member) -> Res<Lease> {
+    pub(super) async fn pg_hold_lease(&self, me: &Member) -> Res<Lease> {
         let client = self.pg()?.pool.get().await.map_err(e)?;
         let lease = self.hold_lease_on(&client, me).await?;
         if lease != Lease::Held {
@@ -484,7 +310,7 @@ impl Store {
 
     /// Lets this process's lease lapse now (a graceful stop: a successor of the same name
     /// need not wait for it).
-    pub(crate) async fn release_lease(&self, me: &Member) -> Res<()> {
+    pub(super) async fn pg_release_lease(&self, me: &Member) -> Res<()> {
         let client = self.pg()?.pool.get().await.map_err(e)?;
         client
             .execute(
@@ -538,7 +364,7 @@ impl Store {
     }
 
     /// Sends a command to a replica.
-    pub(crate) async fn send_command(&self, instance: &str, command: &Command) -> Res<()> {
+    pub(super) async fn pg_send_command(&self, instance: &str, command: &Command) -> Res<()> {
         let client = self.pg()?.pool.get().await.map_err(e)?;
         let value = serde_json::to_string(command).map_err(e)?;
         let id = format!("{}:{}", command.stop_id, command.job_id);
@@ -565,7 +391,7 @@ impl Store {
     }
 
     /// Takes the commands addressed to this replica (each is taken once).
-    pub(crate) async fn take_commands(&self, me: &Member) -> Res<Vec<Command>> {
+    pub(super) async fn pg_take_commands(&self, me: &Member) -> Res<Vec<Command>> {
         let client = self.pg()?.pool.get().await.map_err(e)?;
         let rows = client
             .query(
@@ -585,7 +411,7 @@ impl Store {
     }
 
     /// Acknowledges that `on_stop` finished for a remote stop.
-    pub(crate) async fn ack(&self, stop_id: &str, job_id: &str, error: &str) -> Res<()> {
+    pub(super) async fn pg_ack(&self, stop_id: &str, job_id: &str, error: &str) -> Res<()> {
         let client = self.pg()?.pool.get().await.map_err(e)?;
         crate::store::postgres::upsert_hash_fields(
             &client,
@@ -599,7 +425,7 @@ impl Store {
     }
 
     /// The acknowledgements of a stop: job id and error text (empty when fine).
-    pub(crate) async fn acks(&self, stop_id: &str) -> Res<Vec<(String, String)>> {
+    pub(super) async fn pg_acks(&self, stop_id: &str) -> Res<Vec<(String, String)>> {
         let client = self.pg()?.pool.get().await.map_err(e)?;
         let rows = client
             .query(
@@ -622,7 +448,7 @@ impl Store {
     }
 
     /// Takes the runs an earlier process of this instance left in flight.
-    pub(crate) async fn take_orphans(&self, me: &Member) -> Res<Vec<(String, RunRecord)>> {
+    pub(super) async fn pg_take_orphans(&self, me: &Member) -> Res<Vec<(String, RunRecord)>> {
         let client = self.pg()?.pool.get().await.map_err(e)?;
         let rows = client
             .query(
@@ -646,7 +472,7 @@ impl Store {
     /// the instance renews its lease meanwhile. The scan reads the whole `hash` table (a key
     /// prefix cannot use its index in every collation), hence only every
     /// [`ORPHAN_SCAN_EVERY`].
-    pub(crate) async fn take_lost(
+    pub(super) async fn pg_take_lost(
         &self,
         me: &Member,
         scan: bool,

@@ -1,0 +1,310 @@
+//! Replicas behind one URL acting as one agent, coordinated through the store they share.
+//!
+//! Every store keeps the same records in its hash rows, under keys starting with `jobagent:`
+//! (PostgreSQL: [`postgres`], one statement or transaction each; MySQL and Redis: [`kv`],
+//! inside the store's cluster section):
+//!
+//! | key | field | value | row `expireat` |
+//! |---|---|---|---|
+//! | `jobagent:replicas` | instance | `{"ServerId","Pid","Until"}` | now + store days, renewed |
+//! | `jobagent:runs:<instance>` | job id | `{"Class","ServerId","Started"}` | now + store days, renewed |
+//! | `jobagent:claim:<class>` | `claim` | `{"Instance","ServerId","JobId","Until"}` | NULL (kept as the last run) |
+//! | `jobagent:fence` | class | the last fencing token | NULL |
+//! | `jobagent:cmd:<instance>` | command id | `{"Action":"stop","JobId","StopId"}` | 1 hour (taken in 200 ms) |
+//! | `jobagent:ack:<stop id>` | job id | `on_stop` outcome | 1 hour (read within the grace) |
+//!
+//! (On MySQL and Redis the values also carry `Instance` and `JobId`, the fencing counter is
+//! the lock's, and `jobagent:instances` lists the instances that recorded runs: see [`kv`].)
+//!
+//! **Leases live in the values, never in `expireat`.** Hangfire.PostgreSql's
+//! `ExpirationManager` deletes every `hash` row whose `expireat` has passed, at a moment the
+//! agent does not choose; so a lease's deadline is the value's `Until` (milliseconds since the
+//! Unix epoch on the database's clock), and every bookkeeping row's `expireat` stays out of
+//! Hangfire's reach while the row matters: NULL, or the store's `ExpireAtDays` ahead, renewed.
+//! (Rows written by earlier agent versions have no `Until`; their `expireat` stands in.)
+//!
+//! A replica that dies stops renewing: its singleton claims lapse within [`CLAIM_LEASE`], and
+//! after [`REPLICA_LEASE`] plus [`LOST_GRACE`] a surviving replica reports its runs as lost
+//! (within about 11 s of the crash). Runs whose instance has no lease row at all (it was
+//! deleted) get a lapsed lease first, so they are reported [`LOST_GRACE`] after a survivor
+//! notices them.
+//!
+//! **A replica cut off from the store stops its singletons first.** The holder of a claim
+//! measures, on its own monotonic clock, the time since it *sent* its last successful renewal;
+//! the database set the claim's `Until` to its own now (later than that send) plus
+//! [`CLAIM_LEASE`], so the claim cannot lapse anywhere before that send plus the lease. The
+//! holder cancels its run [`CLAIM_SAFETY`] before that moment (the margin covers timer
+//! delays and the job's own wind-down), so a run is over, and its fencing token no longer
+//! current, before another replica can claim the class and get a higher token.
+//!
+//! **One process per instance name.** The lease row `jobagent:replicas`/instance holds the id
+//! of the process that owns the name (`ServerId`, one per process). A process takes the row
+//! only when it is its own, lapsed, or a placeholder; while another process's lease of the
+//! same name is live, this process is a duplicate: it reconciles nothing, reaps nothing,
+//! takes no command, and refuses singleton claims, naming the duplicate. A restarted process
+//! takes its crashed predecessor's name over as soon as the predecessor's lease lapses
+//! (within [`REPLICA_LEASE`]), and then reports what it left in flight.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::Store;
+
+mod kv;
+mod postgres;
+
+/// How long a singleton claim lives without renewal.
+pub(crate) const CLAIM_LEASE: Duration = Duration::from_secs(10);
+/// How long before its claim could lapse a holder that could not renew it cancels its run:
+/// it cancels once its last successful renewal is `CLAIM_LEASE - CLAIM_SAFETY` old.
+pub(crate) const CLAIM_SAFETY: Duration = Duration::from_secs(3);
+/// How often the holder renews its claims, and a replica its lease.
+pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// How long one renewal may take before it is given up (and retried at the next tick).
+pub(crate) const RENEW_WITHIN: Duration = Duration::from_secs(2);
+/// How long a replica's lease lives without renewal.
+pub(crate) const REPLICA_LEASE: Duration = Duration::from_secs(6);
+/// Extra time before a silent replica's runs are reported lost: a live replica is reported
+/// only after `REPLICA_LEASE + LOST_GRACE` (9 s) without one successful renewal.
+pub(crate) const LOST_GRACE: Duration = Duration::from_secs(3);
+/// How often a replica looks for runs whose instance has no lease row.
+pub(crate) const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(30);
+/// Bookkeeping rows are renewed when their `expireat` is less than this far from the store's
+/// full `ExpireAtDays`.
+pub(super) const RENEW_ROWS_SLACK_SECS: f64 = 3600.0;
+/// How often a replica looks for commands addressed to it.
+pub(crate) const POLL_EVERY: Duration = Duration::from_millis(200);
+
+/// This process as the cluster knows it.
+#[derive(Clone, Debug)]
+pub(crate) struct Member {
+    /// The stable instance name (survives restarts).
+    pub(crate) instance: String,
+    /// This process's id (the `agentServerId`).
+    pub(crate) server_id: String,
+}
+
+/// A singleton claim's holder.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct ClaimValue {
+    pub(crate) instance: String,
+    pub(crate) server_id: String,
+    pub(crate) job_id: String,
+}
+
+/// An in-flight run as recorded in the store.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct RunRecord {
+    pub(crate) class: String,
+    pub(crate) server_id: String,
+    /// Milliseconds since the Unix epoch.
+    pub(crate) started: u64,
+    #[serde(default)]
+    pub(crate) action: String,
+}
+
+/// A run somewhere in the cluster.
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterRun {
+    pub(crate) instance: String,
+    pub(crate) job_id: String,
+    pub(crate) record: RunRecord,
+}
+
+/// A command for a replica.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Command {
+    pub(crate) action: String,
+    pub(crate) class: String,
+    pub(crate) job_id: String,
+    pub(crate) stop_id: String,
+    /// The stop dispatch's console, where the replica's `on_stop` writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) console: Option<crate::request::ConsoleTarget>,
+    /// The stop dispatch's parameter.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) param: String,
+}
+
+/// The outcome of a claim attempt.
+pub(crate) enum Claimed {
+    /// The claim is ours, with its fencing token.
+    Yes(u64),
+    /// Someone holds it.
+    Busy(ClaimValue),
+}
+
+/// Who holds this process's instance name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Lease {
+    /// This process: the lease is (now) ours.
+    Held,
+    /// Another live process: this one is a duplicate of the instance name, at least until
+    /// that lease lapses.
+    HeldBy(Holder),
+}
+
+/// Another process holding a live lease of this instance name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub(crate) server_id: String,
+    pub(crate) pid: i64,
+    /// Its lease's deadline (ms since the Unix epoch, database clock): it grows when the
+    /// holder renews, which tells a live duplicate from a predecessor that died.
+    pub(crate) until: i64,
+}
+
+impl Holder {
+    /// Why a duplicate process refuses what needs the instance name.
+    pub(crate) fn refusal(&self, instance: &str) -> String {
+        format!(
+            "instance name `{instance}` (JOBAGENT_INSTANCE; the default is the host name) is in use by another live process (pid {}, process id {}) sharing this store; this process refuses runs and does not reconcile or coordinate under that name until the other one stops: give every process its own JOBAGENT_INSTANCE",
+            self.pid, self.server_id
+        )
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+pub(super) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(super) type Res<T> = Result<T, String>;
+
+/// An error's text with its causes (a database error's own message is in its source).
+pub(super) fn e(err: impl std::error::Error + 'static) -> String {
+    crate::error::chain(&err)
+}
+
+/// One operation on the store's backend: PostgreSQL's SQL, or the key-value section.
+macro_rules! on_backend {
+    ($store:expr, $pg:ident, $kv:ident ( $($arg:expr),* )) => {
+        if $store.pg().is_ok() {
+            $store.$pg($($arg),*).await
+        } else {
+            $store.$kv($($arg),*).await
+        }
+    };
+}
+
+/// The cluster's operations, on whichever store the replicas share.
+impl Store {
+    /// Claims a singleton class for `job_id`; the fencing token grows with every claim. A
+    /// live claim is taken over only when it is this process's own (one it could not release
+    /// while the store was down: the class is free locally) or a predecessor's of this
+    /// instance name that no longer holds the name's lease (it crashed). A process that is a
+    /// duplicate of a live process's instance name gets an error naming it.
+    pub(crate) async fn claim(&self, me: &Member, class: &str, job_id: &str) -> Res<Claimed> {
+        on_backend!(self, pg_claim, kv_claim(me, class, job_id))
+    }
+
+    /// Renews a claim we hold; false when it is no longer ours.
+    pub(crate) async fn renew_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<bool> {
+        on_backend!(self, pg_renew_claim, kv_renew_claim(me, class, job_id))
+    }
+
+    /// Releases a claim we hold: its lease lapses now, and the record stays (Hangfire keeps
+    /// it) as the class's last run.
+    pub(crate) async fn release_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<()> {
+        on_backend!(self, pg_release_claim, kv_release_claim(me, class, job_id))
+    }
+
+    /// Lapses the claim a process that is gone held for a run just reported lost, so the class
+    /// is free at once and a stop of it says it has already stopped.
+    pub(crate) async fn release_lost_claim(
+        &self,
+        class: &str,
+        job_id: &str,
+        server_id: &str,
+    ) -> Res<()> {
+        on_backend!(
+            self,
+            pg_release_lost_claim,
+            kv_release_lost_claim(class, job_id, server_id)
+        )
+    }
+
+    /// The class's claim: its holder and whether it is live.
+    pub(crate) async fn claim_of(&self, class: &str) -> Res<Option<(ClaimValue, bool)>> {
+        on_backend!(self, pg_claim_of, kv_claim_of(class))
+    }
+
+    /// Records a run in flight, after taking or renewing this process's lease of its
+    /// instance name (a run on record always has a lease that lapses if this process dies).
+    /// A duplicate of a live process's instance name records nothing.
+    pub(crate) async fn record_run(
+        &self,
+        me: &Member,
+        job_id: &str,
+        record: &RunRecord,
+    ) -> Res<()> {
+        on_backend!(self, pg_record_run, kv_record_run(me, job_id, record))
+    }
+
+    /// Forgets a run once its result is written.
+    pub(crate) async fn forget_run(&self, me: &Member, job_id: &str) -> Res<()> {
+        on_backend!(self, pg_forget_run, kv_forget_run(me, job_id))
+    }
+
+    /// Runs of `class` on live replicas other than `me`.
+    pub(crate) async fn remote_runs(&self, me: &Member, class: &str) -> Res<Vec<ClusterRun>> {
+        on_backend!(self, pg_remote_runs, kv_remote_runs(me, class))
+    }
+
+    /// Takes or renews this process's lease of its instance name (and keeps its run records
+    /// from expiring while it holds it).
+    pub(crate) async fn hold_lease(&self, me: &Member) -> Res<Lease> {
+        on_backend!(self, pg_hold_lease, kv_hold_lease(me))
+    }
+
+    /// Lets this process's lease lapse now (a graceful stop).
+    pub(crate) async fn release_lease(&self, me: &Member) -> Res<()> {
+        on_backend!(self, pg_release_lease, kv_release_lease(me))
+    }
+
+    /// Sends a command to a replica.
+    pub(crate) async fn send_command(&self, instance: &str, command: &Command) -> Res<()> {
+        on_backend!(self, pg_send_command, kv_send_command(instance, command))
+    }
+
+    /// Takes the commands addressed to this replica (each is taken once).
+    pub(crate) async fn take_commands(&self, me: &Member) -> Res<Vec<Command>> {
+        on_backend!(self, pg_take_commands, kv_take_commands(me))
+    }
+
+    /// Acknowledges that `on_stop` finished for a remote stop.
+    pub(crate) async fn ack(&self, stop_id: &str, job_id: &str, error: &str) -> Res<()> {
+        on_backend!(self, pg_ack, kv_ack(stop_id, job_id, error))
+    }
+
+    /// The acknowledgements of a stop: job id and error text (empty when fine).
+    pub(crate) async fn acks(&self, stop_id: &str) -> Res<Vec<(String, String)>> {
+        on_backend!(self, pg_acks, kv_acks(stop_id))
+    }
+
+    /// Takes the runs an earlier process of this instance left in flight.
+    pub(crate) async fn take_orphans(&self, me: &Member) -> Res<Vec<(String, RunRecord)>> {
+        on_backend!(self, pg_take_orphans, kv_take_orphans(me))
+    }
+
+    /// Takes the runs of replicas whose lease lapsed longer than [`LOST_GRACE`] ago, and
+    /// forgets those replicas; each run is taken by one replica only. With `scan`, instances
+    /// with run records but no lease row first get a lease that lapses now.
+    pub(crate) async fn take_lost(
+        &self,
+        me: &Member,
+        scan: bool,
+    ) -> Res<Vec<(String, String, RunRecord)>> {
+        on_backend!(self, pg_take_lost, kv_take_lost(me, scan))
+    }
+}
