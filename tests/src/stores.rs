@@ -266,6 +266,39 @@ impl AnyStore {
         }
     }
 
+    /// A proxy in front of the store's server, and the agent's environment naming the store
+    /// through it ([`env`](Self::env)) with short bounds: connect within 2 s, each statement
+    /// or command within 3 s.
+    pub async fn env_behind_proxy(&self) -> (Proxy, Vec<(&'static str, String)>) {
+        let (proxy, connection) = match self {
+            AnyStore::Pg(db) => {
+                let (proxy, conn) = Proxy::in_front_of(db).await;
+                (proxy, format!("{conn};Timeout=2;Command Timeout=3"))
+            }
+            AnyStore::Mysql(db) => {
+                let (host, port) = db.endpoint();
+                let proxy = Proxy::start(&host, port).await;
+                let conn = db.connection_string_at("127.0.0.1", proxy.port());
+                (
+                    proxy,
+                    format!("{conn}Connection Timeout=2;Default Command Timeout=3;"),
+                )
+            }
+            AnyStore::Redis(db) => {
+                let (host, port) = db.endpoint();
+                let proxy = Proxy::start(&host, port).await;
+                let conn = db.connection_string_at("127.0.0.1", proxy.port());
+                (
+                    proxy,
+                    format!("{conn},connectTimeout=2000,syncTimeout=3000"),
+                )
+            }
+        };
+        let mut env = self.env();
+        env[0].1 = connection;
+        (proxy, env)
+    }
+
     /// A proxy in front of the store's server, and the store as the center would send it
     /// through that proxy (connect timeouts of 2 s).
     pub async fn behind_proxy(&self) -> (Proxy, Storage) {

@@ -1,14 +1,15 @@
 //! Cluster faults: a replica partitioned from the store with its singleton running, a
 //! SIGKILLed replica, and two live processes with one instance name. Example-service
-//! processes sharing one PostgreSQL store; a replica's store behind a [`Proxy`] to cut it off.
+//! processes sharing one store; a replica's store behind a proxy to cut it off. The
+//! partition and the SIGKILL run on PostgreSQL, MySQL and Redis.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tests::center::ConsoleInfo;
 use tests::pg::TestDb;
-use tests::proxy::Proxy;
 use tests::replica::Replica;
+use tests::stores::AnyStore;
 use tests::wait;
 
 const SINGLETON: &str = "example_agent::jobs::TestJob";
@@ -21,7 +22,7 @@ fn store_env(connection: String) -> Vec<(&'static str, String)> {
 }
 
 /// The fencing token a run printed on its console.
-async fn fencing_token(db: &TestDb, console: &ConsoleInfo) -> Option<u64> {
+async fn fencing_token(db: &AnyStore, console: &ConsoleInfo) -> Option<u64> {
     db.console_lines(&console.set_key, &console.hash_key)
         .await
         .iter()
@@ -44,14 +45,11 @@ async fn until(within: Duration, what: &str, mut check: impl AsyncFnMut() -> boo
 // Issue 12, partition-safe singletons: the replica running the singleton is cut off from the
 // store (black hole: nothing answers, nothing is reset); it cancels its run before its claim
 // can lapse, the other replica takes over after the lease, and the run gets one result.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_partitioned_replica_cancels_its_singleton_before_another_can_claim_it() {
-    let db = TestDb::new().await;
-    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
+async fn partition(db: AnyStore) {
     // Short bounds, so the cut-off replica notices soon.
-    let via_proxy = format!("{via_proxy};Timeout=2;Command Timeout=3");
-    let a = Replica::start_logged("pa", &store_env(via_proxy)).await;
-    let b = Replica::start("pb", &store_env(db.connection_string())).await;
+    let (proxy, via_proxy) = db.env_behind_proxy().await;
+    let a = Replica::start_logged("pa", &via_proxy).await;
+    let b = Replica::start("pb", &db.env()).await;
     let console1 = ConsoleInfo::for_job("p1");
     a.center()
         .run(SINGLETON, "p1")
@@ -115,7 +113,7 @@ async fn a_partitioned_replica_cancels_its_singleton_before_another_can_claim_it
         "the singleton was free again only after {taken_at:?}"
     );
     assert_eq!(
-        wait::result(&db, "p2", Duration::from_secs(10)).await["R"],
+        db.wait_result("p2", Duration::from_secs(10)).await["R"],
         "ok"
     );
     let (t1, t2) = (
@@ -128,7 +126,7 @@ async fn a_partitioned_replica_cancels_its_singleton_before_another_can_claim_it
     );
     // The cut-off replica's runs are reported lost by the other one.
     let left = Duration::from_secs(30).saturating_sub(cut.elapsed());
-    wait::failure(&db, "p1", left, "agent replica lost: pa").await;
+    db.wait_failure("p1", left, "agent replica lost: pa").await;
     eprintln!(
         "partition: p1 reported lost {:?} after the cut",
         cut.elapsed()
@@ -163,11 +161,9 @@ async fn a_partitioned_replica_cancels_its_singleton_before_another_can_claim_it
 
 // Issue 12: a SIGKILLed replica's runs are reported within 15 s, while the live replica's
 // own run (same load, same store) is not.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_killed_replicas_runs_are_reported_within_15_s_and_a_live_ones_are_not() {
-    let db = TestDb::new().await;
-    let mut a = Replica::start("ka", &store_env(db.connection_string())).await;
-    let b = Replica::start("kb", &store_env(db.connection_string())).await;
+async fn killed(db: AnyStore) {
+    let mut a = Replica::start("ka", &db.env()).await;
+    let b = Replica::start("kb", &db.env()).await;
     a.center()
         .run(SINGLETON, "k1")
         .param(json!({"sleep_ms": 120000}))
@@ -196,13 +192,13 @@ async fn a_killed_replicas_runs_are_reported_within_15_s_and_a_live_ones_are_not
     let mut reported = Vec::new();
     for id in ["k1", "k2"] {
         let left = Duration::from_secs(15).saturating_sub(killed.elapsed());
-        let r: Value = wait::failure(&db, id, left, "agent replica lost: ka").await;
+        let r: Value = db.wait_failure(id, left, "agent replica lost: ka").await;
         assert_eq!(r["RunId"], id);
         reported.push(killed.elapsed());
     }
     eprintln!("killed replica: runs reported {reported:?} after the SIGKILL (bound 15 s)");
     // The live replica's run is left alone: it ends as it would have.
-    let live = wait::result(&db, "k3", Duration::from_secs(40)).await;
+    let live = db.wait_result("k3", Duration::from_secs(40)).await;
     assert_eq!(live["R"], "ok", "{live}");
     for id in ["k1", "k2", "k3"] {
         assert_eq!(db.result_fields(id).await.len(), 1, "{id}");
@@ -344,4 +340,9 @@ async fn a_lost_singleton_frees_its_class_when_it_is_reported() {
         "ok"
     );
     assert_eq!(db.result("ls1-stop").await, None);
+}
+
+tests::on_every_store! {
+    a_partitioned_replica_cancels_its_singleton_before_another_can_claim_it => partition;
+    a_killed_replicas_runs_are_reported_within_15_s_and_a_live_ones_are_not => killed;
 }

@@ -2,11 +2,16 @@
 //! rows (MySQL's `<prefix>Hash`, Redis hashes `<Prefix>jobagent:...`), with every
 //! read-decide-write step taken inside the store's **cluster section**:
 //!
-//! - MySQL: `GET_LOCK('jobagent-cluster-<tables>')` on one connection; the server frees it
-//!   when that connection dies, and a section dropped half-way disconnects it.
+//! - MySQL: a lease row, hash `jobagent:cluster-section`, taken by one upsert when absent or
+//!   lapsed (`<owner>:<until>` on the server's clock), left by deleting our own row.
 //! - Redis: `SET <Prefix>jobagent:cluster-section <owner> NX PX 5000`, left with a compare
-//!   and delete; a holder that vanishes holds it at most 5 s. Every operation here is bounded
-//!   by [`OP_WITHIN`] (4 s), under that hold, so a live holder never outlasts it.
+//!   and delete.
+//!
+//! Either is a lease of [`SECTION_HOLD`] (3 s), not a session lock (`GET_LOCK` stays held
+//! while a black-holed client's session looks alive to the server, for hours): a holder that
+//! vanishes or is cut off holds it at most 3 s, and a waiter waits [`SECTION_WAIT`] (3.5 s),
+//! longer than that, before it gives up. The work inside is bounded by [`BODY_WITHIN`]
+//! (2.5 s), under the hold, so a live holder does not outlast its lease.
 //!
 //! Deadlines (`Until`) are milliseconds on the store's own clock (`NOW(3)`, `TIME`), read
 //! inside the section after the request was sent, as on PostgreSQL. Fencing tokens come from
@@ -24,17 +29,22 @@ use super::{
     CLAIM_LEASE, ClaimValue, Claimed, ClusterRun, Command, Holder, LOST_GRACE, Lease, Member,
     REPLICA_LEASE, Res, RunRecord, millis,
 };
-use crate::store::mysql::{MysqlSection, MysqlStore};
+use crate::store::mysql::MysqlStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Backend, Store};
 
-/// The bound of each cluster operation on these stores.
+/// The bound of each cluster operation outside the section.
 const OP_WITHIN: Duration = Duration::from_secs(4);
-/// How long an operation waits to enter the cluster section.
-const SECTION_WAIT: Duration = Duration::from_secs(2);
-/// How long a Redis section lives without its holder (above [`OP_WITHIN`]).
-const SECTION_HOLD: Duration = Duration::from_secs(5);
-/// The Redis section's key.
+/// How long an operation waits to enter the cluster section: longer than [`SECTION_HOLD`],
+/// so a holder that vanished never makes a waiter fail.
+const SECTION_WAIT: Duration = Duration::from_millis(3500);
+/// How long a section lives without its holder.
+const SECTION_HOLD: Duration = Duration::from_secs(3);
+/// The bound of the work inside a section (under [`SECTION_HOLD`]).
+const BODY_WITHIN: Duration = Duration::from_millis(2500);
+/// The bound of leaving a section (it lapses by itself anyway).
+const LEAVE_WITHIN: Duration = Duration::from_secs(1);
+/// The section's key (a hash on MySQL, a string on Redis).
 const SECTION_KEY: &str = "jobagent:cluster-section";
 /// Instances that have (or had) run records: what the orphan scan reads.
 const INSTANCES_KEY: &str = "jobagent:instances";
@@ -94,21 +104,23 @@ enum Kv<'a> {
     Redis(&'a RedisStore),
 }
 
-/// A held cluster section.
-enum Section<'a> {
-    Mysql(MysqlSection),
-    Redis(&'a RedisStore, String),
-}
+/// A held cluster section: the store and the owner it was entered as.
+struct Section<'a>(Kv<'a>, String);
 
 impl Section<'_> {
     async fn end(self) {
-        match self {
-            Section::Mysql(s) => s.end().await,
-            Section::Redis(r, owner) => {
-                if let Err(err) = r.lock_release(SECTION_KEY, &owner).await {
-                    tracing::debug!(error = %err, "could not leave the cluster section; it lapses by itself");
-                }
+        let Section(kv, owner) = self;
+        let leave = async {
+            match kv {
+                Kv::Mysql(m) => m.section_leave(&owner).await,
+                Kv::Redis(r) => r.lock_release(SECTION_KEY, &owner).await,
             }
+        };
+        let left = tokio::time::timeout(LEAVE_WITHIN, leave)
+            .await
+            .unwrap_or_else(|_| Err("no answer".to_owned()));
+        if let Err(err) = left {
+            tracing::debug!(error = %err, "could not leave the cluster section; it lapses by itself");
         }
     }
 }
@@ -205,26 +217,21 @@ impl<'a> Kv<'a> {
                 SECTION_WAIT.as_millis()
             )
         };
-        match self {
-            Kv::Mysql(m) => m
-                .section(SECTION_WAIT)
-                .await?
-                .map(Section::Mysql)
-                .ok_or_else(busy),
-            Kv::Redis(r) => {
-                let started = tokio::time::Instant::now();
-                let mut pause = Duration::from_millis(2);
-                loop {
-                    if let Some(owner) = r.section_try(SECTION_KEY, SECTION_HOLD).await? {
-                        return Ok(Section::Redis(r, owner));
-                    }
-                    if started.elapsed() >= SECTION_WAIT {
-                        return Err(busy());
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let entered = match self {
+                Kv::Mysql(m) => m.section_try(SECTION_HOLD).await?,
+                Kv::Redis(r) => r.section_try(SECTION_KEY, SECTION_HOLD).await?,
+            };
+            if let Some(owner) = entered {
+                return Ok(Section(self, owner));
             }
+            if started.elapsed() >= SECTION_WAIT {
+                return Err(busy());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 
@@ -333,25 +340,28 @@ fn json(value: &impl Serialize) -> Res<String> {
 
 /// Runs `op` within [`OP_WITHIN`].
 async fn bounded<T>(what: &str, op: impl Future<Output = Res<T>>) -> Res<T> {
-    tokio::time::timeout(OP_WITHIN, op).await.map_err(|_| {
+    bounded_by(OP_WITHIN, what, op).await
+}
+
+/// Runs `op` within `limit`.
+async fn bounded_by<T>(limit: Duration, what: &str, op: impl Future<Output = Res<T>>) -> Res<T> {
+    tokio::time::timeout(limit, op).await.map_err(|_| {
         format!(
             "the store did not complete {what} within {} ms",
-            OP_WITHIN.as_millis()
+            limit.as_millis()
         )
     })?
 }
 
-/// Runs `op` inside the cluster section (entered, then left whatever `op` returned).
+/// Runs `body` inside the cluster section (entered, then left whatever `body` returned),
+/// `body` within [`BODY_WITHIN`].
 macro_rules! in_section {
-    ($kv:expr, $what:expr, $body:expr) => {
-        bounded($what, async {
-            let section = $kv.section().await?;
-            let out = $body.await;
-            section.end().await;
-            out
-        })
-        .await
-    };
+    ($kv:expr, $what:expr, $body:expr) => {{
+        let section = bounded_by(SECTION_WAIT + LEAVE_WITHIN, $what, $kv.section()).await?;
+        let out = bounded_by(BODY_WITHIN, $what, $body).await;
+        section.end().await;
+        out
+    }};
 }
 
 impl Store {

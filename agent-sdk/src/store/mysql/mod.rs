@@ -70,6 +70,8 @@ const OWNER_FORMAT: &str = "'%Y-%m-%d %H:%i:%s.%f'";
 const FENCE_KEY: &str = "jobagent:lock-fence";
 /// The hash key of first reports.
 const RESULTS_KEY: &str = "jobagent:results";
+/// The cluster section's lease row (see [`MysqlStore::section_try`]).
+const SECTION_KEY: &str = "jobagent:cluster-section";
 
 /// One MySQL/MariaDB store: a bounded pool, the table names, and what was learned of them.
 pub(crate) struct MysqlStore {
@@ -878,60 +880,59 @@ impl MysqlStore {
         .await
     }
 
-    /// Enters the store's cluster section: `GET_LOCK` on a name made of this store's tables
-    /// (server-wide, so other databases and prefixes do not contend), waiting at most
-    /// `within` (whole seconds, at least 1). `None` when another session held it that long.
-    /// The lock belongs to the section's connection: the server frees it if the connection
-    /// dies, and a section dropped without [`MysqlSection::end`] disconnects.
-    pub(crate) async fn section(&self, within: Duration) -> Result<Option<MysqlSection>, String> {
-        let name = format!(
-            "jobagent-cluster-{}",
-            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, self.hash.as_bytes()).simple()
+    /// One attempt at the cluster section: a lease row (hash `jobagent:cluster-section`,
+    /// field `section`, value `<owner>:<until ms>` on the server's clock) taken when absent
+    /// or lapsed, in one upsert, then read back. `Some(owner)` when entered (leave with
+    /// [`section_leave`](Self::section_leave)). A lease, not `GET_LOCK`: a holder cut off
+    /// without a reset (its session still open on the server) holds it at most `hold`.
+    pub(crate) async fn section_try(&self, hold: Duration) -> Result<Option<String>, String> {
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+        let now = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
+        let upsert = format!(
+            "INSERT INTO {h} (`Key`, `Field`, `Value`, `ExpireAt`) VALUES (?, 'section', CONCAT(?, ':', {now} + ?), NULL) \
+             ON DUPLICATE KEY UPDATE `Value` = IF(CAST(SUBSTRING_INDEX(`Value`, ':', -1) AS SIGNED) < {now}, VALUES(`Value`), `Value`)",
+            h = self.hash
         );
-        let mut conn = self.conn().await?;
-        let wait = within.as_secs().max(1);
-        let got: Option<Option<i64>> = conn
-            .bound(|c| {
-                c.exec_first(
-                    "SELECT GET_LOCK(?, ?)",
-                    vec![Value::from(name.as_str()), Value::from(wait)],
-                )
-            })
+        let select = format!(
+            "SELECT `Value` FROM {} WHERE `Key` = ? AND `Field` = 'section'",
+            self.hash
+        );
+        let mut c = self.conn().await?;
+        c.bound(|c| {
+            c.exec_drop(
+                upsert.as_str(),
+                vec![
+                    Value::from(SECTION_KEY),
+                    Value::from(owner.as_str()),
+                    Value::from(hold_ms),
+                ],
+            )
+        })
+        .await?;
+        let held: Option<Option<String>> = c
+            .bound(|c| c.exec_first(select.as_str(), vec![Value::from(SECTION_KEY)]))
             .await?;
-        Ok((got.flatten() == Some(1)).then_some(MysqlSection {
-            conn,
-            name,
-            ended: false,
-        }))
+        let ours = held
+            .flatten()
+            .is_some_and(|v| v.split(':').next() == Some(owner.as_str()));
+        Ok(ours.then_some(owner))
     }
-}
 
-/// A held cluster section (see [`MysqlStore::section`]).
-pub(crate) struct MysqlSection {
-    conn: Conn,
-    name: String,
-    ended: bool,
-}
-
-impl MysqlSection {
-    /// Leaves the section (`RELEASE_LOCK`); on failure the connection is dropped, which
-    /// frees the lock on the server.
-    pub(crate) async fn end(mut self) {
-        let name = std::mem::take(&mut self.name);
-        let released = self
-            .conn
-            .bound(|c| c.exec_drop("DO RELEASE_LOCK(?)", vec![Value::from(name)]))
-            .await;
-        self.ended = released.is_ok();
-    }
-}
-
-impl Drop for MysqlSection {
-    fn drop(&mut self) {
-        if !self.ended {
-            // Never pool a connection that may still hold the lock.
-            self.conn.busy = true;
-        }
+    /// Leaves the cluster section entered as `owner` (a lapsed one taken since is left alone).
+    pub(crate) async fn section_leave(&self, owner: &str) -> Result<(), String> {
+        let sql = format!(
+            "DELETE FROM {} WHERE `Key` = ? AND `Field` = 'section' AND `Value` LIKE CONCAT(?, ':%')",
+            self.hash
+        );
+        let mut c = self.conn().await?;
+        c.bound(|c| {
+            c.exec_drop(
+                sql.as_str(),
+                vec![Value::from(SECTION_KEY), Value::from(owner)],
+            )
+        })
+        .await
     }
 }
 
