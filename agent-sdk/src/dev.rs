@@ -107,6 +107,12 @@ impl DevReader {
                     (text.to_owned(), Some(db.or(own).unwrap_or(0)))
                 }
             }
+            StoreType::Relay => {
+                return Err(
+                    "a relay is the agent's own store; jobagent-dev sends the center's store itself (give it the database the relay fronts)"
+                        .to_owned(),
+                );
+            }
         };
         let store = Store::open(&Opening {
             kind,
@@ -117,6 +123,7 @@ impl DevReader {
             from_center: false,
             // The trusted roots are read off the async threads, at the first connection.
             load: pool::Load::Deferred,
+            relay_token: None,
         })?;
         Ok(Self {
             store,

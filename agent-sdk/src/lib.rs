@@ -92,6 +92,12 @@ pub use agent_macros::job_agent;
 #[path = "dev.rs"]
 pub mod __dev;
 
+/// Not public API: the server side of `jobagent-relay` (feature `relay-server`).
+#[cfg(feature = "relay-server")]
+#[doc(hidden)]
+#[path = "relay.rs"]
+pub mod __relay;
+
 /// Not public API: used by the fuzz targets in `fuzz/` (feature `fuzz`).
 #[cfg(feature = "fuzz")]
 #[doc(hidden)]

@@ -119,6 +119,8 @@ pub(crate) struct LocalStore {
     pub schema: String,
     /// Days until written rows expire (default 7).
     pub expire_days: f64,
+    /// The bearer token shown to a relay (`JOBAGENT_RELAY_TOKEN`; a secret).
+    pub relay_token: Option<Secret>,
 }
 
 impl LocalStore {
@@ -322,6 +324,9 @@ impl AgentOptions {
             if let (Some(kind), Some(store)) = (kind, options.store.as_mut()) {
                 store.kind = Some(kind);
             }
+            if let Some(token) = get("JOBAGENT_RELAY_TOKEN") {
+                options = options.relay_token(token.trim());
+            }
         } else if get("JOBAGENT_STORE_SCHEMA").is_some()
             || get("JOBAGENT_STORE_EXPIRE_DAYS").is_some()
             || get("JOBAGENT_STORE_TYPE").is_some()
@@ -456,12 +461,23 @@ impl AgentOptions {
         expire_days: f64,
     ) -> Self {
         let kind = self.store.as_ref().and_then(|s| s.kind);
+        let relay_token = self.store.as_mut().and_then(|s| s.relay_token.take());
         self.store = Some(LocalStore {
             connection: Secret::new(connection),
             kind,
             schema: schema.into(),
             expire_days,
+            relay_token,
         });
+        self
+    }
+
+    /// The token this agent shows the relay given to [`store`](Self::store) as
+    /// `relay+http(s)://host:port` (`JOBAGENT_RELAY_TOKEN`). Call it after `store`.
+    pub fn relay_token(mut self, token: impl Into<String>) -> Self {
+        if let Some(store) = self.store.as_mut() {
+            store.relay_token = Some(Secret::new(token));
+        }
         self
     }
 
@@ -757,6 +773,7 @@ const KNOWN_VARIABLES: &[&str] = &[
     "JOBAGENT_STORE_EXPIRE_DAYS",
     "JOBAGENT_STORE_SCHEMA",
     "JOBAGENT_STORE_TYPE",
+    "JOBAGENT_RELAY_TOKEN",
     "JOBAGENT_TEST_DATABASE_URL",
     "JOBAGENT_TIMEOUT_GRACE_MS",
 ];

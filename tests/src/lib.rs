@@ -17,6 +17,7 @@ pub mod mysql;
 pub mod pg;
 pub mod proxy;
 pub mod redis;
+pub mod relay;
 pub mod replica;
 pub mod service;
 pub mod stores;

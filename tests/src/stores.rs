@@ -13,8 +13,22 @@ use crate::pg::{DotnetPgLock, TestDb};
 use crate::proxy::Proxy;
 use crate::redis::{DotnetRedisLock, TestRedis};
 
-/// A fresh store of one kind.
-pub enum AnyStore {
+/// A fresh store of one kind, and maybe relays in front of it.
+pub struct AnyStore {
+    backing: Backing,
+    /// When set, the agent is configured to write through these relays.
+    front: Option<Front>,
+}
+
+/// Relays in front of the store, behind one address.
+struct Front {
+    relays: Vec<crate::relay::Relay>,
+    /// With more than one relay: the address in front of them.
+    balancer: Option<crate::relay::Balancer>,
+}
+
+/// The store itself.
+pub enum Backing {
     /// Hangfire.PostgreSql.
     Pg(TestDb),
     /// Hangfire.MySqlStorage.
@@ -45,54 +59,112 @@ impl DotnetLock {
 }
 
 impl AnyStore {
+    /// The store `backing`, with no relay in front.
+    pub fn of(backing: Backing) -> Self {
+        Self {
+            backing,
+            front: None,
+        }
+    }
+
+    /// The same store with `n` relays in front of it (behind one balanced address when `n`
+    /// is more than one): the agent's environment ([`env`](Self::env)) and configuration
+    /// ([`local`](Self::local)) then name the relay; everything read is read from the store.
+    pub async fn behind_relays(mut self, n: usize) -> Self {
+        let relays: Vec<crate::relay::Relay> = (0..n.max(1))
+            .map(|_| crate::relay::Relay::start(&self, &[]))
+            .collect();
+        let balancer = if relays.len() > 1 {
+            Some(crate::relay::Balancer::start(relays.iter().map(|r| r.port()).collect()).await)
+        } else {
+            None
+        };
+        self.front = Some(Front { relays, balancer });
+        self
+    }
+
+    /// The store itself.
+    pub fn backing(&self) -> &Backing {
+        &self.backing
+    }
+
+    /// The relays in front of the store (empty without).
+    pub fn relays_mut(&mut self) -> &mut [crate::relay::Relay] {
+        match &mut self.front {
+            Some(f) => &mut f.relays,
+            None => &mut [],
+        }
+    }
+
+    /// The address agents reach the relays at, with relays in front.
+    fn relay_port(&self) -> Option<u16> {
+        let front = self.front.as_ref()?;
+        match &front.balancer {
+            Some(b) => Some(b.port()),
+            None => front.relays.first().map(crate::relay::Relay::port),
+        }
+    }
+
     /// A fresh PostgreSQL database (current tables).
     pub async fn postgresql() -> Self {
-        AnyStore::Pg(TestDb::new().await)
+        AnyStore::of(Backing::Pg(TestDb::new().await))
     }
 
     /// A fresh MySQL database (Install.sql's tables, prefix `Hangfire`).
     pub async fn mysql() -> Self {
-        AnyStore::Mysql(TestMysql::new().await)
+        AnyStore::of(Backing::Mysql(TestMysql::new().await))
     }
 
     /// A fresh Redis key prefix.
     pub async fn redis() -> Self {
-        AnyStore::Redis(TestRedis::new().await)
+        AnyStore::of(Backing::Redis(TestRedis::new().await))
     }
 
     /// The storage `Type` the center sends.
     pub fn kind(&self) -> &'static str {
-        match self {
-            AnyStore::Pg(_) => "postgresql",
-            AnyStore::Mysql(_) => "mysql",
-            AnyStore::Redis(_) => "redis",
+        match &self.backing {
+            Backing::Pg(_) => "postgresql",
+            Backing::Mysql(_) => "mysql",
+            Backing::Redis(_) => "redis",
         }
     }
 
     /// The store as the center sends it in `x-job-storage`.
     pub fn storage(&self) -> Storage {
-        match self {
-            AnyStore::Pg(db) => db.storage(),
-            AnyStore::Mysql(db) => db.storage(),
-            AnyStore::Redis(db) => db.storage(),
+        match &self.backing {
+            Backing::Pg(db) => db.storage(),
+            Backing::Mysql(db) => db.storage(),
+            Backing::Redis(db) => db.storage(),
         }
     }
 
     /// The store as the agent's own configuration takes it (`JOBAGENT_STORE`, with
     /// `JOBAGENT_STORE_TYPE` and `JOBAGENT_STORE_SCHEMA`): (connection, type, prefix).
     pub fn local(&self) -> (String, agent_sdk::StoreType, String) {
-        match self {
-            AnyStore::Pg(db) => (
+        match self.relay_port() {
+            Some(port) => (
+                format!("relay+http://127.0.0.1:{port}"),
+                agent_sdk::StoreType::Relay,
+                String::new(),
+            ),
+            None => self.direct(),
+        }
+    }
+
+    /// The store itself as a configuration takes it (what a relay is given).
+    pub fn direct(&self) -> (String, agent_sdk::StoreType, String) {
+        match &self.backing {
+            Backing::Pg(db) => (
                 db.connection_string(),
                 agent_sdk::StoreType::PostgreSql,
                 db.schema().to_owned(),
             ),
-            AnyStore::Mysql(db) => (
+            Backing::Mysql(db) => (
                 db.connection_string(),
                 agent_sdk::StoreType::MySql,
                 db.prefix().to_owned(),
             ),
-            AnyStore::Redis(db) => (
+            Backing::Redis(db) => (
                 db.connection_string(),
                 agent_sdk::StoreType::Redis,
                 db.prefix().to_owned(),
@@ -103,6 +175,9 @@ impl AnyStore {
     /// The agent's environment naming this store (`JOBAGENT_STORE`, `JOBAGENT_STORE_TYPE`,
     /// `JOBAGENT_STORE_SCHEMA`), for an example-service process.
     pub fn env(&self) -> Vec<(&'static str, String)> {
+        if let Some(port) = self.relay_port() {
+            return crate::relay::relay_env(port);
+        }
         let (connection, kind, prefix) = self.local();
         vec![
             ("JOBAGENT_STORE", connection),
@@ -113,19 +188,19 @@ impl AnyStore {
 
     /// A set's members with their scores, in the dashboard's order.
     pub async fn set_rows(&self, key: &str) -> Vec<(String, f64)> {
-        match self {
-            AnyStore::Pg(db) => db.set_rows(key).await,
-            AnyStore::Mysql(db) => db.set_rows(key).await,
-            AnyStore::Redis(db) => db.set_rows(key).await,
+        match &self.backing {
+            Backing::Pg(db) => db.set_rows(key).await,
+            Backing::Mysql(db) => db.set_rows(key).await,
+            Backing::Redis(db) => db.set_rows(key).await,
         }
     }
 
     /// A hash's fields and values.
     pub async fn hash_rows(&self, key: &str) -> Vec<(String, Option<String>)> {
-        match self {
-            AnyStore::Pg(db) => db.hash_rows(key).await,
-            AnyStore::Mysql(db) => db.hash_rows(key).await,
-            AnyStore::Redis(db) => db.hash_rows(key).await,
+        match &self.backing {
+            Backing::Pg(db) => db.hash_rows(key).await,
+            Backing::Mysql(db) => db.hash_rows(key).await,
+            Backing::Redis(db) => db.hash_rows(key).await,
         }
     }
 
@@ -224,13 +299,13 @@ impl AnyStore {
         resource: &str,
         timeout: Duration,
     ) -> Result<DotnetLock, String> {
-        match self {
-            AnyStore::Pg(db) => db.dotnet_lock(resource, timeout).await.map(DotnetLock::Pg),
-            AnyStore::Mysql(db) => db
+        match &self.backing {
+            Backing::Pg(db) => db.dotnet_lock(resource, timeout).await.map(DotnetLock::Pg),
+            Backing::Mysql(db) => db
                 .dotnet_lock(resource, timeout)
                 .await
                 .map(DotnetLock::Mysql),
-            AnyStore::Redis(db) => db
+            Backing::Redis(db) => db
                 .dotnet_lock(resource, timeout)
                 .await
                 .map(DotnetLock::Redis),
@@ -252,10 +327,10 @@ impl AnyStore {
     /// Seconds until each row of `key` expires, as the store's Hangfire package reads
     /// expiry (`expireat`/`ExpireAt` per row; on Redis the key's TTL, once per member).
     pub async fn expiry_ahead(&self, table: Table, key: &str) -> Vec<Option<f64>> {
-        match self {
-            AnyStore::Pg(db) => db.expiry_ahead(table.pg(), key).await,
-            AnyStore::Mysql(db) => db.expiry_ahead(table.mysql(), key).await,
-            AnyStore::Redis(db) => {
+        match &self.backing {
+            Backing::Pg(db) => db.expiry_ahead(table.pg(), key).await,
+            Backing::Mysql(db) => db.expiry_ahead(table.mysql(), key).await,
+            Backing::Redis(db) => {
                 let rows = match table {
                     Table::Set => db.set_rows(key).await.len(),
                     Table::Hash => db.hash_rows(key).await.len(),
@@ -270,12 +345,12 @@ impl AnyStore {
     /// through it ([`env`](Self::env)) with short bounds: connect within 2 s, each statement
     /// or command within 3 s.
     pub async fn env_behind_proxy(&self) -> (Proxy, Vec<(&'static str, String)>) {
-        let (proxy, connection) = match self {
-            AnyStore::Pg(db) => {
+        let (proxy, connection) = match &self.backing {
+            Backing::Pg(db) => {
                 let (proxy, conn) = Proxy::in_front_of(db).await;
                 (proxy, format!("{conn};Timeout=2;Command Timeout=3"))
             }
-            AnyStore::Mysql(db) => {
+            Backing::Mysql(db) => {
                 let (host, port) = db.endpoint();
                 let proxy = Proxy::start(&host, port).await;
                 let conn = db.connection_string_at("127.0.0.1", proxy.port());
@@ -284,7 +359,7 @@ impl AnyStore {
                     format!("{conn}Connection Timeout=2;Default Command Timeout=3;"),
                 )
             }
-            AnyStore::Redis(db) => {
+            Backing::Redis(db) => {
                 let (host, port) = db.endpoint();
                 let proxy = Proxy::start(&host, port).await;
                 let conn = db.connection_string_at("127.0.0.1", proxy.port());
@@ -302,12 +377,12 @@ impl AnyStore {
     /// A proxy in front of the store's server, and the store as the center would send it
     /// through that proxy (connect timeouts of 2 s).
     pub async fn behind_proxy(&self) -> (Proxy, Storage) {
-        match self {
-            AnyStore::Pg(db) => {
+        match &self.backing {
+            Backing::Pg(db) => {
                 let (proxy, conn) = Proxy::in_front_of(db).await;
                 (proxy, Storage::postgresql(format!("{conn};Timeout=2")))
             }
-            AnyStore::Mysql(db) => {
+            Backing::Mysql(db) => {
                 let (host, port) = db.endpoint();
                 let proxy = Proxy::start(&host, port).await;
                 let conn = db.connection_string_at("127.0.0.1", proxy.port());
@@ -317,7 +392,7 @@ impl AnyStore {
                 };
                 (proxy, storage)
             }
-            AnyStore::Redis(db) => {
+            Backing::Redis(db) => {
                 let (host, port) = db.endpoint();
                 let proxy = Proxy::start(&host, port).await;
                 let conn = db.connection_string_at("127.0.0.1", proxy.port());
@@ -362,6 +437,7 @@ impl Table {
 macro_rules! on_every_store {
     ($($name:ident => $body:ident;)*) => {$(
         mod $name {
+            #[allow(unused_imports)]
             use $crate::stores::AnyStore;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,6 +453,33 @@ macro_rules! on_every_store {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() {
                 super::$body(AnyStore::redis().await).await;
+            }
+        }
+    )*};
+}
+
+/// One test per store behind relays: as [`on_every_store!`], with tests `postgresql`,
+/// `mysql` and `redis` each calling `body(AnyStore)` on a fresh store of that kind with `n`
+/// relays in front of it (behind one address).
+#[macro_export]
+macro_rules! on_every_store_via_relays {
+    ($n:expr; $($name:ident => $body:ident;)*) => {$(
+        mod $name {
+            use $crate::stores::AnyStore;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgresql() {
+                super::$body(AnyStore::postgresql().await.behind_relays($n).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                super::$body(AnyStore::mysql().await.behind_relays($n).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$body(AnyStore::redis().await.behind_relays($n).await).await;
             }
         }
     )*};

@@ -331,3 +331,12 @@ tests::on_every_store! {
     replicas_coordinate_through_the_store_the_center_sends => replicas_coordinate_through_the_store_the_center_sends;
     with_cluster_mode_off_each_replica_is_on_its_own => with_cluster_mode_off_each_replica_is_on_its_own;
 }
+
+// The same, with the replicas writing through two relays behind one address (issue 17).
+tests::on_every_store_via_relays! { 2;
+    relayed_a_singleton_runs_once_across_replicas_and_stops_from_anywhere => a_singleton_runs_once_across_replicas_and_stops_from_anywhere;
+    relayed_a_transient_stop_counts_every_replica => a_transient_stop_counts_every_replica;
+    relayed_a_killed_replica_releases_its_claim_and_its_runs_are_reported_lost => a_killed_replica_releases_its_claim_and_its_runs_are_reported_lost;
+    relayed_a_restarted_agent_reports_what_its_predecessor_left_in_flight => a_restarted_agent_reports_what_its_predecessor_left_in_flight;
+    relayed_with_cluster_mode_off_each_replica_is_on_its_own => with_cluster_mode_off_each_replica_is_on_its_own;
+}

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tests::center::{Center, ConsoleInfo, Storage};
 use tests::pg::TestDb;
 use tests::service::TestService;
-use tests::stores::{AnyStore, Table};
+use tests::stores::{AnyStore, Backing, Table};
 use tests::wait;
 
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
@@ -87,7 +87,7 @@ async fn center_for(db: &AnyStore, service: &TestService) -> Center {
 /// The same against Install.v3's tables (int4 ids, varchar(100) keys, naive-UTC `expireat`) in a database west of UTC; shapes from Hangfire.PostgreSql's `src/Hangfire.PostgreSql/Scripts/Install.v3.sql`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_lines_land_in_order_before_the_result_oldest_tables() {
-    console_order(AnyStore::Pg(TestDb::oldest().await)).await;
+    console_order(AnyStore::of(Backing::Pg(TestDb::oldest().await))).await;
 }
 
 async fn console_order(db: AnyStore) {
@@ -142,7 +142,7 @@ async fn console_order(db: AnyStore) {
 /// The same against Install.v3's tables (int4 ids, varchar(100) keys, naive-UTC `expireat`) in a database west of UTC; shapes from Hangfire.PostgreSql's `src/Hangfire.PostgreSql/Scripts/Install.v3.sql`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_jobs_and_threads_keep_each_console_in_order_oldest_tables() {
-    concurrent_order(AnyStore::Pg(TestDb::oldest().await)).await;
+    concurrent_order(AnyStore::of(Backing::Pg(TestDb::oldest().await))).await;
 }
 
 async fn concurrent_order(db: AnyStore) {
@@ -199,7 +199,7 @@ async fn concurrent_order(db: AnyStore) {
 /// The same against Install.v3's tables (int4 ids, varchar(100) keys, naive-UTC `expireat`) in a database west of UTC; shapes from Hangfire.PostgreSql's `src/Hangfire.PostgreSql/Scripts/Install.v3.sql`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_and_multibyte_texts_are_stored_by_reference_oldest_tables() {
-    references(AnyStore::Pg(TestDb::oldest().await)).await;
+    references(AnyStore::of(Backing::Pg(TestDb::oldest().await))).await;
 }
 
 async fn references(db: AnyStore) {
@@ -231,8 +231,8 @@ async fn references(db: AnyStore) {
     // Install.sql's `utf8` is 3 bytes a character on MySQL: a 4-byte character in a
     // referenced text (a hash value, not JSON) cannot be stored and shows as U+FFFD; in a
     // line (JSON) it is escaped, and the dashboard's JSON parser shows it.
-    let emoji_shown = match db {
-        AnyStore::Mysql(_) => "\u{FFFD}".repeat(111),
+    let emoji_shown = match db.backing() {
+        Backing::Mysql(_) => "\u{FFFD}".repeat(111),
         _ => emoji,
     };
     assert_eq!(
@@ -298,7 +298,7 @@ async fn progress(db: AnyStore) {
 /// The same against Install.v3's tables (int4 ids, varchar(100) keys, naive-UTC `expireat`) in a database west of UTC; shapes from Hangfire.PostgreSql's `src/Hangfire.PostgreSql/Scripts/Install.v3.sql`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_expire_after_the_configured_days_oldest_tables() {
-    expiry(AnyStore::Pg(TestDb::oldest().await)).await;
+    expiry(AnyStore::of(Backing::Pg(TestDb::oldest().await))).await;
 }
 
 async fn expiry(db: AnyStore) {
@@ -341,7 +341,7 @@ async fn expiry(db: AnyStore) {
 /// The same against Install.v3's tables (int4 ids, varchar(100) keys, naive-UTC `expireat`) in a database west of UTC; shapes from Hangfire.PostgreSql's `src/Hangfire.PostgreSql/Scripts/Install.v3.sql`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_outcome_is_reported_exactly_once_oldest_tables() {
-    outcomes(AnyStore::Pg(TestDb::oldest().await)).await;
+    outcomes(AnyStore::of(Backing::Pg(TestDb::oldest().await))).await;
 }
 
 async fn outcomes(db: AnyStore) {

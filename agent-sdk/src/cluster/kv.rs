@@ -130,7 +130,7 @@ impl<'a> Kv<'a> {
         match store.backend() {
             Backend::Mysql(m) => Ok(Kv::Mysql(m)),
             Backend::Redis(r) => Ok(Kv::Redis(r)),
-            Backend::Postgres(_) => Err("not a key-value store".to_owned()),
+            _ => Err("not a key-value store".to_owned()),
         }
     }
 

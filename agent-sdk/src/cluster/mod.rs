@@ -53,6 +53,8 @@ use crate::store::Store;
 
 mod kv;
 mod postgres;
+#[cfg(feature = "relay")]
+pub(crate) mod relay;
 
 /// How long a singleton claim lives without renewal.
 pub(crate) const CLAIM_LEASE: Duration = Duration::from_secs(10);
@@ -77,7 +79,7 @@ pub(super) const RENEW_ROWS_SLACK_SECS: f64 = 3600.0;
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(200);
 
 /// This process as the cluster knows it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub(crate) struct Member {
     /// The stable instance name (survives restarts).
     pub(crate) instance: String,
@@ -107,7 +109,7 @@ pub(crate) struct RunRecord {
 }
 
 /// A run somewhere in the cluster.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub(crate) struct ClusterRun {
     pub(crate) instance: String,
     pub(crate) job_id: String,
@@ -131,6 +133,7 @@ pub(crate) struct Command {
 }
 
 /// The outcome of a claim attempt.
+#[derive(Debug, Deserialize, Serialize)]
 pub(crate) enum Claimed {
     /// The claim is ours, with its fencing token.
     Yes(u64),
@@ -139,7 +142,7 @@ pub(crate) enum Claimed {
 }
 
 /// Who holds this process's instance name.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub(crate) enum Lease {
     /// This process: the lease is (now) ours.
     Held,
@@ -149,7 +152,7 @@ pub(crate) enum Lease {
 }
 
 /// Another process holding a live lease of this instance name.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub(crate) struct Holder {
     pub(crate) server_id: String,
     pub(crate) pid: i64,
@@ -186,13 +189,15 @@ pub(super) fn e(err: impl std::error::Error + 'static) -> String {
     crate::error::chain(&err)
 }
 
-/// One operation on the store's backend: PostgreSQL's SQL, or the key-value section.
+/// One operation on the store's backend: PostgreSQL's SQL, the key-value section, or the
+/// same operation sent to a relay (which runs it on its own store).
 macro_rules! on_backend {
     ($store:expr, $pg:ident, $kv:ident ( $($arg:expr),* )) => {
-        if $store.pg().is_ok() {
-            $store.$pg($($arg),*).await
-        } else {
-            $store.$kv($($arg),*).await
+        match $store.backend() {
+            crate::store::Backend::Postgres(_) => $store.$pg($($arg),*).await,
+            #[cfg(feature = "relay")]
+            crate::store::Backend::Relay(r) => relay::$kv(r, $($arg),*).await,
+            _ => $store.$kv($($arg),*).await,
         }
     };
 }

@@ -16,7 +16,7 @@ const MAX_INLINE_UTF16: usize = 220;
 const MAX_LINE_UTF16: usize = 256;
 
 /// One encoded line: the set member and its score, and maybe a hash reference to write first.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 pub(crate) struct EncodedLine {
     pub(crate) value: String,
     pub(crate) score: f64,

@@ -76,6 +76,8 @@ pub struct StoreLock {
 
 struct Held {
     store: Arc<Store>,
+    /// The type of the store the lock is in (behind a relay: the relay's store).
+    kind: StoreType,
     /// The current owner value; held across a refresh, so a release never uses a stale one.
     owner: tokio::sync::Mutex<String>,
     lost: CancellationToken,
@@ -105,9 +107,15 @@ impl StoreLock {
                 "a resource name is 1 to {MAX_RESOURCE_CHARS} characters"
             )));
         }
-        let kind = store.kind();
+        let kind = store
+            .final_kind()
+            .await
+            .map_err(|reason| LockError::Store {
+                resource: resource.to_owned(),
+                reason,
+            })?;
         let stale_after = match kind {
-            StoreType::PostgreSql => PG_STALE_AFTER,
+            StoreType::PostgreSql | StoreType::Relay => PG_STALE_AFTER,
             // As Hangfire.MySqlStorage: the waiter's own timeout (at least a second).
             StoreType::MySql => timeout.max(Duration::from_secs(1)),
             StoreType::Redis => REDIS_HOLD,
@@ -120,7 +128,7 @@ impl StoreLock {
                 tokio::time::timeout(STEP_WITHIN, store.lock_try(resource, stale_after)).await;
             let last_error = match attempt {
                 Ok(Ok(Some(owner))) => {
-                    return Self::held(store, resource, owner).await;
+                    return Self::held(store, kind, resource, owner).await;
                 }
                 Ok(Ok(None)) => None,
                 Ok(Err(e)) => Some(e),
@@ -145,13 +153,19 @@ impl StoreLock {
         }
     }
 
-    async fn held(store: Arc<Store>, resource: &str, owner: String) -> Result<Self, LockError> {
+    async fn held(
+        store: Arc<Store>,
+        kind: StoreType,
+        resource: &str,
+        owner: String,
+    ) -> Result<Self, LockError> {
         let fence = tokio::time::timeout(STEP_WITHIN, store.fence(resource))
             .await
             .map_err(|_| "the store did not answer in time".to_owned())
             .and_then(|r| r);
         let state = Arc::new(Held {
             store,
+            kind,
             owner: tokio::sync::Mutex::new(owner),
             lost: CancellationToken::new(),
         });
@@ -230,7 +244,7 @@ impl Drop for StoreLock {
 /// The pause before the next try, as each Hangfire package waits.
 fn retry_pause(kind: StoreType, tries: u32) -> Duration {
     match kind {
-        StoreType::PostgreSql => Duration::from_secs(1),
+        StoreType::PostgreSql | StoreType::Relay => Duration::from_secs(1),
         StoreType::MySql => Duration::from_millis(100),
         StoreType::Redis => {
             // Random within [i², (i+1)²] ms, as Hangfire.Redis backs off.
@@ -244,7 +258,7 @@ fn retry_pause(kind: StoreType, tries: u32) -> Duration {
 /// How often a held lock is refreshed: well within the staleness bound others apply.
 fn refresh_every(kind: StoreType) -> Duration {
     match kind {
-        StoreType::PostgreSql => Duration::from_secs(60),
+        StoreType::PostgreSql | StoreType::Relay => Duration::from_secs(60),
         // Other processes judge staleness by their own acquire timeout (seconds, usually).
         StoreType::MySql => Duration::from_millis(500),
         StoreType::Redis => REDIS_HOLD / 3,
@@ -252,7 +266,7 @@ fn refresh_every(kind: StoreType) -> Duration {
 }
 
 async fn keep(state: Arc<Held>, resource: String, stop: CancellationToken) {
-    let every = refresh_every(state.store.kind());
+    let every = refresh_every(state.kind);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,

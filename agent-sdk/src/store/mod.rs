@@ -21,6 +21,8 @@ pub(crate) mod pool;
 pub(crate) mod postgres;
 mod procstat;
 pub(crate) mod redis;
+#[cfg(feature = "relay")]
+pub(crate) mod relay;
 mod results;
 pub(crate) mod url;
 
@@ -56,6 +58,10 @@ pub enum StoreType {
     /// Hangfire.Redis.StackExchange: a StackExchange.Redis configuration string or a
     /// `redis://` / `rediss://` URL.
     Redis,
+    /// A `jobagent-relay` in front of the center's store: `relay+http://host:port` or
+    /// `relay+https://...`, with the token in `JOBAGENT_RELAY_TOKEN`. The agent's own store
+    /// only: a center never sends it.
+    Relay,
 }
 
 impl StoreType {
@@ -65,6 +71,7 @@ impl StoreType {
             StoreType::PostgreSql => "postgresql",
             StoreType::MySql => "mysql",
             StoreType::Redis => "redis",
+            StoreType::Relay => "relay",
         }
     }
 
@@ -74,17 +81,20 @@ impl StoreType {
             StoreType::PostgreSql => "hangfire",
             StoreType::MySql => "Hangfire",
             StoreType::Redis => "{hangfire}:",
+            // The relay's own configuration names the store and its prefix.
+            StoreType::Relay => "",
         }
     }
 
     /// The type a URL's scheme names (`postgres://`, `postgresql://`, `mysql://`,
-    /// `redis://`, `rediss://`), if it is a URL.
+    /// `redis://`, `rediss://`, `relay+http://`, `relay+https://`), if it is a URL.
     pub fn of_url(connection: &str) -> Option<Self> {
         let (scheme, _) = connection.trim().split_once("://")?;
         match scheme.to_ascii_lowercase().as_str() {
             "postgres" | "postgresql" => Some(StoreType::PostgreSql),
             "mysql" | "mariadb" => Some(StoreType::MySql),
             "redis" | "rediss" => Some(StoreType::Redis),
+            "relay+http" | "relay+https" => Some(StoreType::Relay),
             _ => None,
         }
     }
@@ -108,6 +118,7 @@ impl FromStr for StoreType {
             "postgresql" | "postgres" => Ok(StoreType::PostgreSql),
             "mysql" | "mariadb" => Ok(StoreType::MySql),
             "redis" => Ok(StoreType::Redis),
+            "relay" => Ok(StoreType::Relay),
             other => Err(format!(
                 "the store Type `{}` is not one this agent writes to; it writes to {SUPPORTED} (SQL Server is planned)",
                 other.chars().take(40).collect::<String>()
@@ -137,6 +148,8 @@ pub(crate) enum Backend {
     Postgres(PgStore),
     Mysql(MysqlStore),
     Redis(RedisStore),
+    #[cfg(feature = "relay")]
+    Relay(relay::RelayStore),
 }
 
 /// Dispatches one call to the backend.
@@ -146,6 +159,8 @@ macro_rules! backend {
             Backend::Postgres($b) => $call,
             Backend::Mysql($b) => $call,
             Backend::Redis($b) => $call,
+            #[cfg(feature = "relay")]
+            Backend::Relay($b) => $call,
         }
     };
 }
@@ -162,6 +177,9 @@ pub(crate) struct Opening<'a> {
     /// Sent by a center: may not name files on the agent's machine.
     pub(crate) from_center: bool,
     pub(crate) load: pool::Load,
+    /// A relay's bearer token (the agent's own store only).
+    #[cfg_attr(not(feature = "relay"), allow(dead_code))]
+    pub(crate) relay_token: Option<&'a str>,
 }
 
 impl Store {
@@ -194,6 +212,23 @@ impl Store {
                 let r = RedisStore::open(o.connection, o.prefix, o.db)?;
                 (r.label().to_owned(), o.prefix.to_owned(), Backend::Redis(r))
             }
+            #[cfg(feature = "relay")]
+            StoreType::Relay => {
+                if o.from_center {
+                    return Err(
+                        "`relay` is the agent's own store type; a center does not send it"
+                            .to_owned(),
+                    );
+                }
+                let r = relay::RelayStore::open(o.connection, o.relay_token)?;
+                (r.label().to_owned(), String::new(), Backend::Relay(r))
+            }
+            #[cfg(not(feature = "relay"))]
+            StoreType::Relay => {
+                return Err(
+                    "this agent was built without the `relay` feature of agent-sdk".to_owned(),
+                );
+            }
         };
         Ok(Self {
             label,
@@ -209,6 +244,8 @@ impl Store {
             Backend::Postgres(_) => StoreType::PostgreSql,
             Backend::Mysql(_) => StoreType::MySql,
             Backend::Redis(_) => StoreType::Redis,
+            #[cfg(feature = "relay")]
+            Backend::Relay(_) => StoreType::Relay,
         }
     }
 
@@ -238,16 +275,23 @@ impl Store {
             Backend::Postgres(pg) => pg.hosts(),
             Backend::Mysql(my) => my.hosts(),
             Backend::Redis(r) => r.hosts(),
+            #[cfg(feature = "relay")]
+            Backend::Relay(r) => r.hosts(),
         }
     }
 
     /// Refuses a store without Hangfire's tables (see each backend); a store that does not
     /// answer within half a second lets the run go (its writes retry, as in any outage).
     pub(crate) async fn check_tables(&self) -> Result<(), String> {
+        backend!(self, b => b.check_tables().await)
+    }
+
+    /// The type of the store written in the end: a relay's is the one behind it.
+    pub(crate) async fn final_kind(&self) -> Result<StoreType, String> {
         match &self.backend {
-            Backend::Postgres(pg) => pg.check_tables().await,
-            Backend::Mysql(my) => my.check_tables().await,
-            Backend::Redis(r) => r.check_tables().await,
+            #[cfg(feature = "relay")]
+            Backend::Relay(r) => r.remote_kind().await,
+            _ => Ok(self.kind()),
         }
     }
 
@@ -323,7 +367,7 @@ impl Store {
     }
 
     /// A set's members in the order the dashboard shows them.
-    #[cfg(feature = "dev")]
+    #[cfg(any(feature = "dev", feature = "relay-server"))]
     pub(crate) async fn read_set(
         &self,
         key: &str,
@@ -334,14 +378,14 @@ impl Store {
     }
 
     /// One field of a hash.
-    #[cfg(feature = "dev")]
+    #[cfg(any(feature = "dev", feature = "relay-server"))]
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
         backend!(self, b => b.read_hash(key, field).await)
     }
 
     /// All fields of a hash with their values, in the order they were written (a result's
     /// field is its elapsed milliseconds, unknown to the reader).
-    #[cfg(feature = "dev")]
+    #[cfg(any(feature = "dev", feature = "relay-server"))]
     pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
         backend!(self, b => b.read_hash_all(key).await)
     }
@@ -386,6 +430,7 @@ impl Stores {
                     db: None,
                     from_center: false,
                     load: pool::Load::Now,
+                    relay_token: l.relay_token.as_ref().map(|t| t.expose()),
                 })
                 .map_err(invalid)?;
                 Some(Arc::new(store))
@@ -471,6 +516,7 @@ impl Stores {
             db,
             from_center: true,
             load: pool::Load::Deferred,
+            relay_token: None,
         })
         .map_err(|e| format!("HangfireDb: {e}"))?;
         if let Some(allowed) = &self.allowed_hosts {

@@ -9,7 +9,7 @@ use serde_json::json;
 use tests::center::{Center, ConsoleInfo};
 use tests::mysql::TestMysql;
 use tests::redis::TestRedis;
-use tests::stores::AnyStore;
+use tests::stores::{AnyStore, Backing};
 
 use crate::bench::scenarios::{Report, Settings, TRANSIENT, progress, start_agent};
 use crate::bench::stats::{Row, Target, Unit};
@@ -97,10 +97,10 @@ async fn check_console(db: &AnyStore, console: &ConsoleInfo, lines: u64) -> Resu
 }
 
 async fn clear(db: &AnyStore) -> Result<(), String> {
-    match db {
-        AnyStore::Mysql(m) => m.clear().await,
-        AnyStore::Redis(r) => r.clear().await,
-        AnyStore::Pg(_) => Ok(()),
+    match db.backing() {
+        Backing::Mysql(m) => m.clear().await,
+        Backing::Redis(r) => r.clear().await,
+        Backing::Pg(_) => Ok(()),
     }
 }
 
@@ -162,10 +162,10 @@ pub(crate) async fn console_per_store(s: &Settings, r: &mut Report) -> Result<()
             clear(&db).await?;
             let rows = rows(lines);
             let key = format!("console:ceiling-{run}");
-            let took = match &db {
-                AnyStore::Mysql(m) => mysql_ceiling(m, &key, &rows).await?,
-                AnyStore::Redis(rd) => redis_ceiling(rd, &key, &rows).await?,
-                AnyStore::Pg(_) => return Err("not a MySQL or Redis store".to_owned()),
+            let took = match db.backing() {
+                Backing::Mysql(m) => mysql_ceiling(m, &key, &rows).await?,
+                Backing::Redis(rd) => redis_ceiling(rd, &key, &rows).await?,
+                Backing::Pg(_) => return Err("not a MySQL or Redis store".to_owned()),
             };
             let ceiling_rate = lines as f64 / took.as_secs_f64();
             vs_ceiling.push(agent_rate, Some(ceiling_rate));

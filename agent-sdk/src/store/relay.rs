@@ -1,0 +1,437 @@
+//! The relay backend: the agent's store operations sent over HTTP to a `jobagent-relay`,
+//! which alone holds the store's credentials (`JOBAGENT_STORE=relay+http://host:port`, with
+//! `JOBAGENT_RELAY_TOKEN`).
+//!
+//! Each operation is one `POST <base>/v1/<op>` with a JSON body and `Authorization: Bearer
+//! <token>`; the answer is the operation's JSON result (200) or `{"error": "..."}`. Every
+//! operation is idempotent when retried, so a request whose answer was lost is simply sent
+//! again: console lines are unique per console (the line's JSON holds its strictly
+//! increasing offset; the stores upsert on it), results carry their first-report token (the
+//! mark of the first writer wins; a retry with the same token is recognised as ours), hashes
+//! are upserts, and cluster operations are keyed by this process's id. The wire shapes of the
+//! store operations are here; those of cluster mode in `cluster/relay.rs`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreType;
+use crate::store::line::EncodedLine;
+
+/// The API's path prefix (its version).
+pub(crate) const API: &str = "/v1/";
+/// How long one request may take, connection included.
+const REQUEST_WITHIN: Duration = Duration::from_secs(10);
+/// How long connecting may take.
+const CONNECT_WITHIN: Duration = Duration::from_secs(3);
+/// How much of an error answer is kept.
+const ERROR_CHARS: usize = 300;
+
+/// `console`: one console batch.
+#[cfg_attr(not(feature = "relay-server"), allow(dead_code))]
+#[derive(Debug, Deserialize, Serialize)]
+pub(crate) struct ConsoleCall {
+    pub(crate) set_key: String,
+    pub(crate) hash_key: String,
+    pub(crate) lines: Vec<EncodedLine>,
+}
+
+/// `set_hash`: fields of one hash.
+#[derive(Debug, Deserialize, Serialize)]
+pub(crate) struct SetHashCall {
+    pub(crate) key: String,
+    pub(crate) pairs: Vec<(String, String)>,
+    /// Seconds; `None`: never expires.
+    pub(crate) life_secs: Option<u64>,
+}
+
+/// `add_to_set`: one set member.
+#[derive(Debug, Deserialize, Serialize)]
+pub(crate) struct AddToSetCall {
+    pub(crate) key: String,
+    pub(crate) value: String,
+    pub(crate) score: f64,
+}
+
+/// `first_report`: the exactly-once mark of a dispatch's result.
+#[derive(Debug, Deserialize, Serialize)]
+pub(crate) struct FirstReportCall {
+    pub(crate) id: String,
+    pub(crate) token: String,
+}
+
+/// `lock_try`: one attempt at the distributed lock.
+#[derive(Debug, Deserialize, Serialize)]
+pub(crate) struct LockTryCall {
+    pub(crate) resource: String,
+    pub(crate) stale_ms: u64,
+}
+
+/// `lock_keep`, `lock_release`: a held lock.
+#[derive(Debug, Deserialize, Serialize)]
+pub(crate) struct LockCall {
+    pub(crate) resource: String,
+    pub(crate) owner: String,
+}
+
+/// `fence`: the next fencing token of a lock resource.
+#[derive(Debug, Deserialize, Serialize)]
+pub(crate) struct FenceCall {
+    pub(crate) resource: String,
+}
+
+/// `read_set`, `read_hash`, `read_hash_all`: the dashboard's reads (`jobagent-dev`, tests).
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub(crate) struct ReadCall {
+    pub(crate) key: String,
+    #[serde(default)]
+    pub(crate) field: String,
+    #[serde(default)]
+    pub(crate) from: usize,
+    #[serde(default)]
+    pub(crate) count: usize,
+}
+
+/// The answer to `ping`: the type of the store behind the relay.
+#[derive(Debug, Deserialize, Serialize)]
+pub(crate) struct PingAnswer {
+    pub(crate) kind: String,
+}
+
+/// An error answer.
+#[derive(Debug, Deserialize, Serialize)]
+pub(crate) struct ErrorBody {
+    pub(crate) error: String,
+}
+
+/// A relay: where it is and the token this agent shows it.
+pub(crate) struct RelayStore {
+    http: reqwest::Client,
+    /// `http(s)://host:port[/path]`, no trailing slash.
+    base: String,
+    token: String,
+    label: String,
+    host: String,
+    /// The type of the store behind the relay, once told.
+    remote: tokio::sync::OnceCell<StoreType>,
+}
+
+impl fmt::Debug for RelayStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayStore")
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayStore {
+    /// The relay at `url` (`relay+http://host:port[/path]` or `relay+https://...`), with the
+    /// bearer `token`. No I/O.
+    pub(crate) fn open(url: &str, token: Option<&str>) -> Result<Self, String> {
+        let url = url.trim();
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| "a relay is given as relay+http://host:port".to_owned())?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "relay+http" => "http",
+            "relay+https" => "https",
+            other => {
+                return Err(format!(
+                    "`{}` is not a relay scheme: use relay+http:// or relay+https://",
+                    other.chars().take(20).collect::<String>()
+                ));
+            }
+        };
+        if rest.contains('@') {
+            return Err(
+                "a relay URL carries no credentials: give the token in JOBAGENT_RELAY_TOKEN"
+                    .to_owned(),
+            );
+        }
+        let rest = rest.trim_end_matches('/');
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.is_empty() || rest.contains(['?', '#', ' ']) {
+            return Err("a relay is given as relay+http://host:port[/path]".to_owned());
+        }
+        let token = token
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                "a relay needs this agent's token: set JOBAGENT_RELAY_TOKEN".to_owned()
+            })?;
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("JOBAGENT_RELAY_TOKEN may hold visible ASCII characters only".to_owned());
+        }
+        let base = format!("{scheme}://{rest}");
+        reqwest::Url::parse(&base).map_err(|e| format!("the relay URL: {e}"))?;
+        let host = authority
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(authority, |(host, _)| host)
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_WITHIN)
+            .connect_timeout(CONNECT_WITHIN)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("the relay's HTTP client: {}", crate::error::chain(&e)))?;
+        Ok(Self {
+            http,
+            label: format!("relay {scheme}://{authority}"),
+            base,
+            token: token.to_owned(),
+            host,
+            remote: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    pub(crate) fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub(crate) fn hosts(&self) -> Vec<String> {
+        vec![self.host.clone()]
+    }
+
+    /// Sends `op` with `body`; its answer.
+    pub(crate) async fn call<T: DeserializeOwned>(
+        &self,
+        op: &str,
+        body: &impl Serialize,
+    ) -> Result<T, String> {
+        let url = format!("{}{API}{op}", self.base);
+        let sent = self
+            .http
+            .post(url)
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| format!("the {} ({op}): {}", self.label, transport(&e)))?;
+        let status = sent.status();
+        let bytes = sent
+            .bytes()
+            .await
+            .map_err(|e| format!("the {} ({op}): {}", self.label, transport(&e)))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "the {} ({op}) answered what this agent cannot read: {e}",
+                    self.label
+                )
+            });
+        }
+        let said = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        let said: String = said.chars().take(ERROR_CHARS).collect();
+        Err(match status.as_u16() {
+            401 => format!(
+                "the {} refused this agent's token (401): check JOBAGENT_RELAY_TOKEN against the relay's JOBAGENT_RELAY_TOKENS",
+                self.label
+            ),
+            code => format!("the {} ({op}) answered {code}: {said}", self.label),
+        })
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), String> {
+        self.remote_kind().await.map(drop)
+    }
+
+    /// The type of the store behind the relay (asked once; the lock's timings follow it).
+    pub(crate) async fn remote_kind(&self) -> Result<StoreType, String> {
+        self.remote
+            .get_or_try_init(|| async {
+                let answer: PingAnswer = self.call("ping", &()).await?;
+                match answer.kind.parse::<StoreType>() {
+                    Ok(StoreType::Relay) | Err(_) => Err(format!(
+                        "the {} fronts a store of unknown type `{}`",
+                        self.label,
+                        answer.kind.chars().take(20).collect::<String>()
+                    )),
+                    Ok(kind) => Ok(kind),
+                }
+            })
+            .await
+            .copied()
+    }
+
+    pub(crate) async fn check_tables(&self) -> Result<(), String> {
+        self.call("check", &()).await
+    }
+
+    pub(crate) async fn write_console(
+        &self,
+        set_key: &str,
+        hash_key: &str,
+        lines: &[EncodedLine],
+        _expire: Duration,
+    ) -> Result<(), String> {
+        let call = ConsoleCallRef {
+            set_key,
+            hash_key,
+            lines,
+        };
+        self.call("console", &call).await
+    }
+
+    pub(crate) async fn set_hash(
+        &self,
+        key: &str,
+        pairs: &[(&str, &str)],
+        life: Option<Duration>,
+    ) -> Result<(), String> {
+        let call = SetHashCall {
+            key: key.to_owned(),
+            pairs: pairs
+                .iter()
+                .map(|(f, v)| ((*f).to_owned(), (*v).to_owned()))
+                .collect(),
+            life_secs: life.map(|l| l.as_secs().max(1)),
+        };
+        self.call("set_hash", &call).await
+    }
+
+    pub(crate) async fn add_to_set(
+        &self,
+        key: &str,
+        value: &str,
+        score: f64,
+        _expire: Duration,
+    ) -> Result<(), String> {
+        let call = AddToSetCall {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            score,
+        };
+        self.call("add_to_set", &call).await
+    }
+
+    pub(crate) async fn first_report(
+        &self,
+        id: &str,
+        token: &str,
+        _expire: Duration,
+    ) -> Result<bool, String> {
+        let call = FirstReportCall {
+            id: id.to_owned(),
+            token: token.to_owned(),
+        };
+        self.call("first_report", &call).await
+    }
+
+    pub(crate) async fn lock_try(
+        &self,
+        resource: &str,
+        stale_after: Duration,
+    ) -> Result<Option<String>, String> {
+        let call = LockTryCall {
+            resource: resource.to_owned(),
+            stale_ms: u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.call("lock_try", &call).await
+    }
+
+    pub(crate) async fn lock_keep(
+        &self,
+        resource: &str,
+        owner: &str,
+    ) -> Result<Option<String>, String> {
+        self.call("lock_keep", &lock_call(resource, owner)).await
+    }
+
+    pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), String> {
+        self.call("lock_release", &lock_call(resource, owner)).await
+    }
+
+    pub(crate) async fn fence(&self, resource: &str) -> Result<u64, String> {
+        let call = FenceCall {
+            resource: resource.to_owned(),
+        };
+        self.call("fence", &call).await
+    }
+
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
+    pub(crate) async fn read_set(
+        &self,
+        key: &str,
+        from: usize,
+        count: usize,
+    ) -> Result<Vec<String>, String> {
+        let call = ReadCall {
+            key: key.to_owned(),
+            from,
+            count,
+            ..ReadCall::default()
+        };
+        self.call("read_set", &call).await
+    }
+
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
+    pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
+        let call = ReadCall {
+            key: key.to_owned(),
+            field: field.to_owned(),
+            ..ReadCall::default()
+        };
+        self.call("read_hash", &call).await
+    }
+
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
+    pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+        let call = ReadCall {
+            key: key.to_owned(),
+            ..ReadCall::default()
+        };
+        self.call("read_hash_all", &call).await
+    }
+}
+
+/// [`ConsoleCall`] without copying the lines.
+#[derive(Serialize)]
+struct ConsoleCallRef<'a> {
+    set_key: &'a str,
+    hash_key: &'a str,
+    lines: &'a [EncodedLine],
+}
+
+fn lock_call(resource: &str, owner: &str) -> LockCall {
+    LockCall {
+        resource: resource.to_owned(),
+        owner: owner.to_owned(),
+    }
+}
+
+/// A transport error's text (reqwest's own text names the URL, which holds no secret).
+fn transport(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        format!("no answer within {} ms", REQUEST_WITHIN.as_millis())
+    } else if e.is_connect() {
+        format!("cannot connect: {}", crate::error::chain(e))
+    } else {
+        crate::error::chain(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_urls() {
+        let r = RelayStore::open("relay+http://relay.internal:7070/", Some("t0k"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.base, "http://relay.internal:7070");
+        assert_eq!(r.hosts(), vec!["relay.internal".to_owned()]);
+        assert!(!format!("{r:?}").contains("t0k"));
+        let e = |url: &str, token: Option<&str>| RelayStore::open(url, token).err();
+        assert!(e("relay+http://h:1", None).is_some_and(|e| e.contains("JOBAGENT_RELAY_TOKEN")));
+        assert!(e("relay+http://user:pw@h:1", Some("t")).is_some_and(|e| !e.contains("pw")));
+        assert!(e("relay+ftp://h:1", Some("t")).is_some());
+        assert!(e("relay+http://", Some("t")).is_some());
+        assert!(e("relay+https://h:1", Some("bad token")).is_some());
+    }
+}

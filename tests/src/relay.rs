@@ -1,0 +1,208 @@
+//! `jobagent-relay` processes in front of a test store, and a round-robin TCP balancer to put
+//! several behind one address.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::stores::AnyStore;
+
+/// The token the test relays accept.
+pub const TOKEN: &str = "test-relay-token-1";
+
+/// The relay's binary, built once per test process into this test's target directory.
+pub fn relay_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let target = crate::cargo::target();
+        let mut cmd = Command::new(crate::cargo::cargo());
+        cmd.args(["build", "-q", "-p", "jobagent-relay", "--target-dir"])
+            .arg(&target.dir);
+        if target.release {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build jobagent-relay: {e}"));
+        assert!(status.success(), "building jobagent-relay failed");
+        target.profile_dir.join("jobagent-relay")
+    })
+    .clone()
+}
+
+/// One relay process.
+pub struct Relay {
+    child: Option<Child>,
+    port: u16,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Relay {
+    /// Starts a relay in front of `store`, accepting [`TOKEN`] and `extra` tokens; waits
+    /// until it listens.
+    pub fn start(store: &AnyStore, extra: &[(&'static str, String)]) -> Self {
+        let (connection, kind, prefix) = store.direct();
+        let mut env = vec![
+            ("JOBAGENT_RELAY_STORE", connection),
+            ("JOBAGENT_RELAY_STORE_TYPE", kind.name().to_owned()),
+            ("JOBAGENT_RELAY_STORE_SCHEMA", prefix),
+            ("JOBAGENT_RELAY_TOKENS", format!("{TOKEN},other-token")),
+        ];
+        env.extend(extra.iter().cloned());
+        Self::spawn(env, 0)
+    }
+
+    fn spawn(env: Vec<(&'static str, String)>, port: u16) -> Self {
+        let mut cmd = Command::new(relay_binary());
+        cmd.env("JOBAGENT_RELAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "RUST_LOG",
+                std::env::var("RELAY_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start jobagent-relay: {e}"));
+        let stdout = child
+            .stdout
+            .take()
+            .unwrap_or_else(|| panic!("jobagent-relay has no stdout"));
+        // The first line names the address (port 0 is chosen by the system).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("jobagent-relay did not say where it listens"));
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line of jobagent-relay: {line}"));
+        Self {
+            child: Some(child),
+            port,
+            env,
+        }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `relay+http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("relay+http://127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:<port>/v1/<op>`.
+    pub fn endpoint(&self, op: &str) -> String {
+        format!("http://127.0.0.1:{}/v1/{op}", self.port)
+    }
+
+    /// SIGKILLs it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (after [`kill`](Self::kill)).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The port may linger a moment after the kill.
+            if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "port {} stayed busy after the relay was killed",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        *self = Self::spawn(self.env.clone(), self.port);
+    }
+
+    /// The agent's environment for this relay (`JOBAGENT_STORE`, `JOBAGENT_RELAY_TOKEN`).
+    pub fn agent_env(&self) -> Vec<(&'static str, String)> {
+        relay_env(self.port)
+    }
+}
+
+/// The agent's environment for a relay at `port`.
+pub fn relay_env(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("JOBAGENT_STORE", format!("relay+http://127.0.0.1:{port}")),
+        ("JOBAGENT_RELAY_TOKEN", TOKEN.to_owned()),
+    ]
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP balancer on 127.0.0.1: each new connection goes to the next upstream port in turn.
+pub struct Balancer {
+    port: u16,
+    accept: JoinHandle<()>,
+}
+
+impl Balancer {
+    /// Balances over `upstreams`.
+    pub async fn start(upstreams: Vec<u16>) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap_or_else(|e| panic!("balancer cannot bind: {e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("balancer has no address: {e}"))
+            .port();
+        let next = AtomicUsize::new(0);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let i = next.fetch_add(1, Ordering::Relaxed) % upstreams.len().max(1);
+                let Some(&up) = upstreams.get(i) else { return };
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", up)).await {
+                        let _ = copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { port, accept }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
