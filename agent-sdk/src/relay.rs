@@ -287,10 +287,8 @@ impl Relay {
                         ),
                     ));
                 }
+                // References go into the console's hash (`hash_key`, checked above).
                 for line in &c.lines {
-                    if let Some((key, _)) = &line.reference {
-                        scope(key, &["console:"])?;
-                    }
                     if !line.score.is_finite() {
                         return Err(refuse(
                             StatusCode::BAD_REQUEST,

@@ -151,6 +151,19 @@ impl AnyStore {
         }
     }
 
+    /// `options` for an agent writing to this store: unchanged when the store is reached
+    /// directly (the center's header names it), configured with the relay (its own store,
+    /// whatever the header says) when relays are in front.
+    pub fn agent_options(&self, options: agent_sdk::AgentOptions) -> agent_sdk::AgentOptions {
+        match self.relay_port() {
+            Some(port) => options
+                .store(format!("relay+http://127.0.0.1:{port}"), "", 7.0)
+                .store_type(agent_sdk::StoreType::Relay)
+                .relay_token(crate::relay::TOKEN),
+            None => options,
+        }
+    }
+
     /// The store itself as a configuration takes it (what a relay is given).
     pub fn direct(&self) -> (String, agent_sdk::StoreType, String) {
         match &self.backing {

@@ -91,7 +91,8 @@ async fn console_lines_land_in_order_before_the_result_oldest_tables() {
 }
 
 async fn console_order(db: AnyStore) {
-    let service = TestService::start().await;
+    let service =
+        TestService::start_with(db.agent_options(AgentOptions::new().log_only(true))).await;
     let center = center_for(&db, &service).await;
     let console = ConsoleInfo::for_job("s1");
     center
@@ -146,7 +147,8 @@ async fn concurrent_jobs_and_threads_keep_each_console_in_order_oldest_tables() 
 }
 
 async fn concurrent_order(db: AnyStore) {
-    let service = TestService::start().await;
+    let service =
+        TestService::start_with(db.agent_options(AgentOptions::new().log_only(true))).await;
     let center = center_for(&db, &service).await;
     let mut consoles = Vec::new();
     let mut sends = Vec::new();
@@ -203,7 +205,8 @@ async fn long_and_multibyte_texts_are_stored_by_reference_oldest_tables() {
 }
 
 async fn references(db: AnyStore) {
-    let service = TestService::start_with(AgentOptions::new().console_prefix("")).await;
+    let service =
+        TestService::start_with(db.agent_options(AgentOptions::new().console_prefix(""))).await;
     let center = center_for(&db, &service).await;
     let console = ConsoleInfo::for_job("r1");
     let long = "x".repeat(500);
@@ -259,7 +262,8 @@ async fn references(db: AnyStore) {
 }
 
 async fn progress(db: AnyStore) {
-    let service = TestService::start().await;
+    let service =
+        TestService::start_with(db.agent_options(AgentOptions::new().log_only(true))).await;
     let center = center_for(&db, &service).await;
     let console = ConsoleInfo::for_job("p1");
     center
@@ -345,8 +349,10 @@ async fn every_outcome_is_reported_exactly_once_oldest_tables() {
 }
 
 async fn outcomes(db: AnyStore) {
-    let service =
-        TestService::start_with(AgentOptions::new().shutdown_timeout(Duration::from_secs(3))).await;
+    let service = TestService::start_with(
+        db.agent_options(AgentOptions::new().shutdown_timeout(Duration::from_secs(3))),
+    )
+    .await;
     let center = center_for(&db, &service).await;
     center.run(TRANSIENT, "ok1").send().await.assert_status(200);
     center
@@ -440,7 +446,8 @@ async fn outcomes(db: AnyStore) {
 }
 
 async fn heartbeat(db: AnyStore) {
-    let service = TestService::start().await;
+    let service =
+        TestService::start_with(db.agent_options(AgentOptions::new().log_only(true))).await;
     let center = center_for(&db, &service).await;
     center.heartbeat().send().await.assert_status(200);
     let key = format!("AgentHeart:{}", center.server_id());
@@ -591,9 +598,11 @@ async fn unusable_stores_are_refused_at_dispatch() {
 async fn budget(db: AnyStore) {
     let budget = ConsoleBudget::default().max_lines(50).tail_lines(10);
     let service = TestService::start_with(
-        AgentOptions::new()
-            .console_budget(budget)
-            .console_prefix(""),
+        db.agent_options(
+            AgentOptions::new()
+                .console_budget(budget)
+                .console_prefix(""),
+        ),
     )
     .await;
     let center = center_for(&db, &service).await;
@@ -798,4 +807,16 @@ tests::on_every_store! {
     long_and_multibyte_texts_on_each_store => references;
     rows_expire_after_the_configured_days_on_each_store => expiry;
     every_outcome_is_reported_exactly_once_on_each_store => outcomes;
+}
+
+// The same behaviours with the agent writing through a relay (issue 17): the center's header
+// still names the store, and the agent ignores it for its own store, the relay.
+tests::on_every_store_via_relays! { 1;
+    relayed_progress_bars_and_the_job_list_progress => progress;
+    relayed_heartbeat_writes_real_process_figures => heartbeat;
+    relayed_the_console_budget_keeps_head_and_tail => budget;
+    relayed_console_lines_land_in_order_before_the_result => console_order;
+    relayed_concurrent_consoles_keep_their_order => concurrent_order;
+    relayed_long_and_multibyte_texts => references;
+    relayed_every_outcome_is_reported_exactly_once => outcomes;
 }
