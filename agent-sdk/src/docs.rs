@@ -26,6 +26,8 @@ pub mod store_postgresql {}
 pub mod store_mysql {}
 #[doc = include_str!("../../docs/store-redis.md")]
 pub mod store_redis {}
+#[doc = include_str!("../../docs/relay.md")]
+pub mod relay {}
 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
