@@ -145,7 +145,8 @@ pub struct Console {
 }
 
 struct ConsoleInner {
-    prefix: String,
+    /// The agent's prefix, shared by every run's console (not a copy per run).
+    prefix: Arc<str>,
     sink: Arc<dyn LineSink>,
     next_bar: AtomicI64,
     closed: AtomicBool,
@@ -168,14 +169,14 @@ const MAX_BARS: i64 = 1000;
 
 impl Console {
     #[cfg(test)]
-    pub(crate) fn new(prefix: String, first_bar_id: i64, sink: Arc<dyn LineSink>) -> Self {
+    pub(crate) fn new(prefix: Arc<str>, first_bar_id: i64, sink: Arc<dyn LineSink>) -> Self {
         Self::mirrored(prefix, first_bar_id, sink, None)
     }
 
     /// A console whose lines also go to the service's log as `mirror` (unless its sink is
     /// that log already).
     pub(crate) fn mirrored(
-        prefix: String,
+        prefix: Arc<str>,
         first_bar_id: i64,
         sink: Arc<dyn LineSink>,
         mirror: Option<LogMirror>,

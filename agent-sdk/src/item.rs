@@ -9,6 +9,8 @@ use serde_json::Value;
 
 mod scan;
 
+pub(crate) use scan::plain_text_end;
+
 /// The job item the center sends with every dispatch, PascalCase as the center writes it.
 ///
 /// Every field is optional; values of an unexpected type are read leniently (a number

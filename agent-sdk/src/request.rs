@@ -98,6 +98,9 @@ impl ConsoleTarget {
     /// Reads `x-job-agent-console`: the center's own shape directly, anything else (other
     /// spellings, lenient values) through [`Deserialize`], with the same result.
     fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        if let Some(exact) = Self::center_shape(json) {
+            return Ok(exact);
+        }
         match serde_json::from_str::<PascalConsole>(json) {
             Ok(c) => Ok(Self {
                 set_key: c.set_key,
@@ -107,6 +110,34 @@ impl ConsoleTarget {
             }),
             Err(_) => serde_json::from_str::<ConsoleTarget>(json),
         }
+    }
+}
+
+impl ConsoleTarget {
+    /// The text exactly as the center writes it,
+    /// `{"SetKey":"…","HashKey":"…","StartTime":"…"}` with values free of escapes and control
+    /// characters, read without a parser; anything else is `None`, for serde_json. That
+    /// text reads the same through serde_json (three strings as they are, no
+    /// `ProgressBarId`, so 0): a test holds the two to it.
+    fn center_shape(json: &str) -> Option<Self> {
+        let mut rest = json;
+        let mut field = |opening: &str| -> Option<String> {
+            let after = rest.strip_prefix(opening)?;
+            let end = crate::item::plain_text_end(after.as_bytes(), 0);
+            // `end` is at an ASCII quote, so both slices fall on character boundaries.
+            let value = after.get(..end)?;
+            rest = after.get(end..)?.strip_prefix('"')?;
+            Some(value.to_owned())
+        };
+        let set_key = field(r#"{"SetKey":""#)?;
+        let hash_key = field(r#","HashKey":""#)?;
+        let start_time = field(r#","StartTime":""#)?;
+        (rest == "}").then_some(Self {
+            set_key,
+            progress_bar_id: 0,
+            hash_key,
+            start_time,
+        })
     }
 }
 
@@ -463,6 +494,69 @@ mod tests {
             let lenient = serde_json::from_str::<ConsoleTarget>(case).ok();
             assert_eq!(ConsoleTarget::from_json(case).ok(), lenient, "{case}");
         }
+    }
+
+    /// The center's own text is read without a parser, as serde_json reads it; every
+    /// one-byte change or deletion of it (into JSON-significant bytes too) either reads the
+    /// same through both or falls back to serde_json.
+    #[test]
+    fn the_center_shape_reads_as_serde_does() {
+        let center = r#"{"SetKey":"console:1a2b","HashKey":"console:refs:1a2b","StartTime":"2026-12-05T10:37:10.651Z"}"#;
+        let exact = ConsoleTarget::center_shape(center).expect("the center's shape");
+        assert_eq!(
+            serde_json::from_str::<ConsoleTarget>(center).ok(),
+            Some(exact.clone())
+        );
+        assert_eq!(exact.set_key, "console:1a2b");
+        assert_eq!(exact.progress_bar_id, 0);
+        let significant = b"{}[]\",:\\ 0aZ\x01\x7f";
+        let bytes = center.as_bytes();
+        for i in 0..=bytes.len() {
+            let mut variants = Vec::new();
+            if i < bytes.len() {
+                let mut v = bytes.to_vec();
+                v.remove(i);
+                variants.push(v);
+            }
+            for &b in significant {
+                let mut v = bytes.to_vec();
+                v.insert(i, b);
+                variants.push(v);
+            }
+            for v in variants {
+                let Ok(text) = String::from_utf8(v) else {
+                    continue;
+                };
+                if let Some(fast) = ConsoleTarget::center_shape(&text) {
+                    assert_eq!(
+                        serde_json::from_str::<PascalConsole>(&text)
+                            .ok()
+                            .map(|c| c.set_key),
+                        Some(fast.set_key.clone()),
+                        "{text}"
+                    );
+                    assert_eq!(
+                        serde_json::from_str::<ConsoleTarget>(&text).ok(),
+                        Some(fast),
+                        "{text}"
+                    );
+                }
+            }
+        }
+        assert!(
+            ConsoleTarget::center_shape(r#"{"SetKey":"a\"b","HashKey":"h","StartTime":"t"}"#)
+                .is_none()
+        );
+        assert!(
+            ConsoleTarget::center_shape(
+                r#"{"SetKey":"a","HashKey":"h","StartTime":"t","ProgressBarId":2}"#
+            )
+            .is_none()
+        );
+        assert!(
+            ConsoleTarget::center_shape(r#"{"SetKey":"a","HashKey":"h","StartTime":"t"} "#)
+                .is_none()
+        );
     }
     use axum::http::HeaderValue;
     use base64::Engine as _;

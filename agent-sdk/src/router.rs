@@ -164,11 +164,12 @@ impl From<DispatchError> for Answer {
 }
 
 async fn handle(State(agent): State<Arc<AgentInner>>, request: Request) -> Response {
-    let action = action_label(request.headers());
-    let answer = match answer(&agent, request).await {
+    let (parts, body) = request.into_parts();
+    let answer = match answer(&agent, &parts.headers, body).await {
         Ok(answer) => answer,
         Err(err) => {
-            crate::metrics::refused(action, err.reason());
+            // The action's label is read only for a refusal: not a header lookup per run.
+            crate::metrics::refused(action_label(&parts.headers), err.reason());
             tracing::warn!(
                 status = err.status().as_u16(),
                 "job agent refused a request: {err}"
@@ -179,12 +180,14 @@ async fn handle(State(agent): State<Arc<AgentInner>>, request: Request) -> Respo
     respond(&agent, answer)
 }
 
-async fn answer(agent: &Arc<AgentInner>, request: Request) -> Result<Answer, DispatchError> {
-    let (parts, body) = request.into_parts();
-    check_auth(agent, &parts.headers)?;
+async fn answer(
+    agent: &Arc<AgentInner>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Answer, DispatchError> {
+    check_auth(agent, headers)?;
     let limits = &agent.runtime.options.limits;
-    let header_bytes: usize = parts
-        .headers
+    let header_bytes: usize = headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
@@ -200,7 +203,7 @@ async fn answer(agent: &Arc<AgentInner>, request: Request) -> Result<Answer, Dis
             "the request body is larger than {limit} bytes (JOBAGENT_MAX_BODY_BYTES), or was cut off"
         ))
     })?;
-    let d = Dispatch::decode(&parts.headers, &body)?;
+    let d = Dispatch::decode(headers, &body)?;
     tracing::debug!(action = d.action.as_str(), class = d.class.as_deref().unwrap_or(""), job_id = %d.job_id, "job agent request");
     if d.action == Action::Heartbeat {
         agent.heartbeat(&d)?;

@@ -227,6 +227,8 @@ pub(crate) struct Runtime {
     pub(crate) registry: Registry,
     classes: Classes,
     pub(crate) options: AgentOptions,
+    /// `options.console_prefix`, shared by every run's console.
+    console_prefix: Arc<str>,
     root: CancellationToken,
     tracker: TaskTracker,
     accepting: AtomicBool,
@@ -247,6 +249,7 @@ impl Runtime {
         Self {
             registry,
             classes,
+            console_prefix: Arc::from(options.console_prefix.as_str()),
             options,
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -652,7 +655,7 @@ impl Runtime {
             job_id: d.job_id.clone(),
         });
         Console::mirrored(
-            self.options.console_prefix.clone(),
+            self.console_prefix.clone(),
             d.console.as_ref().map(|c| c.progress_bar_id).unwrap_or(0),
             sink,
             mirror,
@@ -803,8 +806,15 @@ impl Runtime {
             Some(_) => Outcome::Err,
         };
         self.finish(reg, &run, outcome);
-        // Boxed: the tail's futures would otherwise enlarge every sleeping run's task.
-        Box::pin(self.conclude(reg, &run, error.map(|e| e.message().to_owned()))).await;
+        let error = error.map(|e| e.message().to_owned());
+        if run.store.is_none() {
+            // No store: no claim to release, no in-flight record to forget (`conclude` would
+            // only report). The report's futures are small, so they need no box.
+            run.report(error).await;
+        } else {
+            // Boxed: the store's futures would otherwise enlarge every sleeping run's task.
+            Box::pin(self.conclude(reg, &run, error)).await;
+        }
     }
 
     /// Releases the run's claim, writes its result after its console, forgets its record.

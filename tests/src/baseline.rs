@@ -6,8 +6,9 @@
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::body::to_bytes;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
@@ -25,7 +26,17 @@ const READ: [&str; 10] = [
     "authorization",
 ];
 
-async fn bare(headers: HeaderMap, body: Bytes) -> Response {
+/// The agent's default body limit (`JOBAGENT_MAX_BODY_BYTES`), read the same way.
+const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Takes the request as the agent's handler does: axum's `HeaderMap` extractor would clone
+/// every header (an allocation per custom header name), work the agent does not do.
+async fn bare(request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let Ok(body) = to_bytes(body, BODY_LIMIT).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
     let mut seen = 0usize;
     for name in READ {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
