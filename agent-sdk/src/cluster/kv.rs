@@ -222,7 +222,7 @@ impl<'a> Kv<'a> {
         loop {
             let entered = match self {
                 Kv::Mysql(m) => m.section_try(SECTION_HOLD).await?,
-                Kv::Redis(r) => r.section_try(SECTION_KEY, SECTION_HOLD).await?,
+                Kv::Redis(r) => r.set_owner_nx(SECTION_KEY, SECTION_HOLD).await?,
             };
             if let Some(owner) = entered {
                 return Ok(Section(self, owner));

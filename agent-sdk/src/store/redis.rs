@@ -860,34 +860,7 @@ impl RedisStore {
         resource: &str,
         _stale_after: Duration,
     ) -> Result<Option<String>, String> {
-        let key = self.key(resource);
-        let owner = uuid::Uuid::new_v4().to_string();
-        let hold = hold_ms(self.hold);
-        let reply: Value = self
-            .run("taking a lock", |mut c| {
-                let owner = owner.clone();
-                async move {
-                    ::redis::cmd("SET")
-                        .arg(&key)
-                        .arg(owner)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(hold)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
-        match reply {
-            Value::Nil => Ok(None),
-            Value::Okay => Ok(Some(owner)),
-            Value::SimpleString(s) if s.eq_ignore_ascii_case("OK") => Ok(Some(owner)),
-            other => Err(format!(
-                "the Redis store {} answered SET NX with {}",
-                self.label,
-                kind_of(&other)
-            )),
-        }
+        self.set_owner_nx(resource, self.hold).await
     }
 
     /// Extends the lock on `<P>resource` to 30 s from now if its value is still `owner`
@@ -1059,10 +1032,10 @@ impl RedisStore {
         .await
     }
 
-    /// One attempt at the cluster section: `SET <P>key owner NX PX hold`. `Some(owner)` when
-    /// entered (leave with [`lock_release`](Self::lock_release)); it lapses by itself after
-    /// `hold` should its holder vanish.
-    pub(crate) async fn section_try(
+    /// `SET <P>key owner NX PX hold` with a fresh owner: `Some(owner)` when set (a lock or
+    /// the cluster section taken; leave with [`lock_release`](Self::lock_release)), `None`
+    /// when another holds the key. It lapses by itself after `hold` should its holder vanish.
+    pub(crate) async fn set_owner_nx(
         &self,
         key: &str,
         hold: Duration,
@@ -1071,7 +1044,7 @@ impl RedisStore {
         let owner = uuid::Uuid::new_v4().to_string();
         let hold = hold_ms(hold);
         let reply: Value = self
-            .run("entering the cluster section", |mut c| {
+            .run("taking a lock", |mut c| {
                 let owner = owner.clone();
                 async move {
                     ::redis::cmd("SET")
@@ -1085,11 +1058,16 @@ impl RedisStore {
                 }
             })
             .await?;
-        Ok(match reply {
-            Value::Okay => Some(owner),
-            Value::SimpleString(s) if s.eq_ignore_ascii_case("OK") => Some(owner),
-            _ => None,
-        })
+        match reply {
+            Value::Nil => Ok(None),
+            Value::Okay => Ok(Some(owner)),
+            Value::SimpleString(s) if s.eq_ignore_ascii_case("OK") => Ok(Some(owner)),
+            other => Err(format!(
+                "the Redis store {} answered SET NX with {}",
+                self.label,
+                kind_of(&other)
+            )),
+        }
     }
 
     /// `<P>key`.
