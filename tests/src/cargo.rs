@@ -12,14 +12,19 @@ pub struct Target {
     pub release: bool,
 }
 
-/// The target directory of the running test binary (`<target>/<profile>/deps/<test>`).
+/// The target directory of the running binary: a test (`<target>/<profile>/deps/<test>`) or
+/// one of this crate's binaries, such as the bench (`<target>/<profile>/<bin>`).
 pub fn target() -> Target {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no current exe: {e}"));
-    let profile_dir = exe
+    let parent = exe
         .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()))
-        .to_path_buf();
+        .unwrap_or_else(|| panic!("unexpected binary location {}", exe.display()));
+    let profile_dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().unwrap_or(parent)
+    } else {
+        parent
+    }
+    .to_path_buf();
     let dir = profile_dir
         .parent()
         .unwrap_or_else(|| panic!("unexpected target layout {}", profile_dir.display()))

@@ -107,6 +107,11 @@ impl Relay {
         self.port
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `relay+http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("relay+http://127.0.0.1:{}", self.port)

@@ -21,7 +21,7 @@ use crate::bench::{cluster, store, wrk};
 pub(crate) const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 
 /// The scenario names, in the order they run.
-pub(crate) const ALL: [&str; 11] = [
+pub(crate) const ALL: [&str; 12] = [
     "dispatch",
     "dispatch-wrk",
     "metrics",
@@ -29,6 +29,7 @@ pub(crate) const ALL: [&str; 11] = [
     "cluster-stop",
     "console",
     "console-stores",
+    "console-relay",
     "many",
     "memory",
     "idle",
@@ -70,6 +71,7 @@ pub(crate) async fn run(name: &str, s: &Settings, r: &mut Report) -> Result<(), 
         "cluster-stop" => cluster::cross_replica_stop(s, r).await,
         "console" => console_throughput(s, r).await,
         "console-stores" => crate::bench::stores::console_per_store(s, r).await,
+        "console-relay" => crate::bench::relay::console_via_relay(s, r).await,
         "many" => many_writers(s, r).await,
         "memory" => memory(s, r).await,
         "idle" => idle_cost(s, r).await,

@@ -70,7 +70,13 @@ impl Unit {
                     format!("{v:.1} ms")
                 }
             }
-            Unit::Us => format!("{v:.0} µs"),
+            Unit::Us => {
+                if v < 10.0 {
+                    format!("{v:.2} µs")
+                } else {
+                    format!("{v:.0} µs")
+                }
+            }
             Unit::KiB => format!("{v:.2} KiB"),
             Unit::MiB => format!("{v:.1} MiB"),
             Unit::PctCore => format!("{v:.2} %"),

@@ -15,7 +15,7 @@ use crate::bench::scenarios::{Report, Settings, TRANSIENT, progress, start_agent
 use crate::bench::stats::{Row, Target, Unit};
 use crate::bench::store::line_json;
 
-const LINE_LEN: usize = 80;
+pub(crate) const LINE_LEN: usize = 80;
 /// Rows per statement (MySQL) or per pipeline (Redis) in the ceilings.
 const CHUNK: usize = 1_000;
 
@@ -77,7 +77,11 @@ async fn redis_ceiling(
 
 /// Whether the console holds the run's lines, complete and in order, as the dashboard reads
 /// it (the started line, `lines` demo lines, the finished line).
-async fn check_console(db: &AnyStore, console: &ConsoleInfo, lines: u64) -> Result<(), String> {
+pub(crate) async fn check_console(
+    db: &AnyStore,
+    console: &ConsoleInfo,
+    lines: u64,
+) -> Result<(), String> {
     let rows = db.set_rows(&console.set_key).await;
     if rows.len() as u64 != lines + 2 {
         return Err(format!(
@@ -96,11 +100,12 @@ async fn check_console(db: &AnyStore, console: &ConsoleInfo, lines: u64) -> Resu
     Ok(())
 }
 
-async fn clear(db: &AnyStore) -> Result<(), String> {
+/// Empties the store's tables or keys, so each measurement starts from the same state.
+pub(crate) async fn clear(db: &AnyStore) -> Result<(), String> {
     match db.backing() {
         Backing::Mysql(m) => m.clear().await,
         Backing::Redis(r) => r.clear().await,
-        Backing::Pg(_) => Ok(()),
+        Backing::Pg(p) => crate::bench::store::truncate(p).await,
     }
 }
 

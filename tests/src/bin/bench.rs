@@ -13,7 +13,9 @@
 //! on PATH: `apt-get install wrk`), `metrics` (dispatch with the Prometheus recorder on,
 //! `JOBAGENT_METRICS_LISTEN`, against the same binary without it), `stop`, `cluster-stop` (a
 //! stop at replica A reaching a run on replica B, with `JOBAGENT_CLUSTER_NOTIFY` on and off),
-//! `console`, `many`, `memory`, `idle`, `startup`. The store scenarios use
+//! `console`, `console-stores` (MySQL and Redis against their raw ceilings), `console-relay`
+//! (through one `jobagent-relay` against direct, on all three stores, with the relay's CPU per
+//! line), `many`, `memory`, `idle`, `startup`. The store scenarios use
 //! `JOBAGENT_TEST_DATABASE_URL` when set, else a throwaway PostgreSQL server (see
 //! `tests::pg`), with a fresh database per scenario (two for `cluster-stop`). The exit status
 //! is 0 when every scenario ran, whether or not targets were met (missed ones print
@@ -31,7 +33,8 @@ const USAGE: &str = "usage: bench [--quick] [--runs N] [--only NAME[,NAME...]] [
   --quick        fewer runs (2 unless --runs is given), shorter windows (idle cost 10 s)
   --runs N       run each scenario N times (default 5)
   --only NAMES   run only these scenarios: dispatch, dispatch-wrk, metrics, stop, cluster-stop,
-                 console, many, memory, idle, startup (dispatch-wrk needs `wrk` on PATH:
+                 console, console-stores, console-relay, many, memory, idle, startup
+                 (dispatch-wrk needs `wrk` on PATH:
                  apt-get install wrk; metrics also uses it when present)
   --no-build     do not run `cargo build --release -p example-agent` first
   --agent-log F  RUST_LOG for the example service (default `info`, its own default)";
