@@ -2,9 +2,13 @@
 //! scope, an oversized batch), each with nothing written; and a relay killed mid-job and
 //! restarted, after which every line has landed once, in order, with one result.
 //!
+//! A relay serving TLS: agents that trust its certificate's CA write through it, one that does
+//! not is told so by its readiness probe and writes nothing.
+//!
 //! The store suite and the cluster tests also run through relays (`store.rs`, `cluster.rs`).
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tests::center::ConsoleInfo;
@@ -127,6 +131,154 @@ async fn relay_killed_mid_job(mut db: AnyStore) {
         .collect();
     assert_eq!(order, (1..=60).collect::<Vec<u32>>(), "{texts:?}");
     assert_eq!(db.result_fields("rk1").await.len(), 1);
+}
+
+/// A throwaway CA: its certificate (PEM) and the issuer that signs with it.
+fn certificate_authority(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap_or_else(|e| panic!("CA parameters: {e}"));
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("CA key: {e}"));
+    let cert = params
+        .self_signed(&key)
+        .unwrap_or_else(|e| panic!("CA certificate: {e}"));
+    (cert.pem(), rcgen::Issuer::new(params, key))
+}
+
+/// A server certificate for `localhost` signed by `ca`: (certificate PEM, key PEM).
+fn server_certificate(ca: &rcgen::Issuer<'static, rcgen::KeyPair>) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap_or_else(|e| panic!("server parameters: {e}"));
+    params
+        .extended_key_usages
+        .push(rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("server key: {e}"));
+    let cert = params
+        .signed_by(&key, ca)
+        .unwrap_or_else(|e| panic!("server certificate: {e}"));
+    (cert.pem(), key.serialize_pem())
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path
+}
+
+/// `GET url` until its status is `want` (or the deadline): the last (status, body).
+async fn probe_until(url: &str, want: u16, within: Duration) -> (u16, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = match reqwest::get(url).await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        };
+        if got.0 == want || Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The relay serves HTTPS when given a certificate (`JOBAGENT_RELAY_TLS_CERT`/`_KEY`). An
+/// agent at `relay+https://localhost:<port>` that trusts the certificate's CA (named in
+/// `SSL_CERT_FILE`, which the agent reads with the system's trusted CAs) is ready and its run
+/// lands whole; an agent trusting another CA only is not ready, refuses runs saying why, and
+/// writes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_serves_tls_to_agents_that_trust_its_ca() {
+    let db = AnyStore::postgresql().await;
+    let dir = std::env::temp_dir().join(format!(
+        "jobagent-relay-tls-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    ));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let (ca_pem, ca) = certificate_authority("jobagent test CA");
+    let (cert_pem, key_pem) = server_certificate(&ca);
+    let (other_ca_pem, _) = certificate_authority("some other CA");
+    let ca_file = write(&dir, "ca.pem", &ca_pem);
+    let other_ca_file = write(&dir, "other-ca.pem", &other_ca_pem);
+    let cert_file = write(&dir, "relay.pem", &cert_pem);
+    let key_file = write(&dir, "relay-key.pem", &key_pem);
+    let relay = Relay::start(
+        &db,
+        &[
+            ("JOBAGENT_RELAY_TLS_CERT", cert_file.display().to_string()),
+            ("JOBAGENT_RELAY_TLS_KEY", key_file.display().to_string()),
+        ],
+    );
+    let store = format!("relay+https://localhost:{}", relay.port());
+    let agent_env = |trusted: &Path| {
+        vec![
+            ("JOBAGENT_STORE", store.clone()),
+            ("JOBAGENT_RELAY_TOKEN", TOKEN.to_owned()),
+            ("SSL_CERT_FILE", trusted.display().to_string()),
+        ]
+    };
+
+    let agent = Replica::start("tls-trusting", &agent_env(&ca_file)).await;
+    let (status, body) =
+        probe_until(&agent.url("/jobagent/readyz"), 200, Duration::from_secs(10)).await;
+    assert_eq!(status, 200, "{body}");
+    let console = ConsoleInfo::for_job("tls1");
+    agent
+        .center()
+        .run(TRANSIENT, "tls1")
+        .param(json!({"lines": 20}))
+        .console(console.clone())
+        .send()
+        .await
+        .assert_status(200);
+    let result = db.wait_result("tls1", Duration::from_secs(30)).await;
+    assert_eq!(result["R"], "ok", "{result}");
+    let lines = db.console_lines(&console.set_key, &console.hash_key).await;
+    let numbered = lines
+        .iter()
+        .filter_map(|l| l["s"].as_str())
+        .filter(|s| s.contains("line "))
+        .count();
+    assert_eq!(numbered, 20, "{lines:?}");
+
+    let stranger = Replica::start("tls-untrusting", &agent_env(&other_ca_file)).await;
+    let (status, body) = probe_until(
+        &stranger.url("/jobagent/readyz"),
+        503,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("does not answer"), "{body}");
+    assert!(!body.contains(TOKEN), "{body}");
+    // A run is refused at once, saying why (the center marks it failed), and nothing is written.
+    let console = ConsoleInfo::for_job("tls2");
+    let reply = stranger
+        .center()
+        .run(TRANSIENT, "tls2")
+        .param(json!({"lines": 20}))
+        .console(console.clone())
+        .send()
+        .await;
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(
+        reply.body.starts_with("err:") && reply.body.contains("certificate"),
+        "{reply:?}"
+    );
+    assert!(!reply.body.contains(TOKEN), "{reply:?}");
+    assert!(db.result("tls2").await.is_none());
+    assert!(db.set_rows(&console.set_key).await.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 tests::on_every_store! {

@@ -423,11 +423,7 @@ fn trusted_roots(ssl: SslMode, root: Option<&PathBuf>) -> Result<RootCertStore, 
             ));
         }
     } else {
-        let found = rustls_native_certs::load_native_certs();
-        for e in &found.errors {
-            tracing::debug!(error = %e, "a system CA certificate could not be loaded");
-        }
-        roots.add_parsable_certificates(found.certs);
+        roots = system_roots();
         if roots.is_empty() {
             return Err(format!(
                 "SSL Mode={ssl:?} needs trusted CA certificates but the system has none; install them (e.g. the ca-certificates package) or set Root Certificate=<path to the server's CA in PEM>"
@@ -435,6 +431,18 @@ fn trusted_roots(ssl: SslMode, root: Option<&PathBuf>) -> Result<RootCertStore, 
         }
     }
     Ok(roots)
+}
+
+/// The system's trusted CA certificates (those `SSL_CERT_FILE` or `SSL_CERT_DIR` name, else the
+/// platform's store); empty when there are none. Blocking (reads files).
+pub(crate) fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::debug!(error = %e, "a system CA certificate could not be loaded");
+    }
+    roots.add_parsable_certificates(found.certs);
+    roots
 }
 
 /// Accepts any server certificate (Npgsql's `Require`/`Prefer`, or `Trust Server

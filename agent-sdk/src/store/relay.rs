@@ -12,6 +12,7 @@
 //! store operations are here; those of cluster mode in `cluster/relay.rs`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -126,9 +127,31 @@ impl fmt::Debug for RelayStore {
     }
 }
 
+/// TLS towards a `relay+https://` relay: its certificate must lead to one of the system's
+/// trusted CAs (a private CA is trusted the usual way, by adding it to the system's store or
+/// naming it in `SSL_CERT_FILE`) and name the relay's host. Reads the system's roots once.
+fn https_config() -> Result<rustls::ClientConfig, String> {
+    static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
+    let roots = ROOTS.get_or_init(|| Arc::new(super::pool::system_roots()));
+    if roots.is_empty() {
+        return Err(
+            "relay+https needs trusted CA certificates but the system has none: install \
+                    them (e.g. the ca-certificates package) or name the relay's CA in \
+                    SSL_CERT_FILE"
+                .to_owned(),
+        );
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(Arc::clone(roots))
+        .with_no_client_auth())
+}
+
 impl RelayStore {
     /// The relay at `url` (`relay+http://host:port[/path]` or `relay+https://...`), with the
-    /// bearer `token`. No I/O.
+    /// bearer `token`. No I/O, except reading the system's trusted CAs (once) for `https`.
     pub(crate) fn open(url: &str, token: Option<&str>) -> Result<Self, String> {
         let url = url.trim();
         let (scheme, rest) = url
@@ -172,10 +195,14 @@ impl RelayStore {
             .map_or(authority, |(host, _)| host)
             .trim_matches(['[', ']'])
             .to_owned();
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(REQUEST_WITHIN)
             .connect_timeout(CONNECT_WITHIN)
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if scheme == "https" {
+            http = http.use_preconfigured_tls(https_config()?);
+        }
+        let http = http
             .build()
             .map_err(|e| format!("the relay's HTTP client: {}", crate::error::chain(&e)))?;
         Ok(Self {
