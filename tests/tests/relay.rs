@@ -2,6 +2,10 @@
 //! scope, an oversized batch), each with nothing written; and a relay killed mid-job and
 //! restarted, after which every line has landed once, in order, with one result.
 //!
+//! The store black-holed behind a live relay (no reset: the relay's statements time out and it
+//! answers 503): the agent keeps the lines and the result and delivers them once the store is
+//! back.
+//!
 //! A relay serving TLS: agents that trust its certificate's CA write through it, one that does
 //! not is told so by its readiness probe and writes nothing.
 //!
@@ -131,6 +135,58 @@ async fn relay_killed_mid_job(mut db: AnyStore) {
         .collect();
     assert_eq!(order, (1..=60).collect::<Vec<u32>>(), "{texts:?}");
     assert_eq!(db.result_fields("rk1").await.len(), 1);
+}
+
+/// The store behind a live relay black-holes mid-job for 4 s (connections stay open, nothing
+/// passes, no reset). The relay's store operations time out (its store is given with the short
+/// bounds of [`AnyStore::env_behind_proxy`]) and it answers 503; the agent keeps the console
+/// and the result meanwhile. After the store is back: no result while it was away, then every
+/// line once, in order, and one result.
+async fn store_black_holed_behind_the_relay(db: AnyStore) {
+    let (proxy, env) = db.env_behind_proxy().await;
+    // The relay reaches the store through the proxy: `JOBAGENT_STORE` of that environment.
+    let (_, through_proxy) = env
+        .into_iter()
+        .find(|(k, _)| *k == "JOBAGENT_STORE")
+        .unwrap_or_else(|| panic!("no JOBAGENT_STORE in the proxied environment"));
+    let relay = Relay::start(&db, &[("JOBAGENT_RELAY_STORE", through_proxy)]);
+    let agent = Replica::start("relayed-outage", &relay.agent_env()).await;
+    let console = ConsoleInfo::for_job("bh1");
+    agent
+        .center()
+        .run(TRANSIENT, "bh1")
+        .param(json!({"lines": 200, "sleep_ms": 2000}))
+        .console(console.clone())
+        .send()
+        .await
+        .assert_status(200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    proxy.black_hole();
+    let during = db.set_rows(&console.set_key).await.len();
+    assert!(
+        during < 200,
+        "the run was still writing at the cut: {during}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        db.result("bh1").await.is_none(),
+        "no result while the store is away"
+    );
+    proxy.restore();
+    let result = db.wait_result("bh1", Duration::from_secs(30)).await;
+    assert_eq!(result["R"], "ok", "{result}");
+    let lines = db.console_lines(&console.set_key, &console.hash_key).await;
+    let texts: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["s"].as_str())
+        .map(|s| s.trim_start_matches("【JobAgent】"))
+        .collect();
+    let numbered: Vec<u32> = texts
+        .iter()
+        .filter_map(|s| s.strip_prefix("line ")?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(numbered, (1..=200).collect::<Vec<u32>>(), "{texts:?}");
+    assert_eq!(db.result_fields("bh1").await.len(), 1);
 }
 
 /// A throwaway CA: its certificate (PEM) and the issuer that signs with it.
@@ -283,6 +339,7 @@ async fn a_relay_serves_tls_to_agents_that_trust_its_ca() {
 
 tests::on_every_store! {
     the_relay_refuses_with_nothing_written => refusals;
+    a_store_black_holed_behind_the_relay_loses_no_line => store_black_holed_behind_the_relay;
 }
 
 tests::on_every_store_via_relays! { 1;
