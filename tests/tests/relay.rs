@@ -91,50 +91,50 @@ async fn refusals(db: AnyStore) {
     assert!(db.set_rows("console:huge").await.is_empty());
 }
 
-/// The relay is SIGKILLed while a job writes its console and started again 3 s later: the
-/// agent buffers meanwhile; every line lands once, in order, and the run has one result.
-async fn relay_killed_mid_job(mut db: AnyStore) {
-    let agent = Replica::start("relayed", &db.env()).await;
-    let console = ConsoleInfo::for_job("rk1");
+/// Sends the demo job `id` writing `lines` lines over `sleep_ms` to `agent`; its console.
+async fn start_lines(agent: &Replica, id: &str, lines: u32, sleep_ms: u64) -> ConsoleInfo {
+    let console = ConsoleInfo::for_job(id);
     agent
         .center()
-        .run(TRANSIENT, "rk1")
-        .param(json!({"lines": 60, "sleep_ms": 6000}))
+        .run(TRANSIENT, id)
+        .param(json!({"lines": lines, "sleep_ms": sleep_ms}))
         .console(console.clone())
         .send()
         .await
         .assert_status(200);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    db.relays_mut()[0].kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    db.relays_mut()[0].restart();
-    let result = db.wait_result("rk1", Duration::from_secs(30)).await;
+    console
+}
+
+/// Asserts that run `id` ended well with one result and that its console holds the demo's
+/// `lines` numbered lines, each once, in order (as the dashboard reads them).
+async fn assert_every_line_once(db: &AnyStore, id: &str, console: &ConsoleInfo, lines: u32) {
+    let result = db.wait_result(id, Duration::from_secs(30)).await;
     assert_eq!(result["R"], "ok", "{result}");
-    let lines = db.console_lines(&console.set_key, &console.hash_key).await;
+    let rows = db.console_lines(&console.set_key, &console.hash_key).await;
     // Lines carry the example service's console prefix.
-    let texts: Vec<&str> = lines
+    let texts: Vec<&str> = rows
         .iter()
         .filter_map(|l| l["s"].as_str())
         .map(|s| s.trim_start_matches("【JobAgent】"))
         .collect();
-    let numbered: Vec<&str> = texts
+    let numbered: Vec<u32> = texts
         .iter()
-        .copied()
-        .filter(|s| s.starts_with("line "))
+        .filter_map(|s| s.strip_prefix("line ")?.split(' ').next()?.parse().ok())
         .collect();
-    assert_eq!(numbered.len(), 60, "every line once: {texts:?}");
-    let order: Vec<u32> = numbered
-        .iter()
-        .filter_map(|s| {
-            s.trim_start_matches("line ")
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    assert_eq!(order, (1..=60).collect::<Vec<u32>>(), "{texts:?}");
-    assert_eq!(db.result_fields("rk1").await.len(), 1);
+    assert_eq!(numbered, (1..=lines).collect::<Vec<u32>>(), "{texts:?}");
+    assert_eq!(db.result_fields(id).await.len(), 1);
+}
+
+/// The relay is SIGKILLed while a job writes its console and started again 3 s later: the
+/// agent buffers meanwhile; every line lands once, in order, and the run has one result.
+async fn relay_killed_mid_job(mut db: AnyStore) {
+    let agent = Replica::start("relayed", &db.env()).await;
+    let console = start_lines(&agent, "rk1", 60, 6000).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    db.relays_mut()[0].kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    db.relays_mut()[0].restart();
+    assert_every_line_once(&db, "rk1", &console, 60).await;
 }
 
 /// The store behind a live relay black-holes mid-job for 4 s (connections stay open, nothing
@@ -151,15 +151,7 @@ async fn store_black_holed_behind_the_relay(db: AnyStore) {
         .unwrap_or_else(|| panic!("no JOBAGENT_STORE in the proxied environment"));
     let relay = Relay::start(&db, &[("JOBAGENT_RELAY_STORE", through_proxy)]);
     let agent = Replica::start("relayed-outage", &relay.agent_env()).await;
-    let console = ConsoleInfo::for_job("bh1");
-    agent
-        .center()
-        .run(TRANSIENT, "bh1")
-        .param(json!({"lines": 200, "sleep_ms": 2000}))
-        .console(console.clone())
-        .send()
-        .await
-        .assert_status(200);
+    let console = start_lines(&agent, "bh1", 200, 2000).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     proxy.black_hole();
     let during = db.set_rows(&console.set_key).await.len();
@@ -173,20 +165,7 @@ async fn store_black_holed_behind_the_relay(db: AnyStore) {
         "no result while the store is away"
     );
     proxy.restore();
-    let result = db.wait_result("bh1", Duration::from_secs(30)).await;
-    assert_eq!(result["R"], "ok", "{result}");
-    let lines = db.console_lines(&console.set_key, &console.hash_key).await;
-    let texts: Vec<&str> = lines
-        .iter()
-        .filter_map(|l| l["s"].as_str())
-        .map(|s| s.trim_start_matches("【JobAgent】"))
-        .collect();
-    let numbered: Vec<u32> = texts
-        .iter()
-        .filter_map(|s| s.strip_prefix("line ")?.split(' ').next()?.parse().ok())
-        .collect();
-    assert_eq!(numbered, (1..=200).collect::<Vec<u32>>(), "{texts:?}");
-    assert_eq!(db.result_fields("bh1").await.len(), 1);
+    assert_every_line_once(&db, "bh1", &console, 200).await;
 }
 
 /// A throwaway CA: its certificate (PEM) and the issuer that signs with it.
