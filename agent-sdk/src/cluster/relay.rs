@@ -134,164 +134,31 @@ async fn send<T: serde::de::DeserializeOwned>(r: &RelayStore, call: ClusterCall)
     r.call("cluster", &call).await
 }
 
-fn member(me: &Member) -> Member {
-    me.clone()
+/// The agent's side of each operation: `kv_<op>(relay, args...)` sends the call named after it,
+/// its fields the arguments (owned), and decodes the answer.
+macro_rules! relayed {
+    ($( fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $variant:ident; )*) => {$(
+        pub(super) async fn $name(r: &RelayStore, $($arg: $ty),*) -> Res<$ret> {
+            send(r, ClusterCall::$variant { $($arg: $arg.to_owned()),* }).await
+        }
+    )*};
 }
 
-pub(super) async fn kv_claim(
-    r: &RelayStore,
-    me: &Member,
-    class: &str,
-    job_id: &str,
-) -> Res<Claimed> {
-    let call = ClusterCall::Claim {
-        me: member(me),
-        class: class.to_owned(),
-        job_id: job_id.to_owned(),
-    };
-    send(r, call).await
-}
-
-pub(super) async fn kv_renew_claim(
-    r: &RelayStore,
-    me: &Member,
-    class: &str,
-    job_id: &str,
-) -> Res<bool> {
-    let call = ClusterCall::RenewClaim {
-        me: member(me),
-        class: class.to_owned(),
-        job_id: job_id.to_owned(),
-    };
-    send(r, call).await
-}
-
-pub(super) async fn kv_release_claim(
-    r: &RelayStore,
-    me: &Member,
-    class: &str,
-    job_id: &str,
-) -> Res<()> {
-    let call = ClusterCall::ReleaseClaim {
-        me: member(me),
-        class: class.to_owned(),
-        job_id: job_id.to_owned(),
-    };
-    send(r, call).await
-}
-
-pub(super) async fn kv_release_lost_claim(
-    r: &RelayStore,
-    class: &str,
-    job_id: &str,
-    server_id: &str,
-) -> Res<()> {
-    let call = ClusterCall::ReleaseLostClaim {
-        class: class.to_owned(),
-        job_id: job_id.to_owned(),
-        server_id: server_id.to_owned(),
-    };
-    send(r, call).await
-}
-
-pub(super) async fn kv_claim_of(r: &RelayStore, class: &str) -> Res<Option<(ClaimValue, bool)>> {
-    send(
-        r,
-        ClusterCall::ClaimOf {
-            class: class.to_owned(),
-        },
-    )
-    .await
-}
-
-pub(super) async fn kv_record_run(
-    r: &RelayStore,
-    me: &Member,
-    job_id: &str,
-    record: &RunRecord,
-) -> Res<()> {
-    let call = ClusterCall::RecordRun {
-        me: member(me),
-        job_id: job_id.to_owned(),
-        record: record.clone(),
-    };
-    send(r, call).await
-}
-
-pub(super) async fn kv_forget_run(r: &RelayStore, me: &Member, job_id: &str) -> Res<()> {
-    let call = ClusterCall::ForgetRun {
-        me: member(me),
-        job_id: job_id.to_owned(),
-    };
-    send(r, call).await
-}
-
-pub(super) async fn kv_remote_runs(
-    r: &RelayStore,
-    me: &Member,
-    class: &str,
-) -> Res<Vec<ClusterRun>> {
-    let call = ClusterCall::RemoteRuns {
-        me: member(me),
-        class: class.to_owned(),
-    };
-    send(r, call).await
-}
-
-pub(super) async fn kv_hold_lease(r: &RelayStore, me: &Member) -> Res<Lease> {
-    send(r, ClusterCall::HoldLease { me: member(me) }).await
-}
-
-pub(super) async fn kv_release_lease(r: &RelayStore, me: &Member) -> Res<()> {
-    send(r, ClusterCall::ReleaseLease { me: member(me) }).await
-}
-
-pub(super) async fn kv_send_command(r: &RelayStore, instance: &str, command: &Command) -> Res<()> {
-    let call = ClusterCall::SendCommand {
-        instance: instance.to_owned(),
-        command: command.clone(),
-    };
-    send(r, call).await
-}
-
-pub(super) async fn kv_take_commands(r: &RelayStore, me: &Member) -> Res<Vec<Command>> {
-    send(r, ClusterCall::TakeCommands { me: member(me) }).await
-}
-
-pub(super) async fn kv_ack(r: &RelayStore, stop_id: &str, job_id: &str, error: &str) -> Res<()> {
-    let call = ClusterCall::Ack {
-        stop_id: stop_id.to_owned(),
-        job_id: job_id.to_owned(),
-        error: error.to_owned(),
-    };
-    send(r, call).await
-}
-
-pub(super) async fn kv_acks(r: &RelayStore, stop_id: &str) -> Res<Vec<(String, String)>> {
-    send(
-        r,
-        ClusterCall::Acks {
-            stop_id: stop_id.to_owned(),
-        },
-    )
-    .await
-}
-
-pub(super) async fn kv_take_orphans(r: &RelayStore, me: &Member) -> Res<Vec<(String, RunRecord)>> {
-    send(r, ClusterCall::TakeOrphans { me: member(me) }).await
-}
-
-pub(super) async fn kv_take_lost(
-    r: &RelayStore,
-    me: &Member,
-    scan: bool,
-) -> Res<Vec<(String, String, RunRecord)>> {
-    send(
-        r,
-        ClusterCall::TakeLost {
-            me: member(me),
-            scan,
-        },
-    )
-    .await
+relayed! {
+    fn kv_claim(me: &Member, class: &str, job_id: &str) -> Claimed = Claim;
+    fn kv_renew_claim(me: &Member, class: &str, job_id: &str) -> bool = RenewClaim;
+    fn kv_release_claim(me: &Member, class: &str, job_id: &str) -> () = ReleaseClaim;
+    fn kv_release_lost_claim(class: &str, job_id: &str, server_id: &str) -> () = ReleaseLostClaim;
+    fn kv_claim_of(class: &str) -> Option<(ClaimValue, bool)> = ClaimOf;
+    fn kv_record_run(me: &Member, job_id: &str, record: &RunRecord) -> () = RecordRun;
+    fn kv_forget_run(me: &Member, job_id: &str) -> () = ForgetRun;
+    fn kv_remote_runs(me: &Member, class: &str) -> Vec<ClusterRun> = RemoteRuns;
+    fn kv_hold_lease(me: &Member) -> Lease = HoldLease;
+    fn kv_release_lease(me: &Member) -> () = ReleaseLease;
+    fn kv_send_command(instance: &str, command: &Command) -> () = SendCommand;
+    fn kv_take_commands(me: &Member) -> Vec<Command> = TakeCommands;
+    fn kv_ack(stop_id: &str, job_id: &str, error: &str) -> () = Ack;
+    fn kv_acks(stop_id: &str) -> Vec<(String, String)> = Acks;
+    fn kv_take_orphans(me: &Member) -> Vec<(String, RunRecord)> = TakeOrphans;
+    fn kv_take_lost(me: &Member, scan: bool) -> Vec<(String, String, RunRecord)> = TakeLost;
 }
