@@ -52,6 +52,13 @@ impl DispatchResult {
 /// Where results go: the center's store, or the agent's log.
 pub(crate) trait ResultSink: Send + Sync + 'static {
     fn write(&self, result: DispatchResult) -> BoxFuture<()>;
+
+    /// Whether a result (a success when `ok`) would be written at all: when not, the run
+    /// skips building it.
+    fn wants(&self, ok: bool) -> bool {
+        let _ = ok;
+        true
+    }
 }
 
 /// Results of an agent without a store: one log line each; a success at `debug` (runs that
@@ -60,6 +67,10 @@ pub(crate) trait ResultSink: Send + Sync + 'static {
 pub(crate) struct LogResults;
 
 impl ResultSink for LogResults {
+    fn wants(&self, ok: bool) -> bool {
+        !ok || tracing::enabled!(target: "agent_sdk::result", tracing::Level::DEBUG)
+    }
+
     fn write(&self, r: DispatchResult) -> BoxFuture<()> {
         if r.is_ok() {
             tracing::debug!(target: "agent_sdk::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, "dispatch succeeded");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::extract::{OriginalUri, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use base64::Engine as _;
@@ -279,6 +279,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// The `agentServerId` header the .NET agent answers with (header names are case-insensitive;
+/// HTTP/1.1 writes them lower-case).
+static AGENT_SERVER_ID: HeaderName = HeaderName::from_static("agentserverid");
+
 fn respond(agent: &AgentInner, answer: Answer) -> Response {
     let mut response = (answer.status, Body::from(answer.body)).into_response();
     let headers = response.headers_mut();
@@ -286,7 +290,7 @@ fn respond(agent: &AgentInner, answer: Answer) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    headers.insert("agentServerId", agent.server_id_header.clone());
+    headers.insert(AGENT_SERVER_ID.clone(), agent.server_id_header.clone());
     headers.insert(header::SET_COOKIE, agent.server_id_cookie.clone());
     response
 }

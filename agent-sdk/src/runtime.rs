@@ -110,6 +110,9 @@ impl Run {
             (Some(e), n) => Some(format!("{e} ({n} console lines were dropped)")),
             (None, _) => None,
         };
+        if !self.results.wants(error.is_none()) {
+            return;
+        }
         let id = self.cx.job_id();
         let result = DispatchResult::new(id, Action::Run, id, error, self.started);
         self.results.write(result).await;
@@ -334,7 +337,16 @@ impl Runtime {
             return Err(DispatchError::DuplicateInstance(why));
         }
         let (busy, d) = match self.try_start(reg, d, &outlet).await? {
-            Start::Started => return Ok(format!("JobClass:{} run success!", reg.class())),
+            Start::Started => {
+                // The most frequent answer: built without the formatting machinery.
+                const TAIL: &str = " run success!";
+                let mut answer =
+                    String::with_capacity("JobClass:".len() + reg.class().len() + TAIL.len());
+                answer.push_str("JobClass:");
+                answer.push_str(reg.class());
+                answer.push_str(TAIL);
+                return Ok(answer);
+            }
             Start::Busy(busy, d) => (busy, *d),
         };
         match reg.on_busy() {
@@ -620,7 +632,7 @@ impl Runtime {
             param: d.body,
             item: d.item,
             headers: d.headers,
-            token: self.root.child_token(),
+            token: self.run_token(),
             console,
             started_at: started,
             fence: OnceLock::new(),
@@ -641,6 +653,18 @@ impl Runtime {
             record: Mutex::new(None),
             stalled: AtomicBool::new(false),
         })
+    }
+
+    /// A run's own cancellation token. Not a child of the root: a child token takes the
+    /// root's lock when made and when dropped, which every run on every worker thread would
+    /// contend for. Shutdown cancels the root, then each run in its class slot; a run admitted
+    /// after that (under the same slot lock) sees the root cancelled here.
+    fn run_token(&self) -> CancellationToken {
+        let token = CancellationToken::new();
+        if self.root.is_cancelled() {
+            token.cancel();
+        }
+        token
     }
 
     fn console(&self, reg: &'static JobRegistration, d: &Dispatch, outlet: &Outlet) -> Console {
@@ -958,6 +982,11 @@ impl Runtime {
             );
         }
         self.root.cancel();
+        for state in self.classes.values() {
+            for run in lock(&state.slot).runs.values() {
+                run.cx.cancel();
+            }
+        }
         self.tracker.close();
         if tokio::time::timeout(self.options.shutdown_timeout, self.tracker.wait())
             .await
