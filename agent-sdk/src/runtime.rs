@@ -11,7 +11,6 @@ use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::cluster::{
@@ -28,7 +27,7 @@ use crate::registry::{BusyPolicy, JobRegistration, Registry};
 use crate::request::{Action, Dispatch};
 use crate::result::{DispatchResult, ResultSink};
 use crate::store::Store;
-use crate::sync::lock;
+use crate::sync::{Signal, lock};
 use crate::timefmt::fmt_duration;
 
 mod busy;
@@ -68,6 +67,8 @@ pub(crate) struct Run {
     started: SystemTime,
     results: Arc<dyn ResultSink>,
     reported: AtomicBool,
+    /// Set when the run is taken out of its class (counted once).
+    finished: AtomicBool,
     /// The store shared with other replicas, when there is one.
     store: Option<Arc<Store>>,
     /// Whether this run holds the class's cluster-wide claim.
@@ -119,11 +120,51 @@ impl Run {
     }
 }
 
+/// A class's runs in flight, by [`Run::seq`]: taking one out when it ends costs a lookup,
+/// not a pass over all of them. A hash table keeps its memory when it empties (a B-tree frees
+/// its root node, so every run of a mostly idle class allocated and freed one under the class
+/// lock); the few readers that need start order sort.
+#[derive(Default)]
+struct Runs(foldhash::HashMap<u64, Arc<Run>>);
+
+impl Runs {
+    fn insert(&mut self, run: Arc<Run>) {
+        self.0.insert(run.seq, run);
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Arc<Run>> {
+        self.0.remove(&seq)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The earliest started run: a singleton's current one.
+    fn oldest(&self) -> Option<&Arc<Run>> {
+        self.0.values().min_by_key(|run| run.seq)
+    }
+
+    /// Every run, in no particular order.
+    fn values(&self) -> impl Iterator<Item = &Arc<Run>> {
+        self.0.values()
+    }
+
+    /// Every run, in start order.
+    fn in_order(&self) -> Vec<&Arc<Run>> {
+        let mut runs: Vec<&Arc<Run>> = self.0.values().collect();
+        runs.sort_unstable_by_key(|run| run.seq);
+        runs
+    }
+}
+
 #[derive(Default)]
 struct ClassSlot {
-    /// The class's runs in flight by start order (`Run::seq`): taking one out when it ends
-    /// costs a lookup, not a pass over all of them.
-    runs: std::collections::BTreeMap<u64, Arc<Run>>,
+    runs: Runs,
     last: Option<LastRun>,
     /// A singleton run being claimed cluster-wide (its job id).
     claiming: Option<String>,
@@ -148,8 +189,11 @@ struct ClassState {
     /// The singleton's instance, kept across runs like the .NET agent's.
     singleton: Mutex<Option<Arc<dyn DynJob>>>,
     slot: Mutex<ClassSlot>,
+    /// Runs of a class that may run many at once, counted when admitted and until they end:
+    /// the per-class limit is checked on it before the run is built, outside the slot's lock.
+    admitted: AtomicUsize,
     /// Signalled whenever a run of the class ends.
-    ended: Notify,
+    ended: Signal,
     /// Queued runs (busy policy `queue`) start in arrival order.
     queue: tokio::sync::Mutex<()>,
     waiting: AtomicUsize,
@@ -193,7 +237,8 @@ impl Classes {
                 let state = ClassState {
                     singleton: Mutex::new(None),
                     slot: Mutex::new(ClassSlot::default()),
-                    ended: Notify::new(),
+                    admitted: AtomicUsize::new(0),
+                    ended: Signal::new(),
                     queue: tokio::sync::Mutex::new(()),
                     waiting: AtomicUsize::new(0),
                     metrics: OnceLock::new(),
@@ -233,12 +278,15 @@ pub(crate) struct Runtime {
     /// `options.console_prefix`, shared by every run's console.
     console_prefix: Arc<str>,
     root: CancellationToken,
+    /// Set just before `root` is cancelled. Every run reads it (a token's `is_cancelled`
+    /// takes the token's lock, which both worker threads would contend for).
+    root_cancelled: AtomicBool,
     tracker: TaskTracker,
     accepting: AtomicBool,
     /// Set by a drain: new runs are refused, running ones may finish.
     draining: AtomicBool,
     /// Signalled whenever a run ends (a drain waits on it).
-    idle: Notify,
+    idle: Signal,
     seq: AtomicU64,
     in_flight: AtomicUsize,
     pub(crate) member: Member,
@@ -255,10 +303,11 @@ impl Runtime {
             console_prefix: Arc::from(options.console_prefix.as_str()),
             options,
             root: CancellationToken::new(),
+            root_cancelled: AtomicBool::new(false),
             tracker: TaskTracker::new(),
             accepting: AtomicBool::new(true),
             draining: AtomicBool::new(false),
-            idle: Notify::new(),
+            idle: Signal::new(),
             seq: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             member,
@@ -399,12 +448,11 @@ impl Runtime {
         d: Dispatch,
         outlet: &Outlet,
     ) -> Result<Start, DispatchError> {
+        if !reg.kind().is_singleton() {
+            return self.start_concurrent(reg, d, outlet).await;
+        }
         let state = self.state(reg);
-        let claim_in = if reg.kind().is_singleton() {
-            self.shared(outlet).cloned()
-        } else {
-            None
-        };
+        let claim_in = self.shared(outlet).cloned();
         /// What the reservation leads to: a started run, or a claim to make first.
         enum Next {
             Started(Option<tokio::sync::oneshot::Receiver<()>>),
@@ -412,39 +460,23 @@ impl Runtime {
         }
         let next = {
             let mut slot = lock(&state.slot);
-            if reg.kind().is_singleton() {
-                if let Some(current) = slot.runs.values().next() {
-                    let busy = Busy {
-                        job_id: current.cx.job_id().to_owned(),
-                        status: current.status(),
-                        replica: None,
-                    };
-                    return Ok(Start::Busy(busy, Box::new(d)));
-                }
-                if let Some(claimer) = &slot.claiming {
-                    let busy = Busy {
-                        job_id: claimer.clone(),
-                        status: Status::Running,
-                        replica: None,
-                    };
-                    return Ok(Start::Busy(busy, Box::new(d)));
-                }
+            if let Some(current) = slot.runs.oldest() {
+                let busy = Busy {
+                    job_id: current.cx.job_id().to_owned(),
+                    status: current.status(),
+                    replica: None,
+                };
+                return Ok(Start::Busy(busy, Box::new(d)));
             }
-            let limits = &self.options.limits;
-            if !reg.kind().is_singleton() && slot.runs.len() >= limits.max_running_per_class {
-                return Err(DispatchError::Limit(format!(
-                    "job {} already runs {} instances, the most allowed per class (JOBAGENT_MAX_RUNNING_PER_CLASS)",
-                    reg.class(),
-                    slot.runs.len()
-                )));
+            if let Some(claimer) = &slot.claiming {
+                let busy = Busy {
+                    job_id: claimer.clone(),
+                    status: Status::Running,
+                    replica: None,
+                };
+                return Ok(Start::Busy(busy, Box::new(d)));
             }
-            if self.in_flight.fetch_add(1, Ordering::AcqRel) >= limits.max_running {
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                return Err(DispatchError::Limit(format!(
-                    "the agent already runs {} jobs, the most allowed (JOBAGENT_MAX_RUNNING)",
-                    limits.max_running
-                )));
-            }
+            self.reserve_slot()?;
             match claim_in {
                 None => {
                     let run = self.admit(reg, &mut slot, d, outlet);
@@ -525,6 +557,62 @@ impl Runtime {
         Ok(Start::Started)
     }
 
+    /// Starts a run of a class that may run many at once. The limits are counted on atomics
+    /// and the run is built before the class's lock is taken, which is then held only to
+    /// enter the run: every run of the class, on every worker thread, takes that lock.
+    async fn start_concurrent(
+        self: &Arc<Self>,
+        reg: &'static JobRegistration,
+        d: Dispatch,
+        outlet: &Outlet,
+    ) -> Result<Start, DispatchError> {
+        let state = self.state(reg);
+        let admitted = state.admitted.fetch_add(1, Ordering::AcqRel);
+        if admitted >= self.options.limits.max_running_per_class {
+            state.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(DispatchError::Limit(format!(
+                "job {} already runs {admitted} instances, the most allowed per class (JOBAGENT_MAX_RUNNING_PER_CLASS)",
+                reg.class(),
+            )));
+        }
+        if let Err(e) = self.reserve_slot() {
+            state.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
+        let started = SystemTime::now();
+        let last = LastRun {
+            job_id: d.job_id.clone(),
+            param: d.body.clone(),
+            started,
+            ended: None,
+        };
+        let run = self.new_run(reg, d, outlet, started);
+        let previous = {
+            let mut slot = lock(&state.slot);
+            slot.runs.insert(run.clone());
+            // Shutdown sets the flag, then cancels each run entered before it takes this lock.
+            if self.root_cancelled.load(Ordering::Acquire) {
+                run.cx.cancel();
+            }
+            slot.last.replace(last)
+        };
+        drop(previous);
+        Self::until_recorded(self.spawn_drive(reg, run)).await;
+        Ok(Start::Started)
+    }
+
+    /// Counts a run against the agent-wide limit, or says why it may not start.
+    fn reserve_slot(&self) -> Result<(), DispatchError> {
+        let limit = self.options.limits.max_running;
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(DispatchError::Limit(format!(
+                "the agent already runs {limit} jobs, the most allowed (JOBAGENT_MAX_RUNNING)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Spawns the run's task and, with a store, the write of its in-flight record; the
     /// receiver says when the record has landed.
     fn spawn_drive(
@@ -602,18 +690,25 @@ impl Runtime {
         d: Dispatch,
         outlet: &Outlet,
     ) -> Arc<Run> {
+        let started = SystemTime::now();
         slot.last = Some(LastRun {
             job_id: d.job_id.clone(),
             param: d.body.clone(),
-            started: SystemTime::now(),
+            started,
             ended: None,
         });
-        let run = self.new_run(reg, d, outlet);
-        slot.runs.insert(run.seq, run.clone());
+        let run = self.new_run(reg, d, outlet, started);
+        slot.runs.insert(run.clone());
         run
     }
 
-    fn new_run(&self, reg: &'static JobRegistration, d: Dispatch, outlet: &Outlet) -> Arc<Run> {
+    fn new_run(
+        &self,
+        reg: &'static JobRegistration,
+        d: Dispatch,
+        outlet: &Outlet,
+        started: SystemTime,
+    ) -> Arc<Run> {
         let state = self.state(reg);
         let instance = if reg.kind().is_singleton() {
             lock(&state.singleton)
@@ -623,7 +718,6 @@ impl Runtime {
             reg.instantiate(&self.options.states)
         };
         let console = self.console(reg, &d, outlet);
-        let started = SystemTime::now();
         let cx = JobContext::new(ContextInner {
             class: reg.class(),
             job_id: d.job_id,
@@ -647,6 +741,7 @@ impl Runtime {
             started,
             results: outlet.results(),
             reported: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
             // In-flight records: what a restarted process or a survivor reports lost.
             store: outlet.store.clone(),
             claimed: AtomicBool::new(false),
@@ -661,7 +756,7 @@ impl Runtime {
     /// after that (under the same slot lock) sees the root cancelled here.
     fn run_token(&self) -> CancellationToken {
         let token = CancellationToken::new();
-        if self.root.is_cancelled() {
+        if self.root_cancelled.load(Ordering::Acquire) {
             token.cancel();
         }
         token
@@ -766,13 +861,16 @@ impl Runtime {
             Some(JobError::new(JobErrorKind::Timeout, e))
         } else {
             match outcome {
-                Some(Ok(Ok(()))) if self.root.is_cancelled() => Some(JobError::new(
-                    JobErrorKind::Shutdown,
-                    "the agent shut down before the job finished".to_owned(),
-                )),
+                Some(Ok(Ok(()))) if self.root_cancelled.load(Ordering::Acquire) => {
+                    Some(JobError::new(
+                        JobErrorKind::Shutdown,
+                        "the agent shut down before the job finished".to_owned(),
+                    ))
+                }
                 Some(Ok(Ok(()))) => None,
                 Some(Ok(Err(e)))
-                    if self.root.is_cancelled() && e.kind() == JobErrorKind::Cancelled =>
+                    if self.root_cancelled.load(Ordering::Acquire)
+                        && e.kind() == JobErrorKind::Cancelled =>
                 {
                     Some(JobError::new(
                         JobErrorKind::Shutdown,
@@ -812,13 +910,17 @@ impl Runtime {
             }
             cx.console().error(format!("job failed: {err}"));
         }
-        let elapsed = SystemTime::now()
-            .duration_since(run.started)
-            .unwrap_or_default();
-        cx.console().lifecycle(|| match (&error, stopped) {
-            (None, true) => format!("job stopped on request after {}", fmt_duration(elapsed)),
-            (None, false) => format!("job finished after {}", fmt_duration(elapsed)),
-            (Some(_), _) => format!("job ended with an error after {}", fmt_duration(elapsed)),
+        cx.console().lifecycle(|| {
+            let elapsed = SystemTime::now()
+                .duration_since(run.started)
+                .unwrap_or_default();
+            match (&error, stopped) {
+                (None, true) => format!("job stopped on request after {}", fmt_duration(elapsed)),
+                (None, false) => format!("job finished after {}", fmt_duration(elapsed)),
+                (Some(_), _) => {
+                    format!("job ended with an error after {}", fmt_duration(elapsed))
+                }
+            }
         });
         if let Some(renewal) = renewal {
             renewal.cancel();
@@ -865,9 +967,10 @@ impl Runtime {
     async fn ends_within(&self, reg: &'static JobRegistration, run: &Run, grace: Duration) -> bool {
         let ended = &self.state(reg).ended;
         let wait = async {
+            let watch = ended.watch();
             loop {
                 // Registered before the check, so a finish between the two is not missed.
-                let signal = ended.notified();
+                let signal = watch.notified();
                 tokio::pin!(signal);
                 signal.as_mut().enable();
                 if run.status() == Status::Stopped {
@@ -906,23 +1009,38 @@ impl Runtime {
     }
 
     /// Takes an ended run out of its class (counting it once, as `outcome`).
+    /// Counted before the run leaves the class, so whoever sees it gone sees it counted; the
+    /// class's lock is held only to take it out.
     fn finish(&self, reg: &'static JobRegistration, run: &Arc<Run>, outcome: Outcome) {
         run.set_status(Status::Stopped);
-        let mut slot = lock(&self.state(reg).slot);
-        if slot.runs.remove(&run.seq).is_some() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            let took = SystemTime::now()
-                .duration_since(run.started)
-                .unwrap_or_default();
+        let now = SystemTime::now();
+        let first = !run.finished.swap(true, Ordering::AcqRel);
+        if first {
+            let took = now.duration_since(run.started).unwrap_or_default();
             self.class_metrics(reg).ended(outcome, took);
         }
-        if let Some(last) = slot.last.as_mut()
-            && last.job_id == run.cx.job_id()
-        {
-            last.ended = Some(SystemTime::now());
+        let state = self.state(reg);
+        let removed = {
+            let mut slot = lock(&state.slot);
+            if let Some(last) = slot.last.as_mut()
+                && last.job_id == run.cx.job_id()
+            {
+                last.ended = Some(now);
+            }
+            if first {
+                slot.runs.remove(run.seq)
+            } else {
+                None
+            }
+        };
+        if removed.is_some() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if !reg.kind().is_singleton() {
+                state.admitted.fetch_sub(1, Ordering::AcqRel);
+            }
         }
-        drop(slot);
-        self.state(reg).ended.notify_waiters();
+        drop(removed);
+        state.ended.notify_waiters();
         self.idle.notify_waiters();
     }
 
@@ -944,8 +1062,9 @@ impl Runtime {
             state.ended.notify_waiters();
         }
         let wait = async {
+            let watch = self.idle.watch();
             loop {
-                let signal = self.idle.notified();
+                let signal = watch.notified();
                 tokio::pin!(signal);
                 signal.as_mut().enable();
                 if self.finishing() == 0 {
@@ -981,6 +1100,7 @@ impl Runtime {
                 "job agent shutting down: cancelling {running} running job(s), then waiting up to the shutdown bound for them and for {tasks} task(s) writing console lines and results to the store"
             );
         }
+        self.root_cancelled.store(true, Ordering::Release);
         self.root.cancel();
         for state in self.classes.values() {
             for run in lock(&state.slot).runs.values() {

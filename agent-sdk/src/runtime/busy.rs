@@ -45,7 +45,7 @@ impl Runtime {
         outlet: Outlet,
         busy: Busy,
     ) {
-        let local = lock(&self.state(reg).slot).runs.values().next().cloned();
+        let local = lock(&self.state(reg).slot).runs.oldest().cloned();
         match (local, &busy.replica, self.shared(&outlet)) {
             (Some(run), _, _) if run.mark_stopping() => {
                 run.cx
@@ -108,6 +108,7 @@ impl Runtime {
             let _turn = state.queue.lock().await;
             let job_id = d.job_id.clone();
             let mut pending = Some(d);
+            let watch = state.ended.watch();
             let failure = loop {
                 if !rt.is_accepting() {
                     break Some("the agent shut down before the run could start".to_owned());
@@ -119,6 +120,10 @@ impl Runtime {
                     );
                 }
                 let Some(d) = pending.take() else { break None };
+                // Enabled before the attempt, so a run ending during it is not missed.
+                let ended = watch.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
                 match rt.try_start(reg, d, &outlet).await {
                     Ok(Start::Started) => break None,
                     Ok(Start::Busy(_, d)) => pending = Some(*d),
@@ -137,7 +142,7 @@ impl Runtime {
                     }
                 };
                 tokio::select! {
-                    _ = state.ended.notified() => {}
+                    _ = ended => {}
                     // Another replica released a claim (NOTIFY): look now, not at the poll.
                     _ = claim_freed => {}
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}

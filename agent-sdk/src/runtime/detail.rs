@@ -81,13 +81,13 @@ impl Runtime {
         }
         if reg.kind().is_singleton() {
             detail_line!(out, "BusyPolicy: {}", reg.on_busy().as_str());
-            if let (None, Some(claim)) = (slot.runs.values().next(), &holder) {
+            if let (None, Some(claim)) = (slot.runs.oldest(), &holder) {
                 detail_line!(out, "Status: Running");
                 detail_line!(out, "RunningOn: {}", claim.instance);
                 detail_line!(out, "JobId: {}", shown(&claim.job_id));
                 return Ok(out);
             }
-            let status = match (slot.runs.values().next(), &slot.last) {
+            let status = match (slot.runs.oldest(), &slot.last) {
                 (Some(run), _) => run.status(),
                 (None, Some(_)) => Status::Stopped,
                 (None, None) => Status::Default,
@@ -118,7 +118,7 @@ impl Runtime {
             }
             detail_line!(out, "Running instances: {}", slot.runs.len() + remote.len());
             let mut i = 0;
-            for run in slot.runs.values() {
+            for run in slot.runs.in_order() {
                 i += 1;
                 let ran = now.duration_since(run.started).unwrap_or_default();
                 detail_line!(

@@ -32,7 +32,11 @@ impl Runtime {
         let (local, last) = {
             let slot = lock(&state.slot);
             (
-                slot.runs.values().cloned().collect::<Vec<_>>(),
+                slot.runs
+                    .in_order()
+                    .into_iter()
+                    .cloned()
+                    .collect::<Vec<_>>(),
                 slot.last.clone(),
             )
         };
