@@ -184,7 +184,8 @@ fn is_null_item(text: &str) -> Result<bool, serde_json::Error> {
 /// Most jobs never look at the item, so most runs never pay for its strings.
 #[derive(Default)]
 pub(crate) struct LazyItem {
-    raw: Option<String>,
+    /// Shared: the typed item, and runs of the same item (see [`ItemCache`]), keep this text.
+    raw: Option<Arc<str>>,
     agent_timeout: Option<i64>,
     /// Boxed: a run carries a pointer until its job asks.
     typed: OnceLock<Box<JobItem>>,
@@ -227,7 +228,7 @@ impl LazyItem {
             },
         };
         Ok(Self {
-            raw: Some(text),
+            raw: Some(text.into()),
             agent_timeout,
             typed: OnceLock::new(),
         })
@@ -244,12 +245,80 @@ impl LazyItem {
         self.typed.get_or_init(|| {
             Box::new(match &self.raw {
                 None => JobItem::default(),
-                Some(raw) => JobItem::from_json(raw).unwrap_or_else(|_| JobItem {
-                    raw: Some(Arc::from(raw.as_str())),
-                    ..JobItem::default()
-                }),
+                Some(raw) => match JobItem::from_json(raw) {
+                    Ok(mut item) => {
+                        item.raw = Some(raw.clone());
+                        item
+                    }
+                    Err(_) => JobItem {
+                        raw: Some(raw.clone()),
+                        ..JobItem::default()
+                    },
+                },
             })
         })
+    }
+}
+
+/// The job items a worker thread read last, each with the header text it came from.
+///
+/// A recurring job's item is the same text on every run (the center serializes the job as
+/// configured), and it is the largest part of every `run`: decoding its base64, allocating
+/// its text and checking its JSON was the largest step of reading a dispatch. A header equal
+/// byte for byte to a remembered one gives the same item, so it is shared instead. Per
+/// thread, so readers never wait for each other; a few entries, replaced in turn, so that
+/// several recurring jobs dispatched to one service all find theirs.
+pub(crate) struct ItemCache {
+    entries: [Option<(Box<[u8]>, LazyItem)>; ItemCache::ENTRIES],
+    next: usize,
+}
+
+impl ItemCache {
+    const ENTRIES: usize = 8;
+    /// Longer headers are read every time: a few entries of this size bound the memory.
+    const MAX_HEADER: usize = 16 * 1024;
+
+    const fn new() -> Self {
+        Self {
+            entries: [const { None }; Self::ENTRIES],
+            next: 0,
+        }
+    }
+
+    /// The item of the header `raw`: remembered, or read by `read` (and remembered when it
+    /// is read without error).
+    pub(crate) fn item<E>(
+        raw: &[u8],
+        read: impl FnOnce() -> Result<LazyItem, E>,
+    ) -> Result<LazyItem, E> {
+        thread_local! {
+            static CACHE: std::cell::RefCell<ItemCache> = const {
+                std::cell::RefCell::new(ItemCache::new())
+            };
+        }
+        if raw.len() > Self::MAX_HEADER {
+            return read();
+        }
+        let found = CACHE.with(|cache| {
+            let cache = cache.borrow();
+            cache
+                .entries
+                .iter()
+                .flatten()
+                .find(|(header, _)| **header == *raw)
+                .map(|(_, item)| item.clone())
+        });
+        if let Some(item) = found {
+            return Ok(item);
+        }
+        let item = read()?;
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let at = cache.next;
+            cache.entries[at] = Some((raw.into(), item.clone()));
+            cache.next = (at + 1) % Self::ENTRIES;
+        });
+        Ok(item)
     }
 }
 
@@ -340,6 +409,41 @@ fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A remembered header gives the item read the first time; another header, or one whose
+    /// first read failed, is read again; and more headers than entries push the oldest out.
+    #[test]
+    fn the_item_cache_shares_only_equal_headers() {
+        let reads = std::cell::Cell::new(0);
+        let read = |text: &str| {
+            reads.set(reads.get() + 1);
+            LazyItem::from_json(text.to_owned())
+        };
+        let a = br#"header-a"#;
+        let first =
+            ItemCache::item(a, || read(r#"{"AgentTimeout":1500,"JobName":"a"}"#)).expect("valid");
+        let again =
+            ItemCache::item(a, || read(r#"{"AgentTimeout":9,"JobName":"other"}"#)).expect("cached");
+        assert_eq!(reads.get(), 1);
+        assert_eq!(again.agent_timeout(), Some(1500));
+        assert_eq!(again.get().job_name.as_deref(), Some("a"));
+        assert!(Arc::ptr_eq(
+            first.raw.as_ref().expect("text"),
+            again.raw.as_ref().expect("text")
+        ));
+        let b = ItemCache::item(b"header-b", || read(r#"{"JobName":"b"}"#)).expect("valid");
+        assert_eq!((reads.get(), b.agent_timeout()), (2, None));
+        assert!(ItemCache::item(b"header-c", || read("[1]")).is_err());
+        assert!(ItemCache::item(b"header-c", || read("[1]")).is_err());
+        assert_eq!(reads.get(), 4, "a failed read is not remembered");
+        for n in 0..ItemCache::ENTRIES {
+            let header = format!("filler-{n}");
+            ItemCache::item(header.as_bytes(), || read("{}")).expect("valid");
+        }
+        let before = reads.get();
+        ItemCache::item(a, || read(r#"{"JobName":"a"}"#)).expect("valid");
+        assert_eq!(reads.get(), before + 1, "the oldest entry was replaced");
+    }
 
     // A center whose host sets camelCase Newtonsoft defaults serializes the item with
     // `JsonConvert.SerializeObject` (Server/Hangfire.HttpJob/Server/HttpJob.cs); the .NET

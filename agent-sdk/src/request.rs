@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::DispatchError;
-use crate::item::LazyItem;
+use crate::item::{ItemCache, LazyItem};
 
 pub(crate) const H_ACTION: &str = "x-job-agent-action";
 pub(crate) const H_CLASS: &str = "x-job-agent-class";
@@ -333,10 +333,15 @@ impl Dispatch {
         if job_id.is_empty() && matches!(action, Action::Run | Action::Stop) {
             return Err(DispatchError::MissingHeader(H_JOB_ID));
         }
-        let item = match base64_text(h.body, H_BODY)? {
-            Some(json) if !json.trim().is_empty() => LazyItem::from_json(json)
-                .map_err(|e| bad(H_BODY, format!("not a job item: {e}")))?,
-            _ => LazyItem::default(),
+        let item = match h.body {
+            Some(raw) => ItemCache::item(raw.as_bytes(), || {
+                match decode_base64_bytes(raw.as_bytes()).map_err(|reason| bad(H_BODY, reason))? {
+                    json if json.trim().is_empty() => Ok(LazyItem::default()),
+                    json => LazyItem::from_json(json)
+                        .map_err(|e| bad(H_BODY, format!("not a job item: {e}"))),
+                }
+            })?,
+            None => LazyItem::default(),
         };
         let job_url = base64_text(h.url, H_URL)?;
         let server_id = base64_text(h.server, H_SERVER)?.map(|mut s| {
