@@ -144,14 +144,46 @@ pub struct Console {
     inner: Arc<ConsoleInner>,
 }
 
+/// The agent's console prefix, held by every run's console. The default one is static: a
+/// shared `Arc`'s count would be updated by both worker threads on every run.
+#[derive(Clone)]
+pub(crate) enum Prefix {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Prefix {
+    pub(crate) fn new(prefix: &str) -> Self {
+        if prefix == crate::options::DEFAULT_CONSOLE_PREFIX {
+            Prefix::Static(crate::options::DEFAULT_CONSOLE_PREFIX)
+        } else {
+            Prefix::Shared(prefix.into())
+        }
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Prefix::Static(s) => s,
+            Prefix::Shared(s) => s,
+        })
+    }
+}
+
+/// [`ConsoleInner::active_at`] of a console no watchdog watches.
+const UNWATCHED: u64 = u64::MAX;
+
 struct ConsoleInner {
     /// The agent's prefix, shared by every run's console (not a copy per run).
-    prefix: Arc<str>,
+    prefix: Prefix,
     sink: Arc<dyn LineSink>,
     next_bar: AtomicI64,
     closed: AtomicBool,
     written: AtomicU64,
-    /// When the job last wrote a line or moved a bar ([`now_ms`]).
+    /// When the job last wrote a line or moved a bar ([`now_ms`]); [`UNWATCHED`] until a
+    /// stall watchdog [watches](Console::watch) the console (reading the clock on every line
+    /// and every run costs more than the rest of writing a line to the log).
     active_at: AtomicU64,
     mirror: Option<LogMirror>,
 }
@@ -169,14 +201,14 @@ const MAX_BARS: i64 = 1000;
 
 impl Console {
     #[cfg(test)]
-    pub(crate) fn new(prefix: Arc<str>, first_bar_id: i64, sink: Arc<dyn LineSink>) -> Self {
+    pub(crate) fn new(prefix: Prefix, first_bar_id: i64, sink: Arc<dyn LineSink>) -> Self {
         Self::mirrored(prefix, first_bar_id, sink, None)
     }
 
     /// A console whose lines also go to the service's log as `mirror` (unless its sink is
     /// that log already).
     pub(crate) fn mirrored(
-        prefix: Arc<str>,
+        prefix: Prefix,
         first_bar_id: i64,
         sink: Arc<dyn LineSink>,
         mirror: Option<LogMirror>,
@@ -189,16 +221,25 @@ impl Console {
                 next_bar: AtomicI64::new(first_bar_id.saturating_add(1)),
                 closed: AtomicBool::new(false),
                 written: AtomicU64::new(0),
-                active_at: AtomicU64::new(now_ms()),
+                active_at: AtomicU64::new(UNWATCHED),
                 mirror,
             }),
         }
     }
 
+    /// Starts tracking the job's activity for a stall watchdog: from now on, every line and
+    /// progress change is timed. Lines written before count as written now.
+    pub(crate) fn watch(&self) {
+        self.inner.active_at.store(now_ms(), Ordering::Relaxed);
+    }
+
     /// How long since the job last wrote a line or moved a progress bar (or since the
-    /// console was made).
+    /// watchdog began watching); zero while no watchdog watches.
     pub(crate) fn silent_for(&self) -> std::time::Duration {
         let at = self.inner.active_at.load(Ordering::Relaxed);
+        if at == UNWATCHED {
+            return std::time::Duration::ZERO;
+        }
         std::time::Duration::from_millis(now_ms().saturating_sub(at))
     }
 
@@ -298,7 +339,7 @@ impl Console {
             tracing::debug!(target: "agent_sdk::console", "a line written after the run ended was dropped");
             return;
         }
-        if active {
+        if active && self.inner.active_at.load(Ordering::Relaxed) != UNWATCHED {
             self.inner.active_at.store(now_ms(), Ordering::Relaxed);
         }
         if let Some(mirror) = &self.inner.mirror {
@@ -405,7 +446,7 @@ mod tests {
     #[test]
     fn prefixes_colors_and_bars() {
         let cap = Arc::new(Capture::default());
-        let console = Console::new("【JobAgent】".into(), 0, Arc::new(cap.clone()));
+        let console = Console::new(Prefix::new("【JobAgent】"), 0, Arc::new(cap.clone()));
         console.warning("careful");
         let bar = console.progress_bar("import").expect("bar");
         bar.set(12.34);

@@ -1,12 +1,12 @@
 //! Where a dispatch's console lines and result go: the store, or the agent's log.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::console::{LineSink, LogSink};
 use crate::options::ConsoleBudget;
 use crate::request::ConsoleTarget;
-use crate::result::{LogResults, ResultSink};
+use crate::result::Results;
 use crate::store::{Store, StoreConsole, StoreResults};
 use crate::timefmt::parse_utc;
 
@@ -17,15 +17,12 @@ pub(crate) struct Outlet {
 }
 
 impl Outlet {
-    pub(crate) fn results(&self) -> Arc<dyn ResultSink> {
+    pub(crate) fn results(&self) -> Results {
         match &self.store {
-            Some(store) => Arc::new(StoreResults {
+            Some(store) => Results::Sink(Arc::new(StoreResults {
                 store: store.clone(),
-            }),
-            None => {
-                static LOG: LazyLock<Arc<dyn ResultSink>> = LazyLock::new(|| Arc::new(LogResults));
-                LOG.clone()
-            }
+            })),
+            None => Results::Log,
         }
     }
 

@@ -346,7 +346,7 @@ impl Dispatch {
         let job_url = base64_text(h.url, H_URL)?;
         let server_id = base64_text(h.server, H_SERVER)?.map(|mut s| {
             // `server@_@worker`: the agent reports to the server.
-            if let Some(at) = s.find("@_@") {
+            if let Some(at) = worker_suffix(&s) {
                 s.truncate(at);
             }
             s
@@ -429,6 +429,21 @@ fn job_headers(headers: &HeaderMap, list: Option<&HeaderValue>) -> BTreeMap<Stri
     found
 }
 
+/// Where `@_@` begins in `server`, found by its `@`s: `str::find` sets up a substring
+/// searcher, which cost more than the rest of reading the header.
+fn worker_suffix(server: &str) -> Option<usize> {
+    let bytes = server.as_bytes();
+    let mut from = 0;
+    while let Some(i) = bytes.get(from..)?.iter().position(|&b| b == b'@') {
+        let at = from + i;
+        if bytes[at..].starts_with(b"@_@") {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
 fn bad(header: &'static str, reason: String) -> DispatchError {
     DispatchError::BadHeader { header, reason }
 }
@@ -483,6 +498,15 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_suffix_is_found_as_str_find_finds_it() {
+        for server in [
+            "a@_@b", "a@@_@b", "@_@", "a@_", "a@_@", "@a@_@@_@", "", "ab", "é@_@é",
+        ] {
+            assert_eq!(worker_suffix(server), server.find("@_@"), "{server}");
+        }
+    }
 
     #[test]
     fn the_console_fast_path_reads_as_the_lenient_one() {

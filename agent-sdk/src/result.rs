@@ -1,5 +1,6 @@
 //! The result of a dispatch as the center reads it (`_agent_result_<id>`), and where results go.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -58,6 +59,24 @@ pub(crate) trait ResultSink: Send + Sync + 'static {
     fn wants(&self, ok: bool) -> bool {
         let _ = ok;
         true
+    }
+}
+
+/// The result sink of a run: the log's, one for all runs (nothing to count: a shared `Arc`'s
+/// count is updated by both worker threads on every run), or a store's.
+pub(crate) enum Results {
+    Log,
+    Sink(Arc<dyn ResultSink>),
+}
+
+impl std::ops::Deref for Results {
+    type Target = dyn ResultSink;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Results::Log => &LogResults,
+            Results::Sink(sink) => sink.as_ref(),
+        }
     }
 }
 

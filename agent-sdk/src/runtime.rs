@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::cluster::{
     CLAIM_LEASE, CLAIM_SAFETY, Claimed, Member, RENEW_EVERY, RENEW_WITHIN, RunRecord,
 };
-use crate::console::{Console, LogMirror};
+use crate::console::{Console, LogMirror, Prefix};
 use crate::context::{ContextInner, JobContext};
 use crate::error::{DispatchError, JobError, JobErrorKind};
 use crate::job::{DynJob, JobKind};
@@ -25,7 +25,7 @@ use crate::options::AgentOptions;
 use crate::outcome::Outlet;
 use crate::registry::{BusyPolicy, JobRegistration, Registry};
 use crate::request::{Action, Dispatch};
-use crate::result::{DispatchResult, ResultSink};
+use crate::result::{DispatchResult, Results};
 use crate::store::Store;
 use crate::sync::{Signal, lock};
 use crate::timefmt::fmt_duration;
@@ -65,7 +65,7 @@ pub(crate) struct Run {
     instance: Arc<dyn DynJob>,
     status: Mutex<Status>,
     started: SystemTime,
-    results: Arc<dyn ResultSink>,
+    results: Results,
     reported: AtomicBool,
     /// Set when the run is taken out of its class (counted once).
     finished: AtomicBool,
@@ -276,7 +276,7 @@ pub(crate) struct Runtime {
     classes: Classes,
     pub(crate) options: AgentOptions,
     /// `options.console_prefix`, shared by every run's console.
-    console_prefix: Arc<str>,
+    console_prefix: Prefix,
     root: CancellationToken,
     /// Set just before `root` is cancelled. Every run reads it (a token's `is_cancelled`
     /// takes the token's lock, which both worker threads would contend for).
@@ -300,7 +300,7 @@ impl Runtime {
         Self {
             registry,
             classes,
-            console_prefix: Arc::from(options.console_prefix.as_str()),
+            console_prefix: Prefix::new(&options.console_prefix),
             options,
             root: CancellationToken::new(),
             root_cancelled: AtomicBool::new(false),
@@ -1296,6 +1296,7 @@ async fn stall_watch(
     stop: CancellationToken,
 ) {
     let console = run.cx.console().clone();
+    console.watch();
     let mut warned = false;
     loop {
         let silent = console.silent_for();

@@ -13,38 +13,43 @@ use std::sync::Arc;
 
 use axum::http::Extensions;
 
-/// The values given to the agent, one per type. Cheap to clone (shared).
+/// The values given to the agent, one per type. Cheap to clone: every run's context holds a
+/// clone, which must not allocate, and is one reference count (both worker threads update it
+/// on every run).
 #[doc(hidden)]
 #[derive(Clone, Default)]
-pub struct States {
-    map: Arc<Extensions>,
-    /// What was given, for the start-up check of constructors and for `Debug` (shared too:
-    /// every run's context holds a clone, which must not allocate).
-    given: Arc<Vec<Need>>,
+pub struct States(Arc<Given>);
+
+#[derive(Clone, Default)]
+struct Given {
+    map: Extensions,
+    /// What was given, for the start-up check of constructors and for `Debug`.
+    given: Vec<Need>,
 }
 
 impl States {
     pub(crate) fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) {
-        if Arc::make_mut(&mut self.map).insert(value).is_none() {
-            Arc::make_mut(&mut self.given).push(Need::of::<T>());
+        let inner = Arc::make_mut(&mut self.0);
+        if inner.map.insert(value).is_none() {
+            inner.given.push(Need::of::<T>());
         }
     }
 
     pub(crate) fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
-        self.map.get::<T>()
+        self.0.map.get::<T>()
     }
 
     /// The first of `needs` that was not given.
     pub(crate) fn missing(&self, needs: &[Need]) -> Option<Need> {
         needs
             .iter()
-            .find(|need| !self.given.iter().any(|g| g.id == need.id))
+            .find(|need| !self.0.given.iter().any(|g| g.id == need.id))
             .copied()
     }
 
     /// The type names given, in order.
     pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.given.iter().map(|g| g.name)
+        self.0.given.iter().map(|g| g.name)
     }
 }
 
