@@ -37,7 +37,7 @@ impl Outlet {
     ) -> Arc<dyn LineSink> {
         match (&self.store, target) {
             (Some(store), Some(target)) => {
-                let start = parse_utc(&target.start_time).unwrap_or_else(SystemTime::now);
+                let start = parse_utc(target.start_time()).unwrap_or_else(SystemTime::now);
                 Arc::new(StoreConsole::start(
                     store.clone(),
                     target.clone(),

@@ -67,18 +67,84 @@ impl Action {
 /// that differs only in ASCII case (a center whose host sets camelCase JSON defaults sends
 /// `setKey`, `hashKey`, `startTime`). The real center sends no `ProgressBarId` (bars start
 /// at 1).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "PascalCase")]
-#[non_exhaustive]
+///
+/// Its three strings live in one allocation: every `run` carries a console description.
+#[derive(Clone, PartialEq)]
 pub(crate) struct ConsoleTarget {
-    /// The set key, `console:<id>`.
-    pub set_key: String,
+    /// `SetKey`, `HashKey` and `StartTime`, one after the other.
+    text: Box<str>,
+    /// Where `HashKey` and `StartTime` begin in `text`.
+    hash_at: usize,
+    start_at: usize,
     /// The first progress bar id minus one.
     pub progress_bar_id: i64,
+}
+
+impl ConsoleTarget {
+    pub(crate) fn new(
+        set_key: &str,
+        progress_bar_id: i64,
+        hash_key: &str,
+        start_time: &str,
+    ) -> Self {
+        let mut text = String::with_capacity(set_key.len() + hash_key.len() + start_time.len());
+        text.push_str(set_key);
+        text.push_str(hash_key);
+        text.push_str(start_time);
+        Self {
+            text: text.into_boxed_str(),
+            hash_at: set_key.len(),
+            start_at: set_key.len() + hash_key.len(),
+            progress_bar_id,
+        }
+    }
+
+    /// The set key, `console:<id>`.
+    pub(crate) fn set_key(&self) -> &str {
+        &self.text[..self.hash_at]
+    }
+
     /// The hash key for long lines, `console:refs:<id>`.
-    pub hash_key: String,
+    pub(crate) fn hash_key(&self) -> &str {
+        &self.text[self.hash_at..self.start_at]
+    }
+
     /// When the console started; line offsets count from here.
-    pub start_time: String,
+    pub(crate) fn start_time(&self) -> &str {
+        &self.text[self.start_at..]
+    }
+}
+
+impl fmt::Debug for ConsoleTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsoleTarget")
+            .field("set_key", &self.set_key())
+            .field("progress_bar_id", &self.progress_bar_id)
+            .field("hash_key", &self.hash_key())
+            .field("start_time", &self.start_time())
+            .finish()
+    }
+}
+
+/// The center's own field names, as a replica's stop command carries the console.
+impl Serialize for ConsoleTarget {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Shape<'a> {
+            set_key: &'a str,
+            progress_bar_id: i64,
+            hash_key: &'a str,
+            start_time: &'a str,
+        }
+        Shape {
+            set_key: self.set_key(),
+            progress_bar_id: self.progress_bar_id,
+            hash_key: self.hash_key(),
+            start_time: self.start_time(),
+        }
+        .serialize(serializer)
+    }
 }
 
 /// The console description as the center writes it by default (PascalCase, string values):
@@ -102,12 +168,12 @@ impl ConsoleTarget {
             return Ok(exact);
         }
         match serde_json::from_str::<PascalConsole>(json) {
-            Ok(c) => Ok(Self {
-                set_key: c.set_key,
-                progress_bar_id: c.progress_bar_id.filter(|n| *n >= 0).unwrap_or(0),
-                hash_key: c.hash_key,
-                start_time: c.start_time,
-            }),
+            Ok(c) => Ok(Self::new(
+                &c.set_key,
+                c.progress_bar_id.filter(|n| *n >= 0).unwrap_or(0),
+                &c.hash_key,
+                &c.start_time,
+            )),
             Err(_) => serde_json::from_str::<ConsoleTarget>(json),
         }
     }
@@ -121,23 +187,18 @@ impl ConsoleTarget {
     /// `ProgressBarId`, so 0): a test holds the two to it.
     fn center_shape(json: &str) -> Option<Self> {
         let mut rest = json;
-        let mut field = |opening: &str| -> Option<String> {
+        let mut field = |opening: &str| -> Option<&str> {
             let after = rest.strip_prefix(opening)?;
             let end = crate::item::plain_text_end(after.as_bytes(), 0);
             // `end` is at an ASCII quote, so both slices fall on character boundaries.
             let value = after.get(..end)?;
             rest = after.get(end..)?.strip_prefix('"')?;
-            Some(value.to_owned())
+            Some(value)
         };
         let set_key = field(r#"{"SetKey":""#)?;
         let hash_key = field(r#","HashKey":""#)?;
         let start_time = field(r#","StartTime":""#)?;
-        (rest == "}").then_some(Self {
-            set_key,
-            progress_bar_id: 0,
-            hash_key,
-            start_time,
-        })
+        (rest == "}").then(|| Self::new(set_key, 0, hash_key, start_time))
     }
 }
 
@@ -149,14 +210,16 @@ impl<'de> Deserialize<'de> for ConsoleTarget {
                 .map_err(D::Error::custom)?
                 .ok_or_else(|| D::Error::custom(format_args!("missing field `{name}`")))
         };
-        Ok(Self {
-            set_key: required("SetKey")?,
-            progress_bar_id: number_field(&obj, "ProgressBarId")
-                .filter(|n| (0.0..=i64::MAX as f64).contains(n))
-                .map_or(0, |n| n as i64),
-            hash_key: required("HashKey")?,
-            start_time: required("StartTime")?,
-        })
+        let set_key = required("SetKey")?;
+        let progress_bar_id = number_field(&obj, "ProgressBarId")
+            .filter(|n| (0.0..=i64::MAX as f64).contains(n))
+            .map_or(0, |n| n as i64);
+        Ok(Self::new(
+            &set_key,
+            progress_bar_id,
+            &required("HashKey")?,
+            &required("StartTime")?,
+        ))
     }
 }
 
@@ -536,7 +599,7 @@ mod tests {
             serde_json::from_str::<ConsoleTarget>(center).ok(),
             Some(exact.clone())
         );
-        assert_eq!(exact.set_key, "console:1a2b");
+        assert_eq!(exact.set_key(), "console:1a2b");
         assert_eq!(exact.progress_bar_id, 0);
         let significant = b"{}[]\",:\\ 0aZ\x01\x7f";
         let bytes = center.as_bytes();
@@ -561,7 +624,7 @@ mod tests {
                         serde_json::from_str::<PascalConsole>(&text)
                             .ok()
                             .map(|c| c.set_key),
-                        Some(fast.set_key.clone()),
+                        Some(fast.set_key().to_owned()),
                         "{text}"
                     );
                     assert_eq!(
@@ -621,10 +684,7 @@ mod tests {
         assert_eq!(d.item.agent_timeout(), Some(100));
         assert_eq!(d.server_id.as_deref(), Some("srv-1:123"));
         assert_eq!(d.headers.get("tenant").map(String::as_str), Some("acme"));
-        assert_eq!(
-            d.console.as_ref().map(|c| c.set_key.as_str()),
-            Some("console:abc")
-        );
+        assert_eq!(d.console.as_ref().map(|c| c.set_key()), Some("console:abc"));
         assert_eq!(d.body, r#"{"Hour":48}"#);
     }
 
@@ -758,10 +818,10 @@ mod tests {
         assert_eq!(s.expire_at_days, Some(0.0));
         assert_eq!(s.hangfire_db, "Host=h");
         let c = d.console.expect("console");
-        assert_eq!(c.set_key, "console:a");
-        assert_eq!(c.hash_key, "console:refs:a");
+        assert_eq!(c.set_key(), "console:a");
+        assert_eq!(c.hash_key(), "console:refs:a");
         assert_eq!(c.progress_bar_id, 0);
-        assert_eq!(c.start_time, "2026-01-02T03:04:05.12Z");
+        assert_eq!(c.start_time(), "2026-01-02T03:04:05.12Z");
 
         let mut h = base();
         h.insert(

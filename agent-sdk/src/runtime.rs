@@ -177,10 +177,11 @@ enum Start {
     Busy(Busy, Box<Dispatch>),
 }
 
+/// The class's latest run, for `detail` and `stop` once it ended. It keeps the run's context
+/// (one reference) rather than copies of its id and parameter: every run replaces it.
 #[derive(Clone)]
 struct LastRun {
-    job_id: String,
-    param: String,
+    cx: JobContext,
     started: SystemTime,
     ended: Option<SystemTime>,
 }
@@ -580,13 +581,12 @@ impl Runtime {
             return Err(e);
         }
         let started = SystemTime::now();
+        let run = self.new_run(reg, d, outlet, started);
         let last = LastRun {
-            job_id: d.job_id.clone(),
-            param: d.body.clone(),
+            cx: run.cx.clone(),
             started,
             ended: None,
         };
-        let run = self.new_run(reg, d, outlet, started);
         let previous = {
             let mut slot = lock(&state.slot);
             slot.runs.insert(run.clone());
@@ -691,13 +691,14 @@ impl Runtime {
         outlet: &Outlet,
     ) -> Arc<Run> {
         let started = SystemTime::now();
-        slot.last = Some(LastRun {
-            job_id: d.job_id.clone(),
-            param: d.body.clone(),
+        let run = self.new_run(reg, d, outlet, started);
+        let previous = slot.last.replace(LastRun {
+            cx: run.cx.clone(),
             started,
             ended: None,
         });
-        let run = self.new_run(reg, d, outlet, started);
+        // The previous run's context may end here: not worth a second lock to drop it later.
+        drop(previous);
         slot.runs.insert(run.clone());
         run
     }
@@ -1023,7 +1024,7 @@ impl Runtime {
         let removed = {
             let mut slot = lock(&state.slot);
             if let Some(last) = slot.last.as_mut()
-                && last.job_id == run.cx.job_id()
+                && last.cx.job_id() == run.cx.job_id()
             {
                 last.ended = Some(now);
             }

@@ -97,8 +97,8 @@ impl Runtime {
                 detail_line!(out, "RunningOn: {}", self.member.instance);
             }
             if let Some(last) = &slot.last {
-                detail_line!(out, "JobId: {}", shown(&last.job_id));
-                detail_line!(out, "Param: {}", shown(&last.param));
+                detail_line!(out, "JobId: {}", shown(last.cx.job_id()));
+                detail_line!(out, "Param: {}", shown(last.cx.param_text()));
                 detail_line!(out, "StartTime: {}", fmt_utc(last.started));
                 if let Some(end) = last.ended {
                     detail_line!(out, "LastEndTime: {}", fmt_utc(end));

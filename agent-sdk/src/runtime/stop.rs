@@ -96,7 +96,11 @@ impl Runtime {
         }
         if local.is_empty() && remote.is_empty() {
             if reg.kind().is_singleton() {
-                if let Some(job_id) = last.as_ref().map(|l| l.job_id.clone()).or(cluster_last) {
+                if let Some(job_id) = last
+                    .as_ref()
+                    .map(|l| l.cx.job_id().to_owned())
+                    .or(cluster_last)
+                {
                     return Err(DispatchError::AlreadyStopped {
                         class: reg.class().to_owned(),
                         job_id,
@@ -119,7 +123,7 @@ impl Runtime {
             return Err(match last {
                 Some(last) if reg.kind().is_singleton() => DispatchError::AlreadyStopped {
                     class: reg.class().to_owned(),
-                    job_id: last.job_id,
+                    job_id: last.cx.job_id().to_owned(),
                 },
                 _ => DispatchError::NothingRunning {
                     class: reg.class().to_owned(),

@@ -378,7 +378,7 @@ impl Writer {
                     if !written {
                         let lost = count + q.pending.len();
                         drop(q);
-                        tracing::error!(target: "agent_sdk::console", store = %self.store.label, console = %self.target.set_key, lost, "the store stayed unreachable after the run ended; giving up on this console's remaining lines");
+                        tracing::error!(target: "agent_sdk::console", store = %self.store.label, console = %self.target.set_key(), lost, "the store stayed unreachable after the run ended; giving up on this console's remaining lines");
                         return;
                     }
                 }
@@ -475,7 +475,7 @@ impl Writer {
 
     async fn try_write(&self, lines: &[EncodedLine]) -> Result<(), String> {
         self.store
-            .write_console(&self.target.set_key, &self.target.hash_key, lines)
+            .write_console(self.target.set_key(), self.target.hash_key(), lines)
             .await
     }
 }
