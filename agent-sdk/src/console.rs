@@ -66,6 +66,24 @@ pub(crate) trait LineSink: Send + Sync + 'static {
     }
 }
 
+/// A console's sink, held in the console itself when it is the log's (one allocation less
+/// for every run of an agent without a store).
+pub(crate) enum Sink {
+    Log(LogSink),
+    Shared(Arc<dyn LineSink>),
+}
+
+impl std::ops::Deref for Sink {
+    type Target = dyn LineSink;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Sink::Log(log) => log,
+            Sink::Shared(sink) => sink.as_ref(),
+        }
+    }
+}
+
 /// The sink of an agent without a store: lines go to `tracing`, with the job id.
 pub(crate) struct LogSink {
     pub(crate) job_id: String,
@@ -177,7 +195,7 @@ const UNWATCHED: u64 = u64::MAX;
 struct ConsoleInner {
     /// The agent's prefix, shared by every run's console (not a copy per run).
     prefix: Prefix,
-    sink: Arc<dyn LineSink>,
+    sink: Sink,
     next_bar: AtomicI64,
     closed: AtomicBool,
     written: AtomicU64,
@@ -201,7 +219,7 @@ const MAX_BARS: i64 = 1000;
 
 impl Console {
     #[cfg(test)]
-    pub(crate) fn new(prefix: Prefix, first_bar_id: i64, sink: Arc<dyn LineSink>) -> Self {
+    pub(crate) fn new(prefix: Prefix, first_bar_id: i64, sink: Sink) -> Self {
         Self::mirrored(prefix, first_bar_id, sink, None)
     }
 
@@ -210,7 +228,7 @@ impl Console {
     pub(crate) fn mirrored(
         prefix: Prefix,
         first_bar_id: i64,
-        sink: Arc<dyn LineSink>,
+        sink: Sink,
         mirror: Option<LogMirror>,
     ) -> Self {
         let mirror = mirror.filter(|_| !sink.is_log());
@@ -446,7 +464,11 @@ mod tests {
     #[test]
     fn prefixes_colors_and_bars() {
         let cap = Arc::new(Capture::default());
-        let console = Console::new(Prefix::new("【JobAgent】"), 0, Arc::new(cap.clone()));
+        let console = Console::new(
+            Prefix::new("【JobAgent】"),
+            0,
+            Sink::Shared(Arc::new(cap.clone())),
+        );
         console.warning("careful");
         let bar = console.progress_bar("import").expect("bar");
         bar.set(12.34);

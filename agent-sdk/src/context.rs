@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
@@ -13,6 +14,58 @@ use crate::console::Console;
 use crate::error::JobError;
 use crate::item::{JobItem, LazyItem};
 use crate::store::lock::{LockError, StoreLock};
+
+/// A run's cancellation: a flag, and a [`CancellationToken`] made only once something asks
+/// for one (to wait on it, or to hand it on). Most runs end without: making a token costs an
+/// allocation, and dropping it takes its lock.
+///
+/// `cancel` sets the flag and then cancels the token if there is one; `token` makes the
+/// token and then cancels it if the flag is set. The fences between the two steps make sure
+/// that at least one side sees the other's step, so a token never misses a cancellation.
+pub(crate) struct Cancel {
+    flag: AtomicBool,
+    token: OnceLock<CancellationToken>,
+}
+
+impl Cancel {
+    /// A run's cancellation, cancelled from the start when `cancelled`.
+    pub(crate) fn new(cancelled: bool) -> Self {
+        Self {
+            flag: AtomicBool::new(cancelled),
+            token: OnceLock::new(),
+        }
+    }
+
+    /// The cancellation of `token` (a stop's context shares the stopped run's).
+    pub(crate) fn of(token: CancellationToken) -> Self {
+        Self {
+            flag: AtomicBool::new(false),
+            token: OnceLock::from(token),
+        }
+    }
+
+    fn token(&self) -> &CancellationToken {
+        let token = self.token.get_or_init(CancellationToken::new);
+        fence(Ordering::SeqCst);
+        if self.flag.load(Ordering::Relaxed) {
+            token.cancel();
+        }
+        token
+    }
+
+    /// The flag, or the token when one was handed out (whoever holds it may cancel it).
+    fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::Acquire) || self.token.get().is_some_and(|t| t.is_cancelled())
+    }
+
+    fn cancel(&self) {
+        self.flag.store(true, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if let Some(token) = self.token.get() {
+            token.cancel();
+        }
+    }
+}
 
 /// The context of one run: its parameter, the center's job item, headers, ids, console and
 /// cancellation token. Cheap to clone.
@@ -29,7 +82,7 @@ pub(crate) struct ContextInner {
     pub(crate) param: String,
     pub(crate) item: LazyItem,
     pub(crate) headers: BTreeMap<String, String>,
-    pub(crate) token: CancellationToken,
+    pub(crate) token: Cancel,
     pub(crate) console: Console,
     pub(crate) started_at: SystemTime,
     pub(crate) fence: std::sync::OnceLock<u64>,
@@ -177,12 +230,12 @@ impl JobContext {
 
     /// The run's cancellation token (cancelled on stop, timeout or shutdown).
     pub fn token(&self) -> &CancellationToken {
-        &self.inner.token
+        self.inner.token.token()
     }
 
     /// Resolves when the run is cancelled.
     pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
-        self.inner.token.cancelled()
+        self.inner.token.token().cancelled()
     }
 
     /// Whether the run has been cancelled.
@@ -199,7 +252,7 @@ impl JobContext {
     /// cancelled.
     pub async fn sleep(&self, duration: std::time::Duration) -> Result<(), JobError> {
         tokio::select! {
-            _ = self.inner.token.cancelled() => Err(JobError::cancelled()),
+            _ = self.inner.token.token().cancelled() => Err(JobError::cancelled()),
             _ = tokio::time::sleep(duration) => Ok(()),
         }
     }
@@ -255,6 +308,32 @@ fn params_from<T: DeserializeOwned>(text: &str) -> Result<T, JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whichever comes first, the cancellation or the token, the token ends up cancelled, and
+    /// a token handed out and cancelled by its holder counts as the run's cancellation.
+    #[test]
+    fn a_lazily_made_token_never_misses_a_cancellation() {
+        let before = Cancel::new(false);
+        before.cancel();
+        assert!(before.is_cancelled() && before.token().is_cancelled());
+        let after = Cancel::new(false);
+        let token = after.token().clone();
+        assert!(!after.is_cancelled());
+        after.cancel();
+        assert!(token.is_cancelled());
+        let held = Cancel::new(false);
+        held.token().cancel();
+        assert!(held.is_cancelled());
+        assert!(Cancel::new(true).token().is_cancelled());
+        for _ in 0..2_000 {
+            let race = Arc::new(Cancel::new(false));
+            let other = race.clone();
+            let canceller = std::thread::spawn(move || other.cancel());
+            let token = race.token().clone();
+            canceller.join().expect("cancel");
+            assert!(token.is_cancelled(), "the token missed the cancellation");
+        }
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[allow(dead_code)]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::console::{LineSink, LogSink};
+use crate::console::{LogSink, Sink};
 use crate::options::ConsoleBudget;
 use crate::request::ConsoleTarget;
 use crate::result::Results;
@@ -34,19 +34,19 @@ impl Outlet {
         target: Option<&ConsoleTarget>,
         budget: ConsoleBudget,
         prefix: &str,
-    ) -> Arc<dyn LineSink> {
+    ) -> Sink {
         match (&self.store, target) {
             (Some(store), Some(target)) => {
                 let start = parse_utc(target.start_time()).unwrap_or_else(SystemTime::now);
-                Arc::new(StoreConsole::start(
+                Sink::Shared(Arc::new(StoreConsole::start(
                     store.clone(),
                     target.clone(),
                     start,
                     budget,
                     prefix.to_owned(),
-                ))
+                )))
             }
-            _ => Arc::new(LogSink {
+            _ => Sink::Log(LogSink {
                 job_id: job_id.to_owned(),
             }),
         }

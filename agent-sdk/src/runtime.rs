@@ -17,7 +17,7 @@ use crate::cluster::{
     CLAIM_LEASE, CLAIM_SAFETY, Claimed, Member, RENEW_EVERY, RENEW_WITHIN, RunRecord,
 };
 use crate::console::{Console, LogMirror, Prefix};
-use crate::context::{ContextInner, JobContext};
+use crate::context::{Cancel, ContextInner, JobContext};
 use crate::error::{DispatchError, JobError, JobErrorKind};
 use crate::job::{DynJob, JobKind};
 use crate::metrics::{ClassMetrics, Outcome};
@@ -727,7 +727,10 @@ impl Runtime {
             param: d.body,
             item: d.item,
             headers: d.headers,
-            token: self.run_token(),
+            // Not a child of the root token: a child takes the root's lock when made and when
+            // dropped, which every run on every worker thread would contend for. Shutdown sets
+            // the flag read here, then cancels each run in its class slot.
+            token: Cancel::new(self.root_cancelled.load(Ordering::Acquire)),
             console,
             started_at: started,
             fence: OnceLock::new(),
@@ -749,18 +752,6 @@ impl Runtime {
             record: Mutex::new(None),
             stalled: AtomicBool::new(false),
         })
-    }
-
-    /// A run's own cancellation token. Not a child of the root: a child token takes the
-    /// root's lock when made and when dropped, which every run on every worker thread would
-    /// contend for. Shutdown cancels the root, then each run in its class slot; a run admitted
-    /// after that (under the same slot lock) sees the root cancelled here.
-    fn run_token(&self) -> CancellationToken {
-        let token = CancellationToken::new();
-        if self.root_cancelled.load(Ordering::Acquire) {
-            token.cancel();
-        }
-        token
     }
 
     fn console(&self, reg: &'static JobRegistration, d: &Dispatch, outlet: &Outlet) -> Console {

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use super::{Run, Runtime, Status, lock, panic_message};
 use crate::cluster::Command;
 use crate::console::Console;
-use crate::context::{ContextInner, JobContext};
+use crate::context::{Cancel, ContextInner, JobContext};
 use crate::error::DispatchError;
 use crate::outcome::Outlet;
 use crate::registry::JobRegistration;
@@ -339,7 +339,7 @@ fn stop_context(
         param: d.body.clone(),
         item: d.item.clone(),
         headers: d.headers.clone(),
-        token: run.cx.token().clone(),
+        token: Cancel::of(run.cx.token().clone()),
         console,
         started_at: SystemTime::now(),
         fence,
