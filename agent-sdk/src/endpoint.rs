@@ -15,6 +15,11 @@ use crate::runtime::Runtime;
 use crate::store::{Heartbeats, Store, Stores};
 
 /// The agent's shared state, behind [`Agent`](crate::Agent) and its router.
+///
+/// Aligned to a cache line pair: the router's state extractor clones and drops the `Arc`
+/// around it on every request, from both worker threads, and the fields every request reads
+/// then start on a line of their own, apart from the count.
+#[repr(align(128))]
 pub(crate) struct AgentInner {
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) expected_auth: Option<String>,

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use crossbeam_utils::CachePadded;
 use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -189,10 +190,12 @@ struct LastRun {
 struct ClassState {
     /// The singleton's instance, kept across runs like the .NET agent's.
     singleton: Mutex<Option<Arc<dyn DynJob>>>,
-    slot: Mutex<ClassSlot>,
+    /// Padded, as `admitted`: every run writes them, from both worker threads, and what every
+    /// run only reads must not share their cache line.
+    slot: CachePadded<Mutex<ClassSlot>>,
     /// Runs of a class that may run many at once, counted when admitted and until they end:
     /// the per-class limit is checked on it before the run is built, outside the slot's lock.
-    admitted: AtomicUsize,
+    admitted: CachePadded<AtomicUsize>,
     /// Signalled whenever a run of the class ends.
     ended: Signal,
     /// Queued runs (busy policy `queue`) start in arrival order.
@@ -237,8 +240,8 @@ impl Classes {
             .map(|reg| {
                 let state = ClassState {
                     singleton: Mutex::new(None),
-                    slot: Mutex::new(ClassSlot::default()),
-                    admitted: AtomicUsize::new(0),
+                    slot: CachePadded::new(Mutex::new(ClassSlot::default())),
+                    admitted: CachePadded::new(AtomicUsize::new(0)),
                     ended: Signal::new(),
                     queue: tokio::sync::Mutex::new(()),
                     waiting: AtomicUsize::new(0),
@@ -271,7 +274,17 @@ impl Classes {
 /// Most runs waiting behind a busy singleton (busy policy `queue`).
 const MAX_QUEUED: usize = 16;
 
+/// Run ids and the runs in flight agent-wide.
+struct Counters {
+    seq: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
 /// The runtime shared by the router and the shutdown future.
+///
+/// Aligned to a cache line pair: behind an `Arc` whose count every run updates from both
+/// worker threads, its fields, which every run reads, then start on a line of their own.
+#[repr(align(128))]
 pub(crate) struct Runtime {
     pub(crate) registry: Registry,
     classes: Classes,
@@ -288,8 +301,8 @@ pub(crate) struct Runtime {
     draining: AtomicBool,
     /// Signalled whenever a run ends (a drain waits on it).
     idle: Signal,
-    seq: AtomicU64,
-    in_flight: AtomicUsize,
+    /// Written by every run: on a cache line of their own.
+    counters: CachePadded<Counters>,
     pub(crate) member: Member,
     /// Set while another live process holds this instance name (why runs are refused).
     duplicate: Mutex<Option<String>>,
@@ -309,8 +322,10 @@ impl Runtime {
             accepting: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             idle: Signal::new(),
-            seq: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
+            counters: CachePadded::new(Counters {
+                seq: AtomicU64::new(0),
+                in_flight: AtomicUsize::new(0),
+            }),
             member,
             duplicate: Mutex::new(None),
         }
@@ -544,7 +559,7 @@ impl Runtime {
                 }
                 Claimed::Busy(holder) => {
                     drop(slot);
-                    self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    self.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
                     let busy = Busy {
                         job_id: holder.job_id,
                         status: Status::Running,
@@ -604,8 +619,8 @@ impl Runtime {
     /// Counts a run against the agent-wide limit, or says why it may not start.
     fn reserve_slot(&self) -> Result<(), DispatchError> {
         let limit = self.options.limits.max_running;
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.counters.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(DispatchError::Limit(format!(
                 "the agent already runs {limit} jobs, the most allowed (JOBAGENT_MAX_RUNNING)"
             )));
@@ -738,7 +753,7 @@ impl Runtime {
             store: outlet.store.clone(),
         });
         Arc::new(Run {
-            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            seq: self.counters.seq.fetch_add(1, Ordering::Relaxed),
             cx,
             instance,
             status: Mutex::new(Status::Running),
@@ -1026,7 +1041,7 @@ impl Runtime {
             }
         };
         if removed.is_some() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
             if !reg.kind().is_singleton() {
                 state.admitted.fetch_sub(1, Ordering::AcqRel);
             }
@@ -1184,7 +1199,7 @@ impl Drop for Claiming<'_> {
                 slot.claiming = None;
             }
         }
-        self.rt.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.rt.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.state.ended.notify_waiters();
         let (store, member) = (self.store.clone(), self.rt.member.clone());
         let (class, job_id) = (self.class, std::mem::take(&mut self.job_id));
