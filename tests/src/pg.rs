@@ -982,6 +982,24 @@ impl TestDb {
             .map(|(v, _)| v)
             .collect()
     }
+
+    /// The job ids in set `_agent_result_` once it lists `job_id`; panics after `within`.
+    /// The agent writes a result's hash, then its set member (the center reads the set, then
+    /// the hash): a result found by its hash may be a moment ahead of its set member.
+    pub async fn result_ids_listing(&self, job_id: &str, within: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let ids = self.result_ids().await;
+            if ids.iter().any(|id| id == job_id) {
+                return ids;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "set {RESULT_KEY} did not list {job_id} within {within:?}: {ids:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for TestDb {

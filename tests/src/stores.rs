@@ -290,6 +290,25 @@ impl AnyStore {
             .collect()
     }
 
+    /// The ids in set `_agent_result_` once it lists `job_id`; panics after `within`. The
+    /// agent writes a result's hash, then its set member (the center reads the set, then the
+    /// hash): a result found by its hash may be a moment ahead of its set member.
+    pub async fn result_ids_listing(&self, job_id: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let ids = self.result_ids().await;
+            if ids.iter().any(|id| id == job_id) {
+                return ids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "set _agent_result_ did not list {job_id} within {within:?} ({}): {ids:?}",
+                self.kind()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the result of `job_id` is there (as the center polls) and returns it.
     pub async fn wait_result(&self, job_id: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;

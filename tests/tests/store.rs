@@ -109,7 +109,10 @@ async fn console_order(db: AnyStore) {
     assert_eq!(result["Action"], "run");
     assert_eq!(result["RunId"], "s1");
     assert_eq!(result["Id"], "s1");
-    assert_eq!(db.result_ids().await, vec!["s1".to_owned()]);
+    assert_eq!(
+        db.result_ids_listing("s1", Duration::from_secs(5)).await,
+        vec!["s1".to_owned()]
+    );
     let t = texts(&lines);
     assert_eq!(t.len(), 302, "started + 300 + finished: {t:?}");
     assert!(

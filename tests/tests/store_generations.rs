@@ -30,7 +30,10 @@ async fn run_and_read(db: &TestDb, center: &tests::Center, job_id: &str) {
         .assert_status(200);
     let result = wait::result(db, job_id, Duration::from_secs(10)).await;
     assert_eq!(result["R"], "ok", "{result}");
-    assert_eq!(db.result_ids().await, vec![job_id.to_owned()]);
+    assert_eq!(
+        db.result_ids_listing(job_id, Duration::from_secs(5)).await,
+        vec![job_id.to_owned()]
+    );
     let lines = db.console_lines(&console.set_key, &console.hash_key).await;
     assert_eq!(lines.len(), 5, "started + 3 + finished: {lines:?}");
     let week = 7.0 * 86_400.0;
