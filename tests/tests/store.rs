@@ -322,6 +322,7 @@ async fn expiry(db: AnyStore) {
         .await
         .assert_status(200);
     db.wait_result("e1", Duration::from_secs(10)).await;
+    db.result_ids_listing("e1", Duration::from_secs(5)).await;
     // Read as Hangfire.PostgreSql's ExpirationManager.cs compares `expireat`: against
     // `now()` (timestamptz, since Install.v19) or naive UTC (`timestamp`, before).
     let three_days = 3.0 * 86_400.0;
