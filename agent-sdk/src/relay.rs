@@ -119,7 +119,7 @@ pub fn router(config: RelayConfig) -> Result<(Router, String), String> {
     let store = Store::open(&Opening {
         kind,
         connection: config.store.expose(),
-        prefix,
+        prefix: Some(prefix),
         expire_days: config.expire_days,
         db: None,
         from_center: false,
