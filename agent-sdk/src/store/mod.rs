@@ -470,9 +470,9 @@ impl Stores {
             return Err("the center's store has no HangfireDb connection string".to_owned());
         }
         let prefix = match kind {
-            // Hangfire.MySqlStorage's and Hangfire.Storage.MySql's prefix as given, empty
+            // Hangfire.MySqlStorage's and Hangfire.Storage.MySql's prefix verbatim, empty
             // included (their default); a missing one is found from the tables.
-            StoreType::MySql => h.table_prefix.as_deref().map(str::trim),
+            StoreType::MySql => h.table_prefix.as_deref(),
             _ => Some(
                 h.table_prefix
                     .as_deref()
