@@ -213,7 +213,7 @@ impl MysqlStore {
         }
         if from_center && !spec.file_settings.is_empty() {
             return Err(format!(
-                "the store the center sent names `{}`, a file on the agent's machine: the agent does not read files a center chooses (configure TLS files in the agent's own store setting)",
+                "the store the center sent names `{}`, a file on the agent's machine: the agent does not read files a center chooses (TLS files go in the agent's own store, JOBAGENT_STORE)",
                 spec.file_settings.join("`, `")
             ));
         }
