@@ -209,7 +209,12 @@ impl Store {
                 )
             }
             StoreType::Redis => {
-                let r = RedisStore::open(o.connection, o.prefix, o.db)?;
+                let origin = if o.from_center {
+                    redis::Origin::Center
+                } else {
+                    redis::Origin::Own
+                };
+                let r = RedisStore::open(o.connection, o.prefix, o.db, origin)?;
                 (r.label().to_owned(), o.prefix.to_owned(), Backend::Redis(r))
             }
             #[cfg(feature = "relay")]
@@ -438,6 +443,7 @@ impl Stores {
         };
         if let Some(store) = &local {
             tracing::info!(store = %store.label, kind = %store.kind(), "job agent writes to its configured store");
+            redis::look_for_hangfire(store);
         }
         Ok(Self {
             local,
@@ -466,12 +472,14 @@ impl Stores {
         if h.hangfire_db.trim().is_empty() {
             return Err("the center's store has no HangfireDb connection string".to_owned());
         }
-        let prefix = h
-            .table_prefix
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .unwrap_or(kind.default_prefix());
+        let prefix = match (kind, h.table_prefix.as_deref()) {
+            // Hangfire.Redis.StackExchange uses its `Prefix` verbatim, an empty one too.
+            (StoreType::Redis, Some(given)) => given,
+            (_, given) => given
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .unwrap_or(kind.default_prefix()),
+        };
         let days = h
             .expire_at_days
             .filter(|d| d.is_finite() && *d >= 1.0)
