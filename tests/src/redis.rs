@@ -153,6 +153,78 @@ impl TestRedis {
         }
     }
 
+    /// Every key under the prefix, as [`KeyInfo`]s sorted by name.
+    pub async fn keys(&self) -> Vec<KeyInfo> {
+        let mut conn = self.conn.clone();
+        let names: Vec<String> = match redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(names) => names,
+            Err(e) => panic!("cannot list the keys: {e}"),
+        };
+        let mut out = Vec::new();
+        for name in names {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&name)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("cannot read the type of {name}: {e}"));
+            let size = match kind.as_str() {
+                "hash" => "HLEN",
+                "zset" => "ZCARD",
+                "set" => "SCARD",
+                "list" => "LLEN",
+                "string" => "STRLEN",
+                // Gone in between.
+                "none" => continue,
+                other => panic!("{name} is a {other}"),
+            };
+            let entries: usize = redis::cmd(size)
+                .arg(&name)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("cannot read the size of {name}: {e}"));
+            let key = name[self.prefix.len()..].to_owned();
+            let ttl = self.ttl(&key).await;
+            out.push(KeyInfo {
+                key,
+                kind,
+                ttl,
+                entries,
+            });
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// A connection of its own to database `db` of the test server.
+    pub async fn connection_to(&self, db: i64) -> MultiplexedConnection {
+        let (host, port) = self.endpoint();
+        let info = self.client.get_connection_info();
+        let password = info
+            .redis_settings()
+            .password()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        let url = format!("redis://{password}{host}:{port}/{db}");
+        let client = match redis::Client::open(url.as_str()) {
+            Ok(c) => c,
+            Err(e) => panic!("cannot reach database {db}: {e}"),
+        };
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => panic!("cannot connect to database {db}: {e}"),
+            Err(_) => panic!("no connection to database {db} within 10 s"),
+        }
+    }
+
     /// Takes the distributed lock on `resource` as Hangfire.Redis.StackExchange does
     /// (`RedisLock.cs`): `SET <prefix><resource> <owner> NX PX 30000`, retried with a random
     /// back-off growing as i² ms until `timeout`.
@@ -189,6 +261,19 @@ impl TestRedis {
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
+}
+
+/// One key under a test prefix, as [`TestRedis::keys`] finds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyInfo {
+    /// The key without the prefix.
+    pub key: String,
+    /// Its Redis type (`hash`, `zset`, `string`, ...).
+    pub kind: String,
+    /// Seconds until it expires; `None` without a TTL.
+    pub ttl: Option<f64>,
+    /// Its entries (fields, members, items), or its length in bytes for a string.
+    pub entries: usize,
 }
 
 /// A lock held the way a .NET service holds it on Hangfire.Redis.StackExchange.

@@ -280,8 +280,10 @@ impl<'a> Kv<'a> {
         self.put(REPLICAS_KEY, &field, &value, Some(store.expire))
             .await?;
         if current.is_none_or(|l| l.server_id != me.server_id) {
-            // The orphan scan's index: instances that may have run records.
-            self.put(INSTANCES_KEY, &field, &me.instance, None).await?;
+            // The orphan scan's index: instances that may have run records. It expires as
+            // their records do (renewed with them in `kv_hold_lease`), never later.
+            self.put(INSTANCES_KEY, &field, &me.instance, Some(store.expire))
+                .await?;
         }
         Ok(Lease::Held)
     }
@@ -301,13 +303,15 @@ impl<'a> Kv<'a> {
             .and_then(|v| serde_json::from_str(&v).ok()))
     }
 
-    /// Sets the deadline of `me`'s claim to the store's now plus `ms` (inside a section).
+    /// Sets the deadline of `me`'s claim to the store's now plus `ms` (inside a section); the
+    /// row lives `life` from now (it is kept after the run as the class's last one).
     async fn set_claim_until(
         self,
         class: &str,
         server_id: &str,
         job_id: &str,
         ms: i64,
+        life: Duration,
     ) -> Res<bool> {
         let now = self.now_ms().await?;
         let Some(mut row) = self.claim_row(class).await? else {
@@ -317,7 +321,7 @@ impl<'a> Kv<'a> {
             return Ok(false);
         }
         row.until = now + ms;
-        self.put(&self.claim_key(class), "claim", &json(&row)?, None)
+        self.put(&self.claim_key(class), "claim", &json(&row)?, Some(life))
             .await?;
         Ok(true)
     }
@@ -392,8 +396,13 @@ impl Store {
                 },
                 until: now + millis(CLAIM_LEASE),
             };
-            kv.put(&kv.claim_key(class), "claim", &json(&row)?, None)
-                .await?;
+            kv.put(
+                &kv.claim_key(class),
+                "claim",
+                &json(&row)?,
+                Some(self.expire),
+            )
+            .await?;
             Ok(Claimed::Yes(kv.fence(class).await?))
         })
     }
@@ -403,7 +412,13 @@ impl Store {
         in_section!(
             kv,
             "a claim's renewal",
-            kv.set_claim_until(class, &me.server_id, job_id, millis(CLAIM_LEASE))
+            kv.set_claim_until(
+                class,
+                &me.server_id,
+                job_id,
+                millis(CLAIM_LEASE),
+                self.expire
+            )
         )
     }
 
@@ -412,7 +427,7 @@ impl Store {
         in_section!(
             kv,
             "a claim's release",
-            kv.set_claim_until(class, &me.server_id, job_id, -1)
+            kv.set_claim_until(class, &me.server_id, job_id, -1, self.expire)
         )
         .map(drop)
     }
@@ -427,7 +442,7 @@ impl Store {
         in_section!(
             kv,
             "a lost claim's release",
-            kv.set_claim_until(class, server_id, job_id, -1)
+            kv.set_claim_until(class, server_id, job_id, -1, self.expire)
         )
         .map(drop)
     }
@@ -517,8 +532,10 @@ impl Store {
             let now = kv.now_ms().await?;
             let lease = kv.hold_lease_in(self, me, now).await?;
             if lease == Lease::Held {
-                // A run may last longer than the store's expiry.
+                // A run may last longer than the store's expiry; the index of instances with
+                // records lives as long as the records.
                 kv.expire(&kv.runs_key(&me.instance), self.expire).await?;
+                kv.expire(INSTANCES_KEY, self.expire).await?;
             }
             Ok(lease)
         })

@@ -212,7 +212,12 @@ impl Store {
                 (my.label().to_owned(), named.to_owned(), Backend::Mysql(my))
             }
             StoreType::Redis => {
-                let r = RedisStore::open(o.connection, named, o.db)?;
+                let origin = if o.from_center {
+                    redis::Origin::Center
+                } else {
+                    redis::Origin::Own
+                };
+                let r = RedisStore::open(o.connection, named, o.db, origin)?;
                 (r.label().to_owned(), named.to_owned(), Backend::Redis(r))
             }
             #[cfg(feature = "relay")]
@@ -441,6 +446,7 @@ impl Stores {
         };
         if let Some(store) = &local {
             tracing::info!(store = %store.label, kind = %store.kind(), "job agent writes to its configured store");
+            redis::look_for_hangfire(store);
         }
         Ok(Self {
             local,
@@ -469,13 +475,14 @@ impl Stores {
         if h.hangfire_db.trim().is_empty() {
             return Err("the center's store has no HangfireDb connection string".to_owned());
         }
-        let prefix = match kind {
+        let prefix = match (kind, h.table_prefix.as_deref()) {
             // Hangfire.MySqlStorage's and Hangfire.Storage.MySql's prefix verbatim, empty
             // included (their default); a missing one is found from the tables.
-            StoreType::MySql => h.table_prefix.as_deref(),
-            _ => Some(
-                h.table_prefix
-                    .as_deref()
+            (StoreType::MySql, given) => given,
+            // Hangfire.Redis.StackExchange uses its `Prefix` verbatim, an empty one too.
+            (StoreType::Redis, Some(given)) => Some(given),
+            (_, given) => Some(
+                given
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
                     .unwrap_or(kind.default_prefix()),

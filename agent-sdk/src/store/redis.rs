@@ -62,24 +62,65 @@ const MAX_EXPIRE_SECS: u64 = 10 * 365 * 86_400;
 const CHECK_WITHIN: Duration = Duration::from_millis(500);
 /// After a check that could not tell, how long checks are skipped (as the PostgreSQL store).
 const CHECK_RETRY: Duration = Duration::from_secs(30);
-/// The hash holding which token reported each dispatch first.
-const RESULTS_KEY: &str = "jobagent:results";
-/// The hash of fencing counters, one field per lock resource.
-const FENCE_KEY: &str = "jobagent:lock-fence";
+/// The first-report mark of a dispatch: `<P>jobagent:result:<id>`, a string holding the
+/// reporting writer's token, with a TTL of its own (`ExpireAtDays`).
+const RESULT_MARK_KEY: &str = "jobagent:result:";
+/// The hash where earlier versions of this agent kept every dispatch's mark as a field (its TTL renewed by
+/// every result, so it never expired). Only read now: a mark there is honoured while the
+/// hash lives (`ExpireAtDays` after the last write of an older version).
+const OLD_RESULTS_KEY: &str = "jobagent:results";
+/// The fencing counter of a lock resource: `<P>jobagent:fence:<resource>`.
+const FENCE_KEY: &str = "jobagent:fence:";
+/// How long a fencing counter lives after its last increment. Its first value is the
+/// server's clock in microseconds, so a counter that expired and starts again still
+/// exceeds every token it gave before: the TTL only bounds how long an unused one is kept.
+const FENCE_LIFE: Duration = Duration::from_secs(30 * 86_400);
 /// The most characters of a key or endpoint echoed in an error.
 const MAX_ECHO_CHARS: usize = 60;
+/// Keys a center on Hangfire.Redis.StackExchange keeps under its prefix while it runs (its
+/// servers, recurring jobs, queues, job counters: `RedisConnection.AnnounceServer`,
+/// `RedisWriteOnlyTransaction`): when none exists under a store's prefix and database, no
+/// dashboard reads there.
+const HANGFIRE_KEYS: &[&str] = &[
+    "servers",
+    "recurring-jobs",
+    "queues",
+    "stats:succeeded",
+    "stats:deleted",
+    "succeeded",
+    "failed",
+    "processing",
+    "schedule",
+];
+/// How long the start-up look for Hangfire's keys may take.
+const DASHBOARD_CHECK_WITHIN: Duration = Duration::from_secs(10);
 
-/// Sets `ARGV[1]` to `ARGV[2]` in hash `KEYS[1]` when the field is absent; 1 when it was set
-/// now or already held `ARGV[2]`, else 0. The key's TTL becomes `ARGV[3]` seconds.
+/// Claims the report of dispatch `ARGV[1]` for token `ARGV[2]`: 1 when the mark `KEYS[1]` was
+/// absent (and is set now) or already held `ARGV[2]`, else 0. A mark of an older version,
+/// field `ARGV[1]` of hash `KEYS[2]`, counts as the mark while it is there. The mark's TTL
+/// becomes `ARGV[3]` seconds.
 const FIRST_REPORT_LUA: &str = r"
-local won = 0
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  won = 1
-elseif redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  won = 1
+local held = redis.call('GET', KEYS[1])
+if not held then
+  held = redis.call('HGET', KEYS[2], ARGV[1])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return won
+if held and held ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+";
+
+/// The next fencing token of counter `KEYS[1]`, which starts from the server's clock in
+/// microseconds; its TTL becomes `ARGV[1]` seconds.
+const FENCE_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])))
+end
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return n
 ";
 
 /// `PEXPIRE KEYS[1] ARGV[2]` if the key's value is `ARGV[1]`; 1 when extended, else 0.
@@ -119,6 +160,8 @@ struct RedisSpec {
     client_name: Option<String>,
     /// Whether it came from a URL (whose default port is 6379 even with TLS).
     url: bool,
+    /// The options accepted but not applied, to be named in one warning (names only).
+    ignored: Vec<String>,
 }
 
 impl Default for RedisSpec {
@@ -134,6 +177,7 @@ impl Default for RedisSpec {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             client_name: None,
             url: false,
+            ignored: Vec::new(),
         }
     }
 }
@@ -150,11 +194,19 @@ impl fmt::Debug for RedisSpec {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("client_name", &self.client_name)
+            .field("ignored", &self.ignored)
             .finish()
     }
 }
 
 impl RedisSpec {
+    /// Notes an option accepted but not applied (once, whatever its spelling).
+    fn ignore(&mut self, key: &str) {
+        if !self.ignored.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            self.ignored.push(key.to_owned());
+        }
+    }
+
     /// The endpoint connected to (the first), with its port.
     fn first(&self) -> Result<(String, u16), String> {
         let ep = self
@@ -170,42 +222,97 @@ impl RedisSpec {
     }
 }
 
-/// The options of a StackExchange.Redis configuration string this agent knows, by canonical
-/// name (matched case-insensitively). Those not read below are accepted and ignored.
-const KNOWN_OPTIONS: &[&str] = &[
+/// Where a configuration string came from, which decides what an option the agent has no
+/// use for does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Sent by a center (`x-job-storage`): the center's own StackExchange.Redis accepted it,
+    /// so an option the agent has no use for, even one it does not know, is ignored with a
+    /// warning rather than refused (refusing it would only break the center's runs).
+    Center,
+    /// The agent's own configuration (`JOBAGENT_STORE`): an unknown option is the operator's
+    /// typo, refused at start-up.
+    Own,
+}
+
+/// What the agent does with an option of a configuration string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handling {
+    /// Read: it changes how the agent connects.
+    Read,
+    /// Nothing to do: the agent already behaves as the option asks, or the option concerns only
+    /// StackExchange.Redis's own machinery (or StackExchange.Redis itself ignores it).
+    NoEffect,
+    /// The agent cannot give what the option asks: accepted, and named in one warning.
+    Ignored,
+}
+
+/// The options of StackExchange.Redis's configuration string (`ConfigurationOptions.cs`,
+/// `OptionKeys`), by canonical name (matched case-insensitively), and what the agent does with
+/// each. `serviceName`, `tunnel` and `proxy` are read, and refused unless empty (or `None`).
+const OPTIONS: &[(&str, Handling)] = &[
+    ("abortConnect", Handling::NoEffect),
+    ("allowAdmin", Handling::NoEffect),
+    ("asyncTimeout", Handling::Read),
+    ("channelPrefix", Handling::NoEffect),
+    ("checkCertificateRevocation", Handling::Ignored),
+    ("configChannel", Handling::NoEffect),
+    ("configCheckSeconds", Handling::NoEffect),
+    ("connectRetry", Handling::NoEffect),
+    ("connectTimeout", Handling::Read),
+    ("defaultDatabase", Handling::Read),
+    // Not string keys of StackExchange.Redis (properties only); accepted as before.
+    ("heartbeatConsistencyChecks", Handling::NoEffect),
+    ("heartbeatInterval", Handling::NoEffect),
+    ("highIntegrity", Handling::Ignored),
+    ("highPriorityThreads", Handling::NoEffect),
+    ("keepAlive", Handling::NoEffect),
+    ("name", Handling::Read),
+    ("password", Handling::Read),
+    ("preserveAsyncOrder", Handling::NoEffect),
+    ("protocol", Handling::NoEffect),
+    ("proxy", Handling::Read),
+    ("resolveDns", Handling::NoEffect),
+    ("responseTimeout", Handling::NoEffect),
+    ("sentinelPassword", Handling::Ignored),
+    ("sentinelUser", Handling::Ignored),
+    ("serviceName", Handling::Read),
+    ("setlib", Handling::NoEffect),
+    ("ssl", Handling::Read),
+    ("sslHost", Handling::Read),
+    ("sslProtocols", Handling::Ignored),
+    ("syncTimeout", Handling::Read),
+    ("tcpKeepAlive", Handling::Ignored),
+    ("tiebreaker", Handling::NoEffect),
+    ("tunnel", Handling::Read),
+    ("user", Handling::Read),
+    ("version", Handling::NoEffect),
+    ("writeBuffer", Handling::NoEffect),
+];
+
+/// The options whose value is taken verbatim (a trailing `;` is part of it, as for
+/// StackExchange.Redis).
+const VERBATIM: &[&str] = &[
+    "password",
+    "sentinelPassword",
+    "user",
+    "sentinelUser",
+    "name",
+];
+
+/// The boolean options, checked for form (`true`/`false`, any case) even when ignored:
+/// StackExchange.Redis refuses another value too.
+const BOOLEANS: &[&str] = &[
     "abortConnect",
     "allowAdmin",
-    "asyncTimeout",
-    "channelPrefix",
     "checkCertificateRevocation",
-    "configChannel",
-    "configCheckSeconds",
-    "connectRetry",
-    "connectTimeout",
-    "defaultDatabase",
     "heartbeatConsistencyChecks",
-    "heartbeatInterval",
     "highIntegrity",
-    "highPriorityThreads",
-    "keepAlive",
-    "name",
-    "password",
     "preserveAsyncOrder",
-    "protocol",
-    "proxy",
     "resolveDns",
-    "responseTimeout",
-    "serviceName",
     "setlib",
     "ssl",
-    "sslHost",
-    "sslProtocols",
-    "syncTimeout",
-    "tiebreaker",
-    "tunnel",
-    "user",
-    "version",
-    "writeBuffer",
+    "tcpKeepAlive",
 ];
 
 /// Up to [`MAX_ECHO_CHARS`] characters of `s`, for an error message.
@@ -221,7 +328,7 @@ fn echo(s: &str) -> String {
 fn closest_option(written: &str) -> &'static str {
     let w = written.to_ascii_lowercase();
     let mut best = ("", -1.0f64);
-    for known in KNOWN_OPTIONS {
+    for (known, _) in OPTIONS {
         let score = strsim::jaro_winkler(&w, &known.to_ascii_lowercase());
         if score > best.1 {
             best = (known, score);
@@ -231,7 +338,7 @@ fn closest_option(written: &str) -> &'static str {
 }
 
 /// Reads a StackExchange.Redis configuration string or a `redis://` / `rediss://` URL.
-fn parse(connection: &str) -> Result<RedisSpec, String> {
+fn parse(connection: &str, origin: Origin) -> Result<RedisSpec, String> {
     let s = connection.trim();
     if s.is_empty() {
         return Err("the Redis configuration is empty".to_owned());
@@ -247,51 +354,72 @@ fn parse(connection: &str) -> Result<RedisSpec, String> {
             echo(scheme)
         ));
     }
-    parse_options(s)
+    parse_options(s, origin)
 }
 
-/// Reads a StackExchange.Redis configuration string: comma-separated endpoints and
-/// `key=value` options. A later option replaces an earlier one.
-fn parse_options(s: &str) -> Result<RedisSpec, String> {
+/// Reads a StackExchange.Redis configuration string (`ConfigurationOptions.Parse`, and what
+/// `ConfigurationOptions.ToString()` prints): comma-separated endpoints and `key=value`
+/// options, keys case-insensitive. A later option replaces an earlier one. Empty tokens
+/// (`,,`, a trailing `,`) and stray `;` next to a separator (`;;`, a trailing `;`) are
+/// skipped; a password, user or client name is taken as written.
+fn parse_options(s: &str, origin: Origin) -> Result<RedisSpec, String> {
     let mut spec = RedisSpec::default();
     let mut sync_timeout = None;
     let mut async_timeout = None;
     for token in s.split(',') {
-        let token = token.trim();
-        if token.is_empty() {
+        let token = token.trim().trim_start_matches(';').trim_start();
+        if token.trim_end_matches(';').trim().is_empty() {
             continue;
         }
-        let Some((key, value)) = token.split_once('=') else {
-            spec.endpoints.push(parse_endpoint(token)?);
+        let Some((key, raw_value)) = token.split_once('=') else {
+            spec.endpoints
+                .push(parse_endpoint(token.trim_end_matches(';').trim_end())?);
             continue;
         };
         let key = key.trim();
-        let value = value.trim();
         if key.is_empty() {
             return Err(
                 "the Redis configuration has an option without a name (`=value`)".to_owned(),
             );
         }
-        // `$COMMAND=newname`: StackExchange.Redis's command renames; nothing here renames.
+        // `$COMMAND=newname`: StackExchange.Redis's command renames; nothing here renames,
+        // so a renamed command the agent sends would fail: said, not refused.
         if key.starts_with('$') {
+            spec.ignore(&echo(key));
             continue;
         }
-        let Some(canonical) = KNOWN_OPTIONS
-            .iter()
-            .copied()
-            .find(|k| k.eq_ignore_ascii_case(key))
+        let Some(&(canonical, handling)) =
+            OPTIONS.iter().find(|(k, _)| k.eq_ignore_ascii_case(key))
         else {
+            if origin == Origin::Center {
+                spec.ignore(&echo(key));
+                continue;
+            }
             return Err(format!(
                 "the Redis configuration has an unknown option `{}` (the closest known one is `{}`)",
                 echo(key),
                 closest_option(key)
             ));
         };
+        let value = if VERBATIM.contains(&canonical) {
+            raw_value.trim()
+        } else {
+            raw_value.trim().trim_end_matches(';').trim_end()
+        };
+        if BOOLEANS.contains(&canonical) && !value.is_empty() {
+            parse_bool(canonical, value)?;
+        }
+        if handling == Handling::Ignored {
+            if !value.is_empty() {
+                spec.ignore(canonical);
+            }
+            continue;
+        }
         let non_empty = |v: &str| (!v.is_empty()).then(|| v.to_owned());
         match canonical {
             "password" => spec.password = non_empty(value),
             "user" => spec.user = non_empty(value),
-            "ssl" => spec.tls = parse_bool(canonical, value)?,
+            "ssl" => spec.tls = !value.is_empty() && parse_bool(canonical, value)?,
             "sslHost" => spec.ssl_host = non_empty(value),
             "defaultDatabase" => {
                 spec.db = if value.is_empty() {
@@ -308,26 +436,21 @@ fn parse_options(s: &str) -> Result<RedisSpec, String> {
             "syncTimeout" => sync_timeout = parse_ms(canonical, value)?,
             "asyncTimeout" => async_timeout = parse_ms(canonical, value)?,
             "name" => spec.client_name = non_empty(value),
-            "serviceName" => {
+            "serviceName" if !value.is_empty() => {
                 return Err(
                     "the Redis configuration names a Sentinel service (serviceName), which this agent does not support: name the Redis primary's endpoint instead"
                         .to_owned(),
                 );
             }
-            // Checked for form, then ignored: booleans ...
-            "abortConnect"
-            | "allowAdmin"
-            | "checkCertificateRevocation"
-            | "resolveDns"
-            | "highIntegrity"
-            | "setlib"
-            | "preserveAsyncOrder"
-            | "heartbeatConsistencyChecks"
-                if !value.is_empty() =>
-            {
-                parse_bool(canonical, value)?;
+            "tunnel" if !value.is_empty() => {
+                // Neither the tunnel's address nor anything after it is echoed.
+                return Err(
+                    "the Redis configuration reaches the server through an HTTP tunnel (tunnel=), which this agent cannot do: it would connect to the endpoint directly, around the route the center takes (or not reach it at all); make the Redis server reachable from the agent and give the agent its own store (JOBAGENT_STORE) without tunnel="
+                        .to_owned(),
+                );
             }
-            // ... and the rest, whatever their value.
+            "proxy" => check_proxy(value)?,
+            // NoEffect options, and empty values of the refused ones.
             _ => {}
         }
     }
@@ -339,6 +462,23 @@ fn parse_options(s: &str) -> Result<RedisSpec, String> {
         return Err("the Redis configuration names no endpoint (host[:port])".to_owned());
     }
     Ok(spec)
+}
+
+/// `proxy=`: StackExchange.Redis's `Proxy` (`None`, `Twemproxy`, `Envoyproxy`). Only `None`
+/// (or nothing) is accepted: through a proxy, the agent's writes would not work.
+fn check_proxy(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.eq_ignore_ascii_case("none") {
+        return Ok(());
+    }
+    if value.eq_ignore_ascii_case("twemproxy") || value.eq_ignore_ascii_case("envoyproxy") {
+        return Err(format!(
+            "the Redis configuration says the server is behind a proxy (proxy={value}), which this agent does not support: {value} passes neither MULTI/EXEC transactions nor Lua scripts, on which every console batch and the exactly-once result rely; point the store at the Redis server itself"
+        ));
+    }
+    Err(format!(
+        "the Redis option proxy must be None, Twemproxy or Envoyproxy, not `{}`",
+        echo(value)
+    ))
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
@@ -506,6 +646,7 @@ fn host_port(host: &str, port: u16) -> String {
 /// The scripts, hashed once per store (`EVALSHA`, loaded again after `NOSCRIPT`).
 struct Scripts {
     first_report: Script,
+    fence: Script,
     lock_keep: Script,
     lock_release: Script,
 }
@@ -522,6 +663,7 @@ pub(crate) struct RedisStore {
     /// The last generation given out.
     generation: AtomicU64,
     prefix: String,
+    db: i64,
     label: String,
     #[cfg_attr(not(test), allow(dead_code))]
     identity: String,
@@ -553,15 +695,20 @@ impl fmt::Debug for RedisStore {
 impl RedisStore {
     /// Opens (without connecting) the store that `connection` describes.
     ///
-    /// `connection` is StackExchange.Redis's configuration string: comma-separated endpoints
-    /// `host[:port]` (IPv6 as `[::1]:6379`; the default port is 6379, or 6380 with
-    /// `ssl=true`, as StackExchange.Redis) and options `key=value`, keys case-insensitive:
-    /// `password`, `user`, `ssl`, `sslHost`, `defaultDatabase`, `connectTimeout` (ms, default
-    /// 5000), `syncTimeout` / `asyncTimeout` (ms, default 5000; the bound of each command;
-    /// `asyncTimeout` wins when both are given), `name`; StackExchange.Redis's other options
-    /// are accepted and ignored; `serviceName` (Sentinel) is refused, and so is an unknown
-    /// key (the error names the key and the closest known one). A `redis://[user:pass@]host
-    /// [:port][/db]` or `rediss://` URL is also understood (default port 6379).
+    /// `connection` is StackExchange.Redis's configuration string (as its
+    /// `ConfigurationOptions.ToString()` prints it): comma-separated endpoints `host[:port]`
+    /// (IPv6 as `[::1]:6379`; the default port is 6379, or 6380 with `ssl=true`, as
+    /// StackExchange.Redis) and options `key=value`, keys case-insensitive. Read: `password`,
+    /// `user`, `ssl`, `sslHost`, `defaultDatabase`, `connectTimeout` (ms, default 5000),
+    /// `syncTimeout` / `asyncTimeout` (ms, default 5000; the bound of each command;
+    /// `asyncTimeout` wins when both are given), `name`. Refused, saying why: `serviceName`
+    /// (Sentinel), `tunnel` (an HTTP tunnel) and `proxy` other than `None`. Every other
+    /// option of StackExchange.Redis is accepted; those whose effect the agent cannot give
+    /// (`tcpKeepAlive`, `highIntegrity`, `sslProtocols`, ...) are named in one warning. An
+    /// option StackExchange.Redis does not have is ignored with that warning in a string
+    /// from a center ([`Origin::Center`]), and refused in the agent's own (the error names
+    /// the key and the closest known one). A `redis://[user:pass@]host[:port][/db]` or
+    /// `rediss://` URL is also understood (default port 6379).
     ///
     /// **Several endpoints: only the first is used** (a primary/replica list names the
     /// primary first; this agent does not discover topology).
@@ -571,20 +718,20 @@ impl RedisStore {
     /// to and cannot be told another one (connect by that name instead).
     ///
     /// `db` is the center's `Db`; when `None`, `defaultDatabase` or the URL's, else 0.
-    /// `prefix` is the center's `Prefix` (`{hangfire}:` by default): not empty, at most 100
-    /// bytes.
-    pub(crate) fn open(connection: &str, prefix: &str, db: Option<i64>) -> Result<Self, String> {
-        if prefix.is_empty() {
-            return Err(
-                "the Redis key prefix is empty (Hangfire's default is {hangfire}:)".to_owned(),
-            );
-        }
+    /// `prefix` is the center's `Prefix` (`{hangfire}:` by default), used as given: at most
+    /// 100 bytes, and empty for a storage configured without one.
+    pub(crate) fn open(
+        connection: &str,
+        prefix: &str,
+        db: Option<i64>,
+        origin: Origin,
+    ) -> Result<Self, String> {
         if prefix.len() > MAX_PREFIX_BYTES {
             return Err(format!(
                 "the Redis key prefix is longer than {MAX_PREFIX_BYTES} bytes"
             ));
         }
-        let spec = parse(connection)?;
+        let spec = parse(connection, origin)?;
         let (host, port) = spec.first()?;
         let db = match db {
             Some(db) if db < 0 || db > i64::from(i32::MAX) => {
@@ -647,12 +794,22 @@ impl RedisStore {
             spec.tls,
             prefix,
         );
+        if !spec.ignored.is_empty() {
+            // Names only: never a value.
+            tracing::warn!(
+                store = %label,
+                options = %spec.ignored.join(", "),
+                "the Redis configuration{} has options this agent does not apply; they are ignored",
+                if origin == Origin::Center { " sent by the center" } else { "" }
+            );
+        }
         Ok(Self {
             client,
             manager: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             prefix: prefix.to_owned(),
+            db,
             label,
             identity,
             hosts: spec.endpoints.iter().map(|e| e.host.clone()).collect(),
@@ -662,6 +819,7 @@ impl RedisStore {
             hold: LOCK_HOLD,
             scripts: Scripts {
                 first_report: Script::new(FIRST_REPORT_LUA),
+                fence: Script::new(FENCE_LUA),
                 lock_keep: Script::new(LOCK_KEEP_LUA),
                 lock_release: Script::new(LOCK_RELEASE_LUA),
             },
@@ -833,22 +991,26 @@ impl RedisStore {
         .await
     }
 
-    /// Claims the report of dispatch `id` for `token` in hash `<P>jobagent:results` (one Lua
-    /// script, atomic): true when the field was absent and is set now, or already held
-    /// `token` (a retry); false when it holds another token. The hash's TTL becomes `expire`.
+    /// Claims the report of dispatch `id` for `token` (one Lua script, atomic): the mark is
+    /// a key of its own, `<P>jobagent:result:<id>`, expiring after `expire`; true when it was
+    /// absent and is set now, or already held `token` (a retry); false when it holds another
+    /// token. A mark that an earlier version left as a field of hash `<P>jobagent:results`
+    /// counts the same while that hash lives (nothing writes there any more).
     pub(crate) async fn first_report(
         &self,
         id: &str,
         token: &str,
         expire: Duration,
     ) -> Result<bool, String> {
-        let key = self.key(RESULTS_KEY);
+        let key = self.key(&format!("{RESULT_MARK_KEY}{id}"));
+        let old = self.key(OLD_RESULTS_KEY);
         let secs = expire_secs(expire);
         let won: i64 = self
             .run("the first report", |mut c| async move {
                 self.scripts
                     .first_report
                     .key(&key)
+                    .key(&old)
                     .arg(id)
                     .arg(token)
                     .arg(secs)
@@ -911,17 +1073,20 @@ impl RedisStore {
         Ok(())
     }
 
-    /// A fencing token for `resource`: `HINCRBY <P>jobagent:lock-fence <resource> 1` (the hash
-    /// has no TTL), the new value.
+    /// A fencing token for `resource`: the next value of counter `<P>jobagent:fence:<resource>`
+    /// (one Lua script). A new counter starts from the server's clock in microseconds, so
+    /// tokens keep growing across a counter that expired ([`FENCE_LIFE`] after its last use)
+    /// and across the hash `<P>jobagent:lock-fence` of earlier versions (counters from 1).
     pub(crate) async fn fence(&self, resource: &str) -> Result<u64, String> {
-        let key = self.key(FENCE_KEY);
+        let key = self.key(&format!("{FENCE_KEY}{resource}"));
+        let secs = expire_secs(FENCE_LIFE);
         let n: i64 = self
             .run("a fencing token", |mut c| async move {
-                ::redis::cmd("HINCRBY")
-                    .arg(&key)
-                    .arg(resource)
-                    .arg(1)
-                    .query_async(&mut c)
+                self.scripts
+                    .fence
+                    .key(&key)
+                    .arg(secs)
+                    .invoke_async(&mut c)
                     .await
             })
             .await?;
@@ -932,6 +1097,28 @@ impl RedisStore {
                 echo(resource)
             )
         })
+    }
+
+    /// Whether Hangfire keeps anything under this store's prefix and database: any of
+    /// [`HANGFIRE_KEYS`] there (one `EXISTS`).
+    pub(crate) async fn hangfire_keys_exist(&self) -> Result<bool, String> {
+        let keys: Vec<String> = HANGFIRE_KEYS.iter().map(|k| self.key(k)).collect();
+        let n: i64 = self
+            .run("a look for Hangfire's keys", |mut c| async move {
+                ::redis::cmd("EXISTS").arg(&keys).query_async(&mut c).await
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The key prefix, as written.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The database.
+    pub(crate) fn db(&self) -> i64 {
+        self.db
     }
 
     /// The dashboard's read of a set: members of `<P>key` by rank, `count` from `from`.
@@ -1169,6 +1356,39 @@ impl RedisStore {
     }
 }
 
+/// For the agent's own Redis store, at start-up: looks for Hangfire's keys under its prefix
+/// and database (in the background, when a Tokio runtime runs; bounded by 10 s) and warns,
+/// naming both, when there are none: no dashboard would read what the agent writes there.
+pub(crate) fn look_for_hangfire(store: &std::sync::Arc<super::Store>) {
+    if !matches!(store.backend(), super::Backend::Redis(_)) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let store = store.clone();
+    runtime.spawn(async move {
+        let super::Backend::Redis(r) = store.backend() else {
+            return;
+        };
+        let found = tokio::time::timeout(DASHBOARD_CHECK_WITHIN, r.hangfire_keys_exist()).await;
+        let (prefix, db) = (r.prefix(), r.db());
+        match found {
+            Ok(Ok(true)) => tracing::info!(
+                store = %r.label(),
+                "job agent: Hangfire keeps its keys under the Redis prefix {prefix:?} in database {db}, where the agent writes"
+            ),
+            Ok(Ok(false)) => tracing::warn!(
+                store = %r.label(),
+                "job agent: under the Redis prefix {prefix:?} in database {db} of its own store Hangfire keeps nothing (no {0}servers, {0}recurring-jobs, {0}queues, ...): no dashboard reads what the agent writes there. Set JOBAGENT_STORE_SCHEMA to the center's Prefix (Hangfire's default is {{hangfire}}:) and the database to the center's Db",
+                prefix.escape_debug()
+            ),
+            Ok(Err(e)) => tracing::debug!(store = %r.label(), error = %e, "could not look for Hangfire's keys"),
+            Err(_) => tracing::debug!(store = %r.label(), "could not look for Hangfire's keys in time"),
+        }
+    });
+}
+
 /// The `MULTI`/`EXEC` of one console batch (see [`RedisStore::write_console`]).
 fn console_pipeline(set: &str, hash: &str, lines: &[EncodedLine], secs: u64) -> ::redis::Pipeline {
     let mut p = ::redis::pipe();
@@ -1244,14 +1464,14 @@ mod tests {
     use super::*;
 
     fn spec(s: &str) -> RedisSpec {
-        match parse(s) {
+        match parse(s, Origin::Own) {
             Ok(spec) => spec,
             Err(e) => panic!("{s}: {e}"),
         }
     }
 
     fn refusal(s: &str) -> String {
-        match parse(s) {
+        match parse(s, Origin::Own) {
             Ok(spec) => panic!("{s} accepted: {spec:?}"),
             Err(e) => e,
         }
@@ -1334,6 +1554,115 @@ mod tests {
         assert!(e.contains("redis://"), "{e}");
     }
 
+    fn center_spec(s: &str) -> RedisSpec {
+        match parse(s, Origin::Center) {
+            Ok(spec) => spec,
+            Err(e) => panic!("{s}: {e}"),
+        }
+    }
+
+    /// What StackExchange.Redis's `ConfigurationOptions.ToString()` prints (endpoints, then
+    /// each option that was set, booleans as `True`/`False`: `ConfigurationOptions.cs`), with
+    /// every current option key, is taken from a center: the options the agent reads are read,
+    /// the others named once (names only), none refused.
+    #[test]
+    fn a_center_string_with_every_current_option_is_accepted() {
+        let printed = "redis1:6379,redis2:6380,name=center,keepAlive=60,syncTimeout=2500,\
+             asyncTimeout=3000,allowAdmin=True,version=7.2,connectTimeout=1500,user=app,\
+             sentinelUser=sentu,password=Secr3t;,sentinelPassword=S3ntinelPw,tiebreaker=tb,\
+             ssl=False,sslProtocols=Tls12|Tls13,checkCertificateRevocation=False,\
+             sslHost=redis1,configChannel=cfg,abortConnect=False,resolveDns=True,\
+             channelPrefix=ch,connectRetry=3,proxy=None,configCheckSeconds=60,\
+             responseTimeout=100,defaultDatabase=2,setlib=False,highIntegrity=True,\
+             protocol=resp3,tcpKeepAlive=True,highPriorityThreads=True,\
+             preserveAsyncOrder=False,writeBuffer=4096,$INFO=,$EVAL=EVAL,tunnel=";
+        let s = center_spec(printed);
+        assert_eq!(s.first().ok(), Some(("redis1".to_owned(), 6379)));
+        assert_eq!(s.user.as_deref(), Some("app"));
+        assert_eq!(s.password.as_deref(), Some("Secr3t;"), "taken as written");
+        assert_eq!(s.db, Some(2));
+        assert_eq!(s.command_timeout, Duration::from_millis(3000));
+        assert_eq!(s.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(s.client_name.as_deref(), Some("center"));
+        assert!(!s.tls);
+        assert_eq!(
+            s.ignored,
+            vec![
+                "sentinelUser",
+                "sentinelPassword",
+                "sslProtocols",
+                "checkCertificateRevocation",
+                "highIntegrity",
+                "tcpKeepAlive",
+                "$INFO",
+                "$EVAL",
+            ]
+        );
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("S3ntinelPw") && !shown.contains("Secr3t"),
+            "{shown}"
+        );
+        // The agent's own string takes the same options (all are StackExchange.Redis's).
+        assert_eq!(spec(printed).ignored, s.ignored);
+
+        // Separators: empty tokens, `;;`, trailing ones.
+        for sep in [
+            "h:6379,,abortConnect=False,",
+            "h:6379,abortConnect=False;",
+            "h:6379;,;;,abortConnect=False;;,",
+            " h:6379 , ABORTCONNECT=false ,, ",
+        ] {
+            let s = center_spec(sep);
+            assert_eq!(s.first().ok(), Some(("h".to_owned(), 6379)), "{sep}");
+            assert!(s.ignored.is_empty(), "{sep}: {:?}", s.ignored);
+            assert_eq!(spec(sep).endpoints, s.endpoints, "{sep}");
+        }
+        // A key this agent does not know (a newer StackExchange.Redis's) from a center: named,
+        // never its value; in the agent's own string: refused.
+        let s = center_spec("h,someFutureOption=hunter2,tcpkeepalive=false,TcpKeepAlive=true");
+        assert_eq!(s.ignored, vec!["someFutureOption", "tcpKeepAlive"]);
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let e = refusal("h,someFutureOption=hunter2");
+        assert!(
+            e.contains("`someFutureOption`") && !e.contains("hunter2"),
+            "{e}"
+        );
+        // StackExchange.Redis refuses a malformed boolean too.
+        assert!(
+            parse("h,tcpKeepAlive=maybe", Origin::Center)
+                .expect_err("refused")
+                .contains("true or false")
+        );
+    }
+
+    #[test]
+    fn tunnels_proxies_and_sentinels_are_refused_saying_why() {
+        for origin in [Origin::Center, Origin::Own] {
+            let refused = |s: &str| match parse(s, origin) {
+                Ok(spec) => panic!("{s} accepted: {spec:?}"),
+                Err(e) => e,
+            };
+            // As `ToString()` prints an HTTP tunnel (`Tunnel.HttpProxy`: `http:host:port`).
+            let e = refused("h:6379,tunnel=http:proxy.corp:8080,password=hunter2");
+            assert!(e.contains("HTTP tunnel") && e.contains("directly"), "{e}");
+            assert!(!e.contains("proxy.corp") && !e.contains("hunter2"), "{e}");
+            for kind in ["Twemproxy", "envoyproxy"] {
+                let e = refused(&format!("h,proxy={kind}"));
+                assert!(
+                    e.contains("proxy") && e.contains("MULTI/EXEC") && e.contains("Lua"),
+                    "{e}"
+                );
+            }
+            assert!(refused("h,proxy=Squid").contains("None, Twemproxy or Envoyproxy"));
+            let e = refused("h,serviceName=mymaster,sentinelPassword=hunter2");
+            assert!(e.contains("Sentinel") && !e.contains("hunter2"), "{e}");
+            for fine in ["h,proxy=None", "h,proxy=", "h,tunnel=", "h,serviceName="] {
+                assert!(parse(fine, origin).is_ok(), "{fine}");
+            }
+        }
+    }
+
     #[test]
     fn urls() {
         let s = spec("redis://127.0.0.1:6390/4");
@@ -1361,7 +1690,7 @@ mod tests {
 
     #[test]
     fn db_precedence_label_identity_and_prefix() {
-        let store = |c: &str, db| match RedisStore::open(c, "{hangfire}:", db) {
+        let store = |c: &str, db| match RedisStore::open(c, "{hangfire}:", db, Origin::Own) {
             Ok(s) => s,
             Err(e) => panic!("{c}: {e}"),
         };
@@ -1372,14 +1701,12 @@ mod tests {
         assert_eq!(store("h", None).label(), "h:6379/0");
         assert_eq!(store("[::1]:6380", None).label(), "[::1]:6380/0");
         assert_eq!(store("a:1,b:2", None).hosts(), vec!["a", "b"]);
-        assert!(RedisStore::open("h", "{hangfire}:", Some(-1)).is_err());
-        assert!(
-            RedisStore::open("h", "", None)
-                .expect_err("refused")
-                .contains("empty")
-        );
-        assert!(RedisStore::open("h", &"p".repeat(101), None).is_err());
-        assert!(RedisStore::open("h", &"p".repeat(100), None).is_ok());
+        assert!(RedisStore::open("h", "{hangfire}:", Some(-1), Origin::Own).is_err());
+        // An empty prefix is used as empty (a storage configured without one).
+        let empty = RedisStore::open("h", "", None, Origin::Own).expect("an empty prefix");
+        assert_eq!(empty.key("servers"), "servers");
+        assert!(RedisStore::open("h", &"p".repeat(101), None, Origin::Own).is_err());
+        assert!(RedisStore::open("h", &"p".repeat(100), None, Origin::Own).is_ok());
 
         // Identity: same meaning, same identity; any difference that matters, another.
         let a = store("H:6379,password=pw1,user=u", None);
@@ -1395,16 +1722,21 @@ mod tests {
         ] {
             assert_ne!(a.identity(), store(other, None).identity(), "{other}");
         }
-        let other_prefix = RedisStore::open("h,password=pw1,user=u", "{other}:", None);
+        let other_prefix = RedisStore::open("h,password=pw1,user=u", "{other}:", None, Origin::Own);
         assert_ne!(
             a.identity(),
             other_prefix.map(|s| s.identity).unwrap_or_default()
         );
 
         // sslHost: only the endpoint's own name.
-        assert!(RedisStore::open("h,ssl=true,sslHost=H", "p:", None).is_ok());
-        let e = RedisStore::open("10.0.0.1,ssl=true,sslHost=cache.example", "p:", None)
-            .expect_err("refused");
+        assert!(RedisStore::open("h,ssl=true,sslHost=H", "p:", None, Origin::Own).is_ok());
+        let e = RedisStore::open(
+            "10.0.0.1,ssl=true,sslHost=cache.example",
+            "p:",
+            None,
+            Origin::Own,
+        )
+        .expect_err("refused");
         assert!(e.contains("sslHost"), "{e}");
     }
 
@@ -1439,7 +1771,7 @@ mod tests {
     }
 
     fn store_or_panic(c: &str) -> RedisStore {
-        match RedisStore::open(c, "{hangfire}:", None) {
+        match RedisStore::open(c, "{hangfire}:", None, Origin::Own) {
             Ok(s) => s,
             Err(e) => panic!("{e}"),
         }
@@ -1467,7 +1799,7 @@ mod tests {
     async fn live_store() -> RedisStore {
         let url = test_url();
         let prefix = format!("{{t{:016x}}}:", rand::random::<u64>());
-        let store = match RedisStore::open(&url, &prefix, None) {
+        let store = match RedisStore::open(&url, &prefix, None, Origin::Own) {
             Ok(s) => s,
             Err(e) => panic!("JOBAGENT_TEST_REDIS_URL: {e}"),
         };
@@ -1695,42 +2027,71 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn first_report_is_claimed_once() {
+    async fn first_report_is_claimed_once_in_a_key_of_its_own() {
         with_live_store(|store| async move {
             let expire = Duration::from_secs(600);
-            assert!(
-                store
-                    .first_report("42", "tok-a", expire)
-                    .await
-                    .expect("claim")
-            );
-            assert!(
-                store
-                    .first_report("42", "tok-a", expire)
-                    .await
-                    .expect("retry")
-            );
-            assert!(
-                !store
-                    .first_report("42", "tok-b", expire)
-                    .await
-                    .expect("other")
-            );
-            assert!(
-                store
-                    .first_report("43", "tok-b", expire)
-                    .await
-                    .expect("claim")
-            );
+            let claim = |id: &'static str, token: &'static str| {
+                let store = store.clone();
+                async move { store.first_report(id, token, expire).await.expect("claim") }
+            };
+            assert!(claim("42", "tok-a").await);
+            assert!(claim("42", "tok-a").await, "a retry");
+            assert!(!claim("42", "tok-b").await, "another writer");
+            assert!(claim("43", "tok-b").await);
+            let mark = format!("{RESULT_MARK_KEY}42");
+            assert!((590..=600).contains(&ttl(&store, &mark).await));
             assert_eq!(
-                store
-                    .read_hash(RESULTS_KEY, "42")
-                    .await
-                    .expect("read")
-                    .as_deref(),
-                Some("tok-a")
+                ttl(&store, OLD_RESULTS_KEY).await,
+                -2,
+                "the old hash is not written"
             );
-            assert!((590..=600).contains(&ttl(&store, RESULTS_KEY).await));
+
+            // A mark an earlier version left in the old hash is honoured while it lives, and
+            // the hash is left as it was (its TTL runs out).
+            store
+                .set_hash(OLD_RESULTS_KEY, &[("77", "tok-old")], Some(expire))
+                .await
+                .expect("an old mark");
+            assert!(!claim("77", "tok-new").await, "the old mark wins");
+            assert!(claim("77", "tok-old").await, "the old writer's retry");
+            assert_eq!(
+                store.read_hash_all(OLD_RESULTS_KEY).await.expect("read"),
+                vec![("77".to_owned(), "tok-old".to_owned())]
+            );
+            assert!(
+                claim("78", "tok-new").await,
+                "a dispatch not in the old hash"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn fencing_counters_grow_expire_and_start_above_what_they_gave() {
+        with_live_store(|store| async move {
+            let a1 = store.fence("lock:a").await.expect("fence");
+            let a2 = store.fence("lock:a").await.expect("fence");
+            assert_eq!(a2, a1 + 1);
+            // Seeded from the server's clock in microseconds.
+            let now_us = u64::try_from(store.now_ms().await.expect("time")).unwrap_or(0) * 1000;
+            assert!(
+                a1 <= now_us + 1 && a1 + 60_000_000 > now_us,
+                "{a1} vs {now_us}"
+            );
+            let b1 = store.fence("lock:b").await.expect("fence");
+            assert!(b1 > a1, "another counter, a later start");
+            let key = format!("{FENCE_KEY}lock:a");
+            let t = ttl(&store, &key).await;
+            assert!(t > 29 * 86_400 && t <= 30 * 86_400, "{t}");
+            // An expired counter starts again above every token it gave.
+            let k = store.key(&key);
+            let _: () = store
+                .run("DEL", |mut c| async move {
+                    ::redis::cmd("DEL").arg(&k).query_async(&mut c).await
+                })
+                .await
+                .expect("del");
+            assert!(store.fence("lock:a").await.expect("fence") > a2);
         })
         .await;
     }
@@ -1794,16 +2155,17 @@ mod tests {
                 .await
                 .expect("release");
 
-            assert_eq!(store.fence("lock:recurring").await.expect("fence"), 1);
-            assert_eq!(store.fence("lock:recurring").await.expect("fence"), 2);
-            assert_eq!(store.fence("lock:other").await.expect("fence"), 1);
-            assert_eq!(ttl(&store, FENCE_KEY).await, -1, "no TTL");
+            let first = store.fence("lock:recurring").await.expect("fence");
+            assert_eq!(
+                store.fence("lock:recurring").await.expect("fence"),
+                first + 1
+            );
         })
         .await;
 
         // A holder that stops extending loses the lock when its hold runs out.
         with_live_store(|store| async move {
-            let mut short = match RedisStore::open(&test_url(), &store.prefix, None) {
+            let mut short = match RedisStore::open(&test_url(), &store.prefix, None, Origin::Own) {
                 Ok(s) => s,
                 Err(e) => panic!("{e}"),
             };
@@ -1875,7 +2237,7 @@ mod tests {
             ),
             (url.clone(), Some(1_000_000)),
         ] {
-            let store = match RedisStore::open(&conn, &live.prefix, db) {
+            let store = match RedisStore::open(&conn, &live.prefix, db, Origin::Own) {
                 Ok(s) => s,
                 Err(e) => panic!("{e}"),
             };
