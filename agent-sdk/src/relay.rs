@@ -112,14 +112,15 @@ pub fn router(config: RelayConfig) -> Result<(Router, String), String> {
     if tokens.is_empty() {
         return Err("no tokens: set JOBAGENT_RELAY_TOKENS (comma-separated)".to_owned());
     }
+    // None: the type's default (MySQL: found from the tables, as the agent does).
     let prefix = match config.prefix.trim() {
-        "" => kind.default_prefix(),
-        given => given,
+        "" => None,
+        given => Some(given),
     };
     let store = Store::open(&Opening {
         kind,
         connection: config.store.expose(),
-        prefix: Some(prefix),
+        prefix,
         expire_days: config.expire_days,
         db: None,
         from_center: false,

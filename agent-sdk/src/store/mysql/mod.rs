@@ -316,7 +316,8 @@ impl MysqlStore {
     }
 
     /// Refuses a store that lacks Hangfire's `<prefix>Hash` or `<prefix>Set` table (a run
-    /// written there could never show at the center), and learns the charset of their
+    /// written there could never show at the center), or, given no prefix, holds them under
+    /// none or several prefixes ([`tables::choose`]); learns the tables, the charset of their
     /// `Value` columns and the server's `max_allowed_packet`. Success is cached. As with the
     /// PostgreSQL store, only a database that answers "absent" refuses; one that does not
     /// answer within 500 ms lets the run go (its writes retry, as in any outage), and is
