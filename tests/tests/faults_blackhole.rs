@@ -1,7 +1,7 @@
 //! A store that black-holes in the middle of a write (issue 29): every open connection goes
 //! silent (no RST, no FIN) and new ones hang; a few seconds later new connections work
 //! again, while the links that were open stay dead for good (a partition outlived by the
-//! links it broke). Each round places the hole at a random moment of a busy console (200
+//! links it broke). Each round places the hole at a random moment of a busy console (2,000
 //! lines over 4 s, some rounds with progress lines and long lines kept as references), so
 //! over the rounds it falls before a checkout, during a statement, a `COPY`, a `MULTI`, a
 //! commit, and during a retry. Every round: once the store is back, all lines land, in
@@ -31,8 +31,9 @@ use tests::replica::Replica;
 use tests::stores::AnyStore;
 
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
-/// The run: this many console lines over [`RUN_MS`].
-const LINES: u64 = 200;
+/// The run: this many console lines over [`RUN_MS`], so busy that its writer nearly always
+/// has a statement in flight when the hole opens (issue 29 saw it with 200).
+const LINES: u64 = 2_000;
 const RUN_MS: u64 = 4_000;
 /// How long the store stays black-holed: longer than every deadline the agent is given
 /// (connect 2 s, statement or command 3 s), so each of them fires during the hole.
