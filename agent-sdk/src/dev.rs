@@ -117,7 +117,7 @@ impl DevReader {
         let store = Store::open(&Opening {
             kind,
             connection: text,
-            prefix: &prefix,
+            prefix: Some(&prefix),
             expire_days: 7.0,
             db,
             from_center: false,

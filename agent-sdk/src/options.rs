@@ -115,8 +115,10 @@ pub(crate) struct LocalStore {
     /// Its type: given, else the URL's scheme, else PostgreSQL.
     pub kind: Option<crate::store::StoreType>,
     /// The Hangfire schema (PostgreSQL), table prefix (MySQL) or key prefix (Redis); empty:
-    /// the type's default.
+    /// the type's default (MySQL: found from the tables), unless `no_prefix`.
     pub schema: String,
+    /// MySQL: the tables have no prefix (`JOBAGENT_STORE_SCHEMA` set but empty).
+    pub no_prefix: bool,
     /// Days until written rows expire (default 7).
     pub expire_days: f64,
     /// The bearer token shown to a relay (`JOBAGENT_RELAY_TOKEN`; a secret).
@@ -131,11 +133,15 @@ impl LocalStore {
             .unwrap_or(crate::store::StoreType::PostgreSql)
     }
 
-    /// Its schema or prefix, the type's default when none was given.
-    pub(crate) fn prefix(&self) -> &str {
+    /// Its schema or prefix; `None` when none was given (the type's default; MySQL finds it
+    /// from the tables).
+    pub(crate) fn prefix(&self) -> Option<&str> {
         match self.schema.trim() {
-            "" => self.resolved_kind().default_prefix(),
-            given => given,
+            "" if self.no_prefix && self.resolved_kind() == crate::store::StoreType::MySql => {
+                Some("")
+            }
+            "" => None,
+            given => Some(given),
         }
     }
 }
@@ -321,8 +327,13 @@ impl AgentOptions {
                     })?,
             };
             options = options.store(connection, schema.trim(), expire_days);
-            if let (Some(kind), Some(store)) = (kind, options.store.as_mut()) {
-                store.kind = Some(kind);
+            if let Some(store) = options.store.as_mut() {
+                if kind.is_some() {
+                    store.kind = kind;
+                }
+                // MySQL: set but empty says the tables have no prefix (unset: found).
+                store.no_prefix =
+                    lookup("JOBAGENT_STORE_SCHEMA").is_some_and(|v| v.trim().is_empty());
             }
             if let Some(token) = get("JOBAGENT_RELAY_TOKEN") {
                 options = options.relay_token(token.trim());
@@ -453,7 +464,11 @@ impl AgentOptions {
     /// scheme names the type) or the connection string the center's own storage takes (an
     /// Npgsql one unless [`store_type`](Self::store_type) says otherwise). `schema` is the
     /// Hangfire schema (PostgreSQL), table prefix (MySQL) or key prefix (Redis); empty for
-    /// the type's default (`hangfire`, `Hangfire`, `{hangfire}:`).
+    /// the type's default (`hangfire`, `{hangfire}:`; on MySQL the prefix under which the
+    /// database holds Hangfire's tables, found at the first run: `Hash`/`Set` for none,
+    /// `HangfireHash`/`HangfireSet` for `Hangfire`, ...). A MySQL database holding tables under
+    /// several prefixes needs the prefix given; `JOBAGENT_STORE_SCHEMA` set but empty says
+    /// "no prefix".
     pub fn store(
         mut self,
         connection: impl Into<String>,
@@ -466,6 +481,7 @@ impl AgentOptions {
             connection: Secret::new(connection),
             kind,
             schema: schema.into(),
+            no_prefix: false,
             expire_days,
             relay_token,
         });

@@ -112,9 +112,10 @@ pub fn router(config: RelayConfig) -> Result<(Router, String), String> {
     if tokens.is_empty() {
         return Err("no tokens: set JOBAGENT_RELAY_TOKENS (comma-separated)".to_owned());
     }
+    // None: the type's default (MySQL: found from the tables, as the agent does).
     let prefix = match config.prefix.trim() {
-        "" => kind.default_prefix(),
-        given => given,
+        "" => None,
+        given => Some(given),
     };
     let store = Store::open(&Opening {
         kind,

@@ -1,7 +1,7 @@
 //! Captures what the agent logs through `tracing`, to assert on it (a start-up line, the
 //! absence of a secret).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A log buffer; clones share it.
 #[derive(Clone, Default)]
@@ -30,6 +30,26 @@ impl Logs {
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::set_default(subscriber)
+    }
+
+    /// Captures everything down to `DEBUG` logged on any thread of this test binary, from
+    /// the first call on (the global subscriber: what runs on a runtime's worker threads is
+    /// caught too). Every call returns the same buffer; call it before anything else installs
+    /// a subscriber.
+    pub fn global() -> Logs {
+        static GLOBAL: OnceLock<Logs> = OnceLock::new();
+        GLOBAL
+            .get_or_init(|| {
+                let logs = Logs::default();
+                let writer = logs.clone();
+                let _ = tracing_subscriber::fmt()
+                    .with_ansi(false)
+                    .with_max_level(tracing::Level::DEBUG)
+                    .with_writer(move || writer.clone())
+                    .try_init();
+                logs
+            })
+            .clone()
     }
 
     /// What was captured, as text.

@@ -1,7 +1,9 @@
-//! A MySQL/MariaDB harness: one fresh database per test with the tables Hangfire.MySqlStorage
-//! creates (`Hangfire.MySql/Install.sql` in arnoldasgudas/Hangfire.MySqlStorage: `<P>Hash`,
-//! `<P>Set`, `<P>DistributedLock`, charset `utf8`), read the way the dashboard reads them
-//! (a set `ORDER BY Id`).
+//! A MySQL/MariaDB harness: one fresh database per test with the tables a center's MySQL
+//! storage creates ([`Flavor`]: Hangfire.MySqlStorage's `Hangfire.MySql/Install.sql` in
+//! arnoldasgudas/Hangfire.MySqlStorage, or Hangfire.Storage.MySql's `Install.sql` and
+//! `Migrations.xml` in MiloszKrajewski/Hangfire.Storage.MySql: `<P>Hash`, `<P>Set`,
+//! `<P>DistributedLock`, charset `utf8`), read the way the dashboard reads them (a set
+//! `ORDER BY Id`, or paged with the storage's own statement: [`TestMysql::dashboard_page`]).
 //!
 //! The server comes from `JOBAGENT_TEST_MYSQL_URL` (a `mysql://` URL), else
 //! `mysql://root@127.0.0.1:3306`. Without a server, [`TestMysql::new`] fails and says how to
@@ -10,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, Pool};
+use mysql_async::{Conn, Opts, Pool, Value};
 
 use crate::center::Storage;
 
@@ -21,12 +23,25 @@ const DEFAULT_URL: &str = "mysql://root@127.0.0.1:3306";
 /// Hangfire.MySqlStorage's default table prefix.
 pub const PREFIX: &str = "Hangfire";
 
-/// A fresh database with Hangfire.MySqlStorage's tables; dropped at the end of the test.
+/// Which MySQL storage a center runs, which decides its tables and dashboard statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// arnoldasgudas/Hangfire.MySqlStorage (`Hangfire.MySql/Install.sql`: `Score float`).
+    MySqlStorage,
+    /// MiloszKrajewski/Hangfire.Storage.MySql 2.x, which the center's own MySQL sample runs:
+    /// `src/Hangfire.Storage.MySql/Install/Install.sql`, then `Migrations.xml` (`Score
+    /// double`, index `(Key, Score, Value)`); it appends `;Allow User Variables=True;` to the
+    /// connection string.
+    StorageMySql,
+}
+
+/// A fresh database with a MySQL storage's tables; dropped at the end of the test.
 pub struct TestMysql {
     pool: Pool,
     server: Opts,
     name: String,
     prefix: String,
+    flavor: Flavor,
 }
 
 fn server() -> Result<Opts, String> {
@@ -48,15 +63,20 @@ impl TestMysql {
         Self::with_prefix(PREFIX).await
     }
 
-    /// A fresh database with the tables under `prefix`.
+    /// A fresh database with Hangfire.MySqlStorage's tables under `prefix`.
     pub async fn with_prefix(prefix: &str) -> Self {
-        match Self::try_with_prefix(prefix).await {
+        Self::with_flavor(prefix, Flavor::MySqlStorage).await
+    }
+
+    /// A fresh database with `flavor`'s tables under `prefix`.
+    pub async fn with_flavor(prefix: &str, flavor: Flavor) -> Self {
+        match Self::try_with_flavor(prefix, flavor).await {
             Ok(db) => db,
             Err(e) => panic!("{e}"),
         }
     }
 
-    async fn try_with_prefix(prefix: &str) -> Result<Self, String> {
+    async fn try_with_flavor(prefix: &str, flavor: Flavor) -> Result<Self, String> {
         let server = server()?;
         let name = format!("jobagent_t_{:016x}", rand::random::<u64>());
         let mut admin = tokio::time::timeout(Duration::from_secs(10), Conn::new(server.clone()))
@@ -77,9 +97,17 @@ impl TestMysql {
             server,
             name,
             prefix: prefix.to_owned(),
+            flavor,
         };
-        let mut conn = db.conn().await;
-        // As Install.sql lays them out.
+        db.create_tables(prefix, flavor).await?;
+        Ok(db)
+    }
+
+    /// Creates `flavor`'s tables under `prefix` (another storage in the same database).
+    pub async fn create_tables(&self, prefix: &str, flavor: Flavor) -> Result<(), String> {
+        let mut conn = self.conn().await;
+        let p = prefix.replace('`', "``");
+        // As Install.sql lays them out (both storages' are alike for these three tables).
         conn.query_drop(format!(
             "CREATE TABLE `{p}DistributedLock` (
                `Resource` nvarchar(100) NOT NULL,
@@ -102,12 +130,24 @@ impl TestMysql {
                `ExpireAt` datetime DEFAULT NULL,
                PRIMARY KEY (`Id`),
                UNIQUE KEY `IX_{p}Set_Key_Value` (`Key`,`Value`)
-             ) ENGINE=InnoDB DEFAULT CHARACTER SET utf8 COLLATE utf8_general_ci;",
-            p = prefix
+             ) ENGINE=InnoDB DEFAULT CHARACTER SET utf8 COLLATE utf8_general_ci;"
         ))
         .await
         .map_err(|e| format!("cannot create Hangfire's tables: {e}"))?;
-        Ok(db)
+        if flavor == Flavor::StorageMySql {
+            // Migrations.xml: `index-pack-1` (the three tables' indexes), then
+            // `set.score-to-double`.
+            conn.query_drop(format!(
+                "CREATE INDEX `IX_Set_ExpireAt` ON `{p}Set` (`ExpireAt`);
+                 CREATE INDEX `IX_Hash_ExpireAt` ON `{p}Hash` (`ExpireAt`);
+                 CREATE INDEX `IX_Set_KeyScore` ON `{p}Set` (`Key`, `Score`, `Value`);
+                 CREATE INDEX `IX_DistributedLock_Resource` ON `{p}DistributedLock` (`Resource`, `CreatedAt`);
+                 ALTER TABLE `{p}Set` MODIFY `Score` double NOT NULL;"
+            ))
+            .await
+            .map_err(|e| format!("cannot migrate Hangfire.Storage.MySql's tables: {e}"))?;
+        }
+        Ok(())
     }
 
     /// A connection to the test database.
@@ -140,9 +180,14 @@ impl TestMysql {
         &self.prefix
     }
 
-    /// A table's full name, quoted.
+    /// The storage whose tables it has.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// A table's full name, quoted (a backtick doubled).
     pub fn table(&self, table: &str) -> String {
-        format!("`{}{table}`", self.prefix)
+        format!("`{}{table}`", self.prefix.replace('`', "``"))
     }
 
     /// The server's host and port.
@@ -188,9 +233,14 @@ impl TestMysql {
         )
     }
 
-    /// The store as a center on Hangfire.MySqlStorage sends it (`x-job-storage`).
+    /// The store as a center on this storage sends it (`x-job-storage`): Hangfire.Storage.MySql
+    /// appends `;Allow User Variables=True;` to the string (hence `;;`).
     pub fn storage(&self) -> Storage {
-        Storage::of_kind("mysql", self.connection_string()).table_prefix(self.prefix.clone())
+        let mut connection = self.connection_string();
+        if self.flavor == Flavor::StorageMySql {
+            connection.push_str(";Allow User Variables=True;");
+        }
+        Storage::of_kind("mysql", connection).table_prefix(self.prefix.clone())
     }
 
     /// A set's rows as the dashboard reads them: `(Value, Score)` by `Id`.
@@ -200,10 +250,46 @@ impl TestMysql {
             self.table("Set")
         );
         let mut conn = self.conn().await;
-        match conn.exec::<(String, f32), _, _>(sql, (key,)).await {
-            Ok(rows) => rows.into_iter().map(|(v, s)| (v, f64::from(s))).collect(),
+        match conn.exec::<(String, Value), _, _>(sql, (key,)).await {
+            Ok(rows) => rows.into_iter().map(|(v, s)| (v, score(s))).collect(),
             Err(e) => panic!("cannot read set {key}: {e}"),
         }
+    }
+
+    /// One page of a set as the dashboard reads it from this storage, from `start` on.
+    /// Hangfire.Console's `ConsoleRenderer.ReadLines` asks `GetSetCount` for the count, then
+    /// `GetRangeFromSet(key, start, count - 1)`, which runs the storage's own statement
+    /// (Hangfire.MySqlStorage `Hangfire.MySql/MySqlStorageConnection.cs`, Hangfire.Storage.MySql
+    /// `src/Hangfire.Storage.MySql/MySqlStorageConnection.cs`): a user-variable rank over
+    /// `ORDER BY Id` in a derived table, then `rank BETWEEN start + 1 AND end + 1`, sent as
+    /// text with the values inlined, as MySqlConnector sends Dapper's parameters.
+    pub async fn dashboard_page(&self, key: &str, start: usize) -> Vec<String> {
+        let set = self.table("Set");
+        let key_sql = Value::from(key).as_sql(false);
+        let mut conn = self.conn().await;
+        let count: Option<u64> = conn
+            .query_first(format!(
+                "select count(`Key`) from {set} where `Key` = {key_sql}"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("cannot count set {key}: {e}"));
+        let count = usize::try_from(count.unwrap_or(0)).unwrap_or(usize::MAX);
+        if count <= start {
+            return Vec::new();
+        }
+        // MySqlStorage quotes the alias (`rank` is a keyword on MySQL 8); Storage.MySql does not.
+        let rank = match self.flavor {
+            Flavor::MySqlStorage => "'rank'",
+            Flavor::StorageMySql => "rank",
+        };
+        let sql = format!(
+            "select `Value` \nfrom (\n\t    select `Value`, @rownum := @rownum + 1 AS {rank}\n\t    from {set},\n            (select @rownum := 0) r \n        where `Key` = {key_sql}\n        order by Id\n     ) ranked\nwhere ranked.rank between {} and {}",
+            start + 1,
+            count
+        );
+        conn.query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("cannot read a page of set {key}: {e}"))
     }
 
     /// A hash's fields and values, by `Id`.
@@ -269,6 +355,16 @@ impl TestMysql {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// A `Score` as read: `float` on Hangfire.MySqlStorage, `double` on Hangfire.Storage.MySql.
+fn score(v: Value) -> f64 {
+    match v {
+        Value::Float(f) => f64::from(f),
+        Value::Double(d) => d,
+        Value::Bytes(b) => String::from_utf8_lossy(&b).parse().unwrap_or(f64::NAN),
+        other => panic!("a Score that is not a number: {other:?}"),
     }
 }
 

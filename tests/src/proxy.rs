@@ -1,7 +1,10 @@
 //! A TCP proxy in front of PostgreSQL that a test can cut, black-hole and restore, to stage
 //! a store outage in the middle of a job: a cut closes connections (the client sees an
 //! error at once), a black hole keeps them open and silent (no RST, no FIN), as a NAT or
-//! firewall that dropped its state does.
+//! firewall that dropped its state does. A black hole can end with its links reset
+//! ([`Proxy::restore`]) or with them left dead for good while new connections work again
+//! ([`Proxy::restore_new`]), as after a network partition: only the client's own deadlines
+//! end those.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +19,8 @@ pub struct Proxy {
     up: Arc<AtomicBool>,
     hole: tokio::sync::watch::Sender<bool>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Links left black-holed by [`restore_new`](Self::restore_new).
+    dead: Mutex<Vec<JoinHandle<()>>>,
     accept: JoinHandle<()>,
 }
 
@@ -94,6 +99,7 @@ impl Proxy {
             up,
             hole,
             links,
+            dead: Mutex::default(),
             accept,
         }
     }
@@ -130,12 +136,40 @@ impl Proxy {
         }
         self.up.store(true, Ordering::Release);
     }
+
+    /// Forwards new connections again and leaves every link open before now silent for
+    /// good: nothing is forwarded on them, nothing resets them (a partition that outlived
+    /// the links it broke; a client's keepalive probes are answered by the proxy's own
+    /// socket, so only the client's own deadlines end them) until
+    /// [`close_dead`](Self::close_dead) or the proxy is dropped.
+    pub fn restore_new(&self) {
+        let held: Vec<JoinHandle<()>> = match self.links.lock() {
+            Ok(mut links) => links.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        if let Ok(mut dead) = self.dead.lock() {
+            dead.extend(held);
+        }
+        self.hole.send_replace(false);
+        self.up.store(true, Ordering::Release);
+    }
+
+    /// Closes the links [`restore_new`](Self::restore_new) left dead (a FIN reaches both
+    /// sides).
+    pub fn close_dead(&self) {
+        if let Ok(mut dead) = self.dead.lock() {
+            for link in dead.drain(..) {
+                link.abort();
+            }
+        }
+    }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
         self.cut();
+        self.close_dead();
     }
 }
 

@@ -140,6 +140,15 @@ struct Queue {
 /// How long a closed console keeps retrying an unreachable store before giving up.
 const GIVE_UP_AFTER_CLOSE: Duration = Duration::from_secs(300);
 
+/// The longest one attempt at a batch may take, whatever the store's own bounds say (a
+/// connection string may turn them off: `Timeout=0`, `Command Timeout=0`). An attempt past it
+/// is abandoned like one that failed (the backends drop a connection left mid-statement, never
+/// pool it) and retried: a link that went silent for good cannot hold the console's writer.
+pub(crate) const ATTEMPT_WITHIN: Duration = Duration::from_secs(300);
+
+/// While a console's writes keep failing, how often the writer says so again.
+const STILL_FAILING_EVERY: Duration = Duration::from_secs(60);
+
 impl StoreConsole {
     /// Starts the console's writer task.
     pub(crate) fn start(
@@ -447,8 +456,19 @@ impl Writer {
     ) -> bool {
         let mut backoff = Duration::from_millis(50);
         let mut failures = 0u32;
+        let mut said = tokio::time::Instant::now();
         loop {
-            match crate::metrics::store_op("console", self.try_write(lines)).await {
+            let attempt = tokio::time::timeout(ATTEMPT_WITHIN, self.try_write(lines));
+            let outcome = crate::metrics::store_op("console", async {
+                attempt.await.unwrap_or_else(|_| {
+                    Err(format!(
+                        "the store did not take the batch within {} s",
+                        ATTEMPT_WITHIN.as_secs()
+                    ))
+                })
+            })
+            .await;
+            match outcome {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!(target: "agent_sdk::console", store = %self.store.label, failures, "console writes resumed");
@@ -458,7 +478,11 @@ impl Writer {
                 Err(e) => {
                     failures += 1;
                     if failures == 1 {
+                        said = tokio::time::Instant::now();
                         tracing::warn!(target: "agent_sdk::console", store = %self.store.label, error = %e, "console write failed; retrying with backoff");
+                    } else if said.elapsed() >= STILL_FAILING_EVERY {
+                        said = tokio::time::Instant::now();
+                        tracing::warn!(target: "agent_sdk::console", store = %self.store.label, failures, error = %e, "console writes still failing; retrying with backoff");
                     }
                 }
             }

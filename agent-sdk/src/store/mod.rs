@@ -75,7 +75,9 @@ impl StoreType {
         }
     }
 
-    /// The schema, table prefix or key prefix Hangfire uses when none is given.
+    /// The schema, table prefix or key prefix Hangfire uses when none is given. MySQL:
+    /// `Hangfire`, what the agent assumed before it found prefixes; both MySQL storages'
+    /// own default is empty, and a MySQL store given no prefix finds it from its tables.
     pub const fn default_prefix(self) -> &'static str {
         match self {
             StoreType::PostgreSql => "hangfire",
@@ -169,8 +171,10 @@ macro_rules! backend {
 pub(crate) struct Opening<'a> {
     pub(crate) kind: StoreType,
     pub(crate) connection: &'a str,
-    /// Schema (PostgreSQL), table prefix (MySQL) or key prefix (Redis).
-    pub(crate) prefix: &'a str,
+    /// Schema (PostgreSQL), table prefix (MySQL) or key prefix (Redis); `None` when none was
+    /// given: the type's default ([`StoreType::default_prefix`]), except on MySQL, where it is
+    /// found from the tables present.
+    pub(crate) prefix: Option<&'a str>,
     pub(crate) expire_days: f64,
     /// Redis: the database.
     pub(crate) db: Option<i64>,
@@ -185,6 +189,9 @@ pub(crate) struct Opening<'a> {
 impl Store {
     /// Opens a store (no I/O but, for a local store, the files it names).
     pub(crate) fn open(o: &Opening<'_>) -> Result<Self, String> {
+        // For logs and the derived agent id (a MySQL prefix to be found counts as the type's
+        // default, as before prefixes were found).
+        let named = o.prefix.unwrap_or(o.kind.default_prefix());
         let (label, prefix, backend) = match o.kind {
             StoreType::PostgreSql => {
                 let spec = connstr::parse(o.connection).map_err(|e| e.to_string())?;
@@ -197,16 +204,12 @@ impl Store {
                         "connection string key `{setting}` names a file on the agent's machine, which a store sent by the center may not do; remove it from the center's connection string, or configure the store on the agent (JOBAGENT_STORE), where Root Certificate is allowed"
                     ));
                 }
-                let pg = PgStore::open(&spec, o.prefix, o.load)?;
+                let pg = PgStore::open(&spec, named, o.load)?;
                 (pg.label.clone(), pg.schema.clone(), Backend::Postgres(pg))
             }
             StoreType::MySql => {
                 let my = MysqlStore::open(o.connection, o.prefix, o.from_center)?;
-                (
-                    my.label().to_owned(),
-                    o.prefix.to_owned(),
-                    Backend::Mysql(my),
-                )
+                (my.label().to_owned(), named.to_owned(), Backend::Mysql(my))
             }
             StoreType::Redis => {
                 let origin = if o.from_center {
@@ -214,8 +217,8 @@ impl Store {
                 } else {
                     redis::Origin::Own
                 };
-                let r = RedisStore::open(o.connection, o.prefix, o.db, origin)?;
-                (r.label().to_owned(), o.prefix.to_owned(), Backend::Redis(r))
+                let r = RedisStore::open(o.connection, named, o.db, origin)?;
+                (r.label().to_owned(), named.to_owned(), Backend::Redis(r))
             }
             #[cfg(feature = "relay")]
             StoreType::Relay => {
@@ -473,12 +476,17 @@ impl Stores {
             return Err("the center's store has no HangfireDb connection string".to_owned());
         }
         let prefix = match (kind, h.table_prefix.as_deref()) {
+            // Hangfire.MySqlStorage's and Hangfire.Storage.MySql's prefix verbatim, empty
+            // included (their default); a missing one is found from the tables.
+            (StoreType::MySql, given) => given,
             // Hangfire.Redis.StackExchange uses its `Prefix` verbatim, an empty one too.
-            (StoreType::Redis, Some(given)) => given,
-            (_, given) => given
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .unwrap_or(kind.default_prefix()),
+            (StoreType::Redis, Some(given)) => Some(given),
+            (_, given) => Some(
+                given
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(kind.default_prefix()),
+            ),
         };
         let days = h
             .expire_at_days
@@ -499,12 +507,14 @@ impl Stores {
                     })?,
             ),
         };
-        if kind == StoreType::PostgreSql {
+        if kind == StoreType::PostgreSql
+            && let Some(prefix) = prefix
+        {
             check_schema(prefix).map_err(|e| format!("TablePrefix: {e}"))?;
         }
         // Keyed by what the center sent (the same center sends the same string); held in
         // memory only, as the store itself holds its credentials.
-        let key = format!("{kind}|{}|{prefix}|{days}|{db:?}", h.hangfire_db);
+        let key = format!("{kind}|{}|{prefix:?}|{days}|{db:?}", h.hangfire_db);
         let mut sent = crate::sync::lock(&self.sent);
         if let Some(store) = sent.get(&key) {
             return Ok(Some(store.clone()));

@@ -91,12 +91,13 @@ impl PgStore {
             return Ok(());
         }
         let check = async {
-            let client = self.checkout().await?;
+            // Bounded (and dropped, not pooled, when the check gives up mid-statement).
+            let client = self.conn().await?;
             // Per table: whether it exists, and whether this session's user may read and write
             // it (asked one privilege at a time: a list is true when any one is held; the
             // functions give NULL for a table that does not exist).
             let rows = client
-                .query(
+                .bound(client.query(
                     "SELECT t.name, to_regclass(t.path) IS NOT NULL, \
                      COALESCE(has_table_privilege(to_regclass(t.path), 'SELECT') \
                      AND has_table_privilege(to_regclass(t.path), 'INSERT') \
@@ -110,9 +111,8 @@ impl PgStore {
                             format!("{}.set", self.schema),
                         ],
                     ],
-                )
-                .await
-                .map_err(|e| crate::error::chain(&e))?;
+                ))
+                .await?;
             let mut problem = None;
             for row in rows {
                 let get = |i: usize| {
@@ -360,7 +360,10 @@ impl PgStore {
         lines: &[EncodedLine],
         expire: Duration,
     ) -> Result<(), String> {
-        let client = self.pool.get().await.map_err(|e| crate::error::chain(&e))?;
+        // Every step within the checkout bound and `Command Timeout`: a connection that
+        // goes silent mid-`COPY` (a black-holed link answers nothing, ever) fails the batch,
+        // which is retried on another connection, and is dropped, never pooled again.
+        let conn = self.conn().await?;
         let schema = &self.schema;
         let expire_secs = expire.as_secs_f64();
         let (ref_fields, ref_values): (Vec<&str>, Vec<&str>) = lines
@@ -368,33 +371,36 @@ impl PgStore {
             .filter_map(|l| l.reference.as_ref().map(|(f, v)| (f.as_str(), v.as_str())))
             .unzip();
         if !ref_fields.is_empty() {
-            upsert_hash_fields(
-                &client,
+            conn.bound(upsert_hash_fields(
+                &conn,
                 schema,
                 hash_key,
                 &ref_fields,
                 &ref_values,
                 expire_secs,
-            )
+            ))
             .await?;
         }
-        match self.copy_lines(&client, set_key, lines, expire).await {
+        let copied = conn
+            .bound(async { Ok::<_, String>(self.copy_lines(&conn, set_key, lines, expire).await) })
+            .await?;
+        match copied {
             Ok(()) => {}
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                self.upsert_lines(&client, set_key, lines, expire_secs)
+                conn.bound(self.upsert_lines(&conn, set_key, lines, expire_secs))
                     .await?;
             }
             Err(e) => return Err(crate::error::chain(&e)),
         }
         if let Some(progress) = lines.iter().rev().find_map(|l| l.progress_field.as_deref()) {
-            upsert_hash_fields(
-                &client,
+            conn.bound(upsert_hash_fields(
+                &conn,
                 schema,
                 hash_key,
                 &["progress"],
                 &[progress],
                 expire_secs,
-            )
+            ))
             .await?;
         }
         Ok(())

@@ -25,7 +25,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -661,8 +661,14 @@ struct Scripts {
 /// One Redis store: a lazily opened connection manager, the key prefix, the bounds.
 pub(crate) struct RedisStore {
     client: Client,
-    /// Opened at the first operation; left empty (and tried again) when opening fails.
-    manager: tokio::sync::OnceCell<ConnectionManager>,
+    /// The connection manager in use and its generation: opened at the first operation; left
+    /// empty (and tried again) when opening fails; emptied when an operation on it missed its
+    /// deadline (see [`RedisStore::run`]).
+    manager: Mutex<Option<(u64, ConnectionManager)>>,
+    /// Held while a connection manager is opened, so one opens at a time.
+    opening: tokio::sync::Mutex<()>,
+    /// The last generation given out.
+    generation: AtomicU64,
     prefix: String,
     db: i64,
     label: String,
@@ -806,7 +812,9 @@ impl RedisStore {
         }
         Ok(Self {
             client,
-            manager: tokio::sync::OnceCell::new(),
+            manager: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
             prefix: prefix.to_owned(),
             db,
             label,
@@ -1277,33 +1285,67 @@ impl RedisStore {
 
     /// The connection manager, opened (and its first connection made) at first use. A failed
     /// opening leaves nothing behind: the next operation tries again.
+    #[cfg(test)]
     async fn manager(&self) -> Result<ConnectionManager, RedisError> {
-        self.manager
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_response_timeout(Some(self.command_timeout))
-                    .set_number_of_retries(RECONNECT_RETRIES)
-                    .set_max_delay(RECONNECT_MAX_DELAY);
-                ConnectionManager::new_with_config(self.client.clone(), config).await
-            })
-            .await
-            .cloned()
+        self.current().await.map(|(_, manager)| manager)
+    }
+
+    /// The connection manager in use, and its generation (see [`RedisStore::discard`]).
+    async fn current(&self) -> Result<(u64, ConnectionManager), RedisError> {
+        if let Some(current) = crate::sync::lock(&self.manager).clone() {
+            return Ok(current);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(current) = crate::sync::lock(&self.manager).clone() {
+            return Ok(current);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_max_delay(RECONNECT_MAX_DELAY);
+        let manager = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        let current = (self.generation.fetch_add(1, Ordering::Relaxed) + 1, manager);
+        *crate::sync::lock(&self.manager) = Some(current.clone());
+        Ok(current)
+    }
+
+    /// Gives up on the connection of `generation`, which missed a deadline: the next
+    /// operation opens a new one. The connection manager reconnects by itself only on an
+    /// error of the link (reset, closed); a black-holed link gives none, ever, and every
+    /// command on it would time out for good.
+    fn discard(&self, generation: u64) {
+        let mut slot = crate::sync::lock(&self.manager);
+        if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *slot = None;
+        }
     }
 
     /// Runs `op` on the connection under one deadline: `connectTimeout + syncTimeout` (a first
-    /// connection, then the command). `what` names the operation in errors.
+    /// connection, then the command). `what` names the operation in errors. A connection on
+    /// which the deadline or the reply timeout passed is given up on ([`RedisStore::discard`]).
     async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, String>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let limit = self.connect_timeout.saturating_add(self.command_timeout);
+        let mut used = None;
         let attempt = async {
-            let c = self.manager().await?;
+            let (generation, c) = self.current().await?;
+            used = Some(generation);
             op(c).await
         };
-        match tokio::time::timeout(limit, attempt).await {
+        let outcome = tokio::time::timeout(limit, attempt).await;
+        let timed_out = match &outcome {
+            Ok(Err(e)) => e.is_timeout(),
+            Ok(Ok(_)) => false,
+            Err(_) => true,
+        };
+        if timed_out && let Some(generation) = used {
+            self.discard(generation);
+        }
+        match outcome {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(format!(
                 "the Redis store {} ({what}): {}",

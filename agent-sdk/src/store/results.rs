@@ -24,7 +24,17 @@ impl ResultSink for StoreResults {
             let mut backoff = Duration::from_millis(50);
             let mut failures = 0u32;
             loop {
-                match crate::metrics::store_op("result", write_once(&store, &result)).await {
+                // Whatever the store's own bounds say (they may be off), no attempt waits for
+                // good: one past the bound is abandoned and retried.
+                let attempt = async {
+                    tokio::time::timeout(
+                        super::console_writer::ATTEMPT_WITHIN,
+                        write_once(&store, &result),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err("the store did not take the result in time".to_owned()))
+                };
+                match crate::metrics::store_op("result", attempt).await {
                     Ok(()) => {
                         tracing::debug!(target: "agent_sdk::result", job_id = %result.id, action = result.action, r = result.r, "result written");
                         return;

@@ -8,10 +8,24 @@
 //! `=`, a later pair overrides an earlier one and an empty value restores the default. Keys are
 //! case-insensitive and spaces, `_` and `-` in them are ignored (`Ssl-Ca`, `SslCa`, `SSL CA`).
 //!
-//! Unlike the PostgreSQL parser, an unknown key is an error (MySqlConnector refuses it too),
-//! naming the key and the closest known one. One exception keeps the password safe: a key
-//! that comes after the password pair may be the tail of an unquoted password holding `;`,
-//! so it is named by its position only.
+//! What happens to a key the agent has no use for depends on where the string came from
+//! ([`Origin`]):
+//!
+//! - **The agent's own store** (`JOBAGENT_STORE`) is strict: an unknown key is an error naming
+//!   it and the closest known one (MySqlConnector refuses it too), and so is a MySqlConnector
+//!   or MySql.Data setting the agent does not use (`Pipelining`, `Respect Binary Flags`): the
+//!   operator wrote the string for the agent, and a typo is said at start-up.
+//! - **A center's `HangfireDb`** was accepted by the center's own driver: every key of
+//!   MySqlConnector and MySql.Data the agent has no use for (and any key this agent does not
+//!   know, from a newer driver) is ignored, and [`MyConnSpec::unused`] names them (names only,
+//!   never values) for one warning. Keys that name files on the agent's machine stay refused
+//!   ([`MyConnSpec::file_settings`]).
+//!
+//! A few settings are accepted silently from both: they ask for what the agent does anyway or
+//! only shape the .NET client's API (`Allow User Variables`, `CharSet`, `Pooling`, ...).
+//!
+//! One rule keeps the password safe: a key that comes after the password pair may be the
+//! tail of an unquoted password holding `;`, so an unknown one is named by its position only.
 //!
 //! No error or `Debug` output ever holds the password.
 
@@ -34,6 +48,17 @@ pub(crate) const MAX_POOL_LIMIT: usize = 64;
 /// TCP keepalive idle time when the string sets no `Keepalive` (MySqlConnector leaves it to
 /// the OS, which waits 2 h): a peer that vanished is noticed within a minute or so.
 pub(crate) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Where a connection string came from: it decides what a key the agent has no use for does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The agent's own configuration: such a key is an error.
+    Local,
+    /// A center's `HangfireDb`, which the center's driver accepted: such a key is ignored and
+    /// named in [`MyConnSpec::unused`]; a key naming a file is listed in
+    /// [`MyConnSpec::file_settings`] (the store refuses it).
+    Center,
+}
 
 /// How TLS is used, as MySqlConnector's `SslMode` (default `Preferred`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,6 +122,10 @@ pub(crate) struct MyConnSpec {
     pub(crate) keepalive: Duration,
     /// Keys that were present and are accepted but not used (names only, for a debug log).
     pub(crate) ignored_keys: Vec<&'static str>,
+    /// From a center: the keys present that the agent has no use for and ignored, for one
+    /// warning: canonical names, a key this agent does not know as written (at most 40
+    /// characters), or `pair <n>` for one after the password. Never a value.
+    pub(crate) unused: Vec<String>,
 }
 
 impl MyConnSpec {
@@ -157,6 +186,7 @@ impl fmt::Debug for MyConnSpec {
             .field("lifetime", &self.lifetime)
             .field("keepalive", &self.keepalive)
             .field("ignored_keys", &self.ignored_keys)
+            .field("unused", &self.unused)
             .finish()
     }
 }
@@ -179,8 +209,24 @@ enum Key {
     MinPool,
     Lifetime,
     Keepalive,
-    /// Accepted and not used; its value checked as the kind says.
+    /// Accepted and not used, from both origins; its value checked as the kind says (in the
+    /// agent's own string).
     Ignored(&'static str, Kind),
+    /// A MySqlConnector or MySql.Data setting the agent has no use for: refused in the agent's
+    /// own string, ignored (and named) in a center's.
+    Foreign(&'static str, Use),
+}
+
+/// What a [`Key::Foreign`] setting holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Use {
+    /// Nothing that matters to the agent.
+    Plain,
+    /// A path on the agent's machine: refused from a center too.
+    File,
+    /// A secret (a certificate password, a second factor): like the password, a key after
+    /// it may be the tail of its value.
+    Secret,
 }
 
 /// What an accepted-and-ignored setting's value must look like.
@@ -213,7 +259,11 @@ const KEYS: &[(&str, &[&str], Key)] = &[
         Key::Database,
     ),
     ("User ID", &["USERID", "UID", "USERNAME", "USER"], Key::User),
-    ("Password", &["PASSWORD", "PWD", "PASS"], Key::Password),
+    (
+        "Password",
+        &["PASSWORD", "PWD", "PASS", "PASSWORD1", "PWD1"],
+        Key::Password,
+    ),
     ("SSL Mode", &["SSLMODE"], Key::SslMode),
     (
         "SSL CA",
@@ -413,6 +463,196 @@ const KEYS: &[(&str, &[&str], Key)] = &[
         &["CONNECTIONPROTOCOL", "PROTOCOL", "TRANSPORT"],
         Key::Ignored("Connection Protocol", Kind::Any),
     ),
+    // MySqlConnector's and MySql.Data's other settings (MySqlConnector's
+    // `MySqlConnectionStringBuilder.cs`, MySql.Data's `MySqlConnectionStringBuilder.cs` and
+    // `MySqlBaseConnectionStringBuilder.cs`): no use to the agent.
+    (
+        "Pipe Name",
+        &["PIPENAME", "PIPE"],
+        Key::Foreign("Pipe Name", Use::Plain),
+    ),
+    (
+        "Certificate Password",
+        &["CERTIFICATEPASSWORD", "SSLCAPWD"],
+        Key::Foreign("Certificate Password", Use::Secret),
+    ),
+    (
+        "Certificate Store Location",
+        &["CERTIFICATESTORELOCATION"],
+        Key::Foreign("Certificate Store Location", Use::Plain),
+    ),
+    (
+        "Certificate Thumbprint",
+        &["CERTIFICATETHUMBPRINT"],
+        Key::Foreign("Certificate Thumbprint", Use::Plain),
+    ),
+    (
+        "Skip Certificate Revocation Check",
+        &["SKIPCERTIFICATEREVOCATIONCHECK"],
+        Key::Foreign("Skip Certificate Revocation Check", Use::Plain),
+    ),
+    (
+        "Connection Idle Ping Time",
+        &["CONNECTIONIDLEPINGTIME"],
+        Key::Foreign("Connection Idle Ping Time", Use::Plain),
+    ),
+    (
+        "Force Synchronous",
+        &["FORCESYNCHRONOUS"],
+        Key::Foreign("Force Synchronous", Use::Plain),
+    ),
+    (
+        "Pipelining",
+        &["PIPELINING"],
+        Key::Foreign("Pipelining", Use::Plain),
+    ),
+    (
+        "Server RSA Public Key File",
+        &["SERVERRSAPUBLICKEYFILE"],
+        Key::Foreign("Server RSA Public Key File", Use::File),
+    ),
+    (
+        "Server SPN",
+        &["SERVERSPN"],
+        Key::Foreign("Server SPN", Use::Plain),
+    ),
+    (
+        "Password2",
+        &["PASSWORD2", "PWD2"],
+        Key::Foreign("Password2", Use::Secret),
+    ),
+    (
+        "Password3",
+        &["PASSWORD3", "PWD3"],
+        Key::Foreign("Password3", Use::Secret),
+    ),
+    ("DNS SRV", &["DNSSRV"], Key::Foreign("DNS SRV", Use::Plain)),
+    ("Logging", &["LOGGING"], Key::Foreign("Logging", Use::Plain)),
+    (
+        "Shared Memory Name",
+        &["SHAREDMEMORYNAME"],
+        Key::Foreign("Shared Memory Name", Use::Plain),
+    ),
+    (
+        "Use Default Command Timeout For EF",
+        &["USEDEFAULTCOMMANDTIMEOUTFOREF"],
+        Key::Foreign("Use Default Command Timeout For EF", Use::Plain),
+    ),
+    (
+        "Allow Load Local Infile In Path",
+        &["ALLOWLOADLOCALINFILEINPATH"],
+        Key::Foreign("Allow Load Local Infile In Path", Use::File),
+    ),
+    (
+        "Integrated Security",
+        &["INTEGRATEDSECURITY"],
+        Key::Foreign("Integrated Security", Use::Plain),
+    ),
+    (
+        "Default Authentication Plugin",
+        &["DEFAULTAUTHENTICATIONPLUGIN"],
+        Key::Foreign("Default Authentication Plugin", Use::Plain),
+    ),
+    (
+        "OCI Config File",
+        &["OCICONFIGFILE"],
+        Key::Foreign("OCI Config File", Use::File),
+    ),
+    (
+        "OCI Config Profile",
+        &["OCICONFIGPROFILE"],
+        Key::Foreign("OCI Config Profile", Use::Plain),
+    ),
+    (
+        "Kerberos Auth Mode",
+        &["KERBEROSAUTHMODE"],
+        Key::Foreign("Kerberos Auth Mode", Use::Plain),
+    ),
+    (
+        "OpenID Identity Token",
+        &["OPENIDIDENTITYTOKEN"],
+        Key::Foreign("OpenID Identity Token", Use::Secret),
+    ),
+    (
+        "Include Security Asserts",
+        &["INCLUDESECURITYASSERTS"],
+        Key::Foreign("Include Security Asserts", Use::Plain),
+    ),
+    (
+        "Use Usage Advisor",
+        &["USEUSAGEADVISOR", "USAGEADVISOR"],
+        Key::Foreign("Use Usage Advisor", Use::Plain),
+    ),
+    (
+        "Procedure Cache Size",
+        &["PROCEDURECACHESIZE", "PROCEDURECACHE"],
+        Key::Foreign("Procedure Cache Size", Use::Plain),
+    ),
+    (
+        "Use Performance Monitor",
+        &["USEPERFORMANCEMONITOR", "USEPERFMON", "PERFMON"],
+        Key::Foreign("Use Performance Monitor", Use::Plain),
+    ),
+    (
+        "Respect Binary Flags",
+        &["RESPECTBINARYFLAGS"],
+        Key::Foreign("Respect Binary Flags", Use::Plain),
+    ),
+    (
+        "Functions Return String",
+        &["FUNCTIONSRETURNSTRING"],
+        Key::Foreign("Functions Return String", Use::Plain),
+    ),
+    (
+        "Sql Server Mode",
+        &["SQLSERVERMODE"],
+        Key::Foreign("Sql Server Mode", Use::Plain),
+    ),
+    (
+        "Table Cache",
+        &["TABLECACHING", "TABLECACHE"],
+        Key::Foreign("Table Cache", Use::Plain),
+    ),
+    (
+        "Default Table Cache Age",
+        &["DEFAULTTABLECACHEAGE"],
+        Key::Foreign("Default Table Cache Age", Use::Plain),
+    ),
+    (
+        "Replication",
+        &["REPLICATION"],
+        Key::Foreign("Replication", Use::Plain),
+    ),
+    (
+        "Exception Interceptors",
+        &["EXCEPTIONINTERCEPTORS"],
+        Key::Foreign("Exception Interceptors", Use::Plain),
+    ),
+    (
+        "Command Interceptors",
+        &["COMMANDINTERCEPTORS"],
+        Key::Foreign("Command Interceptors", Use::Plain),
+    ),
+    (
+        "Cache Server Properties",
+        &["CACHESERVERPROPERTIES"],
+        Key::Foreign("Cache Server Properties", Use::Plain),
+    ),
+    (
+        "Treat Blobs As UTF8",
+        &["TREATBLOBSASUTF8"],
+        Key::Foreign("Treat Blobs As UTF8", Use::Plain),
+    ),
+    (
+        "BlobAsUTF8IncludePattern",
+        &["BLOBASUTF8INCLUDEPATTERN"],
+        Key::Foreign("BlobAsUTF8IncludePattern", Use::Plain),
+    ),
+    (
+        "BlobAsUTF8ExcludePattern",
+        &["BLOBASUTF8EXCLUDEPATTERN"],
+        Key::Foreign("BlobAsUTF8ExcludePattern", Use::Plain),
+    ),
 ];
 
 /// `written` upper-cased, without whitespace, `_` and `-`.
@@ -456,16 +696,64 @@ fn at(name: &str, reason: impl fmt::Display) -> String {
 }
 
 /// Values by key, as read.
-#[derive(Default)]
 struct Settings {
+    origin: Origin,
     values: Vec<(&'static str, Key, String)>,
+    /// From a center: keys ignored, for the warning ([`MyConnSpec::unused`]).
+    unused: Vec<String>,
 }
 
 impl Settings {
+    fn new(origin: Origin) -> Self {
+        Self {
+            origin,
+            values: Vec::new(),
+            unused: Vec::new(),
+        }
+    }
+
     fn put(&mut self, name: &'static str, key: Key, value: String) {
         self.values.retain(|(n, _, _)| *n != name);
         if !value.is_empty() {
             self.values.push((name, key, value));
+        }
+    }
+
+    /// A key the agent has no use for, as `shown` (never its value): named for the warning
+    /// from a center, an error (`refusal`) in the agent's own string.
+    fn unused(&mut self, shown: String, refusal: impl FnOnce() -> String) -> Result<(), String> {
+        match self.origin {
+            Origin::Local => Err(refusal()),
+            Origin::Center => {
+                if !self.unused.contains(&shown) {
+                    self.unused.push(shown);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes a known key's value: a [`Key::Foreign`] one is refused or set aside (see
+    /// [`Origin`]); a file it names is kept to be refused by the store.
+    fn take(&mut self, name: &'static str, key: Key, value: String) -> Result<(), String> {
+        match key {
+            Key::Foreign(_, Use::File) if !value.is_empty() => {
+                if self.origin == Origin::Local {
+                    return Err(foreign(name));
+                }
+                self.put(name, key, value);
+                Ok(())
+            }
+            Key::Foreign(..) => {
+                if value.is_empty() {
+                    return Ok(());
+                }
+                self.unused(name.to_owned(), || foreign(name))
+            }
+            _ => {
+                self.put(name, key, value);
+                Ok(())
+            }
         }
     }
 
@@ -477,13 +765,21 @@ impl Settings {
     }
 }
 
-/// Reads a MySqlConnector connection string or a `mysql://` URL.
+/// Reads the agent's own MySqlConnector connection string or `mysql://` URL (strict: see
+/// [`Origin::Local`]).
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn parse(s: &str) -> Result<MyConnSpec, String> {
+    parse_from(s, Origin::Local)
+}
+
+/// Reads a MySqlConnector / MySql.Data connection string or a `mysql://` URL that came from
+/// `origin`.
+pub(crate) fn parse_from(s: &str, origin: Origin) -> Result<MyConnSpec, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("connection string: it is empty".to_owned());
     }
-    let mut settings = Settings::default();
+    let mut settings = Settings::new(origin);
     match url_rest(s) {
         Some(rest) => parse_url(rest, &mut settings)?,
         None => parse_pairs(s, &mut settings)?,
@@ -496,6 +792,14 @@ fn url_rest(s: &str) -> Option<&str> {
     ["mysql://", "mariadb://"]
         .iter()
         .find_map(|scheme| url::after_scheme(s, scheme))
+}
+
+/// The refusal of a MySqlConnector / MySql.Data setting in the agent's own string.
+fn foreign(name: &str) -> String {
+    at(
+        name,
+        "a MySqlConnector / MySql.Data setting this agent has no use for; remove it (in a store the center sends, such settings are ignored)",
+    )
 }
 
 fn unknown_key(written: &str) -> String {
@@ -585,18 +889,18 @@ fn parse_pairs(s: &str, settings: &mut Settings) -> Result<(), String> {
         };
         match known {
             Some((name, key)) => {
-                if key == Key::Password {
+                if matches!(key, Key::Password | Key::Foreign(_, Use::Secret)) {
                     after_password = true;
                 }
-                settings.put(name, key, value);
+                settings.take(name, key, value)?;
             }
             // Possibly the tail of an unquoted password that holds `;`: not shown.
-            None if after_password => {
-                return Err(format!(
+            None if after_password => settings.unused(format!("pair {pair}"), || {
+                format!(
                     "connection string: pair {pair} has an unknown key (not shown: it follows the password; if the password holds `;`, quote it: `Password='...'`)"
-                ));
-            }
-            None => return Err(unknown_key(&written)),
+                )
+            })?,
+            None => settings.unused(shown(&written), || unknown_key(&written))?,
         }
     }
 }
@@ -635,8 +939,8 @@ fn parse_url(rest: &str, settings: &mut Settings) -> Result<(), String> {
             };
             let key = percent_decode(k, "URL parameter")?;
             match lookup(&key) {
-                Some((name, known)) => settings.put(name, known, percent_decode(v, name)?),
-                None => return Err(unknown_key(&key)),
+                Some((name, known)) => settings.take(name, known, percent_decode(v, name)?)?,
+                None => settings.unused(shown(key.trim()), || unknown_key(&key))?,
             }
         }
     }
@@ -767,6 +1071,11 @@ fn build(settings: Settings) -> Result<MyConnSpec, String> {
             file_settings.push(name);
         }
     }
+    for (name, key, _) in &settings.values {
+        if matches!(key, Key::Foreign(_, Use::File)) {
+            file_settings.push(*name);
+        }
+    }
     if ssl_cert.is_some() != ssl_key.is_some() {
         return Err(at(
             if ssl_cert.is_some() {
@@ -807,6 +1116,11 @@ fn build(settings: Settings) -> Result<MyConnSpec, String> {
     let mut ignored_keys = Vec::new();
     for (name, key, value) in &settings.values {
         if let Key::Ignored(_, kind) = key {
+            // A center's driver accepted the value: only the agent's own is checked.
+            let kind = match settings.origin {
+                Origin::Local => *kind,
+                Origin::Center => Kind::Any,
+            };
             match kind {
                 Kind::Bool => {
                     parse_bool(name, value)?;
@@ -837,6 +1151,7 @@ fn build(settings: Settings) -> Result<MyConnSpec, String> {
         lifetime,
         keepalive,
         ignored_keys,
+        unused: settings.unused,
     })
 }
 
@@ -1040,6 +1355,83 @@ mod tests {
         assert!(!format!("{spec:?}").contains(secret));
         assert!(!spec.label().contains(secret));
         assert!(!spec.identity().contains(secret));
+    }
+
+    fn center(s: &str) -> MyConnSpec {
+        match parse_from(s, Origin::Center) {
+            Ok(spec) => spec,
+            Err(e) => panic!("`{s}` should parse as a center's: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_centers_driver_settings_are_ignored_and_named() {
+        // What MySqlConnector and MySql.Data accept, as a center holds it: `;;` from
+        // Hangfire.Storage.MySql appending `;Allow User Variables=True;`, a trailing `;`,
+        // booleans as .NET prints them.
+        let s = "server=db;port=3306;database=hf;uid=hf;pwd=Sup3rS3cret;Pipelining=false;\
+                 Respect Binary Flags=True;Connection Idle Ping Time=5;Force Synchronous=False;\
+                 Certificate Password=CertS3cret;Use Performance Monitor=false;dns-srv=false;;\
+                 Allow User Variables=True;";
+        let spec = center(s);
+        assert_eq!(spec.database.as_deref(), Some("hf"));
+        assert_eq!(spec.password.as_deref(), Some("Sup3rS3cret"));
+        assert_eq!(
+            spec.unused,
+            [
+                "Pipelining",
+                "Respect Binary Flags",
+                "Connection Idle Ping Time",
+                "Force Synchronous",
+                "Certificate Password",
+                "Use Performance Monitor",
+                "DNS SRV",
+            ]
+        );
+        // Harmless settings stay silent; values are never kept for the warning.
+        assert!(!spec.unused.iter().any(|k| k.contains("User Variables")));
+        let shown = format!("{spec:?} {}", spec.unused.join(","));
+        assert!(!shown.contains("Sup3rS3cret") && !shown.contains("CertS3cret"));
+        // The same string as the agent's own store: the first such key is refused.
+        let e = err(s);
+        assert!(e.contains("`Pipelining`") && e.contains("no use"), "{e}");
+        assert!(!e.contains("Sup3rS3cret"), "{e}");
+        // An accepted setting's value is the driver's business from a center.
+        assert!(center("Server=h;Pooling=maybe").unused.is_empty());
+        assert!(err("Server=h;Pooling=maybe").contains("`Pooling`"));
+        // A key no driver known here has (a newer one): ignored and named from a center,
+        // unless it follows the password (it may be the password's tail): then by position.
+        let spec = center("Server=h;Frobnicate=1;Pwd=abc;def=ghi");
+        assert_eq!(spec.unused, ["Frobnicate", "pair 4"]);
+        assert!(err("Server=h;Frobnicate=1").contains("`Frobnicate`"));
+        // The URL form too.
+        let spec = center("mysql://u:p@h/d?Pipelining=false&ssl-mode=none");
+        assert_eq!(spec.unused, ["Pipelining"]);
+        assert_eq!(spec.ssl, SslMode::Disabled);
+        // Settings of the agent's own still have to make sense.
+        assert!(parse_from("Server=h;Port=x;Pipelining=false", Origin::Center).is_err());
+    }
+
+    #[test]
+    fn files_stay_refused_from_a_center() {
+        for (key, name) in [
+            ("SslCa", "SSL CA"),
+            ("CA Certificate File", "SSL CA"),
+            ("Server RSA Public Key File", "Server RSA Public Key File"),
+            ("OciConfigFile", "OCI Config File"),
+            (
+                "Allow Load Local Infile In Path",
+                "Allow Load Local Infile In Path",
+            ),
+        ] {
+            let spec = center(&format!("Server=h;{key}=/etc/x.pem"));
+            assert_eq!(spec.file_settings, [name], "{key}");
+            assert!(spec.unused.is_empty(), "{key}");
+        }
+        // Unused locally: refused there too (the agent reads no such file).
+        assert!(err("Server=h;ServerRsaPublicKeyFile=/k.pem").contains("no use"));
+        // An empty value names no file.
+        assert!(center("Server=h;OciConfigFile=").file_settings.is_empty());
     }
 
     #[test]

@@ -1,7 +1,12 @@
-//! The center's store when it is Hangfire.MySqlStorage (MySQL or MariaDB): console lines,
-//! results, locks and fencing tokens, in the tables Hangfire.MySqlStorage's `Install.sql`
-//! creates (`<prefix>Hash`, `<prefix>Set`, `<prefix>DistributedLock`; the agent never
-//! creates them).
+//! The center's store when it is Hangfire.MySqlStorage or Hangfire.Storage.MySql (MySQL or
+//! MariaDB): console lines, results, locks and fencing tokens, in the tables the storages'
+//! `Install.sql` creates (`<prefix>Hash`, `<prefix>Set`, `<prefix>DistributedLock`; the
+//! agent never creates them). The prefix is used as given, or found when none was given
+//! ([`tables`]).
+//!
+//! **A center's connection string is its driver's**: settings of MySqlConnector or MySql.Data
+//! the agent has no use for are ignored with one warning per store naming them; the agent's
+//! own string is strict ([`connstr::Origin`]).
 //!
 //! **Every operation has a deadline**, as in the PostgreSQL store: the checkout of a pooled
 //! connection (opening one included) is bounded by `Connection Timeout`, each statement by
@@ -31,13 +36,14 @@
 //! MySqlConnector). `SslCa` replaces the built-in roots.
 
 mod connstr;
+mod tables;
 
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -45,11 +51,11 @@ use mysql_async::{
     ClientIdentity, DriverError, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts, Value,
 };
 
-use self::connstr::{MyConnSpec, SslMode};
+use self::connstr::{MyConnSpec, Origin, SslMode};
+pub(crate) use self::tables::Prefix;
+use self::tables::{Column, Tables, check_prefix};
 use crate::store::line::EncodedLine;
 
-/// The longest table prefix accepted.
-const MAX_PREFIX: usize = 40;
 /// How long a run's answer waits to learn whether the store has Hangfire's tables.
 const TABLE_CHECK_WITHIN: Duration = Duration::from_millis(500);
 /// After a check that could not tell, how long runs go ahead without checking again.
@@ -80,13 +86,10 @@ pub(crate) struct MysqlStore {
     /// none ([`MysqlStore::no_tls`]).
     plain: Option<Pool>,
     no_tls: AtomicBool,
-    /// Full table names, backtick-quoted.
-    hash: String,
-    set: String,
-    lock: String,
-    /// Unquoted, for `information_schema`.
-    hash_name: String,
-    set_name: String,
+    /// The prefix as given, or to be found.
+    prefix: Prefix,
+    /// The tables: known at once for a given prefix, once learned for one to be found.
+    tables: OnceLock<Tables>,
     label: String,
     #[cfg_attr(not(test), allow(dead_code))]
     identity: String,
@@ -107,28 +110,10 @@ impl fmt::Debug for MysqlStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MysqlStore")
             .field("label", &self.label)
-            .field("hash", &self.hash)
-            .field("set", &self.set)
+            .field("prefix", &self.prefix)
+            .field("tables", &self.tables.get())
             .finish_non_exhaustive()
     }
-}
-
-/// Checks a Hangfire.MySqlStorage `TablesPrefix`.
-fn check_prefix(prefix: &str) -> Result<(), String> {
-    if prefix.chars().count() > MAX_PREFIX {
-        return Err(format!(
-            "the table prefix is longer than {MAX_PREFIX} characters"
-        ));
-    }
-    if let Some(bad) = prefix
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '$'))
-    {
-        return Err(format!(
-            "the table prefix may hold only letters, digits, `_` and `$`, not {bad:?}"
-        ));
-    }
-    Ok(())
 }
 
 /// The TLS settings of `mode` (see the module's notes), `None` for plain.
@@ -198,19 +183,28 @@ fn secs_of(d: Duration) -> u64 {
 
 impl MysqlStore {
     /// Opens a store (no connection yet): `connection` is a MySqlConnector connection string
-    /// or a `mysql://` URL; `table_prefix` Hangfire.MySqlStorage's `TablesPrefix`. A store
-    /// `from_center` may not name files on the agent's machine (`SslCa`, `SslCert`, `SslKey`).
+    /// or a `mysql://` URL; `table_prefix` the storage's `TablesPrefix`, used as given (empty
+    /// included), or `None` to find it from the tables ([`tables`]). A string `from_center`
+    /// may hold settings the agent has no use for (ignored, one warning naming them) but not
+    /// name files on the agent's machine (`SslCa`, `SslCert`, `SslKey`, ...).
     pub(crate) fn open(
         connection: &str,
-        table_prefix: &str,
+        table_prefix: Option<&str>,
         from_center: bool,
     ) -> Result<Self, String> {
-        let spec = connstr::parse(connection)?;
-        Self::from_spec(&spec, table_prefix, from_center)
+        let origin = if from_center {
+            Origin::Center
+        } else {
+            Origin::Local
+        };
+        let spec = connstr::parse_from(connection, origin)?;
+        Self::from_spec(&spec, Prefix::of(table_prefix), from_center)
     }
 
-    fn from_spec(spec: &MyConnSpec, prefix: &str, from_center: bool) -> Result<Self, String> {
-        check_prefix(prefix)?;
+    fn from_spec(spec: &MyConnSpec, prefix: Prefix, from_center: bool) -> Result<Self, String> {
+        if let Prefix::Given(p) = &prefix {
+            check_prefix(p)?;
+        }
         if spec.database.is_none() {
             return Err(
                 "connection string: no `Database` given (the database holding Hangfire's tables)"
@@ -219,9 +213,17 @@ impl MysqlStore {
         }
         if from_center && !spec.file_settings.is_empty() {
             return Err(format!(
-                "the store the center sent names `{}`, a file on the agent's machine: the agent does not read files a center chooses (configure TLS files in the agent's own store setting)",
+                "the store the center sent names `{}`, a file on the agent's machine: the agent does not read files a center chooses (TLS files go in the agent's own store, JOBAGENT_STORE)",
                 spec.file_settings.join("`, `")
             ));
+        }
+        if from_center && !spec.unused.is_empty() {
+            // Once per store: a store is opened once per distinct string the center sends.
+            tracing::warn!(
+                store = %spec.label(),
+                keys = %spec.unused.join(", "),
+                "the center's connection string holds settings this agent has no use for; they are ignored"
+            );
         }
         if !spec.ignored_keys.is_empty() {
             tracing::debug!(store = %spec.label(), keys = ?spec.ignored_keys, "connection string settings accepted and not used");
@@ -233,13 +235,13 @@ impl MysqlStore {
             pool,
             plain,
             no_tls: AtomicBool::new(false),
-            hash: format!("`{prefix}Hash`"),
-            set: format!("`{prefix}Set`"),
-            lock: format!("`{prefix}DistributedLock`"),
-            hash_name: format!("{prefix}Hash"),
-            set_name: format!("{prefix}Set"),
-            label: spec.label(),
+            tables: match &prefix {
+                Prefix::Given(p) => OnceLock::from(Tables::new(p)),
+                Prefix::Find => OnceLock::new(),
+            },
             identity: format!("{}&prefix={prefix:?}", spec.identity()),
+            prefix,
+            label: spec.label(),
             hosts: spec.hosts.clone(),
             connect: spec.connect_timeout,
             command: spec.command_timeout,
@@ -314,7 +316,8 @@ impl MysqlStore {
     }
 
     /// Refuses a store that lacks Hangfire's `<prefix>Hash` or `<prefix>Set` table (a run
-    /// written there could never show at the center), and learns the charset of their
+    /// written there could never show at the center), or, given no prefix, holds them under
+    /// none or several prefixes ([`tables::choose`]); learns the tables, the charset of their
     /// `Value` columns and the server's `max_allowed_packet`. Success is cached. As with the
     /// PostgreSQL store, only a database that answers "absent" refuses; one that does not
     /// answer within 500 ms lets the run go (its writes retry, as in any outage), and is
@@ -356,48 +359,47 @@ impl MysqlStore {
 
     async fn learn(&self) -> Result<(), Learned> {
         let mut c = self.conn().await.map_err(Learned::Unknown)?;
+        // Every table that may be a `<prefix>Hash` or `<prefix>Set`, to choose among
+        // (case-insensitively: `lower_case_table_names` keeps `hangfirehash`).
         let sql = "SELECT TABLE_NAME, CHARACTER_SET_NAME FROM information_schema.COLUMNS \
                    WHERE TABLE_SCHEMA = DATABASE() AND COLUMN_NAME = 'Value' \
-                   AND LOWER(TABLE_NAME) IN (LOWER(?), LOWER(?))";
-        let params = vec![
-            Value::from(self.hash_name.as_str()),
-            Value::from(self.set_name.as_str()),
-        ];
-        let rows: Vec<(String, Option<String>)> = c
-            .bound(|c| c.exec(sql, params))
-            .await
-            .map_err(Learned::Unknown)?;
+                   AND (LOWER(TABLE_NAME) LIKE '%hash' OR LOWER(TABLE_NAME) LIKE '%set')";
+        let rows: Vec<(String, Option<String>)> =
+            c.bound(|c| c.query(sql)).await.map_err(Learned::Unknown)?;
         let packet: Option<u64> = c
             .bound(|c| c.query_first("SELECT @@max_allowed_packet"))
             .await
             .map_err(Learned::Unknown)?;
-        // The exact name first; else one differing in case (`lower_case_table_names`).
-        let charset = |table: &str| {
-            rows.iter()
-                .find(|(name, _)| name == table)
-                .or_else(|| {
-                    rows.iter()
-                        .find(|(name, _)| name.eq_ignore_ascii_case(table))
-                })
-                .map(|(_, charset)| charset.clone().unwrap_or_default())
-        };
-        let (hash, set) = (charset(&self.hash_name), charset(&self.set_name));
-        for (table, found) in [(&self.hash_name, &hash), (&self.set_name, &set)] {
-            if found.is_none() {
-                return Err(Learned::Missing(format!(
-                    "the store {} has no Hangfire table `{table}` (with a `Value` column): point the store at the center's database and table prefix (the center's connection string and TablePrefix); the agent does not create Hangfire's tables",
-                    self.label
-                )));
-            }
-        }
+        let columns: Vec<Column> = rows
+            .into_iter()
+            .map(|(table, charset)| Column { table, charset })
+            .collect();
+        let chosen =
+            tables::choose(&self.prefix, &columns, &self.label).map_err(Learned::Missing)?;
         let narrow = |c: &Option<String>| c.as_deref().is_none_or(|c| !c.starts_with("utf8mb4"));
-        self.narrow_hash.store(narrow(&hash), Ordering::Release);
-        self.narrow_set.store(narrow(&set), Ordering::Release);
+        self.narrow_hash
+            .store(narrow(&chosen.hash_charset), Ordering::Release);
+        self.narrow_set
+            .store(narrow(&chosen.set_charset), Ordering::Release);
         if let Some(p) = packet.and_then(|p| usize::try_from(p).ok()) {
             self.packet.store(p.max(1024), Ordering::Release);
         }
+        if self.prefix == Prefix::Find && self.tables.set(chosen.tables).is_ok() {
+            tracing::info!(store = %self.label, prefix = %self.tables.get().map_or("", |t| t.prefix.as_str()), "no table prefix was given; the store's Hangfire tables have this one");
+        }
         self.tables_seen.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// The tables, learned first when the prefix is to be found.
+    async fn tables(&self) -> Result<&Tables, String> {
+        if let Some(t) = self.tables.get() {
+            return Ok(t);
+        }
+        self.ensure_learned().await?;
+        self.tables
+            .get()
+            .ok_or_else(|| format!("the store {} did not tell its tables", self.label))
     }
 
     /// The most bytes of values one statement carries: well below `max_allowed_packet`.
@@ -420,6 +422,7 @@ impl MysqlStore {
             return Ok(());
         }
         self.ensure_learned().await?;
+        let t = self.tables().await?;
         let narrow_set = self.narrow_set.load(Ordering::Acquire);
         let narrow_hash = self.narrow_hash.load(Ordering::Acquire);
         let mut refs: Vec<(Cow<'_, str>, Cow<'_, str>)> = Vec::new();
@@ -457,7 +460,7 @@ impl MysqlStore {
             let part = &rows[range];
             let mut sql = format!(
                 "INSERT INTO {} (`Key`, `Value`, `Score`, `ExpireAt`) VALUES ",
-                self.set
+                t.set
             );
             let mut params = Vec::with_capacity(part.len() * 4);
             for (i, (value, score)) in part.iter().enumerate() {
@@ -497,6 +500,7 @@ impl MysqlStore {
         life: Option<Duration>,
         budget: usize,
     ) -> Result<(), String> {
+        let t = self.tables().await?;
         let expire = match life {
             Some(_) => "UTC_TIMESTAMP(6) + INTERVAL ? SECOND",
             None => "NULL",
@@ -506,7 +510,7 @@ impl MysqlStore {
             let part = &pairs[range];
             let mut sql = format!(
                 "INSERT INTO {} (`Key`, `Field`, `Value`, `ExpireAt`) VALUES ",
-                self.hash
+                t.hash
             );
             let mut params = Vec::with_capacity(part.len() * 4);
             for (i, (field, value)) in part.iter().enumerate() {
@@ -569,6 +573,7 @@ impl MysqlStore {
         score: f64,
         expire: Duration,
     ) -> Result<(), String> {
+        let t = self.tables().await?;
         let narrow =
             self.tables_seen.load(Ordering::Acquire) && self.narrow_set.load(Ordering::Acquire);
         let value = if narrow {
@@ -579,7 +584,7 @@ impl MysqlStore {
         let sql = format!(
             "INSERT INTO {} (`Key`, `Value`, `Score`, `ExpireAt`) VALUES (?, ?, ?, UTC_TIMESTAMP() + INTERVAL ? SECOND) \
              ON DUPLICATE KEY UPDATE `Score` = VALUES(`Score`), `ExpireAt` = VALUES(`ExpireAt`)",
-            self.set
+            t.set
         );
         let params = vec![
             Value::from(key),
@@ -602,16 +607,17 @@ impl MysqlStore {
         token: &str,
         expire: Duration,
     ) -> Result<bool, String> {
+        let t = self.tables().await?;
         let insert = format!(
             "INSERT INTO {} (`Key`, `Field`, `Value`, `ExpireAt`) \
              VALUES (?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? SECOND) \
              ON DUPLICATE KEY UPDATE `ExpireAt` = \
              IF(BINARY `Value` = BINARY VALUES(`Value`), VALUES(`ExpireAt`), `ExpireAt`)",
-            self.hash
+            t.hash
         );
         let select = format!(
             "SELECT `Value` FROM {} WHERE `Key` = ? AND `Field` = ?",
-            self.hash
+            t.hash
         );
         let mut c = self.conn().await?;
         let params = vec![
@@ -666,6 +672,7 @@ impl MysqlStore {
         resource: &str,
         stale_after: Duration,
     ) -> Result<Option<String>, String> {
+        let t = self.tables().await?;
         let stale = u64::try_from(stale_after.as_micros())
             .unwrap_or(u64::MAX)
             .min(MAX_EXPIRE_SECS * 1_000_000);
@@ -673,7 +680,7 @@ impl MysqlStore {
         let now = Self::owner_time(&mut c, None).await?;
         let delete = format!(
             "DELETE FROM {} WHERE `Resource` = ? AND `CreatedAt` <= CAST(? AS DATETIME(6)) - INTERVAL ? MICROSECOND",
-            self.lock
+            t.lock
         );
         let params = vec![
             Value::from(resource),
@@ -685,7 +692,7 @@ impl MysqlStore {
             "INSERT INTO {lock} (`Resource`, `CreatedAt`) SELECT ?, CAST(? AS DATETIME(6)) FROM DUAL \
              WHERE NOT EXISTS (SELECT 1 FROM {lock} WHERE `Resource` = ? \
              AND `CreatedAt` > CAST(? AS DATETIME(6)) - INTERVAL ? MICROSECOND)",
-            lock = self.lock
+            lock = t.lock
         );
         let params = vec![
             Value::from(resource),
@@ -705,12 +712,13 @@ impl MysqlStore {
         resource: &str,
         owner: &str,
     ) -> Result<Option<String>, String> {
+        let t = self.tables().await?;
         let mut c = self.conn().await?;
         // Strictly later than `owner`, so the update always changes the row (and counts).
         let now = Self::owner_time(&mut c, Some(owner)).await?;
         let sql = format!(
             "UPDATE {} SET `CreatedAt` = CAST(? AS DATETIME(6)) WHERE `Resource` = ? AND `CreatedAt` = CAST(? AS DATETIME(6))",
-            self.lock
+            t.lock
         );
         let params = vec![
             Value::from(now.as_str()),
@@ -723,9 +731,10 @@ impl MysqlStore {
 
     /// Releases a held lock: deletes our own row only (upstream deletes by resource).
     pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), String> {
+        let t = self.tables().await?;
         let sql = format!(
             "DELETE FROM {} WHERE `Resource` = ? AND `CreatedAt` = CAST(? AS DATETIME(6))",
-            self.lock
+            t.lock
         );
         let mut c = self.conn().await?;
         c.bound(|c| {
@@ -743,13 +752,14 @@ impl MysqlStore {
     /// existing one is updated through `LAST_INSERT_ID(expr)` (two affected rows), which
     /// hands the new value to this session alone.
     pub(crate) async fn fence(&self, resource: &str) -> Result<u64, String> {
+        let t = self.tables().await?;
         let field = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, resource.as_bytes())
             .simple()
             .to_string();
         let sql = format!(
             "INSERT INTO {} (`Key`, `Field`, `Value`, `ExpireAt`) VALUES (?, ?, '1', NULL) \
              ON DUPLICATE KEY UPDATE `Value` = LAST_INSERT_ID(CAST(`Value` AS UNSIGNED) + 1), `ExpireAt` = NULL",
-            self.hash
+            t.hash
         );
         let mut c = self.conn().await?;
         c.bound(|c| {
@@ -777,9 +787,10 @@ impl MysqlStore {
         from: usize,
         count: usize,
     ) -> Result<Vec<String>, String> {
+        let t = self.tables().await?;
         let sql = format!(
             "SELECT `Value` FROM {} WHERE `Key` = ? ORDER BY `Id` LIMIT ? OFFSET ?",
-            self.set
+            t.set
         );
         let params = vec![
             Value::from(key),
@@ -792,9 +803,10 @@ impl MysqlStore {
 
     /// One field of a hash (`None` when absent or NULL).
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
+        let t = self.tables().await?;
         let sql = format!(
             "SELECT `Value` FROM {} WHERE `Key` = ? AND `Field` = ?",
-            self.hash
+            t.hash
         );
         let mut c = self.conn().await?;
         let value: Option<Option<String>> = c
@@ -805,9 +817,10 @@ impl MysqlStore {
 
     /// Every field of a hash, in write order (`ORDER BY Id`); a NULL value reads as empty.
     pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+        let t = self.tables().await?;
         let sql = format!(
             "SELECT `Field`, `Value` FROM {} WHERE `Key` = ? ORDER BY `Id`",
-            self.hash
+            t.hash
         );
         let mut c = self.conn().await?;
         let rows: Vec<(String, Option<String>)> = c
@@ -834,7 +847,8 @@ impl MysqlStore {
 
     /// Deletes one hash field; true when it was there.
     pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, String> {
-        let sql = format!("DELETE FROM {} WHERE `Key` = ? AND `Field` = ?", self.hash);
+        let t = self.tables().await?;
+        let sql = format!("DELETE FROM {} WHERE `Key` = ? AND `Field` = ?", t.hash);
         let mut c = self.conn().await?;
         c.bound(|c| c.exec_drop(sql.as_str(), vec![Value::from(key), Value::from(field)]))
             .await?;
@@ -844,11 +858,12 @@ impl MysqlStore {
     /// Takes every field of a hash: each row is deleted by its `Id` and returned only when
     /// this call deleted it, so concurrent takers never take one row twice.
     pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+        let t = self.tables().await?;
         let select = format!(
             "SELECT `Id`, `Field`, `Value` FROM {} WHERE `Key` = ? ORDER BY `Id`",
-            self.hash
+            t.hash
         );
-        let delete = format!("DELETE FROM {} WHERE `Id` = ?", self.hash);
+        let delete = format!("DELETE FROM {} WHERE `Id` = ?", t.hash);
         let mut c = self.conn().await?;
         let rows: Vec<(i64, String, Option<String>)> = c
             .bound(|c| c.exec(select.as_str(), vec![Value::from(key)]))
@@ -866,9 +881,10 @@ impl MysqlStore {
 
     /// Sets the `ExpireAt` of every field of a hash to now + `life`.
     pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), String> {
+        let t = self.tables().await?;
         let sql = format!(
             "UPDATE {} SET `ExpireAt` = UTC_TIMESTAMP(6) + INTERVAL ? SECOND WHERE `Key` = ?",
-            self.hash
+            t.hash
         );
         let mut c = self.conn().await?;
         c.bound(|c| {
@@ -886,17 +902,18 @@ impl MysqlStore {
     /// [`section_leave`](Self::section_leave)). A lease, not `GET_LOCK`: a holder cut off
     /// without a reset (its session still open on the server) holds it at most `hold`.
     pub(crate) async fn section_try(&self, hold: Duration) -> Result<Option<String>, String> {
+        let t = self.tables().await?;
         let owner = uuid::Uuid::new_v4().simple().to_string();
         let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
         let now = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
         let upsert = format!(
             "INSERT INTO {h} (`Key`, `Field`, `Value`, `ExpireAt`) VALUES (?, 'section', CONCAT(?, ':', {now} + ?), NULL) \
              ON DUPLICATE KEY UPDATE `Value` = IF(CAST(SUBSTRING_INDEX(`Value`, ':', -1) AS SIGNED) < {now}, VALUES(`Value`), `Value`)",
-            h = self.hash
+            h = t.hash
         );
         let select = format!(
             "SELECT `Value` FROM {} WHERE `Key` = ? AND `Field` = 'section'",
-            self.hash
+            t.hash
         );
         let mut c = self.conn().await?;
         c.bound(|c| {
@@ -921,9 +938,10 @@ impl MysqlStore {
 
     /// Leaves the cluster section entered as `owner` (a lapsed one taken since is left alone).
     pub(crate) async fn section_leave(&self, owner: &str) -> Result<(), String> {
+        let t = self.tables().await?;
         let sql = format!(
             "DELETE FROM {} WHERE `Key` = ? AND `Field` = 'section' AND `Value` LIKE CONCAT(?, ':%')",
-            self.hash
+            t.hash
         );
         let mut c = self.conn().await?;
         c.bound(|c| {

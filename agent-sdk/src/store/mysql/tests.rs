@@ -5,47 +5,81 @@ use super::*;
 
 #[test]
 fn prefixes() {
-    assert!(check_prefix("Hangfire").is_ok());
-    assert!(check_prefix("").is_ok());
-    assert!(check_prefix("hf_2$").is_ok());
-    assert!(check_prefix("a`b").is_err());
-    assert!(check_prefix("a b").is_err());
-    assert!(check_prefix(&"x".repeat(41)).is_err());
-    let e = MysqlStore::open("Server=h;Database=d", "bad;prefix", false).expect_err("refused");
+    // Any name the server accepts, quoted; a too long one is refused.
+    let store = MysqlStore::open("Server=h;Database=d", Some("a`b;-"), false).expect("accepted");
+    assert_eq!(
+        store.tables.get().map(|t| t.hash.as_str()),
+        Some("`a``b;-Hash`")
+    );
+    let empty = MysqlStore::open("Server=h;Database=d", Some(""), true).expect("empty");
+    assert_eq!(empty.tables.get().map(|t| t.set.as_str()), Some("`Set`"));
+    let e = MysqlStore::open("Server=h;Database=d", Some(&"x".repeat(50)), false)
+        .expect_err("too long");
     assert!(e.contains("prefix"), "{e}");
+    // None given: nothing known until the tables are looked at.
+    let find = MysqlStore::open("Server=h;Database=d", None, true).expect("find");
+    assert!(find.tables.get().is_none());
+    assert_ne!(find.identity(), empty.identity());
 }
 
 #[test]
 fn open_rules() {
-    let store =
-        MysqlStore::open("Server=db;Database=d;Uid=u;Pwd=hunter2", "Hangfire", true).expect("ok");
+    let store = MysqlStore::open(
+        "Server=db;Database=d;Uid=u;Pwd=hunter2",
+        Some("Hangfire"),
+        true,
+    )
+    .expect("ok");
     assert_eq!(store.label(), "db:3306/d");
     assert_eq!(store.hosts(), vec!["db".to_owned()]);
     assert!(!store.identity().contains("hunter2"));
     assert!(!format!("{store:?}").contains("hunter2"));
-    assert_eq!(store.hash, "`HangfireHash`");
+    assert_eq!(
+        store.tables.get().map(|t| t.hash.as_str()),
+        Some("`HangfireHash`")
+    );
     assert!(
-        MysqlStore::open("Server=db;Uid=u", "Hangfire", false)
+        MysqlStore::open("Server=db;Uid=u", Some("Hangfire"), false)
             .expect_err("no database")
             .contains("`Database`")
     );
     // Files are refused from the center (naming the key, never the path), taken locally.
     for key in ["SslCa", "Ssl-Ca", "CACertificateFile"] {
         let s = format!("Server=db;Database=d;SslMode=VerifyFull;{key}=/etc/secret/ca.pem");
-        let e = MysqlStore::open(&s, "Hangfire", true).expect_err("refused");
+        let e = MysqlStore::open(&s, Some("Hangfire"), true).expect_err("refused");
         assert!(e.contains("`SSL CA`") && !e.contains("/etc/secret"), "{e}");
-        assert!(MysqlStore::open(&s, "Hangfire", false).is_ok());
+        assert!(MysqlStore::open(&s, Some("Hangfire"), false).is_ok());
     }
     let e = MysqlStore::open(
         "Server=db;Database=d;SslCert=/c.pem;SslKey=/k.pem",
-        "Hangfire",
+        Some("Hangfire"),
         true,
     )
     .expect_err("refused");
     assert!(e.contains("`SSL Cert`") && e.contains("`SSL Key`") && !e.contains("/k.pem"));
+    // Files the agent would not even read are refused from a center too.
+    let e = MysqlStore::open(
+        "Server=db;Database=d;ServerRSAPublicKeyFile=/srv/key.pem",
+        Some(""),
+        true,
+    )
+    .expect_err("refused");
+    assert!(
+        e.contains("`Server RSA Public Key File`") && !e.contains("/srv"),
+        "{e}"
+    );
+    // A center's driver settings are ignored; the agent's own string is strict.
+    let s = "Server=db;Database=d;Pwd=hunter2;Pipelining=false;Respect Binary Flags=true";
+    assert!(MysqlStore::open(s, Some(""), true).is_ok());
+    let e = MysqlStore::open(s, Some(""), false).expect_err("strict");
+    assert!(e.contains("`Pipelining`") && !e.contains("hunter2"), "{e}");
     // Another prefix is another store.
-    let other =
-        MysqlStore::open("Server=db;Database=d;Uid=u;Pwd=hunter2", "Other", true).expect("ok");
+    let other = MysqlStore::open(
+        "Server=db;Database=d;Uid=u;Pwd=hunter2",
+        Some("Other"),
+        true,
+    )
+    .expect("ok");
     assert_ne!(store.identity(), other.identity());
 }
 
@@ -174,7 +208,7 @@ impl TestDb {
     }
 
     fn store(&self, prefix: &str) -> MysqlStore {
-        MysqlStore::from_spec(&self.spec, prefix, false).expect("opens")
+        MysqlStore::from_spec(&self.spec, Prefix::Given(prefix.to_owned()), false).expect("opens")
     }
 
     async fn drop_now(mut self) {
@@ -430,7 +464,7 @@ async fn locks(store: &MysqlStore) {
     let old = old.expect("a time");
     let insert = format!(
         "INSERT INTO {} (`Resource`, `CreatedAt`) VALUES ('job:8', CAST(? AS DATETIME(6)))",
-        store.lock
+        store.tables.get().expect("given").lock
     );
     c.bound(|c| c.exec_drop(insert.as_str(), vec![Value::from(old.as_str())]))
         .await
