@@ -20,6 +20,12 @@
 //! Everything a reader needs is in the values (`Instance`, `JobId`): MySQL's `Key` holds 100
 //! characters and `Field` 40, so a longer name is stored as `~` and its UUID v5 (33
 //! characters), and is never read back from the key or field.
+//!
+//! Every record expires (a Redis TTL is per key, so nothing per run or per process may sit in
+//! a key without one): leases, run records, the index of instances and claims live the
+//! store's `ExpireAtDays`, renewed while in use (a claim is kept after its run as the class's
+//! last one, its deadline in the value); commands and acknowledgements an hour; the section
+//! 3 s. Run records are removed when their run ends, so no key grows with the runs.
 
 use std::time::Duration;
 

@@ -71,6 +71,9 @@ const RESULT_MARK_KEY: &str = "jobagent:result:";
 const OLD_RESULTS_KEY: &str = "jobagent:results";
 /// The fencing counter of a lock resource: `<P>jobagent:fence:<resource>`.
 const FENCE_KEY: &str = "jobagent:fence:";
+/// The hash of fencing counters of earlier versions (one field per resource, no TTL): given
+/// [`FENCE_LIFE`] at the first new token, never written.
+const OLD_FENCE_KEY: &str = "jobagent:lock-fence";
 /// How long a fencing counter lives after its last increment. Its first value is the
 /// server's clock in microseconds, so a counter that expired and starts again still
 /// exceeds every token it gave before: the TTL only bounds how long an unused one is kept.
@@ -112,8 +115,12 @@ return 1
 ";
 
 /// The next fencing token of counter `KEYS[1]`, which starts from the server's clock in
-/// microseconds; its TTL becomes `ARGV[1]` seconds.
+/// microseconds; its TTL becomes `ARGV[1]` seconds. The hash of counters of earlier versions,
+/// `KEYS[2]`, kept without a TTL, gets the same TTL (its counters are all below the new ones).
 const FENCE_LUA: &str = r"
+if redis.call('TTL', KEYS[2]) == -1 then
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local t = redis.call('TIME')
   redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])))
@@ -1076,15 +1083,18 @@ impl RedisStore {
     /// A fencing token for `resource`: the next value of counter `<P>jobagent:fence:<resource>`
     /// (one Lua script). A new counter starts from the server's clock in microseconds, so
     /// tokens keep growing across a counter that expired ([`FENCE_LIFE`] after its last use)
-    /// and across the hash `<P>jobagent:lock-fence` of earlier versions (counters from 1).
+    /// and across the hash `<P>jobagent:lock-fence` of earlier versions (counters from 1),
+    /// which gets the same TTL here.
     pub(crate) async fn fence(&self, resource: &str) -> Result<u64, String> {
         let key = self.key(&format!("{FENCE_KEY}{resource}"));
+        let old = self.key(OLD_FENCE_KEY);
         let secs = expire_secs(FENCE_LIFE);
         let n: i64 = self
             .run("a fencing token", |mut c| async move {
                 self.scripts
                     .fence
                     .key(&key)
+                    .key(&old)
                     .arg(secs)
                     .invoke_async(&mut c)
                     .await
@@ -2075,10 +2085,17 @@ mod tests {
             // Seeded from the server's clock in microseconds.
             let now_us = u64::try_from(store.now_ms().await.expect("time")).unwrap_or(0) * 1000;
             assert!(
-                a1 <= now_us + 1 && a1 + 60_000_000 > now_us,
+                a1 <= now_us + 1_000_000 && a1 + 60_000_000 > now_us,
                 "{a1} vs {now_us}"
             );
+            // The hash of an earlier version, without a TTL, gets one at the next token.
+            store
+                .set_hash(OLD_FENCE_KEY, &[("lock:b", "41")], None)
+                .await
+                .expect("an old counter");
+            assert_eq!(ttl(&store, OLD_FENCE_KEY).await, -1);
             let b1 = store.fence("lock:b").await.expect("fence");
+            assert!(ttl(&store, OLD_FENCE_KEY).await > 29 * 86_400);
             assert!(b1 > a1, "another counter, a later start");
             let key = format!("{FENCE_KEY}lock:a");
             let t = ttl(&store, &key).await;
