@@ -39,6 +39,29 @@ async fn database(generation: Generation) -> TestDb {
     db
 }
 
+/// Asserts that every row of `table` under `key` (`rows` of them, or at least one) expires
+/// `secs` (± `slack`) from now as Hangfire's ExpirationManager of the tables' generation reads
+/// it, whatever the session's zone.
+async fn expires_in(
+    db: &TestDb,
+    table: &str,
+    key: &str,
+    rows: Option<usize>,
+    secs: f64,
+    slack: f64,
+) {
+    let ahead = db.expiry_ahead(table, key).await;
+    let count_ok = rows.map_or(!ahead.is_empty(), |n| ahead.len() == n);
+    assert!(
+        count_ok
+            && ahead
+                .iter()
+                .all(|e| e.is_some_and(|e| (e - secs).abs() < slack)),
+        "{:?} {table} {key}: expires in {ahead:?} s, not {secs} s (as Hangfire reads it)",
+        db.generation()
+    );
+}
+
 /// Three runs at once (so transaction pooling spreads them over server sessions) and a
 /// heartbeat, dispatched as the center does with its PgBouncer string in `x-job-storage`:
 /// each is answered 200, and the center finds the result, the console and the expiries it
@@ -101,14 +124,7 @@ async fn runs_land_through(mode: PoolMode, generation: Generation, tag: &str) {
             ("hash", console.hash_key.clone()),
             ("hash", format!("_agent_result_{id}")),
         ] {
-            let ahead = db.expiry_ahead(table, &key).await;
-            assert!(
-                !ahead.is_empty()
-                    && ahead
-                        .iter()
-                        .all(|e| e.is_some_and(|e| (e - week).abs() < 120.0)),
-                "{mode:?} {generation:?} {table} {key}: expires in {ahead:?} s, not 7 days (as Hangfire reads it)"
-            );
+            expires_in(&db, table, &key, None, week, 120.0).await;
         }
     }
     let mut listed = Vec::new();
@@ -117,20 +133,9 @@ async fn runs_land_through(mode: PoolMode, generation: Generation, tag: &str) {
     }
     listed.sort();
     assert_eq!(listed, ids, "{mode:?} {generation:?}");
-    let ahead = db.expiry_ahead("set", "_agent_result_").await;
-    assert!(
-        ahead.len() == 3
-            && ahead
-                .iter()
-                .all(|e| e.is_some_and(|e| (e - week).abs() < 120.0)),
-        "{mode:?} {generation:?}: the result set's members expire in {ahead:?} s"
-    );
+    expires_in(&db, "set", "_agent_result_", Some(3), week, 120.0).await;
     let heart = format!("AgentHeart:{}", center.server_id());
-    let ahead = db.expiry_ahead("hash", &heart).await;
-    assert!(
-        ahead.len() == 1 && ahead[0].is_some_and(|e| (e - 600.0).abs() < 30.0),
-        "{mode:?} {generation:?}: the heartbeat expires in {ahead:?} s, not 10 minutes"
-    );
+    expires_in(&db, "hash", &heart, Some(1), 600.0, 30.0).await;
     let log = bouncer.log_text();
     assert!(
         !log.contains("unsupported startup parameter") && !log.contains("prepared statement"),

@@ -823,6 +823,28 @@ mod tests {
         assert_ne!(pid, other);
         assert!(started.elapsed() < Duration::from_secs(1));
         assert!(!conn.is_poisoned());
+        // The server was told to cancel the abandoned statement: its session stops running
+        // it long before the 10 s sleep would end (closing the socket alone would not stop
+        // it: a sleeping backend does not read its socket).
+        let deadline = std::time::Instant::now() + Duration::from_secs(4);
+        loop {
+            let running: i64 = conn
+                .bound(conn.query_typed_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'",
+                    &[(&pid, Type::INT4)],
+                ))
+                .await
+                .expect("answers")
+                .get(0);
+            if running == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the timed-out statement still runs on the server"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         drop(conn);
         assert_eq!(
             store.pool.status().size,
