@@ -90,8 +90,9 @@ impl Limits {
 
 /// Builds a pool for `spec`: at most `spec.max_pool` connections, TLS per `spec.ssl`, every
 /// wait bounded (see [`Limits`]), each pooled connection checked before reuse, `Search
-/// Path` set on each new connection. Connects lazily: building needs no runtime and no server; the first `get()`
-/// connects. With [`Load::Deferred`] it reads no file either. The error is safe to show.
+/// Path` set on each new connection. Connects lazily: building needs no runtime and no
+/// server; the first `get()` connects. With [`Load::Deferred`] it reads no file either. The
+/// error is safe to show.
 pub(crate) fn build_pool(spec: &ConnSpec, load: Load) -> Result<Pool, String> {
     pool_of(spec, &Connector::new(spec, load)?)
 }
