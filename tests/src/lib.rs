@@ -15,6 +15,7 @@ pub mod hangfire;
 pub mod logs;
 pub mod mysql;
 pub mod pg;
+pub mod pgbouncer;
 pub mod proxy;
 pub mod redis;
 pub mod relay;

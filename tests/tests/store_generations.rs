@@ -95,30 +95,27 @@ async fn a_schema_name_with_a_quote_is_quoted_not_injected() {
     );
 }
 
-/// The agent's sessions run in UTC whatever the database's default or the connection
-/// string's `Options` say: `now() + interval` stored into a naive `timestamp` column is then
-/// the naive UTC Hangfire compares with `NOW() AT TIME ZONE 'UTC'` (ExpirationManager.cs
-/// before 1.9.10).
+/// The agent keeps no session state of its own (a pooler in transaction mode would not keep
+/// it: see store_pgbouncer.rs): its sessions run in the database's zone, or the one the
+/// string's own `Options` name, and its times are still the naive UTC Hangfire compares with
+/// `NOW() AT TIME ZONE 'UTC'` (ExpirationManager.cs before 1.9.10): the runs above and the
+/// heartbeat below are written on a database in America/Los_Angeles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_sessions_run_in_utc() {
+async fn agent_sessions_keep_the_database_zone_and_the_strings_options() {
     let db = TestDb::oldest().await;
-    let zone = db
-        .client()
-        .query_one("SELECT current_setting('TimeZone')", &[])
-        .await
-        .expect("zone")
-        .get::<_, String>(0);
-    assert_eq!(zone, "America/Los_Angeles", "the harness's own session");
-    for conn in [
-        db.connection_string(),
-        format!("{};Options=-c TimeZone=Asia/Tokyo", db.connection_string()),
+    for (conn, expected) in [
+        (db.connection_string(), "America/Los_Angeles"),
+        (
+            format!("{};Options=-c TimeZone=Asia/Tokyo", db.connection_string()),
+            "Asia/Tokyo",
+        ),
     ] {
         let (_, zone) = agent_sdk::__dev::probe_store(&conn, "SELECT current_setting('TimeZone')")
             .await
             .expect("probe");
-        assert_eq!(zone, "UTC", "{conn}");
+        assert_eq!(zone, expected, "{conn}");
     }
-    // Other options of the string still apply.
+    // Other options of the string apply too.
     let (_, timeout) = agent_sdk::__dev::probe_store(
         &format!(
             "{};Options=-c statement_timeout=4321",

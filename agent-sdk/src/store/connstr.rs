@@ -518,6 +518,10 @@ impl Settings {
                 config.keepalives_idle(Duration::from_secs(secs));
             }
         }
+        // The string's own `Options` go to the server as the `options` startup parameter, as
+        // Npgsql sends them. PgBouncer refuses that parameter ("unsupported startup
+        // parameter: options") unless its `ignore_startup_parameters` lists it: behind
+        // PgBouncer, leave `Options` out. The agent adds none of its own.
         if let Some(v) = self.get(Key::Options) {
             config.options(v);
         }

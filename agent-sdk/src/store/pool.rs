@@ -41,6 +41,9 @@ const SETUP_ALLOWANCE: Duration = Duration::from_secs(5);
 /// a request whose caller gave up (a black-holed link answers nothing, ever).
 const RECYCLE_CHECK: Duration = Duration::from_secs(3);
 
+/// How long sending a statement's cancel (a connection of its own) may take.
+const CANCEL_WITHIN: Duration = Duration::from_secs(5);
+
 /// When the TLS material (trusted roots) is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Load {
@@ -87,9 +90,9 @@ impl Limits {
 
 /// Builds a pool for `spec`: at most `spec.max_pool` connections, TLS per `spec.ssl`, every
 /// wait bounded (see [`Limits`]), each pooled connection checked before reuse, `Search
-/// Path` set on each new connection, statements bounded server-side by `Command Timeout`
-/// too. Connects lazily: building needs no runtime and no server; the first `get()`
-/// connects. With [`Load::Deferred`] it reads no file either. The error is safe to show.
+/// Path` set on each new connection. Connects lazily: building needs no runtime and no
+/// server; the first `get()` connects. With [`Load::Deferred`] it reads no file either. The
+/// error is safe to show.
 pub(crate) fn build_pool(spec: &ConnSpec, load: Load) -> Result<Pool, String> {
     pool_of(spec, &Connector::new(spec, load)?)
 }
@@ -143,12 +146,11 @@ pub(crate) struct Connector {
 
 impl Connector {
     pub(crate) fn new(spec: &ConnSpec, load: Load) -> Result<Self, String> {
+        // No session settings of the agent's own: a pooler (PgBouncer) refuses the `options`
+        // startup parameter, and in transaction pooling a session setting would not follow
+        // the statements anyway. A string's own `Options` stay the user's (see connstr.rs).
         let mut pg = spec.config.clone();
         pg.ssl_mode(spec.ssl.to_tokio());
-        pg.options(session_options(
-            spec.config.get_options(),
-            spec.command_timeout,
-        ));
         let tls = match (tls_plan(spec), load) {
             (Plan::Off, _) => Tls::Off,
             (Plan::Roots(_), Load::Deferred) => Tls::Deferred(DeferredTls::new(spec)),
@@ -172,6 +174,35 @@ impl Connector {
             Tls::Rustls(tls) => connect_with(&self.pg, tls, notifications).await,
             Tls::Deferred(tls) => connect_with(&self.pg, tls, notifications).await,
         }
+    }
+
+    /// Asks the server (or the pooler in front of it) to cancel what the connection of
+    /// `token` is running, within [`CANCEL_WITHIN`]; `keep` (that connection) is held open
+    /// until then, so a pooler still knows the session the cancel names. Best effort: runs
+    /// in the background and logs a failure at debug level.
+    pub(crate) fn cancel<K: Send + 'static>(&self, token: tokio_postgres::CancelToken, keep: K) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let tls = self.tls.clone();
+        runtime.spawn(async move {
+            let sent = tokio::time::timeout(CANCEL_WITHIN, async {
+                match tls {
+                    Tls::Off => token.cancel_query(NoTls).await,
+                    Tls::Rustls(tls) => token.cancel_query(tls).await,
+                    Tls::Deferred(tls) => token.cancel_query(tls).await,
+                }
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %crate::error::chain(&e), "could not cancel a statement past its deadline");
+                }
+                Err(_) => tracing::debug!("cancelling a statement past its deadline got no answer"),
+            }
+            drop(keep);
+        });
     }
 }
 
@@ -202,27 +233,6 @@ where
     Ok(client)
 }
 
-/// The session settings every connection starts with: `statement_timeout` from `Command
-/// Timeout` (so the server, too, ends a statement that outlives it), the connection
-/// string's `Options` (which may set their own), then `TimeZone=UTC` (last, so it wins).
-/// Hangfire.PostgreSql before schema v19 (1.9.10) keeps `expireat` as `timestamp without
-/// time zone` holding naive UTC, and deletes rows whose `expireat < now() at time zone
-/// 'UTC'`; a `now() + interval` stored into such a column is converted in the session's
-/// time zone, so only a UTC session writes the time Hangfire means. (On `timestamptz`
-/// columns the session zone changes nothing.)
-fn session_options(given: Option<&str>, command_timeout: Option<Duration>) -> String {
-    let mut out = String::new();
-    if let Some(limit) = command_timeout {
-        out.push_str(&format!("-c statement_timeout={} ", limit.as_millis()));
-    }
-    if let Some(o) = given.map(str::trim).filter(|o| !o.is_empty()) {
-        out.push_str(o);
-        out.push(' ');
-    }
-    out.push_str("-c TimeZone=UTC");
-    out
-}
-
 /// How long creating one connection may take: each host's connect timeout, plus time for the
 /// session set-up; unbounded when the string sets `Timeout=0`.
 fn create_timeout(spec: &ConnSpec) -> Option<Duration> {
@@ -235,16 +245,19 @@ fn create_timeout(spec: &ConnSpec) -> Option<Duration> {
     )
 }
 
-/// Sets the session's `search_path` as Npgsql's `Search Path` does, via a bound parameter.
+/// Sets the session's `search_path` as Npgsql's `Search Path` does, via a bound parameter
+/// (an unnamed statement). Session state: behind a pooler in transaction mode it holds only
+/// on the server connection that ran it; the agent's own statements name their schema, so
+/// they never depend on it.
 fn search_path_hook(search_path: String) -> Hook {
     let search_path: Arc<str> = search_path.into();
     Hook::async_fn(move |client, _metrics| {
         let search_path = search_path.clone();
         Box::pin(async move {
             client
-                .execute(
+                .execute_typed(
                     "SELECT set_config('search_path', $1, false)",
-                    &[&&*search_path],
+                    &[(&&*search_path, tokio_postgres::types::Type::TEXT)],
                 )
                 .await
                 .map_err(HookError::Backend)?;
@@ -549,21 +562,6 @@ mod tests {
 
     fn spec(s: &str) -> ConnSpec {
         connstr::parse(s).expect("valid string")
-    }
-
-    #[test]
-    fn sessions_bound_statements_and_run_in_utc_after_the_given_options() {
-        assert_eq!(session_options(None, None), "-c TimeZone=UTC");
-        assert_eq!(session_options(Some("  "), None), "-c TimeZone=UTC");
-        assert_eq!(
-            session_options(Some("-c statement_timeout=5000"), None),
-            "-c statement_timeout=5000 -c TimeZone=UTC"
-        );
-        // Command Timeout first, so the string's own Options may override it.
-        assert_eq!(
-            session_options(Some("-c search_path=x"), Some(Duration::from_secs(30))),
-            "-c statement_timeout=30000 -c search_path=x -c TimeZone=UTC"
-        );
     }
 
     #[test]

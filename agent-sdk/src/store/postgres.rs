@@ -3,13 +3,25 @@
 //!
 //! **Every store operation has a deadline.** The pool bounds the wait for a connection
 //! (`Timeout`, 15 s by default, as Npgsql) and the opening of one; connections use TCP
-//! keepalive (10 s idle) and `TCP_USER_TIMEOUT`; the server ends statements that outlive
-//! `Command Timeout` (30 s by default); a pooled connection is checked (an empty query,
-//! 3 s) before reuse, so one still carrying an abandoned request is dropped. On top of that,
-//! code that talks to the store takes its connection with [`PgStore::conn`] and runs each
-//! statement through [`Conn::bound`]: a client-side `Command Timeout` that also holds when
-//! the link is black-holed (nothing answers, nothing is reset), and drops the connection
-//! whose statement timed out or whose caller went away mid-statement.
+//! keepalive (10 s idle) and `TCP_USER_TIMEOUT`; a pooled connection is checked (an empty
+//! query, 3 s) before reuse, so one still carrying an abandoned request is dropped. Code
+//! that talks to the store takes its connection with [`PgStore::conn`] and runs each
+//! statement through [`Conn::bound`]: a client-side `Command Timeout` (30 s by default) that
+//! also holds when the link is black-holed (nothing answers, nothing is reset); the
+//! connection whose statement timed out, or whose caller went away mid-statement, is taken
+//! out of the pool, and the server is sent a cancel for the statement before it is closed.
+//!
+//! **No session state (PgBouncer).** Connections start with no `options` (a pooler refuses
+//! that startup parameter) and no session setting of the agent's: behind PgBouncer in
+//! transaction pooling, consecutive transactions of one client connection may run on
+//! different server sessions. So every statement is an unnamed one (`*_typed` calls: parse,
+//! bind and execute in one round trip, nothing left on the server), and a statement that
+//! reads or writes a time runs in a transaction of its own that sets `TimeZone` to UTC with
+//! `SET LOCAL` ([`in_utc`], [`Conn::transaction`]): Hangfire.PostgreSql before schema v19
+//! (1.9.10) keeps `expireat` as `timestamp without time zone` holding naive UTC, and a
+//! `now() + interval` stored there is converted in the session's zone, which is the
+//! database's default (anything) unless set. On `timestamptz` columns the zone changes
+//! nothing.
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -19,10 +31,6 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
-use std::time::SystemTime;
-
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use super::connstr::ConnSpec;
@@ -97,7 +105,7 @@ impl PgStore {
             // it (asked one privilege at a time: a list is true when any one is held; the
             // functions give NULL for a table that does not exist).
             let rows = client
-                .bound(client.query(
+                .bound(client.query_typed(
                     "SELECT t.name, to_regclass(t.path) IS NOT NULL, \
                      COALESCE(has_table_privilege(to_regclass(t.path), 'SELECT') \
                      AND has_table_privilege(to_regclass(t.path), 'INSERT') \
@@ -105,11 +113,14 @@ impl PgStore {
                      current_user::text \
                      FROM unnest($1::text[], $2::text[]) AS t(name, path)",
                     &[
-                        &vec!["hash", "set"],
-                        &vec![
-                            format!("{}.hash", self.schema),
-                            format!("{}.set", self.schema),
-                        ],
+                        (&vec!["hash", "set"], Type::TEXT_ARRAY),
+                        (
+                            &vec![
+                                format!("{}.hash", self.schema),
+                                format!("{}.set", self.schema),
+                            ],
+                            Type::TEXT_ARRAY,
+                        ),
                     ],
                 ))
                 .await?;
@@ -180,11 +191,12 @@ impl PgStore {
 
     /// A pooled connection, within the pool's bounds (see [`Limits::checkout`]). Run its
     /// statements through [`Conn::bound`].
-    pub(crate) async fn conn(&self) -> Result<Conn, String> {
+    pub(crate) async fn conn(&self) -> Result<Conn<'_>, String> {
         Ok(Conn {
             client: Some(self.checkout().await?),
             command: self.limits.command,
             busy: AtomicBool::new(false),
+            connector: &self.connector,
         })
     }
 }
@@ -193,16 +205,75 @@ impl PgStore {
 /// It derefs to the pool's client, so the helpers of this module take it as they are.
 ///
 /// A connection whose statement timed out, or whose caller went away while a statement was
-/// in flight (a dropped request future), is taken out of the pool when dropped and closed:
-/// it is never handed out again with a request in flight.
-pub(crate) struct Conn {
+/// in flight (a dropped request future), is taken out of the pool when dropped, the server
+/// is sent a cancel for that statement, and then it is closed: it is never handed out again
+/// with a request in flight, and the server does not go on running what nobody waits for.
+pub(crate) struct Conn<'s> {
     client: Option<deadpool_postgres::Client>,
     command: Option<Duration>,
     /// Set while a bounded statement runs, and left set when it timed out.
     busy: AtomicBool,
+    /// Sends the cancel.
+    connector: &'s pool::Connector,
 }
 
-impl Conn {
+/// Opens a statement's own transaction with the session's `TimeZone` set to UTC for that
+/// transaction only (nothing outlives it: right behind a pooler in transaction mode).
+const BEGIN_UTC: &str = "BEGIN; SET LOCAL TimeZone TO 'UTC'";
+
+/// Runs `statement` in a transaction of its own whose time zone is UTC ([`BEGIN_UTC`]), then
+/// commits; the three are sent at once (one round trip). `statement` must send its request
+/// when first polled (one `*_typed` call, or several joined): a statement sent later would
+/// run after the `COMMIT`. When it fails, the `COMMIT` ends the failed transaction (the
+/// server answers it with a rollback) and its error is returned.
+pub(crate) async fn in_utc<T, F>(
+    client: &tokio_postgres::Client,
+    statement: F,
+) -> Result<T, tokio_postgres::Error>
+where
+    F: Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let (_, out, _) = futures_util::future::try_join3(
+        client.batch_execute(BEGIN_UTC),
+        statement,
+        client.batch_execute("COMMIT"),
+    )
+    .await?;
+    Ok(out)
+}
+
+impl Conn<'_> {
+    /// Runs `body` (statements on this connection, one after another) in one transaction
+    /// whose time zone is UTC, within `Command Timeout` (see [`Conn::bound`]): committed when
+    /// it succeeds, rolled back when it fails.
+    pub(crate) async fn transaction<T, E: Describe>(
+        &self,
+        body: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, String> {
+        self.bound(async {
+            self.batch_execute(BEGIN_UTC)
+                .await
+                .map_err(|e| e.describe())?;
+            match body.await {
+                Ok(v) => {
+                    self.batch_execute("COMMIT")
+                        .await
+                        .map_err(|e| e.describe())?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    // A rollback that fails leaves a broken connection, which the pool's
+                    // check before reuse drops.
+                    if let Err(r) = self.batch_execute("ROLLBACK").await {
+                        tracing::debug!(error = %r.describe(), "rolling back failed");
+                    }
+                    Err(e.describe())
+                }
+            }
+        })
+        .await
+    }
+
     /// Runs one statement (or a few that belong together) within `Command Timeout`.
     pub(crate) async fn bound<T, E: Describe>(
         &self,
@@ -233,7 +304,7 @@ impl Conn {
     }
 }
 
-impl Deref for Conn {
+impl Deref for Conn<'_> {
     type Target = deadpool_postgres::Client;
 
     fn deref(&self) -> &Self::Target {
@@ -245,7 +316,7 @@ impl Deref for Conn {
     }
 }
 
-impl DerefMut for Conn {
+impl DerefMut for Conn<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         match &mut self.client {
             Some(client) => client,
@@ -254,14 +325,18 @@ impl DerefMut for Conn {
     }
 }
 
-impl Drop for Conn {
+impl Drop for Conn<'_> {
     fn drop(&mut self) {
         if self.busy.load(Ordering::Acquire)
             && let Some(client) = self.client.take()
         {
-            // Out of the pool; dropping the wrapper aborts its connection task, which closes
-            // the socket.
-            drop(deadpool_postgres::Object::take(client));
+            // Out of the pool now; the server is asked to cancel the statement, and the
+            // connection is closed once it was (dropping the wrapper aborts its connection
+            // task, which closes the socket). Kept open until then: a pooler cancels only
+            // for a client that is still connected.
+            let token = client.cancel_token();
+            let taken = deadpool_postgres::Object::take(client);
+            self.connector.cancel(token, taken);
         }
     }
 }
@@ -306,7 +381,7 @@ pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String),
     let store = PgStore::open(&spec, "hangfire", pool::Load::Now)?;
     let client = store.pool.get().await.map_err(|e| format!("{e} ({e:?})"))?;
     let encrypted: bool = client
-        .query_one(
+        .query_typed_one(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
             &[],
         )
@@ -315,7 +390,7 @@ pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String),
         .try_get(0)
         .map_err(|e| crate::error::chain(&e))?;
     let value: String = client
-        .query_one(sql, &[])
+        .query_typed_one(sql, &[])
         .await
         .map_err(|e| crate::error::chain(&e))?
         .try_get(0)
@@ -323,9 +398,9 @@ pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String),
     Ok((encrypted, value))
 }
 
-/// Upserts fields of one hash key, in one statement.
+/// Upserts fields of one hash key, in one statement (in UTC, see [`in_utc`]).
 pub(crate) async fn upsert_hash_fields(
-    client: &deadpool_postgres::Client,
+    client: &tokio_postgres::Client,
     schema: &str,
     key: &str,
     fields: &[&str],
@@ -338,21 +413,27 @@ pub(crate) async fn upsert_hash_fields(
          FROM unnest($2::text[], $3::text[]) AS h(field, value) \
          ON CONFLICT (\"key\", field) DO UPDATE SET \"value\" = EXCLUDED.value, expireat = EXCLUDED.expireat"
     );
-    let stmt = client
-        .prepare_cached(&sql)
-        .await
-        .map_err(|e| crate::error::chain(&e))?;
-    client
-        .execute(&stmt, &[&key, &fields, &values, &expire_secs])
-        .await
-        .map_err(|e| crate::error::chain(&e))?;
+    in_utc(
+        client,
+        client.execute_typed(
+            &sql,
+            &[
+                (&key, Type::TEXT),
+                (&fields, Type::TEXT_ARRAY),
+                (&values, Type::TEXT_ARRAY),
+                (&expire_secs, Type::FLOAT8),
+            ],
+        ),
+    )
+    .await
+    .map_err(|e| crate::error::chain(&e))?;
     Ok(())
 }
 
 impl PgStore {
-    /// One console batch: references, then the lines with one binary `COPY` (rows keep their
-    /// order, so ids do too), then bar 1's value. A retried batch that had in fact committed
-    /// is upserted instead (same ids kept).
+    /// One console batch, each statement bounded (see [`Conn::bound`]): references, then the
+    /// lines in one statement (inserted in their order, so ids keep it), then bar 1's value.
+    /// A retried batch that had in fact committed is upserted (same ids kept).
     pub(crate) async fn write_console(
         &self,
         set_key: &str,
@@ -361,8 +442,8 @@ impl PgStore {
         expire: Duration,
     ) -> Result<(), String> {
         // Every step within the checkout bound and `Command Timeout`: a connection that
-        // goes silent mid-`COPY` (a black-holed link answers nothing, ever) fails the batch,
-        // which is retried on another connection, and is dropped, never pooled again.
+        // goes silent mid-statement (a black-holed link answers nothing, ever) fails the
+        // batch, which is retried on another connection, and is dropped, never pooled again.
         let conn = self.conn().await?;
         let schema = &self.schema;
         let expire_secs = expire.as_secs_f64();
@@ -381,17 +462,8 @@ impl PgStore {
             ))
             .await?;
         }
-        let copied = conn
-            .bound(async { Ok::<_, String>(self.copy_lines(&conn, set_key, lines, expire).await) })
+        conn.bound(self.upsert_lines(&conn, set_key, lines, expire_secs))
             .await?;
-        match copied {
-            Ok(()) => {}
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                conn.bound(self.upsert_lines(&conn, set_key, lines, expire_secs))
-                    .await?;
-            }
-            Err(e) => return Err(crate::error::chain(&e)),
-        }
         if let Some(progress) = lines.iter().rev().find_map(|l| l.progress_field.as_deref()) {
             conn.bound(upsert_hash_fields(
                 &conn,
@@ -406,38 +478,11 @@ impl PgStore {
         Ok(())
     }
 
-    async fn copy_lines(
-        &self,
-        client: &deadpool_postgres::Client,
-        set_key: &str,
-        lines: &[EncodedLine],
-        expire: Duration,
-    ) -> Result<(), tokio_postgres::Error> {
-        let sql = format!(
-            "COPY {}.\"set\" (\"key\", score, \"value\", expireat) FROM STDIN (FORMAT binary)",
-            self.schema
-        );
-        let sink = client.copy_in(&sql).await?;
-        let writer = BinaryCopyInWriter::new(
-            sink,
-            &[Type::TEXT, Type::FLOAT8, Type::TEXT, Type::TIMESTAMPTZ],
-        );
-        let mut writer = std::pin::pin!(writer);
-        let expireat = SystemTime::now() + expire;
-        for line in lines {
-            writer
-                .as_mut()
-                .write(&[&set_key, &line.score, &line.value.as_str(), &expireat])
-                .await?;
-        }
-        writer.finish().await?;
-        Ok(())
-    }
-
-    /// Inserts the lines, keeping rows that already exist (a retry after an unknown outcome).
+    /// Inserts the lines in their order, keeping rows that already exist (a retry after an
+    /// unknown outcome).
     async fn upsert_lines(
         &self,
-        client: &deadpool_postgres::Client,
+        client: &tokio_postgres::Client,
         set_key: &str,
         lines: &[EncodedLine],
         expire_secs: f64,
@@ -451,14 +496,20 @@ impl PgStore {
              FROM unnest($2::float8[], $3::text[]) WITH ORDINALITY AS l(score, value, ord) ORDER BY l.ord \
              ON CONFLICT (\"key\", \"value\") DO UPDATE SET score = EXCLUDED.score, expireat = EXCLUDED.expireat"
         );
-        let stmt = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(|e| crate::error::chain(&e))?;
-        client
-            .execute(&stmt, &[&set_key, &scores, &values, &expire_secs])
-            .await
-            .map_err(|e| crate::error::chain(&e))?;
+        in_utc(
+            client,
+            client.execute_typed(
+                &sql,
+                &[
+                    (&set_key, Type::TEXT),
+                    (&scores, Type::FLOAT8_ARRAY),
+                    (&values, Type::TEXT_ARRAY),
+                    (&expire_secs, Type::FLOAT8),
+                ],
+            ),
+        )
+        .await
+        .map_err(|e| crate::error::chain(&e))?;
         Ok(())
     }
 
@@ -499,11 +550,18 @@ impl PgStore {
             self.schema
         );
         let conn = self.conn().await?;
-        conn.bound(async {
-            let stmt = conn.prepare_cached(&sql).await?;
-            conn.execute(&stmt, &[&key, &score, &value, &expire.as_secs_f64()])
-                .await
-        })
+        conn.bound(in_utc(
+            &conn,
+            conn.execute_typed(
+                &sql,
+                &[
+                    (&key, Type::TEXT),
+                    (&score, Type::FLOAT8),
+                    (&value, Type::TEXT),
+                    (&expire.as_secs_f64(), Type::FLOAT8),
+                ],
+            ),
+        ))
         .await
         .map(|_| ())
     }
@@ -526,11 +584,17 @@ impl PgStore {
         );
         let conn = self.conn().await?;
         let row = conn
-            .bound(async {
-                let stmt = conn.prepare_cached(&sql).await?;
-                conn.query_opt(&stmt, &[&id, &token, &expire.as_secs_f64()])
-                    .await
-            })
+            .bound(in_utc(
+                &conn,
+                conn.query_typed_opt(
+                    &sql,
+                    &[
+                        (&id, Type::TEXT),
+                        (&token, Type::TEXT),
+                        (&expire.as_secs_f64(), Type::FLOAT8),
+                    ],
+                ),
+            ))
             .await?;
         Ok(row.is_some())
     }
@@ -538,7 +602,7 @@ impl PgStore {
     /// One try at Hangfire.PostgreSql's distributed lock (`PostgreSqlDistributedLock.cs`):
     /// a lock row older than `stale_after` (the center's `DistributedLockTimeout`) is removed
     /// first, as Hangfire does, then the row for `resource` is inserted unless one exists.
-    /// The owner is the row's `acquired` time as text (the table has no owner column).
+    /// The owner is the row's `acquired` time as text (the table has no owner column), in UTC.
     pub(crate) async fn lock_try(
         &self,
         resource: &str,
@@ -546,27 +610,29 @@ impl PgStore {
     ) -> Result<Option<String>, String> {
         let conn = self.conn().await?;
         let schema = &self.schema;
-        conn.bound(async {
-            conn.execute(
-                &format!(
-                    "DELETE FROM {schema}.\"lock\" WHERE resource = $1 \
-                     AND acquired < now() - $2 * interval '1 second'"
+        let delete = format!(
+            "DELETE FROM {schema}.\"lock\" WHERE resource = $1 \
+             AND acquired < now() - $2 * interval '1 second'"
+        );
+        let insert = format!(
+            "INSERT INTO {schema}.\"lock\" (resource, acquired) \
+             SELECT $1, now() WHERE NOT EXISTS (SELECT 1 FROM {schema}.\"lock\" WHERE resource = $1) \
+             ON CONFLICT DO NOTHING RETURNING acquired::text"
+        );
+        let stale = stale_after.as_secs_f64();
+        let (_, row) = conn
+            .bound(in_utc(
+                &conn,
+                futures_util::future::try_join(
+                    conn.execute_typed(&delete, &[(&resource, Type::TEXT), (&stale, Type::FLOAT8)]),
+                    conn.query_typed_opt(&insert, &[(&resource, Type::TEXT)]),
                 ),
-                &[&resource, &stale_after.as_secs_f64()],
-            )
+            ))
             .await?;
-            conn.query_opt(
-                &format!(
-                    "INSERT INTO {schema}.\"lock\" (resource, acquired) \
-                     SELECT $1, now() WHERE NOT EXISTS (SELECT 1 FROM {schema}.\"lock\" WHERE resource = $1) \
-                     ON CONFLICT DO NOTHING RETURNING acquired::text"
-                ),
-                &[&resource],
-            )
-            .await
+        row.map(|row| {
+            row.try_get::<_, String>(0)
+                .map_err(|e| crate::error::chain(&e))
         })
-        .await?
-        .map(|row| row.try_get::<_, String>(0).map_err(|e| crate::error::chain(&e)))
         .transpose()
     }
 
@@ -578,28 +644,33 @@ impl PgStore {
         owner: &str,
     ) -> Result<Option<String>, String> {
         let conn = self.conn().await?;
-        conn.bound(conn.query_opt(
-            &format!(
-                "UPDATE {}.\"lock\" SET acquired = now() WHERE resource = $1 AND acquired::text = $2 \
-                 RETURNING acquired::text",
-                self.schema
-            ),
-            &[&resource, &owner],
+        let sql = format!(
+            "UPDATE {}.\"lock\" SET acquired = now() WHERE resource = $1 AND acquired::text = $2 \
+             RETURNING acquired::text",
+            self.schema
+        );
+        conn.bound(in_utc(
+            &conn,
+            conn.query_typed_opt(&sql, &[(&resource, Type::TEXT), (&owner, Type::TEXT)]),
         ))
         .await?
-        .map(|row| row.try_get::<_, String>(0).map_err(|e| crate::error::chain(&e)))
+        .map(|row| {
+            row.try_get::<_, String>(0)
+                .map_err(|e| crate::error::chain(&e))
+        })
         .transpose()
     }
 
     /// Deletes the lock row if it is still ours (Hangfire deletes by resource alone).
     pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), String> {
         let conn = self.conn().await?;
-        conn.bound(conn.execute(
-            &format!(
-                "DELETE FROM {}.\"lock\" WHERE resource = $1 AND acquired::text = $2",
-                self.schema
-            ),
-            &[&resource, &owner],
+        let sql = format!(
+            "DELETE FROM {}.\"lock\" WHERE resource = $1 AND acquired::text = $2",
+            self.schema
+        );
+        conn.bound(in_utc(
+            &conn,
+            conn.execute_typed(&sql, &[(&resource, Type::TEXT), (&owner, Type::TEXT)]),
         ))
         .await
         .map(|_| ())
@@ -611,7 +682,7 @@ impl PgStore {
         let field = super::fence_field(resource);
         let conn = self.conn().await?;
         let value: String = conn
-            .bound(conn.query_one(
+            .bound(conn.query_typed_one(
                 &format!(
                     "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
                      VALUES ('jobagent:lock-fence', $1, '1', NULL) \
@@ -620,7 +691,7 @@ impl PgStore {
                      RETURNING \"value\"",
                     self.schema
                 ),
-                &[&field],
+                &[(&field, Type::TEXT)],
             ))
             .await?
             .try_get(0)
@@ -645,12 +716,16 @@ impl PgStore {
             i64::try_from(count).unwrap_or(i64::MAX),
         );
         let rows = conn
-            .bound(conn.query(
+            .bound(conn.query_typed(
                 &format!(
                     "SELECT \"value\" FROM {}.\"set\" WHERE \"key\" = $1 ORDER BY id OFFSET $2 LIMIT $3",
                     self.schema
                 ),
-                &[&key, &from, &count],
+                &[
+                    (&key, Type::TEXT),
+                    (&from, Type::INT8),
+                    (&count, Type::INT8),
+                ],
             ))
             .await?;
         rows.iter()
@@ -664,12 +739,12 @@ impl PgStore {
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
         let conn = self.conn().await?;
         let row = conn
-            .bound(conn.query_opt(
+            .bound(conn.query_typed_opt(
                 &format!(
                     "SELECT \"value\" FROM {}.hash WHERE \"key\" = $1 AND field = $2",
                     self.schema
                 ),
-                &[&key, &field],
+                &[(&key, Type::TEXT), (&field, Type::TEXT)],
             ))
             .await?;
         row.map(|r| r.try_get(0).map_err(|e| crate::error::chain(&e)))
@@ -683,12 +758,12 @@ impl PgStore {
     pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
         let conn = self.conn().await?;
         let rows = conn
-            .bound(conn.query(
+            .bound(conn.query_typed(
                 &format!(
                     "SELECT field, \"value\" FROM {}.hash WHERE \"key\" = $1 ORDER BY id",
                     self.schema
                 ),
-                &[&key],
+                &[(&key, Type::TEXT)],
             ))
             .await?;
         rows.iter()
@@ -751,6 +826,28 @@ mod tests {
         assert_ne!(pid, other);
         assert!(started.elapsed() < Duration::from_secs(1));
         assert!(!conn.is_poisoned());
+        // The server was told to cancel the abandoned statement: its session stops running
+        // it long before the 10 s sleep would end (closing the socket alone would not stop
+        // it: a sleeping backend does not read its socket).
+        let deadline = std::time::Instant::now() + Duration::from_secs(4);
+        loop {
+            let running: i64 = conn
+                .bound(conn.query_typed_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'",
+                    &[(&pid, Type::INT4)],
+                ))
+                .await
+                .expect("answers")
+                .get(0);
+            if running == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the timed-out statement still runs on the server"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         drop(conn);
         assert_eq!(
             store.pool.status().size,
