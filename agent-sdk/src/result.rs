@@ -56,6 +56,13 @@ pub(crate) trait ResultSink: Send + Sync + 'static {
     /// within its retry bound: false).
     fn write(&self, result: DispatchResult) -> BoxFuture<bool>;
 
+    /// How long an unwritten result is retried, when it can fail (see
+    /// [`StoreResults`](crate::store::StoreResults)): the run waits this long at most for its
+    /// console's last lines before its result.
+    fn retry_bound(&self) -> Option<Duration> {
+        None
+    }
+
     /// Whether a result (a success when `ok`) would be written at all: when not, the run
     /// skips building it.
     fn wants(&self, ok: bool) -> bool {

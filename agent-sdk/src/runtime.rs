@@ -114,7 +114,23 @@ impl Run {
         if self.reported.swap(true, Ordering::AcqRel) {
             return self.result_written.load(Ordering::Acquire);
         }
-        self.cx.console().close().await;
+        // The result follows the console's last lines, but does not wait on them past its own
+        // retry bound: a console that cannot be written (and gives up after its own bound)
+        // must not hold the result back, nor lose it.
+        match self.results.retry_bound() {
+            Some(bound) => {
+                if tokio::time::timeout(bound, self.cx.console().close())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        job_id = self.cx.job_id(),
+                        "the console's last lines were not written within the result's retry bound; the result is written without waiting for them"
+                    );
+                }
+            }
+            None => self.cx.console().close().await,
+        }
         let dropped = self.cx.console().dropped();
         let error = match (error, dropped) {
             (Some(e), 0) => Some(e),

@@ -34,6 +34,10 @@ impl StoreResults {
 }
 
 impl ResultSink for StoreResults {
+    fn retry_bound(&self) -> Option<Duration> {
+        Some(self.bound())
+    }
+
     /// Retries with backoff (capped at [`MAX_BACKOFF`]) until the store takes the result, for
     /// at most [`StoreResults::bound`]. The center has no time-out for agent jobs: a result
     /// that is not written leaves the job Processing, so it is never given up early. True
