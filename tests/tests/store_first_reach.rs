@@ -12,34 +12,17 @@
 use std::time::{Duration, Instant};
 
 use agent_sdk::AgentOptions;
-use serde_json::{Value, json};
-use tests::center::{ConsoleInfo, Reply};
+use serde_json::json;
+use tests::center::ConsoleInfo;
 use tests::on_every_store;
 use tests::service::TestService;
-use tests::stores::AnyStore;
+use tests::stores::{AnyStore, demo_numbers};
 
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 
 /// The center's default HTTP timeout (the job's `Timeout` below 1) is 5 s; every answer
 /// must come well within it.
 const ANSWER_WITHIN: Duration = Duration::from_secs(4);
-
-/// Sends a request and says how long the answer took.
-async fn timed(request: tests::center::CenterRequest) -> (Reply, Duration) {
-    let asked = Instant::now();
-    let reply = request.send().await;
-    (reply, asked.elapsed())
-}
-
-/// The numbers `n` of the demo job's `line n` texts, in dashboard order.
-fn demo_numbers(lines: &[Value]) -> Vec<u64> {
-    lines
-        .iter()
-        .filter_map(|l| l["s"].as_str())
-        .filter_map(|s| s.split("line ").nth(1))
-        .filter_map(|rest| rest.trim_end_matches('.').parse().ok())
-        .collect()
-}
 
 /// Waits until `job_id` has a result, then says how many result fields it has (the center
 /// reads one).
@@ -84,14 +67,13 @@ async fn refused_first_store(db: AnyStore) {
         (&nowhere, "fr-closed", Some("refused")),
         (&via, "fr-cut", None),
     ] {
-        let (reply, took) = timed(
-            center
-                .run(TRANSIENT, id)
-                .param(json!({"lines": 2}))
-                .console(ConsoleInfo::for_job(id))
-                .storage(storage),
-        )
-        .await;
+        let (reply, took) = center
+            .run(TRANSIENT, id)
+            .param(json!({"lines": 2}))
+            .console(ConsoleInfo::for_job(id))
+            .storage(storage)
+            .send_timed()
+            .await;
         println!(
             "{}: first run into a refusing store: {} in {took:?}: {}",
             db.kind(),
@@ -143,13 +125,12 @@ async fn black_holed_first_store(db: AnyStore) {
     )
     .await;
     let center = service.center();
-    let (reply, took) = timed(
-        center
-            .run(TRANSIENT, "bh-first")
-            .param(json!({"lines": 2}))
-            .console(ConsoleInfo::for_job("bh-first")),
-    )
-    .await;
+    let (reply, took) = center
+        .run(TRANSIENT, "bh-first")
+        .param(json!({"lines": 2}))
+        .console(ConsoleInfo::for_job("bh-first"))
+        .send_timed()
+        .await;
     println!(
         "{}: first run into a black-holed store: {} in {took:?}: {}",
         db.kind(),
@@ -213,13 +194,12 @@ async fn outage_after_first_success(db: AnyStore) {
 
     proxy.cut();
     let console = ConsoleInfo::for_job("os-during");
-    let (reply, took) = timed(
-        center
-            .run(TRANSIENT, "os-during")
-            .param(json!({"lines": 50, "sleep_ms": 500}))
-            .console(console.clone()),
-    )
-    .await;
+    let (reply, took) = center
+        .run(TRANSIENT, "os-during")
+        .param(json!({"lines": 50, "sleep_ms": 500}))
+        .console(console.clone())
+        .send_timed()
+        .await;
     println!(
         "{}: run during an outage after a first success: {} in {took:?}",
         db.kind(),
