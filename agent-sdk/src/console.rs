@@ -127,10 +127,20 @@ impl LineSink for LogSink {
 pub(crate) struct LogMirror {
     pub(crate) class: &'static str,
     pub(crate) job_id: String,
+    /// The run's `job_run` span: each mirrored line is emitted in it, so it carries the run's
+    /// `trace_id` wherever the job wrote it from (a task it spawned, `on_stop`, the runtime's
+    /// own lines from a stop or a watchdog).
+    pub(crate) span: tracing::Span,
 }
 
 impl LogMirror {
     fn write(&self, line: &str, color: Option<ConsoleColor>, progress: Option<f64>) {
+        // Entering the span the line is already in changes nothing (a subscriber shows a
+        // span once however often it is entered).
+        self.span.in_scope(|| self.emit(line, color, progress));
+    }
+
+    fn emit(&self, line: &str, color: Option<ConsoleColor>, progress: Option<f64>) {
         let (class, job_id) = (self.class, self.job_id.as_str());
         match (progress, color) {
             (Some(value), _) => {

@@ -256,6 +256,7 @@ fn report_lost(store: &Arc<Store>, job_id: String, record: &RunRecord, why: Stri
     let result = DispatchResult::new(&job_id, Action::Run, &job_id, Some(why), started);
     let results = StoreResults {
         store: store.clone(),
+        retry_for: None,
     };
     let (store, class, server_id) = (
         store.clone(),

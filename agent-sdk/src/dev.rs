@@ -174,10 +174,13 @@ impl DevReader {
             .map_err(|e| format!("cannot connect to the store {}: {e}", self.label()))
     }
 
-    /// The agent's own check of Hangfire's tables (a store that does not answer in time
-    /// passes: its reads fail and retry later).
+    /// The agent's own check of Hangfire's tables, as a run's is: a store this process has
+    /// reached before and that does not answer in time passes (its reads fail and retry
+    /// later); one it never reached fails with the reason.
     pub async fn check_tables(&self) -> Result<(), String> {
-        self.store.check_tables().await
+        self.store
+            .check_tables(tokio::time::Instant::now() + crate::store::FIRST_REACH_WITHIN)
+            .await
     }
 
     /// Members `from..from + count` of set `key`, in the order the dashboard shows them.

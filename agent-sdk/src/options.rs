@@ -53,6 +53,7 @@ pub struct AgentOptions {
     pub(crate) console_log: bool,
     pub(crate) drain_timeout: Duration,
     pub(crate) cluster_notify: bool,
+    pub(crate) result_retry: Option<Duration>,
 }
 
 /// Bounds on what one request and the runtime may take. Start from the defaults and set what
@@ -243,6 +244,7 @@ impl Default for AgentOptions {
             console_log: false,
             drain_timeout: Duration::from_secs(20),
             cluster_notify: true,
+            result_retry: None,
         }
     }
 }
@@ -406,6 +408,9 @@ impl AgentOptions {
         if let Some(ms) = get("JOBAGENT_DRAIN_TIMEOUT_MS") {
             options.drain_timeout = parse_ms("JOBAGENT_DRAIN_TIMEOUT_MS", &ms)?;
         }
+        if let Some(ms) = get("JOBAGENT_RESULT_RETRY_MS") {
+            options.result_retry = Some(parse_ms("JOBAGENT_RESULT_RETRY_MS", &ms)?);
+        }
         if let Some(v) = get("JOBAGENT_CLUSTER_NOTIFY") {
             options.cluster_notify = parse_switch("JOBAGENT_CLUSTER_NOTIFY", &v)?;
         }
@@ -563,6 +568,17 @@ impl AgentOptions {
     /// (`JOBAGENT_DRAIN_TIMEOUT_MS`, default 20 s); see [`Agent::drain`](crate::Agent::drain).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// How long a run's result that the store does not take is retried
+    /// (`JOBAGENT_RESULT_RETRY_MS`; default: the store's `ExpireAtDays`, as long as the store
+    /// keeps what the agent writes). The center has no time-out for agent jobs: until the
+    /// result lands the job stays Processing, so a result is retried (with a backoff of at
+    /// most 10 s) rather than dropped, and the run's in-flight record stays until it is
+    /// written, so that a next process of this instance reports the run.
+    pub fn result_retry(mut self, bound: Duration) -> Self {
+        self.result_retry = Some(bound);
         self
     }
 
@@ -790,6 +806,7 @@ const KNOWN_VARIABLES: &[&str] = &[
     "JOBAGENT_STORE_SCHEMA",
     "JOBAGENT_STORE_TYPE",
     "JOBAGENT_RELAY_TOKEN",
+    "JOBAGENT_RESULT_RETRY_MS",
     "JOBAGENT_TEST_DATABASE_URL",
     "JOBAGENT_TIMEOUT_GRACE_MS",
 ];

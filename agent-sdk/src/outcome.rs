@@ -1,7 +1,7 @@
 //! Where a dispatch's console lines and result go: the store, or the agent's log.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::console::{LogSink, Sink};
 use crate::options::ConsoleBudget;
@@ -17,10 +17,13 @@ pub(crate) struct Outlet {
 }
 
 impl Outlet {
-    pub(crate) fn results(&self) -> Results {
+    /// Where the run's result goes; a store retries an unwritten one for `retry_for`
+    /// (`None`: the store's `ExpireAtDays`).
+    pub(crate) fn results(&self, retry_for: Option<Duration>) -> Results {
         match &self.store {
             Some(store) => Results::Sink(Arc::new(StoreResults {
                 store: store.clone(),
+                retry_for,
             })),
             None => Results::Log,
         }

@@ -273,7 +273,10 @@ impl Relay {
             "ping" => ok(PingAnswer {
                 kind: s.kind().name().to_owned(),
             }),
-            "check" => ok(s.check_tables().await.map_err(unavailable)?),
+            "check" => ok(s
+                .check_tables(tokio::time::Instant::now() + crate::store::FIRST_REACH_WITHIN)
+                .await
+                .map_err(unavailable)?),
             "console" => {
                 let c: ConsoleCall = parse(body)?;
                 scope(&c.set_key, &["console:"])?;

@@ -52,7 +52,16 @@ impl DispatchResult {
 
 /// Where results go: the center's store, or the agent's log.
 pub(crate) trait ResultSink: Send + Sync + 'static {
-    fn write(&self, result: DispatchResult) -> BoxFuture<()>;
+    /// Writes `result`; resolves to whether it was written (a store that never took it
+    /// within its retry bound: false).
+    fn write(&self, result: DispatchResult) -> BoxFuture<bool>;
+
+    /// How long an unwritten result is retried, when it can fail (see
+    /// [`StoreResults`](crate::store::StoreResults)): the run waits this long at most for its
+    /// console's last lines before its result.
+    fn retry_bound(&self) -> Option<Duration> {
+        None
+    }
 
     /// Whether a result (a success when `ok`) would be written at all: when not, the run
     /// skips building it.
@@ -90,12 +99,12 @@ impl ResultSink for LogResults {
         !ok || tracing::enabled!(target: "agent_sdk::result", tracing::Level::DEBUG)
     }
 
-    fn write(&self, r: DispatchResult) -> BoxFuture<()> {
+    fn write(&self, r: DispatchResult) -> BoxFuture<bool> {
         if r.is_ok() {
             tracing::debug!(target: "agent_sdk::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, "dispatch succeeded");
         } else {
             tracing::warn!(target: "agent_sdk::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, error = %r.e, "dispatch failed");
         }
-        crate::future::done()
+        crate::future::written()
     }
 }

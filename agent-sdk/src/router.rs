@@ -216,7 +216,10 @@ async fn answer(
         Action::Run => {
             let outlet = agent.outlet(&d)?;
             if let Some(store) = &outlet.store {
-                store.check_tables().await.map_err(DispatchError::Storage)?;
+                store
+                    .check_tables(crate::runtime::answer_deadline(&d))
+                    .await
+                    .map_err(DispatchError::Storage)?;
             }
             rt.run(reg, d, outlet).await.map(Answer::ok)
         }

@@ -35,6 +35,8 @@ mod busy;
 mod detail;
 mod stop;
 
+pub(crate) use stop::answer_deadline;
+
 /// The status of a job instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Status {
@@ -68,6 +70,8 @@ pub(crate) struct Run {
     started: SystemTime,
     results: Results,
     reported: AtomicBool,
+    /// Set once the run's result is written.
+    result_written: AtomicBool,
     /// Set when the run is taken out of its class (counted once).
     finished: AtomicBool,
     /// The store shared with other replicas, when there is one.
@@ -78,6 +82,8 @@ pub(crate) struct Run {
     record: Mutex<Option<JoinHandle<()>>>,
     /// Set when the stall watchdog cancelled the run.
     stalled: AtomicBool,
+    /// The run's `job_run` span (see [`crate::trace`]).
+    span: tracing::Span,
 }
 
 impl Run {
@@ -100,12 +106,31 @@ impl Run {
         true
     }
 
-    /// Flushes the console and writes the run's result, once.
-    async fn report(&self, error: Option<String>) {
+    /// Flushes the console and writes the run's result, once. True when the result is
+    /// written (or was reported by an earlier call); false when the store never took it
+    /// within its retry bound, or an earlier call is still writing it: the run's in-flight
+    /// record must then stay, so that a next process of the instance reports the run.
+    async fn report(&self, error: Option<String>) -> bool {
         if self.reported.swap(true, Ordering::AcqRel) {
-            return;
+            return self.result_written.load(Ordering::Acquire);
         }
-        self.cx.console().close().await;
+        // The result follows the console's last lines, but does not wait on them past its own
+        // retry bound: a console that cannot be written (and gives up after its own bound)
+        // must not hold the result back, nor lose it.
+        match self.results.retry_bound() {
+            Some(bound) => {
+                if tokio::time::timeout(bound, self.cx.console().close())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        job_id = self.cx.job_id(),
+                        "the console's last lines were not written within the result's retry bound; the result is written without waiting for them"
+                    );
+                }
+            }
+            None => self.cx.console().close().await,
+        }
         let dropped = self.cx.console().dropped();
         let error = match (error, dropped) {
             (Some(e), 0) => Some(e),
@@ -113,11 +138,14 @@ impl Run {
             (None, _) => None,
         };
         if !self.results.wants(error.is_none()) {
-            return;
+            self.result_written.store(true, Ordering::Release);
+            return true;
         }
         let id = self.cx.job_id();
         let result = DispatchResult::new(id, Action::Run, id, error, self.started);
-        self.results.write(result).await;
+        let written = self.results.write(result).await;
+        self.result_written.store(written, Ordering::Release);
+        written
     }
 }
 
@@ -660,13 +688,7 @@ impl Runtime {
             }));
             recorded
         });
-        let span = crate::trace::run_span(
-            reg.class(),
-            run.cx.job_id(),
-            run.cx.server_id(),
-            &self.member.instance,
-            run.cx.headers(),
-        );
+        let span = run.span.clone();
         self.class_metrics(reg).started();
         if let Some(after) = reg.stall_after() {
             let stop = CancellationToken::new();
@@ -733,7 +755,8 @@ impl Runtime {
         } else {
             reg.instantiate(&self.options.states)
         };
-        let console = self.console(reg, &d, outlet);
+        let span = self.span_of(reg, &d);
+        let console = self.console(reg, &d, outlet, &span);
         let cx = JobContext::new(ContextInner {
             class: reg.class(),
             job_id: d.job_id,
@@ -758,18 +781,39 @@ impl Runtime {
             instance,
             status: Mutex::new(Status::Running),
             started,
-            results: outlet.results(),
+            results: outlet.results(self.options.result_retry),
             reported: AtomicBool::new(false),
+            result_written: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             // In-flight records: what a restarted process or a survivor reports lost.
             store: outlet.store.clone(),
             claimed: AtomicBool::new(false),
             record: Mutex::new(None),
             stalled: AtomicBool::new(false),
+            span,
         })
     }
 
-    fn console(&self, reg: &'static JobRegistration, d: &Dispatch, outlet: &Outlet) -> Console {
+    /// The `job_run` span of dispatch `d` (see [`crate::trace`]).
+    fn span_of(&self, reg: &'static JobRegistration, d: &Dispatch) -> tracing::Span {
+        crate::trace::run_span(
+            reg.class(),
+            &d.job_id,
+            d.server_id.as_deref(),
+            &self.member.instance,
+            &d.headers,
+        )
+    }
+
+    /// The console of a run whose span is `span` (lines mirrored to the log are emitted in
+    /// it, wherever the job writes them from).
+    fn console(
+        &self,
+        reg: &'static JobRegistration,
+        d: &Dispatch,
+        outlet: &Outlet,
+        span: &tracing::Span,
+    ) -> Console {
         let sink = outlet.console(
             &d.job_id,
             d.console.as_ref(),
@@ -779,6 +823,7 @@ impl Runtime {
         let mirror = self.options.console_log.then(|| LogMirror {
             class: reg.class(),
             job_id: d.job_id.clone(),
+            span: span.clone(),
         });
         Console::mirrored(
             self.console_prefix.clone(),
@@ -965,8 +1010,9 @@ impl Runtime {
                 tracing::debug!(class = reg.class(), error = %e, "could not release the claim; it lapses by itself");
             }
         }
-        run.report(error).await;
-        self.forget(run).await;
+        if run.report(error).await {
+            self.forget(run).await;
+        }
     }
 
     /// Waits up to `grace` for a run to end: woken by the class's `ended` signal, which

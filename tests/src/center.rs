@@ -834,6 +834,13 @@ impl CenterRequest {
         reply
     }
 
+    /// Sends the request as [`send`](Self::send) does, and says how long the answer took.
+    pub async fn send_timed(self) -> (Reply, Duration) {
+        let asked = Instant::now();
+        let reply = self.send().await;
+        (reply, asked.elapsed())
+    }
+
     /// Sends the request.
     pub async fn try_send(self) -> Result<Reply, reqwest::Error> {
         let mut map = HeaderMap::new();

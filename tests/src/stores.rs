@@ -438,6 +438,17 @@ impl AnyStore {
     }
 }
 
+/// The numbers `n` of the demo job's `line n` texts among console `lines` (as
+/// [`AnyStore::console_lines`] reads them), in dashboard order.
+pub fn demo_numbers(lines: &[Value]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l["s"].as_str())
+        .filter_map(|s| s.split("line ").nth(1))
+        .filter_map(|rest| rest.trim_end_matches('.').parse().ok())
+        .collect()
+}
+
 /// Hangfire's two tables (a Redis key of that kind).
 #[derive(Clone, Copy, Debug)]
 pub enum Table {

@@ -73,14 +73,16 @@ async fn no_secret_reaches_logs_or_answers() {
         .await;
     reply.assert_err(500);
     bodies.push(reply.body.clone());
-    // A store the agent cannot reach (the local one, port 1): lines and results retry and log.
+    // A store the agent never reached (the local one, port 1): the run is refused with the
+    // store's reason, which names neither the password nor the connection string.
     let reply = center
         .run("example_agent::jobs::TestTransientJob", "s1")
         .param(json!({"lines": 3}))
         .item_field("BasicPassword", json!(ITEM_PW))
         .send()
         .await;
-    reply.assert_status(200);
+    reply.assert_err(500);
+    assert!(reply.body.contains("has not answered"), "{}", reply.body);
     bodies.push(reply.body.clone());
     bodies.push(
         center
@@ -160,7 +162,7 @@ async fn no_secret_reaches_logs_or_answers() {
     let log = logs();
     assert!(log.contains("refused"), "the capture works: {log}");
     assert!(
-        log.contains("retrying with backoff"),
+        log.contains("has not answered"),
         "the store failures were logged: {log}"
     );
     let secrets = [

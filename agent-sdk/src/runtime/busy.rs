@@ -20,8 +20,9 @@ impl Runtime {
         outlet: Outlet,
         busy: Busy,
     ) {
-        let console = self.console(reg, &d, &outlet);
+        let console = self.console(reg, &d, &outlet, &self.span_of(reg, &d));
         let started = SystemTime::now();
+        let retry_for = self.options.result_retry;
         self.tracker.spawn(async move {
             console.lifecycle(|| {
                 format!(
@@ -33,7 +34,7 @@ impl Runtime {
             });
             console.close().await;
             let result = DispatchResult::new(&d.job_id, Action::Run, &d.job_id, None, started);
-            outlet.results().write(result).await;
+            outlet.results(retry_for).write(result).await;
         });
     }
 
@@ -155,7 +156,7 @@ impl Runtime {
             if let Some(error) = failure {
                 let result =
                     DispatchResult::new(&job_id, Action::Run, &job_id, Some(error), started);
-                outlet.results().write(result).await;
+                outlet.results(rt.options.result_retry).write(result).await;
             }
         });
     }

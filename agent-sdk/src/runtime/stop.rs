@@ -179,7 +179,7 @@ impl Runtime {
         let remote_ids: Vec<String> = remote.iter().map(|r| r.1.clone()).collect();
         // The stop has its own console and context, as on .NET: `on_stop` sees the stop
         // dispatch (its id, parameter and console) and the run's cancellation token.
-        let console = self.console(reg, &d, &outlet);
+        let console = self.console(reg, &d, &outlet, &self.span_of(reg, &d));
         let contexts: Vec<JobContext> = local
             .iter()
             .map(|run| stop_context(reg, run, &d, console.clone()))
@@ -220,7 +220,7 @@ impl Runtime {
             }
             console.close().await;
             let result = DispatchResult::new(&stop_id, Action::Stop, &run_id, error, started);
-            outlet.results().write(result).await;
+            outlet.results(rt.options.result_retry).write(result).await;
         });
         let elsewhere = if replicas > 0 {
             format!(" ({} on {replicas} other replica(s))", remote.len())
@@ -269,7 +269,12 @@ impl Runtime {
                         store: Some(store.clone()),
                     };
                     let d = Dispatch::for_remote_stop(&command.stop_id, &command.param, target);
-                    stop_context(reg, &run, &d, self.console(reg, &d, &outlet))
+                    stop_context(
+                        reg,
+                        &run,
+                        &d,
+                        self.console(reg, &d, &outlet, &self.span_of(reg, &d)),
+                    )
                 }
                 None => run.cx.clone(),
             };
@@ -350,7 +355,7 @@ fn stop_context(
 
 /// How long the answer to a dispatch may wait on the store: three quarters of the center's
 /// HTTP timeout for it (the job item's `Timeout`, 5 s when below 1, as the center uses).
-pub(super) fn answer_deadline(d: &Dispatch) -> tokio::time::Instant {
+pub(crate) fn answer_deadline(d: &Dispatch) -> tokio::time::Instant {
     deadline_for(d.item.get().timeout)
 }
 

@@ -29,6 +29,7 @@ pub(crate) mod url;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -129,6 +130,36 @@ impl FromStr for StoreType {
     }
 }
 
+/// The longest a run's answer waits for a store this process has never reached to answer
+/// (see [`Store::check_tables`]); a dispatch's own answer deadline may be shorter.
+pub(crate) const FIRST_REACH_WITHIN: Duration = Duration::from_secs(3);
+/// How long a run's answer waits for the table check of a store reached before.
+const CHECK_WITHIN: Duration = Duration::from_millis(500);
+/// After a check of a reached store that could not tell, how long runs go ahead without
+/// checking again (an unreachable store delays one answer per period, not every one).
+const CHECK_RETRY: Duration = Duration::from_secs(30);
+
+/// Why a backend's check of a store (its tables, or that it takes this agent) failed.
+#[derive(Debug)]
+pub(crate) enum CheckError {
+    /// The store answered, and said no: it lacks Hangfire's tables, or refuses this agent.
+    /// A run written there could never show at the center.
+    Refused(String),
+    /// No answer that tells: unreachable, connection or login refused, timed out. Safe to
+    /// show (never a password or a connection string).
+    Unknown(String),
+}
+
+impl CheckError {
+    /// The store did not answer within `within`.
+    pub(crate) fn no_answer(within: Duration) -> Self {
+        CheckError::Unknown(format!(
+            "the store did not answer within {} ms",
+            within.as_millis()
+        ))
+    }
+}
+
 /// One store, through the backend of its storage type.
 pub(crate) struct Store {
     /// Where it came from, for logs (host and database; never a secret).
@@ -139,6 +170,12 @@ pub(crate) struct Store {
     pub(crate) expire: Duration,
     /// What `NOTIFY` wakes (see [`listen`]; PostgreSQL only, the others poll).
     pub(crate) wakeups: Arc<listen::Wakeups>,
+    /// Whether this process has had an answer from the store (a check or a write that
+    /// succeeded): from then on an outage is buffered, never refused (see
+    /// [`Store::check_tables`]).
+    reached: AtomicBool,
+    /// When the last check of a reached store could not tell.
+    unknown_at: Mutex<Option<std::time::Instant>>,
     backend: Backend,
 }
 
@@ -243,6 +280,8 @@ impl Store {
             prefix,
             expire: Duration::from_secs_f64(o.expire_days * 86_400.0),
             wakeups: Arc::new(listen::Wakeups::default()),
+            reached: AtomicBool::new(false),
+            unknown_at: Mutex::new(None),
             backend,
         })
     }
@@ -288,10 +327,67 @@ impl Store {
         }
     }
 
-    /// Refuses a store without Hangfire's tables (see each backend); a store that does not
-    /// answer within half a second lets the run go (its writes retry, as in any outage).
-    pub(crate) async fn check_tables(&self) -> Result<(), String> {
-        backend!(self, b => b.check_tables().await)
+    /// Whether a run may be accepted for this store, deciding by `answer_by` (the run's
+    /// answer deadline). One behaviour for every store type:
+    ///
+    /// - a store that answers that it lacks Hangfire's tables, or refuses this agent, is
+    ///   refused (the run could never show at the center);
+    /// - a store this process has **never reached** that does not answer (connection or login
+    ///   refused, unreachable, no answer within [`FIRST_REACH_WITHIN`] or by `answer_by`) is
+    ///   refused with the reason: answered 200, the run's result could not be written
+    ///   anywhere the center reads, and the center, which has no time-out for agent jobs,
+    ///   would wait for ever; a 500 shows the reason and lets the center's retries apply;
+    /// - a store reached before that does not answer within [`CHECK_WITHIN`] lets the run go
+    ///   (its writes are buffered and retried, as in any outage), and is not asked again for
+    ///   [`CHECK_RETRY`].
+    pub(crate) async fn check_tables(&self, answer_by: tokio::time::Instant) -> Result<(), String> {
+        let reached = self.reached.load(Ordering::Acquire);
+        if reached
+            && crate::sync::lock(&self.unknown_at).is_some_and(|at| at.elapsed() < CHECK_RETRY)
+        {
+            return Ok(());
+        }
+        let within = if reached {
+            CHECK_WITHIN
+        } else {
+            answer_by
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(FIRST_REACH_WITHIN)
+                .max(Duration::from_millis(100))
+        };
+        let checked = backend!(self, b => b.check_tables(within).await);
+        match checked {
+            Ok(()) => {
+                self.mark_reached();
+                Ok(())
+            }
+            Err(CheckError::Refused(e)) => Err(e),
+            // Reached since the check began (another run's write): as below.
+            Err(CheckError::Unknown(e)) if reached || self.reached.load(Ordering::Acquire) => {
+                tracing::debug!(store = %self.label, error = %e, "could not check the store; the run goes ahead and its writes retry");
+                *crate::sync::lock(&self.unknown_at) = Some(std::time::Instant::now());
+                Ok(())
+            }
+            Err(CheckError::Unknown(e)) => Err(format!(
+                "the store {} has not answered this agent yet: {e}; the run was not started (once the store has answered, an outage no longer refuses runs: their writes are retried)",
+                self.label
+            )),
+        }
+    }
+
+    /// Notes that the store answered.
+    fn mark_reached(&self) {
+        if !self.reached.load(Ordering::Relaxed) {
+            self.reached.store(true, Ordering::Release);
+        }
+    }
+
+    /// `res`, noting that the store answered when it is a success.
+    fn noted<T>(&self, res: Result<T, String>) -> Result<T, String> {
+        if res.is_ok() {
+            self.mark_reached();
+        }
+        res
     }
 
     /// The type of the store written in the end: a relay's is the one behind it.
@@ -306,9 +402,10 @@ impl Store {
     /// Whether the store answers a trivial request within `within`.
     pub(crate) async fn ping(&self, within: Duration) -> Result<(), String> {
         let ping = async { backend!(self, b => b.ping().await) };
-        tokio::time::timeout(within, ping)
+        let res = tokio::time::timeout(within, ping)
             .await
-            .map_err(|_| format!("the store did not answer within {} ms", within.as_millis()))?
+            .map_err(|_| format!("the store did not answer within {} ms", within.as_millis()))?;
+        self.noted(res)
     }
 
     /// One console batch, in order, idempotent when retried.
@@ -318,7 +415,8 @@ impl Store {
         hash_key: &str,
         lines: &[EncodedLine],
     ) -> Result<(), String> {
-        backend!(self, b => b.write_console(set_key, hash_key, lines, self.expire).await)
+        let res = backend!(self, b => b.write_console(set_key, hash_key, lines, self.expire).await);
+        self.noted(res)
     }
 
     /// Upserts fields of one hash key; they expire after `life` (None: never).
@@ -328,7 +426,8 @@ impl Store {
         pairs: &[(&str, &str)],
         life: Option<Duration>,
     ) -> Result<(), String> {
-        backend!(self, b => b.set_hash(key, pairs, life).await)
+        let res = backend!(self, b => b.set_hash(key, pairs, life).await);
+        self.noted(res)
     }
 
     /// Upserts one set member.
@@ -338,12 +437,14 @@ impl Store {
         value: &str,
         score: f64,
     ) -> Result<(), String> {
-        backend!(self, b => b.add_to_set(key, value, score, self.expire).await)
+        let res = backend!(self, b => b.add_to_set(key, value, score, self.expire).await);
+        self.noted(res)
     }
 
     /// Marks dispatch `id` as reported by `token`; false when another writer did first.
     pub(crate) async fn first_report(&self, id: &str, token: &str) -> Result<bool, String> {
-        backend!(self, b => b.first_report(id, token, self.expire).await)
+        let res = backend!(self, b => b.first_report(id, token, self.expire).await);
+        self.noted(res)
     }
 
     /// One try at the store's distributed lock; the owner when taken.
@@ -352,7 +453,8 @@ impl Store {
         resource: &str,
         stale_after: Duration,
     ) -> Result<Option<String>, String> {
-        backend!(self, b => b.lock_try(resource, stale_after).await)
+        let res = backend!(self, b => b.lock_try(resource, stale_after).await);
+        self.noted(res)
     }
 
     /// Keeps a held lock fresh; the new owner, or None when it was lost.

@@ -25,7 +25,6 @@
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -33,6 +32,7 @@ use deadpool_postgres::Pool;
 
 use tokio_postgres::types::Type;
 
+use super::CheckError;
 use super::connstr::ConnSpec;
 use super::line::EncodedLine;
 use super::pool::{self, Limits};
@@ -51,19 +51,11 @@ pub(crate) struct PgStore {
     checkout: Option<Duration>,
     /// Whether Hangfire's tables were seen in the schema (then never checked again).
     tables_seen: AtomicBool,
-    /// When the last table check could not tell (the store did not answer in time).
-    tables_unknown_at: Mutex<Option<std::time::Instant>>,
     /// Opens the `LISTEN` connection.
     pub(crate) connector: pool::Connector,
     /// The host names it connects to.
     hosts: Vec<String>,
 }
-
-/// How long a run's answer waits to learn whether the store has Hangfire's tables.
-const TABLE_CHECK_WITHIN: Duration = Duration::from_millis(500);
-/// After a check that could not tell, how long runs go ahead without checking again (so an
-/// unreachable store delays one answer per period, not every one).
-const TABLE_CHECK_RETRY: Duration = Duration::from_secs(30);
 
 impl PgStore {
     pub(crate) fn open(spec: &ConnSpec, schema: &str, load: pool::Load) -> Result<Self, String> {
@@ -79,23 +71,17 @@ impl PgStore {
             limits,
             checkout: limits.checkout(),
             tables_seen: AtomicBool::new(false),
-            tables_unknown_at: Mutex::new(None),
             connector,
             hosts: spec.hosts().into_iter().map(|(host, _)| host).collect(),
         })
     }
 
     /// Refuses a store whose schema lacks Hangfire's `hash` or `set` table: a run written
-    /// there could never show at the center, and its writes would fail forever. Only a
-    /// database that answers "absent" refuses; one that does not answer within
-    /// [`TABLE_CHECK_WITHIN`] lets the run go (its writes retry, as in any outage).
-    pub(crate) async fn check_tables(&self) -> Result<(), String> {
+    /// there could never show at the center, and its writes would fail forever. What a
+    /// store that does not answer within `within` means is decided above (see
+    /// [`Store::check_tables`](super::Store::check_tables)).
+    pub(crate) async fn check_tables(&self, within: Duration) -> Result<(), CheckError> {
         if self.tables_seen.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        if crate::sync::lock(&self.tables_unknown_at)
-            .is_some_and(|at| at.elapsed() < TABLE_CHECK_RETRY)
-        {
             return Ok(());
         }
         let check = async {
@@ -139,28 +125,21 @@ impl PgStore {
             }
             Ok::<_, String>(problem)
         };
-        match tokio::time::timeout(TABLE_CHECK_WITHIN, check).await {
+        match tokio::time::timeout(within, check).await {
             Ok(Ok(None)) => {
                 self.tables_seen.store(true, Ordering::Release);
                 Ok(())
             }
-            Ok(Ok(Some((table, true, user)))) => Err(format!(
+            Ok(Ok(Some((table, true, user)))) => Err(CheckError::Refused(format!(
                 "the store {}'s user `{user}` may not write Hangfire's table {}.{table} (it needs SELECT, INSERT and UPDATE, as the center's own user has)",
                 self.label, self.schema,
-            )),
-            Ok(Ok(Some((table, false, _)))) => Err(format!(
+            ))),
+            Ok(Ok(Some((table, false, _)))) => Err(CheckError::Refused(format!(
                 "the store {} has no Hangfire table {}.{table}: point the store at the center's database and schema (the center's HangfireDb and TablePrefix, or JOBAGENT_STORE and JOBAGENT_STORE_SCHEMA); the agent does not create Hangfire's tables",
                 self.label, self.schema,
-            )),
-            Ok(Err(e)) => {
-                tracing::debug!(store = %self.label, error = %e, "could not check the store's tables");
-                *crate::sync::lock(&self.tables_unknown_at) = Some(std::time::Instant::now());
-                Ok(())
-            }
-            Err(_) => {
-                *crate::sync::lock(&self.tables_unknown_at) = Some(std::time::Instant::now());
-                Ok(())
-            }
+            ))),
+            Ok(Err(e)) => Err(CheckError::Unknown(e)),
+            Err(_) => Err(CheckError::no_answer(within)),
         }
     }
 

@@ -26,7 +26,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{
@@ -34,6 +34,7 @@ use ::redis::{
     Script, Value,
 };
 
+use crate::store::CheckError;
 use crate::store::line::EncodedLine;
 use crate::store::url::{self, PercentError, password_tag};
 
@@ -58,10 +59,6 @@ const LOCK_HOLD: Duration = Duration::from_secs(30);
 const MAX_PREFIX_BYTES: usize = 100;
 /// The longest TTL given to a key (ten years); longer ones are lowered to it.
 const MAX_EXPIRE_SECS: u64 = 10 * 365 * 86_400;
-/// How long [`RedisStore::check_tables`] waits for an answer.
-const CHECK_WITHIN: Duration = Duration::from_millis(500);
-/// After a check that could not tell, how long checks are skipped (as the PostgreSQL store).
-const CHECK_RETRY: Duration = Duration::from_secs(30);
 /// The first-report mark of a dispatch: `<P>jobagent:result:<id>`, a string holding the
 /// reporting writer's token, with a TTL of its own (`ExpireAtDays`).
 const RESULT_MARK_KEY: &str = "jobagent:result:";
@@ -684,8 +681,6 @@ pub(crate) struct RedisStore {
     scripts: Scripts,
     /// Whether a PING succeeded once (then [`RedisStore::check_tables`] is not asked again).
     seen: AtomicBool,
-    /// When the last check could not tell (the store did not answer).
-    unknown_at: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -831,7 +826,6 @@ impl RedisStore {
                 lock_release: Script::new(LOCK_RELEASE_LUA),
             },
             seen: AtomicBool::new(false),
-            unknown_at: Mutex::new(None),
         })
     }
 
@@ -864,47 +858,37 @@ impl RedisStore {
 
     /// Redis has no tables to check: Ok once a PING succeeded (then never asked again).
     /// Refused only when the server answers with an error (authentication, a database out of
-    /// range, a missing permission): a run written there could never be seen. A store that
-    /// does not answer within 500 ms lets the run go, as on PostgreSQL (its writes retry, as
-    /// in any outage), and is not asked again for 30 s.
-    pub(crate) async fn check_tables(&self) -> Result<(), String> {
+    /// range, a missing permission): a run written there could never be seen. What a store
+    /// that does not answer within `within` means is decided above (see
+    /// [`Store::check_tables`](crate::store::Store::check_tables)).
+    pub(crate) async fn check_tables(&self, within: Duration) -> Result<(), CheckError> {
         if self.seen.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        if crate::sync::lock(&self.unknown_at).is_some_and(|at| at.elapsed() < CHECK_RETRY) {
             return Ok(());
         }
         // On a connection of its own, tried once: the manager retries a failed first
         // connection (a refused password too) with backoff, which would outlast the check.
         let ping = async {
             let config = ::redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(CHECK_WITHIN))
-                .set_response_timeout(Some(CHECK_WITHIN));
+                .set_connection_timeout(Some(within))
+                .set_response_timeout(Some(within));
             let mut c = self
                 .client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
             ::redis::cmd("PING").query_async::<()>(&mut c).await
         };
-        match tokio::time::timeout(CHECK_WITHIN, ping).await {
+        match tokio::time::timeout(within, ping).await {
             Ok(Ok(())) => {
                 self.seen.store(true, Ordering::Release);
                 Ok(())
             }
-            Ok(Err(e)) if answered(&e) => Err(format!(
+            Ok(Err(e)) if answered(&e) => Err(CheckError::Refused(format!(
                 "the Redis store {} refuses this agent: {}",
                 self.label,
                 self.describe(&e)
-            )),
-            Ok(Err(e)) => {
-                tracing::debug!(store = %self.label, error = %self.describe(&e), "could not check the Redis store");
-                *crate::sync::lock(&self.unknown_at) = Some(Instant::now());
-                Ok(())
-            }
-            Err(_) => {
-                *crate::sync::lock(&self.unknown_at) = Some(Instant::now());
-                Ok(())
-            }
+            ))),
+            Ok(Err(e)) => Err(CheckError::Unknown(self.describe(&e))),
+            Err(_) => Err(CheckError::no_answer(within)),
         }
     }
 
@@ -1896,7 +1880,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn console_batches_are_idempotent_ordered_and_expire() {
         with_live_store(|store| async move {
-            assert!(store.check_tables().await.is_ok());
+            assert!(store.check_tables(Duration::from_secs(5)).await.is_ok());
             let mut long = encoded(r#"{"t":0.002,"r":true,"s":"ref1"}"#, 0.002);
             long.reference = Some(("ref1".to_owned(), "a long text".to_owned()));
             let mut bar = encoded(r#"{"t":0.003,"s":"1","p":42.0}"#, 0.003);
@@ -2226,12 +2210,15 @@ mod tests {
             "127.0.0.1:1,ssl=true,connectTimeout=300,syncTimeout=300",
         ] {
             let store = store_or_panic(conn);
-            let started = Instant::now();
+            let started = std::time::Instant::now();
             let e = store.ping().await.expect_err("unreachable");
             assert!(started.elapsed() < Duration::from_secs(2), "{conn}: {e}");
             assert!(e.contains(store.label()), "{e}");
-            // Unknown, not refused: the run goes ahead.
-            assert!(store.check_tables().await.is_ok());
+            // Unknown, not refused (a store reached before lets the run go ahead).
+            assert!(matches!(
+                store.check_tables(Duration::from_millis(500)).await,
+                Err(CheckError::Unknown(_))
+            ));
         }
     }
 
@@ -2258,7 +2245,10 @@ mod tests {
                 Ok(s) => s,
                 Err(e) => panic!("{e}"),
             };
-            let e = store.check_tables().await.expect_err("refused");
+            let e = match store.check_tables(Duration::from_secs(5)).await {
+                Err(CheckError::Refused(e)) => e,
+                other => panic!("not refused: {other:?}"),
+            };
             assert!(e.contains(store.label()), "{e}");
             assert!(!e.contains(secret), "{e}");
             let e = store.ping().await.expect_err("refused");

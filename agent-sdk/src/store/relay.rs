@@ -286,8 +286,14 @@ impl RelayStore {
             .copied()
     }
 
-    pub(crate) async fn check_tables(&self) -> Result<(), String> {
-        self.call("check", &()).await
+    /// The relay's own check of the store behind it. Whatever the relay says is taken as
+    /// "cannot tell": it answers 503 for a refusal and an outage alike.
+    pub(crate) async fn check_tables(&self, within: Duration) -> Result<(), super::CheckError> {
+        match tokio::time::timeout(within, self.call("check", &())).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(super::CheckError::Unknown(e)),
+            Err(_) => Err(super::CheckError::no_answer(within)),
+        }
     }
 
     pub(crate) async fn write_console(

@@ -7,22 +7,49 @@ use std::time::Duration;
 use super::Store;
 use crate::future::BoxFuture;
 use crate::result::{DispatchResult, ResultSink};
+use crate::timefmt::fmt_duration;
 
-/// How long a result keeps being retried while the store is unreachable.
-const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
+/// The first pause between two attempts; it doubles after each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest pause between two attempts: a store that comes back takes the result within
+/// this much.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often a result that still waits for the store is said again in the log.
+const REMIND_EVERY: Duration = Duration::from_secs(600);
 
 /// Results into a store.
 pub(crate) struct StoreResults {
     pub(crate) store: Arc<Store>,
+    /// How long an unwritten result is retried (`JOBAGENT_RESULT_RETRY_MS`); `None`: as long
+    /// as the store keeps what the agent writes (its `ExpireAtDays`).
+    pub(crate) retry_for: Option<Duration>,
+}
+
+impl StoreResults {
+    /// How long a result is retried: the configured bound, else the store's `ExpireAtDays`
+    /// (past it, the run's records in the store have expired too).
+    fn bound(&self) -> Duration {
+        self.retry_for.unwrap_or(self.store.expire)
+    }
 }
 
 impl ResultSink for StoreResults {
-    fn write(&self, result: DispatchResult) -> BoxFuture<()> {
+    fn retry_bound(&self) -> Option<Duration> {
+        Some(self.bound())
+    }
+
+    /// Retries with backoff (capped at [`MAX_BACKOFF`]) until the store takes the result, for
+    /// at most [`StoreResults::bound`]. The center has no time-out for agent jobs: a result
+    /// that is not written leaves the job Processing, so it is never given up early. True
+    /// when the store took it.
+    fn write(&self, result: DispatchResult) -> BoxFuture<bool> {
         let store = self.store.clone();
+        let bound = self.bound();
         Box::pin(async move {
             let started = tokio::time::Instant::now();
-            let mut backoff = Duration::from_millis(50);
+            let mut backoff = FIRST_BACKOFF;
             let mut failures = 0u32;
+            let mut reminded = started;
             loop {
                 // Whatever the store's own bounds say (they may be off), no attempt waits for
                 // good: one past the bound is abandoned and retried.
@@ -36,22 +63,30 @@ impl ResultSink for StoreResults {
                 };
                 match crate::metrics::store_op("result", attempt).await {
                     Ok(()) => {
-                        tracing::debug!(target: "agent_sdk::result", job_id = %result.id, action = result.action, r = result.r, "result written");
-                        return;
+                        if failures > 0 {
+                            tracing::info!(target: "agent_sdk::result", store = %store.label, job_id = %result.id, failures, waited = %fmt_duration(started.elapsed()), "result written once the store took it again");
+                        } else {
+                            tracing::debug!(target: "agent_sdk::result", job_id = %result.id, action = result.action, r = result.r, "result written");
+                        }
+                        return true;
                     }
                     Err(e) => {
                         failures += 1;
                         if failures == 1 {
-                            tracing::warn!(target: "agent_sdk::result", store = %store.label, job_id = %result.id, error = %e, "writing a result failed; retrying with backoff");
+                            tracing::warn!(target: "agent_sdk::result", store = %store.label, job_id = %result.id, error = %e, retry_for = %fmt_duration(bound), "writing a result failed; retrying with backoff until the store takes it (the job stays Processing at the center until then)");
+                        } else if reminded.elapsed() >= REMIND_EVERY {
+                            reminded = tokio::time::Instant::now();
+                            tracing::warn!(target: "agent_sdk::result", store = %store.label, job_id = %result.id, error = %e, failures, waited = %fmt_duration(started.elapsed()), "a result still waits for the store; retrying");
                         }
                     }
                 }
-                if started.elapsed() > GIVE_UP_AFTER {
-                    tracing::error!(target: "agent_sdk::result", store = %store.label, job_id = %result.id, action = result.action, r = result.r, error = %result.e, "the store stayed unreachable; the result was not written (the center will time the job out)");
-                    return;
+                let left = bound.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    tracing::error!(target: "agent_sdk::result", store = %store.label, job_id = %result.id, action = result.action, r = result.r, error = %result.e, retried_for = %fmt_duration(bound), "the store did not take this result within the retry bound; it is not written, and the job stays Processing at the center. The run's in-flight record is kept: a next process of this instance reports the run as lost while the store still holds the record");
+                    return false;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.min(left)).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         })
     }

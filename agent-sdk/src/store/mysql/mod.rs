@@ -42,9 +42,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{
@@ -54,12 +54,8 @@ use mysql_async::{
 use self::connstr::{MyConnSpec, Origin, SslMode};
 pub(crate) use self::tables::Prefix;
 use self::tables::{Column, Tables, check_prefix};
+use super::CheckError;
 use crate::store::line::EncodedLine;
-
-/// How long a run's answer waits to learn whether the store has Hangfire's tables.
-const TABLE_CHECK_WITHIN: Duration = Duration::from_millis(500);
-/// After a check that could not tell, how long runs go ahead without checking again.
-const TABLE_CHECK_RETRY: Duration = Duration::from_secs(30);
 /// `max_allowed_packet` assumed until the server's is known (MySQL 5.7's default).
 const ASSUMED_PACKET: usize = 4 * 1024 * 1024;
 /// Rows per multi-row statement at most (placeholders stay far below 65535).
@@ -97,7 +93,6 @@ pub(crate) struct MysqlStore {
     connect: Option<Duration>,
     command: Option<Duration>,
     tables_seen: AtomicBool,
-    tables_unknown_at: Mutex<Option<Instant>>,
     /// Whether the `Value` column of Set / Hash cannot hold characters above U+FFFF (learned
     /// with the tables; assumed until then).
     narrow_set: AtomicBool,
@@ -246,7 +241,6 @@ impl MysqlStore {
             connect: spec.connect_timeout,
             command: spec.command_timeout,
             tables_seen: AtomicBool::new(false),
-            tables_unknown_at: Mutex::new(None),
             narrow_set: AtomicBool::new(true),
             narrow_hash: AtomicBool::new(true),
             packet: AtomicUsize::new(ASSUMED_PACKET),
@@ -318,31 +312,18 @@ impl MysqlStore {
     /// Refuses a store that lacks Hangfire's `<prefix>Hash` or `<prefix>Set` table (a run
     /// written there could never show at the center), or, given no prefix, holds them under
     /// none or several prefixes ([`tables::choose`]); learns the tables, the charset of their
-    /// `Value` columns and the server's `max_allowed_packet`. Success is cached. As with the
-    /// PostgreSQL store, only a database that answers "absent" refuses; one that does not
-    /// answer within 500 ms lets the run go (its writes retry, as in any outage), and is
-    /// asked again after 30 s at the earliest.
-    pub(crate) async fn check_tables(&self) -> Result<(), String> {
+    /// `Value` columns and the server's `max_allowed_packet`. Success is cached. What a store
+    /// that does not answer within `within` means is decided above (see
+    /// [`Store::check_tables`](crate::store::Store::check_tables)).
+    pub(crate) async fn check_tables(&self, within: Duration) -> Result<(), CheckError> {
         if self.tables_seen.load(Ordering::Acquire) {
             return Ok(());
         }
-        if crate::sync::lock(&self.tables_unknown_at)
-            .is_some_and(|at| at.elapsed() < TABLE_CHECK_RETRY)
-        {
-            return Ok(());
-        }
-        match tokio::time::timeout(TABLE_CHECK_WITHIN, self.learn()).await {
+        match tokio::time::timeout(within, self.learn()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(Learned::Missing(e))) => Err(e),
-            Ok(Err(Learned::Unknown(e))) => {
-                tracing::debug!(store = %self.label, error = %e, "could not check the store's tables");
-                *crate::sync::lock(&self.tables_unknown_at) = Some(Instant::now());
-                Ok(())
-            }
-            Err(_) => {
-                *crate::sync::lock(&self.tables_unknown_at) = Some(Instant::now());
-                Ok(())
-            }
+            Ok(Err(Learned::Missing(e))) => Err(CheckError::Refused(e)),
+            Ok(Err(Learned::Unknown(e))) => Err(CheckError::Unknown(e)),
+            Err(_) => Err(CheckError::no_answer(within)),
         }
     }
 

@@ -273,8 +273,12 @@ async fn run_all(store: MysqlStore, missing: MysqlStore) {
         e.contains("`NopeHash`") && e.contains("does not create"),
         "{e}"
     );
-    assert!(missing.check_tables().await.is_err());
-    store.check_tables().await.expect("tables present");
+    assert!(missing.check_tables(Duration::from_secs(5)).await.is_err());
+    store
+        .check_tables(Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("{e:?}"))
+        .expect("tables present");
     assert!(store.tables_seen.load(Ordering::Acquire));
     assert!(store.narrow_set.load(Ordering::Acquire), "utf8 is utf8mb3");
     assert!(store.narrow_hash.load(Ordering::Acquire));
@@ -551,7 +555,7 @@ async fn a_statement_past_its_command_timeout_fails_and_its_connection_is_not_re
             .bound(|c| c.query_first("SELECT CONNECTION_ID()"))
             .await
             .expect("id");
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let e = c
             .bound(|c| c.query_drop("SELECT SLEEP(5)"))
             .await
@@ -561,7 +565,7 @@ async fn a_statement_past_its_command_timeout_fails_and_its_connection_is_not_re
         assert!(c.is_poisoned());
         drop(c);
         // The one slot is free again, on another session that answers at once.
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let mut c = store.conn().await.expect("a new connection");
         let other: Option<u64> = c
             .bound(|c| c.query_first("SELECT CONNECTION_ID()"))
