@@ -28,7 +28,7 @@ use tests::center::ConsoleInfo;
 use tests::proxy::Proxy;
 use tests::relay::Relay;
 use tests::replica::Replica;
-use tests::stores::AnyStore;
+use tests::stores::{AnyStore, demo_numbers};
 
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 /// The run: this many console lines over [`RUN_MS`], so busy that its writer nearly always
@@ -284,16 +284,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
-
-/// The numbers `n` of the demo job's `line n` texts, in dashboard order.
-fn demo_numbers(lines: &[Value]) -> Vec<u64> {
-    lines
-        .iter()
-        .filter_map(|l| l["s"].as_str())
-        .filter_map(|s| s.split("line ").nth(1))
-        .filter_map(|rest| rest.trim_end_matches('.').parse().ok())
-        .collect()
 }
 
 /// The last lines of a log, for a failure message.

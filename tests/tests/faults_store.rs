@@ -10,12 +10,12 @@
 use std::time::{Duration, Instant};
 
 use agent_sdk::AgentOptions;
-use serde_json::{Value, json};
-use tests::center::{ConsoleInfo, Reply, Storage};
+use serde_json::json;
+use tests::center::{ConsoleInfo, Storage};
 use tests::pg::TestDb;
 use tests::proxy::Proxy;
 use tests::service::TestService;
-use tests::stores::AnyStore;
+use tests::stores::{AnyStore, demo_numbers};
 
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 const HANG: &str = "example_agent::jobs::TestHangJob";
@@ -24,23 +24,6 @@ const HANG: &str = "example_agent::jobs::TestHangJob";
 /// that each answer during an outage must keep.
 const CENTER_TIMEOUT: Duration = Duration::from_secs(5);
 const ANSWER_WITHIN: Duration = Duration::from_secs(4);
-
-/// Sends a request and says how long the answer took.
-async fn timed(request: tests::center::CenterRequest) -> (Reply, Duration) {
-    let asked = Instant::now();
-    let reply = request.send().await;
-    (reply, asked.elapsed())
-}
-
-/// The numbers `n` of the demo job's `line n` texts, in dashboard order.
-fn demo_numbers(lines: &[Value]) -> Vec<u64> {
-    lines
-        .iter()
-        .filter_map(|l| l["s"].as_str())
-        .filter_map(|s| s.split("line ").nth(1))
-        .filter_map(|rest| rest.trim_end_matches('.').parse().ok())
-        .collect()
-}
 
 /// Polls until `job_id` has a result field, then says how many it has.
 async fn result_count(db: &AnyStore, job_id: &str, within: Duration) -> usize {
@@ -117,26 +100,25 @@ async fn black_holed_mid_job(db: AnyStore) {
     let mut accepted = vec!["bh-long", "bh-hang"];
     let mut worst = Duration::ZERO;
 
-    let (reply, took) = timed(
-        center
-            .run(TRANSIENT, "bh-new")
-            .param(json!({"lines": 5, "sleep_ms": 0}))
-            .console(ConsoleInfo::for_job("bh-new")),
-    )
-    .await;
+    let (reply, took) = center
+        .run(TRANSIENT, "bh-new")
+        .param(json!({"lines": 5, "sleep_ms": 0}))
+        .console(ConsoleInfo::for_job("bh-new"))
+        .send_timed()
+        .await;
     println!("run during the black hole: {} in {took:?}", reply.status);
     assert!(took < ANSWER_WITHIN, "run answered after {took:?}");
     reply.assert_status(200);
     accepted.push("bh-new");
     worst = worst.max(took);
 
-    let (reply, took) = timed(center.detail(TRANSIENT)).await;
+    let (reply, took) = center.detail(TRANSIENT).send_timed().await;
     println!("detail during the black hole: {} in {took:?}", reply.status);
     assert!(took < ANSWER_WITHIN, "detail answered after {took:?}");
     reply.assert_status(200);
     worst = worst.max(took);
 
-    let (reply, took) = timed(center.heartbeat()).await;
+    let (reply, took) = center.heartbeat().send_timed().await;
     println!(
         "heartbeat during the black hole: {} in {took:?}",
         reply.status
@@ -145,12 +127,11 @@ async fn black_holed_mid_job(db: AnyStore) {
     reply.assert_status(200);
     worst = worst.max(took);
 
-    let (reply, took) = timed(
-        center
-            .stop(HANG, "bh-stop")
-            .console(ConsoleInfo::for_job("bh-stop")),
-    )
-    .await;
+    let (reply, took) = center
+        .stop(HANG, "bh-stop")
+        .console(ConsoleInfo::for_job("bh-stop"))
+        .send_timed()
+        .await;
     println!(
         "stop during the black hole: {} in {took:?}: {}",
         reply.status, reply.body
@@ -268,13 +249,12 @@ async fn a_center_sent_file_path_is_refused_without_saying_anything_about_the_fi
     .enumerate()
     {
         let storage = Storage::postgresql(format!("{base};{setting}={path}"));
-        let (reply, took) = timed(
-            center
-                .run(TRANSIENT, &format!("file-{n}"))
-                .param(json!({"lines": 1, "sleep_ms": 0}))
-                .storage(&storage),
-        )
-        .await;
+        let (reply, took) = center
+            .run(TRANSIENT, &format!("file-{n}"))
+            .param(json!({"lines": 1, "sleep_ms": 0}))
+            .storage(&storage)
+            .send_timed()
+            .await;
         reply.assert_err(500);
         assert!(took < ANSWER_WITHIN, "{took:?}");
         assert!(reply.body.contains(setting), "{}", reply.body);
