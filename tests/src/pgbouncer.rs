@@ -32,6 +32,18 @@ pub enum PoolMode {
 }
 
 impl PoolMode {
+    /// Server sessions per database and user. In session mode every client connection holds
+    /// one for as long as it is open, so the agent's pooled connections (console writers,
+    /// results, heartbeats, the table check) need PgBouncer's own default of 20; in
+    /// transaction mode 4 makes consecutive transactions of one client land on different
+    /// sessions, which is what the tests want to see.
+    fn pool_size(self) -> u32 {
+        match self {
+            PoolMode::Session => 20,
+            PoolMode::Transaction => 4,
+        }
+    }
+
     fn as_config(self) -> &'static str {
         match self {
             PoolMode::Session => "session",
@@ -232,10 +244,11 @@ fn config(
          pool_mode = {mode}\n\
          ignore_startup_parameters = extra_float_digits\n\
          max_client_conn = 200\n\
-         default_pool_size = 4\n\
+         default_pool_size = {pool}\n\
          server_login_retry = 1\n",
         auth = dir.join("userlist.txt").display(),
         mode = mode.as_config(),
+        pool = mode.pool_size(),
     )
 }
 
