@@ -223,6 +223,26 @@ pub(crate) struct Opening<'a> {
     pub(crate) relay_token: Option<&'a str>,
 }
 
+/// Where a store's connection string came from, which decides what a key the agent has no
+/// use for does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The agent's own configuration (`JOBAGENT_STORE`): an unknown key is the operator's
+    /// typo, refused at start-up.
+    Own,
+    /// Sent by a center (`x-job-storage`): the center's own driver accepted it, so a key the
+    /// agent has no use for, even one it does not know, is ignored with one warning naming
+    /// it; a key naming a file on the agent's machine stays refused.
+    Center,
+}
+
+impl Origin {
+    /// [`Origin::Center`] for a string a center sent.
+    pub(crate) fn of(from_center: bool) -> Self {
+        if from_center { Self::Center } else { Self::Own }
+    }
+}
+
 impl Store {
     /// Opens a store (no I/O but, for a local store, the files it names).
     pub(crate) fn open(o: &Opening<'_>) -> Result<Self, String> {
@@ -249,12 +269,7 @@ impl Store {
                 (my.label().to_owned(), named.to_owned(), Backend::Mysql(my))
             }
             StoreType::Redis => {
-                let origin = if o.from_center {
-                    redis::Origin::Center
-                } else {
-                    redis::Origin::Own
-                };
-                let r = RedisStore::open(o.connection, named, o.db, origin)?;
+                let r = RedisStore::open(o.connection, named, o.db, Origin::of(o.from_center))?;
                 (r.label().to_owned(), named.to_owned(), Backend::Redis(r))
             }
             #[cfg(feature = "relay")]

@@ -226,18 +226,7 @@ impl RedisSpec {
     }
 }
 
-/// Where a configuration string came from, which decides what an option the agent has no
-/// use for does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Origin {
-    /// Sent by a center (`x-job-storage`): the center's own StackExchange.Redis accepted it,
-    /// so an option the agent has no use for, even one it does not know, is ignored with a
-    /// warning rather than refused (refusing it would only break the center's runs).
-    Center,
-    /// The agent's own configuration (`JOBAGENT_STORE`): an unknown option is the operator's
-    /// typo, refused at start-up.
-    Own,
-}
+pub(crate) use super::Origin;
 
 /// What the agent does with an option of a configuration string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -49,16 +49,7 @@ pub(crate) const MAX_POOL_LIMIT: usize = 64;
 /// the OS, which waits 2 h): a peer that vanished is noticed within a minute or so.
 pub(crate) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
 
-/// Where a connection string came from: it decides what a key the agent has no use for does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Origin {
-    /// The agent's own configuration: such a key is an error.
-    Local,
-    /// A center's `HangfireDb`, which the center's driver accepted: such a key is ignored and
-    /// named in [`MyConnSpec::unused`]; a key naming a file is listed in
-    /// [`MyConnSpec::file_settings`] (the store refuses it).
-    Center,
-}
+pub(crate) use crate::store::Origin;
 
 /// How TLS is used, as MySqlConnector's `SslMode` (default `Preferred`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -723,7 +714,7 @@ impl Settings {
     /// from a center, an error (`refusal`) in the agent's own string.
     fn unused(&mut self, shown: String, refusal: impl FnOnce() -> String) -> Result<(), String> {
         match self.origin {
-            Origin::Local => Err(refusal()),
+            Origin::Own => Err(refusal()),
             Origin::Center => {
                 if !self.unused.contains(&shown) {
                     self.unused.push(shown);
@@ -738,7 +729,7 @@ impl Settings {
     fn take(&mut self, name: &'static str, key: Key, value: String) -> Result<(), String> {
         match key {
             Key::Foreign(_, Use::File) if !value.is_empty() => {
-                if self.origin == Origin::Local {
+                if self.origin == Origin::Own {
                     return Err(foreign(name));
                 }
                 self.put(name, key, value);
@@ -766,10 +757,10 @@ impl Settings {
 }
 
 /// Reads the agent's own MySqlConnector connection string or `mysql://` URL (strict: see
-/// [`Origin::Local`]).
+/// [`Origin::Own`]).
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn parse(s: &str) -> Result<MyConnSpec, String> {
-    parse_from(s, Origin::Local)
+    parse_from(s, Origin::Own)
 }
 
 /// Reads a MySqlConnector / MySql.Data connection string or a `mysql://` URL that came from
@@ -1118,7 +1109,7 @@ fn build(settings: Settings) -> Result<MyConnSpec, String> {
         if let Key::Ignored(_, kind) = key {
             // A center's driver accepted the value: only the agent's own is checked.
             let kind = match settings.origin {
-                Origin::Local => *kind,
+                Origin::Own => *kind,
                 Origin::Center => Kind::Any,
             };
             match kind {

@@ -187,12 +187,7 @@ impl MysqlStore {
         table_prefix: Option<&str>,
         from_center: bool,
     ) -> Result<Self, String> {
-        let origin = if from_center {
-            Origin::Center
-        } else {
-            Origin::Local
-        };
-        let spec = connstr::parse_from(connection, origin)?;
+        let spec = connstr::parse_from(connection, Origin::of(from_center))?;
         Self::from_spec(&spec, Prefix::of(table_prefix), from_center)
     }
 
