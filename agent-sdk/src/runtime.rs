@@ -369,10 +369,7 @@ impl Runtime {
     pub(crate) fn class(&self, name: &str) -> Result<&'static JobRegistration, DispatchError> {
         self.registry
             .find(name)
-            .ok_or_else(|| DispatchError::UnknownClass {
-                class: name.chars().take(200).collect(),
-                known: self.registry.class_list(),
-            })
+            .ok_or_else(|| self.registry.unknown_class(name))
     }
 
     fn state(&self, reg: &'static JobRegistration) -> &ClassState {
