@@ -4,6 +4,7 @@
 // 40-byte class name cost ~300 instructions of it. The table is built once from the
 // registered jobs, so flooding it with colliding keys is not possible.
 use foldhash::{HashMap, HashMapExt as _};
+use std::any::TypeId;
 use std::sync::Arc;
 
 use crate::error::{ConfigError, DispatchError};
@@ -21,6 +22,8 @@ pub struct JobRegistration {
     kind: JobKind,
     factory: Factory,
     needs: fn() -> Vec<Need>,
+    /// The job type's `TypeId` (`None` for a registration not made by `#[job_agent]`).
+    type_id: Option<fn() -> TypeId>,
     register: Option<AutoRegister>,
     on_busy: BusyPolicy,
     /// `stall_after` in milliseconds (0: no watchdog), and whether a stall cancels.
@@ -101,11 +104,25 @@ impl JobRegistration {
             kind,
             factory,
             needs,
+            type_id: None,
             register: None,
             on_busy: BusyPolicy::Reject,
             stall_ms: 0,
             stall_cancels: false,
         }
+    }
+
+    /// Names the job type (its `TypeId`), so that the registration of a type can be found
+    /// ([`testing`](crate::testing)).
+    #[doc(hidden)]
+    pub const fn with_type(mut self, type_id: fn() -> TypeId) -> Self {
+        self.type_id = Some(type_id);
+        self
+    }
+
+    /// Whether this is the registration of job type `T`.
+    pub(crate) fn is_type<T: 'static>(&self) -> bool {
+        self.type_id.is_some_and(|id| id() == TypeId::of::<T>())
     }
 
     /// Sets the stall watchdog: `ms` without a console line or progress change, and whether
@@ -287,7 +304,9 @@ impl Registry {
         let krate = segments.next()?;
         let rest: Vec<&str> = segments.collect();
         let is_ident = |s: &str| {
-            s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            s.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && s != "_"
         };
@@ -409,7 +428,15 @@ mod tests {
         let err = unknown(&[&A, &B], "billing_jobs::invoices::SendInvoice");
         assert!(err.contains("`billing_jobs::link()`"), "{err}");
         // A crate that is linked (a class of it is registered): a misspelt class, no hint.
-        for linked in ["m::C", "Msg.Job.B,Msg", "Msg.Job.B", "billing_jobs", "a b::C", "::C", "1x::C"] {
+        for linked in [
+            "m::C",
+            "Msg.Job.B,Msg",
+            "Msg.Job.B",
+            "billing_jobs",
+            "a b::C",
+            "::C",
+            "1x::C",
+        ] {
             let err = unknown(&[&A, &B], linked);
             assert!(!err.contains("link()"), "{linked}: {err}");
         }

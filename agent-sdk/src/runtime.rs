@@ -1217,6 +1217,12 @@ impl Runtime {
             .map(|s| lock(&s.slot).runs.len())
             .sum()
     }
+
+    /// The context of the class's latest run, for [`testing`](crate::testing).
+    pub(crate) fn latest_context(&self, reg: &'static JobRegistration) -> Option<JobContext> {
+        let slot = lock(&self.state(reg).slot);
+        slot.last.as_ref().map(|last| last.cx.clone())
+    }
 }
 
 /// A singleton's reservation while its cluster-wide claim is being decided. Dropped armed
