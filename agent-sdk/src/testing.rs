@@ -164,9 +164,10 @@ impl TestRun {
         self
     }
 
-    /// The job item's `AgentTimeout`: the run is cancelled when it passes and reported as
-    /// a timeout (a run that ignores the cancellation for 5 s more is abandoned). Without
-    /// one the run has no limit, but [`RunningJob::finish`] waits for it at most 60 s.
+    /// The job item's `AgentTimeout` (in whole milliseconds): the run is cancelled when it
+    /// passes and reported as a timeout (a run that ignores the cancellation for 5 s more is
+    /// abandoned). Without one, or with zero (as the center's `0`), the run has no limit, but
+    /// [`RunningJob::finish`] waits for it at most 60 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -190,16 +191,17 @@ impl TestRun {
         let mut item = serde_json::Map::new();
         item.insert("AgentClass".into(), reg.class().into());
         item.insert("Data".into(), param.clone().into());
-        if let Some(timeout) = self.timeout {
-            let ms = i64::try_from(timeout.as_millis())
-                .unwrap_or(i64::MAX)
-                .max(1);
+        let timeout = self.timeout.filter(|t| !t.is_zero());
+        if let Some(timeout) = timeout {
+            // Whole milliseconds, as the center sends them; a part of one counts as one.
+            let ms = timeout.as_nanos().div_ceil(1_000_000);
+            let ms = i64::try_from(ms).unwrap_or(i64::MAX);
             item.insert("AgentTimeout".into(), ms.into());
         }
         let item = LazyItem::from_json(serde_json::Value::Object(item).to_string())
             .unwrap_or_else(|e| panic!("the job item: {e}"));
         let grace = self.options.timeout_grace;
-        let wait = match self.timeout {
+        let wait = match timeout {
             Some(timeout) => timeout.saturating_add(grace * 2 + Duration::from_secs(1)),
             None => WAIT_WITHOUT_TIMEOUT,
         };
@@ -326,10 +328,14 @@ impl RunningJob {
         mut matches: impl FnMut(&ConsoleLine) -> bool,
     ) -> Option<ConsoleLine> {
         let mut found = None;
+        // Lines looked at already: each is looked at once.
+        let mut seen = 0;
         let mut rx = self.memory.state.subscribe();
         let wait = rx.wait_for(|rec| {
             let lines = rec.consoles.get(&self.job_id).map(Vec::as_slice);
-            found = read_lines(lines.unwrap_or_default(), &self.prefix)
+            let new = lines.unwrap_or_default().get(seen..).unwrap_or_default();
+            seen += new.len();
+            found = read_lines(new, &self.prefix)
                 .into_iter()
                 .filter(|line| line.color != Some(ConsoleColor::LIFECYCLE))
                 .find(|line| matches(line));
@@ -403,7 +409,6 @@ pub struct Progress {
 
 /// How a run ended, as the dashboard shows it: its console and its result.
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct Outcome {
     job_id: String,
     lines: Vec<ConsoleLine>,
@@ -717,6 +722,26 @@ mod tests {
         none,
     );
 
+    /// Writes `tick 1` to `tick 3`, a second apart.
+    #[derive(Default)]
+    struct Ticker;
+    impl JobAgent for Ticker {
+        async fn on_start(&self, cx: JobContext) -> Result<(), JobError> {
+            for n in 1..=3 {
+                cx.sleep(Duration::from_secs(1)).await?;
+                cx.console().info(format!("tick {n}"));
+            }
+            Ok(())
+        }
+    }
+    static TICKER: JobRegistration = JobRegistration::new(
+        "tests::Ticker",
+        "tests::Ticker",
+        JobKind::Transient,
+        build::<Ticker>,
+        none,
+    );
+
     fn texts_and_colors(out: &Outcome) -> Vec<(&str, Option<ConsoleColor>)> {
         out.console_lines()
             .into_iter()
@@ -899,6 +924,19 @@ mod tests {
             .await;
         assert_eq!(run.wait_for_line(|l| l.text == "never").await, None);
         assert_eq!(run.finish().await.texts()[0], "Hey, Bo!");
+    }
+
+    /// Paused clock: the lines come when the job writes them, not before.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_line_returns_when_the_job_writes_it() {
+        let begin = tokio::time::Instant::now();
+        let run = TestRun::of(&TICKER).start().await;
+        let second = run.wait_for_line(|l| l.text.ends_with('2')).await;
+        assert_eq!(second.map(|l| l.text), Some("tick 2".to_owned()));
+        assert_eq!(begin.elapsed(), Duration::from_secs(2));
+        let out = run.finish().await;
+        assert_eq!(begin.elapsed(), Duration::from_secs(3));
+        assert_eq!(out.texts(), ["tick 1", "tick 2", "tick 3"]);
     }
 
     /// Paused clock: the minute the run is waited for takes no time.
