@@ -153,7 +153,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                     #krate::__private::JobKind::#kind,
                     __agent_sdk_build,
                     __agent_sdk_needs,
-                ) #register #on_busy #stall
+                ).with_type(::core::any::TypeId::of::<#ident>) #register #on_busy #stall
             }
         };
     })

@@ -51,7 +51,10 @@ impl AgentInner {
         if let Some(store) = &store {
             self.coordinate(store);
         }
-        Ok(Outlet { store })
+        Ok(Outlet {
+            store,
+            ..Outlet::default()
+        })
     }
 
     /// Starts the store's coordinator once: reconciliation of runs a predecessor left, and

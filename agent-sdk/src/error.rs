@@ -176,12 +176,14 @@ pub(crate) enum DispatchError {
     #[error("unknown action `{0}`: expected run, stop, detail or heartbeat")]
     UnknownAction(String),
     /// No job is registered under the class.
-    #[error("unknown job class `{class}`: registered classes are {known}")]
+    #[error("unknown job class `{class}`: registered classes are {known}{hint}")]
     UnknownClass {
         /// The class sent.
         class: String,
         /// The classes this agent knows.
         known: String,
+        /// Empty, or (from `; `) how to link the crate the class seems to belong to.
+        hint: String,
     },
     /// A singleton run arrived while the job runs or stops.
     #[error("job {class} is {status}, a new run is refused,JobId:{job_id}")]

@@ -53,6 +53,7 @@ mod state;
 mod store;
 mod switch;
 mod sync;
+pub mod testing;
 mod timefmt;
 mod trace;
 

@@ -10,16 +10,22 @@ use crate::result::Results;
 use crate::store::{Store, StoreConsole, StoreResults};
 use crate::timefmt::parse_utc;
 
-/// Where one dispatch's console lines and result go: a store, or the agent's log.
+/// Where one dispatch's console lines and result go: a store, or the agent's log (or, for a
+/// run of [`testing`](crate::testing), memory).
 #[derive(Clone, Default)]
 pub(crate) struct Outlet {
     pub(crate) store: Option<Arc<Store>>,
+    /// Set only by [`testing`](crate::testing): lines and results are kept in memory.
+    pub(crate) memory: Option<Arc<crate::testing::Memory>>,
 }
 
 impl Outlet {
     /// Where the run's result goes; a store retries an unwritten one for `retry_for`
     /// (`None`: the store's `ExpireAtDays`).
     pub(crate) fn results(&self, retry_for: Option<Duration>) -> Results {
+        if let Some(memory) = &self.memory {
+            return Results::Sink(memory.clone());
+        }
         match &self.store {
             Some(store) => Results::Sink(Arc::new(StoreResults {
                 store: store.clone(),
@@ -38,6 +44,9 @@ impl Outlet {
         budget: ConsoleBudget,
         prefix: &str,
     ) -> Sink {
+        if let Some(memory) = &self.memory {
+            return Sink::Shared(memory.console(job_id));
+        }
         match (&self.store, target) {
             (Some(store), Some(target)) => {
                 let start = parse_utc(target.start_time()).unwrap_or_else(SystemTime::now);

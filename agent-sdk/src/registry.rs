@@ -4,9 +4,10 @@
 // 40-byte class name cost ~300 instructions of it. The table is built once from the
 // registered jobs, so flooding it with colliding keys is not possible.
 use foldhash::{HashMap, HashMapExt as _};
+use std::any::TypeId;
 use std::sync::Arc;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, DispatchError};
 use crate::job::{DynJob, JobKind};
 use crate::state::{MissingState, Need, States};
 
@@ -21,6 +22,8 @@ pub struct JobRegistration {
     kind: JobKind,
     factory: Factory,
     needs: fn() -> Vec<Need>,
+    /// The job type's `TypeId` (`None` for a registration not made by `#[job_agent]`).
+    type_id: Option<fn() -> TypeId>,
     register: Option<AutoRegister>,
     on_busy: BusyPolicy,
     /// `stall_after` in milliseconds (0: no watchdog), and whether a stall cancels.
@@ -101,11 +104,25 @@ impl JobRegistration {
             kind,
             factory,
             needs,
+            type_id: None,
             register: None,
             on_busy: BusyPolicy::Reject,
             stall_ms: 0,
             stall_cancels: false,
         }
+    }
+
+    /// Names the job type (its `TypeId`), so that the registration of a type can be found
+    /// ([`testing`](crate::testing)).
+    #[doc(hidden)]
+    pub const fn with_type(mut self, type_id: fn() -> TypeId) -> Self {
+        self.type_id = Some(type_id);
+        self
+    }
+
+    /// Whether this is the registration of job type `T`.
+    pub(crate) fn is_type<T: 'static>(&self) -> bool {
+        self.type_id.is_some_and(|id| id() == TypeId::of::<T>())
     }
 
     /// Sets the stall watchdog: `ms` without a console line or progress change, and whether
@@ -268,6 +285,52 @@ impl Registry {
         self.ordered.iter().copied()
     }
 
+    /// The error of a dispatch of `class`, which no job is registered under: the classes
+    /// known, and when `class` looks like the Rust path of a crate this binary does not link,
+    /// how to link it.
+    pub(crate) fn unknown_class(&self, class: &str) -> DispatchError {
+        DispatchError::UnknownClass {
+            class: class.chars().take(200).collect(),
+            known: self.class_list(),
+            hint: self.link_hint(class.trim()).unwrap_or_default(),
+        }
+    }
+
+    /// A hint for a class that looks like a Rust path (`billing_jobs::SendInvoice`) whose
+    /// crate no registered job belongs to: its registrations were not linked (see
+    /// `docs/jobs.md`, "Jobs in a library crate"). `None` for anything else.
+    fn link_hint(&self, class: &str) -> Option<String> {
+        let mut segments = class.split("::");
+        let krate = segments.next()?;
+        let rest: Vec<&str> = segments.collect();
+        let is_ident = |s: &str| {
+            s.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && s != "_"
+        };
+        if rest.is_empty()
+            || !is_ident(krate)
+            || !rest.iter().all(|s| is_ident(s))
+            || matches!(krate, "crate" | "self" | "super")
+        {
+            return None;
+        }
+        let prefix = format!("{krate}::");
+        let linked = self
+            .ordered
+            .iter()
+            .any(|r| r.class.starts_with(&prefix) || r.type_path.starts_with(&prefix));
+        if linked {
+            return None;
+        }
+        let krate: String = krate.chars().take(64).collect();
+        Some(format!(
+            "; no registered class starts with `{krate}::`: if `{krate}` is a crate of jobs, this binary does not link it (a crate's #[job_agent] types are linked only when the binary uses something of that crate): call `{krate}::link()` from main, with a `pub fn link() {{}}` in `{krate}`"
+        ))
+    }
+
     /// The class names, for error messages.
     pub(crate) fn class_list(&self) -> String {
         if self.ordered.is_empty() {
@@ -331,6 +394,52 @@ mod tests {
         assert_eq!(reg.find("Msg.Job.A").map(|r| r.type_path()), Some("m::A"));
         assert!(reg.find("m::C").is_none());
         assert!(reg.find("").is_none());
+    }
+
+    /// The error a dispatch of `class` gets from a runtime with registrations `regs`.
+    fn unknown(regs: &[&'static JobRegistration], class: &str) -> String {
+        let registry = Registry::from_registrations(regs.iter().copied()).expect("no duplicates");
+        let member = crate::cluster::Member {
+            instance: "test".to_owned(),
+            server_id: "test".to_owned(),
+        };
+        let rt = crate::runtime::Runtime::new(registry, crate::AgentOptions::new(), member);
+        match rt.class(class) {
+            Ok(reg) => panic!("{class} found as {}", reg.type_path()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Issue 28: a class that is the Rust path of a crate the binary does not link (no
+    /// registered class starts with its crate) says how to link it, even while other jobs
+    /// are registered (the no-jobs warning at start-up is silent then).
+    #[test]
+    fn an_unknown_class_of_an_unlinked_crate_says_how_to_link_it() {
+        let err = unknown(&[&A, &B], "billing_jobs::SendInvoice");
+        assert!(
+            err.starts_with("unknown job class `billing_jobs::SendInvoice`: registered classes are Msg.Job.A,Msg, m::B"),
+            "{err}"
+        );
+        assert!(
+            err.contains("no registered class starts with `billing_jobs::`")
+                && err.contains("call `billing_jobs::link()` from main"),
+            "{err}"
+        );
+        let err = unknown(&[&A, &B], "billing_jobs::invoices::SendInvoice");
+        assert!(err.contains("`billing_jobs::link()`"), "{err}");
+        // A crate that is linked (a class of it is registered): a misspelt class, no hint.
+        for linked in [
+            "m::C",
+            "Msg.Job.B,Msg",
+            "Msg.Job.B",
+            "billing_jobs",
+            "a b::C",
+            "::C",
+            "1x::C",
+        ] {
+            let err = unknown(&[&A, &B], linked);
+            assert!(!err.contains("link()"), "{linked}: {err}");
+        }
     }
 
     #[test]

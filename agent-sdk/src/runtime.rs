@@ -369,10 +369,7 @@ impl Runtime {
     pub(crate) fn class(&self, name: &str) -> Result<&'static JobRegistration, DispatchError> {
         self.registry
             .find(name)
-            .ok_or_else(|| DispatchError::UnknownClass {
-                class: name.chars().take(200).collect(),
-                known: self.registry.class_list(),
-            })
+            .ok_or_else(|| self.registry.unknown_class(name))
     }
 
     fn state(&self, reg: &'static JobRegistration) -> &ClassState {
@@ -1219,6 +1216,12 @@ impl Runtime {
             .values()
             .map(|s| lock(&s.slot).runs.len())
             .sum()
+    }
+
+    /// The context of the class's latest run, for [`testing`](crate::testing).
+    pub(crate) fn latest_context(&self, reg: &'static JobRegistration) -> Option<JobContext> {
+        let slot = lock(&self.state(reg).slot);
+        slot.last.as_ref().map(|last| last.cx.clone())
     }
 }
 

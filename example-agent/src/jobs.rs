@@ -210,3 +210,194 @@ impl JobAgent for TestQueuedJob {
         run_demo(&cx).await
     }
 }
+
+/// The jobs tested in-process with `agent_sdk::testing`: no center, no store, no database.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use agent_sdk::ConsoleColor;
+    use agent_sdk::testing::TestRun;
+    use serde_json::json;
+
+    use super::*;
+    use crate::outbox::{NewMessage, Outbox};
+
+    fn queue(outbox: &Outbox, to: &str, delay_secs: u64) -> u64 {
+        let new = NewMessage {
+            to: to.to_owned(),
+            text: "hello".to_owned(),
+            delay_secs,
+        };
+        outbox.queue(new).id
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn send_due_messages_sends_what_is_due_and_leaves_the_rest() {
+        let outbox = Arc::new(Outbox::default());
+        let first = queue(&outbox, "+31 6 1111 1111", 0);
+        let second = queue(&outbox, "ada@example.org", 0);
+        let later = queue(&outbox, "+31 6 2222 2222", 3600);
+        let out = TestRun::new::<SendDueMessagesJob>()
+            .state(outbox.clone())
+            .run()
+            .await;
+        assert_eq!(out.result(), Ok(()));
+        assert_eq!(
+            out.texts(),
+            [
+                "2 message(s) due".to_owned(),
+                format!("sent message {first} to +31 6 1111 1111"),
+                format!("sent message {second} to ada@example.org"),
+            ]
+        );
+        let sent: Vec<(u64, bool)> = outbox
+            .list()
+            .iter()
+            .map(|m| (m.id, m.sent_at.is_some()))
+            .collect();
+        assert_eq!(sent, [(first, true), (second, true), (later, false)]);
+
+        // A second run finds nothing due.
+        let out = TestRun::new::<SendDueMessagesJob>()
+            .state(outbox)
+            .run()
+            .await;
+        assert_eq!(out.texts(), ["0 message(s) due"]);
+    }
+
+    /// The agent refuses to start without the outbox its constructor takes; so does a test run.
+    #[tokio::test(flavor = "multi_thread")]
+    #[should_panic(
+        expected = "takes state of type `alloc::sync::Arc<example_agent::outbox::Outbox>`"
+    )]
+    async fn send_due_messages_needs_the_outbox() {
+        let _ = TestRun::new::<SendDueMessagesJob>().run().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cleanup_removes_messages_sent_more_than_hour_hours_ago() {
+        let outbox = Arc::new(Outbox::default());
+        let old = queue(&outbox, "old", 0);
+        let recent = queue(&outbox, "recent", 0);
+        let unsent = queue(&outbox, "unsent", 0);
+        outbox.mark_sent(old, now_secs() - 5 * 3600);
+        outbox.mark_sent(recent, now_secs() - 3600);
+        // A number sent as a string, as centers often do.
+        let out = TestRun::new::<CleanupSentJob>()
+            .param(json!({ "Hour": "2" }))
+            .state(outbox.clone())
+            .run()
+            .await;
+        assert_eq!(out.result(), Ok(()));
+        assert_eq!(out.texts(), ["removed 1 message(s) sent more than 2 h ago"]);
+        let left: Vec<u64> = outbox.list().iter().map(|m| m.id).collect();
+        assert_eq!(left, [recent, unsent]);
+    }
+
+    /// It reads the outbox during its run: without one, the run fails saying what to add.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cleanup_without_the_outbox_fails_the_run_saying_what_to_add() {
+        let out = TestRun::new::<CleanupSentJob>().run().await;
+        let err = out.result().expect_err("no outbox");
+        assert!(
+            err.contains("add it with `AgentOptions::state(value)`"),
+            "{err}"
+        );
+        let last = out.console_lines().pop().expect("a line");
+        assert_eq!(last.color, Some(ConsoleColor::ERROR));
+        assert_eq!(last.text, format!("job failed: {err}"));
+
+        let out = TestRun::new::<CleanupSentJob>()
+            .param(json!({ "Hour": "soon" }))
+            .state(Arc::new(Outbox::default()))
+            .run()
+            .await;
+        let err = out.result().expect_err("not a number");
+        assert!(err.starts_with("parameter `Hour`: invalid type"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_demo_job_writes_its_lines_and_progress_or_fails_on_request() {
+        let out = TestRun::new::<TestJob>()
+            .param(json!({ "lines": 3, "line_len": 8, "progress": true }))
+            .run()
+            .await;
+        assert_eq!(out.result(), Ok(()));
+        assert_eq!(out.texts(), ["line 1..", "line 2..", "line 3.."]);
+        let [bar] = out.progress() else {
+            panic!("one bar: {:?}", out.progress())
+        };
+        assert_eq!((bar.name.as_deref(), bar.value), (Some("progress"), 100.0));
+
+        let out = TestRun::new::<TestJob>()
+            .param(json!({ "lines": 1, "fail": true }))
+            .run()
+            .await;
+        assert_eq!(out.result(), Err("failed on request (fail=true)"));
+
+        let out = TestRun::new::<TestTransientJob>()
+            .param(json!({ "panic": true }))
+            .run()
+            .await;
+        assert_eq!(
+            out.result(),
+            Err("the job panicked: panic requested by the parameter")
+        );
+    }
+
+    /// Paused clock: the minute the job would sleep takes no time.
+    #[tokio::test(start_paused = true)]
+    async fn a_demo_run_longer_than_its_agent_timeout_is_reported_as_a_timeout() {
+        let out = TestRun::new::<TestTransientJob>()
+            .param(json!({ "lines": 2, "sleep_ms": 60_000 }))
+            .timeout(Duration::from_secs(45))
+            .run()
+            .await;
+        assert_eq!(
+            out.result(),
+            Err("timeout: the job ran longer than its AgentTimeout of 45000 ms")
+        );
+        // The first line was due at 30 s, the second at 60 s.
+        assert_eq!(
+            out.texts(),
+            [
+                "line 1",
+                "job failed: timeout: the job ran longer than its AgentTimeout of 45000 ms"
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_hang_job_runs_until_stopped_and_is_reported_stopped() {
+        let run = TestRun::new::<TestHangJob>().start().await;
+        let started = run
+            .wait_for_line(|l| l.text == "consumer started; running until stopped")
+            .await;
+        assert!(started.is_some());
+        let answer = run.stop().await.expect("a running job is stopped");
+        assert_eq!(
+            answer,
+            "JobClass:example_agent::jobs::TestHangJob stop success!"
+        );
+        let out = run.finish().await;
+        assert_eq!(out.result(), Ok(()));
+        let [stop] = out.stops() else {
+            panic!("one stop: {:?}", out.stops())
+        };
+        assert_eq!(stop.result(), Ok(()));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stop_ends_a_long_demo_run_which_is_reported_stopped() {
+        let run = TestRun::new::<TestJob>()
+            .param(json!({ "lines": 2, "sleep_ms": 600_000 }))
+            .start()
+            .await;
+        run.stop().await.expect("stopped");
+        let out = run.finish().await;
+        assert_eq!(out.result(), Ok(()));
+        assert!(out.texts().is_empty(), "{:?}", out.texts());
+    }
+}

@@ -52,3 +52,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     Ok(())
 }
+
+/// The job tested in-process, as the docs show (`agent_sdk::testing`): no center, no
+/// database.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_sdk::testing::TestRun;
+
+    fn greeting(word: &str) -> Greeting {
+        Greeting {
+            word: word.to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn greets_by_name_with_the_configured_word() {
+        let out = TestRun::new::<GreetJob>()
+            .param(serde_json::json!({ "Name": "Ada" }))
+            .state(greeting("Bonjour"))
+            .run()
+            .await;
+        assert_eq!(out.result(), Ok(()));
+        assert_eq!(out.texts(), ["Bonjour, Ada!"]);
+    }
+
+    #[tokio::test]
+    async fn greets_the_world_without_a_name() {
+        let out = TestRun::new::<GreetJob>().state(greeting("Hello")).run().await;
+        assert_eq!(out.texts(), ["Hello, world!"]);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_is_not_text_fails_the_run() {
+        let out = TestRun::new::<GreetJob>()
+            .param(serde_json::json!({ "Name": ["Ada"] }))
+            .state(greeting("Hello"))
+            .run()
+            .await;
+        let err = out.result().expect_err("a list is not a name");
+        assert!(err.starts_with("parameter `Name`: invalid type: sequence"), "{err}");
+    }
+}

@@ -1,7 +1,8 @@
 //! The first hour of a Rust user (issue 13), end to end: a crate outside the workspace,
 //! depending on `agent-sdk` by path and written from the docs alone (`tests/outside-crate/`),
 //! builds, logs its start-up line, and runs a job that uses injected state, driven by the
-//! installed `jobagent-dev` configured by the same variables as the service.
+//! installed `jobagent-dev` configured by the same variables as the service. Its second week
+//! (issue 28): the same crate unit-tests its job with `agent_sdk::testing`, with no database.
 //!
 //! The crate builds into this test's target directory (so unchanged dependencies are not
 //! built twice) and the CLI is installed with `cargo install --debug --path jobagent-dev`, as
@@ -39,8 +40,13 @@ async fn run_ok(what: &str, cmd: &mut Command, limit: Duration) -> String {
 }
 
 /// Copies the crate to `<target>/outside-crate/greeter` with the path of `agent-sdk` filled
-/// in and the workspace's lock file (the versions the workspace is tested with).
+/// in and the workspace's lock file (the versions the workspace is tested with). The tests of
+/// this file write it one at a time.
 fn write_crate(root: &Path) -> PathBuf {
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = WRITING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let workspace = cargo::workspace();
     let dir = root.join("greeter");
     std::fs::create_dir_all(dir.join("src")).unwrap_or_else(|e| panic!("mkdir: {e}"));
@@ -166,4 +172,38 @@ async fn a_crate_written_from_the_docs_runs_a_job_with_state_driven_by_the_insta
     assert!(output.contains("Bonjour, Ada!"), "{output}");
     assert!(output.contains("result R=ok"), "{output}");
     let _ = service.kill().await;
+}
+
+/// Issue 28: a user unit-tests a job in-process, in a plain `#[tokio::test]`, with
+/// `agent_sdk::testing`: no center, no store, and here no database reachable at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crate_outside_the_workspace_unit_tests_its_job_without_a_database() {
+    let target = cargo::target();
+    let dir = write_crate(&target.dir.join("outside-crate"));
+    let mut test = Command::new(cargo::cargo());
+    test.current_dir(&dir)
+        .arg("test")
+        .arg("--target-dir")
+        .arg(&target.dir);
+    // Nothing points at a database: the test runs need none.
+    for var in [
+        "JOBAGENT_STORE",
+        "JOBAGENT_TEST_DATABASE_URL",
+        "JOBAGENT_DEV_STORE",
+        "DATABASE_URL",
+    ] {
+        test.env_remove(var);
+    }
+    let output = run_ok("cargo test of the outside crate", &mut test, BUILD_LIMIT).await;
+    for name in [
+        "greets_by_name_with_the_configured_word",
+        "greets_the_world_without_a_name",
+        "a_name_that_is_not_text_fails_the_run",
+    ] {
+        assert!(
+            output.contains(&format!("test tests::{name} ... ok")),
+            "{name} did not pass:\n{output}"
+        );
+    }
+    assert!(output.contains("test result: ok. 3 passed"), "{output}");
 }

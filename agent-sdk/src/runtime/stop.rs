@@ -267,6 +267,7 @@ impl Runtime {
                 Some(target) => {
                     let outlet = Outlet {
                         store: Some(store.clone()),
+                        ..Outlet::default()
                     };
                     let d = Dispatch::for_remote_stop(&command.stop_id, &command.param, target);
                     stop_context(
