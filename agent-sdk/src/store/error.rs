@@ -127,7 +127,7 @@ impl From<String> for StoreError {
     }
 }
 
-/// For the callers still written against `Result<_, String>`: the message with its causes.
+/// For the callers still written against string errors: the message with its causes.
 impl From<StoreError> for String {
     fn from(e: StoreError) -> Self {
         match &e.source {
