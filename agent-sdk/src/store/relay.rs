@@ -478,6 +478,64 @@ fn lock_call(resource: &str, owner: &str) -> LockCall {
 mod tests {
     use super::*;
 
+    /// What the relay answers decides what the agent may do with the error: a refusal is not
+    /// retried unchanged (the console writer splits the batch), an outage is.
+    #[tokio::test]
+    async fn answers_map_to_what_the_agent_may_do() {
+        use crate::store::StoreErrorKind as K;
+        use axum::extract::Path;
+        use axum::http::StatusCode;
+        // A stand-in relay answering `/v1/<code>` with that status and an error body.
+        let app = axum::Router::new().route(
+            "/v1/{op}",
+            axum::routing::post(|Path(op): Path<String>| async move {
+                let code = op
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|c| StatusCode::from_u16(c).ok());
+                let code = code.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                (
+                    code,
+                    axum::Json(serde_json::json!({"error": format!("said {code}")})),
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let port = listener.local_addr().expect("an address").port();
+        // The test's own server, dropped with the test's runtime.
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let relay = RelayStore::open(&format!("relay+http://127.0.0.1:{port}"), Some("t0k"))
+            .expect("a relay");
+        for (code, kind) in [
+            (413, K::Refused),
+            (400, K::Refused),
+            (403, K::Refused),
+            (401, K::Config),
+            (429, K::Unavailable),
+            (500, K::Unavailable),
+            (503, K::Unavailable),
+        ] {
+            let e = relay
+                .call::<()>(&code.to_string(), &())
+                .await
+                .expect_err("an error answer");
+            assert_eq!(e.kind(), kind, "{code}: {e}");
+            assert!(!e.to_string().contains("t0k"), "{e}");
+        }
+        // Nothing listening: an outage.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let port = closed.local_addr().expect("an address").port();
+        drop(closed);
+        let gone = RelayStore::open(&format!("relay+http://127.0.0.1:{port}"), Some("t0k"))
+            .expect("a relay");
+        let e = gone.call::<()>("console", &()).await.expect_err("no relay");
+        assert_eq!(e.kind(), K::Unavailable, "{e}");
+    }
+
     #[test]
     fn relay_urls() {
         let r = RelayStore::open("relay+http://relay.internal:7070/", Some("t0k"))
