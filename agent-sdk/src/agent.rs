@@ -78,13 +78,16 @@ impl Agent {
             .map_err(|_| ConfigError::invalid("JOBAGENT_AGENT_ID", "not a header value"))?;
         log_start(&options, &registry, stores.local().as_deref(), &server_id);
         let heartbeat_stop = CancellationToken::new();
-        let heartbeats = Arc::new(Heartbeats::new(heartbeat_stop.clone()));
         let member = Member {
             instance: options.instance_name(),
             // The cluster tells processes apart, even when they present one agentServerId.
             server_id: uuid::Uuid::new_v4().to_string(),
         };
         let runtime = Arc::new(Runtime::new(registry, options, member));
+        let heartbeats = Arc::new(Heartbeats::new(
+            heartbeat_stop.clone(),
+            runtime.background().clone(),
+        ));
         let agent = Self {
             inner: Arc::new(AgentInner {
                 runtime,
@@ -213,7 +216,13 @@ impl Agent {
     /// timeout), reporting each as ended by shutdown.
     pub async fn shutdown(&self) {
         self.inner.runtime.shutdown().await;
+        // Then what lives as long as the agent: the coordinators release the instance name
+        // (so the next process of this name holds it at once), heartbeats end.
         self.inner.heartbeat_stop.cancel();
+        self.inner
+            .runtime
+            .stop_background(crate::coordinator::STOP_WITHIN)
+            .await;
     }
 
     /// Waits for ctrl-c or SIGTERM, then [`drain`](Self::drain)s (the server goes on serving

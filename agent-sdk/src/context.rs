@@ -325,14 +325,48 @@ mod tests {
         held.token().cancel();
         assert!(held.is_cancelled());
         assert!(Cancel::new(true).token().is_cancelled());
-        for _ in 0..2_000 {
-            let race = Arc::new(Cancel::new(false));
-            let other = race.clone();
-            let canceller = std::thread::spawn(move || other.cancel());
-            let token = race.token().clone();
-            canceller.join().expect("cancel");
-            assert!(token.is_cancelled(), "the token missed the cancellation");
+    }
+
+    /// A token made while another thread cancels the run is cancelled once both are done,
+    /// whichever interleaving happens. Two threads that live for the whole test start each
+    /// round together (spinning on one counter), so the two calls do overlap: a thread
+    /// spawned per round, as this test once did, starts long after the token was made and
+    /// never tests the race. Each round's outcome is checked after both calls returned.
+    #[test]
+    fn a_token_made_while_the_run_is_cancelled_never_misses_it() {
+        use std::sync::atomic::AtomicUsize;
+        const ROUNDS: usize = 100_000;
+        let cancels: Arc<Vec<Cancel>> = Arc::new((0..ROUNDS).map(|_| Cancel::new(false)).collect());
+        // Round `i` starts when `step` is `2i + 1` and its cancellation is done at `2i + 2`.
+        let step = Arc::new(AtomicUsize::new(0));
+        let canceller = {
+            let (cancels, step) = (cancels.clone(), step.clone());
+            std::thread::spawn(move || {
+                for (i, cancel) in cancels.iter().enumerate() {
+                    while step.load(Ordering::Acquire) != 2 * i + 1 {
+                        std::hint::spin_loop();
+                    }
+                    cancel.cancel();
+                    step.store(2 * i + 2, Ordering::Release);
+                }
+            })
+        };
+        let mut missed = 0;
+        for (i, cancel) in cancels.iter().enumerate() {
+            step.store(2 * i + 1, Ordering::Release);
+            let token = cancel.token().clone();
+            while step.load(Ordering::Acquire) != 2 * i + 2 {
+                std::hint::spin_loop();
+            }
+            if !token.is_cancelled() {
+                missed += 1;
+            }
         }
+        canceller.join().expect("the canceller");
+        assert_eq!(
+            missed, 0,
+            "tokens that missed their run's cancellation in {ROUNDS} rounds"
+        );
     }
 
     #[derive(Debug, serde::Deserialize)]

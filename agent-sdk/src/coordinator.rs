@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cluster::{
     Holder, Lease, Member, ORPHAN_SCAN_EVERY, POLL_EVERY, RENEW_EVERY, RENEW_WITHIN, RunRecord,
 };
 use crate::request::Action;
 use crate::result::{DispatchResult, ResultSink};
-use crate::runtime::Runtime;
+use crate::runtime::{NameState, Runtime};
 use crate::store::{Store, StoreResults};
 
 /// How often a replica looks for dead replicas' runs.
@@ -32,6 +33,14 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 const STORE_OP_WITHIN: Duration = Duration::from_secs(5);
 /// How long releasing the lease at a graceful stop may take.
 const RELEASE_WITHIN: Duration = Duration::from_secs(1);
+/// How long a lost run's report, cut short by shutdown, may still take to finish its write
+/// before its record is put back instead.
+const REPORT_GRACE: Duration = Duration::from_millis(500);
+/// How long putting a lost run's record back may take.
+const PUT_BACK_WITHIN: Duration = Duration::from_secs(1);
+/// How long shutdown waits for the coordinators (the lease's release, lost runs' reports
+/// finishing or put back) once the runs are over.
+pub(crate) const STOP_WITHIN: Duration = Duration::from_secs(3);
 
 /// A store operation bounded by `within`.
 async fn bounded<T>(
@@ -112,14 +121,18 @@ impl Identity {
     }
 }
 
-/// Starts the coordinator of `store`; it ends with the agent.
+/// Starts the coordinator of `store`, in the agent's background tracker; it ends with the
+/// agent, releasing the instance name.
 pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: CancellationToken) {
-    tokio::spawn(async move {
+    let Some(rt) = runtime.upgrade() else { return };
+    let tasks = rt.background().clone();
+    drop(rt);
+    tasks.clone().spawn(async move {
         let Some(rt) = runtime.upgrade() else { return };
         let me = rt.member.clone();
         let cluster = rt.options.cluster;
         if cluster && rt.options.cluster_notify && store.pg().is_ok() {
-            crate::store::listen::spawn(store.clone(), me.instance.clone(), stop.clone());
+            crate::store::listen::spawn(&tasks, store.clone(), me.instance.clone(), stop.clone());
         }
         drop(rt);
         let mut identity = Identity::Unknown;
@@ -142,11 +155,15 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                     Ok(lease) => {
                         identity.update(lease, &me, &store);
                         let Some(rt) = runtime.upgrade() else { return };
-                        rt.set_duplicate(match &identity {
+                        rt.set_name(match &identity {
+                            Identity::Unknown => NameState::Unknown,
+                            Identity::Held => NameState::Held,
                             Identity::Other { holder, live: true } => {
-                                Some(holder.refusal(&me.instance))
+                                NameState::HeldElsewhere(holder.refusal(&me.instance))
                             }
-                            _ => None,
+                            Identity::Other { holder, live: false } => {
+                                NameState::HeldElsewhere(holder.waiting(&me.instance))
+                            }
                         });
                     }
                     Err(e) => {
@@ -158,10 +175,19 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                 match bounded(STORE_OP_WITHIN, store.take_orphans(&me)).await {
                     Ok(orphans) => {
                         reconciled = true;
+                        tracing::info!(
+                            instance = %me.instance,
+                            store = %store.label,
+                            "this process holds its instance name and reconciled it: {} run(s) a previous process of it left in flight",
+                            orphans.len()
+                        );
                         for (job_id, record) in orphans {
                             tracing::warn!(job_id, class = %record.class, "reporting a run the previous process of this instance left in flight");
                             report_lost(
+                                &tasks,
+                                &stop,
                                 &store,
+                                me.instance.clone(),
                                 job_id,
                                 &record,
                                 "agent restarted before the job finished".to_owned(),
@@ -201,7 +227,7 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                 Ok(commands) => {
                     for command in commands {
                         let (rt, store) = (rt.clone(), store.clone());
-                        tokio::spawn(async move { rt.remote_stop(&store, command).await });
+                        tasks.spawn(async move { rt.remote_stop(&store, command).await });
                     }
                 }
                 Err(e) => {
@@ -224,14 +250,10 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                     Ok(lost) => {
                         for (instance, job_id, record) in lost {
                             tracing::warn!(instance, job_id, class = %record.class, "reporting a run of a lost replica");
-                            report_lost(
-                                &store,
-                                job_id,
-                                &record,
-                                format!(
-                                    "agent replica lost: {instance} stopped answering before the job finished"
-                                ),
+                            let why = format!(
+                                "agent replica lost: {instance} stopped answering before the job finished"
                             );
+                            report_lost(&tasks, &stop, &store, instance, job_id, &record, why);
                         }
                     }
                     Err(e) => {
@@ -243,9 +265,22 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
     });
 }
 
-/// Reports a run taken from the store as lost, in the background: the result writer retries
-/// while the store is unreachable, and the coordinator must go on renewing the lease.
-fn report_lost(store: &Arc<Store>, job_id: String, record: &RunRecord, why: String) {
+/// Reports a run taken from the store as lost, in the background (the agent's tracker): the
+/// result writer retries while the store is unreachable, and the coordinator must go on
+/// renewing the lease. The store no longer holds the run's record (taking it removed it), so
+/// this report is the run's only one: when it cannot be written (shutdown cuts it short, or
+/// the store never takes it), the record is put back under `instance`, where whoever holds
+/// that name next, or a survivor's scan, finds it and reports the run.
+#[allow(clippy::too_many_arguments)]
+fn report_lost(
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+    store: &Arc<Store>,
+    instance: String,
+    job_id: String,
+    record: &RunRecord,
+    why: String,
+) {
     let started = std::time::UNIX_EPOCH + Duration::from_millis(record.started);
     crate::metrics::lost_run_reported(
         &record.class,
@@ -258,18 +293,28 @@ fn report_lost(store: &Arc<Store>, job_id: String, record: &RunRecord, why: Stri
         store: store.clone(),
         retry_for: None,
     };
-    let (store, class, server_id) = (
-        store.clone(),
-        record.class.clone(),
-        record.server_id.clone(),
-    );
-    tokio::spawn(async move {
+    let (store, record, stop) = (store.clone(), record.clone(), stop.clone());
+    tasks.spawn(async move {
         // The claim goes first: once the result is visible, the class must already be free
         // (a stop read right after the result says "already stopped", not "stopping").
-        let release = store.release_lost_claim(&class, &job_id, &server_id);
+        let release = store.release_lost_claim(&record.class, &job_id, &record.server_id);
         if let Err(e) = bounded(STORE_OP_WITHIN, release).await {
             tracing::debug!(job_id, error = %e, "could not release the lost run's claim; it lapses by itself");
         }
-        results.write(result).await;
+        let mut write = std::pin::pin!(results.write(result));
+        let written = tokio::select! {
+            written = &mut write => written,
+            () = stop.cancelled() => {
+                tokio::time::timeout(REPORT_GRACE, &mut write).await.unwrap_or(false)
+            }
+        };
+        if written {
+            return;
+        }
+        let put_back = store.restore_run(&instance, &job_id, &record);
+        match bounded(PUT_BACK_WITHIN, put_back).await {
+            Ok(()) => tracing::warn!(instance, job_id, class = %record.class, "a lost run's report was not written before shutdown; its record is put back, and whoever holds the instance name next (or a surviving replica) reports it"),
+            Err(e) => tracing::error!(instance, job_id, class = %record.class, error = %e, "a lost run's report was not written before shutdown and its record could not be put back: this run is not reported"),
+        }
     });
 }

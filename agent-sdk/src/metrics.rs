@@ -179,10 +179,10 @@ pub(crate) fn refused(action: &'static str, reason: &'static str) {
 }
 
 /// Times one store operation and counts it when it fails.
-pub(crate) async fn store_op<T>(
+pub(crate) async fn store_op<T, E>(
     op: &'static str,
-    fut: impl Future<Output = Result<T, String>>,
-) -> Result<T, String> {
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     let began = Instant::now();
     let outcome = fut.await;
     ::metrics::histogram!(STORE_DURATION, "op" => op).record(began.elapsed().as_secs_f64());
@@ -197,7 +197,7 @@ pub(crate) fn console_written(lines: usize) {
     ::metrics::counter!(CONSOLE_WRITTEN).increment(lines as u64);
 }
 
-/// A console line dropped: `budget` or `buffer`.
+/// A console line dropped: `budget`, `buffer` or `refused`.
 pub(crate) fn console_dropped(why: &'static str) {
     ::metrics::counter!(CONSOLE_DROPPED, "why" => why).increment(1);
 }

@@ -39,6 +39,7 @@ impl Outlet {
     /// writer task).
     pub(crate) fn console(
         &self,
+        tracker: &tokio_util::task::TaskTracker,
         job_id: &str,
         target: Option<&ConsoleTarget>,
         budget: ConsoleBudget,
@@ -51,6 +52,7 @@ impl Outlet {
             (Some(store), Some(target)) => {
                 let start = parse_utc(target.start_time()).unwrap_or_else(SystemTime::now);
                 Sink::Shared(Arc::new(StoreConsole::start(
+                    tracker,
                     store.clone(),
                     target.clone(),
                     start,

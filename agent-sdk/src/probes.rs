@@ -55,7 +55,7 @@ pub(crate) async fn readyz(State(agent): State<Arc<AgentInner>>) -> (StatusCode,
     let outcome = match cached {
         Some(outcome) => outcome,
         None => {
-            let outcome = store.ping(READY_WITHIN).await;
+            let outcome = store.ping(READY_WITHIN).await.map_err(String::from);
             *lock(&agent.readiness) = Some((Instant::now(), outcome.clone()));
             outcome
         }

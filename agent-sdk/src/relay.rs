@@ -244,7 +244,7 @@ async fn handle(
 }
 
 /// A store error: the store is unavailable; the agent retries.
-fn unavailable(e: String) -> Refusal {
+fn unavailable(e: impl Into<String>) -> Refusal {
     refuse(StatusCode::SERVICE_UNAVAILABLE, e)
 }
 

@@ -324,6 +324,10 @@ pub(crate) struct Runtime {
     /// takes the token's lock, which both worker threads would contend for).
     root_cancelled: AtomicBool,
     tracker: TaskTracker,
+    /// What lives as long as the agent rather than a run (coordinators, heartbeats, the
+    /// reports of lost runs, remote stops): closed and waited for, with a bound, after the
+    /// runs at shutdown.
+    background: TaskTracker,
     accepting: AtomicBool,
     /// Set by a drain: new runs are refused, running ones may finish.
     draining: AtomicBool,
@@ -332,8 +336,20 @@ pub(crate) struct Runtime {
     /// Written by every run: on a cache line of their own.
     counters: CachePadded<Counters>,
     pub(crate) member: Member,
-    /// Set while another live process holds this instance name (why runs are refused).
-    duplicate: Mutex<Option<String>>,
+    /// Whether this process holds its instance name (the coordinator finds out).
+    name: tokio::sync::watch::Sender<NameState>,
+}
+
+/// What this process knows of its instance name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum NameState {
+    /// The store has not answered yet.
+    Unknown,
+    /// This process holds it.
+    Held,
+    /// Another process holds it (a live duplicate, or a predecessor whose lease has not
+    /// lapsed yet): why runs are refused.
+    HeldElsewhere(String),
 }
 
 impl Runtime {
@@ -347,6 +363,7 @@ impl Runtime {
             root: CancellationToken::new(),
             root_cancelled: AtomicBool::new(false),
             tracker: TaskTracker::new(),
+            background: TaskTracker::new(),
             accepting: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             idle: Signal::new(),
@@ -355,15 +372,57 @@ impl Runtime {
                 in_flight: AtomicUsize::new(0),
             }),
             member,
-            duplicate: Mutex::new(None),
+            name: tokio::sync::watch::Sender::new(NameState::Unknown),
         }
     }
 
-    /// Records whether another live process holds this instance name (the coordinator
-    /// finds out); while one does, runs are refused: they could be neither recorded under the
-    /// name nor reported if this process died.
-    pub(crate) fn set_duplicate(&self, why: Option<String>) {
-        *lock(&self.duplicate) = why;
+    /// The tracker of what lives as long as the agent (see [`Runtime::background`]'s field).
+    pub(crate) fn background(&self) -> &TaskTracker {
+        &self.background
+    }
+
+    /// Closes the background tracker and waits for its tasks (the coordinators release the
+    /// instance name, reports of lost runs put back what they could not write) for at most
+    /// `within`. Called once the runs are over and the background's stop token cancelled.
+    pub(crate) async fn stop_background(&self, within: Duration) {
+        self.background.close();
+        if tokio::time::timeout(within, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending_tasks = self.background.len(),
+                "shutdown: background tasks (instance-name release, lost-run reports) did not end within {} ms",
+                within.as_millis()
+            );
+        }
+    }
+
+    /// Records what the coordinator found of this instance name. While another process holds
+    /// it (a live duplicate, or a predecessor whose lease has not lapsed), runs are refused:
+    /// they could be neither recorded under the name nor reported if this process died.
+    pub(crate) fn set_name(&self, state: NameState) {
+        self.name.send_if_modified(|now| {
+            let changed = *now != state;
+            *now = state;
+            changed
+        });
+    }
+
+    /// Refuses a run while another process holds this instance name. Before the store has
+    /// first answered, waits for that answer until `by` (at most [`NAME_WITHIN`]): a run
+    /// accepted under a name another process holds would belong to no one. A store that does
+    /// not answer in time lets the run go, as before (its writes are retried).
+    async fn check_name(&self, by: tokio::time::Instant) -> Result<(), DispatchError> {
+        if *self.name.borrow() == NameState::Unknown {
+            let by = by.min(tokio::time::Instant::now() + NAME_WITHIN);
+            let mut rx = self.name.subscribe();
+            let _ = tokio::time::timeout_at(by, rx.wait_for(|s| *s != NameState::Unknown)).await;
+        }
+        match &*self.name.borrow() {
+            NameState::HeldElsewhere(why) => Err(DispatchError::DuplicateInstance(why.clone())),
+            NameState::Held | NameState::Unknown => Ok(()),
+        }
     }
 
     pub(crate) fn class(&self, name: &str) -> Result<&'static JobRegistration, DispatchError> {
@@ -421,10 +480,8 @@ impl Runtime {
         if self.is_draining() {
             return Err(DispatchError::Draining);
         }
-        if outlet.store.is_some()
-            && let Some(why) = lock(&self.duplicate).clone()
-        {
-            return Err(DispatchError::DuplicateInstance(why));
+        if outlet.store.is_some() {
+            self.check_name(stop::answer_deadline(&d)).await?;
         }
         let (busy, d) = match self.try_start(reg, d, &outlet).await? {
             Start::Started => {
@@ -518,14 +575,18 @@ impl Runtime {
                 return Ok(Start::Busy(busy, Box::new(d)));
             }
             self.reserve_slot()?;
+            let admission = Admission::new(&self.counters.in_flight, None);
             match claim_in {
                 None => {
                     let run = self.admit(reg, &mut slot, d, outlet);
+                    admission.entered();
                     drop(slot);
                     Next::Started(self.spawn_drive(reg, run))
                 }
                 Some(store) => {
                     slot.claiming = Some(d.job_id.clone());
+                    // The claim's guard (below) gives the count back from here.
+                    admission.entered();
                     Next::Claim(store, Box::new(d))
                 }
             }
@@ -575,7 +636,9 @@ impl Runtime {
             slot.claiming = None;
             match claimed {
                 Claimed::Yes(fence) => {
+                    let admission = Admission::new(&self.counters.in_flight, None);
                     let run = self.admit(reg, &mut slot, d, outlet);
+                    admission.entered();
                     drop(slot);
                     let _ = run.cx.fence_cell().set(fence);
                     run.claimed.store(true, Ordering::Release);
@@ -620,6 +683,8 @@ impl Runtime {
             state.admitted.fetch_sub(1, Ordering::AcqRel);
             return Err(e);
         }
+        // Whatever unwinds or returns before the run is entered gives both counts back.
+        let admission = Admission::new(&self.counters.in_flight, Some(&state.admitted));
         let started = SystemTime::now();
         let run = self.new_run(reg, d, outlet, started);
         let last = LastRun {
@@ -630,6 +695,8 @@ impl Runtime {
         let previous = {
             let mut slot = lock(&state.slot);
             slot.runs.insert(run.clone());
+            // Entered: the run gives its counts back when it ends.
+            admission.entered();
             // Shutdown sets the flag, then cancels each run entered before it takes this lock.
             if self.root_cancelled.load(Ordering::Acquire) {
                 run.cx.cancel();
@@ -746,11 +813,17 @@ impl Runtime {
     ) -> Arc<Run> {
         let state = self.state(reg);
         let instance = if reg.kind().is_singleton() {
-            lock(&state.singleton)
-                .get_or_insert_with(|| reg.instantiate(&self.options.states))
-                .clone()
+            let mut singleton = lock(&state.singleton);
+            match &*singleton {
+                Some(instance) => instance.clone(),
+                None => match construct(reg, &self.options.states) {
+                    Ok(instance) => singleton.insert(instance).clone(),
+                    // Not kept: the next run tries the constructor again.
+                    Err(failed) => failed,
+                },
+            }
         } else {
-            reg.instantiate(&self.options.states)
+            construct(reg, &self.options.states).unwrap_or_else(|failed| failed)
         };
         let span = self.span_of(reg, &d);
         let console = self.console(reg, &d, outlet, &span);
@@ -812,6 +885,7 @@ impl Runtime {
         span: &tracing::Span,
     ) -> Console {
         let sink = outlet.console(
+            &self.tracker,
             &d.job_id,
             d.console.as_ref(),
             self.options.console_budget,
@@ -1225,6 +1299,43 @@ impl Runtime {
     }
 }
 
+/// The counts a run takes when it is admitted (the agent's runs in flight and, for a class
+/// that may run many at once, the class's): given back when dropped, unless the run was
+/// entered into its class, whose end gives them back. So a constructor, a console or anything
+/// else that fails or unwinds between the two cannot leak them.
+#[must_use]
+struct Admission<'a> {
+    in_flight: &'a AtomicUsize,
+    class: Option<&'a AtomicUsize>,
+    armed: bool,
+}
+
+impl<'a> Admission<'a> {
+    fn new(in_flight: &'a AtomicUsize, class: Option<&'a AtomicUsize>) -> Self {
+        Self {
+            in_flight,
+            class,
+            armed: true,
+        }
+    }
+
+    /// The run holds the counts now.
+    fn entered(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if let Some(class) = self.class {
+                class.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
 /// A singleton's reservation while its cluster-wide claim is being decided. Dropped armed
 /// (the claim failed, timed out, or the request was dropped), it frees the class and
 /// releases in the background a claim the store may have written.
@@ -1267,6 +1378,10 @@ impl Drop for Claiming<'_> {
 
 /// How long shutdown gives the results of runs that did not stop, after the shutdown bound.
 const SHUTDOWN_REPORT_WITHIN: Duration = Duration::from_secs(2);
+
+/// How long a run waits, at most, for the store's first answer about this process's
+/// instance name.
+const NAME_WITHIN: Duration = Duration::from_secs(2);
 
 /// How long a run's answer waits for its in-flight record.
 const RECORD_BEFORE_ANSWER: Duration = Duration::from_secs(1);
@@ -1402,6 +1517,36 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Builds an instance of `reg`'s job. A constructor (or `Default`) that panics does not
+/// unwind through the dispatch (which holds the class's counts and, for a singleton, its
+/// lock): the run gets, as `Err`, an instance whose every run fails saying so.
+fn construct(
+    reg: &JobRegistration,
+    states: &crate::state::States,
+) -> Result<Arc<dyn DynJob>, Arc<dyn DynJob>> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| reg.instantiate(states))) {
+        Ok(instance) => Ok(instance),
+        Err(payload) => {
+            let why = format!(
+                "the constructor of job {} panicked: {}",
+                reg.class(),
+                panic_message(&*payload)
+            );
+            tracing::error!(class = reg.class(), error = %why, "a job could not be built; this run fails");
+            Err(Arc::new(Unconstructed(why)))
+        }
+    }
+}
+
+/// A job whose constructor panicked: its run fails with why.
+struct Unconstructed(String);
+
+impl crate::job::JobAgent for Unconstructed {
+    async fn on_start(&self, _: JobContext) -> Result<(), JobError> {
+        Err(JobError::msg(&self.0))
     }
 }
 

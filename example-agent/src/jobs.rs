@@ -76,6 +76,10 @@ pub struct TestParams {
     pub lines: u64,
     /// Pad each line to this many characters.
     pub line_len: usize,
+    /// Pad line number `long_line` (from 1; 0: none) to `long_len` characters instead.
+    pub long_line: u64,
+    /// See `long_line`.
+    pub long_len: usize,
     /// Total time to spend, spread evenly between the lines.
     pub sleep_ms: u64,
     /// Also drive a progress bar from 0 to 100.
@@ -123,7 +127,12 @@ async fn run_demo(cx: &JobContext) -> Result<(), JobError> {
         } else if cx.is_cancelled() {
             return Err(JobError::cancelled());
         }
-        cx.console().info(demo_line(n, p.line_len));
+        let len = if n == p.long_line {
+            p.long_len
+        } else {
+            p.line_len
+        };
+        cx.console().info(demo_line(n, len));
         if let Some(bar) = &bar {
             bar.set_ratio(n, p.lines);
         }

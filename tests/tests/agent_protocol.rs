@@ -363,18 +363,39 @@ async fn agent_timeout_ends_a_run_and_a_new_run_is_accepted() {
 
 #[tokio::test]
 async fn agent_timeout_zero_means_no_limit() {
-    let svc = TestService::start().await;
+    // Asserted on the result the center reads, not on a status that a run cut short reaches
+    // too: a run with AgentTimeout 0 ends well after its full time, while the same run with a
+    // limit shorter than its time is reported as timed out (so the limit is applied at all).
+    let db = tests::pg::TestDb::new().await;
+    let svc = TestService::start_with(
+        AgentOptions::new()
+            .store(db.connection_string(), "hangfire", 7.0)
+            .instance("timeout-zero"),
+    )
+    .await;
     let c = svc.center();
-    c.run(TEST_JOB, "811")
-        .param(json!({"sleep_ms": 400}))
+    let sent = Instant::now();
+    c.run(TRANSIENT, "811")
+        .param(json!({"sleep_ms": 1500}))
         .timeout_ms(0)
         .send()
         .await
         .assert_status(200);
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let d = c.detail(TEST_JOB).send().await;
-    assert!(d.has_word("Running"), "{d:?}");
-    wait_status(&c, TEST_JOB, "Stopped").await;
+    let result = tests::wait::result(&db, "811", Duration::from_secs(10)).await;
+    assert_eq!(result["R"], "ok", "{result}");
+    assert!(sent.elapsed() >= Duration::from_millis(1500), "{result}");
+    c.run(TRANSIENT, "812")
+        .param(json!({"sleep_ms": 1500}))
+        .timeout_ms(300)
+        .send()
+        .await
+        .assert_status(200);
+    let result = tests::wait::result(&db, "812", Duration::from_secs(10)).await;
+    assert_eq!(result["R"], "err", "{result}");
+    assert!(
+        result["E"].as_str().unwrap_or_default().contains("time"),
+        "{result}"
+    );
 }
 
 #[tokio::test]

@@ -256,10 +256,30 @@ async fn a_restarted_agent_reports_what_its_predecessor_left_in_flight(db: AnySt
         db.wait_result("r3", Duration::from_secs(10)).await["R"],
         "ok"
     );
-    // Reported once: a further restart reports nothing again.
+    // Reported once: a further restart (after a crash) finds nothing left to report. Checked
+    // once the third process holds the name and has reconciled it (its predecessor's lease
+    // must lapse first, about 6 s): before that, nothing could be re-reported.
     drop(second);
-    let _third = Replica::start("same-name", &store_env(&db)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut env = store_env(&db);
+    env.push(("RUST_LOG", "warn,agent_sdk::coordinator=info".to_owned()));
+    let third = Replica::start_logged("same-name", &env).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reconciled = loop {
+        let log = third.log_text();
+        if let Some(line) = log.lines().find(|l| l.contains("reconciled it:")) {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the third process never held the name:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        reconciled.contains("reconciled it: 0 run(s)"),
+        "{reconciled}\n{}",
+        third.log_text()
+    );
     for id in ["r1", "r2"] {
         assert_eq!(db.result_fields(id).await.len(), 1, "{id} reported once");
     }

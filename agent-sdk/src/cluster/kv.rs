@@ -491,6 +491,37 @@ impl Store {
         })
     }
 
+    /// Puts a run's record back under `instance`, and the instance in the orphan scan's
+    /// index (see [`Store::restore_run`]).
+    pub(super) async fn kv_restore_run(
+        &self,
+        instance: &str,
+        job_id: &str,
+        record: &RunRecord,
+    ) -> Res<()> {
+        let kv = Kv::of(self)?;
+        in_section!(kv, "a lost run's record put back", async {
+            let row = RunRow {
+                record: record.clone(),
+                job_id: job_id.to_owned(),
+            };
+            kv.put(
+                &kv.runs_key(instance),
+                &kv.field(job_id),
+                &json(&row)?,
+                Some(self.expire),
+            )
+            .await?;
+            kv.put(
+                INSTANCES_KEY,
+                &kv.field(instance),
+                instance,
+                Some(self.expire),
+            )
+            .await
+        })
+    }
+
     pub(super) async fn kv_forget_run(&self, me: &Member, job_id: &str) -> Res<()> {
         let kv = Kv::of(self)?;
         bounded(

@@ -171,6 +171,18 @@ impl Holder {
     }
 }
 
+impl Holder {
+    /// Why a process whose predecessor has not released the instance name refuses runs.
+    pub(crate) fn waiting(&self, instance: &str) -> String {
+        format!(
+            "instance name `{instance}` (JOBAGENT_INSTANCE) is still held by another process (pid {}, process id {}): a predecessor that stopped without releasing it, whose lease lapses within {} s, or a live duplicate; until this process holds the name it refuses runs (it could not record them under the name, and no one would report them if it died): retry shortly",
+            self.pid,
+            self.server_id,
+            REPLICA_LEASE.as_secs()
+        )
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -254,6 +266,22 @@ impl Store {
         record: &RunRecord,
     ) -> Res<()> {
         on_backend!(self, pg_record_run, kv_record_run(me, job_id, record))
+    }
+
+    /// Puts back the record of a run taken as lost whose report could not be written, under
+    /// `instance`: whoever holds that name next takes it as an orphan, or a survivor's scan
+    /// finds it (an instance with records and no live lease).
+    pub(crate) async fn restore_run(
+        &self,
+        instance: &str,
+        job_id: &str,
+        record: &RunRecord,
+    ) -> Res<()> {
+        on_backend!(
+            self,
+            pg_restore_run,
+            kv_restore_run(instance, job_id, record)
+        )
     }
 
     /// Forgets a run once its result is written.

@@ -247,6 +247,26 @@ impl Store {
         .await
     }
 
+    /// Puts a run's record back under `instance` (see [`Store::restore_run`]).
+    pub(super) async fn pg_restore_run(
+        &self,
+        instance: &str,
+        job_id: &str,
+        record: &RunRecord,
+    ) -> Res<()> {
+        let conn = self.pg()?.conn().await?;
+        let value = serde_json::to_string(record).map_err(e)?;
+        conn.bound(crate::store::postgres::upsert_hash_fields(
+            &conn,
+            &self.pg()?.schema,
+            &format!("jobagent:runs:{instance}"),
+            &[job_id],
+            &[&value],
+            self.expire_secs(),
+        ))
+        .await
+    }
+
     /// Forgets a run once its result is written.
     pub(super) async fn pg_forget_run(&self, me: &Member, job_id: &str) -> Res<()> {
         let conn = self.pg()?.conn().await?;

@@ -73,6 +73,11 @@ pub(crate) enum ClusterCall {
     TakeOrphans {
         me: Member,
     },
+    RestoreRun {
+        instance: String,
+        job_id: String,
+        record: RunRecord,
+    },
     TakeLost {
         me: Member,
         scan: bool,
@@ -106,6 +111,11 @@ impl ClusterCall {
                 json(store.record_run(&me, &job_id, &record).await?)
             }
             C::ForgetRun { me, job_id } => json(store.forget_run(&me, &job_id).await?),
+            C::RestoreRun {
+                instance,
+                job_id,
+                record,
+            } => json(store.restore_run(&instance, &job_id, &record).await?),
             C::RemoteRuns { me, class } => json(store.remote_runs(&me, &class).await?),
             C::HoldLease { me } => json(store.hold_lease(&me).await?),
             C::ReleaseLease { me } => json(store.release_lease(&me).await?),
@@ -131,7 +141,7 @@ fn json(value: impl Serialize) -> Res<serde_json::Value> {
 }
 
 async fn send<T: serde::de::DeserializeOwned>(r: &RelayStore, call: ClusterCall) -> Res<T> {
-    r.call("cluster", &call).await
+    Ok(r.call("cluster", &call).await?)
 }
 
 /// The agent's side of each operation: `kv_<op>(relay, args...)` sends the call named after it,
@@ -152,6 +162,7 @@ relayed! {
     fn kv_claim_of(class: &str) -> Option<(ClaimValue, bool)> = ClaimOf;
     fn kv_record_run(me: &Member, job_id: &str, record: &RunRecord) -> () = RecordRun;
     fn kv_forget_run(me: &Member, job_id: &str) -> () = ForgetRun;
+    fn kv_restore_run(instance: &str, job_id: &str, record: &RunRecord) -> () = RestoreRun;
     fn kv_remote_runs(me: &Member, class: &str) -> Vec<ClusterRun> = RemoteRuns;
     fn kv_hold_lease(me: &Member) -> Lease = HoldLease;
     fn kv_release_lease(me: &Member) -> () = ReleaseLease;

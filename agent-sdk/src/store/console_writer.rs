@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
 
-use super::Store;
 use super::line::{EncodedLine, LineEncoder};
+use super::{Store, StoreError, StoreErrorKind};
 use crate::console::{ConsoleColor, ConsoleLine, LineSink};
 use crate::future::BoxFuture;
 use crate::options::ConsoleBudget;
@@ -132,6 +132,8 @@ struct Queue {
     overflow: u64,
     /// Lines cut because they were longer than the buffer.
     cut: u64,
+    /// Lines the store refused for good (each replaced by a marker line saying so).
+    refused: u64,
     /// Bytes counted for the lines in `pending`, in `tail` and being written (all taken from
     /// the process's [`ConsoleMemory`] too).
     held: u64,
@@ -152,6 +154,7 @@ const STILL_FAILING_EVERY: Duration = Duration::from_secs(60);
 impl StoreConsole {
     /// Starts the console's writer task.
     pub(crate) fn start(
+        tracker: &tokio_util::task::TaskTracker,
         store: Arc<Store>,
         target: ConsoleTarget,
         start: SystemTime,
@@ -173,8 +176,10 @@ impl StoreConsole {
             memory,
             prefix,
             finalized: false,
+            closed_since: Mutex::new(None),
         };
-        tokio::spawn(async move {
+        // In the runs' tracker: shutdown waits (with its bound) for the last lines.
+        tracker.spawn(async move {
             writer.run().await;
             let _ = done_tx.send(true);
         });
@@ -327,7 +332,8 @@ impl LineSink for StoreConsole {
     }
 
     fn dropped(&self) -> u64 {
-        lock(&self.shared.queue).overflow
+        let q = lock(&self.shared.queue);
+        q.overflow + q.refused
     }
 }
 
@@ -341,6 +347,8 @@ struct Writer {
     memory: &'static ConsoleMemory,
     prefix: String,
     finalized: bool,
+    /// When the writer first found its console closed while the store failed.
+    closed_since: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Drop for Writer {
@@ -365,7 +373,6 @@ enum Next {
 
 impl Writer {
     async fn run(mut self) {
-        let mut closed_since: Option<tokio::time::Instant> = None;
         loop {
             match self.next() {
                 Next::Finished => return,
@@ -376,16 +383,18 @@ impl Writer {
                         .into_iter()
                         .map(|l| self.encoder.encode_owned(l))
                         .collect();
-                    let written = self.write(&encoded, &mut closed_since).await;
-                    drop(encoded);
+                    let delivery = deliver(&self, encoded).await;
                     let mut q = lock(&self.shared.queue);
                     q.release(bytes, self.memory);
-                    if written {
-                        crate::metrics::console_written(count);
+                    q.refused += delivery.refused;
+                    let written = count as u64 - delivery.refused - delivery.given_up;
+                    crate::metrics::console_written(written as usize);
+                    for _ in 0..delivery.refused {
+                        crate::metrics::console_dropped("refused");
                     }
                     crate::metrics::console_gauges(self.memory.used());
-                    if !written {
-                        let lost = count + q.pending.len();
+                    if delivery.given_up > 0 {
+                        let lost = delivery.given_up as usize + q.pending.len();
                         drop(q);
                         tracing::error!(target: "agent_sdk::console", store = %self.store.label, console = %self.target.set_key(), lost, "the store stayed unreachable after the run ended; giving up on this console's remaining lines");
                         return;
@@ -448,12 +457,76 @@ impl Writer {
         Next::Batch(lines, bytes)
     }
 
-    /// Writes one batch, retrying with backoff. False when it gave up.
-    async fn write(
-        &self,
-        lines: &[EncodedLine],
-        closed_since: &mut Option<tokio::time::Instant>,
-    ) -> bool {
+    async fn try_write(&self, lines: &[EncodedLine]) -> Result<(), StoreError> {
+        self.store
+            .write_console(self.target.set_key(), self.target.hash_key(), lines)
+            .await
+    }
+}
+
+/// What became of the lines handed to [`deliver`].
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Delivery {
+    /// Lines the store refused for good, each replaced by a marker line (when the store took
+    /// the marker).
+    refused: u64,
+    /// Lines not written because the store stayed unreachable: the writer gave up.
+    given_up: u64,
+}
+
+/// Where [`deliver`] writes batches.
+trait Batches {
+    /// Writes `lines` as one batch, retrying while the store is unavailable or slow. An
+    /// error is final: [`Refused`](StoreErrorKind::Refused) (this batch will never be taken
+    /// as it is) or the last error once the writer gave up.
+    async fn send(&self, lines: &[EncodedLine]) -> Result<(), StoreError>;
+
+    /// The line written in place of `refused`, which the store will never take.
+    fn marker(&self, refused: &EncodedLine, why: &StoreError) -> EncodedLine;
+}
+
+/// Writes `lines` in order. A batch the store refuses as it is (too large for a relay's
+/// body limit, too many lines) is split in two halves, written one after the other; a single
+/// line that is refused is replaced by a marker line at its offset that says so; the lines
+/// after it are written as usual. So a refusal never holds the console back, and the result
+/// can say how many lines were lost.
+async fn deliver(to: &impl Batches, lines: Vec<EncodedLine>) -> Delivery {
+    let mut done = Delivery::default();
+    // Last in, first out: the next batch to write is at the end. A marker (`true`) stands
+    // for a line already counted as refused.
+    let mut todo = vec![(lines, false)];
+    while let Some((mut batch, is_marker)) = todo.pop() {
+        let Err(e) = to.send(&batch).await else {
+            continue;
+        };
+        if e.kind() != StoreErrorKind::Refused {
+            let waiting: usize = todo.iter().filter(|(_, m)| !m).map(|(b, _)| b.len()).sum();
+            let this = if is_marker { 0 } else { batch.len() };
+            done.given_up = (waiting + this) as u64;
+            return done;
+        }
+        if batch.len() > 1 {
+            let second = batch.split_off(batch.len() / 2);
+            todo.push((second, false));
+            todo.push((batch, false));
+        } else if !is_marker && let Some(line) = batch.first() {
+            done.refused += 1;
+            todo.push((vec![to.marker(line, &e)], true));
+        }
+        // A refused marker is dropped: its line is counted already.
+    }
+    done
+}
+
+/// The most characters of a refusal's reason a marker line repeats.
+const REASON_CHARS: usize = 120;
+
+impl Batches for Writer {
+    /// Retries with backoff while the store is unavailable or slow; gives up once the console
+    /// is closed and the store stayed away [`GIVE_UP_AFTER_CLOSE`]. A refusal or a
+    /// configuration error ends at once: sent again unchanged, the batch would be refused
+    /// again (a configuration error is retried like an outage: an operator may fix it).
+    async fn send(&self, lines: &[EncodedLine]) -> Result<(), StoreError> {
         let mut backoff = Duration::from_millis(50);
         let mut failures = 0u32;
         let mut said = tokio::time::Instant::now();
@@ -461,35 +534,38 @@ impl Writer {
             let attempt = tokio::time::timeout(ATTEMPT_WITHIN, self.try_write(lines));
             let outcome = crate::metrics::store_op("console", async {
                 attempt.await.unwrap_or_else(|_| {
-                    Err(format!(
-                        "the store did not take the batch within {} s",
-                        ATTEMPT_WITHIN.as_secs()
+                    Err(StoreError::timed_out(
+                        "the store (a console batch)",
+                        ATTEMPT_WITHIN,
                     ))
                 })
             })
             .await;
-            match outcome {
+            let e = match outcome {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!(target: "agent_sdk::console", store = %self.store.label, failures, "console writes resumed");
                     }
-                    return true;
+                    return Ok(());
                 }
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 {
-                        said = tokio::time::Instant::now();
-                        tracing::warn!(target: "agent_sdk::console", store = %self.store.label, error = %e, "console write failed; retrying with backoff");
-                    } else if said.elapsed() >= STILL_FAILING_EVERY {
-                        said = tokio::time::Instant::now();
-                        tracing::warn!(target: "agent_sdk::console", store = %self.store.label, failures, error = %e, "console writes still failing; retrying with backoff");
-                    }
+                Err(e) if e.kind() == StoreErrorKind::Refused => {
+                    tracing::warn!(target: "agent_sdk::console", store = %self.store.label, lines = lines.len(), error = %e, "the store refused a console batch as it is; it is split, and a single line it refuses is replaced by a marker line");
+                    return Err(e);
                 }
+                Err(e) => e,
+            };
+            failures += 1;
+            if failures == 1 {
+                said = tokio::time::Instant::now();
+                tracing::warn!(target: "agent_sdk::console", store = %self.store.label, kind = %e.kind(), error = %e, "console write failed; retrying with backoff");
+            } else if said.elapsed() >= STILL_FAILING_EVERY {
+                said = tokio::time::Instant::now();
+                tracing::warn!(target: "agent_sdk::console", store = %self.store.label, failures, kind = %e.kind(), error = %e, "console writes still failing; retrying with backoff");
             }
             if lock(&self.shared.queue).closed {
-                let since = *closed_since.get_or_insert_with(tokio::time::Instant::now);
+                let since = *lock(&self.closed_since).get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() > GIVE_UP_AFTER_CLOSE {
-                    return false;
+                    return Err(e);
                 }
             }
             tokio::time::sleep(backoff).await;
@@ -497,10 +573,20 @@ impl Writer {
         }
     }
 
-    async fn try_write(&self, lines: &[EncodedLine]) -> Result<(), String> {
-        self.store
-            .write_console(self.target.set_key(), self.target.hash_key(), lines)
-            .await
+    fn marker(&self, refused: &EncodedLine, why: &StoreError) -> EncodedLine {
+        let bytes = refused.value.len() + refused.reference.as_ref().map_or(0, |(_, t)| t.len());
+        let reason: String = why.message().chars().take(REASON_CHARS).collect();
+        let text = format!(
+            "{}… a console line of {bytes} bytes is not shown: the store refused it ({reason}) …",
+            self.prefix
+        );
+        let line = ConsoleLine {
+            at: SystemTime::now(),
+            text,
+            color: Some(ConsoleColor::WARNING),
+            progress: None,
+        };
+        self.encoder.replacement(refused, &line)
     }
 }
 
@@ -687,6 +773,135 @@ mod tests {
         }
         assert!(q.held <= b.buffer_bytes);
         assert_eq!(q.pending.len() as u64 + q.overflow, 5);
+    }
+
+    /// A store that refuses (as a relay does, 413) any batch of more than `max_lines` lines or
+    /// `max_bytes` bytes, and is unreachable once it took `up_for` batches.
+    struct Refusing {
+        max_lines: usize,
+        max_bytes: usize,
+        up_for: usize,
+        written: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Refusing {
+        fn new(max_lines: usize, max_bytes: usize) -> Self {
+            Self {
+                max_lines,
+                max_bytes,
+                up_for: usize::MAX,
+                written: Mutex::new(Vec::new()),
+            }
+        }
+
+        /// The lines written, in order.
+        fn lines(&self) -> Vec<String> {
+            lock(&self.written).iter().flatten().cloned().collect()
+        }
+    }
+
+    impl Batches for Refusing {
+        async fn send(&self, lines: &[EncodedLine]) -> Result<(), StoreError> {
+            let mut written = lock(&self.written);
+            if written.len() >= self.up_for {
+                return Err(StoreError::unavailable("the store went away"));
+            }
+            let bytes: usize = lines.iter().map(|l| l.value.len()).sum();
+            if lines.len() > self.max_lines || bytes > self.max_bytes {
+                return Err(StoreError::refused("answered 413: too large"));
+            }
+            written.push(lines.iter().map(|l| l.value.clone()).collect());
+            Ok(())
+        }
+
+        fn marker(&self, refused: &EncodedLine, why: &StoreError) -> EncodedLine {
+            EncodedLine {
+                value: format!("refused {} ({why})", refused.score),
+                ..refused.clone()
+            }
+        }
+    }
+
+    fn encoded(n: usize, len: usize) -> Vec<EncodedLine> {
+        (0..n)
+            .map(|i| EncodedLine {
+                value: format!("{i:<len$}"),
+                score: i as f64,
+                reference: None,
+                progress_field: None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_line_the_store_refuses_is_replaced_and_later_lines_land_in_order() {
+        let mut lines = encoded(10, 10);
+        lines[4].value = "x".repeat(1000);
+        let store = Refusing::new(100, 500);
+        let done = deliver(&store, lines).await;
+        assert_eq!(
+            done,
+            Delivery {
+                refused: 1,
+                given_up: 0
+            }
+        );
+        let written = store.lines();
+        let mut expected: Vec<String> = (0..10).map(|i| format!("{i:<10}")).collect();
+        expected[4] = "refused 4 (answered 413: too large)".to_owned();
+        assert_eq!(written, expected);
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_as_too_large_is_split_until_it_is_taken() {
+        // Too many lines for the store: halves, then quarters, all of them written, in order.
+        let store = Refusing::new(3, usize::MAX);
+        let done = deliver(&store, encoded(20, 5)).await;
+        assert_eq!(done, Delivery::default());
+        assert_eq!(
+            store.lines(),
+            (0..20).map(|i| format!("{i:<5}")).collect::<Vec<_>>()
+        );
+        assert!(lock(&store.written).iter().all(|b| b.len() <= 3));
+        // Too many bytes: the same.
+        let store = Refusing::new(100, 64);
+        assert_eq!(deliver(&store, encoded(40, 10)).await, Delivery::default());
+        assert_eq!(store.lines().len(), 40);
+    }
+
+    #[tokio::test]
+    async fn every_refused_line_is_counted_even_when_its_marker_is_refused_too() {
+        // Nothing fits: each line is refused, and so is each marker.
+        let store = Refusing::new(100, 3);
+        let done = deliver(&store, encoded(5, 10)).await;
+        assert_eq!(
+            done,
+            Delivery {
+                refused: 5,
+                given_up: 0
+            }
+        );
+        assert!(store.lines().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_store_that_stays_away_counts_what_was_not_written() {
+        let mut lines = encoded(8, 10);
+        lines[1].value = "x".repeat(1000);
+        // One batch taken (line 0), then a marker for line 1, then the store is gone.
+        let store = Refusing {
+            up_for: 2,
+            ..Refusing::new(100, 500)
+        };
+        let done = deliver(&store, lines).await;
+        assert_eq!(
+            done,
+            Delivery {
+                refused: 1,
+                given_up: 6
+            }
+        );
+        assert_eq!(store.lines().len(), 2);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::Store;
 use super::procstat::ProcessSampler;
+use super::{Store, StoreError};
 use crate::sync::lock;
 use crate::timefmt::fmt_utc;
 
@@ -27,6 +27,8 @@ const WRITE_WITHIN: Duration = TICK;
 pub(crate) struct Heartbeats {
     reporters: Mutex<HashMap<(usize, String), Arc<AtomicU32>>>,
     stop: CancellationToken,
+    /// The agent's background tracker: shutdown waits for the reporters to end.
+    tracker: tokio_util::task::TaskTracker,
 }
 
 #[derive(Serialize)]
@@ -43,10 +45,11 @@ struct Beat<'a> {
 }
 
 impl Heartbeats {
-    pub(crate) fn new(stop: CancellationToken) -> Self {
+    pub(crate) fn new(stop: CancellationToken, tracker: tokio_util::task::TaskTracker) -> Self {
         Self {
             reporters: Mutex::new(HashMap::new()),
             stop,
+            tracker,
         }
     }
 
@@ -65,7 +68,7 @@ impl Heartbeats {
         let this = self.clone();
         let hash_key = format!("AgentHeart:{server_id}");
         let field = agent_server.to_owned();
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             let mut sampler = Some(ProcessSampler::new());
             let mut interval = tokio::time::interval(TICK);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -133,17 +136,12 @@ impl Heartbeats {
 /// One heartbeat row, bounded: a tick on an unreachable store fails within the pool's
 /// checkout bound and `Command Timeout` (at most 3 s of it: a row older than the next tick
 /// is worth nothing), and the next tick tries again on another connection.
-async fn write(store: &Store, key: &str, field: &str, beat: &Beat<'_>) -> Result<(), String> {
-    let value = serde_json::to_string(beat).map_err(|e| e.to_string())?;
+async fn write(store: &Store, key: &str, field: &str, beat: &Beat<'_>) -> Result<(), StoreError> {
+    let value = serde_json::to_string(beat).map_err(|e| StoreError::refused(e.to_string()))?;
     tokio::time::timeout(
         WRITE_WITHIN,
         store.set_hash(key, &[(field, &value)], Some(ROW_LIFE)),
     )
     .await
-    .map_err(|_| {
-        format!(
-            "the store did not answer within {} ms",
-            WRITE_WITHIN.as_millis()
-        )
-    })?
+    .map_err(|_| StoreError::timed_out("the store", WRITE_WITHIN))?
 }

@@ -102,6 +102,19 @@ impl LineEncoder {
         (encoded, field)
     }
 
+    /// A line written in place of `refused`, at its offset (so offsets stay strictly
+    /// increasing and the console keeps its order): `text`, inline, in `line`'s colour.
+    /// `text` is short (a marker): it is never moved to a reference.
+    pub(crate) fn replacement(&self, refused: &EncodedLine, line: &ConsoleLine) -> EncodedLine {
+        let units = (refused.score * 10_000.0).round() as i64;
+        EncodedLine {
+            value: self.render(&format_units(units), false, &line.text, line),
+            score: refused.score,
+            reference: None,
+            progress_field: None,
+        }
+    }
+
     fn render(&self, t: &str, is_ref: bool, s: &str, line: &ConsoleLine) -> String {
         let mut out = String::with_capacity(s.len() + 48);
         out.push_str("{\"t\":");

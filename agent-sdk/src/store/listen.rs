@@ -75,8 +75,13 @@ impl From<String> for Ended {
 
 /// Keeps a `LISTEN` connection to `store` for `instance` until `stop`: reconnects with
 /// backoff, checks the link, and wakes [`Wakeups`] on each notification.
-pub(crate) fn spawn(store: Arc<Store>, instance: String, stop: CancellationToken) {
-    tokio::spawn(async move {
+pub(crate) fn spawn(
+    tracker: &tokio_util::task::TaskTracker,
+    store: Arc<Store>,
+    instance: String,
+    stop: CancellationToken,
+) {
+    tracker.spawn(async move {
         let mut backoff = Duration::from_millis(500);
         let mut failures = 0u32;
         let mut unheard_said = false;

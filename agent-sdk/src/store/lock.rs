@@ -112,7 +112,7 @@ impl StoreLock {
             .await
             .map_err(|reason| LockError::Store {
                 resource: resource.to_owned(),
-                reason,
+                reason: reason.into(),
             })?;
         let stale_after = match kind {
             StoreType::PostgreSql | StoreType::Relay => PG_STALE_AFTER,
@@ -131,7 +131,7 @@ impl StoreLock {
                     return Self::held(store, kind, resource, owner).await;
                 }
                 Ok(Ok(None)) => None,
-                Ok(Err(e)) => Some(e),
+                Ok(Err(e)) => Some(String::from(e)),
                 Err(_) => Some("the store did not answer in time".to_owned()),
             };
             let now = tokio::time::Instant::now();
@@ -162,7 +162,7 @@ impl StoreLock {
         let fence = tokio::time::timeout(STEP_WITHIN, store.fence(resource))
             .await
             .map_err(|_| "the store did not answer in time".to_owned())
-            .and_then(|r| r);
+            .and_then(|r| r.map_err(String::from));
         let state = Arc::new(Held {
             store,
             kind,
@@ -181,6 +181,9 @@ impl StoreLock {
             }
         };
         let keeper = CancellationToken::new();
+        // Not in the agent's tracker: the keeper lives exactly as long as this lock, which
+        // its caller holds (service code may hold one outside any agent); it ends when the
+        // lock is released or dropped (`keeper` is cancelled) or lost.
         tokio::spawn(keep(state.clone(), resource.to_owned(), keeper.clone()));
         Ok(Self {
             resource: resource.to_owned(),

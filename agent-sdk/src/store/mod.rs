@@ -12,6 +12,7 @@
 
 pub(crate) mod connstr;
 mod console_writer;
+pub(crate) mod error;
 mod heartbeat;
 pub(crate) mod line;
 pub(crate) mod listen;
@@ -34,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub(crate) use console_writer::StoreConsole;
+pub(crate) use error::{StoreError, StoreErrorKind};
 pub(crate) use heartbeat::Heartbeats;
 pub(crate) use results::StoreResults;
 
@@ -200,6 +202,20 @@ macro_rules! backend {
             Backend::Redis($b) => $call,
             #[cfg(feature = "relay")]
             Backend::Relay($b) => $call,
+        }
+    };
+}
+
+/// Dispatches one call to the backend, its error as a [`StoreError`] (the backends not
+/// converted yet say theirs as a string, taken as an outage: retried, as always).
+macro_rules! backend_err {
+    ($self:ident, $b:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Postgres($b) => $call.map_err(StoreError::from),
+            Backend::Mysql($b) => $call.map_err(StoreError::from),
+            Backend::Redis($b) => $call.map_err(StoreError::from),
+            #[cfg(feature = "relay")]
+            Backend::Relay($b) => $call.map_err(StoreError::from),
         }
     };
 }
@@ -398,7 +414,7 @@ impl Store {
     }
 
     /// `res`, noting that the store answered when it is a success.
-    fn noted<T>(&self, res: Result<T, String>) -> Result<T, String> {
+    fn noted<T>(&self, res: Result<T, StoreError>) -> Result<T, StoreError> {
         if res.is_ok() {
             self.mark_reached();
         }
@@ -406,7 +422,7 @@ impl Store {
     }
 
     /// The type of the store written in the end: a relay's is the one behind it.
-    pub(crate) async fn final_kind(&self) -> Result<StoreType, String> {
+    pub(crate) async fn final_kind(&self) -> Result<StoreType, StoreError> {
         match &self.backend {
             #[cfg(feature = "relay")]
             Backend::Relay(r) => r.remote_kind().await,
@@ -415,11 +431,11 @@ impl Store {
     }
 
     /// Whether the store answers a trivial request within `within`.
-    pub(crate) async fn ping(&self, within: Duration) -> Result<(), String> {
-        let ping = async { backend!(self, b => b.ping().await) };
+    pub(crate) async fn ping(&self, within: Duration) -> Result<(), StoreError> {
+        let ping = async { backend_err!(self, b => b.ping().await) };
         let res = tokio::time::timeout(within, ping)
             .await
-            .map_err(|_| format!("the store did not answer within {} ms", within.as_millis()))?;
+            .map_err(|_| StoreError::timed_out("the store", within))?;
         self.noted(res)
     }
 
@@ -429,8 +445,9 @@ impl Store {
         set_key: &str,
         hash_key: &str,
         lines: &[EncodedLine],
-    ) -> Result<(), String> {
-        let res = backend!(self, b => b.write_console(set_key, hash_key, lines, self.expire).await);
+    ) -> Result<(), StoreError> {
+        let res =
+            backend_err!(self, b => b.write_console(set_key, hash_key, lines, self.expire).await);
         self.noted(res)
     }
 
@@ -440,8 +457,8 @@ impl Store {
         key: &str,
         pairs: &[(&str, &str)],
         life: Option<Duration>,
-    ) -> Result<(), String> {
-        let res = backend!(self, b => b.set_hash(key, pairs, life).await);
+    ) -> Result<(), StoreError> {
+        let res = backend_err!(self, b => b.set_hash(key, pairs, life).await);
         self.noted(res)
     }
 
@@ -451,14 +468,14 @@ impl Store {
         key: &str,
         value: &str,
         score: f64,
-    ) -> Result<(), String> {
-        let res = backend!(self, b => b.add_to_set(key, value, score, self.expire).await);
+    ) -> Result<(), StoreError> {
+        let res = backend_err!(self, b => b.add_to_set(key, value, score, self.expire).await);
         self.noted(res)
     }
 
     /// Marks dispatch `id` as reported by `token`; false when another writer did first.
-    pub(crate) async fn first_report(&self, id: &str, token: &str) -> Result<bool, String> {
-        let res = backend!(self, b => b.first_report(id, token, self.expire).await);
+    pub(crate) async fn first_report(&self, id: &str, token: &str) -> Result<bool, StoreError> {
+        let res = backend_err!(self, b => b.first_report(id, token, self.expire).await);
         self.noted(res)
     }
 
@@ -467,8 +484,8 @@ impl Store {
         &self,
         resource: &str,
         stale_after: Duration,
-    ) -> Result<Option<String>, String> {
-        let res = backend!(self, b => b.lock_try(resource, stale_after).await);
+    ) -> Result<Option<String>, StoreError> {
+        let res = backend_err!(self, b => b.lock_try(resource, stale_after).await);
         self.noted(res)
     }
 
@@ -477,18 +494,18 @@ impl Store {
         &self,
         resource: &str,
         owner: &str,
-    ) -> Result<Option<String>, String> {
-        backend!(self, b => b.lock_keep(resource, owner).await)
+    ) -> Result<Option<String>, StoreError> {
+        backend_err!(self, b => b.lock_keep(resource, owner).await)
     }
 
     /// Releases a held lock if it is still this owner's.
-    pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), String> {
-        backend!(self, b => b.lock_release(resource, owner).await)
+    pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), StoreError> {
+        backend_err!(self, b => b.lock_release(resource, owner).await)
     }
 
     /// The next fencing token of `resource`.
-    pub(crate) async fn fence(&self, resource: &str) -> Result<u64, String> {
-        backend!(self, b => b.fence(resource).await)
+    pub(crate) async fn fence(&self, resource: &str) -> Result<u64, StoreError> {
+        backend_err!(self, b => b.fence(resource).await)
     }
 
     /// A set's members in the order the dashboard shows them.
@@ -499,20 +516,20 @@ impl Store {
         from: usize,
         count: usize,
     ) -> Result<Vec<String>, String> {
-        backend!(self, b => b.read_set(key, from, count).await)
+        backend_err!(self, b => b.read_set(key, from, count).await).map_err(String::from)
     }
 
     /// One field of a hash.
     #[cfg(any(feature = "dev", feature = "relay-server"))]
     pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
-        backend!(self, b => b.read_hash(key, field).await)
+        backend_err!(self, b => b.read_hash(key, field).await).map_err(String::from)
     }
 
     /// All fields of a hash with their values, in the order they were written (a result's
     /// field is its elapsed milliseconds, unknown to the reader).
     #[cfg(any(feature = "dev", feature = "relay-server"))]
     pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
-        backend!(self, b => b.read_hash_all(key).await)
+        backend_err!(self, b => b.read_hash_all(key).await).map_err(String::from)
     }
 }
 

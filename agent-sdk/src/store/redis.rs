@@ -1837,6 +1837,7 @@ mod tests {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let store = std::sync::Arc::new(live_store().await);
+        // A test's own task, joined at once (so a panic in it is caught and the keys cleaned).
         let outcome = tokio::spawn(body(store.clone())).await;
         cleanup(&store).await;
         if let Err(e) = outcome {

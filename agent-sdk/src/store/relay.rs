@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::store::StoreType;
+use crate::store::error::StoreError;
 use crate::store::line::EncodedLine;
 
 /// The API's path prefix (its version).
@@ -223,12 +224,17 @@ impl RelayStore {
         vec![self.host.clone()]
     }
 
-    /// Sends `op` with `body`; its answer.
+    /// Sends `op` with `body`; its answer. The error's kind follows the relay's answer:
+    /// 413, 400 and 403 (too large, malformed, outside this agent's scope) are
+    /// [`Refused`](crate::store::StoreErrorKind::Refused): sent again unchanged they would be refused again;
+    /// 401 is [`Config`](crate::store::StoreErrorKind::Config) (the token); no answer in time is
+    /// [`TimedOut`](crate::store::StoreErrorKind::TimedOut); a 5xx, a 429 or a connection that failed is
+    /// [`Unavailable`](crate::store::StoreErrorKind::Unavailable).
     pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         op: &str,
         body: &impl Serialize,
-    ) -> Result<T, String> {
+    ) -> Result<T, StoreError> {
         let url = format!("{}{API}{op}", self.base);
         let sent = self
             .http
@@ -237,18 +243,15 @@ impl RelayStore {
             .json(body)
             .send()
             .await
-            .map_err(|e| format!("the {} ({op}): {}", self.label, transport(&e)))?;
+            .map_err(|e| self.transport(op, &e))?;
         let status = sent.status();
-        let bytes = sent
-            .bytes()
-            .await
-            .map_err(|e| format!("the {} ({op}): {}", self.label, transport(&e)))?;
+        let bytes = sent.bytes().await.map_err(|e| self.transport(op, &e))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| {
-                format!(
+                StoreError::unavailable(format!(
                     "the {} ({op}) answered what this agent cannot read: {e}",
                     self.label
-                )
+                ))
             });
         }
         let said = serde_json::from_slice::<ErrorBody>(&bytes)
@@ -256,29 +259,55 @@ impl RelayStore {
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
         let said: String = said.chars().take(ERROR_CHARS).collect();
         Err(match status.as_u16() {
-            401 => format!(
+            401 => StoreError::config(format!(
                 "the {} refused this agent's token (401): check JOBAGENT_RELAY_TOKEN against the relay's JOBAGENT_RELAY_TOKENS",
                 self.label
-            ),
-            code => format!("the {} ({op}) answered {code}: {said}", self.label),
+            )),
+            code => {
+                let message = format!("the {} ({op}) answered {code}: {said}", self.label);
+                match code {
+                    400 | 403 | 413 => StoreError::refused(message),
+                    _ => StoreError::unavailable(message),
+                }
+            }
         })
     }
 
-    pub(crate) async fn ping(&self) -> Result<(), String> {
+    /// A transport error's kind and text (reqwest's own text names the URL, which holds no
+    /// secret).
+    fn transport(&self, op: &str, e: &reqwest::Error) -> StoreError {
+        if e.is_timeout() {
+            StoreError::timed_out(format!("the {} ({op})", self.label), REQUEST_WITHIN)
+        } else if e.is_connect() {
+            StoreError::unavailable(format!(
+                "the {} ({op}): cannot connect: {}",
+                self.label,
+                crate::error::chain(e)
+            ))
+        } else {
+            StoreError::unavailable(format!(
+                "the {} ({op}): {}",
+                self.label,
+                crate::error::chain(e)
+            ))
+        }
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         self.remote_kind().await.map(drop)
     }
 
     /// The type of the store behind the relay (asked once; the lock's timings follow it).
-    pub(crate) async fn remote_kind(&self) -> Result<StoreType, String> {
+    pub(crate) async fn remote_kind(&self) -> Result<StoreType, StoreError> {
         self.remote
             .get_or_try_init(|| async {
                 let answer: PingAnswer = self.call("ping", &()).await?;
                 match answer.kind.parse::<StoreType>() {
-                    Ok(StoreType::Relay) | Err(_) => Err(format!(
+                    Ok(StoreType::Relay) | Err(_) => Err(StoreError::config(format!(
                         "the {} fronts a store of unknown type `{}`",
                         self.label,
                         answer.kind.chars().take(20).collect::<String>()
-                    )),
+                    ))),
                     Ok(kind) => Ok(kind),
                 }
             })
@@ -291,7 +320,7 @@ impl RelayStore {
     pub(crate) async fn check_tables(&self, within: Duration) -> Result<(), super::CheckError> {
         match tokio::time::timeout(within, self.call("check", &())).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(super::CheckError::Unknown(e)),
+            Ok(Err(e)) => Err(super::CheckError::Unknown(e.into())),
             Err(_) => Err(super::CheckError::no_answer(within)),
         }
     }
@@ -302,7 +331,7 @@ impl RelayStore {
         hash_key: &str,
         lines: &[EncodedLine],
         _expire: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let call = ConsoleCallRef {
             set_key,
             hash_key,
@@ -316,7 +345,7 @@ impl RelayStore {
         key: &str,
         pairs: &[(&str, &str)],
         life: Option<Duration>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let call = SetHashCall {
             key: key.to_owned(),
             pairs: pairs
@@ -334,7 +363,7 @@ impl RelayStore {
         value: &str,
         score: f64,
         _expire: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let call = AddToSetCall {
             key: key.to_owned(),
             value: value.to_owned(),
@@ -348,7 +377,7 @@ impl RelayStore {
         id: &str,
         token: &str,
         _expire: Duration,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, StoreError> {
         let call = FirstReportCall {
             id: id.to_owned(),
             token: token.to_owned(),
@@ -360,7 +389,7 @@ impl RelayStore {
         &self,
         resource: &str,
         stale_after: Duration,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, StoreError> {
         let call = LockTryCall {
             resource: resource.to_owned(),
             stale_ms: u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX),
@@ -372,15 +401,15 @@ impl RelayStore {
         &self,
         resource: &str,
         owner: &str,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, StoreError> {
         self.call("lock_keep", &lock_call(resource, owner)).await
     }
 
-    pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), String> {
+    pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), StoreError> {
         self.call("lock_release", &lock_call(resource, owner)).await
     }
 
-    pub(crate) async fn fence(&self, resource: &str) -> Result<u64, String> {
+    pub(crate) async fn fence(&self, resource: &str) -> Result<u64, StoreError> {
         let call = FenceCall {
             resource: resource.to_owned(),
         };
@@ -393,7 +422,7 @@ impl RelayStore {
         key: &str,
         from: usize,
         count: usize,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, StoreError> {
         let call = ReadCall {
             key: key.to_owned(),
             from,
@@ -404,7 +433,11 @@ impl RelayStore {
     }
 
     #[cfg_attr(not(feature = "dev"), allow(dead_code))]
-    pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
+    pub(crate) async fn read_hash(
+        &self,
+        key: &str,
+        field: &str,
+    ) -> Result<Option<String>, StoreError> {
         let call = ReadCall {
             key: key.to_owned(),
             field: field.to_owned(),
@@ -414,7 +447,10 @@ impl RelayStore {
     }
 
     #[cfg_attr(not(feature = "dev"), allow(dead_code))]
-    pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+    pub(crate) async fn read_hash_all(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let call = ReadCall {
             key: key.to_owned(),
             ..ReadCall::default()
@@ -438,20 +474,67 @@ fn lock_call(resource: &str, owner: &str) -> LockCall {
     }
 }
 
-/// A transport error's text (reqwest's own text names the URL, which holds no secret).
-fn transport(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        format!("no answer within {} ms", REQUEST_WITHIN.as_millis())
-    } else if e.is_connect() {
-        format!("cannot connect: {}", crate::error::chain(e))
-    } else {
-        crate::error::chain(e)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the relay answers decides what the agent may do with the error: a refusal is not
+    /// retried unchanged (the console writer splits the batch), an outage is.
+    #[tokio::test]
+    async fn answers_map_to_what_the_agent_may_do() {
+        use crate::store::StoreErrorKind as K;
+        use axum::extract::Path;
+        use axum::http::StatusCode;
+        // A stand-in relay answering `/v1/<code>` with that status and an error body.
+        let app = axum::Router::new().route(
+            "/v1/{op}",
+            axum::routing::post(|Path(op): Path<String>| async move {
+                let code = op
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|c| StatusCode::from_u16(c).ok());
+                let code = code.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                (
+                    code,
+                    axum::Json(serde_json::json!({"error": format!("said {code}")})),
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let port = listener.local_addr().expect("an address").port();
+        // The test's own server, dropped with the test's runtime.
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let relay = RelayStore::open(&format!("relay+http://127.0.0.1:{port}"), Some("t0k"))
+            .expect("a relay");
+        for (code, kind) in [
+            (413, K::Refused),
+            (400, K::Refused),
+            (403, K::Refused),
+            (401, K::Config),
+            (429, K::Unavailable),
+            (500, K::Unavailable),
+            (503, K::Unavailable),
+        ] {
+            let e = relay
+                .call::<()>(&code.to_string(), &())
+                .await
+                .expect_err("an error answer");
+            assert_eq!(e.kind(), kind, "{code}: {e}");
+            assert!(!e.to_string().contains("t0k"), "{e}");
+        }
+        // Nothing listening: an outage.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let port = closed.local_addr().expect("an address").port();
+        drop(closed);
+        let gone = RelayStore::open(&format!("relay+http://127.0.0.1:{port}"), Some("t0k"))
+            .expect("a relay");
+        let e = gone.call::<()>("console", &()).await.expect_err("no relay");
+        assert_eq!(e.kind(), K::Unavailable, "{e}");
+    }
 
     #[test]
     fn relay_urls() {

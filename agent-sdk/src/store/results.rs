@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Store;
+use super::{Store, StoreError};
 use crate::future::BoxFuture;
 use crate::result::{DispatchResult, ResultSink};
 use crate::timefmt::fmt_duration;
@@ -59,7 +59,12 @@ impl ResultSink for StoreResults {
                         write_once(&store, &result),
                     )
                     .await
-                    .unwrap_or_else(|_| Err("the store did not take the result in time".to_owned()))
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::timed_out(
+                            "the store (a result)",
+                            super::console_writer::ATTEMPT_WITHIN,
+                        ))
+                    })
                 };
                 match crate::metrics::store_op("result", attempt).await {
                     Ok(()) => {
@@ -101,9 +106,9 @@ impl ResultSink for StoreResults {
 /// refused, even after the center consumed and deleted the first result. So a run gets
 /// exactly one result whichever side reports it: a replica cut off from the store and the
 /// survivor that reported its runs lost, or two processes with one instance name.
-async fn write_once(store: &Store, result: &DispatchResult) -> Result<(), String> {
+async fn write_once(store: &Store, result: &DispatchResult) -> Result<(), StoreError> {
     use std::hash::{Hash as _, Hasher as _};
-    let value = serde_json::to_string(result).map_err(|e| e.to_string())?;
+    let value = serde_json::to_string(result).map_err(|e| StoreError::refused(e.to_string()))?;
     let field = result.elapsed.as_millis().to_string();
     // Same in every retry of this write (one process), different for another writer's.
     let mut hasher = std::collections::hash_map::DefaultHasher::new();

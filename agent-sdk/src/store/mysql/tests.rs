@@ -259,6 +259,7 @@ fn texts(values: &[String]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn against_a_real_server() {
     let db = TestDb::create().await;
+    // A test's own task, joined at once (so a panic in it is caught and the database dropped).
     let outcome = tokio::spawn(run_all(db.store("Hangfire"), db.store("Nope"))).await;
     db.drop_now().await;
     if let Err(e) = outcome {
@@ -549,6 +550,7 @@ async fn a_statement_past_its_command_timeout_fails_and_its_connection_is_not_re
     db.spec.command_timeout = Some(Duration::from_secs(1));
     db.spec.max_pool = 1;
     let store = db.store("Hangfire");
+    // A test's own task, joined at once (so a panic in it is caught and the database dropped).
     let outcome = tokio::spawn(async move {
         let mut c = store.conn().await.expect("conn");
         let id: Option<u64> = c
