@@ -17,7 +17,8 @@
 //! - results: the first-report mark is per service, and a result (`first_report`, a
 //!   `_agent_result_<id>` write) is taken only for a job that exists in the center's storage
 //!   and is Processing (read from Hangfire's own tables or keys);
-//! - reads: `_agent_result_<id>` only after this service reported it; no cluster record.
+//! - reads: `_agent_result_<id>` only after this service reported it; no cluster record (a
+//!   console's key names no service: consoles stay readable to every token).
 //!
 //! Each request is checked in this order, and nothing is written unless all pass:
 //!
