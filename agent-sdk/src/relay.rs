@@ -1004,7 +1004,7 @@ async fn cluster(s: &Store, tenant: &str, call: ClusterCall) -> Result<serde_jso
     let value = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| e.to_string());
     // Errors name the instance as the caller knows it.
     let said = |e: String| e.replace(&format!("`{ns}"), "`");
-    let out = match call {
+    match call {
         C::Claim { me, class, job_id } => {
             let claimed = s
                 .claim(&me_in(me), &p(&class), &job_id)
@@ -1094,8 +1094,7 @@ async fn cluster(s: &Store, tenant: &str, call: ClusterCall) -> Result<serde_jso
                 .collect();
             value(serde_json::to_value(runs))
         }
-    };
-    out
+    }
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Refusal> {
