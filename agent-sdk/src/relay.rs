@@ -75,7 +75,7 @@ const MAX_JOB_ID_CHARS: usize = 40;
 const OP_WITHIN: Duration = Duration::from_secs(30);
 /// How long the probe that tells an outage from a refusal may take.
 const PROBE_WITHIN: Duration = Duration::from_secs(3);
-/// How often failed token attempts are summed up in the log.
+/// How often failed token attempts are summed up in the log, by default.
 const FAILED_TOKENS_EVERY: Duration = Duration::from_secs(60);
 /// Hangfire.PostgreSql's `DistributedLockTimeout` default (`PostgreSqlStorageOptions`): a lock
 /// row younger than this is live. The relay never lets a caller treat it as stale earlier.
@@ -246,6 +246,8 @@ pub struct RelayConfig {
     pub max_lines: usize,
     /// Requests per second per token (bursts of as many).
     pub rate_per_token: u32,
+    /// How often the count of requests refused for a missing or wrong token is logged.
+    pub refused_log_every: Duration,
 }
 
 impl RelayConfig {
@@ -263,6 +265,7 @@ impl RelayConfig {
             max_body: 8 * 1024 * 1024,
             max_lines: 10_000,
             rate_per_token: 2_000,
+            refused_log_every: FAILED_TOKENS_EVERY,
         }
     }
 }
@@ -328,7 +331,8 @@ pub fn router(config: RelayConfig) -> Result<(Router, String), String> {
     let quota = Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN));
     let failed_tokens = Arc::new(AtomicU64::new(0));
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(sum_up_failed_tokens(Arc::downgrade(&failed_tokens)));
+        let every = config.refused_log_every.max(Duration::from_millis(100));
+        handle.spawn(sum_up_failed_tokens(Arc::downgrade(&failed_tokens), every));
     }
     let relay = Relay {
         limits: tenants.iter().map(|_| RateLimiter::direct(quota)).collect(),
@@ -346,10 +350,10 @@ pub fn router(config: RelayConfig) -> Result<(Router, String), String> {
     Ok((router, label))
 }
 
-/// Logs, once per [`FAILED_TOKENS_EVERY`] in which any came, how many requests showed a
-/// missing or wrong token (one line, not one per attempt). Ends with the relay.
-async fn sum_up_failed_tokens(count: std::sync::Weak<AtomicU64>) {
-    let mut every = tokio::time::interval(FAILED_TOKENS_EVERY);
+/// Logs, once per `period` in which any came, how many requests showed a missing or wrong
+/// token (one line, not one per attempt). Ends with the relay.
+async fn sum_up_failed_tokens(count: std::sync::Weak<AtomicU64>, period: Duration) {
+    let mut every = tokio::time::interval(period);
     every.tick().await;
     loop {
         every.tick().await;
@@ -358,7 +362,7 @@ async fn sum_up_failed_tokens(count: std::sync::Weak<AtomicU64>) {
         if n > 0 {
             tracing::warn!(
                 refused = n,
-                within_s = FAILED_TOKENS_EVERY.as_secs(),
+                within_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
                 "requests with a missing or wrong relay token were refused (401)"
             );
         }

@@ -57,6 +57,9 @@ struct Args {
     /// Requests per second per token.
     #[arg(long, env = "JOBAGENT_RELAY_RATE", default_value_t = 2_000)]
     rate: u32,
+    /// How often the count of requests refused for a wrong token is logged, in seconds.
+    #[arg(long, env = "JOBAGENT_RELAY_REFUSED_LOG_SECS", default_value_t = 60.0)]
+    refused_log_secs: f64,
 }
 
 fn main() -> ExitCode {
@@ -118,6 +121,8 @@ async fn serve(args: Args) -> Result<(), String> {
     config.max_body = args.max_body;
     config.max_lines = args.max_lines;
     config.rate_per_token = args.rate;
+    config.refused_log_every = Duration::try_from_secs_f64(args.refused_log_secs)
+        .map_err(|e| format!("JOBAGENT_RELAY_REFUSED_LOG_SECS: {e}"))?;
     let (app, store) = router(config).map_err(|e| format!("JOBAGENT_RELAY_STORE: {e}"))?;
     let listener = std::net::TcpListener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -42,6 +42,8 @@ pub struct Relay {
     child: Option<Child>,
     port: u16,
     env: Vec<(&'static str, String)>,
+    /// What it wrote to its standard output after its first line (its log).
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Relay {
@@ -93,12 +95,19 @@ impl Relay {
             .unwrap_or_else(|| panic!("jobagent-relay has no stdout"));
         // The first line names the address (port 0 is chosen by the system).
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             if let Some(Ok(line)) = lines.next() {
                 let _ = tx.send(line);
             }
-            for _ in lines {}
+            for line in lines.map_while(Result::ok) {
+                if let Ok(mut log) = kept.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
         });
         let line = rx
             .recv_timeout(Duration::from_secs(20))
@@ -112,7 +121,28 @@ impl Relay {
             child: Some(child),
             port,
             env,
+            log,
         }
+    }
+
+    /// What it logged so far (its standard output after the first line), without colours.
+    pub fn log_text(&self) -> String {
+        let text = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        // Strip ANSI colour sequences (`ESC [ ... m`).
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for d in chars.by_ref() {
+                    if d == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// Its port.

@@ -498,6 +498,49 @@ async fn a_bare_token_is_refused_at_start_up() {
     assert!(!stderr.contains("a-bare-s3cret-token"), "{stderr}");
 }
 
+/// Requests with a wrong token are logged as a count, not one line each, and the tried tokens
+/// are not logged.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_tokens_are_logged_as_counts() {
+    let db = AnyStore::postgresql().await;
+    let relay = Relay::start_checked(
+        &db,
+        &[
+            ("JOBAGENT_RELAY_TOKENS", BILLING.to_owned()),
+            ("JOBAGENT_RELAY_REFUSED_LOG_SECS", "1".to_owned()),
+        ],
+    );
+    for i in 0..40 {
+        let (status, body) = post(&relay, "ping", &format!("guess-{i}"), &json!(null)).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    let counted = |log: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains("wrong relay token"))
+            .filter_map(|l| {
+                l.split("refused=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while counted(&relay.log_text()) < 40 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = relay.log_text();
+    assert_eq!(counted(&log), 40, "{log}");
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("wrong relay token"))
+        .count();
+    assert!(lines <= 5, "one line per attempt: {log}");
+    assert!(!log.contains("guess-"), "a tried token was logged: {log}");
+}
+
 tests::on_every_store! {
     a_token_takes_no_lock_but_its_own => locks;
     a_token_marks_forges_and_reads_no_other_result => results;
