@@ -17,7 +17,8 @@
 //! - results: the first-report mark is per service, and a result (`first_report`, a
 //!   `_agent_result_<id>` write) is taken only for a job that exists in the center's storage
 //!   and is Processing (read from Hangfire's own tables or keys);
-//! - reads: `_agent_result_<id>` only after this service reported it; no cluster record (a
+//! - reads: `_agent_result_<id>` only after this service reported it (before, it reads as
+//!   absent); no cluster record (a
 //!   console's key names no service: consoles stay readable to every token).
 //!
 //! Each request is checked in this order, and nothing is written unless all pass:
@@ -747,21 +748,27 @@ impl Relay {
             "read_set" => {
                 let c: ReadCall = parse(body)?;
                 scope(&c.key, READ_SCOPE)?;
-                self.may_read(t, &c.key).await?;
+                if !self.may_read(t, &c.key).await? {
+                    return Ok(ok(Vec::<String>::new()));
+                }
                 let res = s.read_set(&c.key, c.from, c.count.min(100_000)).await;
                 self.answer(op, res).await
             }
             "read_hash" => {
                 let c: ReadCall = parse(body)?;
                 scope(&c.key, READ_SCOPE)?;
-                self.may_read(t, &c.key).await?;
+                if !self.may_read(t, &c.key).await? {
+                    return Ok(ok(None::<String>));
+                }
                 let res = s.read_hash(&c.key, &c.field).await;
                 self.answer(op, res).await
             }
             "read_hash_all" => {
                 let c: ReadCall = parse(body)?;
                 scope(&c.key, READ_SCOPE)?;
-                self.may_read(t, &c.key).await?;
+                if !self.may_read(t, &c.key).await? {
+                    return Ok(ok(Vec::<(String, String)>::new()));
+                }
                 let res = s.read_hash_all(&c.key).await;
                 self.answer(op, res).await
             }
@@ -835,10 +842,11 @@ impl Relay {
         Ok(resource.to_owned())
     }
 
-    /// Refuses a read of a result this tenant did not report.
-    async fn may_read(&self, t: &Tenant, key: &str) -> Result<(), Refusal> {
+    /// Whether tenant `t` may read `key`: a result only when it reported it (another reads
+    /// as absent, as before a result is written: `jobagent-dev` asks before its run).
+    async fn may_read(&self, t: &Tenant, key: &str) -> Result<bool, Refusal> {
         let Some(id) = key.strip_prefix(RESULT_KEY) else {
-            return Ok(());
+            return Ok(true);
         };
         if id.is_empty() {
             // The set of reported ids: the center's, not a service's.
@@ -858,11 +866,7 @@ impl Relay {
                 .map(|v| v.is_some()),
         };
         match reported {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(refuse(
-                StatusCode::FORBIDDEN,
-                "this service did not report that result; it reads only its own",
-            )),
+            Ok(reported) => Ok(reported),
             Err(e) => Err(self.failed("read", e).await),
         }
     }
