@@ -2,22 +2,43 @@
 //!
 //! The relay holds the one store's credentials and answers agents' store operations over
 //! HTTP (`POST /v1/<op>`, see `store/relay.rs` for the wire shapes). It keeps no state of
-//! its own: run as many as you like behind one address. Each request is checked in this
-//! order, and nothing is written unless all pass:
+//! its own: run as many as you like behind one address.
 //!
-//! 1. a bearer token from `JOBAGENT_RELAY_TOKENS` (compared in constant time): else 401;
+//! **A token is a tenant.** Each token belongs to one service (`billing:<secret>`), and the
+//! relay scopes everything the token touches to that service, whatever the request says:
+//!
+//! - cluster records: instance names, classes and stop ids are stored as `<service>:<name>`
+//!   (and given back without it), so one service cannot claim, stop, list or squat another's;
+//! - locks: a resource is `jobagent:lock:<service>:<resource>` unless the operator granted the
+//!   service that name (or a `prefix*` pattern), for locks shared with .NET services; the
+//!   center's own locks (`hangfire:*`, the schema's prefix) and, on Redis, Hangfire's key
+//!   names are refused even when granted; the stale period is never shorter than the store's
+//!   own (it is raised to it);
+//! - results: the first-report mark is per service, and a result (`first_report`, a
+//!   `_agent_result_<id>` write) is taken only for a job that exists in the center's storage
+//!   and is Processing (read from Hangfire's own tables or keys);
+//! - reads: `_agent_result_<id>` only after this service reported it (before, it reads as
+//!   absent); no cluster record (a
+//!   console's key names no service: consoles stay readable to every token).
+//!
+//! Each request is checked in this order, and nothing is written unless all pass:
+//!
+//! 1. a bearer token (`Authorization: Bearer`, the scheme in any case), compared in constant
+//!    time: else 401 (failed attempts are counted and logged once a minute);
 //! 2. that token's request rate: else 429;
 //! 3. the body's size: else 413;
 //! 4. the JSON's shape: else 400;
-//! 5. the keys it writes are ones an agent writes (`console:*`, `_agent_result_*`,
-//!    `AgentHeart:*`; cluster records and locks are named by the relay itself): else 403;
-//! 6. a console batch's line count: else 413.
+//! 5. the keys and lock names it names: else 403;
+//! 6. a console batch's line count: else 413;
+//! 7. for a result, the job's state in the center's storage: else 409.
 //!
-//! A store that fails answers 503 with the store's error (no credentials in it), and the
-//! agent retries as in any outage.
+//! A store that fails answers 503 only when a retry can fix it (no connection, a timeout, a
+//! busy store); a permanent refusal (a constraint, a privilege, bad input) is a 4xx saying
+//! so, and the database's own text goes to the relay's log, never into the answer.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -31,20 +52,177 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use crate::cluster::relay::ClusterCall;
+use crate::cluster::{ClaimValue, Claimed, ClusterRun, Member, RunRecord};
 use crate::store::relay::{
     API, AddToSetCall, ConsoleCall, ErrorBody, FenceCall, FirstReportCall, LockCall, LockTryCall,
     PingAnswer, ReadCall, SetHashCall,
 };
-use crate::store::{Opening, Store, StoreType, pool};
+use crate::store::{Backend, Opening, Store, StoreError, StoreErrorKind, StoreType, pool};
 
 /// Keys an agent writes in hashes and sets, by prefix.
 const WRITE_SCOPE: &[&str] = &["console:", "_agent_result_", "AgentHeart:"];
-/// Keys the dashboard's reads may name (`jobagent-dev` through a relay).
-const READ_SCOPE: &[&str] = &["console:", "_agent_result_", "AgentHeart:", "jobagent:"];
+/// Keys the dashboard's reads may name (`jobagent-dev` through a relay). Cluster records
+/// (`jobagent:*`) are reached through the cluster operations only, in the caller's namespace.
+const READ_SCOPE: &[&str] = &["console:", "_agent_result_", "AgentHeart:"];
+/// The result hash of a dispatch: `_agent_result_<id>`; its set is `_agent_result_`.
+const RESULT_KEY: &str = "_agent_result_";
 /// The longest key or lock resource accepted (Hangfire's `Key` columns hold 100).
 const MAX_KEY_CHARS: usize = 100;
+/// The longest service name.
+const MAX_TENANT_CHARS: usize = 32;
+/// The longest job id a result may name (Hangfire.Redis's ids are GUIDs).
+const MAX_JOB_ID_CHARS: usize = 40;
 /// How long one operation may take on the store.
 const OP_WITHIN: Duration = Duration::from_secs(30);
+/// How long the probe that tells an outage from a refusal may take.
+const PROBE_WITHIN: Duration = Duration::from_secs(3);
+/// How often failed token attempts are summed up in the log, by default.
+const FAILED_TOKENS_EVERY: Duration = Duration::from_secs(60);
+/// Hangfire.PostgreSql's `DistributedLockTimeout` default (`PostgreSqlStorageOptions`): a lock
+/// row younger than this is live. The relay never lets a caller treat it as stale earlier.
+const PG_STALE_FLOOR: Duration = Duration::from_secs(600);
+/// Hangfire.MySqlStorage judges staleness by the waiter's own timeout; Hangfire's own
+/// schedulers wait a minute (`RecurringJobScheduler`, `DelayedJobScheduler`). The relay never
+/// lets a caller treat a row younger than that as stale. (An agent's own held lock is
+/// refreshed every 500 ms, so this only delays taking over a crashed holder's row.)
+const MYSQL_STALE_FLOOR: Duration = Duration::from_secs(60);
+/// Lock resources that are the center's own, refused to every token, granted or not:
+/// Hangfire.PostgreSql writes `<schema>:<resource>` (`hangfire:recurring-jobs:lock`,
+/// `hangfire:locks:schedulepoller`), and Hangfire's own resource names are below it.
+const CENTER_LOCKS: &[&str] = &["hangfire:", "recurring-jobs:", "locks:", "job:", "lock:"];
+/// Key names Hangfire.Redis.StackExchange keeps under its prefix (`RedisWriteOnlyTransaction`,
+/// `RedisConnection`, `RedisStorage`), and the agent's own: on Redis a lock resource is a
+/// key, and a granted one may not be one of these (nor start like them).
+const HANGFIRE_REDIS_KEYS: &[&str] = &[
+    "job:",
+    "jobs",
+    "queue:",
+    "queues",
+    "recurring-job",
+    "schedule",
+    "processing",
+    "succeeded",
+    "failed",
+    "deleted",
+    "awaiting",
+    "retries",
+    "servers",
+    "server:",
+    "stats:",
+    "state",
+    "lock",
+    "events:",
+    "console:",
+    "_agent_result_",
+    "agentheart:",
+    "activeagent:",
+    "jobagent:",
+];
+
+/// One service allowed through the relay: its name, its token and its lock grants.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Tenant {
+    /// The service's name (`billing`): 1 to 32 of `A-Z a-z 0-9 _ - .`.
+    pub name: String,
+    /// The whole token the service shows (`billing:<secret>`).
+    pub token: crate::Secret,
+    /// Lock resources the service may take as named (shared with .NET services): exact names
+    /// or `prefix*` patterns.
+    pub locks: Vec<String>,
+}
+
+/// Parses token entries: `<service>:<secret>` each, optionally followed by whitespace and
+/// `lock=<name or prefix*>` grants (repeatable; `lock=a,b` is not: one name per item).
+/// Entries are separated by `sep` (`,` in `JOBAGENT_RELAY_TOKENS`, a line in a tokens file,
+/// where `#` starts a comment). `source` names where they came from, for errors. A bare
+/// secret (the form before services had names) is refused, saying the new form.
+pub fn parse_tenants(text: &str, sep: char, source: &str) -> Result<Vec<Tenant>, String> {
+    let mut tenants = Vec::new();
+    for (n, raw) in text.split(sep).enumerate() {
+        let entry = match sep {
+            '\n' => raw.split('#').next().unwrap_or_default(),
+            _ => raw,
+        }
+        .trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let at = format!("{source}, entry {}", n + 1);
+        let mut items = entry.split_whitespace();
+        let token = items.next().unwrap_or_default();
+        let Some((name, secret)) = token.split_once(':') else {
+            return Err(format!(
+                "{at} has no service name: since tokens are tenants, write each as `<service>:<secret>` (e.g. `billing:<secret>`), and give the service's agents that whole string as JOBAGENT_RELAY_TOKEN"
+            ));
+        };
+        check_tenant_name(name).map_err(|e| format!("{at}: {e}"))?;
+        if secret.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{at}: the secret after `{name}:` is empty or holds characters other than visible ASCII"
+            ));
+        }
+        let mut locks = Vec::new();
+        for item in items {
+            let Some(grant) = item.strip_prefix("lock=") else {
+                return Err(format!(
+                    "{at}: `{}` is not a grant; write `lock=<name>` or `lock=<prefix>*`",
+                    item.chars().take(40).collect::<String>()
+                ));
+            };
+            check_grant(grant).map_err(|e| format!("{at}: {e}"))?;
+            locks.push(grant.to_owned());
+        }
+        tenants.push(Tenant {
+            name: name.to_owned(),
+            token: crate::Secret::new(token),
+            locks,
+        });
+    }
+    Ok(tenants)
+}
+
+fn check_tenant_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= MAX_TENANT_CHARS
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the service name before `:` must be 1 to {MAX_TENANT_CHARS} of A-Z a-z 0-9 _ - ."
+        ))
+    }
+}
+
+fn check_grant(grant: &str) -> Result<(), String> {
+    let stem = grant.strip_suffix('*').unwrap_or(grant);
+    if stem.is_empty() || stem.contains('*') || grant.chars().count() > MAX_KEY_CHARS {
+        return Err(format!(
+            "lock grant `{}` must be a name or a non-empty `prefix*`, at most {MAX_KEY_CHARS} characters",
+            grant.chars().take(40).collect::<String>()
+        ));
+    }
+    if let Some(p) = CENTER_LOCKS
+        .iter()
+        .chain(&["jobagent:"])
+        .find(|p| starts_with_ci(stem, p) || starts_with_ci(p, stem))
+    {
+        return Err(format!(
+            "lock grant `{}` reaches `{p}*`, the center's or the relay's own locks, which no service may take",
+            grant.chars().take(40).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+fn starts_with_ci(text: &str, prefix: &str) -> bool {
+    text.len() >= prefix.len()
+        && text.is_char_boundary(prefix.len())
+        && text[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
 
 /// What a relay serves, and its bounds.
 #[derive(Debug)]
@@ -58,29 +236,37 @@ pub struct RelayConfig {
     pub prefix: String,
     /// Days until written rows expire.
     pub expire_days: f64,
-    /// The accepted bearer tokens.
-    pub tokens: Vec<crate::Secret>,
+    /// The services and their tokens.
+    pub tenants: Vec<Tenant>,
+    /// Whether a result is taken only for a job Processing in the center's storage (on by
+    /// default; off only for a store without Hangfire's job tables, such as a test's).
+    pub check_jobs: bool,
     /// The largest request body, in bytes.
     pub max_body: usize,
     /// The most lines in one console batch.
     pub max_lines: usize,
     /// Requests per second per token (bursts of as many).
     pub rate_per_token: u32,
+    /// How often the count of requests refused for a missing or wrong token is logged.
+    pub refused_log_every: Duration,
 }
 
 impl RelayConfig {
-    /// A relay of `store` accepting `tokens`, with the default bounds: bodies of 8 MiB,
-    /// batches of 10,000 lines, 2,000 requests per second per token, rows kept 7 days.
-    pub fn new(store: impl Into<String>, tokens: Vec<String>) -> Self {
+    /// A relay of `store` for `tenants`, with the default bounds: bodies of 8 MiB, batches
+    /// of 10,000 lines, 2,000 requests per second per token, rows kept 7 days, results
+    /// checked against the center's jobs.
+    pub fn new(store: impl Into<String>, tenants: Vec<Tenant>) -> Self {
         Self {
             store: crate::Secret::new(store),
             store_type: None,
             prefix: String::new(),
             expire_days: 7.0,
-            tokens: tokens.into_iter().map(crate::Secret::new).collect(),
+            tenants,
+            check_jobs: true,
             max_body: 8 * 1024 * 1024,
             max_lines: 10_000,
             rate_per_token: 2_000,
+            refused_log_every: FAILED_TOKENS_EVERY,
         }
     }
 }
@@ -88,14 +274,18 @@ impl RelayConfig {
 /// A running relay's state.
 struct Relay {
     store: Store,
-    tokens: Vec<crate::Secret>,
+    tenants: Vec<Tenant>,
     limits: Vec<DefaultDirectRateLimiter>,
+    check_jobs: bool,
     max_body: usize,
     max_lines: usize,
     rate: u32,
+    /// Requests refused for a missing or wrong token since the last summary.
+    failed_tokens: Arc<AtomicU64>,
 }
 
-/// The relay's router (`POST /v1/{op}`), and a description of its store for the log.
+/// The relay's router (`POST /v1/{op}`), and a description of its store for the log. Call it
+/// inside a Tokio runtime: it starts the task that sums up failed token attempts.
 pub fn router(config: RelayConfig) -> Result<(Router, String), String> {
     let kind = config
         .store_type
@@ -104,13 +294,23 @@ pub fn router(config: RelayConfig) -> Result<(Router, String), String> {
     if kind == StoreType::Relay {
         return Err("a relay's store is a database, not another relay".to_owned());
     }
-    let tokens: Vec<crate::Secret> = config
-        .tokens
-        .into_iter()
-        .filter(|t| !t.expose().trim().is_empty())
-        .collect();
-    if tokens.is_empty() {
-        return Err("no tokens: set JOBAGENT_RELAY_TOKENS (comma-separated)".to_owned());
+    let tenants = config.tenants;
+    if tenants.is_empty() {
+        return Err(
+            "no tokens: set JOBAGENT_RELAY_TOKENS (`<service>:<secret>`, comma-separated) or JOBAGENT_RELAY_TOKENS_FILE"
+                .to_owned(),
+        );
+    }
+    for (i, t) in tenants.iter().enumerate() {
+        if tenants[..i]
+            .iter()
+            .any(|u| u.token.expose() == t.token.expose())
+        {
+            return Err(format!(
+                "the token of service `{}` is given twice; give each entry its own secret",
+                t.name
+            ));
+        }
     }
     // None: the type's default (MySQL: found from the tables, as the agent does).
     let prefix = match config.prefix.trim() {
@@ -130,18 +330,44 @@ pub fn router(config: RelayConfig) -> Result<(Router, String), String> {
     let label = format!("{} ({kind})", store.label);
     let rate = config.rate_per_token.max(1);
     let quota = Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN));
+    let failed_tokens = Arc::new(AtomicU64::new(0));
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let every = config.refused_log_every.max(Duration::from_millis(100));
+        handle.spawn(sum_up_failed_tokens(Arc::downgrade(&failed_tokens), every));
+    }
     let relay = Relay {
-        limits: tokens.iter().map(|_| RateLimiter::direct(quota)).collect(),
+        limits: tenants.iter().map(|_| RateLimiter::direct(quota)).collect(),
         store,
-        tokens,
+        tenants,
+        check_jobs: config.check_jobs,
         max_body: config.max_body.max(1024),
         max_lines: config.max_lines.max(1),
         rate,
+        failed_tokens,
     };
     let router = Router::new()
         .route(&format!("{API}{{op}}"), post(handle))
         .with_state(Arc::new(relay));
     Ok((router, label))
+}
+
+/// Logs, once per `period` in which any came, how many requests showed a missing or wrong
+/// token (one line, not one per attempt). Ends with the relay.
+async fn sum_up_failed_tokens(count: std::sync::Weak<AtomicU64>, period: Duration) {
+    let mut every = tokio::time::interval(period);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(count) = count.upgrade() else { return };
+        let n = count.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            tracing::warn!(
+                refused = n,
+                within_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+                "requests with a missing or wrong relay token were refused (401)"
+            );
+        }
+    }
 }
 
 /// A refused or failed request: its status and `{"error": ...}`.
@@ -193,6 +419,7 @@ async fn handle(
     body: Body,
 ) -> Response {
     let Some(who) = relay.token_of(&headers) else {
+        relay.failed_tokens.fetch_add(1, Ordering::Relaxed);
         return refuse(
             StatusCode::UNAUTHORIZED,
             "a valid bearer token is required (Authorization: Bearer <JOBAGENT_RELAY_TOKEN>)",
@@ -222,20 +449,26 @@ async fn handle(
             .into_response();
         }
     };
+    let Some(tenant) = relay.tenants.get(who) else {
+        return refuse(StatusCode::UNAUTHORIZED, "unknown token").into_response();
+    };
     let started = tokio::time::Instant::now();
-    let answer = tokio::time::timeout(OP_WITHIN, relay.serve(&op, &bytes)).await;
+    let answer = tokio::time::timeout(OP_WITHIN, relay.serve(tenant, &op, &bytes)).await;
     let response = match answer {
         Ok(Ok(response)) => response,
         Ok(Err(refusal)) => refusal.into_response(),
         Err(_) => refuse(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("the store did not answer within {} s", OP_WITHIN.as_secs()),
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the store did not answer within {} s; retry",
+                OP_WITHIN.as_secs()
+            ),
         )
         .into_response(),
     };
     tracing::debug!(
-        op = %op.chars().take(30).collect::<String>(),
-        token = who,
+        op = %op.chars().take(30).collect::<String>().escape_debug(),
+        service = %tenant.name,
         status = response.status().as_u16(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "relay request"
@@ -243,40 +476,182 @@ async fn handle(
     response
 }
 
-/// A store error: the store is unavailable; the agent retries.
-fn unavailable(e: impl Into<String>) -> Refusal {
-    refuse(StatusCode::SERVICE_UNAVAILABLE, e)
+/// What a store's error means for the caller.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The store is unreachable, timed out or busy: a retry can fix it (503).
+    Unavailable,
+    /// The store refused the relay's own login: only the relay's operator can fix it (502).
+    Login,
+    /// The store refused this operation for a privilege (403).
+    Privilege,
+    /// The store refused this operation's data (a constraint, bad input) (422).
+    Refused,
+}
+
+/// Words of errors that a retry can fix: connections, timeouts, a busy or restarting store,
+/// and the agent SDK's own "retrying" (a cluster section that stayed busy).
+const TRANSIENT_WORDS: &[&str] = &[
+    "timed out",
+    "timeout",
+    "did not answer",
+    "did not complete",
+    "within",
+    "connect",
+    "connection",
+    "closed",
+    "reset",
+    "broken pipe",
+    "eof",
+    "i/o",
+    "io error",
+    "unavailable",
+    "busy",
+    "retry",
+    "deadlock",
+    "serializ",
+    "too many",
+    "shutting down",
+    "loading",
+    "tryagain",
+    "vanished",
+    "kept changing hands",
+    "has not answered",
+];
+/// Words of a refused login (PostgreSQL, MySQL, Redis).
+const LOGIN_WORDS: &[&str] = &[
+    "password authentication failed",
+    "access denied for user",
+    "wrongpass",
+    "noauth",
+    "authentication required",
+    "invalid password",
+    "no pg_hba.conf entry",
+    "role \"",
+];
+/// Words of a refused privilege.
+const PRIVILEGE_WORDS: &[&str] = &["permission denied", "command denied", "noperm", "denied"];
+
+/// The class of a store's error text.
+fn classify(e: &str) -> Failure {
+    let e = e.to_ascii_lowercase();
+    if LOGIN_WORDS.iter().any(|w| e.contains(w)) {
+        Failure::Login
+    } else if PRIVILEGE_WORDS.iter().any(|w| e.contains(w)) {
+        Failure::Privilege
+    } else if TRANSIENT_WORDS.iter().any(|w| e.contains(w)) {
+        Failure::Unavailable
+    } else {
+        Failure::Refused
+    }
 }
 
 impl Relay {
-    /// The index of the token the request shows, if it is one of ours.
+    /// The index of the token the request shows, if it is one of ours. The scheme is matched
+    /// in any letter case (RFC 9110); every token is compared, in constant time.
     fn token_of(&self, headers: &HeaderMap) -> Option<usize> {
-        let shown = headers
-            .get(header::AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")?
-            .trim()
-            .as_bytes();
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+        let (scheme, shown) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let shown = shown.trim().as_bytes();
         let mut found = None;
-        for (i, token) in self.tokens.iter().enumerate() {
-            if bool::from(token.expose().as_bytes().ct_eq(shown)) && found.is_none() {
+        for (i, tenant) in self.tenants.iter().enumerate() {
+            if bool::from(tenant.token.expose().as_bytes().ct_eq(shown)) && found.is_none() {
                 found = Some(i);
             }
         }
         found
     }
 
-    async fn serve(&self, op: &str, body: &Bytes) -> Result<Response, Refusal> {
+    /// A store error as an answer: its class decides the status; the store's own text goes to
+    /// the log only. An error whose words say nothing is told apart by a probe of the store:
+    /// unreachable is an outage (503), reachable is a refusal (422).
+    async fn failed(&self, op: &str, e: StoreError) -> Refusal {
+        // A kind the store layer knows decides; an error still carried as text (counted as
+        // an outage by the layer) is told apart by its words.
+        let mut class = match e.kind() {
+            StoreErrorKind::Refused | StoreErrorKind::Conflict => Failure::Refused,
+            StoreErrorKind::TimedOut => Failure::Unavailable,
+            _ => classify(&e.to_string()),
+        };
+        let e = String::from(e);
+        if class == Failure::Refused
+            && !matches!(
+                tokio::time::timeout(PROBE_WITHIN, self.store.ping(PROBE_WITHIN)).await,
+                Ok(Ok(()))
+            )
+        {
+            class = Failure::Unavailable;
+        }
+        let reference = format!("{:08x}", rand::random::<u32>());
+        tracing::warn!(
+            op,
+            reference = %reference,
+            class = ?class,
+            error = %e.escape_debug(),
+            "the store failed a relay operation"
+        );
+        match class {
+            Failure::Unavailable => refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the store is unavailable or busy; retry (relay log reference {reference})"
+                ),
+            ),
+            Failure::Login => refuse(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the store refused the relay's own login: the relay's operator must fix JOBAGENT_RELAY_STORE (relay log reference {reference})"
+                ),
+            ),
+            Failure::Privilege => refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the store refused this operation to the relay's account (a privilege); a retry will not help (relay log reference {reference})"
+                ),
+            ),
+            Failure::Refused => refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "the store refused this operation's data (a constraint or bad input); a retry will not help (relay log reference {reference})"
+                ),
+            ),
+        }
+    }
+
+    /// `res` as an answer, or its error classified.
+    async fn answer<T: serde::Serialize>(
+        &self,
+        op: &str,
+        res: Result<T, impl Into<StoreError>>,
+    ) -> Result<Response, Refusal> {
+        match res {
+            Ok(value) => Ok(ok(value)),
+            Err(e) => Err(self.failed(op, e.into()).await),
+        }
+    }
+
+    async fn serve(&self, t: &Tenant, op: &str, body: &Bytes) -> Result<Response, Refusal> {
         let s = &self.store;
-        Ok(match op {
-            "ping" => ok(PingAnswer {
-                kind: s.kind().name().to_owned(),
-            }),
-            "check" => ok(s
-                .check_tables(tokio::time::Instant::now() + crate::store::FIRST_REACH_WITHIN)
-                .await
-                .map_err(unavailable)?),
+        match op {
+            // Both answer only when the store takes the relay's own login.
+            "ping" => {
+                let pinged = s.ping(PROBE_WITHIN).await;
+                self.answer(op, pinged).await?;
+                Ok(ok(PingAnswer {
+                    kind: s.kind().name().to_owned(),
+                }))
+            }
+            "check" => {
+                let pinged = s.ping(PROBE_WITHIN).await;
+                self.answer(op, pinged).await?;
+                let checked = s
+                    .check_tables(tokio::time::Instant::now() + crate::store::FIRST_REACH_WITHIN)
+                    .await;
+                self.answer(op, checked).await
+            }
             "console" => {
                 let c: ConsoleCall = parse(body)?;
                 scope(&c.set_key, &["console:"])?;
@@ -300,22 +675,27 @@ impl Relay {
                         ));
                     }
                 }
-                ok(s.write_console(&c.set_key, &c.hash_key, &c.lines)
-                    .await
-                    .map_err(unavailable)?)
+                let res = s.write_console(&c.set_key, &c.hash_key, &c.lines).await;
+                self.answer(op, res).await
             }
             "set_hash" => {
                 let c: SetHashCall = parse(body)?;
                 scope(&c.key, WRITE_SCOPE)?;
+                if let Some(id) = c.key.strip_prefix(RESULT_KEY) {
+                    self.processing(id).await?;
+                }
                 let pairs: Vec<(&str, &str)> = c
                     .pairs
                     .iter()
                     .map(|(f, v)| (f.as_str(), v.as_str()))
                     .collect();
-                let life = c.life_secs.map(Duration::from_secs);
-                ok(s.set_hash(&c.key, &pairs, life)
-                    .await
-                    .map_err(unavailable)?)
+                // A row sent without an expiry lives the store's ExpireAtDays, and none longer.
+                let life = c
+                    .life_secs
+                    .map(Duration::from_secs)
+                    .map_or(s.expire, |l| l.min(s.expire));
+                let res = s.set_hash(&c.key, &pairs, Some(life)).await;
+                self.answer(op, res).await
             }
             "add_to_set" => {
                 let c: AddToSetCall = parse(body)?;
@@ -326,70 +706,419 @@ impl Relay {
                         "the score is not a finite number",
                     ));
                 }
-                ok(s.add_to_set(&c.key, &c.value, c.score)
-                    .await
-                    .map_err(unavailable)?)
+                if c.key == RESULT_KEY {
+                    self.processing(&c.value).await?;
+                } else if c.key.starts_with(RESULT_KEY) {
+                    return Err(refuse(
+                        StatusCode::FORBIDDEN,
+                        "a result's set is `_agent_result_` itself; nothing was written",
+                    ));
+                }
+                let res = s.add_to_set(&c.key, &c.value, c.score).await;
+                self.answer(op, res).await
             }
             "first_report" => {
                 let c: FirstReportCall = parse(body)?;
-                ok(s.first_report(&c.id, &c.token).await.map_err(unavailable)?)
+                if !self.processing_or_settled(&c.id).await? {
+                    // The job is settled at the center (a retry after the result was read):
+                    // nothing to report any more.
+                    return Ok(ok(false));
+                }
+                let res = s.first_report(&mark_of(t, &c.id), &c.token).await;
+                self.answer(op, res).await
             }
             "lock_try" => {
                 let c: LockTryCall = parse(body)?;
-                resource(&c.resource)?;
-                let stale = Duration::from_millis(c.stale_ms);
-                ok(s.lock_try(&c.resource, stale).await.map_err(unavailable)?)
+                let name = self.lock_name(t, &c.resource)?;
+                let stale = self.stale_floor(Duration::from_millis(c.stale_ms));
+                let res = s.lock_try(&name, stale).await;
+                self.answer(op, res).await
             }
             "lock_keep" => {
                 let c: LockCall = parse(body)?;
-                resource(&c.resource)?;
-                ok(s.lock_keep(&c.resource, &c.owner)
-                    .await
-                    .map_err(unavailable)?)
+                let name = self.lock_name(t, &c.resource)?;
+                let res = s.lock_keep(&name, &c.owner).await;
+                self.answer(op, res).await
             }
             "lock_release" => {
                 let c: LockCall = parse(body)?;
-                resource(&c.resource)?;
-                ok(s.lock_release(&c.resource, &c.owner)
-                    .await
-                    .map_err(unavailable)?)
+                let name = self.lock_name(t, &c.resource)?;
+                let res = s.lock_release(&name, &c.owner).await;
+                self.answer(op, res).await
             }
             "fence" => {
                 let c: FenceCall = parse(body)?;
-                resource(&c.resource)?;
-                ok(s.fence(&c.resource).await.map_err(unavailable)?)
+                let name = self.lock_name(t, &c.resource)?;
+                let res = s.fence(&name).await;
+                self.answer(op, res).await
             }
             "read_set" => {
                 let c: ReadCall = parse(body)?;
                 scope(&c.key, READ_SCOPE)?;
-                ok(s.read_set(&c.key, c.from, c.count.min(100_000))
-                    .await
-                    .map_err(unavailable)?)
+                if !self.may_read(t, &c.key).await? {
+                    return Ok(ok(Vec::<String>::new()));
+                }
+                let res = s.read_set(&c.key, c.from, c.count.min(100_000)).await;
+                self.answer(op, res).await
             }
             "read_hash" => {
                 let c: ReadCall = parse(body)?;
                 scope(&c.key, READ_SCOPE)?;
-                ok(s.read_hash(&c.key, &c.field).await.map_err(unavailable)?)
+                if !self.may_read(t, &c.key).await? {
+                    return Ok(ok(None::<String>));
+                }
+                let res = s.read_hash(&c.key, &c.field).await;
+                self.answer(op, res).await
             }
             "read_hash_all" => {
                 let c: ReadCall = parse(body)?;
                 scope(&c.key, READ_SCOPE)?;
-                ok(s.read_hash_all(&c.key).await.map_err(unavailable)?)
+                if !self.may_read(t, &c.key).await? {
+                    return Ok(ok(Vec::<(String, String)>::new()));
+                }
+                let res = s.read_hash_all(&c.key).await;
+                self.answer(op, res).await
             }
             "cluster" => {
                 let c: ClusterCall = parse(body)?;
-                ok(c.run(s).await.map_err(unavailable)?)
+                let res = cluster(s, &t.name, c).await;
+                self.answer(op, res).await
             }
-            other => {
-                return Err(refuse(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "`{}` is not a relay operation",
-                        other.chars().take(30).collect::<String>()
-                    ),
-                ));
-            }
-        })
+            other => Err(refuse(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "`{}` is not a relay operation",
+                    other.chars().take(30).collect::<String>().escape_debug()
+                ),
+            )),
+        }
+    }
+
+    /// The stale period a lock try may use: never shorter than the store's own.
+    fn stale_floor(&self, asked: Duration) -> Duration {
+        match self.store.kind() {
+            StoreType::PostgreSql => asked.max(PG_STALE_FLOOR),
+            StoreType::MySql => asked.max(MYSQL_STALE_FLOOR),
+            // Redis: a lock's key expires by itself; the stale period is not used.
+            _ => asked,
+        }
+    }
+
+    /// The lock resource `resource` of tenant `t` as stored: the center's own locks are
+    /// refused; a granted one is used as named (on Redis, never one of Hangfire's keys);
+    /// any other lives in the tenant's namespace.
+    fn lock_name(&self, t: &Tenant, resource: &str) -> Result<String, Refusal> {
+        if resource.is_empty() || resource.chars().count() > MAX_KEY_CHARS {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("a lock resource is 1 to {MAX_KEY_CHARS} characters"),
+            ));
+        }
+        let own = self.store.prefix.trim_matches('"').to_owned() + ":";
+        if CENTER_LOCKS.iter().any(|p| starts_with_ci(resource, p))
+            || (own.len() > 1 && starts_with_ci(resource, &own))
+        {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "lock `{}` is one of the center's own (Hangfire's); no service may take it",
+                    echo(resource)
+                ),
+            ));
+        }
+        let granted = t.locks.iter().any(|g| match g.strip_suffix('*') {
+            Some(stem) => resource.starts_with(stem),
+            None => g == resource,
+        });
+        if !granted || starts_with_ci(resource, "jobagent:") {
+            return Ok(fit(format!("jobagent:lock:{}:{resource}", t.name)));
+        }
+        if self.store.kind() == StoreType::Redis
+            && HANGFIRE_REDIS_KEYS
+                .iter()
+                .any(|k| starts_with_ci(resource, k))
+        {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "lock `{}` would be a key in Hangfire's key space on Redis; grant another name",
+                    echo(resource)
+                ),
+            ));
+        }
+        Ok(resource.to_owned())
+    }
+
+    /// Whether tenant `t` may read `key`: a result only when it reported it (another reads
+    /// as absent, as before a result is written: `jobagent-dev` asks before its run).
+    async fn may_read(&self, t: &Tenant, key: &str) -> Result<bool, Refusal> {
+        let Some(id) = key.strip_prefix(RESULT_KEY) else {
+            return Ok(true);
+        };
+        if id.is_empty() {
+            // The set of reported ids: the center's, not a service's.
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "the set `_agent_result_` lists every service's results; read a result by its id",
+            ));
+        }
+        // This service's first-report mark of the dispatch, read without writing one.
+        let mark = mark_of(t, id);
+        let reported = match self.store.backend() {
+            Backend::Redis(r) => r.result_marked(&mark).await,
+            _ => self
+                .store
+                .read_hash("jobagent:results", &mark)
+                .await
+                .map(|v| v.is_some()),
+        };
+        match reported {
+            Ok(reported) => Ok(reported),
+            Err(e) => Err(self.failed("read", e.into()).await),
+        }
+    }
+
+    /// Refuses a result for job `id` unless the center's storage holds it in state
+    /// Processing.
+    async fn processing(&self, id: &str) -> Result<(), Refusal> {
+        if self.processing_or_settled(id).await? {
+            Ok(())
+        } else {
+            Err(refuse(
+                StatusCode::CONFLICT,
+                format!(
+                    "job {} is not Processing in the center's storage: its result is not taken; nothing was written",
+                    echo(id)
+                ),
+            ))
+        }
+    }
+
+    /// Whether job `id` is Processing (true) or in another state (false); refused when the
+    /// center's storage has no such job (a result may not be marked in advance).
+    async fn processing_or_settled(&self, id: &str) -> Result<bool, Refusal> {
+        if id.is_empty()
+            || id.chars().count() > MAX_JOB_ID_CHARS
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("`{}` is not a Hangfire job id", echo(id)),
+            ));
+        }
+        if !self.check_jobs {
+            return Ok(true);
+        }
+        let state = match job_state(&self.store, id).await {
+            Ok(state) => state,
+            Err(e) => return Err(self.failed("job state", e.into()).await),
+        };
+        match state {
+            None => Err(refuse(
+                StatusCode::CONFLICT,
+                format!(
+                    "the center's storage has no job {}: a result is taken only for a job that exists and is Processing; nothing was written",
+                    echo(id)
+                ),
+            )),
+            Some(state) => Ok(state.eq_ignore_ascii_case("Processing")),
+        }
+    }
+}
+
+/// The state of Hangfire job `id` in the center's storage, `None` when it has none:
+///
+/// - PostgreSQL: `<schema>.job.statename` (Hangfire.PostgreSql's `Install.v*.sql`);
+/// - MySQL: `<prefix>Job.StateName` (Hangfire.MySqlStorage's `Install.sql`);
+/// - Redis: field `State` of hash `<prefix>job:<id>` (Hangfire.Redis.StackExchange's
+///   `RedisWriteOnlyTransaction.SetJobState`).
+async fn job_state(store: &Store, id: &str) -> Result<Option<String>, String> {
+    match store.backend() {
+        Backend::Postgres(pg) => {
+            let Ok(n) = id.parse::<i64>() else {
+                return Ok(None);
+            };
+            let conn = pg.conn().await?;
+            let row = conn
+                .bound(conn.query_typed_opt(
+                    &format!("SELECT statename FROM {}.job WHERE id = $1", pg.schema),
+                    &[(&n, tokio_postgres::types::Type::INT8)],
+                ))
+                .await?;
+            Ok(row.map(|r| {
+                r.try_get::<_, Option<String>>(0)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            }))
+        }
+        Backend::Mysql(my) => match id.parse::<i64>() {
+            Ok(n) => my.job_state(n).await,
+            Err(_) => Ok(None),
+        },
+        Backend::Redis(r) => r.read_hash(&format!("job:{id}"), "State").await,
+        #[allow(unreachable_patterns)]
+        _ => Err("a relay's store is a database".to_owned()),
+    }
+}
+
+/// The first-report mark of dispatch `id` for tenant `t`: per service, so no service marks
+/// another's dispatch (MySQL's `Field` holds 40 characters: a longer one is hashed).
+fn mark_of(t: &Tenant, id: &str) -> String {
+    fit_to(format!("{}:{id}", t.name), MAX_JOB_ID_CHARS)
+}
+
+/// `text` as a key (at most [`MAX_KEY_CHARS`]; longer: a stable hash of it).
+fn fit(text: String) -> String {
+    fit_to(text, MAX_KEY_CHARS)
+}
+
+fn fit_to(text: String, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text;
+    }
+    format!(
+        "~{}",
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, text.as_bytes()).simple()
+    )
+}
+
+/// A request-given name for an error (bounded, escaped).
+fn echo(text: &str) -> String {
+    text.chars()
+        .take(MAX_KEY_CHARS)
+        .collect::<String>()
+        .escape_debug()
+        .to_string()
+}
+
+/// Runs a cluster call for service `tenant`: instance names, classes and stop ids live in its
+/// namespace (`<tenant>:<name>`), and come back without it.
+async fn cluster(s: &Store, tenant: &str, call: ClusterCall) -> Result<serde_json::Value, String> {
+    use ClusterCall as C;
+    let ns = format!("{tenant}:");
+    let p = |name: &str| format!("{ns}{name}");
+    let me_in = |me: Member| Member {
+        instance: p(&me.instance),
+        server_id: me.server_id,
+    };
+    let strip = |name: String| match name.strip_prefix(&ns) {
+        Some(rest) => rest.to_owned(),
+        None => name,
+    };
+    let claim_out = |c: ClaimValue| ClaimValue {
+        instance: strip(c.instance),
+        ..c
+    };
+    let record_out = |r: RunRecord| RunRecord {
+        class: strip(r.class),
+        ..r
+    };
+    let value = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| e.to_string());
+    // Errors name the instance as the caller knows it.
+    let said = |e: String| e.replace(&format!("`{ns}"), "`");
+    match call {
+        C::Claim { me, class, job_id } => {
+            let claimed = s
+                .claim(&me_in(me), &p(&class), &job_id)
+                .await
+                .map_err(said)?;
+            value(serde_json::to_value(match claimed {
+                Claimed::Busy(holder) => Claimed::Busy(claim_out(holder)),
+                yes => yes,
+            }))
+        }
+        C::RenewClaim { me, class, job_id } => value(serde_json::to_value(
+            s.renew_claim(&me_in(me), &p(&class), &job_id).await?,
+        )),
+        C::ReleaseClaim { me, class, job_id } => value(serde_json::to_value(
+            s.release_claim(&me_in(me), &p(&class), &job_id).await?,
+        )),
+        C::ReleaseLostClaim {
+            class,
+            job_id,
+            server_id,
+        } => value(serde_json::to_value(
+            s.release_lost_claim(&p(&class), &job_id, &server_id)
+                .await?,
+        )),
+        C::ClaimOf { class } => {
+            let claim = s.claim_of(&p(&class)).await?;
+            value(serde_json::to_value(
+                claim.map(|(c, live)| (claim_out(c), live)),
+            ))
+        }
+        C::RecordRun {
+            me,
+            job_id,
+            mut record,
+        } => {
+            record.class = p(&record.class);
+            value(serde_json::to_value(
+                s.record_run(&me_in(me), &job_id, &record)
+                    .await
+                    .map_err(said)?,
+            ))
+        }
+        C::ForgetRun { me, job_id } => value(serde_json::to_value(
+            s.forget_run(&me_in(me), &job_id).await?,
+        )),
+        C::RestoreRun {
+            instance,
+            job_id,
+            mut record,
+        } => {
+            record.class = p(&record.class);
+            value(serde_json::to_value(
+                s.restore_run(&p(&instance), &job_id, &record).await?,
+            ))
+        }
+        C::RemoteRuns { me, class } => {
+            let runs = s.remote_runs(&me_in(me), &p(&class)).await?;
+            let runs: Vec<ClusterRun> = runs
+                .into_iter()
+                // Only this tenant's replicas (the class check already keeps to them).
+                .filter(|r| r.instance.starts_with(&ns))
+                .map(|r| ClusterRun {
+                    instance: strip(r.instance),
+                    job_id: r.job_id,
+                    record: record_out(r.record),
+                })
+                .collect();
+            value(serde_json::to_value(runs))
+        }
+        C::HoldLease { me } => value(serde_json::to_value(s.hold_lease(&me_in(me)).await?)),
+        C::ReleaseLease { me } => value(serde_json::to_value(s.release_lease(&me_in(me)).await?)),
+        C::SendCommand { instance, command } => value(serde_json::to_value(
+            s.send_command(&p(&instance), &command).await?,
+        )),
+        C::TakeCommands { me } => value(serde_json::to_value(s.take_commands(&me_in(me)).await?)),
+        C::Ack {
+            stop_id,
+            job_id,
+            error,
+        } => value(serde_json::to_value(
+            s.ack(&p(&stop_id), &job_id, &error).await?,
+        )),
+        C::Acks { stop_id } => value(serde_json::to_value(s.acks(&p(&stop_id)).await?)),
+        C::TakeOrphans { me } => {
+            let runs = s.take_orphans(&me_in(me)).await?;
+            let runs: Vec<(String, RunRecord)> = runs
+                .into_iter()
+                .map(|(id, r)| (id, record_out(r)))
+                .collect();
+            value(serde_json::to_value(runs))
+        }
+        C::TakeLost { me, scan } => {
+            let runs = s.take_lost_in(&me_in(me), scan, &ns).await?;
+            let runs: Vec<(String, String, RunRecord)> = runs
+                .into_iter()
+                .map(|(instance, id, r)| (strip(instance), id, record_out(r)))
+                .collect();
+            value(serde_json::to_value(runs))
+        }
     }
 }
 
@@ -417,19 +1146,63 @@ fn scope(key: &str, allowed: &[&str]) -> Result<(), Refusal> {
         StatusCode::FORBIDDEN,
         format!(
             "key `{}` is outside what an agent writes ({}); nothing was written",
-            key.chars().take(MAX_KEY_CHARS).collect::<String>(),
+            echo(key),
             allowed.join("*, ") + "*"
         ),
     ))
 }
 
-/// Refuses a lock resource name that is empty or too long.
-fn resource(name: &str) -> Result<(), Refusal> {
-    if name.is_empty() || name.chars().count() > MAX_KEY_CHARS {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            format!("a lock resource is 1 to {MAX_KEY_CHARS} characters"),
-        ));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_tenants_and_bare_secrets_are_refused() {
+        let t = parse_tenants(
+            "billing:s3cret lock=report:* lock=nightly, mailer:x",
+            ',',
+            "T",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].name, "billing");
+        assert_eq!(t[0].token.expose(), "billing:s3cret");
+        assert_eq!(t[0].locks, vec!["report:*", "nightly"]);
+        let e = parse_tenants("just-a-secret", ',', "T")
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("<service>:<secret>"), "{e}");
+        assert!(!e.contains("just-a-secret"), "{e}");
+        assert!(parse_tenants("bad name:x", ',', "T").is_err());
+        assert!(parse_tenants("a:x lock=hangfire:*", ',', "T").is_err());
+        assert!(
+            parse_tenants("a:x lock=h*", ',', "T").is_err(),
+            "reaches hangfire:"
+        );
+        assert!(parse_tenants("a:x lock=*", ',', "T").is_err());
+        let file = "# services\nbilling:one lock=shared:*\n\nmailer:two # the mailer\n";
+        let t = parse_tenants(file, '\n', "F").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1].token.expose(), "mailer:two");
     }
-    Ok(())
+
+    #[test]
+    fn store_errors_are_classified() {
+        assert_eq!(
+            classify("db error: FATAL: password authentication failed for user \"x\""),
+            Failure::Login
+        );
+        assert_eq!(
+            classify("db error: ERROR: permission denied for table hash"),
+            Failure::Privilege
+        );
+        assert_eq!(
+            classify("no connection to the store within 3000 ms"),
+            Failure::Unavailable
+        );
+        assert_eq!(
+            classify("db error: ERROR: invalid byte sequence for encoding \"UTF8\": 0x00"),
+            Failure::Refused
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agent_sdk::__relay::{RelayConfig, router};
+use agent_sdk::__relay::{RelayConfig, parse_tenants, router};
 use clap::Parser;
 
 /// Everything is read from the environment (or the same-named flags).
@@ -30,9 +30,18 @@ struct Args {
     /// Days until written rows expire.
     #[arg(long, env = "JOBAGENT_RELAY_STORE_EXPIRE_DAYS", default_value_t = 7.0)]
     expire_days: f64,
-    /// The accepted bearer tokens, comma-separated (secrets).
+    /// The services' tokens, comma-separated: `<service>:<secret>`, each optionally followed
+    /// by ` lock=<name or prefix*>` grants (secrets).
     #[arg(long, env = "JOBAGENT_RELAY_TOKENS", hide_env_values = true)]
-    tokens: String,
+    tokens: Option<String>,
+    /// A file of tokens, one `<service>:<secret> [lock=<name or prefix*>]...` a line (`#`
+    /// starts a comment); read once at start, beside JOBAGENT_RELAY_TOKENS.
+    #[arg(long, env = "JOBAGENT_RELAY_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Take a result only for a job Processing in the center's storage (true unless the
+    /// store has no Hangfire job tables, as a test's).
+    #[arg(long, env = "JOBAGENT_RELAY_CHECK_JOBS", default_value_t = true, action = clap::ArgAction::Set)]
+    check_jobs: bool,
     /// A PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, env = "JOBAGENT_RELAY_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -48,6 +57,9 @@ struct Args {
     /// Requests per second per token.
     #[arg(long, env = "JOBAGENT_RELAY_RATE", default_value_t = 2_000)]
     rate: u32,
+    /// How often the count of requests refused for a wrong token is logged, in seconds.
+    #[arg(long, env = "JOBAGENT_RELAY_REFUSED_LOG_SECS", default_value_t = 60.0)]
+    refused_log_secs: f64,
 }
 
 fn main() -> ExitCode {
@@ -78,13 +90,25 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> Result<(), String> {
-    let mut config = RelayConfig::new(
-        args.store,
-        args.tokens
-            .split(',')
-            .map(|t| t.trim().to_owned())
-            .collect(),
-    );
+    let mut tenants = match args.tokens.as_deref() {
+        Some(tokens) => parse_tenants(tokens, ',', "JOBAGENT_RELAY_TOKENS")?,
+        None => Vec::new(),
+    };
+    if let Some(path) = &args.tokens_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "JOBAGENT_RELAY_TOKENS_FILE: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+        tenants.extend(parse_tenants(
+            &text,
+            '\n',
+            &format!("JOBAGENT_RELAY_TOKENS_FILE {}", path.display()),
+        )?);
+    }
+    let mut config = RelayConfig::new(args.store, tenants);
+    config.check_jobs = args.check_jobs;
     config.store_type = match args.store_type.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(t) => Some(
@@ -97,6 +121,8 @@ async fn serve(args: Args) -> Result<(), String> {
     config.max_body = args.max_body;
     config.max_lines = args.max_lines;
     config.rate_per_token = args.rate;
+    config.refused_log_every = Duration::try_from_secs_f64(args.refused_log_secs)
+        .map_err(|e| format!("JOBAGENT_RELAY_REFUSED_LOG_SECS: {e}"))?;
     let (app, store) = router(config).map_err(|e| format!("JOBAGENT_RELAY_STORE: {e}"))?;
     let listener = std::net::TcpListener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

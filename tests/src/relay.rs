@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 
 use crate::stores::AnyStore;
 
-/// The token the test relays accept.
-pub const TOKEN: &str = "test-relay-token-1";
+/// The token the test relays accept: service `test`'s (a token is `<service>:<secret>`).
+pub const TOKEN: &str = "test:test-relay-token-1";
 
 /// The relay's binary, built once per test process into this test's target directory.
 pub fn relay_binary() -> PathBuf {
@@ -42,18 +42,33 @@ pub struct Relay {
     child: Option<Child>,
     port: u16,
     env: Vec<(&'static str, String)>,
+    /// What it wrote to its standard output after its first line (its log).
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Relay {
-    /// Starts a relay in front of `store`, accepting [`TOKEN`] and `extra` tokens; waits
-    /// until it listens.
+    /// Starts a relay in front of `store`, accepting [`TOKEN`] (and service `other`'s); waits
+    /// until it listens. `extra` adds or overrides settings. The test stores have no Hangfire
+    /// job tables, so these relays take results without looking the job up
+    /// (`JOBAGENT_RELAY_CHECK_JOBS=false`); [`Relay::start_checked`] starts one that checks.
     pub fn start(store: &AnyStore, extra: &[(&'static str, String)]) -> Self {
+        let mut all = vec![("JOBAGENT_RELAY_CHECK_JOBS", "false".to_owned())];
+        all.extend(extra.iter().cloned());
+        Self::start_checked(store, &all)
+    }
+
+    /// As [`Relay::start`], with the relay's default check of results: a result is taken only
+    /// for a job Processing in the center's storage (see [`processing_job`]).
+    pub fn start_checked(store: &AnyStore, extra: &[(&'static str, String)]) -> Self {
         let (connection, kind, prefix) = store.direct();
         let mut env = vec![
             ("JOBAGENT_RELAY_STORE", connection),
             ("JOBAGENT_RELAY_STORE_TYPE", kind.name().to_owned()),
             ("JOBAGENT_RELAY_STORE_SCHEMA", prefix),
-            ("JOBAGENT_RELAY_TOKENS", format!("{TOKEN},other-token")),
+            (
+                "JOBAGENT_RELAY_TOKENS",
+                format!("{TOKEN},other:other-token"),
+            ),
         ];
         env.extend(extra.iter().cloned());
         Self::spawn(env, 0)
@@ -80,12 +95,19 @@ impl Relay {
             .unwrap_or_else(|| panic!("jobagent-relay has no stdout"));
         // The first line names the address (port 0 is chosen by the system).
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             if let Some(Ok(line)) = lines.next() {
                 let _ = tx.send(line);
             }
-            for _ in lines {}
+            for line in lines.map_while(Result::ok) {
+                if let Ok(mut log) = kept.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
         });
         let line = rx
             .recv_timeout(Duration::from_secs(20))
@@ -99,7 +121,28 @@ impl Relay {
             child: Some(child),
             port,
             env,
+            log,
         }
+    }
+
+    /// What it logged so far (its standard output after the first line), without colours.
+    pub fn log_text(&self) -> String {
+        let text = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        // Strip ANSI colour sequences (`ESC [ ... m`).
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for d in chars.by_ref() {
+                    if d == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// Its port.
@@ -209,5 +252,84 @@ impl Balancer {
 impl Drop for Balancer {
     fn drop(&mut self) {
         self.accept.abort();
+    }
+}
+
+/// Puts job `id` in state `state` (`Processing`, `Succeeded`, ...) in the center's storage,
+/// where the center keeps it and where a relay that checks results looks (creating the job
+/// table first when the test store has none):
+///
+/// - PostgreSQL: `<schema>.job`, columns as Hangfire.PostgreSql's `Scripts/Install.v*.sql`
+///   create them (`statename` is what is read);
+/// - MySQL: `<prefix>Job`, as Hangfire.MySqlStorage's `Install.sql` (`StateName`);
+/// - Redis: field `State` of hash `<prefix>job:<id>`, as Hangfire.Redis.StackExchange's
+///   `RedisWriteOnlyTransaction.SetJobState` writes it.
+///
+/// Ids are numbers on PostgreSQL and MySQL (their `id` columns).
+pub async fn job_in_state(store: &AnyStore, id: &str, state: &str) {
+    use crate::stores::Backing;
+    match store.backing() {
+        Backing::Pg(db) => {
+            let table = db.table("job");
+            let n: i64 = id
+                .parse()
+                .unwrap_or_else(|_| panic!("a PostgreSQL job id is a number: {id}"));
+            db.client()
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {table} (id bigserial PRIMARY KEY, stateid bigint, \
+                     statename varchar(20), invocationdata jsonb NOT NULL DEFAULT '{{}}', \
+                     arguments jsonb NOT NULL DEFAULT '[]', createdat timestamp NOT NULL DEFAULT now(), \
+                     expireat timestamp, updatecount integer NOT NULL DEFAULT 0)"
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("cannot create the job table: {e}"));
+            db.client()
+                .execute(
+                    &format!(
+                        "INSERT INTO {table} (id, statename) VALUES ($1, $2) \
+                         ON CONFLICT (id) DO UPDATE SET statename = EXCLUDED.statename"
+                    ),
+                    &[&n, &state],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("cannot write job {id}: {e}"));
+        }
+        Backing::Mysql(db) => {
+            use mysql_async::prelude::Queryable;
+            let table = db.table("Job");
+            let n: i64 = id
+                .parse()
+                .unwrap_or_else(|_| panic!("a MySQL job id is a number: {id}"));
+            let mut conn = db.conn().await;
+            conn.query_drop(format!(
+                "CREATE TABLE IF NOT EXISTS {table} (`Id` int(11) NOT NULL AUTO_INCREMENT, \
+                 `StateId` int(11) DEFAULT NULL, `StateName` nvarchar(20) DEFAULT NULL, \
+                 `InvocationData` longtext NOT NULL, `Arguments` longtext NOT NULL, \
+                 `CreatedAt` datetime(6) NOT NULL, `ExpireAt` datetime(6) DEFAULT NULL, \
+                 PRIMARY KEY (`Id`)) ENGINE=InnoDB DEFAULT CHARSET=utf8"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create the job table: {e}"));
+            conn.exec_drop(
+                format!(
+                    "INSERT INTO {table} (`Id`, `StateName`, `InvocationData`, `Arguments`, `CreatedAt`) \
+                     VALUES (?, ?, '', '', UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE `StateName` = VALUES(`StateName`)"
+                ),
+                (n, state),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot write job {id}: {e}"));
+        }
+        Backing::Redis(db) => {
+            let mut conn = db.connection();
+            let key = format!("{}job:{id}", db.prefix());
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg("State")
+                .arg(state)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("cannot write job {id}: {e}"));
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! back.
 //!
 //! A relay serving TLS: agents that trust its certificate's CA write through it, one that does
-//! not is told so by its readiness probe and writes nothing.
+//! not is told so by its readiness probe and writes nothing. That relay checks results against
+//! the center's jobs (the job is Processing in the store, as the center leaves it).
 //!
 //! The store suite and the cluster tests also run through relays (`store.rs`, `cluster.rs`).
 
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tests::center::ConsoleInfo;
-use tests::relay::{Relay, TOKEN};
+use tests::relay::{Relay, TOKEN, job_in_state};
 use tests::replica::Replica;
 use tests::stores::AnyStore;
 
@@ -247,7 +248,9 @@ async fn a_relay_serves_tls_to_agents_that_trust_its_ca() {
     let other_ca_file = write(&dir, "other-ca.pem", &other_ca_pem);
     let cert_file = write(&dir, "relay.pem", &cert_pem);
     let key_file = write(&dir, "relay-key.pem", &key_pem);
-    let relay = Relay::start(
+    // A relay that checks results: the center's job is Processing in its storage, as the
+    // center leaves it after the dispatch (`tests::relay::job_in_state`).
+    let relay = Relay::start_checked(
         &db,
         &[
             ("JOBAGENT_RELAY_TLS_CERT", cert_file.display().to_string()),
@@ -267,16 +270,17 @@ async fn a_relay_serves_tls_to_agents_that_trust_its_ca() {
     let (status, body) =
         probe_until(&agent.url("/jobagent/readyz"), 200, Duration::from_secs(10)).await;
     assert_eq!(status, 200, "{body}");
-    let console = ConsoleInfo::for_job("tls1");
+    job_in_state(&db, "2701", "Processing").await;
+    let console = ConsoleInfo::for_job("2701");
     agent
         .center()
-        .run(TRANSIENT, "tls1")
+        .run(TRANSIENT, "2701")
         .param(json!({"lines": 20}))
         .console(console.clone())
         .send()
         .await
         .assert_status(200);
-    let result = db.wait_result("tls1", Duration::from_secs(30)).await;
+    let result = db.wait_result("2701", Duration::from_secs(30)).await;
     assert_eq!(result["R"], "ok", "{result}");
     let lines = db.console_lines(&console.set_key, &console.hash_key).await;
     let numbered = lines
@@ -297,10 +301,11 @@ async fn a_relay_serves_tls_to_agents_that_trust_its_ca() {
     assert!(body.contains("does not answer"), "{body}");
     assert!(!body.contains(TOKEN), "{body}");
     // A run is refused at once, saying why (the center marks it failed), and nothing is written.
-    let console = ConsoleInfo::for_job("tls2");
+    job_in_state(&db, "2702", "Processing").await;
+    let console = ConsoleInfo::for_job("2702");
     let reply = stranger
         .center()
-        .run(TRANSIENT, "tls2")
+        .run(TRANSIENT, "2702")
         .param(json!({"lines": 20}))
         .console(console.clone())
         .send()
@@ -311,7 +316,7 @@ async fn a_relay_serves_tls_to_agents_that_trust_its_ca() {
         "{reply:?}"
     );
     assert!(!reply.body.contains(TOKEN), "{reply:?}");
-    assert!(db.result("tls2").await.is_none());
+    assert!(db.result("2702").await.is_none());
     assert!(db.set_rows(&console.set_key).await.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }

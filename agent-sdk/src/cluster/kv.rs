@@ -680,6 +680,7 @@ impl Store {
         &self,
         me: &Member,
         scan: bool,
+        scope: &str,
     ) -> Res<Vec<(String, String, RunRecord)>> {
         let kv = Kv::of(self)?;
         in_section!(kv, "lost replicas' runs", async {
@@ -689,7 +690,10 @@ impl Store {
             if scan {
                 // Instances with run records but no lease row get one that lapses now.
                 for (field, instance) in kv.get_all(INSTANCES_KEY).await? {
-                    if field == mine || leases.iter().any(|(f, _)| *f == field) {
+                    if field == mine
+                        || !instance.starts_with(scope)
+                        || leases.iter().any(|(f, _)| *f == field)
+                    {
                         continue;
                     }
                     if kv.get_all(&kv.runs_key(&instance)).await?.is_empty() {
@@ -713,7 +717,11 @@ impl Store {
             let mut lost = Vec::new();
             for (field, value) in leases {
                 let lease = serde_json::from_str::<LeaseValue>(&value).unwrap_or_default();
-                if field == mine || lease.until >= now - millis(LOST_GRACE) {
+                // Only the instances of `scope` (a relay's tenant takes its own lost runs).
+                if field == mine
+                    || !lease.instance.starts_with(scope)
+                    || lease.until >= now - millis(LOST_GRACE)
+                {
                     continue;
                 }
                 if !kv.del(REPLICAS_KEY, &field).await? || lease.instance.is_empty() {

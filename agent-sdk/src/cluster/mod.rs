@@ -338,6 +338,26 @@ impl Store {
         me: &Member,
         scan: bool,
     ) -> Res<Vec<(String, String, RunRecord)>> {
-        on_backend!(self, pg_take_lost, kv_take_lost(me, scan))
+        match self.backend() {
+            crate::store::Backend::Postgres(_) => self.pg_take_lost(me, scan, "").await,
+            #[cfg(feature = "relay")]
+            crate::store::Backend::Relay(r) => relay::kv_take_lost(r, me, scan).await,
+            _ => self.kv_take_lost(me, scan, "").await,
+        }
+    }
+
+    /// [`take_lost`](Self::take_lost) among the instances whose names start with `scope`
+    /// only: a relay's tenant (`<service>:`) takes no other service's lost runs.
+    #[cfg(feature = "relay-server")]
+    pub(crate) async fn take_lost_in(
+        &self,
+        me: &Member,
+        scan: bool,
+        scope: &str,
+    ) -> Res<Vec<(String, String, RunRecord)>> {
+        match self.backend() {
+            crate::store::Backend::Postgres(_) => self.pg_take_lost(me, scan, scope).await,
+            _ => self.kv_take_lost(me, scan, scope).await,
+        }
     }
 }

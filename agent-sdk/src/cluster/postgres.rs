@@ -512,11 +512,13 @@ impl Store {
     /// earlier agent version's lease), so its runs are taken [`LOST_GRACE`] later, unless
     /// the instance renews its lease meanwhile. The scan reads the whole `hash` table (a key
     /// prefix cannot use its index in every collation), hence only every
-    /// [`ORPHAN_SCAN_EVERY`].
+    /// [`ORPHAN_SCAN_EVERY`]. Only instances whose names start with `scope` are looked at
+    /// (empty: all; a relay's tenant: its own).
     pub(super) async fn pg_take_lost(
         &self,
         me: &Member,
         scan: bool,
+        scope: &str,
     ) -> Res<Vec<(String, String, RunRecord)>> {
         let conn = self.pg()?.conn().await?;
         let h = self.hash_sql()?;
@@ -531,9 +533,14 @@ impl Store {
                          FROM {h} r WHERE r.\"key\" LIKE 'jobagent:runs:%' AND substr(r.\"key\", 15) <> $1 \
                          AND NOT EXISTS (SELECT 1 FROM {h} l WHERE l.\"key\" = 'jobagent:replicas' \
                          AND l.field = substr(r.\"key\", 15)) \
+                         AND left(substr(r.\"key\", 15), length($3)) = $3 \
                          ON CONFLICT (\"key\", field) DO NOTHING"
                     ),
-                    &[(&me.instance, Type::TEXT), (&self.expire_secs(), Type::FLOAT8)],
+                    &[
+                        (&me.instance, Type::TEXT),
+                        (&self.expire_secs(), Type::FLOAT8),
+                        (&scope, Type::TEXT),
+                    ],
                 )
                 .await
                 .map_err(e)?;
@@ -542,10 +549,15 @@ impl Store {
                 .query_typed(
                     &format!(
                         "DELETE FROM {h} t WHERE t.\"key\" = 'jobagent:replicas' AND t.field <> $1 \
-                         AND {} < {DB_NOW_MS} - $2::bigint RETURNING t.field",
+                         AND {} < {DB_NOW_MS} - $2::bigint AND left(t.field, length($3)) = $3 \
+                         RETURNING t.field",
                         until_of("t")
                     ),
-                    &[(&me.instance, Type::TEXT), (&millis(LOST_GRACE), Type::INT8)],
+                    &[
+                        (&me.instance, Type::TEXT),
+                        (&millis(LOST_GRACE), Type::INT8),
+                        (&scope, Type::TEXT),
+                    ],
                 )
                 .await
                 .map_err(e)?;

@@ -1,12 +1,12 @@
 //! Cluster mode through a relay: each operation is sent as one [`ClusterCall`]
 //! (`POST /v1/cluster`), and the relay runs it on its own store with that store's primitive,
-//! so the guarantees are the store's. Every call names this process (`Member`), so a retried
+//! so the guarantees are the store's (in the namespace of the caller's service: see the
+//! relay's `relay.rs`). Every call names this process (`Member`), so a retried
 //! call acts as the first did (a claim, a lease, a record of our own is ours again).
 
 use serde::{Deserialize, Serialize};
 
 use super::{ClaimValue, Claimed, ClusterRun, Command, Lease, Member, Res, RunRecord};
-use crate::store::Store;
 use crate::store::relay::RelayStore;
 
 /// One cluster operation, as the relay receives it.
@@ -82,62 +82,6 @@ pub(crate) enum ClusterCall {
         me: Member,
         scan: bool,
     },
-}
-
-#[cfg_attr(not(feature = "relay-server"), allow(dead_code))]
-impl ClusterCall {
-    /// Runs the call on `store` (the relay's side); its answer as JSON.
-    pub(crate) async fn run(self, store: &Store) -> Res<serde_json::Value> {
-        use ClusterCall as C;
-        match self {
-            C::Claim { me, class, job_id } => json(store.claim(&me, &class, &job_id).await?),
-            C::RenewClaim { me, class, job_id } => {
-                json(store.renew_claim(&me, &class, &job_id).await?)
-            }
-            C::ReleaseClaim { me, class, job_id } => {
-                json(store.release_claim(&me, &class, &job_id).await?)
-            }
-            C::ReleaseLostClaim {
-                class,
-                job_id,
-                server_id,
-            } => json(
-                store
-                    .release_lost_claim(&class, &job_id, &server_id)
-                    .await?,
-            ),
-            C::ClaimOf { class } => json(store.claim_of(&class).await?),
-            C::RecordRun { me, job_id, record } => {
-                json(store.record_run(&me, &job_id, &record).await?)
-            }
-            C::ForgetRun { me, job_id } => json(store.forget_run(&me, &job_id).await?),
-            C::RestoreRun {
-                instance,
-                job_id,
-                record,
-            } => json(store.restore_run(&instance, &job_id, &record).await?),
-            C::RemoteRuns { me, class } => json(store.remote_runs(&me, &class).await?),
-            C::HoldLease { me } => json(store.hold_lease(&me).await?),
-            C::ReleaseLease { me } => json(store.release_lease(&me).await?),
-            C::SendCommand { instance, command } => {
-                json(store.send_command(&instance, &command).await?)
-            }
-            C::TakeCommands { me } => json(store.take_commands(&me).await?),
-            C::Ack {
-                stop_id,
-                job_id,
-                error,
-            } => json(store.ack(&stop_id, &job_id, &error).await?),
-            C::Acks { stop_id } => json(store.acks(&stop_id).await?),
-            C::TakeOrphans { me } => json(store.take_orphans(&me).await?),
-            C::TakeLost { me, scan } => json(store.take_lost(&me, scan).await?),
-        }
-    }
-}
-
-#[cfg_attr(not(feature = "relay-server"), allow(dead_code))]
-fn json(value: impl Serialize) -> Res<serde_json::Value> {
-    serde_json::to_value(value).map_err(super::e)
 }
 
 async fn send<T: serde::de::DeserializeOwned>(r: &RelayStore, call: ClusterCall) -> Res<T> {

@@ -1001,6 +1001,19 @@ impl RedisStore {
         Ok(won == 1)
     }
 
+    /// Whether dispatch `id` has a first-report mark ([`first_report`](Self::first_report)),
+    /// read without writing one. For the relay's check of reads.
+    #[cfg(feature = "relay-server")]
+    pub(crate) async fn result_marked(&self, id: &str) -> Result<bool, String> {
+        let key = self.key(&format!("{RESULT_MARK_KEY}{id}"));
+        let n: i64 = self
+            .run("a look for a first-report mark", |mut c| async move {
+                ::redis::cmd("EXISTS").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
     /// One attempt at the lock on `<P>resource`, as Hangfire.Redis.StackExchange takes it:
     /// `SET key owner NX PX 30000` with a fresh owner. `Some(owner)` when taken, `None` when
     /// another holds it. `_stale_after` is not used: the key's own expiry is the staleness

@@ -807,6 +807,21 @@ impl MysqlStore {
             .map(|(f, v)| (f, v.unwrap_or_default()))
             .collect())
     }
+    /// The state name of Hangfire job `id` (`<prefix>Job.StateName`, Hangfire.MySqlStorage's
+    /// `Install.sql`), `None` when there is no such job. For the relay's check of results.
+    #[cfg(feature = "relay-server")]
+    pub(crate) async fn job_state(&self, id: i64) -> Result<Option<String>, String> {
+        let t = self.tables().await?;
+        let sql = format!(
+            "SELECT `StateName` FROM {} WHERE `Id` = ?",
+            tables::quote(&format!("{}Job", t.prefix))
+        );
+        let mut c = self.conn().await?;
+        let state: Option<Option<String>> = c
+            .bound(|c| c.exec_first(sql.as_str(), vec![Value::from(id)]))
+            .await?;
+        Ok(state.map(Option::unwrap_or_default))
+    }
 }
 
 /// The primitives cluster mode builds on (`crate::cluster::kv`).
