@@ -49,6 +49,8 @@ mod router;
 mod runtime;
 mod schema;
 mod secret;
+#[cfg(feature = "serve")]
+mod serve;
 mod state;
 mod store;
 mod switch;
@@ -67,6 +69,8 @@ pub use options::{
 };
 pub use registry::{AutoRegister, BusyPolicy, JobRegistration, Registry};
 pub use secret::Secret;
+#[cfg(feature = "serve")]
+pub use serve::{Serve, ServeLimits, serve};
 pub use store::StoreType;
 pub use store::lock::{LockError, StoreLock};
 
