@@ -25,6 +25,8 @@
 //! ```
 
 mod agent;
+mod auth_limit;
+mod budget;
 #[cfg(feature = "center")]
 pub mod center;
 mod cluster;
