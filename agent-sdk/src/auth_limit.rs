@@ -129,7 +129,7 @@ impl AuthLimit {
         }
         if r.since.elapsed() >= REPORT_EVERY {
             let mut top: Vec<_> = r.peers.iter().map(|(p, n)| (*n, *p)).collect();
-            top.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            top.sort_unstable_by_key(|t| std::cmp::Reverse(t.0));
             let top: Vec<String> = top
                 .iter()
                 .take(5)

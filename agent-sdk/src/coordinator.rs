@@ -174,7 +174,7 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
             // A store a center sent that no dispatch named for `idle` and nothing uses (no
             // run, heartbeat or console holds it; only this task, its listener and the
             // cache): not dialled any more. A dispatch naming it starts this again.
-            if store.from_center() && store.idle_for() >= idle {
+            if store.sent_by_center() && store.idle_for() >= idle {
                 let own = 1 + usize::from(listening) + usize::from(store.is_cached());
                 if Arc::strong_count(&store) <= own {
                     tracing::info!(

@@ -324,7 +324,7 @@ impl Store {
     }
 
     /// Whether a center sent it (the agent's own store is never left).
-    pub(crate) fn from_center(&self) -> bool {
+    pub(crate) fn sent_by_center(&self) -> bool {
         self.from_center
     }
 
