@@ -598,6 +598,51 @@ fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
+    // pieceofsummer/Hangfire.Console: src/Hangfire.Console/Storage/ConsoleIdExtensions.cs
+    // (`console:<id>`, `console:refs:<id>`), src/Hangfire.Console/Serialization/ConsoleId.cs
+    // (the id: 11 hex digits of the start time, then the job id).
+    #[test]
+    fn only_hangfire_console_keys_are_accepted() {
+        let console = |set: &str, hash: &str| ConsoleTarget::new(set, 0, hash, "t");
+        for id in ["19b8c2d4e5f1001", "19B8C2D4E5Fa-b_c.d", "00000000000x"] {
+            let ok = console(&format!("console:{id}"), &format!("console:refs:{id}"));
+            assert!(ok.is_hangfire_console(), "{id}");
+        }
+        for (set, hash) in [
+            ("recurring-jobs", "recurring-job:pwned"),
+            ("console:19b8c2d4e5f1", "recurring-job:pwned"),
+            ("console:19b8c2d4e5f1", "console:refs:19b8c2d4e5f2"),
+            ("console:abc", "console:refs:abc"),
+            ("console:19b8c2d4e5f", "console:refs:19b8c2d4e5f"),
+            ("console:19b8c2d4e5g1", "console:refs:19b8c2d4e5g1"),
+            ("console:19b8c2d4e5f1:x", "console:refs:19b8c2d4e5f1:x"),
+            (
+                "console:refs:19b8c2d4e5f1",
+                "console:refs:refs:19b8c2d4e5f1",
+            ),
+            ("console:19b8c2d4e5f1\n", "console:refs:19b8c2d4e5f1\n"),
+        ] {
+            assert!(!console(set, hash).is_hangfire_console(), "{set} {hash}");
+        }
+        let long = format!("console:19b8c2d4e5f{}", "1".repeat(65));
+        let hash = long.replacen("console:", "console:refs:", 1);
+        assert!(!console(&long, &hash).is_hangfire_console());
+    }
+
+    #[test]
+    fn request_text_is_escaped_for_logs() {
+        use crate::error::escape_controls;
+        assert_eq!(escape_controls("plain é"), "plain é");
+        assert_eq!(
+            escape_controls("a\nINFO forged\r\u{1b}[31m"),
+            "a\\nINFO forged\\r\\u{1b}[31m"
+        );
+        let mut h = base();
+        h.insert(H_SERVER, b64("srv\nINFO forged"));
+        let d = Dispatch::decode(&h, b"").expect("valid");
+        assert_eq!(d.server_id.as_deref(), Some("srv\\nINFO forged"));
+    }
+
     #[test]
     fn the_worker_suffix_is_found_as_str_find_finds_it() {
         for server in [
