@@ -1,6 +1,5 @@
 //! `Agent`: the handle a host service builds once, mounts, and shuts down.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -70,7 +69,12 @@ impl Agent {
         for reg in registry.iter() {
             tracing::debug!(class = reg.class(), kind = %reg.kind(), "job registered");
         }
-        let stores = Stores::new(options.store.as_ref(), options.allowed_store_hosts.clone())?;
+        let stores = Stores::new(
+            options.store.as_ref(),
+            options.allowed_store_hosts.clone(),
+            options.store_idle,
+        )?;
+        let param_budget = crate::budget::ParamBudget::new(options.limits.max_param_bytes_running);
         let server_id = agent_server_id(&options, stores.local().as_deref());
         let header = HeaderValue::from_str(&server_id)
             .map_err(|_| ConfigError::invalid("JOBAGENT_AGENT_ID", "not a header value"))?;
@@ -98,7 +102,8 @@ impl Agent {
                 stores,
                 heartbeats,
                 heartbeat_stop,
-                coordinators: Mutex::new(HashSet::new()),
+                param_budget,
+                auth_limit: crate::auth_limit::AuthLimit::new(),
                 readiness: Mutex::new(None),
             }),
         };

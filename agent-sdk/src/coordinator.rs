@@ -41,6 +41,9 @@ const PUT_BACK_WITHIN: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the coordinators (the lease's release, lost runs' reports
 /// finishing or put back) once the runs are over.
 pub(crate) const STOP_WITHIN: Duration = Duration::from_secs(3);
+/// The longest wait between two lease renewals of a store that does not answer (they back
+/// off from [`RENEW_EVERY`], doubling).
+const MAX_RENEW_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A store operation bounded by `within`.
 async fn bounded<T>(
@@ -124,17 +127,28 @@ impl Identity {
 /// Starts the coordinator of `store`, in the agent's background tracker; it ends with the
 /// agent, releasing the instance name.
 pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: CancellationToken) {
-    let Some(rt) = runtime.upgrade() else { return };
+    let Some(rt) = runtime.upgrade() else {
+        store.coordinator_ended();
+        return;
+    };
     let tasks = rt.background().clone();
     drop(rt);
     tasks.clone().spawn(async move {
-        let Some(rt) = runtime.upgrade() else { return };
+        let Some(rt) = runtime.upgrade() else {
+            store.coordinator_ended();
+            return;
+        };
         let me = rt.member.clone();
         let cluster = rt.options.cluster;
-        if cluster && rt.options.cluster_notify && store.pg().is_ok() {
-            crate::store::listen::spawn(&tasks, store.clone(), me.instance.clone(), stop.clone());
+        let idle = rt.options.store_idle;
+        // Ends with this coordinator (the store went unused) or with the agent.
+        let here = stop.child_token();
+        let listening = cluster && rt.options.cluster_notify && store.pg().is_ok();
+        if listening {
+            crate::store::listen::spawn(&tasks, store.clone(), me.instance.clone(), here.clone());
         }
         drop(rt);
+        let mut renew_failures = 0u32;
         let mut identity = Identity::Unknown;
         // Runs a crashed predecessor of this instance left in flight: reported once, by the
         // process that holds the name.
@@ -144,7 +158,11 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
         // The first reap also looks for runs whose instance lost its lease row.
         let mut last_scan: Option<Instant> = None;
         loop {
-            if last_renew.is_none_or(|at| at.elapsed() >= RENEW_EVERY) {
+            // A store that does not answer is asked less and less often.
+            let renew_every = RENEW_EVERY
+                .saturating_mul(1 << renew_failures.min(6))
+                .min(MAX_RENEW_BACKOFF);
+            if last_renew.is_none_or(|at| at.elapsed() >= renew_every) {
                 last_renew = Some(Instant::now());
                 match bounded(
                     RENEW_WITHIN,
@@ -153,6 +171,7 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                 .await
                 {
                     Ok(lease) => {
+                        renew_failures = 0;
                         identity.update(lease, &me, &store);
                         let Some(rt) = runtime.upgrade() else { return };
                         rt.set_name(match &identity {
@@ -167,8 +186,29 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                         });
                     }
                     Err(e) => {
+                        renew_failures = renew_failures.saturating_add(1);
                         tracing::debug!(store = %store.label, error = %e, "could not renew the instance lease")
                     }
+                }
+            }
+            // A store a center sent that no dispatch named for `idle` and nothing uses (no
+            // run, heartbeat or console holds it; only this task, its listener and the
+            // cache): not dialled any more. A dispatch naming it starts this again.
+            if store.sent_by_center() && store.idle_for() >= idle {
+                let own = 1 + usize::from(listening) + usize::from(store.is_cached());
+                if Arc::strong_count(&store) <= own {
+                    tracing::info!(
+                        store = %store.label,
+                        idle_ms = idle.as_millis() as u64,
+                        answering = renew_failures == 0,
+                        "no dispatch named this store for the idle time and nothing uses it: the agent stops dialling it (JOBAGENT_STORE_IDLE_MS; a dispatch naming it opens it again)"
+                    );
+                    if identity.held() {
+                        let _ = bounded(RELEASE_WITHIN, store.release_lease(&me)).await;
+                    }
+                    here.cancel();
+                    store.coordinator_ended();
+                    return;
                 }
             }
             if identity.held() && !reconciled {
@@ -213,7 +253,10 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                 // A NOTIFY for this instance: a command waits.
                 _ = store.wakeups.commands.notified(), if cluster => {}
             }
-            let Some(rt) = runtime.upgrade() else { return };
+            let Some(rt) = runtime.upgrade() else {
+                store.coordinator_ended();
+                return;
+            };
             // Commands and lost runs under this name belong to the process that holds it.
             if !cluster || !identity.held() {
                 continue;

@@ -2,7 +2,6 @@
 //! identity) and the choices a dispatch needs before the runtime takes it (where its console
 //! and result go, heartbeats).
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderValue;
@@ -29,7 +28,10 @@ pub(crate) struct AgentInner {
     pub(crate) stores: Stores,
     pub(crate) heartbeats: Arc<Heartbeats>,
     pub(crate) heartbeat_stop: CancellationToken,
-    pub(crate) coordinators: Mutex<HashSet<usize>>,
+    /// The running runs' parameter bytes (`JOBAGENT_MAX_PARAM_BYTES_RUNNING`).
+    pub(crate) param_budget: Arc<crate::budget::ParamBudget>,
+    /// Failed basic-auth attempts per peer.
+    pub(crate) auth_limit: crate::auth_limit::AuthLimit,
     /// The last readiness check of the own store: when, and what it found.
     pub(crate) readiness: Mutex<Option<(std::time::Instant, Result<(), String>)>>,
 }
@@ -57,12 +59,11 @@ impl AgentInner {
         })
     }
 
-    /// Starts the store's coordinator once: reconciliation of runs a predecessor left, and
-    /// (in cluster mode) commands from other replicas and lost replicas' runs.
+    /// Starts the store's coordinator unless it runs: reconciliation of runs a predecessor
+    /// left, and (in cluster mode) commands from other replicas and lost replicas' runs. A
+    /// coordinator that ended because its store went unused is started again here.
     pub(crate) fn coordinate(&self, store: &Arc<Store>) {
-        let key = Arc::as_ptr(store) as usize;
-        let first = crate::sync::lock(&self.coordinators).insert(key);
-        if first {
+        if store.start_coordinating() {
             crate::coordinator::spawn(
                 Arc::downgrade(&self.runtime),
                 store.clone(),

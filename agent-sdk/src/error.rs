@@ -152,6 +152,24 @@ impl<E: Into<BoxError>> From<E> for JobError {
     }
 }
 
+/// Text that came from a request, made safe for one log line or an `err:` body: control
+/// characters (line breaks among them) are written as escapes (`\n`, `\r`, `\t`,
+/// `\u{1b}`), so a value cannot start a forged line of its own. Other text is unchanged.
+pub(crate) fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Why the agent refused a request. Each variant maps to one status code and an `err:` body.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -161,6 +179,10 @@ pub(crate) enum DispatchError {
         "unauthorized: this agent requires basic auth; set BasicUserName and BasicPassword on the job at the center"
     )]
     Unauthorized,
+    /// The caller's address failed basic auth too often: refused without a check until its
+    /// budget refills.
+    #[error("unauthorized: too many failed basic-auth attempts from this address; retry later")]
+    AuthLimited,
     /// A required header is absent.
     #[error("missing header `{0}`: the request must come from the scheduling center")]
     MissingHeader(&'static str),
@@ -250,7 +272,7 @@ impl DispatchError {
     /// A short, fixed label of the refusal, for metrics.
     pub(crate) fn reason(&self) -> &'static str {
         match self {
-            DispatchError::Unauthorized => "unauthorized",
+            DispatchError::Unauthorized | DispatchError::AuthLimited => "unauthorized",
             DispatchError::MissingHeader(_)
             | DispatchError::BadHeader { .. }
             | DispatchError::UnknownAction(_) => "bad_request",

@@ -25,6 +25,8 @@
 //! ```
 
 mod agent;
+mod auth_limit;
+mod budget;
 #[cfg(feature = "center")]
 pub mod center;
 mod cluster;
@@ -49,6 +51,8 @@ mod router;
 mod runtime;
 mod schema;
 mod secret;
+#[cfg(feature = "serve")]
+mod serve;
 mod state;
 mod store;
 mod switch;
@@ -68,6 +72,8 @@ pub use options::{
 };
 pub use registry::{AutoRegister, BusyPolicy, JobRegistration, Registry};
 pub use secret::Secret;
+#[cfg(feature = "serve")]
+pub use serve::{Serve, ServeLimits, serve};
 pub use store::StoreType;
 pub use store::lock::{LockError, StoreLock};
 

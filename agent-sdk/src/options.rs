@@ -54,6 +54,7 @@ pub struct AgentOptions {
     pub(crate) drain_timeout: Duration,
     pub(crate) cluster_notify: bool,
     pub(crate) result_retry: Option<Duration>,
+    pub(crate) store_idle: Duration,
 }
 
 /// Bounds on what one request and the runtime may take. Start from the defaults and set what
@@ -69,6 +70,9 @@ pub struct RequestLimits {
     pub max_running_per_class: usize,
     /// Most runs at once, all classes together.
     pub max_running: usize,
+    /// Most bytes of parameters the running runs hold together: a run whose parameter would
+    /// take the sum past it is refused (a 500 saying so). `JOBAGENT_MAX_PARAM_BYTES_RUNNING`.
+    pub max_param_bytes_running: usize,
 }
 
 impl RequestLimits {
@@ -95,6 +99,12 @@ impl RequestLimits {
         self.max_running = value;
         self
     }
+
+    /// Sets [`max_param_bytes_running`](Self::max_param_bytes_running).
+    pub fn max_param_bytes_running(mut self, value: usize) -> Self {
+        self.max_param_bytes_running = value;
+        self
+    }
 }
 
 impl Default for RequestLimits {
@@ -104,6 +114,7 @@ impl Default for RequestLimits {
             max_header_bytes: 64 * 1024,
             max_running_per_class: 10_000,
             max_running: 20_000,
+            max_param_bytes_running: 64 * 1024 * 1024,
         }
     }
 }
@@ -245,6 +256,7 @@ impl Default for AgentOptions {
             drain_timeout: Duration::from_secs(20),
             cluster_notify: true,
             result_retry: None,
+            store_idle: Duration::from_secs(300),
         }
     }
 }
@@ -374,6 +386,10 @@ impl AgentOptions {
                 &mut limits.max_running_per_class,
             ),
             ("JOBAGENT_MAX_RUNNING", &mut limits.max_running),
+            (
+                "JOBAGENT_MAX_PARAM_BYTES_RUNNING",
+                &mut limits.max_param_bytes_running,
+            ),
         ] {
             if let Some(v) = get(name) {
                 *slot = parse_count(name, &v)? as usize;
@@ -407,6 +423,9 @@ impl AgentOptions {
         }
         if let Some(ms) = get("JOBAGENT_DRAIN_TIMEOUT_MS") {
             options.drain_timeout = parse_ms("JOBAGENT_DRAIN_TIMEOUT_MS", &ms)?;
+        }
+        if let Some(ms) = get("JOBAGENT_STORE_IDLE_MS") {
+            options.store_idle = parse_ms("JOBAGENT_STORE_IDLE_MS", &ms)?;
         }
         if let Some(ms) = get("JOBAGENT_RESULT_RETRY_MS") {
             options.result_retry = Some(parse_ms("JOBAGENT_RESULT_RETRY_MS", &ms)?);
@@ -579,6 +598,16 @@ impl AgentOptions {
     /// written, so that a next process of this instance reports the run.
     pub fn result_retry(mut self, bound: Duration) -> Self {
         self.result_retry = Some(bound);
+        self
+    }
+
+    /// How long a store a center sent may go unused before the agent stops dialling it
+    /// (`JOBAGENT_STORE_IDLE_MS`, default 5 minutes): once no dispatch has named it for this
+    /// long and no run, heartbeat or console uses it, its coordinator ends (said once at info)
+    /// and the store may leave the agent's cache of center stores. A dispatch naming it again
+    /// opens it again. The agent's own store (`JOBAGENT_STORE`) is never left.
+    pub fn store_idle(mut self, idle: Duration) -> Self {
+        self.store_idle = idle;
         self
     }
 
@@ -794,6 +823,7 @@ const KNOWN_VARIABLES: &[&str] = &[
     "JOBAGENT_LOG_ONLY",
     "JOBAGENT_MAX_BODY_BYTES",
     "JOBAGENT_MAX_HEADER_BYTES",
+    "JOBAGENT_MAX_PARAM_BYTES_RUNNING",
     "JOBAGENT_MAX_RUNNING",
     "JOBAGENT_MAX_RUNNING_PER_CLASS",
     "JOBAGENT_METRICS_LISTEN",
@@ -807,6 +837,10 @@ const KNOWN_VARIABLES: &[&str] = &[
     "JOBAGENT_STORE_TYPE",
     "JOBAGENT_RELAY_TOKEN",
     "JOBAGENT_RESULT_RETRY_MS",
+    "JOBAGENT_SERVE_BODY_TIMEOUT_MS",
+    "JOBAGENT_SERVE_HEADER_TIMEOUT_MS",
+    "JOBAGENT_SERVE_MAX_CONNECTIONS",
+    "JOBAGENT_STORE_IDLE_MS",
     "JOBAGENT_TEST_DATABASE_URL",
     "JOBAGENT_TIMEOUT_GRACE_MS",
 ];

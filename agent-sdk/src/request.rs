@@ -113,6 +113,28 @@ impl ConsoleTarget {
     pub(crate) fn start_time(&self) -> &str {
         &self.text[self.start_at..]
     }
+
+    /// Whether the keys are Hangfire.Console's for one console: `console:<id>` and
+    /// `console:refs:<id>` (Hangfire.Console's `ConsoleIdExtensions`), the id being 11 hex
+    /// digits of the start time and the job id (its `ConsoleId`). The job id is held to what
+    /// Hangfire's storages use for ids (digits, letters, `-`, `_`, `.`; at most 64), so a
+    /// header cannot name any other key of the store.
+    pub(crate) fn is_hangfire_console(&self) -> bool {
+        let Some(id) = self.set_key().strip_prefix("console:") else {
+            return false;
+        };
+        if self.hash_key().strip_prefix("console:refs:") != Some(id) {
+            return false;
+        }
+        let (Some(stamp), Some(job)) = (id.get(..11), id.get(11..)) else {
+            return false;
+        };
+        stamp.bytes().all(|b| b.is_ascii_hexdigit())
+            && (1..=64).contains(&job.len())
+            && job
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    }
 }
 
 impl fmt::Debug for ConsoleTarget {
@@ -316,6 +338,8 @@ pub(crate) struct Dispatch {
     pub(crate) headers: BTreeMap<String, String>,
     pub(crate) agent_server: Option<String>,
     pub(crate) body: String,
+    /// A run's share of the running runs' parameter budget, held as long as the run.
+    pub(crate) param_charge: Option<crate::budget::ParamCharge>,
 }
 
 /// The center's headers of one request, found in one pass over the request's headers (the
@@ -373,6 +397,7 @@ impl Dispatch {
             headers: BTreeMap::new(),
             agent_server: None,
             body: param.to_owned(),
+            param_charge: None,
         }
     }
 
@@ -412,7 +437,9 @@ impl Dispatch {
             if let Some(at) = worker_suffix(&s) {
                 s.truncate(at);
             }
-            s
+            // Logged and used in a key: no control characters (a line break would forge a
+            // log line).
+            crate::error::escape_controls(&s).into_owned()
         });
         if action == Action::Heartbeat && server_id.as_deref().is_none_or(str::is_empty) {
             return Err(DispatchError::MissingHeader(H_SERVER));
@@ -435,6 +462,14 @@ impl Dispatch {
             ),
             _ => None,
         };
+        if let Some(console) = &console
+            && !console.is_hangfire_console()
+        {
+            return Err(bad(
+                H_CONSOLE,
+                "SetKey and HashKey must be Hangfire.Console's keys of one console, `console:<id>` and `console:refs:<id>`, where the id is 11 hex digits followed by the job id; the run was not started and nothing was written".to_owned(),
+            ));
+        }
         let headers_of_job = job_headers(headers, h.extra);
         let agent_server = plain(h.agent_server, H_AGENT_SERVER)?.map(str::to_owned);
         let body = String::from_utf8(body.to_vec()).map_err(|_| DispatchError::BadHeader {
@@ -453,6 +488,7 @@ impl Dispatch {
             headers: headers_of_job,
             agent_server,
             body,
+            param_charge: None,
         })
     }
 }
@@ -561,6 +597,51 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // pieceofsummer/Hangfire.Console: src/Hangfire.Console/Storage/ConsoleIdExtensions.cs
+    // (`console:<id>`, `console:refs:<id>`), src/Hangfire.Console/Serialization/ConsoleId.cs
+    // (the id: 11 hex digits of the start time, then the job id).
+    #[test]
+    fn only_hangfire_console_keys_are_accepted() {
+        let console = |set: &str, hash: &str| ConsoleTarget::new(set, 0, hash, "t");
+        for id in ["19b8c2d4e5f1001", "19B8C2D4E5Fa-b_c.d", "00000000000x"] {
+            let ok = console(&format!("console:{id}"), &format!("console:refs:{id}"));
+            assert!(ok.is_hangfire_console(), "{id}");
+        }
+        for (set, hash) in [
+            ("recurring-jobs", "recurring-job:pwned"),
+            ("console:19b8c2d4e5f1", "recurring-job:pwned"),
+            ("console:19b8c2d4e5f1", "console:refs:19b8c2d4e5f2"),
+            ("console:abc", "console:refs:abc"),
+            ("console:19b8c2d4e5f", "console:refs:19b8c2d4e5f"),
+            ("console:19b8c2d4e5g1", "console:refs:19b8c2d4e5g1"),
+            ("console:19b8c2d4e5f1:x", "console:refs:19b8c2d4e5f1:x"),
+            (
+                "console:refs:19b8c2d4e5f1",
+                "console:refs:refs:19b8c2d4e5f1",
+            ),
+            ("console:19b8c2d4e5f1\n", "console:refs:19b8c2d4e5f1\n"),
+        ] {
+            assert!(!console(set, hash).is_hangfire_console(), "{set} {hash}");
+        }
+        let long = format!("console:19b8c2d4e5f{}", "1".repeat(65));
+        let hash = long.replacen("console:", "console:refs:", 1);
+        assert!(!console(&long, &hash).is_hangfire_console());
+    }
+
+    #[test]
+    fn request_text_is_escaped_for_logs() {
+        use crate::error::escape_controls;
+        assert_eq!(escape_controls("plain é"), "plain é");
+        assert_eq!(
+            escape_controls("a\nINFO forged\r\u{1b}[31m"),
+            "a\\nINFO forged\\r\\u{1b}[31m"
+        );
+        let mut h = base();
+        h.insert(H_SERVER, b64("srv\nINFO forged"));
+        let d = Dispatch::decode(&h, b"").expect("valid");
+        assert_eq!(d.server_id.as_deref(), Some("srv\\nINFO forged"));
+    }
 
     #[test]
     fn the_worker_suffix_is_found_as_str_find_finds_it() {
@@ -676,7 +757,7 @@ mod tests {
         h.insert("trace", b64("t-1"));
         h.insert(
             H_CONSOLE,
-            HeaderValue::from_static(r#"{"SetKey":"console:abc","ProgressBarId":0,"HashKey":"console:refs:abc","StartTime":"2026-01-02T03:04:05.1234567Z"}"#),
+            HeaderValue::from_static(r#"{"SetKey":"console:19b8c2d4e5fabc","ProgressBarId":0,"HashKey":"console:refs:19b8c2d4e5fabc","StartTime":"2026-01-02T03:04:05.1234567Z"}"#),
         );
         let d = Dispatch::decode(&h, br#"{"Hour":48}"#).expect("valid");
         assert_eq!(d.action, Action::Run);
@@ -684,7 +765,10 @@ mod tests {
         assert_eq!(d.item.agent_timeout(), Some(100));
         assert_eq!(d.server_id.as_deref(), Some("srv-1:123"));
         assert_eq!(d.headers.get("tenant").map(String::as_str), Some("acme"));
-        assert_eq!(d.console.as_ref().map(|c| c.set_key()), Some("console:abc"));
+        assert_eq!(
+            d.console.as_ref().map(|c| c.set_key()),
+            Some("console:19b8c2d4e5fabc")
+        );
         assert_eq!(d.body, r#"{"Hour":48}"#);
     }
 
@@ -808,7 +892,7 @@ mod tests {
         h.insert(
             H_CONSOLE,
             HeaderValue::from_static(
-                r#"{"setKey":"console:a","hashKey":"console:refs:a","startTime":"2026-01-02T03:04:05.12Z"}"#,
+                r#"{"setKey":"console:19b8c2d4e5fa","hashKey":"console:refs:19b8c2d4e5fa","startTime":"2026-01-02T03:04:05.12Z"}"#,
             ),
         );
         let d = Dispatch::decode(&h, b"").expect("camelCase is accepted");
@@ -818,8 +902,8 @@ mod tests {
         assert_eq!(s.expire_at_days, Some(0.0));
         assert_eq!(s.hangfire_db, "Host=h");
         let c = d.console.expect("console");
-        assert_eq!(c.set_key(), "console:a");
-        assert_eq!(c.hash_key(), "console:refs:a");
+        assert_eq!(c.set_key(), "console:19b8c2d4e5fa");
+        assert_eq!(c.hash_key(), "console:refs:19b8c2d4e5fa");
         assert_eq!(c.progress_bar_id, 0);
         assert_eq!(c.start_time(), "2026-01-02T03:04:05.12Z");
 

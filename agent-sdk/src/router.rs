@@ -11,8 +11,9 @@ use axum::routing::{any, get};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
+use crate::auth_limit::Gate;
 use crate::endpoint::AgentInner;
-use crate::error::DispatchError;
+use crate::error::{DispatchError, escape_controls};
 use crate::request::{Action, Dispatch};
 
 /// Builds the router answering at the configured path, with its state applied.
@@ -158,34 +159,59 @@ impl From<DispatchError> for Answer {
     fn from(err: DispatchError) -> Self {
         Self {
             status: err.status(),
-            body: format!("err:{err}"),
+            // Text from the request may be in it: escaped, so it cannot break the body's line.
+            body: format!("err:{}", escape_controls(&err.to_string())),
         }
     }
 }
 
 async fn handle(State(agent): State<Arc<AgentInner>>, request: Request) -> Response {
+    let peer = peer_of(&request);
     let (parts, body) = request.into_parts();
-    let answer = match answer(&agent, &parts.headers, body).await {
+    let answer = match answer(&agent, &parts.headers, body, peer).await {
         Ok(answer) => answer,
         Err(err) => {
             // The action's label is read only for a refusal: not a header lookup per run.
             crate::metrics::refused(action_label(&parts.headers), err.reason());
-            tracing::warn!(
-                status = err.status().as_u16(),
-                "job agent refused a request: {err}"
-            );
+            // Basic-auth failures are counted and logged by the limit, not one line each.
+            if !matches!(
+                err,
+                DispatchError::Unauthorized | DispatchError::AuthLimited
+            ) {
+                tracing::warn!(
+                    status = err.status().as_u16(),
+                    "job agent refused a request: {}",
+                    escape_controls(&err.to_string())
+                );
+            }
             Answer::from(err)
         }
     };
     respond(&agent, answer)
 }
 
+/// The caller's address, when the server records it (`agent_sdk::serve` does, as does
+/// axum's `into_make_service_with_connect_info::<SocketAddr>`).
+#[cfg(feature = "serve")]
+fn peer_of(request: &Request) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+#[cfg(not(feature = "serve"))]
+fn peer_of(_request: &Request) -> Option<std::net::IpAddr> {
+    None
+}
+
 async fn answer(
     agent: &Arc<AgentInner>,
     headers: &HeaderMap,
     body: Body,
+    peer: Option<std::net::IpAddr>,
 ) -> Result<Answer, DispatchError> {
-    check_auth(agent, headers)?;
+    check_auth(agent, headers, peer)?;
     let limits = &agent.runtime.options.limits;
     let header_bytes: usize = headers
         .iter()
@@ -203,7 +229,7 @@ async fn answer(
             "the request body is larger than {limit} bytes (JOBAGENT_MAX_BODY_BYTES), or was cut off"
         ))
     })?;
-    let d = Dispatch::decode(headers, &body)?;
+    let mut d = Dispatch::decode(headers, &body)?;
     tracing::debug!(action = d.action.as_str(), class = d.class.as_deref().unwrap_or(""), job_id = %d.job_id, "job agent request");
     if d.action == Action::Heartbeat {
         agent.heartbeat(&d)?;
@@ -214,6 +240,8 @@ async fn answer(
     let rt = &agent.runtime;
     match d.action {
         Action::Run => {
+            // Charged before anything is opened; given back when the run ends.
+            d.param_charge = Some(agent.param_budget.charge(d.body.len())?);
             let outlet = agent.outlet(&d)?;
             if let Some(store) = &outlet.store {
                 store
@@ -249,11 +277,19 @@ fn action_label(headers: &HeaderMap) -> &'static str {
         .unwrap_or("unknown")
 }
 
-/// Checks basic auth before anything is decoded, comparing in constant time.
-fn check_auth(agent: &AgentInner, headers: &HeaderMap) -> Result<(), DispatchError> {
+/// Checks basic auth before anything is decoded, comparing in constant time; a peer that
+/// failed too often is refused without a comparison (see [`crate::auth_limit`]).
+fn check_auth(
+    agent: &AgentInner,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), DispatchError> {
     let Some(expected) = &agent.expected_auth else {
         return Ok(());
     };
+    if let Gate::Blocked = agent.auth_limit.gate(peer) {
+        return Err(DispatchError::AuthLimited);
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes)
@@ -262,6 +298,7 @@ fn check_auth(agent: &AgentInner, headers: &HeaderMap) -> Result<(), DispatchErr
     if constant_time_eq(given, expected.as_bytes()) {
         Ok(())
     } else {
+        agent.auth_limit.failed(peer);
         Err(DispatchError::Unauthorized)
     }
 }

@@ -84,6 +84,9 @@ pub(crate) struct Run {
     stalled: AtomicBool,
     /// The run's `job_run` span (see [`crate::trace`]).
     span: tracing::Span,
+    /// Its parameter's share of `JOBAGENT_MAX_PARAM_BYTES_RUNNING`, given back when the run
+    /// is dropped.
+    _param_charge: Option<crate::budget::ParamCharge>,
 }
 
 impl Run {
@@ -861,6 +864,7 @@ impl Runtime {
             record: Mutex::new(None),
             stalled: AtomicBool::new(false),
             span,
+            _param_charge: d.param_charge,
         })
     }
 

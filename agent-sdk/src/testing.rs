@@ -286,6 +286,7 @@ impl RunningJob {
             headers: self.headers.clone(),
             agent_server: None,
             body: self.param.clone(),
+            param_charge: None,
         }
     }
 

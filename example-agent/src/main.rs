@@ -10,6 +10,8 @@
 //!   export the traces to (JSON, at `<endpoint>/v1/traces`); runs continue the trace of their
 //!   job's `traceparent`. The other standard `OTEL_*` variables apply (`OTEL_SERVICE_NAME`,
 //!   default `example-agent`; `OTEL_EXPORTER_OTLP_HEADERS`, ...). Unset, no traces.
+//! - `JOBAGENT_SERVE_HEADER_TIMEOUT_MS`, `JOBAGENT_SERVE_BODY_TIMEOUT_MS`,
+//!   `JOBAGENT_SERVE_MAX_CONNECTIONS`: the listener's bounds (`agent_sdk::ServeLimits`).
 //! - `RUST_LOG`: the log filter, default `info`.
 
 mod telemetry;
@@ -50,7 +52,11 @@ async fn serve() -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let classes: Vec<&str> = agent.registry().iter().map(|r| r.class()).collect();
     tracing::info!(%local, path = agent.options().path_str(), jobs = ?classes, "example-agent listening");
-    axum::serve(listener, app)
+    // Bounded: a client that sends its request slowly, or not at all, cannot hold a
+    // connection for long (JOBAGENT_SERVE_* variables; docs/security.md, "Serving bounds").
+    let limits = agent_sdk::ServeLimits::from_env().map_err(|e| e.to_string())?;
+    agent_sdk::serve(listener, app)
+        .limits(limits)
         .with_graceful_shutdown(agent.shutdown_on_signal())
         .await
         .map_err(|e| format!("server error: {e}"))?;

@@ -4,8 +4,9 @@
 //! it. Stateless: run as many as you like behind one address. See `docs/relay.md`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_sdk::__relay::{RelayConfig, parse_tenants, router};
@@ -124,46 +125,53 @@ async fn serve(args: Args) -> Result<(), String> {
     config.refused_log_every = Duration::try_from_secs_f64(args.refused_log_secs)
         .map_err(|e| format!("JOBAGENT_RELAY_REFUSED_LOG_SECS: {e}"))?;
     let (app, store) = router(config).map_err(|e| format!("JOBAGENT_RELAY_STORE: {e}"))?;
-    let listener = std::net::TcpListener::bind(args.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    listener
-        .set_nonblocking(true)
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener
         .local_addr()
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let handle = axum_server::Handle::new();
-    tokio::spawn(stop_on_signal(handle.clone()));
-    let app = app.into_make_service();
-    match (args.tls_cert, args.tls_key) {
+    // Bounded: header read time (and idle keep-alive), body time, open connections
+    // (JOBAGENT_SERVE_*; docs/security.md, "Serving bounds").
+    let limits = agent_sdk::ServeLimits::from_env().map_err(|e| e.to_string())?;
+    let server = agent_sdk::serve(listener, app)
+        .limits(limits)
+        .with_graceful_shutdown(stop_on_signal());
+    let server = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-                .await
+            let tls = tls_config(&cert, &key)
                 .map_err(|e| format!("JOBAGENT_RELAY_TLS_CERT / _KEY: {e}"))?;
             println!("jobagent-relay listening on https://{addr}");
             tracing::info!(%addr, %store, tls = true, "jobagent-relay serving");
-            axum_server::from_tcp_rustls(listener, tls)
-                .map_err(|e| format!("cannot serve on {addr}: {e}"))?
-                .handle(handle)
-                .serve(app)
-                .await
+            server.tls(Arc::new(tls))
         }
         _ => {
             println!("jobagent-relay listening on http://{addr}");
             tracing::info!(%addr, %store, tls = false, "jobagent-relay serving");
-            axum_server::from_tcp(listener)
-                .map_err(|e| format!("cannot serve on {addr}: {e}"))?
-                .handle(handle)
-                .serve(app)
-                .await
+            server
         }
-    }
-    .map_err(|e| format!("serving on {addr}: {e}"))
+    };
+    server.await.map_err(|e| format!("serving on {addr}: {e}"))
 }
 
-/// SIGTERM or Ctrl-C: stop accepting, let requests in flight finish (10 s at most).
-async fn stop_on_signal(handle: axum_server::Handle<SocketAddr>) {
+/// The TLS configuration of a PEM certificate chain and its private key (ring, as the rest of
+/// the workspace).
+fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| e.to_string())
+}
+
+/// SIGTERM or Ctrl-C: stop accepting, let requests in flight finish (10 s at most, the
+/// server's drain time).
+async fn stop_on_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {
@@ -181,5 +189,4 @@ async fn stop_on_signal(handle: axum_server::Handle<SocketAddr>) {
         () = term => {}
     }
     tracing::info!("jobagent-relay stopping");
-    handle.graceful_shutdown(Some(Duration::from_secs(10)));
 }

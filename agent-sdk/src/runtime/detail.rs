@@ -37,6 +37,28 @@ fn shown(param: &str) -> String {
     out
 }
 
+/// The most bytes of a parameter `detail` shows; a longer one is cut there and marked.
+const PARAM_SHOWN: usize = 4 * 1024;
+/// The most bytes of one `detail` answer; instances past it are counted, not listed.
+const DETAIL_MAX: usize = 256 * 1024;
+
+/// A parameter as [`shown`], cut to [`PARAM_SHOWN`] bytes (at a character boundary) and
+/// marked when longer.
+fn shown_param(param: &str) -> String {
+    if param.len() <= PARAM_SHOWN {
+        return shown(param);
+    }
+    let mut end = PARAM_SHOWN;
+    while !param.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… (truncated: the first {end} of {} bytes)",
+        shown(&param[..end]),
+        param.len()
+    )
+}
+
 impl Runtime {
     /// The human-readable status of a class, across replicas when a store is shared.
     pub(crate) async fn detail(
@@ -98,7 +120,7 @@ impl Runtime {
             }
             if let Some(last) = &slot.last {
                 detail_line!(out, "JobId: {}", shown(last.cx.job_id()));
-                detail_line!(out, "Param: {}", shown(last.cx.param_text()));
+                detail_line!(out, "Param: {}", shown_param(last.cx.param_text()));
                 detail_line!(out, "StartTime: {}", fmt_utc(last.started));
                 if let Some(end) = last.ended {
                     detail_line!(out, "LastEndTime: {}", fmt_utc(end));
@@ -117,8 +139,12 @@ impl Runtime {
                 });
             }
             detail_line!(out, "Running instances: {}", slot.runs.len() + remote.len());
+            let total = slot.runs.len() + remote.len();
             let mut i = 0;
             for run in slot.runs.in_order() {
+                if out.len() > DETAIL_MAX {
+                    break;
+                }
                 i += 1;
                 let ran = now.duration_since(run.started).unwrap_or_default();
                 detail_line!(
@@ -129,10 +155,13 @@ impl Runtime {
                     run.status().as_str(),
                     fmt_utc(run.started),
                     fmt_duration(ran),
-                    shown(run.cx.param_text())
+                    shown_param(run.cx.param_text())
                 );
             }
             for run in &remote {
+                if out.len() > DETAIL_MAX {
+                    break;
+                }
                 i += 1;
                 let started = std::time::UNIX_EPOCH + Duration::from_millis(run.record.started);
                 let ran = now.duration_since(started).unwrap_or_default();
@@ -145,6 +174,14 @@ impl Runtime {
                     fmt_duration(ran)
                 );
             }
+            if i < total {
+                detail_line!(
+                    out,
+                    "… {} more instance(s) not listed: this answer is bounded to {} KiB",
+                    total - i,
+                    DETAIL_MAX / 1024
+                );
+            }
         }
         Ok(out)
     }
@@ -153,6 +190,16 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_parameter_is_cut_and_marked() {
+        let long = "é".repeat(PARAM_SHOWN);
+        let cut = shown_param(&long);
+        assert!(cut.len() < PARAM_SHOWN + 100, "{}", cut.len());
+        assert!(cut.ends_with(&format!("of {} bytes)", long.len())), "{cut}");
+        assert!(cut.contains("truncated"));
+        assert_eq!(shown_param("{\"a\":1}"), "{\"a\":1}");
+    }
 
     #[test]
     fn lines_end_with_crlf_and_values_cannot_break_them() {

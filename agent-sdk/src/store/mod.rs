@@ -178,6 +178,14 @@ pub(crate) struct Store {
     reached: AtomicBool,
     /// When the last check of a reached store could not tell.
     unknown_at: Mutex<Option<std::time::Instant>>,
+    /// Sent by a center (not the agent's own store): left when unused.
+    from_center: bool,
+    /// When a dispatch last named it.
+    last_used: Mutex<std::time::Instant>,
+    /// Whether its coordinator runs.
+    coordinated: AtomicBool,
+    /// Whether the cache of center stores holds it.
+    cached: AtomicBool,
     backend: Backend,
 }
 
@@ -313,8 +321,42 @@ impl Store {
             wakeups: Arc::new(listen::Wakeups::default()),
             reached: AtomicBool::new(false),
             unknown_at: Mutex::new(None),
+            from_center: o.from_center,
+            last_used: Mutex::new(std::time::Instant::now()),
+            coordinated: AtomicBool::new(false),
+            cached: AtomicBool::new(false),
             backend,
         })
+    }
+
+    /// Notes that a dispatch named the store.
+    fn touch(&self) {
+        *crate::sync::lock(&self.last_used) = std::time::Instant::now();
+    }
+
+    /// How long since a dispatch last named the store.
+    pub(crate) fn idle_for(&self) -> Duration {
+        crate::sync::lock(&self.last_used).elapsed()
+    }
+
+    /// Whether a center sent it (the agent's own store is never left).
+    pub(crate) fn sent_by_center(&self) -> bool {
+        self.from_center
+    }
+
+    /// Whether the cache of center stores holds it.
+    pub(crate) fn is_cached(&self) -> bool {
+        self.cached.load(Ordering::Acquire)
+    }
+
+    /// True when the caller should start the coordinator (none runs).
+    pub(crate) fn start_coordinating(&self) -> bool {
+        !self.coordinated.swap(true, Ordering::AcqRel)
+    }
+
+    /// Called by the coordinator when it ends: the next dispatch starts one again.
+    pub(crate) fn coordinator_ended(&self) {
+        self.coordinated.store(false, Ordering::Release);
     }
 
     pub(crate) fn kind(&self) -> StoreType {
@@ -546,15 +588,20 @@ pub(crate) struct Stores {
     local: Option<Arc<Store>>,
     allowed_hosts: Option<Vec<String>>,
     sent: Mutex<HashMap<String, Arc<Store>>>,
+    /// How long a center store may go unused before it is left (`JOBAGENT_STORE_IDLE_MS`).
+    idle: Duration,
 }
 
-/// The most distinct header-sent stores kept open at once.
+/// The most distinct header-sent stores kept open at once. A new one past it makes room by
+/// leaving one (see [`Stores::make_room`]): never refused, so stores that never answered
+/// (bogus strings) cannot lock real ones out.
 const MAX_SENT_STORES: usize = 32;
 
 impl Stores {
     pub(crate) fn new(
         local: Option<&LocalStore>,
         allowed_hosts: Option<Vec<String>>,
+        idle: Duration,
     ) -> Result<Self, ConfigError> {
         let local = match local {
             None => None,
@@ -586,7 +633,39 @@ impl Stores {
             local,
             allowed_hosts,
             sent: Mutex::new(HashMap::new()),
+            idle,
         })
+    }
+
+    /// Leaves stores unused for [`Stores::idle`] whose coordinator has ended (nothing uses
+    /// them), then, while the cache is still full, the least recently named one, preferring
+    /// one that never answered. Its pool closes once its last user (a run still writing
+    /// there) lets go.
+    fn make_room(&self, sent: &mut HashMap<String, Arc<Store>>) {
+        let idle = self.idle;
+        sent.retain(|_, store| {
+            let keep = store.idle_for() < idle || store.coordinated.load(Ordering::Acquire);
+            if !keep {
+                store.cached.store(false, Ordering::Release);
+                tracing::debug!(store = %store.label, "left a center store nobody used");
+            }
+            keep
+        });
+        while sent.len() >= MAX_SENT_STORES {
+            let victim = sent
+                .iter()
+                .map(|(key, store)| {
+                    let answered = store.reached.load(Ordering::Acquire);
+                    (answered, std::cmp::Reverse(store.idle_for()), key.clone())
+                })
+                .min()
+                .map(|(_, _, key)| key);
+            let Some(key) = victim else { break };
+            if let Some(store) = sent.remove(&key) {
+                store.cached.store(false, Ordering::Release);
+                tracing::debug!(store = %store.label, "left a center store to make room for another (the least recently used, one that never answered first)");
+            }
+        }
     }
 
     /// The agent's own store, if configured.
@@ -651,13 +730,10 @@ impl Stores {
         let key = format!("{kind}|{}|{prefix:?}|{days}|{db:?}", h.hangfire_db);
         let mut sent = crate::sync::lock(&self.sent);
         if let Some(store) = sent.get(&key) {
+            store.touch();
             return Ok(Some(store.clone()));
         }
-        if sent.len() >= MAX_SENT_STORES {
-            return Err(format!(
-                "this agent already writes to {MAX_SENT_STORES} different stores; configure one store on the agent (JOBAGENT_STORE)"
-            ));
-        }
+        self.make_room(&mut sent);
         // The request path, under a lock: nothing is read here (the system's CA
         // certificates, when needed, are loaded off-thread at the first connection).
         let store = Store::open(&Opening {
@@ -683,6 +759,7 @@ impl Stores {
         }
         let store = Arc::new(store);
         tracing::info!(store = %store.label, kind = %kind, "job agent opened a store sent by the center");
+        store.cached.store(true, Ordering::Release);
         sent.insert(key, store.clone());
         Ok(Some(store))
     }
@@ -738,7 +815,7 @@ mod tests {
 
     #[test]
     fn a_center_sent_store_may_not_name_files_and_opening_one_reads_nothing() {
-        let stores = Stores::new(None, None).expect("no local store");
+        let stores = Stores::new(None, None, Duration::from_secs(300)).expect("no local store");
         let base = "Host=db;Username=u;Password=p;SSL Mode=VerifyFull";
         let refusal = |setting: &str, path: &str| match stores
             .select(Some(&header(&format!("{base};{setting}={path}"))))
