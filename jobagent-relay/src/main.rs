@@ -111,6 +111,9 @@ async fn serve(args: Args) -> Result<(), String> {
     let app = app.into_make_service();
     match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => {
+            // ring, as the rest of the tree; rustls 0.23.48 deprecates ring's provider only for
+            // its lack of post-quantum key exchange, and ring has no other constructor.
+            #[allow(deprecated)]
             let _ = rustls::crypto::ring::default_provider().install_default();
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
                 .await
