@@ -5,11 +5,14 @@
 //! tails the job's console lines from it in the dashboard's order and prints the dispatch's
 //! result: a job runs end to end on a laptop with no .NET center. The store is read with the
 //! agent's own store code (`agent_sdk::__dev::DevReader`), so both agree on every backend.
+//! `setup` creates Hangfire's tables the agent touches on a laptop's fresh PostgreSQL or MySQL
+//! database (`agent_sdk::__dev::install_tables`).
 //!
 //! ```sh
 //! cargo run -p jobagent-dev -- run example_agent::jobs::TestJob \
 //!     --param '{"lines":5,"progress":true}' --store postgres://postgres@127.0.0.1/hangfire
 //! cargo run -p jobagent-dev -- run example_agent::jobs::TestJob --store redis://127.0.0.1/1
+//! cargo run -p jobagent-dev -- setup --store "Host=127.0.0.1;Database=test;Username=postgres"
 //! ```
 //!
 //! Run `jobagent-dev --help` for every command and option.
