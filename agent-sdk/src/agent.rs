@@ -81,6 +81,9 @@ impl Agent {
         let cookie = HeaderValue::from_str(&format!("agentServerId={server_id}; Path=/"))
             .map_err(|_| ConfigError::invalid("JOBAGENT_AGENT_ID", "not a header value"))?;
         log_start(&options, &registry, stores.local().as_deref(), &server_id);
+        if let (Some(store), Ok(rt)) = (stores.local(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(warn_when_tables_missing(store));
+        }
         let heartbeat_stop = CancellationToken::new();
         let member = Member {
             instance: options.instance_name(),
@@ -326,6 +329,29 @@ fn log_start(options: &AgentOptions, registry: &Registry, local: Option<&Store>,
     }
 }
 
+/// Right after the start-up line: the agent's own store's table check, as before a run; when
+/// the store lacks Hangfire's tables (every run would be refused) a warning says so and names
+/// the command that creates them on a laptop's database. A store that does not answer yet is
+/// left to the runs' own checks.
+async fn warn_when_tables_missing(store: Arc<Store>) {
+    let by = tokio::time::Instant::now() + crate::store::FIRST_REACH_WITHIN;
+    if let Err(reason) = store.check_tables(by).await
+        && let Some(warning) = missing_tables_warning(&reason)
+    {
+        tracing::warn!(store = %store.label, "{warning}");
+    }
+}
+
+/// The start-up warning for a store check that failed with `reason`, when the reason is that
+/// the tables are missing.
+fn missing_tables_warning(reason: &str) -> Option<String> {
+    reason.contains("does not create Hangfire's tables").then(|| {
+        format!(
+            "job agent: its store lacks Hangfire's tables, so every run will be refused until they exist: {reason}. On a laptop's own database, `jobagent-dev setup --store \"<JOBAGENT_STORE>\"` creates them"
+        )
+    })
+}
+
 /// The warning for an agent with no job: every run would be refused with "unknown class".
 fn no_jobs_warning(registry: &Registry) -> Option<&'static str> {
     registry.iter().next().is_none().then_some(
@@ -336,6 +362,16 @@ fn no_jobs_warning(registry: &Registry) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_without_tables_warns_naming_the_setup_command() {
+        let missing = "the store h/db has no Hangfire table \"hangfire\".hash: point the store at the center's database; the agent does not create Hangfire's tables";
+        let warning = missing_tables_warning(missing).expect("a warning");
+        assert!(warning.contains("jobagent-dev setup"), "{warning}");
+        assert!(warning.contains(missing), "{warning}");
+        // Not answering yet is not a missing table.
+        assert!(missing_tables_warning("the store h/db has not answered this agent yet").is_none());
+    }
 
     #[test]
     fn an_agent_with_no_job_warns_and_says_how_to_link_a_jobs_crate() {

@@ -204,6 +204,145 @@ impl DevReader {
     }
 }
 
+/// Creates Hangfire's tables that the agent touches (`hash`, `set` and `lock`; MySQL's
+/// `<prefix>Hash`, `<prefix>Set` and `<prefix>DistributedLock`) in the store `connection`
+/// names, in the shapes the center's storage installs them (Hangfire.PostgreSql's install
+/// scripts up to today's columns; Hangfire.MySqlStorage's `Install.sql`), when they are
+/// absent: running it again changes nothing. For a laptop's fresh database, so an agent can
+/// write there with no center having run. A center's storage creates its other tables itself.
+///
+/// `kind`: PostgreSQL or MySQL (`None`: from a URL's scheme, else PostgreSQL); Redis needs no
+/// tables and a relay is refused, each with the reason. `prefix`: the schema or table prefix
+/// (`None` or blank: the type's default). Every step has a deadline (`within` for the
+/// connection, the string's `Command Timeout` for the statements). Returns the tables' names.
+/// Errors never hold the password.
+pub async fn install_tables(
+    kind: Option<StoreType>,
+    connection: &str,
+    prefix: Option<&str>,
+    within: Duration,
+) -> Result<Vec<String>, String> {
+    let text = connection.trim();
+    let kind = kind
+        .or_else(|| StoreType::of_url(text))
+        .unwrap_or(StoreType::PostgreSql);
+    let prefix = prefix
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .unwrap_or(kind.default_prefix());
+    match kind {
+        StoreType::PostgreSql => {
+            let spec = crate::store::connstr::parse(text).map_err(|e| e.to_string())?;
+            let store = crate::store::postgres::PgStore::open(&spec, prefix, pool::Load::Now)?;
+            let label = store.label.clone();
+            let conn = tokio::time::timeout(within, store.conn())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "cannot connect to the store {label}: no answer within {} ms",
+                        within.as_millis()
+                    )
+                })?
+                .map_err(|e| format!("cannot connect to the store {label}: {e}"))?;
+            let s = &store.schema;
+            conn.bound(conn.batch_execute(&pg_tables_sql(s)))
+                .await
+                .map_err(|e| format!("cannot create Hangfire's tables in {label}: {e}"))?;
+            Ok(["hash", "set", "lock"]
+                .iter()
+                .map(|t| format!("{prefix}.{t}"))
+                .collect())
+        }
+        StoreType::MySql => {
+            let store = crate::store::mysql::MysqlStore::open(text, Some(prefix), false)?;
+            let label = store.label().to_owned();
+            let names = ["Hash", "Set", "DistributedLock"].map(|t| format!("{prefix}{t}"));
+            tokio::time::timeout(within, store.run_batch(&mysql_tables_sql(prefix)))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "cannot create Hangfire's tables in {label}: no answer within {} ms",
+                        within.as_millis()
+                    )
+                })?
+                .map_err(|e| format!("cannot create Hangfire's tables in {label}: {e}"))?;
+            Ok(names.to_vec())
+        }
+        StoreType::Redis => Err(
+            "a Redis store needs no tables: Hangfire.Redis.StackExchange keeps hashes and sorted sets under its key prefix, created as they are written; point the agent at it as it is"
+                .to_owned(),
+        ),
+        StoreType::Relay => Err(
+            "a relay is the agent's own store: run setup against the database the relay fronts (the relay's JOBAGENT_RELAY_STORE)"
+                .to_owned(),
+        ),
+    }
+}
+
+/// Hangfire.PostgreSql's `hash`, `set` and `lock` in schema `s` (quoted), as its install
+/// scripts leave them today (`Install.v3.sql` creates them; later versions widen ids to
+/// `bigint`, keys to `text`, times to `timestamptz`, and add `updatecount` and the lock's
+/// `acquired`), each created only when absent.
+fn pg_tables_sql(s: &str) -> String {
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.hash (
+             id bigserial PRIMARY KEY,
+             key text NOT NULL,
+             field text NOT NULL,
+             value text,
+             expireat timestamptz,
+             updatecount integer NOT NULL DEFAULT 0,
+             UNIQUE (key, field));
+         CREATE TABLE IF NOT EXISTS {s}.\"set\" (
+             id bigserial PRIMARY KEY,
+             key text NOT NULL,
+             score double precision NOT NULL,
+             value text NOT NULL,
+             expireat timestamptz,
+             updatecount integer NOT NULL DEFAULT 0,
+             UNIQUE (key, value));
+         CREATE TABLE IF NOT EXISTS {s}.\"lock\" (
+             resource text NOT NULL,
+             updatecount integer NOT NULL DEFAULT 0,
+             acquired timestamptz,
+             UNIQUE (resource));"
+    )
+}
+
+/// Hangfire.MySqlStorage's `<p>Hash`, `<p>Set` and `<p>DistributedLock` (`Install.sql`),
+/// each created only when absent.
+fn mysql_tables_sql(prefix: &str) -> String {
+    let q = |t: &str| format!("`{}`", format!("{prefix}{t}").replace('`', "``"));
+    let ix = |t: &str| format!("`IX_{}`", format!("{prefix}{t}").replace('`', "``"));
+    let (hash, set, lock) = (q("Hash"), q("Set"), q("DistributedLock"));
+    let (hash_ix, set_ix) = (ix("Hash_Key_Field"), ix("Set_Key_Value"));
+    format!(
+        "CREATE TABLE IF NOT EXISTS {hash} (
+           `Id` int(11) NOT NULL AUTO_INCREMENT,
+           `Key` nvarchar(100) NOT NULL,
+           `Field` nvarchar(40) NOT NULL,
+           `Value` longtext,
+           `ExpireAt` datetime(6) DEFAULT NULL,
+           PRIMARY KEY (`Id`),
+           UNIQUE KEY {hash_ix} (`Key`, `Field`)
+         ) ENGINE=InnoDB DEFAULT CHARACTER SET utf8 COLLATE utf8_general_ci;
+         CREATE TABLE IF NOT EXISTS {set} (
+           `Id` int(11) NOT NULL AUTO_INCREMENT,
+           `Key` nvarchar(100) NOT NULL,
+           `Value` nvarchar(256) NOT NULL,
+           `Score` float NOT NULL,
+           `ExpireAt` datetime DEFAULT NULL,
+           PRIMARY KEY (`Id`),
+           UNIQUE KEY {set_ix} (`Key`, `Value`)
+         ) ENGINE=InnoDB DEFAULT CHARACTER SET utf8 COLLATE utf8_general_ci;
+         CREATE TABLE IF NOT EXISTS {lock} (
+           `Resource` nvarchar(100) NOT NULL,
+           `CreatedAt` datetime(6) NOT NULL
+         ) ENGINE=InnoDB DEFAULT CHARACTER SET utf8 COLLATE utf8_general_ci;"
+    )
+}
+
 /// A StackExchange.Redis configuration string's `defaultDatabase`, if it sets one.
 fn redis_default_database(config: &str) -> Result<Option<i64>, String> {
     let mut found = None;

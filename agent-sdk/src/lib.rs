@@ -23,6 +23,7 @@
 //! let app: axum::Router = axum::Router::new().merge(agent.router());
 //! # let _ = app;
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod agent;
 mod auth_limit;

@@ -1122,6 +1122,12 @@ async fn cluster(s: &Store, tenant: &str, call: ClusterCall) -> Result<serde_jso
     }
 }
 
+/// The TLS crypto provider the relay serves with: the one the agent's store connections use
+/// (the process default when the application installed one, else *ring*).
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    crate::store::pool::crypto_provider()
+}
+
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Refusal> {
     serde_json::from_slice(body).map_err(|e| {
         refuse(

@@ -1,12 +1,14 @@
 //! The command line: commands, flags, environment fallbacks and the help text.
 //!
-//! Hand-written on purpose: five commands and a dozen flags do not justify a new dependency,
-//! and a hand-written parser lets every error name the flag at fault without echoing secret
-//! values (`--password`, `--store`).
+//! clap reads the words and flags (each command takes only the flags that apply to it); the
+//! values stay text until checked here, so every error names the flag at fault without
+//! echoing secret values (`--password`, `--store`), and the environment fallbacks (the CLI's
+//! own variables, then the service's) are applied in one place.
 
 use std::fmt;
 
 use agent_sdk::StoreType;
+use clap::{Args, Parser, Subcommand};
 
 /// The default agent URL (the example service's, and the SDK's default path).
 pub(crate) const DEFAULT_AGENT: &str = "http://127.0.0.1:5000/jobagent";
@@ -27,7 +29,7 @@ pub(crate) const ENV_USER: &str = "JOBAGENT_BASIC_USER";
 /// Environment fallback for `--password` (the same variable the agent reads).
 pub(crate) const ENV_PASSWORD: &str = "JOBAGENT_BASIC_PASSWORD";
 
-/// What to ask the agent.
+/// What to ask the agent (or, for `setup`, the store).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Command {
     /// Start a run and follow it.
@@ -38,32 +40,8 @@ pub(crate) enum Command {
     Detail,
     /// Start or renew the agent's heartbeat reporter.
     Heartbeat,
-}
-
-impl Command {
-    fn parse(word: &str) -> Option<Self> {
-        match word {
-            "run" => Some(Command::Run),
-            "stop" => Some(Command::Stop),
-            "detail" => Some(Command::Detail),
-            "heartbeat" => Some(Command::Heartbeat),
-            _ => None,
-        }
-    }
-
-    /// The action name sent in `x-job-agent-action`.
-    pub(crate) fn action(self) -> &'static str {
-        match self {
-            Command::Run => "run",
-            Command::Stop => "stop",
-            Command::Detail => "detail",
-            Command::Heartbeat => "heartbeat",
-        }
-    }
-
-    fn takes_class(self) -> bool {
-        self != Command::Heartbeat
-    }
+    /// Create Hangfire's tables in the store (a laptop's fresh database).
+    Setup,
 }
 
 /// A secret string: never shown by `Debug`.
@@ -88,7 +66,7 @@ impl fmt::Debug for Secret {
 pub(crate) struct Options {
     /// The command.
     pub(crate) command: Command,
-    /// The job class (`AgentClass`); `None` for `heartbeat`.
+    /// The job class (`AgentClass`); `None` for `heartbeat` and `setup`.
     pub(crate) class: Option<String>,
     /// The agent URL the center's job calls.
     pub(crate) agent: reqwest::Url,
@@ -122,103 +100,182 @@ pub(crate) struct Options {
 /// What the command line asks for.
 #[derive(Debug)]
 pub(crate) enum Parsed {
-    /// Print the help text.
-    Help,
-    /// Print the version.
-    Version,
+    /// Print this help text (to stdout, exit status 0).
+    Help(String),
+    /// Print this version line.
+    Version(String),
     /// Run a command.
     Go(Box<Options>),
 }
 
-/// A flag: its name, whether it takes a value, and the commands it applies to.
-struct Flag {
-    name: &'static str,
-    value: bool,
-    commands: &'static [Command],
+/// The command line as clap reads it: words and flags, values still unchecked text.
+#[derive(Parser, Debug)]
+#[command(
+    name = "jobagent-dev",
+    version,
+    about = "A scheduling center in a box: drive a job agent over HTTP exactly as a \
+             Hangfire.HttpJob center does, and tail the job's console lines from the center's store.",
+    subcommand_required = true,
+    after_help = AFTER_HELP,
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
 }
 
-const ALL: &[Command] = &[
-    Command::Run,
-    Command::Stop,
-    Command::Detail,
-    Command::Heartbeat,
-];
-const JOBS: &[Command] = &[Command::Run, Command::Stop, Command::Detail];
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start a run, tail its console, print its result.
+    Run {
+        /// The job class (AgentClass), e.g. example_agent::jobs::TestJob.
+        #[arg(value_name = "class")]
+        class: String,
+        #[command(flatten)]
+        agent: AgentFlags,
+        #[command(flatten)]
+        store: StoreFlags,
+        #[command(flatten)]
+        job: JobFlags,
+        /// The job's parameter (Data), usually JSON [default: empty].
+        #[arg(long, value_name = "text", allow_hyphen_values = true)]
+        param: Option<String>,
+        /// AgentTimeout in milliseconds [default 0: none].
+        #[arg(long, value_name = "n", allow_hyphen_values = true)]
+        timeout_ms: Option<String>,
+        /// Send and print the answer; do not wait for the store.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Stop the running instance(s), print the stop job's console and result.
+    Stop {
+        /// The job class (AgentClass).
+        #[arg(value_name = "class")]
+        class: String,
+        #[command(flatten)]
+        agent: AgentFlags,
+        #[command(flatten)]
+        store: StoreFlags,
+        #[command(flatten)]
+        job: JobFlags,
+        /// Also wait for that run's result.
+        #[arg(long, value_name = "id", allow_hyphen_values = true)]
+        run_id: Option<String>,
+        /// Send and print the answer; do not wait for the store.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Print the class's status.
+    Detail {
+        /// The job class (AgentClass).
+        #[arg(value_name = "class")]
+        class: String,
+        #[command(flatten)]
+        agent: AgentFlags,
+        #[command(flatten)]
+        store: StoreFlags,
+        #[command(flatten)]
+        job: JobFlags,
+    },
+    /// Start the agent's heartbeat reporter, show its row.
+    Heartbeat {
+        #[command(flatten)]
+        agent: AgentFlags,
+        #[command(flatten)]
+        store: StoreFlags,
+        /// The center's server id [default: a fresh one].
+        #[arg(long, value_name = "id", allow_hyphen_values = true)]
+        server_id: Option<String>,
+    },
+    /// Create Hangfire's tables (hash, set, lock) in a fresh PostgreSQL or MySQL database, as
+    /// the center's storage does; running it again changes nothing. Redis needs no tables.
+    Setup {
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+}
 
-const FLAGS: &[Flag] = &[
-    Flag {
-        name: "agent",
-        value: true,
-        commands: ALL,
-    },
-    Flag {
-        name: "store",
-        value: true,
-        commands: ALL,
-    },
-    Flag {
-        name: "store-type",
-        value: true,
-        commands: ALL,
-    },
-    Flag {
-        name: "schema",
-        value: true,
-        commands: ALL,
-    },
-    Flag {
-        name: "db",
-        value: true,
-        commands: ALL,
-    },
-    Flag {
-        name: "user",
-        value: true,
-        commands: ALL,
-    },
-    Flag {
-        name: "password",
-        value: true,
-        commands: ALL,
-    },
-    Flag {
-        name: "job-id",
-        value: true,
-        commands: JOBS,
-    },
-    Flag {
-        name: "header",
-        value: true,
-        commands: JOBS,
-    },
-    Flag {
-        name: "param",
-        value: true,
-        commands: &[Command::Run],
-    },
-    Flag {
-        name: "timeout-ms",
-        value: true,
-        commands: &[Command::Run],
-    },
-    Flag {
-        name: "no-follow",
-        value: false,
-        commands: &[Command::Run, Command::Stop],
-    },
-    Flag {
-        name: "run-id",
-        value: true,
-        commands: &[Command::Stop],
-    },
-    Flag {
-        name: "server-id",
-        value: true,
-        commands: &[Command::Heartbeat],
-    },
-];
+/// Where the agent is and how to authenticate to it.
+#[derive(Args, Debug)]
+struct AgentFlags {
+    /// The agent URL [env JOBAGENT_DEV_AGENT; else http://JOBAGENT_LISTEN JOBAGENT_PATH from
+    /// the service's own variables when either is set (0.0.0.0 is called as 127.0.0.1);
+    /// default http://127.0.0.1:5000/jobagent].
+    #[arg(long, value_name = "url", allow_hyphen_values = true)]
+    agent: Option<String>,
+    /// Basic auth user configured on the job [env JOBAGENT_BASIC_USER].
+    #[arg(long, value_name = "u", allow_hyphen_values = true)]
+    user: Option<String>,
+    /// Basic auth password [env JOBAGENT_BASIC_PASSWORD].
+    #[arg(long, value_name = "p", allow_hyphen_values = true)]
+    password: Option<String>,
+}
 
-/// The help text.
+/// The center's store.
+#[derive(Args, Debug)]
+struct StoreFlags {
+    /// The center's store, read as the agent reads JOBAGENT_STORE (same parsers, same TLS
+    /// rules) [env JOBAGENT_DEV_STORE, else JOBAGENT_STORE]. Never printed.
+    #[arg(long, value_name = "conn", allow_hyphen_values = true)]
+    store: Option<String>,
+    /// postgresql, mysql or redis (the center's storage Type) [env JOBAGENT_STORE_TYPE;
+    /// default: the store URL's scheme, else postgresql].
+    #[arg(long, value_name = "type", allow_hyphen_values = true)]
+    store_type: Option<String>,
+    /// Where the center's rows are (TablePrefix): the PostgreSQL schema, the MySQL table
+    /// prefix or the Redis key prefix [env JOBAGENT_STORE_SCHEMA; default per type:
+    /// hangfire, Hangfire, {hangfire}:].
+    #[arg(long, value_name = "name", allow_hyphen_values = true)]
+    schema: Option<String>,
+    /// Redis: the database (Db) [default: the store's defaultDatabase or URL path, else 0].
+    #[arg(long, value_name = "n", allow_hyphen_values = true)]
+    db: Option<String>,
+}
+
+/// What the center's job carries besides its class.
+#[derive(Args, Debug)]
+struct JobFlags {
+    /// The dispatch's job id (x-job-id) [default: a fresh number].
+    #[arg(long, value_name = "id", allow_hyphen_values = true)]
+    job_id: Option<String>,
+    /// A header configured on the job, passed to it (repeatable).
+    #[arg(long = "header", value_name = "name=value", allow_hyphen_values = true)]
+    headers: Vec<String>,
+}
+
+/// The help text's tail: the commands at a glance, the stores, exit status and examples.
+const AFTER_HELP: &str = "\
+USAGE:
+    jobagent-dev run <class> [options]        start a run, tail its console, print its result
+    jobagent-dev stop <class> [options]       stop the running instance(s), show the stop's console and result
+    jobagent-dev detail <class> [options]     print the class's status
+    jobagent-dev heartbeat [options]          start the agent's heartbeat reporter, show its row
+    jobagent-dev setup --store <conn>         create Hangfire's tables in a fresh database
+    jobagent-dev <command> --help             that command's options
+
+STORES (--store, --store-type):
+    postgresql: an Npgsql `Host=..;Database=..;Username=..;..` string or a postgres:// URL
+    mysql:      a MySqlConnector `Server=..;Database=..;Uid=..;..` string or a mysql:// URL
+    redis:      a StackExchange.Redis `host:port,password=..` string or a redis:// / rediss:// URL
+    Sent to the agent in x-job-storage as the center sends HangfireDb (a URL rendered in the
+    driver's own form) and read back for console lines, results and heartbeat rows.
+    Default prefix (--schema) per type: hangfire, Hangfire, {hangfire}:. A relay
+    (relay+http://) is the agent's own store: give the database the relay fronts.
+
+EXIT STATUS:
+    0  the agent accepted the dispatch and (when followed) its result is R=ok; setup done
+    1  the agent refused the dispatch (500/501 `err:`), or its result is R=err
+    2  bad usage, or the agent or the store could not be reached
+  130  interrupted: ctrl-c while following sends a `stop` for the run, then exits
+
+EXAMPLE:
+    jobagent-dev setup --store 'Host=127.0.0.1;Database=test;Username=postgres'
+    jobagent-dev run example_agent::jobs::TestJob --param '{\"lines\":5,\"progress\":true}' \\
+        --store postgres://postgres@127.0.0.1:5432/test
+    jobagent-dev run example_agent::jobs::TestJob --store redis://127.0.0.1:6379 --db 1
+    jobagent-dev run example_agent::jobs::TestJob --store-type mysql \\
+        --store 'Server=127.0.0.1;Database=hangfire;Uid=root;Pwd=..' --schema Hangfire
+";
+
 /// The agent URL of a service configured by `JOBAGENT_LISTEN` (default `127.0.0.1:5000`) and
 /// `JOBAGENT_PATH` (default `/jobagent`), when either is set. An unspecified listen address
 /// (`0.0.0.0`, `[::]`) is called on the loopback.
@@ -237,71 +294,54 @@ fn service_agent(listen: Option<String>, path: Option<String>) -> Option<String>
     Some(format!("http://{listen}{}", path.trim()))
 }
 
-pub(crate) fn help() -> String {
-    format!(
-        "\
-jobagent-dev — a scheduling center in a box: drive a job agent over HTTP exactly as a
-Hangfire.HttpJob center does, and tail the job's console lines from the center's store.
+/// The help text (as `--help` prints it).
+#[cfg(test)]
+fn help() -> String {
+    use clap::CommandFactory as _;
+    Cli::command().render_long_help().to_string()
+}
 
-USAGE:
-    jobagent-dev run <class> [options]        start a run, tail its console, print its result
-    jobagent-dev stop <class> [options]       stop the running instance(s), wait for the stop's result
-    jobagent-dev detail <class> [options]     print the class's status
-    jobagent-dev heartbeat [options]          start the agent's heartbeat reporter, show its row
-    jobagent-dev --help | --version
+/// The words and flags of one command, flattened, before checks and fallbacks.
+#[derive(Default)]
+struct Raw {
+    class: Option<String>,
+    agent: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    store: Option<String>,
+    store_type: Option<String>,
+    schema: Option<String>,
+    db: Option<String>,
+    job_id: Option<String>,
+    headers: Vec<String>,
+    param: Option<String>,
+    timeout_ms: Option<String>,
+    no_follow: bool,
+    run_id: Option<String>,
+    server_id: Option<String>,
+}
 
-OPTIONS:
-    --agent <url>          the agent URL [env {ENV_AGENT}; else http://{ENV_LISTEN}{ENV_PATH}
-                           from the service's own variables when either is set (0.0.0.0 is
-                           called as 127.0.0.1); default {DEFAULT_AGENT}]
-    --store <conn>         the center's store, read as the agent reads JOBAGENT_STORE (same
-                           parsers, same TLS rules)
-                           [env {ENV_STORE}, else {ENV_SERVICE_STORE}]:
-                             postgresql: an Npgsql `Host=..;Database=..;Username=..;..` string
-                                         or a postgres:// URL
-                             mysql:      a MySqlConnector `Server=..;Database=..;Uid=..;..`
-                                         string or a mysql:// URL
-                             redis:      a StackExchange.Redis `host:port,password=..` string
-                                         or a redis:// / rediss:// URL
-                           Sent to the agent in x-job-storage as the center sends HangfireDb (a
-                           URL rendered in the driver's own form) and read back for console
-                           lines, results and heartbeat rows. Never printed.
-    --store-type <type>    postgresql, mysql or redis (the center's storage Type) [env
-                           {ENV_STORE_TYPE}; default: the store URL's scheme, else postgresql]
-    --schema <name>        where the center's rows are (TablePrefix): the PostgreSQL schema,
-                           the MySQL table prefix or the Redis key prefix
-                           [env {ENV_SCHEMA}; default per type: {pg}, {my}, {redis}]
-    --db <n>               redis: the database (Db) [default: the store's defaultDatabase or
-                           URL path, else 0]
-    --user <u>             basic auth user configured on the job [env {ENV_USER}]
-    --password <p>         basic auth password [env {ENV_PASSWORD}]
-    --job-id <id>          the dispatch's job id (x-job-id) [default: a fresh number]
-    --header <name=value>  a header configured on the job, passed to it (repeatable)
-    --param <text>         run: the job's parameter (Data), usually JSON [default: empty]
-    --timeout-ms <n>       run: AgentTimeout in milliseconds [default 0: none]
-    --no-follow            run, stop: send and print the answer, do not wait for the store
-    --run-id <id>          stop: also wait for that run's result
-    --server-id <id>       heartbeat: the center's server id [default: a fresh one]
-    -h, --help             this text
-    -V, --version          the version
+impl Raw {
+    fn with_agent(mut self, a: AgentFlags) -> Self {
+        self.agent = a.agent;
+        self.user = a.user;
+        self.password = a.password;
+        self
+    }
 
-EXIT STATUS:
-    0  the agent accepted the dispatch and (when followed) its result is R=ok
-    1  the agent refused the dispatch (500/501 `err:`), or its result is R=err
-    2  bad usage, or the agent or the store could not be reached
-  130  interrupted: ctrl-c while following sends a `stop` for the run, then exits
+    fn with_store(mut self, s: StoreFlags) -> Self {
+        self.store = s.store;
+        self.store_type = s.store_type;
+        self.schema = s.schema;
+        self.db = s.db;
+        self
+    }
 
-EXAMPLE:
-    jobagent-dev run example_agent::jobs::TestJob --param '{{\"lines\":5,\"progress\":true}}' \\
-        --store postgres://postgres@127.0.0.1:5432/hangfire
-    jobagent-dev run example_agent::jobs::TestJob --store redis://127.0.0.1:6379 --db 1
-    jobagent-dev run example_agent::jobs::TestJob --store-type mysql \\
-        --store 'Server=127.0.0.1;Database=hangfire;Uid=root;Pwd=..' --schema Hangfire
-",
-        pg = StoreType::PostgreSql.default_prefix(),
-        my = StoreType::MySql.default_prefix(),
-        redis = StoreType::Redis.default_prefix(),
-    )
+    fn with_job(mut self, j: JobFlags) -> Self {
+        self.job_id = j.job_id;
+        self.headers = j.headers;
+        self
+    }
 }
 
 /// Parses the arguments (without the program name); `env` looks up environment variables.
@@ -310,128 +350,135 @@ pub(crate) fn parse(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Parsed, String> {
     let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-    let mut positional: Vec<String> = Vec::new();
-    let mut given: Vec<(&'static Flag, Option<String>)> = Vec::new();
-    let mut args = args.into_iter();
-    let mut only_positional = false;
-    while let Some(arg) = args.next() {
-        if only_positional || arg == "-" || !arg.starts_with('-') {
-            positional.push(arg);
-            continue;
+    let cli = match Cli::try_parse_from(std::iter::once("jobagent-dev".to_owned()).chain(args)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp => Ok(Parsed::Help(e.render().to_string())),
+                clap::error::ErrorKind::DisplayVersion => {
+                    Ok(Parsed::Version(e.render().to_string()))
+                }
+                clap::error::ErrorKind::MissingSubcommand
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Err(
+                    "no command given; expected run, stop, detail, heartbeat or setup".to_owned(),
+                ),
+                // clap's own words: what was unexpected or missing, with a tip; never a
+                // flag's value.
+                _ => Err(e
+                    .render()
+                    .to_string()
+                    .trim_start_matches("error: ")
+                    .trim_end()
+                    .to_owned()),
+            };
         }
-        match arg.as_str() {
-            "--" => {
-                only_positional = true;
-                continue;
+    };
+    let (command, raw) = match cli.command {
+        Cmd::Run {
+            class,
+            agent,
+            store,
+            job,
+            param,
+            timeout_ms,
+            no_follow,
+        } => (
+            Command::Run,
+            Raw {
+                class: Some(class),
+                param,
+                timeout_ms,
+                no_follow,
+                ..Raw::default()
             }
-            "-h" | "--help" => return Ok(Parsed::Help),
-            "-V" | "--version" => return Ok(Parsed::Version),
-            _ => {}
-        }
-        let Some(body) = arg.strip_prefix("--") else {
-            return Err(format!(
-                "unknown option `{}`",
-                shorten(arg.split('=').next().unwrap_or_default())
-            ));
-        };
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_owned())),
-            None => (body, None),
-        };
-        let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
-            return Err(format!("unknown option `--{}`", shorten(name)));
-        };
-        let value = match (flag.value, inline) {
-            (true, Some(v)) => Some(v),
-            (true, None) => match args.next() {
-                Some(v) => Some(v),
-                None => return Err(format!("`--{}` needs a value", flag.name)),
-            },
-            (false, Some(_)) => return Err(format!("`--{}` takes no value", flag.name)),
-            (false, None) => None,
-        };
-        given.push((flag, value));
-    }
-
-    let mut positional = positional.into_iter();
-    let Some(word) = positional.next() else {
-        return Err("no command given; expected run, stop, detail or heartbeat".to_owned());
-    };
-    if word == "help" {
-        return Ok(Parsed::Help);
-    }
-    let Some(command) = Command::parse(&word) else {
-        return Err(format!(
-            "unknown command `{}`; expected run, stop, detail or heartbeat",
-            shorten(&word)
-        ));
-    };
-    let class = if command.takes_class() {
-        match positional.next() {
-            Some(class) => Some(check_class(&class)?),
-            None => {
-                return Err(format!(
-                    "`{}` needs the job class, e.g. `jobagent-dev {} example_agent::jobs::TestJob`",
-                    command.action(),
-                    command.action()
-                ));
+            .with_agent(agent)
+            .with_store(store)
+            .with_job(job),
+        ),
+        Cmd::Stop {
+            class,
+            agent,
+            store,
+            job,
+            run_id,
+            no_follow,
+        } => (
+            Command::Stop,
+            Raw {
+                class: Some(class),
+                run_id,
+                no_follow,
+                ..Raw::default()
             }
-        }
-    } else {
-        None
+            .with_agent(agent)
+            .with_store(store)
+            .with_job(job),
+        ),
+        Cmd::Detail {
+            class,
+            agent,
+            store,
+            job,
+        } => (
+            Command::Detail,
+            Raw {
+                class: Some(class),
+                ..Raw::default()
+            }
+            .with_agent(agent)
+            .with_store(store)
+            .with_job(job),
+        ),
+        Cmd::Heartbeat {
+            agent,
+            store,
+            server_id,
+        } => (
+            Command::Heartbeat,
+            Raw {
+                server_id,
+                ..Raw::default()
+            }
+            .with_agent(agent)
+            .with_store(store),
+        ),
+        Cmd::Setup { store } => (Command::Setup, Raw::default().with_store(store)),
     };
-    if let Some(extra) = positional.next() {
-        return Err(format!(
-            "unexpected argument `{}` (quote a parameter: --param '{{...}}')",
-            shorten(&extra)
-        ));
-    }
+    let class = raw.class.as_deref().map(check_class).transpose()?;
 
-    let mut values: Vec<(&'static str, Option<String>)> = Vec::new();
-    for (flag, value) in given {
-        if !flag.commands.contains(&command) {
-            return Err(format!(
-                "`--{}` does not apply to `{}`",
-                flag.name,
-                command.action()
-            ));
-        }
-        if flag.name != "header" && values.iter().any(|(n, _)| *n == flag.name) {
-            return Err(format!("`--{}` is given more than once", flag.name));
-        }
-        values.push((flag.name, value));
-    }
-    let one = |name: &str| -> Option<String> {
-        values
-            .iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| v.clone())
-    };
-    let present = |name: &str| values.iter().any(|(n, _)| *n == name);
-
-    let agent_text = one("agent")
+    let agent_text = raw
+        .agent
         .or_else(|| env(ENV_AGENT))
         .or_else(|| service_agent(env(ENV_LISTEN), env(ENV_PATH)))
         .unwrap_or_else(|| DEFAULT_AGENT.to_owned());
     let agent = check_agent(agent_text.trim())?;
 
-    let store = match one("store") {
+    let store = match raw.store {
         Some(s) if s.trim().is_empty() => return Err("`--store` is empty".to_owned()),
         Some(s) => Some(Secret(s)),
         None => env(ENV_STORE)
             .or_else(|| env(ENV_SERVICE_STORE))
             .map(Secret),
     };
+    if command == Command::Setup && store.is_none() {
+        return Err(format!(
+            "`setup` needs the store to create the tables in: --store <conn> (or {ENV_STORE} / {ENV_SERVICE_STORE})"
+        ));
+    }
 
-    let store_type = store_type(one("store-type"), env(ENV_STORE_TYPE), store.as_ref())?;
+    let store_type = store_type(raw.store_type, env(ENV_STORE_TYPE), store.as_ref())?;
+    if store_type == StoreType::Relay {
+        // The real reason, before any check of a prefix the relay's own configuration names.
+        return Err(RELAY_REFUSED.to_owned());
+    }
 
-    let schema = match one("schema") {
+    let schema = match raw.schema {
         Some(s) => s,
         None => env(ENV_SCHEMA).unwrap_or_else(|| store_type.default_prefix().to_owned()),
     };
     check_prefix(store_type, &schema)?;
 
-    let db = match one("db") {
+    let db = match raw.db {
         None => None,
         Some(_) if store_type != StoreType::Redis => {
             return Err(format!(
@@ -452,7 +499,7 @@ pub(crate) fn parse(
         ),
     };
 
-    let auth = match (one("user"), one("password")) {
+    let auth = match (raw.user, raw.password) {
         (Some(u), Some(p)) => Some((u, p)),
         (Some(_), None) => {
             return Err("`--user` is given but `--password` is not; give both or neither".into());
@@ -460,6 +507,7 @@ pub(crate) fn parse(
         (None, Some(_)) => {
             return Err("`--password` is given but `--user` is not; give both or neither".into());
         }
+        (None, None) if command == Command::Setup => None,
         (None, None) => match (env(ENV_USER), env(ENV_PASSWORD)) {
             (Some(u), Some(p)) => Some((u, p)),
             (Some(_), None) => {
@@ -482,17 +530,14 @@ pub(crate) fn parse(
     }
     let auth = auth.map(|(u, p)| (u, Secret(p)));
 
-    let job_id = one("job-id")
-        .map(|id| check_id("--job-id", &id))
-        .transpose()?;
-    let run_id = one("run-id")
-        .map(|id| check_id("--run-id", &id))
-        .transpose()?;
-    let server_id = one("server-id")
+    let job_id = raw.job_id.map(|id| check_id("--job-id", &id)).transpose()?;
+    let run_id = raw.run_id.map(|id| check_id("--run-id", &id)).transpose()?;
+    let server_id = raw
+        .server_id
         .map(|id| check_text("--server-id", &id))
         .transpose()?;
 
-    let timeout_ms = match one("timeout-ms") {
+    let timeout_ms = match raw.timeout_ms {
         None => None,
         Some(v) => match v.trim().parse::<i64>() {
             Ok(ms) if ms >= 0 => Some(ms),
@@ -505,18 +550,17 @@ pub(crate) fn parse(
         },
     };
 
-    let mut headers = Vec::new();
-    for (name, value) in &values {
-        if *name == "header" {
-            headers.push(check_header(value.as_deref().unwrap_or_default())?);
-        }
-    }
+    let headers = raw
+        .headers
+        .iter()
+        .map(|h| check_header(h))
+        .collect::<Result<Vec<_>, _>>()?;
 
     Ok(Parsed::Go(Box::new(Options {
         command,
         class,
         agent,
-        param: one("param").unwrap_or_default(),
+        param: raw.param.unwrap_or_default(),
         timeout_ms,
         store,
         store_type,
@@ -527,9 +571,12 @@ pub(crate) fn parse(
         run_id,
         server_id,
         headers,
-        follow: !present("no-follow"),
+        follow: !raw.no_follow,
     })))
 }
+
+/// Why a relay store is refused: the CLI reads and sends the center's store itself.
+pub(crate) const RELAY_REFUSED: &str = "the store is a relay (relay+http:// or relay+https://, or type relay): a relay is the agent's own store, and jobagent-dev sends and reads the center's store itself; give it the database the relay fronts (--store, --store-type)";
 
 /// At most 60 characters of a user's word, for error messages.
 fn shorten(s: &str) -> String {
@@ -788,11 +835,14 @@ mod tests {
     fn refuses_bad_usage_clearly() {
         let cases: &[(&[&str], &str)] = &[
             (&[], "no command"),
-            (&["launch", "a::B"], "unknown command"),
-            (&["run"], "needs the job class"),
+            (&["launch", "a::B"], "unrecognized subcommand 'launch'"),
+            (&["run"], "<class>"),
             (&["run", "a::B", "extra"], "unexpected argument"),
-            (&["run", "a::B", "--bogus"], "unknown option"),
-            (&["run", "a::B", "--param"], "needs a value"),
+            (&["run", "a::B", "--bogus"], "unexpected argument '--bogus'"),
+            (
+                &["run", "a::B", "--param"],
+                "a value is required for '--param <text>'",
+            ),
             (&["run", "a::B", "--timeout-ms", "soon"], "--timeout-ms"),
             (&["run", "a::B", "--timeout-ms", "-5"], "--timeout-ms"),
             (&["run", "a::B", "--agent", "ftp://x/"], "http://"),
@@ -803,13 +853,27 @@ mod tests {
             (&["run", "a::B", "--header", "novalue"], "name=value"),
             (&["run", "a::B", "--header", "x-job-id=1"], "center's own"),
             (&["run", "a::B", "--header", "bad name=1"], "header name"),
-            (&["run", "a::B", "--run-id", "1"], "does not apply"),
-            (&["heartbeat", "--param", "{}"], "does not apply"),
+            (
+                &["run", "a::B", "--run-id", "1"],
+                "unexpected argument '--run-id'",
+            ),
+            (
+                &["heartbeat", "--param", "{}"],
+                "unexpected argument '--param'",
+            ),
+            (
+                &["setup", "--agent", "http://x/"],
+                "unexpected argument '--agent'",
+            ),
+            (&["setup"], "needs the store"),
             (
                 &["run", "a::B", "--job-id", "1", "--job-id", "2"],
-                "more than once",
+                "cannot be used multiple times",
             ),
-            (&["run", "a::B", "--no-follow=yes"], "takes no value"),
+            (
+                &["run", "a::B", "--no-follow=yes"],
+                "unexpected value 'yes'",
+            ),
             (&["run", "ä::B"], "ASCII"),
             (&["run", "a::B", "--store", " "], "empty"),
         ];
@@ -976,7 +1040,7 @@ mod tests {
                     "2",
                 ],
                 &[],
-                "more than once",
+                "cannot be used multiple times",
             ),
             (
                 &["run", "a::B", "--store-type", "mysql", "--schema", " "],
@@ -1010,12 +1074,37 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_store_gives_the_real_reason_first() {
+        // The service's own JOBAGENT_STORE is a relay (docs/relay.md): the CLI cannot read a
+        // relay, and says so, not that a prefix is empty.
+        for (args, env) in [
+            (
+                vec!["run", "a::B"],
+                vec![(ENV_SERVICE_STORE, "relay+http://relay:7070")],
+            ),
+            (
+                vec!["run", "a::B", "--store", "relay+https://relay:7070"],
+                vec![],
+            ),
+            (vec!["detail", "a::B", "--store-type", "relay"], vec![]),
+        ] {
+            let e = go(&args, &env).expect_err("a relay store");
+            assert!(e.contains("relay"), "{args:?}: {e}");
+            assert!(e.contains("the database the relay fronts"), "{args:?}: {e}");
+            assert!(!e.contains("--schema"), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn help_and_version() {
         let p = |a: &[&str]| parse(a.iter().map(|s| (*s).to_owned()).collect(), |_| None);
-        assert!(matches!(p(&["--help"]), Ok(Parsed::Help)));
-        assert!(matches!(p(&["run", "a::B", "-h"]), Ok(Parsed::Help)));
-        assert!(matches!(p(&["help"]), Ok(Parsed::Help)));
-        assert!(matches!(p(&["-V"]), Ok(Parsed::Version)));
+        assert!(matches!(p(&["--help"]), Ok(Parsed::Help(_))));
+        assert!(matches!(p(&["run", "a::B", "-h"]), Ok(Parsed::Help(_))));
+        assert!(matches!(p(&["help"]), Ok(Parsed::Help(_))));
+        match p(&["-V"]) {
+            Ok(Parsed::Version(v)) => assert!(v.starts_with("jobagent-dev 0."), "{v}"),
+            other => panic!("{other:?}"),
+        }
         assert!(help().contains("jobagent-dev run <class>"));
         for word in [
             "--store-type",
@@ -1023,8 +1112,34 @@ mod tests {
             "mysql://",
             "redis://",
             "{hangfire}:",
+            "setup",
         ] {
             assert!(help().contains(word), "{word}");
         }
+        // A command's own help lists its flags.
+        match p(&["stop", "--help"]) {
+            Ok(Parsed::Help(h)) => assert!(h.contains("--run-id") && h.contains("--store")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn setup_takes_a_store_and_no_agent() {
+        let o = go(&["setup", "--store", "mysql://root@h/test"], &[]).expect("valid");
+        assert_eq!(o.command, Command::Setup);
+        assert_eq!(o.store_type, StoreType::MySql);
+        assert_eq!(o.schema, "Hangfire");
+        assert!(o.class.is_none() && o.auth.is_none());
+        // From the service's own variable, as the README's store command sets it.
+        let o = go(
+            &["setup"],
+            &[(
+                ENV_SERVICE_STORE,
+                "Host=127.0.0.1;Database=test;Username=postgres",
+            )],
+        )
+        .expect("valid");
+        assert_eq!(o.store_type, StoreType::PostgreSql);
+        assert_eq!(o.schema, "hangfire");
     }
 }

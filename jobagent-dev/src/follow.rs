@@ -164,10 +164,15 @@ impl<'a> Reader<'a> {
     pub(crate) async fn check(&self) -> Result<(), String> {
         let store = self.spec.reader();
         store.ping(CONNECT_WITHIN).await?;
-        store
-            .check_tables()
-            .await
-            .map_err(|e| format!("{e} (see --store, --store-type and --schema)"))
+        store.check_tables().await.map_err(|e| {
+            if e.contains("does not create Hangfire's tables") {
+                format!(
+                    "{e} (see --store, --store-type and --schema; on a laptop's own database, `jobagent-dev setup --store ...` creates them)"
+                )
+            } else {
+                format!("{e} (see --store, --store-type and --schema)")
+            }
+        })
     }
 
     /// Awaits one read; on failure returns `Ok(None)` (the caller's next poll retries from

@@ -5,11 +5,14 @@
 //! tails the job's console lines from it in the dashboard's order and prints the dispatch's
 //! result: a job runs end to end on a laptop with no .NET center. The store is read with the
 //! agent's own store code (`agent_sdk::__dev::DevReader`), so both agree on every backend.
+//! `setup` creates Hangfire's tables the agent touches on a laptop's fresh PostgreSQL or MySQL
+//! database (`agent_sdk::__dev::install_tables`).
 //!
 //! ```sh
 //! cargo run -p jobagent-dev -- run example_agent::jobs::TestJob \
 //!     --param '{"lines":5,"progress":true}' --store postgres://postgres@127.0.0.1/hangfire
 //! cargo run -p jobagent-dev -- run example_agent::jobs::TestJob --store redis://127.0.0.1/1
+//! cargo run -p jobagent-dev -- setup --store "Host=127.0.0.1;Database=test;Username=postgres"
 //! ```
 //!
 //! Run `jobagent-dev --help` for every command and option.
@@ -44,6 +47,8 @@ const POLL: Duration = Duration::from_millis(250);
 const IDLE_HINT_AFTER: Duration = Duration::from_secs(10);
 /// After ctrl-c, how long to wait for the stopped run's result.
 const AFTER_STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long `setup` waits for the store's connection and each of its steps.
+const SETUP_WITHIN: Duration = Duration::from_secs(15);
 /// How long `heartbeat` waits for the agent's first row (it writes one every 3 s).
 const HEARTBEAT_WAIT: Duration = Duration::from_secs(10);
 
@@ -85,12 +90,8 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     };
     let options = match args::parse(args, |name| std::env::var(name).ok()) {
-        Ok(Parsed::Help) => {
-            let _ = std::io::stdout().lock().write_all(args::help().as_bytes());
-            return ExitCode::from(EXIT_OK);
-        }
-        Ok(Parsed::Version) => {
-            say(format!("jobagent-dev {}", env!("CARGO_PKG_VERSION")));
+        Ok(Parsed::Help(text) | Parsed::Version(text)) => {
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
             return ExitCode::from(EXIT_OK);
         }
         Ok(Parsed::Go(options)) => options,
@@ -121,6 +122,9 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(opts: &Options) -> Result<u8, Fail> {
+    if opts.command == Command::Setup {
+        return setup(opts).await;
+    }
     let store = match &opts.store {
         None => None,
         Some(text) => Some(
@@ -135,7 +139,38 @@ async fn dispatch(opts: &Options) -> Result<u8, Fail> {
         Command::Stop => stop(opts, &center, store.as_ref(), class).await,
         Command::Detail => detail(opts, &center, class).await,
         Command::Heartbeat => heartbeat(opts, &center, store.as_ref()).await,
+        Command::Setup => setup(opts).await,
     }
+}
+
+/// `setup`: creates Hangfire's tables in the store (when absent), then checks them as the
+/// agent does before a run.
+async fn setup(opts: &Options) -> Result<u8, Fail> {
+    let Some(text) = &opts.store else {
+        return Err(Fail::usage("`setup` needs --store"));
+    };
+    let spec = StoreSpec::parse(text.expose(), opts.store_type, &opts.schema, opts.db)
+        .map_err(Fail::usage)?;
+    say(format!(
+        "setup: store {} ({})",
+        spec.label(),
+        spec.describe_place()
+    ));
+    let tables = agent_sdk::__dev::install_tables(
+        Some(opts.store_type),
+        text.expose(),
+        Some(&opts.schema),
+        SETUP_WITHIN,
+    )
+    .await
+    .map_err(Fail::usage)?;
+    // The agent's own check, as before a run: the tables are there and this user may write.
+    Reader::new(&spec).check().await.map_err(Fail::usage)?;
+    say(format!(
+        "Hangfire's tables are in place: {} (created where absent; the center's storage creates its other tables itself)",
+        tables.join(", ")
+    ));
+    Ok(EXIT_OK)
 }
 
 /// Connects to the store and checks its tables and that `job_id` has no result yet.
@@ -381,7 +416,9 @@ async fn stop(
         return Ok(EXIT_OK);
     }
     let mut interrupt = armed_interrupt().await;
-    let Some(result) = wait_result(reader, &stop_id, &mut interrupt).await? else {
+    // The stop job's own console (what `on_stop` wrote, and the agent's lines), then its
+    // result, as the stop job's page at the center shows them.
+    let Some(result) = tail_until_result(reader, &stop_id, &console, &mut interrupt).await? else {
         return Ok(EXIT_INTERRUPTED);
     };
     say(result.render());
@@ -392,6 +429,41 @@ async fn stop(
         say(run.render());
     }
     Ok(if result.is_ok() { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// Prints a job's console lines as they come until its result; `None` when interrupted.
+async fn tail_until_result(
+    reader: &mut Reader<'_>,
+    job_id: &str,
+    console: &ConsoleInfo,
+    interrupt: &mut Pin<Box<dyn Future<Output = ()>>>,
+) -> Result<Option<JobResult>, Fail> {
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut next_line = 0usize;
+    loop {
+        // The result first: lines read after it are complete (see `follow_run`).
+        let result = reader.result(job_id).await.map_err(Fail::usage)?;
+        if let Some(lines) = reader
+            .lines_from(&console.set_key, &console.hash_key, next_line)
+            .await
+            .map_err(Fail::usage)?
+        {
+            for (raw, text) in lines {
+                say(render_line(&raw, text.as_deref(), color));
+                next_line += 1;
+            }
+        }
+        if result.is_some() {
+            return Ok(result);
+        }
+        tokio::select! {
+            _ = &mut *interrupt => {
+                say(format!("^C: stopped waiting for the result of job {job_id}"));
+                return Ok(None);
+            }
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
 }
 
 /// Waits for a result; `None` when interrupted.

@@ -163,7 +163,7 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{}: {e}", cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    rustls::ServerConfig::builder_with_provider(agent_sdk::__relay::crypto_provider())
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
         .map_err(|e| e.to_string())

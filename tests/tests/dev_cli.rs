@@ -110,6 +110,11 @@ struct Service {
 
 impl Service {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// The service with these variables set besides its listen address.
+    async fn start_with(env: &[(&str, &str)]) -> Self {
         let bins = built().await;
         let port = std::net::TcpListener::bind(("127.0.0.1", 0))
             .and_then(|l| l.local_addr())
@@ -128,6 +133,7 @@ impl Service {
         for var in SCRUBBED {
             command.env_remove(var);
         }
+        command.envs(env.iter().copied());
         let child = command
             .env("JOBAGENT_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info")
@@ -529,4 +535,301 @@ async fn bad_usage_and_unreachable_places_exit_2_without_secrets() {
     let run = cli(&["--help"]).await;
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert!(run.stdout.contains("jobagent-dev run <class>"), "{run:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_prints_the_stop_jobs_own_console() {
+    let db = TestDb::new().await;
+    let service = Service::start().await;
+    let store = db.connection_string();
+    let agent = service.agent_url();
+    let run_id = format!("77{}", std::process::id());
+    let run = cli(&[
+        "run",
+        HANG_JOB,
+        "--store",
+        &store,
+        "--agent",
+        &agent,
+        "--job-id",
+        &run_id,
+        "--no-follow",
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    // The hang job runs once its first line is in the store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // "(not following: console lines are in set console:..., the result will be in ...)"
+    let set_key = run
+        .stdout
+        .split("lines are in set ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no console key in the output: {run:#?}"))
+        .to_owned();
+    while db.set_rows(&set_key).await.is_empty() {
+        assert!(Instant::now() < deadline, "the hang job never wrote a line");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = cli(&[
+        "stop", HANG_JOB, "--store", &store, "--agent", &agent, "--run-id", &run_id,
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    // The stop job's own console, as its page at the center shows it, before its result;
+    // then the stopped run's result.
+    let stop_line = line_index(&run, "stop done");
+    let results: Vec<usize> = run
+        .stdout
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("result R=ok"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(results.len(), 2, "{run:#?}");
+    assert!(stop_line < results[0], "{run:#?}");
+}
+
+/// A database created on the local server under a random name, with no table at all (a
+/// laptop's `createdb test`); dropped when the value is (also when the test fails).
+struct FreshDb {
+    kind: &'static str,
+    name: String,
+    /// The connection string the README's store command takes (`JOBAGENT_STORE`).
+    store: String,
+}
+
+/// The local PostgreSQL's admin URL (the test suite's).
+fn pg_admin_url() -> String {
+    std::env::var("JOBAGENT_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The local MySQL/MariaDB's URL, without a database.
+fn mysql_base_url() -> String {
+    std::env::var("JOBAGENT_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+async fn pg_admin(db: &str) -> tokio_postgres::Client {
+    let mut config: tokio_postgres::Config = pg_admin_url()
+        .parse()
+        .unwrap_or_else(|e| panic!("JOBAGENT_TEST_DATABASE_URL: {e}"));
+    config.dbname(db).connect_timeout(Duration::from_secs(10));
+    let (client, connection) = tokio::time::timeout(
+        Duration::from_secs(15),
+        config.connect(tokio_postgres::NoTls),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no PostgreSQL answer within 15 s"))
+    .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at 127.0.0.1:5432: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+async fn mysql_admin(db: Option<&str>) -> mysql_async::Conn {
+    let url = match db {
+        Some(db) => format!("{}/{db}", mysql_base_url()),
+        None => mysql_base_url(),
+    };
+    let opts = mysql_async::Opts::from_url(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    tokio::time::timeout(Duration::from_secs(15), mysql_async::Conn::new(opts))
+        .await
+        .unwrap_or_else(|_| panic!("no MySQL answer within 15 s"))
+        .unwrap_or_else(|e| panic!("cannot reach MySQL at {url}: {e}"))
+}
+
+impl FreshDb {
+    async fn new(kind: &'static str) -> Self {
+        let name = format!("jobagent_setup_{:016x}", rand::random::<u64>());
+        let store = match kind {
+            "postgresql" => {
+                pg_admin("postgres")
+                    .await
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("CREATE DATABASE: {e}"));
+                let config: tokio_postgres::Config = pg_admin_url()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("JOBAGENT_TEST_DATABASE_URL: {e}"));
+                let host = match config.get_hosts().first() {
+                    Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                    _ => "127.0.0.1".to_owned(),
+                };
+                let port = config.get_ports().first().copied().unwrap_or(5432);
+                let user = config.get_user().unwrap_or("postgres");
+                // The README's form: an Npgsql string.
+                format!("Host={host};Port={port};Database={name};Username={user}")
+            }
+            _ => {
+                use mysql_async::prelude::Queryable as _;
+                let mut conn = mysql_admin(None).await;
+                conn.query_drop(format!("CREATE DATABASE `{name}`"))
+                    .await
+                    .unwrap_or_else(|e| panic!("CREATE DATABASE: {e}"));
+                let _ = conn.disconnect().await;
+                format!("{}/{name}", mysql_base_url())
+            }
+        };
+        Self { kind, name, store }
+    }
+
+    async fn drop_db(kind: &str, name: &str) {
+        match kind {
+            "postgresql" => {
+                let _ = pg_admin("postgres")
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            }
+            _ => {
+                use mysql_async::prelude::Queryable as _;
+                let mut conn = mysql_admin(None).await;
+                let _ = conn
+                    .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                    .await;
+                let _ = conn.disconnect().await;
+            }
+        }
+    }
+
+    /// How many rows the console set and the result hash of `job_id` hold, read from the
+    /// tables `setup` created.
+    async fn rows(&self, job_id: &str) -> (i64, i64) {
+        let result_key = format!("_agent_result_{job_id}");
+        match self.kind {
+            "postgresql" => {
+                let client = pg_admin(&self.name).await;
+                let count = |sql: &'static str, key: String| {
+                    let client = &client;
+                    async move {
+                        client
+                            .query_one(sql, &[&key])
+                            .await
+                            .and_then(|r| r.try_get::<_, i64>(0))
+                            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                    }
+                };
+                (
+                    count(
+                        "SELECT count(*) FROM hangfire.\"set\" WHERE key LIKE $1",
+                        "console:%".to_owned(),
+                    )
+                    .await,
+                    count(
+                        "SELECT count(*) FROM hangfire.hash WHERE key = $1",
+                        result_key,
+                    )
+                    .await,
+                )
+            }
+            _ => {
+                use mysql_async::prelude::Queryable as _;
+                let mut conn = mysql_admin(Some(&self.name)).await;
+                let lines: Option<i64> = conn
+                    .exec_first(
+                        "SELECT count(*) FROM `HangfireSet` WHERE `Key` LIKE ?",
+                        ("console:%",),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("HangfireSet: {e}"));
+                let result: Option<i64> = conn
+                    .exec_first(
+                        "SELECT count(*) FROM `HangfireHash` WHERE `Key` = ?",
+                        (result_key,),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("HangfireHash: {e}"));
+                let _ = conn.disconnect().await;
+                (lines.unwrap_or(0), result.unwrap_or(0))
+            }
+        }
+    }
+}
+
+impl Drop for FreshDb {
+    fn drop(&mut self) {
+        let (kind, name) = (self.kind, self.name.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(FreshDb::drop_db(kind, &name));
+            }
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_makes_a_fresh_postgresql_database_a_store() {
+    laptop_store_in_one_command(FreshDb::new("postgresql").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_makes_a_fresh_mariadb_database_a_store() {
+    laptop_store_in_one_command(FreshDb::new("mysql").await).await;
+}
+
+/// The README's store command on a fresh database: the service says at start-up that the
+/// tables are missing and names the setup command; `jobagent-dev setup` creates them (twice
+/// is fine); then the service accepts a run and its console and result rows land.
+///
+/// The tables are those of Hangfire.PostgreSql's `src/Hangfire.PostgreSql/Scripts/Install.v3.sql`
+/// (and its later versions' columns) and Hangfire.MySqlStorage's `Hangfire.MySql/Install.sql`.
+async fn laptop_store_in_one_command(db: FreshDb) {
+    let service = Service::start_with(&[("JOBAGENT_STORE", db.store.as_str())]).await;
+    let agent = service.agent_url();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !service.log_text().contains("jobagent-dev setup") {
+        assert!(
+            Instant::now() < deadline,
+            "no start-up warning naming the setup command:\n{}",
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = service.log_text();
+    let ready = log.find("job agent ready").unwrap_or(usize::MAX);
+    let warning = log.find("jobagent-dev setup").unwrap_or(0);
+    assert!(ready < warning, "the warning comes after `ready`:\n{log}");
+
+    // Before setup, a run is refused, and the CLI says how to fix it.
+    let run = cli(&["run", TEST_JOB, "--store", &db.store, "--agent", &agent]).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stderr.contains("jobagent-dev setup"), "{run:#?}");
+
+    for _ in 0..2 {
+        let run = cli(&["setup", "--store", &db.store]).await;
+        assert_eq!(run.code, Some(0), "{run:#?}");
+        assert!(run.stdout.contains("tables are in place"), "{run:#?}");
+    }
+
+    let job_id = format!("88{}", std::process::id());
+    let run = cli(&[
+        "run",
+        TEST_JOB,
+        "--param",
+        r#"{"lines":3}"#,
+        "--store",
+        &db.store,
+        "--agent",
+        &agent,
+        "--job-id",
+        &job_id,
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(run.stdout.contains("result R=ok"), "{run:#?}");
+    let (lines, result) = db.rows(&job_id).await;
+    assert!(lines >= 3, "console rows: {lines}");
+    assert!(result >= 1, "result rows: {result}");
+
+    // Redis needs no tables: refused with the reason.
+    let run = cli(&["setup", "--store", "redis://127.0.0.1:6379"]).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stderr.contains("needs no tables"), "{run:#?}");
 }

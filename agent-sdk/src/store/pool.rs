@@ -382,6 +382,22 @@ enum Check {
     ChainAndName,
 }
 
+/// The TLS crypto provider of the agent's store connections: the process default when the
+/// application installed one (`CryptoProvider::install_default`, e.g. aws-lc-rs for
+/// post-quantum key exchange), else rustls' *ring* provider, the one the rest of the tree
+/// uses (reqwest's `rustls-tls`, mysql_async's `ring`). Never installs a process default: that
+/// is the application's choice.
+pub(crate) fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    if let Some(installed) = rustls::crypto::CryptoProvider::get_default() {
+        return Arc::clone(installed);
+    }
+    // rustls 0.23.48 deprecates ring's provider because ring has no post-quantum key
+    // exchange; ring offers no other constructor, and the remedy (aws-lc-rs) is the
+    // application's to choose, above. Allowed here, in this one place.
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 /// The rustls configuration for `plan` (not [`Plan::Off`]); reads the trusted roots (the
 /// `root` file, else the system's) when the plan checks certificates. Blocking.
 fn tls_config(ssl: SslMode, plan: Plan, root: Option<&PathBuf>) -> Result<ClientConfig, String> {
@@ -389,7 +405,7 @@ fn tls_config(ssl: SslMode, plan: Plan, root: Option<&PathBuf>) -> Result<Client
         Plan::Off | Plan::NoCheck => Check::Nothing,
         Plan::Roots(check) => check,
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crypto_provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?;

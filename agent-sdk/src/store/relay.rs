@@ -142,7 +142,7 @@ fn https_config() -> Result<rustls::ClientConfig, String> {
                 .to_owned(),
         );
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = super::pool::crypto_provider();
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?

@@ -304,6 +304,14 @@ impl MysqlStore {
         c.bound(|c| c.query_drop("SELECT 1")).await
     }
 
+    /// Runs `sql` (statements separated by `;`, no rows) on one connection within `Command
+    /// Timeout`: `jobagent-dev setup` creating Hangfire's tables (feature `dev`).
+    #[cfg(feature = "dev")]
+    pub(crate) async fn run_batch(&self, sql: &str) -> Result<(), String> {
+        let mut c = self.conn().await?;
+        c.bound(|c| c.query_drop(sql)).await
+    }
+
     /// Refuses a store that lacks Hangfire's `<prefix>Hash` or `<prefix>Set` table (a run
     /// written there could never show at the center), or, given no prefix, holds them under
     /// none or several prefixes ([`tables::choose`]); learns the tables, the charset of their
