@@ -865,6 +865,7 @@ impl Relay {
         // This service's first-report mark of the dispatch, read without writing one.
         let mark = mark_of(t, id);
         let reported = match self.store.backend() {
+            #[cfg(feature = "redis")]
             Backend::Redis(r) => r.result_marked(&mark).await,
             _ => self
                 .store
@@ -954,10 +955,12 @@ async fn job_state(store: &Store, id: &str) -> Result<Option<String>, String> {
                     .unwrap_or_default()
             }))
         }
+        #[cfg(feature = "mysql")]
         Backend::Mysql(my) => match id.parse::<i64>() {
             Ok(n) => my.job_state(n).await,
             Err(_) => Ok(None),
         },
+        #[cfg(feature = "redis")]
         Backend::Redis(r) => r.read_hash(&format!("job:{id}"), "State").await,
         #[allow(unreachable_patterns)]
         _ => Err("a relay's store is a database".to_owned()),

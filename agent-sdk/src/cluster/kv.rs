@@ -35,7 +35,9 @@ use super::{
     CLAIM_LEASE, ClaimValue, Claimed, ClusterRun, Command, Holder, LOST_GRACE, Lease, Member,
     REPLICA_LEASE, Res, RunRecord, millis,
 };
+#[cfg(feature = "mysql")]
 use crate::store::mysql::MysqlStore;
+#[cfg(feature = "redis")]
 use crate::store::redis::RedisStore;
 use crate::store::{Backend, Store};
 
@@ -51,12 +53,15 @@ const BODY_WITHIN: Duration = Duration::from_millis(2500);
 /// The bound of leaving a section (it lapses by itself anyway).
 const LEAVE_WITHIN: Duration = Duration::from_secs(1);
 /// The section's key (a hash on MySQL, a string on Redis).
+#[cfg(feature = "redis")]
 const SECTION_KEY: &str = "jobagent:cluster-section";
 /// Instances that have (or had) run records: what the orphan scan reads.
 const INSTANCES_KEY: &str = "jobagent:instances";
 const REPLICAS_KEY: &str = "jobagent:replicas";
 /// MySQL's `Key nvarchar(100)` and `Field nvarchar(40)` (Hangfire.MySqlStorage's Install.sql).
+#[cfg(feature = "mysql")]
 const MYSQL_KEY_CHARS: usize = 100;
+#[cfg(feature = "mysql")]
 const MYSQL_FIELD_CHARS: usize = 40;
 /// Bookkeeping that outlives a run (commands, acknowledgements): an hour.
 const HOUR: Duration = Duration::from_secs(3600);
@@ -106,7 +111,9 @@ struct AckRow {
 /// The store's primitives.
 #[derive(Clone, Copy)]
 enum Kv<'a> {
+    #[cfg(feature = "mysql")]
     Mysql(&'a MysqlStore),
+    #[cfg(feature = "redis")]
     Redis(&'a RedisStore),
 }
 
@@ -118,7 +125,9 @@ impl Section<'_> {
         let Section(kv, owner) = self;
         let leave = async {
             match kv {
+                #[cfg(feature = "mysql")]
                 Kv::Mysql(m) => m.section_leave(&owner).await,
+                #[cfg(feature = "redis")]
                 Kv::Redis(r) => r.lock_release(SECTION_KEY, &owner).await,
             }
         };
@@ -134,7 +143,9 @@ impl Section<'_> {
 impl<'a> Kv<'a> {
     fn of(store: &'a Store) -> Res<Self> {
         match store.backend() {
+            #[cfg(feature = "mysql")]
             Backend::Mysql(m) => Ok(Kv::Mysql(m)),
+            #[cfg(feature = "redis")]
             Backend::Redis(r) => Ok(Kv::Redis(r)),
             _ => Err("not a key-value store".to_owned()),
         }
@@ -143,7 +154,9 @@ impl<'a> Kv<'a> {
     /// A key as the store can hold it.
     fn key(self, key: String) -> String {
         match self {
+            #[cfg(feature = "mysql")]
             Kv::Mysql(_) => fit(key, MYSQL_KEY_CHARS),
+            #[cfg(feature = "redis")]
             Kv::Redis(_) => key,
         }
     }
@@ -151,28 +164,36 @@ impl<'a> Kv<'a> {
     /// A field as the store can hold it.
     fn field(self, field: &str) -> String {
         match self {
+            #[cfg(feature = "mysql")]
             Kv::Mysql(_) => fit(field.to_owned(), MYSQL_FIELD_CHARS),
+            #[cfg(feature = "redis")]
             Kv::Redis(_) => field.to_owned(),
         }
     }
 
     async fn now_ms(self) -> Res<i64> {
         match self {
+            #[cfg(feature = "mysql")]
             Kv::Mysql(m) => m.now_ms().await,
+            #[cfg(feature = "redis")]
             Kv::Redis(r) => r.now_ms().await,
         }
     }
 
     async fn get(self, key: &str, field: &str) -> Res<Option<String>> {
         match self {
+            #[cfg(feature = "mysql")]
             Kv::Mysql(m) => m.read_hash(key, field).await,
+            #[cfg(feature = "redis")]
             Kv::Redis(r) => r.read_hash(key, field).await,
         }
     }
 
     async fn get_all(self, key: &str) -> Res<Vec<(String, String)>> {
         match self {
+            #[cfg(feature = "mysql")]
             Kv::Mysql(m) => m.read_hash_all(key).await,
+            #[cfg(feature = "redis")]
             Kv::Redis(r) => r.read_hash_all(key).await,
         }
     }
@@ -181,28 +202,36 @@ impl<'a> Kv<'a> {
     /// key's TTL removed, so use it only on keys whose every field lives forever).
     async fn put(self, key: &str, field: &str, value: &str, life: Option<Duration>) -> Res<()> {
         match self {
+            #[cfg(feature = "mysql")]
             Kv::Mysql(m) => m.set_hash(key, &[(field, value)], life).await,
+            #[cfg(feature = "redis")]
             Kv::Redis(r) => r.set_hash(key, &[(field, value)], life).await,
         }
     }
 
     async fn del(self, key: &str, field: &str) -> Res<bool> {
         match self {
+            #[cfg(feature = "mysql")]
             Kv::Mysql(m) => m.del_hash_field(key, field).await,
+            #[cfg(feature = "redis")]
             Kv::Redis(r) => r.del_hash_field(key, field).await,
         }
     }
 
     async fn take_all(self, key: &str) -> Res<Vec<(String, String)>> {
         match self {
+            #[cfg(feature = "mysql")]
             Kv::Mysql(m) => m.take_hash(key).await,
+            #[cfg(feature = "redis")]
             Kv::Redis(r) => r.take_hash(key).await,
         }
     }
 
     async fn expire(self, key: &str, life: Duration) -> Res<()> {
         match self {
+            #[cfg(feature = "mysql")]
             Kv::Mysql(m) => m.expire_hash(key, life).await,
+            #[cfg(feature = "redis")]
             Kv::Redis(r) => r.expire_hash(key, life).await,
         }
     }
@@ -210,7 +239,9 @@ impl<'a> Kv<'a> {
     async fn fence(self, class: &str) -> Res<u64> {
         let resource = format!("jobagent:claim:{class}");
         match self {
+            #[cfg(feature = "mysql")]
             Kv::Mysql(m) => m.fence(&resource).await,
+            #[cfg(feature = "redis")]
             Kv::Redis(r) => r.fence(&resource).await,
         }
     }
@@ -227,7 +258,9 @@ impl<'a> Kv<'a> {
         let mut pause = Duration::from_millis(2);
         loop {
             let entered = match self {
+                #[cfg(feature = "mysql")]
                 Kv::Mysql(m) => m.section_try(SECTION_HOLD).await?,
+                #[cfg(feature = "redis")]
                 Kv::Redis(r) => r.set_owner_nx(SECTION_KEY, SECTION_HOLD).await?,
             };
             if let Some(owner) = entered {
@@ -334,6 +367,7 @@ impl<'a> Kv<'a> {
 }
 
 /// `text`, or `~` and its UUID v5 when it is longer than `max` characters.
+#[cfg(feature = "mysql")]
 fn fit(text: String, max: usize) -> String {
     if text.chars().count() <= max {
         return text;
@@ -743,6 +777,7 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "mysql")]
     #[test]
     fn long_names_fit_mysql_columns_and_stay_distinct() {
         let short = fit("replica-a".to_owned(), MYSQL_FIELD_CHARS);

@@ -51,6 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::Store;
 
+#[cfg(any(feature = "mysql", feature = "redis"))]
 mod kv;
 mod postgres;
 #[cfg(feature = "relay")]
@@ -209,6 +210,7 @@ macro_rules! on_backend {
             crate::store::Backend::Postgres(_) => $store.$pg($($arg),*).await,
             #[cfg(feature = "relay")]
             crate::store::Backend::Relay(r) => relay::$kv(r, $($arg),*).await,
+            #[cfg(any(feature = "mysql", feature = "redis"))]
             _ => $store.$kv($($arg),*).await,
         }
     };
@@ -342,6 +344,7 @@ impl Store {
             crate::store::Backend::Postgres(_) => self.pg_take_lost(me, scan, "").await,
             #[cfg(feature = "relay")]
             crate::store::Backend::Relay(r) => relay::kv_take_lost(r, me, scan).await,
+            #[cfg(any(feature = "mysql", feature = "redis"))]
             _ => self.kv_take_lost(me, scan, "").await,
         }
     }
@@ -357,6 +360,7 @@ impl Store {
     ) -> Res<Vec<(String, String, RunRecord)>> {
         match self.backend() {
             crate::store::Backend::Postgres(_) => self.pg_take_lost(me, scan, scope).await,
+            #[cfg(any(feature = "mysql", feature = "redis"))]
             _ => self.kv_take_lost(me, scan, scope).await,
         }
     }

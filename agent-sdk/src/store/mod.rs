@@ -17,10 +17,12 @@ mod heartbeat;
 pub(crate) mod line;
 pub(crate) mod listen;
 pub(crate) mod lock;
+#[cfg(feature = "mysql")]
 pub(crate) mod mysql;
 pub(crate) mod pool;
 pub(crate) mod postgres;
 mod procstat;
+#[cfg(feature = "redis")]
 pub(crate) mod redis;
 #[cfg(feature = "relay")]
 pub(crate) mod relay;
@@ -44,8 +46,10 @@ use crate::options::LocalStore;
 use crate::request::StorageHeader;
 pub(crate) use crate::schema::check_schema;
 use line::EncodedLine;
+#[cfg(feature = "mysql")]
 use mysql::MysqlStore;
 use postgres::PgStore;
+#[cfg(feature = "redis")]
 use redis::RedisStore;
 
 /// The storages a Hangfire.HttpJob center runs on that this agent writes to, by the `Type`
@@ -195,7 +199,9 @@ pub(crate) struct Store {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Backend {
     Postgres(PgStore),
+    #[cfg(feature = "mysql")]
     Mysql(MysqlStore),
+    #[cfg(feature = "redis")]
     Redis(RedisStore),
     #[cfg(feature = "relay")]
     Relay(relay::RelayStore),
@@ -206,7 +212,9 @@ macro_rules! backend {
     ($self:ident, $b:ident => $call:expr) => {
         match &$self.backend {
             Backend::Postgres($b) => $call,
+            #[cfg(feature = "mysql")]
             Backend::Mysql($b) => $call,
+            #[cfg(feature = "redis")]
             Backend::Redis($b) => $call,
             #[cfg(feature = "relay")]
             Backend::Relay($b) => $call,
@@ -220,12 +228,23 @@ macro_rules! backend_err {
     ($self:ident, $b:ident => $call:expr) => {
         match &$self.backend {
             Backend::Postgres($b) => $call.map_err(StoreError::from),
+            #[cfg(feature = "mysql")]
             Backend::Mysql($b) => $call.map_err(StoreError::from),
+            #[cfg(feature = "redis")]
             Backend::Redis($b) => $call.map_err(StoreError::from),
             #[cfg(feature = "relay")]
             Backend::Relay($b) => $call.map_err(StoreError::from),
         }
     };
+}
+
+/// Why a store of a type this build left out cannot be opened (`feature`: the Cargo feature
+/// of agent-sdk that brings it).
+#[cfg(any(not(feature = "mysql"), not(feature = "redis"), not(feature = "relay")))]
+fn built_without(feature: &str) -> String {
+    format!(
+        "this agent was built without the `{feature}` feature of agent-sdk; rebuild it with that feature (it is on by default), or give the agent a store of a type it was built with"
+    )
 }
 
 /// What opening a store needs besides its connection string.
@@ -250,6 +269,7 @@ pub(crate) struct Opening<'a> {
 /// Where a store's connection string came from, which decides what a key the agent has no
 /// use for does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(any(feature = "mysql", feature = "redis")), allow(dead_code))]
 pub(crate) enum Origin {
     /// The agent's own configuration (`JOBAGENT_STORE`): an unknown key is the operator's
     /// typo, refused at start-up.
@@ -260,6 +280,7 @@ pub(crate) enum Origin {
     Center,
 }
 
+#[cfg_attr(not(any(feature = "mysql", feature = "redis")), allow(dead_code))]
 impl Origin {
     /// [`Origin::Center`] for a string a center sent.
     pub(crate) fn of(from_center: bool) -> Self {
@@ -288,14 +309,20 @@ impl Store {
                 let pg = PgStore::open(&spec, named, o.load)?;
                 (pg.label.clone(), pg.schema.clone(), Backend::Postgres(pg))
             }
+            #[cfg(feature = "mysql")]
             StoreType::MySql => {
                 let my = MysqlStore::open(o.connection, o.prefix, o.from_center)?;
                 (my.label().to_owned(), named.to_owned(), Backend::Mysql(my))
             }
+            #[cfg(not(feature = "mysql"))]
+            StoreType::MySql => return Err(built_without("mysql")),
+            #[cfg(feature = "redis")]
             StoreType::Redis => {
                 let r = RedisStore::open(o.connection, named, o.db, Origin::of(o.from_center))?;
                 (r.label().to_owned(), named.to_owned(), Backend::Redis(r))
             }
+            #[cfg(not(feature = "redis"))]
+            StoreType::Redis => return Err(built_without("redis")),
             #[cfg(feature = "relay")]
             StoreType::Relay => {
                 if o.from_center {
@@ -308,11 +335,7 @@ impl Store {
                 (r.label().to_owned(), String::new(), Backend::Relay(r))
             }
             #[cfg(not(feature = "relay"))]
-            StoreType::Relay => {
-                return Err(
-                    "this agent was built without the `relay` feature of agent-sdk".to_owned(),
-                );
-            }
+            StoreType::Relay => return Err(built_without("relay")),
         };
         Ok(Self {
             label,
@@ -362,7 +385,9 @@ impl Store {
     pub(crate) fn kind(&self) -> StoreType {
         match self.backend {
             Backend::Postgres(_) => StoreType::PostgreSql,
+            #[cfg(feature = "mysql")]
             Backend::Mysql(_) => StoreType::MySql,
+            #[cfg(feature = "redis")]
             Backend::Redis(_) => StoreType::Redis,
             #[cfg(feature = "relay")]
             Backend::Relay(_) => StoreType::Relay,
@@ -393,7 +418,9 @@ impl Store {
     fn hosts(&self) -> Vec<String> {
         match &self.backend {
             Backend::Postgres(pg) => pg.hosts(),
+            #[cfg(feature = "mysql")]
             Backend::Mysql(my) => my.hosts(),
+            #[cfg(feature = "redis")]
             Backend::Redis(r) => r.hosts(),
             #[cfg(feature = "relay")]
             Backend::Relay(r) => r.hosts(),
@@ -627,6 +654,7 @@ impl Stores {
         };
         if let Some(store) = &local {
             tracing::info!(store = %store.label, kind = %store.kind(), "job agent writes to its configured store");
+            #[cfg(feature = "redis")]
             redis::look_for_hangfire(store);
         }
         Ok(Self {
@@ -847,5 +875,53 @@ mod tests {
         // Verifying against the system's roots: nothing is read while selecting (the request
         // path); the roots are loaded off-thread at the first connection.
         assert!(stores.select(Some(&header(base))).is_ok());
+    }
+
+    /// An agent built without a backend's feature refuses that store, naming the feature,
+    /// whether the center sends it or the agent's own configuration names it. Runs in CI as
+    /// `cargo test -p agent-sdk --lib --no-default-features --features postgres store::`.
+    #[cfg(not(all(feature = "mysql", feature = "redis")))]
+    #[test]
+    fn a_store_type_left_out_of_the_build_is_refused_naming_its_feature() {
+        let mut left_out = Vec::new();
+        #[cfg(not(feature = "mysql"))]
+        left_out.push((
+            "mysql",
+            "Server=db;User ID=u;Password=p",
+            "mysql://u:p@db/hangfire",
+        ));
+        #[cfg(not(feature = "redis"))]
+        left_out.push(("redis", "db:6379,password=p", "redis://:p@db:6379/0"));
+        for (kind, sent, own) in left_out {
+            let wanted = format!("this agent was built without the `{kind}` feature of agent-sdk");
+            // Sent by a center in `x-job-storage`.
+            let stores = Stores::new(None, None).expect("no local store");
+            let header: StorageHeader = serde_json::from_value(serde_json::json!({
+                "Type": kind,
+                "HangfireDb": sent,
+            }))
+            .expect("a storage header");
+            let e = match stores.select(Some(&header)) {
+                Ok(_) => panic!("a {kind} store was opened without its feature"),
+                Err(e) => e,
+            };
+            assert!(e.contains(&wanted), "{e}");
+            assert!(!e.contains("Password=p") && !e.contains(":p@"), "{e}");
+            // Named by the agent's own configuration (JOBAGENT_STORE).
+            let local = LocalStore {
+                connection: crate::secret::Secret::new(own),
+                kind: None,
+                schema: String::new(),
+                no_prefix: false,
+                expire_days: 7.0,
+                relay_token: None,
+            };
+            let e = match Stores::new(Some(&local), None) {
+                Ok(_) => panic!("a {kind} store was configured without its feature"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains("JOBAGENT_STORE"), "{e}");
+            assert!(e.contains(&wanted), "{e}");
+        }
     }
 }
