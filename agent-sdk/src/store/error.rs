@@ -27,6 +27,8 @@ pub(crate) enum StoreErrorKind {
     Conflict,
     /// The configuration is wrong (credentials, a missing table, a bad connection string):
     /// tell the operator.
+    // Only the relay client says it yet.
+    #[cfg_attr(not(feature = "relay"), allow(dead_code))]
     Config,
 }
 
@@ -104,6 +106,7 @@ impl StoreError {
     }
 
     /// The configuration is wrong: tell the operator.
+    #[cfg_attr(not(feature = "relay"), allow(dead_code))]
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Self::new(StoreErrorKind::Config, message)
     }

@@ -257,6 +257,7 @@ pub(crate) struct Opening<'a> {
     pub(crate) prefix: Option<&'a str>,
     pub(crate) expire_days: f64,
     /// Redis: the database.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) db: Option<i64>,
     /// Sent by a center: may not name files on the agent's machine.
     pub(crate) from_center: bool,
@@ -403,6 +404,7 @@ impl Store {
     pub(crate) fn pg(&self) -> Result<&PgStore, String> {
         match &self.backend {
             Backend::Postgres(pg) => Ok(pg),
+            #[allow(unreachable_patterns)]
             _ => Err(format!(
                 "this needs a PostgreSQL store; this one is {}",
                 self.kind()
