@@ -362,6 +362,12 @@ impl Store {
             crate::store::Backend::Postgres(_) => self.pg_take_lost(me, scan, scope).await,
             #[cfg(any(feature = "mysql", feature = "redis"))]
             _ => self.kv_take_lost(me, scan, scope).await,
+            // A relay in front of a relay: its store is a database.
+            #[cfg(not(any(feature = "mysql", feature = "redis")))]
+            _ => Err(format!(
+                "this needs a database store; this one is {}",
+                self.kind()
+            )),
         }
     }
 }
