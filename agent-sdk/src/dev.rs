@@ -253,6 +253,7 @@ pub async fn install_tables(
                 .map(|t| format!("{prefix}.{t}"))
                 .collect())
         }
+        #[cfg(feature = "mysql")]
         StoreType::MySql => {
             let store = crate::store::mysql::MysqlStore::open(text, Some(prefix), false)?;
             let label = store.label().to_owned();
@@ -268,6 +269,8 @@ pub async fn install_tables(
                 .map_err(|e| format!("cannot create Hangfire's tables in {label}: {e}"))?;
             Ok(names.to_vec())
         }
+        #[cfg(not(feature = "mysql"))]
+        StoreType::MySql => Err(crate::store::built_without("mysql")),
         StoreType::Redis => Err(
             "a Redis store needs no tables: Hangfire.Redis.StackExchange keeps hashes and sorted sets under its key prefix, created as they are written; point the agent at it as it is"
                 .to_owned(),
@@ -312,6 +315,7 @@ fn pg_tables_sql(s: &str) -> String {
 
 /// Hangfire.MySqlStorage's `<p>Hash`, `<p>Set` and `<p>DistributedLock` (`Install.sql`),
 /// each created only when absent.
+#[cfg(feature = "mysql")]
 fn mysql_tables_sql(prefix: &str) -> String {
     let q = |t: &str| format!("`{}`", format!("{prefix}{t}").replace('`', "``"));
     let ix = |t: &str| format!("`IX_{}`", format!("{prefix}{t}").replace('`', "``"));

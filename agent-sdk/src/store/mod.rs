@@ -241,7 +241,7 @@ macro_rules! backend_err {
 /// Why a store of a type this build left out cannot be opened (`feature`: the Cargo feature
 /// of agent-sdk that brings it).
 #[cfg(any(not(feature = "mysql"), not(feature = "redis"), not(feature = "relay")))]
-fn built_without(feature: &str) -> String {
+pub(crate) fn built_without(feature: &str) -> String {
     format!(
         "this agent was built without the `{feature}` feature of agent-sdk; rebuild it with that feature (it is on by default), or give the agent a store of a type it was built with"
     )
@@ -897,7 +897,7 @@ mod tests {
         for (kind, sent, own) in left_out {
             let wanted = format!("this agent was built without the `{kind}` feature of agent-sdk");
             // Sent by a center in `x-job-storage`.
-            let stores = Stores::new(None, None).expect("no local store");
+            let stores = Stores::new(None, None, Duration::from_secs(300)).expect("no local store");
             let header: StorageHeader = serde_json::from_value(serde_json::json!({
                 "Type": kind,
                 "HangfireDb": sent,
@@ -918,7 +918,7 @@ mod tests {
                 expire_days: 7.0,
                 relay_token: None,
             };
-            let e = match Stores::new(Some(&local), None) {
+            let e = match Stores::new(Some(&local), None, Duration::from_secs(300)) {
                 Ok(_) => panic!("a {kind} store was configured without its feature"),
                 Err(e) => e.to_string(),
             };
