@@ -4,12 +4,43 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use super::{Busy, Runtime, Start, lock};
+use super::Runtime;
+use super::run::Status;
+use super::start::Start;
 use crate::cluster::{CLAIM_LEASE, Command};
+use crate::error::DispatchError;
 use crate::outcome::Outlet;
 use crate::registry::JobRegistration;
 use crate::request::{Action, Dispatch};
 use crate::result::DispatchResult;
+use crate::sync::lock;
+
+/// Who holds a busy singleton.
+pub(super) struct Busy {
+    pub(super) job_id: String,
+    pub(super) status: Status,
+    pub(super) replica: Option<String>,
+}
+
+impl Busy {
+    pub(super) fn describe(&self) -> String {
+        match &self.replica {
+            Some(replica) => format!("{} on replica {replica}", self.status.as_str()),
+            None => self.status.as_str().to_owned(),
+        }
+    }
+
+    pub(super) fn into_error(self, reg: &'static JobRegistration) -> DispatchError {
+        DispatchError::Busy {
+            class: reg.class().to_owned(),
+            status: self.describe(),
+            job_id: self.job_id,
+        }
+    }
+}
+
+/// Most runs waiting behind a busy singleton (busy policy `queue`).
+pub(super) const MAX_QUEUED: usize = 16;
 
 impl Runtime {
     /// Busy policy `discard`: report the run as done, with a console line saying why.
