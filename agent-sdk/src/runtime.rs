@@ -47,6 +47,8 @@ mod shutdown;
 mod stall;
 mod start;
 mod stop;
+#[cfg(test)]
+mod testkit;
 
 use admission::Counters;
 use classes::{ClassState, Classes};

@@ -159,3 +159,110 @@ impl Runtime {
         slot.last.as_ref().map(|last| last.cx.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::runtime::testkit::{
+        HANG, QUICK, WAITS, dispatch, limited, result, running, runtime, start, until,
+    };
+
+    #[test]
+    fn the_live_run_table_takes_runs_out_by_seq_and_lists_them_in_start_order() {
+        let (rt, outlet, _) = runtime(&[&WAITS], limited(10, 10));
+        let run = |id: &str| {
+            rt.new_run(
+                &WAITS,
+                dispatch(&WAITS, id, "{}"),
+                &outlet,
+                SystemTime::now(),
+            )
+        };
+        let (a, b, c) = (run("a"), run("b"), run("c"));
+        let ids = |runs: &Runs| -> Vec<String> {
+            runs.in_order()
+                .iter()
+                .map(|r| r.cx.job_id().to_owned())
+                .collect()
+        };
+        let mut runs = Runs::default();
+        assert!(runs.is_empty() && runs.oldest().is_none());
+        // Entered out of start order: read back in it.
+        runs.insert(c.clone());
+        runs.insert(a.clone());
+        runs.insert(b.clone());
+        assert_eq!(runs.len(), 3);
+        assert_eq!(ids(&runs), ["a", "b", "c"]);
+        assert_eq!(runs.oldest().map(|r| r.cx.job_id()), Some("a"));
+        assert_eq!(runs.values().count(), 3);
+
+        assert_eq!(runs.remove(b.seq).map(|r| r.seq), Some(b.seq));
+        assert!(runs.remove(b.seq).is_none(), "a run is taken out once");
+        assert_eq!(ids(&runs), ["a", "c"]);
+        assert!(runs.remove(a.seq).is_some());
+        assert_eq!(runs.oldest().map(|r| r.cx.job_id()), Some("c"));
+        assert!(runs.remove(c.seq).is_some());
+        assert!(runs.is_empty() && runs.oldest().is_none());
+    }
+
+    #[test]
+    fn each_registered_class_has_a_state_of_its_own_and_an_unregistered_one_none() {
+        let registry = Registry::from_registrations([&WAITS, &QUICK, &HANG]).expect("distinct");
+        let classes = Classes::new(&registry);
+        assert_eq!(classes.values().count(), 3);
+        let waits = classes.get(&WAITS).expect("registered");
+        waits.admitted.fetch_add(7, Ordering::AcqRel);
+        assert_eq!(waits.admitted.load(Ordering::Acquire), 7);
+        for reg in [&QUICK, &HANG] {
+            let state = classes.get(reg).expect("registered");
+            assert_eq!(state.admitted.load(Ordering::Acquire), 0, "{}", reg.class());
+        }
+        assert_eq!(
+            classes
+                .get(&WAITS)
+                .map(|s| s.admitted.load(Ordering::Acquire)),
+            Some(7)
+        );
+        let unregistered = Registry::from_registrations([&QUICK]).expect("one");
+        assert!(Classes::new(&unregistered).get(&WAITS).is_none());
+    }
+
+    /// What `stop`, `detail` and `testing` read: the class's latest run, kept once it ended,
+    /// and the runs in flight, hang jobs left out of those a drain waits for.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_latest_run_is_kept_after_it_ends_and_hang_jobs_are_not_waited_for() {
+        let (rt, outlet, memory) = runtime(&[&WAITS, &HANG], limited(10, 10));
+        assert!(rt.latest_context(&WAITS).is_none());
+        start(&rt, &outlet, &WAITS, "w1").await.expect("w1");
+        start(&rt, &outlet, &WAITS, "w2").await.expect("w2");
+        start(&rt, &outlet, &HANG, "h").await.expect("h");
+        assert_eq!(
+            rt.latest_context(&WAITS)
+                .map(|cx| cx.job_id().to_owned())
+                .as_deref(),
+            Some("w2")
+        );
+        assert_eq!(rt.running(), 3);
+        assert_eq!(rt.finishing(), 2, "a hang job runs until stopped");
+
+        running(&rt, &WAITS, "w2").cancel();
+        result(&memory, "w2").await;
+        until("w2 is out of its class", || rt.running() == 2).await;
+        assert_eq!(
+            rt.latest_context(&WAITS)
+                .map(|cx| cx.job_id().to_owned())
+                .as_deref(),
+            Some("w2")
+        );
+        let last = lock(&rt.state(&WAITS).slot)
+            .last
+            .clone()
+            .expect("a latest run");
+        assert!(last.ended.is_some_and(|end| end >= last.started));
+        assert_eq!(rt.finishing(), 1);
+        rt.shutdown().await;
+        assert_eq!(rt.running(), 0);
+    }
+}

@@ -107,10 +107,7 @@ impl Runtime {
             let keep = keep_claim(store, self.member.clone(), reg.class(), cx.clone(), stop);
             self.tracker.spawn(keep);
         }
-        let timeout = cx
-            .agent_timeout()
-            .filter(|ms| *ms > 0)
-            .map(|ms| Duration::from_millis(ms as u64));
+        let timeout = run_limit(cx.agent_timeout());
         // AgentTimeout bounds the whole run, a hang job's wait for its stop included.
         let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit);
         let job = AssertUnwindSafe(run.instance.clone().start(cx.clone())).catch_unwind();
@@ -255,10 +252,115 @@ const RECORD_BEFORE_ANSWER: Duration = Duration::from_secs(1);
 /// How long writing the in-flight record may take before it is given up.
 const RECORD_WITHIN: Duration = Duration::from_secs(30);
 
+/// How long a run may take, from its job item's `AgentTimeout` (ms): 0, a negative value or
+/// none means no limit.
+fn run_limit(agent_timeout: Option<i64>) -> Option<Duration> {
+    agent_timeout
+        .filter(|ms| *ms > 0)
+        .map(|ms| Duration::from_millis(ms as u64))
+}
+
 /// Sleeps until `deadline`, or forever without one.
 pub(super) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::testkit::{
+        PANICS, QUICK, SLEEP, SLEEPS, STUBBORN, dispatch, limited, result, runtime,
+    };
+
+    #[test]
+    fn agent_timeout_zero_negative_or_none_means_no_limit() {
+        assert_eq!(run_limit(None), None);
+        assert_eq!(run_limit(Some(0)), None);
+        assert_eq!(run_limit(Some(-1)), None);
+        assert_eq!(run_limit(Some(1)), Some(Duration::from_millis(1)));
+        assert_eq!(run_limit(Some(1_500)), Some(Duration::from_millis(1_500)));
+        assert_eq!(
+            run_limit(Some(i64::MAX)),
+            Some(Duration::from_millis(i64::MAX as u64))
+        );
+    }
+
+    /// `AgentTimeout` 0 lets a run take an hour (of paused time): read as a limit of 0 ms,
+    /// the run would fail at once as a timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_with_agent_timeout_zero_runs_as_long_as_it_takes() {
+        let (rt, outlet, memory) = runtime(&[&SLEEPS], limited(10, 10));
+        let began = tokio::time::Instant::now();
+        let d = dispatch(&SLEEPS, "z", r#"{"AgentTimeout":0}"#);
+        rt.run(&SLEEPS, d, outlet).await.expect("accepted");
+        let ended = memory
+            .result_within("z", SLEEP * 2)
+            .await
+            .expect("a result");
+        assert!(ended.is_ok(), "{ended:?}");
+        assert!(began.elapsed() >= SLEEP, "{:?}", began.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_past_its_agent_timeout_is_cancelled_and_reported_as_a_timeout() {
+        let (rt, outlet, memory) = runtime(&[&SLEEPS, &STUBBORN], limited(10, 10));
+        let began = tokio::time::Instant::now();
+        let d = dispatch(&SLEEPS, "t", r#"{"AgentTimeout":1500}"#);
+        rt.run(&SLEEPS, d, outlet.clone()).await.expect("accepted");
+        let timed_out = result(&memory, "t").await;
+        assert_eq!(
+            timed_out.e,
+            "timeout: the job ran longer than its AgentTimeout of 1500 ms"
+        );
+        assert_eq!(began.elapsed(), Duration::from_millis(1_500));
+
+        // A job that ignores its cancellation is given the grace (500 ms), then reported.
+        let began = tokio::time::Instant::now();
+        let d = dispatch(&STUBBORN, "s", r#"{"AgentTimeout":1000}"#);
+        rt.run(&STUBBORN, d, outlet).await.expect("accepted");
+        let stubborn = result(&memory, "s").await;
+        assert_eq!(
+            stubborn.e,
+            "timeout: the job ran longer than its AgentTimeout of 1000 ms and did not stop within 500 ms of cancellation"
+        );
+        assert_eq!(began.elapsed(), Duration::from_millis(1_500));
+        assert_eq!(rt.running(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_panicking_job_fails_with_its_panic_and_a_finished_one_says_so_on_its_console() {
+        let (rt, outlet, memory) = runtime(&[&PANICS, &QUICK], limited(10, 10));
+        rt.run(&PANICS, dispatch(&PANICS, "p", "{}"), outlet.clone())
+            .await
+            .expect("accepted");
+        let panicked = result(&memory, "p").await;
+        assert_eq!(panicked.r, "err");
+        assert_eq!(panicked.e, "the job panicked: index out of bounds");
+        let lines = memory.lines_of("p");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.ends_with("job failed: the job panicked: index out of bounds")),
+            "{lines:?}"
+        );
+
+        rt.run(&QUICK, dispatch(&QUICK, "q", "{}"), outlet)
+            .await
+            .expect("accepted");
+        assert!(result(&memory, "q").await.is_ok());
+        let lines = memory.lines_of("q");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("job unit::Quick started, job id q")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("job finished after")),
+            "{lines:?}"
+        );
     }
 }

@@ -127,3 +127,58 @@ impl Run {
         written
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::testkit::{WAITS, dispatch, limited, runtime};
+
+    #[test]
+    fn a_run_moves_to_stopping_once_and_never_back_from_stopped() {
+        let (rt, outlet, _) = runtime(&[&WAITS], limited(10, 10));
+        let run = rt.new_run(
+            &WAITS,
+            dispatch(&WAITS, "a", "{}"),
+            &outlet,
+            SystemTime::now(),
+        );
+        assert_eq!(run.status(), Status::Running);
+        assert!(run.mark_stopping());
+        assert_eq!(run.status(), Status::Stopping);
+        assert!(!run.mark_stopping(), "on_stop is called once");
+        run.set_status(Status::Stopped);
+        assert!(!run.mark_stopping(), "an ended run is not stopped");
+        assert_eq!(run.status(), Status::Stopped);
+        assert_eq!(
+            [
+                Status::Default,
+                Status::Running,
+                Status::Stopping,
+                Status::Stopped
+            ]
+            .map(Status::as_str),
+            ["Default", "Running", "Stopping", "Stopped"]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_run_is_reported_once_with_its_error() {
+        let (rt, outlet, memory) = runtime(&[&WAITS], limited(10, 10));
+        let run = rt.new_run(
+            &WAITS,
+            dispatch(&WAITS, "r", "{}"),
+            &outlet,
+            SystemTime::now(),
+        );
+        assert!(run.report(Some("the disk is full".to_owned())).await);
+        assert!(run.report(None).await, "reported already: written");
+        assert_eq!(memory.results_of("r"), 1);
+        let written = memory
+            .result_within("r", std::time::Duration::ZERO)
+            .await
+            .expect("written");
+        assert_eq!((written.r, written.e.as_str()), ("err", "the disk is full"));
+        assert_eq!(written.action, "run");
+        assert_eq!(written.run_id, "r");
+    }
+}
