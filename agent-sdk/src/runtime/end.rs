@@ -124,3 +124,75 @@ impl Runtime {
         self.idle.notify_waiters();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::testkit::{
+        STUBBORN, WAITS, counts, dispatch, limited, result, running, runtime, start, until,
+    };
+
+    /// A run given up (its stop ignored) is taken out of its class then; when its task ends
+    /// later, that second finish counts nothing again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_run_finished_twice_gives_its_counts_back_once() {
+        let (rt, outlet, memory) = runtime(&[&WAITS], limited(10, 10));
+        start(&rt, &outlet, &WAITS, "keep").await.expect("keep");
+        start(&rt, &outlet, &WAITS, "a").await.expect("a");
+        assert_eq!(counts(&rt, &WAITS), (2, 2));
+        let run = lock(&rt.state(&WAITS).slot)
+            .runs
+            .values()
+            .find(|run| run.cx.job_id() == "a")
+            .cloned()
+            .expect("in flight");
+        rt.finish(&WAITS, &run, Outcome::Err);
+        assert_eq!(counts(&rt, &WAITS), (1, 1));
+        assert_eq!(run.status(), Status::Stopped);
+        rt.finish(&WAITS, &run, Outcome::Err);
+        assert_eq!(counts(&rt, &WAITS), (1, 1), "counted once");
+        // Its task ends now, and finishes it a third time.
+        run.cx.cancel();
+        result(&memory, "a").await;
+        until("the task has ended", || Arc::strong_count(&run) == 1).await;
+        assert_eq!(counts(&rt, &WAITS), (1, 1));
+        assert_eq!(rt.running(), 1);
+        running(&rt, &WAITS, "keep").cancel();
+        until("keep has ended", || counts(&rt, &WAITS) == (0, 0)).await;
+    }
+
+    /// A stop the job ignores: `on_stop` is called, the grace passes, the run is reported
+    /// stuck and its class freed, and what the task does afterwards is not reported.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_that_ignores_its_stop_is_given_up_after_the_grace_and_reported_once() {
+        let (rt, outlet, memory) = runtime(&[&STUBBORN], limited(10, 10));
+        start(&rt, &outlet, &STUBBORN, "s").await.expect("s");
+        let began = tokio::time::Instant::now();
+        let mut stop = dispatch(&STUBBORN, "stop-1", "{}");
+        stop.action = crate::request::Action::Stop;
+        let answer = rt.stop(&STUBBORN, stop, outlet.clone()).await;
+        assert_eq!(
+            answer.map_err(|e| e.to_string()),
+            Ok("JobClass:unit::Stubborn stop success! 1 running instance(s) stopped".to_owned())
+        );
+        let stuck = result(&memory, "s").await;
+        assert_eq!(
+            stuck.e,
+            "the job ignored cancellation for 500 ms after it was asked to stop; it is reported as stuck and no longer counted as running"
+        );
+        assert_eq!(began.elapsed(), Duration::from_millis(500));
+        assert_eq!(counts(&rt, &STUBBORN), (0, 0));
+        let stop = result(&memory, "stop-1").await;
+        assert_eq!(stop.r, "err");
+        assert!(
+            stop.e.starts_with("job s: the job ignored cancellation"),
+            "{}",
+            stop.e
+        );
+        // The job's hour passes: its late end is not reported again.
+        tokio::time::sleep(crate::runtime::testkit::SLEEP).await;
+        until("the task has ended", || rt.tracker.is_empty()).await;
+        assert_eq!(memory.results_of("s"), 1);
+        assert_eq!(counts(&rt, &STUBBORN), (0, 0));
+    }
+}

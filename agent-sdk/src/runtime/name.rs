@@ -50,3 +50,63 @@ impl Runtime {
 /// How long a run waits, at most, for the store's first answer about this process's
 /// instance name.
 const NAME_WITHIN: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::runtime::testkit::{QUICK, limited, runtime, start};
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_are_refused_while_another_process_holds_the_name_and_taken_once_this_one_does() {
+        let (rt, outlet, _) = runtime(&[&QUICK], limited(10, 10));
+        let far = Instant::now() + Duration::from_secs(60);
+        rt.set_name(NameState::HeldElsewhere("held by process 4711".to_owned()));
+        let refused = rt.check_name(far).await.expect_err("held elsewhere");
+        assert!(
+            matches!(&refused, DispatchError::DuplicateInstance(why) if why == "held by process 4711"),
+            "{refused:?}"
+        );
+        rt.set_name(NameState::Held);
+        assert!(rt.check_name(far).await.is_ok());
+        // Without a store the name is not checked (nothing could hold it).
+        rt.set_name(NameState::HeldElsewhere("x".to_owned()));
+        assert!(start(&rt, &outlet, &QUICK, "q").await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn before_the_store_answers_a_run_waits_at_most_name_within_or_its_own_bound() {
+        let (rt, _, _) = runtime(&[&QUICK], limited(10, 10));
+        let began = Instant::now();
+        assert!(rt.check_name(began + Duration::from_secs(60)).await.is_ok());
+        assert_eq!(began.elapsed(), NAME_WITHIN);
+
+        let began = Instant::now();
+        assert!(
+            rt.check_name(began + Duration::from_millis(300))
+                .await
+                .is_ok()
+        );
+        assert_eq!(began.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_store_answering_during_the_wait_decides_at_once() {
+        let (rt, _, _) = runtime(&[&QUICK], limited(10, 10));
+        let setter = rt.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            setter.set_name(NameState::HeldElsewhere("a live duplicate".to_owned()));
+        });
+        let began = Instant::now();
+        let refused = rt.check_name(began + Duration::from_secs(60)).await;
+        assert!(
+            matches!(refused, Err(DispatchError::DuplicateInstance(_))),
+            "{refused:?}"
+        );
+        assert_eq!(began.elapsed(), Duration::from_millis(250));
+    }
+}

@@ -136,3 +136,69 @@ impl Runtime {
 
 /// How long shutdown gives the results of runs that did not stop, after the shutdown bound.
 const SHUTDOWN_REPORT_WITHIN: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::DispatchError;
+    use crate::runtime::testkit::{
+        HANG, SLEEPS, WAITS, counts, limited, result, running, runtime, start,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_refuses_new_runs_waits_for_finishing_ones_and_not_for_hang_jobs() {
+        let (rt, outlet, memory) = runtime(&[&WAITS, &HANG], limited(10, 10));
+        start(&rt, &outlet, &HANG, "h").await.expect("h");
+        start(&rt, &outlet, &WAITS, "w").await.expect("w");
+        let ender = rt.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            running(&ender, &WAITS, "w").cancel();
+        });
+        let began = tokio::time::Instant::now();
+        assert!(rt.drain(Duration::from_secs(10)).await, "drained");
+        assert_eq!(began.elapsed(), Duration::from_secs(3));
+        assert!(result(&memory, "w").await.is_ok());
+        assert_eq!(rt.not_accepting(), Some("the agent is draining"));
+        let refused = start(&rt, &outlet, &WAITS, "late").await;
+        assert!(
+            matches!(refused, Err(DispatchError::Draining)),
+            "{refused:?}"
+        );
+        assert_eq!(rt.running(), 1, "the hang job runs until shutdown");
+        // A run that does not end within the bound: the drain says so.
+        let began = tokio::time::Instant::now();
+        assert!(rt.drain(Duration::ZERO).await, "only the hang job is left");
+        assert_eq!(began.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_bound_passing_with_runs_left_says_so() {
+        let (rt, outlet, _) = runtime(&[&WAITS], limited(10, 10));
+        start(&rt, &outlet, &WAITS, "w").await.expect("w");
+        let began = tokio::time::Instant::now();
+        assert!(!rt.drain(Duration::from_secs(2)).await);
+        assert_eq!(began.elapsed(), Duration::from_secs(2));
+        assert_eq!(rt.running(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn shutdown_cancels_running_jobs_reports_them_shut_down_and_refuses_new_runs() {
+        let (rt, outlet, memory) = runtime(&[&SLEEPS, &HANG], limited(10, 10));
+        start(&rt, &outlet, &SLEEPS, "s").await.expect("s");
+        start(&rt, &outlet, &HANG, "h").await.expect("h");
+        rt.shutdown().await;
+        let sleeper = result(&memory, "s").await;
+        assert_eq!(sleeper.e, "the agent shut down before the job finished");
+        let hang = result(&memory, "h").await;
+        assert_eq!(hang.e, "the agent shut down before the job finished");
+        assert_eq!(rt.running(), 0);
+        assert_eq!(counts(&rt, &SLEEPS), (0, 0));
+        assert_eq!(rt.not_accepting(), Some("the agent is shutting down"));
+        let refused = start(&rt, &outlet, &SLEEPS, "late").await;
+        assert!(
+            matches!(refused, Err(DispatchError::ShuttingDown)),
+            "{refused:?}"
+        );
+    }
+}

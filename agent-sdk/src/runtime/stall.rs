@@ -65,3 +65,36 @@ pub(super) async fn stall_watch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::runtime::testkit::{STALLS, limited, result, runtime, start};
+
+    /// `STALLS` waits silently; its watchdog (1 s, `on_stall = "cancel"`) warns and cancels
+    /// it one second after its last line. Real time: the watchdog reads the console's
+    /// wall-clock activity stamp.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_silent_run_is_warned_and_cancelled_once_its_stall_period_passes() {
+        let (rt, outlet, memory) = runtime(&[&STALLS], limited(10, 10));
+        let began = std::time::Instant::now();
+        start(&rt, &outlet, &STALLS, "q").await.expect("q");
+        let stalled = result(&memory, "q").await;
+        assert_eq!(
+            stalled.e,
+            "stalled: no console line or progress change for 1.0s; cancelled (on_stall = \"cancel\")"
+        );
+        let took = began.elapsed();
+        assert!(
+            took >= std::time::Duration::from_secs(1) && took < std::time::Duration::from_secs(5),
+            "{took:?}"
+        );
+        let lines = memory.lines_of("q");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("no console line or progress change for 1.")
+                    && l.ends_with("s; cancelling the job (on_stall = \"cancel\")")),
+            "{lines:?}"
+        );
+    }
+}

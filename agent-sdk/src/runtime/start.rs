@@ -268,3 +268,70 @@ impl Runtime {
         Ok(Start::Started)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::testkit::{
+        SINGLETON, counts, limited, result, running, runtime, start, until,
+    };
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_busy_singleton_refuses_a_second_run_and_takes_one_once_free() {
+        let (rt, outlet, memory) = runtime(&[&SINGLETON], limited(10, 10));
+        let answer = start(&rt, &outlet, &SINGLETON, "1").await;
+        assert_eq!(
+            answer.map_err(|e| e.to_string()),
+            Ok("JobClass:unit::Singleton run success!".to_owned())
+        );
+        match start(&rt, &outlet, &SINGLETON, "2").await {
+            Err(DispatchError::Busy {
+                class,
+                status,
+                job_id,
+            }) => assert_eq!(
+                (class.as_str(), status.as_str(), job_id.as_str()),
+                ("unit::Singleton", "Running", "1")
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A singleton holds the agent's count, not a class count.
+        assert_eq!(counts(&rt, &SINGLETON), (1, 0));
+        assert_eq!(memory.results_of("2"), 0);
+        running(&rt, &SINGLETON, "1").cancel();
+        assert!(result(&memory, "1").await.is_ok());
+        until("the singleton is free", || {
+            counts(&rt, &SINGLETON) == (0, 0)
+        })
+        .await;
+        start(&rt, &outlet, &SINGLETON, "3")
+            .await
+            .expect("free again");
+        assert_eq!(
+            rt.latest_context(&SINGLETON)
+                .map(|cx| cx.job_id().to_owned())
+                .as_deref(),
+            Some("3")
+        );
+        rt.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_run_is_refused_while_the_agent_drains_or_shuts_down() {
+        let (rt, outlet, _) = runtime(&[&SINGLETON], limited(10, 10));
+        rt.draining.store(true, Ordering::Release);
+        let refused = start(&rt, &outlet, &SINGLETON, "d").await;
+        assert!(
+            matches!(refused, Err(DispatchError::Draining)),
+            "{refused:?}"
+        );
+        rt.accepting.store(false, Ordering::Release);
+        let refused = start(&rt, &outlet, &SINGLETON, "s").await;
+        assert!(
+            matches!(refused, Err(DispatchError::ShuttingDown)),
+            "{refused:?}"
+        );
+        assert_eq!(rt.running(), 0);
+        assert_eq!(counts(&rt, &SINGLETON), (0, 0));
+    }
+}
