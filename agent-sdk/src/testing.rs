@@ -544,6 +544,38 @@ impl Memory {
     }
 }
 
+#[cfg(test)]
+impl Memory {
+    /// The result of job `job_id`, waited for up to `within` (`None` when none came).
+    pub(crate) async fn result_within(
+        &self,
+        job_id: &str,
+        within: Duration,
+    ) -> Option<DispatchResult> {
+        let mut rx = self.state.subscribe();
+        let seen = rx.wait_for(|rec| rec.result(job_id).is_some());
+        let rec = tokio::time::timeout(within, seen).await.ok()?.ok()?;
+        rec.result(job_id).cloned()
+    }
+
+    /// How many results of job `job_id` were written.
+    pub(crate) fn results_of(&self, job_id: &str) -> usize {
+        let rec = self.state.borrow();
+        rec.results.iter().filter(|r| r.id == job_id).count()
+    }
+
+    /// The text of job `job_id`'s console lines.
+    pub(crate) fn lines_of(&self, job_id: &str) -> Vec<String> {
+        let rec = self.state.borrow();
+        let lines = rec
+            .consoles
+            .get(job_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        lines.iter().map(|line| line.text.clone()).collect()
+    }
+}
+
 impl ResultSink for Memory {
     fn write(&self, result: DispatchResult) -> BoxFuture<bool> {
         self.state.send_modify(|rec| rec.results.push(result));

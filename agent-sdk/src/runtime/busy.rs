@@ -4,12 +4,43 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use super::{Busy, Runtime, Start, lock};
+use super::Runtime;
+use super::run::Status;
+use super::start::Start;
 use crate::cluster::{CLAIM_LEASE, Command};
+use crate::error::DispatchError;
 use crate::outcome::Outlet;
 use crate::registry::JobRegistration;
 use crate::request::{Action, Dispatch};
 use crate::result::DispatchResult;
+use crate::sync::lock;
+
+/// Who holds a busy singleton.
+pub(super) struct Busy {
+    pub(super) job_id: String,
+    pub(super) status: Status,
+    pub(super) replica: Option<String>,
+}
+
+impl Busy {
+    pub(super) fn describe(&self) -> String {
+        match &self.replica {
+            Some(replica) => format!("{} on replica {replica}", self.status.as_str()),
+            None => self.status.as_str().to_owned(),
+        }
+    }
+
+    pub(super) fn into_error(self, reg: &'static JobRegistration) -> DispatchError {
+        DispatchError::Busy {
+            class: reg.class().to_owned(),
+            status: self.describe(),
+            job_id: self.job_id,
+        }
+    }
+}
+
+/// Most runs waiting behind a busy singleton (busy policy `queue`).
+pub(super) const MAX_QUEUED: usize = 16;
 
 impl Runtime {
     /// Busy policy `discard`: report the run as done, with a console line saying why.
@@ -159,5 +190,86 @@ impl Runtime {
                 outlet.results(rt.options.result_retry).write(result).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::testkit::{QUEUED, limited, result, running, runtime, start, until};
+
+    #[test]
+    fn who_holds_a_busy_singleton_is_said_with_its_status_and_replica() {
+        let here = Busy {
+            job_id: "7".to_owned(),
+            status: Status::Stopping,
+            replica: None,
+        };
+        assert_eq!(here.describe(), "Stopping");
+        let elsewhere = Busy {
+            job_id: "8".to_owned(),
+            status: Status::Running,
+            replica: Some("billing-2".to_owned()),
+        };
+        assert_eq!(elsewhere.describe(), "Running on replica billing-2");
+        match elsewhere.into_error(&QUEUED) {
+            DispatchError::Busy {
+                class,
+                status,
+                job_id,
+            } => assert_eq!(
+                (class.as_str(), status.as_str(), job_id.as_str()),
+                ("unit::Queued", "Running on replica billing-2", "8")
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Busy policy `queue`: runs wait in arrival order behind the running one, at most
+    /// `MAX_QUEUED` of them; each starts when the one before ends. On one thread, as the
+    /// queued tasks reach the queue's lock in the order they were spawned there.
+    #[tokio::test(start_paused = true)]
+    async fn queued_runs_wait_in_order_at_most_max_queued_and_start_when_the_singleton_ends() {
+        let (rt, outlet, memory) = runtime(&[&QUEUED], limited(100, 100));
+        start(&rt, &outlet, &QUEUED, "0")
+            .await
+            .expect("the first runs");
+        for i in 1..=MAX_QUEUED {
+            let answer = start(&rt, &outlet, &QUEUED, &i.to_string()).await;
+            assert_eq!(
+                answer.map_err(|e| e.to_string()),
+                Ok(format!(
+                    "JobClass:unit::Queued run accepted: queued behind JobId:0 (position {i})"
+                ))
+            );
+        }
+        let refused = start(&rt, &outlet, &QUEUED, "late")
+            .await
+            .expect_err("full");
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "job unit::Queued is busy and {MAX_QUEUED} runs already wait behind it, the most allowed"
+            )
+        );
+        let state = rt.state(&QUEUED);
+        assert_eq!(state.waiting.load(Ordering::Acquire), MAX_QUEUED);
+        // Each ends in turn; the next starts in arrival order.
+        for i in 0..=MAX_QUEUED {
+            let id = i.to_string();
+            until("the next queued run starts", || {
+                rt.latest_context(&QUEUED)
+                    .is_some_and(|cx| cx.job_id() == id)
+            })
+            .await;
+            running(&rt, &QUEUED, &id).cancel();
+            assert!(result(&memory, &id).await.is_ok(), "run {id}");
+        }
+        until("no run waits", || {
+            state.waiting.load(Ordering::Acquire) == 0
+        })
+        .await;
+        assert_eq!(rt.running(), 0);
+        assert_eq!(memory.results_of("late"), 0);
     }
 }

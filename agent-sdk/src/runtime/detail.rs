@@ -3,11 +3,13 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use super::{Runtime, Status, lock};
+use super::Runtime;
+use super::run::Status;
 use crate::cluster::ClusterRun;
 use crate::error::DispatchError;
 use crate::outcome::Outlet;
 use crate::registry::JobRegistration;
+use crate::sync::lock;
 use crate::timefmt::{fmt_duration, fmt_utc};
 
 /// Writes one line of the detail text, ended with `\r\n`: the center shows the body as HTML

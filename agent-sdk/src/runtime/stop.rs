@@ -8,7 +8,9 @@ use std::panic::AssertUnwindSafe;
 
 use std::sync::OnceLock;
 
-use super::{Run, Runtime, Status, lock, panic_message};
+use super::Runtime;
+use super::build::panic_message;
+use super::run::{Run, Status};
 use crate::cluster::Command;
 use crate::console::Console;
 use crate::context::{Cancel, ContextInner, JobContext};
@@ -18,6 +20,7 @@ use crate::registry::JobRegistration;
 use crate::request::{Action, Dispatch};
 use crate::result::DispatchResult;
 use crate::store::Store;
+use crate::sync::lock;
 
 impl Runtime {
     /// Stops the running instance(s), here and on other replicas; answers at once, reports
