@@ -262,8 +262,10 @@ async fn shutdown_with_a_black_holed_store_is_bounded() {
             .assert_status(200);
     }
     proxy.black_hole();
-    // The shutdown bound, the 2 s given to the results of stuck runs, and a margin.
-    let took = service.shutdown(Duration::from_secs(10)).await;
+    // The shutdown bound, the 2 s given to the results of stuck runs, the 3 s given to the
+    // background tasks (releasing the instance name, lost runs' reports; both wait on the
+    // black-holed store), and a margin: docs/operations.md's "shutdown + 5 s".
+    let took = service.shutdown(Duration::from_secs(12)).await;
     println!("shutdown with a black-holed store took {took:?} (bound {bound:?})");
-    assert!(took < bound + Duration::from_millis(3500), "{took:?}");
+    assert!(took < bound + Duration::from_millis(5500), "{took:?}");
 }
