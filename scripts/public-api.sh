@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The public API of agent-sdk, as `cargo public-api` lists it, against the committed listing
+# The public API of jobagent, as `cargo public-api` lists it, against the committed listing
 # `agent-sdk/public-api.txt`: the surface changes only on purpose.
 #
 #   scripts/public-api.sh           check (CI): fail with the diff when the surface changed
@@ -25,7 +25,7 @@ fi
 current=$(mktemp)
 trap 'rm -f "$current"' EXIT
 # -ss: without blanket and auto-trait impls, which change with dependencies, not with us.
-cargo public-api -p agent-sdk -ss 2>/dev/null > "$current"
+cargo public-api -p jobagent -ss 2>/dev/null > "$current"
 
 if [ "${1:-}" = "--bless" ]; then
   cp "$current" "$LISTING"
@@ -33,7 +33,7 @@ if [ "${1:-}" = "--bless" ]; then
   exit 0
 fi
 if ! diff -u "$LISTING" "$current"; then
-  echo "public-api: agent-sdk's public API differs from $LISTING (above); if the change is meant, run scripts/public-api.sh --bless and commit the listing" >&2
+  echo "public-api: jobagent's public API differs from $LISTING (above); if the change is meant, run scripts/public-api.sh --bless and commit the listing" >&2
   exit 1
 fi
 echo "public-api: unchanged ($(wc -l < "$LISTING") lines)"

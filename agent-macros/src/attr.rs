@@ -39,7 +39,7 @@ pub(crate) struct Args {
     pub(crate) stall_after: Option<(u64, Span)>,
     /// `on_stall = "warn" | "cancel"`: true to cancel.
     pub(crate) on_stall: Option<(bool, Span)>,
-    /// `crate = "..."`: the path of agent-sdk where the dependency is renamed or re-exported.
+    /// `crate = "..."`: the path of jobagent where the dependency is renamed or re-exported.
     pub(crate) krate: Option<Path>,
 }
 
@@ -53,7 +53,7 @@ pub(crate) enum BusyPolicy {
 }
 
 impl BusyPolicy {
-    /// The `agent_sdk::BusyPolicy` variant name.
+    /// The `jobagent::BusyPolicy` variant name.
     pub(crate) fn variant(self) -> &'static str {
         match self {
             BusyPolicy::Reject => "Reject",
@@ -81,7 +81,7 @@ const NAMES: [&str; 13] = [
     "crate",
 ];
 
-const KNOWN: &str = "singleton, transient, hang, class = \"...\", register = false, register_id = \"...\", register_name = \"...\", register_cron = \"...\", constructor = \"path::to::fn\", on_busy = \"reject|discard|replace|queue\", stall_after = \"30s\", on_stall = \"warn|cancel\", crate = \"path::to::agent_sdk\"";
+const KNOWN: &str = "singleton, transient, hang, class = \"...\", register = false, register_id = \"...\", register_name = \"...\", register_cron = \"...\", constructor = \"path::to::fn\", on_busy = \"reject|discard|replace|queue\", stall_after = \"30s\", on_stall = \"warn|cancel\", crate = \"path::to::jobagent\"";
 
 impl Args {
     pub(crate) fn parse_meta(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
@@ -227,7 +227,7 @@ impl Args {
                 let path = lit.parse_with(Path::parse_mod_style).map_err(|_| {
                     syn::Error::new(
                         lit.span(),
-                        "`crate` must be the path agent-sdk is reachable at, e.g. crate = \"my_sdk\" or crate = \"::platform::agent_sdk\"",
+                        "`crate` must be the path jobagent is reachable at, e.g. crate = \"my_sdk\" or crate = \"::platform::jobagent\"",
                     )
                 })?;
                 self.krate = Some(path);

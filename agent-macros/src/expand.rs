@@ -36,7 +36,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     }
     let krate = match &parsed.krate {
         Some(path) => quote!(#path),
-        None => quote!(::agent_sdk),
+        None => quote!(::jobagent),
     };
     let kind = match parsed.kind.map(|(k, _)| k).unwrap_or(Kind::Singleton) {
         Kind::Singleton => quote!(Singleton),

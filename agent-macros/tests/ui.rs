@@ -2,7 +2,7 @@
 //! recorded beside it, and every program in `ui/pass` must build and run.
 //!
 //! After changing a message on purpose, refresh the recorded errors with
-//! `TRYBUILD=overwrite cargo test -p agent-macros --test ui`, then read every `.stderr` file.
+//! `TRYBUILD=overwrite cargo test -p jobagent-macros --test ui`, then read every `.stderr` file.
 
 #[test]
 fn ui() {

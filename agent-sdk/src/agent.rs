@@ -25,7 +25,7 @@ use crate::store::{Heartbeats, Store, Stores};
 /// # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
 /// use axum::{Router, routing::get};
 ///
-/// let agent = agent_sdk::Agent::new(agent_sdk::AgentOptions::from_env()?)?;
+/// let agent = jobagent::Agent::new(jobagent::AgentOptions::from_env()?)?;
 /// let app = Router::new()
 ///     .route("/health", get(|| async { "ok" }))
 ///     .merge(agent.router());

@@ -94,19 +94,19 @@ impl LineSink for LogSink {
         let job_id = self.job_id.as_str();
         match (&line.progress, line.color) {
             (Some((value, name)), _) => {
-                tracing::info!(target: "agent_sdk::console", job_id, bar = %line.text, name = name.as_deref().unwrap_or(""), progress = value, "progress")
+                tracing::info!(target: "jobagent::console", job_id, bar = %line.text, name = name.as_deref().unwrap_or(""), progress = value, "progress")
             }
             (None, Some(ConsoleColor::ERROR)) => {
-                tracing::error!(target: "agent_sdk::console", job_id, "{}", line.text)
+                tracing::error!(target: "jobagent::console", job_id, "{}", line.text)
             }
             (None, Some(ConsoleColor::WARNING)) => {
-                tracing::warn!(target: "agent_sdk::console", job_id, "{}", line.text)
+                tracing::warn!(target: "jobagent::console", job_id, "{}", line.text)
             }
             // The runtime's own lines (started, finished): the result line says the same.
             (None, Some(ConsoleColor::LIFECYCLE)) => {
-                tracing::debug!(target: "agent_sdk::console", job_id, "{}", line.text)
+                tracing::debug!(target: "jobagent::console", job_id, "{}", line.text)
             }
-            _ => tracing::info!(target: "agent_sdk::console", job_id, "{}", line.text),
+            _ => tracing::info!(target: "jobagent::console", job_id, "{}", line.text),
         }
     }
 
@@ -115,7 +115,7 @@ impl LineSink for LogSink {
     }
 
     fn keeps_lifecycle(&self) -> bool {
-        tracing::enabled!(target: "agent_sdk::console", tracing::Level::DEBUG)
+        tracing::enabled!(target: "jobagent::console", tracing::Level::DEBUG)
     }
 
     fn is_log(&self) -> bool {
@@ -144,15 +144,15 @@ impl LogMirror {
         let (class, job_id) = (self.class, self.job_id.as_str());
         match (progress, color) {
             (Some(value), _) => {
-                tracing::info!(target: "agent_sdk::console", class, job_id, bar = line, progress = value, "progress")
+                tracing::info!(target: "jobagent::console", class, job_id, bar = line, progress = value, "progress")
             }
             (None, Some(ConsoleColor::ERROR)) => {
-                tracing::error!(target: "agent_sdk::console", class, job_id, "{line}")
+                tracing::error!(target: "jobagent::console", class, job_id, "{line}")
             }
             (None, Some(ConsoleColor::WARNING)) => {
-                tracing::warn!(target: "agent_sdk::console", class, job_id, "{line}")
+                tracing::warn!(target: "jobagent::console", class, job_id, "{line}")
             }
-            _ => tracing::info!(target: "agent_sdk::console", class, job_id, "{line}"),
+            _ => tracing::info!(target: "jobagent::console", class, job_id, "{line}"),
         }
     }
 }
@@ -364,7 +364,7 @@ impl Console {
         active: bool,
     ) {
         if self.inner.closed.load(Ordering::Acquire) {
-            tracing::debug!(target: "agent_sdk::console", "a line written after the run ended was dropped");
+            tracing::debug!(target: "jobagent::console", "a line written after the run ended was dropped");
             return;
         }
         if active && self.inner.active_at.load(Ordering::Relaxed) != UNWATCHED {

@@ -124,7 +124,7 @@ impl JobContext {
     /// (`#[job_agent(constructor = "...")]`): the agent then refuses to start without it.
     ///
     /// ```
-    /// # use agent_sdk::{JobContext, JobError};
+    /// # use jobagent::{JobContext, JobError};
     /// #[derive(Clone)]
     /// struct Mailer { from: String }
     ///

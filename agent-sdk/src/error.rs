@@ -16,7 +16,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// [`JobError::source`] (for `on_exception` or your own logging).
 ///
 /// ```
-/// use agent_sdk::JobError;
+/// use jobagent::JobError;
 ///
 /// fn read_config() -> Result<u32, JobError> {
 ///     let text = std::fs::read_to_string("/no/such/config").map_err(|e| {

@@ -14,7 +14,7 @@ use crate::future::BoxFuture;
 /// [`on_start`](JobAgent::on_start) is required; write it as an `async fn`.
 ///
 /// ```
-/// use agent_sdk::{job_agent, JobAgent, JobContext, JobError};
+/// use jobagent::{job_agent, JobAgent, JobContext, JobError};
 ///
 /// #[job_agent]
 /// #[derive(Default)]
@@ -31,7 +31,7 @@ use crate::future::BoxFuture;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is a #[job_agent] type but does not implement `JobAgent`",
     label = "this job has no `impl JobAgent`",
-    note = "add `impl agent_sdk::JobAgent for {Self} {{ async fn on_start(&self, cx: agent_sdk::JobContext) -> Result<(), agent_sdk::JobError> {{ Ok(()) }} }}`"
+    note = "add `impl jobagent::JobAgent for {Self} {{ async fn on_start(&self, cx: jobagent::JobContext) -> Result<(), jobagent::JobError> {{ Ok(()) }} }}`"
 )]
 pub trait JobAgent: Send + Sync + 'static {
     /// Runs the job. The future runs on its own tokio task; it should return soon after

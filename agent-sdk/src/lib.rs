@@ -5,7 +5,7 @@
 //! detail, heartbeat); each run gets its own tokio task, a cancellation token and a console.
 //!
 //! ```
-//! use agent_sdk::{job_agent, Agent, AgentOptions, JobAgent, JobContext, JobError};
+//! use jobagent::{job_agent, Agent, AgentOptions, JobAgent, JobContext, JobError};
 //!
 //! #[job_agent(transient)]
 //! #[derive(Default)]
@@ -91,8 +91,8 @@ pub use store::lock::{LockError, StoreLock};
 /// | `stall_after = "30s"` | the stall watchdog: how long a run may go without a console line or a progress change (`ms`, `s`, `m`, `h`) before the agent writes a warning and counts it |
 /// | `on_stall = "warn" \| "cancel"` | with `stall_after`: only warn (the default), or also cancel the run (its result says it stalled) |
 /// | `register = false`, `register_id`, `register_name`, `register_cron` | auto-registration at the center |
-/// | `crate = "path"` | where `agent_sdk` is reachable when the dependency is renamed or re-exported (`crate = "platform::agent_sdk"`) |
-pub use agent_macros::job_agent;
+/// | `crate = "path"` | where `jobagent` is reachable when the dependency is renamed or re-exported (`crate = "platform::jobagent"`) |
+pub use jobagent_macros::job_agent;
 
 /// Not public API: what `jobagent-dev` shares with the agent (feature `dev`).
 #[cfg(feature = "dev")]

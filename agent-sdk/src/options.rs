@@ -25,7 +25,7 @@ pub(crate) struct BasicAuth {
 ///
 /// ```
 /// use std::time::Duration;
-/// let options = agent_sdk::AgentOptions::new()
+/// let options = jobagent::AgentOptions::new()
 ///     .path("/jobs/agent")
 ///     .basic_auth("center", "s3cret")
 ///     .shutdown_timeout(Duration::from_secs(5));
@@ -409,7 +409,7 @@ impl AgentOptions {
         {
             return Err(ConfigError::invalid(
                 "JOBAGENT_AUTO_REGISTER",
-                "auto-registration needs agent-sdk's `center` feature, which this build leaves out",
+                "auto-registration needs jobagent's `center` feature, which this build leaves out",
             ));
         }
         if let Some(v) = get("JOBAGENT_LOG_ONLY") {
@@ -657,7 +657,7 @@ impl AgentOptions {
     ///
     /// ```rust,standalone_crate
     /// use std::sync::Arc;
-    /// use agent_sdk::{job_agent, AgentOptions, JobAgent, JobContext, JobError};
+    /// use jobagent::{job_agent, AgentOptions, JobAgent, JobContext, JobError};
     ///
     /// struct Outbox { /* a pool, a client, ... */ }
     ///

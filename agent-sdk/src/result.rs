@@ -96,14 +96,14 @@ pub(crate) struct LogResults;
 
 impl ResultSink for LogResults {
     fn wants(&self, ok: bool) -> bool {
-        !ok || tracing::enabled!(target: "agent_sdk::result", tracing::Level::DEBUG)
+        !ok || tracing::enabled!(target: "jobagent::result", tracing::Level::DEBUG)
     }
 
     fn write(&self, r: DispatchResult) -> BoxFuture<bool> {
         if r.is_ok() {
-            tracing::debug!(target: "agent_sdk::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, "dispatch succeeded");
+            tracing::debug!(target: "jobagent::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, "dispatch succeeded");
         } else {
-            tracing::warn!(target: "agent_sdk::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, error = %r.e, "dispatch failed");
+            tracing::warn!(target: "jobagent::result", job_id = %r.id, action = r.action, run_id = %r.run_id, elapsed_ms = r.elapsed.as_millis() as u64, error = %r.e, "dispatch failed");
         }
         crate::future::written()
     }

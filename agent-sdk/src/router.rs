@@ -190,7 +190,7 @@ async fn handle(State(agent): State<Arc<AgentInner>>, request: Request) -> Respo
     respond(&agent, answer)
 }
 
-/// The caller's address, when the server records it (`agent_sdk::serve` does, as does
+/// The caller's address, when the server records it (`jobagent::serve` does, as does
 /// axum's `into_make_service_with_connect_info::<SocketAddr>`).
 #[cfg(feature = "serve")]
 fn peer_of(request: &Request) -> Option<std::net::IpAddr> {

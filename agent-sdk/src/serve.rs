@@ -140,10 +140,10 @@ impl ServeLimits {
 /// backlog). See [`ServeLimits`].
 ///
 /// ```no_run
-/// # async fn run(agent: agent_sdk::Agent) -> std::io::Result<()> {
+/// # async fn run(agent: jobagent::Agent) -> std::io::Result<()> {
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
 /// let app = axum::Router::new().merge(agent.router());
-/// agent_sdk::serve(listener, app)
+/// jobagent::serve(listener, app)
 ///     .with_graceful_shutdown(agent.shutdown_on_signal())
 ///     .await
 /// # }

@@ -11,8 +11,8 @@
 //! are kept in memory instead of being written to the center's store.
 //!
 //! ```
-//! use agent_sdk::testing::TestRun;
-//! use agent_sdk::{job_agent, ConsoleColor, JobAgent, JobContext, JobError};
+//! use jobagent::testing::TestRun;
+//! use jobagent::{job_agent, ConsoleColor, JobAgent, JobContext, JobError};
 //!
 //! #[job_agent(transient)]
 //! #[derive(Default)]
@@ -66,7 +66,7 @@ const WAIT_WITHOUT_TIMEOUT: Duration = Duration::from_secs(60);
 /// One run of a job, to be started in-process: a builder.
 ///
 /// ```
-/// # use agent_sdk::{job_agent, JobAgent, JobContext, JobError};
+/// # use jobagent::{job_agent, JobAgent, JobContext, JobError};
 /// # #[job_agent] #[derive(Default)] struct ReportJob;
 /// # impl JobAgent for ReportJob {
 /// #     async fn on_start(&self, _cx: JobContext) -> Result<(), JobError> { Ok(()) }
@@ -74,7 +74,7 @@ const WAIT_WITHOUT_TIMEOUT: Duration = Duration::from_secs(60);
 /// # #[derive(Clone)] struct Db;
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use std::time::Duration;
-/// use agent_sdk::testing::TestRun;
+/// use jobagent::testing::TestRun;
 ///
 /// let out = TestRun::new::<ReportJob>()
 ///     .param(serde_json::json!({ "Month": "2026-11" }))  // the request body

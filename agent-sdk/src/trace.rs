@@ -2,10 +2,10 @@
 //!
 //! Every run is a `tracing` span named `job_run` (fields `class`, `job_id`, `center`,
 //! `replica`, `trace_id`) entered around the run's task, so the job's own events belong to
-//! it. It is a `DEBUG` span of target [`SPAN_TARGET`] (`agent_sdk::run`), as per-request
+//! it. It is a `DEBUG` span of target [`SPAN_TARGET`] (`jobagent::run`), as per-request
 //! spans are in tower-http: a log formatter formats its fields for every run, which costs a
 //! service dispatching thousands of runs a second a fifth of its throughput, so a service
-//! turns it on with a filter directive (`RUST_LOG=info,agent_sdk::run=debug`). When the job's headers (the center passes the headers configured on the job through,
+//! turns it on with a filter directive (`RUST_LOG=info,jobagent::run=debug`). When the job's headers (the center passes the headers configured on the job through,
 //! `x-job-agent-header`) hold a W3C `traceparent`, the span's `trace_id` is that trace's id
 //! and, with the `opentelemetry` feature and a `tracing-opentelemetry` layer installed, the
 //! span's OpenTelemetry parent is the remote span it names: exporters link the run into the
@@ -17,7 +17,7 @@ use std::fmt;
 use tracing::Span;
 
 /// The target of the run span, for filter directives.
-pub(crate) const SPAN_TARGET: &str = "agent_sdk::run";
+pub(crate) const SPAN_TARGET: &str = "jobagent::run";
 
 /// A parsed W3C `traceparent` (version 00 layout; later versions are read by the same prefix,
 /// as the specification asks).

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_sdk::{JobAgent, JobContext, JobError, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, job_agent};
 use serde::Deserialize;
 
 use crate::outbox::{Outbox, now_secs};
@@ -220,14 +220,14 @@ impl JobAgent for TestQueuedJob {
     }
 }
 
-/// The jobs tested in-process with `agent_sdk::testing`: no center, no store, no database.
+/// The jobs tested in-process with `jobagent::testing`: no center, no store, no database.
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use agent_sdk::ConsoleColor;
-    use agent_sdk::testing::TestRun;
+    use jobagent::ConsoleColor;
+    use jobagent::testing::TestRun;
     use serde_json::json;
 
     use super::*;

@@ -7,8 +7,8 @@ pub mod outbox;
 
 use std::sync::Arc;
 
-use agent_sdk::{Agent, AgentOptions, ConfigError};
 use axum::Router;
+use jobagent::{Agent, AgentOptions, ConfigError};
 
 use crate::outbox::Outbox;
 

@@ -11,13 +11,13 @@
 //!   job's `traceparent`. The other standard `OTEL_*` variables apply (`OTEL_SERVICE_NAME`,
 //!   default `example-agent`; `OTEL_EXPORTER_OTLP_HEADERS`, ...). Unset, no traces.
 //! - `JOBAGENT_SERVE_HEADER_TIMEOUT_MS`, `JOBAGENT_SERVE_BODY_TIMEOUT_MS`,
-//!   `JOBAGENT_SERVE_MAX_CONNECTIONS`: the listener's bounds (`agent_sdk::ServeLimits`).
+//!   `JOBAGENT_SERVE_MAX_CONNECTIONS`: the listener's bounds (`jobagent::ServeLimits`).
 //! - `RUST_LOG`: the log filter, default `info`.
 
 mod telemetry;
 
-use agent_sdk::AgentOptions;
 use example_agent::Service;
+use jobagent::AgentOptions;
 
 use crate::telemetry::Telemetry;
 
@@ -54,8 +54,8 @@ async fn serve() -> Result<(), String> {
     tracing::info!(%local, path = agent.options().path_str(), jobs = ?classes, "example-agent listening");
     // Bounded: a client that sends its request slowly, or not at all, cannot hold a
     // connection for long (JOBAGENT_SERVE_* variables; docs/security.md, "Serving bounds").
-    let limits = agent_sdk::ServeLimits::from_env().map_err(|e| e.to_string())?;
-    agent_sdk::serve(listener, app)
+    let limits = jobagent::ServeLimits::from_env().map_err(|e| e.to_string())?;
+    jobagent::serve(listener, app)
         .limits(limits)
         .with_graceful_shutdown(agent.shutdown_on_signal())
         .await

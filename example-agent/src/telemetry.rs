@@ -26,8 +26,8 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// The log filter without `RUST_LOG`: `info`, and the agent's run spans (a `DEBUG` span of
-/// target `agent_sdk::run`), so every log line of a run carries its class, job id and trace id.
-pub(crate) const DEFAULT_FILTER: &str = "info,agent_sdk::run=debug";
+/// target `jobagent::run`), so every log line of a run carries its class, job id and trace id.
+pub(crate) const DEFAULT_FILTER: &str = "info,jobagent::run=debug";
 
 /// Histogram buckets (seconds) of `jobagent_run_duration_seconds`: a run lasts from a few
 /// milliseconds to hours.

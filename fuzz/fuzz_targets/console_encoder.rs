@@ -85,7 +85,7 @@ const ORDER: [&str; 6] = ["t", "r", "s", "c", "p", "n"];
 fuzz_target!(|data: &[u8]| {
     let raw = String::from_utf8_lossy(data);
     let input = read_input(&raw);
-    let (value, reference) = agent_sdk::__fuzz::encode_console_line(
+    let (value, reference) = jobagent::__fuzz::encode_console_line(
         input.text,
         input.color,
         input.progress,

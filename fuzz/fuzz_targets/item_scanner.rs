@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Err(why) = agent_sdk::__fuzz::check_item_scan(text) {
+    if let Err(why) = jobagent::__fuzz::check_item_scan(text) {
         panic!("{why}\ninput: {text:?}");
     }
 });

@@ -19,7 +19,7 @@ const SECRETS: [&str; 2] = ["Pw-Z9q\"x;y='1' ü🔑", "Pw-K4w\"a;b='2' é🗝"];
 const MARKER: &str = "Pw-";
 
 fn parse(s: &str) -> Result<String, String> {
-    agent_sdk::__fuzz::parse_connection_string(s)
+    jobagent::__fuzz::parse_connection_string(s)
 }
 
 fn quoted(secret: &str) -> String {

@@ -49,7 +49,7 @@ fn headers(head: &[u8]) -> Vec<(String, String)> {
 fuzz_target!(|data: &[u8]| {
     let (head, body) = split_input(data);
     let headers = headers(head);
-    match agent_sdk::__fuzz::decode_request(&headers, body) {
+    match jobagent::__fuzz::decode_request(&headers, body) {
         Ok(()) => {}
         Err(message) => assert!(!message.is_empty(), "a refusal must say what is wrong"),
     }

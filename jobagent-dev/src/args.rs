@@ -7,8 +7,8 @@
 
 use std::fmt;
 
-use agent_sdk::StoreType;
 use clap::{Args, Parser, Subcommand};
+use jobagent::StoreType;
 
 /// The default agent URL (the example service's, and the SDK's default path).
 pub(crate) const DEFAULT_AGENT: &str = "http://127.0.0.1:5000/jobagent";
@@ -671,7 +671,7 @@ fn store_type(
 /// control characters (their stores check the rest).
 pub(crate) fn check_prefix(kind: StoreType, prefix: &str) -> Result<(), String> {
     if kind == StoreType::PostgreSql {
-        return agent_sdk::__dev::check_schema(prefix)
+        return jobagent::__dev::check_schema(prefix)
             .map_err(|reason| format!("`--schema`: {reason}"));
     }
     if prefix.trim().is_empty() {

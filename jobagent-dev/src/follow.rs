@@ -1,5 +1,5 @@
 //! Reading the store as the center's dashboard does, on PostgreSQL, MySQL or Redis alike
-//! (through `agent_sdk::__dev::DevReader`, the agent's store seam): a console's lines in the
+//! (through `jobagent::__dev::DevReader`, the agent's store seam): a console's lines in the
 //! dashboard's order (by id in the SQL stores, by rank in Redis), read from the last index
 //! seen; long texts resolved from the console's refs hash; a dispatch's result from hash
 //! `_agent_result_<job id>`, whose one field is the elapsed milliseconds; heartbeat rows from

@@ -4,9 +4,9 @@
 //! center does, and, given the center's store (PostgreSQL, MySQL or Redis, `--store-type`),
 //! tails the job's console lines from it in the dashboard's order and prints the dispatch's
 //! result: a job runs end to end on a laptop with no .NET center. The store is read with the
-//! agent's own store code (`agent_sdk::__dev::DevReader`), so both agree on every backend.
+//! agent's own store code (`jobagent::__dev::DevReader`), so both agree on every backend.
 //! `setup` creates Hangfire's tables the agent touches on a laptop's fresh PostgreSQL or MySQL
-//! database (`agent_sdk::__dev::install_tables`).
+//! database (`jobagent::__dev::install_tables`).
 //!
 //! ```sh
 //! cargo run -p jobagent-dev -- run example_agent::jobs::TestJob \
@@ -156,7 +156,7 @@ async fn setup(opts: &Options) -> Result<u8, Fail> {
         spec.label(),
         spec.describe_place()
     ));
-    let tables = agent_sdk::__dev::install_tables(
+    let tables = jobagent::__dev::install_tables(
         Some(opts.store_type),
         text.expose(),
         Some(&opts.schema),

@@ -5,7 +5,7 @@
 //! - Redis (Hangfire.Redis.StackExchange): a StackExchange.Redis configuration string or a
 //!   `redis://` / `rediss://` URL.
 //!
-//! Parsed, connected and read by the agent's own code (`agent_sdk::__dev::DevReader`, over
+//! Parsed, connected and read by the agent's own code (`jobagent::__dev::DevReader`, over
 //! the agent's store seam): the same string reaches the same server with the same TLS checks
 //! in the CLI and in the agent, and reads see what the dashboard shows. The agent is sent the
 //! string as a center holds it in `HangfireDb`: the user's own, or one rendered from the URL
@@ -14,8 +14,8 @@
 
 use std::fmt;
 
-use agent_sdk::__dev::DevReader;
-use agent_sdk::StoreType;
+use jobagent::__dev::DevReader;
+use jobagent::StoreType;
 use serde_json::{Value, json};
 
 /// A parsed store, ready to read (nothing connected yet).

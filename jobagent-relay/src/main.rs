@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_sdk::__relay::{RelayConfig, parse_tenants, router};
 use clap::Parser;
+use jobagent::__relay::{RelayConfig, parse_tenants, router};
 
 /// Everything is read from the environment (or the same-named flags).
 #[derive(Parser)]
@@ -133,8 +133,8 @@ async fn serve(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     // Bounded: header read time (and idle keep-alive), body time, open connections
     // (JOBAGENT_SERVE_*; docs/security.md, "Serving bounds").
-    let limits = agent_sdk::ServeLimits::from_env().map_err(|e| e.to_string())?;
-    let server = agent_sdk::serve(listener, app)
+    let limits = jobagent::ServeLimits::from_env().map_err(|e| e.to_string())?;
+    let server = jobagent::serve(listener, app)
         .limits(limits)
         .with_graceful_shutdown(stop_on_signal());
     let server = match (args.tls_cert, args.tls_key) {
@@ -163,7 +163,7 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{}: {e}", cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    rustls::ServerConfig::builder_with_provider(agent_sdk::__relay::crypto_provider())
+    rustls::ServerConfig::builder_with_provider(jobagent::__relay::crypto_provider())
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
         .map_err(|e| e.to_string())

@@ -1,7 +1,7 @@
 //! A greeting service: one job that uses the service's configuration, given to the agent as
 //! state, and the agent's router merged beside the service's own route.
 
-use agent_sdk::{Agent, AgentOptions, JobAgent, JobContext, JobError, job_agent};
+use jobagent::{Agent, AgentOptions, JobAgent, JobContext, JobError, job_agent};
 use axum::Router;
 use axum::routing::get;
 use tracing_subscriber::EnvFilter;
@@ -53,12 +53,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The job tested in-process, as the docs show (`agent_sdk::testing`): no center, no
+/// The job tested in-process, as the docs show (`jobagent::testing`): no center, no
 /// database.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_sdk::testing::TestRun;
+    use jobagent::testing::TestRun;
 
     fn greeting(word: &str) -> Greeting {
         Greeting {

@@ -24,7 +24,7 @@ use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use agent_sdk::__dev::npgsql_value;
+use jobagent::__dev::npgsql_value;
 use serde_json::Value;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use agent_sdk::{Agent, AgentOptions};
+use jobagent::{Agent, AgentOptions};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

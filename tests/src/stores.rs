@@ -140,11 +140,11 @@ impl AnyStore {
 
     /// The store as the agent's own configuration takes it (`JOBAGENT_STORE`, with
     /// `JOBAGENT_STORE_TYPE` and `JOBAGENT_STORE_SCHEMA`): (connection, type, prefix).
-    pub fn local(&self) -> (String, agent_sdk::StoreType, String) {
+    pub fn local(&self) -> (String, jobagent::StoreType, String) {
         match self.relay_port() {
             Some(port) => (
                 format!("relay+http://127.0.0.1:{port}"),
-                agent_sdk::StoreType::Relay,
+                jobagent::StoreType::Relay,
                 String::new(),
             ),
             None => self.direct(),
@@ -154,32 +154,32 @@ impl AnyStore {
     /// `options` for an agent writing to this store: unchanged when the store is reached
     /// directly (the center's header names it), configured with the relay (its own store,
     /// whatever the header says) when relays are in front.
-    pub fn agent_options(&self, options: agent_sdk::AgentOptions) -> agent_sdk::AgentOptions {
+    pub fn agent_options(&self, options: jobagent::AgentOptions) -> jobagent::AgentOptions {
         match self.relay_port() {
             Some(port) => options
                 .store(format!("relay+http://127.0.0.1:{port}"), "", 7.0)
-                .store_type(agent_sdk::StoreType::Relay)
+                .store_type(jobagent::StoreType::Relay)
                 .relay_token(crate::relay::TOKEN),
             None => options,
         }
     }
 
     /// The store itself as a configuration takes it (what a relay is given).
-    pub fn direct(&self) -> (String, agent_sdk::StoreType, String) {
+    pub fn direct(&self) -> (String, jobagent::StoreType, String) {
         match &self.backing {
             Backing::Pg(db) => (
                 db.connection_string(),
-                agent_sdk::StoreType::PostgreSql,
+                jobagent::StoreType::PostgreSql,
                 db.schema().to_owned(),
             ),
             Backing::Mysql(db) => (
                 db.connection_string(),
-                agent_sdk::StoreType::MySql,
+                jobagent::StoreType::MySql,
                 db.prefix().to_owned(),
             ),
             Backing::Redis(db) => (
                 db.connection_string(),
-                agent_sdk::StoreType::Redis,
+                jobagent::StoreType::Redis,
                 db.prefix().to_owned(),
             ),
         }

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_sdk::AgentOptions;
+use jobagent::AgentOptions;
 use reqwest::Method;
 use serde_json::json;
 use tests::center::{Center, Reply, Storage, b64, headers};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use agent_sdk::{AgentOptions, JobAgent, JobContext, JobError, job_agent};
+use jobagent::{AgentOptions, JobAgent, JobContext, JobError, job_agent};
 use serde_json::json;
 use tests::center::ConsoleInfo;
 use tests::pg::TestDb;

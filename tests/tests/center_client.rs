@@ -6,17 +6,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_sdk::center::{
-    AutoRegistrationOptions, CenterClient, CenterError, DingTalk, HttpJobRequest,
-    RegistrationOutcome, spawn_auto_register,
-};
-use agent_sdk::{ConfigError, Registry};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use jobagent::center::{
+    AutoRegistrationOptions, CenterClient, CenterError, DingTalk, HttpJobRequest,
+    RegistrationOutcome, spawn_auto_register,
+};
+use jobagent::{ConfigError, Registry};
 use serde_json::{Value, json};
 
 use example_agent as _;

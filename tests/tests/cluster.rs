@@ -261,7 +261,7 @@ async fn a_restarted_agent_reports_what_its_predecessor_left_in_flight(db: AnySt
     // must lapse first, about 6 s): before that, nothing could be re-reported.
     drop(second);
     let mut env = store_env(&db);
-    env.push(("RUST_LOG", "warn,agent_sdk::coordinator=info".to_owned()));
+    env.push(("RUST_LOG", "warn,jobagent::coordinator=info".to_owned()));
     let third = Replica::start_logged("same-name", &env).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let reconciled = loop {

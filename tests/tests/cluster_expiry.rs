@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_sdk::AgentOptions;
+use jobagent::AgentOptions;
 use serde_json::{Value, json};
 use tests::center::ConsoleInfo;
 use tests::hangfire::ExpirationPass;

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_sdk::AgentOptions;
+use jobagent::AgentOptions;
 use tests::center::ConsoleInfo;
 use tests::logs::Logs;
 use tests::service::TestService;
@@ -19,13 +19,13 @@ const HANG: &str = "example_agent::jobs::TestHangJob";
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-/// The captured log lines of target `agent_sdk::console` for job `job_id` (by the event's
+/// The captured log lines of target `jobagent::console` for job `job_id` (by the event's
 /// own `job_id` field, which the mirror writes whatever span it is in).
 fn console_lines(logs: &Logs, job_id: &str) -> Vec<String> {
     let field = format!("job_id=\"{job_id}\"");
     logs.text()
         .lines()
-        .filter(|l| l.contains("agent_sdk::console:"))
+        .filter(|l| l.contains("jobagent::console:"))
         .filter(|l| l.contains(&field))
         .map(str::to_owned)
         .collect()

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use agent_sdk::{Agent, AgentOptions, JobAgent, JobContext, JobError, job_agent};
+use jobagent::{Agent, AgentOptions, JobAgent, JobContext, JobError, job_agent};
 use serde_json::{Value, json};
 use tests::center::ConsoleInfo;
 use tests::pg::TestDb;
@@ -463,6 +463,6 @@ async fn every_example_job_registers_with_dotnet_like_defaults() {
 }
 
 /// The example service's agent (its jobs take the service's outbox as state).
-fn agent(options: AgentOptions) -> Result<Agent, agent_sdk::ConfigError> {
+fn agent(options: AgentOptions) -> Result<Agent, jobagent::ConfigError> {
     example_agent::Service::new(options).map(|s| s.agent)
 }

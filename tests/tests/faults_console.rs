@@ -59,7 +59,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// The number of a demo line (`【JobAgent】line 17.....`), if it is one.
 fn line_number(text: &str) -> Option<u64> {
     let rest = text
-        .strip_prefix(agent_sdk::DEFAULT_CONSOLE_PREFIX)?
+        .strip_prefix(jobagent::DEFAULT_CONSOLE_PREFIX)?
         .strip_prefix("line ")?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()

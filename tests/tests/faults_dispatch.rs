@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_sdk::{AgentOptions, JobAgent, JobContext, JobError, job_agent};
+use jobagent::{AgentOptions, JobAgent, JobContext, JobError, job_agent};
 use serde_json::json;
 use tests::pg::TestDb;
 use tests::proxy::Proxy;

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_sdk::AgentOptions;
+use jobagent::AgentOptions;
 use serde_json::json;
 use tests::center::{ConsoleInfo, Storage};
 use tests::pg::TestDb;

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_sdk::{AgentOptions, JobAgent, JobContext, JobError, RequestLimits, job_agent};
+use jobagent::{AgentOptions, JobAgent, JobContext, JobError, RequestLimits, job_agent};
 use serde_json::{Value, json};
 use tests::pg::TestDb;
 use tests::replica::Replica;

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_sdk::AgentOptions;
+use jobagent::AgentOptions;
 use serde_json::{Value, json};
 use tests::center::ConsoleInfo;
 use tests::pg::TestDb;
@@ -335,7 +335,7 @@ async fn a_run_is_a_span_that_continues_the_trace_its_traceparent_names() {
             ("JOBAGENT_LOG_ONLY", "true".to_owned()),
             (
                 "RUST_LOG",
-                "info,agent_sdk::run=debug,example_agent=debug".to_owned(),
+                "info,jobagent::run=debug,example_agent=debug".to_owned(),
             ),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
@@ -748,7 +748,7 @@ async fn stop_across_replicas(notify: bool) {
         "JOBAGENT_CLUSTER_NOTIFY",
         if notify { "on" } else { "off" }.to_owned(),
     ));
-    env.push(("RUST_LOG", "info,agent_sdk=debug".to_owned()));
+    env.push(("RUST_LOG", "info,jobagent=debug".to_owned()));
     let a = Replica::start_logged("notify-a", &env).await;
     let b = Replica::start_logged("notify-b", &env).await;
     a.center()

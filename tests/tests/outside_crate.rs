@@ -1,8 +1,8 @@
 //! The first hour of a Rust user (issue 13), end to end: a crate outside the workspace,
-//! depending on `agent-sdk` by path and written from the docs alone (`tests/outside-crate/`),
+//! depending on `jobagent` by path and written from the docs alone (`tests/outside-crate/`),
 //! builds, logs its start-up line, and runs a job that uses injected state, driven by the
 //! installed `jobagent-dev` configured by the same variables as the service. Its second week
-//! (issue 28): the same crate unit-tests its job with `agent_sdk::testing`, with no database.
+//! (issue 28): the same crate unit-tests its job with `jobagent::testing`, with no database.
 //!
 //! The crate builds into this test's target directory (so unchanged dependencies are not
 //! built twice) and the CLI is installed with `cargo install --debug --path jobagent-dev`, as
@@ -39,7 +39,7 @@ async fn run_ok(what: &str, cmd: &mut Command, limit: Duration) -> String {
     text
 }
 
-/// Copies the crate to `<target>/outside-crate/greeter` with the path of `agent-sdk` filled
+/// Copies the crate to `<target>/outside-crate/greeter` with the path of `jobagent` filled
 /// in and the workspace's lock file (the versions the workspace is tested with). The tests of
 /// this file write it one at a time.
 fn write_crate(root: &Path) -> PathBuf {
@@ -175,7 +175,7 @@ async fn a_crate_written_from_the_docs_runs_a_job_with_state_driven_by_the_insta
 }
 
 /// Issue 28: a user unit-tests a job in-process, in a plain `#[tokio::test]`, with
-/// `agent_sdk::testing`: no center, no store, and here no database reachable at all.
+/// `jobagent::testing`: no center, no store, and here no database reachable at all.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crate_outside_the_workspace_unit_tests_its_job_without_a_database() {
     let target = cargo::target();

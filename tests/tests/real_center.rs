@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use agent_sdk::{Agent, AgentOptions, JobAgent, JobContext, JobError, job_agent};
 use axum::Router;
 use axum::routing::get;
+use jobagent::{Agent, AgentOptions, JobAgent, JobContext, JobError, job_agent};
 use reqwest::Method;
 use serde_json::json;
 use tests::center::{Center, ConsoleInfo, Reply, headers};

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_sdk::AgentOptions;
+use jobagent::AgentOptions;
 use serde_json::{Value, json};
 use tests::center::{Center, ConsoleInfo};
 use tests::on_every_store;

@@ -5,9 +5,9 @@ use std::io::Write;
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
-use agent_sdk::AgentOptions;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use jobagent::AgentOptions;
 use serde_json::json;
 use tests::center::Storage;
 use tests::service::TestService;

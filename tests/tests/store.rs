@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_sdk::{AgentOptions, ConsoleBudget, JobAgent, JobContext, JobError, job_agent};
+use jobagent::{AgentOptions, ConsoleBudget, JobAgent, JobContext, JobError, job_agent};
 use serde_json::{Value, json};
 use tests::center::{Center, ConsoleInfo, Storage};
 use tests::pg::TestDb;

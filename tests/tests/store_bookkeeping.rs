@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use agent_sdk::{AgentOptions, JobAgent, JobContext, JobError, job_agent};
+use jobagent::{AgentOptions, JobAgent, JobContext, JobError, job_agent};
 use serde_json::json;
 use tests::center::{Center, ConsoleInfo};
 use tests::service::TestService;

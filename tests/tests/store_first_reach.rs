@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_sdk::AgentOptions;
+use jobagent::AgentOptions;
 use serde_json::json;
 use tests::center::ConsoleInfo;
 use tests::on_every_store;

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_sdk::AgentOptions;
+use jobagent::AgentOptions;
 use serde_json::json;
 use tests::center::ConsoleInfo;
 use tests::pg::{Generation, SCHEMA, TestDb};
@@ -110,13 +110,13 @@ async fn agent_sessions_keep_the_database_zone_and_the_strings_options() {
             "Asia/Tokyo",
         ),
     ] {
-        let (_, zone) = agent_sdk::__dev::probe_store(&conn, "SELECT current_setting('TimeZone')")
+        let (_, zone) = jobagent::__dev::probe_store(&conn, "SELECT current_setting('TimeZone')")
             .await
             .expect("probe");
         assert_eq!(zone, expected, "{conn}");
     }
     // Other options of the string apply too.
-    let (_, timeout) = agent_sdk::__dev::probe_store(
+    let (_, timeout) = jobagent::__dev::probe_store(
         &format!(
             "{};Options=-c statement_timeout=4321",
             db.connection_string()

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use agent_sdk::{JobAgent, JobContext, JobError, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, job_agent};
 use serde_json::{Value, json};
 use tests::center::ConsoleInfo;
 use tests::service::TestService;

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use agent_sdk::{AgentOptions, StoreType};
+use jobagent::{AgentOptions, StoreType};
 use serde_json::{Value, json};
 use tests::center::{ConsoleInfo, Storage};
 use tests::logs::Logs;

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_sdk::{AgentOptions, StoreType};
+use jobagent::{AgentOptions, StoreType};
 use redis::AsyncCommands;
 use serde_json::json;
 use tests::center::{ConsoleInfo, Storage};
@@ -237,7 +237,7 @@ async fn an_own_store_where_hangfire_keeps_nothing_is_said_at_start_up() {
             ("JOBAGENT_STORE_TYPE", "redis".to_owned()),
             ("JOBAGENT_STORE_SCHEMA", r.prefix().to_owned()),
             ("JOBAGENT_CLUSTER", "off".to_owned()),
-            ("RUST_LOG", "warn,agent_sdk=info".to_owned()),
+            ("RUST_LOG", "warn,jobagent=info".to_owned()),
         ]
     };
     // A prefix under which the center keeps nothing.

@@ -1,7 +1,7 @@
 //! Connection-string options against a real server: search path, application name, and the
 //! TLS modes (what each does depends on whether the server offers TLS; both cases are checked).
 
-use agent_sdk::__dev::probe_store;
+use jobagent::__dev::probe_store;
 use tests::pg::TestDb;
 
 async fn server_ssl(db: &TestDb) -> bool {

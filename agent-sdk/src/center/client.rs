@@ -183,7 +183,7 @@ impl DingTalk {
 ///
 /// ```
 /// use std::time::Duration;
-/// use agent_sdk::center::HttpJobRequest;
+/// use jobagent::center::HttpJobRequest;
 ///
 /// let job = HttpJobRequest::agent("http://svc:8080/jobagent", "MyJobs.Cleanup", "Clean up")
 ///     .recurring_job_identifier("cleanup")
@@ -578,9 +578,9 @@ struct Answer {
 /// job and basic auth. Cheap to clone. `Debug` hides the password.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), agent_sdk::center::CenterError> {
+/// # async fn demo() -> Result<(), jobagent::center::CenterError> {
 /// use std::time::Duration;
-/// use agent_sdk::center::{CenterClient, HttpJobRequest};
+/// use jobagent::center::{CenterClient, HttpJobRequest};
 ///
 /// let center = CenterClient::new(
 ///     "http://center:5000/hangfire",

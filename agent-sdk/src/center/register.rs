@@ -21,7 +21,7 @@ pub const DEFAULT_REGISTER_RETRIES: u32 = 5;
 ///
 /// ```
 /// use std::time::Duration;
-/// use agent_sdk::center::AutoRegistrationOptions;
+/// use jobagent::center::AutoRegistrationOptions;
 ///
 /// let options = AutoRegistrationOptions::new("http://center:5000/hangfire", "http://svc:8080/")
 ///     .unwrap()

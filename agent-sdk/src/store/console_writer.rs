@@ -202,7 +202,7 @@ impl Queue {
         if cut_to_fit(&mut line, b.buffer_bytes.min(b.memory_bytes)) {
             self.cut += 1;
             if self.cut == 1 {
-                tracing::warn!(target: "agent_sdk::console", buffer_bytes = b.buffer_bytes, "a console line longer than the console buffer was cut");
+                tracing::warn!(target: "jobagent::console", buffer_bytes = b.buffer_bytes, "a console line longer than the console buffer was cut");
             }
         }
         let bytes = cost(&line);
@@ -235,7 +235,7 @@ impl Queue {
             self.overflow += 1;
             crate::metrics::console_dropped("buffer");
             if self.overflow == 1 {
-                tracing::warn!(target: "agent_sdk::console", bound, buffer_lines = b.buffer_lines, buffer_bytes = b.buffer_bytes, memory_bytes = b.memory_bytes, "console buffer full (the store is slow or unreachable); further lines of this console are counted and dropped until it drains");
+                tracing::warn!(target: "jobagent::console", bound, buffer_lines = b.buffer_lines, buffer_bytes = b.buffer_bytes, memory_bytes = b.memory_bytes, "console buffer full (the store is slow or unreachable); further lines of this console are counted and dropped until it drains");
             }
             return false;
         }
@@ -396,7 +396,7 @@ impl Writer {
                     if delivery.given_up > 0 {
                         let lost = delivery.given_up as usize + q.pending.len();
                         drop(q);
-                        tracing::error!(target: "agent_sdk::console", store = %self.store.label, console = %self.target.set_key(), lost, "the store stayed unreachable after the run ended; giving up on this console's remaining lines");
+                        tracing::error!(target: "jobagent::console", store = %self.store.label, console = %self.target.set_key(), lost, "the store stayed unreachable after the run ended; giving up on this console's remaining lines");
                         return;
                     }
                 }
@@ -544,12 +544,12 @@ impl Batches for Writer {
             let e = match outcome {
                 Ok(()) => {
                     if failures > 0 {
-                        tracing::info!(target: "agent_sdk::console", store = %self.store.label, failures, "console writes resumed");
+                        tracing::info!(target: "jobagent::console", store = %self.store.label, failures, "console writes resumed");
                     }
                     return Ok(());
                 }
                 Err(e) if e.kind() == StoreErrorKind::Refused => {
-                    tracing::warn!(target: "agent_sdk::console", store = %self.store.label, lines = lines.len(), error = %e, "the store refused a console batch as it is; it is split, and a single line it refuses is replaced by a marker line");
+                    tracing::warn!(target: "jobagent::console", store = %self.store.label, lines = lines.len(), error = %e, "the store refused a console batch as it is; it is split, and a single line it refuses is replaced by a marker line");
                     return Err(e);
                 }
                 Err(e) => e,
@@ -557,10 +557,10 @@ impl Batches for Writer {
             failures += 1;
             if failures == 1 {
                 said = tokio::time::Instant::now();
-                tracing::warn!(target: "agent_sdk::console", store = %self.store.label, kind = %e.kind(), error = %e, "console write failed; retrying with backoff");
+                tracing::warn!(target: "jobagent::console", store = %self.store.label, kind = %e.kind(), error = %e, "console write failed; retrying with backoff");
             } else if said.elapsed() >= STILL_FAILING_EVERY {
                 said = tokio::time::Instant::now();
-                tracing::warn!(target: "agent_sdk::console", store = %self.store.label, failures, kind = %e.kind(), error = %e, "console writes still failing; retrying with backoff");
+                tracing::warn!(target: "jobagent::console", store = %self.store.label, failures, kind = %e.kind(), error = %e, "console writes still failing; retrying with backoff");
             }
             if lock(&self.shared.queue).closed {
                 let since = *lock(&self.closed_since).get_or_insert_with(tokio::time::Instant::now);

@@ -239,11 +239,11 @@ macro_rules! backend_err {
 }
 
 /// Why a store of a type this build left out cannot be opened (`feature`: the Cargo feature
-/// of agent-sdk that brings it).
+/// of jobagent that brings it).
 #[cfg(any(not(feature = "mysql"), not(feature = "redis"), not(feature = "relay")))]
 pub(crate) fn built_without(feature: &str) -> String {
     format!(
-        "this agent was built without the `{feature}` feature of agent-sdk; rebuild it with that feature (it is on by default), or give the agent a store of a type it was built with"
+        "this agent was built without the `{feature}` feature of jobagent; rebuild it with that feature (it is on by default), or give the agent a store of a type it was built with"
     )
 }
 
@@ -881,7 +881,7 @@ mod tests {
 
     /// An agent built without a backend's feature refuses that store, naming the feature,
     /// whether the center sends it or the agent's own configuration names it. Runs in CI as
-    /// `cargo test -p agent-sdk --lib --no-default-features --features postgres store::`.
+    /// `cargo test -p jobagent --lib --no-default-features --features postgres store::`.
     #[cfg(not(all(feature = "mysql", feature = "redis")))]
     #[test]
     fn a_store_type_left_out_of_the_build_is_refused_naming_its_feature() {
@@ -895,7 +895,7 @@ mod tests {
         #[cfg(not(feature = "redis"))]
         left_out.push(("redis", "db:6379,password=p", "redis://:p@db:6379/0"));
         for (kind, sent, own) in left_out {
-            let wanted = format!("this agent was built without the `{kind}` feature of agent-sdk");
+            let wanted = format!("this agent was built without the `{kind}` feature of jobagent");
             // Sent by a center in `x-job-storage`.
             let stores = Stores::new(None, None, Duration::from_secs(300)).expect("no local store");
             let header: StorageHeader = serde_json::from_value(serde_json::json!({

@@ -69,25 +69,25 @@ impl ResultSink for StoreResults {
                 match crate::metrics::store_op("result", attempt).await {
                     Ok(()) => {
                         if failures > 0 {
-                            tracing::info!(target: "agent_sdk::result", store = %store.label, job_id = %result.id, failures, waited = %fmt_duration(started.elapsed()), "result written once the store took it again");
+                            tracing::info!(target: "jobagent::result", store = %store.label, job_id = %result.id, failures, waited = %fmt_duration(started.elapsed()), "result written once the store took it again");
                         } else {
-                            tracing::debug!(target: "agent_sdk::result", job_id = %result.id, action = result.action, r = result.r, "result written");
+                            tracing::debug!(target: "jobagent::result", job_id = %result.id, action = result.action, r = result.r, "result written");
                         }
                         return true;
                     }
                     Err(e) => {
                         failures += 1;
                         if failures == 1 {
-                            tracing::warn!(target: "agent_sdk::result", store = %store.label, job_id = %result.id, error = %e, retry_for = %fmt_duration(bound), "writing a result failed; retrying with backoff until the store takes it (the job stays Processing at the center until then)");
+                            tracing::warn!(target: "jobagent::result", store = %store.label, job_id = %result.id, error = %e, retry_for = %fmt_duration(bound), "writing a result failed; retrying with backoff until the store takes it (the job stays Processing at the center until then)");
                         } else if reminded.elapsed() >= REMIND_EVERY {
                             reminded = tokio::time::Instant::now();
-                            tracing::warn!(target: "agent_sdk::result", store = %store.label, job_id = %result.id, error = %e, failures, waited = %fmt_duration(started.elapsed()), "a result still waits for the store; retrying");
+                            tracing::warn!(target: "jobagent::result", store = %store.label, job_id = %result.id, error = %e, failures, waited = %fmt_duration(started.elapsed()), "a result still waits for the store; retrying");
                         }
                     }
                 }
                 let left = bound.saturating_sub(started.elapsed());
                 if left.is_zero() {
-                    tracing::error!(target: "agent_sdk::result", store = %store.label, job_id = %result.id, action = result.action, r = result.r, error = %result.e, retried_for = %fmt_duration(bound), "the store did not take this result within the retry bound; it is not written, and the job stays Processing at the center. The run's in-flight record is kept: a next process of this instance reports the run as lost while the store still holds the record");
+                    tracing::error!(target: "jobagent::result", store = %store.label, job_id = %result.id, action = result.action, r = result.r, error = %result.e, retried_for = %fmt_duration(bound), "the store did not take this result within the retry bound; it is not written, and the job stays Processing at the center. The run's in-flight record is kept: a next process of this instance reports the run as lost while the store still holds the record");
                     return false;
                 }
                 tokio::time::sleep(backoff.min(left)).await;
@@ -115,7 +115,7 @@ async fn write_once(store: &Store, result: &DispatchResult) -> Result<(), StoreE
     value.hash(&mut hasher);
     let token = format!("{field}:{:016x}", hasher.finish());
     if !store.first_report(&result.id, &token).await? {
-        tracing::warn!(target: "agent_sdk::result", job_id = %result.id, action = result.action, r = result.r, error = %result.e, "this dispatch was already reported by another replica or process (it was cut off, or a duplicate); this result is dropped: a dispatch gets exactly one");
+        tracing::warn!(target: "jobagent::result", job_id = %result.id, action = result.action, r = result.r, error = %result.e, "this dispatch was already reported by another replica or process (it was cut off, or a duplicate); this result is dropped: a dispatch gets exactly one");
         return Ok(());
     }
     let key = format!("_agent_result_{}", result.id);

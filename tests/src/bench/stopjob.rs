@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use agent_sdk::{JobAgent, JobContext, JobError, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, job_agent};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 /// What the probe job reports.

@@ -18,9 +18,9 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use agent_sdk::AgentOptions;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use jobagent::AgentOptions;
 use tests::center::Center;
 use tower::ServiceExt as _;
 

@@ -60,7 +60,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agent_sdk::{AgentOptions, DEFAULT_CONSOLE_PREFIX};
+use jobagent::{AgentOptions, DEFAULT_CONSOLE_PREFIX};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;

@@ -1,7 +1,7 @@
 //! A constructor takes each state value as a clone of what was given: a type that is not
 //! `Clone` is refused, with the fix (`Arc<T>`) in the message.
 
-use agent_sdk::{JobAgent, JobContext, JobError, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, job_agent};
 
 pub struct Db;
 

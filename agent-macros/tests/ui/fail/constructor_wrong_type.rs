@@ -1,4 +1,4 @@
-use agent_sdk::{JobAgent, JobContext, JobError, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, job_agent};
 
 #[job_agent(constructor = "WrongType::try_new")]
 struct WrongType;

@@ -1,6 +1,6 @@
 use std::marker::PhantomData;
 
-use agent_sdk::{JobAgent, JobContext, JobError, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, job_agent};
 
 #[job_agent]
 #[derive(Default)]

@@ -1,4 +1,4 @@
-use agent_sdk::job_agent;
+use jobagent::job_agent;
 
 #[job_agent]
 trait Cleanup {

@@ -1,4 +1,4 @@
-use agent_sdk::{JobAgent, JobContext, JobError, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, job_agent};
 
 #[job_agent(register = false, register_cron = "0 3 * * *")]
 #[derive(Default)]

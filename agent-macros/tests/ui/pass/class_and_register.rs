@@ -1,6 +1,6 @@
 //! A .NET-style class name with auto-registration at the center.
 
-use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
 #[job_agent(
     transient,

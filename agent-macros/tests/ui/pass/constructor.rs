@@ -1,6 +1,6 @@
 //! `constructor`: the job is built by a function instead of `Default`.
 
-use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
 #[job_agent(transient, constructor = "MyJob::new")]
 pub struct MyJob {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agent_sdk::{Agent, AgentOptions, ConfigError, JobAgent, JobContext, JobError, job_agent};
+use jobagent::{Agent, AgentOptions, ConfigError, JobAgent, JobContext, JobError, job_agent};
 
 #[derive(Clone)]
 pub struct Settings {

@@ -1,8 +1,8 @@
-//! `crate = "..."`: generated code reaches agent-sdk through a re-export (a platform crate
-//! that wraps it, or a renamed dependency) instead of `::agent_sdk`.
+//! `crate = "..."`: generated code reaches jobagent through a re-export (a platform crate
+//! that wraps it, or a renamed dependency) instead of `::jobagent`.
 
 mod platform {
-    pub use agent_sdk as sdk;
+    pub use jobagent as sdk;
 }
 
 use platform::sdk::{JobAgent, JobContext, JobError, Registry, job_agent};

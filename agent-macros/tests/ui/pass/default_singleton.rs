@@ -1,6 +1,6 @@
 //! No arguments: a singleton named by its Rust path, not auto-registered.
 
-use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
 #[job_agent]
 #[derive(Default)]

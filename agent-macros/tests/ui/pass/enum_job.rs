@@ -1,6 +1,6 @@
 //! An enum can be a job too.
 
-use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
 #[job_agent(hang, class = "Jobs.Mode")]
 #[derive(Default)]

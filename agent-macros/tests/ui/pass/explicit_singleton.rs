@@ -1,6 +1,6 @@
 //! `singleton` spelled out is the same as the default.
 
-use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
 #[job_agent(singleton)]
 #[derive(Default)]

@@ -1,6 +1,6 @@
 //! `hang`: a singleton that keeps running until stopped.
 
-use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
 #[job_agent(hang)]
 #[derive(Default)]

@@ -1,4 +1,4 @@
-use agent_sdk::{BusyPolicy, JobAgent, JobContext, JobError, JobKind, job_agent};
+use jobagent::{BusyPolicy, JobAgent, JobContext, JobError, JobKind, job_agent};
 
 #[job_agent(on_busy = "queue")]
 #[derive(Default)]
@@ -29,7 +29,7 @@ impl JobAgent for Rejected {
 }
 
 fn main() {
-    let registry = agent_sdk::Registry::from_inventory().expect("no duplicates");
+    let registry = jobagent::Registry::from_inventory().expect("no duplicates");
     let policy = |name: &str| {
         let class = format!("{}::{name}", module_path!());
         let reg = registry.find(&class).expect("registered");

@@ -1,6 +1,6 @@
 //! `register_cron` alone asks for auto-registration, like `register_id` or `register_name`.
 
-use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
 #[job_agent(register_cron = "0 3 * * *")]
 #[derive(Default)]

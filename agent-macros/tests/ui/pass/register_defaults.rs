@@ -2,7 +2,7 @@
 //! type path and the name to the type name (`JobAgentRegisterService.cs` in
 //! yuzd/Hangfire.HttpJob `Agent/`), with no cron.
 
-use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
 #[job_agent]
 #[derive(Default)]

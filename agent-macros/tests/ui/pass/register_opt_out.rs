@@ -1,6 +1,6 @@
 //! `register = false`: the job stays out of auto-registration.
 
-use agent_sdk::{JobAgent, JobContext, JobError, Registry, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, Registry, job_agent};
 
 #[job_agent(transient, register = false)]
 #[derive(Default)]

@@ -1,6 +1,6 @@
 //! `transient`: a new instance for every run.
 
-use agent_sdk::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
+use jobagent::{JobAgent, JobContext, JobError, JobKind, Registry, job_agent};
 
 #[job_agent(transient)]
 #[derive(Default)]

@@ -1076,7 +1076,7 @@ fn fit(text: &str, budget: usize) -> Cow<'_, str> {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    tracing::warn!(target: "agent_sdk::console", bytes = text.len(), budget, "a console text longer than the store's max_allowed_packet allows was cut");
+    tracing::warn!(target: "jobagent::console", bytes = text.len(), budget, "a console text longer than the store's max_allowed_packet allows was cut");
     let mut cut = String::with_capacity(end + 3);
     cut.push_str(&text[..end]);
     cut.push('…');
