@@ -53,13 +53,14 @@ fn tokens_file() -> PathBuf {
 /// One relay in front of `db` serving billing and mailer (from a tokens file), checking
 /// results against the center's jobs.
 fn two_tenants(db: &AnyStore) -> Relay {
-    Relay::start_checked(
+    let tokens = tokens_file();
+    let relay = Relay::start_checked(
         db,
-        &[(
-            "JOBAGENT_RELAY_TOKENS_FILE",
-            tokens_file().display().to_string(),
-        )],
-    )
+        &[("JOBAGENT_RELAY_TOKENS_FILE", tokens.display().to_string())],
+    );
+    // Read once, before the relay says where it listens: the secrets leave the disk now.
+    let _ = std::fs::remove_file(&tokens);
+    relay
 }
 
 async fn post_auth(relay: &Relay, op: &str, authorization: &str, body: &Value) -> (u16, String) {
