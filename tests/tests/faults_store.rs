@@ -186,7 +186,10 @@ async fn black_holed_mid_job(db: AnyStore) {
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_with_a_black_holed_store_ends_within_its_timeout() {
     const SHUTDOWN: Duration = Duration::from_secs(3);
-    const MARGIN: Duration = Duration::from_secs(2);
+    // The 2 s given to the results of stuck runs and the 3 s given to the background tasks
+    // (instance-name release, lost runs' reports; both wait on the black-holed store):
+    // docs/operations.md's "shutdown + 5 s".
+    const MARGIN: Duration = Duration::from_secs(5);
     let db = TestDb::new().await;
     let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
     let service = TestService::start_with(
