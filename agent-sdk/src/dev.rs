@@ -52,14 +52,8 @@ impl DevReader {
         db: Option<i64>,
     ) -> Result<Self, String> {
         let text = connection.trim();
-        let kind = kind
-            .or_else(|| StoreType::of_url(text))
-            .unwrap_or(StoreType::PostgreSql);
-        let prefix = prefix
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .unwrap_or(kind.default_prefix())
-            .to_owned();
+        let (kind, prefix) = kind_and_prefix(kind, text, prefix);
+        let prefix = prefix.to_owned();
         if let Some(url_kind) = StoreType::of_url(text)
             && url_kind != kind
         {
@@ -204,6 +198,24 @@ impl DevReader {
     }
 }
 
+/// The storage type (`None`: from a URL's scheme, else PostgreSQL, as the agent does without
+/// `JOBAGENT_STORE_TYPE`) and the prefix (`None` or blank: the type's default) the dev tools
+/// use for `text`.
+fn kind_and_prefix<'a>(
+    kind: Option<StoreType>,
+    text: &str,
+    prefix: Option<&'a str>,
+) -> (StoreType, &'a str) {
+    let kind = kind
+        .or_else(|| StoreType::of_url(text))
+        .unwrap_or(StoreType::PostgreSql);
+    let prefix = prefix
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .unwrap_or(kind.default_prefix());
+    (kind, prefix)
+}
+
 /// Creates Hangfire's tables that the agent touches (`hash`, `set` and `lock`; MySQL's
 /// `<prefix>Hash`, `<prefix>Set` and `<prefix>DistributedLock`) in the store `connection`
 /// names, in the shapes the center's storage installs them (Hangfire.PostgreSql's install
@@ -223,13 +235,7 @@ pub async fn install_tables(
     within: Duration,
 ) -> Result<Vec<String>, String> {
     let text = connection.trim();
-    let kind = kind
-        .or_else(|| StoreType::of_url(text))
-        .unwrap_or(StoreType::PostgreSql);
-    let prefix = prefix
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .unwrap_or(kind.default_prefix());
+    let (kind, prefix) = kind_and_prefix(kind, text, prefix);
     match kind {
         StoreType::PostgreSql => {
             let spec = crate::store::connstr::parse(text).map_err(|e| e.to_string())?;
