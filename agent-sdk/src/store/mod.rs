@@ -10,13 +10,18 @@
 //! center sends in `x-job-storage`. One bounded pool is kept per distinct store. Every backend
 //! puts a deadline on each of its operations (see each module).
 
+#[cfg(test)]
+mod conformance;
 pub(crate) mod connstr;
 mod console_writer;
+pub(crate) mod driver;
 pub(crate) mod error;
 mod heartbeat;
 pub(crate) mod line;
 pub(crate) mod listen;
 pub(crate) mod lock;
+#[cfg(test)]
+pub(crate) mod memory;
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
 pub(crate) mod pool;

@@ -753,6 +753,175 @@ impl PgStore {
             })
             .collect()
     }
+
+    // Driver primitives (see store/driver.rs)
+
+    /// The database's clock, in milliseconds since the Unix epoch.
+    pub(crate) async fn clock_ms(&self) -> Result<i64, String> {
+        let conn = self.conn().await?;
+        let row = conn
+            .bound(conn.query_typed_one("SELECT (extract(epoch from now()) * 1000)::bigint", &[]))
+            .await?;
+        row.try_get(0).map_err(|e| crate::error::chain(&e))
+    }
+
+    /// Deletes one hash field; true when it was there.
+    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, String> {
+        let conn = self.conn().await?;
+        let n = conn
+            .bound(conn.execute_typed(
+                &format!(
+                    "DELETE FROM {}.hash WHERE \"key\" = $1 AND field = $2",
+                    self.schema
+                ),
+                &[(&key, Type::TEXT), (&field, Type::TEXT)],
+            ))
+            .await?;
+        Ok(n >= 1)
+    }
+
+    /// Reads and deletes every field of a hash in one statement (`DELETE ... RETURNING`).
+    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .bound(conn.query_typed(
+                &format!(
+                    "DELETE FROM {}.hash WHERE \"key\" = $1 RETURNING field, \"value\"",
+                    self.schema
+                ),
+                &[(&key, Type::TEXT)],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let field: String = r.try_get(0).map_err(|e| crate::error::chain(&e))?;
+                let value: Option<String> = r.try_get(1).map_err(|e| crate::error::chain(&e))?;
+                Ok((field, value.unwrap_or_default()))
+            })
+            .collect()
+    }
+
+    /// The conditional write on Hangfire.PostgreSql's `hash` table (unique on `key, field`):
+    /// an insert that does nothing on a conflict, or an update or delete whose `WHERE` holds
+    /// the expected value. `life` None: `expireat` NULL (Hangfire keeps the row).
+    pub(crate) async fn cas_hash(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+        life: Option<Duration>,
+    ) -> Result<bool, String> {
+        let h = format!("{}.hash", self.schema);
+        let secs: Option<f64> = life.map(|l| l.as_secs_f64());
+        let expireat = "now() + $4::float8 * interval '1 second'";
+        let conn = self.conn().await?;
+        let n = match (expected, new) {
+            (None, None) => return Ok(self.read_hash(key, field).await?.is_none()),
+            (None, Some(new)) => {
+                let sql = format!(
+                    "INSERT INTO {h} (\"key\", field, \"value\", expireat) VALUES ($1, $2, $3, {expireat}) \
+                     ON CONFLICT (\"key\", field) DO NOTHING"
+                );
+                conn.bound(in_utc(
+                    &conn,
+                    conn.execute_typed(
+                        &sql,
+                        &[
+                            (&key, Type::TEXT),
+                            (&field, Type::TEXT),
+                            (&new, Type::TEXT),
+                            (&secs, Type::FLOAT8),
+                        ],
+                    ),
+                ))
+                .await?
+            }
+            (Some(old), Some(new)) => {
+                let sql = format!(
+                    "UPDATE {h} SET \"value\" = $3, expireat = {expireat} \
+                     WHERE \"key\" = $1 AND field = $2 AND \"value\" = $5"
+                );
+                conn.bound(in_utc(
+                    &conn,
+                    conn.execute_typed(
+                        &sql,
+                        &[
+                            (&key, Type::TEXT),
+                            (&field, Type::TEXT),
+                            (&new, Type::TEXT),
+                            (&secs, Type::FLOAT8),
+                            (&old, Type::TEXT),
+                        ],
+                    ),
+                ))
+                .await?
+            }
+            (Some(old), None) => {
+                let sql =
+                    format!("DELETE FROM {h} WHERE \"key\" = $1 AND field = $2 AND \"value\" = $3");
+                conn.bound(conn.execute_typed(
+                    &sql,
+                    &[(&key, Type::TEXT), (&field, Type::TEXT), (&old, Type::TEXT)],
+                ))
+                .await?
+            }
+        };
+        Ok(n == 1)
+    }
+
+    /// Every row of a hash expires `life` from now; rows already within an hour of that are
+    /// left alone (a renewal every second would otherwise rewrite them every second).
+    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), String> {
+        let sql = format!(
+            "UPDATE {}.hash SET expireat = now() + $2::float8 * interval '1 second' WHERE \"key\" = $1 \
+             AND (expireat IS NULL OR expireat < now() + ($2::float8 - 3600) * interval '1 second')",
+            self.schema
+        );
+        let secs = life.as_secs_f64();
+        let conn = self.conn().await?;
+        conn.bound(in_utc(
+            &conn,
+            conn.execute_typed(&sql, &[(&key, Type::TEXT), (&secs, Type::FLOAT8)]),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// The next fencing token of singleton class `class`: hash `jobagent:fence`, field the
+    /// class, never expiring (where cluster mode has always kept it on PostgreSQL).
+    pub(crate) async fn class_fence(&self, class: &str) -> Result<u64, String> {
+        let conn = self.conn().await?;
+        let value: String = conn
+            .bound(conn.query_typed_one(
+                &format!(
+                    "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
+                     VALUES ('jobagent:fence', $1, '1', NULL) \
+                     ON CONFLICT (\"key\", field) DO UPDATE \
+                     SET \"value\" = (COALESCE(NULLIF(t.\"value\", '')::bigint, 0) + 1)::text, expireat = NULL \
+                     RETURNING \"value\"",
+                    self.schema
+                ),
+                &[(&class, Type::TEXT)],
+            ))
+            .await?
+            .try_get(0)
+            .map_err(|e| crate::error::chain(&e))?;
+        value
+            .parse()
+            .map_err(|_| format!("the fencing counter of a class holds `{value}`"))
+    }
+
+    /// `pg_notify(channel, payload)`.
+    pub(crate) async fn notify(&self, channel: &str, payload: &str) -> Result<(), String> {
+        let conn = self.conn().await?;
+        conn.bound(conn.execute_typed(
+            "SELECT pg_notify($1, $2)",
+            &[(&channel, Type::TEXT), (&payload, Type::TEXT)],
+        ))
+        .await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

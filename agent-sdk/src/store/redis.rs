@@ -1350,6 +1350,57 @@ impl RedisStore {
     fn describe(&self, e: &RedisError) -> String {
         scrub(&e.to_string(), self.password.as_deref())
     }
+
+    // Driver primitives (see store/driver.rs)
+
+    /// The conditional write on hash `<P>key`: one Lua script compares the field with
+    /// `expected` and sets it (then the key's TTL to `life`, or `PERSIST`) or deletes it. Redis
+    /// runs a script whole when it reaches it, so a queued call compares with what is there
+    /// then.
+    pub(crate) async fn cas_hash(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+        life: Option<Duration>,
+    ) -> Result<bool, String> {
+        /// ARGV: field, has-expected, expected, has-new, new, TTL seconds (0: none).
+        const CAS: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[2] == '1' then
+  if cur ~= ARGV[3] then return 0 end
+elseif cur then
+  return 0
+end
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
+  if ARGV[6] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[6]) else redis.call('PERSIST', KEYS[1]) end
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 1";
+        static SCRIPT: std::sync::LazyLock<::redis::Script> =
+            std::sync::LazyLock::new(|| ::redis::Script::new(CAS));
+        let key = self.key(key);
+        let flag = |o: Option<&str>| if o.is_some() { "1" } else { "0" };
+        let ttl = life.map_or(0, expire_secs);
+        let done: i64 = self
+            .run("a conditional hash write", |mut c| async move {
+                SCRIPT
+                    .key(&key)
+                    .arg(field)
+                    .arg(flag(expected))
+                    .arg(expected.unwrap_or_default())
+                    .arg(flag(new))
+                    .arg(new.unwrap_or_default())
+                    .arg(ttl)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(done == 1)
+    }
 }
 
 /// For the agent's own Redis store, at start-up: looks for Hangfire's keys under its prefix

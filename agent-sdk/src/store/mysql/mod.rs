@@ -830,6 +830,91 @@ impl MysqlStore {
             .await?;
         Ok(state.map(Option::unwrap_or_default))
     }
+
+    // Driver primitives (see store/driver.rs)
+
+    /// The conditional write on `<prefix>Hash` (unique on `Key, Field`: Hangfire.MySqlStorage's
+    /// Install.sql, `IX_HangfireHash_Key_Field`): `INSERT IGNORE` when the field must be
+    /// absent, else an `UPDATE`/`DELETE` whose `WHERE` holds the expected value, compared
+    /// byte for byte (the table's collation may ignore case). InnoDB evaluates the `WHERE`
+    /// once it has the row lock, so a statement that waited for it compares with what is
+    /// there then.
+    pub(crate) async fn cas_hash(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+        life: Option<Duration>,
+    ) -> Result<bool, String> {
+        let t = self.tables().await?;
+        let narrow =
+            self.tables_seen.load(Ordering::Acquire) && self.narrow_hash.load(Ordering::Acquire);
+        let stored = |v: &str| -> String {
+            if narrow {
+                replace_wide(v).into_owned()
+            } else {
+                v.to_owned()
+            }
+        };
+        let expire = match life {
+            Some(_) => "UTC_TIMESTAMP(6) + INTERVAL ? SECOND",
+            None => "NULL",
+        };
+        let secs = life.map(|l| Value::from(secs_of(l)));
+        let mut c = self.conn().await?;
+        match (expected, new) {
+            (None, None) => return Ok(self.read_hash(key, field).await?.is_none()),
+            (None, Some(new)) => {
+                let sql = format!(
+                    "INSERT IGNORE INTO {} (`Key`, `Field`, `Value`, `ExpireAt`) VALUES (?, ?, ?, {expire})",
+                    t.hash
+                );
+                let mut params = vec![
+                    Value::from(key),
+                    Value::from(field),
+                    Value::from(stored(new)),
+                ];
+                params.extend(secs);
+                c.bound(|c| c.exec_drop(sql.as_str(), params)).await?;
+            }
+            (Some(old), Some(new)) => {
+                let sql = format!(
+                    "UPDATE {} SET `Value` = ?, `ExpireAt` = {expire} \
+                     WHERE `Key` = ? AND `Field` = ? AND CAST(`Value` AS BINARY) = CAST(? AS BINARY)",
+                    t.hash
+                );
+                let (old, new) = (stored(old), stored(new));
+                let same = old == new;
+                let mut params = vec![Value::from(new)];
+                params.extend(secs);
+                params.extend([
+                    Value::from(key),
+                    Value::from(field),
+                    Value::from(old.as_str()),
+                ]);
+                c.bound(|c| c.exec_drop(sql.as_str(), params)).await?;
+                // An unchanged row counts as not affected: it matched if it still reads so.
+                if same && c.affected_rows() == 0 {
+                    drop(c);
+                    return Ok(self.read_hash(key, field).await?.as_deref() == Some(old.as_str()));
+                }
+            }
+            (Some(old), None) => {
+                let sql = format!(
+                    "DELETE FROM {} WHERE `Key` = ? AND `Field` = ? AND CAST(`Value` AS BINARY) = CAST(? AS BINARY)",
+                    t.hash
+                );
+                let params = vec![
+                    Value::from(key),
+                    Value::from(field),
+                    Value::from(stored(old)),
+                ];
+                c.bound(|c| c.exec_drop(sql.as_str(), params)).await?;
+            }
+        }
+        Ok(c.affected_rows() == 1)
+    }
 }
 
 /// The primitives cluster mode builds on (`crate::cluster::kv`).
