@@ -24,7 +24,7 @@ use crate::cluster::{
 use crate::request::Action;
 use crate::result::{DispatchResult, ResultSink};
 use crate::runtime::{NameState, Runtime};
-use crate::store::{Store, StoreResults};
+use crate::store::{Store, StoreError, StoreResults};
 
 /// How often a replica looks for dead replicas' runs.
 const REAP_EVERY: Duration = Duration::from_secs(1);
@@ -48,11 +48,11 @@ const MAX_RENEW_BACKOFF: Duration = Duration::from_secs(60);
 /// A store operation bounded by `within`.
 async fn bounded<T>(
     within: Duration,
-    op: impl std::future::Future<Output = Result<T, String>>,
-) -> Result<T, String> {
+    op: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
     tokio::time::timeout(within, op)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer from the store within {within:?}")))
+        .unwrap_or_else(|_| Err(StoreError::timed_out("the store", within)))
 }
 
 /// What this process knows of its claim to its instance name.

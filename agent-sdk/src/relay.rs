@@ -1021,7 +1021,7 @@ async fn cluster(s: &Store, tenant: &str, call: ClusterCall) -> Result<serde_jso
     };
     let value = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| e.to_string());
     // Errors name the instance as the caller knows it.
-    let said = |e: String| e.replace(&format!("`{ns}"), "`");
+    let said = |e: StoreError| String::from(e).replace(&format!("`{ns}"), "`");
     match call {
         C::Claim { me, class, job_id } => {
             let claimed = s

@@ -49,13 +49,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::Store;
+use crate::store::{Backend, Store, StoreError};
 
-#[cfg(any(feature = "mysql", feature = "redis"))]
-mod kv;
+use protocol::Cluster;
+
 mod postgres;
+mod protocol;
 #[cfg(feature = "relay")]
 pub(crate) mod relay;
+#[cfg(test)]
+mod tests;
 
 /// How long a singleton claim lives without renewal.
 pub(crate) const CLAIM_LEASE: Duration = Duration::from_secs(10);
@@ -195,23 +198,41 @@ pub(super) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-pub(super) type Res<T> = Result<T, String>;
-
 /// An error's text with its causes (a database error's own message is in its source).
 pub(super) fn e(err: impl std::error::Error + 'static) -> String {
     crate::error::chain(&err)
 }
 
-/// One operation on the store's backend: PostgreSQL's SQL, the key-value section, or the
-/// same operation sent to a relay (which runs it on its own store).
+/// How long one cluster operation on a database may take.
+const OP_WITHIN: Duration = Duration::from_secs(4);
+
+/// Runs `op` within [`OP_WITHIN`].
+async fn bounded<T>(
+    what: &str,
+    op: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(OP_WITHIN, op)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::timed_out(
+                format!("the store ({what})"),
+                OP_WITHIN,
+            ))
+        })
+}
+
+/// One operation on the store: the protocol over the store's driver, or the same operation
+/// sent to a relay (which runs it on its own store).
 macro_rules! on_backend {
-    ($store:expr, $pg:ident, $kv:ident ( $($arg:expr),* )) => {
+    ($store:expr, $what:expr, $pg:ident, $op:ident ( $($arg:expr),* )) => {
         match $store.backend() {
-            crate::store::Backend::Postgres(_) => $store.$pg($($arg),*).await,
+            Backend::Postgres(_) => $store.$pg($($arg),*).await.map_err(StoreError::from),
+            #[cfg(feature = "mysql")]
+            Backend::Mysql(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
+            #[cfg(feature = "redis")]
+            Backend::Redis(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
             #[cfg(feature = "relay")]
-            crate::store::Backend::Relay(r) => relay::$kv(r, $($arg),*).await,
-            #[cfg(any(feature = "mysql", feature = "redis"))]
-            _ => $store.$kv($($arg),*).await,
+            Backend::Relay(r) => relay::$op(r, $($arg),*).await,
         }
     };
 }
@@ -223,19 +244,44 @@ impl Store {
     /// while the store was down: the class is free locally) or a predecessor's of this
     /// instance name that no longer holds the name's lease (it crashed). A process that is a
     /// duplicate of a live process's instance name gets an error naming it.
-    pub(crate) async fn claim(&self, me: &Member, class: &str, job_id: &str) -> Res<Claimed> {
-        on_backend!(self, pg_claim, kv_claim(me, class, job_id))
+    pub(crate) async fn claim(
+        &self,
+        me: &Member,
+        class: &str,
+        job_id: &str,
+    ) -> Result<Claimed, StoreError> {
+        on_backend!(self, "a claim", pg_claim, claim(me, class, job_id))
     }
 
     /// Renews a claim we hold; false when it is no longer ours.
-    pub(crate) async fn renew_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<bool> {
-        on_backend!(self, pg_renew_claim, kv_renew_claim(me, class, job_id))
+    pub(crate) async fn renew_claim(
+        &self,
+        me: &Member,
+        class: &str,
+        job_id: &str,
+    ) -> Result<bool, StoreError> {
+        on_backend!(
+            self,
+            "a claim's renewal",
+            pg_renew_claim,
+            renew_claim(me, class, job_id)
+        )
     }
 
     /// Releases a claim we hold: its lease lapses now, and the record stays (Hangfire keeps
     /// it) as the class's last run.
-    pub(crate) async fn release_claim(&self, me: &Member, class: &str, job_id: &str) -> Res<()> {
-        on_backend!(self, pg_release_claim, kv_release_claim(me, class, job_id))
+    pub(crate) async fn release_claim(
+        &self,
+        me: &Member,
+        class: &str,
+        job_id: &str,
+    ) -> Result<(), StoreError> {
+        on_backend!(
+            self,
+            "a claim's release",
+            pg_release_claim,
+            release_claim(me, class, job_id)
+        )
     }
 
     /// Lapses the claim a process that is gone held for a run just reported lost, so the class
@@ -245,17 +291,21 @@ impl Store {
         class: &str,
         job_id: &str,
         server_id: &str,
-    ) -> Res<()> {
+    ) -> Result<(), StoreError> {
         on_backend!(
             self,
+            "a lost claim's release",
             pg_release_lost_claim,
-            kv_release_lost_claim(class, job_id, server_id)
+            release_claim_of(class, job_id, server_id)
         )
     }
 
     /// The class's claim: its holder and whether it is live.
-    pub(crate) async fn claim_of(&self, class: &str) -> Res<Option<(ClaimValue, bool)>> {
-        on_backend!(self, pg_claim_of, kv_claim_of(class))
+    pub(crate) async fn claim_of(
+        &self,
+        class: &str,
+    ) -> Result<Option<(ClaimValue, bool)>, StoreError> {
+        on_backend!(self, "a claim's read", pg_claim_of, claim_of(class))
     }
 
     /// Records a run in flight, after taking or renewing this process's lease of its
@@ -266,8 +316,13 @@ impl Store {
         me: &Member,
         job_id: &str,
         record: &RunRecord,
-    ) -> Res<()> {
-        on_backend!(self, pg_record_run, kv_record_run(me, job_id, record))
+    ) -> Result<(), StoreError> {
+        on_backend!(
+            self,
+            "a run's record",
+            pg_record_run,
+            record_run(me, job_id, record)
+        )
     }
 
     /// Puts back the record of a run taken as lost whose report could not be written, under
@@ -278,58 +333,105 @@ impl Store {
         instance: &str,
         job_id: &str,
         record: &RunRecord,
-    ) -> Res<()> {
+    ) -> Result<(), StoreError> {
         on_backend!(
             self,
+            "a lost run's record put back",
             pg_restore_run,
-            kv_restore_run(instance, job_id, record)
+            restore_run(instance, job_id, record)
         )
     }
 
     /// Forgets a run once its result is written.
-    pub(crate) async fn forget_run(&self, me: &Member, job_id: &str) -> Res<()> {
-        on_backend!(self, pg_forget_run, kv_forget_run(me, job_id))
+    pub(crate) async fn forget_run(&self, me: &Member, job_id: &str) -> Result<(), StoreError> {
+        on_backend!(
+            self,
+            "a run's removal",
+            pg_forget_run,
+            forget_run(me, job_id)
+        )
     }
 
     /// Runs of `class` on live replicas other than `me`.
-    pub(crate) async fn remote_runs(&self, me: &Member, class: &str) -> Res<Vec<ClusterRun>> {
-        on_backend!(self, pg_remote_runs, kv_remote_runs(me, class))
+    pub(crate) async fn remote_runs(
+        &self,
+        me: &Member,
+        class: &str,
+    ) -> Result<Vec<ClusterRun>, StoreError> {
+        on_backend!(
+            self,
+            "the cluster's runs",
+            pg_remote_runs,
+            remote_runs(me, class)
+        )
     }
 
     /// Takes or renews this process's lease of its instance name (and keeps its run records
     /// from expiring while it holds it).
-    pub(crate) async fn hold_lease(&self, me: &Member) -> Res<Lease> {
-        on_backend!(self, pg_hold_lease, kv_hold_lease(me))
+    pub(crate) async fn hold_lease(&self, me: &Member) -> Result<Lease, StoreError> {
+        on_backend!(self, "the instance's lease", pg_hold_lease, hold_lease(me))
     }
 
     /// Lets this process's lease lapse now (a graceful stop).
-    pub(crate) async fn release_lease(&self, me: &Member) -> Res<()> {
-        on_backend!(self, pg_release_lease, kv_release_lease(me))
+    pub(crate) async fn release_lease(&self, me: &Member) -> Result<(), StoreError> {
+        on_backend!(
+            self,
+            "the instance's lease release",
+            pg_release_lease,
+            release_lease(me)
+        )
     }
 
     /// Sends a command to a replica.
-    pub(crate) async fn send_command(&self, instance: &str, command: &Command) -> Res<()> {
-        on_backend!(self, pg_send_command, kv_send_command(instance, command))
+    pub(crate) async fn send_command(
+        &self,
+        instance: &str,
+        command: &Command,
+    ) -> Result<(), StoreError> {
+        on_backend!(
+            self,
+            "a command",
+            pg_send_command,
+            send_command(instance, command)
+        )
     }
 
     /// Takes the commands addressed to this replica (each is taken once).
-    pub(crate) async fn take_commands(&self, me: &Member) -> Res<Vec<Command>> {
-        on_backend!(self, pg_take_commands, kv_take_commands(me))
+    pub(crate) async fn take_commands(&self, me: &Member) -> Result<Vec<Command>, StoreError> {
+        on_backend!(self, "the commands", pg_take_commands, take_commands(me))
     }
 
     /// Acknowledges that `on_stop` finished for a remote stop.
-    pub(crate) async fn ack(&self, stop_id: &str, job_id: &str, error: &str) -> Res<()> {
-        on_backend!(self, pg_ack, kv_ack(stop_id, job_id, error))
+    pub(crate) async fn ack(
+        &self,
+        stop_id: &str,
+        job_id: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        on_backend!(
+            self,
+            "an acknowledgement",
+            pg_ack,
+            ack(stop_id, job_id, error)
+        )
     }
 
     /// The acknowledgements of a stop: job id and error text (empty when fine).
-    pub(crate) async fn acks(&self, stop_id: &str) -> Res<Vec<(String, String)>> {
-        on_backend!(self, pg_acks, kv_acks(stop_id))
+    pub(crate) async fn acks(&self, stop_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        on_backend!(self, "the acknowledgements", pg_acks, acks(stop_id))
     }
 
     /// Takes the runs an earlier process of this instance left in flight.
-    pub(crate) async fn take_orphans(&self, me: &Member) -> Res<Vec<(String, RunRecord)>> {
-        on_backend!(self, pg_take_orphans, kv_take_orphans(me))
+    pub(crate) async fn take_orphans(
+        &self,
+        me: &Member,
+    ) -> Result<Vec<(String, RunRecord)>, StoreError> {
+        on_backend!(
+            self,
+            "a predecessor's runs",
+            pg_take_orphans,
+            take_orphans(me)
+        )
     }
 
     /// Takes the runs of replicas whose lease lapsed longer than [`LOST_GRACE`] ago, and
@@ -339,35 +441,47 @@ impl Store {
         &self,
         me: &Member,
         scan: bool,
-    ) -> Res<Vec<(String, String, RunRecord)>> {
+    ) -> Result<Vec<(String, String, RunRecord)>, StoreError> {
         match self.backend() {
-            crate::store::Backend::Postgres(_) => self.pg_take_lost(me, scan, "").await,
             #[cfg(feature = "relay")]
-            crate::store::Backend::Relay(r) => relay::kv_take_lost(r, me, scan).await,
-            #[cfg(any(feature = "mysql", feature = "redis"))]
-            _ => self.kv_take_lost(me, scan, "").await,
+            Backend::Relay(r) => relay::take_lost(r, me, scan).await,
+            _ => self.take_lost_in(me, scan, "").await,
         }
     }
 
     /// [`take_lost`](Self::take_lost) among the instances whose names start with `scope`
     /// only: a relay's tenant (`<service>:`) takes no other service's lost runs.
-    #[cfg(feature = "relay-server")]
     pub(crate) async fn take_lost_in(
         &self,
         me: &Member,
         scan: bool,
         scope: &str,
-    ) -> Res<Vec<(String, String, RunRecord)>> {
+    ) -> Result<Vec<(String, String, RunRecord)>, StoreError> {
+        let what = "lost replicas' runs";
         match self.backend() {
-            crate::store::Backend::Postgres(_) => self.pg_take_lost(me, scan, scope).await,
-            #[cfg(any(feature = "mysql", feature = "redis"))]
-            _ => self.kv_take_lost(me, scan, scope).await,
+            Backend::Postgres(_) => Ok(self.pg_take_lost(me, scan, scope).await?),
+            #[cfg(feature = "mysql")]
+            Backend::Mysql(d) => {
+                bounded(
+                    what,
+                    Cluster::new(d, self.expire).take_lost(me, scan, scope),
+                )
+                .await
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(d) => {
+                bounded(
+                    what,
+                    Cluster::new(d, self.expire).take_lost(me, scan, scope),
+                )
+                .await
+            }
             // A relay in front of a relay: its store is a database.
-            #[cfg(not(any(feature = "mysql", feature = "redis")))]
-            _ => Err(format!(
+            #[cfg(feature = "relay")]
+            Backend::Relay(_) => Err(StoreError::config(format!(
                 "this needs a database store; this one is {}",
                 self.kind()
-            )),
+            ))),
         }
     }
 }

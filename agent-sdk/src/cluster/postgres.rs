@@ -12,8 +12,10 @@ use tokio_postgres::types::Type;
 
 use super::{
     CLAIM_LEASE, ClaimValue, Claimed, ClusterRun, Command, Holder, LOST_GRACE, Lease, Member,
-    RENEW_ROWS_SLACK_SECS, REPLICA_LEASE, Res, RunRecord, e, millis,
+    RENEW_ROWS_SLACK_SECS, REPLICA_LEASE, RunRecord, e, millis,
 };
+
+type Res<T> = Result<T, String>;
 use crate::store::Store;
 use crate::store::postgres::in_utc;
 

@@ -6,7 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClaimValue, Claimed, ClusterRun, Command, Lease, Member, Res, RunRecord};
+use super::{ClaimValue, Claimed, ClusterRun, Command, Lease, Member, RunRecord};
+use crate::store::StoreError;
 use crate::store::relay::RelayStore;
 
 /// One cluster operation, as the relay receives it.
@@ -84,36 +85,39 @@ pub(crate) enum ClusterCall {
     },
 }
 
-async fn send<T: serde::de::DeserializeOwned>(r: &RelayStore, call: ClusterCall) -> Res<T> {
-    Ok(r.call("cluster", &call).await?)
+async fn send<T: serde::de::DeserializeOwned>(
+    r: &RelayStore,
+    call: ClusterCall,
+) -> Result<T, StoreError> {
+    r.call("cluster", &call).await
 }
 
-/// The agent's side of each operation: `kv_<op>(relay, args...)` sends the call named after it,
+/// The agent's side of each operation: `<op>(relay, args...)` sends the call named after it,
 /// its fields the arguments (owned), and decodes the answer.
 macro_rules! relayed {
     ($( fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $variant:ident; )*) => {$(
-        pub(super) async fn $name(r: &RelayStore, $($arg: $ty),*) -> Res<$ret> {
+        pub(super) async fn $name(r: &RelayStore, $($arg: $ty),*) -> Result<$ret, StoreError> {
             send(r, ClusterCall::$variant { $($arg: $arg.to_owned()),* }).await
         }
     )*};
 }
 
 relayed! {
-    fn kv_claim(me: &Member, class: &str, job_id: &str) -> Claimed = Claim;
-    fn kv_renew_claim(me: &Member, class: &str, job_id: &str) -> bool = RenewClaim;
-    fn kv_release_claim(me: &Member, class: &str, job_id: &str) -> () = ReleaseClaim;
-    fn kv_release_lost_claim(class: &str, job_id: &str, server_id: &str) -> () = ReleaseLostClaim;
-    fn kv_claim_of(class: &str) -> Option<(ClaimValue, bool)> = ClaimOf;
-    fn kv_record_run(me: &Member, job_id: &str, record: &RunRecord) -> () = RecordRun;
-    fn kv_forget_run(me: &Member, job_id: &str) -> () = ForgetRun;
-    fn kv_restore_run(instance: &str, job_id: &str, record: &RunRecord) -> () = RestoreRun;
-    fn kv_remote_runs(me: &Member, class: &str) -> Vec<ClusterRun> = RemoteRuns;
-    fn kv_hold_lease(me: &Member) -> Lease = HoldLease;
-    fn kv_release_lease(me: &Member) -> () = ReleaseLease;
-    fn kv_send_command(instance: &str, command: &Command) -> () = SendCommand;
-    fn kv_take_commands(me: &Member) -> Vec<Command> = TakeCommands;
-    fn kv_ack(stop_id: &str, job_id: &str, error: &str) -> () = Ack;
-    fn kv_acks(stop_id: &str) -> Vec<(String, String)> = Acks;
-    fn kv_take_orphans(me: &Member) -> Vec<(String, RunRecord)> = TakeOrphans;
-    fn kv_take_lost(me: &Member, scan: bool) -> Vec<(String, String, RunRecord)> = TakeLost;
+    fn claim(me: &Member, class: &str, job_id: &str) -> Claimed = Claim;
+    fn renew_claim(me: &Member, class: &str, job_id: &str) -> bool = RenewClaim;
+    fn release_claim(me: &Member, class: &str, job_id: &str) -> () = ReleaseClaim;
+    fn release_claim_of(class: &str, job_id: &str, server_id: &str) -> () = ReleaseLostClaim;
+    fn claim_of(class: &str) -> Option<(ClaimValue, bool)> = ClaimOf;
+    fn record_run(me: &Member, job_id: &str, record: &RunRecord) -> () = RecordRun;
+    fn forget_run(me: &Member, job_id: &str) -> () = ForgetRun;
+    fn restore_run(instance: &str, job_id: &str, record: &RunRecord) -> () = RestoreRun;
+    fn remote_runs(me: &Member, class: &str) -> Vec<ClusterRun> = RemoteRuns;
+    fn hold_lease(me: &Member) -> Lease = HoldLease;
+    fn release_lease(me: &Member) -> () = ReleaseLease;
+    fn send_command(instance: &str, command: &Command) -> () = SendCommand;
+    fn take_commands(me: &Member) -> Vec<Command> = TakeCommands;
+    fn ack(stop_id: &str, job_id: &str, error: &str) -> () = Ack;
+    fn acks(stop_id: &str) -> Vec<(String, String)> = Acks;
+    fn take_orphans(me: &Member) -> Vec<(String, RunRecord)> = TakeOrphans;
+    fn take_lost(me: &Member, scan: bool) -> Vec<(String, String, RunRecord)> = TakeLost;
 }

@@ -376,12 +376,12 @@ pub(super) fn deadline_for(timeout_ms: Option<i64>) -> tokio::time::Instant {
 }
 
 /// A store operation bounded by `deadline`.
-pub(super) async fn within<T>(
+pub(super) async fn within<T, E: Into<String>>(
     deadline: tokio::time::Instant,
-    op: impl std::future::Future<Output = Result<T, String>>,
+    op: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
     match tokio::time::timeout_at(deadline, op).await {
-        Ok(res) => res,
+        Ok(res) => res.map_err(Into::into),
         Err(_) => Err("the store did not answer within the center's HTTP timeout".to_owned()),
     }
 }

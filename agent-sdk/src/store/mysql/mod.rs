@@ -72,8 +72,6 @@ const OWNER_FORMAT: &str = "'%Y-%m-%d %H:%i:%s.%f'";
 const FENCE_KEY: &str = "jobagent:lock-fence";
 /// The hash key of first reports.
 const RESULTS_KEY: &str = "jobagent:results";
-/// The cluster section's lease row (see [`MysqlStore::section_try`]).
-const SECTION_KEY: &str = "jobagent:cluster-section";
 
 /// One MySQL/MariaDB store: a bounded pool, the table names, and what was learned of them.
 pub(crate) struct MysqlStore {
@@ -917,7 +915,7 @@ impl MysqlStore {
     }
 }
 
-/// The primitives cluster mode builds on (`crate::cluster::kv`).
+/// The primitives cluster mode builds on (`crate::store::driver`).
 impl MysqlStore {
     /// The server's clock, in milliseconds since the Unix epoch (`NOW(3)` read back through
     /// `UNIX_TIMESTAMP` in the same session time zone, so the zone cancels out).
@@ -975,63 +973,6 @@ impl MysqlStore {
             c.exec_drop(
                 sql.as_str(),
                 vec![Value::from(secs_of(life)), Value::from(key)],
-            )
-        })
-        .await
-    }
-
-    /// One attempt at the cluster section: a lease row (hash `jobagent:cluster-section`,
-    /// field `section`, value `<owner>:<until ms>` on the server's clock) taken when absent
-    /// or lapsed, in one upsert, then read back. `Some(owner)` when entered (leave with
-    /// [`section_leave`](Self::section_leave)). A lease, not `GET_LOCK`: a holder cut off
-    /// without a reset (its session still open on the server) holds it at most `hold`.
-    pub(crate) async fn section_try(&self, hold: Duration) -> Result<Option<String>, String> {
-        let t = self.tables().await?;
-        let owner = uuid::Uuid::new_v4().simple().to_string();
-        let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
-        let now = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
-        let upsert = format!(
-            "INSERT INTO {h} (`Key`, `Field`, `Value`, `ExpireAt`) VALUES (?, 'section', CONCAT(?, ':', {now} + ?), NULL) \
-             ON DUPLICATE KEY UPDATE `Value` = IF(CAST(SUBSTRING_INDEX(`Value`, ':', -1) AS SIGNED) < {now}, VALUES(`Value`), `Value`)",
-            h = t.hash
-        );
-        let select = format!(
-            "SELECT `Value` FROM {} WHERE `Key` = ? AND `Field` = 'section'",
-            t.hash
-        );
-        let mut c = self.conn().await?;
-        c.bound(|c| {
-            c.exec_drop(
-                upsert.as_str(),
-                vec![
-                    Value::from(SECTION_KEY),
-                    Value::from(owner.as_str()),
-                    Value::from(hold_ms),
-                ],
-            )
-        })
-        .await?;
-        let held: Option<Option<String>> = c
-            .bound(|c| c.exec_first(select.as_str(), vec![Value::from(SECTION_KEY)]))
-            .await?;
-        let ours = held
-            .flatten()
-            .is_some_and(|v| v.split(':').next() == Some(owner.as_str()));
-        Ok(ours.then_some(owner))
-    }
-
-    /// Leaves the cluster section entered as `owner` (a lapsed one taken since is left alone).
-    pub(crate) async fn section_leave(&self, owner: &str) -> Result<(), String> {
-        let t = self.tables().await?;
-        let sql = format!(
-            "DELETE FROM {} WHERE `Key` = ? AND `Field` = 'section' AND `Value` LIKE CONCAT(?, ':%')",
-            t.hash
-        );
-        let mut c = self.conn().await?;
-        c.bound(|c| {
-            c.exec_drop(
-                sql.as_str(),
-                vec![Value::from(SECTION_KEY), Value::from(owner)],
             )
         })
         .await

@@ -1,0 +1,197 @@
+//! The protocol, tested once on the in-memory store in paused time: every lease lapses
+//! exactly when the test says, and a write can be held in flight past one.
+//!
+//! One delayed-write case covers MySQL and Redis alike: both apply the conditional write's
+//! comparison when the write runs (InnoDB evaluates the `WHERE` once it holds the row lock;
+//! Redis runs the script whole when it reaches it), which is what the memory store's held
+//! write does. The two cases below are the two shapes a delay takes: a renewal stuck behind
+//! a lock (MySQL), and a claim queued behind other commands (Redis).
+
+use std::time::Duration;
+
+use tokio::time::advance;
+
+use super::protocol::Cluster;
+use super::*;
+use crate::store::memory::MemoryStore;
+
+const DAYS: Duration = Duration::from_secs(7 * 86_400);
+
+fn member(instance: &str, server_id: &str) -> Member {
+    Member {
+        instance: instance.to_owned(),
+        server_id: server_id.to_owned(),
+    }
+}
+
+fn record(class: &str, server_id: &str) -> RunRecord {
+    RunRecord {
+        class: class.to_owned(),
+        server_id: server_id.to_owned(),
+        started: 1,
+        action: String::new(),
+    }
+}
+
+fn yes(c: Claimed) -> u64 {
+    match c {
+        Claimed::Yes(token) => token,
+        Claimed::Busy(by) => panic!("busy: held by {by:?}"),
+    }
+}
+
+fn busy(c: Claimed) -> ClaimValue {
+    match c {
+        Claimed::Busy(by) => by,
+        Claimed::Yes(token) => panic!("claimed (token {token}), expected busy"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lapsed_claim_goes_to_the_next_claimer_with_a_higher_token() {
+    let store = MemoryStore::new();
+    let c = Cluster::new(&store, DAYS);
+    let (a, b) = (member("a", "sa"), member("b", "sb"));
+    let first = yes(c.claim(&a, "K", "1").await.expect("claim"));
+    assert_eq!(
+        busy(c.claim(&b, "K", "2").await.expect("claim")).job_id,
+        "1"
+    );
+    advance(CLAIM_LEASE - Duration::from_secs(1)).await;
+    assert!(c.renew_claim(&a, "K", "1").await.expect("renew"));
+    advance(CLAIM_LEASE - Duration::from_secs(1)).await;
+    assert_eq!(
+        busy(c.claim(&b, "K", "2").await.expect("claim")).job_id,
+        "1"
+    );
+    advance(Duration::from_secs(2)).await;
+    let second = yes(c.claim(&b, "K", "2").await.expect("claim"));
+    assert!(second > first, "tokens grow: {first} then {second}");
+    assert!(!c.renew_claim(&a, "K", "1").await.expect("renew"));
+    let (holder, live) = c.claim_of("K").await.expect("read").expect("a claim");
+    assert_eq!((holder.job_id.as_str(), live), ("2", true));
+    c.release_claim(&b, "K", "2").await.expect("release");
+    let (_, live) = c
+        .claim_of("K")
+        .await
+        .expect("read")
+        .expect("kept as the last run");
+    assert!(!live);
+}
+
+/// MySQL-shaped: the holder's renewal waits (a lock wait) past its lease; another replica
+/// claims the class meanwhile. The renewal lands after, and fails: the new holder keeps it.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_delayed_past_the_lease_is_refused() {
+    let store = MemoryStore::new();
+    let c = Cluster::new(&store, DAYS);
+    let (a, b) = (member("a", "sa"), member("b", "sb"));
+    yes(c.claim(&a, "K", "1").await.expect("claim"));
+    let release = store.hold_next_write();
+    let renewal = async { c.renew_claim(&a, "K", "1").await };
+    let late = async {
+        advance(CLAIM_LEASE + Duration::from_secs(1)).await;
+        let won = yes(c.claim(&b, "K", "2").await.expect("claim"));
+        let _ = release.send(());
+        won
+    };
+    let (renewed, _) = tokio::join!(renewal, late);
+    assert!(!renewed.expect("renewal"), "a late renewal must not win");
+    let (holder, live) = c.claim_of("K").await.expect("read").expect("a claim");
+    assert_eq!((holder.server_id.as_str(), live), ("sb", true));
+}
+
+/// Redis-shaped: a claim read the lapsed claim, then its write queued; another replica's
+/// claim lands first. The queued one fails, decides again, and finds the class busy.
+#[tokio::test(start_paused = true)]
+async fn a_claim_delayed_behind_another_finds_the_class_busy() {
+    let store = MemoryStore::new();
+    let c = Cluster::new(&store, DAYS);
+    let (a, b, d) = (member("a", "sa"), member("b", "sb"), member("d", "sd"));
+    yes(c.claim(&a, "K", "1").await.expect("claim"));
+    advance(CLAIM_LEASE + Duration::from_secs(1)).await;
+    let release = store.hold_next_write();
+    let queued = async { c.claim(&b, "K", "2").await };
+    let first = async {
+        tokio::task::yield_now().await;
+        let won = yes(c.claim(&d, "K", "3").await.expect("claim"));
+        let _ = release.send(());
+        won
+    };
+    let (queued, _) = tokio::join!(queued, first);
+    assert_eq!(busy(queued.expect("claim")).server_id, "sd");
+}
+
+#[tokio::test(start_paused = true)]
+async fn commands_crossing_are_each_taken_once_by_their_replica() {
+    let store = MemoryStore::new();
+    let c = Cluster::new(&store, DAYS);
+    let (a, b) = (member("a", "sa"), member("b", "sb"));
+    let to = |job: &str| Command {
+        action: "stop".into(),
+        class: "K".into(),
+        job_id: job.into(),
+        stop_id: format!("s{job}"),
+        console: None,
+        param: String::new(),
+    };
+    let (one, two) = (to("1"), to("2"));
+    let (x, y) = tokio::join!(c.send_command("b", &one), c.send_command("a", &two));
+    x.expect("send");
+    y.expect("send");
+    let (for_a, for_b) = tokio::join!(c.take_commands(&a), c.take_commands(&b));
+    assert_eq!(for_a.expect("take")[0].job_id, "2");
+    assert_eq!(for_b.expect("take")[0].job_id, "1");
+    assert!(c.take_commands(&a).await.expect("take").is_empty());
+    c.ack("s1", "1", "").await.expect("ack");
+    assert_eq!(
+        c.acks("s1").await.expect("acks"),
+        [("1".to_owned(), String::new())]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_instance_name_is_refused_until_the_holder_lapses() {
+    let store = MemoryStore::new();
+    let c = Cluster::new(&store, DAYS);
+    let (first, dup) = (member("i", "s1"), member("i", "s2"));
+    assert_eq!(c.hold_lease(&first).await.expect("lease"), Lease::Held);
+    let Lease::HeldBy(holder) = c.hold_lease(&dup).await.expect("lease") else {
+        panic!("a duplicate must not hold the name");
+    };
+    assert_eq!(holder.server_id, "s1");
+    let refused = c.claim(&dup, "K", "1").await.expect_err("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("in use by another live process"),
+        "{refused}"
+    );
+    c.record_run(&dup, "1", &record("K", "s2"))
+        .await
+        .expect_err("a duplicate records nothing");
+    advance(REPLICA_LEASE + Duration::from_millis(1)).await;
+    assert_eq!(c.hold_lease(&dup).await.expect("lease"), Lease::Held);
+    // A graceful stop lets the next process in at once.
+    c.release_lease(&dup).await.expect("release");
+    assert_eq!(c.hold_lease(&first).await.expect("lease"), Lease::Held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_replicas_runs_are_taken_once_after_lease_and_grace() {
+    let store = MemoryStore::new();
+    let c = Cluster::new(&store, DAYS);
+    let (a, b) = (member("a", "sa"), member("b", "sb"));
+    c.record_run(&a, "7", &record("K", "sa"))
+        .await
+        .expect("record");
+    c.hold_lease(&b).await.expect("lease");
+    assert_eq!(c.remote_runs(&b, "K").await.expect("runs").len(), 1);
+    advance(REPLICA_LEASE + LOST_GRACE - Duration::from_millis(500)).await;
+    assert!(c.take_lost(&b, false, "").await.expect("lost").is_empty());
+    advance(Duration::from_secs(1)).await;
+    let lost = c.take_lost(&b, false, "").await.expect("lost");
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!((lost[0].0.as_str(), lost[0].1.as_str()), ("a", "7"));
+    assert!(c.take_lost(&b, false, "").await.expect("lost").is_empty());
+}
