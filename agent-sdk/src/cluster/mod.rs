@@ -53,7 +53,6 @@ use crate::store::{Backend, Store, StoreError};
 
 use protocol::Cluster;
 
-mod postgres;
 mod protocol;
 #[cfg(feature = "relay")]
 pub(crate) mod relay;
@@ -76,9 +75,6 @@ pub(crate) const REPLICA_LEASE: Duration = Duration::from_secs(6);
 pub(crate) const LOST_GRACE: Duration = Duration::from_secs(3);
 /// How often a replica looks for runs whose instance has no lease row.
 pub(crate) const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(30);
-/// Bookkeeping rows are renewed when their `expireat` is less than this far from the store's
-/// full `ExpireAtDays`.
-pub(super) const RENEW_ROWS_SLACK_SECS: f64 = 3600.0;
 /// How often a replica looks for commands addressed to it.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(200);
 
@@ -198,11 +194,6 @@ pub(super) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// An error's text with its causes (a database error's own message is in its source).
-pub(super) fn e(err: impl std::error::Error + 'static) -> String {
-    crate::error::chain(&err)
-}
-
 /// How long one cluster operation on a database may take.
 const OP_WITHIN: Duration = Duration::from_secs(4);
 
@@ -224,9 +215,9 @@ async fn bounded<T>(
 /// One operation on the store: the protocol over the store's driver, or the same operation
 /// sent to a relay (which runs it on its own store).
 macro_rules! on_backend {
-    ($store:expr, $what:expr, $pg:ident, $op:ident ( $($arg:expr),* )) => {
+    ($store:expr, $what:expr, $op:ident ( $($arg:expr),* )) => {
         match $store.backend() {
-            Backend::Postgres(_) => $store.$pg($($arg),*).await.map_err(StoreError::from),
+            Backend::Postgres(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
             #[cfg(feature = "mysql")]
             Backend::Mysql(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
             #[cfg(feature = "redis")]
@@ -250,7 +241,7 @@ impl Store {
         class: &str,
         job_id: &str,
     ) -> Result<Claimed, StoreError> {
-        on_backend!(self, "a claim", pg_claim, claim(me, class, job_id))
+        on_backend!(self, "a claim", claim(me, class, job_id))
     }
 
     /// Renews a claim we hold; false when it is no longer ours.
@@ -260,12 +251,7 @@ impl Store {
         class: &str,
         job_id: &str,
     ) -> Result<bool, StoreError> {
-        on_backend!(
-            self,
-            "a claim's renewal",
-            pg_renew_claim,
-            renew_claim(me, class, job_id)
-        )
+        on_backend!(self, "a claim's renewal", renew_claim(me, class, job_id))
     }
 
     /// Releases a claim we hold: its lease lapses now, and the record stays (Hangfire keeps
@@ -276,12 +262,7 @@ impl Store {
         class: &str,
         job_id: &str,
     ) -> Result<(), StoreError> {
-        on_backend!(
-            self,
-            "a claim's release",
-            pg_release_claim,
-            release_claim(me, class, job_id)
-        )
+        on_backend!(self, "a claim's release", release_claim(me, class, job_id))
     }
 
     /// Lapses the claim a process that is gone held for a run just reported lost, so the class
@@ -295,7 +276,6 @@ impl Store {
         on_backend!(
             self,
             "a lost claim's release",
-            pg_release_lost_claim,
             release_claim_of(class, job_id, server_id)
         )
     }
@@ -305,7 +285,7 @@ impl Store {
         &self,
         class: &str,
     ) -> Result<Option<(ClaimValue, bool)>, StoreError> {
-        on_backend!(self, "a claim's read", pg_claim_of, claim_of(class))
+        on_backend!(self, "a claim's read", claim_of(class))
     }
 
     /// Records a run in flight, after taking or renewing this process's lease of its
@@ -317,12 +297,7 @@ impl Store {
         job_id: &str,
         record: &RunRecord,
     ) -> Result<(), StoreError> {
-        on_backend!(
-            self,
-            "a run's record",
-            pg_record_run,
-            record_run(me, job_id, record)
-        )
+        on_backend!(self, "a run's record", record_run(me, job_id, record))
     }
 
     /// Puts back the record of a run taken as lost whose report could not be written, under
@@ -337,19 +312,13 @@ impl Store {
         on_backend!(
             self,
             "a lost run's record put back",
-            pg_restore_run,
             restore_run(instance, job_id, record)
         )
     }
 
     /// Forgets a run once its result is written.
     pub(crate) async fn forget_run(&self, me: &Member, job_id: &str) -> Result<(), StoreError> {
-        on_backend!(
-            self,
-            "a run's removal",
-            pg_forget_run,
-            forget_run(me, job_id)
-        )
+        on_backend!(self, "a run's removal", forget_run(me, job_id))
     }
 
     /// Runs of `class` on live replicas other than `me`.
@@ -358,28 +327,18 @@ impl Store {
         me: &Member,
         class: &str,
     ) -> Result<Vec<ClusterRun>, StoreError> {
-        on_backend!(
-            self,
-            "the cluster's runs",
-            pg_remote_runs,
-            remote_runs(me, class)
-        )
+        on_backend!(self, "the cluster's runs", remote_runs(me, class))
     }
 
     /// Takes or renews this process's lease of its instance name (and keeps its run records
     /// from expiring while it holds it).
     pub(crate) async fn hold_lease(&self, me: &Member) -> Result<Lease, StoreError> {
-        on_backend!(self, "the instance's lease", pg_hold_lease, hold_lease(me))
+        on_backend!(self, "the instance's lease", hold_lease(me))
     }
 
     /// Lets this process's lease lapse now (a graceful stop).
     pub(crate) async fn release_lease(&self, me: &Member) -> Result<(), StoreError> {
-        on_backend!(
-            self,
-            "the instance's lease release",
-            pg_release_lease,
-            release_lease(me)
-        )
+        on_backend!(self, "the instance's lease release", release_lease(me))
     }
 
     /// Sends a command to a replica.
@@ -388,17 +347,12 @@ impl Store {
         instance: &str,
         command: &Command,
     ) -> Result<(), StoreError> {
-        on_backend!(
-            self,
-            "a command",
-            pg_send_command,
-            send_command(instance, command)
-        )
+        on_backend!(self, "a command", send_command(instance, command))
     }
 
     /// Takes the commands addressed to this replica (each is taken once).
     pub(crate) async fn take_commands(&self, me: &Member) -> Result<Vec<Command>, StoreError> {
-        on_backend!(self, "the commands", pg_take_commands, take_commands(me))
+        on_backend!(self, "the commands", take_commands(me))
     }
 
     /// Acknowledges that `on_stop` finished for a remote stop.
@@ -408,17 +362,12 @@ impl Store {
         job_id: &str,
         error: &str,
     ) -> Result<(), StoreError> {
-        on_backend!(
-            self,
-            "an acknowledgement",
-            pg_ack,
-            ack(stop_id, job_id, error)
-        )
+        on_backend!(self, "an acknowledgement", ack(stop_id, job_id, error))
     }
 
     /// The acknowledgements of a stop: job id and error text (empty when fine).
     pub(crate) async fn acks(&self, stop_id: &str) -> Result<Vec<(String, String)>, StoreError> {
-        on_backend!(self, "the acknowledgements", pg_acks, acks(stop_id))
+        on_backend!(self, "the acknowledgements", acks(stop_id))
     }
 
     /// Takes the runs an earlier process of this instance left in flight.
@@ -426,12 +375,7 @@ impl Store {
         &self,
         me: &Member,
     ) -> Result<Vec<(String, RunRecord)>, StoreError> {
-        on_backend!(
-            self,
-            "a predecessor's runs",
-            pg_take_orphans,
-            take_orphans(me)
-        )
+        on_backend!(self, "a predecessor's runs", take_orphans(me))
     }
 
     /// Takes the runs of replicas whose lease lapsed longer than [`LOST_GRACE`] ago, and
@@ -459,7 +403,13 @@ impl Store {
     ) -> Result<Vec<(String, String, RunRecord)>, StoreError> {
         let what = "lost replicas' runs";
         match self.backend() {
-            Backend::Postgres(_) => Ok(self.pg_take_lost(me, scan, scope).await?),
+            Backend::Postgres(d) => {
+                bounded(
+                    what,
+                    Cluster::new(d, self.expire).take_lost(me, scan, scope),
+                )
+                .await
+            }
             #[cfg(feature = "mysql")]
             Backend::Mysql(d) => {
                 bounded(

@@ -417,10 +417,6 @@ impl Store {
         }
     }
 
-    pub(crate) fn expire_secs(&self) -> f64 {
-        self.expire.as_secs_f64()
-    }
-
     /// The host names the store connects to.
     fn hosts(&self) -> Vec<String> {
         match &self.backend {

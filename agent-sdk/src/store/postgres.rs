@@ -222,37 +222,6 @@ where
 }
 
 impl Conn<'_> {
-    /// Runs `body` (statements on this connection, one after another) in one transaction
-    /// whose time zone is UTC, within `Command Timeout` (see [`Conn::bound`]): committed when
-    /// it succeeds, rolled back when it fails.
-    pub(crate) async fn transaction<T, E: Describe>(
-        &self,
-        body: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, String> {
-        self.bound(async {
-            self.batch_execute(BEGIN_UTC)
-                .await
-                .map_err(|e| e.describe())?;
-            match body.await {
-                Ok(v) => {
-                    self.batch_execute("COMMIT")
-                        .await
-                        .map_err(|e| e.describe())?;
-                    Ok(v)
-                }
-                Err(e) => {
-                    // A rollback that fails leaves a broken connection, which the pool's
-                    // check before reuse drops.
-                    if let Err(r) = self.batch_execute("ROLLBACK").await {
-                        tracing::debug!(error = %r.describe(), "rolling back failed");
-                    }
-                    Err(e.describe())
-                }
-            }
-        })
-        .await
-    }
-
     /// Runs one statement (or a few that belong together) within `Command Timeout`.
     pub(crate) async fn bound<T, E: Describe>(
         &self,
