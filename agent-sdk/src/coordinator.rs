@@ -11,7 +11,8 @@
 //! reconciles. A predecessor that crashed is told from a live duplicate by its lease: a live
 //! process renews it every [`RENEW_EVERY`], a dead one does not.
 
-use std::sync::{Arc, Weak};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -34,12 +35,10 @@ const STORE_OP_WITHIN: Duration = Duration::from_secs(5);
 /// How long releasing the lease at a graceful stop may take.
 const RELEASE_WITHIN: Duration = Duration::from_secs(1);
 /// How long a lost run's report, cut short by shutdown, may still take to finish its write
-/// before its record is put back instead.
+/// (its record stays either way until the report is written).
 const REPORT_GRACE: Duration = Duration::from_millis(500);
-/// How long putting a lost run's record back may take.
-const PUT_BACK_WITHIN: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the coordinators (the lease's release, lost runs' reports
-/// finishing or put back) once the runs are over.
+/// finishing) once the runs are over.
 pub(crate) const STOP_WITHIN: Duration = Duration::from_secs(3);
 /// The longest wait between two lease renewals of a store that does not answer (they back
 /// off from [`RENEW_EVERY`], doubling).
@@ -148,6 +147,7 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
             crate::store::listen::spawn(&tasks, store.clone(), me.instance.clone(), here.clone());
         }
         drop(rt);
+        let reporting = Reporting::default();
         let mut renew_failures = 0u32;
         let mut identity = Identity::Unknown;
         // Runs a crashed predecessor of this instance left in flight: reported once, by the
@@ -212,7 +212,7 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                 }
             }
             if identity.held() && !reconciled {
-                match bounded(STORE_OP_WITHIN, store.take_orphans(&me)).await {
+                match bounded(STORE_OP_WITHIN, store.orphans(&me)).await {
                     Ok(orphans) => {
                         reconciled = true;
                         tracing::info!(
@@ -224,9 +224,13 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                         for (job_id, record) in orphans {
                             tracing::warn!(job_id, class = %record.class, "reporting a run the previous process of this instance left in flight");
                             report_lost(
-                                &tasks,
-                                &stop,
-                                &store,
+                                &Reporter {
+                                    tasks: &tasks,
+                                    stop: &stop,
+                                    store: &store,
+                                    reporting: &reporting,
+                                    me: &me,
+                                },
                                 me.instance.clone(),
                                 job_id,
                                 &record,
@@ -296,7 +300,14 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                             let why = format!(
                                 "agent replica lost: {instance} stopped answering before the job finished"
                             );
-                            report_lost(&tasks, &stop, &store, instance, job_id, &record, why);
+                            let reporter = Reporter {
+                                tasks: &tasks,
+                                stop: &stop,
+                                store: &store,
+                                reporting: &reporting,
+                                me: &me,
+                            };
+                            report_lost(&reporter, instance, job_id, &record, why);
                         }
                     }
                     Err(e) => {
@@ -308,22 +319,47 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
     });
 }
 
-/// Reports a run taken from the store as lost, in the background (the agent's tracker): the
-/// result writer retries while the store is unreachable, and the coordinator must go on
-/// renewing the lease. The store no longer holds the run's record (taking it removed it), so
-/// this report is the run's only one: when it cannot be written (shutdown cuts it short, or
-/// the store never takes it), the record is put back under `instance`, where whoever holds
-/// that name next, or a survivor's scan, finds it and reports the run.
-#[allow(clippy::too_many_arguments)]
+/// The runs this process is reporting lost (instance, job id): one taken again while its
+/// report is under way (the reaper's placeholder lapsed) is not reported twice from here.
+type Reporting = Arc<Mutex<HashSet<(String, String)>>>;
+
+/// Takes its run out of [`Reporting`] when the report task ends, however it ends.
+struct Reported(Reporting, (String, String));
+
+impl Drop for Reported {
+    fn drop(&mut self) {
+        crate::sync::lock(&self.0).remove(&self.1);
+    }
+}
+
+/// What a report of a lost run needs from its coordinator.
+struct Reporter<'a> {
+    tasks: &'a TaskTracker,
+    stop: &'a CancellationToken,
+    store: &'a Arc<Store>,
+    reporting: &'a Reporting,
+    me: &'a Member,
+}
+
+/// Reports a run found lost, in the background (the agent's tracker): the result writer
+/// retries while the store is unreachable, and the coordinator must go on renewing the lease.
+/// The run's record stays in the store until its result is written, and is deleted only
+/// then: a process killed before the write leaves the record, which whoever holds the
+/// instance name next, or a survivor once the reaper's placeholder lapses, reports; one
+/// killed between the write and the delete leaves at most a second report, which the result's
+/// first-report mark absorbs.
 fn report_lost(
-    tasks: &TaskTracker,
-    stop: &CancellationToken,
-    store: &Arc<Store>,
+    r: &Reporter<'_>,
     instance: String,
     job_id: String,
     record: &RunRecord,
     why: String,
 ) {
+    let key = (instance.clone(), job_id.clone());
+    if !crate::sync::lock(r.reporting).insert(key.clone()) {
+        return;
+    }
+    let reported = Reported(r.reporting.clone(), key);
     let started = std::time::UNIX_EPOCH + Duration::from_millis(record.started);
     crate::metrics::lost_run_reported(
         &record.class,
@@ -333,11 +369,16 @@ fn report_lost(
     );
     let result = DispatchResult::new(&job_id, Action::Run, &job_id, Some(why), started);
     let results = StoreResults {
-        store: store.clone(),
+        store: r.store.clone(),
         retry_for: None,
     };
-    let (store, record, stop) = (store.clone(), record.clone(), stop.clone());
-    tasks.spawn(async move {
+    let (store, record, stop) = (r.store.clone(), record.clone(), r.stop.clone());
+    let owner = Member {
+        instance,
+        server_id: r.me.server_id.clone(),
+    };
+    r.tasks.spawn(async move {
+        let _reported = reported;
         // The claim goes first: once the result is visible, the class must already be free
         // (a stop read right after the result says "already stopped", not "stopping").
         let release = store.release_lost_claim(&record.class, &job_id, &record.server_id);
@@ -351,13 +392,12 @@ fn report_lost(
                 tokio::time::timeout(REPORT_GRACE, &mut write).await.unwrap_or(false)
             }
         };
-        if written {
+        if !written {
+            tracing::warn!(instance = %owner.instance, job_id, class = %record.class, "a lost run's report was not written before shutdown; its record stays, and whoever holds the instance name next (or a surviving replica) reports it");
             return;
         }
-        let put_back = store.restore_run(&instance, &job_id, &record);
-        match bounded(PUT_BACK_WITHIN, put_back).await {
-            Ok(()) => tracing::warn!(instance, job_id, class = %record.class, "a lost run's report was not written before shutdown; its record is put back, and whoever holds the instance name next (or a surviving replica) reports it"),
-            Err(e) => tracing::error!(instance, job_id, class = %record.class, error = %e, "a lost run's report was not written before shutdown and its record could not be put back: this run is not reported"),
+        if let Err(e) = bounded(STORE_OP_WITHIN, store.forget_run(&owner, &job_id)).await {
+            tracing::debug!(instance = %owner.instance, job_id, error = %e, "could not delete a reported lost run's record; it is found again later, and its second report is absorbed by the first-report mark");
         }
     });
 }

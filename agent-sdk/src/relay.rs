@@ -1068,16 +1068,6 @@ async fn cluster(s: &Store, tenant: &str, call: ClusterCall) -> Result<serde_jso
         C::ForgetRun { me, job_id } => value(serde_json::to_value(
             s.forget_run(&me_in(me), &job_id).await?,
         )),
-        C::RestoreRun {
-            instance,
-            job_id,
-            mut record,
-        } => {
-            record.class = p(&record.class);
-            value(serde_json::to_value(
-                s.restore_run(&p(&instance), &job_id, &record).await?,
-            ))
-        }
         C::RemoteRuns { me, class } => {
             let runs = s.remote_runs(&me_in(me), &p(&class)).await?;
             let runs: Vec<ClusterRun> = runs
@@ -1107,7 +1097,7 @@ async fn cluster(s: &Store, tenant: &str, call: ClusterCall) -> Result<serde_jso
         )),
         C::Acks { stop_id } => value(serde_json::to_value(s.acks(&p(&stop_id)).await?)),
         C::TakeOrphans { me } => {
-            let runs = s.take_orphans(&me_in(me)).await?;
+            let runs = s.orphans(&me_in(me)).await?;
             let runs: Vec<(String, RunRecord)> = runs
                 .into_iter()
                 .map(|(id, r)| (id, record_out(r)))

@@ -300,23 +300,8 @@ impl Store {
         on_backend!(self, "a run's record", record_run(me, job_id, record))
     }
 
-    /// Puts back the record of a run taken as lost whose report could not be written, under
-    /// `instance`: whoever holds that name next takes it as an orphan, or a survivor's scan
-    /// finds it (an instance with records and no live lease).
-    pub(crate) async fn restore_run(
-        &self,
-        instance: &str,
-        job_id: &str,
-        record: &RunRecord,
-    ) -> Result<(), StoreError> {
-        on_backend!(
-            self,
-            "a lost run's record put back",
-            restore_run(instance, job_id, record)
-        )
-    }
-
-    /// Forgets a run once its result is written.
+    /// Forgets a run once its result is written (`me.instance`: the instance it ran under,
+    /// this process's or a lost one's).
     pub(crate) async fn forget_run(&self, me: &Member, job_id: &str) -> Result<(), StoreError> {
         on_backend!(self, "a run's removal", forget_run(me, job_id))
     }
@@ -370,17 +355,21 @@ impl Store {
         on_backend!(self, "the acknowledgements", acks(stop_id))
     }
 
-    /// Takes the runs an earlier process of this instance left in flight.
-    pub(crate) async fn take_orphans(
+    /// The runs an earlier process of this instance left in flight; their records stay until
+    /// each is reported and forgotten.
+    pub(crate) async fn orphans(
         &self,
         me: &Member,
     ) -> Result<Vec<(String, RunRecord)>, StoreError> {
-        on_backend!(self, "a predecessor's runs", take_orphans(me))
+        on_backend!(self, "a predecessor's runs", orphans(me))
     }
 
-    /// Takes the runs of replicas whose lease lapsed longer than [`LOST_GRACE`] ago, and
-    /// forgets those replicas; each run is taken by one replica only. With `scan`, instances
-    /// with run records but no lease row first get a lease that lapses now.
+    /// Takes the runs of replicas whose lease lapsed longer than [`LOST_GRACE`] ago: their
+    /// lease row becomes a reaper placeholder that lapses like a lease, and their records
+    /// stay until each run is reported and forgotten (the taker forgets each with
+    /// [`forget_run`](Self::forget_run)); an instance left with no records is forgotten.
+    /// With `scan`, instances with run records but no lease row first get a lease that
+    /// lapses now.
     pub(crate) async fn take_lost(
         &self,
         me: &Member,

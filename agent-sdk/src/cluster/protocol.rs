@@ -379,25 +379,6 @@ impl<'a, D: Driver> Cluster<'a, D> {
             .await
     }
 
-    /// Puts a run's record back under `instance`, and the instance in the orphan scan's index.
-    pub(crate) async fn restore_run(
-        &self,
-        instance: &str,
-        job_id: &str,
-        record: &RunRecord,
-    ) -> Result<(), StoreError> {
-        let row = RunRow {
-            record: record.clone(),
-            job_id: job_id.to_owned(),
-        };
-        self.d
-            .put(&runs_key(instance), job_id, &json(&row)?, Some(self.expire))
-            .await?;
-        self.d
-            .put(INSTANCES_KEY, instance, instance, Some(self.expire))
-            .await
-    }
-
     pub(crate) async fn forget_run(&self, me: &Member, job_id: &str) -> Result<(), StoreError> {
         self.d
             .delete(&runs_key(&me.instance), job_id)
@@ -432,7 +413,8 @@ impl<'a, D: Driver> Cluster<'a, D> {
         let mut runs = Vec::new();
         for (field, raw) in self.d.get_all(REPLICAS_KEY).await? {
             let lease = lease_of(&field, &raw);
-            if lease.until <= now || lease.instance == me.instance {
+            // A placeholder (no process) runs nothing: its runs are being reported lost.
+            if lease.until <= now || lease.server_id.is_empty() || lease.instance == me.instance {
                 continue;
             }
             for (_, _, row) in self.runs_of(&lease.instance).await? {
@@ -515,20 +497,20 @@ impl<'a, D: Driver> Cluster<'a, D> {
             .collect())
     }
 
-    pub(crate) async fn take_orphans(
+    /// The runs an earlier process of `me`'s instance name left in flight. They stay on
+    /// record until each is reported and forgotten: should this process die first, whoever
+    /// holds the name next (or a survivor, once this lease lapses) reports them.
+    pub(crate) async fn orphans(
         &self,
         me: &Member,
     ) -> Result<Vec<(String, RunRecord)>, StoreError> {
-        let key = runs_key(&me.instance);
-        let mut taken = Vec::new();
-        for (field, raw, row) in self.runs_of(&me.instance).await? {
-            if row.record.server_id != me.server_id
-                && self.d.cas(&key, &field, Some(&raw), None, None).await?
-            {
-                taken.push((row.job_id, row.record));
-            }
-        }
-        Ok(taken)
+        Ok(self
+            .runs_of(&me.instance)
+            .await?
+            .into_iter()
+            .filter(|(_, _, row)| row.record.server_id != me.server_id)
+            .map(|(_, _, row)| (row.job_id, row.record))
+            .collect())
     }
 
     pub(crate) async fn take_lost(
@@ -584,24 +566,43 @@ impl<'a, D: Driver> Cluster<'a, D> {
             {
                 continue;
             }
+            let runs = self.runs_of(&lease.instance).await?;
+            if runs.is_empty() {
+                // Everything reported and forgotten: the instance is done with.
+                if self
+                    .d
+                    .cas(REPLICAS_KEY, &field, Some(&raw), None, None)
+                    .await?
+                {
+                    self.d.delete(INSTANCES_KEY, &field).await?;
+                }
+                continue;
+            }
+            // Taken by a reaper placeholder whose lease lapses like a replica's: the records
+            // stay until each run is reported; should this reaper die before, another takes
+            // them once the placeholder has lapsed.
+            let placeholder = json(&LeaseRow {
+                instance: lease.instance.clone(),
+                until: now + millis(REPLICA_LEASE),
+                ..LeaseRow::default()
+            })?;
             if !self
                 .d
-                .cas(REPLICAS_KEY, &field, Some(&raw), None, None)
+                .cas(
+                    REPLICAS_KEY,
+                    &field,
+                    Some(&raw),
+                    Some(&placeholder),
+                    Some(self.expire),
+                )
                 .await?
             {
                 continue;
             }
-            for (field, raw) in self.d.take_all(&runs_key(&lease.instance)).await? {
-                if let Ok(row) = serde_json::from_str::<RunRow>(&raw) {
-                    let job_id = if row.job_id.is_empty() {
-                        field
-                    } else {
-                        row.job_id
-                    };
-                    lost.push((lease.instance.clone(), job_id, row.record));
-                }
-            }
-            self.d.delete(INSTANCES_KEY, &field).await?;
+            lost.extend(
+                runs.into_iter()
+                    .map(|(_, _, row)| (lease.instance.clone(), row.job_id, row.record)),
+            );
         }
         Ok(lost)
     }

@@ -74,11 +74,6 @@ pub(crate) enum ClusterCall {
     TakeOrphans {
         me: Member,
     },
-    RestoreRun {
-        instance: String,
-        job_id: String,
-        record: RunRecord,
-    },
     TakeLost {
         me: Member,
         scan: bool,
@@ -110,7 +105,6 @@ relayed! {
     fn claim_of(class: &str) -> Option<(ClaimValue, bool)> = ClaimOf;
     fn record_run(me: &Member, job_id: &str, record: &RunRecord) -> () = RecordRun;
     fn forget_run(me: &Member, job_id: &str) -> () = ForgetRun;
-    fn restore_run(instance: &str, job_id: &str, record: &RunRecord) -> () = RestoreRun;
     fn remote_runs(me: &Member, class: &str) -> Vec<ClusterRun> = RemoteRuns;
     fn hold_lease(me: &Member) -> Lease = HoldLease;
     fn release_lease(me: &Member) -> () = ReleaseLease;
@@ -118,6 +112,6 @@ relayed! {
     fn take_commands(me: &Member) -> Vec<Command> = TakeCommands;
     fn ack(stop_id: &str, job_id: &str, error: &str) -> () = Ack;
     fn acks(stop_id: &str) -> Vec<(String, String)> = Acks;
-    fn take_orphans(me: &Member) -> Vec<(String, RunRecord)> = TakeOrphans;
+    fn orphans(me: &Member) -> Vec<(String, RunRecord)> = TakeOrphans;
     fn take_lost(me: &Member, scan: bool) -> Vec<(String, String, RunRecord)> = TakeLost;
 }

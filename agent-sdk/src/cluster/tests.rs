@@ -13,6 +13,7 @@ use tokio::time::advance;
 
 use super::protocol::Cluster;
 use super::*;
+use crate::store::driver::Driver;
 use crate::store::memory::MemoryStore;
 
 const DAYS: Duration = Duration::from_secs(7 * 86_400);
@@ -194,4 +195,77 @@ async fn a_dead_replicas_runs_are_taken_once_after_lease_and_grace() {
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert_eq!((lost[0].0.as_str(), lost[0].1.as_str()), ("a", "7"));
     assert!(c.take_lost(&b, false, "").await.expect("lost").is_empty());
+}
+
+/// A reaper takes a dead replica's runs and dies before reporting them: the records stay, and
+/// the next reaper takes them once the first one's placeholder lapsed; once reported and
+/// forgotten, the dead instance is forgotten too.
+#[tokio::test(start_paused = true)]
+async fn a_reaper_dying_mid_report_leaves_the_runs_to_the_next() {
+    let store = MemoryStore::new();
+    let c = Cluster::new(&store, DAYS);
+    let (a, b, d) = (member("a", "sa"), member("b", "sb"), member("d", "sd"));
+    c.record_run(&a, "1", &record("K", "sa"))
+        .await
+        .expect("record");
+    c.record_run(&a, "2", &record("L", "sa"))
+        .await
+        .expect("record");
+    advance(REPLICA_LEASE + LOST_GRACE + Duration::from_secs(1)).await;
+    assert_eq!(c.take_lost(&b, false, "").await.expect("lost").len(), 2);
+    // `b` dies here. Nobody else takes them while its placeholder is live...
+    assert!(c.take_lost(&d, false, "").await.expect("lost").is_empty());
+    assert!(
+        c.remote_runs(&d, "K").await.expect("runs").is_empty(),
+        "a placeholder runs nothing"
+    );
+    advance(REPLICA_LEASE).await;
+    assert!(c.take_lost(&d, false, "").await.expect("lost").is_empty());
+    // ...and the next reaper does once it lapsed.
+    advance(LOST_GRACE + Duration::from_secs(1)).await;
+    let mut lost = c.take_lost(&d, false, "").await.expect("lost");
+    lost.sort_by(|x, y| x.1.cmp(&y.1));
+    let ids: Vec<&str> = lost.iter().map(|l| l.1.as_str()).collect();
+    assert_eq!(ids, ["1", "2"]);
+    for (instance, job_id, _) in &lost {
+        let owner = member(instance, "sd");
+        c.forget_run(&owner, job_id).await.expect("forget");
+    }
+    advance(REPLICA_LEASE + LOST_GRACE + Duration::from_secs(1)).await;
+    assert!(c.take_lost(&d, false, "").await.expect("lost").is_empty());
+    assert_eq!(
+        store.get("jobagent:replicas", "a").await.expect("get"),
+        None
+    );
+    assert_eq!(
+        store.get("jobagent:instances", "a").await.expect("get"),
+        None
+    );
+}
+
+/// A process restarted under the name of one that died with runs in flight reports them,
+/// and they stay on record until it forgets each.
+#[tokio::test(start_paused = true)]
+async fn a_successor_finds_its_predecessors_runs_until_it_forgets_them() {
+    let store = MemoryStore::new();
+    let c = Cluster::new(&store, DAYS);
+    let (old, new) = (member("i", "s1"), member("i", "s2"));
+    c.record_run(&old, "1", &record("K", "s1"))
+        .await
+        .expect("record");
+    advance(REPLICA_LEASE + Duration::from_millis(1)).await;
+    assert_eq!(c.hold_lease(&new).await.expect("lease"), Lease::Held);
+    c.record_run(&new, "2", &record("K", "s2"))
+        .await
+        .expect("record");
+    let orphans = c.orphans(&new).await.expect("orphans");
+    assert_eq!(orphans.len(), 1);
+    assert_eq!(orphans[0].0, "1");
+    assert_eq!(
+        c.orphans(&new).await.expect("orphans").len(),
+        1,
+        "kept until forgotten"
+    );
+    c.forget_run(&new, "1").await.expect("forget");
+    assert!(c.orphans(&new).await.expect("orphans").is_empty());
 }
