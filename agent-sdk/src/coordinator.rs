@@ -25,7 +25,7 @@ use crate::cluster::{
 use crate::request::Action;
 use crate::result::{DispatchResult, ResultSink};
 use crate::runtime::{NameState, Runtime};
-use crate::store::{Store, StoreError, StoreResults};
+use crate::store::{Store, StoreError, StoreErrorKind, StoreResults};
 
 /// How often a replica looks for dead replicas' runs.
 const REAP_EVERY: Duration = Duration::from_secs(1);
@@ -148,6 +148,8 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
         }
         drop(rt);
         let reporting = Reporting::default();
+        // The last refusal to act beside replicas of another version, as logged.
+        let mut refused: Option<String> = None;
         let mut renew_failures = 0u32;
         let mut identity = Identity::Unknown;
         // Runs a crashed predecessor of this instance left in flight: reported once, by the
@@ -295,6 +297,7 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                 }
                 match taken {
                     Ok(lost) => {
+                        refused = None;
                         for (instance, job_id, record) in lost {
                             tracing::warn!(instance, job_id, class = %record.class, "reporting a run of a lost replica");
                             let why = format!(
@@ -308,6 +311,14 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                                 me: &me,
                             };
                             report_lost(&reporter, instance, job_id, &record, why);
+                        }
+                    }
+                    // Replicas of another version side by side: the operator must act (said once
+                    // per distinct refusal, not every second).
+                    Err(e) if e.kind() == StoreErrorKind::Config => {
+                        if refused.as_deref() != Some(e.message()) {
+                            tracing::error!(store = %store.label, "{e}");
+                            refused = Some(e.message().to_owned());
                         }
                     }
                     Err(e) => {

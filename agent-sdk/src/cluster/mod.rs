@@ -1,27 +1,41 @@
 //! Replicas behind one URL acting as one agent, coordinated through the store they share.
 //!
-//! Every store keeps the same records in its hash rows, under keys starting with `jobagent:`
-//! (PostgreSQL: [`postgres`], one statement or transaction each; MySQL and Redis: [`kv`],
-//! inside the store's cluster section):
+//! The protocol is written once ([`protocol`]) over the store's driver
+//! ([`crate::store::driver::Driver`]): PostgreSQL, MySQL and Redis run the same steps on their
+//! hash rows, under keys starting with `jobagent:`; a relay runs them on its own store
+//! ([`relay`]). Every read-decide-write is a conditional write on the value read, so a write
+//! delayed past its lease fails instead of overwriting.
 //!
-//! | key | field | value | row `expireat` |
+//! | key | field | value | row life |
 //! |---|---|---|---|
-//! | `jobagent:replicas` | instance | `{"ServerId","Pid","Until"}` | now + store days, renewed |
-//! | `jobagent:runs:<instance>` | job id | `{"Class","ServerId","Started"}` | now + store days, renewed |
-//! | `jobagent:claim:<class>` | `claim` | `{"Instance","ServerId","JobId","Until"}` | NULL (kept as the last run) |
-//! | `jobagent:fence` | class | the last fencing token | NULL |
-//! | `jobagent:cmd:<instance>` | command id | `{"Action":"stop","JobId","StopId"}` | 1 hour (taken in 200 ms) |
-//! | `jobagent:ack:<stop id>` | job id | `on_stop` outcome | 1 hour (read within the grace) |
+//! | `jobagent:replicas` | instance | `{"Instance","ServerId","Pid","Until","V"}` (a reaper's placeholder: `ServerId` empty) | store days, renewed |
+//! | `jobagent:instances` | instance | the instance (what the orphan scan reads) | store days, renewed |
+//! | `jobagent:runs:<instance>` | job id | `{"Class","ServerId","Started","Action","JobId","V"}` | store days, renewed |
+//! | `jobagent:claim:<class>` | `claim` | `{"Instance","ServerId","JobId","Until","V"}` | store days, renewed (kept as the last run) |
+//! | fencing counter | class | the last token (PostgreSQL: hash `jobagent:fence`; MySQL, Redis: the lock's counter of `jobagent:claim:<class>`) | never, or Redis's 30 days after use |
+//! | `jobagent:cmd:<instance>` | `<stop id>:<job id>` | `{"Action":"stop","Class","JobId","StopId",..}` | 1 hour (taken in 200 ms) |
+//! | `jobagent:ack:<stop id>` | job id | `{"JobId","Error"}` | 1 hour (read within the grace) |
 //!
-//! (On MySQL and Redis the values also carry `Instance` and `JobId`, the fencing counter is
-//! the lock's, and `jobagent:instances` lists the instances that recorded runs: see [`kv`].)
+//! MySQL's `Key` (100 characters) and `Field` (40) are too short for long names: its driver
+//! stores those as `~` and their UUID v5, so every name the protocol reads back is in a value.
+//!
+//! **Records carry a version** (`"V"`, [`protocol::VERSION`]; none: version 1, the agents that
+//! decided inside a cluster section). A replica that meets a live claim or lease of another
+//! version refuses to claim or reap, with a message that says to finish the rolling upgrade.
+//!
+//! **Lost runs are reported before their records are deleted.** A survivor takes a lapsed
+//! lease by writing a reaper placeholder over it (conditionally), reports each run, and only
+//! then deletes its record; should it die before, the placeholder lapses and another survivor
+//! reports them; should it die between report and delete, the second report is absorbed by
+//! the result's first-report mark. A predecessor's runs (orphans) likewise stay until reported.
 //!
 //! **Leases live in the values, never in `expireat`.** Hangfire.PostgreSql's
 //! `ExpirationManager` deletes every `hash` row whose `expireat` has passed, at a moment the
 //! agent does not choose; so a lease's deadline is the value's `Until` (milliseconds since the
 //! Unix epoch on the database's clock), and every bookkeeping row's `expireat` stays out of
-//! Hangfire's reach while the row matters: NULL, or the store's `ExpireAtDays` ahead, renewed.
-//! (Rows written by earlier agent versions have no `Until`; their `expireat` stands in.)
+//! Hangfire's reach while the row matters: the store's `ExpireAtDays` ahead, renewed (a claim
+//! at each claim and renewal, run records and the index of instances while their lease is
+//! held), or NULL (fencing counters).
 //!
 //! A replica that dies stops renewing: its singleton claims lapse within [`CLAIM_LEASE`], and
 //! after [`REPLICA_LEASE`] plus [`LOST_GRACE`] a surviving replica reports its runs as lost

@@ -28,6 +28,22 @@ const CLAIM: &str = "claim";
 const HOUR: Duration = Duration::from_secs(3600);
 /// How often a step is decided again when its conditional write lost to another writer.
 const ATTEMPTS: usize = 4;
+/// The version of the records this protocol writes (`"V"`; records without one are version
+/// 1, written by the agents that decided inside a cluster section).
+pub(crate) const VERSION: u32 = 2;
+
+/// A record's version (absent: 1).
+fn version(v: u32) -> u32 {
+    v.max(1)
+}
+
+/// Why a replica refuses to act beside a live record of another version.
+fn other_version(what: &str, v: u32) -> StoreError {
+    StoreError::config(format!(
+        "the store holds a live {what} written by an agent replica of another version (cluster records v{}, this replica's v{VERSION}): replicas of two versions must not coordinate side by side, so this replica claims and reaps nothing until the rolling upgrade is finished: upgrade or stop the replicas still running the other version",
+        version(v)
+    ))
+}
 
 /// A lease of an instance name (or, with an empty `ServerId`, a placeholder any process of
 /// that name may take).
@@ -42,6 +58,8 @@ struct LeaseRow {
     pid: i64,
     #[serde(default)]
     until: i64,
+    #[serde(default)]
+    v: u32,
 }
 
 /// A claim with its deadline.
@@ -52,6 +70,8 @@ struct ClaimRow {
     claim: ClaimValue,
     #[serde(default)]
     until: i64,
+    #[serde(default)]
+    v: u32,
 }
 
 /// A run record with its job id.
@@ -62,6 +82,8 @@ struct RunRow {
     record: RunRecord,
     #[serde(default)]
     job_id: String,
+    #[serde(default)]
+    v: u32,
 }
 
 /// An acknowledgement of a remote stop.
@@ -154,6 +176,7 @@ impl<'a, D: Driver> Cluster<'a, D> {
                 server_id: me.server_id.clone(),
                 pid: i64::from(std::process::id()),
                 until: now + millis(REPLICA_LEASE),
+                v: VERSION,
             })?;
             let expected = current.as_ref().map(|(raw, _)| raw.as_str());
             if !self
@@ -235,6 +258,9 @@ impl<'a, D: Driver> Cluster<'a, D> {
                 .as_deref()
                 .and_then(|v| serde_json::from_str::<ClaimRow>(v).ok())
             {
+                if row.until >= now && version(row.v) != VERSION {
+                    return Err(other_version(&format!("claim of `{class}`"), row.v));
+                }
                 let free = row.until < now
                     || row.claim.server_id == me.server_id
                     || (row.claim.instance == me.instance
@@ -255,6 +281,7 @@ impl<'a, D: Driver> Cluster<'a, D> {
                     job_id: job_id.to_owned(),
                 },
                 until: now + millis(CLAIM_LEASE),
+                v: VERSION,
             })?;
             if self
                 .d
@@ -368,6 +395,7 @@ impl<'a, D: Driver> Cluster<'a, D> {
         let row = RunRow {
             record: record.clone(),
             job_id: job_id.to_owned(),
+            v: VERSION,
         };
         self.d
             .put(
@@ -521,6 +549,16 @@ impl<'a, D: Driver> Cluster<'a, D> {
     ) -> Result<Vec<(String, String, RunRecord)>, StoreError> {
         let now = self.d.now_ms().await?;
         let mut leases = self.d.get_all(REPLICAS_KEY).await?;
+        if let Some(other) = leases
+            .iter()
+            .map(|(f, raw)| lease_of(f, raw))
+            .find(|l| l.until > now && !l.server_id.is_empty() && version(l.v) != VERSION)
+        {
+            return Err(other_version(
+                &format!("lease of instance `{}`", other.instance),
+                other.v,
+            ));
+        }
         if scan {
             // Instances with run records but no lease row get one that lapses now.
             for (field, instance) in self.d.get_all(INSTANCES_KEY).await? {
@@ -539,6 +577,7 @@ impl<'a, D: Driver> Cluster<'a, D> {
                 let placeholder = json(&LeaseRow {
                     instance,
                     until: now,
+                    v: VERSION,
                     ..LeaseRow::default()
                 })?;
                 if self
@@ -584,6 +623,7 @@ impl<'a, D: Driver> Cluster<'a, D> {
             let placeholder = json(&LeaseRow {
                 instance: lease.instance.clone(),
                 until: now + millis(REPLICA_LEASE),
+                v: VERSION,
                 ..LeaseRow::default()
             })?;
             if !self

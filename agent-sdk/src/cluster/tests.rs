@@ -269,3 +269,40 @@ async fn a_successor_finds_its_predecessors_runs_until_it_forgets_them() {
     c.forget_run(&new, "1").await.expect("forget");
     assert!(c.orphans(&new).await.expect("orphans").is_empty());
 }
+
+/// A live record of another version (here: one written before records had a version) makes
+/// this replica refuse to claim or reap, saying to finish the rolling upgrade; a lapsed one
+/// is taken over as usual.
+#[tokio::test(start_paused = true)]
+async fn a_live_record_of_another_version_is_refused() {
+    let store = MemoryStore::new();
+    let c = Cluster::new(&store, DAYS);
+    let me = member("b", "sb");
+    let now = store.now_ms().await.expect("clock");
+    let old_claim = format!(
+        r#"{{"Instance":"a","ServerId":"sa","JobId":"1","Until":{}}}"#,
+        now + 5000
+    );
+    store
+        .put("jobagent:claim:K", "claim", &old_claim, None)
+        .await
+        .expect("put");
+    let old_lease = format!(
+        r#"{{"Instance":"a","ServerId":"sa","Pid":1,"Until":{}}}"#,
+        now + 5000
+    );
+    store
+        .put("jobagent:replicas", "a", &old_lease, None)
+        .await
+        .expect("put");
+    let refused = c.claim(&me, "K", "2").await.expect_err("refused");
+    assert_eq!(refused.kind(), crate::store::StoreErrorKind::Config);
+    assert!(refused.to_string().contains("finish"), "{refused}");
+    assert!(refused.to_string().contains("rolling upgrade"), "{refused}");
+    let refused = c.take_lost(&me, true, "").await.expect_err("refused");
+    assert!(refused.to_string().contains("rolling upgrade"), "{refused}");
+    // The old replica stops: its records lapse, and this one goes on by itself.
+    advance(REPLICA_LEASE + LOST_GRACE + Duration::from_secs(1)).await;
+    assert!(c.take_lost(&me, false, "").await.expect("lost").is_empty());
+    yes(c.claim(&me, "K", "2").await.expect("claim"));
+}
