@@ -19,6 +19,7 @@ pub(crate) mod listen;
 pub(crate) mod lock;
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
+pub(crate) mod pg_connstr;
 pub(crate) mod pool;
 pub(crate) mod postgres;
 mod procstat;
@@ -297,7 +298,7 @@ impl Store {
         let named = o.prefix.unwrap_or(o.kind.default_prefix());
         let (label, prefix, backend) = match o.kind {
             StoreType::PostgreSql => {
-                let spec = connstr::parse(o.connection).map_err(|e| e.to_string())?;
+                let spec = pg_connstr::parse(o.connection).map_err(|e| e.to_string())?;
                 if o.from_center
                     && let Some(setting) = spec.file_settings.first()
                 {

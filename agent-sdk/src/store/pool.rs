@@ -30,7 +30,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::connstr::{ConnSpec, SslMode};
+use super::pg_connstr::{ConnSpec, SslMode};
 
 /// Extra time, beyond the connect timeouts, that opening a connection (the `Search Path`
 /// hook) may take before the pool gives up on it.
@@ -148,7 +148,7 @@ impl Connector {
     pub(crate) fn new(spec: &ConnSpec, load: Load) -> Result<Self, String> {
         // No session settings of the agent's own: a pooler (PgBouncer) refuses the `options`
         // startup parameter, and in transaction pooling a session setting would not follow
-        // the statements anyway. A string's own `Options` stay the user's (see connstr.rs).
+        // the statements anyway. A string's own `Options` stay the user's (see pg_connstr.rs).
         let mut pg = spec.config.clone();
         pg.ssl_mode(spec.ssl.to_tokio());
         let tls = match (tls_plan(spec), load) {
@@ -574,7 +574,7 @@ impl ServerCertVerifier for ChainOnlyCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::connstr;
+    use crate::store::pg_connstr as connstr;
 
     fn spec(s: &str) -> ConnSpec {
         connstr::parse(s).expect("valid string")
