@@ -2,11 +2,10 @@
 //! (`server=h;port=3306;database=d;uid=u;pwd=p;`), or a `mysql://user:pass@host:port/db?...`
 //! URL, read into a [`MyConnSpec`].
 //!
-//! The rules follow ADO.NET's `DbConnectionStringBuilder` as the PostgreSQL parser
-//! (`store::connstr`) does: pairs split by `;`, values optionally quoted with `'` or `"` (a
-//! doubled quote inside is literal, `;` inside quotes is literal), `==` in a key is a literal
-//! `=`, a later pair overrides an earlier one and an empty value restores the default. Keys are
-//! case-insensitive and spaces, `_` and `-` in them are ignored (`Ssl-Ca`, `SslCa`, `SSL CA`).
+//! The pairs are read by the shared ADO.NET tokenizer (`store::connstr`), as the PostgreSQL
+//! parser's are; a later pair overrides an earlier one and an empty value restores the
+//! default. Keys are case-insensitive and spaces, `_` and `-` in them are ignored (`Ssl-Ca`,
+//! `SslCa`, `SSL CA`).
 //!
 //! What happens to a key the agent has no use for depends on where the string came from
 //! ([`Origin`]):
@@ -33,7 +32,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::store::url::{self, PercentError, password_tag};
+use crate::store::connstr::{
+    self, ConnStrError, Table, boolean as parse_bool, count as parse_count, percent_decode,
+    port as parse_port, shown,
+};
+use crate::store::url::{self, password_tag};
 
 /// MySQL's port.
 pub(crate) const DEFAULT_PORT: u16 = 3306;
@@ -229,7 +232,7 @@ enum Kind {
 }
 
 /// Every key known: canonical name, normalized spellings, meaning.
-const KEYS: &[(&str, &[&str], Key)] = &[
+const KEYS: &Table<Key> = &[
     (
         "Server",
         &[
@@ -648,42 +651,23 @@ const KEYS: &[(&str, &[&str], Key)] = &[
 
 /// `written` upper-cased, without whitespace, `_` and `-`.
 fn normalize(written: &str) -> String {
-    written
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '_' && *c != '-')
-        .flat_map(char::to_uppercase)
-        .collect()
+    connstr::normalize(written, &['_', '-'])
 }
 
 fn lookup(written: &str) -> Option<(&'static str, Key)> {
-    let k = normalize(written);
-    KEYS.iter()
-        .find(|(_, spellings, _)| spellings.contains(&k.as_str()))
-        .map(|(name, _, key)| (*name, *key))
+    connstr::lookup(KEYS, &normalize(written))
 }
 
-/// The known key closest to an unknown one, if any is close.
+/// The known key closest to an unknown one, if any is close (the last of equal scores).
 fn closest(written: &str) -> Option<&'static str> {
-    let k = normalize(written);
-    KEYS.iter()
-        .flat_map(|(name, spellings, _)| spellings.iter().map(move |s| (name, s)))
-        .map(|(name, s)| (strsim::jaro_winkler(&k, s), *name))
-        .filter(|(score, _)| *score > 0.85)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, name)| name)
+    let spellings = KEYS
+        .iter()
+        .flat_map(|(name, spellings, _)| spellings.iter().map(move |s| (*name, *s)));
+    connstr::closest(&normalize(written), spellings.rev(), 0.85)
 }
 
-/// A value as shown in an error: at most 40 characters. Never used for the password.
-fn shown(value: &str) -> String {
-    let mut out: String = value.chars().take(40).collect();
-    if value.chars().nth(40).is_some() {
-        out.push('…');
-    }
-    out
-}
-
-fn at(name: &str, reason: impl fmt::Display) -> String {
-    format!("connection string key `{name}`: {reason}")
+fn at(name: &'static str, reason: impl fmt::Display) -> ConnStrError {
+    ConnStrError::at(name, reason)
 }
 
 /// Values by key, as read.
@@ -712,7 +696,11 @@ impl Settings {
 
     /// A key the agent has no use for, as `shown` (never its value): named for the warning
     /// from a center, an error (`refusal`) in the agent's own string.
-    fn unused(&mut self, shown: String, refusal: impl FnOnce() -> String) -> Result<(), String> {
+    fn unused(
+        &mut self,
+        shown: String,
+        refusal: impl FnOnce() -> ConnStrError,
+    ) -> Result<(), ConnStrError> {
         match self.origin {
             Origin::Own => Err(refusal()),
             Origin::Center => {
@@ -726,7 +714,7 @@ impl Settings {
 
     /// Takes a known key's value: a [`Key::Foreign`] one is refused or set aside (see
     /// [`Origin`]); a file it names is kept to be refused by the store.
-    fn take(&mut self, name: &'static str, key: Key, value: String) -> Result<(), String> {
+    fn take(&mut self, name: &'static str, key: Key, value: String) -> Result<(), ConnStrError> {
         match key {
             Key::Foreign(_, Use::File) if !value.is_empty() => {
                 if self.origin == Origin::Own {
@@ -759,16 +747,16 @@ impl Settings {
 /// Reads the agent's own MySqlConnector connection string or `mysql://` URL (strict: see
 /// [`Origin::Own`]).
 #[cfg_attr(not(test), allow(dead_code))]
-pub(crate) fn parse(s: &str) -> Result<MyConnSpec, String> {
+pub(crate) fn parse(s: &str) -> Result<MyConnSpec, ConnStrError> {
     parse_from(s, Origin::Own)
 }
 
 /// Reads a MySqlConnector / MySql.Data connection string or a `mysql://` URL that came from
 /// `origin`.
-pub(crate) fn parse_from(s: &str, origin: Origin) -> Result<MyConnSpec, String> {
+pub(crate) fn parse_from(s: &str, origin: Origin) -> Result<MyConnSpec, ConnStrError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err("connection string: it is empty".to_owned());
+        return Err(ConnStrError::general("it is empty"));
     }
     let mut settings = Settings::new(origin);
     match url_rest(s) {
@@ -786,119 +774,51 @@ fn url_rest(s: &str) -> Option<&str> {
 }
 
 /// The refusal of a MySqlConnector / MySql.Data setting in the agent's own string.
-fn foreign(name: &str) -> String {
+fn foreign(name: &'static str) -> ConnStrError {
     at(
         name,
         "a MySqlConnector / MySql.Data setting this agent has no use for; remove it (in a store the center sends, such settings are ignored)",
     )
 }
 
-fn unknown_key(written: &str) -> String {
+fn unknown_key(written: &str) -> ConnStrError {
     let written = shown(written.trim());
-    match closest(&written) {
-        Some(known) => {
-            format!("connection string: unknown key `{written}` (did you mean `{known}`?)")
-        }
-        None => format!("connection string: unknown key `{written}`"),
-    }
+    ConnStrError::general(match closest(&written) {
+        Some(known) => format!("unknown key `{written}` (did you mean `{known}`?)"),
+        None => format!("unknown key `{written}`"),
+    })
 }
 
 /// Reads `key=value` pairs as ADO.NET's `DbConnectionStringBuilder` does.
-fn parse_pairs(s: &str, settings: &mut Settings) -> Result<(), String> {
-    let mut chars = s.chars().peekable();
-    let mut pair = 0usize;
+fn parse_pairs(s: &str, settings: &mut Settings) -> Result<(), ConnStrError> {
     let mut after_password = false;
-    loop {
-        while chars.next_if(|c| c.is_whitespace() || *c == ';').is_some() {}
-        if chars.peek().is_none() {
-            return Ok(());
-        }
-        pair += 1;
-        let mut written = String::new();
-        loop {
-            match chars.next() {
-                None | Some(';') => {
-                    return Err(format!(
-                        "connection string: pair {pair} has no `=`; write `key=value` pairs separated by `;` and quote values that hold `;`"
-                    ));
-                }
-                Some('=') => {
-                    if chars.next_if_eq(&'=').is_some() {
-                        written.push('=');
-                    } else {
-                        break;
-                    }
-                }
-                Some(c) => written.push(c),
-            }
-        }
-        let written = written.trim().to_owned();
-        if written.is_empty() {
-            return Err(format!("connection string: pair {pair} has an empty key"));
-        }
-        let known = lookup(&written);
-        let blame = |reason: &str| match known {
-            Some((name, _)) => at(name, reason),
-            None => format!("connection string: pair {pair}: {reason}"),
-        };
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let value = match chars.next_if(|c| *c == '"' || *c == '\'') {
-            Some(quote) => {
-                let mut value = String::new();
-                loop {
-                    match chars.next() {
-                        None => return Err(blame("the quoted value has no closing quote")),
-                        Some(c) if c == quote => {
-                            if chars.next_if_eq(&quote).is_some() {
-                                value.push(quote);
-                            } else {
-                                break;
-                            }
-                        }
-                        Some(c) => value.push(c),
-                    }
-                }
-                while chars.next_if(|c| c.is_whitespace()).is_some() {}
-                match chars.next() {
-                    None | Some(';') => {}
-                    Some(_) => {
-                        return Err(blame(
-                            "text follows the closing quote; double a quote to put it inside the value",
-                        ));
-                    }
-                }
-                value
-            }
-            None => {
-                let mut value = String::new();
-                while let Some(c) = chars.next_if(|c| *c != ';') {
-                    value.push(c);
-                }
-                chars.next_if_eq(&';');
-                value.trim_end().to_owned()
-            }
-        };
-        match known {
+    connstr::pairs(
+        s,
+        |written| lookup(written).map(|(name, _)| name),
+        |pair| {
+            match lookup(&pair.key) {
             Some((name, key)) => {
                 if matches!(key, Key::Password | Key::Foreign(_, Use::Secret)) {
                     after_password = true;
                 }
-                settings.take(name, key, value)?;
+                settings.take(name, key, pair.value)
             }
             // Possibly the tail of an unquoted password that holds `;`: not shown.
-            None if after_password => settings.unused(format!("pair {pair}"), || {
-                format!(
-                    "connection string: pair {pair} has an unknown key (not shown: it follows the password; if the password holds `;`, quote it: `Password='...'`)"
-                )
-            })?,
-            None => settings.unused(shown(&written), || unknown_key(&written))?,
+            None if after_password => settings.unused(format!("pair {}", pair.number), || {
+                ConnStrError::general(format!(
+                    "pair {} has an unknown key (not shown: it follows the password; if the password holds `;`, quote it: `Password='...'`)",
+                    pair.number
+                ))
+            }),
+            None => settings.unused(shown(&pair.key), || unknown_key(&pair.key)),
         }
-    }
+        },
+    )
 }
 
 /// Reads `[user[:password]@]host[:port][/database][?key=value&...]`, percent-decoded;
 /// parameters take the connection string's keys (`ssl-mode`, `sslmode`, `SslCa`, ...).
-fn parse_url(rest: &str, settings: &mut Settings) -> Result<(), String> {
+fn parse_url(rest: &str, settings: &mut Settings) -> Result<(), ConnStrError> {
     let parts = url::split(rest);
     if let Some(user) = parts.user {
         settings.put("User ID", Key::User, percent_decode(user, "User ID")?);
@@ -923,10 +843,10 @@ fn parse_url(rest: &str, settings: &mut Settings) -> Result<(), String> {
     if let Some(query) = parts.query {
         for (i, param) in query.split('&').filter(|p| !p.is_empty()).enumerate() {
             let Some((k, v)) = param.split_once('=') else {
-                return Err(format!(
-                    "connection string: URL parameter {} has no `=`",
+                return Err(ConnStrError::general(format!(
+                    "URL parameter {} has no `=`",
                     i + 1
-                ));
+                )));
             };
             let key = percent_decode(k, "URL parameter")?;
             match lookup(&key) {
@@ -939,7 +859,7 @@ fn parse_url(rest: &str, settings: &mut Settings) -> Result<(), String> {
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port` (the port as text).
-fn split_host_port(spec: &str) -> Result<(String, Option<String>), String> {
+fn split_host_port(spec: &str) -> Result<(String, Option<String>), ConnStrError> {
     if let Some(bracketed) = spec.strip_prefix('[') {
         let Some((addr, after)) = bracketed.split_once(']') else {
             return Err(at("Server", "`[` is not closed by `]`"));
@@ -961,60 +881,15 @@ fn split_host_port(spec: &str) -> Result<(String, Option<String>), String> {
     }
 }
 
-/// Decodes `%XX` escapes; the result must be UTF-8. Errors name `key`, never the text.
-fn percent_decode(s: &str, key: &str) -> Result<String, String> {
-    url::percent_decode(s).map_err(|e| match e {
-        PercentError::BadEscape => at(
-            key,
-            "malformed %-escape in the URL (use %XX with two hex digits)",
-        ),
-        PercentError::NotUtf8 => at(key, "the URL's %-escapes do not decode to UTF-8"),
-    })
-}
-
-fn parse_port(name: &str, value: &str) -> Result<u16, String> {
-    match value.trim().parse::<u16>() {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(at(
-            name,
-            format!("`{}` is not a port number (1-65535)", shown(value.trim())),
-        )),
-    }
-}
-
-/// A whole number within `0..=max`.
-fn parse_count(name: &str, value: &str, max: u64) -> Result<u64, String> {
-    let v = value.trim();
-    let n: i64 = v
-        .parse()
-        .map_err(|_| at(name, format!("`{}` is not a whole number", shown(v))))?;
-    match u64::try_from(n) {
-        Ok(n) if n <= max => Ok(n),
-        _ => Err(at(name, format!("{n} is out of range (0 to {max})"))),
-    }
-}
-
-fn parse_bool(name: &str, value: &str) -> Result<bool, String> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" | "1" => Ok(true),
-        "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err(at(
-            name,
-            format!("`{}` is not true or false", shown(value.trim())),
-        )),
-    }
-}
-
 fn secs(n: u64) -> Option<Duration> {
     (n > 0).then(|| Duration::from_secs(n))
 }
 
-fn build(settings: Settings) -> Result<MyConnSpec, String> {
+fn build(settings: Settings) -> Result<MyConnSpec, ConnStrError> {
     let Some((_, server)) = settings.get(Key::Server) else {
-        return Err(
-            "connection string: no `Server` given (e.g. `Server=db.example.com;Port=3306;Database=hangfire;...`)"
-                .to_owned(),
-        );
+        return Err(ConnStrError::general(
+            "no `Server` given (e.g. `Server=db.example.com;Port=3306;Database=hangfire;...`)",
+        ));
     };
     let mut hosts = Vec::new();
     for host in server.split(',') {
@@ -1160,7 +1035,7 @@ mod tests {
     fn err(s: &str) -> String {
         match parse(s) {
             Ok(spec) => panic!("`{s}` should fail, got {spec:?}"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     }
 
