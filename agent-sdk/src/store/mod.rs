@@ -25,6 +25,8 @@ pub(crate) mod postgres;
 mod procstat;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(feature = "redis")]
+pub(crate) mod redis_connstr;
 #[cfg(feature = "relay")]
 pub(crate) mod relay;
 mod results;
