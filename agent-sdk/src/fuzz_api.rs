@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use crate::console::{ConsoleColor, ConsoleLine};
 use crate::request::Dispatch;
 use crate::store::line::LineEncoder;
+#[cfg(feature = "postgres")]
 use crate::store::pg_connstr;
 
 /// Not public API: used by the fuzz targets.
@@ -54,6 +55,7 @@ pub fn check_item_scan(text: &str) -> Result<(), String> {
     }
 }
 
+#[cfg(feature = "postgres")]
 /// Not public API: used by the fuzz targets.
 ///
 /// Parses an Npgsql connection string (or a `postgres://` URL) as the agent does for

@@ -147,6 +147,11 @@ impl<'a> Kv<'a> {
             Backend::Mysql(m) => Ok(Kv::Mysql(m)),
             #[cfg(feature = "redis")]
             Backend::Redis(r) => Ok(Kv::Redis(r)),
+            #[cfg(any(
+                feature = "postgres",
+                feature = "relay",
+                not(any(feature = "mysql", feature = "redis"))
+            ))]
             _ => Err("not a key-value store".to_owned()),
         }
     }

@@ -53,6 +53,7 @@ use crate::store::Store;
 
 #[cfg(any(feature = "mysql", feature = "redis"))]
 mod kv;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "relay")]
 pub(crate) mod relay;
@@ -70,11 +71,16 @@ pub(crate) const RENEW_WITHIN: Duration = Duration::from_secs(2);
 pub(crate) const REPLICA_LEASE: Duration = Duration::from_secs(6);
 /// Extra time before a silent replica's runs are reported lost: a live replica is reported
 /// only after `REPLICA_LEASE + LOST_GRACE` (9 s) without one successful renewal.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
 pub(crate) const LOST_GRACE: Duration = Duration::from_secs(3);
 /// How often a replica looks for runs whose instance has no lease row.
 pub(crate) const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(30);
 /// Bookkeeping rows are renewed when their `expireat` is less than this far from the store's
 /// full `ExpireAtDays`.
+#[cfg(feature = "postgres")]
 pub(super) const RENEW_ROWS_SLACK_SECS: f64 = 3600.0;
 /// How often a replica looks for commands addressed to it.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(200);
@@ -191,6 +197,10 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
 pub(super) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -198,6 +208,10 @@ pub(super) fn millis(d: Duration) -> i64 {
 pub(super) type Res<T> = Result<T, String>;
 
 /// An error's text with its causes (a database error's own message is in its source).
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
 pub(super) fn e(err: impl std::error::Error + 'static) -> String {
     crate::error::chain(&err)
 }
@@ -207,11 +221,14 @@ pub(super) fn e(err: impl std::error::Error + 'static) -> String {
 macro_rules! on_backend {
     ($store:expr, $pg:ident, $kv:ident ( $($arg:expr),* )) => {
         match $store.backend() {
+            #[cfg(feature = "postgres")]
             crate::store::Backend::Postgres(_) => $store.$pg($($arg),*).await,
             #[cfg(feature = "relay")]
             crate::store::Backend::Relay(r) => relay::$kv(r, $($arg),*).await,
             #[cfg(any(feature = "mysql", feature = "redis"))]
             _ => $store.$kv($($arg),*).await,
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "redis", feature = "relay")))]
+            crate::store::Backend::None(never) => match *never {},
         }
     };
 }
@@ -341,17 +358,29 @@ impl Store {
         scan: bool,
     ) -> Res<Vec<(String, String, RunRecord)>> {
         match self.backend() {
+            #[cfg(feature = "postgres")]
             crate::store::Backend::Postgres(_) => self.pg_take_lost(me, scan, "").await,
             #[cfg(feature = "relay")]
             crate::store::Backend::Relay(r) => relay::kv_take_lost(r, me, scan).await,
             #[cfg(any(feature = "mysql", feature = "redis"))]
             _ => self.kv_take_lost(me, scan, "").await,
+            #[cfg(not(any(
+                feature = "postgres",
+                feature = "mysql",
+                feature = "redis",
+                feature = "relay"
+            )))]
+            crate::store::Backend::None(never) => match *never {},
         }
     }
 
     /// [`take_lost`](Self::take_lost) among the instances whose names start with `scope`
     /// only: a relay's tenant (`<service>:`) takes no other service's lost runs.
     #[cfg(feature = "relay-server")]
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+        allow(unused_variables)
+    )]
     pub(crate) async fn take_lost_in(
         &self,
         me: &Member,
@@ -359,6 +388,7 @@ impl Store {
         scope: &str,
     ) -> Res<Vec<(String, String, RunRecord)>> {
         match self.backend() {
+            #[cfg(feature = "postgres")]
             crate::store::Backend::Postgres(_) => self.pg_take_lost(me, scan, scope).await,
             #[cfg(any(feature = "mysql", feature = "redis"))]
             _ => self.kv_take_lost(me, scan, scope).await,

@@ -861,6 +861,7 @@ pub(crate) fn look_for_hangfire(store: &std::sync::Arc<super::Store>) {
     };
     let store = store.clone();
     runtime.spawn(async move {
+        #[cfg_attr(not(any(feature = "postgres", feature = "mysql", feature = "relay")), allow(irrefutable_let_patterns))]
         let super::Backend::Redis(r) = store.backend() else {
             return;
         };
