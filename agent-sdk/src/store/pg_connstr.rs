@@ -250,75 +250,33 @@ enum Key {
 
 /// Npgsql's keys (`NpgsqlConnectionStringBuilder`), a few ADO.NET habits, and libpq's URL
 /// parameter names, normalized (upper case, no spaces or `_`).
+#[rustfmt::skip]
 const KEYS: &Table<Key> = &[
     ("Host", &["HOST", "SERVER", "DATASOURCE"], Key::Host),
     ("Port", &["PORT"], Key::Port),
-    (
-        "Database",
-        &["DATABASE", "DB", "INITIALCATALOG", "DBNAME"],
-        Key::Database,
-    ),
-    (
-        "Username",
-        &["USERNAME", "USERID", "USER", "UID"],
-        Key::Username,
-    ),
+    ("Database", &["DATABASE", "DB", "INITIALCATALOG", "DBNAME"], Key::Database),
+    ("Username", &["USERNAME", "USERID", "USER", "UID"], Key::Username),
     ("Password", &["PASSWORD", "PWD", "PSW"], Key::Password),
     ("SSL Mode", &["SSLMODE"], Key::SslMode),
-    (
-        "Trust Server Certificate",
-        &["TRUSTSERVERCERTIFICATE"],
-        Key::TrustServerCertificate,
-    ),
-    (
-        "Root Certificate",
-        &["ROOTCERTIFICATE", "SSLROOTCERT"],
-        Key::RootCertificate,
-    ),
-    (
-        "Timeout",
-        &["TIMEOUT", "CONNECTTIMEOUT", "CONNECTIONTIMEOUT"],
-        Key::Timeout,
-    ),
+    ("Trust Server Certificate", &["TRUSTSERVERCERTIFICATE"], Key::TrustServerCertificate),
+    ("Root Certificate", &["ROOTCERTIFICATE", "SSLROOTCERT"], Key::RootCertificate),
+    ("Timeout", &["TIMEOUT", "CONNECTTIMEOUT", "CONNECTIONTIMEOUT"], Key::Timeout),
     ("Command Timeout", &["COMMANDTIMEOUT"], Key::CommandTimeout),
     ("Pooling", &["POOLING"], Key::Pooling),
-    (
-        "Minimum Pool Size",
-        &["MINIMUMPOOLSIZE", "MINPOOLSIZE"],
-        Key::MinPoolSize,
-    ),
-    (
-        "Maximum Pool Size",
-        &["MAXIMUMPOOLSIZE", "MAXPOOLSIZE"],
-        Key::MaxPoolSize,
-    ),
+    ("Minimum Pool Size", &["MINIMUMPOOLSIZE", "MINPOOLSIZE"], Key::MinPoolSize),
+    ("Maximum Pool Size", &["MAXIMUMPOOLSIZE", "MAXPOOLSIZE"], Key::MaxPoolSize),
     ("Search Path", &["SEARCHPATH"], Key::SearchPath),
-    (
-        "Application Name",
-        &["APPLICATIONNAME"],
-        Key::ApplicationName,
-    ),
+    ("Application Name", &["APPLICATIONNAME"], Key::ApplicationName),
     ("Keepalive", &["KEEPALIVE"], Key::Keepalive),
-    (
-        "Tcp Keepalive",
-        &["TCPKEEPALIVE", "KEEPALIVES"],
-        Key::TcpKeepalive,
-    ),
-    (
-        "Tcp Keepalive Time",
-        &["TCPKEEPALIVETIME", "KEEPALIVESIDLE"],
-        Key::TcpKeepaliveTime,
-    ),
+    ("Tcp Keepalive", &["TCPKEEPALIVE", "KEEPALIVES"], Key::TcpKeepalive),
+    ("Tcp Keepalive Time", &["TCPKEEPALIVETIME", "KEEPALIVESIDLE"], Key::TcpKeepaliveTime),
     ("Options", &["OPTIONS"], Key::Options),
 ];
 
 /// Npgsql's settings that name a file and that this agent does not read.
+#[rustfmt::skip]
 const UNUSED_FILES: &Table<()> = &[
-    (
-        "SSL Certificate",
-        &["SSLCERTIFICATE", "SSLCERT", "CLIENTCERTIFICATE"],
-        (),
-    ),
+    ("SSL Certificate", &["SSLCERTIFICATE", "SSLCERT", "CLIENTCERTIFICATE"], ()),
     ("SSL Key", &["SSLKEY", "CLIENTKEY"], ()),
     ("Passfile", &["PASSFILE"], ()),
 ];

@@ -205,10 +205,10 @@ enum Key {
     Keepalive,
     /// Accepted and not used, from both origins; its value checked as the kind says (in the
     /// agent's own string).
-    Ignored(&'static str, Kind),
+    Ignored(Kind),
     /// A MySqlConnector or MySql.Data setting the agent has no use for: refused in the agent's
     /// own string, ignored (and named) in a center's.
-    Foreign(&'static str, Use),
+    Foreign(Use),
 }
 
 /// What a [`Key::Foreign`] setting holds.
@@ -232,421 +232,95 @@ enum Kind {
 }
 
 /// Every key known: canonical name, normalized spellings, meaning.
+#[rustfmt::skip]
 const KEYS: &Table<Key> = &[
-    (
-        "Server",
-        &[
-            "SERVER",
-            "HOST",
-            "DATASOURCE",
-            "ADDRESS",
-            "ADDR",
-            "NETWORKADDRESS",
-            "HOSTNAME",
-        ],
-        Key::Server,
-    ),
+    ("Server", &["SERVER", "HOST", "DATASOURCE", "ADDRESS", "ADDR", "NETWORKADDRESS", "HOSTNAME"], Key::Server),
     ("Port", &["PORT"], Key::Port),
-    (
-        "Database",
-        &["DATABASE", "INITIALCATALOG", "DB"],
-        Key::Database,
-    ),
+    ("Database", &["DATABASE", "INITIALCATALOG", "DB"], Key::Database),
     ("User ID", &["USERID", "UID", "USERNAME", "USER"], Key::User),
-    (
-        "Password",
-        &["PASSWORD", "PWD", "PASS", "PASSWORD1", "PWD1"],
-        Key::Password,
-    ),
+    ("Password", &["PASSWORD", "PWD", "PASS", "PASSWORD1", "PWD1"], Key::Password),
     ("SSL Mode", &["SSLMODE"], Key::SslMode),
-    (
-        "SSL CA",
-        &["SSLCA", "CACERTIFICATEFILE", "SSLROOTCERT"],
-        Key::SslCaFile,
-    ),
-    (
-        "SSL Cert",
-        &["SSLCERT", "CERTIFICATEFILE", "SSLCERTIFICATE"],
-        Key::SslCertFile,
-    ),
+    ("SSL CA", &["SSLCA", "CACERTIFICATEFILE", "SSLROOTCERT"], Key::SslCaFile),
+    ("SSL Cert", &["SSLCERT", "CERTIFICATEFILE", "SSLCERTIFICATE"], Key::SslCertFile),
     ("SSL Key", &["SSLKEY"], Key::SslKeyFile),
-    (
-        "Connection Timeout",
-        &["CONNECTIONTIMEOUT", "CONNECTTIMEOUT", "TIMEOUT"],
-        Key::ConnectTimeout,
-    ),
-    (
-        "Default Command Timeout",
-        &["DEFAULTCOMMANDTIMEOUT", "COMMANDTIMEOUT"],
-        Key::CommandTimeout,
-    ),
-    (
-        "Maximum Pool Size",
-        &["MAXIMUMPOOLSIZE", "MAXPOOLSIZE", "MAXIMUMPOOLSIZE"],
-        Key::MaxPool,
-    ),
-    (
-        "Minimum Pool Size",
-        &["MINIMUMPOOLSIZE", "MINPOOLSIZE"],
-        Key::MinPool,
-    ),
-    (
-        "Connection Lifetime",
-        &["CONNECTIONLIFETIME", "LOADBALANCETIMEOUT"],
-        Key::Lifetime,
-    ),
+    ("Connection Timeout", &["CONNECTIONTIMEOUT", "CONNECTTIMEOUT", "TIMEOUT"], Key::ConnectTimeout),
+    ("Default Command Timeout", &["DEFAULTCOMMANDTIMEOUT", "COMMANDTIMEOUT"], Key::CommandTimeout),
+    ("Maximum Pool Size", &["MAXIMUMPOOLSIZE", "MAXPOOLSIZE", "MAXIMUMPOOLSIZE"], Key::MaxPool),
+    ("Minimum Pool Size", &["MINIMUMPOOLSIZE", "MINPOOLSIZE"], Key::MinPool),
+    ("Connection Lifetime", &["CONNECTIONLIFETIME", "LOADBALANCETIMEOUT"], Key::Lifetime),
     ("Keepalive", &["KEEPALIVE"], Key::Keepalive),
-    (
-        "Character Set",
-        &["CHARACTERSET", "CHARSET"],
-        Key::Ignored("Character Set", Kind::Any),
-    ),
-    (
-        "Allow User Variables",
-        &["ALLOWUSERVARIABLES"],
-        Key::Ignored("Allow User Variables", Kind::Bool),
-    ),
-    ("Pooling", &["POOLING"], Key::Ignored("Pooling", Kind::Bool)),
-    (
-        "Allow Public Key Retrieval",
-        &["ALLOWPUBLICKEYRETRIEVAL"],
-        Key::Ignored("Allow Public Key Retrieval", Kind::Bool),
-    ),
-    (
-        "Convert Zero DateTime",
-        &["CONVERTZERODATETIME"],
-        Key::Ignored("Convert Zero DateTime", Kind::Bool),
-    ),
-    (
-        "Allow Zero DateTime",
-        &["ALLOWZERODATETIME"],
-        Key::Ignored("Allow Zero DateTime", Kind::Bool),
-    ),
-    (
-        "Treat Tiny As Boolean",
-        &["TREATTINYASBOOLEAN"],
-        Key::Ignored("Treat Tiny As Boolean", Kind::Bool),
-    ),
-    (
-        "Connection Reset",
-        &["CONNECTIONRESET"],
-        Key::Ignored("Connection Reset", Kind::Bool),
-    ),
-    (
-        "Connection Idle Timeout",
-        &["CONNECTIONIDLETIMEOUT"],
-        Key::Ignored("Connection Idle Timeout", Kind::Count),
-    ),
-    (
-        "Persist Security Info",
-        &["PERSISTSECURITYINFO"],
-        Key::Ignored("Persist Security Info", Kind::Bool),
-    ),
-    (
-        "Use Compression",
-        &["USECOMPRESSION", "COMPRESS"],
-        Key::Ignored("Use Compression", Kind::Bool),
-    ),
-    (
-        "Use Affected Rows",
-        &["USEAFFECTEDROWS"],
-        Key::Ignored("Use Affected Rows", Kind::Bool),
-    ),
-    (
-        "Old Guids",
-        &["OLDGUIDS"],
-        Key::Ignored("Old Guids", Kind::Bool),
-    ),
-    (
-        "Guid Format",
-        &["GUIDFORMAT"],
-        Key::Ignored("Guid Format", Kind::Any),
-    ),
-    (
-        "Application Name",
-        &["APPLICATIONNAME"],
-        Key::Ignored("Application Name", Kind::Any),
-    ),
-    (
-        "Auto Enlist",
-        &["AUTOENLIST"],
-        Key::Ignored("Auto Enlist", Kind::Bool),
-    ),
-    (
-        "Interactive Session",
-        &["INTERACTIVESESSION", "INTERACTIVE"],
-        Key::Ignored("Interactive Session", Kind::Bool),
-    ),
-    (
-        "No Backslash Escapes",
-        &["NOBACKSLASHESCAPES"],
-        Key::Ignored("No Backslash Escapes", Kind::Bool),
-    ),
-    (
-        "Ignore Command Transaction",
-        &["IGNORECOMMANDTRANSACTION"],
-        Key::Ignored("Ignore Command Transaction", Kind::Bool),
-    ),
-    (
-        "Ignore Prepare",
-        &["IGNOREPREPARE"],
-        Key::Ignored("Ignore Prepare", Kind::Bool),
-    ),
-    (
-        "Defer Connection Reset",
-        &["DEFERCONNECTIONRESET"],
-        Key::Ignored("Defer Connection Reset", Kind::Bool),
-    ),
-    (
-        "Cancellation Timeout",
-        &["CANCELLATIONTIMEOUT"],
-        Key::Ignored("Cancellation Timeout", Kind::Any),
-    ),
-    (
-        "DateTime Kind",
-        &["DATETIMEKIND"],
-        Key::Ignored("DateTime Kind", Kind::Any),
-    ),
-    (
-        "Allow Load Local Infile",
-        &["ALLOWLOADLOCALINFILE"],
-        Key::Ignored("Allow Load Local Infile", Kind::Bool),
-    ),
-    (
-        "Allow Batch",
-        &["ALLOWBATCH"],
-        Key::Ignored("Allow Batch", Kind::Bool),
-    ),
-    (
-        "Load Balance",
-        &["LOADBALANCE"],
-        Key::Ignored("Load Balance", Kind::Any),
-    ),
-    (
-        "DNS Check Interval",
-        &["DNSCHECKINTERVAL"],
-        Key::Ignored("DNS Check Interval", Kind::Count),
-    ),
-    (
-        "TLS Version",
-        &["TLSVERSION", "TLSVERSIONS"],
-        Key::Ignored("TLS Version", Kind::Any),
-    ),
-    (
-        "Tls Cipher Suites",
-        &["TLSCIPHERSUITES"],
-        Key::Ignored("Tls Cipher Suites", Kind::Any),
-    ),
-    (
-        "Check Parameters",
-        &["CHECKPARAMETERS"],
-        Key::Ignored("Check Parameters", Kind::Bool),
-    ),
-    (
-        "Use XA Transactions",
-        &["USEXATRANSACTIONS"],
-        Key::Ignored("Use XA Transactions", Kind::Bool),
-    ),
-    (
-        "Server Redirection Mode",
-        &["SERVERREDIRECTIONMODE"],
-        Key::Ignored("Server Redirection Mode", Kind::Any),
-    ),
-    (
-        "Connection Protocol",
-        &["CONNECTIONPROTOCOL", "PROTOCOL", "TRANSPORT"],
-        Key::Ignored("Connection Protocol", Kind::Any),
-    ),
-    // MySqlConnector's and MySql.Data's other settings (MySqlConnector's
-    // `MySqlConnectionStringBuilder.cs`, MySql.Data's `MySqlConnectionStringBuilder.cs` and
-    // `MySqlBaseConnectionStringBuilder.cs`): no use to the agent.
-    (
-        "Pipe Name",
-        &["PIPENAME", "PIPE"],
-        Key::Foreign("Pipe Name", Use::Plain),
-    ),
-    (
-        "Certificate Password",
-        &["CERTIFICATEPASSWORD", "SSLCAPWD"],
-        Key::Foreign("Certificate Password", Use::Secret),
-    ),
-    (
-        "Certificate Store Location",
-        &["CERTIFICATESTORELOCATION"],
-        Key::Foreign("Certificate Store Location", Use::Plain),
-    ),
-    (
-        "Certificate Thumbprint",
-        &["CERTIFICATETHUMBPRINT"],
-        Key::Foreign("Certificate Thumbprint", Use::Plain),
-    ),
-    (
-        "Skip Certificate Revocation Check",
-        &["SKIPCERTIFICATEREVOCATIONCHECK"],
-        Key::Foreign("Skip Certificate Revocation Check", Use::Plain),
-    ),
-    (
-        "Connection Idle Ping Time",
-        &["CONNECTIONIDLEPINGTIME"],
-        Key::Foreign("Connection Idle Ping Time", Use::Plain),
-    ),
-    (
-        "Force Synchronous",
-        &["FORCESYNCHRONOUS"],
-        Key::Foreign("Force Synchronous", Use::Plain),
-    ),
-    (
-        "Pipelining",
-        &["PIPELINING"],
-        Key::Foreign("Pipelining", Use::Plain),
-    ),
-    (
-        "Server RSA Public Key File",
-        &["SERVERRSAPUBLICKEYFILE"],
-        Key::Foreign("Server RSA Public Key File", Use::File),
-    ),
-    (
-        "Server SPN",
-        &["SERVERSPN"],
-        Key::Foreign("Server SPN", Use::Plain),
-    ),
-    (
-        "Password2",
-        &["PASSWORD2", "PWD2"],
-        Key::Foreign("Password2", Use::Secret),
-    ),
-    (
-        "Password3",
-        &["PASSWORD3", "PWD3"],
-        Key::Foreign("Password3", Use::Secret),
-    ),
-    ("DNS SRV", &["DNSSRV"], Key::Foreign("DNS SRV", Use::Plain)),
-    ("Logging", &["LOGGING"], Key::Foreign("Logging", Use::Plain)),
-    (
-        "Shared Memory Name",
-        &["SHAREDMEMORYNAME"],
-        Key::Foreign("Shared Memory Name", Use::Plain),
-    ),
-    (
-        "Use Default Command Timeout For EF",
-        &["USEDEFAULTCOMMANDTIMEOUTFOREF"],
-        Key::Foreign("Use Default Command Timeout For EF", Use::Plain),
-    ),
-    (
-        "Allow Load Local Infile In Path",
-        &["ALLOWLOADLOCALINFILEINPATH"],
-        Key::Foreign("Allow Load Local Infile In Path", Use::File),
-    ),
-    (
-        "Integrated Security",
-        &["INTEGRATEDSECURITY"],
-        Key::Foreign("Integrated Security", Use::Plain),
-    ),
-    (
-        "Default Authentication Plugin",
-        &["DEFAULTAUTHENTICATIONPLUGIN"],
-        Key::Foreign("Default Authentication Plugin", Use::Plain),
-    ),
-    (
-        "OCI Config File",
-        &["OCICONFIGFILE"],
-        Key::Foreign("OCI Config File", Use::File),
-    ),
-    (
-        "OCI Config Profile",
-        &["OCICONFIGPROFILE"],
-        Key::Foreign("OCI Config Profile", Use::Plain),
-    ),
-    (
-        "Kerberos Auth Mode",
-        &["KERBEROSAUTHMODE"],
-        Key::Foreign("Kerberos Auth Mode", Use::Plain),
-    ),
-    (
-        "OpenID Identity Token",
-        &["OPENIDIDENTITYTOKEN"],
-        Key::Foreign("OpenID Identity Token", Use::Secret),
-    ),
-    (
-        "Include Security Asserts",
-        &["INCLUDESECURITYASSERTS"],
-        Key::Foreign("Include Security Asserts", Use::Plain),
-    ),
-    (
-        "Use Usage Advisor",
-        &["USEUSAGEADVISOR", "USAGEADVISOR"],
-        Key::Foreign("Use Usage Advisor", Use::Plain),
-    ),
-    (
-        "Procedure Cache Size",
-        &["PROCEDURECACHESIZE", "PROCEDURECACHE"],
-        Key::Foreign("Procedure Cache Size", Use::Plain),
-    ),
-    (
-        "Use Performance Monitor",
-        &["USEPERFORMANCEMONITOR", "USEPERFMON", "PERFMON"],
-        Key::Foreign("Use Performance Monitor", Use::Plain),
-    ),
-    (
-        "Respect Binary Flags",
-        &["RESPECTBINARYFLAGS"],
-        Key::Foreign("Respect Binary Flags", Use::Plain),
-    ),
-    (
-        "Functions Return String",
-        &["FUNCTIONSRETURNSTRING"],
-        Key::Foreign("Functions Return String", Use::Plain),
-    ),
-    (
-        "Sql Server Mode",
-        &["SQLSERVERMODE"],
-        Key::Foreign("Sql Server Mode", Use::Plain),
-    ),
-    (
-        "Table Cache",
-        &["TABLECACHING", "TABLECACHE"],
-        Key::Foreign("Table Cache", Use::Plain),
-    ),
-    (
-        "Default Table Cache Age",
-        &["DEFAULTTABLECACHEAGE"],
-        Key::Foreign("Default Table Cache Age", Use::Plain),
-    ),
-    (
-        "Replication",
-        &["REPLICATION"],
-        Key::Foreign("Replication", Use::Plain),
-    ),
-    (
-        "Exception Interceptors",
-        &["EXCEPTIONINTERCEPTORS"],
-        Key::Foreign("Exception Interceptors", Use::Plain),
-    ),
-    (
-        "Command Interceptors",
-        &["COMMANDINTERCEPTORS"],
-        Key::Foreign("Command Interceptors", Use::Plain),
-    ),
-    (
-        "Cache Server Properties",
-        &["CACHESERVERPROPERTIES"],
-        Key::Foreign("Cache Server Properties", Use::Plain),
-    ),
-    (
-        "Treat Blobs As UTF8",
-        &["TREATBLOBSASUTF8"],
-        Key::Foreign("Treat Blobs As UTF8", Use::Plain),
-    ),
-    (
-        "BlobAsUTF8IncludePattern",
-        &["BLOBASUTF8INCLUDEPATTERN"],
-        Key::Foreign("BlobAsUTF8IncludePattern", Use::Plain),
-    ),
-    (
-        "BlobAsUTF8ExcludePattern",
-        &["BLOBASUTF8EXCLUDEPATTERN"],
-        Key::Foreign("BlobAsUTF8ExcludePattern", Use::Plain),
-    ),
+    ("Character Set", &["CHARACTERSET", "CHARSET"], Key::Ignored(Kind::Any)),
+    ("Allow User Variables", &["ALLOWUSERVARIABLES"], Key::Ignored(Kind::Bool)),
+    ("Pooling", &["POOLING"], Key::Ignored(Kind::Bool)),
+    ("Allow Public Key Retrieval", &["ALLOWPUBLICKEYRETRIEVAL"], Key::Ignored(Kind::Bool)),
+    ("Convert Zero DateTime", &["CONVERTZERODATETIME"], Key::Ignored(Kind::Bool)),
+    ("Allow Zero DateTime", &["ALLOWZERODATETIME"], Key::Ignored(Kind::Bool)),
+    ("Treat Tiny As Boolean", &["TREATTINYASBOOLEAN"], Key::Ignored(Kind::Bool)),
+    ("Connection Reset", &["CONNECTIONRESET"], Key::Ignored(Kind::Bool)),
+    ("Connection Idle Timeout", &["CONNECTIONIDLETIMEOUT"], Key::Ignored(Kind::Count)),
+    ("Persist Security Info", &["PERSISTSECURITYINFO"], Key::Ignored(Kind::Bool)),
+    ("Use Compression", &["USECOMPRESSION", "COMPRESS"], Key::Ignored(Kind::Bool)),
+    ("Use Affected Rows", &["USEAFFECTEDROWS"], Key::Ignored(Kind::Bool)),
+    ("Old Guids", &["OLDGUIDS"], Key::Ignored(Kind::Bool)),
+    ("Guid Format", &["GUIDFORMAT"], Key::Ignored(Kind::Any)),
+    ("Application Name", &["APPLICATIONNAME"], Key::Ignored(Kind::Any)),
+    ("Auto Enlist", &["AUTOENLIST"], Key::Ignored(Kind::Bool)),
+    ("Interactive Session", &["INTERACTIVESESSION", "INTERACTIVE"], Key::Ignored(Kind::Bool)),
+    ("No Backslash Escapes", &["NOBACKSLASHESCAPES"], Key::Ignored(Kind::Bool)),
+    ("Ignore Command Transaction", &["IGNORECOMMANDTRANSACTION"], Key::Ignored(Kind::Bool)),
+    ("Ignore Prepare", &["IGNOREPREPARE"], Key::Ignored(Kind::Bool)),
+    ("Defer Connection Reset", &["DEFERCONNECTIONRESET"], Key::Ignored(Kind::Bool)),
+    ("Cancellation Timeout", &["CANCELLATIONTIMEOUT"], Key::Ignored(Kind::Any)),
+    ("DateTime Kind", &["DATETIMEKIND"], Key::Ignored(Kind::Any)),
+    ("Allow Load Local Infile", &["ALLOWLOADLOCALINFILE"], Key::Ignored(Kind::Bool)),
+    ("Allow Batch", &["ALLOWBATCH"], Key::Ignored(Kind::Bool)),
+    ("Load Balance", &["LOADBALANCE"], Key::Ignored(Kind::Any)),
+    ("DNS Check Interval", &["DNSCHECKINTERVAL"], Key::Ignored(Kind::Count)),
+    ("TLS Version", &["TLSVERSION", "TLSVERSIONS"], Key::Ignored(Kind::Any)),
+    ("Tls Cipher Suites", &["TLSCIPHERSUITES"], Key::Ignored(Kind::Any)),
+    ("Check Parameters", &["CHECKPARAMETERS"], Key::Ignored(Kind::Bool)),
+    ("Use XA Transactions", &["USEXATRANSACTIONS"], Key::Ignored(Kind::Bool)),
+    ("Server Redirection Mode", &["SERVERREDIRECTIONMODE"], Key::Ignored(Kind::Any)),
+    ("Connection Protocol", &["CONNECTIONPROTOCOL", "PROTOCOL", "TRANSPORT"], Key::Ignored(Kind::Any)),
+    ("Pipe Name", &["PIPENAME", "PIPE"], Key::Foreign(Use::Plain)),
+    ("Certificate Password", &["CERTIFICATEPASSWORD", "SSLCAPWD"], Key::Foreign(Use::Secret)),
+    ("Certificate Store Location", &["CERTIFICATESTORELOCATION"], Key::Foreign(Use::Plain)),
+    ("Certificate Thumbprint", &["CERTIFICATETHUMBPRINT"], Key::Foreign(Use::Plain)),
+    ("Skip Certificate Revocation Check", &["SKIPCERTIFICATEREVOCATIONCHECK"], Key::Foreign(Use::Plain)),
+    ("Connection Idle Ping Time", &["CONNECTIONIDLEPINGTIME"], Key::Foreign(Use::Plain)),
+    ("Force Synchronous", &["FORCESYNCHRONOUS"], Key::Foreign(Use::Plain)),
+    ("Pipelining", &["PIPELINING"], Key::Foreign(Use::Plain)),
+    ("Server RSA Public Key File", &["SERVERRSAPUBLICKEYFILE"], Key::Foreign(Use::File)),
+    ("Server SPN", &["SERVERSPN"], Key::Foreign(Use::Plain)),
+    ("Password2", &["PASSWORD2", "PWD2"], Key::Foreign(Use::Secret)),
+    ("Password3", &["PASSWORD3", "PWD3"], Key::Foreign(Use::Secret)),
+    ("DNS SRV", &["DNSSRV"], Key::Foreign(Use::Plain)),
+    ("Logging", &["LOGGING"], Key::Foreign(Use::Plain)),
+    ("Shared Memory Name", &["SHAREDMEMORYNAME"], Key::Foreign(Use::Plain)),
+    ("Use Default Command Timeout For EF", &["USEDEFAULTCOMMANDTIMEOUTFOREF"], Key::Foreign(Use::Plain)),
+    ("Allow Load Local Infile In Path", &["ALLOWLOADLOCALINFILEINPATH"], Key::Foreign(Use::File)),
+    ("Integrated Security", &["INTEGRATEDSECURITY"], Key::Foreign(Use::Plain)),
+    ("Default Authentication Plugin", &["DEFAULTAUTHENTICATIONPLUGIN"], Key::Foreign(Use::Plain)),
+    ("OCI Config File", &["OCICONFIGFILE"], Key::Foreign(Use::File)),
+    ("OCI Config Profile", &["OCICONFIGPROFILE"], Key::Foreign(Use::Plain)),
+    ("Kerberos Auth Mode", &["KERBEROSAUTHMODE"], Key::Foreign(Use::Plain)),
+    ("OpenID Identity Token", &["OPENIDIDENTITYTOKEN"], Key::Foreign(Use::Secret)),
+    ("Include Security Asserts", &["INCLUDESECURITYASSERTS"], Key::Foreign(Use::Plain)),
+    ("Use Usage Advisor", &["USEUSAGEADVISOR", "USAGEADVISOR"], Key::Foreign(Use::Plain)),
+    ("Procedure Cache Size", &["PROCEDURECACHESIZE", "PROCEDURECACHE"], Key::Foreign(Use::Plain)),
+    ("Use Performance Monitor", &["USEPERFORMANCEMONITOR", "USEPERFMON", "PERFMON"], Key::Foreign(Use::Plain)),
+    ("Respect Binary Flags", &["RESPECTBINARYFLAGS"], Key::Foreign(Use::Plain)),
+    ("Functions Return String", &["FUNCTIONSRETURNSTRING"], Key::Foreign(Use::Plain)),
+    ("Sql Server Mode", &["SQLSERVERMODE"], Key::Foreign(Use::Plain)),
+    ("Table Cache", &["TABLECACHING", "TABLECACHE"], Key::Foreign(Use::Plain)),
+    ("Default Table Cache Age", &["DEFAULTTABLECACHEAGE"], Key::Foreign(Use::Plain)),
+    ("Replication", &["REPLICATION"], Key::Foreign(Use::Plain)),
+    ("Exception Interceptors", &["EXCEPTIONINTERCEPTORS"], Key::Foreign(Use::Plain)),
+    ("Command Interceptors", &["COMMANDINTERCEPTORS"], Key::Foreign(Use::Plain)),
+    ("Cache Server Properties", &["CACHESERVERPROPERTIES"], Key::Foreign(Use::Plain)),
+    ("Treat Blobs As UTF8", &["TREATBLOBSASUTF8"], Key::Foreign(Use::Plain)),
+    ("BlobAsUTF8IncludePattern", &["BLOBASUTF8INCLUDEPATTERN"], Key::Foreign(Use::Plain)),
+    ("BlobAsUTF8ExcludePattern", &["BLOBASUTF8EXCLUDEPATTERN"], Key::Foreign(Use::Plain)),
 ];
 
 /// `written` upper-cased, without whitespace, `_` and `-`.
@@ -716,7 +390,7 @@ impl Settings {
     /// [`Origin`]); a file it names is kept to be refused by the store.
     fn take(&mut self, name: &'static str, key: Key, value: String) -> Result<(), ConnStrError> {
         match key {
-            Key::Foreign(_, Use::File) if !value.is_empty() => {
+            Key::Foreign(Use::File) if !value.is_empty() => {
                 if self.origin == Origin::Own {
                     return Err(foreign(name));
                 }
@@ -798,7 +472,7 @@ fn parse_pairs(s: &str, settings: &mut Settings) -> Result<(), ConnStrError> {
         |pair| {
             match lookup(&pair.key) {
             Some((name, key)) => {
-                if matches!(key, Key::Password | Key::Foreign(_, Use::Secret)) {
+                if matches!(key, Key::Password | Key::Foreign(Use::Secret)) {
                     after_password = true;
                 }
                 settings.take(name, key, pair.value)
@@ -938,7 +612,7 @@ fn build(settings: Settings) -> Result<MyConnSpec, ConnStrError> {
         }
     }
     for (name, key, _) in &settings.values {
-        if matches!(key, Key::Foreign(_, Use::File)) {
+        if matches!(key, Key::Foreign(Use::File)) {
             file_settings.push(*name);
         }
     }
@@ -981,7 +655,7 @@ fn build(settings: Settings) -> Result<MyConnSpec, ConnStrError> {
         secs(count(Key::Keepalive, 0, u64::from(u32::MAX))?).unwrap_or(DEFAULT_KEEPALIVE);
     let mut ignored_keys = Vec::new();
     for (name, key, value) in &settings.values {
-        if let Key::Ignored(_, kind) = key {
+        if let Key::Ignored(kind) = key {
             // A center's driver accepted the value: only the agent's own is checked.
             let kind = match settings.origin {
                 Origin::Own => *kind,
