@@ -142,7 +142,10 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
         let idle = rt.options.store_idle;
         // Ends with this coordinator (the store went unused) or with the agent.
         let here = stop.child_token();
-        let listening = cluster && rt.options.cluster_notify && store.pg().is_ok();
+        let listening = cluster
+            && rt.options.cluster_notify
+            && store.kind() == crate::store::StoreType::PostgreSql;
+        #[cfg(feature = "postgres")]
         if listening {
             crate::store::listen::spawn(&tasks, store.clone(), me.instance.clone(), here.clone());
         }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::store::connstr::SslMode;
+use crate::store::pg_connstr::SslMode;
 use crate::store::url::{self, PercentError};
 use crate::store::{Opening, Store, StoreType, pool};
 
@@ -75,7 +75,7 @@ impl DevReader {
         let (hangfire_db, db) = match kind {
             StoreType::PostgreSql => {
                 // The agent's parser also refuses a string that names no user.
-                let spec = crate::store::connstr::parse(text).map_err(|e| e.to_string())?;
+                let spec = crate::store::pg_connstr::parse(text).map_err(|e| e.to_string())?;
                 let rendered = if is_url {
                     to_npgsql(&spec.config, spec.ssl)
                 } else {
@@ -238,7 +238,7 @@ pub async fn install_tables(
     let (kind, prefix) = kind_and_prefix(kind, text, prefix);
     match kind {
         StoreType::PostgreSql => {
-            let spec = crate::store::connstr::parse(text).map_err(|e| e.to_string())?;
+            let spec = crate::store::pg_connstr::parse(text).map_err(|e| e.to_string())?;
             let store = crate::store::postgres::PgStore::open(&spec, prefix, pool::Load::Now)?;
             let label = store.label.clone();
             let conn = tokio::time::timeout(within, store.conn())
@@ -663,7 +663,7 @@ mod tests {
             "{}",
             s.label()
         );
-        let back = crate::store::connstr::parse(s.hangfire_db()).expect("round trip");
+        let back = crate::store::pg_connstr::parse(s.hangfire_db()).expect("round trip");
         assert_eq!(back.config.get_password(), Some(&b"p;w"[..]));
         assert_eq!(back.ssl, SslMode::Disable);
         // An Npgsql string goes as given; a blank prefix is the default, another is kept.

@@ -12,8 +12,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::console::{ConsoleColor, ConsoleLine};
 use crate::request::Dispatch;
-use crate::store::connstr;
 use crate::store::line::LineEncoder;
+#[cfg(feature = "postgres")]
+use crate::store::pg_connstr;
 
 /// Not public API: used by the fuzz targets.
 ///
@@ -54,6 +55,7 @@ pub fn check_item_scan(text: &str) -> Result<(), String> {
     }
 }
 
+#[cfg(feature = "postgres")]
 /// Not public API: used by the fuzz targets.
 ///
 /// Parses an Npgsql connection string (or a `postgres://` URL) as the agent does for
@@ -61,7 +63,7 @@ pub fn check_item_scan(text: &str) -> Result<(), String> {
 /// settings' `Debug` output, a newline, `identity: ` and the store identity. `Err` holds the
 /// error text and its `Debug`. Neither may ever contain the password.
 pub fn parse_connection_string(s: &str) -> Result<String, String> {
-    match connstr::parse(s) {
+    match pg_connstr::parse(s) {
         Ok(spec) => Ok(format!("{spec:?}\nidentity: {}", spec.identity())),
         Err(e) => Err(format!("{e} / {e:?}")),
     }

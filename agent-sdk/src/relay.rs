@@ -53,11 +53,13 @@ use subtle::ConstantTimeEq;
 
 use crate::cluster::relay::ClusterCall;
 use crate::cluster::{ClaimValue, Claimed, ClusterRun, Member, RunRecord};
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
+use crate::store::Backend;
 use crate::store::relay::{
     API, AddToSetCall, ConsoleCall, ErrorBody, FenceCall, FirstReportCall, LockCall, LockTryCall,
     PingAnswer, ReadCall, SetHashCall,
 };
-use crate::store::{Backend, Opening, Store, StoreError, StoreErrorKind, StoreType, pool};
+use crate::store::{Opening, Store, StoreError, StoreErrorKind, StoreType};
 
 /// Keys an agent writes in hashes and sets, by prefix.
 const WRITE_SCOPE: &[&str] = &["console:", "_agent_result_", "AgentHeart:"];
@@ -324,7 +326,7 @@ pub fn router(config: RelayConfig) -> Result<(Router, String), String> {
         expire_days: config.expire_days,
         db: None,
         from_center: false,
-        load: pool::Load::Now,
+        load: crate::store::Load::Now,
         relay_token: None,
     })?;
     let label = format!("{} ({kind})", store.label);
@@ -935,8 +937,13 @@ impl Relay {
 /// - MySQL: `<prefix>Job.StateName` (Hangfire.MySqlStorage's `Install.sql`);
 /// - Redis: field `State` of hash `<prefix>job:<id>` (Hangfire.Redis.StackExchange's
 ///   `RedisWriteOnlyTransaction.SetJobState`).
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(unused_variables)
+)]
 async fn job_state(store: &Store, id: &str) -> Result<Option<String>, String> {
     match store.backend() {
+        #[cfg(feature = "postgres")]
         Backend::Postgres(pg) => {
             let Ok(n) = id.parse::<i64>() else {
                 return Ok(None);
@@ -1118,7 +1125,7 @@ async fn cluster(s: &Store, tenant: &str, call: ClusterCall) -> Result<serde_jso
 /// The TLS crypto provider the relay serves with: the one the agent's store connections use
 /// (the process default when the application installed one, else *ring*).
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    crate::store::pool::crypto_provider()
+    crate::store::tls::crypto_provider()
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Refusal> {

@@ -20,6 +20,7 @@ pub(crate) fn check_schema(schema: &str) -> Result<(), String> {
 }
 
 /// Quotes a name as an SQL identifier: in double quotes, a `"` doubled.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }

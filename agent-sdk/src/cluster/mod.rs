@@ -86,6 +86,10 @@ pub(crate) const RENEW_WITHIN: Duration = Duration::from_secs(2);
 pub(crate) const REPLICA_LEASE: Duration = Duration::from_secs(6);
 /// Extra time before a silent replica's runs are reported lost: a live replica is reported
 /// only after `REPLICA_LEASE + LOST_GRACE` (9 s) without one successful renewal.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
 pub(crate) const LOST_GRACE: Duration = Duration::from_secs(3);
 /// How often a replica looks for runs whose instance has no lease row.
 pub(crate) const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(30);
@@ -204,6 +208,10 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
 pub(super) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -231,6 +239,7 @@ async fn bounded<T>(
 macro_rules! on_backend {
     ($store:expr, $what:expr, $op:ident ( $($arg:expr),* )) => {
         match $store.backend() {
+            #[cfg(feature = "postgres")]
             Backend::Postgres(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
             #[cfg(feature = "mysql")]
             Backend::Mysql(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
@@ -238,6 +247,13 @@ macro_rules! on_backend {
             Backend::Redis(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
             #[cfg(feature = "relay")]
             Backend::Relay(r) => relay::$op(r, $($arg),*).await,
+            #[cfg(not(any(
+                feature = "postgres",
+                feature = "mysql",
+                feature = "redis",
+                feature = "relay"
+            )))]
+            Backend::None(never) => match *never {},
         }
     };
 }
@@ -406,6 +422,7 @@ impl Store {
     ) -> Result<Vec<(String, String, RunRecord)>, StoreError> {
         let what = "lost replicas' runs";
         match self.backend() {
+            #[cfg(feature = "postgres")]
             Backend::Postgres(d) => {
                 bounded(
                     what,
@@ -435,6 +452,13 @@ impl Store {
                 "this needs a database store; this one is {}",
                 self.kind()
             ))),
+            #[cfg(not(any(
+                feature = "postgres",
+                feature = "mysql",
+                feature = "redis",
+                feature = "relay"
+            )))]
+            Backend::None(never) => match *never {},
         }
     }
 }

@@ -91,6 +91,7 @@ pub(crate) trait Driver: Sync {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl Driver for super::postgres::PgStore {
     async fn now_ms(&self) -> Result<i64, StoreError> {
         Ok(self.clock_ms().await?)

@@ -28,7 +28,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
@@ -50,15 +50,6 @@ const CHECK_WITHIN: Duration = Duration::from_secs(5);
 /// The longest wait between attempts to listen again.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// What notifications wake.
-#[derive(Default)]
-pub(crate) struct Wakeups {
-    /// A command for this instance may be waiting.
-    pub(crate) commands: Notify,
-    /// A singleton claim was released somewhere.
-    pub(crate) claims: Notify,
-}
-
 /// Why a listening connection ended.
 enum Ended {
     /// It failed (connect, `LISTEN`, its check): try again soon.
@@ -74,7 +65,7 @@ impl From<String> for Ended {
 }
 
 /// Keeps a `LISTEN` connection to `store` for `instance` until `stop`: reconnects with
-/// backoff, checks the link, and wakes [`Wakeups`] on each notification.
+/// backoff, checks the link, and wakes [`Wakeups`](super::Wakeups) on each notification.
 pub(crate) fn spawn(
     tracker: &tokio_util::task::TaskTracker,
     store: Arc<Store>,

@@ -12,26 +12,37 @@
 
 #[cfg(test)]
 mod conformance;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 pub(crate) mod connstr;
 mod console_writer;
 pub(crate) mod driver;
 pub(crate) mod error;
 mod heartbeat;
 pub(crate) mod line;
+#[cfg(feature = "postgres")]
 pub(crate) mod listen;
 pub(crate) mod lock;
 #[cfg(test)]
 pub(crate) mod memory;
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
+#[cfg(feature = "postgres")]
+pub(crate) mod pg_connstr;
+#[cfg(feature = "postgres")]
 pub(crate) mod pool;
+#[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 mod procstat;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(feature = "redis")]
+pub(crate) mod redis_connstr;
 #[cfg(feature = "relay")]
 pub(crate) mod relay;
 mod results;
+#[cfg(any(feature = "postgres", feature = "relay"))]
+pub(crate) mod tls;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 pub(crate) mod url;
 
 use std::collections::HashMap;
@@ -53,6 +64,7 @@ pub(crate) use crate::schema::check_schema;
 use line::EncodedLine;
 #[cfg(feature = "mysql")]
 use mysql::MysqlStore;
+#[cfg(feature = "postgres")]
 use postgres::PgStore;
 #[cfg(feature = "redis")]
 use redis::RedisStore;
@@ -155,6 +167,10 @@ const CHECK_RETRY: Duration = Duration::from_secs(30);
 pub(crate) enum CheckError {
     /// The store answered, and said no: it lacks Hangfire's tables, or refuses this agent.
     /// A run written there could never show at the center.
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+        allow(dead_code)
+    )]
     Refused(String),
     /// No answer that tells: unreachable, connection or login refused, timed out. Safe to
     /// show (never a password or a connection string).
@@ -171,6 +187,27 @@ impl CheckError {
     }
 }
 
+/// What `NOTIFY` wakes (see `listen`; PostgreSQL only: the other stores never wake it, their
+/// readers poll).
+#[derive(Default)]
+pub(crate) struct Wakeups {
+    /// A command for this instance may be waiting.
+    pub(crate) commands: tokio::sync::Notify,
+    /// A singleton claim was released somewhere.
+    pub(crate) claims: tokio::sync::Notify,
+}
+
+/// When the TLS material (trusted roots) of a PostgreSQL store is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) enum Load {
+    /// Now, blocking: at configuration time (the agent's own store), or in a test.
+    Now,
+    /// At the first connection, off the async threads (a store the center sent: reached on
+    /// the request path, so no blocking I/O there).
+    Deferred,
+}
+
 /// One store, through the backend of its storage type.
 pub(crate) struct Store {
     /// Where it came from, for logs (host and database; never a secret).
@@ -179,8 +216,8 @@ pub(crate) struct Store {
     pub(crate) prefix: String,
     /// How long written rows live.
     pub(crate) expire: Duration,
-    /// What `NOTIFY` wakes (see [`listen`]; PostgreSQL only, the others poll).
-    pub(crate) wakeups: Arc<listen::Wakeups>,
+    /// What `NOTIFY` wakes (PostgreSQL only, the others poll).
+    pub(crate) wakeups: Arc<Wakeups>,
     /// Whether this process has had an answer from the store (a check or a write that
     /// succeeded): from then on an outage is buffered, never refused (see
     /// [`Store::check_tables`]).
@@ -203,6 +240,7 @@ pub(crate) struct Store {
 // the enum does not matter, and boxing a variant would only add a hop to every write.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Backend {
+    #[cfg(feature = "postgres")]
     Postgres(PgStore),
     #[cfg(feature = "mysql")]
     Mysql(MysqlStore),
@@ -210,12 +248,21 @@ pub(crate) enum Backend {
     Redis(RedisStore),
     #[cfg(feature = "relay")]
     Relay(relay::RelayStore),
+    /// Never made: the enum's only variant when no store feature is on.
+    #[cfg(not(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "relay"
+    )))]
+    None(std::convert::Infallible),
 }
 
 /// Dispatches one call to the backend.
 macro_rules! backend {
     ($self:ident, $b:ident => $call:expr) => {
         match &$self.backend {
+            #[cfg(feature = "postgres")]
             Backend::Postgres($b) => $call,
             #[cfg(feature = "mysql")]
             Backend::Mysql($b) => $call,
@@ -223,6 +270,13 @@ macro_rules! backend {
             Backend::Redis($b) => $call,
             #[cfg(feature = "relay")]
             Backend::Relay($b) => $call,
+            #[cfg(not(any(
+                feature = "postgres",
+                feature = "mysql",
+                feature = "redis",
+                feature = "relay"
+            )))]
+            Backend::None(never) => match *never {},
         }
     };
 }
@@ -232,6 +286,7 @@ macro_rules! backend {
 macro_rules! backend_err {
     ($self:ident, $b:ident => $call:expr) => {
         match &$self.backend {
+            #[cfg(feature = "postgres")]
             Backend::Postgres($b) => $call.map_err(StoreError::from),
             #[cfg(feature = "mysql")]
             Backend::Mysql($b) => $call.map_err(StoreError::from),
@@ -239,13 +294,25 @@ macro_rules! backend_err {
             Backend::Redis($b) => $call.map_err(StoreError::from),
             #[cfg(feature = "relay")]
             Backend::Relay($b) => $call.map_err(StoreError::from),
+            #[cfg(not(any(
+                feature = "postgres",
+                feature = "mysql",
+                feature = "redis",
+                feature = "relay"
+            )))]
+            Backend::None(never) => match *never {},
         }
     };
 }
 
 /// Why a store of a type this build left out cannot be opened (`feature`: the Cargo feature
 /// of jobagent that brings it).
-#[cfg(any(not(feature = "mysql"), not(feature = "redis"), not(feature = "relay")))]
+#[cfg(any(
+    not(feature = "postgres"),
+    not(feature = "mysql"),
+    not(feature = "redis"),
+    not(feature = "relay")
+))]
 pub(crate) fn built_without(feature: &str) -> String {
     format!(
         "this agent was built without the `{feature}` feature of jobagent; rebuild it with that feature (it is on by default), or give the agent a store of a type it was built with"
@@ -266,7 +333,8 @@ pub(crate) struct Opening<'a> {
     pub(crate) db: Option<i64>,
     /// Sent by a center: may not name files on the agent's machine.
     pub(crate) from_center: bool,
-    pub(crate) load: pool::Load,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) load: Load,
     /// A relay's bearer token (the agent's own store only).
     #[cfg_attr(not(feature = "relay"), allow(dead_code))]
     pub(crate) relay_token: Option<&'a str>,
@@ -299,10 +367,15 @@ impl Store {
     pub(crate) fn open(o: &Opening<'_>) -> Result<Self, String> {
         // For logs and the derived agent id (a MySQL prefix to be found counts as the type's
         // default, as before prefixes were found).
+        #[cfg_attr(
+            not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+            allow(unused_variables)
+        )]
         let named = o.prefix.unwrap_or(o.kind.default_prefix());
         let (label, prefix, backend) = match o.kind {
+            #[cfg(feature = "postgres")]
             StoreType::PostgreSql => {
-                let spec = connstr::parse(o.connection).map_err(|e| e.to_string())?;
+                let spec = pg_connstr::parse(o.connection).map_err(|e| e.to_string())?;
                 if o.from_center
                     && let Some(setting) = spec.file_settings.first()
                 {
@@ -315,6 +388,8 @@ impl Store {
                 let pg = PgStore::open(&spec, named, o.load)?;
                 (pg.label.clone(), pg.schema.clone(), Backend::Postgres(pg))
             }
+            #[cfg(not(feature = "postgres"))]
+            StoreType::PostgreSql => return Err(built_without("postgres")),
             #[cfg(feature = "mysql")]
             StoreType::MySql => {
                 let my = MysqlStore::open(o.connection, o.prefix, o.from_center)?;
@@ -347,7 +422,7 @@ impl Store {
             label,
             prefix,
             expire: Duration::from_secs_f64(o.expire_days * 86_400.0),
-            wakeups: Arc::new(listen::Wakeups::default()),
+            wakeups: Arc::new(Wakeups::default()),
             reached: AtomicBool::new(false),
             unknown_at: Mutex::new(None),
             from_center: o.from_center,
@@ -390,6 +465,7 @@ impl Store {
 
     pub(crate) fn kind(&self) -> StoreType {
         match self.backend {
+            #[cfg(feature = "postgres")]
             Backend::Postgres(_) => StoreType::PostgreSql,
             #[cfg(feature = "mysql")]
             Backend::Mysql(_) => StoreType::MySql,
@@ -397,6 +473,13 @@ impl Store {
             Backend::Redis(_) => StoreType::Redis,
             #[cfg(feature = "relay")]
             Backend::Relay(_) => StoreType::Relay,
+            #[cfg(not(any(
+                feature = "postgres",
+                feature = "mysql",
+                feature = "redis",
+                feature = "relay"
+            )))]
+            Backend::None(never) => match never {},
         }
     }
 
@@ -406,6 +489,7 @@ impl Store {
     }
 
     /// The PostgreSQL backend, for what only it has (its cluster SQL, `LISTEN`).
+    #[cfg(feature = "postgres")]
     pub(crate) fn pg(&self) -> Result<&PgStore, String> {
         match &self.backend {
             Backend::Postgres(pg) => Ok(pg),
@@ -420,6 +504,7 @@ impl Store {
     /// The host names the store connects to.
     fn hosts(&self) -> Vec<String> {
         match &self.backend {
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.hosts(),
             #[cfg(feature = "mysql")]
             Backend::Mysql(my) => my.hosts(),
@@ -427,6 +512,13 @@ impl Store {
             Backend::Redis(r) => r.hosts(),
             #[cfg(feature = "relay")]
             Backend::Relay(r) => r.hosts(),
+            #[cfg(not(any(
+                feature = "postgres",
+                feature = "mysql",
+                feature = "redis",
+                feature = "relay"
+            )))]
+            Backend::None(never) => match *never {},
         }
     }
 
@@ -498,6 +590,12 @@ impl Store {
         match &self.backend {
             #[cfg(feature = "relay")]
             Backend::Relay(r) => r.remote_kind().await,
+            #[cfg(any(
+                feature = "postgres",
+                feature = "mysql",
+                feature = "redis",
+                not(feature = "relay")
+            ))]
             _ => Ok(self.kind()),
         }
     }
@@ -607,6 +705,7 @@ impl Store {
 
 /// The fencing counter's field for a lock resource: 32 hex digits (MySQL's `Field` holds 40
 /// characters; resources may be longer).
+#[cfg(feature = "postgres")]
 pub(crate) fn fence_field(resource: &str) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, resource.as_bytes())
         .simple()
@@ -648,7 +747,7 @@ impl Stores {
                     expire_days: l.expire_days,
                     db: None,
                     from_center: false,
-                    load: pool::Load::Now,
+                    load: Load::Now,
                     relay_token: l.relay_token.as_ref().map(|t| t.expose()),
                 })
                 .map_err(invalid)?;
@@ -774,7 +873,7 @@ impl Stores {
             expire_days: days,
             db,
             from_center: true,
-            load: pool::Load::Deferred,
+            load: Load::Deferred,
             relay_token: None,
         })
         .map_err(|e| format!("HangfireDb: {e}"))?;
@@ -844,6 +943,7 @@ mod tests {
         .expect("a storage header")
     }
 
+    #[cfg(feature = "postgres")]
     #[test]
     fn a_center_sent_store_may_not_name_files_and_opening_one_reads_nothing() {
         let stores = Stores::new(None, None, Duration::from_secs(300)).expect("no local store");
@@ -882,11 +982,18 @@ mod tests {
 
     /// An agent built without a backend's feature refuses that store, naming the feature,
     /// whether the center sends it or the agent's own configuration names it. Runs in CI as
-    /// `cargo test -p jobagent --lib --no-default-features --features postgres store::`.
-    #[cfg(not(all(feature = "mysql", feature = "redis")))]
+    /// `cargo test -p jobagent --lib --no-default-features --features postgres store::` (and
+    /// `--features mysql`).
+    #[cfg(not(all(feature = "postgres", feature = "mysql", feature = "redis")))]
     #[test]
     fn a_store_type_left_out_of_the_build_is_refused_naming_its_feature() {
         let mut left_out = Vec::new();
+        #[cfg(not(feature = "postgres"))]
+        left_out.push((
+            "postgresql",
+            "Host=db;Username=u;Password=p",
+            "postgres://u:p@db/hangfire",
+        ));
         #[cfg(not(feature = "mysql"))]
         left_out.push((
             "mysql",
@@ -896,7 +1003,13 @@ mod tests {
         #[cfg(not(feature = "redis"))]
         left_out.push(("redis", "db:6379,password=p", "redis://:p@db:6379/0"));
         for (kind, sent, own) in left_out {
-            let wanted = format!("this agent was built without the `{kind}` feature of jobagent");
+            let feature = if kind == "postgresql" {
+                "postgres"
+            } else {
+                kind
+            };
+            let wanted =
+                format!("this agent was built without the `{feature}` feature of jobagent");
             // Sent by a center in `x-job-storage`.
             let stores = Stores::new(None, None, Duration::from_secs(300)).expect("no local store");
             let header: StorageHeader = serde_json::from_value(serde_json::json!({

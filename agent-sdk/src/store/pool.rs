@@ -30,7 +30,8 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::connstr::{ConnSpec, SslMode};
+use super::pg_connstr::{ConnSpec, SslMode};
+use super::tls::{crypto_provider, system_roots};
 
 /// Extra time, beyond the connect timeouts, that opening a connection (the `Search Path`
 /// hook) may take before the pool gives up on it.
@@ -44,15 +45,7 @@ const RECYCLE_CHECK: Duration = Duration::from_secs(3);
 /// How long sending a statement's cancel (a connection of its own) may take.
 const CANCEL_WITHIN: Duration = Duration::from_secs(5);
 
-/// When the TLS material (trusted roots) is read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Load {
-    /// Now, blocking: at configuration time (the agent's own store), or in a test.
-    Now,
-    /// At the first connection, off the async threads (a store the center sent: reached on
-    /// the request path, so no blocking I/O there).
-    Deferred,
-}
+pub(crate) use super::Load;
 
 /// The bounds of a store's operations, from its connection string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,7 +141,7 @@ impl Connector {
     pub(crate) fn new(spec: &ConnSpec, load: Load) -> Result<Self, String> {
         // No session settings of the agent's own: a pooler (PgBouncer) refuses the `options`
         // startup parameter, and in transaction pooling a session setting would not follow
-        // the statements anyway. A string's own `Options` stay the user's (see connstr.rs).
+        // the statements anyway. A string's own `Options` stay the user's (see pg_connstr.rs).
         let mut pg = spec.config.clone();
         pg.ssl_mode(spec.ssl.to_tokio());
         let tls = match (tls_plan(spec), load) {
@@ -382,22 +375,6 @@ enum Check {
     ChainAndName,
 }
 
-/// The TLS crypto provider of the agent's store connections: the process default when the
-/// application installed one (`CryptoProvider::install_default`, e.g. aws-lc-rs for
-/// post-quantum key exchange), else rustls' *ring* provider, the one the rest of the tree
-/// uses (reqwest's `rustls-tls`, mysql_async's `ring`). Never installs a process default: that
-/// is the application's choice.
-pub(crate) fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    if let Some(installed) = rustls::crypto::CryptoProvider::get_default() {
-        return Arc::clone(installed);
-    }
-    // rustls 0.23.48 deprecates ring's provider because ring has no post-quantum key
-    // exchange; ring offers no other constructor, and the remedy (aws-lc-rs) is the
-    // application's to choose, above. Allowed here, in this one place.
-    #[allow(deprecated)]
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// The rustls configuration for `plan` (not [`Plan::Off`]); reads the trusted roots (the
 /// `root` file, else the system's) when the plan checks certificates. Blocking.
 fn tls_config(ssl: SslMode, plan: Plan, root: Option<&PathBuf>) -> Result<ClientConfig, String> {
@@ -460,18 +437,6 @@ fn trusted_roots(ssl: SslMode, root: Option<&PathBuf>) -> Result<RootCertStore, 
         }
     }
     Ok(roots)
-}
-
-/// The system's trusted CA certificates (those `SSL_CERT_FILE` or `SSL_CERT_DIR` name, else the
-/// platform's store); empty when there are none. Blocking (reads files).
-pub(crate) fn system_roots() -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        tracing::debug!(error = %e, "a system CA certificate could not be loaded");
-    }
-    roots.add_parsable_certificates(found.certs);
-    roots
 }
 
 /// Accepts any server certificate (Npgsql's `Require`/`Prefer`, or `Trust Server
@@ -574,7 +539,7 @@ impl ServerCertVerifier for ChainOnlyCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::connstr;
+    use crate::store::pg_connstr as connstr;
 
     fn spec(s: &str) -> ConnSpec {
         connstr::parse(s).expect("valid string")

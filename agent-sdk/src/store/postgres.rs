@@ -33,8 +33,8 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::Type;
 
 use super::CheckError;
-use super::connstr::ConnSpec;
 use super::line::EncodedLine;
+use super::pg_connstr::ConnSpec;
 use super::pool::{self, Limits};
 use crate::schema::{check_schema, quote_ident};
 
@@ -325,7 +325,7 @@ fn label(config: &tokio_postgres::Config) -> String {
 /// Opens `connection` as the agent opens a store and runs `sql` (one row, one text column);
 /// also says whether the session is encrypted. For the integration tests of TLS modes.
 pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String), String> {
-    let spec = super::connstr::parse(connection).map_err(|e| crate::error::chain(&e))?;
+    let spec = super::pg_connstr::parse(connection).map_err(|e| crate::error::chain(&e))?;
     let store = PgStore::open(&spec, "hangfire", pool::Load::Now)?;
     let client = store.pool.get().await.map_err(|e| format!("{e} ({e:?})"))?;
     let encrypted: bool = client
@@ -905,7 +905,7 @@ mod tests {
         let url = format!(
             "{url}{sep}command_timeout=1&max_pool_size=1&options=-c%20statement_timeout%3D0"
         );
-        let spec = crate::store::connstr::parse(&url).expect("a valid test URL");
+        let spec = crate::store::pg_connstr::parse(&url).expect("a valid test URL");
         Some(PgStore::open(&spec, "hangfire", pool::Load::Now).expect("opens"))
     }
 

@@ -133,7 +133,7 @@ impl fmt::Debug for RelayStore {
 /// naming it in `SSL_CERT_FILE`) and name the relay's host. Reads the system's roots once.
 fn https_config() -> Result<rustls::ClientConfig, String> {
     static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
-    let roots = ROOTS.get_or_init(|| Arc::new(super::pool::system_roots()));
+    let roots = ROOTS.get_or_init(|| Arc::new(super::tls::system_roots()));
     if roots.is_empty() {
         return Err(
             "relay+https needs trusted CA certificates but the system has none: install \
@@ -142,7 +142,7 @@ fn https_config() -> Result<rustls::ClientConfig, String> {
                 .to_owned(),
         );
     }
-    let provider = super::pool::crypto_provider();
+    let provider = super::tls::crypto_provider();
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?

@@ -1,0 +1,755 @@
+//! A StackExchange.Redis configuration string (`ConfigurationOptions.Parse`: comma-separated
+//! endpoints and `key=value` options, what the center's `HangfireDb` holds for a Redis
+//! storage) or a `redis://` / `rediss://` URL, read into a [`RedisSpec`] for
+//! [`super::redis::RedisStore::open`]. Not ADO.NET's format: only the echo, the closest key
+//! and the typed error come from [`super::connstr`]. No error or `Debug` output holds the
+//! password.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::store::connstr::{self, ConnStrError};
+use crate::store::url::{self, PercentError};
+
+pub(crate) use super::Origin;
+
+/// StackExchange.Redis's default port, and its default port for `ssl=true` (Azure's TLS port).
+const DEFAULT_PORT: u16 = 6379;
+const DEFAULT_TLS_PORT: u16 = 6380;
+/// StackExchange.Redis's defaults for `connectTimeout` and `syncTimeout` / `asyncTimeout`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5000);
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(5000);
+/// The largest timeout taken from a configuration string (larger values are lowered to it):
+/// a store that does not answer for ten minutes is down, whatever the string says.
+const MAX_TIMEOUT_MS: u64 = 600_000;
+/// The most characters of a key or endpoint echoed in an error.
+const MAX_ECHO_CHARS: usize = 60;
+
+/// One endpoint as written: host (IPv6 without brackets) and port, if given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub(crate) host: String,
+    pub(crate) port: Option<u16>,
+}
+
+/// A parsed configuration string or URL. `Debug` redacts the password.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct RedisSpec {
+    pub(crate) endpoints: Vec<Endpoint>,
+    pub(crate) user: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) tls: bool,
+    pub(crate) ssl_host: Option<String>,
+    pub(crate) db: Option<i64>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) client_name: Option<String>,
+    /// Whether it came from a URL (whose default port is 6379 even with TLS).
+    url: bool,
+    /// The options accepted but not applied, to be named in one warning (names only).
+    pub(crate) ignored: Vec<String>,
+}
+
+impl Default for RedisSpec {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            user: None,
+            password: None,
+            tls: false,
+            ssl_host: None,
+            db: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            client_name: None,
+            url: false,
+            ignored: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSpec")
+            .field("endpoints", &self.endpoints)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("ssl_host", &self.ssl_host)
+            .field("db", &self.db)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("client_name", &self.client_name)
+            .field("ignored", &self.ignored)
+            .finish()
+    }
+}
+
+impl RedisSpec {
+    /// Notes an option accepted but not applied (once, whatever its spelling).
+    fn ignore(&mut self, key: &str) {
+        if !self.ignored.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            self.ignored.push(key.to_owned());
+        }
+    }
+
+    /// The endpoint connected to (the first), with its port.
+    pub(crate) fn first(&self) -> Result<(String, u16), ConnStrError> {
+        let ep = self.endpoints.first().ok_or_else(|| {
+            ConnStrError::other("the Redis configuration names no endpoint (host[:port])")
+        })?;
+        let default = if self.tls && !self.url {
+            DEFAULT_TLS_PORT
+        } else {
+            DEFAULT_PORT
+        };
+        Ok((ep.host.clone(), ep.port.unwrap_or(default)))
+    }
+}
+
+/// What the agent does with an option of a configuration string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handling {
+    /// Read: it changes how the agent connects.
+    Read,
+    /// Nothing to do: the agent already behaves as the option asks, or the option concerns only
+    /// StackExchange.Redis's own machinery (or StackExchange.Redis itself ignores it).
+    NoEffect,
+    /// The agent cannot give what the option asks: accepted, and named in one warning.
+    Ignored,
+}
+
+/// The options of StackExchange.Redis's configuration string (`ConfigurationOptions.cs`,
+/// `OptionKeys`), by canonical name (matched case-insensitively), and what the agent does with
+/// each. `serviceName`, `tunnel` and `proxy` are read, and refused unless empty (or `None`).
+const OPTIONS: &[(&str, Handling)] = &[
+    ("abortConnect", Handling::NoEffect),
+    ("allowAdmin", Handling::NoEffect),
+    ("asyncTimeout", Handling::Read),
+    ("channelPrefix", Handling::NoEffect),
+    ("checkCertificateRevocation", Handling::Ignored),
+    ("configChannel", Handling::NoEffect),
+    ("configCheckSeconds", Handling::NoEffect),
+    ("connectRetry", Handling::NoEffect),
+    ("connectTimeout", Handling::Read),
+    ("defaultDatabase", Handling::Read),
+    // Not string keys of StackExchange.Redis (properties only); accepted as before.
+    ("heartbeatConsistencyChecks", Handling::NoEffect),
+    ("heartbeatInterval", Handling::NoEffect),
+    ("highIntegrity", Handling::Ignored),
+    ("highPriorityThreads", Handling::NoEffect),
+    ("keepAlive", Handling::NoEffect),
+    ("name", Handling::Read),
+    ("password", Handling::Read),
+    ("preserveAsyncOrder", Handling::NoEffect),
+    ("protocol", Handling::NoEffect),
+    ("proxy", Handling::Read),
+    ("resolveDns", Handling::NoEffect),
+    ("responseTimeout", Handling::NoEffect),
+    ("sentinelPassword", Handling::Ignored),
+    ("sentinelUser", Handling::Ignored),
+    ("serviceName", Handling::Read),
+    ("setlib", Handling::NoEffect),
+    ("ssl", Handling::Read),
+    ("sslHost", Handling::Read),
+    ("sslProtocols", Handling::Ignored),
+    ("syncTimeout", Handling::Read),
+    ("tcpKeepAlive", Handling::Ignored),
+    ("tiebreaker", Handling::NoEffect),
+    ("tunnel", Handling::Read),
+    ("user", Handling::Read),
+    ("version", Handling::NoEffect),
+    ("writeBuffer", Handling::NoEffect),
+];
+
+/// The options whose value is taken verbatim (a trailing `;` is part of it, as for
+/// StackExchange.Redis).
+const VERBATIM: &[&str] = &[
+    "password",
+    "sentinelPassword",
+    "user",
+    "sentinelUser",
+    "name",
+];
+
+/// The boolean options, checked for form (`true`/`false`, any case) even when ignored:
+/// StackExchange.Redis refuses another value too.
+const BOOLEANS: &[&str] = &[
+    "abortConnect",
+    "allowAdmin",
+    "checkCertificateRevocation",
+    "heartbeatConsistencyChecks",
+    "highIntegrity",
+    "preserveAsyncOrder",
+    "resolveDns",
+    "setlib",
+    "ssl",
+    "tcpKeepAlive",
+];
+
+/// Up to [`MAX_ECHO_CHARS`] characters of `s`, for an error message.
+pub(crate) fn echo(s: &str) -> String {
+    connstr::echo(s, MAX_ECHO_CHARS)
+}
+
+/// The known option closest to `written` (Jaro-Winkler on lower case).
+fn closest_option(written: &str) -> &'static str {
+    let options = OPTIONS.iter().map(|(k, _)| (*k, k.to_ascii_lowercase()));
+    connstr::closest(&written.to_ascii_lowercase(), options, -1.0).unwrap_or("")
+}
+
+/// Reads a StackExchange.Redis configuration string or a `redis://` / `rediss://` URL.
+pub(crate) fn parse(connection: &str, origin: Origin) -> Result<RedisSpec, ConnStrError> {
+    let s = connection.trim();
+    if s.is_empty() {
+        return Err(ConnStrError::other("the Redis configuration is empty"));
+    }
+    for (scheme, tls) in [("rediss://", true), ("redis://", false)] {
+        if let Some(rest) = url::after_scheme(s, scheme) {
+            return parse_url(rest, tls);
+        }
+    }
+    if let Some((scheme, _)) = s.split_once("://") {
+        return Err(ConnStrError::other(format!(
+            "the Redis configuration is a URL with scheme `{}`; only redis:// and rediss:// are understood",
+            echo(scheme)
+        )));
+    }
+    parse_options(s, origin)
+}
+
+/// Reads a StackExchange.Redis configuration string (`ConfigurationOptions.Parse`, and what
+/// `ConfigurationOptions.ToString()` prints): comma-separated endpoints and `key=value`
+/// options, keys case-insensitive. A later option replaces an earlier one. Empty tokens
+/// (`,,`, a trailing `,`) and stray `;` next to a separator (`;;`, a trailing `;`) are
+/// skipped; a password, user or client name is taken as written.
+fn parse_options(s: &str, origin: Origin) -> Result<RedisSpec, ConnStrError> {
+    let mut spec = RedisSpec::default();
+    let mut sync_timeout = None;
+    let mut async_timeout = None;
+    for token in s.split(',') {
+        let token = token.trim().trim_start_matches(';').trim_start();
+        if token.trim_end_matches(';').trim().is_empty() {
+            continue;
+        }
+        let Some((key, raw_value)) = token.split_once('=') else {
+            spec.endpoints
+                .push(parse_endpoint(token.trim_end_matches(';').trim_end())?);
+            continue;
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(ConnStrError::other(
+                "the Redis configuration has an option without a name (`=value`)",
+            ));
+        }
+        // `$COMMAND=newname`: StackExchange.Redis's command renames; nothing here renames,
+        // so a renamed command the agent sends would fail: said, not refused.
+        if key.starts_with('$') {
+            spec.ignore(&echo(key));
+            continue;
+        }
+        let Some(&(canonical, handling)) =
+            OPTIONS.iter().find(|(k, _)| k.eq_ignore_ascii_case(key))
+        else {
+            if origin == Origin::Center {
+                spec.ignore(&echo(key));
+                continue;
+            }
+            return Err(ConnStrError::other(format!(
+                "the Redis configuration has an unknown option `{}` (the closest known one is `{}`)",
+                echo(key),
+                closest_option(key)
+            )));
+        };
+        let value = if VERBATIM.contains(&canonical) {
+            raw_value.trim()
+        } else {
+            raw_value.trim().trim_end_matches(';').trim_end()
+        };
+        if BOOLEANS.contains(&canonical) && !value.is_empty() {
+            parse_bool(canonical, value)?;
+        }
+        if handling == Handling::Ignored {
+            if !value.is_empty() {
+                spec.ignore(canonical);
+            }
+            continue;
+        }
+        let non_empty = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        match canonical {
+            "password" => spec.password = non_empty(value),
+            "user" => spec.user = non_empty(value),
+            "ssl" => spec.tls = !value.is_empty() && parse_bool(canonical, value)?,
+            "sslHost" => spec.ssl_host = non_empty(value),
+            "defaultDatabase" => {
+                spec.db = if value.is_empty() {
+                    None
+                } else {
+                    Some(parse_db(value, "defaultDatabase")?)
+                }
+            }
+            "connectTimeout" => {
+                if let Some(t) = parse_ms(canonical, value)? {
+                    spec.connect_timeout = t;
+                }
+            }
+            "syncTimeout" => sync_timeout = parse_ms(canonical, value)?,
+            "asyncTimeout" => async_timeout = parse_ms(canonical, value)?,
+            "name" => spec.client_name = non_empty(value),
+            "serviceName" if !value.is_empty() => {
+                return Err(ConnStrError::other(
+                    "the Redis configuration names a Sentinel service (serviceName), which this agent does not support: name the Redis primary's endpoint instead",
+                ));
+            }
+            "tunnel" if !value.is_empty() => {
+                // Neither the tunnel's address nor anything after it is echoed.
+                return Err(ConnStrError::other(
+                    "the Redis configuration reaches the server through an HTTP tunnel (tunnel=), which this agent cannot do: it would connect to the endpoint directly, around the route the center takes (or not reach it at all); make the Redis server reachable from the agent and give the agent its own store (JOBAGENT_STORE) without tunnel=",
+                ));
+            }
+            "proxy" => check_proxy(value)?,
+            // NoEffect options, and empty values of the refused ones.
+            _ => {}
+        }
+    }
+    // StackExchange.Redis: asyncTimeout defaults to syncTimeout. Operations here are async.
+    if let Some(t) = async_timeout.or(sync_timeout) {
+        spec.command_timeout = t;
+    }
+    if spec.endpoints.is_empty() {
+        return Err(ConnStrError::other(
+            "the Redis configuration names no endpoint (host[:port])",
+        ));
+    }
+    Ok(spec)
+}
+
+/// `proxy=`: StackExchange.Redis's `Proxy` (`None`, `Twemproxy`, `Envoyproxy`). Only `None`
+/// (or nothing) is accepted: through a proxy, the agent's writes would not work.
+fn check_proxy(value: &str) -> Result<(), ConnStrError> {
+    if value.is_empty() || value.eq_ignore_ascii_case("none") {
+        return Ok(());
+    }
+    if value.eq_ignore_ascii_case("twemproxy") || value.eq_ignore_ascii_case("envoyproxy") {
+        return Err(ConnStrError::other(format!(
+            "the Redis configuration says the server is behind a proxy (proxy={value}), which this agent does not support: {value} passes neither MULTI/EXEC transactions nor Lua scripts, on which every console batch and the exactly-once result rely; point the store at the Redis server itself"
+        )));
+    }
+    Err(ConnStrError::other(format!(
+        "the Redis option proxy must be None, Twemproxy or Envoyproxy, not `{}`",
+        echo(value)
+    )))
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConnStrError> {
+    if value.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if value.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err(ConnStrError::other(format!(
+            "the Redis option {key} must be true or false, not `{}`",
+            echo(value)
+        )))
+    }
+}
+
+/// A timeout in milliseconds; `None` for an empty value (the default). Zero or negative is
+/// refused; more than [`MAX_TIMEOUT_MS`] is lowered to it.
+fn parse_ms(key: &str, value: &str) -> Result<Option<Duration>, ConnStrError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    match value.parse::<i64>() {
+        Ok(ms) if ms > 0 => Ok(Some(Duration::from_millis(
+            u64::try_from(ms)
+                .unwrap_or(MAX_TIMEOUT_MS)
+                .min(MAX_TIMEOUT_MS),
+        ))),
+        _ => Err(ConnStrError::other(format!(
+            "the Redis option {key} must be a positive number of milliseconds, not `{}`",
+            echo(value)
+        ))),
+    }
+}
+
+/// A database number: 0 or more.
+fn parse_db(value: &str, context: &str) -> Result<i64, ConnStrError> {
+    match value.trim().parse::<i64>() {
+        Ok(db) if (0..=i64::from(i32::MAX)).contains(&db) => Ok(db),
+        _ => Err(ConnStrError::other(format!(
+            "{context}: a Redis database is a number from 0, not `{}`",
+            echo(value)
+        ))),
+    }
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port`, or a bare IPv6 address (no port).
+fn parse_endpoint(token: &str) -> Result<Endpoint, ConnStrError> {
+    let bad = |why: &str| {
+        Err(ConnStrError::other(format!(
+            "the Redis endpoint `{}` is not valid: {why}",
+            echo(token)
+        )))
+    };
+    let (host, port) = if let Some(rest) = token.strip_prefix('[') {
+        let Some((host, after)) = rest.split_once(']') else {
+            return bad("an IPv6 address opened with [ is not closed with ]");
+        };
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return bad("expected :port after ]"),
+            },
+        }
+    } else if token.matches(':').count() > 1 {
+        // A bare IPv6 address: no port can be told apart.
+        (token, None)
+    } else {
+        match token.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (token, None),
+        }
+    };
+    let host = host.trim();
+    if host.is_empty() {
+        return bad("no host");
+    }
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '@' | '[' | ']'))
+    {
+        return bad("the host has characters a host name cannot have");
+    }
+    let port = match port {
+        None => None,
+        Some(p) => match p.trim().parse::<u16>() {
+            Ok(p) if p > 0 => Some(p),
+            _ => return bad("the port is not a number from 1 to 65535"),
+        },
+    };
+    Ok(Endpoint {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// `%XX` decoding for the user and password of a URL.
+fn percent_decode(s: &str) -> Result<String, ConnStrError> {
+    // Nothing of the text is echoed: it may be the password.
+    url::percent_decode(s).map_err(|e| match e {
+        PercentError::BadEscape => {
+            ConnStrError::other("the Redis URL's user information has an invalid %-escape")
+        }
+        PercentError::NotUtf8 => {
+            ConnStrError::other("the Redis URL's user information is not UTF-8 once decoded")
+        }
+    })
+}
+
+/// Reads what follows `redis://` / `rediss://`: `[user[:password]@]host[:port][/db]`.
+fn parse_url(rest: &str, tls: bool) -> Result<RedisSpec, ConnStrError> {
+    let mut spec = RedisSpec {
+        tls,
+        url: true,
+        ..RedisSpec::default()
+    };
+    let parts = url::split(rest);
+    if let Some(user) = parts.user {
+        let user = percent_decode(user)?;
+        spec.user = (!user.is_empty()).then_some(user);
+    }
+    if let Some(p) = parts.password {
+        let p = percent_decode(p)?;
+        spec.password = (!p.is_empty()).then_some(p);
+    }
+    let hostport = parts.hostspec;
+    if hostport.is_empty() {
+        return Err(ConnStrError::other("the Redis URL names no host"));
+    }
+    spec.endpoints.push(parse_endpoint(hostport)?);
+    let path = parts.path.unwrap_or("").trim_end_matches('/');
+    if !path.is_empty() {
+        spec.db = Some(parse_db(path, "the Redis URL's path")?);
+    }
+    for pair in parts
+        .query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key.eq_ignore_ascii_case("db") {
+            spec.db = Some(parse_db(value, "the Redis URL's db")?);
+        } else if key.eq_ignore_ascii_case("protocol") {
+            // RESP2 is spoken whatever is asked: nothing here needs RESP3.
+        } else {
+            return Err(ConnStrError::other(format!(
+                "the Redis URL has an unknown parameter `{}` (known: db, protocol)",
+                echo(key)
+            )));
+        }
+    }
+    Ok(spec)
+}
+
+/// `host:port`, with IPv6 addresses in brackets.
+pub(crate) fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> RedisSpec {
+        match parse(s, Origin::Own) {
+            Ok(spec) => spec,
+            Err(e) => panic!("{s}: {e}"),
+        }
+    }
+
+    fn refusal(s: &str) -> String {
+        match parse(s, Origin::Own) {
+            Ok(spec) => panic!("{s} accepted: {spec:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn endpoints_and_default_ports() {
+        let s = spec("localhost");
+        assert_eq!(s.first().ok(), Some(("localhost".to_owned(), 6379)));
+        let s = spec("redis1:6380, redis2:6381");
+        assert_eq!(s.endpoints.len(), 2);
+        assert_eq!(s.first().ok(), Some(("redis1".to_owned(), 6380)));
+        let s = spec("[::1]:7000,abortConnect=false");
+        assert_eq!(s.first().ok(), Some(("::1".to_owned(), 7000)));
+        let s = spec("[fe80::1]");
+        assert_eq!(s.first().ok(), Some(("fe80::1".to_owned(), 6379)));
+        let s = spec("::1");
+        assert_eq!(s.first().ok(), Some(("::1".to_owned(), 6379)));
+        // StackExchange.Redis's default port with ssl=true is 6380.
+        let s = spec("cache.example,ssl=True");
+        assert!(s.tls);
+        assert_eq!(s.first().ok(), Some(("cache.example".to_owned(), 6380)));
+        for bad in ["host:0", "host:99999", "host:x", "[::1", "[::1]x", ":6379"] {
+            let e = refusal(bad);
+            assert!(e.contains("endpoint"), "{bad}: {e}");
+        }
+        assert!(refusal("password=x").contains("no endpoint"));
+        assert!(refusal("  ").contains("empty"));
+    }
+
+    #[test]
+    fn options() {
+        let s = spec(
+            "h:1,Password=p@ss=word,USER=app,ssl=false,defaultDatabase=3,connectTimeout=1500,\
+             syncTimeout=2500,name=agent,allowAdmin=true,keepAlive=60,connectRetry=3,\
+             resolveDns=false,tiebreaker=,version=7.2,configChannel=x,\
+             checkCertificateRevocation=false,sslProtocols=Tls12,responseTimeout=100,\
+             proxy=None,$INFO=,channelPrefix=c",
+        );
+        assert_eq!(s.password.as_deref(), Some("p@ss=word"));
+        assert_eq!(s.user.as_deref(), Some("app"));
+        assert!(!s.tls);
+        assert_eq!(s.db, Some(3));
+        assert_eq!(s.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(s.command_timeout, Duration::from_millis(2500));
+        assert_eq!(s.client_name.as_deref(), Some("agent"));
+        // asyncTimeout wins over syncTimeout, whatever the order.
+        let s = spec("h,asyncTimeout=700,syncTimeout=900");
+        assert_eq!(s.command_timeout, Duration::from_millis(700));
+        let s = spec("h");
+        assert_eq!(s.command_timeout, DEFAULT_COMMAND_TIMEOUT);
+        assert_eq!(s.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        // Huge timeouts are lowered; zero, negative and words refused.
+        let s = spec("h,connectTimeout=2147483647");
+        assert_eq!(s.connect_timeout, Duration::from_millis(MAX_TIMEOUT_MS));
+        for bad in [
+            "h,syncTimeout=0",
+            "h,connectTimeout=-5",
+            "h,asyncTimeout=soon",
+        ] {
+            assert!(refusal(bad).contains("milliseconds"), "{bad}");
+        }
+        assert!(refusal("h,ssl=yes").contains("true or false"));
+        assert!(refusal("h,defaultDatabase=-1").contains("defaultDatabase"));
+        assert!(refusal("h,=x").contains("without a name"));
+    }
+
+    #[test]
+    fn unknown_keys_and_sentinel_are_refused_without_values() {
+        let e = refusal("h,pasword=hunter2");
+        assert!(e.contains("`pasword`"), "{e}");
+        assert!(e.contains("`password`"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = refusal("h,connectTimout=10");
+        assert!(e.contains("`connectTimeout`"), "{e}");
+        let e = refusal("h,servicename=mymaster,password=hunter2");
+        assert!(e.contains("Sentinel") && e.contains("not support"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = refusal("http://h:1");
+        assert!(e.contains("redis://"), "{e}");
+    }
+
+    fn center_spec(s: &str) -> RedisSpec {
+        match parse(s, Origin::Center) {
+            Ok(spec) => spec,
+            Err(e) => panic!("{s}: {e}"),
+        }
+    }
+
+    /// What StackExchange.Redis's `ConfigurationOptions.ToString()` prints (endpoints, then
+    /// each option that was set, booleans as `True`/`False`: `ConfigurationOptions.cs`), with
+    /// every current option key, is taken from a center: the options the agent reads are read,
+    /// the others named once (names only), none refused.
+    #[test]
+    fn a_center_string_with_every_current_option_is_accepted() {
+        let printed = "redis1:6379,redis2:6380,name=center,keepAlive=60,syncTimeout=2500,\
+             asyncTimeout=3000,allowAdmin=True,version=7.2,connectTimeout=1500,user=app,\
+             sentinelUser=sentu,password=Secr3t;,sentinelPassword=S3ntinelPw,tiebreaker=tb,\
+             ssl=False,sslProtocols=Tls12|Tls13,checkCertificateRevocation=False,\
+             sslHost=redis1,configChannel=cfg,abortConnect=False,resolveDns=True,\
+             channelPrefix=ch,connectRetry=3,proxy=None,configCheckSeconds=60,\
+             responseTimeout=100,defaultDatabase=2,setlib=False,highIntegrity=True,\
+             protocol=resp3,tcpKeepAlive=True,highPriorityThreads=True,\
+             preserveAsyncOrder=False,writeBuffer=4096,$INFO=,$EVAL=EVAL,tunnel=";
+        let s = center_spec(printed);
+        assert_eq!(s.first().ok(), Some(("redis1".to_owned(), 6379)));
+        assert_eq!(s.user.as_deref(), Some("app"));
+        assert_eq!(s.password.as_deref(), Some("Secr3t;"), "taken as written");
+        assert_eq!(s.db, Some(2));
+        assert_eq!(s.command_timeout, Duration::from_millis(3000));
+        assert_eq!(s.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(s.client_name.as_deref(), Some("center"));
+        assert!(!s.tls);
+        assert_eq!(
+            s.ignored,
+            vec![
+                "sentinelUser",
+                "sentinelPassword",
+                "sslProtocols",
+                "checkCertificateRevocation",
+                "highIntegrity",
+                "tcpKeepAlive",
+                "$INFO",
+                "$EVAL",
+            ]
+        );
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("S3ntinelPw") && !shown.contains("Secr3t"),
+            "{shown}"
+        );
+        // The agent's own string takes the same options (all are StackExchange.Redis's).
+        assert_eq!(spec(printed).ignored, s.ignored);
+
+        // Separators: empty tokens, `;;`, trailing ones.
+        for sep in [
+            "h:6379,,abortConnect=False,",
+            "h:6379,abortConnect=False;",
+            "h:6379;,;;,abortConnect=False;;,",
+            " h:6379 , ABORTCONNECT=false ,, ",
+        ] {
+            let s = center_spec(sep);
+            assert_eq!(s.first().ok(), Some(("h".to_owned(), 6379)), "{sep}");
+            assert!(s.ignored.is_empty(), "{sep}: {:?}", s.ignored);
+            assert_eq!(spec(sep).endpoints, s.endpoints, "{sep}");
+        }
+        // A key this agent does not know (a newer StackExchange.Redis's) from a center: named,
+        // never its value; in the agent's own string: refused.
+        let s = center_spec("h,someFutureOption=hunter2,tcpkeepalive=false,TcpKeepAlive=true");
+        assert_eq!(s.ignored, vec!["someFutureOption", "tcpKeepAlive"]);
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let e = refusal("h,someFutureOption=hunter2");
+        assert!(
+            e.contains("`someFutureOption`") && !e.contains("hunter2"),
+            "{e}"
+        );
+        // StackExchange.Redis refuses a malformed boolean too.
+        assert!(
+            parse("h,tcpKeepAlive=maybe", Origin::Center)
+                .expect_err("refused")
+                .to_string()
+                .contains("true or false")
+        );
+    }
+
+    #[test]
+    fn tunnels_proxies_and_sentinels_are_refused_saying_why() {
+        for origin in [Origin::Center, Origin::Own] {
+            let refused = |s: &str| match parse(s, origin) {
+                Ok(spec) => panic!("{s} accepted: {spec:?}"),
+                Err(e) => e.to_string(),
+            };
+            // As `ToString()` prints an HTTP tunnel (`Tunnel.HttpProxy`: `http:host:port`).
+            let e = refused("h:6379,tunnel=http:proxy.corp:8080,password=hunter2");
+            assert!(e.contains("HTTP tunnel") && e.contains("directly"), "{e}");
+            assert!(!e.contains("proxy.corp") && !e.contains("hunter2"), "{e}");
+            for kind in ["Twemproxy", "envoyproxy"] {
+                let e = refused(&format!("h,proxy={kind}"));
+                assert!(
+                    e.contains("proxy") && e.contains("MULTI/EXEC") && e.contains("Lua"),
+                    "{e}"
+                );
+            }
+            assert!(refused("h,proxy=Squid").contains("None, Twemproxy or Envoyproxy"));
+            let e = refused("h,serviceName=mymaster,sentinelPassword=hunter2");
+            assert!(e.contains("Sentinel") && !e.contains("hunter2"), "{e}");
+            for fine in ["h,proxy=None", "h,proxy=", "h,tunnel=", "h,serviceName="] {
+                assert!(parse(fine, origin).is_ok(), "{fine}");
+            }
+        }
+    }
+
+    #[test]
+    fn urls() {
+        let s = spec("redis://127.0.0.1:6390/4");
+        assert_eq!(s.first().ok(), Some(("127.0.0.1".to_owned(), 6390)));
+        assert_eq!(s.db, Some(4));
+        assert!(!s.tls);
+        let s = spec("REDISS://us%40r:p%3Ass@cache.example");
+        assert!(s.tls);
+        assert_eq!(s.user.as_deref(), Some("us@r"));
+        assert_eq!(s.password.as_deref(), Some("p:ss"));
+        assert_eq!(s.first().ok(), Some(("cache.example".to_owned(), 6379)));
+        assert_eq!(s.db, None);
+        let s = spec("redis://:secret@[::1]:6400/");
+        assert_eq!(s.user, None);
+        assert_eq!(s.password.as_deref(), Some("secret"));
+        assert_eq!(s.first().ok(), Some(("::1".to_owned(), 6400)));
+        let s = spec("redis://h?db=2&protocol=resp3");
+        assert_eq!(s.db, Some(2));
+        assert!(refusal("redis://h/x").contains("path"));
+        assert!(refusal("redis://h?foo=1").contains("`foo`"));
+        let e = refusal("redis://u:se%ZZcret@h");
+        assert!(!e.contains("se%ZZcret") && !e.contains("cret"), "{e}");
+        assert!(refusal("redis://").contains("no host"));
+    }
+
+    #[test]
+    fn the_password_is_never_shown() {
+        let secret = "Sup3rS3cret";
+        let shown = format!("{:?}", spec(&format!("h,password={secret}")));
+        assert!(
+            !shown.contains(secret) && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        for bad in [
+            format!("h,password={secret},bogus=1"),
+            format!("h,password={secret},ssl=maybe"),
+            format!("redis://u:{secret}@h:1/x"),
+            format!("redis://u:{secret}@h:99999"),
+        ] {
+            let e = refusal(&bad);
+            assert!(!e.contains(secret), "{e}");
+        }
+    }
+}
