@@ -140,11 +140,12 @@ async fn memory() {
 /// PostgreSQL: `JOBAGENT_TEST_DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`;
 /// a fresh schema with Hangfire.PostgreSql's `hash` table (unique on `key, field`), dropped
 /// at the end.
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread")]
 async fn pg() {
     let url = std::env::var("JOBAGENT_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let spec = super::connstr::parse(&url).expect("JOBAGENT_TEST_DATABASE_URL parses");
+    let spec = super::pg_connstr::parse(&url).expect("JOBAGENT_TEST_DATABASE_URL parses");
     let schema = format!("jobagent_c_{:016x}", rand::random::<u64>());
     let store =
         super::postgres::PgStore::open(&spec, &schema, super::pool::Load::Now).expect("opens");
