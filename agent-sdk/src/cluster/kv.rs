@@ -133,7 +133,7 @@ impl Section<'_> {
         };
         let left = tokio::time::timeout(LEAVE_WITHIN, leave)
             .await
-            .unwrap_or_else(|_| Err("no answer".to_owned()));
+            .unwrap_or_else(|_| Err(crate::store::StoreError::unavailable("no answer")));
         if let Err(err) = left {
             tracing::debug!(error = %err, "could not leave the cluster section; it lapses by itself");
         }
@@ -174,27 +174,27 @@ impl<'a> Kv<'a> {
     async fn now_ms(self) -> Res<i64> {
         match self {
             #[cfg(feature = "mysql")]
-            Kv::Mysql(m) => m.now_ms().await,
+            Kv::Mysql(m) => m.now_ms().await.map_err(String::from),
             #[cfg(feature = "redis")]
-            Kv::Redis(r) => r.now_ms().await,
+            Kv::Redis(r) => r.now_ms().await.map_err(String::from),
         }
     }
 
     async fn get(self, key: &str, field: &str) -> Res<Option<String>> {
         match self {
             #[cfg(feature = "mysql")]
-            Kv::Mysql(m) => m.read_hash(key, field).await,
+            Kv::Mysql(m) => m.read_hash(key, field).await.map_err(String::from),
             #[cfg(feature = "redis")]
-            Kv::Redis(r) => r.read_hash(key, field).await,
+            Kv::Redis(r) => r.read_hash(key, field).await.map_err(String::from),
         }
     }
 
     async fn get_all(self, key: &str) -> Res<Vec<(String, String)>> {
         match self {
             #[cfg(feature = "mysql")]
-            Kv::Mysql(m) => m.read_hash_all(key).await,
+            Kv::Mysql(m) => m.read_hash_all(key).await.map_err(String::from),
             #[cfg(feature = "redis")]
-            Kv::Redis(r) => r.read_hash_all(key).await,
+            Kv::Redis(r) => r.read_hash_all(key).await.map_err(String::from),
         }
     }
 
@@ -203,36 +203,42 @@ impl<'a> Kv<'a> {
     async fn put(self, key: &str, field: &str, value: &str, life: Option<Duration>) -> Res<()> {
         match self {
             #[cfg(feature = "mysql")]
-            Kv::Mysql(m) => m.set_hash(key, &[(field, value)], life).await,
+            Kv::Mysql(m) => m
+                .set_hash(key, &[(field, value)], life)
+                .await
+                .map_err(String::from),
             #[cfg(feature = "redis")]
-            Kv::Redis(r) => r.set_hash(key, &[(field, value)], life).await,
+            Kv::Redis(r) => r
+                .set_hash(key, &[(field, value)], life)
+                .await
+                .map_err(String::from),
         }
     }
 
     async fn del(self, key: &str, field: &str) -> Res<bool> {
         match self {
             #[cfg(feature = "mysql")]
-            Kv::Mysql(m) => m.del_hash_field(key, field).await,
+            Kv::Mysql(m) => m.del_hash_field(key, field).await.map_err(String::from),
             #[cfg(feature = "redis")]
-            Kv::Redis(r) => r.del_hash_field(key, field).await,
+            Kv::Redis(r) => r.del_hash_field(key, field).await.map_err(String::from),
         }
     }
 
     async fn take_all(self, key: &str) -> Res<Vec<(String, String)>> {
         match self {
             #[cfg(feature = "mysql")]
-            Kv::Mysql(m) => m.take_hash(key).await,
+            Kv::Mysql(m) => m.take_hash(key).await.map_err(String::from),
             #[cfg(feature = "redis")]
-            Kv::Redis(r) => r.take_hash(key).await,
+            Kv::Redis(r) => r.take_hash(key).await.map_err(String::from),
         }
     }
 
     async fn expire(self, key: &str, life: Duration) -> Res<()> {
         match self {
             #[cfg(feature = "mysql")]
-            Kv::Mysql(m) => m.expire_hash(key, life).await,
+            Kv::Mysql(m) => m.expire_hash(key, life).await.map_err(String::from),
             #[cfg(feature = "redis")]
-            Kv::Redis(r) => r.expire_hash(key, life).await,
+            Kv::Redis(r) => r.expire_hash(key, life).await.map_err(String::from),
         }
     }
 
@@ -240,9 +246,9 @@ impl<'a> Kv<'a> {
         let resource = format!("jobagent:claim:{class}");
         match self {
             #[cfg(feature = "mysql")]
-            Kv::Mysql(m) => m.fence(&resource).await,
+            Kv::Mysql(m) => m.fence(&resource).await.map_err(String::from),
             #[cfg(feature = "redis")]
-            Kv::Redis(r) => r.fence(&resource).await,
+            Kv::Redis(r) => r.fence(&resource).await.map_err(String::from),
         }
     }
 

@@ -245,6 +245,7 @@ impl Store {
             self.expire_secs(),
         ))
         .await
+        .map_err(String::from)
     }
 
     /// Puts a run's record back under `instance` (see [`Store::restore_run`]).
@@ -265,6 +266,7 @@ impl Store {
             self.expire_secs(),
         ))
         .await
+        .map_err(String::from)
     }
 
     /// Forgets a run once its result is written.
@@ -462,6 +464,7 @@ impl Store {
             3600.0,
         ))
         .await
+        .map_err(String::from)
     }
 
     /// The acknowledgements of a stop: job id and error text (empty when fine).
@@ -582,6 +585,7 @@ impl Store {
             Ok::<_, String>(lost)
         })
         .await
+        .map_err(String::from)
     }
 }
 
