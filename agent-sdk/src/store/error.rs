@@ -229,20 +229,42 @@ pub(crate) fn of_mysql(e: &mysql_async::Error) -> StoreError {
     StoreError::new(kind, crate::error::chain(e))
 }
 
-/// What a Redis error says the caller may do: its server code (`WRONGPASS`, `NOPERM`,
-/// `LOADING`, ... as Redis sends them), else the `redis` crate's kind.
+/// What a Redis server error code says the caller may do (the codes Redis sends: `WRONGPASS`,
+/// `NOPERM`, `LOADING`, ...), when it says something.
+#[cfg(feature = "redis")]
+fn redis_code_kind(code: &str) -> Option<StoreErrorKind> {
+    use StoreErrorKind as K;
+    match code {
+        "WRONGPASS" | "NOAUTH" | "NOPERM" => Some(K::Config),
+        "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "MISCONF"
+        | "OOM" => Some(K::Unavailable),
+        // A key of another type: this write will never be taken there. (Not `ERR`, Redis's
+        // generic code, which says "max number of clients reached" too: retried, as before.)
+        "WRONGTYPE" => Some(K::Refused),
+        _ => None,
+    }
+}
+
+/// What a Redis error says the caller may do: the server's codes (of each command a
+/// pipeline or `MULTI`/`EXEC` failed, an outage first), else the `redis` crate's kind.
 #[cfg(feature = "redis")]
 pub(crate) fn redis_kind(e: &redis::RedisError) -> StoreErrorKind {
     use StoreErrorKind as K;
     use redis::ErrorKind as R;
-    match e.code() {
-        Some("WRONGPASS" | "NOAUTH" | "NOPERM") => return K::Config,
-        Some(
-            "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "MISCONF"
-            | "OOM",
-        ) => return K::Unavailable,
-        Some("WRONGTYPE" | "ERR" | "EXECABORT") => return K::Refused,
-        _ => {}
+    let coded: Vec<StoreErrorKind> = e
+        .clone()
+        .into_server_errors()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|(_, s)| redis_code_kind(s.code()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for kind in [K::Unavailable, K::Config, K::Refused] {
+        if coded.contains(&kind) {
+            return kind;
+        }
     }
     match e.kind() {
         R::AuthenticationFailed | R::InvalidClientConfig => K::Config,
@@ -373,7 +395,7 @@ mod tests {
             ("READONLY", K::Unavailable),
             ("OOM", K::Unavailable),
             ("WRONGTYPE", K::Refused),
-            ("ERR", K::Refused),
+            ("ERR", K::Unavailable),
         ] {
             assert_eq!(redis_kind(&coded(code)), kind, "{code}");
         }

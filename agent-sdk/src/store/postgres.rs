@@ -161,9 +161,12 @@ impl PgStore {
     pub(crate) async fn checkout(&self) -> Result<deadpool_postgres::Object, StoreError> {
         let get = self.pool.get();
         match self.checkout {
-            Some(limit) => tokio::time::timeout(limit, get)
-                .await
-                .map_err(|_| StoreError::timed_out("a connection to the store", limit))?,
+            Some(limit) => tokio::time::timeout(limit, get).await.map_err(|_| {
+                StoreError::new(
+                    super::StoreErrorKind::TimedOut,
+                    format!("no connection to the store within {} ms", limit.as_millis()),
+                )
+            })?,
             None => get.await,
         }
         .map_err(StoreError::from)
