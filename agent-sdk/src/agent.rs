@@ -336,7 +336,7 @@ fn log_start(options: &AgentOptions, registry: &Registry, local: Option<&Store>,
 async fn warn_when_tables_missing(store: Arc<Store>) {
     let by = tokio::time::Instant::now() + crate::store::FIRST_REACH_WITHIN;
     if let Err(reason) = store.check_tables(by).await
-        && let Some(warning) = missing_tables_warning(&reason)
+        && let Some(warning) = missing_tables_warning(&String::from(reason))
     {
         tracing::warn!(store = %store.label, "{warning}");
     }

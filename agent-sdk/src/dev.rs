@@ -175,6 +175,7 @@ impl DevReader {
         self.store
             .check_tables(tokio::time::Instant::now() + crate::store::FIRST_REACH_WITHIN)
             .await
+            .map_err(String::from)
     }
 
     /// Members `from..from + count` of set `key`, in the order the dashboard shows them.
@@ -184,17 +185,20 @@ impl DevReader {
         from: usize,
         count: usize,
     ) -> Result<Vec<String>, String> {
-        self.store.read_set(key, from, count).await
+        self.store
+            .read_set(key, from, count)
+            .await
+            .map_err(String::from)
     }
 
     /// One field of hash `key`.
     pub async fn hash_field(&self, key: &str, field: &str) -> Result<Option<String>, String> {
-        self.store.read_hash(key, field).await
+        self.store.read_hash(key, field).await.map_err(String::from)
     }
 
     /// Every field of hash `key` with its value, in the order they were written.
     pub async fn hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
-        self.store.read_hash_all(key).await
+        self.store.read_hash_all(key).await.map_err(String::from)
     }
 }
 
@@ -621,7 +625,9 @@ fn to_npgsql(config: &tokio_postgres::Config, ssl: SslMode) -> String {
 /// also says whether the session is encrypted. For the integration tests of TLS modes and
 /// session settings.
 pub async fn probe_store(connection: &str, sql: &str) -> Result<(bool, String), String> {
-    crate::store::postgres::probe(connection, sql).await
+    crate::store::postgres::probe(connection, sql)
+        .await
+        .map_err(String::from)
 }
 
 /// An error and its causes, joined with `: ` (a database error's own message is in its

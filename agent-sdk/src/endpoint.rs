@@ -43,7 +43,7 @@ impl AgentInner {
         let store = self
             .stores
             .select(d.storage.as_ref())
-            .map_err(DispatchError::Storage)?;
+            .map_err(|e| DispatchError::Storage(e.into()))?;
         if store.is_none()
             && !self.runtime.options.log_only
             && matches!(d.action, Action::Run | Action::Stop)
@@ -78,7 +78,7 @@ impl AgentInner {
         let store = self
             .stores
             .select(d.storage.as_ref())
-            .map_err(DispatchError::Storage)?;
+            .map_err(|e| DispatchError::Storage(e.into()))?;
         match store {
             Some(store) => {
                 self.coordinate(&store);

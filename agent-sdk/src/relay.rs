@@ -489,10 +489,26 @@ enum Failure {
     Privilege,
     /// The store refused this operation's data (a constraint, bad input) (422).
     Refused,
+    /// The store refused the relay's account ([`StoreErrorKind::Config`]): its login
+    /// ([`Failure::Login`]) when a probe of the store is refused too, else a privilege
+    /// ([`Failure::Privilege`]).
+    Denied,
+}
+
+/// What a store error's kind says for the caller, before a probe tells apart what the kind
+/// alone cannot (see [`Relay::failed`]).
+fn class_of(kind: StoreErrorKind) -> Failure {
+    match kind {
+        StoreErrorKind::Unavailable | StoreErrorKind::TimedOut => Failure::Unavailable,
+        StoreErrorKind::Refused | StoreErrorKind::Conflict => Failure::Refused,
+        StoreErrorKind::Config => Failure::Denied,
+    }
 }
 
 /// Words of errors that a retry can fix: connections, timeouts, a busy or restarting store,
-/// and the agent SDK's own "retrying" (a cluster section that stayed busy).
+/// and the agent SDK's own "retrying" (a cluster section that stayed busy). Only the cluster
+/// calls' errors, still carried as text, are classified by their words; every other store
+/// error by its kind ([`class_of`]).
 const TRANSIENT_WORDS: &[&str] = &[
     "timed out",
     "timeout",
@@ -534,7 +550,7 @@ const LOGIN_WORDS: &[&str] = &[
 /// Words of a refused privilege.
 const PRIVILEGE_WORDS: &[&str] = &["permission denied", "command denied", "noperm", "denied"];
 
-/// The class of a store's error text.
+/// The class of a cluster call's error text.
 fn classify(e: &str) -> Failure {
     let e = e.to_ascii_lowercase();
     if LOGIN_WORDS.iter().any(|w| e.contains(w)) {
@@ -567,25 +583,34 @@ impl Relay {
         found
     }
 
-    /// A store error as an answer: its class decides the status; the store's own text goes to
-    /// the log only. An error whose words say nothing is told apart by a probe of the store:
-    /// unreachable is an outage (503), reachable is a refusal (422).
+    /// A store error as an answer: its kind decides the status ([`class_of`]); the store's own
+    /// text goes to the log only. What the kind alone cannot tell is told apart by a probe of
+    /// the store: a refusal from an unreachable store is an outage (503), from a reachable one
+    /// a refusal (422); a refused account is the relay's login (502) when the probe is refused
+    /// too, a privilege (403) when the probe passes.
     async fn failed(&self, op: &str, e: StoreError) -> Refusal {
-        // A kind the store layer knows decides; an error still carried as text (counted as
-        // an outage by the layer) is told apart by its words.
-        let mut class = match e.kind() {
-            StoreErrorKind::Refused | StoreErrorKind::Conflict => Failure::Refused,
-            StoreErrorKind::TimedOut => Failure::Unavailable,
-            _ => classify(&e.to_string()),
-        };
-        let e = String::from(e);
-        if class == Failure::Refused
-            && !matches!(
-                tokio::time::timeout(PROBE_WITHIN, self.store.ping(PROBE_WITHIN)).await,
-                Ok(Ok(()))
-            )
-        {
-            class = Failure::Unavailable;
+        let class = class_of(e.kind());
+        self.answer_failure(op, class, String::from(e)).await
+    }
+
+    /// A cluster call's error, still carried as text: classified by its words ([`classify`]).
+    async fn failed_text(&self, op: &str, e: String) -> Refusal {
+        let class = classify(&e);
+        self.answer_failure(op, class, e).await
+    }
+
+    /// The answer for a store error of `class` (`e` goes to the log only).
+    async fn answer_failure(&self, op: &str, mut class: Failure, e: String) -> Refusal {
+        if matches!(class, Failure::Refused | Failure::Denied) {
+            let probe = tokio::time::timeout(PROBE_WITHIN, self.store.ping(PROBE_WITHIN)).await;
+            class = match (class, probe) {
+                (Failure::Refused, Ok(Ok(()))) => Failure::Refused,
+                (Failure::Denied, Ok(Ok(()))) => Failure::Privilege,
+                (Failure::Denied, Ok(Err(p))) if p.kind() == StoreErrorKind::Config => {
+                    Failure::Login
+                }
+                _ => Failure::Unavailable,
+            };
         }
         let reference = format!("{:08x}", rand::random::<u32>());
         tracing::warn!(
@@ -614,7 +639,8 @@ impl Relay {
                     "the store refused this operation to the relay's account (a privilege); a retry will not help (relay log reference {reference})"
                 ),
             ),
-            Failure::Refused => refuse(
+            // Told apart above.
+            Failure::Refused | Failure::Denied => refuse(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!(
                     "the store refused this operation's data (a constraint or bad input); a retry will not help (relay log reference {reference})"
@@ -627,11 +653,11 @@ impl Relay {
     async fn answer<T: serde::Serialize>(
         &self,
         op: &str,
-        res: Result<T, impl Into<StoreError>>,
+        res: Result<T, StoreError>,
     ) -> Result<Response, Refusal> {
         match res {
             Ok(value) => Ok(ok(value)),
-            Err(e) => Err(self.failed(op, e.into()).await),
+            Err(e) => Err(self.failed(op, e).await),
         }
     }
 
@@ -783,8 +809,10 @@ impl Relay {
             }
             "cluster" => {
                 let c: ClusterCall = parse(body)?;
-                let res = cluster(s, &t.name, c).await;
-                self.answer(op, res).await
+                match cluster(s, &t.name, c).await {
+                    Ok(value) => Ok(ok(value)),
+                    Err(e) => Err(self.failed_text(op, e).await),
+                }
             }
             other => Err(refuse(
                 StatusCode::NOT_FOUND,
@@ -877,7 +905,7 @@ impl Relay {
         };
         match reported {
             Ok(reported) => Ok(reported),
-            Err(e) => Err(self.failed("read", e.into()).await),
+            Err(e) => Err(self.failed("read", e).await),
         }
     }
 
@@ -916,7 +944,7 @@ impl Relay {
         }
         let state = match job_state(&self.store, id).await {
             Ok(state) => state,
-            Err(e) => return Err(self.failed("job state", e.into()).await),
+            Err(e) => return Err(self.failed("job state", e).await),
         };
         match state {
             None => Err(refuse(
@@ -941,7 +969,7 @@ impl Relay {
     not(any(feature = "postgres", feature = "mysql", feature = "redis")),
     allow(unused_variables)
 )]
-async fn job_state(store: &Store, id: &str) -> Result<Option<String>, String> {
+async fn job_state(store: &Store, id: &str) -> Result<Option<String>, StoreError> {
     match store.backend() {
         #[cfg(feature = "postgres")]
         Backend::Postgres(pg) => {
@@ -970,7 +998,7 @@ async fn job_state(store: &Store, id: &str) -> Result<Option<String>, String> {
         #[cfg(feature = "redis")]
         Backend::Redis(r) => r.read_hash(&format!("job:{id}"), "State").await,
         #[allow(unreachable_patterns)]
-        _ => Err("a relay's store is a database".to_owned()),
+        _ => Err(StoreError::config("a relay's store is a database")),
     }
 }
 
@@ -1190,6 +1218,18 @@ mod tests {
         let t = parse_tenants(file, '\n', "F").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.len(), 2);
         assert_eq!(t[1].token.expose(), "mailer:two");
+    }
+
+    /// A store error's kind decides the answer (the probe then tells a login from a
+    /// privilege, an outage from a refusal).
+    #[test]
+    fn store_error_kinds_are_classified() {
+        use crate::store::StoreErrorKind as K;
+        assert_eq!(class_of(K::Unavailable), Failure::Unavailable);
+        assert_eq!(class_of(K::TimedOut), Failure::Unavailable);
+        assert_eq!(class_of(K::Refused), Failure::Refused);
+        assert_eq!(class_of(K::Conflict), Failure::Refused);
+        assert_eq!(class_of(K::Config), Failure::Denied);
     }
 
     #[test]

@@ -247,7 +247,7 @@ async fn answer(
                 store
                     .check_tables(crate::runtime::answer_deadline(&d))
                     .await
-                    .map_err(DispatchError::Storage)?;
+                    .map_err(|e| DispatchError::Storage(e.into()))?;
             }
             rt.run(reg, d, outlet).await.map(Answer::ok)
         }

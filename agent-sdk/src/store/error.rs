@@ -25,10 +25,8 @@ pub(crate) enum StoreErrorKind {
     Refused,
     /// Someone else wrote first (a lease, a mark, a fencing token): nothing to retry.
     Conflict,
-    /// The configuration is wrong (credentials, a missing table, a bad connection string):
-    /// tell the operator.
-    // Only the relay client says it yet.
-    #[cfg_attr(not(feature = "relay"), allow(dead_code))]
+    /// The configuration is wrong (credentials, a privilege, a missing table, a bad
+    /// connection string): tell the operator.
     Config,
 }
 
@@ -106,7 +104,6 @@ impl StoreError {
     }
 
     /// The configuration is wrong: tell the operator.
-    #[cfg_attr(not(feature = "relay"), allow(dead_code))]
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Self::new(StoreErrorKind::Config, message)
     }
@@ -120,13 +117,160 @@ impl StoreError {
     pub(crate) fn message(&self) -> &str {
         &self.message
     }
+    /// Whether the message holds `text` (the tests' checks of what an error says).
+    #[cfg(test)]
+    pub(crate) fn contains(&self, text: &str) -> bool {
+        self.message.contains(text)
+    }
 }
 
-/// The backends not converted yet say what failed as a string: an outage is what such an
-/// error has always been taken for (retried), so that is its kind.
-impl From<String> for StoreError {
-    fn from(message: String) -> Self {
-        Self::unavailable(message)
+impl StoreError {
+    /// The same error with `context` put before its message (its kind kept).
+    pub(crate) fn context(mut self, context: impl fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+}
+
+/// What a PostgreSQL SQLSTATE says the caller may do. The classes are PostgreSQL's
+/// (Appendix A, "PostgreSQL Error Codes"; `tokio-postgres/src/error/sqlstate.rs`).
+pub(crate) fn sqlstate_kind(code: &str) -> StoreErrorKind {
+    use StoreErrorKind as K;
+    match code {
+        // Insufficient privilege, a missing database, schema, table, column or function:
+        // the account or the configuration is wrong.
+        "42501" | "3D000" | "3F000" | "42P01" | "42703" | "42883" => K::Config,
+        // A unique key another writer took first.
+        "23505" => K::Conflict,
+        // The statement was cancelled (statement_timeout, or the agent's own cancel).
+        "57014" => K::TimedOut,
+        // A read-only transaction: a standby, or a primary demoted in a failover.
+        "25006" => K::Unavailable,
+        // Lock not available, object in use.
+        "55P03" | "55006" => K::Unavailable,
+        _ => match code.get(..2).unwrap_or("") {
+            // Invalid authorization: a login refused (password, pg_hba.conf, no such role).
+            "28" => K::Config,
+            // Connection exception, operator intervention (shutdown, cannot connect now),
+            // insufficient resources (too many connections, disk full), a transaction
+            // rolled back (serialization failure, deadlock), system and internal errors.
+            "08" | "57" | "53" | "40" | "58" | "XX" => K::Unavailable,
+            // Data exceptions, integrity constraints, limits, syntax: this input as it is.
+            "22" | "23" | "54" | "42" => K::Refused,
+            _ => K::Unavailable,
+        },
+    }
+}
+
+/// A `tokio-postgres` error: a database error by its SQLSTATE, anything else (a closed
+/// connection, I/O, a connect timeout) an outage. Its text with its causes (never the
+/// connection string: `tokio-postgres` does not put it in its errors).
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let kind = match e.code() {
+            Some(code) => sqlstate_kind(code.code()),
+            None => StoreErrorKind::Unavailable,
+        };
+        Self::new(kind, crate::error::chain(&e))
+    }
+}
+
+/// A pool's error: a connection that could not be made is classified as its cause is.
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        use deadpool_postgres::{HookError, PoolError};
+        let kind = match &e {
+            PoolError::Backend(pg) | PoolError::PostCreateHook(HookError::Backend(pg)) => pg
+                .code()
+                .map_or(StoreErrorKind::Unavailable, |c| sqlstate_kind(c.code())),
+            PoolError::Timeout(_) => StoreErrorKind::TimedOut,
+            _ => StoreErrorKind::Unavailable,
+        };
+        Self::new(kind, crate::error::chain(&e))
+    }
+}
+
+/// What a MySQL or MariaDB server error code says the caller may do (the server's error
+/// reference: `mysqld_error.h`; MariaDB keeps the same numbers).
+#[cfg(feature = "mysql")]
+pub(crate) fn mysql_kind(code: u16, state: &str) -> StoreErrorKind {
+    use StoreErrorKind as K;
+    match code {
+        // Access denied (login 1045, database 1044), a table, column or command denied
+        // (1142, 1143, 1227), an unknown database (1049), table (1146) or column (1054).
+        1044 | 1045 | 1049 | 1142 | 1143 | 1227 | 1146 | 1054 => K::Config,
+        // A duplicate key.
+        1062 => K::Conflict,
+        // Too many connections (1040, 1203), the server shutting down (1053), a lock wait
+        // timeout (1205: rolled back) or deadlock (1213), read-only (1290, 1792, 1836).
+        1040 | 1203 | 1053 | 1205 | 1213 | 1290 | 1792 | 1836 => K::Unavailable,
+        // max_execution_time exceeded (MySQL 3024, MariaDB 1969).
+        3024 | 1969 => K::TimedOut,
+        // Larger than max_allowed_packet (1153, 1301), data too long (1406), an incorrect
+        // string or value (1366, 1292).
+        1153 | 1301 | 1406 | 1366 | 1292 => K::Refused,
+        _ => match state.get(..2).unwrap_or("") {
+            "28" => K::Config,
+            "22" | "23" | "42" => K::Refused,
+            _ => K::Unavailable,
+        },
+    }
+}
+
+/// A `mysql_async` error: a server's by its code, a bad URL a configuration error, anything
+/// else (I/O, a closed connection, the pool) an outage; with its text and causes.
+#[cfg(feature = "mysql")]
+pub(crate) fn of_mysql(e: &mysql_async::Error) -> StoreError {
+    let kind = match e {
+        mysql_async::Error::Server(s) => mysql_kind(s.code, &s.state),
+        mysql_async::Error::Url(_) => StoreErrorKind::Config,
+        _ => StoreErrorKind::Unavailable,
+    };
+    StoreError::new(kind, crate::error::chain(e))
+}
+
+/// What a Redis server error code says the caller may do (the codes Redis sends: `WRONGPASS`,
+/// `NOPERM`, `LOADING`, ...), when it says something.
+#[cfg(feature = "redis")]
+fn redis_code_kind(code: &str) -> Option<StoreErrorKind> {
+    use StoreErrorKind as K;
+    match code {
+        "WRONGPASS" | "NOAUTH" | "NOPERM" => Some(K::Config),
+        "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "MISCONF"
+        | "OOM" => Some(K::Unavailable),
+        // A key of another type: this write will never be taken there. (Not `ERR`, Redis's
+        // generic code, which says "max number of clients reached" too: retried, as before.)
+        "WRONGTYPE" => Some(K::Refused),
+        _ => None,
+    }
+}
+
+/// What a Redis error says the caller may do: the server's codes (of each command a
+/// pipeline or `MULTI`/`EXEC` failed, an outage first), else the `redis` crate's kind.
+#[cfg(feature = "redis")]
+pub(crate) fn redis_kind(e: &redis::RedisError) -> StoreErrorKind {
+    use StoreErrorKind as K;
+    use redis::ErrorKind as R;
+    let coded: Vec<StoreErrorKind> = e
+        .clone()
+        .into_server_errors()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|(_, s)| redis_code_kind(s.code()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for kind in [K::Unavailable, K::Config, K::Refused] {
+        if coded.contains(&kind) {
+            return kind;
+        }
+    }
+    match e.kind() {
+        R::AuthenticationFailed | R::InvalidClientConfig => K::Config,
+        R::Io if e.is_timeout() => K::TimedOut,
+        R::UnexpectedReturnType | R::Client => K::Refused,
+        _ => K::Unavailable,
     }
 }
 
@@ -165,13 +309,104 @@ mod tests {
             StoreError::config("bad token").kind(),
             StoreErrorKind::Config
         );
-        // A string from a backend not converted yet is retried, as it always was.
-        assert_eq!(
-            StoreError::from("x".to_owned()).kind(),
-            StoreErrorKind::Unavailable
-        );
         let io = std::io::Error::other("reset");
         let e: String = StoreError::unavailable("the store").with_source(io).into();
         assert_eq!(e, "the store: reset");
+    }
+
+    /// A SQLSTATE decides the kind: a login or privilege refused, a missing table is the
+    /// operator's; a connection lost, a server shutting down, a deadlock are retried; bad
+    /// data is refused; a unique key taken is a conflict.
+    #[test]
+    fn sqlstates_say_what_to_do() {
+        use StoreErrorKind as K;
+        for (code, kind) in [
+            ("28P01", K::Config),      // invalid_password
+            ("28000", K::Config),      // invalid_authorization_specification (no such role)
+            ("42501", K::Config),      // insufficient_privilege
+            ("42P01", K::Config),      // undefined_table
+            ("3D000", K::Config),      // invalid_catalog_name
+            ("08006", K::Unavailable), // connection_failure
+            ("57P01", K::Unavailable), // admin_shutdown
+            ("57P03", K::Unavailable), // cannot_connect_now
+            ("53300", K::Unavailable), // too_many_connections
+            ("40001", K::Unavailable), // serialization_failure
+            ("40P01", K::Unavailable), // deadlock_detected
+            ("25006", K::Unavailable), // read_only_sql_transaction
+            ("57014", K::TimedOut),    // query_canceled
+            ("22021", K::Refused),     // character_not_in_repertoire
+            ("22001", K::Refused),     // string_data_right_truncation
+            ("23502", K::Refused),     // not_null_violation
+            ("54000", K::Refused),     // program_limit_exceeded
+            ("23505", K::Conflict),    // unique_violation
+        ] {
+            assert_eq!(sqlstate_kind(code), kind, "{code}");
+        }
+    }
+
+    /// MySQL and MariaDB server codes decide the kind.
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn mysql_errors_say_what_to_do() {
+        use StoreErrorKind as K;
+        let server = |code: u16, state: &str| {
+            mysql_async::Error::Server(mysql_async::ServerError {
+                code,
+                message: "m".to_owned(),
+                state: state.to_owned(),
+            })
+        };
+        for (code, state, kind) in [
+            (1045, "28000", K::Config),      // ER_ACCESS_DENIED_ERROR (login)
+            (1142, "42000", K::Config),      // ER_TABLEACCESS_DENIED_ERROR
+            (1146, "42S02", K::Config),      // ER_NO_SUCH_TABLE
+            (1040, "08004", K::Unavailable), // ER_CON_COUNT_ERROR
+            (1213, "40001", K::Unavailable), // ER_LOCK_DEADLOCK
+            (1205, "HY000", K::Unavailable), // ER_LOCK_WAIT_TIMEOUT
+            (1290, "HY000", K::Unavailable), // ER_OPTION_PREVENTS_STATEMENT (read-only)
+            (3024, "HY000", K::TimedOut),    // ER_QUERY_TIMEOUT
+            (1062, "23000", K::Conflict),    // ER_DUP_ENTRY
+            (1406, "22001", K::Refused),     // ER_DATA_TOO_LONG
+            (1153, "08S01", K::Refused),     // ER_NET_PACKET_TOO_LARGE
+            (1366, "HY000", K::Refused),     // ER_TRUNCATED_WRONG_VALUE_FOR_FIELD
+            (9999, "22007", K::Refused),     // an unknown code: its SQLSTATE class
+            (9999, "HY000", K::Unavailable),
+        ] {
+            let e = of_mysql(&server(code, state));
+            assert_eq!(e.kind(), kind, "{code} {state}");
+            assert!(e.message().contains('m'), "{e}");
+        }
+        let io = mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::other("reset")));
+        assert_eq!(of_mysql(&io).kind(), K::Unavailable);
+    }
+
+    /// Redis's error codes and the `redis` crate's kinds decide the kind.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_errors_say_what_to_do() {
+        use StoreErrorKind as K;
+        use redis::{ErrorKind as R, RedisError, make_extension_error};
+        let coded = |code: &str| make_extension_error(code.to_owned(), Some("x".to_owned()));
+        for (code, kind) in [
+            ("WRONGPASS", K::Config),
+            ("NOAUTH", K::Config),
+            ("NOPERM", K::Config),
+            ("LOADING", K::Unavailable),
+            ("READONLY", K::Unavailable),
+            ("OOM", K::Unavailable),
+            ("WRONGTYPE", K::Refused),
+            ("ERR", K::Unavailable),
+        ] {
+            assert_eq!(redis_kind(&coded(code)), kind, "{code}");
+        }
+        let of = |kind: R| redis_kind(&RedisError::from((kind, "x")));
+        assert_eq!(of(R::AuthenticationFailed), K::Config);
+        assert_eq!(of(R::InvalidClientConfig), K::Config);
+        assert_eq!(of(R::Io), K::Unavailable);
+        assert_eq!(of(R::UnexpectedReturnType), K::Refused);
+        let timeout = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert_eq!(redis_kind(&timeout), K::TimedOut);
+        let reset = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(redis_kind(&reset), K::Unavailable);
     }
 }

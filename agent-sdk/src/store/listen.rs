@@ -64,6 +64,12 @@ impl From<String> for Ended {
     }
 }
 
+impl From<super::StoreError> for Ended {
+    fn from(e: super::StoreError) -> Self {
+        Ended::Failed(e.into())
+    }
+}
+
 /// Keeps a `LISTEN` connection to `store` for `instance` until `stop`: reconnects with
 /// backoff, checks the link, and wakes [`Wakeups`](super::Wakeups) on each notification.
 pub(crate) fn spawn(

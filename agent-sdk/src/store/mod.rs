@@ -138,7 +138,8 @@ const SUPPORTED: &str = "`postgresql`, `mysql` and `redis`";
 impl FromStr for StoreType {
     type Err = String;
 
-    /// The center's `Type` names, case-insensitively (`postgres` and `mariadb` too).
+    /// The center's `Type` names, case-insensitively (`postgres` and `mariadb` too). (Public
+    /// API: its error stays a string.)
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
             "postgresql" | "postgres" => Ok(StoreType::PostgreSql),
@@ -174,15 +175,15 @@ pub(crate) enum CheckError {
     Refused(String),
     /// No answer that tells: unreachable, connection or login refused, timed out. Safe to
     /// show (never a password or a connection string).
-    Unknown(String),
+    Unknown(StoreError),
 }
 
 impl CheckError {
     /// The store did not answer within `within`.
     pub(crate) fn no_answer(within: Duration) -> Self {
-        CheckError::Unknown(format!(
-            "the store did not answer within {} ms",
-            within.as_millis()
+        CheckError::Unknown(StoreError::new(
+            StoreErrorKind::TimedOut,
+            format!("the store did not answer within {} ms", within.as_millis()),
         ))
     }
 }
@@ -281,27 +282,10 @@ macro_rules! backend {
     };
 }
 
-/// Dispatches one call to the backend, its error as a [`StoreError`] (the backends not
-/// converted yet say theirs as a string, taken as an outage: retried, as always).
+/// Dispatches one call to the backend (each says its error as a [`StoreError`]).
 macro_rules! backend_err {
     ($self:ident, $b:ident => $call:expr) => {
-        match &$self.backend {
-            #[cfg(feature = "postgres")]
-            Backend::Postgres($b) => $call.map_err(StoreError::from),
-            #[cfg(feature = "mysql")]
-            Backend::Mysql($b) => $call.map_err(StoreError::from),
-            #[cfg(feature = "redis")]
-            Backend::Redis($b) => $call.map_err(StoreError::from),
-            #[cfg(feature = "relay")]
-            Backend::Relay($b) => $call.map_err(StoreError::from),
-            #[cfg(not(any(
-                feature = "postgres",
-                feature = "mysql",
-                feature = "redis",
-                feature = "relay"
-            )))]
-            Backend::None(never) => match *never {},
-        }
+        backend!($self, $b => $call)
     };
 }
 
@@ -364,7 +348,7 @@ impl Origin {
 
 impl Store {
     /// Opens a store (no I/O but, for a local store, the files it names).
-    pub(crate) fn open(o: &Opening<'_>) -> Result<Self, String> {
+    pub(crate) fn open(o: &Opening<'_>) -> Result<Self, StoreError> {
         // For logs and the derived agent id (a MySQL prefix to be found counts as the type's
         // default, as before prefixes were found).
         #[cfg_attr(
@@ -375,15 +359,16 @@ impl Store {
         let (label, prefix, backend) = match o.kind {
             #[cfg(feature = "postgres")]
             StoreType::PostgreSql => {
-                let spec = pg_connstr::parse(o.connection).map_err(|e| e.to_string())?;
+                let spec = pg_connstr::parse(o.connection)
+                    .map_err(|e| StoreError::config(e.to_string()))?;
                 if o.from_center
                     && let Some(setting) = spec.file_settings.first()
                 {
                     // Neither the path nor anything about the file is echoed: a caller must
                     // not learn which files exist on the agent's machine.
-                    return Err(format!(
+                    return Err(StoreError::config(format!(
                         "connection string key `{setting}` names a file on the agent's machine, which a store sent by the center may not do; remove it from the center's connection string, or configure the store on the agent (JOBAGENT_STORE), where Root Certificate is allowed"
-                    ));
+                    )));
                 }
                 let pg = PgStore::open(&spec, named, o.load)?;
                 (pg.label.clone(), pg.schema.clone(), Backend::Postgres(pg))
@@ -396,27 +381,26 @@ impl Store {
                 (my.label().to_owned(), named.to_owned(), Backend::Mysql(my))
             }
             #[cfg(not(feature = "mysql"))]
-            StoreType::MySql => return Err(built_without("mysql")),
+            StoreType::MySql => return Err(StoreError::config(built_without("mysql"))),
             #[cfg(feature = "redis")]
             StoreType::Redis => {
                 let r = RedisStore::open(o.connection, named, o.db, Origin::of(o.from_center))?;
                 (r.label().to_owned(), named.to_owned(), Backend::Redis(r))
             }
             #[cfg(not(feature = "redis"))]
-            StoreType::Redis => return Err(built_without("redis")),
+            StoreType::Redis => return Err(StoreError::config(built_without("redis"))),
             #[cfg(feature = "relay")]
             StoreType::Relay => {
                 if o.from_center {
-                    return Err(
-                        "`relay` is the agent's own store type; a center does not send it"
-                            .to_owned(),
-                    );
+                    return Err(StoreError::config(
+                        "`relay` is the agent's own store type; a center does not send it",
+                    ));
                 }
                 let r = relay::RelayStore::open(o.connection, o.relay_token)?;
                 (r.label().to_owned(), String::new(), Backend::Relay(r))
             }
             #[cfg(not(feature = "relay"))]
-            StoreType::Relay => return Err(built_without("relay")),
+            StoreType::Relay => return Err(StoreError::config(built_without("relay"))),
         };
         Ok(Self {
             label,
@@ -490,14 +474,14 @@ impl Store {
 
     /// The PostgreSQL backend, for what only it has (its cluster SQL, `LISTEN`).
     #[cfg(feature = "postgres")]
-    pub(crate) fn pg(&self) -> Result<&PgStore, String> {
+    pub(crate) fn pg(&self) -> Result<&PgStore, StoreError> {
         match &self.backend {
             Backend::Postgres(pg) => Ok(pg),
             #[allow(unreachable_patterns)]
-            _ => Err(format!(
+            _ => Err(StoreError::config(format!(
                 "this needs a PostgreSQL store; this one is {}",
                 self.kind()
-            )),
+            ))),
         }
     }
 
@@ -535,7 +519,10 @@ impl Store {
     /// - a store reached before that does not answer within [`CHECK_WITHIN`] lets the run go
     ///   (its writes are buffered and retried, as in any outage), and is not asked again for
     ///   [`CHECK_RETRY`].
-    pub(crate) async fn check_tables(&self, answer_by: tokio::time::Instant) -> Result<(), String> {
+    pub(crate) async fn check_tables(
+        &self,
+        answer_by: tokio::time::Instant,
+    ) -> Result<(), StoreError> {
         let reached = self.reached.load(Ordering::Acquire);
         if reached
             && crate::sync::lock(&self.unknown_at).is_some_and(|at| at.elapsed() < CHECK_RETRY)
@@ -556,17 +543,24 @@ impl Store {
                 self.mark_reached();
                 Ok(())
             }
-            Err(CheckError::Refused(e)) => Err(e),
+            Err(CheckError::Refused(e)) => Err(StoreError::config(e)),
             // Reached since the check began (another run's write): as below.
             Err(CheckError::Unknown(e)) if reached || self.reached.load(Ordering::Acquire) => {
                 tracing::debug!(store = %self.label, error = %e, "could not check the store; the run goes ahead and its writes retry");
                 *crate::sync::lock(&self.unknown_at) = Some(std::time::Instant::now());
                 Ok(())
             }
-            Err(CheckError::Unknown(e)) => Err(format!(
-                "the store {} has not answered this agent yet: {e}; the run was not started (once the store has answered, an outage no longer refuses runs: their writes are retried)",
-                self.label
-            )),
+            Err(CheckError::Unknown(e)) => {
+                let kind = e.kind();
+                Err(StoreError::new(
+                    kind,
+                    format!(
+                        "the store {} has not answered this agent yet: {}; the run was not started (once the store has answered, an outage no longer refuses runs: their writes are retried)",
+                        self.label,
+                        String::from(e)
+                    ),
+                ))
+            }
         }
     }
 
@@ -685,21 +679,28 @@ impl Store {
         key: &str,
         from: usize,
         count: usize,
-    ) -> Result<Vec<String>, String> {
-        backend_err!(self, b => b.read_set(key, from, count).await).map_err(String::from)
+    ) -> Result<Vec<String>, StoreError> {
+        backend_err!(self, b => b.read_set(key, from, count).await)
     }
 
     /// One field of a hash.
     #[cfg(any(feature = "dev", feature = "relay-server"))]
-    pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
-        backend_err!(self, b => b.read_hash(key, field).await).map_err(String::from)
+    pub(crate) async fn read_hash(
+        &self,
+        key: &str,
+        field: &str,
+    ) -> Result<Option<String>, StoreError> {
+        backend_err!(self, b => b.read_hash(key, field).await)
     }
 
     /// All fields of a hash with their values, in the order they were written (a result's
     /// field is its elapsed milliseconds, unknown to the reader).
     #[cfg(any(feature = "dev", feature = "relay-server"))]
-    pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
-        backend_err!(self, b => b.read_hash_all(key).await).map_err(String::from)
+    pub(crate) async fn read_hash_all(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        backend_err!(self, b => b.read_hash_all(key).await)
     }
 }
 
@@ -735,7 +736,9 @@ impl Stores {
         let local = match local {
             None => None,
             Some(l) => {
-                let invalid = |reason: String| ConfigError::invalid("JOBAGENT_STORE", reason);
+                let invalid = |reason: StoreError| {
+                    ConfigError::invalid("JOBAGENT_STORE", String::from(reason))
+                };
                 let connection = l.connection.expose();
                 let kind = l.resolved_kind();
                 let prefix = l.prefix();
@@ -807,16 +810,18 @@ impl Stores {
     pub(crate) fn select(
         &self,
         header: Option<&StorageHeader>,
-    ) -> Result<Option<Arc<Store>>, String> {
+    ) -> Result<Option<Arc<Store>>, StoreError> {
         if let Some(local) = &self.local {
             return Ok(Some(local.clone()));
         }
         let Some(h) = header else { return Ok(None) };
         let kind: StoreType = h.kind.parse().map_err(|e: String| {
-            format!("{e}; for a center on another storage, give the agent its own store (JOBAGENT_STORE)")
+            StoreError::config(format!("{e}; for a center on another storage, give the agent its own store (JOBAGENT_STORE)"))
         })?;
         if h.hangfire_db.trim().is_empty() {
-            return Err("the center's store has no HangfireDb connection string".to_owned());
+            return Err(StoreError::config(
+                "the center's store has no HangfireDb connection string",
+            ));
         }
         let prefix = match (kind, h.table_prefix.as_deref()) {
             // Hangfire.MySqlStorage's and Hangfire.Storage.MySql's prefix verbatim, empty
@@ -843,17 +848,17 @@ impl Stores {
                     .ok()
                     .filter(|d| (0..=65_535).contains(d))
                     .ok_or_else(|| {
-                        format!(
+                        StoreError::config(format!(
                             "Db: `{}` is not a Redis database number",
                             d.chars().take(20).collect::<String>()
-                        )
+                        ))
                     })?,
             ),
         };
         if kind == StoreType::PostgreSql
             && let Some(prefix) = prefix
         {
-            check_schema(prefix).map_err(|e| format!("TablePrefix: {e}"))?;
+            check_schema(prefix).map_err(|e| StoreError::config(format!("TablePrefix: {e}")))?;
         }
         // Keyed by what the center sent (the same center sends the same string); held in
         // memory only, as the store itself holds its credentials.
@@ -876,14 +881,14 @@ impl Stores {
             load: Load::Deferred,
             relay_token: None,
         })
-        .map_err(|e| format!("HangfireDb: {e}"))?;
+        .map_err(|e| e.context("HangfireDb"))?;
         if let Some(allowed) = &self.allowed_hosts {
             for host in store.hosts() {
                 if !host_allowed(&host, allowed) {
-                    return Err(format!(
+                    return Err(StoreError::config(format!(
                         "the center's store names host `{}`, which is not in JOBAGENT_STORE_ALLOWED_HOSTS",
                         host.chars().take(100).collect::<String>()
-                    ));
+                    )));
                 }
             }
         }
@@ -952,7 +957,7 @@ mod tests {
             .select(Some(&header(&format!("{base};{setting}={path}"))))
         {
             Ok(_) => panic!("{setting} accepted"),
-            Err(e) => e,
+            Err(e) => String::from(e),
         };
         let exists = refusal("Root Certificate", "/etc/passwd");
         let missing = refusal("Root Certificate", "/nonexistent/ca.pem");

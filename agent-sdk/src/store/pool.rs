@@ -30,6 +30,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::StoreError;
 use super::pg_connstr::{ConnSpec, SslMode};
 use super::tls::{crypto_provider, system_roots};
 
@@ -86,12 +87,12 @@ impl Limits {
 /// Path` set on each new connection. Connects lazily: building needs no runtime and no
 /// server; the first `get()` connects. With [`Load::Deferred`] it reads no file either. The
 /// error is safe to show.
-pub(crate) fn build_pool(spec: &ConnSpec, load: Load) -> Result<Pool, String> {
+pub(crate) fn build_pool(spec: &ConnSpec, load: Load) -> Result<Pool, StoreError> {
     pool_of(spec, &Connector::new(spec, load)?)
 }
 
 /// The pool of `spec`, connecting as `connector` does (see [`build_pool`]).
-pub(crate) fn pool_of(spec: &ConnSpec, connector: &Connector) -> Result<Pool, String> {
+pub(crate) fn pool_of(spec: &ConnSpec, connector: &Connector) -> Result<Pool, StoreError> {
     let pg = connector.pg.clone();
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Verified,
@@ -118,7 +119,7 @@ pub(crate) fn pool_of(spec: &ConnSpec, connector: &Connector) -> Result<Pool, St
     }
     builder
         .build()
-        .map_err(|e| format!("cannot build the connection pool: {e}"))
+        .map_err(|e| StoreError::config(format!("cannot build the connection pool: {e}")))
 }
 
 /// The TLS a store's connections use.
@@ -138,7 +139,7 @@ pub(crate) struct Connector {
 }
 
 impl Connector {
-    pub(crate) fn new(spec: &ConnSpec, load: Load) -> Result<Self, String> {
+    pub(crate) fn new(spec: &ConnSpec, load: Load) -> Result<Self, StoreError> {
         // No session settings of the agent's own: a pooler (PgBouncer) refuses the `options`
         // startup parameter, and in transaction pooling a session setting would not follow
         // the statements anyway. A string's own `Options` stay the user's (see pg_connstr.rs).
@@ -161,7 +162,7 @@ impl Connector {
     pub(crate) async fn connect(
         &self,
         notifications: tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>,
-    ) -> Result<tokio_postgres::Client, String> {
+    ) -> Result<tokio_postgres::Client, StoreError> {
         match self.tls.clone() {
             Tls::Off => connect_with(&self.pg, NoTls, notifications).await,
             Tls::Rustls(tls) => connect_with(&self.pg, tls, notifications).await,
@@ -203,12 +204,12 @@ async fn connect_with<T>(
     pg: &tokio_postgres::Config,
     tls: T,
     notifications: tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>,
-) -> Result<tokio_postgres::Client, String>
+) -> Result<tokio_postgres::Client, StoreError>
 where
     T: MakeTlsConnect<Socket>,
     T::Stream: Send + 'static,
 {
-    let (client, mut connection) = pg.connect(tls).await.map_err(|e| crate::error::chain(&e))?;
+    let (client, mut connection) = pg.connect(tls).await.map_err(StoreError::from)?;
     tokio::spawn(async move {
         loop {
             let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
@@ -321,7 +322,9 @@ impl Deferred {
                     tls_config(this.ssl, Plan::Roots(this.check), this.root.as_ref())
                 })
                 .await
-                .map_err(|e| format!("loading the TLS roots failed: {e}"))?;
+                .map_err(|e| {
+                    StoreError::unavailable(format!("loading the TLS roots failed: {e}"))
+                })?;
                 loaded.map(MakeRustlsConnect::new)
             })
             .await
@@ -377,7 +380,11 @@ enum Check {
 
 /// The rustls configuration for `plan` (not [`Plan::Off`]); reads the trusted roots (the
 /// `root` file, else the system's) when the plan checks certificates. Blocking.
-fn tls_config(ssl: SslMode, plan: Plan, root: Option<&PathBuf>) -> Result<ClientConfig, String> {
+fn tls_config(
+    ssl: SslMode,
+    plan: Plan,
+    root: Option<&PathBuf>,
+) -> Result<ClientConfig, StoreError> {
     let check = match plan {
         Plan::Off | Plan::NoCheck => Check::Nothing,
         Plan::Roots(check) => check,
@@ -385,7 +392,7 @@ fn tls_config(ssl: SslMode, plan: Plan, root: Option<&PathBuf>) -> Result<Client
     let provider = crypto_provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?;
+        .map_err(|e| StoreError::config(format!("TLS setup failed: {e}")))?;
     let config = match check {
         Check::Nothing => builder
             .dangerous()
@@ -402,7 +409,7 @@ fn tls_config(ssl: SslMode, plan: Plan, root: Option<&PathBuf>) -> Result<Client
                 provider,
             )
             .build()
-            .map_err(|e| format!("TLS setup failed: {e}"))?;
+            .map_err(|e| StoreError::config(format!("TLS setup failed: {e}")))?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ChainOnlyCheck { inner }))
@@ -414,26 +421,30 @@ fn tls_config(ssl: SslMode, plan: Plan, root: Option<&PathBuf>) -> Result<Client
 
 /// The roots certificates must lead to: the `Root Certificate` file's, else the system's.
 /// Blocking (reads files).
-fn trusted_roots(ssl: SslMode, root: Option<&PathBuf>) -> Result<RootCertStore, String> {
+fn trusted_roots(ssl: SslMode, root: Option<&PathBuf>) -> Result<RootCertStore, StoreError> {
     let mut roots = RootCertStore::empty();
     if let Some(path) = root {
         let shown = path.display();
         let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("Root Certificate `{shown}` cannot be read: {e}"))?
+            .map_err(|e| {
+                StoreError::config(format!("Root Certificate `{shown}` cannot be read: {e}"))
+            })?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("Root Certificate `{shown}` is not valid PEM: {e}"))?;
+            .map_err(|e| {
+                StoreError::config(format!("Root Certificate `{shown}` is not valid PEM: {e}"))
+            })?;
         let (added, _ignored) = roots.add_parsable_certificates(certs);
         if added == 0 {
-            return Err(format!(
+            return Err(StoreError::config(format!(
                 "Root Certificate `{shown}` holds no usable CA certificate"
-            ));
+            )));
         }
     } else {
         roots = system_roots();
         if roots.is_empty() {
-            return Err(format!(
+            return Err(StoreError::config(format!(
                 "SSL Mode={ssl:?} needs trusted CA certificates but the system has none; install them (e.g. the ca-certificates package) or set Root Certificate=<path to the server's CA in PEM>"
-            ));
+            )));
         }
     }
     Ok(roots)

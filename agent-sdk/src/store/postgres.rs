@@ -33,9 +33,11 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::Type;
 
 use super::CheckError;
+use super::StoreError;
 use super::line::EncodedLine;
 use super::pg_connstr::ConnSpec;
 use super::pool::{self, Limits};
+use super::{CheckError, StoreError};
 use crate::schema::{check_schema, quote_ident};
 
 /// A PostgreSQL store: a pool and the Hangfire schema.
@@ -58,8 +60,12 @@ pub(crate) struct PgStore {
 }
 
 impl PgStore {
-    pub(crate) fn open(spec: &ConnSpec, schema: &str, load: pool::Load) -> Result<Self, String> {
-        check_schema(schema)?;
+    pub(crate) fn open(
+        spec: &ConnSpec,
+        schema: &str,
+        load: pool::Load,
+    ) -> Result<Self, StoreError> {
+        check_schema(schema).map_err(StoreError::config)?;
         let label = label(&spec.config);
         let connector = pool::Connector::new(spec, load)?;
         let pool = pool::pool_of(spec, &connector)?;
@@ -112,18 +118,15 @@ impl PgStore {
                 .await?;
             let mut problem = None;
             for row in rows {
-                let get = |i: usize| {
-                    row.try_get::<_, bool>(i)
-                        .map_err(|e| crate::error::chain(&e))
-                };
-                let name: String = row.try_get(0).map_err(|e| crate::error::chain(&e))?;
-                let user: String = row.try_get(3).map_err(|e| crate::error::chain(&e))?;
+                let get = |i: usize| row.try_get::<_, bool>(i).map_err(StoreError::from);
+                let name: String = row.try_get(0).map_err(StoreError::from)?;
+                let user: String = row.try_get(3).map_err(StoreError::from)?;
                 let (exists, writable) = (get(1)?, get(2)?);
                 if problem.is_none() && !(exists && writable) {
                     problem = Some((name, exists, user));
                 }
             }
-            Ok::<_, String>(problem)
+            Ok::<_, StoreError>(problem)
         };
         match tokio::time::timeout(within, check).await {
             Ok(Ok(None)) => {
@@ -149,7 +152,7 @@ impl PgStore {
     }
 
     /// Whether the store answers a trivial statement (the caller bounds it).
-    pub(crate) async fn ping(&self) -> Result<(), String> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         let conn = self.conn().await?;
         conn.bound(conn.simple_query("SELECT 1")).await.map(|_| ())
     }
@@ -157,20 +160,23 @@ impl PgStore {
     /// A pooled connection as it comes from the pool, within the checkout bound (see
     /// [`Limits::checkout`]): for a few statements of the agent's own, or a caller that holds
     /// it across many (the dev CLI's reader).
-    pub(crate) async fn checkout(&self) -> Result<deadpool_postgres::Object, String> {
+    pub(crate) async fn checkout(&self) -> Result<deadpool_postgres::Object, StoreError> {
         let get = self.pool.get();
         match self.checkout {
             Some(limit) => tokio::time::timeout(limit, get).await.map_err(|_| {
-                format!("no connection to the store within {} ms", limit.as_millis())
+                StoreError::new(
+                    super::StoreErrorKind::TimedOut,
+                    format!("no connection to the store within {} ms", limit.as_millis()),
+                )
             })?,
             None => get.await,
         }
-        .map_err(|e| crate::error::chain(&e))
+        .map_err(StoreError::from)
     }
 
     /// A pooled connection, within the pool's bounds (see [`Limits::checkout`]). Run its
     /// statements through [`Conn::bound`].
-    pub(crate) async fn conn(&self) -> Result<Conn<'_>, String> {
+    pub(crate) async fn conn(&self) -> Result<Conn<'_>, StoreError> {
         Ok(Conn {
             client: Some(self.checkout().await?),
             command: self.limits.command,
@@ -226,16 +232,19 @@ impl Conn<'_> {
     pub(crate) async fn bound<T, E: Describe>(
         &self,
         statement: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, String> {
+    ) -> Result<T, StoreError> {
         self.busy.store(true, Ordering::Release);
         let outcome = match self.command {
             Some(limit) => match tokio::time::timeout(limit, statement).await {
                 Ok(outcome) => outcome,
                 Err(_) => {
                     // `busy` stays set: the connection is dropped, not pooled again.
-                    return Err(format!(
-                        "the store did not answer within Command Timeout ({} ms); the connection is dropped",
-                        limit.as_millis()
+                    return Err(StoreError::new(
+                        super::StoreErrorKind::TimedOut,
+                        format!(
+                            "the store did not answer within Command Timeout ({} ms); the connection is dropped",
+                            limit.as_millis()
+                        ),
                     ));
                 }
             },
@@ -289,21 +298,29 @@ impl Drop for Conn<'_> {
     }
 }
 
-/// An error as the store reports it: with its causes (a database error's own message is in
-/// its source; `tokio_postgres::Error` alone says only "db error").
+/// An error as a [`StoreError`]: classified by its SQLSTATE, with its causes (a database
+/// error's own message is in its source; `tokio_postgres::Error` alone says only "db error").
 pub(crate) trait Describe {
-    fn describe(&self) -> String;
+    fn describe(self) -> StoreError;
 }
 
+impl Describe for StoreError {
+    fn describe(self) -> StoreError {
+        self
+    }
+}
+
+/// The cluster's SQL, still written against string errors, says its own failures as text:
+/// an outage, retried, as they always were.
 impl Describe for String {
-    fn describe(&self) -> String {
-        self.clone()
+    fn describe(self) -> StoreError {
+        StoreError::unavailable(self)
     }
 }
 
 impl Describe for tokio_postgres::Error {
-    fn describe(&self) -> String {
-        crate::error::chain(self)
+    fn describe(self) -> StoreError {
+        StoreError::from(self)
     }
 }
 
@@ -324,25 +341,26 @@ fn label(config: &tokio_postgres::Config) -> String {
 #[cfg(feature = "dev")]
 /// Opens `connection` as the agent opens a store and runs `sql` (one row, one text column);
 /// also says whether the session is encrypted. For the integration tests of TLS modes.
-pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String), String> {
-    let spec = super::pg_connstr::parse(connection).map_err(|e| crate::error::chain(&e))?;
+pub(crate) async fn probe(connection: &str, sql: &str) -> Result<(bool, String), StoreError> {
+    let spec = super::pg_connstr::parse(connection)
+        .map_err(|e| StoreError::config(crate::error::chain(&e)))?;
     let store = PgStore::open(&spec, "hangfire", pool::Load::Now)?;
-    let client = store.pool.get().await.map_err(|e| format!("{e} ({e:?})"))?;
+    let client = store.pool.get().await.map_err(StoreError::from)?;
     let encrypted: bool = client
         .query_typed_one(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
             &[],
         )
         .await
-        .map_err(|e| crate::error::chain(&e))?
+        .map_err(StoreError::from)?
         .try_get(0)
-        .map_err(|e| crate::error::chain(&e))?;
+        .map_err(StoreError::from)?;
     let value: String = client
         .query_typed_one(sql, &[])
         .await
-        .map_err(|e| crate::error::chain(&e))?
+        .map_err(StoreError::from)?
         .try_get(0)
-        .map_err(|e| crate::error::chain(&e))?;
+        .map_err(StoreError::from)?;
     Ok((encrypted, value))
 }
 
@@ -354,7 +372,7 @@ pub(crate) async fn upsert_hash_fields(
     fields: &[&str],
     values: &[&str],
     expire_secs: f64,
-) -> Result<(), String> {
+) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO {schema}.hash (\"key\", field, \"value\", expireat) \
          SELECT $1, h.field, h.value, now() + $4 * interval '1 second' \
@@ -374,7 +392,7 @@ pub(crate) async fn upsert_hash_fields(
         ),
     )
     .await
-    .map_err(|e| crate::error::chain(&e))?;
+    .map_err(StoreError::from)?;
     Ok(())
 }
 
@@ -388,7 +406,7 @@ impl PgStore {
         hash_key: &str,
         lines: &[EncodedLine],
         expire: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         // Every step within the checkout bound and `Command Timeout`: a connection that
         // goes silent mid-statement (a black-holed link answers nothing, ever) fails the
         // batch, which is retried on another connection, and is dropped, never pooled again.
@@ -434,7 +452,7 @@ impl PgStore {
         set_key: &str,
         lines: &[EncodedLine],
         expire_secs: f64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let schema = &self.schema;
         let scores: Vec<f64> = lines.iter().map(|l| l.score).collect();
         let values: Vec<&str> = lines.iter().map(|l| l.value.as_str()).collect();
@@ -457,7 +475,7 @@ impl PgStore {
             ),
         )
         .await
-        .map_err(|e| crate::error::chain(&e))?;
+        .map_err(StoreError::from)?;
         Ok(())
     }
 
@@ -468,7 +486,7 @@ impl PgStore {
         key: &str,
         pairs: &[(&str, &str)],
         life: Option<Duration>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let (fields, values): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
         let conn = self.conn().await?;
         // No expiry: a century (Hangfire's columns have no "never" but NULL, which its cleanup keeps).
@@ -491,7 +509,7 @@ impl PgStore {
         value: &str,
         score: f64,
         expire: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO {}.\"set\" (\"key\", score, \"value\", expireat) VALUES ($1, $2, $3, now() + $4 * interval '1 second') \
              ON CONFLICT (\"key\", \"value\") DO UPDATE SET score = EXCLUDED.score, expireat = EXCLUDED.expireat",
@@ -522,7 +540,7 @@ impl PgStore {
         id: &str,
         token: &str,
         expire: Duration,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, StoreError> {
         let sql = format!(
             "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
              VALUES ('jobagent:results', $1, $2, now() + $3 * interval '1 second') \
@@ -555,7 +573,7 @@ impl PgStore {
         &self,
         resource: &str,
         stale_after: Duration,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, StoreError> {
         let conn = self.conn().await?;
         let schema = &self.schema;
         let delete = format!(
@@ -577,11 +595,8 @@ impl PgStore {
                 ),
             ))
             .await?;
-        row.map(|row| {
-            row.try_get::<_, String>(0)
-                .map_err(|e| crate::error::chain(&e))
-        })
-        .transpose()
+        row.map(|row| row.try_get::<_, String>(0).map_err(StoreError::from))
+            .transpose()
     }
 
     /// Moves a held lock's `acquired` to now, so no process takes it as stale; the new owner,
@@ -590,7 +605,7 @@ impl PgStore {
         &self,
         resource: &str,
         owner: &str,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, StoreError> {
         let conn = self.conn().await?;
         let sql = format!(
             "UPDATE {}.\"lock\" SET acquired = now() WHERE resource = $1 AND acquired::text = $2 \
@@ -602,15 +617,12 @@ impl PgStore {
             conn.query_typed_opt(&sql, &[(&resource, Type::TEXT), (&owner, Type::TEXT)]),
         ))
         .await?
-        .map(|row| {
-            row.try_get::<_, String>(0)
-                .map_err(|e| crate::error::chain(&e))
-        })
+        .map(|row| row.try_get::<_, String>(0).map_err(StoreError::from))
         .transpose()
     }
 
     /// Deletes the lock row if it is still ours (Hangfire deletes by resource alone).
-    pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), String> {
+    pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), StoreError> {
         let conn = self.conn().await?;
         let sql = format!(
             "DELETE FROM {}.\"lock\" WHERE resource = $1 AND acquired::text = $2",
@@ -626,7 +638,7 @@ impl PgStore {
 
     /// The next fencing token of `resource`: a counter in hash `jobagent:lock-fence` that
     /// never expires.
-    pub(crate) async fn fence(&self, resource: &str) -> Result<u64, String> {
+    pub(crate) async fn fence(&self, resource: &str) -> Result<u64, StoreError> {
         let field = super::fence_field(resource);
         let conn = self.conn().await?;
         let value: String = conn
@@ -643,10 +655,12 @@ impl PgStore {
             ))
             .await?
             .try_get(0)
-            .map_err(|e| crate::error::chain(&e))?;
-        value
-            .parse()
-            .map_err(|_| format!("the fencing counter of `{resource}` holds `{value}`"))
+            .map_err(StoreError::from)?;
+        value.parse().map_err(|_| {
+            StoreError::refused(format!(
+                "the fencing counter of `{resource}` holds `{value}`"
+            ))
+        })
     }
 
     /// The dashboard's read of a set: values by id, from `from`, at most `count`.
@@ -657,7 +671,7 @@ impl PgStore {
         key: &str,
         from: usize,
         count: usize,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, StoreError> {
         let conn = self.conn().await?;
         let (from, count) = (
             i64::try_from(from).unwrap_or(i64::MAX),
@@ -677,14 +691,18 @@ impl PgStore {
             ))
             .await?;
         rows.iter()
-            .map(|r| r.try_get(0).map_err(|e| crate::error::chain(&e)))
+            .map(|r| r.try_get(0).map_err(StoreError::from))
             .collect()
     }
 
     /// One field of a hash.
     // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
     #[cfg_attr(not(feature = "dev"), allow(dead_code))]
-    pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
+    pub(crate) async fn read_hash(
+        &self,
+        key: &str,
+        field: &str,
+    ) -> Result<Option<String>, StoreError> {
         let conn = self.conn().await?;
         let row = conn
             .bound(conn.query_typed_opt(
@@ -695,7 +713,7 @@ impl PgStore {
                 &[(&key, Type::TEXT), (&field, Type::TEXT)],
             ))
             .await?;
-        row.map(|r| r.try_get(0).map_err(|e| crate::error::chain(&e)))
+        row.map(|r| r.try_get(0).map_err(StoreError::from))
             .transpose()
     }
 
@@ -703,7 +721,10 @@ impl PgStore {
     /// empty.
     // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
     #[cfg_attr(not(feature = "dev"), allow(dead_code))]
-    pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+    pub(crate) async fn read_hash_all(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let conn = self.conn().await?;
         let rows = conn
             .bound(conn.query_typed(
@@ -716,8 +737,8 @@ impl PgStore {
             .await?;
         rows.iter()
             .map(|r| {
-                let field: String = r.try_get(0).map_err(|e| crate::error::chain(&e))?;
-                let value: Option<String> = r.try_get(1).map_err(|e| crate::error::chain(&e))?;
+                let field: String = r.try_get(0).map_err(StoreError::from)?;
+                let value: Option<String> = r.try_get(1).map_err(StoreError::from)?;
                 Ok((field, value.unwrap_or_default()))
             })
             .collect()

@@ -34,10 +34,10 @@ use ::redis::{
     Script, Value,
 };
 
-use crate::store::CheckError;
 use crate::store::line::EncodedLine;
 use crate::store::redis_connstr::{Origin, echo, host_port, parse};
 use crate::store::url::password_tag;
+use crate::store::{CheckError, StoreError, StoreErrorKind};
 
 /// How many times the connection manager retries a broken connection before failing the
 /// waiting commands (the next command starts a new round).
@@ -213,17 +213,19 @@ impl RedisStore {
         prefix: &str,
         db: Option<i64>,
         origin: Origin,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StoreError> {
         if prefix.len() > MAX_PREFIX_BYTES {
-            return Err(format!(
+            return Err(StoreError::config(format!(
                 "the Redis key prefix is longer than {MAX_PREFIX_BYTES} bytes"
-            ));
+            )));
         }
-        let spec = parse(connection, origin)?;
-        let (host, port) = spec.first()?;
+        let spec = parse(connection, origin).map_err(StoreError::config)?;
+        let (host, port) = spec.first().map_err(StoreError::config)?;
         let db = match db {
             Some(db) if db < 0 || db > i64::from(i32::MAX) => {
-                return Err(format!("the Redis database {db} is not a number from 0"));
+                return Err(StoreError::config(format!(
+                    "the Redis database {db} is not a number from 0"
+                )));
             }
             Some(db) => db,
             None => spec.db.unwrap_or(0),
@@ -231,11 +233,11 @@ impl RedisStore {
         if let Some(name) = &spec.ssl_host
             && !name.eq_ignore_ascii_case(&host)
         {
-            return Err(format!(
+            return Err(StoreError::config(format!(
                 "the Redis option sslHost (`{}`) differs from the endpoint's host `{}`, which this agent cannot verify against another name: name the endpoint by the certificate's host name",
                 echo(name),
                 echo(&host)
-            ));
+            )));
         }
         let addr = if spec.tls {
             ConnectionAddr::TcpTls {
@@ -262,14 +264,14 @@ impl RedisStore {
         let tcp = tcp.set_user_timeout(spec.connect_timeout + spec.command_timeout);
         let info: ConnectionInfo = addr
             .into_connection_info()
-            .map_err(|e| format!("the Redis configuration: {e}"))?
+            .map_err(|e| StoreError::config(format!("the Redis configuration: {e}")))?
             .set_redis_settings(redis)
             .set_tcp_settings(tcp);
         let client = Client::open(info).map_err(|e| {
-            format!(
+            StoreError::config(format!(
                 "the Redis configuration: {}",
                 scrub(&e.to_string(), spec.password.as_deref())
-            )
+            ))
         })?;
         let label = format!("{}/{db}", host_port(&host, port));
         let identity = format!(
@@ -335,7 +337,7 @@ impl RedisStore {
     }
 
     /// Whether the store answers a PING within the store's bound.
-    pub(crate) async fn ping(&self) -> Result<(), String> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         self.run("PING", |mut c| async move {
             ::redis::cmd("PING").query_async::<()>(&mut c).await
         })
@@ -371,7 +373,7 @@ impl RedisStore {
             Ok(Err(e)) if answered(&e) => Err(CheckError::Refused(format!(
                 "the Redis store {} refuses this agent: {}",
                 self.label,
-                self.describe(&e)
+                self.describe(&e).message()
             ))),
             Ok(Err(e)) => Err(CheckError::Unknown(self.describe(&e))),
             Err(_) => Err(CheckError::no_answer(within)),
@@ -388,15 +390,15 @@ impl RedisStore {
         hash_key: &str,
         lines: &[EncodedLine],
         expire: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         if lines.is_empty() {
             return Ok(());
         }
         if let Some(bad) = lines.iter().find(|l| !l.score.is_finite()) {
-            return Err(format!(
+            return Err(StoreError::refused(format!(
                 "a console line's score is not a finite number ({})",
                 bad.score
-            ));
+            )));
         }
         let p = console_pipeline(
             &self.key(set_key),
@@ -417,7 +419,7 @@ impl RedisStore {
         key: &str,
         pairs: &[(&str, &str)],
         life: Option<Duration>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let key = self.key(key);
         let mut p = ::redis::pipe();
         p.atomic();
@@ -446,9 +448,11 @@ impl RedisStore {
         value: &str,
         score: f64,
         expire: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         if !score.is_finite() {
-            return Err(format!("a set score is not a finite number ({score})"));
+            return Err(StoreError::refused(format!(
+                "a set score is not a finite number ({score})"
+            )));
         }
         let key = self.key(key);
         let mut p = ::redis::pipe();
@@ -478,7 +482,7 @@ impl RedisStore {
         id: &str,
         token: &str,
         expire: Duration,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, StoreError> {
         let key = self.key(&format!("{RESULT_MARK_KEY}{id}"));
         let old = self.key(OLD_RESULTS_KEY);
         let secs = expire_secs(expire);
@@ -501,7 +505,7 @@ impl RedisStore {
     /// Whether dispatch `id` has a first-report mark ([`first_report`](Self::first_report)),
     /// read without writing one. For the relay's check of reads.
     #[cfg(feature = "relay-server")]
-    pub(crate) async fn result_marked(&self, id: &str) -> Result<bool, String> {
+    pub(crate) async fn result_marked(&self, id: &str) -> Result<bool, StoreError> {
         let key = self.key(&format!("{RESULT_MARK_KEY}{id}"));
         let n: i64 = self
             .run("a look for a first-report mark", |mut c| async move {
@@ -519,7 +523,7 @@ impl RedisStore {
         &self,
         resource: &str,
         _stale_after: Duration,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, StoreError> {
         self.set_owner_nx(resource, self.hold).await
     }
 
@@ -529,7 +533,7 @@ impl RedisStore {
         &self,
         resource: &str,
         owner: &str,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, StoreError> {
         let key = self.key(resource);
         let hold = hold_ms(self.hold);
         let kept: i64 = self
@@ -548,7 +552,7 @@ impl RedisStore {
 
     /// Deletes the lock on `<P>resource` if its value is `owner` (compare and `DEL`, one
     /// script); a lock already lost is left as it is.
-    pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), String> {
+    pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), StoreError> {
         let key = self.key(resource);
         let _deleted: i64 = self
             .run("releasing a lock", |mut c| async move {
@@ -568,7 +572,7 @@ impl RedisStore {
     /// tokens keep growing across a counter that expired ([`FENCE_LIFE`] after its last use)
     /// and across the hash `<P>jobagent:lock-fence` of earlier versions (counters from 1),
     /// which gets the same TTL here.
-    pub(crate) async fn fence(&self, resource: &str) -> Result<u64, String> {
+    pub(crate) async fn fence(&self, resource: &str) -> Result<u64, StoreError> {
         let key = self.key(&format!("{FENCE_KEY}{resource}"));
         let old = self.key(OLD_FENCE_KEY);
         let secs = expire_secs(FENCE_LIFE);
@@ -584,17 +588,17 @@ impl RedisStore {
             })
             .await?;
         u64::try_from(n).map_err(|_| {
-            format!(
+            StoreError::refused(format!(
                 "the Redis store {} holds a negative fencing counter for `{}`",
                 self.label,
                 echo(resource)
-            )
+            ))
         })
     }
 
     /// Whether Hangfire keeps anything under this store's prefix and database: any of
     /// [`HANGFIRE_KEYS`] there (one `EXISTS`).
-    pub(crate) async fn hangfire_keys_exist(&self) -> Result<bool, String> {
+    pub(crate) async fn hangfire_keys_exist(&self) -> Result<bool, StoreError> {
         let keys: Vec<String> = HANGFIRE_KEYS.iter().map(|k| self.key(k)).collect();
         let n: i64 = self
             .run("a look for Hangfire's keys", |mut c| async move {
@@ -622,7 +626,7 @@ impl RedisStore {
         key: &str,
         from: usize,
         count: usize,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, StoreError> {
         if count == 0 {
             return Ok(Vec::new());
         }
@@ -641,7 +645,11 @@ impl RedisStore {
     }
 
     /// One field of hash `<P>key`.
-    pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
+    pub(crate) async fn read_hash(
+        &self,
+        key: &str,
+        field: &str,
+    ) -> Result<Option<String>, StoreError> {
         let key = self.key(key);
         self.run("a hash field", |mut c| async move {
             ::redis::cmd("HGET")
@@ -654,7 +662,10 @@ impl RedisStore {
     }
 
     /// Every field of a hash (Redis keeps no write order: fields as `HGETALL` gives them).
-    pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+    pub(crate) async fn read_hash_all(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let key = self.key(key);
         self.run("a hash", |mut c| async move {
             ::redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
@@ -663,7 +674,7 @@ impl RedisStore {
     }
 
     /// The server's clock (`TIME`), in milliseconds since the Unix epoch.
-    pub(crate) async fn now_ms(&self) -> Result<i64, String> {
+    pub(crate) async fn now_ms(&self) -> Result<i64, StoreError> {
         let (secs, micros): (i64, i64) = self
             .run("the time", |mut c| async move {
                 ::redis::cmd("TIME").query_async(&mut c).await
@@ -673,7 +684,7 @@ impl RedisStore {
     }
 
     /// Deletes one field of hash `<P>key`; true when it was there.
-    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, String> {
+    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, StoreError> {
         let key = self.key(key);
         let n: i64 = self
             .run("deleting a hash field", |mut c| async move {
@@ -689,7 +700,7 @@ impl RedisStore {
 
     /// Takes every field of hash `<P>key`: `HGETALL` and `DEL` in one `MULTI`/`EXEC`, so
     /// concurrent takers never take one field twice.
-    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
         let key = self.key(key);
         let mut p = ::redis::pipe();
         p.atomic()
@@ -707,7 +718,7 @@ impl RedisStore {
     }
 
     /// Sets the TTL of hash `<P>key` to `life`.
-    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), String> {
+    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), StoreError> {
         let key = self.key(key);
         let secs = expire_secs(life);
         self.run("a hash's TTL", |mut c| async move {
@@ -727,7 +738,7 @@ impl RedisStore {
         &self,
         key: &str,
         hold: Duration,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, StoreError> {
         let key = self.key(key);
         let owner = uuid::Uuid::new_v4().to_string();
         let hold = hold_ms(hold);
@@ -750,11 +761,11 @@ impl RedisStore {
             Value::Nil => Ok(None),
             Value::Okay => Ok(Some(owner)),
             Value::SimpleString(s) if s.eq_ignore_ascii_case("OK") => Ok(Some(owner)),
-            other => Err(format!(
+            other => Err(StoreError::unavailable(format!(
                 "the Redis store {} answered SET NX with {}",
                 self.label,
                 kind_of(&other)
-            )),
+            ))),
         }
     }
 
@@ -807,7 +818,7 @@ impl RedisStore {
     /// Runs `op` on the connection under one deadline: `connectTimeout + syncTimeout` (a first
     /// connection, then the command). `what` names the operation in errors. A connection on
     /// which the deadline or the reply timeout passed is given up on ([`RedisStore::discard`]).
-    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, String>
+    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
@@ -830,22 +841,27 @@ impl RedisStore {
         }
         match outcome {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!(
-                "the Redis store {} ({what}): {}",
-                self.label,
-                self.describe(&e)
-            )),
-            Err(_) => Err(format!(
-                "the Redis store {} did not answer ({what}) within {} ms",
-                self.label,
-                limit.as_millis()
+            Ok(Err(e)) => Err(self
+                .describe(&e)
+                .context(format_args!("the Redis store {} ({what})", self.label))),
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::TimedOut,
+                format!(
+                    "the Redis store {} did not answer ({what}) within {} ms",
+                    self.label,
+                    limit.as_millis()
+                ),
             )),
         }
     }
 
-    /// An error's text, with the password taken out should it ever appear.
-    fn describe(&self, e: &RedisError) -> String {
-        scrub(&e.to_string(), self.password.as_deref())
+    /// An error classified ([`redis_kind`](super::error::redis_kind)), its text with the
+    /// password taken out should it ever appear.
+    fn describe(&self, e: &RedisError) -> StoreError {
+        StoreError::new(
+            super::error::redis_kind(e),
+            scrub(&e.to_string(), self.password.as_deref()),
+        )
     }
 
     // Driver primitives (see store/driver.rs)

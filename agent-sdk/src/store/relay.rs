@@ -131,21 +131,20 @@ impl fmt::Debug for RelayStore {
 /// TLS towards a `relay+https://` relay: its certificate must lead to one of the system's
 /// trusted CAs (a private CA is trusted the usual way, by adding it to the system's store or
 /// naming it in `SSL_CERT_FILE`) and name the relay's host. Reads the system's roots once.
-fn https_config() -> Result<rustls::ClientConfig, String> {
+fn https_config() -> Result<rustls::ClientConfig, StoreError> {
     static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
     let roots = ROOTS.get_or_init(|| Arc::new(super::tls::system_roots()));
     if roots.is_empty() {
-        return Err(
+        return Err(StoreError::config(
             "relay+https needs trusted CA certificates but the system has none: install \
                     them (e.g. the ca-certificates package) or name the relay's CA in \
-                    SSL_CERT_FILE"
-                .to_owned(),
-        );
+                    SSL_CERT_FILE",
+        ));
     }
     let provider = super::tls::crypto_provider();
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .map_err(|e| StoreError::config(format!("TLS setup failed: {e}")))?
         .with_root_certificates(Arc::clone(roots))
         .with_no_client_auth())
 }
@@ -153,43 +152,47 @@ fn https_config() -> Result<rustls::ClientConfig, String> {
 impl RelayStore {
     /// The relay at `url` (`relay+http://host:port[/path]` or `relay+https://...`), with the
     /// bearer `token`. No I/O, except reading the system's trusted CAs (once) for `https`.
-    pub(crate) fn open(url: &str, token: Option<&str>) -> Result<Self, String> {
+    pub(crate) fn open(url: &str, token: Option<&str>) -> Result<Self, StoreError> {
         let url = url.trim();
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or_else(|| "a relay is given as relay+http://host:port".to_owned())?;
+            .ok_or_else(|| StoreError::config("a relay is given as relay+http://host:port"))?;
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "relay+http" => "http",
             "relay+https" => "https",
             other => {
-                return Err(format!(
+                return Err(StoreError::config(format!(
                     "`{}` is not a relay scheme: use relay+http:// or relay+https://",
                     other.chars().take(20).collect::<String>()
-                ));
+                )));
             }
         };
         if rest.contains('@') {
-            return Err(
-                "a relay URL carries no credentials: give the token in JOBAGENT_RELAY_TOKEN"
-                    .to_owned(),
-            );
+            return Err(StoreError::config(
+                "a relay URL carries no credentials: give the token in JOBAGENT_RELAY_TOKEN",
+            ));
         }
         let rest = rest.trim_end_matches('/');
         let authority = rest.split('/').next().unwrap_or_default();
         if authority.is_empty() || rest.contains(['?', '#', ' ']) {
-            return Err("a relay is given as relay+http://host:port[/path]".to_owned());
+            return Err(StoreError::config(
+                "a relay is given as relay+http://host:port[/path]",
+            ));
         }
         let token = token
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
-                "a relay needs this agent's token: set JOBAGENT_RELAY_TOKEN".to_owned()
+                StoreError::config("a relay needs this agent's token: set JOBAGENT_RELAY_TOKEN")
             })?;
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("JOBAGENT_RELAY_TOKEN may hold visible ASCII characters only".to_owned());
+            return Err(StoreError::config(
+                "JOBAGENT_RELAY_TOKEN may hold visible ASCII characters only",
+            ));
         }
         let base = format!("{scheme}://{rest}");
-        reqwest::Url::parse(&base).map_err(|e| format!("the relay URL: {e}"))?;
+        reqwest::Url::parse(&base)
+            .map_err(|e| StoreError::config(format!("the relay URL: {e}")))?;
         let host = authority
             .rsplit_once(':')
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
@@ -203,9 +206,12 @@ impl RelayStore {
         if scheme == "https" {
             http = http.use_preconfigured_tls(https_config()?);
         }
-        let http = http
-            .build()
-            .map_err(|e| format!("the relay's HTTP client: {}", crate::error::chain(&e)))?;
+        let http = http.build().map_err(|e| {
+            StoreError::config(format!(
+                "the relay's HTTP client: {}",
+                crate::error::chain(&e)
+            ))
+        })?;
         Ok(Self {
             http,
             label: format!("relay {scheme}://{authority}"),
@@ -320,7 +326,7 @@ impl RelayStore {
     pub(crate) async fn check_tables(&self, within: Duration) -> Result<(), super::CheckError> {
         match tokio::time::timeout(within, self.call("check", &())).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(super::CheckError::Unknown(e.into())),
+            Ok(Err(e)) => Err(super::CheckError::Unknown(e)),
             Err(_) => Err(super::CheckError::no_answer(within)),
         }
     }

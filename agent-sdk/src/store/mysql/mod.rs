@@ -54,7 +54,7 @@ use mysql_async::{
 use self::connstr::{MyConnSpec, Origin, SslMode};
 pub(crate) use self::tables::Prefix;
 use self::tables::{Column, Tables, check_prefix};
-use super::CheckError;
+use super::{CheckError, StoreError, StoreErrorKind};
 use crate::store::line::EncodedLine;
 /// `max_allowed_packet` assumed until the server's is known (MySQL 5.7's default).
 const ASSUMED_PACKET: usize = 4 * 1024 * 1024;
@@ -164,8 +164,8 @@ fn opts_of(spec: &MyConnSpec, mode: SslMode) -> Opts {
 
 /// An error as the driver reports it, with its causes. Never holds the password (the
 /// driver's errors do not; the URL form, which could, is never given to it).
-fn describe(e: &mysql_async::Error) -> String {
-    crate::error::chain(e)
+fn describe(e: &mysql_async::Error) -> StoreError {
+    crate::store::error::of_mysql(e)
 }
 
 /// Whole seconds from now, rounded up and capped.
@@ -184,26 +184,26 @@ impl MysqlStore {
         connection: &str,
         table_prefix: Option<&str>,
         from_center: bool,
-    ) -> Result<Self, String> {
-        let spec = connstr::parse_from(connection, Origin::of(from_center))?;
+    ) -> Result<Self, StoreError> {
+        let spec =
+            connstr::parse_from(connection, Origin::of(from_center)).map_err(StoreError::config)?;
         Self::from_spec(&spec, Prefix::of(table_prefix), from_center)
     }
 
-    fn from_spec(spec: &MyConnSpec, prefix: Prefix, from_center: bool) -> Result<Self, String> {
+    fn from_spec(spec: &MyConnSpec, prefix: Prefix, from_center: bool) -> Result<Self, StoreError> {
         if let Prefix::Given(p) = &prefix {
             check_prefix(p)?;
         }
         if spec.database.is_none() {
-            return Err(
-                "connection string: no `Database` given (the database holding Hangfire's tables)"
-                    .to_owned(),
-            );
+            return Err(StoreError::config(
+                "connection string: no `Database` given (the database holding Hangfire's tables)",
+            ));
         }
         if from_center && !spec.file_settings.is_empty() {
-            return Err(format!(
+            return Err(StoreError::config(format!(
                 "the store the center sent names `{}`, a file on the agent's machine: the agent does not read files a center chooses (TLS files go in the agent's own store, JOBAGENT_STORE)",
                 spec.file_settings.join("`, `")
-            ));
+            )));
         }
         if from_center && !spec.unused.is_empty() {
             // Once per store: a store is opened once per distinct string the center sends.
@@ -259,7 +259,7 @@ impl MysqlStore {
     }
 
     /// A pooled connection within `Connection Timeout`.
-    async fn conn(&self) -> Result<Conn, String> {
+    async fn conn(&self) -> Result<Conn, StoreError> {
         let get = async {
             if let Some(plain) = &self.plain {
                 if self.no_tls.load(Ordering::Acquire) {
@@ -280,10 +280,13 @@ impl MysqlStore {
         };
         let conn = match self.connect {
             Some(limit) => tokio::time::timeout(limit, get).await.map_err(|_| {
-                format!(
-                    "no connection to the store {} within Connection Timeout ({} ms)",
-                    self.label,
-                    limit.as_millis()
+                StoreError::new(
+                    StoreErrorKind::TimedOut,
+                    format!(
+                        "no connection to the store {} within Connection Timeout ({} ms)",
+                        self.label,
+                        limit.as_millis()
+                    ),
                 )
             })?,
             None => get.await,
@@ -297,7 +300,7 @@ impl MysqlStore {
     }
 
     /// `SELECT 1`.
-    pub(crate) async fn ping(&self) -> Result<(), String> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         c.bound(|c| c.query_drop("SELECT 1")).await
     }
@@ -305,7 +308,7 @@ impl MysqlStore {
     /// Runs `sql` (statements separated by `;`, no rows) on one connection within `Command
     /// Timeout`: `jobagent-dev setup` creating Hangfire's tables (feature `dev`).
     #[cfg(feature = "dev")]
-    pub(crate) async fn run_batch(&self, sql: &str) -> Result<(), String> {
+    pub(crate) async fn run_batch(&self, sql: &str) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         c.bound(|c| c.query_drop(sql)).await
     }
@@ -322,7 +325,7 @@ impl MysqlStore {
         }
         match tokio::time::timeout(within, self.learn()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(Learned::Missing(e))) => Err(CheckError::Refused(e)),
+            Ok(Err(Learned::Missing(e))) => Err(CheckError::Refused(e.into())),
             Ok(Err(Learned::Unknown(e))) => Err(CheckError::Unknown(e)),
             Err(_) => Err(CheckError::no_answer(within)),
         }
@@ -330,7 +333,7 @@ impl MysqlStore {
 
     /// Learns the tables (see [`MysqlStore::check_tables`]) unless known, without the short
     /// bound: for writes, which need the charsets.
-    async fn ensure_learned(&self) -> Result<(), String> {
+    async fn ensure_learned(&self) -> Result<(), StoreError> {
         if self.tables_seen.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -374,14 +377,14 @@ impl MysqlStore {
     }
 
     /// The tables, learned first when the prefix is to be found.
-    async fn tables(&self) -> Result<&Tables, String> {
+    async fn tables(&self) -> Result<&Tables, StoreError> {
         if let Some(t) = self.tables.get() {
             return Ok(t);
         }
         self.ensure_learned().await?;
-        self.tables
-            .get()
-            .ok_or_else(|| format!("the store {} did not tell its tables", self.label))
+        self.tables.get().ok_or_else(|| {
+            StoreError::unavailable(format!("the store {} did not tell its tables", self.label))
+        })
     }
 
     /// The most bytes of values one statement carries: well below `max_allowed_packet`.
@@ -399,7 +402,7 @@ impl MysqlStore {
         hash_key: &str,
         lines: &[EncodedLine],
         expire: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         if lines.is_empty() {
             return Ok(());
         }
@@ -481,7 +484,7 @@ impl MysqlStore {
         pairs: &[(&str, Cow<'_, str>)],
         life: Option<Duration>,
         budget: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let t = self.tables().await?;
         let expire = match life {
             Some(_) => "UTC_TIMESTAMP(6) + INTERVAL ? SECOND",
@@ -523,7 +526,7 @@ impl MysqlStore {
         key: &str,
         pairs: &[(&str, &str)],
         life: Option<Duration>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         if pairs.is_empty() {
             return Ok(());
         }
@@ -554,7 +557,7 @@ impl MysqlStore {
         value: &str,
         score: f64,
         expire: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let t = self.tables().await?;
         let narrow =
             self.tables_seen.load(Ordering::Acquire) && self.narrow_set.load(Ordering::Acquire);
@@ -588,7 +591,7 @@ impl MysqlStore {
         id: &str,
         token: &str,
         expire: Duration,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, StoreError> {
         let t = self.tables().await?;
         let insert = format!(
             "INSERT INTO {} (`Key`, `Field`, `Value`, `ExpireAt`) \
@@ -616,14 +619,14 @@ impl MysqlStore {
             Some(Some(held)) => Ok(held == token),
             // Gone between the two statements (a cleanup, or the center consumed it): not
             // ours to claim now.
-            _ => Err(format!(
+            _ => Err(StoreError::unavailable(format!(
                 "the first-report mark of {id} vanished right after it was written; retry"
-            )),
+            ))),
         }
     }
 
     /// The server's UTC time now (or just after `after`, when given), as a lock owner.
-    async fn owner_time(c: &mut Conn, after: Option<&str>) -> Result<String, String> {
+    async fn owner_time(c: &mut Conn, after: Option<&str>) -> Result<String, StoreError> {
         let now: Option<String> = match after {
             None => {
                 let sql = format!("SELECT DATE_FORMAT(UTC_TIMESTAMP(6), {OWNER_FORMAT})");
@@ -637,7 +640,7 @@ impl MysqlStore {
                     .await?
             }
         };
-        now.ok_or_else(|| "the store did not tell its time".to_owned())
+        now.ok_or_else(|| StoreError::unavailable("the store did not tell its time"))
     }
 
     /// Takes the distributed lock `resource` as Hangfire.MySqlStorage does: a row (Resource,
@@ -653,7 +656,7 @@ impl MysqlStore {
         &self,
         resource: &str,
         stale_after: Duration,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, StoreError> {
         let t = self.tables().await?;
         let stale = u64::try_from(stale_after.as_micros())
             .unwrap_or(u64::MAX)
@@ -693,7 +696,7 @@ impl MysqlStore {
         &self,
         resource: &str,
         owner: &str,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, StoreError> {
         let t = self.tables().await?;
         let mut c = self.conn().await?;
         // Strictly later than `owner`, so the update always changes the row (and counts).
@@ -712,7 +715,7 @@ impl MysqlStore {
     }
 
     /// Releases a held lock: deletes our own row only (upstream deletes by resource).
-    pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), String> {
+    pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), StoreError> {
         let t = self.tables().await?;
         let sql = format!(
             "DELETE FROM {} WHERE `Resource` = ? AND `CreatedAt` = CAST(? AS DATETIME(6))",
@@ -733,7 +736,7 @@ impl MysqlStore {
     /// atomically by one statement. A new counter is inserted as 1 (one affected row); an
     /// existing one is updated through `LAST_INSERT_ID(expr)` (two affected rows), which
     /// hands the new value to this session alone.
-    pub(crate) async fn fence(&self, resource: &str) -> Result<u64, String> {
+    pub(crate) async fn fence(&self, resource: &str) -> Result<u64, StoreError> {
         let t = self.tables().await?;
         let field = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, resource.as_bytes())
             .simple()
@@ -757,7 +760,7 @@ impl MysqlStore {
         let value: Option<u64> = c
             .bound(|c| c.query_first("SELECT LAST_INSERT_ID()"))
             .await?;
-        value.ok_or_else(|| "the store did not return the fencing token".to_owned())
+        value.ok_or_else(|| StoreError::unavailable("the store did not return the fencing token"))
     }
 
     /// The dashboard's read of a set: values in `Id` order, skipping `from`, at most `count`.
@@ -768,7 +771,7 @@ impl MysqlStore {
         key: &str,
         from: usize,
         count: usize,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, StoreError> {
         let t = self.tables().await?;
         let sql = format!(
             "SELECT `Value` FROM {} WHERE `Key` = ? ORDER BY `Id` LIMIT ? OFFSET ?",
@@ -784,7 +787,11 @@ impl MysqlStore {
     }
 
     /// One field of a hash (`None` when absent or NULL).
-    pub(crate) async fn read_hash(&self, key: &str, field: &str) -> Result<Option<String>, String> {
+    pub(crate) async fn read_hash(
+        &self,
+        key: &str,
+        field: &str,
+    ) -> Result<Option<String>, StoreError> {
         let t = self.tables().await?;
         let sql = format!(
             "SELECT `Value` FROM {} WHERE `Key` = ? AND `Field` = ?",
@@ -798,7 +805,10 @@ impl MysqlStore {
     }
 
     /// Every field of a hash, in write order (`ORDER BY Id`); a NULL value reads as empty.
-    pub(crate) async fn read_hash_all(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+    pub(crate) async fn read_hash_all(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let t = self.tables().await?;
         let sql = format!(
             "SELECT `Field`, `Value` FROM {} WHERE `Key` = ? ORDER BY `Id`",
@@ -816,7 +826,7 @@ impl MysqlStore {
     /// The state name of Hangfire job `id` (`<prefix>Job.StateName`, Hangfire.MySqlStorage's
     /// `Install.sql`), `None` when there is no such job. For the relay's check of results.
     #[cfg(feature = "relay-server")]
-    pub(crate) async fn job_state(&self, id: i64) -> Result<Option<String>, String> {
+    pub(crate) async fn job_state(&self, id: i64) -> Result<Option<String>, StoreError> {
         let t = self.tables().await?;
         let sql = format!(
             "SELECT `StateName` FROM {} WHERE `Id` = ?",
@@ -919,16 +929,16 @@ impl MysqlStore {
 impl MysqlStore {
     /// The server's clock, in milliseconds since the Unix epoch (`NOW(3)` read back through
     /// `UNIX_TIMESTAMP` in the same session time zone, so the zone cancels out).
-    pub(crate) async fn now_ms(&self) -> Result<i64, String> {
+    pub(crate) async fn now_ms(&self) -> Result<i64, StoreError> {
         let mut c = self.conn().await?;
         let now: Option<i64> = c
             .bound(|c| c.query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"))
             .await?;
-        now.ok_or_else(|| "the store did not tell its time".to_owned())
+        now.ok_or_else(|| StoreError::unavailable("the store did not tell its time"))
     }
 
     /// Deletes one hash field; true when it was there.
-    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, String> {
+    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, StoreError> {
         let t = self.tables().await?;
         let sql = format!("DELETE FROM {} WHERE `Key` = ? AND `Field` = ?", t.hash);
         let mut c = self.conn().await?;
@@ -939,7 +949,7 @@ impl MysqlStore {
 
     /// Takes every field of a hash: each row is deleted by its `Id` and returned only when
     /// this call deleted it, so concurrent takers never take one row twice.
-    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
         let t = self.tables().await?;
         let select = format!(
             "SELECT `Id`, `Field`, `Value` FROM {} WHERE `Key` = ? ORDER BY `Id`",
@@ -962,7 +972,7 @@ impl MysqlStore {
     }
 
     /// Sets the `ExpireAt` of every field of a hash to now + `life`.
-    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), String> {
+    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), StoreError> {
         let t = self.tables().await?;
         let sql = format!(
             "UPDATE {} SET `ExpireAt` = UTC_TIMESTAMP(6) + INTERVAL ? SECOND WHERE `Key` = ?",
@@ -981,8 +991,8 @@ impl MysqlStore {
 
 /// Why learning the tables failed: they are absent, or the store did not tell.
 enum Learned {
-    Missing(String),
-    Unknown(String),
+    Missing(StoreError),
+    Unknown(StoreError),
 }
 
 /// A pooled connection whose statements carry `Command Timeout` ([`Conn::bound`]). One
@@ -1000,7 +1010,7 @@ impl Conn {
     async fn bound<'a, T, F>(
         &'a mut self,
         statement: impl FnOnce(&'a mut mysql_async::Conn) -> F,
-    ) -> Result<T, String>
+    ) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, mysql_async::Error>> + 'a,
     {
@@ -1010,7 +1020,9 @@ impl Conn {
             busy,
         } = self;
         let Some(conn) = inner.as_mut() else {
-            return Err("the store connection was already given up".to_owned());
+            return Err(StoreError::unavailable(
+                "the store connection was already given up",
+            ));
         };
         *busy = true;
         let running = statement(conn);
@@ -1019,9 +1031,12 @@ impl Conn {
                 Ok(outcome) => outcome,
                 // `busy` stays set: the connection is disconnected, not pooled again.
                 Err(_) => {
-                    return Err(format!(
-                        "the store did not answer within Command Timeout ({} ms); the connection is dropped",
-                        limit.as_millis()
+                    return Err(StoreError::new(
+                        StoreErrorKind::TimedOut,
+                        format!(
+                            "the store did not answer within Command Timeout ({} ms); the connection is dropped",
+                            limit.as_millis()
+                        ),
                     ));
                 }
             },

@@ -12,6 +12,8 @@
 
 use std::fmt;
 
+use crate::store::StoreError;
+
 /// The longest table name MySQL and MariaDB accept, in characters.
 const MAX_TABLE_NAME: usize = 64;
 /// The longest suffix appended to the prefix.
@@ -44,21 +46,20 @@ impl fmt::Display for Prefix {
 
 /// Checks a table prefix: what MySQL and MariaDB accept in a table name (no NUL, no
 /// character above U+FFFF, the whole name at most 64 characters).
-pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), StoreError> {
     let most = MAX_TABLE_NAME - LONGEST_SUFFIX.len();
     if prefix.chars().count() > most {
-        return Err(format!(
+        return Err(StoreError::config(format!(
             "the table prefix is longer than {most} characters (a table name holds at most {MAX_TABLE_NAME})"
-        ));
+        )));
     }
     if prefix.contains('\0') {
-        return Err("the table prefix holds a NUL character".to_owned());
+        return Err(StoreError::config("the table prefix holds a NUL character"));
     }
     if prefix.chars().any(|c| u32::from(c) > 0xFFFF) {
-        return Err(
-            "the table prefix holds a character above U+FFFF, which a MySQL table name cannot"
-                .to_owned(),
-        );
+        return Err(StoreError::config(
+            "the table prefix holds a character above U+FFFF, which a MySQL table name cannot",
+        ));
     }
     Ok(())
 }
@@ -160,22 +161,26 @@ fn listed(prefixes: &[String]) -> String {
 /// The tables of `prefix` among `columns`: the exact names first, else names differing only
 /// in case (`lower_case_table_names`); found ones keep the server's spelling. `label` names
 /// the store in errors.
-pub(crate) fn choose(prefix: &Prefix, columns: &[Column], label: &str) -> Result<Chosen, String> {
+pub(crate) fn choose(
+    prefix: &Prefix,
+    columns: &[Column],
+    label: &str,
+) -> Result<Chosen, StoreError> {
     let found = prefixes(columns);
     let given = match prefix {
         Prefix::Given(p) => p.clone(),
         Prefix::Find => match found.as_slice() {
             [one] => one.clone(),
             [] => {
-                return Err(format!(
+                return Err(StoreError::config(format!(
                     "the store {label} has no Hangfire tables (no `<prefix>Hash` and `<prefix>Set` with a `Value` column): point the store at the center's database; the agent does not create Hangfire's tables"
-                ));
+                )));
             }
             several => {
-                return Err(format!(
+                return Err(StoreError::config(format!(
                     "the store {label} holds Hangfire tables under several prefixes ({}) and none was given: give the table prefix (the center's TablePrefix, or JOBAGENT_STORE_SCHEMA; set but empty for none)",
                     listed(several)
-                ));
+                )));
             }
         },
     };
@@ -197,9 +202,9 @@ pub(crate) fn choose(prefix: &Prefix, columns: &[Column], label: &str) -> Result
                     listed(&found)
                 )
             };
-            return Err(format!(
+            return Err(StoreError::config(format!(
                 "the store {label} has no Hangfire table `{table}` (with a `Value` column){hint}: point the store at the center's database and table prefix (the center's connection string and TablePrefix); the agent does not create Hangfire's tables"
-            ));
+            )));
         }
     }
     Ok(Chosen {

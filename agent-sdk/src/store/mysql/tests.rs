@@ -163,7 +163,7 @@ impl TestDb {
         let connect = mysql_async::Conn::new(opts_of(&admin_spec, SslMode::Disabled));
         let mut admin = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => panic!("{}", no_server(&describe(&e))),
+            Ok(Err(e)) => panic!("{}", no_server(describe(&e).message())),
             Err(_) => panic!("{}", no_server("no answer within 10 s")),
         };
         let name = format!("jobagent_u_{:016x}", rand::random::<u64>());
