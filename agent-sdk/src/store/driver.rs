@@ -94,13 +94,13 @@ pub(crate) trait Driver: Sync {
 #[cfg(feature = "postgres")]
 impl Driver for super::postgres::PgStore {
     async fn now_ms(&self) -> Result<i64, StoreError> {
-        Ok(self.clock_ms().await?)
+        self.clock_ms().await
     }
     async fn get(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.read_hash(key, field).await?)
+        self.read_hash(key, field).await
     }
     async fn get_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(self.read_hash_all(key).await?)
+        self.read_hash_all(key).await
     }
     async fn put(
         &self,
@@ -109,13 +109,13 @@ impl Driver for super::postgres::PgStore {
         value: &str,
         life: Option<Duration>,
     ) -> Result<(), StoreError> {
-        Ok(self.set_hash(key, &[(field, value)], life).await?)
+        self.set_hash(key, &[(field, value)], life).await
     }
     async fn delete(&self, key: &str, field: &str) -> Result<bool, StoreError> {
-        Ok(self.del_hash_field(key, field).await?)
+        self.del_hash_field(key, field).await
     }
     async fn take_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(self.take_hash(key).await?)
+        self.take_hash(key).await
     }
     async fn cas(
         &self,
@@ -125,16 +125,16 @@ impl Driver for super::postgres::PgStore {
         new: Option<&str>,
         life: Option<Duration>,
     ) -> Result<bool, StoreError> {
-        Ok(self.cas_hash(key, field, expected, new, life).await?)
+        self.cas_hash(key, field, expected, new, life).await
     }
     async fn expire(&self, key: &str, life: Duration) -> Result<(), StoreError> {
-        Ok(self.expire_hash(key, life).await?)
+        self.expire_hash(key, life).await
     }
     async fn fence(&self, class: &str) -> Result<u64, StoreError> {
-        Ok(self.class_fence(class).await?)
+        self.class_fence(class).await
     }
     async fn wake(&self, channel: &'static str, payload: &str) -> Result<(), StoreError> {
-        Ok(self.notify(channel, payload).await?)
+        self.notify(channel, payload).await
     }
 }
 
@@ -163,14 +163,14 @@ mod fitted {
 #[cfg(feature = "mysql")]
 impl Driver for super::mysql::MysqlStore {
     async fn now_ms(&self) -> Result<i64, StoreError> {
-        Ok(MysqlStore::now_ms(self).await?)
+        MysqlStore::now_ms(self).await
     }
     async fn get(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
         let (k, f) = fit2(key, field);
-        Ok(self.read_hash(&k, &f).await?)
+        self.read_hash(&k, &f).await
     }
     async fn get_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(self.read_hash_all(&fit_key(key)).await?)
+        self.read_hash_all(&fit_key(key)).await
     }
     async fn put(
         &self,
@@ -180,14 +180,14 @@ impl Driver for super::mysql::MysqlStore {
         life: Option<Duration>,
     ) -> Result<(), StoreError> {
         let (k, f) = fit2(key, field);
-        Ok(self.set_hash(&k, &[(&f, value)], life).await?)
+        self.set_hash(&k, &[(&f, value)], life).await
     }
     async fn delete(&self, key: &str, field: &str) -> Result<bool, StoreError> {
         let (k, f) = fit2(key, field);
-        Ok(self.del_hash_field(&k, &f).await?)
+        self.del_hash_field(&k, &f).await
     }
     async fn take_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(self.take_hash(&fit_key(key)).await?)
+        self.take_hash(&fit_key(key)).await
     }
     async fn cas(
         &self,
@@ -198,13 +198,13 @@ impl Driver for super::mysql::MysqlStore {
         life: Option<Duration>,
     ) -> Result<bool, StoreError> {
         let (k, f) = fit2(key, field);
-        Ok(self.cas_hash(&k, &f, expected, new, life).await?)
+        self.cas_hash(&k, &f, expected, new, life).await
     }
     async fn expire(&self, key: &str, life: Duration) -> Result<(), StoreError> {
-        Ok(self.expire_hash(&fit_key(key), life).await?)
+        self.expire_hash(&fit_key(key), life).await
     }
     async fn fence(&self, class: &str) -> Result<u64, StoreError> {
-        Ok(MysqlStore::fence(self, &format!("jobagent:claim:{class}")).await?)
+        MysqlStore::fence(self, &format!("jobagent:claim:{class}")).await
     }
 }
 
@@ -227,13 +227,13 @@ fn fit2<'a>(
 #[cfg(feature = "redis")]
 impl Driver for super::redis::RedisStore {
     async fn now_ms(&self) -> Result<i64, StoreError> {
-        Ok(super::redis::RedisStore::now_ms(self).await?)
+        super::redis::RedisStore::now_ms(self).await
     }
     async fn get(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.read_hash(key, field).await?)
+        self.read_hash(key, field).await
     }
     async fn get_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(self.read_hash_all(key).await?)
+        self.read_hash_all(key).await
     }
     async fn put(
         &self,
@@ -242,13 +242,13 @@ impl Driver for super::redis::RedisStore {
         value: &str,
         life: Option<Duration>,
     ) -> Result<(), StoreError> {
-        Ok(self.set_hash(key, &[(field, value)], life).await?)
+        self.set_hash(key, &[(field, value)], life).await
     }
     async fn delete(&self, key: &str, field: &str) -> Result<bool, StoreError> {
-        Ok(self.del_hash_field(key, field).await?)
+        self.del_hash_field(key, field).await
     }
     async fn take_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(self.take_hash(key).await?)
+        self.take_hash(key).await
     }
     async fn cas(
         &self,
@@ -258,13 +258,13 @@ impl Driver for super::redis::RedisStore {
         new: Option<&str>,
         life: Option<Duration>,
     ) -> Result<bool, StoreError> {
-        Ok(self.cas_hash(key, field, expected, new, life).await?)
+        self.cas_hash(key, field, expected, new, life).await
     }
     async fn expire(&self, key: &str, life: Duration) -> Result<(), StoreError> {
-        Ok(self.expire_hash(key, life).await?)
+        self.expire_hash(key, life).await
     }
     async fn fence(&self, class: &str) -> Result<u64, StoreError> {
-        Ok(super::redis::RedisStore::fence(self, &format!("jobagent:claim:{class}")).await?)
+        super::redis::RedisStore::fence(self, &format!("jobagent:claim:{class}")).await
     }
 }
 

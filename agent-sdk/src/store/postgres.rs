@@ -32,8 +32,6 @@ use deadpool_postgres::Pool;
 
 use tokio_postgres::types::Type;
 
-use super::CheckError;
-use super::StoreError;
 use super::line::EncodedLine;
 use super::pg_connstr::ConnSpec;
 use super::pool::{self, Limits};
@@ -747,16 +745,16 @@ impl PgStore {
     // Driver primitives (see store/driver.rs)
 
     /// The database's clock, in milliseconds since the Unix epoch.
-    pub(crate) async fn clock_ms(&self) -> Result<i64, String> {
+    pub(crate) async fn clock_ms(&self) -> Result<i64, StoreError> {
         let conn = self.conn().await?;
         let row = conn
             .bound(conn.query_typed_one("SELECT (extract(epoch from now()) * 1000)::bigint", &[]))
             .await?;
-        row.try_get(0).map_err(|e| crate::error::chain(&e))
+        row.try_get(0).map_err(StoreError::from)
     }
 
     /// Deletes one hash field; true when it was there.
-    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, String> {
+    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, StoreError> {
         let conn = self.conn().await?;
         let n = conn
             .bound(conn.execute_typed(
@@ -771,7 +769,7 @@ impl PgStore {
     }
 
     /// Reads and deletes every field of a hash in one statement (`DELETE ... RETURNING`).
-    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
         let conn = self.conn().await?;
         let rows = conn
             .bound(conn.query_typed(
@@ -784,8 +782,8 @@ impl PgStore {
             .await?;
         rows.iter()
             .map(|r| {
-                let field: String = r.try_get(0).map_err(|e| crate::error::chain(&e))?;
-                let value: Option<String> = r.try_get(1).map_err(|e| crate::error::chain(&e))?;
+                let field: String = r.try_get(0).map_err(StoreError::from)?;
+                let value: Option<String> = r.try_get(1).map_err(StoreError::from)?;
                 Ok((field, value.unwrap_or_default()))
             })
             .collect()
@@ -801,7 +799,7 @@ impl PgStore {
         expected: Option<&str>,
         new: Option<&str>,
         life: Option<Duration>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, StoreError> {
         let h = format!("{}.hash", self.schema);
         let secs: Option<f64> = life.map(|l| l.as_secs_f64());
         let expireat = "now() + $4::float8 * interval '1 second'";
@@ -862,7 +860,7 @@ impl PgStore {
 
     /// Every row of a hash expires `life` from now; rows already within an hour of that are
     /// left alone (a renewal every second would otherwise rewrite them every second).
-    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), String> {
+    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), StoreError> {
         let sql = format!(
             "UPDATE {}.hash SET expireat = now() + $2::float8 * interval '1 second' WHERE \"key\" = $1 \
              AND (expireat IS NULL OR expireat < now() + ($2::float8 - 3600) * interval '1 second')",
@@ -880,7 +878,7 @@ impl PgStore {
 
     /// The next fencing token of singleton class `class`: hash `jobagent:fence`, field the
     /// class, never expiring (where cluster mode has always kept it on PostgreSQL).
-    pub(crate) async fn class_fence(&self, class: &str) -> Result<u64, String> {
+    pub(crate) async fn class_fence(&self, class: &str) -> Result<u64, StoreError> {
         let conn = self.conn().await?;
         let value: String = conn
             .bound(conn.query_typed_one(
@@ -896,14 +894,16 @@ impl PgStore {
             ))
             .await?
             .try_get(0)
-            .map_err(|e| crate::error::chain(&e))?;
+            .map_err(StoreError::from)?;
         value
             .parse()
-            .map_err(|_| format!("the fencing counter of a class holds `{value}`"))
+            .map_err(|_| {
+                StoreError::refused(format!("the fencing counter of a class holds `{value}`"))
+            })
     }
 
     /// `pg_notify(channel, payload)`.
-    pub(crate) async fn notify(&self, channel: &str, payload: &str) -> Result<(), String> {
+    pub(crate) async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
         let conn = self.conn().await?;
         conn.bound(conn.execute_typed(
             "SELECT pg_notify($1, $2)",

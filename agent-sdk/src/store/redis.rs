@@ -877,7 +877,7 @@ impl RedisStore {
         expected: Option<&str>,
         new: Option<&str>,
         life: Option<Duration>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, StoreError> {
         /// ARGV: field, has-expected, expected, has-new, new, TTL seconds (0: none).
         const CAS: &str = r"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])

@@ -854,7 +854,7 @@ impl MysqlStore {
         expected: Option<&str>,
         new: Option<&str>,
         life: Option<Duration>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, StoreError> {
         let t = self.tables().await?;
         let narrow =
             self.tables_seen.load(Ordering::Acquire) && self.narrow_hash.load(Ordering::Acquire);
