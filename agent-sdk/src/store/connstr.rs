@@ -280,7 +280,8 @@ mod tests {
 
     #[test]
     fn tokenizes_as_ado_net() {
-        let pairs = read(r#" a = 1 ;;b="x;""y" ; c='it''s';Odd==Key=v=w; e= ;"#).unwrap();
+        let pairs =
+            read(r#" a = 1 ;;b="x;""y" ; c='it''s';Odd==Key=v=w; e= ;"#).expect("valid pairs");
         let expected = [
             (1, "a", "1"),
             (2, "b", "x;\"y"),
@@ -304,7 +305,7 @@ mod tests {
                 "connection string key `Password`: text follows",
             ),
         ] {
-            let e = read(s).unwrap_err().to_string();
+            let e = read(s).expect_err("refused").to_string();
             assert!(e.starts_with(message), "{s}: {e}");
         }
     }
@@ -326,7 +327,7 @@ mod tests {
         assert_eq!(port("Port", " 80 "), Ok(80));
         assert!(port("Port", "0").is_err());
         assert_eq!(count("N", "5", 5), Ok(5));
-        let e = count("N", "-1", 5).unwrap_err();
+        let e = count("N", "-1", 5).expect_err("out of range");
         assert_eq!(
             e.to_string(),
             "connection string key `N`: -1 is out of range (0 to 5)"
@@ -335,7 +336,7 @@ mod tests {
         assert_eq!(boolean("B", "Yes"), Ok(true));
         assert!(boolean("B", "maybe").is_err());
         assert_eq!(percent_decode("a%20b", "K").as_deref(), Ok("a b"));
-        let store: StoreError = percent_decode("%zz", "K").unwrap_err().into();
+        let store: StoreError = percent_decode("%zz", "K").expect_err("bad escape").into();
         assert_eq!(store.kind(), crate::store::StoreErrorKind::Config);
     }
 }
