@@ -33,3 +33,13 @@ pub async fn failure(db: &TestDb, job_id: &str, within: Duration, reason: &str) 
     );
     r
 }
+
+/// Polls `check` every 20 ms until it holds, instead of a fixed sleep before an assertion;
+/// panics with `what` after `within`.
+pub async fn until(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} (waited {within:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use tests::center::ConsoleInfo;
 use tests::replica::Replica;
 use tests::stores::AnyStore;
+use tests::wait;
 
 const SINGLETON: &str = "example_agent::jobs::TestJob";
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
@@ -234,8 +235,20 @@ async fn a_restarted_agent_reports_what_its_predecessor_left_in_flight(db: AnySt
         .send()
         .await
         .assert_status(200);
-    // Give the in-flight records a moment to land, then crash.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once both in-flight records have landed, crash (behind a relay the instance is stored as
+    // `<service>:<name>`, the relay token's service being `test`).
+    wait::until(
+        Duration::from_secs(10),
+        "the in-flight records",
+        async || {
+            let mut ids = Vec::new();
+            for key in ["jobagent:runs:same-name", "jobagent:runs:test:same-name"] {
+                ids.extend(db.hash_rows(key).await.into_iter().map(|(id, _)| id));
+            }
+            ["r1", "r2"].iter().all(|id| ids.iter().any(|i| i == id))
+        },
+    )
+    .await;
     first.kill();
     let restarted = Instant::now();
     let second = Replica::start("same-name", &store_env(&db)).await;

@@ -672,7 +672,12 @@ async fn a_rolling_restart_of_three_replicas_under_load_loses_no_result() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Under load: once runs are being accepted.
+    eventually(Duration::from_secs(10), "no run accepted", || {
+        let accepted = accepted.clone();
+        async move { (accepted.lock().unwrap_or_else(|e| e.into_inner()).len() >= 5).then_some(()) }
+    })
+    .await;
     for (i, name) in names.iter().enumerate() {
         let old = replicas[i].port();
         replicas[i].signal_term();
@@ -702,6 +707,8 @@ async fn a_rolling_restart_of_three_replicas_under_load_loses_no_result() {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(replicas[i].port());
+        // Pacing of the rolling restart, as an orchestrator's: the load reaches the new
+        // replica for a while before the next one goes.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

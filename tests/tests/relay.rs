@@ -20,6 +20,7 @@ use tests::center::ConsoleInfo;
 use tests::relay::{Relay, TOKEN, job_in_state};
 use tests::replica::Replica;
 use tests::stores::AnyStore;
+use tests::wait;
 
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 
@@ -131,8 +132,15 @@ async fn assert_every_line_once(db: &AnyStore, id: &str, console: &ConsoleInfo, 
 async fn relay_killed_mid_job(mut db: AnyStore) {
     let agent = Replica::start("relayed", &db.env()).await;
     let console = start_lines(&agent, "rk1", 60, 6000).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Mid-job: once the first lines have landed through the relay.
+    wait::until(
+        Duration::from_secs(10),
+        "no line through the relay",
+        async || db.set_rows(&console.set_key).await.len() >= 10,
+    )
+    .await;
     db.relays_mut()[0].kill();
+    // The outage under test: the relay stays down 3 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     db.relays_mut()[0].restart();
     assert_every_line_once(&db, "rk1", &console, 60).await;
@@ -153,13 +161,20 @@ async fn store_black_holed_behind_the_relay(db: AnyStore) {
     let relay = Relay::start(&db, &[("JOBAGENT_RELAY_STORE", through_proxy)]);
     let agent = Replica::start("relayed-outage", &relay.agent_env()).await;
     let console = start_lines(&agent, "bh1", 200, 2000).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait::until(
+        Duration::from_secs(10),
+        "no line through the relay",
+        async || !db.set_rows(&console.set_key).await.is_empty(),
+    )
+    .await;
     proxy.black_hole();
     let during = db.set_rows(&console.set_key).await.len();
     assert!(
         during < 200,
         "the run was still writing at the cut: {during}"
     );
+    // The 4 s outage under test, and a window for something that must not happen: the run
+    // ends 2 s after it starts, and its result must not appear while the store is away.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
         db.result("bh1").await.is_none(),

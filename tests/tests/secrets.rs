@@ -91,6 +91,8 @@ async fn no_secret_reaches_logs_or_answers() {
             .await
             .body,
     );
+    // A bounded wait, not a condition: the agent's background store attempts (Timeout=1)
+    // fail and log meanwhile, and the test asserts that nothing they log names a secret.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     drop(service);
 
@@ -157,6 +159,7 @@ async fn no_secret_reaches_logs_or_answers() {
         .send()
         .await;
     bodies.push(reply.body.clone());
+    // As above: time for the background store attempts to fail and log (checked for secrets).
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let log = logs();

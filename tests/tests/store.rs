@@ -653,13 +653,20 @@ async fn outage(db: AnyStore) {
         .send()
         .await
         .assert_status(200);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait::until(
+        Duration::from_secs(10),
+        "no lines before the cut",
+        async || db.set_rows(&console.set_key).await.len() > 10,
+    )
+    .await;
     proxy.cut();
     let during = db.set_rows(&console.set_key).await.len();
     assert!(
         during > 10 && during < 400,
         "some lines before the cut: {during}"
     );
+    // A window for something that must not happen: the run ends 2 s after it starts, and its
+    // result must not appear while the store is cut.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         db.result("o1").await.is_none(),
