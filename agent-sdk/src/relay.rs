@@ -505,65 +505,6 @@ fn class_of(kind: StoreErrorKind) -> Failure {
     }
 }
 
-/// Words of errors that a retry can fix: connections, timeouts, a busy or restarting store,
-/// and the agent SDK's own "retrying" (a cluster section that stayed busy). Only the cluster
-/// calls' errors, still carried as text, are classified by their words; every other store
-/// error by its kind ([`class_of`]).
-const TRANSIENT_WORDS: &[&str] = &[
-    "timed out",
-    "timeout",
-    "did not answer",
-    "did not complete",
-    "within",
-    "connect",
-    "connection",
-    "closed",
-    "reset",
-    "broken pipe",
-    "eof",
-    "i/o",
-    "io error",
-    "unavailable",
-    "busy",
-    "retry",
-    "deadlock",
-    "serializ",
-    "too many",
-    "shutting down",
-    "loading",
-    "tryagain",
-    "vanished",
-    "kept changing hands",
-    "has not answered",
-];
-/// Words of a refused login (PostgreSQL, MySQL, Redis).
-const LOGIN_WORDS: &[&str] = &[
-    "password authentication failed",
-    "access denied for user",
-    "wrongpass",
-    "noauth",
-    "authentication required",
-    "invalid password",
-    "no pg_hba.conf entry",
-    "role \"",
-];
-/// Words of a refused privilege.
-const PRIVILEGE_WORDS: &[&str] = &["permission denied", "command denied", "noperm", "denied"];
-
-/// The class of a cluster call's error text.
-fn classify(e: &str) -> Failure {
-    let e = e.to_ascii_lowercase();
-    if LOGIN_WORDS.iter().any(|w| e.contains(w)) {
-        Failure::Login
-    } else if PRIVILEGE_WORDS.iter().any(|w| e.contains(w)) {
-        Failure::Privilege
-    } else if TRANSIENT_WORDS.iter().any(|w| e.contains(w)) {
-        Failure::Unavailable
-    } else {
-        Failure::Refused
-    }
-}
-
 impl Relay {
     /// The index of the token the request shows, if it is one of ours. The scheme is matched
     /// in any letter case (RFC 9110); every token is compared, in constant time.
@@ -591,12 +532,6 @@ impl Relay {
     async fn failed(&self, op: &str, e: StoreError) -> Refusal {
         let class = class_of(e.kind());
         self.answer_failure(op, class, String::from(e)).await
-    }
-
-    /// A cluster call's error, still carried as text: classified by its words ([`classify`]).
-    async fn failed_text(&self, op: &str, e: String) -> Refusal {
-        let class = classify(&e);
-        self.answer_failure(op, class, e).await
     }
 
     /// The answer for a store error of `class` (`e` goes to the log only).
@@ -811,7 +746,7 @@ impl Relay {
                 let c: ClusterCall = parse(body)?;
                 match cluster(s, &t.name, c).await {
                     Ok(value) => Ok(ok(value)),
-                    Err(e) => Err(self.failed_text(op, e).await),
+                    Err(e) => Err(self.failed(op, e).await),
                 }
             }
             other => Err(refuse(
@@ -1034,7 +969,11 @@ fn echo(text: &str) -> String {
 
 /// Runs a cluster call for service `tenant`: instance names, classes and stop ids live in its
 /// namespace (`<tenant>:<name>`), and come back without it.
-async fn cluster(s: &Store, tenant: &str, call: ClusterCall) -> Result<serde_json::Value, String> {
+async fn cluster(
+    s: &Store,
+    tenant: &str,
+    call: ClusterCall,
+) -> Result<serde_json::Value, StoreError> {
     use ClusterCall as C;
     let ns = format!("{tenant}:");
     let p = |name: &str| format!("{ns}{name}");
@@ -1054,9 +993,14 @@ async fn cluster(s: &Store, tenant: &str, call: ClusterCall) -> Result<serde_jso
         class: strip(r.class),
         ..r
     };
-    let value = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| e.to_string());
+    let value = |v: Result<serde_json::Value, serde_json::Error>| {
+        v.map_err(|e| StoreError::refused("a cluster answer could not be encoded").with_source(e))
+    };
     // Errors name the instance as the caller knows it.
-    let said = |e: StoreError| String::from(e).replace(&format!("`{ns}"), "`");
+    let said = |e: StoreError| {
+        let kind = e.kind();
+        StoreError::new(kind, String::from(e).replace(&format!("`{ns}"), "`"))
+    };
     match call {
         C::Claim { me, class, job_id } => {
             let claimed = s
@@ -1230,25 +1174,5 @@ mod tests {
         assert_eq!(class_of(K::Refused), Failure::Refused);
         assert_eq!(class_of(K::Conflict), Failure::Refused);
         assert_eq!(class_of(K::Config), Failure::Denied);
-    }
-
-    #[test]
-    fn store_errors_are_classified() {
-        assert_eq!(
-            classify("db error: FATAL: password authentication failed for user \"x\""),
-            Failure::Login
-        );
-        assert_eq!(
-            classify("db error: ERROR: permission denied for table hash"),
-            Failure::Privilege
-        );
-        assert_eq!(
-            classify("no connection to the store within 3000 ms"),
-            Failure::Unavailable
-        );
-        assert_eq!(
-            classify("db error: ERROR: invalid byte sequence for encoding \"UTF8\": 0x00"),
-            Failure::Refused
-        );
     }
 }

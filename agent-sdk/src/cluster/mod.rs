@@ -65,12 +65,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{Backend, Store, StoreError};
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 use protocol::Cluster;
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 mod protocol;
 #[cfg(feature = "relay")]
 pub(crate) mod relay;
-#[cfg(test)]
+#[cfg(all(test, any(feature = "postgres", feature = "mysql", feature = "redis")))]
 mod tests;
 
 /// How long a singleton claim lives without renewal.
@@ -217,9 +219,11 @@ pub(super) fn millis(d: Duration) -> i64 {
 }
 
 /// How long one cluster operation on a database may take.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 const OP_WITHIN: Duration = Duration::from_secs(4);
 
 /// Runs `op` within [`OP_WITHIN`].
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 async fn bounded<T>(
     what: &str,
     op: impl Future<Output = Result<T, StoreError>>,
@@ -408,12 +412,18 @@ impl Store {
         match self.backend() {
             #[cfg(feature = "relay")]
             Backend::Relay(r) => relay::take_lost(r, me, scan).await,
+            // A database (unreachable when the relay is the only backend built).
+            #[allow(unreachable_patterns)]
             _ => self.take_lost_in(me, scan, "").await,
         }
     }
 
     /// [`take_lost`](Self::take_lost) among the instances whose names start with `scope`
     /// only: a relay's tenant (`<service>:`) takes no other service's lost runs.
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+        allow(unused_variables)
+    )]
     pub(crate) async fn take_lost_in(
         &self,
         me: &Member,

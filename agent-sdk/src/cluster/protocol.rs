@@ -361,7 +361,7 @@ impl<'a, D: Driver> Cluster<'a, D> {
     ) -> Result<(), StoreError> {
         self.set_claim_until(class, server_id, job_id, -1).await?;
         // Replicas waiting for the class look every 100 ms anyway.
-        if let Err(err) = self.d.wake(crate::store::listen::CLAIMS, class).await {
+        if let Err(err) = self.d.wake(crate::store::driver::CLAIMS, class).await {
             tracing::debug!(class, error = %err, "could not notify the claim's release");
         }
         Ok(())
@@ -479,7 +479,7 @@ impl<'a, D: Driver> Cluster<'a, D> {
             )
             .await?;
         // The replica polls for it anyway; the notification only makes it act at once.
-        if let Err(err) = self.d.wake(crate::store::listen::COMMANDS, instance).await {
+        if let Err(err) = self.d.wake(crate::store::driver::COMMANDS, instance).await {
             tracing::debug!(instance, error = %err, "could not notify the replica; it finds the command by polling");
         }
         Ok(())

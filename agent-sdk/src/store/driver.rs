@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use super::error::StoreError;
 
+/// The `NOTIFY` channel ([`Driver::wake`]) of commands for a replica (payload: its instance).
+pub(crate) const COMMANDS: &str = "jobagent_cmd";
+/// The `NOTIFY` channel of released claims (payload: the class).
+pub(crate) const CLAIMS: &str = "jobagent_claim";
+
 /// The primitives of one store's hash rows (Hangfire's `hash` table, `<prefix>Hash`, Redis
 /// hashes), on the store's own clock.
 pub(crate) trait Driver: Sync {

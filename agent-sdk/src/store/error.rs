@@ -134,6 +134,7 @@ impl StoreError {
 
 /// What a PostgreSQL SQLSTATE says the caller may do. The classes are PostgreSQL's
 /// (Appendix A, "PostgreSQL Error Codes"; `tokio-postgres/src/error/sqlstate.rs`).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn sqlstate_kind(code: &str) -> StoreErrorKind {
     use StoreErrorKind as K;
     match code {
@@ -165,6 +166,7 @@ pub(crate) fn sqlstate_kind(code: &str) -> StoreErrorKind {
 /// A `tokio-postgres` error: a database error by its SQLSTATE, anything else (a closed
 /// connection, I/O, a connect timeout) an outage. Its text with its causes (never the
 /// connection string: `tokio-postgres` does not put it in its errors).
+#[cfg(feature = "postgres")]
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         let kind = match e.code() {
@@ -176,6 +178,7 @@ impl From<tokio_postgres::Error> for StoreError {
 }
 
 /// A pool's error: a connection that could not be made is classified as its cause is.
+#[cfg(feature = "postgres")]
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         use deadpool_postgres::{HookError, PoolError};

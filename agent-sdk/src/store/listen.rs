@@ -34,8 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Store;
 
-pub(crate) const COMMANDS: &str = "jobagent_cmd";
-pub(crate) const CLAIMS: &str = "jobagent_claim";
+pub(crate) use super::driver::{CLAIMS, COMMANDS};
 const PROBE: &str = "jobagent_probe";
 
 /// How long a new listening connection waits for its own probe notification.

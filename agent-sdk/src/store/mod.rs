@@ -15,6 +15,7 @@ mod conformance;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 pub(crate) mod connstr;
 mod console_writer;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis", test))]
 pub(crate) mod driver;
 pub(crate) mod error;
 mod heartbeat;
@@ -374,7 +375,7 @@ impl Store {
                 (pg.label.clone(), pg.schema.clone(), Backend::Postgres(pg))
             }
             #[cfg(not(feature = "postgres"))]
-            StoreType::PostgreSql => return Err(built_without("postgres")),
+            StoreType::PostgreSql => return Err(StoreError::config(built_without("postgres"))),
             #[cfg(feature = "mysql")]
             StoreType::MySql => {
                 let my = MysqlStore::open(o.connection, o.prefix, o.from_center)?;

@@ -895,11 +895,9 @@ impl PgStore {
             .await?
             .try_get(0)
             .map_err(StoreError::from)?;
-        value
-            .parse()
-            .map_err(|_| {
-                StoreError::refused(format!("the fencing counter of a class holds `{value}`"))
-            })
+        value.parse().map_err(|_| {
+            StoreError::refused(format!("the fencing counter of a class holds `{value}`"))
+        })
     }
 
     /// `pg_notify(channel, payload)`.
