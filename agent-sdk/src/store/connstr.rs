@@ -264,9 +264,115 @@ pub(crate) fn percent_decode(s: &str, key: &'static str) -> Result<String, ConnS
     })
 }
 
+/// The table-driven check the three parsers' tests share: each row is a string and what it
+/// must give, checked by [`tests::check`], which names the failing row.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::fmt::Debug;
+
     use super::*;
+
+    /// The secrets the parsers' tables write: where a row's string holds one, neither the error
+    /// (message and `Debug`) nor the spec's `echo` field may show it.
+    const SECRETS: &[&str] = &[
+        "Sup3rS3cret",
+        "Sup3r-S3cret",
+        "CertS3cret",
+        "S3ntinelPw",
+        "Secr3t",
+        "hunter2",
+    ];
+
+    /// What a row's string must give.
+    pub(crate) enum Want {
+        /// Parsed, with each field as the parser's `field` shows it (`~x`: holding `x`).
+        Gives(&'static [(&'static str, &'static str)]),
+        /// Refused, the message holding each fragment (`!x`: not holding `x`; `@K`: `K` is
+        /// the key at fault, and the message names it).
+        Fails(&'static [&'static str]),
+    }
+    pub(crate) use Want::{Fails, Gives};
+
+    /// How a parser's table is read: `parse`, and `field`, which shows a spec's field by name
+    /// (`echo`: all the spec shows of itself, in `Debug` and its other outputs).
+    pub(crate) type Field<T> = fn(&T, &str) -> String;
+
+    /// Checks each row, naming the failing one.
+    pub(crate) fn check<T: Debug>(
+        rows: &[(&str, Want)],
+        parse: fn(&str) -> Result<T, ConnStrError>,
+        field: Field<T>,
+    ) {
+        for (i, (input, want)) in rows.iter().enumerate() {
+            check_row(&format!("row {i} `{input}`"), input, want, parse, field);
+        }
+    }
+
+    /// Each spelling in place of `{}` in a row's string, as a row.
+    pub(crate) fn check_spellings<T: Debug>(
+        rows: &[(&str, &[&str], Want)],
+        parse: fn(&str) -> Result<T, ConnStrError>,
+        field: Field<T>,
+    ) {
+        for (i, (template, spellings, want)) in rows.iter().enumerate() {
+            for spelling in *spellings {
+                let input = template.replace("{}", spelling);
+                check_row(&format!("row {i} `{input}`"), &input, want, parse, field);
+            }
+        }
+    }
+
+    /// Checks one string; `row` names it in a failure.
+    pub(crate) fn check_row<T: Debug>(
+        row: &str,
+        input: &str,
+        want: &Want,
+        parse: fn(&str) -> Result<T, ConnStrError>,
+        field: Field<T>,
+    ) {
+        let shown = match (parse(input), want) {
+            (Ok(spec), Gives(fields)) => {
+                for (name, value) in *fields {
+                    let got = field(&spec, name);
+                    match value.strip_prefix('~') {
+                        Some(part) => assert!(got.contains(part), "{row}: `{name}` is `{got}`"),
+                        None => assert_eq!(got, *value, "{row}: field `{name}`"),
+                    }
+                }
+                field(&spec, "echo")
+            }
+            (Err(e), Fails(fragments)) => {
+                let message = e.to_string();
+                for fragment in *fragments {
+                    let holds = if let Some(absent) = fragment.strip_prefix('!') {
+                        !message.contains(absent)
+                    } else if let Some(key) = fragment.strip_prefix('@') {
+                        e.key() == Some(key) && message.contains(key)
+                    } else {
+                        message.contains(fragment)
+                    };
+                    assert!(holds, "{row}: `{fragment}` does not hold for: {message}");
+                }
+                format!("{e} {e:?}")
+            }
+            (Ok(spec), Fails(_)) => panic!("{row}: should fail, got {spec:?}"),
+            (Err(e), Gives(_)) => panic!("{row}: should parse: {e}"),
+        };
+        for secret in SECRETS.iter().filter(|s| input.contains(**s)) {
+            assert!(!shown.contains(secret), "{row}: `{secret}` shows: {shown}");
+        }
+    }
+
+    /// Whether each string has the same identity as `a` (`same`), by `identity`.
+    pub(crate) fn check_identities(
+        identity: impl Fn(&str) -> String,
+        a: &str,
+        rows: &[(&str, bool)],
+    ) {
+        for (b, same) in rows {
+            assert_eq!(identity(a) == identity(b), *same, "`{a}` and `{b}`");
+        }
+    }
 
     fn read(s: &str) -> Result<Vec<(usize, String, String)>, ConnStrError> {
         let mut out = Vec::new();
