@@ -250,6 +250,32 @@ pub(crate) fn boolean(key: &'static str, value: &str) -> Result<bool, ConnStrErr
     }
 }
 
+/// Why a host could not be split from its port.
+pub(crate) enum HostPortError<'a> {
+    /// `[` without `]`.
+    Unclosed,
+    /// Text after `]` that is not `:port`.
+    After(&'a str),
+}
+
+/// `name`, `name:port`, `[v6]`, `[v6]:port`, or a bare IPv6 address (two or more `:`, no
+/// port), split into the host (trimmed before `:port`) and the port as written (neither
+/// checked).
+pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<&str>), HostPortError<'_>> {
+    if let Some(bracketed) = s.strip_prefix('[') {
+        let (addr, after) = bracketed.split_once(']').ok_or(HostPortError::Unclosed)?;
+        return match after {
+            "" => Ok((addr, None)),
+            _ => (after.strip_prefix(':').map(|port| (addr, Some(port))))
+                .ok_or(HostPortError::After(after)),
+        };
+    }
+    match s.split_once(':') {
+        Some((host, port)) if !port.contains(':') => Ok((host.trim(), Some(port))),
+        _ => Ok((s, None)),
+    }
+}
+
 /// Decodes a URL part's `%XX` escapes; the result must be UTF-8. Errors name `key`, never
 /// the text.
 pub(crate) fn percent_decode(s: &str, key: &'static str) -> Result<String, ConnStrError> {

@@ -18,7 +18,8 @@ use std::time::Duration;
 use tokio_postgres::config::Host;
 
 use crate::store::connstr::{
-    self, ConnStrError, Table, boolean as parse_bool_at, count, normalize, percent_decode, shown,
+    self, ConnStrError, HostPortError, Table, boolean, count, normalize, percent_decode, shown,
+    split_host_port,
 };
 use crate::store::url::{self, password_tag};
 
@@ -32,7 +33,9 @@ const DEFAULT_PORT: u16 = 5432;
 /// Npgsql's default `Timeout` (connect), seconds.
 const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 15;
 /// Npgsql's largest `Timeout`, seconds.
-const MAX_CONNECT_TIMEOUT_SECS: i64 = 1024;
+const MAX_CONNECT_TIMEOUT_SECS: u64 = 1024;
+/// The largest `Command Timeout`, pool size and keepalive times (.NET's `int`).
+const MAX_INT: u64 = i32::MAX as u64;
 /// Npgsql's default `Command Timeout`, seconds.
 const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 30;
 /// TCP keepalive, on by default (Npgsql leaves it off and the OS waits 2 h before the first
@@ -341,7 +344,7 @@ impl Settings {
         let mut config = tokio_postgres::Config::new();
 
         let default_port = match self.get(Key::Port) {
-            Some(v) => parse_port(Key::Port, v)?,
+            Some(v) => connstr::port(Key::Port.name(), v)?,
             None => DEFAULT_PORT,
         };
         let Some(host_list) = self.get(Key::Host) else {
@@ -384,7 +387,7 @@ impl Settings {
         config.ssl_mode(ssl.to_tokio());
         let trust_server_certificate = match self.get(Key::TrustServerCertificate) {
             None => false,
-            Some(v) => parse_bool(Key::TrustServerCertificate, v)?,
+            Some(v) => boolean(Key::TrustServerCertificate.name(), v)?,
         };
         if trust_server_certificate && ssl.verifies() {
             return Err(at(
@@ -408,28 +411,28 @@ impl Settings {
 
         let connect_timeout = match self.get(Key::Timeout) {
             None => DEFAULT_CONNECT_TIMEOUT_SECS,
-            Some(v) => parse_count(Key::Timeout, v, MAX_CONNECT_TIMEOUT_SECS)?,
+            Some(v) => count(Key::Timeout.name(), v, MAX_CONNECT_TIMEOUT_SECS)?,
         };
         if connect_timeout > 0 {
             config.connect_timeout(Duration::from_secs(connect_timeout));
         }
         let command_timeout = match self.get(Key::CommandTimeout) {
             None => DEFAULT_COMMAND_TIMEOUT_SECS,
-            Some(v) => parse_count(Key::CommandTimeout, v, i64::from(i32::MAX))?,
+            Some(v) => count(Key::CommandTimeout.name(), v, MAX_INT)?,
         };
         let command_timeout = (command_timeout > 0).then(|| Duration::from_secs(command_timeout));
 
         // Validated as Npgsql would, then not used: this agent always pools.
         if let Some(v) = self.get(Key::Pooling) {
-            parse_bool(Key::Pooling, v)?;
+            boolean(Key::Pooling.name(), v)?;
         }
         if let Some(v) = self.get(Key::MinPoolSize) {
-            parse_count(Key::MinPoolSize, v, 1024)?;
+            count(Key::MinPoolSize.name(), v, 1024)?;
         }
         let max_pool = match self.get(Key::MaxPoolSize) {
             None => DEFAULT_MAX_POOL,
             Some(v) => {
-                let n = parse_count(Key::MaxPoolSize, v, i64::from(i32::MAX))?;
+                let n = count(Key::MaxPoolSize.name(), v, MAX_INT)?;
                 usize::try_from(n).unwrap_or(MAX_POOL_LIMIT)
             }
         }
@@ -441,17 +444,17 @@ impl Settings {
         config.keepalives_retries(KEEPALIVE_RETRIES);
         config.tcp_user_timeout(TCP_USER_TIMEOUT);
         if let Some(v) = self.get(Key::Keepalive) {
-            let secs = parse_count(Key::Keepalive, v, i64::from(i32::MAX))?;
+            let secs = count(Key::Keepalive.name(), v, MAX_INT)?;
             if secs > 0 {
                 config.keepalives(true);
                 config.keepalives_idle(Duration::from_secs(secs));
             }
         }
         if let Some(v) = self.get(Key::TcpKeepalive) {
-            config.keepalives(parse_bool(Key::TcpKeepalive, v)?);
+            config.keepalives(boolean(Key::TcpKeepalive.name(), v)?);
         }
         if let Some(v) = self.get(Key::TcpKeepaliveTime) {
-            let secs = parse_count(Key::TcpKeepaliveTime, v, i64::from(i32::MAX))?;
+            let secs = count(Key::TcpKeepaliveTime.name(), v, MAX_INT)?;
             if secs > 0 {
                 config.keepalives_idle(Duration::from_secs(secs));
             }
@@ -487,60 +490,31 @@ fn at(key: Key, reason: impl std::fmt::Display) -> ConnStrError {
     ConnStrError::at(key.name(), reason)
 }
 
-fn parse_port(key: Key, value: &str) -> Result<u16, ConnStrError> {
-    connstr::port(key.name(), value)
-}
-
-/// A whole number within `0..=max`.
-fn parse_count(key: Key, value: &str, max: i64) -> Result<u64, ConnStrError> {
-    count(key.name(), value, u64::try_from(max).unwrap_or(0))
-}
-
-fn parse_bool(key: Key, value: &str) -> Result<bool, ConnStrError> {
-    parse_bool_at(key.name(), value)
-}
-
 /// `Host`: hosts separated by `,`, each `name`, `name:port`, `[v6]`, `[v6]:port`, a bare IPv6
 /// address (two or more `:`), or a Unix socket directory (starting with `/`).
 fn parse_hosts(value: &str) -> Result<Vec<(String, Option<u16>)>, ConnStrError> {
     let mut hosts = Vec::new();
-    for part in value.split(',') {
-        let part = part.trim();
-        if part.is_empty() {
-            return Err(at(Key::Host, "a host name in the list is empty"));
-        }
-        let (name, port) = if let Some(bracketed) = part.strip_prefix('[') {
-            let Some((addr, after)) = bracketed.split_once(']') else {
-                return Err(at(
+    for part in value.split(',').map(str::trim) {
+        let (name, port) = match part.starts_with('/') {
+            true => (part, None),
+            false => split_host_port(part).map_err(|e| match e {
+                HostPortError::Unclosed => at(
                     Key::Host,
                     format!("`{}` opens `[` without closing it", shown(part)),
-                ));
-            };
-            let port = match after {
-                "" => None,
-                _ => match after.strip_prefix(':') {
-                    Some(p) => Some(parse_port(Key::Host, p)?),
-                    None => {
-                        return Err(at(
-                            Key::Host,
-                            format!("unexpected `{}` after `]`", shown(after)),
-                        ));
-                    }
-                },
-            };
-            (addr.to_owned(), port)
-        } else if part.starts_with('/') || part.matches(':').count() != 1 {
-            (part.to_owned(), None)
-        } else {
-            match part.split_once(':') {
-                Some((name, port)) => (name.trim().to_owned(), Some(parse_port(Key::Host, port)?)),
-                None => (part.to_owned(), None),
-            }
+                ),
+                HostPortError::After(after) => at(
+                    Key::Host,
+                    format!("unexpected `{}` after `]`", shown(after)),
+                ),
+            })?,
         };
+        let port = port
+            .map(|p| connstr::port(Key::Host.name(), p))
+            .transpose()?;
         if name.is_empty() {
             return Err(at(Key::Host, "a host name in the list is empty"));
         }
-        hosts.push((name, port));
+        hosts.push((name.to_owned(), port));
     }
     Ok(hosts)
 }

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::store::connstr::{self, ConnStrError};
+use crate::store::connstr::{self, ConnStrError, HostPortError, split_host_port};
 use crate::store::url::{self, PercentError};
 
 pub(crate) use super::Origin;
@@ -119,73 +119,66 @@ enum Handling {
     Ignored,
 }
 
+/// How an option's value is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Value {
+    /// Trimmed, and a trailing `;` dropped.
+    Text,
+    /// Taken verbatim (a trailing `;` is part of it, as for StackExchange.Redis).
+    Verbatim,
+    /// `true`/`false` (any case), checked even when ignored: StackExchange.Redis refuses
+    /// another value too.
+    Bool,
+}
+
 /// The options of StackExchange.Redis's configuration string (`ConfigurationOptions.cs`,
-/// `OptionKeys`), by canonical name (matched case-insensitively), and what the agent does with
-/// each. `serviceName`, `tunnel` and `proxy` are read, and refused unless empty (or `None`).
-const OPTIONS: &[(&str, Handling)] = &[
-    ("abortConnect", Handling::NoEffect),
-    ("allowAdmin", Handling::NoEffect),
-    ("asyncTimeout", Handling::Read),
-    ("channelPrefix", Handling::NoEffect),
-    ("checkCertificateRevocation", Handling::Ignored),
-    ("configChannel", Handling::NoEffect),
-    ("configCheckSeconds", Handling::NoEffect),
-    ("connectRetry", Handling::NoEffect),
-    ("connectTimeout", Handling::Read),
-    ("defaultDatabase", Handling::Read),
-    // Not string keys of StackExchange.Redis (properties only); accepted as before.
-    ("heartbeatConsistencyChecks", Handling::NoEffect),
-    ("heartbeatInterval", Handling::NoEffect),
-    ("highIntegrity", Handling::Ignored),
-    ("highPriorityThreads", Handling::NoEffect),
-    ("keepAlive", Handling::NoEffect),
-    ("name", Handling::Read),
-    ("password", Handling::Read),
-    ("preserveAsyncOrder", Handling::NoEffect),
-    ("protocol", Handling::NoEffect),
-    ("proxy", Handling::Read),
-    ("resolveDns", Handling::NoEffect),
-    ("responseTimeout", Handling::NoEffect),
-    ("sentinelPassword", Handling::Ignored),
-    ("sentinelUser", Handling::Ignored),
-    ("serviceName", Handling::Read),
-    ("setlib", Handling::NoEffect),
-    ("ssl", Handling::Read),
-    ("sslHost", Handling::Read),
-    ("sslProtocols", Handling::Ignored),
-    ("syncTimeout", Handling::Read),
-    ("tcpKeepAlive", Handling::Ignored),
-    ("tiebreaker", Handling::NoEffect),
-    ("tunnel", Handling::Read),
-    ("user", Handling::Read),
-    ("version", Handling::NoEffect),
-    ("writeBuffer", Handling::NoEffect),
-];
-
-/// The options whose value is taken verbatim (a trailing `;` is part of it, as for
-/// StackExchange.Redis).
-const VERBATIM: &[&str] = &[
-    "password",
-    "sentinelPassword",
-    "user",
-    "sentinelUser",
-    "name",
-];
-
-/// The boolean options, checked for form (`true`/`false`, any case) even when ignored:
-/// StackExchange.Redis refuses another value too.
-const BOOLEANS: &[&str] = &[
-    "abortConnect",
-    "allowAdmin",
-    "checkCertificateRevocation",
-    "heartbeatConsistencyChecks",
-    "highIntegrity",
-    "preserveAsyncOrder",
-    "resolveDns",
-    "setlib",
-    "ssl",
-    "tcpKeepAlive",
-];
+/// `OptionKeys`), by canonical name (matched case-insensitively), what the agent does with
+/// each, and how its value is read. `serviceName`, `tunnel` and `proxy` are read, and refused
+/// unless empty (or `None`).
+#[rustfmt::skip]
+const OPTIONS: &[(&str, Handling, Value)] = {
+    use Handling::{Ignored, NoEffect, Read};
+    use Value::{Bool, Text, Verbatim};
+    &[
+        ("abortConnect", NoEffect, Bool),
+        ("allowAdmin", NoEffect, Bool),
+        ("asyncTimeout", Read, Text),
+        ("channelPrefix", NoEffect, Text),
+        ("checkCertificateRevocation", Ignored, Bool),
+        ("configChannel", NoEffect, Text),
+        ("configCheckSeconds", NoEffect, Text),
+        ("connectRetry", NoEffect, Text),
+        ("connectTimeout", Read, Text),
+        ("defaultDatabase", Read, Text),
+        // Not string keys of StackExchange.Redis (properties only); accepted as before.
+        ("heartbeatConsistencyChecks", NoEffect, Bool),
+        ("heartbeatInterval", NoEffect, Text),
+        ("highIntegrity", Ignored, Bool),
+        ("highPriorityThreads", NoEffect, Text),
+        ("keepAlive", NoEffect, Text),
+        ("name", Read, Verbatim),
+        ("password", Read, Verbatim),
+        ("preserveAsyncOrder", NoEffect, Bool),
+        ("protocol", NoEffect, Text),
+        ("proxy", Read, Text),
+        ("resolveDns", NoEffect, Bool),
+        ("responseTimeout", NoEffect, Text),
+        ("sentinelPassword", Ignored, Verbatim),
+        ("sentinelUser", Ignored, Verbatim),
+        ("serviceName", Read, Text),
+        ("setlib", NoEffect, Bool),
+        ("ssl", Read, Bool),
+        ("sslHost", Read, Text),
+        ("sslProtocols", Ignored, Text),
+        ("syncTimeout", Read, Text),
+        ("tcpKeepAlive", Ignored, Bool),
+        ("tiebreaker", NoEffect, Text),
+        ("tunnel", Read, Text),
+        ("user", Read, Verbatim),
+        ("version", NoEffect, Text),
+        ("writeBuffer", NoEffect, Text),
+    ]
+};
 
 /// Up to [`MAX_ECHO_CHARS`] characters of `s`, for an error message.
 pub(crate) fn echo(s: &str) -> String {
@@ -194,7 +187,7 @@ pub(crate) fn echo(s: &str) -> String {
 
 /// The known option closest to `written` (Jaro-Winkler on lower case).
 fn closest_option(written: &str) -> &'static str {
-    let options = OPTIONS.iter().map(|(k, _)| (*k, k.to_ascii_lowercase()));
+    let options = OPTIONS.iter().map(|(k, ..)| (*k, k.to_ascii_lowercase()));
     connstr::closest(&written.to_ascii_lowercase(), options, -1.0).unwrap_or("")
 }
 
@@ -249,8 +242,8 @@ fn parse_options(s: &str, origin: Origin) -> Result<RedisSpec, ConnStrError> {
             spec.ignore(&echo(key));
             continue;
         }
-        let Some(&(canonical, handling)) =
-            OPTIONS.iter().find(|(k, _)| k.eq_ignore_ascii_case(key))
+        let Some(&(canonical, handling, kind)) =
+            OPTIONS.iter().find(|(k, ..)| k.eq_ignore_ascii_case(key))
         else {
             if origin == Origin::Center {
                 spec.ignore(&echo(key));
@@ -262,12 +255,11 @@ fn parse_options(s: &str, origin: Origin) -> Result<RedisSpec, ConnStrError> {
                 closest_option(key)
             )));
         };
-        let value = if VERBATIM.contains(&canonical) {
-            raw_value.trim()
-        } else {
-            raw_value.trim().trim_end_matches(';').trim_end()
+        let value = match kind {
+            Value::Verbatim => raw_value.trim(),
+            _ => raw_value.trim().trim_end_matches(';').trim_end(),
         };
-        if BOOLEANS.contains(&canonical) && !value.is_empty() {
+        if kind == Value::Bool && !value.is_empty() {
             parse_bool(canonical, value)?;
         }
         if handling == Handling::Ignored {
@@ -393,25 +385,12 @@ fn parse_endpoint(token: &str) -> Result<Endpoint, ConnStrError> {
             echo(token)
         )))
     };
-    let (host, port) = if let Some(rest) = token.strip_prefix('[') {
-        let Some((host, after)) = rest.split_once(']') else {
+    let (host, port) = match split_host_port(token) {
+        Ok(split) => split,
+        Err(HostPortError::Unclosed) => {
             return bad("an IPv6 address opened with [ is not closed with ]");
-        };
-        match after {
-            "" => (host, None),
-            _ => match after.strip_prefix(':') {
-                Some(port) => (host, Some(port)),
-                None => return bad("expected :port after ]"),
-            },
         }
-    } else if token.matches(':').count() > 1 {
-        // A bare IPv6 address: no port can be told apart.
-        (token, None)
-    } else {
-        match token.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (token, None),
-        }
+        Err(HostPortError::After(_)) => return bad("expected :port after ]"),
     };
     let host = host.trim();
     if host.is_empty() {

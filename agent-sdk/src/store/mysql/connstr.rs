@@ -33,8 +33,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::store::connstr::{
-    self, ConnStrError, Table, boolean as parse_bool, count as parse_count, percent_decode,
-    port as parse_port, shown,
+    self, ConnStrError, HostPortError, Table, boolean as parse_bool, count as parse_count,
+    percent_decode, port as parse_port, shown, split_host_port,
 };
 use crate::store::url::{self, password_tag};
 
@@ -340,10 +340,6 @@ fn closest(written: &str) -> Option<&'static str> {
     connstr::closest(&normalize(written), spellings.rev(), 0.85)
 }
 
-fn at(name: &'static str, reason: impl fmt::Display) -> ConnStrError {
-    ConnStrError::at(name, reason)
-}
-
 /// Values by key, as read.
 struct Settings {
     origin: Origin,
@@ -449,7 +445,7 @@ fn url_rest(s: &str) -> Option<&str> {
 
 /// The refusal of a MySqlConnector / MySql.Data setting in the agent's own string.
 fn foreign(name: &'static str) -> ConnStrError {
-    at(
+    ConnStrError::at(
         name,
         "a MySqlConnector / MySql.Data setting this agent has no use for; remove it (in a store the center sends, such settings are ignored)",
     )
@@ -505,10 +501,15 @@ fn parse_url(rest: &str, settings: &mut Settings) -> Result<(), ConnStrError> {
         );
     }
     if !parts.hostspec.is_empty() {
-        let (host, port) = split_host_port(parts.hostspec)?;
-        settings.put("Server", Key::Server, percent_decode(&host, "Server")?);
+        let (host, port) = split_host_port(parts.hostspec).map_err(|e| match e {
+            HostPortError::Unclosed => ConnStrError::at("Server", "`[` is not closed by `]`"),
+            HostPortError::After(after) => {
+                ConnStrError::at("Server", format!("unexpected `{}` after `]`", shown(after)))
+            }
+        })?;
+        settings.put("Server", Key::Server, percent_decode(host, "Server")?);
         if let Some(port) = port {
-            settings.put("Port", Key::Port, port);
+            settings.put("Port", Key::Port, port.to_owned());
         }
     }
     if let Some(path) = parts.path.filter(|p| !p.is_empty()) {
@@ -532,29 +533,6 @@ fn parse_url(rest: &str, settings: &mut Settings) -> Result<(), ConnStrError> {
     Ok(())
 }
 
-/// `host`, `host:port`, `[v6]` or `[v6]:port` (the port as text).
-fn split_host_port(spec: &str) -> Result<(String, Option<String>), ConnStrError> {
-    if let Some(bracketed) = spec.strip_prefix('[') {
-        let Some((addr, after)) = bracketed.split_once(']') else {
-            return Err(at("Server", "`[` is not closed by `]`"));
-        };
-        return match after {
-            "" => Ok((addr.to_owned(), None)),
-            _ => match after.strip_prefix(':') {
-                Some(p) => Ok((addr.to_owned(), Some(p.to_owned()))),
-                None => Err(at(
-                    "Server",
-                    format!("unexpected `{}` after `]`", shown(after)),
-                )),
-            },
-        };
-    }
-    match spec.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => Ok((h.to_owned(), Some(p.to_owned()))),
-        _ => Ok((spec.to_owned(), None)),
-    }
-}
-
 fn secs(n: u64) -> Option<Duration> {
     (n > 0).then(|| Duration::from_secs(n))
 }
@@ -569,10 +547,13 @@ fn build(settings: Settings) -> Result<MyConnSpec, ConnStrError> {
     for host in server.split(',') {
         let host = host.trim();
         if host.is_empty() {
-            return Err(at("Server", "a host name in the list is empty"));
+            return Err(ConnStrError::at(
+                "Server",
+                "a host name in the list is empty",
+            ));
         }
         if host.starts_with('/') || host.starts_with('.') {
-            return Err(at(
+            return Err(ConnStrError::at(
                 "Server",
                 "Unix sockets and named pipes are not supported; name a TCP host",
             ));
@@ -586,7 +567,7 @@ fn build(settings: Settings) -> Result<MyConnSpec, ConnStrError> {
     let ssl = match settings.get(Key::SslMode) {
         None => SslMode::Preferred,
         Some((name, v)) => SslMode::parse(v).ok_or_else(|| {
-            at(
+            ConnStrError::at(
                 name,
                 format!(
                     "`{}` is not one of None, Disabled, Preferred, Required, VerifyCA, VerifyFull",
@@ -617,7 +598,7 @@ fn build(settings: Settings) -> Result<MyConnSpec, ConnStrError> {
         }
     }
     if ssl_cert.is_some() != ssl_key.is_some() {
-        return Err(at(
+        return Err(ConnStrError::at(
             if ssl_cert.is_some() {
                 "SSL Cert"
             } else {
@@ -626,33 +607,21 @@ fn build(settings: Settings) -> Result<MyConnSpec, ConnStrError> {
             "a client certificate needs both `SSL Cert` (PEM) and `SSL Key`",
         ));
     }
-    let count = |key: Key, default: u64, max: u64| match settings.get(key) {
-        Some((name, v)) => parse_count(name, v, max),
+    // Whole numbers up to `u32::MAX`.
+    let count = |key: Key, default: u64| match settings.get(key) {
+        Some((name, v)) => parse_count(name, v, u64::from(u32::MAX)),
         None => Ok(default),
     };
-    let connect_timeout = secs(count(
-        Key::ConnectTimeout,
-        DEFAULT_CONNECT_TIMEOUT_SECS,
-        u64::from(u32::MAX),
-    )?);
-    let command_timeout = secs(count(
-        Key::CommandTimeout,
-        DEFAULT_COMMAND_TIMEOUT_SECS,
-        u64::from(u32::MAX),
-    )?);
-    let max_pool = usize::try_from(count(
-        Key::MaxPool,
-        DEFAULT_MAX_POOL as u64,
-        u64::from(u32::MAX),
-    )?)
-    .unwrap_or(MAX_POOL_LIMIT)
-    .clamp(1, MAX_POOL_LIMIT);
-    let min_pool = usize::try_from(count(Key::MinPool, 0, u64::from(u32::MAX))?)
+    let connect_timeout = secs(count(Key::ConnectTimeout, DEFAULT_CONNECT_TIMEOUT_SECS)?);
+    let command_timeout = secs(count(Key::CommandTimeout, DEFAULT_COMMAND_TIMEOUT_SECS)?);
+    let max_pool = usize::try_from(count(Key::MaxPool, DEFAULT_MAX_POOL as u64)?)
+        .unwrap_or(MAX_POOL_LIMIT)
+        .clamp(1, MAX_POOL_LIMIT);
+    let min_pool = usize::try_from(count(Key::MinPool, 0)?)
         .unwrap_or(max_pool)
         .min(max_pool);
-    let lifetime = secs(count(Key::Lifetime, 0, u64::from(u32::MAX))?);
-    let keepalive =
-        secs(count(Key::Keepalive, 0, u64::from(u32::MAX))?).unwrap_or(DEFAULT_KEEPALIVE);
+    let lifetime = secs(count(Key::Lifetime, 0)?);
+    let keepalive = secs(count(Key::Keepalive, 0)?).unwrap_or(DEFAULT_KEEPALIVE);
     let mut ignored_keys = Vec::new();
     for (name, key, value) in &settings.values {
         if let Key::Ignored(kind) = key {
