@@ -300,14 +300,9 @@ pub(crate) mod tests {
 
     /// The secrets the parsers' tables write: where a row's string holds one, neither the error
     /// (message and `Debug`) nor the spec's `echo` field may show it.
-    const SECRETS: &[&str] = &[
-        "Sup3rS3cret",
-        "Sup3r-S3cret",
-        "CertS3cret",
-        "S3ntinelPw",
-        "Secr3t",
-        "hunter2",
-    ];
+    #[rustfmt::skip]
+    const SECRETS: &[&str] =
+        &["Sup3rS3cret", "Sup3r-S3cret", "CertS3cret", "S3ntinelPw", "Secr3t", "hunter2"];
 
     /// What a row's string must give.
     pub(crate) enum Want {
@@ -319,73 +314,75 @@ pub(crate) mod tests {
     }
     pub(crate) use Want::{Fails, Gives};
 
-    /// How a parser's table is read: `parse`, and `field`, which shows a spec's field by name
-    /// (`echo`: all the spec shows of itself, in `Debug` and its other outputs).
+    /// How a spec's field is shown, by name (`echo`: all the spec shows of itself, in `Debug`
+    /// and its other outputs).
     pub(crate) type Field<T> = fn(&T, &str) -> String;
 
-    /// Checks each row, naming the failing one.
+    /// Checks each row's string as `parse` reads it, naming the failing row. A string holding
+    /// `{a|b|...}` is checked with each of `a`, `b`, ... in its place (every combination).
     pub(crate) fn check<T: Debug>(
         rows: &[(&str, Want)],
         parse: fn(&str) -> Result<T, ConnStrError>,
         field: Field<T>,
     ) {
-        for (i, (input, want)) in rows.iter().enumerate() {
-            check_row(&format!("row {i} `{input}`"), input, want, parse, field);
-        }
-    }
-
-    /// Each spelling in place of `{}` in a row's string, as a row.
-    pub(crate) fn check_spellings<T: Debug>(
-        rows: &[(&str, &[&str], Want)],
-        parse: fn(&str) -> Result<T, ConnStrError>,
-        field: Field<T>,
-    ) {
-        for (i, (template, spellings, want)) in rows.iter().enumerate() {
-            for spelling in *spellings {
-                let input = template.replace("{}", spelling);
-                check_row(&format!("row {i} `{input}`"), &input, want, parse, field);
-            }
-        }
-    }
-
-    /// Checks one string; `row` names it in a failure.
-    pub(crate) fn check_row<T: Debug>(
-        row: &str,
-        input: &str,
-        want: &Want,
-        parse: fn(&str) -> Result<T, ConnStrError>,
-        field: Field<T>,
-    ) {
-        let shown = match (parse(input), want) {
-            (Ok(spec), Gives(fields)) => {
-                for (name, value) in *fields {
-                    let got = field(&spec, name);
-                    match value.strip_prefix('~') {
-                        Some(part) => assert!(got.contains(part), "{row}: `{name}` is `{got}`"),
-                        None => assert_eq!(got, *value, "{row}: field `{name}`"),
+        for (i, (template, want)) in rows.iter().enumerate() {
+            for input in spellings(template) {
+                let row = format!("row {i} `{input}`");
+                let shown = match (parse(&input), want) {
+                    (Ok(spec), Gives(fields)) => {
+                        for (name, value) in *fields {
+                            let got = field(&spec, name);
+                            let holds = value
+                                .strip_prefix('~')
+                                .map_or(got == *value, |part| got.contains(part));
+                            assert!(holds, "{row}: field `{name}` is `{got}`, want `{value}`");
+                        }
+                        field(&spec, "echo")
                     }
+                    (Err(e), Fails(fragments)) => {
+                        let message = e.to_string();
+                        for fragment in *fragments {
+                            let holds = if let Some(absent) = fragment.strip_prefix('!') {
+                                !message.contains(absent)
+                            } else if let Some(key) = fragment.strip_prefix('@') {
+                                e.key() == Some(key) && message.contains(key)
+                            } else {
+                                message.contains(fragment)
+                            };
+                            assert!(holds, "{row}: `{fragment}` does not hold for: {message}");
+                        }
+                        format!("{e} {e:?}")
+                    }
+                    (Ok(spec), Fails(_)) => panic!("{row}: should fail, got {spec:?}"),
+                    (Err(e), Gives(_)) => panic!("{row}: should parse: {e}"),
+                };
+                for secret in SECRETS.iter().filter(|s| input.contains(**s)) {
+                    assert!(!shown.contains(secret), "{row}: `{secret}` shows: {shown}");
                 }
-                field(&spec, "echo")
             }
-            (Err(e), Fails(fragments)) => {
-                let message = e.to_string();
-                for fragment in *fragments {
-                    let holds = if let Some(absent) = fragment.strip_prefix('!') {
-                        !message.contains(absent)
-                    } else if let Some(key) = fragment.strip_prefix('@') {
-                        e.key() == Some(key) && message.contains(key)
-                    } else {
-                        message.contains(fragment)
-                    };
-                    assert!(holds, "{row}: `{fragment}` does not hold for: {message}");
-                }
-                format!("{e} {e:?}")
-            }
-            (Ok(spec), Fails(_)) => panic!("{row}: should fail, got {spec:?}"),
-            (Err(e), Gives(_)) => panic!("{row}: should parse: {e}"),
+        }
+    }
+
+    /// `s` with each alternative of its first `{a|b|...}` in its place, and so on.
+    fn spellings(s: &str) -> Vec<String> {
+        let Some((head, rest)) = s.split_once('{') else {
+            return vec![s.to_owned()];
         };
-        for secret in SECRETS.iter().filter(|s| input.contains(**s)) {
-            assert!(!shown.contains(secret), "{row}: `{secret}` shows: {shown}");
+        let (choices, tail) = rest.split_once('}').expect("a `{` is closed");
+        let tails = spellings(tail);
+        let each = |choice| tails.iter().map(move |t| format!("{head}{choice}{t}"));
+        choices.split('|').flat_map(each).collect()
+    }
+
+    /// Reads every piece of each sample (from one of its first 8 characters): none panics.
+    pub(crate) fn never_panics<T>(parse: fn(&str) -> Result<T, ConnStrError>, samples: &[&str]) {
+        for sample in samples {
+            let chars: Vec<char> = sample.chars().collect();
+            for end in 0..=chars.len() {
+                for start in 0..end.min(8) {
+                    let _ = parse(&chars[start..end].iter().collect::<String>());
+                }
+            }
         }
     }
 
