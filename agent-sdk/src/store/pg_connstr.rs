@@ -340,13 +340,24 @@ impl Settings {
         self.values.get(&key).map(String::as_str)
     }
 
+    /// `key`'s value as `read` reads it (naming the key in errors), if set.
+    fn read<T>(
+        &self,
+        key: Key,
+        read: impl FnOnce(&'static str, &str) -> Result<T, ConnStrError>,
+    ) -> Result<Option<T>, ConnStrError> {
+        self.get(key).map(|v| read(key.name(), v)).transpose()
+    }
+
+    /// `key`'s value as a whole number within `0..=max`, if set.
+    fn count(&self, key: Key, max: u64) -> Result<Option<u64>, ConnStrError> {
+        self.read(key, |name, v| count(name, v, max))
+    }
+
     fn build(self) -> Result<ConnSpec, ConnStrError> {
         let mut config = tokio_postgres::Config::new();
 
-        let default_port = match self.get(Key::Port) {
-            Some(v) => connstr::port(Key::Port.name(), v)?,
-            None => DEFAULT_PORT,
-        };
+        let default_port = self.read(Key::Port, connstr::port)?.unwrap_or(DEFAULT_PORT);
         let Some(host_list) = self.get(Key::Host) else {
             return Err(ConnStrError::general(
                 "no `Host` given (e.g. `Host=db.example.com;Port=5432;...`)",
@@ -385,10 +396,8 @@ impl Settings {
             })?,
         };
         config.ssl_mode(ssl.to_tokio());
-        let trust_server_certificate = match self.get(Key::TrustServerCertificate) {
-            None => false,
-            Some(v) => boolean(Key::TrustServerCertificate.name(), v)?,
-        };
+        let trust_server_certificate =
+            self.read(Key::TrustServerCertificate, boolean)? == Some(true);
         if trust_server_certificate && ssl.verifies() {
             return Err(at(
                 Key::TrustServerCertificate,
@@ -409,55 +418,41 @@ impl Settings {
                 .map(|(name, _)| *name),
         );
 
-        let connect_timeout = match self.get(Key::Timeout) {
-            None => DEFAULT_CONNECT_TIMEOUT_SECS,
-            Some(v) => count(Key::Timeout.name(), v, MAX_CONNECT_TIMEOUT_SECS)?,
-        };
+        let connect_timeout = (self.count(Key::Timeout, MAX_CONNECT_TIMEOUT_SECS)?)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS);
         if connect_timeout > 0 {
             config.connect_timeout(Duration::from_secs(connect_timeout));
         }
-        let command_timeout = match self.get(Key::CommandTimeout) {
-            None => DEFAULT_COMMAND_TIMEOUT_SECS,
-            Some(v) => count(Key::CommandTimeout.name(), v, MAX_INT)?,
-        };
+        let command_timeout =
+            (self.count(Key::CommandTimeout, MAX_INT)?).unwrap_or(DEFAULT_COMMAND_TIMEOUT_SECS);
         let command_timeout = (command_timeout > 0).then(|| Duration::from_secs(command_timeout));
 
         // Validated as Npgsql would, then not used: this agent always pools.
-        if let Some(v) = self.get(Key::Pooling) {
-            boolean(Key::Pooling.name(), v)?;
-        }
-        if let Some(v) = self.get(Key::MinPoolSize) {
-            count(Key::MinPoolSize.name(), v, 1024)?;
-        }
-        let max_pool = match self.get(Key::MaxPoolSize) {
-            None => DEFAULT_MAX_POOL,
-            Some(v) => {
-                let n = count(Key::MaxPoolSize.name(), v, MAX_INT)?;
+        self.read(Key::Pooling, boolean)?;
+        self.count(Key::MinPoolSize, 1024)?;
+        let max_pool = (self.count(Key::MaxPoolSize, MAX_INT)?)
+            .map_or(DEFAULT_MAX_POOL, |n| {
                 usize::try_from(n).unwrap_or(MAX_POOL_LIMIT)
-            }
-        }
-        .clamp(1, MAX_POOL_LIMIT);
+            })
+            .clamp(1, MAX_POOL_LIMIT);
 
         config.keepalives(true);
         config.keepalives_idle(KEEPALIVE_IDLE);
         config.keepalives_interval(KEEPALIVE_INTERVAL);
         config.keepalives_retries(KEEPALIVE_RETRIES);
         config.tcp_user_timeout(TCP_USER_TIMEOUT);
-        if let Some(v) = self.get(Key::Keepalive) {
-            let secs = count(Key::Keepalive.name(), v, MAX_INT)?;
-            if secs > 0 {
-                config.keepalives(true);
-                config.keepalives_idle(Duration::from_secs(secs));
-            }
+        if let Some(secs) = self.count(Key::Keepalive, MAX_INT)?.filter(|s| *s > 0) {
+            config.keepalives(true);
+            config.keepalives_idle(Duration::from_secs(secs));
         }
-        if let Some(v) = self.get(Key::TcpKeepalive) {
-            config.keepalives(boolean(Key::TcpKeepalive.name(), v)?);
+        if let Some(on) = self.read(Key::TcpKeepalive, boolean)? {
+            config.keepalives(on);
         }
-        if let Some(v) = self.get(Key::TcpKeepaliveTime) {
-            let secs = count(Key::TcpKeepaliveTime.name(), v, MAX_INT)?;
-            if secs > 0 {
-                config.keepalives_idle(Duration::from_secs(secs));
-            }
+        if let Some(secs) = self
+            .count(Key::TcpKeepaliveTime, MAX_INT)?
+            .filter(|s| *s > 0)
+        {
+            config.keepalives_idle(Duration::from_secs(secs));
         }
         // The string's own `Options` go to the server as the `options` startup parameter, as
         // Npgsql sends them. PgBouncer refuses that parameter ("unsupported startup
@@ -536,20 +531,17 @@ fn parse_npgsql(s: &str, settings: &mut Settings) -> Result<(), ConnStrError> {
 /// `application_name`, ...) or Npgsql ones.
 fn parse_url(rest: &str, settings: &mut Settings) -> Result<(), ConnStrError> {
     let parts = url::split(rest);
-    if let Some(user) = parts.user {
-        settings.put_key(Key::Username, percent_decode(user, Key::Username.name())?);
-    }
-    if let Some(password) = parts.password {
-        settings.put_key(
-            Key::Password,
-            percent_decode(password, Key::Password.name())?,
-        );
-    }
-    if !parts.hostspec.is_empty() {
-        settings.put_key(Key::Host, percent_decode(parts.hostspec, Key::Host.name())?);
-    }
-    if let Some(path) = parts.path.filter(|p| !p.is_empty()) {
-        settings.put_key(Key::Database, percent_decode(path, Key::Database.name())?);
+    let hostspec = Some(parts.hostspec).filter(|h| !h.is_empty());
+    let path = parts.path.filter(|p| !p.is_empty());
+    for (key, part) in [
+        (Key::Username, parts.user),
+        (Key::Password, parts.password),
+        (Key::Host, hostspec),
+        (Key::Database, path),
+    ] {
+        if let Some(part) = part {
+            settings.put_key(key, percent_decode(part, key.name())?);
+        }
     }
     if let Some(query) = parts.query {
         for (i, param) in query.split('&').filter(|p| !p.is_empty()).enumerate() {
