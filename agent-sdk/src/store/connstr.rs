@@ -250,6 +250,32 @@ pub(crate) fn boolean(key: &'static str, value: &str) -> Result<bool, ConnStrErr
     }
 }
 
+/// Why a host could not be split from its port.
+pub(crate) enum HostPortError<'a> {
+    /// `[` without `]`.
+    Unclosed,
+    /// Text after `]` that is not `:port`.
+    After(&'a str),
+}
+
+/// `name`, `name:port`, `[v6]`, `[v6]:port`, or a bare IPv6 address (two or more `:`, no
+/// port), split into the host (trimmed before `:port`) and the port as written (neither
+/// checked).
+pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<&str>), HostPortError<'_>> {
+    if let Some(bracketed) = s.strip_prefix('[') {
+        let (addr, after) = bracketed.split_once(']').ok_or(HostPortError::Unclosed)?;
+        return match after {
+            "" => Ok((addr, None)),
+            _ => (after.strip_prefix(':').map(|port| (addr, Some(port))))
+                .ok_or(HostPortError::After(after)),
+        };
+    }
+    match s.split_once(':') {
+        Some((host, port)) if !port.contains(':') => Ok((host.trim(), Some(port))),
+        _ => Ok((s, None)),
+    }
+}
+
 /// Decodes a URL part's `%XX` escapes; the result must be UTF-8. Errors name `key`, never
 /// the text.
 pub(crate) fn percent_decode(s: &str, key: &'static str) -> Result<String, ConnStrError> {
@@ -264,9 +290,112 @@ pub(crate) fn percent_decode(s: &str, key: &'static str) -> Result<String, ConnS
     })
 }
 
+/// The table-driven check the three parsers' tests share: each row is a string and what it
+/// must give, checked by [`tests::check`], which names the failing row.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::fmt::Debug;
+
     use super::*;
+
+    /// The secrets the parsers' tables write: where a row's string holds one, neither the error
+    /// (message and `Debug`) nor the spec's `echo` field may show it.
+    #[rustfmt::skip]
+    const SECRETS: &[&str] =
+        &["Sup3rS3cret", "Sup3r-S3cret", "CertS3cret", "S3ntinelPw", "Secr3t", "hunter2"];
+
+    /// What a row's string must give.
+    pub(crate) enum Want {
+        /// Parsed, with each field as the parser's `field` shows it (`~x`: holding `x`).
+        Gives(&'static [(&'static str, &'static str)]),
+        /// Refused, the message holding each fragment (`!x`: not holding `x`; `@K`: `K` is
+        /// the key at fault, and the message names it).
+        Fails(&'static [&'static str]),
+    }
+    pub(crate) use Want::{Fails, Gives};
+
+    /// How a spec's field is shown, by name (`echo`: all the spec shows of itself, in `Debug`
+    /// and its other outputs).
+    pub(crate) type Field<T> = fn(&T, &str) -> String;
+
+    /// Checks each row's string as `parse` reads it, naming the failing row. A string holding
+    /// `{a|b|...}` is checked with each of `a`, `b`, ... in its place (every combination).
+    pub(crate) fn check<T: Debug>(
+        rows: &[(&str, Want)],
+        parse: fn(&str) -> Result<T, ConnStrError>,
+        field: Field<T>,
+    ) {
+        for (i, (template, want)) in rows.iter().enumerate() {
+            for input in spellings(template) {
+                let row = format!("row {i} `{input}`");
+                let shown = match (parse(&input), want) {
+                    (Ok(spec), Gives(fields)) => {
+                        for (name, value) in *fields {
+                            let got = field(&spec, name);
+                            let holds = value
+                                .strip_prefix('~')
+                                .map_or(got == *value, |part| got.contains(part));
+                            assert!(holds, "{row}: field `{name}` is `{got}`, want `{value}`");
+                        }
+                        field(&spec, "echo")
+                    }
+                    (Err(e), Fails(fragments)) => {
+                        let message = e.to_string();
+                        for fragment in *fragments {
+                            let holds = if let Some(absent) = fragment.strip_prefix('!') {
+                                !message.contains(absent)
+                            } else if let Some(key) = fragment.strip_prefix('@') {
+                                e.key() == Some(key) && message.contains(key)
+                            } else {
+                                message.contains(fragment)
+                            };
+                            assert!(holds, "{row}: `{fragment}` does not hold for: {message}");
+                        }
+                        format!("{e} {e:?}")
+                    }
+                    (Ok(spec), Fails(_)) => panic!("{row}: should fail, got {spec:?}"),
+                    (Err(e), Gives(_)) => panic!("{row}: should parse: {e}"),
+                };
+                for secret in SECRETS.iter().filter(|s| input.contains(**s)) {
+                    assert!(!shown.contains(secret), "{row}: `{secret}` shows: {shown}");
+                }
+            }
+        }
+    }
+
+    /// `s` with each alternative of its first `{a|b|...}` in its place, and so on.
+    fn spellings(s: &str) -> Vec<String> {
+        let Some((head, rest)) = s.split_once('{') else {
+            return vec![s.to_owned()];
+        };
+        let (choices, tail) = rest.split_once('}').expect("a `{` is closed");
+        let tails = spellings(tail);
+        let each = |choice| tails.iter().map(move |t| format!("{head}{choice}{t}"));
+        choices.split('|').flat_map(each).collect()
+    }
+
+    /// Reads every piece of each sample (from one of its first 8 characters): none panics.
+    pub(crate) fn never_panics<T>(parse: fn(&str) -> Result<T, ConnStrError>, samples: &[&str]) {
+        for sample in samples {
+            let chars: Vec<char> = sample.chars().collect();
+            for end in 0..=chars.len() {
+                for start in 0..end.min(8) {
+                    let _ = parse(&chars[start..end].iter().collect::<String>());
+                }
+            }
+        }
+    }
+
+    /// Whether each string has the same identity as `a` (`same`), by `identity`.
+    pub(crate) fn check_identities(
+        identity: impl Fn(&str) -> String,
+        a: &str,
+        rows: &[(&str, bool)],
+    ) {
+        for (b, same) in rows {
+            assert_eq!(identity(a) == identity(b), *same, "`{a}` and `{b}`");
+        }
+    }
 
     fn read(s: &str) -> Result<Vec<(usize, String, String)>, ConnStrError> {
         let mut out = Vec::new();

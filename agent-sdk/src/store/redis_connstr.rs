@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::store::connstr::{self, ConnStrError};
+use crate::store::connstr::{self, ConnStrError, HostPortError, split_host_port};
 use crate::store::url::{self, PercentError};
 
 pub(crate) use super::Origin;
@@ -119,73 +119,66 @@ enum Handling {
     Ignored,
 }
 
+/// How an option's value is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Value {
+    /// Trimmed, and a trailing `;` dropped.
+    Text,
+    /// Taken verbatim (a trailing `;` is part of it, as for StackExchange.Redis).
+    Verbatim,
+    /// `true`/`false` (any case), checked even when ignored: StackExchange.Redis refuses
+    /// another value too.
+    Bool,
+}
+
 /// The options of StackExchange.Redis's configuration string (`ConfigurationOptions.cs`,
-/// `OptionKeys`), by canonical name (matched case-insensitively), and what the agent does with
-/// each. `serviceName`, `tunnel` and `proxy` are read, and refused unless empty (or `None`).
-const OPTIONS: &[(&str, Handling)] = &[
-    ("abortConnect", Handling::NoEffect),
-    ("allowAdmin", Handling::NoEffect),
-    ("asyncTimeout", Handling::Read),
-    ("channelPrefix", Handling::NoEffect),
-    ("checkCertificateRevocation", Handling::Ignored),
-    ("configChannel", Handling::NoEffect),
-    ("configCheckSeconds", Handling::NoEffect),
-    ("connectRetry", Handling::NoEffect),
-    ("connectTimeout", Handling::Read),
-    ("defaultDatabase", Handling::Read),
-    // Not string keys of StackExchange.Redis (properties only); accepted as before.
-    ("heartbeatConsistencyChecks", Handling::NoEffect),
-    ("heartbeatInterval", Handling::NoEffect),
-    ("highIntegrity", Handling::Ignored),
-    ("highPriorityThreads", Handling::NoEffect),
-    ("keepAlive", Handling::NoEffect),
-    ("name", Handling::Read),
-    ("password", Handling::Read),
-    ("preserveAsyncOrder", Handling::NoEffect),
-    ("protocol", Handling::NoEffect),
-    ("proxy", Handling::Read),
-    ("resolveDns", Handling::NoEffect),
-    ("responseTimeout", Handling::NoEffect),
-    ("sentinelPassword", Handling::Ignored),
-    ("sentinelUser", Handling::Ignored),
-    ("serviceName", Handling::Read),
-    ("setlib", Handling::NoEffect),
-    ("ssl", Handling::Read),
-    ("sslHost", Handling::Read),
-    ("sslProtocols", Handling::Ignored),
-    ("syncTimeout", Handling::Read),
-    ("tcpKeepAlive", Handling::Ignored),
-    ("tiebreaker", Handling::NoEffect),
-    ("tunnel", Handling::Read),
-    ("user", Handling::Read),
-    ("version", Handling::NoEffect),
-    ("writeBuffer", Handling::NoEffect),
-];
-
-/// The options whose value is taken verbatim (a trailing `;` is part of it, as for
-/// StackExchange.Redis).
-const VERBATIM: &[&str] = &[
-    "password",
-    "sentinelPassword",
-    "user",
-    "sentinelUser",
-    "name",
-];
-
-/// The boolean options, checked for form (`true`/`false`, any case) even when ignored:
-/// StackExchange.Redis refuses another value too.
-const BOOLEANS: &[&str] = &[
-    "abortConnect",
-    "allowAdmin",
-    "checkCertificateRevocation",
-    "heartbeatConsistencyChecks",
-    "highIntegrity",
-    "preserveAsyncOrder",
-    "resolveDns",
-    "setlib",
-    "ssl",
-    "tcpKeepAlive",
-];
+/// `OptionKeys`), by canonical name (matched case-insensitively), what the agent does with
+/// each, and how its value is read. `serviceName`, `tunnel` and `proxy` are read, and refused
+/// unless empty (or `None`).
+#[rustfmt::skip]
+const OPTIONS: &[(&str, Handling, Value)] = {
+    use Handling::{Ignored, NoEffect, Read};
+    use Value::{Bool, Text, Verbatim};
+    &[
+        ("abortConnect", NoEffect, Bool),
+        ("allowAdmin", NoEffect, Bool),
+        ("asyncTimeout", Read, Text),
+        ("channelPrefix", NoEffect, Text),
+        ("checkCertificateRevocation", Ignored, Bool),
+        ("configChannel", NoEffect, Text),
+        ("configCheckSeconds", NoEffect, Text),
+        ("connectRetry", NoEffect, Text),
+        ("connectTimeout", Read, Text),
+        ("defaultDatabase", Read, Text),
+        // Not string keys of StackExchange.Redis (properties only); accepted as before.
+        ("heartbeatConsistencyChecks", NoEffect, Bool),
+        ("heartbeatInterval", NoEffect, Text),
+        ("highIntegrity", Ignored, Bool),
+        ("highPriorityThreads", NoEffect, Text),
+        ("keepAlive", NoEffect, Text),
+        ("name", Read, Verbatim),
+        ("password", Read, Verbatim),
+        ("preserveAsyncOrder", NoEffect, Bool),
+        ("protocol", NoEffect, Text),
+        ("proxy", Read, Text),
+        ("resolveDns", NoEffect, Bool),
+        ("responseTimeout", NoEffect, Text),
+        ("sentinelPassword", Ignored, Verbatim),
+        ("sentinelUser", Ignored, Verbatim),
+        ("serviceName", Read, Text),
+        ("setlib", NoEffect, Bool),
+        ("ssl", Read, Bool),
+        ("sslHost", Read, Text),
+        ("sslProtocols", Ignored, Text),
+        ("syncTimeout", Read, Text),
+        ("tcpKeepAlive", Ignored, Bool),
+        ("tiebreaker", NoEffect, Text),
+        ("tunnel", Read, Text),
+        ("user", Read, Verbatim),
+        ("version", NoEffect, Text),
+        ("writeBuffer", NoEffect, Text),
+    ]
+};
 
 /// Up to [`MAX_ECHO_CHARS`] characters of `s`, for an error message.
 pub(crate) fn echo(s: &str) -> String {
@@ -194,7 +187,7 @@ pub(crate) fn echo(s: &str) -> String {
 
 /// The known option closest to `written` (Jaro-Winkler on lower case).
 fn closest_option(written: &str) -> &'static str {
-    let options = OPTIONS.iter().map(|(k, _)| (*k, k.to_ascii_lowercase()));
+    let options = OPTIONS.iter().map(|(k, ..)| (*k, k.to_ascii_lowercase()));
     connstr::closest(&written.to_ascii_lowercase(), options, -1.0).unwrap_or("")
 }
 
@@ -249,8 +242,8 @@ fn parse_options(s: &str, origin: Origin) -> Result<RedisSpec, ConnStrError> {
             spec.ignore(&echo(key));
             continue;
         }
-        let Some(&(canonical, handling)) =
-            OPTIONS.iter().find(|(k, _)| k.eq_ignore_ascii_case(key))
+        let Some(&(canonical, handling, kind)) =
+            OPTIONS.iter().find(|(k, ..)| k.eq_ignore_ascii_case(key))
         else {
             if origin == Origin::Center {
                 spec.ignore(&echo(key));
@@ -262,12 +255,11 @@ fn parse_options(s: &str, origin: Origin) -> Result<RedisSpec, ConnStrError> {
                 closest_option(key)
             )));
         };
-        let value = if VERBATIM.contains(&canonical) {
-            raw_value.trim()
-        } else {
-            raw_value.trim().trim_end_matches(';').trim_end()
+        let value = match kind {
+            Value::Verbatim => raw_value.trim(),
+            _ => raw_value.trim().trim_end_matches(';').trim_end(),
         };
-        if BOOLEANS.contains(&canonical) && !value.is_empty() {
+        if kind == Value::Bool && !value.is_empty() {
             parse_bool(canonical, value)?;
         }
         if handling == Handling::Ignored {
@@ -393,25 +385,12 @@ fn parse_endpoint(token: &str) -> Result<Endpoint, ConnStrError> {
             echo(token)
         )))
     };
-    let (host, port) = if let Some(rest) = token.strip_prefix('[') {
-        let Some((host, after)) = rest.split_once(']') else {
+    let (host, port) = match split_host_port(token) {
+        Ok(split) => split,
+        Err(HostPortError::Unclosed) => {
             return bad("an IPv6 address opened with [ is not closed with ]");
-        };
-        match after {
-            "" => (host, None),
-            _ => match after.strip_prefix(':') {
-                Some(port) => (host, Some(port)),
-                None => return bad("expected :port after ]"),
-            },
         }
-    } else if token.matches(':').count() > 1 {
-        // A bare IPv6 address: no port can be told apart.
-        (token, None)
-    } else {
-        match token.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (token, None),
-        }
+        Err(HostPortError::After(_)) => return bad("expected :port after ]"),
     };
     let host = host.trim();
     if host.is_empty() {
@@ -507,249 +486,161 @@ pub(crate) fn host_port(host: &str, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::connstr::tests::{Fails, Gives, Want, check};
 
-    fn spec(s: &str) -> RedisSpec {
-        match parse(s, Origin::Own) {
-            Ok(spec) => spec,
-            Err(e) => panic!("{s}: {e}"),
-        }
+    fn own(s: &str) -> Result<RedisSpec, ConnStrError> {
+        parse(s, Origin::Own)
     }
 
-    fn refusal(s: &str) -> String {
-        match parse(s, Origin::Own) {
-            Ok(spec) => panic!("{s} accepted: {spec:?}"),
-            Err(e) => e.to_string(),
-        }
+    fn center(s: &str) -> Result<RedisSpec, ConnStrError> {
+        parse(s, Origin::Center)
     }
 
-    #[test]
-    fn endpoints_and_default_ports() {
-        let s = spec("localhost");
-        assert_eq!(s.first().ok(), Some(("localhost".to_owned(), 6379)));
-        let s = spec("redis1:6380, redis2:6381");
-        assert_eq!(s.endpoints.len(), 2);
-        assert_eq!(s.first().ok(), Some(("redis1".to_owned(), 6380)));
-        let s = spec("[::1]:7000,abortConnect=false");
-        assert_eq!(s.first().ok(), Some(("::1".to_owned(), 7000)));
-        let s = spec("[fe80::1]");
-        assert_eq!(s.first().ok(), Some(("fe80::1".to_owned(), 6379)));
-        let s = spec("::1");
-        assert_eq!(s.first().ok(), Some(("::1".to_owned(), 6379)));
-        // StackExchange.Redis's default port with ssl=true is 6380.
-        let s = spec("cache.example,ssl=True");
-        assert!(s.tls);
-        assert_eq!(s.first().ok(), Some(("cache.example".to_owned(), 6380)));
-        for bad in ["host:0", "host:99999", "host:x", "[::1", "[::1]x", ":6379"] {
-            let e = refusal(bad);
-            assert!(e.contains("endpoint"), "{bad}: {e}");
-        }
-        assert!(refusal("password=x").contains("no endpoint"));
-        assert!(refusal("  ").contains("empty"));
-    }
-
-    #[test]
-    fn options() {
-        let s = spec(
-            "h:1,Password=p@ss=word,USER=app,ssl=false,defaultDatabase=3,connectTimeout=1500,\
-             syncTimeout=2500,name=agent,allowAdmin=true,keepAlive=60,connectRetry=3,\
-             resolveDns=false,tiebreaker=,version=7.2,configChannel=x,\
-             checkCertificateRevocation=false,sslProtocols=Tls12,responseTimeout=100,\
-             proxy=None,$INFO=,channelPrefix=c",
-        );
-        assert_eq!(s.password.as_deref(), Some("p@ss=word"));
-        assert_eq!(s.user.as_deref(), Some("app"));
-        assert!(!s.tls);
-        assert_eq!(s.db, Some(3));
-        assert_eq!(s.connect_timeout, Duration::from_millis(1500));
-        assert_eq!(s.command_timeout, Duration::from_millis(2500));
-        assert_eq!(s.client_name.as_deref(), Some("agent"));
-        // asyncTimeout wins over syncTimeout, whatever the order.
-        let s = spec("h,asyncTimeout=700,syncTimeout=900");
-        assert_eq!(s.command_timeout, Duration::from_millis(700));
-        let s = spec("h");
-        assert_eq!(s.command_timeout, DEFAULT_COMMAND_TIMEOUT);
-        assert_eq!(s.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
-        // Huge timeouts are lowered; zero, negative and words refused.
-        let s = spec("h,connectTimeout=2147483647");
-        assert_eq!(s.connect_timeout, Duration::from_millis(MAX_TIMEOUT_MS));
-        for bad in [
-            "h,syncTimeout=0",
-            "h,connectTimeout=-5",
-            "h,asyncTimeout=soon",
-        ] {
-            assert!(refusal(bad).contains("milliseconds"), "{bad}");
-        }
-        assert!(refusal("h,ssl=yes").contains("true or false"));
-        assert!(refusal("h,defaultDatabase=-1").contains("defaultDatabase"));
-        assert!(refusal("h,=x").contains("without a name"));
-    }
-
-    #[test]
-    fn unknown_keys_and_sentinel_are_refused_without_values() {
-        let e = refusal("h,pasword=hunter2");
-        assert!(e.contains("`pasword`"), "{e}");
-        assert!(e.contains("`password`"), "{e}");
-        assert!(!e.contains("hunter2"), "{e}");
-        let e = refusal("h,connectTimout=10");
-        assert!(e.contains("`connectTimeout`"), "{e}");
-        let e = refusal("h,servicename=mymaster,password=hunter2");
-        assert!(e.contains("Sentinel") && e.contains("not support"), "{e}");
-        assert!(!e.contains("hunter2"), "{e}");
-        let e = refusal("http://h:1");
-        assert!(e.contains("redis://"), "{e}");
-    }
-
-    fn center_spec(s: &str) -> RedisSpec {
-        match parse(s, Origin::Center) {
-            Ok(spec) => spec,
-            Err(e) => panic!("{s}: {e}"),
+    /// A field of a spec as the tables name it.
+    fn field(spec: &RedisSpec, name: &str) -> String {
+        let opt = |v: Option<&String>| v.map_or("None", String::as_str).to_owned();
+        match name {
+            "first" => spec
+                .first()
+                .map_or_else(|e| e.to_string(), |(h, p)| format!("{h}:{p}")),
+            "endpoints" => format!("{:?}", spec.endpoints),
+            "count" => spec.endpoints.len().to_string(),
+            "user" => opt(spec.user.as_ref()),
+            "password" => opt(spec.password.as_ref()),
+            "tls" => spec.tls.to_string(),
+            "db" => format!("{:?}", spec.db),
+            "connect_timeout" => format!("{:?}", spec.connect_timeout),
+            "command_timeout" => format!("{:?}", spec.command_timeout),
+            "client_name" => opt(spec.client_name.as_ref()),
+            "ignored" => spec.ignored.join(","),
+            "redacted" => format!("{spec:?}").contains("<redacted>").to_string(),
+            "echo" => format!("{spec:?}"),
+            _ => panic!("no field `{name}`"),
         }
     }
 
     /// What StackExchange.Redis's `ConfigurationOptions.ToString()` prints (endpoints, then
     /// each option that was set, booleans as `True`/`False`: `ConfigurationOptions.cs`), with
-    /// every current option key, is taken from a center: the options the agent reads are read,
-    /// the others named once (names only), none refused.
-    #[test]
-    fn a_center_string_with_every_current_option_is_accepted() {
-        let printed = "redis1:6379,redis2:6380,name=center,keepAlive=60,syncTimeout=2500,\
-             asyncTimeout=3000,allowAdmin=True,version=7.2,connectTimeout=1500,user=app,\
-             sentinelUser=sentu,password=Secr3t;,sentinelPassword=S3ntinelPw,tiebreaker=tb,\
-             ssl=False,sslProtocols=Tls12|Tls13,checkCertificateRevocation=False,\
-             sslHost=redis1,configChannel=cfg,abortConnect=False,resolveDns=True,\
-             channelPrefix=ch,connectRetry=3,proxy=None,configCheckSeconds=60,\
-             responseTimeout=100,defaultDatabase=2,setlib=False,highIntegrity=True,\
-             protocol=resp3,tcpKeepAlive=True,highPriorityThreads=True,\
-             preserveAsyncOrder=False,writeBuffer=4096,$INFO=,$EVAL=EVAL,tunnel=";
-        let s = center_spec(printed);
-        assert_eq!(s.first().ok(), Some(("redis1".to_owned(), 6379)));
-        assert_eq!(s.user.as_deref(), Some("app"));
-        assert_eq!(s.password.as_deref(), Some("Secr3t;"), "taken as written");
-        assert_eq!(s.db, Some(2));
-        assert_eq!(s.command_timeout, Duration::from_millis(3000));
-        assert_eq!(s.connect_timeout, Duration::from_millis(1500));
-        assert_eq!(s.client_name.as_deref(), Some("center"));
-        assert!(!s.tls);
-        assert_eq!(
-            s.ignored,
-            vec![
-                "sentinelUser",
-                "sentinelPassword",
-                "sslProtocols",
-                "checkCertificateRevocation",
-                "highIntegrity",
-                "tcpKeepAlive",
-                "$INFO",
-                "$EVAL",
-            ]
-        );
-        let shown = format!("{s:?}");
-        assert!(
-            !shown.contains("S3ntinelPw") && !shown.contains("Secr3t"),
-            "{shown}"
-        );
-        // The agent's own string takes the same options (all are StackExchange.Redis's).
-        assert_eq!(spec(printed).ignored, s.ignored);
+    /// every current option key: the options the agent reads are read, the others named once
+    /// (names only), none refused, from a center as in the agent's own string.
+    const PRINTED: &str = "redis1:6379,redis2:6380,name=center,keepAlive=60,syncTimeout=2500,\
+         asyncTimeout=3000,allowAdmin=True,version=7.2,connectTimeout=1500,user=app,\
+         sentinelUser=sentu,password=Secr3t;,sentinelPassword=S3ntinelPw,tiebreaker=tb,\
+         ssl=False,sslProtocols=Tls12|Tls13,checkCertificateRevocation=False,\
+         sslHost=redis1,configChannel=cfg,abortConnect=False,resolveDns=True,\
+         channelPrefix=ch,connectRetry=3,proxy=None,configCheckSeconds=60,\
+         responseTimeout=100,defaultDatabase=2,setlib=False,highIntegrity=True,\
+         protocol=resp3,tcpKeepAlive=True,highPriorityThreads=True,\
+         preserveAsyncOrder=False,writeBuffer=4096,$INFO=,$EVAL=EVAL,tunnel=";
 
+    /// Strings read the same from a center and in the agent's own string.
+    #[rustfmt::skip]
+    const BOTH: &[(&str, Want)] = &[
+        (PRINTED, Gives(&[
+            ("first", "redis1:6379"), ("user", "app"), ("password", "Secr3t;"), ("db", "Some(2)"),
+            ("command_timeout", "3s"), ("connect_timeout", "1.5s"), ("client_name", "center"),
+            ("tls", "false"), ("ignored", "sentinelUser,sentinelPassword,sslProtocols,\
+              checkCertificateRevocation,highIntegrity,tcpKeepAlive,$INFO,$EVAL")])),
         // Separators: empty tokens, `;;`, trailing ones.
-        for sep in [
-            "h:6379,,abortConnect=False,",
-            "h:6379,abortConnect=False;",
-            "h:6379;,;;,abortConnect=False;;,",
-            " h:6379 , ABORTCONNECT=false ,, ",
-        ] {
-            let s = center_spec(sep);
-            assert_eq!(s.first().ok(), Some(("h".to_owned(), 6379)), "{sep}");
-            assert!(s.ignored.is_empty(), "{sep}: {:?}", s.ignored);
-            assert_eq!(spec(sep).endpoints, s.endpoints, "{sep}");
-        }
-        // A key this agent does not know (a newer StackExchange.Redis's) from a center: named,
-        // never its value; in the agent's own string: refused.
-        let s = center_spec("h,someFutureOption=hunter2,tcpkeepalive=false,TcpKeepAlive=true");
-        assert_eq!(s.ignored, vec!["someFutureOption", "tcpKeepAlive"]);
-        assert!(!format!("{s:?}").contains("hunter2"));
-        let e = refusal("h,someFutureOption=hunter2");
-        assert!(
-            e.contains("`someFutureOption`") && !e.contains("hunter2"),
-            "{e}"
-        );
+        ("h:6379,,abortConnect=False,", Gives(SEPARATED)),
+        ("h:6379,abortConnect=False;", Gives(SEPARATED)),
+        ("h:6379;,;;,abortConnect=False;;,", Gives(SEPARATED)),
+        (" h:6379 , ABORTCONNECT=false ,, ", Gives(SEPARATED)),
+        // Tunnels, proxies and Sentinel are refused saying why; as `ToString()` prints an
+        // HTTP tunnel (`Tunnel.HttpProxy`: `http:host:port`).
+        ("h:6379,tunnel=http:proxy.corp:8080,password=hunter2",
+            Fails(&["HTTP tunnel", "directly", "!proxy.corp", "!hunter2"])),
+        ("h,proxy=Twemproxy", Fails(&["proxy", "MULTI/EXEC", "Lua"])),
+        ("h,proxy=envoyproxy", Fails(&["proxy", "MULTI/EXEC", "Lua"])),
+        ("h,proxy=Squid", Fails(&["None, Twemproxy or Envoyproxy"])),
+        ("h,serviceName=mymaster,sentinelPassword=hunter2", Fails(&["Sentinel", "!hunter2"])),
+        ("h,proxy=None", Gives(&[])),
+        ("h,proxy=", Gives(&[])),
+        ("h,tunnel=", Gives(&[])),
+        ("h,serviceName=", Gives(&[])),
+    ];
+    const SEPARATED: &[(&str, &str)] = &[
+        ("first", "h:6379"),
+        ("ignored", ""),
+        ("endpoints", r#"[Endpoint { host: "h", port: Some(6379) }]"#),
+    ];
+
+    /// A center's strings.
+    #[rustfmt::skip]
+    const CENTER: &[(&str, Want)] = &[
+        // A key this agent does not know (a newer StackExchange.Redis's): named, never its value.
+        ("h,someFutureOption=hunter2,tcpkeepalive=false,TcpKeepAlive=true",
+            Gives(&[("ignored", "someFutureOption,tcpKeepAlive")])),
         // StackExchange.Redis refuses a malformed boolean too.
-        assert!(
-            parse("h,tcpKeepAlive=maybe", Origin::Center)
-                .expect_err("refused")
-                .to_string()
-                .contains("true or false")
-        );
-    }
+        ("h,tcpKeepAlive=maybe", Fails(&["true or false"])),
+    ];
+
+    /// The agent's own strings.
+    #[rustfmt::skip]
+    const OWN: &[(&str, Want)] = &[
+        // Endpoints and default ports; StackExchange.Redis's default port with ssl=true is 6380.
+        ("localhost", Gives(&[("first", "localhost:6379")])),
+        ("redis1:6380, redis2:6381", Gives(&[("count", "2"), ("first", "redis1:6380")])),
+        ("[::1]:7000,abortConnect=false", Gives(&[("first", "::1:7000")])),
+        ("[fe80::1]", Gives(&[("first", "fe80::1:6379")])),
+        ("::1", Gives(&[("first", "::1:6379")])),
+        ("cache.example,ssl=True", Gives(&[("tls", "true"), ("first", "cache.example:6380")])),
+        ("host:0", Fails(&["endpoint"])),
+        ("host:99999", Fails(&["endpoint"])),
+        ("host:x", Fails(&["endpoint"])),
+        ("[::1", Fails(&["endpoint"])),
+        ("[::1]x", Fails(&["endpoint"])),
+        (":6379", Fails(&["endpoint"])),
+        ("password=x", Fails(&["no endpoint"])),
+        ("  ", Fails(&["empty"])),
+        // Options.
+        ("h:1,Password=p@ss=word,USER=app,ssl=false,defaultDatabase=3,connectTimeout=1500,\
+          syncTimeout=2500,name=agent,allowAdmin=true,keepAlive=60,connectRetry=3,\
+          resolveDns=false,tiebreaker=,version=7.2,configChannel=x,\
+          checkCertificateRevocation=false,sslProtocols=Tls12,responseTimeout=100,\
+          proxy=None,$INFO=,channelPrefix=c", Gives(&[
+            ("password", "p@ss=word"), ("user", "app"), ("tls", "false"), ("db", "Some(3)"),
+            ("connect_timeout", "1.5s"), ("command_timeout", "2.5s"), ("client_name", "agent")])),
+        // asyncTimeout wins over syncTimeout, whatever the order.
+        ("h,asyncTimeout=700,syncTimeout=900", Gives(&[("command_timeout", "700ms")])),
+        ("h", Gives(&[("command_timeout", "5s"), ("connect_timeout", "5s")])),
+        // Huge timeouts are lowered; zero, negative and words refused.
+        ("h,connectTimeout=2147483647", Gives(&[("connect_timeout", "600s")])),
+        ("h,syncTimeout=0", Fails(&["milliseconds"])),
+        ("h,connectTimeout=-5", Fails(&["milliseconds"])),
+        ("h,asyncTimeout=soon", Fails(&["milliseconds"])),
+        ("h,ssl=yes", Fails(&["true or false"])),
+        ("h,defaultDatabase=-1", Fails(&["defaultDatabase"])),
+        ("h,=x", Fails(&["without a name"])),
+        // Unknown keys and Sentinel are refused, without values.
+        ("h,pasword=hunter2", Fails(&["`pasword`", "`password`", "!hunter2"])),
+        ("h,connectTimout=10", Fails(&["`connectTimeout`"])),
+        ("h,servicename=mymaster,password=hunter2", Fails(&["Sentinel", "not support", "!hunter2"])),
+        ("http://h:1", Fails(&["redis://"])),
+        ("h,someFutureOption=hunter2", Fails(&["`someFutureOption`", "!hunter2"])),
+        // URLs.
+        ("redis://127.0.0.1:6390/4", Gives(&[("first", "127.0.0.1:6390"), ("db", "Some(4)"), ("tls", "false")])),
+        ("REDISS://us%40r:p%3Ass@cache.example", Gives(&[("tls", "true"), ("user", "us@r"),
+            ("password", "p:ss"), ("first", "cache.example:6379"), ("db", "None")])),
+        ("redis://:secret@[::1]:6400/", Gives(&[("user", "None"), ("password", "secret"), ("first", "::1:6400")])),
+        ("redis://h?db=2&protocol=resp3", Gives(&[("db", "Some(2)")])),
+        ("redis://h/x", Fails(&["path"])),
+        ("redis://h?foo=1", Fails(&["`foo`"])),
+        ("redis://u:se%ZZcret@h", Fails(&["!se%ZZcret", "!cret"])),
+        ("redis://", Fails(&["no host"])),
+        // The password is never shown (each row's secret is checked absent).
+        ("h,password=Sup3rS3cret", Gives(&[("redacted", "true")])),
+        ("h,password=Sup3rS3cret,bogus=1", Fails(&[])),
+        ("h,password=Sup3rS3cret,ssl=maybe", Fails(&[])),
+        ("redis://u:Sup3rS3cret@h:1/x", Fails(&[])),
+        ("redis://u:Sup3rS3cret@h:99999", Fails(&[])),
+    ];
 
     #[test]
-    fn tunnels_proxies_and_sentinels_are_refused_saying_why() {
-        for origin in [Origin::Center, Origin::Own] {
-            let refused = |s: &str| match parse(s, origin) {
-                Ok(spec) => panic!("{s} accepted: {spec:?}"),
-                Err(e) => e.to_string(),
-            };
-            // As `ToString()` prints an HTTP tunnel (`Tunnel.HttpProxy`: `http:host:port`).
-            let e = refused("h:6379,tunnel=http:proxy.corp:8080,password=hunter2");
-            assert!(e.contains("HTTP tunnel") && e.contains("directly"), "{e}");
-            assert!(!e.contains("proxy.corp") && !e.contains("hunter2"), "{e}");
-            for kind in ["Twemproxy", "envoyproxy"] {
-                let e = refused(&format!("h,proxy={kind}"));
-                assert!(
-                    e.contains("proxy") && e.contains("MULTI/EXEC") && e.contains("Lua"),
-                    "{e}"
-                );
-            }
-            assert!(refused("h,proxy=Squid").contains("None, Twemproxy or Envoyproxy"));
-            let e = refused("h,serviceName=mymaster,sentinelPassword=hunter2");
-            assert!(e.contains("Sentinel") && !e.contains("hunter2"), "{e}");
-            for fine in ["h,proxy=None", "h,proxy=", "h,tunnel=", "h,serviceName="] {
-                assert!(parse(fine, origin).is_ok(), "{fine}");
-            }
-        }
-    }
-
-    #[test]
-    fn urls() {
-        let s = spec("redis://127.0.0.1:6390/4");
-        assert_eq!(s.first().ok(), Some(("127.0.0.1".to_owned(), 6390)));
-        assert_eq!(s.db, Some(4));
-        assert!(!s.tls);
-        let s = spec("REDISS://us%40r:p%3Ass@cache.example");
-        assert!(s.tls);
-        assert_eq!(s.user.as_deref(), Some("us@r"));
-        assert_eq!(s.password.as_deref(), Some("p:ss"));
-        assert_eq!(s.first().ok(), Some(("cache.example".to_owned(), 6379)));
-        assert_eq!(s.db, None);
-        let s = spec("redis://:secret@[::1]:6400/");
-        assert_eq!(s.user, None);
-        assert_eq!(s.password.as_deref(), Some("secret"));
-        assert_eq!(s.first().ok(), Some(("::1".to_owned(), 6400)));
-        let s = spec("redis://h?db=2&protocol=resp3");
-        assert_eq!(s.db, Some(2));
-        assert!(refusal("redis://h/x").contains("path"));
-        assert!(refusal("redis://h?foo=1").contains("`foo`"));
-        let e = refusal("redis://u:se%ZZcret@h");
-        assert!(!e.contains("se%ZZcret") && !e.contains("cret"), "{e}");
-        assert!(refusal("redis://").contains("no host"));
-    }
-
-    #[test]
-    fn the_password_is_never_shown() {
-        let secret = "Sup3rS3cret";
-        let shown = format!("{:?}", spec(&format!("h,password={secret}")));
-        assert!(
-            !shown.contains(secret) && shown.contains("<redacted>"),
-            "{shown}"
-        );
-        for bad in [
-            format!("h,password={secret},bogus=1"),
-            format!("h,password={secret},ssl=maybe"),
-            format!("redis://u:{secret}@h:1/x"),
-            format!("redis://u:{secret}@h:99999"),
-        ] {
-            let e = refusal(&bad);
-            assert!(!e.contains(secret), "{e}");
-        }
+    fn table() {
+        check(BOTH, own, field);
+        check(BOTH, center, field);
+        check(CENTER, center, field);
+        check(OWN, own, field);
     }
 }

@@ -133,29 +133,19 @@ mod tests {
 
     #[test]
     fn splits_every_part() {
-        assert_eq!(
-            split("u:p@w@h:1,h2/db/x?a=1&b#frag?"),
-            Parts {
-                user: Some("u"),
-                password: Some("p@w"),
-                hostspec: "h:1,h2",
-                path: Some("db/x"),
-                query: Some("a=1&b"),
-            }
-        );
-        assert_eq!(
-            split("h"),
-            Parts {
-                user: None,
-                password: None,
-                hostspec: "h",
-                path: None,
-                query: None,
-            }
-        );
-        let p = split("@/?");
-        assert_eq!((p.user, p.password, p.hostspec), (Some(""), None, ""));
-        assert_eq!((p.path, p.query), (Some(""), Some("")));
+        let parts = |s| {
+            let p = split(s);
+            (p.user, p.password, p.hostspec, p.path, p.query)
+        };
+        #[rustfmt::skip]
+        let rows = [
+            ("u:p@w@h:1,h2/db/x?a=1&b#frag?", (Some("u"), Some("p@w"), "h:1,h2", Some("db/x"), Some("a=1&b"))),
+            ("h", (None, None, "h", None, None)),
+            ("@/?", (Some(""), None, "", Some(""), Some(""))),
+        ];
+        for (s, want) in rows {
+            assert_eq!(parts(s), want, "{s}");
+        }
     }
 
     #[test]
