@@ -56,6 +56,7 @@ mod metrics;
 mod options;
 mod outcome;
 mod probes;
+mod procstat;
 mod registry;
 mod request;
 mod result;

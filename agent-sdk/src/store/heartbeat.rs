@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::procstat::ProcessSampler;
 use super::{Store, StoreError};
+use crate::procstat::ProcessSampler;
 use crate::sync::lock;
 use crate::timefmt::fmt_utc;
 

@@ -33,7 +33,6 @@ pub(crate) mod pg_connstr;
 pub(crate) mod pool;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
-mod procstat;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 #[cfg(feature = "redis")]

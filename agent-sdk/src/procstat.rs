@@ -1,11 +1,15 @@
-#![allow(dead_code)]
 //! This process's own figures for the heartbeat: CPU share, resident memory, free disk.
 //!
-//! On Linux the CPU time comes from `/proc/self/stat` (user + system ticks), the resident set
-//! from `/proc/self/statm`, and free disk from `statvfs` on the current directory. Anything that
-//! cannot be read (another OS, no `/proc`) reads as zero: a heartbeat is never refused for it.
+//! `sysinfo` reads the process's CPU time and resident set (on Linux `/proc/<pid>/stat` and
+//! `statm`; other OSes through their own calls); the share of all cores is computed here, over
+//! the time between two samples. Free disk is `statvfs` on the current directory (`rustix`):
+//! exactly the filesystem holding it, without listing every mount as `sysinfo::Disks` would.
+//! Anything that cannot be read (an OS neither supports, no `/proc`) reads as zero: a
+//! heartbeat is never refused for it.
 
 use std::time::Instant;
+
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 /// One sample of this process's figures.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -23,11 +27,12 @@ pub(crate) struct ProcessFigures {
 }
 
 /// Samples this process's figures; keeps the previous CPU reading to compute a share.
-#[derive(Debug)]
 pub(crate) struct ProcessSampler {
     pid: u32,
     name: String,
     cores: u32,
+    /// `sysinfo`'s view of this one process, refreshed by each sample.
+    system: System,
     last: Option<CpuReading>,
 }
 
@@ -44,17 +49,20 @@ impl ProcessSampler {
         let cores = std::thread::available_parallelism()
             .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
             .unwrap_or(1);
-        Self {
+        let mut sampler = Self {
             pid: std::process::id(),
             name: process_name(),
             cores,
-            last: cpu_reading(),
-        }
+            system: System::new(),
+            last: None,
+        };
+        sampler.last = sampler.refresh().0;
+        sampler
     }
 
     /// The figures now; CPU is the share used since the previous sample (or since `new`).
     pub(crate) fn sample(&mut self) -> ProcessFigures {
-        let now = cpu_reading();
+        let (now, working_set) = self.refresh();
         let cpu_percent = match (self.last, now) {
             (Some(before), Some(after)) => cpu_share(before, after, self.cores),
             _ => 0.0,
@@ -66,8 +74,26 @@ impl ProcessSampler {
             pid: self.pid,
             name: self.name.clone(),
             cpu_percent,
-            working_set: resident_bytes().unwrap_or(0),
+            working_set,
             free_disk: free_disk_bytes().unwrap_or(0),
+        }
+    }
+
+    /// Re-reads this process: its CPU time (when it was read) and its resident bytes.
+    fn refresh(&mut self) -> (Option<CpuReading>, u64) {
+        let pid = Pid::from_u32(self.pid);
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[pid]),
+            true,
+            ProcessRefreshKind::nothing().with_cpu().with_memory(),
+        );
+        let at = Instant::now();
+        match self.system.process(pid) {
+            Some(process) => {
+                let cpu_secs = process.accumulated_cpu_time() as f64 / 1000.0;
+                (Some(CpuReading { at, cpu_secs }), process.memory())
+            }
+            None => (None, 0),
         }
     }
 }
@@ -110,55 +136,6 @@ fn process_name() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-#[cfg(target_os = "linux")]
-fn cpu_reading() -> Option<CpuReading> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let at = Instant::now();
-    let ticks = parse_stat_cpu_ticks(&stat)?;
-    let per_sec = rustix::param::clock_ticks_per_second();
-    if per_sec == 0 {
-        return None;
-    }
-    Some(CpuReading {
-        at,
-        cpu_secs: ticks as f64 / per_sec as f64,
-    })
-}
-
-#[cfg(not(target_os = "linux"))]
-fn cpu_reading() -> Option<CpuReading> {
-    None
-}
-
-/// `utime + stime` from the text of `/proc/<pid>/stat`. The command name (field 2) is in
-/// parentheses and may itself hold spaces or parentheses, so fields are counted after the
-/// last `)`: there, field 3 (`state`) is index 0, so `utime` (14) is 11 and `stime` (15) is 12.
-fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_ascii_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime.saturating_add(stime))
-}
-
-#[cfg(target_os = "linux")]
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages = parse_statm_resident_pages(&statm)?;
-    let page = u64::try_from(rustix::param::page_size()).ok()?;
-    Some(pages.saturating_mul(page))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn resident_bytes() -> Option<u64> {
-    None
-}
-
-/// The resident page count: the second field of `/proc/<pid>/statm`.
-fn parse_statm_resident_pages(statm: &str) -> Option<u64> {
-    statm.split_ascii_whitespace().nth(1)?.parse().ok()
-}
-
 #[cfg(unix)]
 fn free_disk_bytes() -> Option<u64> {
     let dir = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("."));
@@ -176,18 +153,16 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn parses_stat_with_awkward_command_names() {
-        let stat = "4242 (my (odd) job) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
-                    17 5 0 0 20 0 3 0 12345 1000000 300 18446744073709551615";
-        assert_eq!(parse_stat_cpu_ticks(stat), Some(22));
-        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
-        assert_eq!(parse_stat_cpu_ticks("1 (x) S 1 2"), None);
-        assert_eq!(
-            parse_statm_resident_pages("1000 250 30 1 0 90 0\n"),
-            Some(250)
-        );
-        assert_eq!(parse_statm_resident_pages(""), None);
+    /// Spins this thread for `spin`.
+    fn busy(spin: Duration) {
+        let start = Instant::now();
+        let mut x: u64 = 0;
+        while start.elapsed() < spin {
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+            }
+        }
+        std::hint::black_box(x);
     }
 
     #[test]
@@ -217,14 +192,7 @@ mod tests {
     #[test]
     fn samples_real_figures() {
         let mut sampler = ProcessSampler::new();
-        let start = Instant::now();
-        let mut x: u64 = 0;
-        while start.elapsed() < Duration::from_millis(250) {
-            for i in 0..10_000u64 {
-                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
-            }
-        }
-        std::hint::black_box(x);
+        busy(Duration::from_millis(250));
         let f = sampler.sample();
         assert_eq!(f.pid, std::process::id());
         assert!(!f.name.is_empty());
@@ -233,5 +201,24 @@ mod tests {
         assert_eq!(f.cpu_percent, (f.cpu_percent * 10.0).round() / 10.0);
         assert!(f.working_set > 1024 * 1024, "rss: {f:?}");
         assert!(f.free_disk > 0, "free disk: {f:?}");
+        // The state is kept: the next sample's share is the busy loop since this one.
+        busy(Duration::from_millis(250));
+        let g = sampler.sample();
+        assert!(g.cpu_percent > 0.0, "cpu after a second busy loop: {g:?}");
+        assert!(g.cpu_percent <= 100.0, "{g:?}");
+    }
+
+    #[test]
+    fn an_unreadable_process_reads_zero() {
+        // A pid no process has (Linux's `pid_max` is at most 2^22): sysinfo finds nothing,
+        // and the figures read as zero.
+        let mut sampler = ProcessSampler {
+            pid: i32::MAX.unsigned_abs(),
+            ..ProcessSampler::new()
+        };
+        busy(Duration::from_millis(50));
+        let f = sampler.sample();
+        assert_eq!(f.pid, i32::MAX.unsigned_abs());
+        assert_eq!((f.cpu_percent, f.working_set), (0.0, 0), "{f:?}");
     }
 }
