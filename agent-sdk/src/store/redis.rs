@@ -1207,86 +1207,37 @@ mod tests {
         }
     }
 
+    // The layout every store keeps is checked in `store::conformance`; here what is Redis's:
+    // its key layout, TTLs, and ordering by score.
+
     #[tokio::test(flavor = "multi_thread")]
-    async fn console_batches_are_idempotent_ordered_and_expire() {
+    async fn console_batches_are_ordered_by_score_and_expire() {
         with_live_store(|store| async move {
             assert!(store.check_tables(Duration::from_secs(5)).await.is_ok());
             let mut long = encoded(r#"{"t":0.002,"r":true,"s":"ref1"}"#, 0.002);
             long.reference = Some(("ref1".to_owned(), "a long text".to_owned()));
             let mut bar = encoded(r#"{"t":0.003,"s":"1","p":42.0}"#, 0.003);
             bar.progress_field = Some("42.0".to_owned());
-            let mut bar2 = encoded(r#"{"t":0.004,"s":"1","p":50.0}"#, 0.004);
-            bar2.progress_field = Some("50.0".to_owned());
-            // Written out of score order, and twice (a retry).
+            // Written out of score order: read back by score (a sorted set).
             let lines = vec![
                 encoded(r#"{"t":1.5,"s":"late"}"#, 1.5),
                 encoded(r#"{"t":0.001,"s":"first"}"#, 0.001),
                 long,
                 bar,
-                bar2,
             ];
             let expire = Duration::from_secs(3600);
-            for _ in 0..2 {
-                store
-                    .write_console("console:j1", "console:refs:j1", &lines, expire)
-                    .await
-                    .expect("a console batch");
-            }
-            let members = store.read_set("console:j1", 0, 100).await.expect("read");
+            store
+                .write_console("console:j1", "console:refs:j1", &lines, expire)
+                .await
+                .expect("a console batch");
             assert_eq!(
-                members,
+                store.read_set("console:j1", 0, 100).await.expect("read"),
                 vec![
                     r#"{"t":0.001,"s":"first"}"#,
                     r#"{"t":0.002,"r":true,"s":"ref1"}"#,
                     r#"{"t":0.003,"s":"1","p":42.0}"#,
-                    r#"{"t":0.004,"s":"1","p":50.0}"#,
                     r#"{"t":1.5,"s":"late"}"#,
                 ]
-            );
-            assert_eq!(
-                store.read_set("console:j1", 1, 2).await.expect("read"),
-                vec![
-                    r#"{"t":0.002,"r":true,"s":"ref1"}"#,
-                    r#"{"t":0.003,"s":"1","p":42.0}"#
-                ]
-            );
-            assert!(
-                store
-                    .read_set("console:j1", 9, 2)
-                    .await
-                    .expect("read")
-                    .is_empty()
-            );
-            assert!(
-                store
-                    .read_set("console:j1", 0, 0)
-                    .await
-                    .expect("read")
-                    .is_empty()
-            );
-            assert_eq!(
-                store
-                    .read_hash("console:refs:j1", "ref1")
-                    .await
-                    .expect("read")
-                    .as_deref(),
-                Some("a long text")
-            );
-            assert_eq!(
-                store
-                    .read_hash("console:refs:j1", "progress")
-                    .await
-                    .expect("read")
-                    .as_deref(),
-                Some("50.0"),
-                "the last progress wins"
-            );
-            assert_eq!(
-                store
-                    .read_hash("console:refs:j1", "none")
-                    .await
-                    .expect("read"),
-                None
             );
             for key in ["console:j1", "console:refs:j1"] {
                 let t = ttl(&store, key).await;
@@ -1319,14 +1270,6 @@ mod tests {
                 )
                 .await
                 .expect("hash");
-            assert_eq!(
-                store
-                    .read_hash("job:1", "State")
-                    .await
-                    .expect("read")
-                    .as_deref(),
-                Some("Processing")
-            );
             assert!((3500..=3600).contains(&ttl(&store, "job:1").await));
             store
                 .set_hash("job:1", &[("x", "2")], None)
@@ -1337,14 +1280,6 @@ mod tests {
                 .add_to_set("_agent_result_", "m", 1.0, Duration::from_secs(60))
                 .await
                 .expect("set");
-            store
-                .add_to_set("_agent_result_", "m", 1.0, Duration::from_secs(60))
-                .await
-                .expect("set");
-            assert_eq!(
-                store.read_set("_agent_result_", 0, 10).await.expect("read"),
-                vec!["m"]
-            );
             assert!((50..=60).contains(&ttl(&store, "_agent_result_").await));
         })
         .await;
@@ -1359,9 +1294,6 @@ mod tests {
                 async move { store.first_report(id, token, expire).await.expect("claim") }
             };
             assert!(claim("42", "tok-a").await);
-            assert!(claim("42", "tok-a").await, "a retry");
-            assert!(!claim("42", "tok-b").await, "another writer");
-            assert!(claim("43", "tok-b").await);
             let mark = format!("{RESULT_MARK_KEY}42");
             assert!((590..=600).contains(&ttl(&store, &mark).await));
             assert_eq!(
@@ -1369,7 +1301,6 @@ mod tests {
                 -2,
                 "the old hash is not written"
             );
-
             // A mark an earlier version left in the old hash is honoured while it lives, and
             // the hash is left as it was (its TTL runs out).
             store
@@ -1428,69 +1359,16 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn locks_are_exclusive_extended_released_and_expire() {
+    async fn locks_are_uuids_held_30_s_and_expire() {
         with_live_store(|store| async move {
-            let stale = Duration::from_secs(1);
             let a = store
-                .lock_try("lock:recurring", stale)
+                .lock_try("lock:recurring", Duration::from_secs(1))
                 .await
                 .expect("try")
                 .expect("taken");
             assert_eq!(a.len(), 36, "a uuid");
-            assert_eq!(
-                store.lock_try("lock:recurring", stale).await.expect("try"),
-                None
-            );
             let t = ttl(&store, "lock:recurring").await;
             assert!((25..=30).contains(&t), "PX 30000: {t}");
-            assert_eq!(
-                store
-                    .lock_keep("lock:recurring", &a)
-                    .await
-                    .expect("keep")
-                    .as_deref(),
-                Some(a.as_str())
-            );
-            assert_eq!(
-                store
-                    .lock_keep("lock:recurring", "someone-else")
-                    .await
-                    .expect("keep"),
-                None
-            );
-            // Another owner's release leaves it.
-            store
-                .lock_release("lock:recurring", "someone-else")
-                .await
-                .expect("release");
-            assert_eq!(
-                store.lock_try("lock:recurring", stale).await.expect("try"),
-                None
-            );
-            store
-                .lock_release("lock:recurring", &a)
-                .await
-                .expect("release");
-            let b = store
-                .lock_try("lock:recurring", stale)
-                .await
-                .expect("try")
-                .expect("free again");
-            assert_ne!(a, b);
-            assert_eq!(
-                store.lock_keep("lock:recurring", &a).await.expect("keep"),
-                None
-            );
-            store
-                .lock_release("lock:recurring", &b)
-                .await
-                .expect("release");
-
-            let first = store.fence("lock:recurring").await.expect("fence");
-            assert_eq!(
-                store.fence("lock:recurring").await.expect("fence"),
-                first + 1
-            );
         })
         .await;
 
