@@ -48,61 +48,33 @@ async fn clock_and_hash<D: Driver>(d: &D) {
 
 /// The conditional write: each outcome, and that it compares the whole value.
 async fn conditional_write<D: Driver>(d: &D) {
-    let k = "c:cas";
-    assert!(d.cas(k, "f", None, Some("a"), DAY).await.expect("create"));
+    type V = Option<&'static str>;
+    let cas = |f: &'static str, old: V, new: V, life| async move {
+        d.cas("c:cas", f, old, new, life).await.expect("cas")
+    };
+    assert!(cas("f", None, Some("a"), DAY).await, "create");
     assert!(
-        !d.cas(k, "f", None, Some("b"), DAY)
-            .await
-            .expect("create again"),
+        !cas("f", None, Some("b"), DAY).await,
         "an existing field is not created over"
     );
-    assert!(
-        !d.cas(k, "f", Some("A"), Some("b"), DAY)
-            .await
-            .expect("case")
+    assert!(!cas("f", Some("A"), Some("b"), DAY).await, "case");
+    assert!(!cas("f", Some("a "), Some("b"), DAY).await, "pad");
+    assert_eq!(
+        d.get("c:cas", "f").await.expect("get").as_deref(),
+        Some("a")
     );
-    assert!(
-        !d.cas(k, "f", Some("a "), Some("b"), DAY)
-            .await
-            .expect("pad")
-    );
-    assert_eq!(d.get(k, "f").await.expect("get").as_deref(), Some("a"));
-    assert!(
-        d.cas(k, "f", Some("a"), Some("b"), None)
-            .await
-            .expect("swap")
-    );
-    assert!(
-        !d.cas(k, "f", Some("a"), Some("c"), DAY)
-            .await
-            .expect("stale")
-    );
-    assert!(
-        d.cas(k, "f", Some("b"), Some("b"), DAY)
-            .await
-            .expect("same")
-    );
-    assert!(
-        !d.cas(k, "f", Some("x"), None, DAY)
-            .await
-            .expect("stale delete")
-    );
-    assert!(!d.cas(k, "f", None, None, DAY).await.expect("absent?"));
-    assert!(d.cas(k, "f", Some("b"), None, DAY).await.expect("delete"));
-    assert!(d.cas(k, "f", None, None, DAY).await.expect("absent"));
-    assert!(
-        !d.cas(k, "g", Some("b"), Some("c"), DAY)
-            .await
-            .expect("none")
-    );
-    assert_eq!(d.get(k, "g").await.expect("get"), None);
+    assert!(cas("f", Some("a"), Some("b"), None).await, "swap");
+    assert!(!cas("f", Some("a"), Some("c"), DAY).await, "stale");
+    assert!(cas("f", Some("b"), Some("b"), DAY).await, "same");
+    assert!(!cas("f", Some("x"), None, DAY).await, "stale delete");
+    assert!(!cas("f", None, None, DAY).await, "absent?");
+    assert!(cas("f", Some("b"), None, DAY).await, "delete");
+    assert!(cas("f", None, None, DAY).await, "absent");
+    assert!(!cas("g", Some("b"), Some("c"), DAY).await, "none");
+    assert_eq!(d.get("c:cas", "g").await.expect("get"), None);
     let json = r#"{"Instance":"é","Until":1}"#;
-    assert!(d.cas(k, "j", None, Some(json), DAY).await.expect("json"));
-    assert!(
-        d.cas(k, "j", Some(json), Some("{}"), DAY)
-            .await
-            .expect("json swap")
-    );
+    assert!(cas("j", None, Some(json), DAY).await, "json");
+    assert!(cas("j", Some(json), Some("{}"), DAY).await, "json swap");
 }
 
 /// Expiry and the fencing counter.
@@ -139,10 +111,118 @@ async fn memory() {
     assert_eq!(d.get("c:t", "f").await.expect("get"), None);
 }
 
+/// The MariaDB/MySQL test server: `JOBAGENT_TEST_MYSQL_URL`, else root without a password at
+/// 127.0.0.1:3306.
+#[cfg(feature = "mysql")]
+fn mysql_url() -> String {
+    std::env::var("JOBAGENT_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/".to_owned())
+}
+
+/// A fresh database on the MariaDB/MySQL test server with Hangfire.MySqlStorage's three
+/// tables as its Install.sql lays them out (prefix `Hangfire`, charset utf8); dropped by
+/// [`MysqlDb::drop_now`]. Fails, never skips, when no server answers.
+#[cfg(feature = "mysql")]
+pub(in crate::store) struct MysqlDb {
+    admin: mysql_async::Conn,
+    name: String,
+    /// The database's URL.
+    pub(in crate::store) url: String,
+}
+
+#[cfg(feature = "mysql")]
+impl MysqlDb {
+    pub(in crate::store) async fn create() -> Self {
+        use mysql_async::prelude::Queryable;
+        let url = mysql_url();
+        // Never the URL in a message: it may hold a password.
+        let no_server = |e: &str| -> ! {
+            panic!(
+                "no MySQL/MariaDB server answers at JOBAGENT_TEST_MYSQL_URL or 127.0.0.1:3306 \
+                 ({e}). These tests need one: start MariaDB locally (e.g. `apt-get install \
+                 mariadb-server && service mariadb start`, or `docker run -d -p 3306:3306 -e \
+                 MARIADB_ALLOW_EMPTY_ROOT_PASSWORD=1 mariadb:11`), or set \
+                 JOBAGENT_TEST_MYSQL_URL=mysql://user:password@host:port/ to a server where \
+                 that user may create databases"
+            )
+        };
+        let connect = mysql_async::Conn::from_url(url.as_str());
+        let mut admin = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => no_server(&e.to_string()),
+            Err(_) => no_server("no answer within 10 s"),
+        };
+        let name = format!("jobagent_c_{:016x}", rand::random::<u64>());
+        let utf8 = "ENGINE=InnoDB DEFAULT CHARACTER SET utf8 COLLATE utf8_general_ci";
+        admin
+            .query_drop(format!(
+                "CREATE DATABASE `{name}` CHARACTER SET utf8 COLLATE utf8_general_ci; \
+                 CREATE TABLE `{name}`.`HangfireHash` (`Id` int(11) NOT NULL AUTO_INCREMENT, \
+                 `Key` nvarchar(100) NOT NULL, `Field` nvarchar(40) NOT NULL, `Value` longtext, \
+                 `ExpireAt` datetime(6) DEFAULT NULL, PRIMARY KEY (`Id`), \
+                 UNIQUE KEY `IX_HangfireHash_Key_Field` (`Key`,`Field`)) {utf8}; \
+                 CREATE TABLE `{name}`.`HangfireSet` (`Id` int(11) NOT NULL AUTO_INCREMENT, \
+                 `Key` nvarchar(100) NOT NULL, `Value` nvarchar(256) NOT NULL, \
+                 `Score` float NOT NULL, `ExpireAt` datetime DEFAULT NULL, PRIMARY KEY (`Id`), \
+                 UNIQUE KEY `IX_HangfireSet_Key_Value` (`Key`,`Value`)) {utf8}; \
+                 CREATE TABLE `{name}`.`HangfireDistributedLock` (\
+                 `Resource` nvarchar(100) NOT NULL, `CreatedAt` datetime(6) NOT NULL) {utf8}"
+            ))
+            .await
+            .expect("the test database");
+        let url = format!("{}/{name}", url.trim_end_matches('/'));
+        Self { admin, name, url }
+    }
+
+    pub(in crate::store) async fn drop_now(mut self) {
+        use mysql_async::prelude::Queryable;
+        let _ = self
+            .admin
+            .query_drop(format!("DROP DATABASE `{}`", self.name))
+            .await;
+        let _ = self.admin.disconnect().await;
+    }
+}
+
+/// The Redis test server: `JOBAGENT_TEST_REDIS_URL`, else 127.0.0.1:6379.
+#[cfg(feature = "redis")]
+pub(in crate::store) fn redis_url() -> String {
+    std::env::var("JOBAGENT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A connection of a test's own to the Redis test server; fails, never skips, when none answers.
+#[cfg(feature = "redis")]
+async fn redis_conn() -> ::redis::aio::MultiplexedConnection {
+    match ::redis::Client::open(redis_url().as_str()) {
+        Ok(client) => client.get_multiplexed_async_connection().await,
+        Err(e) => Err(e),
+    }
+    .unwrap_or_else(|e| {
+        panic!(
+            "no Redis answers ({e}): start one (`redis-server`, or `docker run --rm -p 6379:6379 redis:7`), or point JOBAGENT_TEST_REDIS_URL at one (redis://host:port/db)"
+        )
+    })
+}
+
+/// Deletes every key of the Redis test server under `prefix` (hex digits, braces, a colon).
+#[cfg(feature = "redis")]
+pub(in crate::store) async fn delete_keys(prefix: &str) {
+    let mut c = redis_conn().await;
+    let keys: Result<Vec<String>, _> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await;
+    if let Ok(keys) = keys
+        && !keys.is_empty()
+    {
+        let _: Result<i64, _> = ::redis::cmd("DEL").arg(&keys).query_async(&mut c).await;
+    }
+}
+
 /// The real stores, each opened as the agent opens one ([`Store::open`]) on fresh tables or
-/// keys: the [`Driver`] checks above, then the layout checks below.
+/// keys: the [`Driver`] checks above, then the layout every real store keeps, through `Store`.
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
-mod real {
+pub(in crate::store) mod real {
     use std::future::Future;
     use std::panic::AssertUnwindSafe;
     use std::time::Duration;
@@ -153,7 +233,7 @@ mod real {
     use super::super::{Backend, Load, Opening, Store, StoreType};
 
     /// Runs `$call` with `$b` bound to the store's backend (its [`Driver`](super::Driver) and
-    /// its reads: `Store`'s own reads are built for `jobagent-dev` and the relay only).
+    /// reads: `Store`'s own reads are built for `jobagent-dev` and the relay only).
     macro_rules! on_backend {
         ($store:expr, $b:ident => $call:expr) => {
             match $store.backend() {
@@ -184,7 +264,7 @@ mod real {
     }
 
     fn open(kind: StoreType, connection: &str, prefix: &str) -> Store {
-        Store::open(&Opening {
+        let opening = Opening {
             kind,
             connection,
             prefix: Some(prefix),
@@ -193,24 +273,27 @@ mod real {
             from_center: false,
             load: Load::Now,
             relay_token: None,
-        })
-        .unwrap_or_else(|e| panic!("{kind} store opens: {e}"))
+        };
+        Store::open(&opening).unwrap_or_else(|e| panic!("{kind} store opens: {e}"))
     }
 
-    /// The Driver checks, then the layout checks (`stale`: makes a held lock stale, as when
+    /// The Driver checks, then the layout checks (`stale` makes a held lock stale, as when
     /// its holder stops keeping it); `cleanup` runs whether they passed or not.
-    async fn check<F, Fut>(store: &Store, stale: F, cleanup: impl Future<Output = ()>)
-    where
-        F: Fn(String) -> Fut,
-        Fut: Future<Output = ()>,
-    {
+    async fn check<F: Fn(&'static str) -> Fut, Fut: Future<Output = ()>>(
+        s: &Store,
+        stale: F,
+        cleanup: impl Future<Output = ()>,
+    ) {
         let outcome = AssertUnwindSafe(async {
-            store
-                .ping(Duration::from_secs(10))
+            s.ping(Duration::from_secs(10))
                 .await
                 .expect("the store answers");
-            on_backend!(store, b => super::all(b).await);
-            layout(store, stale).await;
+            on_backend!(s, b => super::all(b).await);
+            console(s).await;
+            hashes_and_sets(s).await;
+            first_reports(s).await;
+            locks(s, stale).await;
+            fences(s).await;
         })
         .catch_unwind()
         .await;
@@ -220,40 +303,25 @@ mod real {
         }
     }
 
-    /// A console line as the encoder writes it, in score order.
-    fn line(t: f64, text: &str) -> EncodedLine {
+    /// A console line as the encoder writes it: text `s` at `t` s.
+    pub(in crate::store) fn line(t: f64, s: &str) -> EncodedLine {
+        let s = serde_json::to_string(s).expect("JSON");
+        let value = format!(r##"{{"t":{t:?},"s":{s},"c":"#ffffff"}}"##);
         EncodedLine {
-            value: format!(
-                r#"{{"t":{t:?},"s":{}}}"#,
-                serde_json::to_string(text).expect("JSON")
-            ),
+            value,
             score: t,
             reference: None,
             progress_field: None,
         }
     }
 
-    fn texts(values: &[String]) -> Vec<String> {
-        values
-            .iter()
-            .map(|v| {
-                let parsed: serde_json::Value = serde_json::from_str(v).expect("a JSON line");
-                parsed["s"].as_str().expect("s").to_owned()
-            })
-            .collect()
-    }
-
-    /// The layout every real store keeps, through [`Store`].
-    async fn layout<F, Fut>(s: &Store, stale: F)
-    where
-        F: Fn(String) -> Fut,
-        Fut: Future<Output = ()>,
-    {
-        console(s).await;
-        hashes_and_sets(s).await;
-        first_reports(s).await;
-        locks(s, stale).await;
-        fences(s).await;
+    /// The texts (`s`) of console lines.
+    pub(in crate::store) fn texts(values: &[String]) -> Vec<String> {
+        let text = |v: &String| {
+            let parsed: serde_json::Value = serde_json::from_str(v).expect("a JSON line");
+            parsed["s"].as_str().expect("s").to_owned()
+        };
+        values.iter().map(text).collect()
     }
 
     /// A console batch is ordered and idempotent when retried whole or in part, and read
@@ -277,56 +345,47 @@ mod real {
         assert!(read_hash_all(s, hash).await.is_empty());
 
         let field = "0123456789abcdef0123456789abcdef";
-        let mut reference = line(10.0, field);
-        reference.value = format!(r#"{{"t":10.0,"r":true,"s":"{field}"}}"#);
         let long = "long text ".repeat(100);
-        reference.reference = Some((field.to_owned(), long.clone()));
-        let mut bar = line(11.0, "1");
-        bar.value = r#"{"t":11.0,"s":"1","p":42.0}"#.to_owned();
-        bar.progress_field = Some("42.0".to_owned());
-        let mut bar2 = line(12.0, "1");
-        bar2.value = r#"{"t":12.0,"s":"1","p":43.5}"#.to_owned();
-        bar2.progress_field = Some("43.5".to_owned());
-        let batch = [reference, bar, bar2];
+        let reference = EncodedLine {
+            value: format!(r#"{{"t":10.0,"r":true,"s":"{field}"}}"#),
+            reference: Some((field.to_owned(), long.clone())),
+            ..line(10.0, "")
+        };
+        let bar = |t: f64, p: &str| EncodedLine {
+            value: format!(r#"{{"t":{t:?},"s":"1","p":{p}}}"#),
+            progress_field: Some(p.to_owned()),
+            ..line(t, "")
+        };
+        let batch = [reference, bar(11.0, "42.0"), bar(12.0, "43.5")];
         for _ in 0..2 {
             s.write_console(set, hash, &batch).await.expect("a batch");
         }
-        assert_eq!(
-            read_set(s, set, 5, 100).await,
-            batch.iter().map(|l| l.value.clone()).collect::<Vec<_>>()
-        );
+        let values = batch.iter().map(|l| l.value.clone()).collect::<Vec<_>>();
+        assert_eq!(read_set(s, set, 5, 100).await, values);
         assert_eq!(read_hash(s, hash, field).await, Some(long));
-        assert_eq!(
-            read_hash(s, hash, "progress").await.as_deref(),
-            Some("43.5"),
-            "the last progress wins"
-        );
+        let progress = read_hash(s, hash, "progress").await;
+        assert_eq!(progress.as_deref(), Some("43.5"), "the last progress wins");
         assert_eq!(read_hash(s, hash, "absent").await, None);
         assert_eq!(read_hash_all(s, hash).await.len(), 2);
     }
 
     /// Hash fields round trip (upserted, whatever their expiry); a set member is kept once.
     async fn hashes_and_sets(s: &Store) {
-        s.set_hash("h:1", &[("a", "1"), ("b", "x y")], None)
-            .await
-            .expect("set");
-        s.set_hash("h:1", &[("a", "2")], Some(Duration::from_secs(60)))
-            .await
-            .expect("set again");
+        let set_hash =
+            |pairs, life| async move { s.set_hash("h:1", pairs, life).await.expect("set") };
+        set_hash(&[("a", "1"), ("b", "x y")], None).await;
+        set_hash(&[("a", "2")], Some(Duration::from_secs(60))).await;
         assert_eq!(read_hash(s, "h:1", "a").await.as_deref(), Some("2"));
         assert_eq!(read_hash(s, "h:1", "b").await.as_deref(), Some("x y"));
         assert_eq!(read_hash(s, "h:1", "c").await, None);
-        assert_eq!(
-            read_hash_all(s, "h:1").await,
-            [("a".into(), "2".into()), ("b".into(), "x y".into())]
-        );
+        let all = [("a".into(), "2".into()), ("b".into(), "x y".into())];
+        assert_eq!(read_hash_all(s, "h:1").await, all);
         assert!(read_hash_all(s, "h:none").await.is_empty());
-        s.add_to_set("_agent_result_", "17", 1.0)
-            .await
-            .expect("add");
-        s.add_to_set("_agent_result_", "17", 2.0)
-            .await
-            .expect("add again");
+        for score in [1.0, 2.0] {
+            s.add_to_set("_agent_result_", "17", score)
+                .await
+                .expect("add");
+        }
         assert_eq!(read_set(s, "_agent_result_", 0, 10).await, ["17"]);
     }
 
@@ -342,81 +401,66 @@ mod real {
         assert!(claim("43", "b:2").await, "another dispatch");
         if s.kind() != StoreType::Redis {
             // The SQL stores mark it in hash `jobagent:results` (Redis: see its module).
-            assert_eq!(
-                read_hash(s, "jobagent:results", "42").await.as_deref(),
-                Some("a:1")
-            );
+            let mark = read_hash(s, "jobagent:results", "42").await;
+            assert_eq!(mark.as_deref(), Some("a:1"));
         }
     }
 
     /// Locks are exclusive, kept and released only by their owner, and taken over once stale,
     /// the old owner learning it lost.
-    async fn locks<F, Fut>(s: &Store, stale: F)
-    where
-        F: Fn(String) -> Fut,
-        Fut: Future<Output = ()>,
-    {
+    async fn locks<F: Fn(&'static str) -> Fut, Fut: Future<Output = ()>>(s: &Store, stale: F) {
         let after = Duration::from_millis(300);
+        let take = |r, after| async move { s.lock_try(r, after).await.expect("lock_try") };
+        let keep = |r, owner| async move { s.lock_keep(r, owner).await.expect("lock_keep") };
+        let release = |r, owner| async move { s.lock_release(r, owner).await.expect("release") };
         let r = "lock:recurring";
-        let a = s.lock_try(r, after).await.expect("try").expect("taken");
-        assert_eq!(s.lock_try(r, after).await.expect("try"), None, "exclusive");
-        let a = s.lock_keep(r, &a).await.expect("keep").expect("kept");
+        let a = take(r, after).await.expect("taken");
+        assert_eq!(take(r, after).await, None, "exclusive");
+        let a = keep(r, &a).await.expect("kept");
         // Another owner (in MySQL's owner format, which the others take as any text).
         let other = "2000-01-01 00:00:00.000000";
-        assert_eq!(s.lock_keep(r, other).await.expect("keep"), None);
+        assert_eq!(keep(r, other).await, None);
         // Another owner's release leaves it.
-        s.lock_release(r, other).await.expect("release");
-        assert_eq!(s.lock_try(r, after).await.expect("try"), None);
-        s.lock_release(r, &a).await.expect("release");
-        let b = s
-            .lock_try(r, after)
-            .await
-            .expect("try")
-            .expect("free again");
+        release(r, other).await;
+        assert_eq!(take(r, after).await, None);
+        release(r, &a).await;
+        let b = take(r, after).await.expect("free again");
         assert_ne!(a, b);
-        assert_eq!(s.lock_keep(r, &a).await.expect("keep"), None, "released");
-        s.lock_release(r, &b).await.expect("release");
+        assert_eq!(keep(r, &a).await, None, "released");
+        release(r, &b).await;
 
         // A holder that stops keeping its lock loses it.
         let r = "lock:x";
-        let a = s.lock_try(r, after).await.expect("try").expect("taken");
-        stale(r.to_owned()).await;
+        let a = take(r, after).await.expect("taken");
+        stale(r).await;
         if s.kind() != StoreType::Redis {
             // Redis: the key's expiry is the staleness rule, not `stale_after`.
             let longer = Duration::from_secs(600);
             assert_eq!(
-                s.lock_try(r, longer).await.expect("try"),
+                take(r, longer).await,
                 None,
                 "not stale under a longer bound"
             );
         }
-        let b = s
-            .lock_try(r, after)
-            .await
-            .expect("try")
-            .expect("taken over");
+        let b = take(r, after).await.expect("taken over");
         assert_ne!(a, b);
-        assert_eq!(s.lock_keep(r, &a).await.expect("keep"), None, "lost");
-        s.lock_release(r, &a).await.expect("release");
-        assert_eq!(s.lock_try(r, after).await.expect("try"), None, "b holds it");
-        assert!(s.lock_keep(r, &b).await.expect("keep").is_some());
+        assert_eq!(keep(r, &a).await, None, "lost");
+        release(r, &a).await;
+        assert_eq!(take(r, after).await, None, "b holds it");
+        assert!(keep(r, &b).await.is_some());
     }
 
     /// Fencing tokens count up by one per resource (from 1 on the SQL stores; Redis seeds
     /// each counter from its clock), each concurrent increment getting its own.
     async fn fences(s: &Store) {
         let sql = s.kind() != StoreType::Redis;
-        for resource in ["lock:a", "lock:b"] {
-            let first = s.fence(resource).await.expect("fence");
-            let next = [s.fence(resource).await, s.fence(resource).await];
-            assert_eq!(next.map(|t| t.expect("fence")), [first + 1, first + 2]);
-            assert!(!sql || first == 1, "{resource}: {first}");
+        let fence = |r| async move { s.fence(r).await.expect("fence") };
+        for r in ["lock:a", "lock:b"] {
+            let first = fence(r).await;
+            assert_eq!([fence(r).await, fence(r).await], [first + 1, first + 2]);
+            assert!(!sql || first == 1, "{r}: {first}");
         }
-        let mut tokens = futures_util::future::join_all((0..8).map(|_| s.fence("lock:c")))
-            .await
-            .into_iter()
-            .map(|t| t.expect("fence"))
-            .collect::<Vec<_>>();
+        let mut tokens = futures_util::future::join_all((0..8).map(|_| fence("lock:c"))).await;
         tokens.sort_unstable();
         let first = tokens[0];
         assert_eq!(tokens, (first..first + 8).collect::<Vec<u64>>());
@@ -424,7 +468,7 @@ mod real {
     }
 
     /// Waits out a SQL lock's `stale_after` (300 ms).
-    async fn wait_out(_resource: String) {
+    async fn wait_out(_resource: &'static str) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
@@ -441,7 +485,7 @@ mod real {
         let conn = pg.conn().await.unwrap_or_else(|e| {
             panic!("no PostgreSQL answers ({e}): start one, or set JOBAGENT_TEST_DATABASE_URL")
         });
-        conn.batch_execute(&format!(
+        let tables = format!(
             "CREATE SCHEMA {schema}; \
              CREATE TABLE {schema}.hash (id bigserial PRIMARY KEY, \"key\" text NOT NULL, \
              field text NOT NULL, \"value\" text, expireat timestamptz, \
@@ -451,9 +495,8 @@ mod real {
              updatecount integer NOT NULL DEFAULT 0, UNIQUE (\"key\", \"value\")); \
              CREATE TABLE {schema}.\"lock\" (resource text NOT NULL, \
              updatecount integer NOT NULL DEFAULT 0, acquired timestamptz, UNIQUE (resource))"
-        ))
-        .await
-        .expect("the test schema");
+        );
+        conn.batch_execute(&tables).await.expect("the test schema");
         drop(conn);
         let cleanup = async {
             if let Ok(conn) = pg.conn().await {
@@ -465,91 +508,32 @@ mod real {
         check(&store, wait_out, cleanup).await;
     }
 
-    /// MariaDB/MySQL: `JOBAGENT_TEST_MYSQL_URL`, else root without a password at
-    /// 127.0.0.1:3306; a fresh database with Hangfire.MySqlStorage's `Hash`, `Set` and
-    /// `DistributedLock` (prefix `Hangfire`, charset utf8), dropped at the end.
+    /// MariaDB/MySQL: a fresh database (see [`super::MysqlDb`]), dropped at the end.
     #[cfg(feature = "mysql")]
     #[tokio::test(flavor = "multi_thread")]
     async fn mysql() {
-        use mysql_async::prelude::Queryable;
-        let url = std::env::var("JOBAGENT_TEST_MYSQL_URL")
-            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/".to_owned());
-        let mut admin =
-            tokio::time::timeout(Duration::from_secs(10), mysql_async::Conn::from_url(&url))
-                .await
-                .map_err(|_| "no answer within 10 s".to_owned())
-                .and_then(|c| c.map_err(|e| e.to_string()))
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "no MySQL/MariaDB answers ({e}): start one, or set JOBAGENT_TEST_MYSQL_URL"
-                    )
-                });
-        let db = format!("jobagent_c_{:016x}", rand::random::<u64>());
-        let utf8 = "ENGINE=InnoDB DEFAULT CHARACTER SET utf8 COLLATE utf8_general_ci";
-        admin
-            .query_drop(format!(
-                "CREATE DATABASE `{db}` CHARACTER SET utf8 COLLATE utf8_general_ci; \
-                 CREATE TABLE `{db}`.`HangfireHash` (`Id` int(11) NOT NULL AUTO_INCREMENT, \
-                 `Key` nvarchar(100) NOT NULL, `Field` nvarchar(40) NOT NULL, `Value` longtext, \
-                 `ExpireAt` datetime(6) DEFAULT NULL, PRIMARY KEY (`Id`), \
-                 UNIQUE KEY `IX_HangfireHash_Key_Field` (`Key`,`Field`)) {utf8}; \
-                 CREATE TABLE `{db}`.`HangfireSet` (`Id` int(11) NOT NULL AUTO_INCREMENT, \
-                 `Key` nvarchar(100) NOT NULL, `Value` nvarchar(256) NOT NULL, \
-                 `Score` float NOT NULL, `ExpireAt` datetime DEFAULT NULL, PRIMARY KEY (`Id`), \
-                 UNIQUE KEY `IX_HangfireSet_Key_Value` (`Key`,`Value`)) {utf8}; \
-                 CREATE TABLE `{db}`.`HangfireDistributedLock` (\
-                 `Resource` nvarchar(100) NOT NULL, `CreatedAt` datetime(6) NOT NULL) {utf8}"
-            ))
-            .await
-            .expect("the test database");
-        let base = url.trim_end_matches('/');
-        let store = open(StoreType::MySql, &format!("{base}/{db}"), "Hangfire");
-        let cleanup = async move {
-            let _ = admin.query_drop(format!("DROP DATABASE `{db}`")).await;
-        };
-        check(&store, wait_out, cleanup).await;
+        let db = super::MysqlDb::create().await;
+        let store = open(StoreType::MySql, &db.url, "Hangfire");
+        check(&store, wait_out, db.drop_now()).await;
     }
 
-    /// Redis: `JOBAGENT_TEST_REDIS_URL`, else 127.0.0.1:6379; a fresh prefix, its keys
-    /// deleted at the end.
+    /// Redis (see [`super::redis_url`]): a fresh prefix, its keys deleted at the end.
     #[cfg(feature = "redis")]
     #[tokio::test(flavor = "multi_thread")]
     async fn redis() {
-        let url = std::env::var("JOBAGENT_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
         let prefix = format!("{{c{:016x}}}:", rand::random::<u64>());
-        let store = open(StoreType::Redis, &url, &prefix);
-        // A connection of the test's own, to end locks' holds and delete the keys.
-        let conn = match ::redis::Client::open(url.as_str()) {
-            Ok(client) => client.get_multiplexed_async_connection().await,
-            Err(e) => Err(e),
-        }
-        .unwrap_or_else(|e| {
-            panic!("no Redis answers ({e}): start one, or set JOBAGENT_TEST_REDIS_URL")
-        });
-        let stale = |resource: String| {
+        let store = open(StoreType::Redis, &super::redis_url(), &prefix);
+        let conn = super::redis_conn().await;
+        // The hold ends: the key expires now.
+        let stale = |resource| {
             let (mut conn, key) = (conn.clone(), format!("{prefix}{resource}"));
             async move {
-                let ended: i64 = ::redis::cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(1)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("PEXPIRE");
-                assert_eq!(ended, 1, "the lock's key exists");
+                let mut cmd = ::redis::cmd("PEXPIRE");
+                let ended = cmd.arg(&key).arg(1).query_async(&mut conn).await;
+                assert_eq!(ended.ok(), Some(1), "the lock's key exists");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        let (mut c, pattern) = (conn.clone(), format!("{prefix}*"));
-        let cleanup = async move {
-            let keys: Result<Vec<String>, _> =
-                ::redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await;
-            if let Ok(keys) = keys
-                && !keys.is_empty()
-            {
-                let _: Result<i64, _> = ::redis::cmd("DEL").arg(&keys).query_async(&mut c).await;
-            }
-        };
-        check(&store, stale, cleanup).await;
+        check(&store, stale, super::delete_keys(&prefix)).await;
     }
 }

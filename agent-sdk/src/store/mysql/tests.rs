@@ -139,121 +139,30 @@ fn chunks_stay_within_the_budget_in_order() {
 
 // --- against a real server ---
 
-/// The test server's URL.
-fn server_url() -> String {
-    std::env::var("JOBAGENT_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/".to_owned())
-}
+use crate::store::conformance::MysqlDb;
+use crate::store::conformance::real::{line, texts};
 
-/// A fresh database with Hangfire.MySqlStorage's three tables (as Install.sql lays them
-/// out, prefix `Hangfire`, charset utf8), and a store on it with `extra` settings; dropped
-/// by [`TestDb::drop_now`].
+/// A fresh database with Hangfire.MySqlStorage's tables (see [`MysqlDb`]), and its spec for
+/// stores with other settings.
 struct TestDb {
-    admin: mysql_async::Conn,
-    name: String,
+    db: MysqlDb,
     spec: MyConnSpec,
 }
 
 impl TestDb {
     async fn create() -> Self {
-        let url = server_url();
-        let spec = connstr::parse(&url).expect("JOBAGENT_TEST_MYSQL_URL parses");
-        let mut admin_spec = spec.clone();
-        admin_spec.database = None;
-        let connect = mysql_async::Conn::new(opts_of(&admin_spec, SslMode::Disabled));
-        let mut admin = match tokio::time::timeout(Duration::from_secs(10), connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => panic!("{}", no_server(describe(&e).message())),
-            Err(_) => panic!("{}", no_server("no answer within 10 s")),
-        };
-        let name = format!("jobagent_u_{:016x}", rand::random::<u64>());
-        admin
-            .query_drop(format!(
-                "CREATE DATABASE `{name}` CHARACTER SET utf8 COLLATE utf8_general_ci"
-            ))
-            .await
-            .expect("CREATE DATABASE");
-        for table in [
-            "CREATE TABLE `{db}`.`HangfireDistributedLock` (\
-               `Resource` nvarchar(100) NOT NULL,\
-               `CreatedAt` datetime(6) NOT NULL\
-             ) ENGINE=InnoDB DEFAULT CHARACTER SET utf8 COLLATE utf8_general_ci",
-            "CREATE TABLE `{db}`.`HangfireHash` (\
-               `Id` int(11) NOT NULL AUTO_INCREMENT,\
-               `Key` nvarchar(100) NOT NULL,\
-               `Field` nvarchar(40) NOT NULL,\
-               `Value` longtext,\
-               `ExpireAt` datetime(6) DEFAULT NULL,\
-               PRIMARY KEY (`Id`),\
-               UNIQUE KEY `IX_HangfireHash_Key_Field` (`Key`,`Field`)\
-             ) ENGINE=InnoDB DEFAULT CHARACTER SET utf8 COLLATE utf8_general_ci",
-            "CREATE TABLE `{db}`.`HangfireSet` (\
-               `Id` int(11) NOT NULL AUTO_INCREMENT,\
-               `Key` nvarchar(100) NOT NULL,\
-               `Value` nvarchar(256) NOT NULL,\
-               `Score` float NOT NULL,\
-               `ExpireAt` datetime DEFAULT NULL,\
-               PRIMARY KEY (`Id`),\
-               UNIQUE KEY `IX_HangfireSet_Key_Value` (`Key`,`Value`)\
-             ) ENGINE=InnoDB DEFAULT CHARACTER SET utf8 COLLATE utf8_general_ci",
-        ] {
-            admin
-                .query_drop(table.replace("{db}", &name))
-                .await
-                .expect("CREATE TABLE");
-        }
-        let mut spec = spec;
-        spec.database = Some(name.clone());
-        Self { admin, name, spec }
+        let db = MysqlDb::create().await;
+        let spec = connstr::parse(&db.url).expect("JOBAGENT_TEST_MYSQL_URL parses");
+        Self { db, spec }
     }
 
     fn store(&self, prefix: &str) -> MysqlStore {
         MysqlStore::from_spec(&self.spec, Prefix::Given(prefix.to_owned()), false).expect("opens")
     }
 
-    async fn drop_now(mut self) {
-        let _ = self
-            .admin
-            .query_drop(format!("DROP DATABASE `{}`", self.name))
-            .await;
-        let _ = self.admin.disconnect().await;
+    async fn drop_now(self) {
+        self.db.drop_now().await;
     }
-}
-
-fn no_server(error: &str) -> String {
-    // The label, not the URL: the URL may hold a password.
-    let at =
-        connstr::parse(&server_url()).map_or_else(|_| "the test URL".to_owned(), |s| s.label());
-    format!(
-        "no MySQL/MariaDB server answers at {at} ({error}). These tests need one: start MariaDB \
-         locally (e.g. `apt-get install mariadb-server && service mariadb start`, or \
-         `docker run -d -p 3306:3306 -e MARIADB_ALLOW_EMPTY_ROOT_PASSWORD=1 mariadb:11`), or \
-         set JOBAGENT_TEST_MYSQL_URL=mysql://user:password@host:port/ to a server where that \
-         user may create databases",
-    )
-}
-
-fn line(t: f64, text: &str) -> EncodedLine {
-    let value = format!(
-        r##"{{"t":{t:?},"s":{},"c":"#ffffff"}}"##,
-        serde_json::to_string(text).expect("JSON")
-    );
-    EncodedLine {
-        value,
-        score: t,
-        reference: None,
-        progress_field: None,
-    }
-}
-
-fn texts(values: &[String]) -> Vec<String> {
-    values
-        .iter()
-        .map(|v| {
-            let parsed: serde_json::Value = serde_json::from_str(v).expect("a JSON line");
-            parsed["s"].as_str().expect("s").to_owned()
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
