@@ -1192,52 +1192,41 @@ mod tests {
     async fn console_batches_are_ordered_by_score_and_expire() {
         with_live_store(|store| async move {
             assert!(store.check_tables(Duration::from_secs(5)).await.is_ok());
-            let mut long = encoded(r#"{"t":0.002,"r":true,"s":"ref1"}"#, 0.002);
-            long.reference = Some(("ref1".to_owned(), "a long text".to_owned()));
-            let mut bar = encoded(r#"{"t":0.003,"s":"1","p":42.0}"#, 0.003);
-            bar.progress_field = Some("42.0".to_owned());
+            let reference = EncodedLine {
+                reference: Some(("ref1".to_owned(), "a long text".to_owned())),
+                ..encoded(r#"{"t":0.002,"r":true,"s":"ref1"}"#, 0.002)
+            };
+            let bar = EncodedLine {
+                progress_field: Some("42.0".to_owned()),
+                ..encoded(r#"{"t":0.003,"s":"1","p":42.0}"#, 0.003)
+            };
+            let (late, first) = (r#"{"t":1.5,"s":"late"}"#, r#"{"t":0.001,"s":"first"}"#);
             // Written out of score order: read back by score (a sorted set).
-            let lines = vec![
-                encoded(r#"{"t":1.5,"s":"late"}"#, 1.5),
-                encoded(r#"{"t":0.001,"s":"first"}"#, 0.001),
-                long,
-                bar,
-            ];
+            let lines = [encoded(late, 1.5), encoded(first, 0.001), reference, bar];
             let expire = Duration::from_secs(3600);
             store
                 .write_console("console:j1", "console:refs:j1", &lines, expire)
                 .await
-                .expect("a console batch");
+                .expect("a batch");
+            let by_score = [1, 2, 3, 0].map(|i| lines[i].value.clone());
             assert_eq!(
                 store.read_set("console:j1", 0, 100).await.expect("read"),
-                vec![
-                    r#"{"t":0.001,"s":"first"}"#,
-                    r#"{"t":0.002,"r":true,"s":"ref1"}"#,
-                    r#"{"t":0.003,"s":"1","p":42.0}"#,
-                    r#"{"t":1.5,"s":"late"}"#,
-                ]
+                by_score
             );
             for key in ["console:j1", "console:refs:j1"] {
                 let t = ttl(&store, key).await;
                 assert!((3500..=3600).contains(&t), "{key}: {t}");
             }
             // Only the set is touched when there are no references or progress.
+            let plain = [encoded("x", 1.0)];
             store
-                .write_console(
-                    "console:j2",
-                    "console:refs:j2",
-                    &[encoded("x", 1.0)],
-                    expire,
-                )
+                .write_console("console:j2", "console:refs:j2", &plain, expire)
                 .await
                 .expect("a batch");
             assert_eq!(ttl(&store, "console:refs:j2").await, -2, "no such key");
-            assert!(
-                store
-                    .write_console("console:j3", "h", &[encoded("x", f64::NAN)], expire)
-                    .await
-                    .is_err()
-            );
+            let nan = [encoded("x", f64::NAN)];
+            let refused = store.write_console("console:j3", "h", &nan, expire).await;
+            assert!(refused.is_err(), "a NaN score");
 
             // Hashes and sets of their own.
             store
