@@ -468,6 +468,7 @@ pub(in crate::store) mod real {
     }
 
     /// Waits out a SQL lock's `stale_after` (300 ms).
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
     async fn wait_out(_resource: &'static str) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
