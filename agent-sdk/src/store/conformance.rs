@@ -111,6 +111,21 @@ async fn memory() {
     assert_eq!(d.get("c:t", "f").await.expect("get"), None);
 }
 
+/// Runs `body`, then `cleanup` whether it passed or not (a test's tables or keys go either
+/// way); a panic in `body` is raised again after.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
+pub(in crate::store) async fn guarded(
+    body: impl std::future::Future<Output = ()>,
+    cleanup: impl std::future::Future<Output = ()>,
+) {
+    use futures_util::FutureExt;
+    let outcome = std::panic::AssertUnwindSafe(body).catch_unwind().await;
+    cleanup.await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// The MariaDB/MySQL test server: `JOBAGENT_TEST_MYSQL_URL`, else root without a password at
 /// 127.0.0.1:3306.
 #[cfg(feature = "mysql")]
@@ -224,10 +239,7 @@ pub(in crate::store) async fn delete_keys(prefix: &str) {
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 pub(in crate::store) mod real {
     use std::future::Future;
-    use std::panic::AssertUnwindSafe;
     use std::time::Duration;
-
-    use futures_util::FutureExt;
 
     use super::super::line::EncodedLine;
     use super::super::{Backend, Load, Opening, Store, StoreType};
@@ -284,7 +296,7 @@ pub(in crate::store) mod real {
         stale: F,
         cleanup: impl Future<Output = ()>,
     ) {
-        let outcome = AssertUnwindSafe(async {
+        let body = async {
             s.ping(Duration::from_secs(10))
                 .await
                 .expect("the store answers");
@@ -294,13 +306,8 @@ pub(in crate::store) mod real {
             first_reports(s).await;
             locks(s, stale).await;
             fences(s).await;
-        })
-        .catch_unwind()
-        .await;
-        cleanup.await;
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic);
-        }
+        };
+        super::guarded(body, cleanup).await;
     }
 
     /// A console line as the encoder writes it: text `s` at `t` s.

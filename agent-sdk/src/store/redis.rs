@@ -1152,18 +1152,10 @@ mod tests {
     async fn with_live_store<F, Fut>(body: F)
     where
         F: FnOnce(std::sync::Arc<RedisStore>) -> Fut,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = ()>,
     {
         let store = std::sync::Arc::new(live_store().await);
-        // A test's own task, joined at once (so a panic in it is caught and the keys cleaned).
-        let outcome = tokio::spawn(body(store.clone())).await;
-        cleanup(&store).await;
-        if let Err(e) = outcome {
-            match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(e) => panic!("{e}"),
-            }
-        }
+        crate::store::conformance::guarded(body(store.clone()), cleanup(&store)).await;
     }
 
     async fn ttl(store: &RedisStore, key: &str) -> i64 {

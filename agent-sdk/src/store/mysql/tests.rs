@@ -139,8 +139,8 @@ fn chunks_stay_within_the_budget_in_order() {
 
 // --- against a real server ---
 
-use crate::store::conformance::MysqlDb;
 use crate::store::conformance::real::{line, texts};
+use crate::store::conformance::{MysqlDb, guarded};
 
 /// A fresh database with Hangfire.MySqlStorage's tables (see [`MysqlDb`]), and its spec for
 /// stores with other settings.
@@ -159,21 +159,16 @@ impl TestDb {
     fn store(&self, prefix: &str) -> MysqlStore {
         MysqlStore::from_spec(&self.spec, Prefix::Given(prefix.to_owned()), false).expect("opens")
     }
-
-    async fn drop_now(self) {
-        self.db.drop_now().await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn against_a_real_server() {
     let db = TestDb::create().await;
-    // A test's own task, joined at once (so a panic in it is caught and the database dropped).
-    let outcome = tokio::spawn(run_all(db.store("Hangfire"), db.store("Nope"))).await;
-    db.drop_now().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    guarded(
+        run_all(db.store("Hangfire"), db.store("Nope")),
+        db.db.drop_now(),
+    )
+    .await;
 }
 
 async fn run_all(store: MysqlStore, missing: MysqlStore) {
@@ -280,27 +275,21 @@ async fn statement_budget(store: &MysqlStore) {
 /// An owner is the row's `CreatedAt` with microseconds; keeping moves it on, so the owner
 /// before is stale.
 async fn lock_owners(store: &MysqlStore) {
-    let stale = Duration::from_secs(60);
-    let owner = store
-        .lock_try("job:7", stale)
-        .await
-        .expect("try")
-        .expect("taken");
+    let take = || async {
+        store
+            .lock_try("job:7", Duration::from_secs(60))
+            .await
+            .expect("try")
+    };
+    let keep = |owner| async move { store.lock_keep("job:7", owner).await.expect("keep") };
+    let owner = take().await.expect("taken");
     assert_eq!(owner.len(), "2024-01-01 00:00:00.000000".len(), "{owner}");
-    let kept = store
-        .lock_keep("job:7", &owner)
-        .await
-        .expect("keep")
-        .expect("held");
+    let kept = keep(&owner).await.expect("held");
     assert!(kept > owner, "{kept} after {owner}");
-    assert_eq!(
-        store.lock_keep("job:7", &owner).await.expect("keep"),
-        None,
-        "stale owner"
-    );
+    assert_eq!(keep(&owner).await, None, "stale owner");
     // Releasing with the owner before leaves the lock held.
     store.lock_release("job:7", &owner).await.expect("release");
-    assert_eq!(store.lock_try("job:7", stale).await.expect("try"), None);
+    assert_eq!(take().await, None);
     store.lock_release("job:7", &kept).await.expect("release");
 }
 
@@ -310,8 +299,7 @@ async fn a_statement_past_its_command_timeout_fails_and_its_connection_is_not_re
     db.spec.command_timeout = Some(Duration::from_secs(1));
     db.spec.max_pool = 1;
     let store = db.store("Hangfire");
-    // A test's own task, joined at once (so a panic in it is caught and the database dropped).
-    let outcome = tokio::spawn(async move {
+    let body = async move {
         let mut c = store.conn().await.expect("conn");
         let id: Option<u64> = c
             .bound(|c| c.query_first("SELECT CONNECTION_ID()"))
@@ -342,10 +330,6 @@ async fn a_statement_past_its_command_timeout_fails_and_its_connection_is_not_re
                 .is_err()
         );
         assert!(!c.is_poisoned());
-    })
-    .await;
-    db.drop_now().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    };
+    guarded(body, db.db.drop_now()).await;
 }
