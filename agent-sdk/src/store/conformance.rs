@@ -1,7 +1,9 @@
-//! The [`Driver`] contract, checked once per group of primitives and run against every store:
-//! the in-memory one, and real PostgreSQL, MariaDB and Redis servers (each test fails, never
-//! skips, when its server does not answer: see [`pg`], [`mysql`], [`redis`] for how to point
-//! them elsewhere).
+//! The store contract, written once and run against every store. The cluster's [`Driver`]
+//! primitives: on the in-memory store and on real PostgreSQL, MariaDB and Redis servers. The
+//! layout every real store keeps (console batches, references and progress, first reports,
+//! locks, fencing tokens, hashes and sets), through [`super::Store`]: in [`real`]. Each real
+//! store's test fails, never skips, when its server does not answer (see [`real`] for how to
+//! point them elsewhere); what only one store does is tested in its own module.
 
 use std::time::Duration;
 
@@ -46,61 +48,33 @@ async fn clock_and_hash<D: Driver>(d: &D) {
 
 /// The conditional write: each outcome, and that it compares the whole value.
 async fn conditional_write<D: Driver>(d: &D) {
-    let k = "c:cas";
-    assert!(d.cas(k, "f", None, Some("a"), DAY).await.expect("create"));
+    type V = Option<&'static str>;
+    let cas = |f: &'static str, old: V, new: V, life| async move {
+        d.cas("c:cas", f, old, new, life).await.expect("cas")
+    };
+    assert!(cas("f", None, Some("a"), DAY).await, "create");
     assert!(
-        !d.cas(k, "f", None, Some("b"), DAY)
-            .await
-            .expect("create again"),
+        !cas("f", None, Some("b"), DAY).await,
         "an existing field is not created over"
     );
-    assert!(
-        !d.cas(k, "f", Some("A"), Some("b"), DAY)
-            .await
-            .expect("case")
+    assert!(!cas("f", Some("A"), Some("b"), DAY).await, "case");
+    assert!(!cas("f", Some("a "), Some("b"), DAY).await, "pad");
+    assert_eq!(
+        d.get("c:cas", "f").await.expect("get").as_deref(),
+        Some("a")
     );
-    assert!(
-        !d.cas(k, "f", Some("a "), Some("b"), DAY)
-            .await
-            .expect("pad")
-    );
-    assert_eq!(d.get(k, "f").await.expect("get").as_deref(), Some("a"));
-    assert!(
-        d.cas(k, "f", Some("a"), Some("b"), None)
-            .await
-            .expect("swap")
-    );
-    assert!(
-        !d.cas(k, "f", Some("a"), Some("c"), DAY)
-            .await
-            .expect("stale")
-    );
-    assert!(
-        d.cas(k, "f", Some("b"), Some("b"), DAY)
-            .await
-            .expect("same")
-    );
-    assert!(
-        !d.cas(k, "f", Some("x"), None, DAY)
-            .await
-            .expect("stale delete")
-    );
-    assert!(!d.cas(k, "f", None, None, DAY).await.expect("absent?"));
-    assert!(d.cas(k, "f", Some("b"), None, DAY).await.expect("delete"));
-    assert!(d.cas(k, "f", None, None, DAY).await.expect("absent"));
-    assert!(
-        !d.cas(k, "g", Some("b"), Some("c"), DAY)
-            .await
-            .expect("none")
-    );
-    assert_eq!(d.get(k, "g").await.expect("get"), None);
+    assert!(cas("f", Some("a"), Some("b"), None).await, "swap");
+    assert!(!cas("f", Some("a"), Some("c"), DAY).await, "stale");
+    assert!(cas("f", Some("b"), Some("b"), DAY).await, "same");
+    assert!(!cas("f", Some("x"), None, DAY).await, "stale delete");
+    assert!(!cas("f", None, None, DAY).await, "absent?");
+    assert!(cas("f", Some("b"), None, DAY).await, "delete");
+    assert!(cas("f", None, None, DAY).await, "absent");
+    assert!(!cas("g", Some("b"), Some("c"), DAY).await, "none");
+    assert_eq!(d.get("c:cas", "g").await.expect("get"), None);
     let json = r#"{"Instance":"é","Until":1}"#;
-    assert!(d.cas(k, "j", None, Some(json), DAY).await.expect("json"));
-    assert!(
-        d.cas(k, "j", Some(json), Some("{}"), DAY)
-            .await
-            .expect("json swap")
-    );
+    assert!(cas("j", None, Some(json), DAY).await, "json");
+    assert!(cas("j", Some(json), Some("{}"), DAY).await, "json swap");
 }
 
 /// Expiry and the fencing counter.
@@ -137,82 +111,437 @@ async fn memory() {
     assert_eq!(d.get("c:t", "f").await.expect("get"), None);
 }
 
-/// PostgreSQL: `JOBAGENT_TEST_DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`;
-/// a fresh schema with Hangfire.PostgreSql's `hash` table (unique on `key, field`), dropped
-/// at the end.
-#[cfg(feature = "postgres")]
-#[tokio::test(flavor = "multi_thread")]
-async fn pg() {
-    let url = std::env::var("JOBAGENT_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let spec = super::pg_connstr::parse(&url).expect("JOBAGENT_TEST_DATABASE_URL parses");
-    let schema = format!("jobagent_c_{:016x}", rand::random::<u64>());
-    let store =
-        super::postgres::PgStore::open(&spec, &schema, super::pool::Load::Now).expect("opens");
-    let conn = store.conn().await.unwrap_or_else(|e| {
-        panic!("no PostgreSQL answers ({e}): start one, or set JOBAGENT_TEST_DATABASE_URL")
-    });
-    conn.batch_execute(&format!(
-        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.hash (id bigserial PRIMARY KEY, \
-         \"key\" text NOT NULL, field text NOT NULL, \"value\" text, expireat timestamp, \
-         updatecount integer NOT NULL DEFAULT 0, UNIQUE (\"key\", field))"
-    ))
-    .await
-    .expect("the test schema");
-    drop(conn);
-    all(&store).await;
-    let conn = store.conn().await.expect("a connection");
-    let _ = conn
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await;
-}
-
-/// MariaDB/MySQL: `JOBAGENT_TEST_MYSQL_URL`, else root without a password at 127.0.0.1:3306;
-/// a fresh database with Hangfire.MySqlStorage's `Hash` table, dropped at the end.
-#[cfg(feature = "mysql")]
-#[tokio::test(flavor = "multi_thread")]
-async fn mysql() {
-    use mysql_async::prelude::Queryable;
-    let url = std::env::var("JOBAGENT_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/".to_owned());
-    let mut admin =
-        tokio::time::timeout(Duration::from_secs(10), mysql_async::Conn::from_url(&url))
-            .await
-            .map_err(|_| "no answer within 10 s".to_owned())
-            .and_then(|c| c.map_err(|e| e.to_string()))
-            .unwrap_or_else(|e| {
-                panic!("no MySQL/MariaDB answers ({e}): start one, or set JOBAGENT_TEST_MYSQL_URL")
-            });
-    let db = format!("jobagent_c_{:016x}", rand::random::<u64>());
-    admin
-        .query_drop(format!(
-            "CREATE DATABASE `{db}` CHARACTER SET utf8 COLLATE utf8_general_ci; \
-             CREATE TABLE `{db}`.`HangfireHash` (`Id` int(11) NOT NULL AUTO_INCREMENT, \
-             `Key` nvarchar(100) NOT NULL, `Field` nvarchar(40) NOT NULL, `Value` longtext, \
-             `ExpireAt` datetime(6) DEFAULT NULL, PRIMARY KEY (`Id`), \
-             UNIQUE KEY `IX_HangfireHash_Key_Field` (`Key`,`Field`)) ENGINE=InnoDB"
-        ))
-        .await
-        .expect("the test database");
-    let base = url.trim_end_matches('/');
-    let store = super::mysql::MysqlStore::open(&format!("{base}/{db}"), Some("Hangfire"), false)
-        .expect("opens");
-    all(&store).await;
-    let _ = admin.query_drop(format!("DROP DATABASE `{db}`")).await;
-}
-
-/// Redis: `JOBAGENT_TEST_REDIS_URL`, else 127.0.0.1:6379; a fresh prefix, its keys left to
-/// expire (a day).
-#[cfg(feature = "redis")]
-#[tokio::test(flavor = "multi_thread")]
-async fn redis() {
-    let url = std::env::var("JOBAGENT_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let prefix = format!("{{c{:016x}}}:", rand::random::<u64>());
-    let store =
-        super::redis::RedisStore::open(&url, &prefix, None, super::Origin::Own).expect("opens");
-    if let Err(e) = store.ping().await {
-        panic!("no Redis answers ({e}): start one, or set JOBAGENT_TEST_REDIS_URL");
+/// Runs `body`, then `cleanup` whether it passed or not (a test's tables or keys go either
+/// way); a panic in `body` is raised again after.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
+pub(in crate::store) async fn guarded(
+    body: impl std::future::Future<Output = ()>,
+    cleanup: impl std::future::Future<Output = ()>,
+) {
+    use futures_util::FutureExt;
+    let outcome = std::panic::AssertUnwindSafe(body).catch_unwind().await;
+    cleanup.await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
-    all(&store).await;
+}
+
+/// The MariaDB/MySQL test server: `JOBAGENT_TEST_MYSQL_URL`, else root without a password at
+/// 127.0.0.1:3306.
+#[cfg(feature = "mysql")]
+fn mysql_url() -> String {
+    std::env::var("JOBAGENT_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/".to_owned())
+}
+
+/// A fresh database on the MariaDB/MySQL test server with Hangfire.MySqlStorage's three
+/// tables as its Install.sql lays them out (prefix `Hangfire`, charset utf8); dropped by
+/// [`MysqlDb::drop_now`]. Fails, never skips, when no server answers.
+#[cfg(feature = "mysql")]
+pub(in crate::store) struct MysqlDb {
+    admin: mysql_async::Conn,
+    name: String,
+    /// The database's URL.
+    pub(in crate::store) url: String,
+}
+
+#[cfg(feature = "mysql")]
+impl MysqlDb {
+    pub(in crate::store) async fn create() -> Self {
+        use mysql_async::prelude::Queryable;
+        let url = mysql_url();
+        // Never the URL in a message: it may hold a password.
+        let no_server = |e: &str| -> ! {
+            panic!(
+                "no MySQL/MariaDB server answers at JOBAGENT_TEST_MYSQL_URL or 127.0.0.1:3306 \
+                 ({e}). These tests need one: start MariaDB locally (e.g. `apt-get install \
+                 mariadb-server && service mariadb start`, or `docker run -d -p 3306:3306 -e \
+                 MARIADB_ALLOW_EMPTY_ROOT_PASSWORD=1 mariadb:11`), or set \
+                 JOBAGENT_TEST_MYSQL_URL=mysql://user:password@host:port/ to a server where \
+                 that user may create databases"
+            )
+        };
+        let connect = mysql_async::Conn::from_url(url.as_str());
+        let mut admin = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => no_server(&e.to_string()),
+            Err(_) => no_server("no answer within 10 s"),
+        };
+        let name = format!("jobagent_c_{:016x}", rand::random::<u64>());
+        let utf8 = "ENGINE=InnoDB DEFAULT CHARACTER SET utf8 COLLATE utf8_general_ci";
+        admin
+            .query_drop(format!(
+                "CREATE DATABASE `{name}` CHARACTER SET utf8 COLLATE utf8_general_ci; \
+                 CREATE TABLE `{name}`.`HangfireHash` (`Id` int(11) NOT NULL AUTO_INCREMENT, \
+                 `Key` nvarchar(100) NOT NULL, `Field` nvarchar(40) NOT NULL, `Value` longtext, \
+                 `ExpireAt` datetime(6) DEFAULT NULL, PRIMARY KEY (`Id`), \
+                 UNIQUE KEY `IX_HangfireHash_Key_Field` (`Key`,`Field`)) {utf8}; \
+                 CREATE TABLE `{name}`.`HangfireSet` (`Id` int(11) NOT NULL AUTO_INCREMENT, \
+                 `Key` nvarchar(100) NOT NULL, `Value` nvarchar(256) NOT NULL, \
+                 `Score` float NOT NULL, `ExpireAt` datetime DEFAULT NULL, PRIMARY KEY (`Id`), \
+                 UNIQUE KEY `IX_HangfireSet_Key_Value` (`Key`,`Value`)) {utf8}; \
+                 CREATE TABLE `{name}`.`HangfireDistributedLock` (\
+                 `Resource` nvarchar(100) NOT NULL, `CreatedAt` datetime(6) NOT NULL) {utf8}"
+            ))
+            .await
+            .expect("the test database");
+        let url = format!("{}/{name}", url.trim_end_matches('/'));
+        Self { admin, name, url }
+    }
+
+    pub(in crate::store) async fn drop_now(mut self) {
+        use mysql_async::prelude::Queryable;
+        let _ = self
+            .admin
+            .query_drop(format!("DROP DATABASE `{}`", self.name))
+            .await;
+        let _ = self.admin.disconnect().await;
+    }
+}
+
+/// The Redis test server: `JOBAGENT_TEST_REDIS_URL`, else 127.0.0.1:6379.
+#[cfg(feature = "redis")]
+pub(in crate::store) fn redis_url() -> String {
+    std::env::var("JOBAGENT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A connection of a test's own to the Redis test server; fails, never skips, when none answers.
+#[cfg(feature = "redis")]
+async fn redis_conn() -> ::redis::aio::MultiplexedConnection {
+    match ::redis::Client::open(redis_url().as_str()) {
+        Ok(client) => client.get_multiplexed_async_connection().await,
+        Err(e) => Err(e),
+    }
+    .unwrap_or_else(|e| {
+        panic!(
+            "no Redis answers ({e}): start one (`redis-server`, or `docker run --rm -p 6379:6379 redis:7`), or point JOBAGENT_TEST_REDIS_URL at one (redis://host:port/db)"
+        )
+    })
+}
+
+/// Deletes every key of the Redis test server under `prefix` (hex digits, braces, a colon).
+#[cfg(feature = "redis")]
+pub(in crate::store) async fn delete_keys(prefix: &str) {
+    let mut c = redis_conn().await;
+    let keys: Result<Vec<String>, _> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await;
+    if let Ok(keys) = keys
+        && !keys.is_empty()
+    {
+        let _: Result<i64, _> = ::redis::cmd("DEL").arg(&keys).query_async(&mut c).await;
+    }
+}
+
+/// The real stores, each opened as the agent opens one ([`Store::open`]) on fresh tables or
+/// keys: the [`Driver`] checks above, then the layout every real store keeps, through `Store`.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
+pub(in crate::store) mod real {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use super::super::line::EncodedLine;
+    use super::super::{Backend, Load, Opening, Store, StoreType};
+
+    /// Runs `$call` with `$b` bound to the store's backend (its [`Driver`](super::Driver) and
+    /// reads: `Store`'s own reads are built for `jobagent-dev` and the relay only).
+    macro_rules! on_backend {
+        ($store:expr, $b:ident => $call:expr) => {
+            match $store.backend() {
+                #[cfg(feature = "postgres")]
+                Backend::Postgres($b) => $call,
+                #[cfg(feature = "mysql")]
+                Backend::Mysql($b) => $call,
+                #[cfg(feature = "redis")]
+                Backend::Redis($b) => $call,
+                #[allow(unreachable_patterns)]
+                _ => unreachable!("a real store"),
+            }
+        };
+    }
+
+    async fn read_set(s: &Store, key: &str, from: usize, count: usize) -> Vec<String> {
+        on_backend!(s, b => b.read_set(key, from, count).await).expect("read_set")
+    }
+
+    async fn read_hash(s: &Store, key: &str, field: &str) -> Option<String> {
+        on_backend!(s, b => b.read_hash(key, field).await).expect("read_hash")
+    }
+
+    async fn read_hash_all(s: &Store, key: &str) -> Vec<(String, String)> {
+        let mut all = on_backend!(s, b => b.read_hash_all(key).await).expect("read_hash_all");
+        all.sort();
+        all
+    }
+
+    fn open(kind: StoreType, connection: &str, prefix: &str) -> Store {
+        let opening = Opening {
+            kind,
+            connection,
+            prefix: Some(prefix),
+            expire_days: 1.0,
+            db: None,
+            from_center: false,
+            load: Load::Now,
+            relay_token: None,
+        };
+        Store::open(&opening).unwrap_or_else(|e| panic!("{kind} store opens: {e}"))
+    }
+
+    /// The Driver checks, then the layout checks (`stale` makes a held lock stale, as when
+    /// its holder stops keeping it); `cleanup` runs whether they passed or not.
+    async fn check<F: Fn(&'static str) -> Fut, Fut: Future<Output = ()>>(
+        s: &Store,
+        stale: F,
+        cleanup: impl Future<Output = ()>,
+    ) {
+        let body = async {
+            s.ping(Duration::from_secs(10))
+                .await
+                .expect("the store answers");
+            on_backend!(s, b => super::all(b).await);
+            console(s).await;
+            hashes_and_sets(s).await;
+            first_reports(s).await;
+            locks(s, stale).await;
+            fences(s).await;
+        };
+        super::guarded(body, cleanup).await;
+    }
+
+    /// A console line as the encoder writes it: text `s` at `t` s.
+    pub(in crate::store) fn line(t: f64, s: &str) -> EncodedLine {
+        let s = serde_json::to_string(s).expect("JSON");
+        let value = format!(r##"{{"t":{t:?},"s":{s},"c":"#ffffff"}}"##);
+        EncodedLine {
+            value,
+            score: t,
+            reference: None,
+            progress_field: None,
+        }
+    }
+
+    /// The texts (`s`) of console lines.
+    pub(in crate::store) fn texts(values: &[String]) -> Vec<String> {
+        let text = |v: &String| {
+            let parsed: serde_json::Value = serde_json::from_str(v).expect("a JSON line");
+            parsed["s"].as_str().expect("s").to_owned()
+        };
+        values.iter().map(text).collect()
+    }
+
+    /// A console batch is ordered and idempotent when retried whole or in part, and read
+    /// back as the dashboard reads it; references and the last progress go to the hash.
+    async fn console(s: &Store) {
+        let (set, hash) = ("console:1", "console:refs:1");
+        let lines: Vec<EncodedLine> = (0..5)
+            .map(|i| line(f64::from(i) + 0.5, &format!("line {i}")))
+            .collect();
+        // The first three, then the whole batch (a retry after an unknown outcome), a part
+        // of it, and the whole again.
+        for part in [&lines[..3], &lines[..], &lines[2..4], &lines[..]] {
+            s.write_console(set, hash, part).await.expect("a batch");
+        }
+        let all = (0..5).map(|i| format!("line {i}")).collect::<Vec<_>>();
+        assert_eq!(texts(&read_set(s, set, 0, 100).await), all);
+        assert_eq!(texts(&read_set(s, set, 1, 2).await), ["line 1", "line 2"]);
+        assert!(read_set(s, set, 9, 2).await.is_empty());
+        assert!(read_set(s, set, 0, 0).await.is_empty());
+        // Only the set is written when there are no references or progress.
+        assert!(read_hash_all(s, hash).await.is_empty());
+
+        let field = "0123456789abcdef0123456789abcdef";
+        let long = "long text ".repeat(100);
+        let reference = EncodedLine {
+            value: format!(r#"{{"t":10.0,"r":true,"s":"{field}"}}"#),
+            reference: Some((field.to_owned(), long.clone())),
+            ..line(10.0, "")
+        };
+        let bar = |t: f64, p: &str| EncodedLine {
+            value: format!(r#"{{"t":{t:?},"s":"1","p":{p}}}"#),
+            progress_field: Some(p.to_owned()),
+            ..line(t, "")
+        };
+        let batch = [reference, bar(11.0, "42.0"), bar(12.0, "43.5")];
+        for _ in 0..2 {
+            s.write_console(set, hash, &batch).await.expect("a batch");
+        }
+        let values = batch.iter().map(|l| l.value.clone()).collect::<Vec<_>>();
+        assert_eq!(read_set(s, set, 5, 100).await, values);
+        assert_eq!(read_hash(s, hash, field).await, Some(long));
+        let progress = read_hash(s, hash, "progress").await;
+        assert_eq!(progress.as_deref(), Some("43.5"), "the last progress wins");
+        assert_eq!(read_hash(s, hash, "absent").await, None);
+        assert_eq!(read_hash_all(s, hash).await.len(), 2);
+    }
+
+    /// Hash fields round trip (upserted, whatever their expiry); a set member is kept once.
+    async fn hashes_and_sets(s: &Store) {
+        let set_hash =
+            |pairs, life| async move { s.set_hash("h:1", pairs, life).await.expect("set") };
+        set_hash(&[("a", "1"), ("b", "x y")], None).await;
+        set_hash(&[("a", "2")], Some(Duration::from_secs(60))).await;
+        assert_eq!(read_hash(s, "h:1", "a").await.as_deref(), Some("2"));
+        assert_eq!(read_hash(s, "h:1", "b").await.as_deref(), Some("x y"));
+        assert_eq!(read_hash(s, "h:1", "c").await, None);
+        let all = [("a".into(), "2".into()), ("b".into(), "x y".into())];
+        assert_eq!(read_hash_all(s, "h:1").await, all);
+        assert!(read_hash_all(s, "h:none").await.is_empty());
+        for score in [1.0, 2.0] {
+            s.add_to_set("_agent_result_", "17", score)
+                .await
+                .expect("add");
+        }
+        assert_eq!(read_set(s, "_agent_result_", 0, 10).await, ["17"]);
+    }
+
+    /// A dispatch's first report is taken once: its writer's retry is too, no other writer.
+    async fn first_reports(s: &Store) {
+        let claim = move |id: &'static str, token: &'static str| async move {
+            s.first_report(id, token).await.expect("first_report")
+        };
+        assert!(claim("42", "a:1").await);
+        assert!(claim("42", "a:1").await, "a retry");
+        assert!(!claim("42", "b:2").await, "another writer");
+        assert!(!claim("42", "A:1").await, "the token's case differs");
+        assert!(claim("43", "b:2").await, "another dispatch");
+        if s.kind() != StoreType::Redis {
+            // The SQL stores mark it in hash `jobagent:results` (Redis: see its module).
+            let mark = read_hash(s, "jobagent:results", "42").await;
+            assert_eq!(mark.as_deref(), Some("a:1"));
+        }
+    }
+
+    /// Locks are exclusive, kept and released only by their owner, and taken over once stale,
+    /// the old owner learning it lost.
+    async fn locks<F: Fn(&'static str) -> Fut, Fut: Future<Output = ()>>(s: &Store, stale: F) {
+        let after = Duration::from_millis(300);
+        let take = |r, after| async move { s.lock_try(r, after).await.expect("lock_try") };
+        let keep = |r, owner| async move { s.lock_keep(r, owner).await.expect("lock_keep") };
+        let release = |r, owner| async move { s.lock_release(r, owner).await.expect("release") };
+        let r = "lock:recurring";
+        let a = take(r, after).await.expect("taken");
+        assert_eq!(take(r, after).await, None, "exclusive");
+        let a = keep(r, &a).await.expect("kept");
+        // Another owner (in MySQL's owner format, which the others take as any text).
+        let other = "2000-01-01 00:00:00.000000";
+        assert_eq!(keep(r, other).await, None);
+        // Another owner's release leaves it.
+        release(r, other).await;
+        assert_eq!(take(r, after).await, None);
+        release(r, &a).await;
+        let b = take(r, after).await.expect("free again");
+        assert_ne!(a, b);
+        assert_eq!(keep(r, &a).await, None, "released");
+        release(r, &b).await;
+
+        // A holder that stops keeping its lock loses it.
+        let r = "lock:x";
+        let a = take(r, after).await.expect("taken");
+        stale(r).await;
+        if s.kind() != StoreType::Redis {
+            // Redis: the key's expiry is the staleness rule, not `stale_after`.
+            let longer = Duration::from_secs(600);
+            assert_eq!(
+                take(r, longer).await,
+                None,
+                "not stale under a longer bound"
+            );
+        }
+        let b = take(r, after).await.expect("taken over");
+        assert_ne!(a, b);
+        assert_eq!(keep(r, &a).await, None, "lost");
+        release(r, &a).await;
+        assert_eq!(take(r, after).await, None, "b holds it");
+        assert!(keep(r, &b).await.is_some());
+    }
+
+    /// Fencing tokens count up by one per resource (from 1 on the SQL stores; Redis seeds
+    /// each counter from its clock), each concurrent increment getting its own.
+    async fn fences(s: &Store) {
+        let sql = s.kind() != StoreType::Redis;
+        let fence = |r| async move { s.fence(r).await.expect("fence") };
+        for r in ["lock:a", "lock:b"] {
+            let first = fence(r).await;
+            assert_eq!([fence(r).await, fence(r).await], [first + 1, first + 2]);
+            assert!(!sql || first == 1, "{r}: {first}");
+        }
+        let mut tokens = futures_util::future::join_all((0..8).map(|_| fence("lock:c"))).await;
+        tokens.sort_unstable();
+        let first = tokens[0];
+        assert_eq!(tokens, (first..first + 8).collect::<Vec<u64>>());
+        assert!(!sql || first == 1, "{first}");
+    }
+
+    /// Waits out a SQL lock's `stale_after` (300 ms).
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    async fn wait_out(_resource: &'static str) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    /// PostgreSQL: `JOBAGENT_TEST_DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`;
+    /// a fresh schema with Hangfire.PostgreSql's `hash`, `set` and `lock`, dropped at the end.
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn pg() {
+        let url = std::env::var("JOBAGENT_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let schema = format!("jobagent_c_{:016x}", rand::random::<u64>());
+        let store = open(StoreType::PostgreSql, &url, &schema);
+        let pg = store.pg().expect("PostgreSQL");
+        let conn = pg.conn().await.unwrap_or_else(|e| {
+            panic!("no PostgreSQL answers ({e}): start one, or set JOBAGENT_TEST_DATABASE_URL")
+        });
+        let tables = format!(
+            "CREATE SCHEMA {schema}; \
+             CREATE TABLE {schema}.hash (id bigserial PRIMARY KEY, \"key\" text NOT NULL, \
+             field text NOT NULL, \"value\" text, expireat timestamptz, \
+             updatecount integer NOT NULL DEFAULT 0, UNIQUE (\"key\", field)); \
+             CREATE TABLE {schema}.\"set\" (id bigserial PRIMARY KEY, \"key\" text NOT NULL, \
+             score double precision NOT NULL, \"value\" text NOT NULL, expireat timestamptz, \
+             updatecount integer NOT NULL DEFAULT 0, UNIQUE (\"key\", \"value\")); \
+             CREATE TABLE {schema}.\"lock\" (resource text NOT NULL, \
+             updatecount integer NOT NULL DEFAULT 0, acquired timestamptz, UNIQUE (resource))"
+        );
+        conn.batch_execute(&tables).await.expect("the test schema");
+        drop(conn);
+        let cleanup = async {
+            if let Ok(conn) = pg.conn().await {
+                let _ = conn
+                    .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                    .await;
+            }
+        };
+        check(&store, wait_out, cleanup).await;
+    }
+
+    /// MariaDB/MySQL: a fresh database (see [`super::MysqlDb`]), dropped at the end.
+    #[cfg(feature = "mysql")]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn mysql() {
+        let db = super::MysqlDb::create().await;
+        let store = open(StoreType::MySql, &db.url, "Hangfire");
+        check(&store, wait_out, db.drop_now()).await;
+    }
+
+    /// Redis (see [`super::redis_url`]): a fresh prefix, its keys deleted at the end.
+    #[cfg(feature = "redis")]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn redis() {
+        let prefix = format!("{{c{:016x}}}:", rand::random::<u64>());
+        let store = open(StoreType::Redis, &super::redis_url(), &prefix);
+        let conn = super::redis_conn().await;
+        // The hold ends: the key expires now.
+        let stale = |resource| {
+            let (mut conn, key) = (conn.clone(), format!("{prefix}{resource}"));
+            async move {
+                let mut cmd = ::redis::cmd("PEXPIRE");
+                let ended = cmd.arg(&key).arg(1).query_async(&mut conn).await;
+                assert_eq!(ended.ok(), Some(1), "the lock's key exists");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        check(&store, stale, super::delete_keys(&prefix)).await;
+    }
 }
