@@ -238,10 +238,13 @@ async fn bounded<T>(
         })
 }
 
-/// One operation on the store: the protocol over the store's driver, or the same operation
-/// sent to a relay (which runs it on its own store).
+/// One operation on the store: the protocol over the store's driver, or, on a relay, the
+/// same operation sent to it (which runs it on its own store) or `$relay`.
 macro_rules! on_backend {
     ($store:expr, $what:expr, $op:ident ( $($arg:expr),* )) => {
+        on_backend!($store, $what, $op($($arg),*), r => relay::$op(r, $($arg),*).await)
+    };
+    ($store:expr, $what:expr, $op:ident ( $($arg:expr),* ), $r:ident => $relay:expr) => {
         match $store.backend() {
             #[cfg(feature = "postgres")]
             Backend::Postgres(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
@@ -250,7 +253,7 @@ macro_rules! on_backend {
             #[cfg(feature = "redis")]
             Backend::Redis(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
             #[cfg(feature = "relay")]
-            Backend::Relay(r) => relay::$op(r, $($arg),*).await,
+            Backend::Relay($r) => $relay,
             #[cfg(not(any(
                 feature = "postgres",
                 feature = "mysql",
@@ -409,13 +412,9 @@ impl Store {
         me: &Member,
         scan: bool,
     ) -> Result<Vec<(String, String, RunRecord)>, StoreError> {
-        match self.backend() {
-            #[cfg(feature = "relay")]
-            Backend::Relay(r) => relay::take_lost(r, me, scan).await,
-            // A database (unreachable when the relay is the only backend built).
-            #[allow(unreachable_patterns)]
-            _ => self.take_lost_in(me, scan, "").await,
-        }
+        on_backend!(self, "lost replicas' runs", take_lost(me, scan, ""), r => {
+            relay::take_lost(r, me, scan).await
+        })
     }
 
     /// [`take_lost`](Self::take_lost) among the instances whose names start with `scope`
@@ -430,45 +429,12 @@ impl Store {
         scan: bool,
         scope: &str,
     ) -> Result<Vec<(String, String, RunRecord)>, StoreError> {
-        let what = "lost replicas' runs";
-        match self.backend() {
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(d) => {
-                bounded(
-                    what,
-                    Cluster::new(d, self.expire).take_lost(me, scan, scope),
-                )
-                .await
-            }
-            #[cfg(feature = "mysql")]
-            Backend::Mysql(d) => {
-                bounded(
-                    what,
-                    Cluster::new(d, self.expire).take_lost(me, scan, scope),
-                )
-                .await
-            }
-            #[cfg(feature = "redis")]
-            Backend::Redis(d) => {
-                bounded(
-                    what,
-                    Cluster::new(d, self.expire).take_lost(me, scan, scope),
-                )
-                .await
-            }
-            // A relay in front of a relay: its store is a database.
-            #[cfg(feature = "relay")]
-            Backend::Relay(_) => Err(StoreError::config(format!(
+        // A relay in front of a relay: its store is a database.
+        on_backend!(self, "lost replicas' runs", take_lost(me, scan, scope), _relay => {
+            Err(StoreError::config(format!(
                 "this needs a database store; this one is {}",
                 self.kind()
-            ))),
-            #[cfg(not(any(
-                feature = "postgres",
-                feature = "mysql",
-                feature = "redis",
-                feature = "relay"
-            )))]
-            Backend::None(never) => match *never {},
-        }
+            )))
+        })
     }
 }

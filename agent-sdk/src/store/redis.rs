@@ -34,6 +34,7 @@ use ::redis::{
     Script, Value,
 };
 
+use crate::store::driver::Driver;
 use crate::store::line::EncodedLine;
 use crate::store::redis_connstr::{Origin, echo, host_port, parse};
 use crate::store::url::password_tag;
@@ -644,93 +645,6 @@ impl RedisStore {
         .await
     }
 
-    /// One field of hash `<P>key`.
-    pub(crate) async fn read_hash(
-        &self,
-        key: &str,
-        field: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let key = self.key(key);
-        self.run("a hash field", |mut c| async move {
-            ::redis::cmd("HGET")
-                .arg(&key)
-                .arg(field)
-                .query_async(&mut c)
-                .await
-        })
-        .await
-    }
-
-    /// Every field of a hash (Redis keeps no write order: fields as `HGETALL` gives them).
-    pub(crate) async fn read_hash_all(
-        &self,
-        key: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let key = self.key(key);
-        self.run("a hash", |mut c| async move {
-            ::redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
-        })
-        .await
-    }
-
-    /// The server's clock (`TIME`), in milliseconds since the Unix epoch.
-    pub(crate) async fn now_ms(&self) -> Result<i64, StoreError> {
-        let (secs, micros): (i64, i64) = self
-            .run("the time", |mut c| async move {
-                ::redis::cmd("TIME").query_async(&mut c).await
-            })
-            .await?;
-        Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
-    }
-
-    /// Deletes one field of hash `<P>key`; true when it was there.
-    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, StoreError> {
-        let key = self.key(key);
-        let n: i64 = self
-            .run("deleting a hash field", |mut c| async move {
-                ::redis::cmd("HDEL")
-                    .arg(&key)
-                    .arg(field)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(n >= 1)
-    }
-
-    /// Takes every field of hash `<P>key`: `HGETALL` and `DEL` in one `MULTI`/`EXEC`, so
-    /// concurrent takers never take one field twice.
-    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let key = self.key(key);
-        let mut p = ::redis::pipe();
-        p.atomic()
-            .cmd("HGETALL")
-            .arg(&key)
-            .cmd("DEL")
-            .arg(&key)
-            .ignore();
-        let (fields,): (Vec<(String, String)>,) = self
-            .run("taking a hash", |mut c| async move {
-                p.query_async(&mut c).await
-            })
-            .await?;
-        Ok(fields)
-    }
-
-    /// Sets the TTL of hash `<P>key` to `life`.
-    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), StoreError> {
-        let key = self.key(key);
-        let secs = expire_secs(life);
-        self.run("a hash's TTL", |mut c| async move {
-            ::redis::cmd("EXPIRE")
-                .arg(&key)
-                .arg(secs)
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
-    }
-
     /// `SET <P>key owner NX PX hold` with a fresh owner: `Some(owner)` when set (a lock or
     /// the cluster section taken; leave with [`lock_release`](Self::lock_release)), `None`
     /// when another holds the key. It lapses by itself after `hold` should its holder vanish.
@@ -863,14 +777,102 @@ impl RedisStore {
             scrub(&e.to_string(), self.password.as_deref()),
         )
     }
+}
 
-    // Driver primitives (see store/driver.rs)
+/// The primitives cluster mode builds on, on hashes `<P>key`.
+impl Driver for RedisStore {
+    async fn get(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
+        let key = self.key(key);
+        self.run("a hash field", |mut c| async move {
+            ::redis::cmd("HGET")
+                .arg(&key)
+                .arg(field)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
 
-    /// The conditional write on hash `<P>key`: one Lua script compares the field with
+    /// Redis keeps no write order: fields as `HGETALL` gives them.
+    async fn get_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let key = self.key(key);
+        self.run("a hash", |mut c| async move {
+            ::redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// `TIME`.
+    async fn now_ms(&self) -> Result<i64, StoreError> {
+        let (secs, micros): (i64, i64) = self
+            .run("the time", |mut c| async move {
+                ::redis::cmd("TIME").query_async(&mut c).await
+            })
+            .await?;
+        Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
+    }
+
+    async fn delete(&self, key: &str, field: &str) -> Result<bool, StoreError> {
+        let key = self.key(key);
+        let n: i64 = self
+            .run("deleting a hash field", |mut c| async move {
+                ::redis::cmd("HDEL")
+                    .arg(&key)
+                    .arg(field)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(n >= 1)
+    }
+
+    /// `HGETALL` and `DEL` in one `MULTI`/`EXEC`.
+    async fn take_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let key = self.key(key);
+        let mut p = ::redis::pipe();
+        p.atomic()
+            .cmd("HGETALL")
+            .arg(&key)
+            .cmd("DEL")
+            .arg(&key)
+            .ignore();
+        let (fields,): (Vec<(String, String)>,) = self
+            .run("taking a hash", |mut c| async move {
+                p.query_async(&mut c).await
+            })
+            .await?;
+        Ok(fields)
+    }
+
+    /// The key's TTL.
+    async fn expire(&self, key: &str, life: Duration) -> Result<(), StoreError> {
+        let key = self.key(key);
+        let secs = expire_secs(life);
+        self.run("a hash's TTL", |mut c| async move {
+            ::redis::cmd("EXPIRE")
+                .arg(&key)
+                .arg(secs)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        field: &str,
+        value: &str,
+        life: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.set_hash(key, &[(field, value)], life).await
+    }
+
+    /// One Lua script compares the field with
     /// `expected` and sets it (then the key's TTL to `life`, or `PERSIST`) or deletes it. Redis
     /// runs a script whole when it reaches it, so a queued call compares with what is there
     /// then.
-    pub(crate) async fn cas_hash(
+    async fn cas(
         &self,
         key: &str,
         field: &str,
@@ -913,6 +915,11 @@ return 1";
             })
             .await?;
         Ok(done == 1)
+    }
+
+    /// The lock's counter of `jobagent:claim:<class>` (see [`RedisStore::fence`]).
+    async fn fence(&self, class: &str) -> Result<u64, StoreError> {
+        RedisStore::fence(self, &format!("jobagent:claim:{class}")).await
     }
 }
 
@@ -1266,7 +1273,7 @@ mod tests {
             );
             assert_eq!(
                 store
-                    .read_hash("console:refs:j1", "ref1")
+                    .get("console:refs:j1", "ref1")
                     .await
                     .expect("read")
                     .as_deref(),
@@ -1274,7 +1281,7 @@ mod tests {
             );
             assert_eq!(
                 store
-                    .read_hash("console:refs:j1", "progress")
+                    .get("console:refs:j1", "progress")
                     .await
                     .expect("read")
                     .as_deref(),
@@ -1282,10 +1289,7 @@ mod tests {
                 "the last progress wins"
             );
             assert_eq!(
-                store
-                    .read_hash("console:refs:j1", "none")
-                    .await
-                    .expect("read"),
+                store.get("console:refs:j1", "none").await.expect("read"),
                 None
             );
             for key in ["console:j1", "console:refs:j1"] {
@@ -1320,11 +1324,7 @@ mod tests {
                 .await
                 .expect("hash");
             assert_eq!(
-                store
-                    .read_hash("job:1", "State")
-                    .await
-                    .expect("read")
-                    .as_deref(),
+                store.get("job:1", "State").await.expect("read").as_deref(),
                 Some("Processing")
             );
             assert!((3500..=3600).contains(&ttl(&store, "job:1").await));
@@ -1379,7 +1379,7 @@ mod tests {
             assert!(!claim("77", "tok-new").await, "the old mark wins");
             assert!(claim("77", "tok-old").await, "the old writer's retry");
             assert_eq!(
-                store.read_hash_all(OLD_RESULTS_KEY).await.expect("read"),
+                store.get_all(OLD_RESULTS_KEY).await.expect("read"),
                 vec![("77".to_owned(), "tok-old".to_owned())]
             );
             assert!(

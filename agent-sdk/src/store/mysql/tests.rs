@@ -347,18 +347,14 @@ async fn console(store: &MysqlStore) {
         .expect("write");
     assert_eq!(
         store
-            .read_hash(hash, "0123456789abcdef0123456789abcdef")
+            .get(hash, "0123456789abcdef0123456789abcdef")
             .await
             .expect("read"),
         Some(long.replace('😀', "\u{FFFD}")),
         "the Hash column is utf8mb3: U+FFFD for the emoji"
     );
     assert_eq!(
-        store
-            .read_hash(hash, "progress")
-            .await
-            .expect("read")
-            .as_deref(),
+        store.get(hash, "progress").await.expect("read").as_deref(),
         Some("43.5")
     );
     let read = store.read_set(set, 5, 100).await.expect("read");
@@ -369,10 +365,10 @@ async fn console(store: &MysqlStore) {
     assert_eq!(many["r"], true, "{}", read[4]);
     let field = many["s"].as_str().expect("field");
     assert_eq!(
-        store.read_hash(hash, field).await.expect("read"),
+        store.get(hash, field).await.expect("read"),
         Some("\u{FFFD}".repeat(60))
     );
-    assert_eq!(store.read_hash(hash, "absent").await.expect("read"), None);
+    assert_eq!(store.get(hash, "absent").await.expect("read"), None);
 
     // A batch bigger than one statement (a tiny budget forces several), still in order.
     store.packet.store(1024, Ordering::Release);
@@ -415,11 +411,7 @@ async fn results(store: &MysqlStore) {
             .expect("case differs")
     );
     assert_eq!(
-        store
-            .read_hash(RESULTS_KEY, "42")
-            .await
-            .expect("read")
-            .as_deref(),
+        store.get(RESULTS_KEY, "42").await.expect("read").as_deref(),
         Some("a:1")
     );
 }
@@ -523,11 +515,11 @@ async fn hashes_and_sets(store: &MysqlStore) {
         .await
         .expect("set");
     assert_eq!(
-        store.read_hash("h:1", "a").await.expect("read").as_deref(),
+        store.get("h:1", "a").await.expect("read").as_deref(),
         Some("2")
     );
     assert_eq!(
-        store.read_hash("h:1", "b").await.expect("read").as_deref(),
+        store.get("h:1", "b").await.expect("read").as_deref(),
         Some("x \u{FFFD}")
     );
     store
