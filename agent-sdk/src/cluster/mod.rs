@@ -63,7 +63,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Backend, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 use protocol::Cluster;
@@ -189,9 +189,7 @@ impl Holder {
             self.pid, self.server_id
         )
     }
-}
 
-impl Holder {
     /// Why a process whose predecessor has not released the instance name refuses runs.
     pub(crate) fn waiting(&self, instance: &str) -> String {
         format!(
@@ -241,27 +239,13 @@ async fn bounded<T>(
 /// One operation on the store: the protocol over the store's driver, or, on a relay, the
 /// same operation sent to it (which runs it on its own store) or `$relay`.
 macro_rules! on_backend {
-    ($store:expr, $what:expr, $op:ident ( $($arg:expr),* )) => {
+    ($store:ident, $what:expr, $op:ident ( $($arg:expr),* )) => {
         on_backend!($store, $what, $op($($arg),*), r => relay::$op(r, $($arg),*).await)
     };
-    ($store:expr, $what:expr, $op:ident ( $($arg:expr),* ), $r:ident => $relay:expr) => {
-        match $store.backend() {
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
-            #[cfg(feature = "mysql")]
-            Backend::Mysql(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
-            #[cfg(feature = "redis")]
-            Backend::Redis(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
-            #[cfg(feature = "relay")]
-            Backend::Relay($r) => $relay,
-            #[cfg(not(any(
-                feature = "postgres",
-                feature = "mysql",
-                feature = "redis",
-                feature = "relay"
-            )))]
-            Backend::None(never) => match *never {},
-        }
+    ($store:ident, $what:expr, $op:ident ( $($arg:expr),* ), $r:ident => $relay:expr) => {
+        crate::store::backend!($store, d => {
+            bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await
+        }, $r => $relay)
     };
 }
 

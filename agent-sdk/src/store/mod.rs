@@ -267,25 +267,27 @@ macro_rules! backend {
         backend!($self, $b => $call, $b => $call)
     };
     ($self:ident, $b:ident => $call:expr, $r:ident => $relay:expr) => {
-        match &$self.backend {
+        match $self.backend() {
             #[cfg(feature = "postgres")]
-            Backend::Postgres($b) => $call,
+            $crate::store::Backend::Postgres($b) => $call,
             #[cfg(feature = "mysql")]
-            Backend::Mysql($b) => $call,
+            $crate::store::Backend::Mysql($b) => $call,
             #[cfg(feature = "redis")]
-            Backend::Redis($b) => $call,
+            $crate::store::Backend::Redis($b) => $call,
             #[cfg(feature = "relay")]
-            Backend::Relay($r) => $relay,
+            $crate::store::Backend::Relay($r) => $relay,
             #[cfg(not(any(
                 feature = "postgres",
                 feature = "mysql",
                 feature = "redis",
                 feature = "relay"
             )))]
-            Backend::None(never) => match *never {},
+            $crate::store::Backend::None(never) => match *never {},
         }
     };
 }
+
+pub(crate) use backend;
 
 /// Why a store of a type this build left out cannot be opened (`feature`: the Cargo feature
 /// of jobagent that brings it).
@@ -687,7 +689,7 @@ impl Store {
 
 /// The fencing counter's field for a lock resource: 32 hex digits (MySQL's `Field` holds 40
 /// characters; resources may be longer).
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) fn fence_field(resource: &str) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, resource.as_bytes())
         .simple()

@@ -638,28 +638,29 @@ impl PgStore {
     /// The next fencing token of `resource`: a counter in hash `jobagent:lock-fence` that
     /// never expires.
     pub(crate) async fn fence(&self, resource: &str) -> Result<u64, StoreError> {
-        let field = super::fence_field(resource);
-        let conn = self.conn().await?;
-        let value: String = conn
-            .bound(conn.query_typed_one(
-                &format!(
-                    "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
-                     VALUES ('jobagent:lock-fence', $1, '1', NULL) \
-                     ON CONFLICT (\"key\", field) DO UPDATE \
-                     SET \"value\" = (COALESCE(NULLIF(t.\"value\", '')::bigint, 0) + 1)::text \
-                     RETURNING \"value\"",
-                    self.schema
-                ),
-                &[(&field, Type::TEXT)],
-            ))
-            .await?
-            .try_get(0)
-            .map_err(StoreError::from)?;
+        let sql = format!(
+            "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
+             VALUES ('jobagent:lock-fence', $1, '1', NULL) \
+             ON CONFLICT (\"key\", field) DO UPDATE \
+             SET \"value\" = (COALESCE(NULLIF(t.\"value\", '')::bigint, 0) + 1)::text \
+             RETURNING \"value\"",
+            self.schema
+        );
+        let value = self.count(&sql, &super::fence_field(resource)).await?;
         value.parse().map_err(|_| {
             StoreError::refused(format!(
                 "the fencing counter of `{resource}` holds `{value}`"
             ))
         })
+    }
+
+    /// Runs the increment of a fencing counter, `sql` (`$1`: its field): the new value.
+    async fn count(&self, sql: &str, field: &str) -> Result<String, StoreError> {
+        let conn = self.conn().await?;
+        conn.bound(conn.query_typed_one(sql, &[(&field, Type::TEXT)]))
+            .await?
+            .try_get(0)
+            .map_err(StoreError::from)
     }
 
     /// The dashboard's read of a set: values by id, from `from`, at most `count`.
@@ -861,22 +862,15 @@ impl Driver for PgStore {
     /// Hash `jobagent:fence`, field the class, never expiring (where cluster mode has always
     /// kept it on PostgreSQL).
     async fn fence(&self, class: &str) -> Result<u64, StoreError> {
-        let conn = self.conn().await?;
-        let value: String = conn
-            .bound(conn.query_typed_one(
-                &format!(
-                    "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
-                     VALUES ('jobagent:fence', $1, '1', NULL) \
-                     ON CONFLICT (\"key\", field) DO UPDATE \
-                     SET \"value\" = (COALESCE(NULLIF(t.\"value\", '')::bigint, 0) + 1)::text, expireat = NULL \
-                     RETURNING \"value\"",
-                    self.schema
-                ),
-                &[(&class, Type::TEXT)],
-            ))
-            .await?
-            .try_get(0)
-            .map_err(StoreError::from)?;
+        let sql = format!(
+            "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
+             VALUES ('jobagent:fence', $1, '1', NULL) \
+             ON CONFLICT (\"key\", field) DO UPDATE \
+             SET \"value\" = (COALESCE(NULLIF(t.\"value\", '')::bigint, 0) + 1)::text, expireat = NULL \
+             RETURNING \"value\"",
+            self.schema
+        );
+        let value = self.count(&sql, class).await?;
         value.parse().map_err(|_| {
             StoreError::refused(format!("the fencing counter of a class holds `{value}`"))
         })

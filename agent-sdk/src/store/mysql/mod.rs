@@ -739,9 +739,7 @@ impl MysqlStore {
     /// hands the new value to this session alone.
     pub(crate) async fn fence(&self, resource: &str) -> Result<u64, StoreError> {
         let t = self.tables().await?;
-        let field = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, resource.as_bytes())
-            .simple()
-            .to_string();
+        let field = super::fence_field(resource);
         let sql = format!(
             "INSERT INTO {} (`Key`, `Field`, `Value`, `ExpireAt`) VALUES (?, ?, '1', NULL) \
              ON DUPLICATE KEY UPDATE `Value` = LAST_INSERT_ID(CAST(`Value` AS UNSIGNED) + 1), `ExpireAt` = NULL",
@@ -1025,11 +1023,7 @@ fn fit_name(text: &str, max: usize) -> Cow<'_, str> {
     if text.chars().count() <= max {
         return text.into();
     }
-    format!(
-        "~{}",
-        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, text.as_bytes()).simple()
-    )
-    .into()
+    format!("~{}", super::fence_field(text)).into()
 }
 
 /// A key and a field, fitted.
