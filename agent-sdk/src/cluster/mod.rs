@@ -403,6 +403,7 @@ impl Store {
 
     /// [`take_lost`](Self::take_lost) among the instances whose names start with `scope`
     /// only: a relay's tenant (`<service>:`) takes no other service's lost runs.
+    #[cfg(feature = "relay-server")]
     #[cfg_attr(
         not(any(feature = "postgres", feature = "mysql", feature = "redis")),
         allow(unused_variables)
