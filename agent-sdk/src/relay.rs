@@ -931,7 +931,9 @@ async fn job_state(store: &Store, id: &str) -> Result<Option<String>, StoreError
             Err(_) => Ok(None),
         },
         #[cfg(feature = "redis")]
-        Backend::Redis(r) => r.read_hash(&format!("job:{id}"), "State").await,
+        Backend::Redis(r) => {
+            crate::store::driver::Driver::get(r, &format!("job:{id}"), "State").await
+        }
         #[allow(unreachable_patterns)]
         _ => Err(StoreError::config("a relay's store is a database")),
     }

@@ -63,7 +63,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Backend, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 use protocol::Cluster;
@@ -189,9 +189,7 @@ impl Holder {
             self.pid, self.server_id
         )
     }
-}
 
-impl Holder {
     /// Why a process whose predecessor has not released the instance name refuses runs.
     pub(crate) fn waiting(&self, instance: &str) -> String {
         format!(
@@ -238,27 +236,16 @@ async fn bounded<T>(
         })
 }
 
-/// One operation on the store: the protocol over the store's driver, or the same operation
-/// sent to a relay (which runs it on its own store).
+/// One operation on the store: the protocol over the store's driver, or, on a relay, the
+/// same operation sent to it (which runs it on its own store) or `$relay`.
 macro_rules! on_backend {
-    ($store:expr, $what:expr, $op:ident ( $($arg:expr),* )) => {
-        match $store.backend() {
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
-            #[cfg(feature = "mysql")]
-            Backend::Mysql(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
-            #[cfg(feature = "redis")]
-            Backend::Redis(d) => bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await,
-            #[cfg(feature = "relay")]
-            Backend::Relay(r) => relay::$op(r, $($arg),*).await,
-            #[cfg(not(any(
-                feature = "postgres",
-                feature = "mysql",
-                feature = "redis",
-                feature = "relay"
-            )))]
-            Backend::None(never) => match *never {},
-        }
+    ($store:ident, $what:expr, $op:ident ( $($arg:expr),* )) => {
+        on_backend!($store, $what, $op($($arg),*), r => relay::$op(r, $($arg),*).await)
+    };
+    ($store:ident, $what:expr, $op:ident ( $($arg:expr),* ), $r:ident => $relay:expr) => {
+        crate::store::backend!($store, d => {
+            bounded($what, Cluster::new(d, $store.expire).$op($($arg),*)).await
+        }, $r => $relay)
     };
 }
 
@@ -409,17 +396,14 @@ impl Store {
         me: &Member,
         scan: bool,
     ) -> Result<Vec<(String, String, RunRecord)>, StoreError> {
-        match self.backend() {
-            #[cfg(feature = "relay")]
-            Backend::Relay(r) => relay::take_lost(r, me, scan).await,
-            // A database (unreachable when the relay is the only backend built).
-            #[allow(unreachable_patterns)]
-            _ => self.take_lost_in(me, scan, "").await,
-        }
+        on_backend!(self, "lost replicas' runs", take_lost(me, scan, ""), r => {
+            relay::take_lost(r, me, scan).await
+        })
     }
 
     /// [`take_lost`](Self::take_lost) among the instances whose names start with `scope`
     /// only: a relay's tenant (`<service>:`) takes no other service's lost runs.
+    #[cfg(feature = "relay-server")]
     #[cfg_attr(
         not(any(feature = "postgres", feature = "mysql", feature = "redis")),
         allow(unused_variables)
@@ -430,45 +414,12 @@ impl Store {
         scan: bool,
         scope: &str,
     ) -> Result<Vec<(String, String, RunRecord)>, StoreError> {
-        let what = "lost replicas' runs";
-        match self.backend() {
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(d) => {
-                bounded(
-                    what,
-                    Cluster::new(d, self.expire).take_lost(me, scan, scope),
-                )
-                .await
-            }
-            #[cfg(feature = "mysql")]
-            Backend::Mysql(d) => {
-                bounded(
-                    what,
-                    Cluster::new(d, self.expire).take_lost(me, scan, scope),
-                )
-                .await
-            }
-            #[cfg(feature = "redis")]
-            Backend::Redis(d) => {
-                bounded(
-                    what,
-                    Cluster::new(d, self.expire).take_lost(me, scan, scope),
-                )
-                .await
-            }
-            // A relay in front of a relay: its store is a database.
-            #[cfg(feature = "relay")]
-            Backend::Relay(_) => Err(StoreError::config(format!(
+        // A relay in front of a relay: its store is a database.
+        on_backend!(self, "lost replicas' runs", take_lost(me, scan, scope), _relay => {
+            Err(StoreError::config(format!(
                 "this needs a database store; this one is {}",
                 self.kind()
-            ))),
-            #[cfg(not(any(
-                feature = "postgres",
-                feature = "mysql",
-                feature = "redis",
-                feature = "relay"
-            )))]
-            Backend::None(never) => match *never {},
-        }
+            )))
+        })
     }
 }

@@ -62,6 +62,19 @@ struct LeaseRow {
     v: u32,
 }
 
+impl LeaseRow {
+    /// The process holding this lease at `now` when it is live and another's than `me`.
+    fn holder(&self, me: &Member, now: i64) -> Option<Holder> {
+        (self.until > now && !self.server_id.is_empty() && self.server_id != me.server_id).then(
+            || Holder {
+                server_id: self.server_id.clone(),
+                pid: self.pid,
+                until: self.until,
+            },
+        )
+    }
+}
+
 /// A claim with its deadline.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -145,31 +158,18 @@ impl<'a, D: Driver> Cluster<'a, D> {
 
     /// The other live process holding `me`'s instance name, if any.
     async fn holder_of(&self, me: &Member, now: i64) -> Result<Option<Holder>, StoreError> {
-        Ok(self.lease(&me.instance).await?.and_then(|(_, l)| {
-            (l.until > now && !l.server_id.is_empty() && l.server_id != me.server_id).then_some(
-                Holder {
-                    server_id: l.server_id,
-                    pid: l.pid,
-                    until: l.until,
-                },
-            )
-        }))
+        Ok(self
+            .lease(&me.instance)
+            .await?
+            .and_then(|(_, l)| l.holder(me, now)))
     }
 
     pub(crate) async fn hold_lease(&self, me: &Member) -> Result<Lease, StoreError> {
         for _ in 0..ATTEMPTS {
             let now = self.d.now_ms().await?;
             let current = self.lease(&me.instance).await?;
-            if let Some((_, l)) = &current
-                && !l.server_id.is_empty()
-                && l.server_id != me.server_id
-                && l.until > now
-            {
-                return Ok(Lease::HeldBy(Holder {
-                    server_id: l.server_id.clone(),
-                    pid: l.pid,
-                    until: l.until,
-                }));
+            if let Some(holder) = current.as_ref().and_then(|(_, l)| l.holder(me, now)) {
+                return Ok(Lease::HeldBy(holder));
             }
             let value = json(&LeaseRow {
                 instance: me.instance.clone(),

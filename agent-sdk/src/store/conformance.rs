@@ -242,35 +242,18 @@ pub(in crate::store) mod real {
     use std::time::Duration;
 
     use super::super::line::EncodedLine;
-    use super::super::{Backend, Load, Opening, Store, StoreType};
-
-    /// Runs `$call` with `$b` bound to the store's backend (its [`Driver`](super::Driver) and
-    /// reads: `Store`'s own reads are built for `jobagent-dev` and the relay only).
-    macro_rules! on_backend {
-        ($store:expr, $b:ident => $call:expr) => {
-            match $store.backend() {
-                #[cfg(feature = "postgres")]
-                Backend::Postgres($b) => $call,
-                #[cfg(feature = "mysql")]
-                Backend::Mysql($b) => $call,
-                #[cfg(feature = "redis")]
-                Backend::Redis($b) => $call,
-                #[allow(unreachable_patterns)]
-                _ => unreachable!("a real store"),
-            }
-        };
-    }
+    use super::super::{Load, Opening, Store, StoreType};
 
     async fn read_set(s: &Store, key: &str, from: usize, count: usize) -> Vec<String> {
-        on_backend!(s, b => b.read_set(key, from, count).await).expect("read_set")
+        s.read_set(key, from, count).await.expect("read_set")
     }
 
     async fn read_hash(s: &Store, key: &str, field: &str) -> Option<String> {
-        on_backend!(s, b => b.read_hash(key, field).await).expect("read_hash")
+        s.read_hash(key, field).await.expect("read_hash")
     }
 
     async fn read_hash_all(s: &Store, key: &str) -> Vec<(String, String)> {
-        let mut all = on_backend!(s, b => b.read_hash_all(key).await).expect("read_hash_all");
+        let mut all = s.read_hash_all(key).await.expect("read_hash_all");
         all.sort();
         all
     }
@@ -300,7 +283,8 @@ pub(in crate::store) mod real {
             s.ping(Duration::from_secs(10))
                 .await
                 .expect("the store answers");
-            on_backend!(s, b => super::all(b).await);
+            // The Driver checks on the store's own driver (never a relay here).
+            super::super::backend!(s, b => super::all(b).await, _r => unreachable!("a real store"));
             console(s).await;
             hashes_and_sets(s).await;
             first_reports(s).await;

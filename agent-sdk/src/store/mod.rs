@@ -259,35 +259,34 @@ pub(crate) enum Backend {
     None(std::convert::Infallible),
 }
 
-/// Dispatches one call to the backend.
+/// Dispatches one call to the backend: `$call` on each, or, given `$relay`, `$call` on a
+/// database and `$relay` on a relay. Each says its error as a [`StoreError`].
 macro_rules! backend {
     ($self:ident, $b:ident => $call:expr) => {
-        match &$self.backend {
+        backend!($self, $b => $call, $b => $call)
+    };
+    ($self:ident, $b:ident => $call:expr, $r:ident => $relay:expr) => {
+        match $self.backend() {
             #[cfg(feature = "postgres")]
-            Backend::Postgres($b) => $call,
+            $crate::store::Backend::Postgres($b) => $call,
             #[cfg(feature = "mysql")]
-            Backend::Mysql($b) => $call,
+            $crate::store::Backend::Mysql($b) => $call,
             #[cfg(feature = "redis")]
-            Backend::Redis($b) => $call,
+            $crate::store::Backend::Redis($b) => $call,
             #[cfg(feature = "relay")]
-            Backend::Relay($b) => $call,
+            $crate::store::Backend::Relay($r) => $relay,
             #[cfg(not(any(
                 feature = "postgres",
                 feature = "mysql",
                 feature = "redis",
                 feature = "relay"
             )))]
-            Backend::None(never) => match *never {},
+            $crate::store::Backend::None(never) => match *never {},
         }
     };
 }
 
-/// Dispatches one call to the backend (each says its error as a [`StoreError`]).
-macro_rules! backend_err {
-    ($self:ident, $b:ident => $call:expr) => {
-        backend!($self, $b => $call)
-    };
-}
+pub(crate) use backend;
 
 /// Why a store of a type this build left out cannot be opened (`feature`: the Cargo feature
 /// of jobagent that brings it).
@@ -487,23 +486,7 @@ impl Store {
 
     /// The host names the store connects to.
     fn hosts(&self) -> Vec<String> {
-        match &self.backend {
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(pg) => pg.hosts(),
-            #[cfg(feature = "mysql")]
-            Backend::Mysql(my) => my.hosts(),
-            #[cfg(feature = "redis")]
-            Backend::Redis(r) => r.hosts(),
-            #[cfg(feature = "relay")]
-            Backend::Relay(r) => r.hosts(),
-            #[cfg(not(any(
-                feature = "postgres",
-                feature = "mysql",
-                feature = "redis",
-                feature = "relay"
-            )))]
-            Backend::None(never) => match *never {},
-        }
+        backend!(self, b => b.hosts())
     }
 
     /// Whether a run may be accepted for this store, deciding by `answer_by` (the run's
@@ -596,7 +579,7 @@ impl Store {
 
     /// Whether the store answers a trivial request within `within`.
     pub(crate) async fn ping(&self, within: Duration) -> Result<(), StoreError> {
-        let ping = async { backend_err!(self, b => b.ping().await) };
+        let ping = async { backend!(self, b => b.ping().await) };
         let res = tokio::time::timeout(within, ping)
             .await
             .map_err(|_| StoreError::timed_out("the store", within))?;
@@ -610,8 +593,7 @@ impl Store {
         hash_key: &str,
         lines: &[EncodedLine],
     ) -> Result<(), StoreError> {
-        let res =
-            backend_err!(self, b => b.write_console(set_key, hash_key, lines, self.expire).await);
+        let res = backend!(self, b => b.write_console(set_key, hash_key, lines, self.expire).await);
         self.noted(res)
     }
 
@@ -622,7 +604,7 @@ impl Store {
         pairs: &[(&str, &str)],
         life: Option<Duration>,
     ) -> Result<(), StoreError> {
-        let res = backend_err!(self, b => b.set_hash(key, pairs, life).await);
+        let res = backend!(self, b => b.set_hash(key, pairs, life).await);
         self.noted(res)
     }
 
@@ -633,13 +615,13 @@ impl Store {
         value: &str,
         score: f64,
     ) -> Result<(), StoreError> {
-        let res = backend_err!(self, b => b.add_to_set(key, value, score, self.expire).await);
+        let res = backend!(self, b => b.add_to_set(key, value, score, self.expire).await);
         self.noted(res)
     }
 
     /// Marks dispatch `id` as reported by `token`; false when another writer did first.
     pub(crate) async fn first_report(&self, id: &str, token: &str) -> Result<bool, StoreError> {
-        let res = backend_err!(self, b => b.first_report(id, token, self.expire).await);
+        let res = backend!(self, b => b.first_report(id, token, self.expire).await);
         self.noted(res)
     }
 
@@ -649,7 +631,7 @@ impl Store {
         resource: &str,
         stale_after: Duration,
     ) -> Result<Option<String>, StoreError> {
-        let res = backend_err!(self, b => b.lock_try(resource, stale_after).await);
+        let res = backend!(self, b => b.lock_try(resource, stale_after).await);
         self.noted(res)
     }
 
@@ -659,54 +641,54 @@ impl Store {
         resource: &str,
         owner: &str,
     ) -> Result<Option<String>, StoreError> {
-        backend_err!(self, b => b.lock_keep(resource, owner).await)
+        backend!(self, b => b.lock_keep(resource, owner).await)
     }
 
     /// Releases a held lock if it is still this owner's.
     pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), StoreError> {
-        backend_err!(self, b => b.lock_release(resource, owner).await)
+        backend!(self, b => b.lock_release(resource, owner).await)
     }
 
     /// The next fencing token of `resource`.
     pub(crate) async fn fence(&self, resource: &str) -> Result<u64, StoreError> {
-        backend_err!(self, b => b.fence(resource).await)
+        backend!(self, b => b.fence(resource).await)
     }
 
     /// A set's members in the order the dashboard shows them.
-    #[cfg(any(feature = "dev", feature = "relay-server"))]
+    #[cfg(any(feature = "dev", feature = "relay-server", test))]
     pub(crate) async fn read_set(
         &self,
         key: &str,
         from: usize,
         count: usize,
     ) -> Result<Vec<String>, StoreError> {
-        backend_err!(self, b => b.read_set(key, from, count).await)
+        backend!(self, b => b.read_set(key, from, count).await)
     }
 
     /// One field of a hash.
-    #[cfg(any(feature = "dev", feature = "relay-server"))]
+    #[cfg(any(feature = "dev", feature = "relay-server", test))]
     pub(crate) async fn read_hash(
         &self,
         key: &str,
         field: &str,
     ) -> Result<Option<String>, StoreError> {
-        backend_err!(self, b => b.read_hash(key, field).await)
+        backend!(self, b => driver::Driver::get(b, key, field).await, r => r.read_hash(key, field).await)
     }
 
     /// All fields of a hash with their values, in the order they were written (a result's
     /// field is its elapsed milliseconds, unknown to the reader).
-    #[cfg(any(feature = "dev", feature = "relay-server"))]
+    #[cfg(any(feature = "dev", feature = "relay-server", test))]
     pub(crate) async fn read_hash_all(
         &self,
         key: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        backend_err!(self, b => b.read_hash_all(key).await)
+        backend!(self, b => driver::Driver::get_all(b, key).await, r => r.read_hash_all(key).await)
     }
 }
 
 /// The fencing counter's field for a lock resource: 32 hex digits (MySQL's `Field` holds 40
 /// characters; resources may be longer).
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) fn fence_field(resource: &str) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, resource.as_bytes())
         .simple()

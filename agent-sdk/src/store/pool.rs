@@ -393,30 +393,29 @@ fn tls_config(
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::config(format!("TLS setup failed: {e}")))?;
-    let config = match check {
-        Check::Nothing => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCertificateCheck {
-                algorithms: provider.signature_verification_algorithms,
-            }))
-            .with_no_client_auth(),
-        Check::ChainAndName => builder
-            .with_root_certificates(trusted_roots(ssl, root)?)
-            .with_no_client_auth(),
-        Check::Chain => {
-            let inner = WebPkiServerVerifier::builder_with_provider(
+    let chain = match check {
+        Check::ChainAndName => {
+            return Ok(builder
+                .with_root_certificates(trusted_roots(ssl, root)?)
+                .with_no_client_auth());
+        }
+        Check::Nothing => None,
+        Check::Chain => Some(
+            WebPkiServerVerifier::builder_with_provider(
                 Arc::new(trusted_roots(ssl, root)?),
-                provider,
+                provider.clone(),
             )
             .build()
-            .map_err(|e| StoreError::config(format!("TLS setup failed: {e}")))?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnlyCheck { inner }))
-                .with_no_client_auth()
-        }
+            .map_err(|e| StoreError::config(format!("TLS setup failed: {e}")))?,
+        ),
     };
-    Ok(config)
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(LaxCheck {
+            chain,
+            algorithms: provider.signature_verification_algorithms,
+        }))
+        .with_no_client_auth())
 }
 
 /// The roots certificates must lead to: the `Root Certificate` file's, else the system's.
@@ -450,24 +449,36 @@ fn trusted_roots(ssl: SslMode, root: Option<&PathBuf>) -> Result<RootCertStore, 
     Ok(roots)
 }
 
-/// Accepts any server certificate (Npgsql's `Require`/`Prefer`, or `Trust Server
-/// Certificate=true`): the link is encrypted, the peer not authenticated. Handshake
-/// signatures are still checked, so the server must hold the key of the certificate it sent.
+/// A check laxer than WebPKI's. Without `chain`, any server certificate is accepted (Npgsql's
+/// `Require`/`Prefer`, or `Trust Server Certificate=true`): the link is encrypted, the peer
+/// not authenticated. With it (`VerifyCA`), the full WebPKI check, except that a certificate
+/// issued for another name is accepted: rustls checks the chain (and validity dates) before
+/// the name, so a name error means everything else passed. Handshake signatures are checked
+/// either way, so the server must hold the key of the certificate it sent.
 #[derive(Debug)]
-struct NoCertificateCheck {
+struct LaxCheck {
+    chain: Option<Arc<WebPkiServerVerifier>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for NoCertificateCheck {
+impl ServerCertVerifier for LaxCheck {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -490,60 +501,6 @@ impl ServerCertVerifier for NoCertificateCheck {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
-    }
-}
-
-/// `VerifyCA`: the full WebPKI check, except that a certificate issued for another name is
-/// accepted. rustls checks the chain (and validity dates) before the name, so a name error
-/// means everything else passed.
-#[derive(Debug)]
-struct ChainOnlyCheck {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ChainOnlyCheck {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 

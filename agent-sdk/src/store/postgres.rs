@@ -30,8 +30,9 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 
+use super::driver::Driver;
 use super::line::EncodedLine;
 use super::pg_connstr::ConnSpec;
 use super::pool::{self, Limits};
@@ -637,28 +638,29 @@ impl PgStore {
     /// The next fencing token of `resource`: a counter in hash `jobagent:lock-fence` that
     /// never expires.
     pub(crate) async fn fence(&self, resource: &str) -> Result<u64, StoreError> {
-        let field = super::fence_field(resource);
-        let conn = self.conn().await?;
-        let value: String = conn
-            .bound(conn.query_typed_one(
-                &format!(
-                    "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
-                     VALUES ('jobagent:lock-fence', $1, '1', NULL) \
-                     ON CONFLICT (\"key\", field) DO UPDATE \
-                     SET \"value\" = (COALESCE(NULLIF(t.\"value\", '')::bigint, 0) + 1)::text \
-                     RETURNING \"value\"",
-                    self.schema
-                ),
-                &[(&field, Type::TEXT)],
-            ))
-            .await?
-            .try_get(0)
-            .map_err(StoreError::from)?;
+        let sql = format!(
+            "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
+             VALUES ('jobagent:lock-fence', $1, '1', NULL) \
+             ON CONFLICT (\"key\", field) DO UPDATE \
+             SET \"value\" = (COALESCE(NULLIF(t.\"value\", '')::bigint, 0) + 1)::text \
+             RETURNING \"value\"",
+            self.schema
+        );
+        let value = self.count(&sql, &super::fence_field(resource)).await?;
         value.parse().map_err(|_| {
             StoreError::refused(format!(
                 "the fencing counter of `{resource}` holds `{value}`"
             ))
         })
+    }
+
+    /// Runs the increment of a fencing counter, `sql` (`$1`: its field): the new value.
+    async fn count(&self, sql: &str, field: &str) -> Result<String, StoreError> {
+        let conn = self.conn().await?;
+        conn.bound(conn.query_typed_one(sql, &[(&field, Type::TEXT)]))
+            .await?
+            .try_get(0)
+            .map_err(StoreError::from)
     }
 
     /// The dashboard's read of a set: values by id, from `from`, at most `count`.
@@ -693,14 +695,35 @@ impl PgStore {
             .collect()
     }
 
-    /// One field of a hash.
-    // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
-    pub(crate) async fn read_hash(
-        &self,
-        key: &str,
-        field: &str,
-    ) -> Result<Option<String>, StoreError> {
+    /// Runs `sql` (`$1`: the key) and reads its rows as field and value; a NULL value reads
+    /// as empty.
+    async fn pairs(&self, sql: &str, key: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .bound(conn.query_typed(sql, &[(&key, Type::TEXT)]))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+}
+
+impl Driver for PgStore {
+    /// The database's clock.
+    async fn now_ms(&self) -> Result<i64, StoreError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .bound(conn.query_typed_one("SELECT (extract(epoch from now()) * 1000)::bigint", &[]))
+            .await?;
+        row.try_get(0).map_err(StoreError::from)
+    }
+
+    async fn get(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
         let conn = self.conn().await?;
         let row = conn
             .bound(conn.query_typed_opt(
@@ -715,46 +738,26 @@ impl PgStore {
             .transpose()
     }
 
-    /// All fields of a hash, by id (the order they were written in); a NULL value reads as
-    /// empty.
-    // The dashboard's reads: for `jobagent-dev` (feature `dev`) and the tests.
-    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
-    pub(crate) async fn read_hash_all(
+    /// By id (the order they were written in).
+    async fn get_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = format!(
+            "SELECT field, \"value\" FROM {}.hash WHERE \"key\" = $1 ORDER BY id",
+            self.schema
+        );
+        self.pairs(&sql, key).await
+    }
+
+    async fn put(
         &self,
         key: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let conn = self.conn().await?;
-        let rows = conn
-            .bound(conn.query_typed(
-                &format!(
-                    "SELECT field, \"value\" FROM {}.hash WHERE \"key\" = $1 ORDER BY id",
-                    self.schema
-                ),
-                &[(&key, Type::TEXT)],
-            ))
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let field: String = r.try_get(0).map_err(StoreError::from)?;
-                let value: Option<String> = r.try_get(1).map_err(StoreError::from)?;
-                Ok((field, value.unwrap_or_default()))
-            })
-            .collect()
+        field: &str,
+        value: &str,
+        life: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.set_hash(key, &[(field, value)], life).await
     }
 
-    // Driver primitives (see store/driver.rs)
-
-    /// The database's clock, in milliseconds since the Unix epoch.
-    pub(crate) async fn clock_ms(&self) -> Result<i64, StoreError> {
-        let conn = self.conn().await?;
-        let row = conn
-            .bound(conn.query_typed_one("SELECT (extract(epoch from now()) * 1000)::bigint", &[]))
-            .await?;
-        row.try_get(0).map_err(StoreError::from)
-    }
-
-    /// Deletes one hash field; true when it was there.
-    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, StoreError> {
+    async fn delete(&self, key: &str, field: &str) -> Result<bool, StoreError> {
         let conn = self.conn().await?;
         let n = conn
             .bound(conn.execute_typed(
@@ -768,31 +771,19 @@ impl PgStore {
         Ok(n >= 1)
     }
 
-    /// Reads and deletes every field of a hash in one statement (`DELETE ... RETURNING`).
-    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let conn = self.conn().await?;
-        let rows = conn
-            .bound(conn.query_typed(
-                &format!(
-                    "DELETE FROM {}.hash WHERE \"key\" = $1 RETURNING field, \"value\"",
-                    self.schema
-                ),
-                &[(&key, Type::TEXT)],
-            ))
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let field: String = r.try_get(0).map_err(StoreError::from)?;
-                let value: Option<String> = r.try_get(1).map_err(StoreError::from)?;
-                Ok((field, value.unwrap_or_default()))
-            })
-            .collect()
+    /// One statement (`DELETE ... RETURNING`).
+    async fn take_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = format!(
+            "DELETE FROM {}.hash WHERE \"key\" = $1 RETURNING field, \"value\"",
+            self.schema
+        );
+        self.pairs(&sql, key).await
     }
 
-    /// The conditional write on Hangfire.PostgreSql's `hash` table (unique on `key, field`):
-    /// an insert that does nothing on a conflict, or an update or delete whose `WHERE` holds
-    /// the expected value. `life` None: `expireat` NULL (Hangfire keeps the row).
-    pub(crate) async fn cas_hash(
+    /// On Hangfire.PostgreSql's `hash` table (unique on `key, field`): an insert that does
+    /// nothing on a conflict, or an update or delete whose `WHERE` holds the expected value.
+    /// `life` None: `expireat` NULL (Hangfire keeps the row).
+    async fn cas(
         &self,
         key: &str,
         field: &str,
@@ -803,64 +794,56 @@ impl PgStore {
         let h = format!("{}.hash", self.schema);
         let secs: Option<f64> = life.map(|l| l.as_secs_f64());
         let expireat = "now() + $4::float8 * interval '1 second'";
-        let conn = self.conn().await?;
-        let n = match (expected, new) {
-            (None, None) => return Ok(self.read_hash(key, field).await?.is_none()),
-            (None, Some(new)) => {
-                let sql = format!(
+        let (sql, params): (_, &[(&(dyn ToSql + Sync), Type)]) = match (expected, new) {
+            (None, None) => return Ok(self.get(key, field).await?.is_none()),
+            (None, Some(_)) => (
+                format!(
                     "INSERT INTO {h} (\"key\", field, \"value\", expireat) VALUES ($1, $2, $3, {expireat}) \
                      ON CONFLICT (\"key\", field) DO NOTHING"
-                );
-                conn.bound(in_utc(
-                    &conn,
-                    conn.execute_typed(
-                        &sql,
-                        &[
-                            (&key, Type::TEXT),
-                            (&field, Type::TEXT),
-                            (&new, Type::TEXT),
-                            (&secs, Type::FLOAT8),
-                        ],
-                    ),
-                ))
-                .await?
-            }
-            (Some(old), Some(new)) => {
-                let sql = format!(
+                ),
+                &[
+                    (&key, Type::TEXT),
+                    (&field, Type::TEXT),
+                    (&new, Type::TEXT),
+                    (&secs, Type::FLOAT8),
+                ],
+            ),
+            (Some(_), Some(_)) => (
+                format!(
                     "UPDATE {h} SET \"value\" = $3, expireat = {expireat} \
                      WHERE \"key\" = $1 AND field = $2 AND \"value\" = $5"
-                );
-                conn.bound(in_utc(
-                    &conn,
-                    conn.execute_typed(
-                        &sql,
-                        &[
-                            (&key, Type::TEXT),
-                            (&field, Type::TEXT),
-                            (&new, Type::TEXT),
-                            (&secs, Type::FLOAT8),
-                            (&old, Type::TEXT),
-                        ],
-                    ),
-                ))
-                .await?
-            }
-            (Some(old), None) => {
-                let sql =
-                    format!("DELETE FROM {h} WHERE \"key\" = $1 AND field = $2 AND \"value\" = $3");
-                conn.bound(conn.execute_typed(
-                    &sql,
-                    &[(&key, Type::TEXT), (&field, Type::TEXT), (&old, Type::TEXT)],
-                ))
-                .await?
-            }
+                ),
+                &[
+                    (&key, Type::TEXT),
+                    (&field, Type::TEXT),
+                    (&new, Type::TEXT),
+                    (&secs, Type::FLOAT8),
+                    (&expected, Type::TEXT),
+                ],
+            ),
+            (Some(_), None) => (
+                format!("DELETE FROM {h} WHERE \"key\" = $1 AND field = $2 AND \"value\" = $3"),
+                &[
+                    (&key, Type::TEXT),
+                    (&field, Type::TEXT),
+                    (&expected, Type::TEXT),
+                ],
+            ),
+        };
+        let conn = self.conn().await?;
+        let write = conn.execute_typed(&sql, params);
+        // A delete writes no time: no transaction of its own.
+        let n = if new.is_some() {
+            conn.bound(in_utc(&conn, write)).await?
+        } else {
+            conn.bound(write).await?
         };
         Ok(n == 1)
     }
 
-    /// Every row of a hash expires `life` from now; rows already within an hour of that are
-    /// left alone (a renewal every second would otherwise rewrite them every second).
-    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), StoreError> {
+    /// Rows already within an hour of that are left alone (a renewal every second would
+    /// otherwise rewrite them every second).
+    async fn expire(&self, key: &str, life: Duration) -> Result<(), StoreError> {
         let sql = format!(
             "UPDATE {}.hash SET expireat = now() + $2::float8 * interval '1 second' WHERE \"key\" = $1 \
              AND (expireat IS NULL OR expireat < now() + ($2::float8 - 3600) * interval '1 second')",
@@ -876,32 +859,25 @@ impl PgStore {
         Ok(())
     }
 
-    /// The next fencing token of singleton class `class`: hash `jobagent:fence`, field the
-    /// class, never expiring (where cluster mode has always kept it on PostgreSQL).
-    pub(crate) async fn class_fence(&self, class: &str) -> Result<u64, StoreError> {
-        let conn = self.conn().await?;
-        let value: String = conn
-            .bound(conn.query_typed_one(
-                &format!(
-                    "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
-                     VALUES ('jobagent:fence', $1, '1', NULL) \
-                     ON CONFLICT (\"key\", field) DO UPDATE \
-                     SET \"value\" = (COALESCE(NULLIF(t.\"value\", '')::bigint, 0) + 1)::text, expireat = NULL \
-                     RETURNING \"value\"",
-                    self.schema
-                ),
-                &[(&class, Type::TEXT)],
-            ))
-            .await?
-            .try_get(0)
-            .map_err(StoreError::from)?;
+    /// Hash `jobagent:fence`, field the class, never expiring (where cluster mode has always
+    /// kept it on PostgreSQL).
+    async fn fence(&self, class: &str) -> Result<u64, StoreError> {
+        let sql = format!(
+            "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
+             VALUES ('jobagent:fence', $1, '1', NULL) \
+             ON CONFLICT (\"key\", field) DO UPDATE \
+             SET \"value\" = (COALESCE(NULLIF(t.\"value\", '')::bigint, 0) + 1)::text, expireat = NULL \
+             RETURNING \"value\"",
+            self.schema
+        );
+        let value = self.count(&sql, class).await?;
         value.parse().map_err(|_| {
             StoreError::refused(format!("the fencing counter of a class holds `{value}`"))
         })
     }
 
     /// `pg_notify(channel, payload)`.
-    pub(crate) async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
+    async fn wake(&self, channel: &'static str, payload: &str) -> Result<(), StoreError> {
         let conn = self.conn().await?;
         conn.bound(conn.execute_typed(
             "SELECT pg_notify($1, $2)",

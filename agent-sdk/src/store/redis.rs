@@ -30,10 +30,11 @@ use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{
-    Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, RedisError,
-    Script, Value,
+    Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo, Pipeline,
+    RedisConnectionInfo, RedisError, Script, ScriptInvocation, Value,
 };
 
+use crate::store::driver::Driver;
 use crate::store::line::EncodedLine;
 use crate::store::redis_connstr::{Origin, echo, host_port, parse};
 use crate::store::url::password_tag;
@@ -338,10 +339,7 @@ impl RedisStore {
 
     /// Whether the store answers a PING within the store's bound.
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
-        self.run("PING", |mut c| async move {
-            ::redis::cmd("PING").query_async::<()>(&mut c).await
-        })
-        .await
+        self.cmd("PING", &::redis::cmd("PING")).await
     }
 
     /// Redis has no tables to check: Ok once a PING succeeded (then never asked again).
@@ -406,10 +404,7 @@ impl RedisStore {
             lines,
             expire_secs(expire),
         );
-        self.run("a console batch", |mut c| async move {
-            p.query_async::<()>(&mut c).await
-        })
-        .await
+        self.pipe("a console batch", &p).await
     }
 
     /// Sets fields of hash `<P>key`, and its TTL to `life` (`None`: no TTL, `PERSIST`), in one
@@ -434,10 +429,7 @@ impl RedisStore {
             Some(life) => p.cmd("EXPIRE").arg(&key).arg(expire_secs(life)).ignore(),
             None => p.cmd("PERSIST").arg(&key).ignore(),
         };
-        self.run("a hash", |mut c| async move {
-            p.query_async::<()>(&mut c).await
-        })
-        .await
+        self.pipe("a hash", &p).await
     }
 
     /// Adds one member to sorted set `<P>key` (its score updated if present) and sets the
@@ -466,10 +458,7 @@ impl RedisStore {
             .arg(&key)
             .arg(expire_secs(expire))
             .ignore();
-        self.run("a set member", |mut c| async move {
-            p.query_async::<()>(&mut c).await
-        })
-        .await
+        self.pipe("a set member", &p).await
     }
 
     /// Claims the report of dispatch `id` for `token` (one Lua script, atomic): the mark is
@@ -487,17 +476,16 @@ impl RedisStore {
         let old = self.key(OLD_RESULTS_KEY);
         let secs = expire_secs(expire);
         let won: i64 = self
-            .run("the first report", |mut c| async move {
+            .invoke(
+                "the first report",
                 self.scripts
                     .first_report
                     .key(&key)
                     .key(&old)
                     .arg(id)
                     .arg(token)
-                    .arg(secs)
-                    .invoke_async(&mut c)
-                    .await
-            })
+                    .arg(secs),
+            )
             .await?;
         Ok(won == 1)
     }
@@ -508,9 +496,10 @@ impl RedisStore {
     pub(crate) async fn result_marked(&self, id: &str) -> Result<bool, StoreError> {
         let key = self.key(&format!("{RESULT_MARK_KEY}{id}"));
         let n: i64 = self
-            .run("a look for a first-report mark", |mut c| async move {
-                ::redis::cmd("EXISTS").arg(&key).query_async(&mut c).await
-            })
+            .cmd(
+                "a look for a first-report mark",
+                ::redis::cmd("EXISTS").arg(&key),
+            )
             .await?;
         Ok(n > 0)
     }
@@ -537,15 +526,10 @@ impl RedisStore {
         let key = self.key(resource);
         let hold = hold_ms(self.hold);
         let kept: i64 = self
-            .run("extending a lock", |mut c| async move {
-                self.scripts
-                    .lock_keep
-                    .key(&key)
-                    .arg(owner)
-                    .arg(hold)
-                    .invoke_async(&mut c)
-                    .await
-            })
+            .invoke(
+                "extending a lock",
+                self.scripts.lock_keep.key(&key).arg(owner).arg(hold),
+            )
             .await?;
         Ok((kept == 1).then(|| owner.to_owned()))
     }
@@ -555,14 +539,10 @@ impl RedisStore {
     pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), StoreError> {
         let key = self.key(resource);
         let _deleted: i64 = self
-            .run("releasing a lock", |mut c| async move {
-                self.scripts
-                    .lock_release
-                    .key(&key)
-                    .arg(owner)
-                    .invoke_async(&mut c)
-                    .await
-            })
+            .invoke(
+                "releasing a lock",
+                self.scripts.lock_release.key(&key).arg(owner),
+            )
             .await?;
         Ok(())
     }
@@ -577,15 +557,10 @@ impl RedisStore {
         let old = self.key(OLD_FENCE_KEY);
         let secs = expire_secs(FENCE_LIFE);
         let n: i64 = self
-            .run("a fencing token", |mut c| async move {
-                self.scripts
-                    .fence
-                    .key(&key)
-                    .key(&old)
-                    .arg(secs)
-                    .invoke_async(&mut c)
-                    .await
-            })
+            .invoke(
+                "a fencing token",
+                self.scripts.fence.key(&key).key(&old).arg(secs),
+            )
             .await?;
         u64::try_from(n).map_err(|_| {
             StoreError::refused(format!(
@@ -601,9 +576,10 @@ impl RedisStore {
     pub(crate) async fn hangfire_keys_exist(&self) -> Result<bool, StoreError> {
         let keys: Vec<String> = HANGFIRE_KEYS.iter().map(|k| self.key(k)).collect();
         let n: i64 = self
-            .run("a look for Hangfire's keys", |mut c| async move {
-                ::redis::cmd("EXISTS").arg(&keys).query_async(&mut c).await
-            })
+            .cmd(
+                "a look for Hangfire's keys",
+                ::redis::cmd("EXISTS").arg(&keys),
+            )
             .await?;
         Ok(n > 0)
     }
@@ -633,101 +609,10 @@ impl RedisStore {
         let key = self.key(key);
         let start = i64::try_from(from).unwrap_or(i64::MAX);
         let stop = i64::try_from(from.saturating_add(count - 1)).unwrap_or(i64::MAX);
-        self.run("a set", |mut c| async move {
-            ::redis::cmd("ZRANGE")
-                .arg(&key)
-                .arg(start)
-                .arg(stop)
-                .query_async(&mut c)
-                .await
-        })
-        .await
-    }
-
-    /// One field of hash `<P>key`.
-    pub(crate) async fn read_hash(
-        &self,
-        key: &str,
-        field: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let key = self.key(key);
-        self.run("a hash field", |mut c| async move {
-            ::redis::cmd("HGET")
-                .arg(&key)
-                .arg(field)
-                .query_async(&mut c)
-                .await
-        })
-        .await
-    }
-
-    /// Every field of a hash (Redis keeps no write order: fields as `HGETALL` gives them).
-    pub(crate) async fn read_hash_all(
-        &self,
-        key: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let key = self.key(key);
-        self.run("a hash", |mut c| async move {
-            ::redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
-        })
-        .await
-    }
-
-    /// The server's clock (`TIME`), in milliseconds since the Unix epoch.
-    pub(crate) async fn now_ms(&self) -> Result<i64, StoreError> {
-        let (secs, micros): (i64, i64) = self
-            .run("the time", |mut c| async move {
-                ::redis::cmd("TIME").query_async(&mut c).await
-            })
-            .await?;
-        Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
-    }
-
-    /// Deletes one field of hash `<P>key`; true when it was there.
-    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, StoreError> {
-        let key = self.key(key);
-        let n: i64 = self
-            .run("deleting a hash field", |mut c| async move {
-                ::redis::cmd("HDEL")
-                    .arg(&key)
-                    .arg(field)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(n >= 1)
-    }
-
-    /// Takes every field of hash `<P>key`: `HGETALL` and `DEL` in one `MULTI`/`EXEC`, so
-    /// concurrent takers never take one field twice.
-    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let key = self.key(key);
-        let mut p = ::redis::pipe();
-        p.atomic()
-            .cmd("HGETALL")
-            .arg(&key)
-            .cmd("DEL")
-            .arg(&key)
-            .ignore();
-        let (fields,): (Vec<(String, String)>,) = self
-            .run("taking a hash", |mut c| async move {
-                p.query_async(&mut c).await
-            })
-            .await?;
-        Ok(fields)
-    }
-
-    /// Sets the TTL of hash `<P>key` to `life`.
-    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), StoreError> {
-        let key = self.key(key);
-        let secs = expire_secs(life);
-        self.run("a hash's TTL", |mut c| async move {
-            ::redis::cmd("EXPIRE")
-                .arg(&key)
-                .arg(secs)
-                .query_async::<()>(&mut c)
-                .await
-        })
+        self.cmd(
+            "a set",
+            ::redis::cmd("ZRANGE").arg(&key).arg(start).arg(stop),
+        )
         .await
     }
 
@@ -743,19 +628,15 @@ impl RedisStore {
         let owner = uuid::Uuid::new_v4().to_string();
         let hold = hold_ms(hold);
         let reply: Value = self
-            .run("taking a lock", |mut c| {
-                let owner = owner.clone();
-                async move {
-                    ::redis::cmd("SET")
-                        .arg(&key)
-                        .arg(owner)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(hold)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
+            .cmd(
+                "taking a lock",
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(hold),
+            )
             .await?;
         match reply {
             Value::Nil => Ok(None),
@@ -855,6 +736,28 @@ impl RedisStore {
         }
     }
 
+    /// One command under [`RedisStore::run`]'s deadline.
+    async fn cmd<T: FromRedisValue>(&self, what: &str, cmd: &Cmd) -> Result<T, StoreError> {
+        self.run(what, |mut c| async move { cmd.query_async(&mut c).await })
+            .await
+    }
+
+    /// One pipeline (a `MULTI`/`EXEC`) under [`RedisStore::run`]'s deadline.
+    async fn pipe<T: FromRedisValue>(&self, what: &str, p: &Pipeline) -> Result<T, StoreError> {
+        self.run(what, |mut c| async move { p.query_async(&mut c).await })
+            .await
+    }
+
+    /// One script call under [`RedisStore::run`]'s deadline.
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        what: &str,
+        call: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.run(what, |mut c| async move { call.invoke_async(&mut c).await })
+            .await
+    }
+
     /// An error classified ([`redis_kind`](super::error::redis_kind)), its text with the
     /// password taken out should it ever appear.
     fn describe(&self, e: &RedisError) -> StoreError {
@@ -863,14 +766,76 @@ impl RedisStore {
             scrub(&e.to_string(), self.password.as_deref()),
         )
     }
+}
 
-    // Driver primitives (see store/driver.rs)
+/// The primitives cluster mode builds on, on hashes `<P>key`.
+impl Driver for RedisStore {
+    async fn get(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
+        let key = self.key(key);
+        self.cmd("a hash field", ::redis::cmd("HGET").arg(&key).arg(field))
+            .await
+    }
 
-    /// The conditional write on hash `<P>key`: one Lua script compares the field with
+    /// Redis keeps no write order: fields as `HGETALL` gives them.
+    async fn get_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let key = self.key(key);
+        self.cmd("a hash", ::redis::cmd("HGETALL").arg(&key)).await
+    }
+
+    /// `TIME`.
+    async fn now_ms(&self) -> Result<i64, StoreError> {
+        let (secs, micros): (i64, i64) = self.cmd("the time", &::redis::cmd("TIME")).await?;
+        Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
+    }
+
+    async fn delete(&self, key: &str, field: &str) -> Result<bool, StoreError> {
+        let key = self.key(key);
+        let n: i64 = self
+            .cmd(
+                "deleting a hash field",
+                ::redis::cmd("HDEL").arg(&key).arg(field),
+            )
+            .await?;
+        Ok(n >= 1)
+    }
+
+    /// `HGETALL` and `DEL` in one `MULTI`/`EXEC`.
+    async fn take_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let key = self.key(key);
+        let mut p = ::redis::pipe();
+        p.atomic()
+            .cmd("HGETALL")
+            .arg(&key)
+            .cmd("DEL")
+            .arg(&key)
+            .ignore();
+        let (fields,): (Vec<(String, String)>,) = self.pipe("taking a hash", &p).await?;
+        Ok(fields)
+    }
+
+    /// The key's TTL.
+    async fn expire(&self, key: &str, life: Duration) -> Result<(), StoreError> {
+        let key = self.key(key);
+        let secs = expire_secs(life);
+        self.cmd("a hash's TTL", ::redis::cmd("EXPIRE").arg(&key).arg(secs))
+            .await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        field: &str,
+        value: &str,
+        life: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.set_hash(key, &[(field, value)], life).await
+    }
+
+    /// One Lua script compares the field with
     /// `expected` and sets it (then the key's TTL to `life`, or `PERSIST`) or deletes it. Redis
     /// runs a script whole when it reaches it, so a queued call compares with what is there
     /// then.
-    pub(crate) async fn cas_hash(
+    async fn cas(
         &self,
         key: &str,
         field: &str,
@@ -899,7 +864,8 @@ return 1";
         let flag = |o: Option<&str>| if o.is_some() { "1" } else { "0" };
         let ttl = life.map_or(0, expire_secs);
         let done: i64 = self
-            .run("a conditional hash write", |mut c| async move {
+            .invoke(
+                "a conditional hash write",
                 SCRIPT
                     .key(&key)
                     .arg(field)
@@ -907,12 +873,15 @@ return 1";
                     .arg(expected.unwrap_or_default())
                     .arg(flag(new))
                     .arg(new.unwrap_or_default())
-                    .arg(ttl)
-                    .invoke_async(&mut c)
-                    .await
-            })
+                    .arg(ttl),
+            )
             .await?;
         Ok(done == 1)
+    }
+
+    /// The lock's counter of `jobagent:claim:<class>` (see [`RedisStore::fence`]).
+    async fn fence(&self, class: &str) -> Result<u64, StoreError> {
+        RedisStore::fence(self, &format!("jobagent:claim:{class}")).await
     }
 }
 
@@ -1269,7 +1238,7 @@ mod tests {
             assert!(!claim("77", "tok-new").await, "the old mark wins");
             assert!(claim("77", "tok-old").await, "the old writer's retry");
             assert_eq!(
-                store.read_hash_all(OLD_RESULTS_KEY).await.expect("read"),
+                store.get_all(OLD_RESULTS_KEY).await.expect("read"),
                 vec![("77".to_owned(), "tok-old".to_owned())]
             );
             assert!(

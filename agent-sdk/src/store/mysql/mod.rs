@@ -54,6 +54,7 @@ use mysql_async::{
 use self::connstr::{MyConnSpec, Origin, SslMode};
 pub(crate) use self::tables::Prefix;
 use self::tables::{Column, Tables, check_prefix};
+use super::driver::Driver;
 use super::{CheckError, StoreError, StoreErrorKind};
 use crate::store::line::EncodedLine;
 /// `max_allowed_packet` assumed until the server's is known (MySQL 5.7's default).
@@ -738,9 +739,7 @@ impl MysqlStore {
     /// hands the new value to this session alone.
     pub(crate) async fn fence(&self, resource: &str) -> Result<u64, StoreError> {
         let t = self.tables().await?;
-        let field = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, resource.as_bytes())
-            .simple()
-            .to_string();
+        let field = super::fence_field(resource);
         let sql = format!(
             "INSERT INTO {} (`Key`, `Field`, `Value`, `ExpireAt`) VALUES (?, ?, '1', NULL) \
              ON DUPLICATE KEY UPDATE `Value` = LAST_INSERT_ID(CAST(`Value` AS UNSIGNED) + 1), `ExpireAt` = NULL",
@@ -786,43 +785,6 @@ impl MysqlStore {
         c.bound(|c| c.exec(sql.as_str(), params)).await
     }
 
-    /// One field of a hash (`None` when absent or NULL).
-    pub(crate) async fn read_hash(
-        &self,
-        key: &str,
-        field: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let t = self.tables().await?;
-        let sql = format!(
-            "SELECT `Value` FROM {} WHERE `Key` = ? AND `Field` = ?",
-            t.hash
-        );
-        let mut c = self.conn().await?;
-        let value: Option<Option<String>> = c
-            .bound(|c| c.exec_first(sql.as_str(), vec![Value::from(key), Value::from(field)]))
-            .await?;
-        Ok(value.flatten())
-    }
-
-    /// Every field of a hash, in write order (`ORDER BY Id`); a NULL value reads as empty.
-    pub(crate) async fn read_hash_all(
-        &self,
-        key: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let t = self.tables().await?;
-        let sql = format!(
-            "SELECT `Field`, `Value` FROM {} WHERE `Key` = ? ORDER BY `Id`",
-            t.hash
-        );
-        let mut c = self.conn().await?;
-        let rows: Vec<(String, Option<String>)> = c
-            .bound(|c| c.exec(sql.as_str(), vec![Value::from(key)]))
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(f, v)| (f, v.unwrap_or_default()))
-            .collect())
-    }
     /// The state name of Hangfire job `id` (`<prefix>Job.StateName`, Hangfire.MySqlStorage's
     /// `Install.sql`), `None` when there is no such job. For the relay's check of results.
     #[cfg(feature = "relay-server")]
@@ -838,16 +800,116 @@ impl MysqlStore {
             .await?;
         Ok(state.map(Option::unwrap_or_default))
     }
+}
 
-    // Driver primitives (see store/driver.rs)
+/// The primitives cluster mode builds on, on `<prefix>Hash`. Keys and fields are fitted
+/// ([`fit_name`]) to the columns first.
+impl Driver for MysqlStore {
+    /// `NOW(3)` read back through `UNIX_TIMESTAMP` in the same session time zone, so the zone
+    /// cancels out.
+    async fn now_ms(&self) -> Result<i64, StoreError> {
+        let mut c = self.conn().await?;
+        let now: Option<i64> = c
+            .bound(|c| c.query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"))
+            .await?;
+        now.ok_or_else(|| StoreError::unavailable("the store did not tell its time"))
+    }
 
-    /// The conditional write on `<prefix>Hash` (unique on `Key, Field`: Hangfire.MySqlStorage's
-    /// Install.sql, `IX_HangfireHash_Key_Field`): `INSERT IGNORE` when the field must be
-    /// absent, else an `UPDATE`/`DELETE` whose `WHERE` holds the expected value, compared
-    /// byte for byte (the table's collation may ignore case). InnoDB evaluates the `WHERE`
-    /// once it has the row lock, so a statement that waited for it compares with what is
-    /// there then.
-    pub(crate) async fn cas_hash(
+    /// `None` when absent or NULL.
+    async fn get(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
+        let (key, field) = fit2(key, field);
+        let t = self.tables().await?;
+        let sql = format!(
+            "SELECT `Value` FROM {} WHERE `Key` = ? AND `Field` = ?",
+            t.hash
+        );
+        let mut c = self.conn().await?;
+        let value: Option<Option<String>> = c
+            .bound(|c| {
+                c.exec_first(
+                    sql.as_str(),
+                    vec![Value::from(key.as_ref()), Value::from(field.as_ref())],
+                )
+            })
+            .await?;
+        Ok(value.flatten())
+    }
+
+    /// In write order (`ORDER BY Id`); a NULL value reads as empty.
+    async fn get_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let key = fit_name(key, KEY_CHARS);
+        let t = self.tables().await?;
+        let sql = format!(
+            "SELECT `Field`, `Value` FROM {} WHERE `Key` = ? ORDER BY `Id`",
+            t.hash
+        );
+        let mut c = self.conn().await?;
+        let rows: Vec<(String, Option<String>)> = c
+            .bound(|c| c.exec(sql.as_str(), vec![Value::from(key.as_ref())]))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(f, v)| (f, v.unwrap_or_default()))
+            .collect())
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        field: &str,
+        value: &str,
+        life: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let (key, field) = fit2(key, field);
+        self.set_hash(&key, &[(&field, value)], life).await
+    }
+
+    async fn delete(&self, key: &str, field: &str) -> Result<bool, StoreError> {
+        let (key, field) = fit2(key, field);
+        let t = self.tables().await?;
+        let sql = format!("DELETE FROM {} WHERE `Key` = ? AND `Field` = ?", t.hash);
+        let mut c = self.conn().await?;
+        c.bound(|c| {
+            c.exec_drop(
+                sql.as_str(),
+                vec![Value::from(key.as_ref()), Value::from(field.as_ref())],
+            )
+        })
+        .await?;
+        Ok(c.affected_rows() >= 1)
+    }
+
+    /// Each row is deleted by its `Id` and returned only when this call deleted it, so
+    /// concurrent takers never take one row twice.
+    async fn take_all(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let key = fit_name(key, KEY_CHARS);
+        let t = self.tables().await?;
+        let select = format!(
+            "SELECT `Id`, `Field`, `Value` FROM {} WHERE `Key` = ? ORDER BY `Id`",
+            t.hash
+        );
+        let delete = format!("DELETE FROM {} WHERE `Id` = ?", t.hash);
+        let mut c = self.conn().await?;
+        let rows: Vec<(i64, String, Option<String>)> = c
+            .bound(|c| c.exec(select.as_str(), vec![Value::from(key.as_ref())]))
+            .await?;
+        let mut taken = Vec::with_capacity(rows.len());
+        for (id, field, value) in rows {
+            c.bound(|c| c.exec_drop(delete.as_str(), vec![Value::from(id)]))
+                .await?;
+            if c.affected_rows() == 1 {
+                taken.push((field, value.unwrap_or_default()));
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Unique on `Key, Field` (Hangfire.MySqlStorage's Install.sql,
+    /// `IX_HangfireHash_Key_Field`): `INSERT IGNORE` when the field must be absent, else an
+    /// `UPDATE`/`DELETE` whose `WHERE` holds the expected value, compared byte for byte (the
+    /// table's collation may ignore case). InnoDB evaluates the `WHERE` once it has the row
+    /// lock, so a statement that waited for it compares with what is there then.
+    async fn cas(
         &self,
         key: &str,
         field: &str,
@@ -855,6 +917,8 @@ impl MysqlStore {
         new: Option<&str>,
         life: Option<Duration>,
     ) -> Result<bool, StoreError> {
+        let (key, field) = fit2(key, field);
+        let (key, field) = (key.as_ref(), field.as_ref());
         let t = self.tables().await?;
         let narrow =
             self.tables_seen.load(Ordering::Acquire) && self.narrow_hash.load(Ordering::Acquire);
@@ -872,7 +936,7 @@ impl MysqlStore {
         let secs = life.map(|l| Value::from(secs_of(l)));
         let mut c = self.conn().await?;
         match (expected, new) {
-            (None, None) => return Ok(self.read_hash(key, field).await?.is_none()),
+            (None, None) => return Ok(self.get(key, field).await?.is_none()),
             (None, Some(new)) => {
                 let sql = format!(
                     "INSERT IGNORE INTO {} (`Key`, `Field`, `Value`, `ExpireAt`) VALUES (?, ?, ?, {expire})",
@@ -905,7 +969,7 @@ impl MysqlStore {
                 // An unchanged row counts as not affected: it matched if it still reads so.
                 if same && c.affected_rows() == 0 {
                     drop(c);
-                    return Ok(self.read_hash(key, field).await?.as_deref() == Some(old.as_str()));
+                    return Ok(self.get(key, field).await?.as_deref() == Some(old.as_str()));
                 }
             }
             (Some(old), None) => {
@@ -923,56 +987,10 @@ impl MysqlStore {
         }
         Ok(c.affected_rows() == 1)
     }
-}
-
-/// The primitives cluster mode builds on (`crate::store::driver`).
-impl MysqlStore {
-    /// The server's clock, in milliseconds since the Unix epoch (`NOW(3)` read back through
-    /// `UNIX_TIMESTAMP` in the same session time zone, so the zone cancels out).
-    pub(crate) async fn now_ms(&self) -> Result<i64, StoreError> {
-        let mut c = self.conn().await?;
-        let now: Option<i64> = c
-            .bound(|c| c.query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"))
-            .await?;
-        now.ok_or_else(|| StoreError::unavailable("the store did not tell its time"))
-    }
-
-    /// Deletes one hash field; true when it was there.
-    pub(crate) async fn del_hash_field(&self, key: &str, field: &str) -> Result<bool, StoreError> {
-        let t = self.tables().await?;
-        let sql = format!("DELETE FROM {} WHERE `Key` = ? AND `Field` = ?", t.hash);
-        let mut c = self.conn().await?;
-        c.bound(|c| c.exec_drop(sql.as_str(), vec![Value::from(key), Value::from(field)]))
-            .await?;
-        Ok(c.affected_rows() >= 1)
-    }
-
-    /// Takes every field of a hash: each row is deleted by its `Id` and returned only when
-    /// this call deleted it, so concurrent takers never take one row twice.
-    pub(crate) async fn take_hash(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let t = self.tables().await?;
-        let select = format!(
-            "SELECT `Id`, `Field`, `Value` FROM {} WHERE `Key` = ? ORDER BY `Id`",
-            t.hash
-        );
-        let delete = format!("DELETE FROM {} WHERE `Id` = ?", t.hash);
-        let mut c = self.conn().await?;
-        let rows: Vec<(i64, String, Option<String>)> = c
-            .bound(|c| c.exec(select.as_str(), vec![Value::from(key)]))
-            .await?;
-        let mut taken = Vec::with_capacity(rows.len());
-        for (id, field, value) in rows {
-            c.bound(|c| c.exec_drop(delete.as_str(), vec![Value::from(id)]))
-                .await?;
-            if c.affected_rows() == 1 {
-                taken.push((field, value.unwrap_or_default()));
-            }
-        }
-        Ok(taken)
-    }
 
     /// Sets the `ExpireAt` of every field of a hash to now + `life`.
-    pub(crate) async fn expire_hash(&self, key: &str, life: Duration) -> Result<(), StoreError> {
+    async fn expire(&self, key: &str, life: Duration) -> Result<(), StoreError> {
+        let key = fit_name(key, KEY_CHARS);
         let t = self.tables().await?;
         let sql = format!(
             "UPDATE {} SET `ExpireAt` = UTC_TIMESTAMP(6) + INTERVAL ? SECOND WHERE `Key` = ?",
@@ -982,11 +1000,35 @@ impl MysqlStore {
         c.bound(|c| {
             c.exec_drop(
                 sql.as_str(),
-                vec![Value::from(secs_of(life)), Value::from(key)],
+                vec![Value::from(secs_of(life)), Value::from(key.as_ref())],
             )
         })
         .await
     }
+
+    /// The lock's counter of `jobagent:claim:<class>` (see [`MysqlStore::fence`]).
+    async fn fence(&self, class: &str) -> Result<u64, StoreError> {
+        MysqlStore::fence(self, &format!("jobagent:claim:{class}")).await
+    }
+}
+
+/// MySQL's `Key nvarchar(100)` and `Field nvarchar(40)` (Hangfire.MySqlStorage's Install.sql).
+const KEY_CHARS: usize = 100;
+const FIELD_CHARS: usize = 40;
+
+/// `text`, or `~` and its UUID v5 (33 characters) when it is longer than `max` characters
+/// (stable, and a fitted text fits as it is): a longer name is stored so, so the protocol
+/// never reads a name back from a key or field (its records carry their names).
+fn fit_name(text: &str, max: usize) -> Cow<'_, str> {
+    if text.chars().count() <= max {
+        return text.into();
+    }
+    format!("~{}", super::fence_field(text)).into()
+}
+
+/// A key and a field, fitted.
+fn fit2<'a>(key: &'a str, field: &'a str) -> (Cow<'a, str>, Cow<'a, str>) {
+    (fit_name(key, KEY_CHARS), fit_name(field, FIELD_CHARS))
 }
 
 /// Why learning the tables failed: they are absent, or the store did not tell.
@@ -1244,3 +1286,20 @@ fn as_reference(value: &str, set_key: &str) -> Option<(String, String, String)> 
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fit_tests {
+    use super::{FIELD_CHARS, fit_name as fit};
+
+    #[test]
+    fn long_names_fit_mysql_columns_and_stay_distinct() {
+        assert_eq!(fit("replica-a", FIELD_CHARS), "replica-a");
+        let a = fit(&"x".repeat(41), FIELD_CHARS).into_owned();
+        let y = "y".repeat(41);
+        let b = fit(&y, FIELD_CHARS);
+        assert_eq!(a.chars().count(), 33);
+        assert_ne!(a, b);
+        assert_eq!(a, fit(&"x".repeat(41), FIELD_CHARS), "stable");
+        assert_eq!(fit(&a, FIELD_CHARS), a, "a fitted name fits as it is");
+    }
+}

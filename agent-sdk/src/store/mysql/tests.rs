@@ -214,7 +214,7 @@ async fn wide_characters(store: &MysqlStore) {
         .expect("write");
     assert_eq!(
         store
-            .read_hash(hash, "0123456789abcdef0123456789abcdef")
+            .get(hash, "0123456789abcdef0123456789abcdef")
             .await
             .expect("read"),
         Some(long.replace('😀', "\u{FFFD}")),
@@ -228,7 +228,7 @@ async fn wide_characters(store: &MysqlStore) {
     assert_eq!(many["r"], true, "{}", read[2]);
     let field = many["s"].as_str().expect("field");
     assert_eq!(
-        store.read_hash(hash, field).await.expect("read"),
+        store.get(hash, field).await.expect("read"),
         Some("\u{FFFD}".repeat(60))
     );
     store
@@ -236,7 +236,7 @@ async fn wide_characters(store: &MysqlStore) {
         .await
         .expect("set");
     assert_eq!(
-        store.read_hash("h:1", "b").await.expect("read").as_deref(),
+        store.get("h:1", "b").await.expect("read").as_deref(),
         Some("x \u{FFFD}")
     );
 }
