@@ -186,6 +186,26 @@ impl CheckError {
             format!("the store did not answer within {} ms", within.as_millis()),
         ))
     }
+
+    /// A backend's `check` of a store, bounded by `within`, unless one succeeded before
+    /// (`seen`, set on success: the store is not asked again).
+    #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
+    pub(crate) async fn once(
+        seen: &AtomicBool,
+        within: Duration,
+        check: impl std::future::Future<Output = Result<(), CheckError>>,
+    ) -> Result<(), CheckError> {
+        if seen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let checked = tokio::time::timeout(within, check)
+            .await
+            .unwrap_or_else(|_| Err(CheckError::no_answer(within)));
+        if checked.is_ok() {
+            seen.store(true, Ordering::Release);
+        }
+        checked
+    }
 }
 
 /// What `NOTIFY` wakes (see `listen`; PostgreSQL only: the other stores never wake it, their
@@ -604,8 +624,7 @@ impl Store {
         pairs: &[(&str, &str)],
         life: Option<Duration>,
     ) -> Result<(), StoreError> {
-        let res = backend!(self, b => b.set_hash(key, pairs, life).await);
-        self.noted(res)
+        self.noted(backend!(self, b => b.set_hash(key, pairs, life).await))
     }
 
     /// Upserts one set member.
@@ -615,14 +634,12 @@ impl Store {
         value: &str,
         score: f64,
     ) -> Result<(), StoreError> {
-        let res = backend!(self, b => b.add_to_set(key, value, score, self.expire).await);
-        self.noted(res)
+        self.noted(backend!(self, b => b.add_to_set(key, value, score, self.expire).await))
     }
 
     /// Marks dispatch `id` as reported by `token`; false when another writer did first.
     pub(crate) async fn first_report(&self, id: &str, token: &str) -> Result<bool, StoreError> {
-        let res = backend!(self, b => b.first_report(id, token, self.expire).await);
-        self.noted(res)
+        self.noted(backend!(self, b => b.first_report(id, token, self.expire).await))
     }
 
     /// One try at the store's distributed lock; the owner when taken.
@@ -631,8 +648,7 @@ impl Store {
         resource: &str,
         stale_after: Duration,
     ) -> Result<Option<String>, StoreError> {
-        let res = backend!(self, b => b.lock_try(resource, stale_after).await);
-        self.noted(res)
+        self.noted(backend!(self, b => b.lock_try(resource, stale_after).await))
     }
 
     /// Keeps a held lock fresh; the new owner, or None when it was lost.

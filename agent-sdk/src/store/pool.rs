@@ -1,4 +1,3 @@
-#![allow(dead_code)]
 //! One bounded connection pool per store, with TLS as the connection string asks.
 //!
 //! TLS follows Npgsql's `SSL Mode`: `Disable` never; `Allow`/`Prefer` try TLS and fall back to
@@ -82,16 +81,11 @@ impl Limits {
     }
 }
 
-/// Builds a pool for `spec`: at most `spec.max_pool` connections, TLS per `spec.ssl`, every
-/// wait bounded (see [`Limits`]), each pooled connection checked before reuse, `Search
-/// Path` set on each new connection. Connects lazily: building needs no runtime and no
-/// server; the first `get()` connects. With [`Load::Deferred`] it reads no file either. The
-/// error is safe to show.
-pub(crate) fn build_pool(spec: &ConnSpec, load: Load) -> Result<Pool, StoreError> {
-    pool_of(spec, &Connector::new(spec, load)?)
-}
-
-/// The pool of `spec`, connecting as `connector` does (see [`build_pool`]).
+/// The pool of `spec`, connecting as `connector` does: at most `spec.max_pool` connections,
+/// TLS per `spec.ssl`, every wait bounded (see [`Limits`]), each pooled connection checked
+/// before reuse, `Search Path` set on each new connection. Connects lazily: building needs
+/// no runtime and no server; the first `get()` connects. With [`Load::Deferred`] it reads no
+/// file either. The error is safe to show.
 pub(crate) fn pool_of(spec: &ConnSpec, connector: &Connector) -> Result<Pool, StoreError> {
     let pg = connector.pg.clone();
     let manager_config = ManagerConfig {
@@ -511,6 +505,10 @@ mod tests {
 
     fn spec(s: &str) -> ConnSpec {
         connstr::parse(s).expect("valid string")
+    }
+
+    fn build_pool(spec: &ConnSpec, load: Load) -> Result<Pool, StoreError> {
+        pool_of(spec, &Connector::new(spec, load)?)
     }
 
     #[test]

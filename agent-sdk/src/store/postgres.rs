@@ -86,10 +86,7 @@ impl PgStore {
     /// store that does not answer within `within` means is decided above (see
     /// [`Store::check_tables`](super::Store::check_tables)).
     pub(crate) async fn check_tables(&self, within: Duration) -> Result<(), CheckError> {
-        if self.tables_seen.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let check = async {
+        let problem = async {
             // Bounded (and dropped, not pooled, when the check gives up mid-statement).
             let client = self.conn().await?;
             // Per table: whether it exists, and whether this session's user may read and write
@@ -127,22 +124,21 @@ impl PgStore {
             }
             Ok::<_, StoreError>(problem)
         };
-        match tokio::time::timeout(within, check).await {
-            Ok(Ok(None)) => {
-                self.tables_seen.store(true, Ordering::Release);
-                Ok(())
+        let check = async {
+            match problem.await {
+                Ok(None) => Ok(()),
+                Ok(Some((table, true, user))) => Err(CheckError::Refused(format!(
+                    "the store {}'s user `{user}` may not write Hangfire's table {}.{table} (it needs SELECT, INSERT and UPDATE, as the center's own user has)",
+                    self.label, self.schema,
+                ))),
+                Ok(Some((table, false, _))) => Err(CheckError::Refused(format!(
+                    "the store {} has no Hangfire table {}.{table}: point the store at the center's database and schema (the center's HangfireDb and TablePrefix, or JOBAGENT_STORE and JOBAGENT_STORE_SCHEMA); the agent does not create Hangfire's tables",
+                    self.label, self.schema,
+                ))),
+                Err(e) => Err(CheckError::Unknown(e)),
             }
-            Ok(Ok(Some((table, true, user)))) => Err(CheckError::Refused(format!(
-                "the store {}'s user `{user}` may not write Hangfire's table {}.{table} (it needs SELECT, INSERT and UPDATE, as the center's own user has)",
-                self.label, self.schema,
-            ))),
-            Ok(Ok(Some((table, false, _)))) => Err(CheckError::Refused(format!(
-                "the store {} has no Hangfire table {}.{table}: point the store at the center's database and schema (the center's HangfireDb and TablePrefix, or JOBAGENT_STORE and JOBAGENT_STORE_SCHEMA); the agent does not create Hangfire's tables",
-                self.label, self.schema,
-            ))),
-            Ok(Err(e)) => Err(CheckError::Unknown(e)),
-            Err(_) => Err(CheckError::no_answer(within)),
-        }
+        };
+        CheckError::once(&self.tables_seen, within, check).await
     }
 
     /// The host names it connects to.
@@ -306,14 +302,6 @@ pub(crate) trait Describe {
 impl Describe for StoreError {
     fn describe(self) -> StoreError {
         self
-    }
-}
-
-/// The cluster's SQL, still written against string errors, says its own failures as text:
-/// an outage, retried, as they always were.
-impl Describe for String {
-    fn describe(self) -> StoreError {
-        StoreError::unavailable(self)
     }
 }
 
@@ -514,21 +502,13 @@ impl PgStore {
              ON CONFLICT (\"key\", \"value\") DO UPDATE SET score = EXCLUDED.score, expireat = EXCLUDED.expireat",
             self.schema
         );
-        let conn = self.conn().await?;
-        conn.bound(in_utc(
-            &conn,
-            conn.execute_typed(
-                &sql,
-                &[
-                    (&key, Type::TEXT),
-                    (&score, Type::FLOAT8),
-                    (&value, Type::TEXT),
-                    (&expire.as_secs_f64(), Type::FLOAT8),
-                ],
-            ),
-        ))
-        .await
-        .map(|_| ())
+        let params: &[(&(dyn ToSql + Sync), Type)] = &[
+            (&key, Type::TEXT),
+            (&score, Type::FLOAT8),
+            (&value, Type::TEXT),
+            (&expire.as_secs_f64(), Type::FLOAT8),
+        ];
+        self.execute(&sql, params, true).await.map(drop)
     }
 
     /// Whether this write is a dispatch's first report or a retry of it (see
@@ -622,17 +602,13 @@ impl PgStore {
 
     /// Deletes the lock row if it is still ours (Hangfire deletes by resource alone).
     pub(crate) async fn lock_release(&self, resource: &str, owner: &str) -> Result<(), StoreError> {
-        let conn = self.conn().await?;
         let sql = format!(
             "DELETE FROM {}.\"lock\" WHERE resource = $1 AND acquired::text = $2",
             self.schema
         );
-        conn.bound(in_utc(
-            &conn,
-            conn.execute_typed(&sql, &[(&resource, Type::TEXT), (&owner, Type::TEXT)]),
-        ))
-        .await
-        .map(|_| ())
+        let params: &[(&(dyn ToSql + Sync), Type)] =
+            &[(&resource, Type::TEXT), (&owner, Type::TEXT)];
+        self.execute(&sql, params, true).await.map(drop)
     }
 
     /// The next fencing token of `resource`: a counter in hash `jobagent:lock-fence` that
@@ -646,21 +622,39 @@ impl PgStore {
              RETURNING \"value\"",
             self.schema
         );
-        let value = self.count(&sql, &super::fence_field(resource)).await?;
+        let of = format!("`{resource}`");
+        self.count(&sql, &super::fence_field(resource), &of).await
+    }
+
+    /// Runs the increment of a fencing counter, `sql` (`$1`: its field): the new value. `of`
+    /// names the counter when its value is not a number.
+    async fn count(&self, sql: &str, field: &str, of: &str) -> Result<u64, StoreError> {
+        let conn = self.conn().await?;
+        let value: String = conn
+            .bound(conn.query_typed_one(sql, &[(&field, Type::TEXT)]))
+            .await?
+            .try_get(0)
+            .map_err(StoreError::from)?;
         value.parse().map_err(|_| {
-            StoreError::refused(format!(
-                "the fencing counter of `{resource}` holds `{value}`"
-            ))
+            StoreError::refused(format!("the fencing counter of {of} holds `{value}`"))
         })
     }
 
-    /// Runs the increment of a fencing counter, `sql` (`$1`: its field): the new value.
-    async fn count(&self, sql: &str, field: &str) -> Result<String, StoreError> {
+    /// Runs one statement, in a transaction of its own in UTC when it reads or writes a time
+    /// (`utc`, see [`in_utc`]): the rows it affected.
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+        utc: bool,
+    ) -> Result<u64, StoreError> {
         let conn = self.conn().await?;
-        conn.bound(conn.query_typed_one(sql, &[(&field, Type::TEXT)]))
-            .await?
-            .try_get(0)
-            .map_err(StoreError::from)
+        let write = conn.execute_typed(sql, params);
+        if utc {
+            conn.bound(in_utc(&conn, write)).await
+        } else {
+            conn.bound(write).await
+        }
     }
 
     /// The dashboard's read of a set: values by id, from `from`, at most `count`.
@@ -758,15 +752,12 @@ impl Driver for PgStore {
     }
 
     async fn delete(&self, key: &str, field: &str) -> Result<bool, StoreError> {
-        let conn = self.conn().await?;
-        let n = conn
-            .bound(conn.execute_typed(
-                &format!(
-                    "DELETE FROM {}.hash WHERE \"key\" = $1 AND field = $2",
-                    self.schema
-                ),
-                &[(&key, Type::TEXT), (&field, Type::TEXT)],
-            ))
+        let sql = format!(
+            "DELETE FROM {}.hash WHERE \"key\" = $1 AND field = $2",
+            self.schema
+        );
+        let n = self
+            .execute(&sql, &[(&key, Type::TEXT), (&field, Type::TEXT)], false)
             .await?;
         Ok(n >= 1)
     }
@@ -830,15 +821,8 @@ impl Driver for PgStore {
                 ],
             ),
         };
-        let conn = self.conn().await?;
-        let write = conn.execute_typed(&sql, params);
         // A delete writes no time: no transaction of its own.
-        let n = if new.is_some() {
-            conn.bound(in_utc(&conn, write)).await?
-        } else {
-            conn.bound(write).await?
-        };
-        Ok(n == 1)
+        Ok(self.execute(&sql, params, new.is_some()).await? == 1)
     }
 
     /// Rows already within an hour of that are left alone (a renewal every second would
@@ -850,13 +834,8 @@ impl Driver for PgStore {
             self.schema
         );
         let secs = life.as_secs_f64();
-        let conn = self.conn().await?;
-        conn.bound(in_utc(
-            &conn,
-            conn.execute_typed(&sql, &[(&key, Type::TEXT), (&secs, Type::FLOAT8)]),
-        ))
-        .await?;
-        Ok(())
+        let params: &[(&(dyn ToSql + Sync), Type)] = &[(&key, Type::TEXT), (&secs, Type::FLOAT8)];
+        self.execute(&sql, params, true).await.map(drop)
     }
 
     /// Hash `jobagent:fence`, field the class, never expiring (where cluster mode has always
@@ -870,21 +849,16 @@ impl Driver for PgStore {
              RETURNING \"value\"",
             self.schema
         );
-        let value = self.count(&sql, class).await?;
-        value.parse().map_err(|_| {
-            StoreError::refused(format!("the fencing counter of a class holds `{value}`"))
-        })
+        self.count(&sql, class, "a class").await
     }
 
     /// `pg_notify(channel, payload)`.
     async fn wake(&self, channel: &'static str, payload: &str) -> Result<(), StoreError> {
-        let conn = self.conn().await?;
-        conn.bound(conn.execute_typed(
-            "SELECT pg_notify($1, $2)",
-            &[(&channel, Type::TEXT), (&payload, Type::TEXT)],
-        ))
-        .await?;
-        Ok(())
+        let params: &[(&(dyn ToSql + Sync), Type)] =
+            &[(&channel, Type::TEXT), (&payload, Type::TEXT)];
+        self.execute("SELECT pg_notify($1, $2)", params, false)
+            .await
+            .map(drop)
     }
 }
 

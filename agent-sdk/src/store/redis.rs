@@ -348,9 +348,6 @@ impl RedisStore {
     /// that does not answer within `within` means is decided above (see
     /// [`Store::check_tables`](crate::store::Store::check_tables)).
     pub(crate) async fn check_tables(&self, within: Duration) -> Result<(), CheckError> {
-        if self.seen.load(Ordering::Acquire) {
-            return Ok(());
-        }
         // On a connection of its own, tried once: the manager retries a failed first
         // connection (a refused password too) with backoff, which would outlast the check.
         let ping = async {
@@ -363,19 +360,20 @@ impl RedisStore {
                 .await?;
             ::redis::cmd("PING").query_async::<()>(&mut c).await
         };
-        match tokio::time::timeout(within, ping).await {
-            Ok(Ok(())) => {
-                self.seen.store(true, Ordering::Release);
-                Ok(())
-            }
-            Ok(Err(e)) if answered(&e) => Err(CheckError::Refused(format!(
-                "the Redis store {} refuses this agent: {}",
-                self.label,
-                self.describe(&e).message()
-            ))),
-            Ok(Err(e)) => Err(CheckError::Unknown(self.describe(&e))),
-            Err(_) => Err(CheckError::no_answer(within)),
-        }
+        let check = async {
+            ping.await.map_err(|e| {
+                if answered(&e) {
+                    CheckError::Refused(format!(
+                        "the Redis store {} refuses this agent: {}",
+                        self.label,
+                        self.describe(&e).message()
+                    ))
+                } else {
+                    CheckError::Unknown(self.describe(&e))
+                }
+            })
+        };
+        CheckError::once(&self.seen, within, check).await
     }
 
     /// One console batch, atomic (one `MULTI`/`EXEC`) and idempotent on retry: the
@@ -495,13 +493,7 @@ impl RedisStore {
     #[cfg(feature = "relay-server")]
     pub(crate) async fn result_marked(&self, id: &str) -> Result<bool, StoreError> {
         let key = self.key(&format!("{RESULT_MARK_KEY}{id}"));
-        let n: i64 = self
-            .cmd(
-                "a look for a first-report mark",
-                ::redis::cmd("EXISTS").arg(&key),
-            )
-            .await?;
-        Ok(n > 0)
+        self.exists("a look for a first-report mark", &[key]).await
     }
 
     /// One attempt at the lock on `<P>resource`, as Hangfire.Redis.StackExchange takes it:
@@ -513,7 +505,30 @@ impl RedisStore {
         resource: &str,
         _stale_after: Duration,
     ) -> Result<Option<String>, StoreError> {
-        self.set_owner_nx(resource, self.hold).await
+        let key = self.key(resource);
+        let owner = uuid::Uuid::new_v4().to_string();
+        let hold = hold_ms(self.hold);
+        let reply: Value = self
+            .cmd(
+                "taking a lock",
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(hold),
+            )
+            .await?;
+        match reply {
+            Value::Nil => Ok(None),
+            Value::Okay => Ok(Some(owner)),
+            Value::SimpleString(s) if s.eq_ignore_ascii_case("OK") => Ok(Some(owner)),
+            other => Err(StoreError::unavailable(format!(
+                "the Redis store {} answered SET NX with {}",
+                self.label,
+                kind_of(&other)
+            ))),
+        }
     }
 
     /// Extends the lock on `<P>resource` to 30 s from now if its value is still `owner`
@@ -575,23 +590,13 @@ impl RedisStore {
     /// [`HANGFIRE_KEYS`] there (one `EXISTS`).
     pub(crate) async fn hangfire_keys_exist(&self) -> Result<bool, StoreError> {
         let keys: Vec<String> = HANGFIRE_KEYS.iter().map(|k| self.key(k)).collect();
-        let n: i64 = self
-            .cmd(
-                "a look for Hangfire's keys",
-                ::redis::cmd("EXISTS").arg(&keys),
-            )
-            .await?;
+        self.exists("a look for Hangfire's keys", &keys).await
+    }
+
+    /// Whether any of `keys` exists (one `EXISTS`).
+    async fn exists(&self, what: &str, keys: &[String]) -> Result<bool, StoreError> {
+        let n: i64 = self.cmd(what, ::redis::cmd("EXISTS").arg(keys)).await?;
         Ok(n > 0)
-    }
-
-    /// The key prefix, as written.
-    pub(crate) fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// The database.
-    pub(crate) fn db(&self) -> i64 {
-        self.db
     }
 
     /// The dashboard's read of a set: members of `<P>key` by rank, `count` from `from`.
@@ -614,40 +619,6 @@ impl RedisStore {
             ::redis::cmd("ZRANGE").arg(&key).arg(start).arg(stop),
         )
         .await
-    }
-
-    /// `SET <P>key owner NX PX hold` with a fresh owner: `Some(owner)` when set (a lock or
-    /// the cluster section taken; leave with [`lock_release`](Self::lock_release)), `None`
-    /// when another holds the key. It lapses by itself after `hold` should its holder vanish.
-    pub(crate) async fn set_owner_nx(
-        &self,
-        key: &str,
-        hold: Duration,
-    ) -> Result<Option<String>, StoreError> {
-        let key = self.key(key);
-        let owner = uuid::Uuid::new_v4().to_string();
-        let hold = hold_ms(hold);
-        let reply: Value = self
-            .cmd(
-                "taking a lock",
-                ::redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&owner)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(hold),
-            )
-            .await?;
-        match reply {
-            Value::Nil => Ok(None),
-            Value::Okay => Ok(Some(owner)),
-            Value::SimpleString(s) if s.eq_ignore_ascii_case("OK") => Ok(Some(owner)),
-            other => Err(StoreError::unavailable(format!(
-                "the Redis store {} answered SET NX with {}",
-                self.label,
-                kind_of(&other)
-            ))),
-        }
     }
 
     /// `<P>key`.
@@ -902,7 +873,7 @@ pub(crate) fn look_for_hangfire(store: &std::sync::Arc<super::Store>) {
             return;
         };
         let found = tokio::time::timeout(DASHBOARD_CHECK_WITHIN, r.hangfire_keys_exist()).await;
-        let (prefix, db) = (r.prefix(), r.db());
+        let (prefix, db) = (&r.prefix, r.db);
         match found {
             Ok(Ok(true)) => tracing::info!(
                 store = %r.label(),

@@ -300,6 +300,13 @@ impl MysqlStore {
         })
     }
 
+    /// Runs one statement on a connection of its own: the rows it affected.
+    async fn exec(&self, sql: &str, params: Vec<Value>) -> Result<u64, StoreError> {
+        let mut c = self.conn().await?;
+        c.bound(|c| c.exec_drop(sql, params)).await?;
+        Ok(c.affected_rows())
+    }
+
     /// `SELECT 1`.
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
@@ -321,15 +328,13 @@ impl MysqlStore {
     /// that does not answer within `within` means is decided above (see
     /// [`Store::check_tables`](crate::store::Store::check_tables)).
     pub(crate) async fn check_tables(&self, within: Duration) -> Result<(), CheckError> {
-        if self.tables_seen.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        match tokio::time::timeout(within, self.learn()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(Learned::Missing(e))) => Err(CheckError::Refused(e.into())),
-            Ok(Err(Learned::Unknown(e))) => Err(CheckError::Unknown(e)),
-            Err(_) => Err(CheckError::no_answer(within)),
-        }
+        let check = async {
+            self.learn().await.map_err(|e| match e {
+                Learned::Missing(e) => CheckError::Refused(e.into()),
+                Learned::Unknown(e) => CheckError::Unknown(e),
+            })
+        };
+        CheckError::once(&self.tables_seen, within, check).await
     }
 
     /// Learns the tables (see [`MysqlStore::check_tables`]) unless known, without the short
@@ -386,6 +391,12 @@ impl MysqlStore {
         self.tables.get().ok_or_else(|| {
             StoreError::unavailable(format!("the store {} did not tell its tables", self.label))
         })
+    }
+
+    /// Whether `column` (`narrow_set`, `narrow_hash`) is known to be narrow: texts for it are
+    /// written with U+FFFD in place of characters above U+FFFF ([`hash_text`]).
+    fn narrow(&self, column: &AtomicBool) -> bool {
+        self.tables_seen.load(Ordering::Acquire) && column.load(Ordering::Acquire)
     }
 
     /// The most bytes of values one statement carries: well below `max_allowed_packet`.
@@ -531,21 +542,11 @@ impl MysqlStore {
         if pairs.is_empty() {
             return Ok(());
         }
-        let narrow =
-            self.tables_seen.load(Ordering::Acquire) && self.narrow_hash.load(Ordering::Acquire);
+        let narrow = self.narrow(&self.narrow_hash);
         let budget = self.statement_budget();
         let pairs: Vec<(&str, Cow<'_, str>)> = pairs
             .iter()
-            .map(|(f, v)| {
-                (
-                    *f,
-                    if narrow {
-                        replace_wide(v)
-                    } else {
-                        Cow::Borrowed(*v)
-                    },
-                )
-            })
+            .map(|(f, v)| (*f, hash_text(v, narrow)))
             .collect();
         let mut c = self.conn().await?;
         self.upsert_hash(&mut c, key, &pairs, life, budget).await
@@ -560,13 +561,7 @@ impl MysqlStore {
         expire: Duration,
     ) -> Result<(), StoreError> {
         let t = self.tables().await?;
-        let narrow =
-            self.tables_seen.load(Ordering::Acquire) && self.narrow_set.load(Ordering::Acquire);
-        let value = if narrow {
-            replace_wide(value)
-        } else {
-            Cow::Borrowed(value)
-        };
+        let value = hash_text(value, self.narrow(&self.narrow_set));
         let sql = format!(
             "INSERT INTO {} (`Key`, `Value`, `Score`, `ExpireAt`) VALUES (?, ?, ?, UTC_TIMESTAMP() + INTERVAL ? SECOND) \
              ON DUPLICATE KEY UPDATE `Score` = VALUES(`Score`), `ExpireAt` = VALUES(`ExpireAt`)",
@@ -578,8 +573,7 @@ impl MysqlStore {
             Value::from(score),
             Value::from(secs_of(expire)),
         ];
-        let mut c = self.conn().await?;
-        c.bound(|c| c.exec_drop(sql.as_str(), params)).await
+        self.exec(&sql, params).await.map(drop)
     }
 
     /// Whether this is the first report of dispatch `id`: hash `jobagent:results`, field
@@ -722,14 +716,8 @@ impl MysqlStore {
             "DELETE FROM {} WHERE `Resource` = ? AND `CreatedAt` = CAST(? AS DATETIME(6))",
             t.lock
         );
-        let mut c = self.conn().await?;
-        c.bound(|c| {
-            c.exec_drop(
-                sql.as_str(),
-                vec![Value::from(resource), Value::from(owner)],
-            )
-        })
-        .await
+        let params = vec![Value::from(resource), Value::from(owner)];
+        self.exec(&sql, params).await.map(drop)
     }
 
     /// A fencing token for `resource`: the counter in hash `jobagent:lock-fence` (field: the
@@ -868,15 +856,8 @@ impl Driver for MysqlStore {
         let (key, field) = fit2(key, field);
         let t = self.tables().await?;
         let sql = format!("DELETE FROM {} WHERE `Key` = ? AND `Field` = ?", t.hash);
-        let mut c = self.conn().await?;
-        c.bound(|c| {
-            c.exec_drop(
-                sql.as_str(),
-                vec![Value::from(key.as_ref()), Value::from(field.as_ref())],
-            )
-        })
-        .await?;
-        Ok(c.affected_rows() >= 1)
+        let params = vec![Value::from(key.as_ref()), Value::from(field.as_ref())];
+        Ok(self.exec(&sql, params).await? >= 1)
     }
 
     /// Each row is deleted by its `Id` and returned only when this call deleted it, so
@@ -920,15 +901,8 @@ impl Driver for MysqlStore {
         let (key, field) = fit2(key, field);
         let (key, field) = (key.as_ref(), field.as_ref());
         let t = self.tables().await?;
-        let narrow =
-            self.tables_seen.load(Ordering::Acquire) && self.narrow_hash.load(Ordering::Acquire);
-        let stored = |v: &str| -> String {
-            if narrow {
-                replace_wide(v).into_owned()
-            } else {
-                v.to_owned()
-            }
-        };
+        let narrow = self.narrow(&self.narrow_hash);
+        let stored = |v: &str| hash_text(v, narrow).into_owned();
         let expire = match life {
             Some(_) => "UTC_TIMESTAMP(6) + INTERVAL ? SECOND",
             None => "NULL",
@@ -996,14 +970,8 @@ impl Driver for MysqlStore {
             "UPDATE {} SET `ExpireAt` = UTC_TIMESTAMP(6) + INTERVAL ? SECOND WHERE `Key` = ?",
             t.hash
         );
-        let mut c = self.conn().await?;
-        c.bound(|c| {
-            c.exec_drop(
-                sql.as_str(),
-                vec![Value::from(secs_of(life)), Value::from(key.as_ref())],
-            )
-        })
-        .await
+        let params = vec![Value::from(secs_of(life)), Value::from(key.as_ref())];
+        self.exec(&sql, params).await.map(drop)
     }
 
     /// The lock's counter of `jobagent:claim:<class>` (see [`MysqlStore::fence`]).
