@@ -68,9 +68,7 @@ impl ConsoleMemory {
     }
 
     fn give_back(&self, bytes: u64) {
-        if bytes > 0 {
-            self.used.fetch_sub(bytes, Ordering::Relaxed);
-        }
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Bytes held now.
@@ -418,19 +416,13 @@ impl Writer {
             }
             self.finalized = true;
             let b = &self.budget;
-            let marker = |at: SystemTime, text: String| ConsoleLine {
-                at,
-                text,
-                color: Some(ConsoleColor::WARNING),
-                progress: None,
-            };
             if q.over_budget > 0 {
                 let at = q.tail.front().map(|l| l.at).unwrap_or_else(SystemTime::now);
                 let text = format!(
                     "{}… {} line(s) dropped: this run wrote more than its console budget ({} lines, {} bytes); the first and the last lines are kept …",
                     self.prefix, q.over_budget, b.max_lines, b.max_bytes
                 );
-                q.push_own(marker(at, text), self.memory);
+                q.push_own(warning(at, text), self.memory);
             }
             q.pending.extend(q.tail.drain(..));
             if q.overflow > 0 {
@@ -438,7 +430,7 @@ impl Writer {
                     "{}{} line(s) dropped: the store was unreachable or slow and this console's buffer ({} lines, {} bytes; {} bytes for all consoles of the agent) was full",
                     self.prefix, q.overflow, b.buffer_lines, b.buffer_bytes, b.memory_bytes
                 );
-                q.push_own(marker(SystemTime::now(), text), self.memory);
+                q.push_own(warning(SystemTime::now(), text), self.memory);
             }
             if q.cut > 0 {
                 let text = format!(
@@ -447,7 +439,7 @@ impl Writer {
                     q.cut,
                     b.buffer_bytes.min(b.memory_bytes)
                 );
-                q.push_own(marker(SystemTime::now(), text), self.memory);
+                q.push_own(warning(SystemTime::now(), text), self.memory);
             }
             if q.pending.is_empty() {
                 return Next::Finished;
@@ -455,12 +447,6 @@ impl Writer {
         }
         let (lines, bytes) = q.batch();
         Next::Batch(lines, bytes)
-    }
-
-    async fn try_write(&self, lines: &[EncodedLine]) -> Result<(), StoreError> {
-        self.store
-            .write_console(self.target.set_key(), self.target.hash_key(), lines)
-            .await
     }
 }
 
@@ -531,7 +517,9 @@ impl Batches for Writer {
         let mut failures = 0u32;
         let mut said = tokio::time::Instant::now();
         loop {
-            let attempt = tokio::time::timeout(ATTEMPT_WITHIN, self.try_write(lines));
+            let (store, target) = (&self.store, &self.target);
+            let write = store.write_console(target.set_key(), target.hash_key(), lines);
+            let attempt = tokio::time::timeout(ATTEMPT_WITHIN, write);
             let outcome = crate::metrics::store_op("console", async {
                 attempt.await.unwrap_or_else(|_| {
                     Err(StoreError::timed_out(
@@ -580,13 +568,18 @@ impl Batches for Writer {
             "{}… a console line of {bytes} bytes is not shown: the store refused it ({reason}) …",
             self.prefix
         );
-        let line = ConsoleLine {
-            at: SystemTime::now(),
-            text,
-            color: Some(ConsoleColor::WARNING),
-            progress: None,
-        };
-        self.encoder.replacement(refused, &line)
+        self.encoder
+            .replacement(refused, &warning(SystemTime::now(), text))
+    }
+}
+
+/// A line the writer adds itself (a marker), written at `at`.
+fn warning(at: SystemTime, text: String) -> ConsoleLine {
+    ConsoleLine {
+        at,
+        text,
+        color: Some(ConsoleColor::WARNING),
+        progress: None,
     }
 }
 
@@ -609,6 +602,11 @@ mod tests {
             text.push('.');
         }
         line(&text)
+    }
+
+    /// `line <n>` for each of `ns`: what [`texts`] reads of [`numbered`] lines.
+    fn names(ns: impl IntoIterator<Item = usize>) -> Vec<String> {
+        ns.into_iter().map(|n| format!("line {n}")).collect()
     }
 
     fn texts(lines: impl IntoIterator<Item = ConsoleLine>) -> Vec<String> {
@@ -650,11 +648,7 @@ mod tests {
         }
         let mut kept = texts(batch);
         kept.extend(texts(q.pending.drain(..)));
-        let expected: Vec<String> = (1..=10)
-            .chain(26..=27)
-            .map(|n| format!("line {n}"))
-            .collect();
-        assert_eq!(kept, expected);
+        assert_eq!(kept, names((1..=10).chain(26..=27)));
         assert_eq!(q.overflow, 15);
     }
 
@@ -681,13 +675,7 @@ mod tests {
             c.admit(numbered(n, 500), &b, &memory);
         }
         assert_eq!((c.pending.len(), c.overflow), (10, 5));
-        assert_eq!(
-            texts(c.pending.drain(..)),
-            (1..=5)
-                .chain(11..=15)
-                .map(|n| format!("line {n}"))
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(texts(c.pending.drain(..)), names((1..=5).chain(11..=15)));
         let held = c.held;
         c.release(held, &memory);
         assert_eq!(memory.used(), 0);
@@ -745,10 +733,7 @@ mod tests {
         }
         // Head: lines 1..10; tail: at most 6 lines of bytes (of 10 allowed by lines).
         assert_eq!(q.tail.len(), 6);
-        assert_eq!(
-            texts(q.tail.iter().cloned()),
-            (35..=40).map(|n| format!("line {n}")).collect::<Vec<_>>()
-        );
+        assert_eq!(texts(q.tail.iter().cloned()), names(35..=40));
         assert_eq!(q.over_budget, 30 - 6);
         assert_eq!(memory.used(), q.held);
         assert!(q.held <= b.buffer_bytes);
@@ -833,75 +818,67 @@ mod tests {
             .collect()
     }
 
+    /// What [`deliver`] makes of a store that refuses or goes away: a refused line is replaced
+    /// by its marker and later lines land in order; a batch refused as too large is split
+    /// until it is taken; a refused line is counted even when its marker is refused too; what
+    /// a store that stays away did not take is counted as given up.
     #[tokio::test]
-    async fn a_line_the_store_refuses_is_replaced_and_later_lines_land_in_order() {
-        let mut lines = encoded(10, 10);
-        lines[4].value = "x".repeat(1000);
-        let store = Refusing::new(100, 500);
-        let done = deliver(&store, lines).await;
-        assert_eq!(
-            done,
-            Delivery {
-                refused: 1,
-                given_up: 0
-            }
-        );
-        let written = store.lines();
-        let mut expected: Vec<String> = (0..10).map(|i| format!("{i:<10}")).collect();
-        expected[4] = "refused 4 (answered 413: too large)".to_owned();
-        assert_eq!(written, expected);
-    }
-
-    #[tokio::test]
-    async fn a_batch_refused_as_too_large_is_split_until_it_is_taken() {
-        // Too many lines for the store: halves, then quarters, all of them written, in order.
-        let store = Refusing::new(3, usize::MAX);
-        let done = deliver(&store, encoded(20, 5)).await;
-        assert_eq!(done, Delivery::default());
-        assert_eq!(
-            store.lines(),
-            (0..20).map(|i| format!("{i:<5}")).collect::<Vec<_>>()
-        );
-        assert!(lock(&store.written).iter().all(|b| b.len() <= 3));
-        // Too many bytes: the same.
-        let store = Refusing::new(100, 64);
-        assert_eq!(deliver(&store, encoded(40, 10)).await, Delivery::default());
-        assert_eq!(store.lines().len(), 40);
-    }
-
-    #[tokio::test]
-    async fn every_refused_line_is_counted_even_when_its_marker_is_refused_too() {
-        // Nothing fits: each line is refused, and so is each marker.
-        let store = Refusing::new(100, 3);
-        let done = deliver(&store, encoded(5, 10)).await;
-        assert_eq!(
-            done,
-            Delivery {
-                refused: 5,
-                given_up: 0
-            }
-        );
-        assert!(store.lines().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_store_that_stays_away_counts_what_was_not_written() {
-        let mut lines = encoded(8, 10);
-        lines[1].value = "x".repeat(1000);
-        // One batch taken (line 0), then a marker for line 1, then the store is gone.
-        let store = Refusing {
-            up_for: 2,
-            ..Refusing::new(100, 500)
+    async fn delivery_splits_replaces_and_counts() {
+        let with_long = |n, at: usize| {
+            let mut lines = encoded(n, 10);
+            lines[at].value = "x".repeat(1000);
+            lines
         };
-        let done = deliver(&store, lines).await;
-        assert_eq!(
-            done,
-            Delivery {
-                refused: 1,
-                given_up: 6
-            }
-        );
-        assert_eq!(store.lines().len(), 2);
+        let refused = |n| format!("refused {n} (answered 413: too large)");
+        let padded = |n, len| (0..n).map(|i| format!("{i:<len$}")).collect::<Vec<_>>();
+        let delivery = |refused, given_up| Delivery { refused, given_up };
+        let mut in_order = padded(10, 10);
+        in_order[4] = refused(4);
+        let cases = [
+            (
+                "a refused line is replaced, later lines land in order",
+                with_long(10, 4),
+                Refusing::new(100, 500),
+                delivery(1, 0),
+                in_order,
+            ),
+            (
+                "too many lines: split until taken",
+                encoded(20, 5),
+                Refusing::new(3, usize::MAX),
+                delivery(0, 0),
+                padded(20, 5),
+            ),
+            (
+                "too many bytes: split until taken",
+                encoded(40, 10),
+                Refusing::new(100, 64),
+                delivery(0, 0),
+                padded(40, 10),
+            ),
+            (
+                "nothing fits: each line and each marker refused",
+                encoded(5, 10),
+                Refusing::new(100, 3),
+                delivery(5, 0),
+                Vec::new(),
+            ),
+            (
+                // One batch taken (line 0), then a marker for line 1, then the store is gone.
+                "the store stays away",
+                with_long(8, 1),
+                Refusing {
+                    up_for: 2,
+                    ..Refusing::new(100, 500)
+                },
+                delivery(1, 6),
+                vec![format!("{:<10}", 0), refused(1)],
+            ),
+        ];
+        for (name, lines, store, done, written) in cases {
+            assert_eq!(deliver(&store, lines).await, done, "{name}");
+            assert_eq!(store.lines(), written, "{name}");
+        }
     }
 
     #[test]

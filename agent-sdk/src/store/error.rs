@@ -30,21 +30,15 @@ pub(crate) enum StoreErrorKind {
     Config,
 }
 
-impl StoreErrorKind {
-    const fn as_str(self) -> &'static str {
-        match self {
+impl fmt::Display for StoreErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
             Self::Unavailable => "unavailable",
             Self::TimedOut => "timed out",
             Self::Refused => "refused",
             Self::Conflict => "conflict",
             Self::Config => "configuration",
-        }
-    }
-}
-
-impl fmt::Display for StoreErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        })
     }
 }
 
@@ -71,10 +65,7 @@ impl StoreError {
 
     /// Keeps `source` as the cause.
     #[allow(dead_code)]
-    pub(crate) fn with_source(
-        mut self,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
-    ) -> Self {
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self
     }
@@ -117,14 +108,13 @@ impl StoreError {
     pub(crate) fn message(&self) -> &str {
         &self.message
     }
+
     /// Whether the message holds `text` (the tests' checks of what an error says).
     #[cfg(test)]
     pub(crate) fn contains(&self, text: &str) -> bool {
         self.message.contains(text)
     }
-}
 
-impl StoreError {
     /// The same error with `context` put before its message (its kind kept).
     pub(crate) fn context(mut self, context: impl fmt::Display) -> Self {
         self.message = format!("{context}: {}", self.message);
@@ -145,10 +135,9 @@ pub(crate) fn sqlstate_kind(code: &str) -> StoreErrorKind {
         "23505" => K::Conflict,
         // The statement was cancelled (statement_timeout, or the agent's own cancel).
         "57014" => K::TimedOut,
-        // A read-only transaction: a standby, or a primary demoted in a failover.
-        "25006" => K::Unavailable,
-        // Lock not available, object in use.
-        "55P03" | "55006" => K::Unavailable,
+        // A read-only transaction (a standby, or a primary demoted in a failover); lock not
+        // available, object in use.
+        "25006" | "55P03" | "55006" => K::Unavailable,
         _ => match code.get(..2).unwrap_or("") {
             // Invalid authorization: a login refused (password, pg_hba.conf, no such role).
             "28" => K::Config,
@@ -293,25 +282,18 @@ mod tests {
 
     #[test]
     fn kinds_say_what_to_do() {
-        assert_eq!(
-            StoreError::unavailable("down").kind(),
-            StoreErrorKind::Unavailable
-        );
+        use StoreErrorKind as K;
         let t = StoreError::timed_out("the relay (console)", Duration::from_millis(1500));
-        assert_eq!(t.kind(), StoreErrorKind::TimedOut);
         assert!(t.to_string().contains("1500 ms"), "{t}");
-        assert_eq!(
-            StoreError::refused("too large").kind(),
-            StoreErrorKind::Refused
-        );
-        assert_eq!(
-            StoreError::conflict("taken").kind(),
-            StoreErrorKind::Conflict
-        );
-        assert_eq!(
-            StoreError::config("bad token").kind(),
-            StoreErrorKind::Config
-        );
+        for (e, kind) in [
+            (StoreError::unavailable("down"), K::Unavailable),
+            (t, K::TimedOut),
+            (StoreError::refused("too large"), K::Refused),
+            (StoreError::conflict("taken"), K::Conflict),
+            (StoreError::config("bad token"), K::Config),
+        ] {
+            assert_eq!(e.kind(), kind, "{e}");
+        }
         let io = std::io::Error::other("reset");
         let e: String = StoreError::unavailable("the store").with_source(io).into();
         assert_eq!(e, "the store: reset");
@@ -402,14 +384,24 @@ mod tests {
         ] {
             assert_eq!(redis_kind(&coded(code)), kind, "{code}");
         }
-        let of = |kind: R| redis_kind(&RedisError::from((kind, "x")));
-        assert_eq!(of(R::AuthenticationFailed), K::Config);
-        assert_eq!(of(R::InvalidClientConfig), K::Config);
-        assert_eq!(of(R::Io), K::Unavailable);
-        assert_eq!(of(R::UnexpectedReturnType), K::Refused);
-        let timeout = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
-        assert_eq!(redis_kind(&timeout), K::TimedOut);
-        let reset = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-        assert_eq!(redis_kind(&reset), K::Unavailable);
+        for (of, kind) in [
+            (R::AuthenticationFailed, K::Config),
+            (R::InvalidClientConfig, K::Config),
+            (R::Io, K::Unavailable),
+            (R::UnexpectedReturnType, K::Refused),
+        ] {
+            assert_eq!(redis_kind(&RedisError::from((of, "x"))), kind, "{of:?}");
+        }
+        use std::io::{Error, ErrorKind as Io};
+        for (io, kind) in [
+            (Io::TimedOut, K::TimedOut),
+            (Io::ConnectionReset, K::Unavailable),
+        ] {
+            assert_eq!(
+                redis_kind(&RedisError::from(Error::from(io))),
+                kind,
+                "{io:?}"
+            );
+        }
     }
 }

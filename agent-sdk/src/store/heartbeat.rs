@@ -99,18 +99,11 @@ impl Heartbeats {
                     }),
                 )
                 .await;
-                let figures = match sampled {
-                    Ok(Ok((taken, figures))) => {
-                        sampler = Some(taken);
-                        figures
-                    }
-                    _ => {
-                        tracing::debug!(
-                            "sampling the process figures took longer than a tick; skipped"
-                        );
-                        continue;
-                    }
+                let Ok(Ok((taken, figures))) = sampled else {
+                    tracing::debug!("sampling the process figures took longer than a tick; skipped");
+                    continue;
                 };
+                sampler = Some(taken);
                 let beat = Beat {
                     id: figures.pid,
                     idx: left - 1,

@@ -145,10 +145,7 @@ impl LineEncoder {
 fn format_units(units: i64) -> String {
     let sign = if units < 0 { "-" } else { "" };
     let abs = units.unsigned_abs();
-    let whole = abs / 10_000;
-    let frac = abs % 10_000;
-    let mut out = format!("{sign}{whole}.");
-    let _ = write!(out, "{frac:04}");
+    let out = format!("{sign}{}.{:04}", abs / 10_000, abs % 10_000);
     let trimmed = out.trim_end_matches('0');
     if trimmed.ends_with('.') {
         format!("{trimmed}0")
@@ -208,21 +205,20 @@ mod tests {
             r##"{"t":1.234,"s":"hello \"you\"","c":"#ffffff"}"##
         );
         assert_eq!(a.score, 1.234);
-        let b = enc.encode(&line(start, 1234, "same ms"));
-        assert!(b.value.starts_with(r#"{"t":1.2341,"#), "{}", b.value);
-        let c = enc.encode(&line(start, 1000, "clock went back"));
-        assert!(c.value.starts_with(r#"{"t":1.2342,"#), "{}", c.value);
-        let d = enc.encode(&line(start, 3000, "later"));
-        assert!(d.value.starts_with(r#"{"t":3.0,"#), "{}", d.value);
+        for (ms, text, t) in [
+            (1234, "same ms", r#"{"t":1.2341,"#),
+            (1000, "clock went back", r#"{"t":1.2342,"#),
+            (3000, "later", r#"{"t":3.0,"#),
+        ] {
+            let l = enc.encode(&line(start, ms, text));
+            assert!(l.value.starts_with(t), "{text}: {}", l.value);
+        }
     }
 
     #[test]
     fn long_and_multibyte_texts_become_references() {
         let start = SystemTime::UNIX_EPOCH;
-        let mut enc = LineEncoder::new(start);
-        let short = enc.encode(&line(start, 1, &"a".repeat(200)));
-        assert!(short.reference.is_none());
-        let long = enc.encode(&line(start, 2, &"a".repeat(221)));
+        let long = LineEncoder::new(start).encode(&line(start, 2, &"a".repeat(221)));
         let (field, text) = long.reference.clone().expect("reference");
         assert_eq!(field.len(), 32);
         assert_eq!(text.len(), 221);
@@ -230,15 +226,20 @@ mod tests {
             long.value,
             format!(r##"{{"t":0.002,"r":true,"s":"{field}","c":"#ffffff"}}"##)
         );
-        // 120 CJK characters are 120 UTF-16 units, but with escapes-free JSON still short:
-        let cjk = enc.encode(&line(start, 3, &"字".repeat(120)));
-        assert!(cjk.reference.is_none());
-        // 111 surrogate pairs are 222 UTF-16 units: by reference.
-        let emoji = enc.encode(&line(start, 4, &"😀".repeat(111)));
-        assert!(emoji.reference.is_some());
-        // Quotes escape to two characters each: the JSON passes 256 before the text passes 220.
-        let quotes = enc.encode(&line(start, 5, &"\"".repeat(120)));
-        assert!(quotes.reference.is_some());
+        // Each at its own offset, as one console would write them.
+        for (name, ms, text, by_reference) in [
+            ("200 ASCII characters", 1, "a".repeat(200), false),
+            // 120 CJK characters are 120 UTF-16 units, and escape-free JSON: short.
+            ("120 CJK characters", 3, "字".repeat(120), false),
+            // 111 surrogate pairs are 222 UTF-16 units: by reference.
+            ("111 emoji", 4, "😀".repeat(111), true),
+            // Quotes escape to two characters each: the JSON passes 256 before the text
+            // passes 220.
+            ("120 quotes", 5, "\"".repeat(120), true),
+        ] {
+            let l = LineEncoder::new(start).encode(&line(start, ms, &text));
+            assert_eq!(l.reference.is_some(), by_reference, "{name}");
+        }
     }
 
     #[test]
@@ -285,9 +286,13 @@ mod tests {
 
     #[test]
     fn formats_units() {
-        assert_eq!(format_units(0), "0.0");
-        assert_eq!(format_units(12_340), "1.234");
-        assert_eq!(format_units(10_001), "1.0001");
-        assert_eq!(format_units(-5_000), "-0.5");
+        for (units, text) in [
+            (0, "0.0"),
+            (12_340, "1.234"),
+            (10_001, "1.0001"),
+            (-5_000, "-0.5"),
+        ] {
+            assert_eq!(format_units(units), text, "{units}");
+        }
     }
 }

@@ -69,6 +69,12 @@ impl From<super::StoreError> for Ended {
     }
 }
 
+impl From<tokio_postgres::Error> for Ended {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Ended::Failed(crate::error::chain(&e))
+    }
+}
+
 /// Keeps a `LISTEN` connection to `store` for `instance` until `stop`: reconnects with
 /// backoff, checks the link, and wakes [`Wakeups`](super::Wakeups) on each notification.
 pub(crate) fn spawn(
@@ -127,13 +133,10 @@ async fn hears(
     rx: &mut mpsc::UnboundedReceiver<tokio_postgres::Notification>,
 ) -> Result<bool, Ended> {
     let pg = store.pg()?;
-    tokio::time::timeout(
-        CHECK_WITHIN,
-        client.batch_execute(&format!("LISTEN {PROBE}")),
-    )
-    .await
-    .map_err(|_| "LISTEN got no answer".to_owned())?
-    .map_err(|e| crate::error::chain(&e))?;
+    let listen = format!("LISTEN {PROBE}");
+    tokio::time::timeout(CHECK_WITHIN, client.batch_execute(&listen))
+        .await
+        .map_err(|_| "LISTEN got no answer".to_owned())??;
     let token = format!("{:032x}", rand::random::<u128>());
     let sent = async {
         let conn = pg.conn().await?;
@@ -176,8 +179,7 @@ async fn listen_once(store: &Store, instance: &str, failures: &mut u32) -> Resul
     let listen = format!("LISTEN {COMMANDS}; LISTEN {CLAIMS}; UNLISTEN {PROBE}");
     tokio::time::timeout(CHECK_WITHIN, client.batch_execute(&listen))
         .await
-        .map_err(|_| "LISTEN got no answer".to_owned())?
-        .map_err(|e| crate::error::chain(&e))?;
+        .map_err(|_| "LISTEN got no answer".to_owned())??;
     if *failures > 0 {
         tracing::info!(store = %store.label, "cluster notifications are back");
     }
@@ -201,8 +203,7 @@ async fn listen_once(store: &Store, instance: &str, failures: &mut u32) -> Resul
             _ = check.tick() => {
                 tokio::time::timeout(CHECK_WITHIN, client.simple_query(""))
                     .await
-                    .map_err(|_| "the listening connection did not answer its check".to_owned())?
-                    .map_err(|e| crate::error::chain(&e))?;
+                    .map_err(|_| "the listening connection did not answer its check".to_owned())??;
             }
         }
     }

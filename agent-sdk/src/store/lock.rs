@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, StoreType};
+use super::{Store, StoreError, StoreType};
 
 /// Hangfire.PostgreSql's default `DistributedLockTimeout`: older lock rows are stale.
 const PG_STALE_AFTER: Duration = Duration::from_secs(600);
@@ -62,6 +62,15 @@ pub enum LockError {
         /// What the store said (never a secret).
         reason: String,
     },
+}
+
+impl LockError {
+    fn store(resource: &str, reason: String) -> Self {
+        Self::Store {
+            resource: resource.to_owned(),
+            reason,
+        }
+    }
 }
 
 /// A held distributed lock on the center's store. Released when dropped (in the background)
@@ -110,10 +119,7 @@ impl StoreLock {
         let kind = store
             .final_kind()
             .await
-            .map_err(|reason| LockError::Store {
-                resource: resource.to_owned(),
-                reason: reason.into(),
-            })?;
+            .map_err(|e| LockError::store(resource, e.into()))?;
         let stale_after = match kind {
             StoreType::PostgreSql | StoreType::Relay => PG_STALE_AFTER,
             // As Hangfire.MySqlStorage: the waiter's own timeout (at least a second).
@@ -124,23 +130,15 @@ impl StoreLock {
         let deadline = started + timeout;
         let mut tries = 0u32;
         loop {
-            let attempt =
-                tokio::time::timeout(STEP_WITHIN, store.lock_try(resource, stale_after)).await;
-            let last_error = match attempt {
-                Ok(Ok(Some(owner))) => {
-                    return Self::held(store, kind, resource, owner).await;
-                }
-                Ok(Ok(None)) => None,
-                Ok(Err(e)) => Some(String::from(e)),
-                Err(_) => Some("the store did not answer in time".to_owned()),
+            let last_error = match step(store.lock_try(resource, stale_after)).await {
+                Ok(Some(owner)) => return Self::held(store, kind, resource, owner).await,
+                Ok(None) => None,
+                Err(reason) => Some(reason),
             };
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Err(match last_error {
-                    Some(reason) => LockError::Store {
-                        resource: resource.to_owned(),
-                        reason,
-                    },
+                    Some(reason) => LockError::store(resource, reason),
                     None => LockError::Timeout {
                         resource: resource.to_owned(),
                         waited: started.elapsed(),
@@ -159,10 +157,7 @@ impl StoreLock {
         resource: &str,
         owner: String,
     ) -> Result<Self, LockError> {
-        let fence = tokio::time::timeout(STEP_WITHIN, store.fence(resource))
-            .await
-            .map_err(|_| "the store did not answer in time".to_owned())
-            .and_then(|r| r.map_err(String::from));
+        let fence = step(store.fence(resource)).await;
         let state = Arc::new(Held {
             store,
             kind,
@@ -174,10 +169,7 @@ impl StoreLock {
             Err(reason) => {
                 // Not held without a token: give the lock back.
                 release(&state, resource).await;
-                return Err(LockError::Store {
-                    resource: resource.to_owned(),
-                    reason,
-                });
+                return Err(LockError::store(resource, reason));
             }
         };
         let keeper = CancellationToken::new();
@@ -242,6 +234,14 @@ impl Drop for StoreLock {
             ),
         }
     }
+}
+
+/// One try at the store, within [`STEP_WITHIN`]; its failure as a reason for the log.
+async fn step<T>(try_once: impl Future<Output = Result<T, StoreError>>) -> Result<T, String> {
+    tokio::time::timeout(STEP_WITHIN, try_once)
+        .await
+        .map_err(|_| "the store did not answer in time".to_owned())?
+        .map_err(String::from)
 }
 
 /// The pause before the next try, as each Hangfire package waits.

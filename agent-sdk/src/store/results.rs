@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::console_writer::ATTEMPT_WITHIN;
 use super::{Store, StoreError};
 use crate::future::BoxFuture;
 use crate::result::{DispatchResult, ResultSink};
@@ -54,17 +55,14 @@ impl ResultSink for StoreResults {
                 // Whatever the store's own bounds say (they may be off), no attempt waits for
                 // good: one past the bound is abandoned and retried.
                 let attempt = async {
-                    tokio::time::timeout(
-                        super::console_writer::ATTEMPT_WITHIN,
-                        write_once(&store, &result),
-                    )
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(StoreError::timed_out(
-                            "the store (a result)",
-                            super::console_writer::ATTEMPT_WITHIN,
-                        ))
-                    })
+                    tokio::time::timeout(ATTEMPT_WITHIN, write_once(&store, &result))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(StoreError::timed_out(
+                                "the store (a result)",
+                                ATTEMPT_WITHIN,
+                            ))
+                        })
                 };
                 match crate::metrics::store_op("result", attempt).await {
                     Ok(()) => {
