@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, StoreError, StoreType};
+use super::{Store, StoreError, StoreErrorKind, StoreType};
 
 /// Hangfire.PostgreSql's default `DistributedLockTimeout`: older lock rows are stale.
 const PG_STALE_AFTER: Duration = Duration::from_secs(600);
@@ -65,10 +65,10 @@ pub enum LockError {
 }
 
 impl LockError {
-    fn store(resource: &str, reason: String) -> Self {
+    fn store(resource: &str, reason: StoreError) -> Self {
         Self::Store {
             resource: resource.to_owned(),
-            reason,
+            reason: reason.into(),
         }
     }
 }
@@ -119,7 +119,7 @@ impl StoreLock {
         let kind = store
             .final_kind()
             .await
-            .map_err(|e| LockError::store(resource, e.into()))?;
+            .map_err(|e| LockError::store(resource, e))?;
         let stale_after = match kind {
             StoreType::PostgreSql | StoreType::Relay => PG_STALE_AFTER,
             // As Hangfire.MySqlStorage: the waiter's own timeout (at least a second).
@@ -236,12 +236,13 @@ impl Drop for StoreLock {
     }
 }
 
-/// One try at the store, within [`STEP_WITHIN`]; its failure as a reason for the log.
-async fn step<T>(try_once: impl Future<Output = Result<T, StoreError>>) -> Result<T, String> {
+/// One try at the store, within [`STEP_WITHIN`].
+async fn step<T>(try_once: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
     tokio::time::timeout(STEP_WITHIN, try_once)
         .await
-        .map_err(|_| "the store did not answer in time".to_owned())?
-        .map_err(String::from)
+        .map_err(|_| {
+            StoreError::new(StoreErrorKind::TimedOut, "the store did not answer in time")
+        })?
 }
 
 /// The pause before the next try, as each Hangfire package waits.
