@@ -34,6 +34,7 @@ use ::redis::{
     RedisConnectionInfo, RedisError, Script, ScriptInvocation, Value,
 };
 
+use crate::secret::Secret;
 use crate::store::driver::Driver;
 use crate::store::line::EncodedLine;
 use crate::store::redis_connstr::{Origin, echo, host_port, parse};
@@ -160,7 +161,7 @@ pub(crate) struct RedisStore {
     identity: String,
     hosts: Vec<String>,
     /// The password, only to scrub it from error texts should a server echo it.
-    password: Option<String>,
+    password: Option<Secret>,
     connect_timeout: Duration,
     command_timeout: Duration,
     /// How long a lock is held without being extended ([`LOCK_HOLD`]; shorter in tests).
@@ -257,7 +258,7 @@ impl RedisStore {
             redis = redis.set_username(user);
         }
         if let Some(password) = &spec.password {
-            redis = redis.set_password(password);
+            redis = redis.set_password(password.expose());
         }
         let tcp = ::redis::io::tcp::TcpSettings::default().set_nodelay(true);
         // A peer that vanished with data unacknowledged is noticed by the kernel too.
@@ -271,7 +272,7 @@ impl RedisStore {
         let client = Client::open(info).map_err(|e| {
             StoreError::config(format!(
                 "the Redis configuration: {}",
-                scrub(&e.to_string(), spec.password.as_deref())
+                scrub(&e.to_string(), spec.password.as_ref().map(Secret::expose))
             ))
         })?;
         let label = format!("{}/{db}", host_port(&host, port));
@@ -279,9 +280,10 @@ impl RedisStore {
             "redis:{}/{db}?user={:?}&password={}&tls={}&prefix={:?}",
             host_port(&host.to_ascii_lowercase(), port),
             spec.user.as_deref().unwrap_or(""),
-            spec.password
-                .as_deref()
-                .map_or_else(|| "none".to_owned(), |p| password_tag(p.as_bytes())),
+            spec.password.as_ref().map_or_else(
+                || "none".to_owned(),
+                |p| password_tag(p.expose().as_bytes())
+            ),
             spec.tls,
             prefix,
         );
@@ -734,7 +736,7 @@ impl RedisStore {
     fn describe(&self, e: &RedisError) -> StoreError {
         StoreError::new(
             super::error::redis_kind(e),
-            scrub(&e.to_string(), self.password.as_deref()),
+            scrub(&e.to_string(), self.password.as_ref().map(Secret::expose)),
         )
     }
 }

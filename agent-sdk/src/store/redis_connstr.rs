@@ -5,9 +5,9 @@
 //! and the typed error come from [`super::connstr`]. No error or `Debug` output holds the
 //! password.
 
-use std::fmt;
 use std::time::Duration;
 
+use crate::secret::Secret;
 use crate::store::connstr::{self, ConnStrError, HostPortError, split_host_port};
 use crate::store::url::{self, PercentError};
 
@@ -32,12 +32,13 @@ pub(crate) struct Endpoint {
     pub(crate) port: Option<u16>,
 }
 
-/// A parsed configuration string or URL. `Debug` redacts the password.
-#[derive(Clone, PartialEq, Eq)]
+/// A parsed configuration string or URL. `Debug` shows the password as `<redacted>`
+/// ([`Secret`]); every other field is not a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RedisSpec {
     pub(crate) endpoints: Vec<Endpoint>,
     pub(crate) user: Option<String>,
-    pub(crate) password: Option<String>,
+    pub(crate) password: Option<Secret>,
     pub(crate) tls: bool,
     pub(crate) ssl_host: Option<String>,
     pub(crate) db: Option<i64>,
@@ -65,23 +66,6 @@ impl Default for RedisSpec {
             url: false,
             ignored: Vec::new(),
         }
-    }
-}
-
-impl fmt::Debug for RedisSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisSpec")
-            .field("endpoints", &self.endpoints)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .field("ssl_host", &self.ssl_host)
-            .field("db", &self.db)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("command_timeout", &self.command_timeout)
-            .field("client_name", &self.client_name)
-            .field("ignored", &self.ignored)
-            .finish()
     }
 }
 
@@ -270,7 +254,7 @@ fn parse_options(s: &str, origin: Origin) -> Result<RedisSpec, ConnStrError> {
         }
         let non_empty = |v: &str| (!v.is_empty()).then(|| v.to_owned());
         match canonical {
-            "password" => spec.password = non_empty(value),
+            "password" => spec.password = non_empty(value).map(Secret::new),
             "user" => spec.user = non_empty(value),
             "ssl" => spec.tls = !value.is_empty() && parse_bool(canonical, value)?,
             "sslHost" => spec.ssl_host = non_empty(value),
@@ -442,7 +426,7 @@ fn parse_url(rest: &str, tls: bool) -> Result<RedisSpec, ConnStrError> {
     }
     if let Some(p) = parts.password {
         let p = percent_decode(p)?;
-        spec.password = (!p.is_empty()).then_some(p);
+        spec.password = (!p.is_empty()).then(|| Secret::new(p));
     }
     let hostport = parts.hostspec;
     if hostport.is_empty() {
@@ -506,7 +490,11 @@ mod tests {
             "endpoints" => format!("{:?}", spec.endpoints),
             "count" => spec.endpoints.len().to_string(),
             "user" => opt(spec.user.as_ref()),
-            "password" => opt(spec.password.as_ref()),
+            "password" => spec
+                .password
+                .as_ref()
+                .map_or("None", Secret::expose)
+                .to_owned(),
             "tls" => spec.tls.to_string(),
             "db" => format!("{:?}", spec.db),
             "connect_timeout" => format!("{:?}", spec.connect_timeout),

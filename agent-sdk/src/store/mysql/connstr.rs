@@ -28,10 +28,10 @@
 //!
 //! No error or `Debug` output ever holds the password.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::secret::Secret;
 use crate::store::connstr::{
     self, ConnStrError, HostPortError, Table, boolean as parse_bool, count as parse_count,
     percent_decode, port as parse_port, shown, split_host_port,
@@ -82,8 +82,9 @@ impl SslMode {
     }
 }
 
-/// A parsed connection string.
-#[derive(Clone)]
+/// A parsed connection string. `Debug` shows the password as `<redacted>` ([`Secret`]);
+/// every other field is not a secret.
+#[derive(Clone, Debug)]
 pub(crate) struct MyConnSpec {
     /// The hosts named (`Server` may list several, separated by `,`); the agent connects to
     /// the first.
@@ -92,7 +93,7 @@ pub(crate) struct MyConnSpec {
     /// `Database`; `None` when the string names none.
     pub(crate) database: Option<String>,
     pub(crate) user: Option<String>,
-    pub(crate) password: Option<String>,
+    pub(crate) password: Option<Secret>,
     pub(crate) ssl: SslMode,
     /// `SslCa`: a PEM file of CA certificates trusted instead of the built-in roots.
     pub(crate) ssl_ca: Option<PathBuf>,
@@ -144,7 +145,7 @@ impl MyConnSpec {
     pub(crate) fn identity(&self) -> String {
         let password = match &self.password {
             None => "none".to_owned(),
-            Some(pw) => password_tag(pw.as_bytes()),
+            Some(pw) => password_tag(pw.expose().as_bytes()),
         };
         format!(
             "mysql:{:?}:{}/{:?}?user={:?}&password={password}&ssl={:?}&ca={:?}&cert={:?}&key={:?}",
@@ -157,31 +158,6 @@ impl MyConnSpec {
             self.ssl_cert,
             self.ssl_key,
         )
-    }
-}
-
-impl fmt::Debug for MyConnSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MyConnSpec")
-            .field("hosts", &self.hosts)
-            .field("port", &self.port)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("ssl", &self.ssl)
-            .field("ssl_ca", &self.ssl_ca)
-            .field("ssl_cert", &self.ssl_cert)
-            .field("ssl_key", &self.ssl_key)
-            .field("file_settings", &self.file_settings)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("command_timeout", &self.command_timeout)
-            .field("max_pool", &self.max_pool)
-            .field("min_pool", &self.min_pool)
-            .field("lifetime", &self.lifetime)
-            .field("keepalive", &self.keepalive)
-            .field("ignored_keys", &self.ignored_keys)
-            .field("unused", &self.unused)
-            .finish()
     }
 }
 
@@ -647,7 +623,7 @@ fn build(settings: Settings) -> Result<MyConnSpec, ConnStrError> {
         port,
         database: settings.get(Key::Database).map(|(_, v)| v.to_owned()),
         user: settings.get(Key::User).map(|(_, v)| v.to_owned()),
-        password: settings.get(Key::Password).map(|(_, v)| v.to_owned()),
+        password: settings.get(Key::Password).map(|(_, v)| Secret::new(v)),
         ssl,
         ssl_ca,
         ssl_cert,
@@ -682,7 +658,11 @@ mod tests {
             "port" => spec.port.to_string(),
             "db" => opt(spec.database.as_ref()),
             "user" => opt(spec.user.as_ref()),
-            "password" => opt(spec.password.as_ref()),
+            "password" => spec
+                .password
+                .as_ref()
+                .map_or("None", Secret::expose)
+                .to_owned(),
             "ssl" => format!("{:?}", spec.ssl),
             "ssl_ca" => format!("{:?}", spec.ssl_ca),
             "connect_timeout" => format!("{:?}", spec.connect_timeout),
@@ -695,6 +675,7 @@ mod tests {
             "file_settings" => spec.file_settings.join(","),
             "ignored" => spec.ignored_keys.join(","),
             "unused" => spec.unused.join(","),
+            "redacted" => format!("{spec:?}").contains("<redacted>").to_string(),
             "echo" => format!(
                 "{spec:?} {} {} {}",
                 spec.label(),
@@ -782,7 +763,7 @@ mod tests {
         ("Server=h;Password='Sup3rS3cret'x", Fails(&[])),
         ("mysql://u:Sup3rS3cret%zz@h/d", Fails(&[])),
         ("Server=h;Password=abc;Tail=xyz", Fails(&["!Tail", "quote it"])),
-        ("Server=h;Database=d;Uid=u;Password=Sup3rS3cret", Gives(&[])),
+        ("Server=h;Database=d;Uid=u;Password=Sup3rS3cret", Gives(&[("redacted", "true")])),
         // A center's driver settings, in the agent's own string: the first is refused.
         (CENTERS, Fails(&["`Pipelining`", "no use"])),
         // Unused locally: refused there too (the agent reads no such file).

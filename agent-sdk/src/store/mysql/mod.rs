@@ -56,6 +56,7 @@ pub(crate) use self::tables::Prefix;
 use self::tables::{Column, Tables, check_prefix};
 use super::driver::Driver;
 use super::{CheckError, StoreError, StoreErrorKind};
+use crate::secret::Secret;
 use crate::store::line::EncodedLine;
 /// `max_allowed_packet` assumed until the server's is known (MySQL 5.7's default).
 const ASSUMED_PACKET: usize = 4 * 1024 * 1024;
@@ -151,7 +152,7 @@ fn opts_of(spec: &MyConnSpec, mode: SslMode) -> Opts {
         .ip_or_hostname(spec.host())
         .tcp_port(spec.port)
         .user(spec.user.clone())
-        .pass(spec.password.clone())
+        .pass(spec.password.as_ref().map(Secret::expose))
         .db_name(spec.database.clone())
         .tcp_keepalive(Some(spec.keepalive))
         .tcp_nodelay(true)
