@@ -182,6 +182,9 @@ impl ConnSpec {
     }
 }
 
+// Written by hand, not derived: the password lives in `tokio_postgres::Config`, whose own
+// `Debug` hides it only by that crate's choice (as `_`, not documented), and would add fields
+// this one leaves out (`options`, free text from the string).
 impl fmt::Debug for ConnSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnSpec")
