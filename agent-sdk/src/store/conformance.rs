@@ -1,9 +1,10 @@
 //! The store contract, written once and run against every store. The cluster's [`Driver`]
 //! primitives: on the in-memory store and on real PostgreSQL, MariaDB and Redis servers. The
 //! layout every real store keeps (console batches, references and progress, first reports,
-//! locks, fencing tokens, hashes and sets), through [`super::Store`]: in [`real`]. Each real
-//! store's test fails, never skips, when its server does not answer (see [`real`] for how to
-//! point them elsewhere); what only one store does is tested in its own module.
+//! locks, fencing tokens, hashes and sets), through [`super::Store`], also through a relay in
+//! front of one: in [`real`]. Each real store's test fails, never skips, when its server does
+//! not answer (see [`real`] for how to point them elsewhere); what only one store does is
+//! tested in its own module.
 
 use std::time::Duration;
 
@@ -235,7 +236,12 @@ pub(in crate::store) async fn delete_keys(prefix: &str) {
 }
 
 /// The real stores, each opened as the agent opens one ([`Store::open`]) on fresh tables or
-/// keys: the [`Driver`] checks above, then the layout every real store keeps, through `Store`.
+/// keys: the [`Driver`] checks above, then the layout every real store keeps, through `Store`;
+/// and a relay in front of one (feature `relay-server`), opened as an agent opens it.
+///
+/// The checks' keys and lock names are the ones a relay lets an agent use (Hangfire-shaped:
+/// `console:*`, `AgentHeart:*`; no lock under the center's `lock:*`), so one check serves
+/// every store.
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 pub(in crate::store) mod real {
     use std::future::Future;
@@ -283,13 +289,18 @@ pub(in crate::store) mod real {
             s.ping(Duration::from_secs(10))
                 .await
                 .expect("the store answers");
-            // The Driver checks on the store's own driver (never a relay here).
-            super::super::backend!(s, b => super::all(b).await, _r => unreachable!("a real store"));
+            // The store whose rules the layout follows: a relay's is the one behind it.
+            let layout = s.final_kind().await.expect("the store's type");
+            super::super::backend!(s, b => super::all(b).await, _r => {
+                // A relay's client is no Driver (the cluster's primitives go over the wire as
+                // whole cluster operations): the Driver checks run on the store behind it, in
+                // that store's own test.
+            });
             console(s).await;
             hashes_and_sets(s).await;
-            first_reports(s).await;
-            locks(s, stale).await;
-            fences(s).await;
+            first_reports(s, layout).await;
+            locks(s, layout, stale).await;
+            fences(s, layout).await;
         };
         super::guarded(body, cleanup).await;
     }
@@ -361,27 +372,28 @@ pub(in crate::store) mod real {
     }
 
     /// Hash fields round trip (upserted, whatever their expiry); a set member is kept once.
+    /// (Keys an agent writes, which a relay lets it read back: a heartbeat's hash, a
+    /// console's set; not `_agent_result_`, the set of every service's results.)
     async fn hashes_and_sets(s: &Store) {
+        let (key, set) = ("AgentHeart:c1", "console:2");
         let set_hash =
-            |pairs, life| async move { s.set_hash("h:1", pairs, life).await.expect("set") };
+            |pairs, life| async move { s.set_hash(key, pairs, life).await.expect("set") };
         set_hash(&[("a", "1"), ("b", "x y")], None).await;
         set_hash(&[("a", "2")], Some(Duration::from_secs(60))).await;
-        assert_eq!(read_hash(s, "h:1", "a").await.as_deref(), Some("2"));
-        assert_eq!(read_hash(s, "h:1", "b").await.as_deref(), Some("x y"));
-        assert_eq!(read_hash(s, "h:1", "c").await, None);
+        assert_eq!(read_hash(s, key, "a").await.as_deref(), Some("2"));
+        assert_eq!(read_hash(s, key, "b").await.as_deref(), Some("x y"));
+        assert_eq!(read_hash(s, key, "c").await, None);
         let all = [("a".into(), "2".into()), ("b".into(), "x y".into())];
-        assert_eq!(read_hash_all(s, "h:1").await, all);
-        assert!(read_hash_all(s, "h:none").await.is_empty());
+        assert_eq!(read_hash_all(s, key).await, all);
+        assert!(read_hash_all(s, "AgentHeart:none").await.is_empty());
         for score in [1.0, 2.0] {
-            s.add_to_set("_agent_result_", "17", score)
-                .await
-                .expect("add");
+            s.add_to_set(set, "17", score).await.expect("add");
         }
-        assert_eq!(read_set(s, "_agent_result_", 0, 10).await, ["17"]);
+        assert_eq!(read_set(s, set, 0, 10).await, ["17"]);
     }
 
     /// A dispatch's first report is taken once: its writer's retry is too, no other writer.
-    async fn first_reports(s: &Store) {
+    async fn first_reports(s: &Store, layout: StoreType) {
         let claim = move |id: &'static str, token: &'static str| async move {
             s.first_report(id, token).await.expect("first_report")
         };
@@ -390,8 +402,9 @@ pub(in crate::store) mod real {
         assert!(!claim("42", "b:2").await, "another writer");
         assert!(!claim("42", "A:1").await, "the token's case differs");
         assert!(claim("43", "b:2").await, "another dispatch");
-        if s.kind() != StoreType::Redis {
-            // The SQL stores mark it in hash `jobagent:results` (Redis: see its module).
+        if layout != StoreType::Redis && s.kind() != StoreType::Relay {
+            // The SQL stores mark it in hash `jobagent:results` (Redis: see its module; a
+            // relay marks it per service and reads no `jobagent:*` key: see `relay.rs`).
             let mark = read_hash(s, "jobagent:results", "42").await;
             assert_eq!(mark.as_deref(), Some("a:1"));
         }
@@ -399,12 +412,17 @@ pub(in crate::store) mod real {
 
     /// Locks are exclusive, kept and released only by their owner, and taken over once stale,
     /// the old owner learning it lost.
-    async fn locks<F: Fn(&'static str) -> Fut, Fut: Future<Output = ()>>(s: &Store, stale: F) {
+    /// (A relay takes `report:*` as named when granted: see the `relay` test.)
+    async fn locks<F: Fn(&'static str) -> Fut, Fut: Future<Output = ()>>(
+        s: &Store,
+        layout: StoreType,
+        stale: F,
+    ) {
         let after = Duration::from_millis(300);
         let take = |r, after| async move { s.lock_try(r, after).await.expect("lock_try") };
         let keep = |r, owner| async move { s.lock_keep(r, owner).await.expect("lock_keep") };
         let release = |r, owner| async move { s.lock_release(r, owner).await.expect("release") };
-        let r = "lock:recurring";
+        let r = "report:recurring";
         let a = take(r, after).await.expect("taken");
         assert_eq!(take(r, after).await, None, "exclusive");
         let a = keep(r, &a).await.expect("kept");
@@ -421,10 +439,10 @@ pub(in crate::store) mod real {
         release(r, &b).await;
 
         // A holder that stops keeping its lock loses it.
-        let r = "lock:x";
+        let r = "report:x";
         let a = take(r, after).await.expect("taken");
         stale(r).await;
-        if s.kind() != StoreType::Redis {
+        if layout != StoreType::Redis {
             // Redis: the key's expiry is the staleness rule, not `stale_after`.
             let longer = Duration::from_secs(600);
             assert_eq!(
@@ -443,15 +461,16 @@ pub(in crate::store) mod real {
 
     /// Fencing tokens count up by one per resource (from 1 on the SQL stores; Redis seeds
     /// each counter from its clock), each concurrent increment getting its own.
-    async fn fences(s: &Store) {
-        let sql = s.kind() != StoreType::Redis;
+    /// (Through a relay, in the service's namespace: these are not granted.)
+    async fn fences(s: &Store, layout: StoreType) {
+        let sql = layout != StoreType::Redis;
         let fence = |r| async move { s.fence(r).await.expect("fence") };
-        for r in ["lock:a", "lock:b"] {
+        for r in ["fence:a", "fence:b"] {
             let first = fence(r).await;
             assert_eq!([fence(r).await, fence(r).await], [first + 1, first + 2]);
             assert!(!sql || first == 1, "{r}: {first}");
         }
-        let mut tokens = futures_util::future::join_all((0..8).map(|_| fence("lock:c"))).await;
+        let mut tokens = futures_util::future::join_all((0..8).map(|_| fence("fence:c"))).await;
         tokens.sort_unstable();
         let first = tokens[0];
         assert_eq!(tokens, (first..first + 8).collect::<Vec<u64>>());
@@ -509,23 +528,79 @@ pub(in crate::store) mod real {
         check(&store, wait_out, db.drop_now()).await;
     }
 
-    /// Redis (see [`super::redis_url`]): a fresh prefix, its keys deleted at the end.
+    /// A fresh Redis key prefix.
     #[cfg(feature = "redis")]
-    #[tokio::test(flavor = "multi_thread")]
-    async fn redis() {
-        let prefix = format!("{{c{:016x}}}:", rand::random::<u64>());
-        let store = open(StoreType::Redis, &super::redis_url(), &prefix);
+    fn redis_prefix() -> String {
+        format!("{{c{:016x}}}:", rand::random::<u64>())
+    }
+
+    /// Makes the lock `resource` of the Redis store with key prefix `prefix` stale: its hold
+    /// ends, the key expiring now.
+    #[cfg(feature = "redis")]
+    async fn redis_stale(prefix: &str) -> impl Fn(&'static str) -> BoxedUnit {
         let conn = super::redis_conn().await;
-        // The hold ends: the key expires now.
-        let stale = |resource| {
+        let prefix = prefix.to_owned();
+        move |resource| {
             let (mut conn, key) = (conn.clone(), format!("{prefix}{resource}"));
-            async move {
+            Box::pin(async move {
                 let mut cmd = ::redis::cmd("PEXPIRE");
                 let ended = cmd.arg(&key).arg(1).query_async(&mut conn).await;
                 assert_eq!(ended.ok(), Some(1), "the lock's key exists");
                 tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
+            })
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    type BoxedUnit = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Redis (see [`super::redis_url`]): a fresh prefix, its keys deleted at the end.
+    #[cfg(feature = "redis")]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn redis() {
+        let prefix = redis_prefix();
+        let store = open(StoreType::Redis, &super::redis_url(), &prefix);
+        let stale = redis_stale(&prefix).await;
+        check(&store, stale, super::delete_keys(&prefix)).await;
+    }
+
+    /// Through a relay: `jobagent-relay`'s router, served here on a port of its own, in front
+    /// of Redis (a fresh prefix, as [`redis`]), opened as an agent opens a `relay+http://`
+    /// store. One service, granted the checks' locks (`report:*`: kept under their own names,
+    /// so made stale as on Redis); its fences live in its namespace. Results are not checked
+    /// against Hangfire's jobs (the test's store has none). Its keys are deleted at the end.
+    #[cfg(all(feature = "relay-server", feature = "redis"))]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn relay() {
+        use crate::__relay::{RelayConfig, parse_tenants, router};
+        let prefix = redis_prefix();
+        let token = format!("conformance:{:032x}", rand::random::<u128>());
+        let tenants = parse_tenants(&format!("{token} lock=report:*"), ',', "the test's tokens")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut config = RelayConfig::new(super::redis_url(), tenants);
+        config.prefix.clone_from(&prefix);
+        config.expire_days = 1.0;
+        config.check_jobs = false;
+        let (app, _label) = router(config).unwrap_or_else(|e| panic!("the relay: {e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let port = listener.local_addr().expect("an address").port();
+        // The test's own relay, dropped with the test's runtime.
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = format!("relay+http://127.0.0.1:{port}");
+        let store = Store::open(&Opening {
+            kind: StoreType::Relay,
+            connection: &url,
+            prefix: None,
+            expire_days: 1.0,
+            db: None,
+            from_center: false,
+            load: Load::Now,
+            relay_token: Some(&token),
+        })
+        .unwrap_or_else(|e| panic!("the relay store opens: {e}"));
+        let stale = redis_stale(&prefix).await;
         check(&store, stale, super::delete_keys(&prefix)).await;
     }
 }
