@@ -938,6 +938,7 @@ mod tests {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 
+    #[cfg(feature = "postgres")]
     fn header(connection: &str) -> StorageHeader {
         serde_json::from_value(serde_json::json!({
             "Type": "postgresql",
