@@ -50,3 +50,50 @@ pub fn workspace() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| panic!("no workspace above {}", tests.display()))
 }
+
+/// The path of the workspace's service binary `name` (`example-agent`, `jobagent-relay` or
+/// `jobagent-dev`), built into this test's target directory and profile: the first call in a
+/// test process builds all three, the others reuse that build.
+///
+/// One build for the three, not one per package: `cargo build -p <package>` resolves the
+/// features of that package's graph only, so `jobagent` was compiled once more for each of
+/// them (three feature sets); built together they share one.
+pub fn service_bin(name: &str) -> Result<PathBuf, String> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let profile_dir = BUILT.get_or_init(build_service_bins).clone()?;
+    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} was not built", path.display()))
+    }
+}
+
+/// The packages whose binaries the tests start.
+const SERVICE_PACKAGES: [&str; 3] = ["example-agent", "jobagent-relay", "jobagent-dev"];
+
+fn build_service_bins() -> Result<PathBuf, String> {
+    let target = target();
+    let mut cmd = std::process::Command::new(cargo());
+    cmd.current_dir(workspace())
+        .args(["build", "-q", "--bins", "--target-dir"])
+        .arg(&target.dir)
+        .stdin(std::process::Stdio::null());
+    for package in SERVICE_PACKAGES {
+        cmd.args(["-p", package]);
+    }
+    if target.release {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run cargo to build the service binaries: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the service binaries failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(target.profile_dir)
+}

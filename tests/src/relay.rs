@@ -4,7 +4,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,24 +16,10 @@ use crate::stores::AnyStore;
 /// The token the test relays accept: service `test`'s (a token is `<service>:<secret>`).
 pub const TOKEN: &str = "test:test-relay-token-1";
 
-/// The relay's binary, built once per test process into this test's target directory.
+/// The relay's binary, built once per test process into this test's target directory (with
+/// the other service binaries: [`crate::cargo::service_bin`]).
 pub fn relay_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let target = crate::cargo::target();
-        let mut cmd = Command::new(crate::cargo::cargo());
-        cmd.args(["build", "-q", "-p", "jobagent-relay", "--target-dir"])
-            .arg(&target.dir);
-        if target.release {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run cargo to build jobagent-relay: {e}"));
-        assert!(status.success(), "building jobagent-relay failed");
-        target.profile_dir.join("jobagent-relay")
-    })
-    .clone()
+    crate::cargo::service_bin("jobagent-relay").unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One relay process.

@@ -3,7 +3,6 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::center::Center;
@@ -17,33 +16,10 @@ pub struct Replica {
     log: Option<PathBuf>,
 }
 
-/// The example service's binary, built once per test process (`cargo build -p example-agent`
-/// into this test's target directory).
+/// The example service's binary, built once per test process into this test's target
+/// directory (with the other service binaries: [`crate::cargo::service_bin`]).
 pub fn example_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let target = crate::cargo::target();
-        let mut cmd = Command::new(crate::cargo::cargo());
-        cmd.args([
-            "build",
-            "-q",
-            "-p",
-            "example-agent",
-            "--bin",
-            "example-agent",
-            "--target-dir",
-        ])
-        .arg(&target.dir);
-        if target.release {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run cargo to build example-agent: {e}"));
-        assert!(status.success(), "building example-agent failed");
-        target.profile_dir.join("example-agent")
-    })
-    .clone()
+    crate::cargo::service_bin("example-agent").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn free_port() -> u16 {

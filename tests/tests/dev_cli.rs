@@ -41,51 +41,13 @@ struct Bins {
 }
 
 /// Builds (once per test process) and locates both binaries next to this test's executable,
-/// in `target/<profile>/`.
+/// in `target/<profile>/` (with the relay: [`tests::cargo::service_bin`]).
 fn bins() -> &'static Result<Bins, String> {
     static BINS: OnceLock<Result<Bins, String>> = OnceLock::new();
     BINS.get_or_init(|| {
-        let target = tests::cargo::target();
-        let profile_dir = target.profile_dir;
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_owned(),
-            Some(other) => other.to_owned(),
-        };
-        let workspace = tests::cargo::workspace();
-        let cargo = tests::cargo::cargo();
-        let out = std::process::Command::new(cargo)
-            .current_dir(&workspace)
-            .args([
-                "build",
-                "-p",
-                "example-agent",
-                "-p",
-                "jobagent-dev",
-                "--bins",
-            ])
-            .args(["--profile", &profile])
-            .arg("--target-dir")
-            .arg(&target.dir)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run cargo build: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "cargo build of the binaries failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let find = |name: &str| {
-            let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(format!("{} was not built", path.display()))
-            }
-        };
         Ok(Bins {
-            example_agent: find("example-agent")?,
-            jobagent_dev: find("jobagent-dev")?,
+            example_agent: tests::cargo::service_bin("example-agent")?,
+            jobagent_dev: tests::cargo::service_bin("jobagent-dev")?,
         })
     })
 }
