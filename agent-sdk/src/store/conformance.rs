@@ -2,9 +2,9 @@
 //! primitives: on the in-memory store and on real PostgreSQL, MariaDB and Redis servers. The
 //! layout every real store keeps (console batches, references and progress, first reports,
 //! locks, fencing tokens, hashes and sets), through [`super::Store`], also through a relay in
-//! front of one: in [`real`]. Each real store's test fails, never skips, when its server does
-//! not answer (see [`real`] for how to point them elsewhere); what only one store does is
-//! tested in its own module.
+//! front of Redis and of PostgreSQL: in [`real`]. Each real store's test fails, never skips,
+//! when its server does not answer (see [`real`] for how to point them elsewhere); what only
+//! one store does is tested in its own module.
 
 use std::time::Duration;
 
@@ -237,7 +237,8 @@ pub(in crate::store) async fn delete_keys(prefix: &str) {
 
 /// The real stores, each opened as the agent opens one ([`Store::open`]) on fresh tables or
 /// keys: the [`Driver`] checks above, then the layout every real store keeps, through `Store`;
-/// and a relay in front of one (feature `relay-server`), opened as an agent opens it.
+/// and a relay in front of Redis and of PostgreSQL (feature `relay-server`), opened as an
+/// agent opens it.
 ///
 /// The checks' keys and lock names are the ones a relay lets an agent use (Hangfire-shaped:
 /// `console:*`, `AgentHeart:*`; no lock under the center's `lock:*`), so one check serves
@@ -443,8 +444,9 @@ pub(in crate::store) mod real {
         let a = take(r, after).await.expect("taken");
         stale(r).await;
         if layout != StoreType::Redis {
-            // Redis: the key's expiry is the staleness rule, not `stale_after`.
-            let longer = Duration::from_secs(600);
+            // Redis: the key's expiry is the staleness rule, not `stale_after`. (Longer than
+            // the 10 minutes a relay in front of PostgreSQL waits at least.)
+            let longer = Duration::from_secs(1200);
             assert_eq!(
                 take(r, longer).await,
                 None,
@@ -483,19 +485,27 @@ pub(in crate::store) mod real {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    /// PostgreSQL: `JOBAGENT_TEST_DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`;
-    /// a fresh schema with Hangfire.PostgreSql's `hash`, `set` and `lock`, dropped at the end.
+    /// `JOBAGENT_TEST_DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`.
     #[cfg(feature = "postgres")]
-    #[tokio::test(flavor = "multi_thread")]
-    async fn pg() {
-        let url = std::env::var("JOBAGENT_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    fn pg_url() -> String {
+        std::env::var("JOBAGENT_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
+    /// A PostgreSQL store on a fresh schema holding Hangfire.PostgreSql's `hash`, `set` and
+    /// `lock`, with the statement that drops it (see [`pg_drop`]).
+    #[cfg(feature = "postgres")]
+    async fn pg_schema() -> (Store, String) {
         let schema = format!("jobagent_c_{:016x}", rand::random::<u64>());
-        let store = open(StoreType::PostgreSql, &url, &schema);
-        let pg = store.pg().expect("PostgreSQL");
-        let conn = pg.conn().await.unwrap_or_else(|e| {
-            panic!("no PostgreSQL answers ({e}): start one, or set JOBAGENT_TEST_DATABASE_URL")
-        });
+        let store = open(StoreType::PostgreSql, &pg_url(), &schema);
+        let conn = store
+            .pg()
+            .expect("PostgreSQL")
+            .conn()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("no PostgreSQL answers ({e}): start one, or set JOBAGENT_TEST_DATABASE_URL")
+            });
         let tables = format!(
             "CREATE SCHEMA {schema}; \
              CREATE TABLE {schema}.hash (id bigserial PRIMARY KEY, \"key\" text NOT NULL, \
@@ -509,14 +519,25 @@ pub(in crate::store) mod real {
         );
         conn.batch_execute(&tables).await.expect("the test schema");
         drop(conn);
-        let cleanup = async {
-            if let Ok(conn) = pg.conn().await {
-                let _ = conn
-                    .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-                    .await;
-            }
-        };
-        check(&store, wait_out, cleanup).await;
+        (store, schema)
+    }
+
+    /// Drops the schema [`pg_schema`] made.
+    #[cfg(feature = "postgres")]
+    async fn pg_drop(store: &Store, schema: &str) {
+        if let Ok(conn) = store.pg().expect("PostgreSQL").conn().await {
+            let _ = conn
+                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                .await;
+        }
+    }
+
+    /// PostgreSQL (see [`pg_url`]): a fresh schema, dropped at the end.
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn pg() {
+        let (store, schema) = pg_schema().await;
+        check(&store, wait_out, pg_drop(&store, &schema)).await;
     }
 
     /// MariaDB/MySQL: a fresh database (see [`super::MysqlDb`]), dropped at the end.
@@ -564,21 +585,19 @@ pub(in crate::store) mod real {
         check(&store, stale, super::delete_keys(&prefix)).await;
     }
 
-    /// Through a relay: `jobagent-relay`'s router, served here on a port of its own, in front
-    /// of Redis (a fresh prefix, as [`redis`]), opened as an agent opens a `relay+http://`
-    /// store. One service, granted the checks' locks (`report:*`: kept under their own names,
-    /// so made stale as on Redis); its fences live in its namespace. Results are not checked
-    /// against Hangfire's jobs (the test's store has none). Its keys are deleted at the end.
-    #[cfg(all(feature = "relay-server", feature = "redis"))]
-    #[tokio::test(flavor = "multi_thread")]
-    async fn relay() {
+    /// A relay in front of `store_url` (prefix or schema `prefix`): `jobagent-relay`'s router,
+    /// served here on a port of its own (dropped with the test's runtime), opened as an agent
+    /// opens a `relay+http://` store. One service, granted the checks' locks (`report:*`, kept
+    /// under their own names); its fences live in its namespace. Results are not checked
+    /// against Hangfire's jobs (the test's store has none).
+    #[cfg(all(feature = "relay-server", any(feature = "redis", feature = "postgres")))]
+    async fn relay_before(store_url: String, prefix: &str) -> Store {
         use crate::__relay::{RelayConfig, parse_tenants, router};
-        let prefix = redis_prefix();
         let token = format!("conformance:{:032x}", rand::random::<u128>());
         let tenants = parse_tenants(&format!("{token} lock=report:*"), ',', "the test's tokens")
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut config = RelayConfig::new(super::redis_url(), tenants);
-        config.prefix.clone_from(&prefix);
+        let mut config = RelayConfig::new(store_url, tenants);
+        prefix.clone_into(&mut config.prefix);
         config.expire_days = 1.0;
         config.check_jobs = false;
         let (app, _label) = router(config).unwrap_or_else(|e| panic!("the relay: {e}"));
@@ -586,10 +605,9 @@ pub(in crate::store) mod real {
             .await
             .expect("a port");
         let port = listener.local_addr().expect("an address").port();
-        // The test's own relay, dropped with the test's runtime.
         tokio::spawn(async move { axum::serve(listener, app).await });
         let url = format!("relay+http://127.0.0.1:{port}");
-        let store = Store::open(&Opening {
+        Store::open(&Opening {
             kind: StoreType::Relay,
             connection: &url,
             prefix: None,
@@ -599,8 +617,51 @@ pub(in crate::store) mod real {
             load: Load::Now,
             relay_token: Some(&token),
         })
-        .unwrap_or_else(|e| panic!("the relay store opens: {e}"));
+        .unwrap_or_else(|e| panic!("the relay store opens: {e}"))
+    }
+
+    /// Through a relay in front of Redis (a fresh prefix, as [`redis`]; a lock made stale as
+    /// there); its keys are deleted at the end.
+    #[cfg(all(feature = "relay-server", feature = "redis"))]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn relay_redis() {
+        let prefix = redis_prefix();
+        let store = relay_before(super::redis_url(), &prefix).await;
         let stale = redis_stale(&prefix).await;
         check(&store, stale, super::delete_keys(&prefix)).await;
+    }
+
+    /// Through a relay in front of PostgreSQL (a fresh schema, as [`pg`]), dropped at the end.
+    /// The relay never takes a PostgreSQL lock younger than 10 minutes as stale (whatever the
+    /// agent asks: Hangfire.PostgreSql's own rule), so a lock is made stale by moving its
+    /// `acquired` 11 minutes back.
+    #[cfg(all(feature = "relay-server", feature = "postgres"))]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn relay_pg() {
+        let (direct, schema) = pg_schema().await;
+        let store = relay_before(pg_url(), &schema).await;
+        let stale = |resource: &'static str| {
+            let (direct, schema) = (&direct, &schema);
+            async move {
+                let conn = direct
+                    .pg()
+                    .expect("PostgreSQL")
+                    .conn()
+                    .await
+                    .expect("a connection");
+                let aged = conn
+                    .execute(
+                        &format!(
+                            "UPDATE {schema}.\"lock\" SET acquired = acquired - interval '11 minutes' \
+                             WHERE resource = $1"
+                        ),
+                        &[&resource],
+                    )
+                    .await
+                    .expect("the lock's row ages");
+                assert_eq!(aged, 1, "the lock's row is `{resource}`");
+            }
+        };
+        check(&store, stale, pg_drop(&direct, &schema)).await;
     }
 }
