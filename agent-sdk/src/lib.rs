@@ -96,8 +96,8 @@ pub use registry::{AutoRegister, BusyPolicy, JobRegistration, Registry};
 pub use secret::Secret;
 #[cfg(feature = "serve")]
 pub use serve::{Serve, ServeLimits, serve};
-pub use store::StoreType;
 pub use store::lock::{LockError, StoreLock};
+pub use store::{StoreType, UnknownStoreType};
 
 /// Marks a struct or enum as a job the center can run; it must also implement [`JobAgent`].
 ///

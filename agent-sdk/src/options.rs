@@ -323,7 +323,7 @@ impl AgentOptions {
                 None => None,
                 Some(t) => Some(
                     t.parse::<crate::store::StoreType>()
-                        .map_err(|e| ConfigError::invalid("JOBAGENT_STORE_TYPE", e))?,
+                        .map_err(|e| ConfigError::invalid("JOBAGENT_STORE_TYPE", e.to_string()))?,
                 ),
             };
             let expire_days = match get("JOBAGENT_STORE_EXPIRE_DAYS") {

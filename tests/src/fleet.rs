@@ -3,8 +3,8 @@
 //! SIGKILLed and started again under the same instance name and port, with their logs kept
 //! in files for the soak's report.
 //!
-//! Unlike [`crate::replica`] (made for `cargo test` binaries), this finds the example binary
-//! beside a program run from `target/<profile>/` (`cargo run --bin soak`).
+//! The example binary is built and found as the tests' is ([`crate::cargo::service_bin`]),
+//! here beside a program run from `target/<profile>/` (`cargo run --bin soak`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,49 +12,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::pg::TestDb;
 use crate::proxy::Proxy;
-
-/// Builds the example service's binary into the target directory this program runs from
-/// (`cargo build -p example-agent`, release when this program is a release build) and
-/// returns its path.
-pub fn build_example_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("no current exe: {e}"))?;
-    // <target>/<profile>/<this program>
-    let profile_dir = exe
-        .parent()
-        .ok_or_else(|| format!("unexpected location {}", exe.display()))?
-        .to_path_buf();
-    let target = profile_dir
-        .parent()
-        .ok_or_else(|| format!("unexpected target layout {}", profile_dir.display()))?
-        .to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "example-agent",
-        "--bin",
-        "example-agent",
-        "--target-dir",
-    ])
-    .arg(&target);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run cargo to build example-agent: {e}"))?;
-    if !status.success() {
-        return Err(format!("building example-agent failed ({status})"));
-    }
-    let bin = profile_dir.join("example-agent");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!("no example-agent at {}", bin.display()))
-    }
-}
 
 fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -3,13 +3,12 @@
 //! shows the job's console lines and result.
 //!
 //! The two binaries belong to other packages, so `env!("CARGO_BIN_EXE_...")` cannot name
-//! them; the test builds them once (`cargo build -p example-agent -p jobagent-dev --bins`, a
-//! no-op when they are fresh) into the target directory this test runs from.
+//! them; the test builds them once, with the relay ([`tests::cargo::service_bin`]: a no-op
+//! when they are fresh), into the target directory this test runs from.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tests::pg::TestDb;
@@ -35,31 +34,23 @@ const SCRUBBED: &[&str] = &[
     "JOBAGENT_DEV_STORE",
 ];
 
+/// The two binaries, built once per test process into `target/<profile>/` beside this
+/// test's executable ([`tests::cargo::service_bin`] caches the build).
 struct Bins {
     example_agent: PathBuf,
     jobagent_dev: PathBuf,
 }
 
-/// Builds (once per test process) and locates both binaries next to this test's executable,
-/// in `target/<profile>/` (with the relay: [`tests::cargo::service_bin`]).
-fn bins() -> &'static Result<Bins, String> {
-    static BINS: OnceLock<Result<Bins, String>> = OnceLock::new();
-    BINS.get_or_init(|| {
+async fn built() -> Bins {
+    let bins = tokio::task::spawn_blocking(|| -> Result<Bins, String> {
         Ok(Bins {
             example_agent: tests::cargo::service_bin("example-agent")?,
             jobagent_dev: tests::cargo::service_bin("jobagent-dev")?,
         })
     })
-}
-
-async fn built() -> &'static Bins {
-    let bins = tokio::task::spawn_blocking(bins)
-        .await
-        .unwrap_or_else(|e| panic!("building the binaries panicked: {e}"));
-    match bins {
-        Ok(b) => b,
-        Err(e) => panic!("{e}"),
-    }
+    .await
+    .unwrap_or_else(|e| panic!("building the binaries panicked: {e}"));
+    bins.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The example service as a process; killed when dropped (also when a test fails), printing
@@ -154,8 +145,8 @@ struct Run {
     stderr: String,
 }
 
-fn cli_command(args: &[&str]) -> Command {
-    let bins = bins().as_ref().unwrap_or_else(|e| panic!("{e}"));
+async fn cli_command(args: &[&str]) -> Command {
+    let bins = built().await;
     let mut command = Command::new(&bins.jobagent_dev);
     for var in SCRUBBED {
         command.env_remove(var);
@@ -171,8 +162,8 @@ fn cli_command(args: &[&str]) -> Command {
 
 /// Runs the CLI to its end (at most [`CLI_LIMIT`]).
 async fn cli(args: &[&str]) -> Run {
-    built().await;
     let child = cli_command(args)
+        .await
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start jobagent-dev: {e}"));
     let out = match tokio::time::timeout(CLI_LIMIT, child.wait_with_output()).await {
@@ -344,10 +335,10 @@ async fn unknown_class_exits_1_with_the_agents_err() {
 async fn ctrl_c_while_following_stops_the_run() {
     let db = TestDb::new().await;
     let service = Service::start().await;
-    built().await;
     let store = db.connection_string();
     let agent = service.agent_url();
     let mut child = cli_command(&["run", HANG_JOB, "--store", &store, "--agent", &agent])
+        .await
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start jobagent-dev: {e}"));
     let pid = child.id().unwrap_or_else(|| panic!("no pid"));
@@ -435,7 +426,6 @@ async fn detail_and_heartbeat() {
 
 #[tokio::test]
 async fn bad_usage_and_unreachable_places_exit_2_without_secrets() {
-    built().await;
     let run = cli(&[]).await;
     assert_eq!(run.code, Some(2), "{run:#?}");
     assert!(run.stderr.contains("no command"), "{run:#?}");

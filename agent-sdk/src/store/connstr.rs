@@ -71,14 +71,6 @@ impl From<ConnStrError> for StoreError {
     }
 }
 
-/// For callers whose errors are still messages (the store openers, until the store layer's
-/// errors are typed throughout).
-impl From<ConnStrError> for String {
-    fn from(e: ConnStrError) -> Self {
-        e.message
-    }
-}
-
 /// `written` upper-cased, without whitespace and the characters in `dropped` (`_`, and `-`
 /// where the driver allows it).
 pub(crate) fn normalize(written: &str, dropped: &[char]) -> String {

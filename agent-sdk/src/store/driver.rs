@@ -12,9 +12,19 @@ use std::time::Duration;
 
 use super::error::StoreError;
 
+// Without a store driver only the tests build this module (the memory store's contract),
+// and nothing wakes: the channels and `wake` are the cluster protocol's.
 /// The `NOTIFY` channel ([`Driver::wake`]) of commands for a replica (payload: its instance).
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
 pub(crate) const COMMANDS: &str = "jobagent_cmd";
 /// The `NOTIFY` channel of released claims (payload: the class).
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
 pub(crate) const CLAIMS: &str = "jobagent_claim";
 
 /// The primitives of one store's hash rows (Hangfire's `hash` table, `<prefix>Hash`, Redis
@@ -87,6 +97,10 @@ pub(crate) trait Driver: Sync {
 
     /// Wakes the replicas listening on `channel` (PostgreSQL's `NOTIFY`); the others poll, so
     /// a store without notifications does nothing.
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+        allow(dead_code)
+    )]
     fn wake(
         &self,
         _channel: &'static str,

@@ -44,6 +44,11 @@ impl MemoryStore {
     /// The next write (put, delete, take, conditional write, expiry) waits until the returned
     /// sender is used or dropped, and is then applied to what the store holds at that moment:
     /// a write delayed in flight, as a lock wait or a queue would delay it.
+    // Used by the cluster protocol's tests, which need a store driver feature.
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+        allow(dead_code)
+    )]
     pub(crate) fn hold_next_write(&self) -> oneshot::Sender<()> {
         let (release, held) = oneshot::channel();
         *crate::sync::lock(&self.held) = Some(held);

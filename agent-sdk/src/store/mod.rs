@@ -132,24 +132,30 @@ impl fmt::Display for StoreType {
     }
 }
 
-/// The storage types, for messages.
-const SUPPORTED: &str = "`postgresql`, `mysql` and `redis`";
+/// A store `Type` this agent does not write to: the error of [`StoreType`]'s `FromStr`.
+/// Its message names the type as given (at most 40 characters) and the types the agent
+/// writes to.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the store Type `{given}` is not one this agent writes to; it writes to `postgresql`, `mysql` and `redis` (SQL Server is planned)"
+)]
+pub struct UnknownStoreType {
+    given: String,
+}
 
 impl FromStr for StoreType {
-    type Err = String;
+    type Err = UnknownStoreType;
 
-    /// The center's `Type` names, case-insensitively (`postgres` and `mariadb` too). (Public
-    /// API: its error stays a string.)
-    fn from_str(s: &str) -> Result<Self, String> {
+    /// The center's `Type` names, case-insensitively (`postgres` and `mariadb` too).
+    fn from_str(s: &str) -> Result<Self, UnknownStoreType> {
         match s.trim().to_ascii_lowercase().as_str() {
             "postgresql" | "postgres" => Ok(StoreType::PostgreSql),
             "mysql" | "mariadb" => Ok(StoreType::MySql),
             "redis" => Ok(StoreType::Redis),
             "relay" => Ok(StoreType::Relay),
-            other => Err(format!(
-                "the store Type `{}` is not one this agent writes to; it writes to {SUPPORTED} (SQL Server is planned)",
-                other.chars().take(40).collect::<String>()
-            )),
+            other => Err(UnknownStoreType {
+                given: other.chars().take(40).collect(),
+            }),
         }
     }
 }
@@ -669,9 +675,16 @@ impl Store {
     pub(crate) async fn fence(&self, resource: &str) -> Result<u64, StoreError> {
         backend!(self, b => b.fence(resource).await)
     }
+}
 
+/// Reading back what was written: the dev CLI, the relay, and the tests of the stores.
+#[cfg(any(
+    feature = "dev",
+    feature = "relay-server",
+    all(test, any(feature = "postgres", feature = "mysql", feature = "redis"))
+))]
+impl Store {
     /// A set's members in the order the dashboard shows them.
-    #[cfg(any(feature = "dev", feature = "relay-server", test))]
     pub(crate) async fn read_set(
         &self,
         key: &str,
@@ -682,7 +695,6 @@ impl Store {
     }
 
     /// One field of a hash.
-    #[cfg(any(feature = "dev", feature = "relay-server", test))]
     pub(crate) async fn read_hash(
         &self,
         key: &str,
@@ -693,7 +705,6 @@ impl Store {
 
     /// All fields of a hash with their values, in the order they were written (a result's
     /// field is its elapsed milliseconds, unknown to the reader).
-    #[cfg(any(feature = "dev", feature = "relay-server", test))]
     pub(crate) async fn read_hash_all(
         &self,
         key: &str,
@@ -813,7 +824,7 @@ impl Stores {
             return Ok(Some(local.clone()));
         }
         let Some(h) = header else { return Ok(None) };
-        let kind: StoreType = h.kind.parse().map_err(|e: String| {
+        let kind: StoreType = h.kind.parse().map_err(|e: UnknownStoreType| {
             StoreError::config(format!("{e}; for a center on another storage, give the agent its own store (JOBAGENT_STORE)"))
         })?;
         if h.hangfire_db.trim().is_empty() {
@@ -911,6 +922,32 @@ fn host_allowed(host: &str, allowed: &[String]) -> bool {
 mod tests {
     use super::*;
     use crate::schema::quote_ident;
+
+    #[test]
+    fn store_types_parse_by_the_centers_names_and_an_unknown_one_is_a_typed_error() {
+        for (name, kind) in [
+            ("postgresql", StoreType::PostgreSql),
+            (" PostgreS ", StoreType::PostgreSql),
+            ("MySQL", StoreType::MySql),
+            ("mariadb", StoreType::MySql),
+            ("redis", StoreType::Redis),
+            ("relay", StoreType::Relay),
+        ] {
+            assert_eq!(name.parse::<StoreType>(), Ok(kind), "{name}");
+            assert_eq!(kind.name().parse::<StoreType>(), Ok(kind));
+        }
+        let long = format!("sqlserver{}", "x".repeat(100));
+        let err = long
+            .parse::<StoreType>()
+            .expect_err("SQL Server is not written to");
+        let shown = err.to_string();
+        assert!(shown.starts_with("the store Type `sqlserverxxx"), "{shown}");
+        assert!(!shown.contains(&"x".repeat(40)), "cut at 40: {shown}");
+        assert!(
+            shown.contains("`postgresql`, `mysql` and `redis`"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn allow_list_matches_names_and_domains() {

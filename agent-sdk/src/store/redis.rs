@@ -221,8 +221,8 @@ impl RedisStore {
                 "the Redis key prefix is longer than {MAX_PREFIX_BYTES} bytes"
             )));
         }
-        let spec = parse(connection, origin).map_err(StoreError::config)?;
-        let (host, port) = spec.first().map_err(StoreError::config)?;
+        let spec = parse(connection, origin)?;
+        let (host, port) = spec.first()?;
         let db = match db {
             Some(db) if db < 0 || db > i64::from(i32::MAX) => {
                 return Err(StoreError::config(format!(

@@ -66,7 +66,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
 use tests::center::{Center, ConsoleInfo, Reply};
-use tests::fleet::{Member, build_example_binary};
+use tests::fleet::Member;
 use tests::pg::{DATABASE_URL_VAR, RESULT_KEY, SCHEMA, TestDb};
 use tests::service::TestService;
 use tokio::task::JoinHandle;
@@ -1231,7 +1231,7 @@ enum Target {
 
 /// Starts `n` replicas of the example service on `db`'s store.
 async fn start_fleet(db: &TestDb, n: usize) -> Result<Fleet, String> {
-    let bin = tokio::task::spawn_blocking(build_example_binary)
+    let bin = tokio::task::spawn_blocking(|| tests::cargo::service_bin("example-agent"))
         .await
         .map_err(|e| format!("building example-agent panicked: {e}"))??;
     let log_dir = std::env::temp_dir().join(format!("soak-{}", std::process::id()));

@@ -187,8 +187,7 @@ impl MysqlStore {
         table_prefix: Option<&str>,
         from_center: bool,
     ) -> Result<Self, StoreError> {
-        let spec =
-            connstr::parse_from(connection, Origin::of(from_center)).map_err(StoreError::config)?;
+        let spec = connstr::parse_from(connection, Origin::of(from_center))?;
         Self::from_spec(&spec, Prefix::of(table_prefix), from_center)
     }
 
