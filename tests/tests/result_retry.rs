@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use jobagent::AgentOptions;
 use serde_json::{Value, json};
 use tests::center::{Center, ConsoleInfo};
+use tests::logs::Logs;
 use tests::on_every_store;
 use tests::service::TestService;
 use tests::stores::AnyStore;
@@ -25,6 +26,7 @@ const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
 on_every_store! {
     a_result_refused_for_long_lands_once => refused_for_long;
     past_its_bound_a_result_is_left_to_the_next_process => past_the_bound;
+    a_run_answered_while_the_store_is_away_is_recorded_once_it_is_back => recorded_once_back;
 }
 
 /// The in-flight records of `instance`, as the next process of the instance reads them.
@@ -60,6 +62,9 @@ async fn service_behind_proxy(
     instance: &str,
     retry: Duration,
 ) -> (tests::proxy::Proxy, TestService) {
+    // Before any service installs its own log subscriber (every service of this file starts
+    // here): the logs are captured for the whole test binary.
+    Logs::global();
     let (proxy, via) = db.behind_proxy().await;
     let (_, kind, prefix) = db.local();
     let service = TestService::start_with(
@@ -202,4 +207,53 @@ async fn past_the_bound(db: AnyStore) {
     assert_eq!(db.result_fields("rr-bound").await.len(), 1, "exactly once");
     until_recorded(&db, &instance, "rr-bound", false).await;
     drop(next);
+}
+
+/// The store refuses connections when a run is dispatched: the run is answered 200 (after a
+/// first success an outage is buffered: `store_first_reach.rs`) and its in-flight record
+/// cannot be written. Once the store is back the record lands while the run still runs, so
+/// a process killed from then on still has the run reported by the next process of its
+/// instance; it goes once the one result is written. Found by the soak (`--replicas 2`): a
+/// replica SIGKILLed just after a PostgreSQL restart left three runs answered during the
+/// restart that no process ever reported, because their records had been tried once.
+async fn recorded_once_back(db: AnyStore) {
+    let instance = format!("rr-back-{}", db.kind());
+    let job = format!("rr-back-{}", db.kind());
+    let (proxy, service) = service_behind_proxy(&db, &instance, Duration::from_secs(60)).await;
+    let logs = Logs::global();
+    let center = service.center();
+    warm_up(&db, &center).await;
+
+    proxy.cut();
+    let console = ConsoleInfo::for_job(&job);
+    center
+        .run(TRANSIENT, &job)
+        .param(json!({"lines": 3, "sleep_ms": 15000}))
+        .console(console.clone())
+        .send()
+        .await
+        .assert_status(200);
+    // The store is back only after the first attempt at the record has failed.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !logs
+        .text()
+        .lines()
+        .any(|l| l.contains("the run in flight") && l.contains(job.as_str()))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}: no failed attempt at the record of {job} within 40 s",
+            db.kind()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(records(&db, &instance).await.iter().all(|id| *id != job));
+    proxy.restore();
+    until_recorded(&db, &instance, &job, true).await;
+    assert_eq!(service.agent().running(), 1, "recorded while it runs");
+
+    let r: Value = db.wait_result(&job, Duration::from_secs(60)).await;
+    assert_eq!(r["R"], "ok", "{r}");
+    assert_eq!(db.result_fields(&job).await.len(), 1, "exactly once");
+    until_recorded(&db, &instance, &job, false).await;
 }

@@ -41,18 +41,9 @@ impl Runtime {
                 started: crate::cluster::now_ms(),
                 action: "run".to_owned(),
             };
+            let written = Arc::downgrade(&run);
             *lock(&run.record) = Some(self.tracker.spawn(async move {
-                let write =
-                    crate::metrics::store_op("record", store.record_run(&member, &job_id, &record));
-                match tokio::time::timeout(RECORD_WITHIN, write).await {
-                    Ok(Ok(())) => {
-                        let _ = done.send(());
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(job_id, error = %e, "could not record the run in flight")
-                    }
-                    Err(_) => tracing::debug!(job_id, "recording the run in flight timed out"),
-                }
+                record_in_flight(&store, &member, &job_id, &record, &written, done).await;
             }));
             recorded
         });
@@ -247,10 +238,74 @@ impl Runtime {
     }
 }
 
+/// Writes a run's in-flight record, retrying with backoff while the store is away, until it
+/// lands (`done` is then sent) or the run's result is written (the record is no longer
+/// needed). A run answered while the store was unreachable is so recorded once the store is
+/// back: a process killed after that still has the run reported by the next process of its
+/// instance (before, the record was tried once and the run could be lost by a later kill).
+/// An answer that will not change (another process holds the instance name, a
+/// configuration error) ends it.
+async fn record_in_flight(
+    store: &crate::store::Store,
+    member: &crate::cluster::Member,
+    job_id: &str,
+    record: &RunRecord,
+    run: &std::sync::Weak<Run>,
+    done: tokio::sync::oneshot::Sender<()>,
+) {
+    use crate::store::StoreErrorKind;
+    let mut backoff = RECORD_FIRST_BACKOFF;
+    let mut failures = 0u32;
+    loop {
+        let write = crate::metrics::store_op("record", store.record_run(member, job_id, record));
+        let error = match tokio::time::timeout(RECORD_WITHIN, write).await {
+            Ok(Ok(())) => {
+                if failures > 0 {
+                    tracing::info!(
+                        job_id,
+                        failures,
+                        "the run's in-flight record is in the store now"
+                    );
+                }
+                let _ = done.send(());
+                return;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => {
+                crate::store::StoreError::timed_out("the store (a run's record)", RECORD_WITHIN)
+            }
+        };
+        if !matches!(
+            error.kind(),
+            StoreErrorKind::Unavailable | StoreErrorKind::TimedOut
+        ) {
+            tracing::debug!(job_id, error = %error, "the run is not recorded in flight");
+            return;
+        }
+        failures += 1;
+        if failures == 1 {
+            tracing::warn!(job_id, error = %error, "could not record the run in flight; retrying until the store takes it (a process killed before then leaves the run unreported)");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RECORD_MAX_BACKOFF);
+        let needed = run
+            .upgrade()
+            .is_some_and(|run| !run.result_written.load(Ordering::Acquire));
+        if !needed {
+            return;
+        }
+    }
+}
+
 /// How long a run's answer waits for its in-flight record.
 const RECORD_BEFORE_ANSWER: Duration = Duration::from_secs(1);
-/// How long writing the in-flight record may take before it is given up.
+/// How long one attempt at writing the in-flight record may take before it is retried.
 const RECORD_WITHIN: Duration = Duration::from_secs(30);
+/// The first wait before the in-flight record is written again, doubled up to
+/// [`RECORD_MAX_BACKOFF`].
+const RECORD_FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest wait between two attempts at the in-flight record.
+const RECORD_MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How long a run may take, from its job item's `AgentTimeout` (ms): 0, a negative value or
 /// none means no limit.
