@@ -381,7 +381,13 @@ fn report_lost(
             .duration_since(started)
             .unwrap_or_default(),
     );
-    let result = DispatchResult::new(&job_id, Action::Run, &job_id, Some(why), started);
+    // A stop in flight is reported as the stop it was, naming the run it stopped.
+    let (action, run_id) = match (record.is_stop(), record.run_id.as_str()) {
+        (true, "") => (Action::Stop, job_id.as_str()),
+        (true, run) => (Action::Stop, run),
+        (false, _) => (Action::Run, job_id.as_str()),
+    };
+    let result = DispatchResult::new(&job_id, action, run_id, Some(why), started);
     let results = StoreResults {
         store: r.store.clone(),
         retry_for: None,

@@ -159,6 +159,69 @@ async fn partition(db: AnyStore) {
     .await;
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to a replica's process.
+fn signal(replica: &Replica, signal: &str) {
+    let pid = replica
+        .pid()
+        .unwrap_or_else(|| panic!("{} has exited", replica.name()));
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+    assert!(status.success(), "kill -{signal} {pid}: {status}");
+}
+
+/// A stop answered 200 and SIGKILLed before its result is written still gets one result.
+/// The stop's result waits for the replica that runs the job to acknowledge it (up to two
+/// graces and 2 s): that replica is frozen (SIGSTOP) so the stop is still waiting when the
+/// replica that took it is SIGKILLed, right after its 200. The center waits for the stop's
+/// result with no time-out (PROTOCOL.md section 2, yuzd/Hangfire.HttpJob
+/// `Server/Hangfire.HttpJob/Server/HttpJob.cs`): before stops were recorded in flight like
+/// runs, this one never got a result. Its restarted process reports it failed, as a stop of
+/// the run it named; the run itself, once its replica thaws, is stopped and reported once.
+async fn stop_killed(db: AnyStore) {
+    let a = Replica::start("sa", &db.env()).await;
+    let mut b = Replica::start("sb", &db.env()).await;
+    a.center()
+        .run(TRANSIENT, "sk-run")
+        .param(json!({"sleep_ms": 120000}))
+        .send()
+        .await
+        .assert_status(200);
+    b.center()
+        .wait_detail(TRANSIENT, Duration::from_secs(5), |r| {
+            r.body.contains("JobId: sk-run")
+        })
+        .await;
+    signal(&a, "STOP");
+    b.center()
+        .stop(TRANSIENT, "sk-stop")
+        .send()
+        .await
+        .assert_status(200);
+    b.kill();
+    signal(&a, "CONT");
+    let b = Replica::start("sb", &db.env()).await;
+    let r = db
+        .wait_failure(
+            "sk-stop",
+            Duration::from_secs(30),
+            "agent restarted before the job finished",
+        )
+        .await;
+    assert_eq!(
+        (&r["Action"], &r["RunId"]),
+        (&json!("stop"), &json!("sk-run")),
+        "{r}"
+    );
+    let run = db.wait_result("sk-run", Duration::from_secs(30)).await;
+    eprintln!("stop killed: the stop's result {r}; the run's {run}");
+    for id in ["sk-stop", "sk-run"] {
+        assert_eq!(db.result_fields(id).await.len(), 1, "{id}");
+    }
+    drop((a, b));
+}
+
 // Issue 12: a SIGKILLed replica's runs are reported within 15 s, while the live replica's
 // own run (same load, same store) is not.
 async fn killed(db: AnyStore) {
@@ -345,4 +408,5 @@ async fn a_lost_singleton_frees_its_class_when_it_is_reported() {
 tests::on_every_store! {
     a_partitioned_replica_cancels_its_singleton_before_another_can_claim_it => partition;
     a_killed_replicas_runs_are_reported_within_15_s_and_a_live_ones_are_not => killed;
+    a_stop_killed_before_its_result_is_reported_as_a_stop => stop_killed;
 }

@@ -124,8 +124,20 @@ pub(crate) struct RunRecord {
     pub(crate) server_id: String,
     /// Milliseconds since the Unix epoch.
     pub(crate) started: u64,
+    /// `run`, or `stop` for a stop dispatch (reported lost with a stop's result); empty in
+    /// records written before stops were recorded (a run).
     #[serde(default)]
     pub(crate) action: String,
+    /// For a stop: the run it stops, its result's `RunId`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) run_id: String,
+}
+
+impl RunRecord {
+    /// Whether this records a stop dispatch, not a run.
+    pub(crate) fn is_stop(&self) -> bool {
+        self.action == "stop"
+    }
 }
 
 /// A run somewhere in the cluster.

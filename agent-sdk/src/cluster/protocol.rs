@@ -452,7 +452,8 @@ impl<'a, D: Driver> Cluster<'a, D> {
                 continue;
             }
             for (_, _, row) in self.runs_of(&lease.instance).await? {
-                if row.record.class == class {
+                // A stop in flight is no run to stop or to show.
+                if row.record.class == class && !row.record.is_stop() {
                     runs.push(ClusterRun {
                         instance: lease.instance.clone(),
                         job_id: row.job_id,

@@ -31,6 +31,7 @@ fn record(class: &str, server_id: &str) -> RunRecord {
         server_id: server_id.to_owned(),
         started: 1,
         action: String::new(),
+        run_id: String::new(),
     }
 }
 
@@ -195,6 +196,37 @@ async fn a_dead_replicas_runs_are_taken_once_after_lease_and_grace() {
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert_eq!((lost[0].0.as_str(), lost[0].1.as_str()), ("a", "7"));
     assert!(c.take_lost(&b, false, "").await.expect("lost").is_empty());
+}
+
+/// A stop in flight is recorded like a run: it is no run of its class to other replicas (no
+/// stop or detail finds it), but once its replica is dead it is taken as lost, with the run
+/// it stops, so that the stop gets its result.
+#[tokio::test(start_paused = true)]
+async fn a_stop_in_flight_is_no_run_to_others_and_is_taken_when_its_replica_dies() {
+    let store = MemoryStore::new();
+    let c = Cluster::new(&store, DAYS);
+    let (a, b) = (member("a", "sa"), member("b", "sb"));
+    let stop = RunRecord {
+        action: "stop".to_owned(),
+        run_id: "7".to_owned(),
+        ..record("K", "sa")
+    };
+    c.record_run(&a, "7", &record("K", "sa"))
+        .await
+        .expect("record");
+    c.record_run(&a, "s8", &stop).await.expect("record");
+    c.hold_lease(&b).await.expect("lease");
+    let runs = c.remote_runs(&b, "K").await.expect("runs");
+    let ids: Vec<&str> = runs.iter().map(|r| r.job_id.as_str()).collect();
+    assert_eq!(ids, ["7"], "the stop is not a run");
+    advance(REPLICA_LEASE + LOST_GRACE + Duration::from_secs(1)).await;
+    let mut lost = c.take_lost(&b, false, "").await.expect("lost");
+    lost.sort_by(|x, y| x.1.cmp(&y.1));
+    let taken: Vec<(&str, bool, &str)> = lost
+        .iter()
+        .map(|(_, id, r)| (id.as_str(), r.is_stop(), r.run_id.as_str()))
+        .collect();
+    assert_eq!(taken, [("7", false, ""), ("s8", true, "7")]);
 }
 
 /// A reaper takes a dead replica's runs and dies before reporting them: the records stay, and

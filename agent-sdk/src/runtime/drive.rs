@@ -40,10 +40,16 @@ impl Runtime {
                 server_id: member.server_id.clone(),
                 started: crate::cluster::now_ms(),
                 action: "run".to_owned(),
+                run_id: String::new(),
             };
-            let written = Arc::downgrade(&run);
+            let this_run = Arc::downgrade(&run);
+            let needed = move || {
+                this_run
+                    .upgrade()
+                    .is_some_and(|run| !run.result_written.load(Ordering::Acquire))
+            };
             *lock(&run.record) = Some(self.tracker.spawn(async move {
-                record_in_flight(&store, &member, &job_id, &record, &written, done).await;
+                record_in_flight(&store, &member, &job_id, &record, needed, done).await;
             }));
             recorded
         });
@@ -238,19 +244,19 @@ impl Runtime {
     }
 }
 
-/// Writes a run's in-flight record, retrying with backoff while the store is away, until it
-/// lands (`done` is then sent) or the run's result is written (the record is no longer
-/// needed). A run answered while the store was unreachable is so recorded once the store is
-/// back: a process killed after that still has the run reported by the next process of its
-/// instance (before, the record was tried once and the run could be lost by a later kill).
-/// An answer that will not change (another process holds the instance name, a
+/// Writes the in-flight record of a run or a stop, retrying with backoff while the store is
+/// away, until it lands (`done` is then sent) or is no longer `needed` (its result is
+/// written). A dispatch answered while the store was unreachable is so recorded once the
+/// store is back: a process killed after that still has it reported by the next process of
+/// its instance (before, the record was tried once and the run could be lost by a later
+/// kill). An answer that will not change (another process holds the instance name, a
 /// configuration error) ends it.
-async fn record_in_flight(
+pub(super) async fn record_in_flight(
     store: &crate::store::Store,
     member: &crate::cluster::Member,
     job_id: &str,
     record: &RunRecord,
-    run: &std::sync::Weak<Run>,
+    needed: impl Fn() -> bool,
     done: tokio::sync::oneshot::Sender<()>,
 ) {
     use crate::store::StoreErrorKind;
@@ -288,10 +294,7 @@ async fn record_in_flight(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RECORD_MAX_BACKOFF);
-        let needed = run
-            .upgrade()
-            .is_some_and(|run| !run.result_written.load(Ordering::Acquire));
-        if !needed {
+        if !needed() {
             return;
         }
     }

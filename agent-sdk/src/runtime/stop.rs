@@ -1,6 +1,7 @@
 //! `stop`: here and on other replicas, with bounded waits.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt as _;
@@ -10,8 +11,9 @@ use std::sync::OnceLock;
 
 use super::Runtime;
 use super::build::panic_message;
+use super::drive::record_in_flight;
 use super::run::{Run, Status};
-use crate::cluster::Command;
+use crate::cluster::{Command, RunRecord};
 use crate::console::Console;
 use crate::context::{Cancel, ContextInner, JobContext};
 use crate::error::DispatchError;
@@ -154,6 +156,28 @@ impl Runtime {
             (None, None) => String::new(),
         };
         let store = self.shared(&outlet).cloned();
+        // The stop is accepted: on record in flight, like a run, so that a process killed
+        // before its result is written still has it reported (the result may take two graces
+        // and the other replicas' answers).
+        let written = Arc::new(AtomicBool::new(false));
+        let recording = store.clone().map(|store| {
+            let (done, recorded) = tokio::sync::oneshot::channel();
+            let record = RunRecord {
+                class: reg.class().to_owned(),
+                server_id: self.member.server_id.clone(),
+                started: crate::cluster::now_ms(),
+                action: "stop".to_owned(),
+                run_id: run_id.clone(),
+            };
+            let (member, stop_id, written) =
+                (self.member.clone(), stop_id.clone(), written.clone());
+            let needed = move || !written.load(Ordering::Acquire);
+            let task = self.tracker.spawn(async move {
+                record_in_flight(&store, &member, &stop_id, &record, needed, done).await;
+            });
+            (task, recorded)
+        });
+        let (record_task, recorded) = recording.unzip();
         if let Some(store) = &store {
             for (instance, job_id, _) in &remote {
                 let command = Command {
@@ -223,8 +247,17 @@ impl Runtime {
             }
             console.close().await;
             let result = DispatchResult::new(&stop_id, Action::Stop, &run_id, error, started);
-            outlet.results(rt.options.result_retry).write(result).await;
+            if outlet.results(rt.options.result_retry).write(result).await {
+                written.store(true, Ordering::Release);
+                if let (Some(store), Some(task)) = (&store, record_task) {
+                    let _ = task.await;
+                    if let Err(e) = store.forget_run(&rt.member, &stop_id).await {
+                        tracing::debug!(stop_id, error = %e, "could not remove the stop's in-flight record");
+                    }
+                }
+            }
         });
+        Self::until_recorded(recorded).await;
         let elsewhere = if replicas > 0 {
             format!(" ({} on {replicas} other replica(s))", remote.len())
         } else {
