@@ -156,11 +156,12 @@ impl Runtime {
             (None, None) => String::new(),
         };
         let store = self.shared(&outlet).cloned();
-        // The stop is accepted: on record in flight, like a run, so that a process killed
-        // before its result is written still has it reported (the result may take two graces
-        // and the other replicas' answers).
+        // The stop is accepted: on record in flight wherever a run is (any store, shared or
+        // not), so that a process killed before its result is written still has it reported
+        // (the result may take two graces, and the other replicas' answers).
         let written = Arc::new(AtomicBool::new(false));
-        let recording = store.clone().map(|store| {
+        let record_in = outlet.store.clone();
+        let recording = record_in.clone().map(|store| {
             let (done, recorded) = tokio::sync::oneshot::channel();
             let record = RunRecord {
                 class: reg.class().to_owned(),
@@ -249,9 +250,9 @@ impl Runtime {
             let result = DispatchResult::new(&stop_id, Action::Stop, &run_id, error, started);
             if outlet.results(rt.options.result_retry).write(result).await {
                 written.store(true, Ordering::Release);
-                if let (Some(store), Some(task)) = (&store, record_task) {
+                if let (Some(record_in), Some(task)) = (&record_in, record_task) {
                     let _ = task.await;
-                    if let Err(e) = store.forget_run(&rt.member, &stop_id).await {
+                    if let Err(e) = record_in.forget_run(&rt.member, &stop_id).await {
                         tracing::debug!(stop_id, error = %e, "could not remove the stop's in-flight record");
                     }
                 }
