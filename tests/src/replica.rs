@@ -110,6 +110,22 @@ impl Replica {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Starts run `job_id` of the transient job `class` here, lasting two minutes, and waits
+    /// until `other` lists it in its `detail` (the cluster's runs have reached it).
+    pub async fn run_long_seen_by(&self, other: &Replica, class: &str, job_id: &str) {
+        self.center()
+            .run(class, job_id)
+            .param(serde_json::json!({"sleep_ms": 120000}))
+            .send()
+            .await
+            .assert_status(200);
+        let listed = format!("JobId: {job_id}");
+        other
+            .center()
+            .wait_detail(class, Duration::from_secs(5), |r| r.body.contains(&listed))
+            .await;
+    }
+
     /// A center stand-in talking to this replica's agent.
     pub fn center(&self) -> Center {
         Center::new(format!("http://127.0.0.1:{}/jobagent", self.port))

@@ -171,17 +171,7 @@ async fn a_killed_replica_releases_its_claim_and_its_runs_are_reported_lost(db: 
         .send()
         .await
         .assert_status(200);
-    a.center()
-        .run(TRANSIENT, "k2")
-        .param(json!({"sleep_ms": 120000}))
-        .send()
-        .await
-        .assert_status(200);
-    b.center()
-        .wait_detail(TRANSIENT, Duration::from_secs(5), |r| {
-            r.body.contains("JobId: k2")
-        })
-        .await;
+    a.run_long_seen_by(&b, TRANSIENT, "k2").await;
     let killed = Instant::now();
     a.kill();
     b.center().run(SINGLETON, "k3").send().await.assert_err(501);

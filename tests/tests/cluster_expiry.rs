@@ -121,17 +121,7 @@ async fn kill_one_mid_run(db: &TestDb, prefix: &str) -> (Replica, Instant) {
         .send()
         .await
         .assert_status(200);
-    a.center()
-        .run(TRANSIENT, "k2")
-        .param(json!({"sleep_ms": 120000}))
-        .send()
-        .await
-        .assert_status(200);
-    b.center()
-        .wait_detail(TRANSIENT, Duration::from_secs(5), |r| {
-            r.body.contains("JobId: k2")
-        })
-        .await;
+    a.run_long_seen_by(&b, TRANSIENT, "k2").await;
     a.kill();
     (b, Instant::now())
 }

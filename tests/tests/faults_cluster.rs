@@ -182,17 +182,7 @@ fn signal(replica: &Replica, signal: &str) {
 async fn stop_killed(db: AnyStore) {
     let a = Replica::start("sa", &db.env()).await;
     let mut b = Replica::start("sb", &db.env()).await;
-    a.center()
-        .run(TRANSIENT, "sk-run")
-        .param(json!({"sleep_ms": 120000}))
-        .send()
-        .await
-        .assert_status(200);
-    b.center()
-        .wait_detail(TRANSIENT, Duration::from_secs(5), |r| {
-            r.body.contains("JobId: sk-run")
-        })
-        .await;
+    a.run_long_seen_by(&b, TRANSIENT, "sk-run").await;
     signal(&a, "STOP");
     b.center()
         .stop(TRANSIENT, "sk-stop")
@@ -233,23 +223,13 @@ async fn killed(db: AnyStore) {
         .send()
         .await
         .assert_status(200);
-    a.center()
-        .run(TRANSIENT, "k2")
-        .param(json!({"sleep_ms": 120000}))
-        .send()
-        .await
-        .assert_status(200);
     b.center()
         .run(TRANSIENT, "k3")
         .param(json!({"sleep_ms": 25000, "lines": 50}))
         .send()
         .await
         .assert_status(200);
-    b.center()
-        .wait_detail(TRANSIENT, Duration::from_secs(5), |r| {
-            r.body.contains("JobId: k2")
-        })
-        .await;
+    a.run_long_seen_by(&b, TRANSIENT, "k2").await;
     let killed = Instant::now();
     a.kill();
     let mut reported = Vec::new();
