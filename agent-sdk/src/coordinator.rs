@@ -381,11 +381,14 @@ fn report_lost(
             .duration_since(started)
             .unwrap_or_default(),
     );
-    // A stop in flight is reported as the stop it was, naming the run it stopped.
-    let (action, run_id) = match (record.is_stop(), record.run_id.as_str()) {
-        (true, "") => (Action::Stop, job_id.as_str()),
-        (true, run) => (Action::Stop, run),
-        (false, _) => (Action::Run, job_id.as_str()),
+    // A stop in flight is reported as the stop it was, naming the run it stopped (none when
+    // it stopped nothing, as its own report would: the center sets the recurring job's
+    // `LastJobId` from a stop's non-empty `RunId`, yuzd/Hangfire.HttpJob
+    // `Server/Hangfire.HttpJob/Server/JobAgent/JobAgentReportServer.cs`).
+    let (action, run_id) = if record.is_stop() {
+        (Action::Stop, record.run_id.as_str())
+    } else {
+        (Action::Run, job_id.as_str())
     };
     let result = DispatchResult::new(&job_id, action, run_id, Some(why), started);
     let results = StoreResults {
