@@ -27,6 +27,7 @@ on_every_store! {
     a_result_refused_for_long_lands_once => refused_for_long;
     past_its_bound_a_result_is_left_to_the_next_process => past_the_bound;
     a_run_answered_while_the_store_is_away_is_recorded_once_it_is_back => recorded_once_back;
+    a_run_answered_while_the_store_is_black_holed_is_recorded_once_it_is_back => recorded_once_out_of_the_hole;
 }
 
 /// The in-flight records of `instance`, as the next process of the instance reads them.
@@ -217,18 +218,52 @@ async fn past_the_bound(db: AnyStore) {
 /// replica SIGKILLed just after a PostgreSQL restart left three runs answered during the
 /// restart that no process ever reported, because their records had been tried once.
 async fn recorded_once_back(db: AnyStore) {
-    let instance = format!("rr-back-{}", db.kind());
-    let job = format!("rr-back-{}", db.kind());
+    recorded_after(db, Away::Refused).await;
+}
+
+/// As [`recorded_once_back`], with the store black-holed instead: the first attempt at the
+/// record hangs (no reset, no answer) until its deadline, and when the store is back only new
+/// connections work, every link opened before staying silent for good (a partition that
+/// outlived the links it broke). The record still lands while the run runs.
+async fn recorded_once_out_of_the_hole(db: AnyStore) {
+    recorded_after(db, Away::BlackHoled).await;
+}
+
+/// How the store is away while a run is dispatched.
+#[derive(Clone, Copy, Debug)]
+enum Away {
+    /// Connections are refused; when back, everything works.
+    Refused,
+    /// Nothing answers; when back, only new connections work.
+    BlackHoled,
+}
+
+async fn recorded_after(db: AnyStore, away: Away) {
+    let tag = match away {
+        Away::Refused => "back",
+        Away::BlackHoled => "hole",
+    };
+    let instance = format!("rr-{tag}-{}", db.kind());
+    let job = format!("rr-{tag}-{}", db.kind());
     let (proxy, service) = service_behind_proxy(&db, &instance, Duration::from_secs(60)).await;
     let logs = Logs::global();
     let center = service.center();
     warm_up(&db, &center).await;
 
-    proxy.cut();
+    match away {
+        Away::Refused => proxy.cut(),
+        Away::BlackHoled => proxy.black_hole(),
+    }
     let console = ConsoleInfo::for_job(&job);
+    // Long enough to outlast a failed attempt at the record (a black-holed one lasts until
+    // its deadline) and the retry after it.
+    let sleep_ms = match away {
+        Away::Refused => 15_000,
+        Away::BlackHoled => 45_000,
+    };
     center
         .run(TRANSIENT, &job)
-        .param(json!({"lines": 3, "sleep_ms": 15000}))
+        .param(json!({"lines": 3, "sleep_ms": sleep_ms}))
         .console(console.clone())
         .send()
         .await
@@ -248,11 +283,14 @@ async fn recorded_once_back(db: AnyStore) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(records(&db, &instance).await.iter().all(|id| *id != job));
-    proxy.restore();
+    match away {
+        Away::Refused => proxy.restore(),
+        Away::BlackHoled => proxy.restore_new(),
+    }
     until_recorded(&db, &instance, &job, true).await;
     assert_eq!(service.agent().running(), 1, "recorded while it runs");
 
-    let r: Value = db.wait_result(&job, Duration::from_secs(60)).await;
+    let r: Value = db.wait_result(&job, Duration::from_secs(90)).await;
     assert_eq!(r["R"], "ok", "{r}");
     assert_eq!(db.result_fields(&job).await.len(), 1, "exactly once");
     until_recorded(&db, &instance, &job, false).await;
