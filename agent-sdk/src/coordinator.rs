@@ -25,6 +25,7 @@ use crate::cluster::{
 use crate::request::Action;
 use crate::result::{DispatchResult, ResultSink};
 use crate::runtime::{NameState, Runtime};
+use crate::spool::{self, Entry, Kept, Spool};
 use crate::store::{Store, StoreError, StoreErrorKind, StoreResults};
 
 /// How often a replica looks for dead replicas' runs.
@@ -138,6 +139,7 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
             return;
         };
         let me = rt.member.clone();
+        let spool = rt.spool.clone();
         let cluster = rt.options.cluster;
         let idle = rt.options.store_idle;
         // Ends with this coordinator (the store went unused) or with the agent.
@@ -220,26 +222,46 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                 match bounded(STORE_OP_WITHIN, store.orphans(&me)).await {
                     Ok(orphans) => {
                         reconciled = true;
+                        let mut spooled = spooled_runs(spool.as_deref(), &me, &store).await;
+                        // Spooled and in the store too (killed between the store taking the
+                        // record and the file's removal): reported once, the file removed
+                        // with it.
+                        let orphans: Vec<_> = orphans
+                            .into_iter()
+                            .map(|(job_id, record)| {
+                                let kept = spooled
+                                    .iter()
+                                    .position(|(_, e)| e.job_id == job_id)
+                                    .map(|i| spooled.swap_remove(i).0);
+                                (job_id, record, kept)
+                            })
+                            .collect();
                         tracing::info!(
                             instance = %me.instance,
                             store = %store.label,
-                            "this process holds its instance name and reconciled it: {} run(s) a previous process of it left in flight",
-                            orphans.len()
+                            "this process holds its instance name and reconciled it: {} run(s) a previous process of it left in flight in the store, {} more in this machine's spool",
+                            orphans.len(),
+                            spooled.len(),
                         );
-                        for (job_id, record) in orphans {
+                        let reporter = Reporter {
+                            tasks: &tasks,
+                            stop: &stop,
+                            store: &store,
+                            reporting: &reporting,
+                            me: &me,
+                        };
+                        let spooled = spooled
+                            .into_iter()
+                            .map(|(kept, e)| (e.job_id, e.record, Some(kept)));
+                        for (job_id, record, kept) in orphans.into_iter().chain(spooled) {
                             tracing::warn!(job_id, class = %record.class, "reporting a run the previous process of this instance left in flight");
                             report_lost(
-                                &Reporter {
-                                    tasks: &tasks,
-                                    stop: &stop,
-                                    store: &store,
-                                    reporting: &reporting,
-                                    me: &me,
-                                },
+                                &reporter,
                                 me.instance.clone(),
                                 job_id,
                                 &record,
                                 "agent restarted before the job finished".to_owned(),
+                                kept,
                             );
                         }
                     }
@@ -313,7 +335,7 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                                 reporting: &reporting,
                                 me: &me,
                             };
-                            report_lost(&reporter, instance, job_id, &record, why);
+                            report_lost(&reporter, instance, job_id, &record, why, None);
                         }
                     }
                     // Replicas of another version side by side: the operator must act (said once
@@ -355,6 +377,28 @@ struct Reporter<'a> {
     me: &'a Member,
 }
 
+/// The runs a previous process of this instance kept in this machine's spool for `store`
+/// (not this process's own, which are still in flight); those older than the store keeps
+/// anything are removed unreported.
+async fn spooled_runs(spool: Option<&Spool>, me: &Member, store: &Store) -> Vec<(Kept, Entry)> {
+    let Some(spool) = spool else {
+        return Vec::new();
+    };
+    let mut runs = Vec::new();
+    for (kept, entry) in spool.left(&me.instance, &spool::store_key(store)).await {
+        if entry.record.server_id == me.server_id {
+            continue;
+        }
+        if spool::outlived(&entry, store.expire) {
+            tracing::warn!(job_id = %entry.job_id, class = %entry.record.class, "a spooled run is older than the store keeps anything (ExpireAtDays); removed, not reported");
+            kept.forget().await;
+            continue;
+        }
+        runs.push((kept, entry));
+    }
+    runs
+}
+
 /// Reports a run found lost, in the background (the agent's tracker): the result writer
 /// retries while the store is unreachable, and the coordinator must go on renewing the lease.
 /// The run's record stays in the store until its result is written, and is deleted only
@@ -368,6 +412,7 @@ fn report_lost(
     job_id: String,
     record: &RunRecord,
     why: String,
+    spooled: Option<Kept>,
 ) {
     let key = (instance.clone(), job_id.clone());
     if !crate::sync::lock(r.reporting).insert(key.clone()) {
@@ -418,6 +463,9 @@ fn report_lost(
         if !written {
             tracing::warn!(instance = %owner.instance, job_id, class = %record.class, "a lost run's report was not written before shutdown; its record stays, and whoever holds the instance name next (or a surviving replica) reports it");
             return;
+        }
+        if let Some(kept) = spooled {
+            kept.forget().await;
         }
         if let Err(e) = bounded(STORE_OP_WITHIN, store.forget_run(&owner, &job_id)).await {
             tracing::debug!(instance = %owner.instance, job_id, error = %e, "could not delete a reported lost run's record; it is found again later, and its second report is absorbed by the first-report mark");

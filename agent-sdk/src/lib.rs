@@ -66,6 +66,7 @@ mod schema;
 mod secret;
 #[cfg(feature = "serve")]
 mod serve;
+mod spool;
 mod state;
 #[cfg_attr(
     not(any(

@@ -55,6 +55,7 @@ pub struct AgentOptions {
     pub(crate) cluster_notify: bool,
     pub(crate) result_retry: Option<Duration>,
     pub(crate) store_idle: Duration,
+    pub(crate) spool_dir: Option<std::path::PathBuf>,
 }
 
 /// Bounds on what one request and the runtime may take. Start from the defaults and set what
@@ -257,6 +258,7 @@ impl Default for AgentOptions {
             cluster_notify: true,
             result_retry: None,
             store_idle: Duration::from_secs(300),
+            spool_dir: Some(crate::spool::default_dir()),
         }
     }
 }
@@ -430,6 +432,11 @@ impl AgentOptions {
         if let Some(ms) = get("JOBAGENT_RESULT_RETRY_MS") {
             options.result_retry = Some(parse_ms("JOBAGENT_RESULT_RETRY_MS", &ms)?);
         }
+        // Read unfiltered: set empty, it turns the spool off.
+        if let Some(dir) = lookup("JOBAGENT_SPOOL_DIR") {
+            let dir = dir.trim();
+            options.spool_dir = (!dir.is_empty()).then(|| dir.into());
+        }
         if let Some(v) = get("JOBAGENT_CLUSTER_NOTIFY") {
             options.cluster_notify = parse_switch("JOBAGENT_CLUSTER_NOTIFY", &v)?;
         }
@@ -598,6 +605,27 @@ impl AgentOptions {
     /// written, so that a next process of this instance reports the run.
     pub fn result_retry(mut self, bound: Duration) -> Self {
         self.result_retry = Some(bound);
+        self
+    }
+
+    /// Where runs are kept on this machine while their store cannot take their in-flight
+    /// record (`JOBAGENT_SPOOL_DIR`; default `<temp dir>/jobagent-spool-<uid>`; an empty
+    /// variable turns it off). After a first success an outage of the store is buffered and
+    /// a run answered 200; should the process be killed before the store is back, the next
+    /// process of this instance on this machine reports such a run as lost from here (it is
+    /// otherwise never reported, and the center waits for its result for ever). One file per
+    /// run, only while the store is away; the directory must be this user's alone (mode
+    /// 0700), else nothing is kept there and the log says why. Keep it on a volume that
+    /// outlives the process (a container's restarts, not its replacement).
+    pub fn spool_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.spool_dir = Some(dir.into());
+        self
+    }
+
+    /// Keeps no run on this machine's disk (see [`AgentOptions::spool_dir`]): a process
+    /// killed while its store is away leaves the runs it answered meanwhile unreported.
+    pub fn no_spool(mut self) -> Self {
+        self.spool_dir = None;
         self
     }
 
@@ -837,6 +865,7 @@ const KNOWN_VARIABLES: &[&str] = &[
     "JOBAGENT_STORE_TYPE",
     "JOBAGENT_RELAY_TOKEN",
     "JOBAGENT_RESULT_RETRY_MS",
+    "JOBAGENT_SPOOL_DIR",
     "JOBAGENT_SERVE_BODY_TIMEOUT_MS",
     "JOBAGENT_SERVE_HEADER_TIMEOUT_MS",
     "JOBAGENT_SERVE_MAX_CONNECTIONS",
@@ -994,5 +1023,17 @@ mod tests {
             .to_string();
         assert!(e.contains("JOBAGENT_SHUTDOWN_TIMEOUT_MS"), "{e}");
         assert!(from(&[]).expect("defaults").basic_auth.is_none());
+    }
+
+    #[test]
+    fn the_spool_is_on_by_default_and_set_or_turned_off_by_its_variable() {
+        let default = from(&[]).expect("defaults").spool_dir;
+        assert_eq!(default, Some(crate::spool::default_dir()));
+        assert!(default.is_some_and(|d| d.starts_with(std::env::temp_dir())));
+        let set = from(&[("JOBAGENT_SPOOL_DIR", " /var/lib/agent/spool ")]).expect("valid");
+        assert_eq!(set.spool_dir, Some("/var/lib/agent/spool".into()));
+        let off = from(&[("JOBAGENT_SPOOL_DIR", "")]).expect("valid");
+        assert_eq!(off.spool_dir, None);
+        assert_eq!(AgentOptions::new().no_spool().spool_dir, None);
     }
 }

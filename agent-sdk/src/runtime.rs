@@ -86,11 +86,17 @@ pub(crate) struct Runtime {
     pub(crate) member: Member,
     /// Whether this process holds its instance name (the coordinator finds out).
     name: tokio::sync::watch::Sender<NameState>,
+    /// Where runs wait on this machine's disk while their store cannot take their record.
+    pub(crate) spool: Option<Arc<crate::spool::Spool>>,
 }
 
 impl Runtime {
     pub(crate) fn new(registry: Registry, options: AgentOptions, member: Member) -> Self {
         let classes = Classes::new(&registry);
+        let spool = options
+            .spool_dir
+            .clone()
+            .map(|dir| Arc::new(crate::spool::Spool::new(dir)));
         Self {
             registry,
             classes,
@@ -106,6 +112,7 @@ impl Runtime {
             counters: CachePadded::new(Counters::new()),
             member,
             name: tokio::sync::watch::Sender::new(NameState::Unknown),
+            spool,
         }
     }
 

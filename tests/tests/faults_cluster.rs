@@ -385,7 +385,94 @@ async fn a_lost_singleton_frees_its_class_when_it_is_reported() {
     assert_eq!(db.result("ls1-stop").await, None);
 }
 
+/// A run answered while its store is away (after a first success the outage is buffered, a
+/// 200: `store_first_reach.rs`) whose process is SIGKILLed before the store is back. The
+/// center waits for an agent job's result with no time-out (PROTOCOL.md section 2,
+/// yuzd/Hangfire.HttpJob `Server/Hangfire.HttpJob/Server/HttpJob.cs`); the store never had
+/// the run's in-flight record, so before the spool no process ever reported the run (the
+/// soak found three such runs with `--replicas 2` across a PostgreSQL restart). The record
+/// waits in this machine's spool (`JOBAGENT_SPOOL_DIR`), and the next process of the
+/// instance reports the run failed, once, and empties the spool.
+async fn killed_while_the_store_is_away(db: AnyStore) {
+    let spool = std::env::temp_dir().join(format!(
+        "jobagent-test-spool-{}-{}",
+        db.kind(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&spool);
+    let (proxy, mut env) = db.env_behind_proxy().await;
+    env.push(("JOBAGENT_SPOOL_DIR", spool.display().to_string()));
+    let mut a = Replica::start_logged("oa", &env).await;
+    a.center()
+        .run(TRANSIENT, "ow")
+        .param(json!({"lines": 1}))
+        .send()
+        .await
+        .assert_status(200);
+    assert_eq!(
+        db.wait_result("ow", Duration::from_secs(30)).await["R"],
+        "ok"
+    );
+
+    proxy.cut();
+    a.center()
+        .run(TRANSIENT, "ok1")
+        .param(json!({"sleep_ms": 120000}))
+        .send()
+        .await
+        .assert_status(200);
+    until(
+        Duration::from_secs(30),
+        "the run kept in the spool",
+        async || {
+            a.log_text()
+                .lines()
+                .any(|l| l.contains("kept in the spool") && l.contains("ok1"))
+        },
+    )
+    .await;
+    a.kill();
+    proxy.restore();
+    let a = Replica::start("oa", &env).await;
+    let r = db
+        .wait_failure(
+            "ok1",
+            Duration::from_secs(30),
+            "agent restarted before the job finished",
+        )
+        .await;
+    assert_eq!(
+        (&r["Action"], &r["RunId"]),
+        (&json!("run"), &json!("ok1")),
+        "{r}"
+    );
+    assert_eq!(db.result_fields("ok1").await.len(), 1, "exactly one result");
+    let entries = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|instance| {
+                std::fs::read_dir(instance.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|f| f.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    until(
+        Duration::from_secs(10),
+        "the spool emptied once the run is reported",
+        async || entries(&spool).is_empty(),
+    )
+    .await;
+    drop(a);
+    let _ = std::fs::remove_dir_all(&spool);
+}
+
 tests::on_every_store! {
+    a_run_answered_while_the_store_is_away_and_killed_is_reported_by_the_next_process => killed_while_the_store_is_away;
     a_partitioned_replica_cancels_its_singleton_before_another_can_claim_it => partition;
     a_killed_replicas_runs_are_reported_within_15_s_and_a_live_ones_are_not => killed;
     a_stop_killed_before_its_result_is_reported_as_a_stop => stop_killed;

@@ -117,7 +117,7 @@ pub(crate) struct ClaimValue {
 }
 
 /// An in-flight run as recorded in the store.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub(crate) struct RunRecord {
     pub(crate) class: String,

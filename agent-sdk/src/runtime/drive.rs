@@ -33,7 +33,7 @@ impl Runtime {
     ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let recorded = run.store.clone().map(|store| {
             let (done, recorded) = tokio::sync::oneshot::channel();
-            let member = self.member.clone();
+            let (member, spool) = (self.member.clone(), self.spool.clone());
             let job_id = run.cx.job_id().to_owned();
             let record = RunRecord {
                 class: reg.class().to_owned(),
@@ -49,7 +49,12 @@ impl Runtime {
                     .is_some_and(|run| !run.result_written.load(Ordering::Acquire))
             };
             *lock(&run.record) = Some(self.tracker.spawn(async move {
-                record_in_flight(&store, &member, &job_id, &record, needed, done).await;
+                let spooled = InFlight {
+                    store: &store,
+                    member: &member,
+                    spool: spool.as_deref(),
+                };
+                spooled.record(&job_id, &record, needed, done).await;
             }));
             recorded
         });
@@ -244,58 +249,116 @@ impl Runtime {
     }
 }
 
-/// Writes the in-flight record of a run or a stop, retrying with backoff while the store is
-/// away, until it lands (`done` is then sent) or is no longer `needed` (its result is
-/// written). A dispatch answered while the store was unreachable is so recorded once the
-/// store is back: a process killed after that still has it reported by the next process of
-/// its instance (before, the record was tried once and the run could be lost by a later
-/// kill). An answer that will not change (another process holds the instance name, a
-/// configuration error) ends it.
-pub(super) async fn record_in_flight(
-    store: &crate::store::Store,
-    member: &crate::cluster::Member,
-    job_id: &str,
-    record: &RunRecord,
-    needed: impl Fn() -> bool,
-    done: tokio::sync::oneshot::Sender<()>,
-) {
-    use crate::store::StoreErrorKind;
-    let mut backoff = RECORD_FIRST_BACKOFF;
-    let mut failures = 0u32;
-    loop {
-        let write = crate::metrics::store_op("record", store.record_run(member, job_id, record));
-        let error = match tokio::time::timeout(RECORD_WITHIN, write).await {
-            Ok(Ok(())) => {
-                if failures > 0 {
-                    tracing::info!(
-                        job_id,
-                        failures,
-                        "the run's in-flight record is in the store now"
-                    );
+/// Where a run's or a stop's in-flight record goes: its store, under this process's
+/// instance, and meanwhile this machine's spool.
+pub(super) struct InFlight<'a> {
+    pub(super) store: &'a crate::store::Store,
+    pub(super) member: &'a crate::cluster::Member,
+    pub(super) spool: Option<&'a crate::spool::Spool>,
+}
+
+impl InFlight<'_> {
+    /// Writes the in-flight record, retrying with backoff while the store is away, until it
+    /// lands (`done` is then sent) or is no longer `needed` (its result is written). A
+    /// dispatch answered while the store was unreachable is so recorded once the store is
+    /// back: a process killed after that still has it reported by the next process of its
+    /// instance. Until then the record is in the spool, so that a process killed while the
+    /// store is away still has it reported (by the next process of its instance on this
+    /// machine). An answer that will not change (another process holds the instance name, a
+    /// configuration error) ends it.
+    pub(super) async fn record(
+        &self,
+        job_id: &str,
+        record: &RunRecord,
+        needed: impl Fn() -> bool,
+        done: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let mut kept = None;
+        self.until_recorded(job_id, record, needed, done, &mut kept)
+            .await;
+        if let Some(kept) = kept {
+            kept.forget().await;
+        }
+    }
+
+    async fn until_recorded(
+        &self,
+        job_id: &str,
+        record: &RunRecord,
+        needed: impl Fn() -> bool,
+        done: tokio::sync::oneshot::Sender<()>,
+        kept: &mut Option<crate::spool::Kept>,
+    ) {
+        use crate::store::StoreErrorKind;
+        let mut backoff = RECORD_FIRST_BACKOFF;
+        let mut failures = 0u32;
+        loop {
+            let write = crate::metrics::store_op(
+                "record",
+                self.store.record_run(self.member, job_id, record),
+            );
+            let error = match tokio::time::timeout(RECORD_WITHIN, write).await {
+                Ok(Ok(())) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            job_id,
+                            failures,
+                            "the run's in-flight record is in the store now"
+                        );
+                    }
+                    let _ = done.send(());
+                    return;
                 }
-                let _ = done.send(());
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    crate::store::StoreError::timed_out("the store (a run's record)", RECORD_WITHIN)
+                }
+            };
+            if !matches!(
+                error.kind(),
+                StoreErrorKind::Unavailable | StoreErrorKind::TimedOut
+            ) {
+                tracing::debug!(job_id, error = %error, "the run is not recorded in flight");
                 return;
             }
-            Ok(Err(e)) => e,
-            Err(_) => {
-                crate::store::StoreError::timed_out("the store (a run's record)", RECORD_WITHIN)
+            failures += 1;
+            if failures == 1 {
+                *kept = self.spool(job_id, record, &error).await;
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RECORD_MAX_BACKOFF);
+            if !needed() {
+                return;
+            }
+        }
+    }
+
+    /// Keeps the record in the spool (when there is one), saying so with the store's error.
+    async fn spool(
+        &self,
+        job_id: &str,
+        record: &RunRecord,
+        error: &crate::store::StoreError,
+    ) -> Option<crate::spool::Kept> {
+        let Some(spool) = self.spool else {
+            tracing::warn!(job_id, error = %error, "could not record the run in flight; retrying until the store takes it (no spool: a process killed before then leaves the run unreported)");
+            return None;
         };
-        if !matches!(
-            error.kind(),
-            StoreErrorKind::Unavailable | StoreErrorKind::TimedOut
-        ) {
-            tracing::debug!(job_id, error = %error, "the run is not recorded in flight");
-            return;
-        }
-        failures += 1;
-        if failures == 1 {
-            tracing::warn!(job_id, error = %error, "could not record the run in flight; retrying until the store takes it (a process killed before then leaves the run unreported)");
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RECORD_MAX_BACKOFF);
-        if !needed() {
-            return;
+        let entry = crate::spool::Entry::new(
+            &self.member.instance,
+            crate::spool::store_key(self.store),
+            job_id,
+            record,
+        );
+        match spool.keep(entry).await {
+            Ok(kept) => {
+                tracing::warn!(job_id, error = %error, spool = %spool.dir().display(), "could not record the run in flight; retrying until the store takes it, and kept in the spool meanwhile (a process killed before then has the run reported by the next process of this instance on this machine)");
+                Some(kept)
+            }
+            Err(e) => {
+                tracing::warn!(job_id, error = %error, spool = %spool.dir().display(), spool_error = %e, "could not record the run in flight, nor keep it in the spool; retrying until the store takes it (a process killed before then leaves the run unreported)");
+                None
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use super::Runtime;
 use super::build::panic_message;
-use super::drive::record_in_flight;
+use super::drive::InFlight;
 use super::run::{Run, Status};
 use crate::cluster::{Command, RunRecord};
 use crate::console::Console;
@@ -172,9 +172,15 @@ impl Runtime {
             };
             let (member, stop_id, written) =
                 (self.member.clone(), stop_id.clone(), written.clone());
+            let spool = self.spool.clone();
             let needed = move || !written.load(Ordering::Acquire);
             let task = self.tracker.spawn(async move {
-                record_in_flight(&store, &member, &stop_id, &record, needed, done).await;
+                let spooled = InFlight {
+                    store: &store,
+                    member: &member,
+                    spool: spool.as_deref(),
+                };
+                spooled.record(&stop_id, &record, needed, done).await;
             });
             (task, recorded)
         });
