@@ -179,6 +179,13 @@ fn write_entry(dir: &Path, entry: &Entry) -> io::Result<Kept> {
         dir.join(format!("{name}.json")),
     );
     let bytes = serde_json::to_vec(entry).map_err(io::Error::other)?;
+    if bytes.len() as u64 > MAX_ENTRY_BYTES {
+        return Err(io::Error::other(format!(
+            "the record is {} bytes, more than a spool entry may be ({MAX_ENTRY_BYTES}; its job id is {} bytes)",
+            bytes.len(),
+            entry.job_id.len()
+        )));
+    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -201,7 +208,11 @@ fn read_entries(dir: &Path, instance: &str, store: &str) -> Vec<(Kept, Entry)> {
     let Ok(listing) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    if let Err(e) = dir.parent().map_or(Ok(()), own_dir).and_then(|()| own_dir(dir)) {
+    if let Err(e) = dir
+        .parent()
+        .map_or(Ok(()), own_dir)
+        .and_then(|()| own_dir(dir))
+    {
         tracing::warn!(error = %e, "the spool is not read: its entries would be reported as results");
         return Vec::new();
     }
@@ -382,9 +393,29 @@ mod tests {
             .await
             .expect_err("not written through a link");
         assert!(err.to_string().contains("a link"), "{err}");
-        assert!(spool.left("i", "k").await.is_empty(), "not read through a link");
+        assert!(
+            spool.left("i", "k").await.is_empty(),
+            "not read through a link"
+        );
         let _ = std::fs::remove_file(&link);
         let _ = std::fs::remove_dir_all(&target);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_entry_too_large_to_read_back_is_not_written() {
+        let dir = scratch("large");
+        let spool = Spool::new(dir.clone());
+        let huge_id = "7".repeat(MAX_ENTRY_BYTES as usize);
+        let err = spool
+            .keep(Entry::new("i", "k".to_owned(), &huge_id, &record(1)))
+            .await
+            .expect_err("too large");
+        assert!(
+            err.to_string().contains("more than a spool entry may be"),
+            "{err}"
+        );
+        assert!(spool.left("i", "k").await.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -49,12 +49,12 @@ impl Runtime {
                     .is_some_and(|run| !run.result_written.load(Ordering::Acquire))
             };
             *lock(&run.record) = Some(self.tracker.spawn(async move {
-                let spooled = InFlight {
+                let in_flight = InFlight {
                     store: &store,
                     member: &member,
                     spool: spool.as_deref(),
                 };
-                spooled.record(&job_id, &record, needed, done).await;
+                in_flight.record(&job_id, &record, needed, done).await;
             }));
             recorded
         });

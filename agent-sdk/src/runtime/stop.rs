@@ -175,12 +175,12 @@ impl Runtime {
             let spool = self.spool.clone();
             let needed = move || !written.load(Ordering::Acquire);
             let task = self.tracker.spawn(async move {
-                let spooled = InFlight {
+                let in_flight = InFlight {
                     store: &store,
                     member: &member,
                     spool: spool.as_deref(),
                 };
-                spooled.record(&stop_id, &record, needed, done).await;
+                in_flight.record(&stop_id, &record, needed, done).await;
             });
             (task, recorded)
         });

@@ -586,10 +586,76 @@ async fn recv_seen(
     }
 }
 
+/// Per stop, one at a time: answer → cancel seen, sent → cancel seen, and the stop's round
+/// trip (ms).
+struct StopSamples {
+    after_answer: Vec<f64>,
+    after_send: Vec<f64>,
+    rtt: Vec<f64>,
+}
+
+/// `samples` run+stop pairs of the probe job through `center`, ids starting with `tag`.
+async fn stop_pairs(
+    svc: &TestService,
+    center: &Center,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    tag: &str,
+    samples: usize,
+) -> Result<StopSamples, String> {
+    let mut out = StopSamples {
+        after_answer: Vec::with_capacity(samples),
+        after_send: Vec::with_capacity(samples),
+        rtt: Vec::with_capacity(samples),
+    };
+    for i in 0..samples {
+        let id = format!("{tag}-{i}");
+        let reply = center.run(stopjob::CLASS, &id).send().await;
+        if reply.status != 200 {
+            return Err(format!("run of the probe job answered {reply:?}"));
+        }
+        recv_seen(rx, true, &id).await?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let sent = Instant::now();
+        let reply = center
+            .stop(stopjob::CLASS, &format!("{id}-stop"))
+            .send()
+            .await;
+        let answered = Instant::now();
+        if reply.status != 200 {
+            return Err(format!("stop answered {reply:?}"));
+        }
+        let seen = recv_seen(rx, false, &id)
+            .await?
+            .ok_or("no cancellation instant")?;
+        let signed_ms = |from: Instant, to: Instant| {
+            if to >= from {
+                to.duration_since(from).as_secs_f64() * 1e3
+            } else {
+                -(from.duration_since(to).as_secs_f64() * 1e3)
+            }
+        };
+        out.after_answer.push(signed_ms(answered, seen));
+        out.after_send.push(signed_ms(sent, seen));
+        out.rtt.push(signed_ms(sent, answered));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while svc.agent().running() > 0 {
+            if Instant::now() > deadline {
+                return Err("the stopped probe job did not end within 10 s".to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    Ok(out)
+}
+
 async fn stop_latency(s: &Settings, r: &mut Report) -> Result<(), String> {
     let samples = if s.quick { 50 } else { 200 };
     let svc = TestService::start().await;
     let center = svc.center();
+    // The same stops with a PostgreSQL store the center names: each stop's in-flight record
+    // is written before its answer (one store write more than a run's stop without a store).
+    let db = TestDb::new().await;
+    let stored = Center::new(svc.agent_url()).with_storage(&db.storage());
     let mut rx = stopjob::listen();
     let mut answer_row = Row::new(
         "stop latency",
@@ -608,70 +674,42 @@ async fn stop_latency(s: &Settings, r: &mut Report) -> Result<(), String> {
         Unit::Ms,
     );
     let mut answer_rtt = Row::new("stop latency", "stop request round trip (median)", Unit::Ms);
+    let mut stored_rtt = Row::new(
+        "stop latency",
+        "stop round trip, PostgreSQL store (median)",
+        Unit::Ms,
+    )
+    .baseline("no store");
     for run in 0..s.runs {
-        let mut after_answer = Vec::with_capacity(samples);
-        let mut after_send = Vec::with_capacity(samples);
-        let mut rtt = Vec::with_capacity(samples);
-        for i in 0..samples {
-            let id = format!("stop-{run}-{i}");
-            let reply = center.run(stopjob::CLASS, &id).send().await;
-            if reply.status != 200 {
-                return Err(format!("run of the probe job answered {reply:?}"));
-            }
-            recv_seen(&mut rx, true, &id).await?;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            let sent = Instant::now();
-            let reply = center
-                .stop(stopjob::CLASS, &format!("{id}-stop"))
-                .send()
-                .await;
-            let answered = Instant::now();
-            if reply.status != 200 {
-                return Err(format!("stop answered {reply:?}"));
-            }
-            let seen = recv_seen(&mut rx, false, &id)
-                .await?
-                .ok_or("no cancellation instant")?;
-            let signed_ms = |from: Instant, to: Instant| {
-                if to >= from {
-                    to.duration_since(from).as_secs_f64() * 1e3
-                } else {
-                    -(from.duration_since(to).as_secs_f64() * 1e3)
-                }
-            };
-            after_answer.push(signed_ms(answered, seen));
-            after_send.push(signed_ms(sent, seen));
-            rtt.push(signed_ms(sent, answered));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while svc.agent().running() > 0 {
-                if Instant::now() > deadline {
-                    return Err("the stopped probe job did not end within 10 s".to_owned());
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        let mut sorted = after_answer.clone();
+        let plain = stop_pairs(&svc, &center, &mut rx, &format!("stop-{run}"), samples).await?;
+        let with_store =
+            stop_pairs(&svc, &stored, &mut rx, &format!("stop-pg-{run}"), samples).await?;
+        let mut sorted = plain.after_answer.clone();
         sorted.sort_by(f64::total_cmp);
-        answer_row.push(median(&after_answer), None);
+        answer_row.push(median(&plain.after_answer), None);
         answer_p99.push(percentile_sorted(&sorted, 99.0), None);
-        sent_row.push(median(&after_send), None);
-        answer_rtt.push(median(&rtt), None);
+        sent_row.push(median(&plain.after_send), None);
+        answer_rtt.push(median(&plain.rtt), None);
+        stored_rtt.push(median(&with_store.rtt), Some(median(&plain.rtt)));
         progress(format!(
-            "run {}: answer → cancel seen median {:.3} ms over {samples} stops",
+            "run {}: answer → cancel seen median {:.3} ms over {samples} stops; stop round trip {:.3} ms without a store, {:.3} ms with PostgreSQL",
             run + 1,
-            median(&after_answer)
+            median(&plain.after_answer),
+            median(&plain.rtt),
+            median(&with_store.rtt)
         ));
     }
     r.note(format!(
         "stop latency: in-process agent (the example service's router plus a bench probe job, \
          `{}`, that waits on cx.cancelled() and records Instant::now() when it wakes), driven \
-         by tests::center::Center (reqwest); {samples} run+stop pairs per run, one at a time. \
-         Negative values: the job saw the cancellation before the client had read the stop \
-         answer.",
+         by tests::center::Center (reqwest); {samples} run+stop pairs per run, one at a time, \
+         without a store and then with a PostgreSQL store named by the center (each stop's \
+         in-flight record written before its answer). Negative values: the job saw the \
+         cancellation before the client had read the stop answer.",
         stopjob::CLASS
     ));
     r.rows
-        .extend([answer_row, answer_p99, sent_row, answer_rtt]);
+        .extend([answer_row, answer_p99, sent_row, answer_rtt, stored_rtt]);
     svc.shutdown(Duration::from_secs(15)).await;
     Ok(())
 }

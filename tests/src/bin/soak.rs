@@ -46,7 +46,9 @@
 //!   ran; its console is in order up to where it stops (a killed run's end is lost with its
 //!   buffer); a singleton cancelled because it could not renew its claim was on a black-holed
 //!   replica; a dispatch left without an answer by a SIGKILL has at most one result; every
-//!   answer carries the one `agentServerId`.
+//!   answer carries the one `agentServerId`; a stop reported failed was one whose replica was
+//!   killed or cut off before its result (reported lost, `Action` stop), or whose run's
+//!   replica was before it confirmed the stop (`not every replica confirmed the stop`).
 //!
 //! It prints the figures (accepted dispatches, results, lines checked, the time from each
 //! SIGKILL and black hole to the result of each run it lost, the worst of them), a summary
@@ -732,6 +734,8 @@ struct Figures {
     transport_errors: u64,
     results: u64,
     stopped_runs: u64,
+    /// Stops reported failed because their replica, or their run's, was killed or cut off.
+    stops_failed_by_fault: u64,
     failed_runs: u64,
     late_stop_lines: u64,
     heavy_runs: u64,
@@ -915,10 +919,31 @@ fn verify(
             failures.push(format!("result of {} is {}", s.id, row.value));
         }
         if s.kind == Kind::Stop {
-            if get("R") != "ok" {
-                failures.push(format!("stop {} reported {}", s.id, row.value));
-            }
             let run_id = get("RunId");
+            if get("R") != "ok" {
+                // A stop fails for a fault only: its own replica killed or cut off before its
+                // result (reported lost, as a run would be), or the replica of the run it
+                // stops killed or cut off before confirming it.
+                let e = get("E");
+                let (from, to) = (secs_since_epoch(s.sent_at), row.written);
+                let fault = |replica| {
+                    faults
+                        .kill_within(replica, from, to)
+                        .or_else(|| faults.hole_within(replica, from, to))
+                };
+                let its_run = all
+                    .iter()
+                    .find(|r| r.kind == Kind::Run && r.id == run_id)
+                    .and_then(|r| r.replica);
+                let lost = e.starts_with(LOST_REPLICA) || e.starts_with(LOST_RESTART);
+                let unconfirmed = e.contains("not every replica confirmed the stop");
+                if (lost && fault(s.replica).is_some()) || (unconfirmed && fault(its_run).is_some())
+                {
+                    fig.stops_failed_by_fault += 1;
+                } else {
+                    failures.push(format!("stop {} reported {}", s.id, row.value));
+                }
+            }
             let plausible = all.iter().any(|r| {
                 r.kind == Kind::Run
                     && r.class == s.class
@@ -1523,8 +1548,12 @@ async fn soak(args: &Args) -> Result<bool, String> {
         );
     }
     println!(
-        "stops:             {} sent, {} accepted; {} runs ended stopped ({} stop line(s) after the run's end line)",
-        fig.stops, fig.stops_accepted, fig.stopped_runs, fig.late_stop_lines
+        "stops:             {} sent, {} accepted; {} runs ended stopped ({} stop line(s) after the run's end line); {} failed by a fault (their replica, or their run's, killed or cut off)",
+        fig.stops,
+        fig.stops_accepted,
+        fig.stopped_runs,
+        fig.late_stop_lines,
+        fig.stops_failed_by_fault
     );
     println!(
         "runs:              {} accepted, {} failed on request (fail/panic{}), {} heavy (5,000+ lines)",
