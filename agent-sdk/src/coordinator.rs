@@ -153,6 +153,13 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
         }
         drop(rt);
         let reporting = Reporting::default();
+        let reporter = Reporter {
+            tasks: &tasks,
+            stop: &stop,
+            store: &store,
+            reporting: &reporting,
+            me: &me,
+        };
         // The last refusal to act beside replicas of another version, as logged.
         let mut refused: Option<String> = None;
         let mut renew_failures = 0u32;
@@ -243,13 +250,6 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                             orphans.len(),
                             spooled.len(),
                         );
-                        let reporter = Reporter {
-                            tasks: &tasks,
-                            stop: &stop,
-                            store: &store,
-                            reporting: &reporting,
-                            me: &me,
-                        };
                         let spooled = spooled
                             .into_iter()
                             .map(|(kept, e)| (e.job_id, e.record, Some(kept)));
@@ -328,13 +328,6 @@ pub(crate) fn spawn(runtime: Weak<Runtime>, store: Arc<Store>, stop: Cancellatio
                             let why = format!(
                                 "agent replica lost: {instance} stopped answering before the job finished"
                             );
-                            let reporter = Reporter {
-                                tasks: &tasks,
-                                stop: &stop,
-                                store: &store,
-                                reporting: &reporting,
-                                me: &me,
-                            };
                             report_lost(&reporter, instance, job_id, &record, why, None);
                         }
                     }
