@@ -29,6 +29,9 @@ const VERSION: u32 = 1;
 const MAX_ENTRY_BYTES: u64 = 64 * 1024;
 /// The most characters of an instance name kept in its directory's name.
 const MAX_NAME_CHARS: usize = 64;
+/// How long writing or reading the spool may take (a disk that hangs, a network mount that
+/// went away): past it the caller goes on without the spool, never wedged by it.
+const DISK_WITHIN: Duration = Duration::from_secs(5);
 
 /// One run the store did not have when it was answered.
 #[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
@@ -71,15 +74,15 @@ pub(crate) struct Spool {
 pub(crate) struct Kept(PathBuf);
 
 impl Kept {
-    /// Removes the entry: the store has the record, or the run's result is written.
+    /// Removes the entry: the store has the record, or the run's result is written. Waits
+    /// at most [`DISK_WITHIN`] (the removal goes on without the caller).
     pub(crate) async fn forget(self) {
         let path = self.0;
-        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
+        let remove = tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err((path, e)),
             _ => Ok(()),
-        })
-        .await;
-        if let Ok(Err((path, e))) = removed {
+        });
+        if let Ok(Ok(Err((path, e)))) = tokio::time::timeout(DISK_WITHIN, remove).await {
             tracing::warn!(path = %path.display(), error = %e, "could not remove a spooled run; a next process of this instance reports it again, and the store's first-report mark absorbs that report");
         }
     }
@@ -95,12 +98,17 @@ impl Spool {
         &self.dir
     }
 
-    /// Writes `entry` (durably: synced before this returns).
+    /// Writes `entry` (durably: synced before this returns), within [`DISK_WITHIN`].
     pub(crate) async fn keep(&self, entry: Entry) -> io::Result<Kept> {
         let dir = self.instance_dir(&entry.instance);
-        tokio::task::spawn_blocking(move || write_entry(&dir, &entry))
-            .await
-            .map_err(io::Error::other)?
+        let write = tokio::task::spawn_blocking(move || write_entry(&dir, &entry));
+        match tokio::time::timeout(DISK_WITHIN, write).await {
+            Ok(written) => written.map_err(io::Error::other)?,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the disk did not take the entry within {DISK_WITHIN:?}"),
+            )),
+        }
     }
 
     /// The entries of `instance` for store `store`. A file that is no entry of this version
@@ -108,9 +116,14 @@ impl Spool {
     pub(crate) async fn left(&self, instance: &str, store: &str) -> Vec<(Kept, Entry)> {
         let dir = self.instance_dir(instance);
         let (instance, store) = (instance.to_owned(), store.to_owned());
-        tokio::task::spawn_blocking(move || read_entries(&dir, &instance, &store))
-            .await
-            .unwrap_or_default()
+        let read = tokio::task::spawn_blocking(move || read_entries(&dir, &instance, &store));
+        match tokio::time::timeout(DISK_WITHIN, read).await {
+            Ok(entries) => entries.unwrap_or_default(),
+            Err(_) => {
+                tracing::warn!(spool = %self.dir.display(), "the spool was not read within {DISK_WITHIN:?}; its runs are left for the next process of this instance");
+                Vec::new()
+            }
+        }
     }
 
     fn instance_dir(&self, instance: &str) -> PathBuf {
@@ -415,6 +428,43 @@ mod tests {
             "{err}"
         );
         assert!(spool.left("i", "k").await.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A spool file that never answers (a FIFO no one writes to: its open blocks, as a read
+    /// on a mount that went away does) does not wedge the reader past its deadline.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_spool_that_hangs_is_given_up_after_its_deadline() {
+        let dir = scratch("hang");
+        let spool = Spool::new(dir.clone());
+        spool
+            .keep(Entry::new("i", "k".to_owned(), "1", &record(1)))
+            .await
+            .expect("keep");
+        let fifo = dir.join("i").join("hang.json");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )
+        .expect("mkfifo");
+        let started = std::time::Instant::now();
+        let left = spool.left("i", "k").await;
+        let waited = started.elapsed();
+        assert!(left.is_empty(), "nothing read while the disk hangs");
+        assert!(
+            waited >= DISK_WITHIN && waited < DISK_WITHIN + Duration::from_secs(5),
+            "{waited:?}"
+        );
+        // Lets the stuck read end (its open returns, it reads nothing), so the runtime can
+        // shut down.
+        drop(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .expect("open the fifo"),
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
