@@ -273,25 +273,10 @@ impl InFlight<'_> {
         needed: impl Fn() -> bool,
         done: tokio::sync::oneshot::Sender<()>,
     ) {
-        let mut kept = None;
-        self.until_recorded(job_id, record, needed, done, &mut kept)
-            .await;
-        if let Some(kept) = kept {
-            kept.forget().await;
-        }
-    }
-
-    async fn until_recorded(
-        &self,
-        job_id: &str,
-        record: &RunRecord,
-        needed: impl Fn() -> bool,
-        done: tokio::sync::oneshot::Sender<()>,
-        kept: &mut Option<crate::spool::Kept>,
-    ) {
         use crate::store::StoreErrorKind;
         let mut backoff = RECORD_FIRST_BACKOFF;
         let mut failures = 0u32;
+        let mut kept = None;
         loop {
             let write = crate::metrics::store_op(
                 "record",
@@ -307,7 +292,7 @@ impl InFlight<'_> {
                         );
                     }
                     let _ = done.send(());
-                    return;
+                    break;
                 }
                 Ok(Err(e)) => e,
                 Err(_) => {
@@ -319,17 +304,20 @@ impl InFlight<'_> {
                 StoreErrorKind::Unavailable | StoreErrorKind::TimedOut
             ) {
                 tracing::debug!(job_id, error = %error, "the run is not recorded in flight");
-                return;
+                break;
             }
             failures += 1;
             if failures == 1 {
-                *kept = self.spool(job_id, record, &error).await;
+                kept = self.spool(job_id, record, &error).await;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(RECORD_MAX_BACKOFF);
             if !needed() {
-                return;
+                break;
             }
+        }
+        if let Some(kept) = kept {
+            kept.forget().await;
         }
     }
 
