@@ -14,7 +14,8 @@
 //!   center's own locks (`hangfire:*`, the schema's prefix) and, on Redis, Hangfire's key
 //!   names are refused even when granted; the stale period is never shorter than the store's
 //!   own (it is raised to it);
-//! - results: the first-report mark is per service, and a result (`first_report`, a
+//! - results: the first-report mark is per service, and a result (`result`: the mark and the
+//!   result in one write; from agents of earlier versions `first_report`, then a
 //!   `_agent_result_<id>` write) is taken only for a job that exists in the center's storage
 //!   and is Processing (read from Hangfire's own tables or keys);
 //! - reads: `_agent_result_<id>` only after this service reported it (before, it reads as
@@ -57,9 +58,9 @@ use crate::cluster::{ClaimValue, Claimed, ClusterRun, Member, RunRecord};
 use crate::store::Backend;
 use crate::store::relay::{
     API, AddToSetCall, ConsoleCall, ErrorBody, FenceCall, FirstReportCall, LockCall, LockTryCall,
-    PingAnswer, ReadCall, SetHashCall,
+    PingAnswer, ReadCall, ResultCall, SetHashCall,
 };
-use crate::store::{Opening, Store, StoreError, StoreErrorKind, StoreType};
+use crate::store::{Opening, ResultWrite, Store, StoreError, StoreErrorKind, StoreType};
 
 /// Keys an agent writes in hashes and sets, by prefix.
 const WRITE_SCOPE: &[&str] = &["console:", "_agent_result_", "AgentHeart:"];
@@ -605,6 +606,7 @@ impl Relay {
                 self.answer(op, pinged).await?;
                 Ok(ok(PingAnswer {
                     kind: s.kind().name().to_owned(),
+                    result: true,
                 }))
             }
             "check" => {
@@ -688,6 +690,32 @@ impl Relay {
                     return Ok(ok(false));
                 }
                 let res = s.first_report(&mark_of(t, &c.id), &c.token).await;
+                self.answer(op, res).await
+            }
+            "result" => {
+                let c: ResultCall = parse(body)?;
+                if c.field.is_empty()
+                    || c.field.len() > 20
+                    || !c.field.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "a result's field is its elapsed milliseconds (digits); nothing was written",
+                    ));
+                }
+                if !self.processing_or_settled(&c.id).await? {
+                    // Settled at the center (a retry after the result was read): nothing to
+                    // report any more.
+                    return Ok(ok(false));
+                }
+                let write = ResultWrite {
+                    mark: &mark_of(t, &c.id),
+                    token: &c.token,
+                    id: &c.id,
+                    field: &c.field,
+                    value: &c.value,
+                };
+                let res = s.write_result(&write).await;
                 self.answer(op, res).await
             }
             "lock_try" => {

@@ -247,6 +247,19 @@ async fn results(db: AnyStore) {
     .await;
     assert_eq!(status, 409, "{body}");
     assert!(db.hash_rows("_agent_result_999999").await.is_empty());
+    // The same through `result` (the mark and the result in one call, as agents write
+    // them now): a job that does not exist is refused, a finished one is not written, a
+    // field that is no elapsed time is refused.
+    let result = |id: &str, field: &str| json!({"id": id, "token": "evil", "field": field, "value": "{\"R\":\"err\"}"});
+    let (status, body) = post(&relay, "result", MAILER, &result("999998", "1")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(db.hash_rows("_agent_result_999998").await.is_empty());
+    let (status, body) = post(&relay, "result", MAILER, &result("424244", "1")).await;
+    assert_eq!((status, body.as_str()), (200, "false"));
+    assert!(db.hash_rows("_agent_result_424244").await.is_empty());
+    let (status, body) = post(&relay, "result", MAILER, &result("424243", "1; DROP")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(db.result_fields("424243").await.len(), 1);
 
     // Billing's result is for the services that reported it to read (the mailer marked it
     // in its own namespace above; service `other` never did).

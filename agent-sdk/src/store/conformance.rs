@@ -249,7 +249,8 @@ pub(in crate::store) mod real {
     use std::time::Duration;
 
     use super::super::line::EncodedLine;
-    use super::super::{Load, Opening, Store, StoreType};
+    use super::super::results::RESULTS;
+    use super::super::{Load, Opening, ResultWrite, Store, StoreType};
 
     async fn read_set(s: &Store, key: &str, from: usize, count: usize) -> Vec<String> {
         s.read_set(key, from, count).await.expect("read_set")
@@ -299,7 +300,8 @@ pub(in crate::store) mod real {
             });
             console(s).await;
             hashes_and_sets(s).await;
-            first_reports(s, layout).await;
+            results(s, layout).await;
+            results_cut_anywhere(s).await;
             locks(s, layout, stale).await;
             fences(s, layout).await;
         };
@@ -393,22 +395,89 @@ pub(in crate::store) mod real {
         assert_eq!(read_set(s, set, 0, 10).await, ["17"]);
     }
 
-    /// A dispatch's first report is taken once: its writer's retry is too, no other writer.
-    async fn first_reports(s: &Store, layout: StoreType) {
-        let claim = move |id: &'static str, token: &'static str| async move {
-            s.first_report(id, token).await.expect("first_report")
+    /// A dispatch's result is taken once, with its mark: its writer's retry is too, no other
+    /// writer's; the center reads it from hash `_agent_result_<id>`.
+    async fn results(s: &Store, layout: StoreType) {
+        let write = move |id: &'static str, token: &'static str| async move {
+            let w = ResultWrite {
+                mark: id,
+                token,
+                id,
+                field: "12",
+                value: token,
+            };
+            s.write_result(&w).await.expect("a result")
         };
-        assert!(claim("42", "a:1").await);
-        assert!(claim("42", "a:1").await, "a retry");
-        assert!(!claim("42", "b:2").await, "another writer");
-        assert!(!claim("42", "A:1").await, "the token's case differs");
-        assert!(claim("43", "b:2").await, "another dispatch");
+        assert!(write("42", "a:1").await);
+        assert!(write("42", "a:1").await, "a retry");
+        assert!(!write("42", "b:2").await, "another writer");
+        assert!(!write("42", "A:1").await, "the token's case differs");
+        assert!(write("43", "b:2").await, "another dispatch");
+        let result = |id| async move { read_hash_all(s, &format!("{RESULTS}{id}")).await };
+        assert_eq!(result("42").await, [("12".into(), "a:1".into())]);
+        assert_eq!(result("43").await, [("12".into(), "b:2".into())]);
         if layout != StoreType::Redis && s.kind() != StoreType::Relay {
             // The SQL stores mark it in hash `jobagent:results` (Redis: see its module; a
             // relay marks it per service and reads no `jobagent:*` key: see `relay.rs`).
             let mark = read_hash(s, "jobagent:results", "42").await;
             assert_eq!(mark.as_deref(), Some("a:1"));
         }
+        if s.kind() != StoreType::Relay {
+            // A relay lets no service read the set of every service's results.
+            let ids = read_set(s, RESULTS, 0, 10).await;
+            assert_eq!(ids, ["42", "43"]);
+        }
+    }
+
+    /// A result write abandoned at any point (its future dropped, as when its process is
+    /// killed: the connection goes with it) leaves its mark and its result both, or neither.
+    /// Whoever reports the dispatch next (a restarted process, another replica) is refused
+    /// only when the first result is there for the center to read.
+    async fn results_cut_anywhere(s: &Store) {
+        for cut in 0..1_000 {
+            let id = format!("cut-{cut}");
+            let first = ResultWrite {
+                mark: &id,
+                token: "a:1",
+                id: &id,
+                field: "1",
+                value: "first",
+            };
+            if cut_after(cut, s.write_result(&first)).await.is_some() {
+                return;
+            }
+            let next = ResultWrite {
+                token: "b:2",
+                value: "next",
+                ..first
+            };
+            let taken = s.write_result(&next).await.expect("the next report");
+            let read = read_hash_all(s, &next.key()).await;
+            let expected = if taken { "next" } else { "first" };
+            assert_eq!(
+                read,
+                [("1".to_owned(), expected.to_owned())],
+                "cut after {cut} waits: the next report was {}",
+                if taken { "taken" } else { "refused" }
+            );
+        }
+        panic!("a result write did not end within 1,000 waits");
+    }
+
+    /// Polls `f` until it has waited `waits` times, then drops it; its output if it ended
+    /// first.
+    async fn cut_after<F: Future>(waits: usize, f: F) -> Option<F::Output> {
+        let mut f = std::pin::pin!(f);
+        let mut waited = 0;
+        std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+            std::task::Poll::Pending if waited == waits => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => {
+                waited += 1;
+                std::task::Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Locks are exclusive, kept and released only by their owner, and taken over once stale,

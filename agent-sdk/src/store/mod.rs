@@ -55,7 +55,7 @@ use std::time::Duration;
 pub(crate) use console_writer::StoreConsole;
 pub(crate) use error::{StoreError, StoreErrorKind};
 pub(crate) use heartbeat::Heartbeats;
-pub(crate) use results::StoreResults;
+pub(crate) use results::{ResultWrite, StoreResults};
 
 use crate::error::ConfigError;
 use crate::options::LocalStore;
@@ -634,6 +634,10 @@ impl Store {
     }
 
     /// Upserts one set member.
+    #[cfg(any(
+        feature = "relay-server",
+        all(test, any(feature = "postgres", feature = "mysql", feature = "redis"))
+    ))]
     pub(crate) async fn add_to_set(
         &self,
         key: &str,
@@ -643,7 +647,16 @@ impl Store {
         self.noted(backend!(self, b => b.add_to_set(key, value, score, self.expire).await))
     }
 
-    /// Marks dispatch `id` as reported by `token`; false when another writer did first.
+    /// A dispatch's result with its first-report mark, in one write; false (nothing written)
+    /// when another writer marked it first.
+    pub(crate) async fn write_result(&self, w: &ResultWrite<'_>) -> Result<bool, StoreError> {
+        self.noted(backend!(self, b => b.write_result(w, self.expire).await))
+    }
+
+    /// Only the first-report mark of dispatch `id`, for `token`; false when another writer
+    /// holds it. A relay serves it to agents that write a result in three calls (before
+    /// `write_result`).
+    #[cfg(feature = "relay-server")]
     pub(crate) async fn first_report(&self, id: &str, token: &str) -> Result<bool, StoreError> {
         self.noted(backend!(self, b => b.first_report(id, token, self.expire).await))
     }

@@ -36,7 +36,8 @@ use super::driver::Driver;
 use super::line::EncodedLine;
 use super::pg_connstr::ConnSpec;
 use super::pool::{self, Limits};
-use super::{CheckError, StoreError};
+use super::results::{MARKS, RESULTS};
+use super::{CheckError, ResultWrite, StoreError};
 use crate::schema::{check_schema, quote_ident};
 
 /// A PostgreSQL store: a pool and the Hangfire schema.
@@ -490,6 +491,7 @@ impl PgStore {
     }
 
     /// Upserts one set member (a retry updates its score and expiry).
+    #[cfg(any(feature = "relay-server", test))]
     pub(crate) async fn add_to_set(
         &self,
         key: &str,
@@ -511,9 +513,61 @@ impl PgStore {
         self.execute(&sql, params, true).await.map(drop)
     }
 
+    /// A dispatch's result with its first-report mark, in one statement (so all of it or
+    /// none lands): the mark is field `w.mark` of hash [`MARKS`] holding the
+    /// writer's token, taken only when absent or already this token; the result's hash field
+    /// and set member are upserted only when the mark was.
+    pub(crate) async fn write_result(
+        &self,
+        w: &ResultWrite<'_>,
+        expire: Duration,
+    ) -> Result<bool, StoreError> {
+        let schema = &self.schema;
+        let until = "now() + $3 * interval '1 second'";
+        let sql = format!(
+            "WITH mark AS (\
+               INSERT INTO {schema}.hash AS t (\"key\", field, \"value\", expireat) \
+               VALUES ('{MARKS}', $1, $2, {until}) \
+               ON CONFLICT (\"key\", field) DO UPDATE SET expireat = EXCLUDED.expireat \
+               WHERE t.\"value\" = EXCLUDED.\"value\" RETURNING t.id), \
+             result AS (\
+               INSERT INTO {schema}.hash (\"key\", field, \"value\", expireat) \
+               SELECT $4, $5, $6, {until} FROM mark \
+               ON CONFLICT (\"key\", field) DO UPDATE \
+               SET \"value\" = EXCLUDED.\"value\", expireat = EXCLUDED.expireat), \
+             member AS (\
+               INSERT INTO {schema}.\"set\" (\"key\", score, \"value\", expireat) \
+               SELECT '{RESULTS}', 1.0, $7, {until} FROM mark \
+               ON CONFLICT (\"key\", \"value\") DO UPDATE \
+               SET score = EXCLUDED.score, expireat = EXCLUDED.expireat) \
+             SELECT id FROM mark"
+        );
+        let key = w.key();
+        let conn = self.conn().await?;
+        let row = conn
+            .bound(in_utc(
+                &conn,
+                conn.query_typed_opt(
+                    &sql,
+                    &[
+                        (&w.mark, Type::TEXT),
+                        (&w.token, Type::TEXT),
+                        (&expire.as_secs_f64(), Type::FLOAT8),
+                        (&key, Type::TEXT),
+                        (&w.field, Type::TEXT),
+                        (&w.value, Type::TEXT),
+                        (&w.id, Type::TEXT),
+                    ],
+                ),
+            ))
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Whether this write is a dispatch's first report or a retry of it (see
-    /// [`super::results`]): hash `jobagent:results`, field = the id, value = the writer's
+    /// [`super::results`]): hash [`MARKS`], field = the id, value = the writer's
     /// token, taken only when absent or already this token.
+    #[cfg(feature = "relay-server")]
     pub(crate) async fn first_report(
         &self,
         id: &str,
@@ -522,7 +576,7 @@ impl PgStore {
     ) -> Result<bool, StoreError> {
         let sql = format!(
             "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
-             VALUES ('jobagent:results', $1, $2, now() + $3 * interval '1 second') \
+             VALUES ('{MARKS}', $1, $2, now() + $3 * interval '1 second') \
              ON CONFLICT (\"key\", field) DO UPDATE SET expireat = EXCLUDED.expireat \
              WHERE t.\"value\" = EXCLUDED.\"value\" RETURNING t.id",
             self.schema

@@ -38,8 +38,9 @@ use crate::secret::Secret;
 use crate::store::driver::Driver;
 use crate::store::line::EncodedLine;
 use crate::store::redis_connstr::{Origin, echo, host_port, parse};
+use crate::store::results::RESULTS;
 use crate::store::url::password_tag;
-use crate::store::{CheckError, StoreError, StoreErrorKind};
+use crate::store::{CheckError, ResultWrite, StoreError, StoreErrorKind};
 
 /// How many times the connection manager retries a broken connection before failing the
 /// waiting commands (the next command starts a new round).
@@ -88,9 +89,11 @@ const HANGFIRE_KEYS: &[&str] = &[
 const DASHBOARD_CHECK_WITHIN: Duration = Duration::from_secs(10);
 
 /// Claims the report of dispatch `ARGV[1]` for token `ARGV[2]`: 1 when the mark `KEYS[1]` was
-/// absent (and is set now) or already held `ARGV[2]`, else 0. A mark of an older version,
-/// field `ARGV[1]` of hash `KEYS[2]`, counts as the mark while it is there. The mark's TTL
-/// becomes `ARGV[3]` seconds.
+/// absent (and is set now) or already held `ARGV[2]`, else 0 (and nothing is written). A mark
+/// of an older version, field `ARGV[1]` of hash `KEYS[2]`, counts as the mark while it is
+/// there. The mark's TTL becomes `ARGV[3]` seconds. Given the result too (`KEYS[3]`, its hash;
+/// `KEYS[4]`, the results' set), the claim writes it in the same step: field `ARGV[4]` =
+/// `ARGV[5]`, member `ARGV[6]` (score 1), both keys' TTL `ARGV[3]`.
 const FIRST_REPORT_LUA: &str = r"
 local held = redis.call('GET', KEYS[1])
 if not held then
@@ -100,6 +103,12 @@ if held and held ~= ARGV[2] then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+if KEYS[3] then
+  redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+  redis.call('ZADD', KEYS[4], 1, ARGV[6])
+  redis.call('EXPIRE', KEYS[4], ARGV[3])
+end
 return 1
 ";
 
@@ -434,6 +443,7 @@ impl RedisStore {
 
     /// Adds one member to sorted set `<P>key` (its score updated if present) and sets the
     /// key's TTL, in one `MULTI`/`EXEC`.
+    #[cfg(any(feature = "relay-server", test))]
     pub(crate) async fn add_to_set(
         &self,
         key: &str,
@@ -461,33 +471,52 @@ impl RedisStore {
         self.pipe("a set member", &p).await
     }
 
-    /// Claims the report of dispatch `id` for `token` (one Lua script, atomic): the mark is
-    /// a key of its own, `<P>jobagent:result:<id>`, expiring after `expire`; true when it was
-    /// absent and is set now, or already held `token` (a retry); false when it holds another
-    /// token. A mark that an earlier version left as a field of hash `<P>jobagent:results`
-    /// counts the same while that hash lives (nothing writes there any more).
+    /// A dispatch's result with its first-report mark, in one Lua script (atomic): the mark
+    /// is a key of its own, `<P>jobagent:result:<mark>`, expiring after `expire`, taken when
+    /// absent or already holding the token (a retry); then, only then, the result's hash
+    /// field and set member. False (nothing written) when another token holds the mark. A
+    /// mark that an earlier version left as a field of hash `<P>jobagent:results` counts the
+    /// same while that hash lives (nothing writes there any more).
+    pub(crate) async fn write_result(
+        &self,
+        w: &ResultWrite<'_>,
+        expire: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut call = self.claim(w.mark, w.token, expire);
+        call.key(self.key(&w.key()))
+            .key(self.key(RESULTS))
+            .arg(w.field)
+            .arg(w.value)
+            .arg(w.id);
+        let won: i64 = self.invoke("a result", &call).await?;
+        Ok(won == 1)
+    }
+
+    /// Only the first-report mark of dispatch `id` (see [`Self::write_result`]), for a
+    /// relay's older agents.
+    #[cfg(feature = "relay-server")]
     pub(crate) async fn first_report(
         &self,
         id: &str,
         token: &str,
         expire: Duration,
     ) -> Result<bool, StoreError> {
-        let key = self.key(&format!("{RESULT_MARK_KEY}{id}"));
-        let old = self.key(OLD_RESULTS_KEY);
-        let secs = expire_secs(expire);
         let won: i64 = self
-            .invoke(
-                "the first report",
-                self.scripts
-                    .first_report
-                    .key(&key)
-                    .key(&old)
-                    .arg(id)
-                    .arg(token)
-                    .arg(secs),
-            )
+            .invoke("the first report", &self.claim(id, token, expire))
             .await?;
         Ok(won == 1)
+    }
+
+    /// The claim of mark `mark` for `token` ([`FIRST_REPORT_LUA`]'s first two keys and
+    /// three arguments).
+    fn claim(&self, mark: &str, token: &str, expire: Duration) -> ScriptInvocation<'_> {
+        let mut call = self.scripts.first_report.prepare_invoke();
+        call.key(self.key(&format!("{RESULT_MARK_KEY}{mark}")))
+            .key(self.key(OLD_RESULTS_KEY))
+            .arg(mark)
+            .arg(token)
+            .arg(expire_secs(expire));
+        call
     }
 
     /// Whether dispatch `id` has a first-report mark ([`first_report`](Self::first_report)),
@@ -1192,11 +1221,22 @@ mod tests {
             let expire = Duration::from_secs(600);
             let claim = |id: &'static str, token: &'static str| {
                 let store = store.clone();
-                async move { store.first_report(id, token, expire).await.expect("claim") }
+                async move {
+                    let w = ResultWrite {
+                        mark: id,
+                        token,
+                        id,
+                        field: "5",
+                        value: token,
+                    };
+                    store.write_result(&w, expire).await.expect("claim")
+                }
             };
             assert!(claim("42", "tok-a").await);
             let mark = format!("{RESULT_MARK_KEY}42");
             assert!((590..=600).contains(&ttl(&store, &mark).await));
+            assert!((590..=600).contains(&ttl(&store, "_agent_result_42").await));
+            assert!((590..=600).contains(&ttl(&store, RESULTS).await));
             assert_eq!(
                 ttl(&store, OLD_RESULTS_KEY).await,
                 -2,

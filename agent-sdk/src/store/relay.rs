@@ -18,9 +18,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoreType;
 use crate::store::error::StoreError;
 use crate::store::line::EncodedLine;
+use crate::store::results::RESULTS;
+use crate::store::{ResultWrite, StoreType};
 
 /// The API's path prefix (its version).
 pub(crate) const API: &str = "/v1/";
@@ -64,6 +65,15 @@ pub(crate) struct FirstReportCall {
     pub(crate) token: String,
 }
 
+/// `result`: a dispatch's result with its first-report mark, written in one step.
+#[derive(Debug, Deserialize, Serialize)]
+pub(crate) struct ResultCall {
+    pub(crate) id: String,
+    pub(crate) token: String,
+    pub(crate) field: String,
+    pub(crate) value: String,
+}
+
 /// `lock_try`: one attempt at the distributed lock.
 #[derive(Debug, Deserialize, Serialize)]
 pub(crate) struct LockTryCall {
@@ -100,6 +110,10 @@ pub(crate) struct ReadCall {
 #[derive(Debug, Deserialize, Serialize)]
 pub(crate) struct PingAnswer {
     pub(crate) kind: String,
+    /// Whether the relay takes `result` (a result in one step); a relay of an earlier
+    /// version does not say it, and is sent the result in three calls.
+    #[serde(default)]
+    pub(crate) result: bool,
 }
 
 /// An error answer.
@@ -116,8 +130,17 @@ pub(crate) struct RelayStore {
     token: String,
     label: String,
     host: String,
-    /// The type of the store behind the relay, once told.
-    remote: tokio::sync::OnceCell<StoreType>,
+    /// What the relay said of itself (`ping`), once told.
+    remote: tokio::sync::OnceCell<Remote>,
+}
+
+/// What a relay says of itself.
+#[derive(Clone, Copy)]
+struct Remote {
+    /// The type of the store behind it.
+    kind: StoreType,
+    /// Whether it takes `result`.
+    result: bool,
 }
 
 impl fmt::Debug for RelayStore {
@@ -305,6 +328,11 @@ impl RelayStore {
 
     /// The type of the store behind the relay (asked once; the lock's timings follow it).
     pub(crate) async fn remote_kind(&self) -> Result<StoreType, StoreError> {
+        self.remote().await.map(|r| r.kind)
+    }
+
+    /// What the relay says of itself, asked once.
+    async fn remote(&self) -> Result<Remote, StoreError> {
         self.remote
             .get_or_try_init(|| async {
                 let answer: PingAnswer = self.call("ping", &()).await?;
@@ -314,7 +342,10 @@ impl RelayStore {
                         self.label,
                         answer.kind.chars().take(20).collect::<String>()
                     ))),
-                    Ok(kind) => Ok(kind),
+                    Ok(kind) => Ok(Remote {
+                        kind,
+                        result: answer.result,
+                    }),
                 }
             })
             .await
@@ -376,6 +407,31 @@ impl RelayStore {
             score,
         };
         self.call("add_to_set", &call).await
+    }
+
+    /// A result with its mark in one call; to a relay of an earlier version (no `result`
+    /// operation), in three: the mark, the hash, the set member.
+    pub(crate) async fn write_result(
+        &self,
+        w: &ResultWrite<'_>,
+        expire: Duration,
+    ) -> Result<bool, StoreError> {
+        if self.remote().await?.result {
+            let call = ResultCall {
+                id: w.id.to_owned(),
+                token: w.token.to_owned(),
+                field: w.field.to_owned(),
+                value: w.value.to_owned(),
+            };
+            return self.call("result", &call).await;
+        }
+        if !self.first_report(w.id, w.token, expire).await? {
+            return Ok(false);
+        }
+        self.set_hash(&w.key(), &[(w.field, w.value)], Some(expire))
+            .await?;
+        self.add_to_set(RESULTS, w.id, 1.0, expire).await?;
+        Ok(true)
     }
 
     pub(crate) async fn first_report(
@@ -540,6 +596,65 @@ mod tests {
             .expect("a relay");
         let e = gone.call::<()>("console", &()).await.expect_err("no relay");
         assert_eq!(e.kind(), K::Unavailable, "{e}");
+    }
+
+    /// A relay that says it takes `result` gets a result in that one call; one of an
+    /// earlier version (its `ping` says nothing of it) in the three calls it knows, the mark
+    /// first, and nothing more when the mark is another writer's.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_result_goes_in_one_call_unless_the_relay_is_older() {
+        use axum::extract::{Path, State};
+        use std::sync::Mutex;
+        type Seen = Arc<Mutex<Vec<String>>>;
+        async fn stand_in(new: bool, marked: bool) -> (RelayStore, Seen) {
+            let seen = Seen::default();
+            let app = axum::Router::new()
+                .route(
+                    "/v1/{op}",
+                    axum::routing::post(
+                        move |State(seen): State<Seen>, Path(op): Path<String>| async move {
+                            let answer = match op.as_str() {
+                                "ping" => serde_json::json!({"kind": "postgresql", "result": new}),
+                                "first_report" | "result" => serde_json::json!(marked),
+                                _ => serde_json::Value::Null,
+                            };
+                            seen.lock().expect("the list").push(op);
+                            axum::Json(answer)
+                        },
+                    ),
+                )
+                .with_state(seen.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("a port");
+            let port = listener.local_addr().expect("an address").port();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            let relay = RelayStore::open(&format!("relay+http://127.0.0.1:{port}"), Some("t"))
+                .expect("a relay");
+            (relay, seen)
+        }
+        let w = ResultWrite {
+            mark: "7",
+            token: "1:ab",
+            id: "7",
+            field: "1",
+            value: "{}",
+        };
+        let day = Duration::from_secs(86_400);
+        for (new, marked, calls) in [
+            (true, true, &["ping", "result"][..]),
+            (
+                false,
+                true,
+                &["ping", "first_report", "set_hash", "add_to_set"],
+            ),
+            (false, false, &["ping", "first_report"]),
+        ] {
+            let (relay, seen) = stand_in(new, marked).await;
+            let taken = relay.write_result(&w, day).await.expect("written");
+            assert_eq!(taken, marked);
+            assert_eq!(*seen.lock().expect("the list"), calls, "new: {new}");
+        }
     }
 
     #[test]

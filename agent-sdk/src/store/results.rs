@@ -1,5 +1,5 @@
-//! Writing dispatch results where the center reads them: hash `_agent_result_<id>`, then
-//! set `_agent_result_`.
+//! Writing dispatch results where the center reads them: hash `_agent_result_<id>` and set
+//! `_agent_result_`, with the first-report mark that keeps it to one result per dispatch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,15 +95,17 @@ impl ResultSink for StoreResults {
     }
 }
 
-/// One attempt, every step bounded by the backend (the checkout and each statement or
-/// command). Each step is an upsert, so a retry after an unknown outcome (the write
-/// committed, the answer was lost) leaves one field and one member.
+/// One attempt, bounded by the backend (the checkout and each statement or command).
 ///
-/// The first writer of a dispatch id marks it in hash `jobagent:results` (field = the id,
-/// value = a token of its own write, kept `ExpireAtDays`); any other write of that id is then
-/// refused, even after the center consumed and deleted the first result. So a run gets
-/// exactly one result whichever side reports it: a replica cut off from the store and the
-/// survivor that reported its runs lost, or two processes with one instance name.
+/// The first writer of a dispatch id marks it (a first-report mark, kept `ExpireAtDays`, with
+/// a token of its own write); any other write of that id is then refused, even after the
+/// center consumed and deleted the first result. So a run gets exactly one result whichever
+/// side reports it: a replica cut off from the store and the survivor that reported its runs
+/// lost, or two processes with one instance name. The mark, the result and its set member
+/// are one write ([`ResultWrite`]): a writer killed part-way leaves all three or none, so a
+/// mark never stands for a result that was not written (whoever reports next is refused).
+/// A retry after an unknown outcome (the write committed, the answer was lost) carries the
+/// same token and is taken again as an upsert: one field, one member.
 async fn write_once(store: &Store, result: &DispatchResult) -> Result<(), StoreError> {
     use std::hash::{Hash as _, Hasher as _};
     let value = serde_json::to_string(result).map_err(|e| StoreError::refused(e.to_string()))?;
@@ -112,13 +114,50 @@ async fn write_once(store: &Store, result: &DispatchResult) -> Result<(), StoreE
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     value.hash(&mut hasher);
     let token = format!("{field}:{:016x}", hasher.finish());
-    if !store.first_report(&result.id, &token).await? {
+    let write = ResultWrite {
+        mark: &result.id,
+        token: &token,
+        id: &result.id,
+        field: &field,
+        value: &value,
+    };
+    if !store.write_result(&write).await? {
         tracing::warn!(target: "jobagent::result", job_id = %result.id, action = result.action, r = result.r, error = %result.e, "this dispatch was already reported by another replica or process (it was cut off, or a duplicate); this result is dropped: a dispatch gets exactly one");
-        return Ok(());
     }
-    let key = format!("_agent_result_{}", result.id);
-    store
-        .set_hash(&key, &[(&field, &value)], Some(store.expire))
-        .await?;
-    store.add_to_set("_agent_result_", &result.id, 1.0).await
+    Ok(())
+}
+
+/// A dispatch's result as one atomic write: its first-report mark, field `field` = `value` of
+/// hash `_agent_result_<id>` (where the center reads it), and member `<id>` of set
+/// `_agent_result_`, all expiring after the store's `ExpireAtDays`. Taken (true) when the mark
+/// is absent or holds `token` (a retry); refused (false, nothing written) when another
+/// writer's token holds it.
+pub(crate) struct ResultWrite<'a> {
+    /// What the mark is kept under: the dispatch id (a relay's: per service).
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+        allow(dead_code)
+    )]
+    pub(crate) mark: &'a str,
+    /// The writer's token.
+    pub(crate) token: &'a str,
+    /// The dispatch (Hangfire job) id.
+    pub(crate) id: &'a str,
+    /// The result's field: its elapsed milliseconds.
+    pub(crate) field: &'a str,
+    /// The result's JSON.
+    pub(crate) value: &'a str,
+}
+
+/// The set every result's id is a member of; a result's hash is this followed by the id.
+pub(crate) const RESULTS: &str = "_agent_result_";
+/// The SQL stores' hash of first-report marks (field: the mark, value: the writer's token).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) const MARKS: &str = "jobagent:results";
+
+impl ResultWrite<'_> {
+    /// The result's hash, `_agent_result_<id>`.
+    pub(crate) fn key(&self) -> String {
+        format!("{RESULTS}{}", self.id)
+    }
 }

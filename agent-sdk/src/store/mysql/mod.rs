@@ -55,7 +55,8 @@ use self::connstr::{MyConnSpec, Origin, SslMode};
 pub(crate) use self::tables::Prefix;
 use self::tables::{Column, Tables, check_prefix};
 use super::driver::Driver;
-use super::{CheckError, StoreError, StoreErrorKind};
+use super::results::{MARKS, RESULTS};
+use super::{CheckError, ResultWrite, StoreError, StoreErrorKind};
 use crate::secret::Secret;
 use crate::store::line::EncodedLine;
 /// `max_allowed_packet` assumed until the server's is known (MySQL 5.7's default).
@@ -72,8 +73,6 @@ const DISCONNECT_WITHIN: Duration = Duration::from_secs(1);
 const OWNER_FORMAT: &str = "'%Y-%m-%d %H:%i:%s.%f'";
 /// The hash key of fencing counters.
 const FENCE_KEY: &str = "jobagent:lock-fence";
-/// The hash key of first reports.
-const RESULTS_KEY: &str = "jobagent:results";
 
 /// One MySQL/MariaDB store: a bounded pool, the table names, and what was learned of them.
 pub(crate) struct MysqlStore {
@@ -297,6 +296,7 @@ impl MysqlStore {
             inner: Some(conn),
             command: self.command,
             busy: false,
+            in_transaction: false,
         })
     }
 
@@ -553,6 +553,7 @@ impl MysqlStore {
     }
 
     /// Upserts one set member (unique on key and value: a retry updates score and expiry).
+    #[cfg(any(feature = "relay-server", test))]
     pub(crate) async fn add_to_set(
         &self,
         key: &str,
@@ -576,13 +577,66 @@ impl MysqlStore {
         self.exec(&sql, params).await.map(drop)
     }
 
-    /// Whether this is the first report of dispatch `id`: hash `jobagent:results`, field
-    /// `id`, gets `token` unless it holds a value already. True when this call wrote it or it
-    /// holds `token` (a retry); false when it holds another writer's token. The insert never
-    /// overwrites (`ON DUPLICATE KEY` only refreshes the expiry of our own token), so the
-    /// value read back afterwards is the first writer's, whoever it was.
+    /// A dispatch's result with its first-report mark, in one transaction (all of it lands
+    /// or none): the mark ([`Self::mark`]) first; only when it is this writer's, the result's
+    /// hash field and its set member. A transaction cut off (a timeout, the process killed)
+    /// is rolled back by the server: the connection is never pooled again mid-transaction.
+    pub(crate) async fn write_result(
+        &self,
+        w: &ResultWrite<'_>,
+        expire: Duration,
+    ) -> Result<bool, StoreError> {
+        let t = self.tables().await?;
+        let value = hash_text(w.value, self.narrow(&self.narrow_hash));
+        let member = hash_text(w.id, self.narrow(&self.narrow_set));
+        let budget = self.statement_budget();
+        let mut c = self.conn().await?;
+        c.bound(|c| c.query_drop("START TRANSACTION")).await?;
+        c.in_transaction = true;
+        let ours = self.mark(&mut c, w.mark, w.token, expire).await?;
+        if ours {
+            let pairs = [(w.field, value)];
+            self.upsert_hash(&mut c, &w.key(), &pairs, Some(expire), budget)
+                .await?;
+            let sql = format!(
+                "INSERT INTO {} (`Key`, `Value`, `Score`, `ExpireAt`) VALUES (?, ?, 1.0, UTC_TIMESTAMP() + INTERVAL ? SECOND) \
+                 ON DUPLICATE KEY UPDATE `Score` = VALUES(`Score`), `ExpireAt` = VALUES(`ExpireAt`)",
+                t.set
+            );
+            let params = vec![
+                Value::from(RESULTS),
+                Value::from(member.as_ref()),
+                Value::from(secs_of(expire)),
+            ];
+            c.bound(|c| c.exec_drop(sql.as_str(), params)).await?;
+        }
+        c.bound(|c| c.query_drop("COMMIT")).await?;
+        c.in_transaction = false;
+        Ok(ours)
+    }
+
+    /// Only the first-report mark of dispatch `id` ([`Self::mark`]), for a relay's older
+    /// agents.
+    #[cfg(feature = "relay-server")]
     pub(crate) async fn first_report(
         &self,
+        id: &str,
+        token: &str,
+        expire: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        self.mark(&mut c, id, token, expire).await
+    }
+
+    /// Whether this is the first report of dispatch `id`: hash [`MARKS`], field `id`, gets
+    /// `token` unless it holds a value already. True when this call wrote it or it holds
+    /// `token` (a retry); false when it holds another writer's token. The insert never
+    /// overwrites (`ON DUPLICATE KEY` only refreshes the expiry of our own token), so the
+    /// value read back afterwards is the first writer's, whoever it was (in a transaction,
+    /// a second writer's insert waits for the first's to end).
+    async fn mark(
+        &self,
+        c: &mut Conn,
         id: &str,
         token: &str,
         expire: Duration,
@@ -599,15 +653,14 @@ impl MysqlStore {
             "SELECT `Value` FROM {} WHERE `Key` = ? AND `Field` = ?",
             t.hash
         );
-        let mut c = self.conn().await?;
         let params = vec![
-            Value::from(RESULTS_KEY),
+            Value::from(MARKS),
             Value::from(id),
             Value::from(token),
             Value::from(secs_of(expire)),
         ];
         c.bound(|c| c.exec_drop(insert.as_str(), params)).await?;
-        let params = vec![Value::from(RESULTS_KEY), Value::from(id)];
+        let params = vec![Value::from(MARKS), Value::from(id)];
         let held: Option<Option<String>> =
             c.bound(|c| c.exec_first(select.as_str(), params)).await?;
         match held {
@@ -1013,6 +1066,9 @@ struct Conn {
     command: Option<Duration>,
     /// Set while a statement runs; left set when it did not end cleanly.
     busy: bool,
+    /// Set between `START TRANSACTION` and its `COMMIT`: a connection dropped then is
+    /// disconnected (the server rolls the transaction back), never pooled mid-transaction.
+    in_transaction: bool,
 }
 
 impl Conn {
@@ -1028,6 +1084,7 @@ impl Conn {
             inner,
             command,
             busy,
+            ..
         } = self;
         let Some(conn) = inner.as_mut() else {
             return Err(StoreError::unavailable(
@@ -1082,7 +1139,7 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        if self.busy
+        if (self.busy || self.in_transaction)
             && let Some(conn) = self.inner.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
