@@ -689,7 +689,13 @@ impl Relay {
                     // nothing to report any more.
                     return Ok(ok(false));
                 }
-                let res = s.first_report(&mark_of(t, &c.id), &c.token).await;
+                let mark = ResultWrite {
+                    mark: &mark_of(t, &c.id),
+                    token: &c.token,
+                    id: &c.id,
+                    result: None,
+                };
+                let res = s.write_result(&mark).await;
                 self.answer(op, res).await
             }
             "result" => {
@@ -712,8 +718,7 @@ impl Relay {
                     mark: &mark_of(t, &c.id),
                     token: &c.token,
                     id: &c.id,
-                    field: &c.field,
-                    value: &c.value,
+                    result: Some((&c.field, &c.value)),
                 };
                 let res = s.write_result(&write).await;
                 self.answer(op, res).await

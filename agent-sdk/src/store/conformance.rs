@@ -403,8 +403,7 @@ pub(in crate::store) mod real {
                 mark: id,
                 token,
                 id,
-                field: "12",
-                value: token,
+                result: Some(("12", token)),
             };
             s.write_result(&w).await.expect("a result")
         };
@@ -416,6 +415,19 @@ pub(in crate::store) mod real {
         let result = |id| async move { read_hash_all(s, &format!("{RESULTS}{id}")).await };
         assert_eq!(result("42").await, [("12".into(), "a:1".into())]);
         assert_eq!(result("43").await, [("12".into(), "b:2".into())]);
+        // The mark alone (what a relay's agents of earlier versions write first) holds off
+        // other writers; its own writer's result is taken after it.
+        let mark = ResultWrite {
+            mark: "44",
+            token: "c:3",
+            id: "44",
+            result: None,
+        };
+        assert!(s.write_result(&mark).await.expect("a mark"));
+        assert!(result("44").await.is_empty());
+        assert!(!write("44", "d:4").await, "another writer");
+        assert!(write("44", "c:3").await, "the mark's writer");
+        assert_eq!(result("44").await, [("12".into(), "c:3".into())]);
         if layout != StoreType::Redis && s.kind() != StoreType::Relay {
             // The SQL stores mark it in hash `jobagent:results` (Redis: see its module; a
             // relay marks it per service and reads no `jobagent:*` key: see `relay.rs`).
@@ -425,7 +437,7 @@ pub(in crate::store) mod real {
         if s.kind() != StoreType::Relay {
             // A relay lets no service read the set of every service's results.
             let ids = read_set(s, RESULTS, 0, 10).await;
-            assert_eq!(ids, ["42", "43"]);
+            assert_eq!(ids, ["42", "43", "44"]);
         }
     }
 
@@ -440,15 +452,14 @@ pub(in crate::store) mod real {
                 mark: &id,
                 token: "a:1",
                 id: &id,
-                field: "1",
-                value: "first",
+                result: Some(("1", "first")),
             };
             if cut_after(cut, s.write_result(&first)).await.is_some() {
                 return;
             }
             let next = ResultWrite {
                 token: "b:2",
-                value: "next",
+                result: Some(("1", "next")),
                 ..first
             };
             let taken = s.write_result(&next).await.expect("the next report");

@@ -653,14 +653,6 @@ impl Store {
         self.noted(backend!(self, b => b.write_result(w, self.expire).await))
     }
 
-    /// Only the first-report mark of dispatch `id`, for `token`; false when another writer
-    /// holds it. A relay serves it to agents that write a result in three calls (before
-    /// `write_result`).
-    #[cfg(feature = "relay-server")]
-    pub(crate) async fn first_report(&self, id: &str, token: &str) -> Result<bool, StoreError> {
-        self.noted(backend!(self, b => b.first_report(id, token, self.expire).await))
-    }
-
     /// One try at the store's distributed lock; the owner when taken.
     pub(crate) async fn lock_try(
         &self,

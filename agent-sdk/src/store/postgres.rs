@@ -516,7 +516,7 @@ impl PgStore {
     /// A dispatch's result with its first-report mark, in one statement (so all of it or
     /// none lands): the mark is field `w.mark` of hash [`MARKS`] holding the
     /// writer's token, taken only when absent or already this token; the result's hash field
-    /// and set member are upserted only when the mark was.
+    /// and set member are upserted only when the mark was (and a result is given).
     pub(crate) async fn write_result(
         &self,
         w: &ResultWrite<'_>,
@@ -532,17 +532,18 @@ impl PgStore {
                WHERE t.\"value\" = EXCLUDED.\"value\" RETURNING t.id), \
              result AS (\
                INSERT INTO {schema}.hash (\"key\", field, \"value\", expireat) \
-               SELECT $4, $5, $6, {until} FROM mark \
+               SELECT $4, $5, $6, {until} FROM mark WHERE $6 IS NOT NULL \
                ON CONFLICT (\"key\", field) DO UPDATE \
                SET \"value\" = EXCLUDED.\"value\", expireat = EXCLUDED.expireat), \
              member AS (\
                INSERT INTO {schema}.\"set\" (\"key\", score, \"value\", expireat) \
-               SELECT '{RESULTS}', 1.0, $7, {until} FROM mark \
+               SELECT '{RESULTS}', 1.0, $7, {until} FROM mark WHERE $6 IS NOT NULL \
                ON CONFLICT (\"key\", \"value\") DO UPDATE \
                SET score = EXCLUDED.score, expireat = EXCLUDED.expireat) \
              SELECT id FROM mark"
         );
         let key = w.key();
+        let (field, value) = w.result.unzip();
         let conn = self.conn().await?;
         let row = conn
             .bound(in_utc(
@@ -554,43 +555,9 @@ impl PgStore {
                         (&w.token, Type::TEXT),
                         (&expire.as_secs_f64(), Type::FLOAT8),
                         (&key, Type::TEXT),
-                        (&w.field, Type::TEXT),
-                        (&w.value, Type::TEXT),
+                        (&field, Type::TEXT),
+                        (&value, Type::TEXT),
                         (&w.id, Type::TEXT),
-                    ],
-                ),
-            ))
-            .await?;
-        Ok(row.is_some())
-    }
-
-    /// Whether this write is a dispatch's first report or a retry of it (see
-    /// [`super::results`]): hash [`MARKS`], field = the id, value = the writer's
-    /// token, taken only when absent or already this token.
-    #[cfg(feature = "relay-server")]
-    pub(crate) async fn first_report(
-        &self,
-        id: &str,
-        token: &str,
-        expire: Duration,
-    ) -> Result<bool, StoreError> {
-        let sql = format!(
-            "INSERT INTO {}.hash AS t (\"key\", field, \"value\", expireat) \
-             VALUES ('{MARKS}', $1, $2, now() + $3 * interval '1 second') \
-             ON CONFLICT (\"key\", field) DO UPDATE SET expireat = EXCLUDED.expireat \
-             WHERE t.\"value\" = EXCLUDED.\"value\" RETURNING t.id",
-            self.schema
-        );
-        let conn = self.conn().await?;
-        let row = conn
-            .bound(in_utc(
-                &conn,
-                conn.query_typed_opt(
-                    &sql,
-                    &[
-                        (&id, Type::TEXT),
-                        (&token, Type::TEXT),
-                        (&expire.as_secs_f64(), Type::FLOAT8),
                     ],
                 ),
             ))

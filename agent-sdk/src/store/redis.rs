@@ -482,41 +482,21 @@ impl RedisStore {
         w: &ResultWrite<'_>,
         expire: Duration,
     ) -> Result<bool, StoreError> {
-        let mut call = self.claim(w.mark, w.token, expire);
-        call.key(self.key(&w.key()))
-            .key(self.key(RESULTS))
-            .arg(w.field)
-            .arg(w.value)
-            .arg(w.id);
+        let mut call = self.scripts.first_report.prepare_invoke();
+        call.key(self.key(&format!("{RESULT_MARK_KEY}{}", w.mark)))
+            .key(self.key(OLD_RESULTS_KEY))
+            .arg(w.mark)
+            .arg(w.token)
+            .arg(expire_secs(expire));
+        if let Some((field, value)) = w.result {
+            call.key(self.key(&w.key()))
+                .key(self.key(RESULTS))
+                .arg(field)
+                .arg(value)
+                .arg(w.id);
+        }
         let won: i64 = self.invoke("a result", &call).await?;
         Ok(won == 1)
-    }
-
-    /// Only the first-report mark of dispatch `id` (see [`Self::write_result`]), for a
-    /// relay's older agents.
-    #[cfg(feature = "relay-server")]
-    pub(crate) async fn first_report(
-        &self,
-        id: &str,
-        token: &str,
-        expire: Duration,
-    ) -> Result<bool, StoreError> {
-        let won: i64 = self
-            .invoke("the first report", &self.claim(id, token, expire))
-            .await?;
-        Ok(won == 1)
-    }
-
-    /// The claim of mark `mark` for `token` ([`FIRST_REPORT_LUA`]'s first two keys and
-    /// three arguments).
-    fn claim(&self, mark: &str, token: &str, expire: Duration) -> ScriptInvocation<'_> {
-        let mut call = self.scripts.first_report.prepare_invoke();
-        call.key(self.key(&format!("{RESULT_MARK_KEY}{mark}")))
-            .key(self.key(OLD_RESULTS_KEY))
-            .arg(mark)
-            .arg(token)
-            .arg(expire_secs(expire));
-        call
     }
 
     /// Whether dispatch `id` has a first-report mark ([`first_report`](Self::first_report)),
@@ -1226,8 +1206,7 @@ mod tests {
                         mark: id,
                         token,
                         id,
-                        field: "5",
-                        value: token,
+                        result: Some(("5", token)),
                     };
                     store.write_result(&w, expire).await.expect("claim")
                 }

@@ -416,35 +416,29 @@ impl RelayStore {
         w: &ResultWrite<'_>,
         expire: Duration,
     ) -> Result<bool, StoreError> {
+        let mark = FirstReportCall {
+            id: w.id.to_owned(),
+            token: w.token.to_owned(),
+        };
+        let Some((field, value)) = w.result else {
+            return self.call("first_report", &mark).await;
+        };
         if self.remote().await?.result {
             let call = ResultCall {
-                id: w.id.to_owned(),
-                token: w.token.to_owned(),
-                field: w.field.to_owned(),
-                value: w.value.to_owned(),
+                id: mark.id,
+                token: mark.token,
+                field: field.to_owned(),
+                value: value.to_owned(),
             };
             return self.call("result", &call).await;
         }
-        if !self.first_report(w.id, w.token, expire).await? {
+        if !self.call::<bool>("first_report", &mark).await? {
             return Ok(false);
         }
-        self.set_hash(&w.key(), &[(w.field, w.value)], Some(expire))
+        self.set_hash(&w.key(), &[(field, value)], Some(expire))
             .await?;
         self.add_to_set(RESULTS, w.id, 1.0, expire).await?;
         Ok(true)
-    }
-
-    pub(crate) async fn first_report(
-        &self,
-        id: &str,
-        token: &str,
-        _expire: Duration,
-    ) -> Result<bool, StoreError> {
-        let call = FirstReportCall {
-            id: id.to_owned(),
-            token: token.to_owned(),
-        };
-        self.call("first_report", &call).await
     }
 
     pub(crate) async fn lock_try(
@@ -637,8 +631,7 @@ mod tests {
             mark: "7",
             token: "1:ab",
             id: "7",
-            field: "1",
-            value: "{}",
+            result: Some(("1", "{}")),
         };
         let day = Duration::from_secs(86_400);
         for (new, marked, calls) in [

@@ -118,8 +118,7 @@ async fn write_once(store: &Store, result: &DispatchResult) -> Result<(), StoreE
         mark: &result.id,
         token: &token,
         id: &result.id,
-        field: &field,
-        value: &value,
+        result: Some((&field, &value)),
     };
     if !store.write_result(&write).await? {
         tracing::warn!(target: "jobagent::result", job_id = %result.id, action = result.action, r = result.r, error = %result.e, "this dispatch was already reported by another replica or process (it was cut off, or a duplicate); this result is dropped: a dispatch gets exactly one");
@@ -127,8 +126,8 @@ async fn write_once(store: &Store, result: &DispatchResult) -> Result<(), StoreE
     Ok(())
 }
 
-/// A dispatch's result as one atomic write: its first-report mark, field `field` = `value` of
-/// hash `_agent_result_<id>` (where the center reads it), and member `<id>` of set
+/// A dispatch's result as one atomic write: its first-report mark, the result's field and
+/// value in hash `_agent_result_<id>` (where the center reads it), and member `<id>` of set
 /// `_agent_result_`, all expiring after the store's `ExpireAtDays`. Taken (true) when the mark
 /// is absent or holds `token` (a retry); refused (false, nothing written) when another
 /// writer's token holds it.
@@ -143,10 +142,9 @@ pub(crate) struct ResultWrite<'a> {
     pub(crate) token: &'a str,
     /// The dispatch (Hangfire job) id.
     pub(crate) id: &'a str,
-    /// The result's field: its elapsed milliseconds.
-    pub(crate) field: &'a str,
-    /// The result's JSON.
-    pub(crate) value: &'a str,
+    /// The result's field (its elapsed milliseconds) and JSON. `None`: the mark alone, for a
+    /// relay's agents of earlier versions, which write the result in calls of their own.
+    pub(crate) result: Option<(&'a str, &'a str)>,
 }
 
 /// The set every result's id is a member of; a result's hash is this followed by the id.

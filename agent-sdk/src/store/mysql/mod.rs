@@ -578,8 +578,8 @@ impl MysqlStore {
     }
 
     /// A dispatch's result with its first-report mark, in one transaction (all of it lands
-    /// or none): the mark ([`Self::mark`]) first; only when it is this writer's, the result's
-    /// hash field and its set member. A transaction cut off (a timeout, the process killed)
+    /// or none): the mark ([`Self::mark`]) first; only when it is this writer's (and a result
+    /// is given), the result's hash field and its set member. A transaction cut off (a timeout, the process killed)
     /// is rolled back by the server: the connection is never pooled again mid-transaction.
     pub(crate) async fn write_result(
         &self,
@@ -587,15 +587,14 @@ impl MysqlStore {
         expire: Duration,
     ) -> Result<bool, StoreError> {
         let t = self.tables().await?;
-        let value = hash_text(w.value, self.narrow(&self.narrow_hash));
         let member = hash_text(w.id, self.narrow(&self.narrow_set));
         let budget = self.statement_budget();
         let mut c = self.conn().await?;
         c.bound(|c| c.query_drop("START TRANSACTION")).await?;
         c.in_transaction = true;
         let ours = self.mark(&mut c, w.mark, w.token, expire).await?;
-        if ours {
-            let pairs = [(w.field, value)];
+        if let (true, Some((field, value))) = (ours, w.result) {
+            let pairs = [(field, hash_text(value, self.narrow(&self.narrow_hash)))];
             self.upsert_hash(&mut c, &w.key(), &pairs, Some(expire), budget)
                 .await?;
             let sql = format!(
@@ -613,19 +612,6 @@ impl MysqlStore {
         c.bound(|c| c.query_drop("COMMIT")).await?;
         c.in_transaction = false;
         Ok(ours)
-    }
-
-    /// Only the first-report mark of dispatch `id` ([`Self::mark`]), for a relay's older
-    /// agents.
-    #[cfg(feature = "relay-server")]
-    pub(crate) async fn first_report(
-        &self,
-        id: &str,
-        token: &str,
-        expire: Duration,
-    ) -> Result<bool, StoreError> {
-        let mut c = self.conn().await?;
-        self.mark(&mut c, id, token, expire).await
     }
 
     /// Whether this is the first report of dispatch `id`: hash [`MARKS`], field `id`, gets
