@@ -392,7 +392,8 @@ async fn a_lost_singleton_frees_its_class_when_it_is_reported() {
 /// the run's in-flight record, so before the spool no process ever reported the run (the
 /// soak found three such runs with `--replicas 2` across a PostgreSQL restart). The record
 /// waits in this machine's spool (`JOBAGENT_SPOOL_DIR`), and the next process of the
-/// instance reports the run failed, once, and empties the spool.
+/// instance reports the run failed, once, and empties the spool; a next process SIGKILLed as
+/// it reports leaves that to the one after it.
 async fn killed_while_the_store_is_away(db: AnyStore) {
     let spool = std::env::temp_dir().join(format!(
         "jobagent-test-spool-{}-{}",
@@ -433,6 +434,22 @@ async fn killed_while_the_store_is_away(db: AnyStore) {
     .await;
     a.kill();
     proxy.restore();
+    // The next process is SIGKILLed at the worst moment: as it sets out to report the spooled
+    // run (its result written or not, its spool file not yet removed).
+    let mut b = Replica::start_logged("oa", &env).await;
+    until(
+        Duration::from_secs(30),
+        "the next process reporting the spooled run",
+        async || {
+            b.log_text().lines().any(|l| {
+                l.contains("reporting a run the previous process of this instance left in flight")
+                    && l.contains("ok1")
+            })
+        },
+    )
+    .await;
+    b.kill();
+    // And the one after it reports the run, unless the killed one did: one result either way.
     let a = Replica::start("oa", &env).await;
     let r = db
         .wait_failure(

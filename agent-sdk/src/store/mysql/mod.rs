@@ -579,8 +579,9 @@ impl MysqlStore {
 
     /// A dispatch's result with its first-report mark, in one transaction (all of it lands
     /// or none): the mark ([`Self::mark`]) first; only when it is this writer's (and a result
-    /// is given), the result's hash field and its set member. A transaction cut off (a timeout, the process killed)
-    /// is rolled back by the server: the connection is never pooled again mid-transaction.
+    /// is given), the result's hash field and its set member. A transaction cut off (a
+    /// timeout, the process killed) is rolled back by the server: the connection is never
+    /// pooled again mid-transaction.
     pub(crate) async fn write_result(
         &self,
         w: &ResultWrite<'_>,
