@@ -94,7 +94,7 @@ const DASHBOARD_CHECK_WITHIN: Duration = Duration::from_secs(10);
 /// there. The mark's TTL becomes `ARGV[3]` seconds. Given the result too (`KEYS[3]`, its hash;
 /// `KEYS[4]`, the results' set), the claim writes it in the same step: field `ARGV[4]` =
 /// `ARGV[5]`, member `ARGV[6]` (score 1), both keys' TTL `ARGV[3]`.
-const FIRST_REPORT_LUA: &str = r"
+const RESULT_LUA: &str = r"
 local held = redis.call('GET', KEYS[1])
 if not held then
   held = redis.call('HGET', KEYS[2], ARGV[1])
@@ -146,7 +146,7 @@ return 0
 
 /// The scripts, hashed once per store (`EVALSHA`, loaded again after `NOSCRIPT`).
 struct Scripts {
-    first_report: Script,
+    result: Script,
     fence: Script,
     lock_keep: Script,
     lock_release: Script,
@@ -320,7 +320,7 @@ impl RedisStore {
             command_timeout: spec.command_timeout,
             hold: LOCK_HOLD,
             scripts: Scripts {
-                first_report: Script::new(FIRST_REPORT_LUA),
+                result: Script::new(RESULT_LUA),
                 fence: Script::new(FENCE_LUA),
                 lock_keep: Script::new(LOCK_KEEP_LUA),
                 lock_release: Script::new(LOCK_RELEASE_LUA),
@@ -482,7 +482,7 @@ impl RedisStore {
         w: &ResultWrite<'_>,
         expire: Duration,
     ) -> Result<bool, StoreError> {
-        let mut call = self.scripts.first_report.prepare_invoke();
+        let mut call = self.scripts.result.prepare_invoke();
         call.key(self.key(&format!("{RESULT_MARK_KEY}{}", w.mark)))
             .key(self.key(OLD_RESULTS_KEY))
             .arg(w.mark)
@@ -499,7 +499,7 @@ impl RedisStore {
         Ok(won == 1)
     }
 
-    /// Whether dispatch `id` has a first-report mark ([`first_report`](Self::first_report)),
+    /// Whether dispatch `id` has a first-report mark ([`write_result`](Self::write_result)),
     /// read without writing one. For the relay's check of reads.
     #[cfg(feature = "relay-server")]
     pub(crate) async fn result_marked(&self, id: &str) -> Result<bool, StoreError> {
