@@ -1,7 +1,7 @@
 //! The example service, started in-process on `127.0.0.1:0` with its own agent.
 
 use std::net::SocketAddr;
-use std::sync::Once;
+
 use std::time::{Duration, Instant};
 
 use jobagent::{Agent, AgentOptions};
@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::center::Center;
+use crate::logs::Logs;
 
 /// A running example service. Dropping it aborts the server; [`shutdown`](Self::shutdown)
 /// stops it gracefully.
@@ -22,17 +23,10 @@ pub struct TestService {
 }
 
 /// Installs a `tracing` subscriber writing to the test output (filter from `RUST_LOG`,
-/// default `warn`). Safe to call more than once.
+/// default `warn`): the test binary's one global subscriber, [`Logs::global`], which also
+/// captures what is logged. Safe to call more than once.
 pub fn init_tracing() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
-    });
+    Logs::global();
 }
 
 impl TestService {

@@ -21,7 +21,7 @@ use tests::wait;
 
 const TEST_JOB: &str = "example_agent::jobs::TestJob";
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
-const ECHO: &str = "real_center::HeaderEchoJob";
+const ECHO: &str = "integration::real_center::HeaderEchoJob";
 
 /// How long a state change may take before a test fails.
 const WAIT: Duration = Duration::from_secs(10);

@@ -44,9 +44,9 @@ impl JobAgent for QueueJob {
     }
 }
 
-const DISCARD: &str = "busy::DiscardJob";
-const REPLACE: &str = "busy::ReplaceJob";
-const QUEUE: &str = "busy::QueueJob";
+const DISCARD: &str = "integration::busy::DiscardJob";
+const REPLACE: &str = "integration::busy::ReplaceJob";
+const QUEUE: &str = "integration::busy::QueueJob";
 
 async fn two_agents(db: &TestDb) -> (TestService, TestService) {
     let options = |name: &str| {

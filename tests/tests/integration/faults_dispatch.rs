@@ -12,9 +12,9 @@ use tests::service::TestService;
 use tests::wait;
 
 const SINGLETON: &str = "example_agent::jobs::TestJob";
-const STUBBORN: &str = "faults_dispatch::StubbornTransientJob";
-const STUBBORN_SINGLETON: &str = "faults_dispatch::StubbornJob";
-const STUBBORN_REPLACE: &str = "faults_dispatch::StubbornReplaceJob";
+const STUBBORN: &str = "integration::faults_dispatch::StubbornTransientJob";
+const STUBBORN_SINGLETON: &str = "integration::faults_dispatch::StubbornJob";
+const STUBBORN_REPLACE: &str = "integration::faults_dispatch::StubbornReplaceJob";
 
 /// Ignores its cancellation token for `ms` milliseconds (default a minute).
 async fn ignore_cancellation(cx: &JobContext) -> Result<(), JobError> {

@@ -60,8 +60,8 @@ impl JobAgent for EchoJob {
     }
 }
 
-const MANY_THREADS: &str = "store::ManyThreadsJob";
-const ECHO: &str = "store::EchoJob";
+const MANY_THREADS: &str = "integration::store::ManyThreadsJob";
+const ECHO: &str = "integration::store::EchoJob";
 
 fn texts(lines: &[Value]) -> Vec<String> {
     lines

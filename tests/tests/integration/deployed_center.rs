@@ -16,7 +16,7 @@ use tests::wait;
 
 const SINGLETON: &str = "example_agent::jobs::TestJob";
 const HANG: &str = "example_agent::jobs::TestHangJob";
-const STOP_ECHO: &str = "deployed_center::StopEchoJob";
+const STOP_ECHO: &str = "integration::deployed_center::StopEchoJob";
 
 /// The stop ids `StopEchoJob::on_stop` ran for.
 static ON_STOP_CALLS: Mutex<Vec<String>> = Mutex::new(Vec::new());

@@ -22,7 +22,7 @@ impl JobAgent for StubbornJob {
     }
 }
 
-const STUBBORN: &str = "stuck::StubbornJob";
+const STUBBORN: &str = "integration::stuck::StubbornJob";
 
 fn options(db: &TestDb) -> AgentOptions {
     AgentOptions::new()

@@ -75,8 +75,8 @@ async fn a_panicking_constructor_is_a_failed_run_and_gives_its_counts_back() {
     )
     .await;
     for (class, n) in [
-        ("lifecycle::BrokenTransient", 0),
-        ("lifecycle::BrokenSingleton", 1),
+        ("integration::lifecycle::BrokenTransient", 0),
+        ("integration::lifecycle::BrokenSingleton", 1),
     ] {
         for i in 0..6 {
             let id = format!("b{n}-{i}");
@@ -97,7 +97,7 @@ async fn a_panicking_constructor_is_a_failed_run_and_gives_its_counts_back() {
         let id = format!("w{i}");
         agent
             .center()
-            .run("lifecycle::Works", &id)
+            .run("integration::lifecycle::Works", &id)
             .send()
             .await
             .assert_status(200);

@@ -22,7 +22,7 @@ use tests::stores::{AnyStore, Backing};
 
 const SINGLETON: &str = "example_agent::jobs::TestJob";
 const TRANSIENT: &str = "example_agent::jobs::TestTransientJob";
-const LOCKING: &str = "store_bookkeeping::LockingJob";
+const LOCKING: &str = "integration::store_bookkeeping::LockingJob";
 
 /// Takes and releases the distributed lock `bookkeeping:lock` (a fencing token each time).
 #[job_agent(transient)]

@@ -42,7 +42,7 @@ impl JobAgent for LockJob {
     }
 }
 
-const LOCK_JOB: &str = "store_lock::LockJob";
+const LOCK_JOB: &str = "integration::store_lock::LockJob";
 const RESOURCE: &str = "msg:sms:update:lock";
 
 fn texts(lines: &[Value]) -> Vec<String> {
