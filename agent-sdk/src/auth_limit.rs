@@ -8,7 +8,7 @@
 //! counts, not one line each.
 //!
 //! The peer address comes from the connection (`ConnectInfo<SocketAddr>`, which
-//! [`crate::serve`] sets, as does axum's `into_make_service_with_connect_info`); a host that
+//! [`crate::serve()`] sets, as does axum's `into_make_service_with_connect_info`); a host that
 //! serves the router without it puts every caller under one shared budget.
 
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! Not public API: what `jobagent-dev` shares with the agent, so that one connection string
 //! means the same server, the same TLS checks and the same schema rules in both, and the CLI
 //! reads a store (PostgreSQL, MySQL or Redis) through the agent's own store seam
-//! ([`DevReader`]) (feature `dev`).
+//! ([`DevReader`](crate::__dev::DevReader)) (feature `dev`).
 
 use std::time::Duration;
 

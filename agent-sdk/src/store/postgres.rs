@@ -17,7 +17,7 @@
 //! different server sessions. So every statement is an unnamed one (`*_typed` calls: parse,
 //! bind and execute in one round trip, nothing left on the server), and a statement that
 //! reads or writes a time runs in a transaction of its own that sets `TimeZone` to UTC with
-//! `SET LOCAL` ([`in_utc`], [`Conn::transaction`]): Hangfire.PostgreSql before schema v19
+//! `SET LOCAL` ([`in_utc`], [`BEGIN_UTC`]): Hangfire.PostgreSql before schema v19
 //! (1.9.10) keeps `expireat` as `timestamp without time zone` holding naive UTC, and a
 //! `now() + interval` stored there is converted in the session's zone, which is the
 //! database's default (anything) unless set. On `timestamptz` columns the zone changes
