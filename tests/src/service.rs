@@ -1,7 +1,6 @@
 //! The example service, started in-process on `127.0.0.1:0` with its own agent.
 
 use std::net::SocketAddr;
-
 use std::time::{Duration, Instant};
 
 use jobagent::{Agent, AgentOptions};
@@ -24,7 +23,8 @@ pub struct TestService {
 
 /// Installs a `tracing` subscriber writing to the test output (filter from `RUST_LOG`,
 /// default `warn`): the test binary's one global subscriber, [`Logs::global`], which also
-/// captures what is logged. Safe to call more than once.
+/// captures what is logged. Safe to call more than once. A program that installed its own
+/// subscriber before (the bench, the soak) keeps it, and nothing is captured.
 pub fn init_tracing() {
     Logs::global();
 }
